@@ -1,0 +1,48 @@
+# fanout: make demo (a real fan-out on an embedded Redis), make test.
+GO        ?= go
+VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+COMMIT    ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo none)
+LDFLAGS   := -X github.com/fanout/fanout/internal/cli.Version=$(VERSION) -X github.com/fanout/fanout/internal/cli.Commit=$(COMMIT)
+PREFIX    ?= /usr/local
+
+.PHONY: all build demo test test-short vet fmt-check bench fuzz install clean
+
+all: build
+
+build:
+	$(GO) build -ldflags '$(LDFLAGS)' -o bin/fanout-master ./master
+	$(GO) build -ldflags '$(LDFLAGS)' -o bin/fanout-minion ./minion
+
+demo:
+	$(GO) run ./test/demo
+
+# The whole suite: formatting, vet, unit, protocol, integration tests with the
+# race detector. Real-Redis tests run when redis-server is on PATH; set
+# FANOUT_REQUIRE_REDIS=1 (CI does) to fail instead of skipping them.
+test: fmt-check vet build
+	./deploy/check.sh
+	$(GO) test -race -count=1 -timeout 12m ./...
+
+test-short:
+	$(GO) test -count=1 -short ./...
+
+vet:
+	$(GO) vet ./...
+
+fmt-check:
+	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
+	if [ -n "$$out" ]; then echo "gofmt needed on:"; echo "$$out"; exit 1; fi
+
+bench:
+	$(GO) test -run '^$$' -bench . -benchtime 3x ./internal/manifest/
+
+fuzz:
+	$(GO) test -run '^$$' -fuzz FuzzDecode -fuzztime 60s ./internal/manifest/
+	$(GO) test -run '^$$' -fuzz FuzzValidPath -fuzztime 60s ./internal/peer/
+
+install: build
+	install -D -m 0755 bin/fanout-master $(DESTDIR)$(PREFIX)/bin/fanout-master
+	install -D -m 0755 bin/fanout-minion $(DESTDIR)$(PREFIX)/bin/fanout-minion
+
+clean:
+	rm -rf bin

@@ -1,0 +1,224 @@
+// Package cli wires fanout's command lines (flags, environment, logging,
+// Redis) to the master and minion packages. The binaries' main functions
+// only call Master or Minion.
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/url"
+	"os"
+	"runtime"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"github.com/sirupsen/logrus"
+	"github.com/spf13/pflag"
+
+	"github.com/fanout/fanout/internal/coord"
+)
+
+// Build information, set by the linker (see the Makefile).
+var (
+	Version = "dev"
+	Commit  = "none"
+)
+
+// Exit codes.
+const (
+	exitOK      = 0
+	exitFailure = 1
+	exitUsage   = 2
+)
+
+// errUsage marks a command-line mistake: exit code 2.
+var errUsage = errors.New("usage")
+
+// usageError wraps a message as a usage error.
+func usageError(format string, a ...any) error {
+	return fmt.Errorf("%w: %s", errUsage, fmt.Sprintf(format, a...))
+}
+
+// env is how commands read the environment; tests pass their own.
+type env struct {
+	stdout, stderr io.Writer
+	getenv         func(string) string
+}
+
+func versionLine(prog string) string {
+	return fmt.Sprintf("%s %s (commit %s, %s)", prog, Version, Commit, runtime.Version())
+}
+
+// bindEnv sets every flag not given on the command line from FANOUT_<NAME>
+// (dashes become underscores), so systemd environment files work.
+func bindEnv(fs *pflag.FlagSet, getenv func(string) string) error {
+	var err error
+	fs.VisitAll(func(f *pflag.Flag) {
+		if err != nil || f.Changed {
+			return
+		}
+		name := "FANOUT_" + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
+		if v := getenv(name); v != "" {
+			if serr := fs.Set(f.Name, v); serr != nil {
+				err = usageError("%s=%q: %v", name, v, serr)
+			}
+		}
+	})
+	return err
+}
+
+// common holds the flags every long-running or Redis-using command shares.
+type common struct {
+	redisURL  string
+	prefix    string
+	logLevel  string
+	logFormat string
+}
+
+func (c *common) register(fs *pflag.FlagSet) {
+	fs.StringVar(&c.redisURL, "redis", "redis://127.0.0.1:6379/0", "Redis URL (redis:// or rediss://, user:password@ for ACLs, /N for the database)")
+	fs.StringVar(&c.prefix, "key-prefix", "", "prefix for every Redis key (use a hash tag such as {fanout}: on Redis Cluster)")
+	fs.StringVar(&c.logLevel, "log-level", "info", "log level: debug, info, warn, error")
+	fs.StringVar(&c.logFormat, "log-format", "text", "log format: text or json")
+}
+
+func (c *common) logger(w io.Writer) (*logrus.Logger, error) {
+	log := logrus.New()
+	log.SetOutput(w)
+	lvl, err := logrus.ParseLevel(c.logLevel)
+	if err != nil {
+		return nil, usageError("--log-level %q: use debug, info, warn or error", c.logLevel)
+	}
+	log.SetLevel(lvl)
+	switch c.logFormat {
+	case "text":
+		log.SetFormatter(&logrus.TextFormatter{FullTimestamp: true})
+	case "json":
+		log.SetFormatter(&logrus.JSONFormatter{})
+	default:
+		return nil, usageError("--log-format %q: use text or json", c.logFormat)
+	}
+	return log, nil
+}
+
+// redis connects and checks the connection, so a wrong URL or an unreachable
+// server is one clear line at start-up.
+func (c *common) redis(ctx context.Context) (*redis.Client, error) {
+	opts, err := redis.ParseURL(c.redisURL)
+	if err != nil {
+		return nil, usageError("--redis %q: %v (example: redis://127.0.0.1:6379/0)", redact(c.redisURL), err)
+	}
+	rdb := redis.NewClient(opts)
+	pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if err := rdb.Ping(pctx).Err(); err != nil {
+		rdb.Close()
+		return nil, fmt.Errorf("cannot reach Redis at %s: %w (check --redis or FANOUT_REDIS, and that Redis is up)", redact(c.redisURL), err)
+	}
+	return rdb, nil
+}
+
+func (c *common) coord(rdb *redis.Client, grace time.Duration) *coord.Client {
+	return coord.New(rdb, coord.Config{Prefix: c.prefix, HostGrace: grace})
+}
+
+// redact hides a password in a Redis URL for messages.
+func redact(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil || u.User == nil {
+		return raw
+	}
+	if _, ok := u.User.Password(); ok {
+		u.User = url.UserPassword(u.User.Username(), "xxxxx")
+	}
+	return u.String()
+}
+
+// node holds the flags of a host that serves peers: master run, minion run,
+// sync and serve.
+type node struct {
+	common
+	listen     string
+	advertise  string
+	id         string
+	secretFile string
+	root       string
+	stateDir   string
+	poll       time.Duration
+	uploads    int
+	grace      time.Duration
+}
+
+func (n *node) register(fs *pflag.FlagSet, defaultState string) {
+	n.common.register(fs)
+	fs.StringVar(&n.listen, "listen", ":7070", "address the peer server listens on")
+	fs.StringVar(&n.advertise, "advertise", "", "host:port other hosts use to reach this one (default: hostname and the --listen port)")
+	fs.StringVar(&n.id, "id", "", "host id in Redis (default: the hostname)")
+	fs.StringVar(&n.secretFile, "secret-file", "/etc/fanout/secret", "file holding the shared peer secret (not world-readable)")
+	fs.StringVar(&n.root, "root", "/", "task paths resolve under this directory")
+	fs.StringVar(&n.stateDir, "state-dir", defaultState, "directory for held state and the hash cache")
+	fs.DurationVar(&n.poll, "poll", time.Second, "how often to look at Redis")
+	fs.IntVar(&n.uploads, "max-uploads", 1, "pullers this host serves at once (1 doubles the sources each round)")
+	fs.DurationVar(&n.grace, "host-grace", 30*time.Second, "a host whose last heartbeat is older than this is no longer expected")
+}
+
+// check validates the node flags and fills defaults that need the system.
+func (n *node) check() error {
+	if n.id == "" {
+		h, err := os.Hostname()
+		if err != nil {
+			return fmt.Errorf("find hostname for --id: %w", err)
+		}
+		n.id = h
+	}
+	if strings.ContainsAny(n.id, " #\n\t") {
+		return usageError("--id %q: use a name without spaces or '#'", n.id)
+	}
+	fi, err := os.Stat(n.root)
+	if err != nil || !fi.IsDir() {
+		return usageError("--root %q is not a directory: create it or point --root at an existing one", n.root)
+	}
+	if n.uploads < 1 {
+		return usageError("--max-uploads %d: use 1 or more", n.uploads)
+	}
+	if n.poll <= 0 {
+		return usageError("--poll %s: use a positive duration such as 1s", n.poll)
+	}
+	if err := os.MkdirAll(n.stateDir, 0o700); err != nil {
+		return fmt.Errorf("create --state-dir %s: %w", n.stateDir, err)
+	}
+	return nil
+}
+
+// listenPeer opens the peer listener and works out the advertised address.
+func (n *node) listenPeer() (net.Listener, error) {
+	ln, err := net.Listen("tcp", n.listen)
+	if err != nil {
+		return nil, fmt.Errorf("listen on --listen %s: %w (is another fanout running? pick another port)", n.listen, err)
+	}
+	if n.advertise == "" {
+		_, port, _ := net.SplitHostPort(ln.Addr().String())
+		host, herr := os.Hostname()
+		if herr != nil {
+			host = "127.0.0.1"
+		}
+		n.advertise = net.JoinHostPort(host, port)
+	}
+	return ln, nil
+}
+
+// report prints err for the operator and maps it to an exit code.
+func report(e env, prog string, err error) int {
+	if err == nil {
+		return exitOK
+	}
+	fmt.Fprintf(e.stderr, "%s: %v\n", prog, err)
+	if errors.Is(err, errUsage) {
+		return exitUsage
+	}
+	return exitFailure
+}

@@ -1,0 +1,161 @@
+package cli
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/alicebob/miniredis/v2"
+
+	"github.com/fanout/fanout/internal/coord"
+)
+
+// run calls a command line with its own environment and captures output.
+func run(t *testing.T, main func(context.Context, []string, env) int, vars map[string]string, args ...string) (int, string, string) {
+	t.Helper()
+	var out, errb bytes.Buffer
+	e := env{stdout: &out, stderr: &errb, getenv: func(k string) string { return vars[k] }}
+	code := main(context.Background(), args, e)
+	return code, out.String(), errb.String()
+}
+
+func TestUsageErrors(t *testing.T) {
+	tests := []struct {
+		name string
+		main func(context.Context, []string, env) int
+		args []string
+		want string
+	}{
+		{"master no args", masterMain, nil, "Usage:"},
+		{"master unknown", masterMain, []string{"frob"}, `unknown command "frob"`},
+		{"publish no path", masterMain, []string{"publish"}, "exactly one PATH"},
+		{"publish relative", masterMain, []string{"publish", "data/m42"}, "relative path"},
+		{"publish empty", masterMain, []string{"publish", ""}, "empty"},
+		{"bad flag", masterMain, []string{"status", "--nope"}, "unknown flag"},
+		{"bad redis url", masterMain, []string{"status", "--redis", "http://x"}, "--redis"},
+		{"minion unknown", minionMain, []string{"frob"}, `unknown command "frob"`},
+		{"minion root missing", minionMain, []string{"run", "--root", "/does/not/exist"}, "--root"},
+		{"bad log level", minionMain, []string{"run", "--root", "/", "--state-dir", "STATE", "--log-level", "loud"}, "--log-level"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			args := make([]string, len(tt.args))
+			for i, a := range tt.args {
+				args[i] = strings.ReplaceAll(a, "STATE", t.TempDir())
+			}
+			code, _, stderr := run(t, tt.main, nil, args...)
+			if code != exitUsage {
+				t.Errorf("exit code = %d, want %d (stderr %q)", code, exitUsage, stderr)
+			}
+			if !strings.Contains(stderr, tt.want) {
+				t.Errorf("stderr = %q, want it to mention %q", stderr, tt.want)
+			}
+		})
+	}
+}
+
+func TestVersion(t *testing.T) {
+	code, out, _ := run(t, minionMain, nil, "--version")
+	if code != exitOK || !strings.HasPrefix(out, "fanout-minion ") || !strings.Contains(out, "go1.") {
+		t.Fatalf("--version: code %d, output %q", code, out)
+	}
+}
+
+func TestUnreachableRedis(t *testing.T) {
+	mr := miniredis.RunT(t)
+	addr := mr.Addr()
+	mr.Close()
+	code, _, stderr := run(t, masterMain, map[string]string{"FANOUT_REDIS": "redis://" + addr}, "status")
+	if code != exitFailure || !strings.Contains(stderr, "cannot reach Redis at redis://"+addr) {
+		t.Fatalf("code %d, stderr %q", code, stderr)
+	}
+}
+
+func TestSecretFileChecked(t *testing.T) {
+	mr := miniredis.RunT(t)
+	secret := filepath.Join(t.TempDir(), "secret")
+	if err := os.WriteFile(secret, []byte("0123456789abcdef0123456789abcdef\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	code, _, stderr := run(t, minionMain, nil, "run", "--redis", "redis://"+mr.Addr(), "--root", t.TempDir(),
+		"--state-dir", t.TempDir(), "--secret-file", secret, "--listen", "127.0.0.1:0")
+	if code != exitFailure || !strings.Contains(stderr, "chmod 600") {
+		t.Fatalf("world-readable secret: code %d, stderr %q", code, stderr)
+	}
+}
+
+// TestPublishAndStatus drives publish and status --json against miniredis
+// with the Redis URL taken from the environment.
+func TestPublishAndStatus(t *testing.T) {
+	mr := miniredis.RunT(t)
+	vars := map[string]string{"FANOUT_REDIS": "redis://" + mr.Addr(), "FANOUT_KEY_PREFIX": "{f}:"}
+	code, out, stderr := run(t, masterMain, vars, "publish", "--delete", "/data/m42//")
+	if code != exitOK {
+		t.Fatalf("publish: code %d, stderr %q", code, stderr)
+	}
+	if !strings.Contains(out, "task set to /data/m42") {
+		t.Errorf("publish output %q", out)
+	}
+	if got, _ := mr.Get("{f}:task"); got != "/data/m42//" {
+		t.Errorf("task key = %q; publish must write what the operator gave (the master cleans it)", got)
+	}
+	code, out, stderr = run(t, masterMain, vars, "status", "--json")
+	if code != exitOK {
+		t.Fatalf("status: code %d, stderr %q", code, stderr)
+	}
+	var st map[string]any
+	if err := json.Unmarshal([]byte(out), &st); err != nil {
+		t.Fatalf("status --json is not JSON: %v\n%s", err, out)
+	}
+	for _, k := range []string{"task", "generation", "state", "expected", "finished", "running", "sources", "failures"} {
+		if _, ok := st[k]; !ok {
+			t.Errorf("status --json lacks %q: %s", k, out)
+		}
+	}
+	if st["task"] != "/data/m42//" || st["state"] != coord.StateIdle {
+		t.Errorf("status task %v state %v", st["task"], st["state"])
+	}
+}
+
+func TestStatusText(t *testing.T) {
+	now := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	st := coord.Status{
+		Task:       "/data/m42",
+		Generation: coord.Generation{ID: 7, Path: "/data/m42", State: coord.StateRunning, Digest: strings.Repeat("ab", 32), Files: 3, Bytes: 300, Published: now.Add(-5 * time.Second)},
+		State:      coord.StateRunning,
+		Expected:   []string{"a", "b", "c"},
+		Finished:   []string{"a"},
+		Running:    []string{"b"},
+		Sources:    []string{"a#0"},
+		Claims:     map[string]string{"b": "master#0"},
+		Failures:   map[string]coord.Failure{"c": {Gen: 7, Error: "disk full"}},
+		Hosts: []coord.Host{
+			{ID: "a", Alive: true, LastSeen: now}, {ID: "b", Alive: true, LastSeen: now}, {ID: "c", Alive: true, LastSeen: now}, {ID: "d", LastSeen: now.Add(-time.Hour)},
+		},
+	}
+	var b bytes.Buffer
+	writeStatusText(&b, st, now)
+	out := b.String()
+	for _, want := range []string{"generation: 7", "state running", "published 5s ago", "3 expected, 1 finished, 1 running", "a#0"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("status text lacks %q:\n%s", want, out)
+		}
+	}
+	rows := map[string]string{"a": "finished", "b": "running", "c": "waiting", "d": "lost"}
+	for _, line := range strings.Split(out, "\n") {
+		f := strings.Fields(line)
+		if len(f) >= 2 {
+			if want, ok := rows[f[0]]; ok && f[1] != want {
+				t.Errorf("host %s state %s, want %s", f[0], f[1], want)
+			}
+		}
+	}
+	if !strings.Contains(out, "master#0") || !strings.Contains(out, "disk full") {
+		t.Errorf("status text lacks the source or the failure:\n%s", out)
+	}
+}

@@ -1,0 +1,238 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/spf13/pflag"
+
+	"github.com/fanout/fanout/internal/coord"
+	"github.com/fanout/fanout/internal/master"
+	"github.com/fanout/fanout/internal/peer"
+)
+
+const masterUsage = `fanout-master: publish a file or tree and serve it as the first source.
+
+Usage:
+  fanout-master run [flags]                 watch the task key, publish generations, serve as origin
+  fanout-master publish PATH [--delete] [--wait] [--timeout D]
+                                            set the task (same as: redis-cli set task PATH)
+  fanout-master status [--json]             show the task, its generation and every host
+  fanout-master --version
+
+Every flag can also be set in the environment as FANOUT_<FLAG>, e.g.
+FANOUT_REDIS=redis://10.0.0.1:6379/0. Run "fanout-master COMMAND --help" for
+a command's flags.
+`
+
+// Master runs the fanout-master command line and returns its exit code.
+func Master(ctx context.Context, args []string) int {
+	return masterMain(ctx, args, env{stdout: os.Stdout, stderr: os.Stderr, getenv: os.Getenv})
+}
+
+func masterMain(ctx context.Context, args []string, e env) int {
+	const prog = "fanout-master"
+	if len(args) == 0 {
+		fmt.Fprint(e.stderr, masterUsage)
+		return exitUsage
+	}
+	var err error
+	switch args[0] {
+	case "run":
+		err = masterRun(ctx, args[1:], e)
+	case "publish":
+		err = masterPublish(ctx, args[1:], e)
+	case "status":
+		err = masterStatus(ctx, args[1:], e)
+	case "--version", "version":
+		fmt.Fprintln(e.stdout, versionLine(prog))
+	case "-h", "--help", "help":
+		fmt.Fprint(e.stdout, masterUsage)
+	default:
+		err = usageError("unknown command %q (want run, publish or status)", args[0])
+	}
+	if errors.Is(err, pflag.ErrHelp) {
+		return exitOK
+	}
+	return report(e, prog, err)
+}
+
+func newFlags(e env, name, usage string) *pflag.FlagSet {
+	fs := pflag.NewFlagSet(name, pflag.ContinueOnError)
+	fs.SetOutput(e.stderr)
+	fs.Usage = func() {
+		fmt.Fprintf(e.stderr, "%s\n\nFlags (each also FANOUT_<FLAG>):\n%s", usage, fs.FlagUsages())
+	}
+	return fs
+}
+
+// parse parses args, then the environment, turning flag errors into usage
+// errors.
+func parse(fs *pflag.FlagSet, args []string, e env) error {
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, pflag.ErrHelp) {
+			return err
+		}
+		return usageError("%v", err)
+	}
+	return bindEnv(fs, e.getenv)
+}
+
+func masterRun(ctx context.Context, args []string, e env) error {
+	var n node
+	fs := newFlags(e, "run", "fanout-master run: watch the task key, publish each task as a generation and serve it as the first source.")
+	n.register(fs, "/var/lib/fanout/master")
+	if err := parse(fs, args, e); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return usageError("run takes no arguments, got %q", fs.Args())
+	}
+	if err := n.check(); err != nil {
+		return err
+	}
+	log, err := n.logger(e.stderr)
+	if err != nil {
+		return err
+	}
+	secret, err := peer.LoadSecret(n.secretFile)
+	if err != nil {
+		return fmt.Errorf("--secret-file: %w", err)
+	}
+	rdb, err := n.redis(ctx)
+	if err != nil {
+		return err
+	}
+	defer rdb.Close()
+	ln, err := n.listenPeer()
+	if err != nil {
+		return err
+	}
+	server := peer.NewServer(peer.ServerConfig{Secret: secret, Log: log})
+	m, err := master.New(master.Config{
+		ID: n.id, Advertise: n.advertise, Root: n.root, StateDir: n.stateDir,
+		Uploads: n.uploads, Poll: n.poll, Log: log,
+	}, n.coord(rdb, n.grace), server)
+	if err != nil {
+		ln.Close()
+		return err
+	}
+	log.WithField("listen", ln.Addr().String()).WithField("advertise", n.advertise).Info("fanout-master running")
+	return runAll(ctx, func(ctx context.Context) error { return server.Serve(ctx, ln) }, m.Run)
+}
+
+func masterPublish(ctx context.Context, args []string, e env) error {
+	var c common
+	var del, wait bool
+	var timeout time.Duration
+	fs := newFlags(e, "publish", "fanout-master publish PATH: set the task to PATH (absolute, under the hosts' --root); a running master publishes it as a new generation.")
+	c.register(fs)
+	fs.BoolVar(&del, "delete", false, "remove files on the hosts that are not in the task tree")
+	fs.BoolVar(&wait, "wait", false, "wait until every expected host holds the task (exit 1 if it fails)")
+	fs.DurationVar(&timeout, "timeout", 30*time.Minute, "with --wait, give up after this long")
+	if err := parse(fs, args, e); err != nil {
+		return err
+	}
+	if fs.NArg() != 1 {
+		return usageError("publish takes exactly one PATH, got %d arguments", fs.NArg())
+	}
+	path := fs.Arg(0)
+	if _, err := master.CleanTask(path); err != nil {
+		return usageError("%v", err)
+	}
+	rdb, err := c.redis(ctx)
+	if err != nil {
+		return err
+	}
+	defer rdb.Close()
+	co := c.coord(rdb, 0)
+	before, err := co.Current(ctx)
+	if err != nil {
+		return err
+	}
+	if err := co.SetTask(ctx, path, coord.TaskOptions{Delete: del}); err != nil {
+		return fmt.Errorf("set task: %w", err)
+	}
+	fmt.Fprintf(e.stdout, "task set to %s (delete=%v)\n", path, del)
+	if !wait {
+		return nil
+	}
+	wctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	return waitTask(wctx, co, before.ID, e)
+}
+
+// waitTask waits for the generation after prev to finish, printing progress.
+func waitTask(ctx context.Context, co *coord.Client, prev int64, e env) error {
+	last := ""
+	for {
+		st, err := co.Status(ctx)
+		if err == nil && st.Generation.ID > prev {
+			line := fmt.Sprintf("generation %d: %s, %d/%d hosts finished, %d running", st.Generation.ID, st.State, len(st.Finished), len(st.Expected), len(st.Running))
+			if line != last {
+				fmt.Fprintln(e.stdout, line)
+				last = line
+			}
+			switch st.State {
+			case coord.StateDone:
+				return nil
+			case coord.StateFailed:
+				return fmt.Errorf("generation %d failed: %s", st.Generation.ID, st.Generation.Error)
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("gave up waiting for the task: %w (see fanout-master status)", ctx.Err())
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+}
+
+func masterStatus(ctx context.Context, args []string, e env) error {
+	var c common
+	var asJSON bool
+	var grace time.Duration
+	fs := newFlags(e, "status", "fanout-master status: show the task, its generation, and where every host stands.")
+	c.register(fs)
+	fs.BoolVar(&asJSON, "json", false, "print one JSON object instead of a table")
+	fs.DurationVar(&grace, "host-grace", 30*time.Second, "a host whose last heartbeat is older than this is no longer expected")
+	if err := parse(fs, args, e); err != nil {
+		return err
+	}
+	rdb, err := c.redis(ctx)
+	if err != nil {
+		return err
+	}
+	defer rdb.Close()
+	st, err := c.coord(rdb, grace).Status(ctx)
+	if err != nil {
+		return fmt.Errorf("read status: %w", err)
+	}
+	if asJSON {
+		return writeStatusJSON(e.stdout, st)
+	}
+	writeStatusText(e.stdout, st, time.Now())
+	return nil
+}
+
+// runAll runs fns until ctx is cancelled or one of them fails; it cancels
+// the others then and waits for all of them.
+func runAll(ctx context.Context, fns ...func(context.Context) error) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	errc := make(chan error, len(fns))
+	for _, fn := range fns {
+		go func() { errc <- fn(ctx) }()
+	}
+	var first error
+	for range fns {
+		if err := <-errc; err != nil && first == nil {
+			first = err
+			cancel()
+		}
+	}
+	return first
+}

@@ -1,0 +1,133 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/spf13/pflag"
+
+	"github.com/fanout/fanout/internal/minion"
+	"github.com/fanout/fanout/internal/peer"
+)
+
+const minionUsage = `fanout-minion: hold a verified copy of the current task and serve it to peers.
+
+Usage:
+  fanout-minion run [flags]     daemon: serve peers, poll Redis, pull each new generation
+  fanout-minion sync [flags]    one shot (cron, systemd timer): exit 0 once this host
+                                holds the current generation, 1 otherwise
+  fanout-minion serve [flags]   peer server only, for hosts that pull with sync
+  fanout-minion --version
+
+Every flag can also be set in the environment as FANOUT_<FLAG>, e.g.
+FANOUT_SECRET_FILE=/etc/fanout/secret. Run "fanout-minion COMMAND --help" for
+a command's flags.
+`
+
+// Minion runs the fanout-minion command line and returns its exit code.
+func Minion(ctx context.Context, args []string) int {
+	return minionMain(ctx, args, env{stdout: os.Stdout, stderr: os.Stderr, getenv: os.Getenv})
+}
+
+func minionMain(ctx context.Context, args []string, e env) int {
+	const prog = "fanout-minion"
+	if len(args) == 0 {
+		fmt.Fprint(e.stderr, minionUsage)
+		return exitUsage
+	}
+	var err error
+	switch args[0] {
+	case "run", "sync", "serve":
+		err = minionCommand(ctx, args[0], args[1:], e)
+	case "--version", "version":
+		fmt.Fprintln(e.stdout, versionLine(prog))
+	case "-h", "--help", "help":
+		fmt.Fprint(e.stdout, minionUsage)
+	default:
+		err = usageError("unknown command %q (want run, sync or serve)", args[0])
+	}
+	if errors.Is(err, pflag.ErrHelp) {
+		return exitOK
+	}
+	return report(e, prog, err)
+}
+
+var minionHelp = map[string]string{
+	"run":   "fanout-minion run: serve peers, heartbeat, and pull each new generation of the task.",
+	"sync":  "fanout-minion sync: pull the current generation once and exit 0 when this host holds it. The host becomes a source only if a serve daemon answers at --advertise.",
+	"serve": "fanout-minion serve: serve this host's verified copy to peers and heartbeat; pair it with sync under cron or a timer.",
+}
+
+func minionCommand(ctx context.Context, cmd string, args []string, e env) error {
+	var n node
+	var workers int
+	var heartbeat, timeout time.Duration
+	fs := newFlags(e, cmd, minionHelp[cmd])
+	n.register(fs, "/var/lib/fanout/minion")
+	fs.IntVar(&workers, "workers", 4, "files fetched at once")
+	fs.DurationVar(&heartbeat, "heartbeat", 10*time.Second, "how often to tell Redis this host is alive")
+	if cmd == "sync" {
+		fs.DurationVar(&timeout, "timeout", 10*time.Minute, "give up (exit 1) after this long")
+	}
+	if err := parse(fs, args, e); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return usageError("%s takes no arguments, got %q", cmd, fs.Args())
+	}
+	if err := n.check(); err != nil {
+		return err
+	}
+	log, err := n.logger(e.stderr)
+	if err != nil {
+		return err
+	}
+	secret, err := peer.LoadSecret(n.secretFile)
+	if err != nil {
+		return fmt.Errorf("--secret-file: %w", err)
+	}
+	rdb, err := n.redis(ctx)
+	if err != nil {
+		return err
+	}
+	defer rdb.Close()
+	server := peer.NewServer(peer.ServerConfig{Secret: secret, Log: log})
+	client := peer.NewClient(peer.ClientConfig{Secret: secret})
+	cfg := minion.Config{
+		ID: n.id, Advertise: n.advertise, Root: n.root, StateDir: n.stateDir, Uploads: n.uploads,
+		Source: cmd == "run", Poll: n.poll, Heartbeat: heartbeat, Workers: workers,
+		Version: Version, Log: log.WithField("host", n.id),
+	}
+	if cmd == "sync" {
+		if cfg.Advertise == "" {
+			return usageError("sync needs --advertise: the address of this host's serve daemon")
+		}
+		cfg.Source = minion.PeerAnswers(ctx, cfg.Advertise)
+		m, err := minion.New(cfg, n.coord(rdb, n.grace), server, client)
+		if err != nil {
+			return err
+		}
+		sctx, cancel := context.WithTimeout(ctx, timeout)
+		defer cancel()
+		return m.Sync(sctx)
+	}
+	ln, err := n.listenPeer()
+	if err != nil {
+		return err
+	}
+	cfg.Advertise = n.advertise
+	m, err := minion.New(cfg, n.coord(rdb, n.grace), server, client)
+	if err != nil {
+		ln.Close()
+		return err
+	}
+	log.WithField("listen", ln.Addr().String()).WithField("advertise", n.advertise).Infof("fanout-minion %s running", cmd)
+	serve := func(ctx context.Context) error { return server.Serve(ctx, ln) }
+	if cmd == "serve" {
+		return runAll(ctx, serve, m.Serve)
+	}
+	return runAll(ctx, serve, m.Run)
+}

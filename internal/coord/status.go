@@ -1,0 +1,118 @@
+package coord
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// Status is everything `fanout-master status` shows.
+type Status struct {
+	Task       string
+	Generation Generation
+	// State is idle (no generation), failed, done (the generation is done,
+	// or every expected host holds it), or running.
+	State    string
+	Expected []string // hosts alive in the registry
+	Finished []string
+	Running  []string
+	Sources  []string // free slots
+	Failures map[string]Failure
+	Hosts    []Host
+	Lookup   int64
+	Claims   map[string]string // host → slot it pulls from
+}
+
+// Status reads the whole protocol state in one round trip.
+func (c *Client) Status(ctx context.Context) (Status, error) {
+	k := c.keys
+	var (
+		task                        *redis.StringCmd
+		gen, fails, claims, hostsIn *redis.MapStringStringCmd
+		fin, run, src               *redis.StringSliceCmd
+		beats                       *redis.ZSliceCmd
+		lookup                      *redis.StringCmd
+	)
+	_, err := c.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		task = p.Get(ctx, k.Task())
+		gen = p.HGetAll(ctx, k.Generation())
+		fin = p.SMembers(ctx, k.Finished())
+		run = p.SMembers(ctx, k.Running())
+		src = p.SMembers(ctx, k.Sync())
+		fails = p.HGetAll(ctx, k.Failures())
+		claims = p.HGetAll(ctx, k.Claims())
+		hostsIn = p.HGetAll(ctx, k.Hosts())
+		beats = p.ZRangeWithScores(ctx, k.Heartbeats(), 0, -1)
+		lookup = p.Get(ctx, k.Lookup())
+		return nil
+	})
+	if err != nil && !errors.Is(err, redis.Nil) {
+		return Status{}, fmt.Errorf("read status: %w", err)
+	}
+	st := Status{
+		Task:     task.Val(),
+		Finished: sorted(fin.Val()),
+		Running:  sorted(run.Val()),
+		Sources:  sorted(src.Val()),
+		Failures: map[string]Failure{},
+		Claims:   map[string]string{},
+		Hosts:    c.hosts(hostsIn.Val(), beats.Val()),
+		Expected: []string{},
+	}
+	if g := gen.Val(); g["state"] != "" {
+		st.Generation = parseGeneration(g)
+	}
+	st.Lookup, _ = strconv.ParseInt(lookup.Val(), 10, 64)
+	for h, v := range fails.Val() {
+		var f Failure
+		if json.Unmarshal([]byte(v), &f) == nil {
+			st.Failures[h] = f
+		}
+	}
+	for h, v := range claims.Val() {
+		if f := strings.Fields(v); len(f) >= 2 {
+			st.Claims[h] = f[1]
+		}
+	}
+	for _, h := range st.Hosts {
+		if h.Alive {
+			st.Expected = append(st.Expected, h.ID)
+		}
+	}
+	st.State = state(st)
+	return st, nil
+}
+
+func state(st Status) string {
+	switch g := st.Generation; {
+	case g.ID == 0:
+		return StateIdle
+	case g.State == StateFailed:
+		return StateFailed
+	case g.State == StateDone:
+		return StateDone
+	}
+	if len(st.Expected) == 0 {
+		return StateRunning
+	}
+	for _, h := range st.Expected {
+		if !slices.Contains(st.Finished, h) {
+			return StateRunning
+		}
+	}
+	return StateDone
+}
+
+func sorted(s []string) []string {
+	if s == nil {
+		return []string{}
+	}
+	slices.Sort(s)
+	return s
+}

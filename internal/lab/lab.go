@@ -1,0 +1,264 @@
+// Package lab runs a whole fanout deployment inside one process: a Redis
+// (embedded miniredis, or any URL), a master and N minions, each with its own
+// root directory and its own peer server on a loopback socket. The demo and
+// the integration tests are built on it.
+package lab
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/alicebob/miniredis/v2"
+	"github.com/redis/go-redis/v9"
+	"github.com/sirupsen/logrus"
+
+	"github.com/fanout/fanout/internal/coord"
+	"github.com/fanout/fanout/internal/master"
+	"github.com/fanout/fanout/internal/minion"
+	"github.com/fanout/fanout/internal/peer"
+)
+
+// Config describes a lab deployment.
+type Config struct {
+	Dir      string        // base directory; every host gets Dir/<id>/root and Dir/<id>/state
+	Minions  int           // number of minions
+	RedisURL string        // empty: start an embedded miniredis
+	Prefix   string        // Redis key prefix
+	Uploads  int           // --max-uploads of every host
+	Poll     time.Duration // poll interval; default 100ms
+	Log      logrus.FieldLogger
+}
+
+// Lab is a running deployment.
+type Lab struct {
+	cfg    Config
+	secret []byte
+	Mini   *miniredis.Miniredis // nil when RedisURL was given
+	Redis  *redis.Client
+	Coord  *coord.Client
+
+	Master  *Host
+	Minions []*Host
+}
+
+// Host is one master or minion of a lab.
+type Host struct {
+	ID       string
+	Root     string // this host's --root
+	StateDir string
+	Addr     string // its peer server, once started
+	Minion   *minion.Minion
+
+	mu     sync.Mutex
+	cancel context.CancelFunc
+	done   chan error
+}
+
+// Start brings up Redis, the master and the minions. Stop ends them.
+func Start(ctx context.Context, cfg Config) (*Lab, error) {
+	if cfg.Poll <= 0 {
+		cfg.Poll = 100 * time.Millisecond
+	}
+	if cfg.Uploads <= 0 {
+		cfg.Uploads = 1
+	}
+	if cfg.Log == nil {
+		l := logrus.New()
+		l.SetLevel(logrus.WarnLevel)
+		cfg.Log = l
+	}
+	l := &Lab{cfg: cfg, secret: make([]byte, 32)}
+	rand.Read(l.secret)
+	url := cfg.RedisURL
+	if url == "" {
+		mr, err := miniredis.Run()
+		if err != nil {
+			return nil, fmt.Errorf("start embedded redis: %w", err)
+		}
+		l.Mini = mr
+		url = "redis://" + mr.Addr()
+	}
+	opts, err := redis.ParseURL(url)
+	if err != nil {
+		return nil, fmt.Errorf("redis url: %w", err)
+	}
+	l.Redis = redis.NewClient(opts)
+	l.Coord = l.newCoord()
+	l.Master = l.newHost("master")
+	if err := l.StartMaster(ctx); err != nil {
+		l.Stop()
+		return nil, err
+	}
+	for i := range cfg.Minions {
+		h := l.newHost(fmt.Sprintf("minion-%02d", i+1))
+		l.Minions = append(l.Minions, h)
+		if err := l.StartMinion(ctx, h); err != nil {
+			l.Stop()
+			return nil, err
+		}
+	}
+	return l, nil
+}
+
+func (l *Lab) newCoord() *coord.Client {
+	return coord.New(l.Redis, coord.Config{Prefix: l.cfg.Prefix, LeaseTTL: 3 * time.Second, HostGrace: 5 * time.Second})
+}
+
+func (l *Lab) newHost(id string) *Host {
+	base := filepath.Join(l.cfg.Dir, id)
+	return &Host{ID: id, Root: filepath.Join(base, "root"), StateDir: filepath.Join(base, "state")}
+}
+
+// StartMaster starts (or restarts) the master.
+func (l *Lab) StartMaster(ctx context.Context) error {
+	h := l.Master
+	return h.start(ctx, l, func(ctx context.Context, ln net.Listener, server *peer.Server) (func(context.Context) error, error) {
+		m, err := master.New(master.Config{
+			ID: h.ID, Advertise: ln.Addr().String(), Root: h.Root, StateDir: h.StateDir,
+			Uploads: l.cfg.Uploads, Poll: l.cfg.Poll, Log: l.cfg.Log.WithField("host", h.ID),
+		}, l.newCoord(), server)
+		if err != nil {
+			return nil, err
+		}
+		return m.Run, nil
+	})
+}
+
+// StartMinion starts (or restarts) a minion.
+func (l *Lab) StartMinion(ctx context.Context, h *Host) error {
+	return h.start(ctx, l, func(ctx context.Context, ln net.Listener, server *peer.Server) (func(context.Context) error, error) {
+		client := peer.NewClient(peer.ClientConfig{Secret: l.secret, StallTimeout: 5 * time.Second})
+		m, err := minion.New(minion.Config{
+			ID: h.ID, Advertise: ln.Addr().String(), Root: h.Root, StateDir: h.StateDir,
+			Uploads: l.cfg.Uploads, Source: true, Poll: l.cfg.Poll, Heartbeat: time.Second,
+			Log: l.cfg.Log.WithField("host", h.ID), Version: "lab",
+		}, l.newCoord(), server, client)
+		if err != nil {
+			return nil, err
+		}
+		h.Minion = m
+		return m.Run, nil
+	})
+}
+
+type runner func(ctx context.Context, ln net.Listener, server *peer.Server) (func(context.Context) error, error)
+
+func (h *Host) start(ctx context.Context, l *Lab, build runner) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.cancel != nil {
+		return fmt.Errorf("%s is running already", h.ID)
+	}
+	for _, d := range []string{h.Root, h.StateDir} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return err
+		}
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return fmt.Errorf("listen for %s: %w", h.ID, err)
+	}
+	h.Addr = ln.Addr().String()
+	server := peer.NewServer(peer.ServerConfig{Secret: l.secret, Log: l.cfg.Log.WithField("host", h.ID)})
+	run, err := build(ctx, ln, server)
+	if err != nil {
+		ln.Close()
+		return fmt.Errorf("start %s: %w", h.ID, err)
+	}
+	hctx, cancel := context.WithCancel(ctx)
+	h.cancel = cancel
+	h.done = make(chan error, 1)
+	go func() {
+		var wg sync.WaitGroup
+		var serr, rerr error
+		wg.Add(2)
+		go func() { defer wg.Done(); serr = server.Serve(hctx, ln) }()
+		go func() { defer wg.Done(); rerr = run(hctx) }()
+		wg.Wait()
+		h.done <- errors.Join(serr, rerr)
+	}()
+	return nil
+}
+
+// Stop ends the host and waits for it. Stopping a stopped host is a no-op.
+func (h *Host) Stop() error {
+	h.mu.Lock()
+	cancel, done := h.cancel, h.done
+	h.cancel = nil
+	h.mu.Unlock()
+	if cancel == nil {
+		return nil
+	}
+	cancel()
+	return <-done
+}
+
+// Set sets the task key the way an operator does: a plain SET.
+func (l *Lab) Set(ctx context.Context, task string) error {
+	return l.Redis.Set(ctx, l.Coord.Keys().Task(), task, 0).Err()
+}
+
+// WaitGeneration waits until a generation newer than after is done (or
+// failed) and returns its final status.
+func (l *Lab) WaitGeneration(ctx context.Context, after int64, progress func(coord.Status)) (coord.Status, error) {
+	t := time.NewTicker(50 * time.Millisecond)
+	defer t.Stop()
+	for {
+		st, err := l.Coord.Status(ctx)
+		if err == nil && st.Generation.ID > after {
+			if progress != nil {
+				progress(st)
+			}
+			if st.State == coord.StateDone && st.Generation.State == coord.StateDone {
+				return st, nil
+			}
+			if st.State == coord.StateFailed {
+				return st, fmt.Errorf("generation %d failed: %s", st.Generation.ID, st.Generation.Error)
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return st, fmt.Errorf("waiting for generation after %d: %w (last state %q, %d/%d finished)",
+				after, ctx.Err(), st.State, len(st.Finished), len(st.Expected))
+		case <-t.C:
+		}
+	}
+}
+
+// Received sums the bytes the minions received for generation gen.
+func (l *Lab) Received(gen int64) int64 {
+	var n int64
+	for _, h := range l.Minions {
+		if h.Minion != nil {
+			r, _ := h.Minion.ProgressOf(gen)
+			n += r
+		}
+	}
+	return n
+}
+
+// Stop ends every host and the embedded Redis.
+func (l *Lab) Stop() {
+	var wg sync.WaitGroup
+	for _, h := range append([]*Host{l.Master}, l.Minions...) {
+		if h == nil {
+			continue
+		}
+		wg.Add(1)
+		go func() { defer wg.Done(); h.Stop() }()
+	}
+	wg.Wait()
+	if l.Redis != nil {
+		l.Redis.Close()
+	}
+	if l.Mini != nil {
+		l.Mini.Close()
+	}
+}

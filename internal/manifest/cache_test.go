@@ -1,0 +1,142 @@
+package manifest
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+func TestCacheKeyedOnInode(t *testing.T) {
+	dir := t.TempDir()
+	p := filepath.Join(dir, "f")
+	old := time.Now().Add(-time.Hour)
+	mustWrite(t, p, "one", 0o644, old)
+	fi, err := os.Lstat(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := NewCache()
+	c.Put(p, fi, "cached")
+	if h, ok := c.Get(p, fi); !ok || h != "cached" {
+		t.Fatalf("Get after Put = %q, %v", h, ok)
+	}
+	// Same size and mtime, new inode: replaced by rename, as a transfer does.
+	tmp := filepath.Join(dir, "g")
+	mustWrite(t, tmp, "two", 0o644, old)
+	if err := os.Rename(tmp, p); err != nil {
+		t.Fatal(err)
+	}
+	fi2, err := os.Lstat(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi2.Size() != fi.Size() || !fi2.ModTime().Equal(fi.ModTime()) {
+		t.Fatal("test setup: size or mtime differ")
+	}
+	if h, ok := c.Get(p, fi2); ok {
+		t.Errorf("Get of a replaced file with equal size and mtime = %q, want a miss", h)
+	}
+}
+
+func TestCacheRacyFilesNotStoredByBuild(t *testing.T) {
+	root := t.TempDir()
+	mustWrite(t, filepath.Join(root, "old"), "settled", 0o644, time.Now().Add(-time.Minute))
+	if err := os.WriteFile(filepath.Join(root, "fresh"), []byte("just written"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	c := NewCache()
+	m, err := Build(context.Background(), root, Options{Hash: true, Cache: c})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Len() != 1 {
+		t.Fatalf("cache holds %d hashes, want only the settled file's", c.Len())
+	}
+	fresh, _ := m.Lookup("fresh")
+	if want, _ := HashFile(context.Background(), filepath.Join(root, "fresh")); fresh.Hash != want {
+		t.Errorf("fresh file hash %q, want %q", fresh.Hash, want)
+	}
+	fi, _ := os.Lstat(filepath.Join(root, "old"))
+	if h, ok := c.Get(filepath.Join(root, "old"), fi); !ok || len(h) != 64 {
+		t.Errorf("settled file not cached: %q %v", h, ok)
+	}
+}
+
+func TestCachePruneAndSave(t *testing.T) {
+	dir := t.TempDir()
+	old := time.Now().Add(-time.Hour)
+	c := NewCache()
+	var paths []string
+	for i := range 4 {
+		p := filepath.Join(dir, fmt.Sprintf("f%d", i))
+		mustWrite(t, p, "x", 0o644, old)
+		fi, _ := os.Lstat(p)
+		c.Put(p, fi, strings.Repeat(fmt.Sprint(i), 64))
+		paths = append(paths, p)
+	}
+	c.Prune(func(p string) bool { return p != paths[1] && p != paths[3] })
+	if c.Len() != 2 {
+		t.Fatalf("after Prune Len = %d, want 2", c.Len())
+	}
+	state := filepath.Join(dir, "state")
+	if err := os.Mkdir(state, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	cp := filepath.Join(state, "hashes")
+	for range 2 { // the second Save replaces the first
+		if err := c.Save(cp); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if des, _ := os.ReadDir(state); len(des) != 1 {
+		t.Errorf("Save left %d files in its directory, want 1", len(des))
+	}
+	c2, err := LoadCache(cp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, p := range paths {
+		fi, _ := os.Lstat(p)
+		h, ok := c2.Get(p, fi)
+		if want := i == 0 || i == 2; ok != want || ok && h != strings.Repeat(fmt.Sprint(i), 64) {
+			t.Errorf("loaded Get(%s) = %q, %v", p, h, ok)
+		}
+	}
+	if err := c.Save(filepath.Join(dir, "missing", "hashes")); err == nil {
+		t.Error("Save into a missing directory succeeded")
+	}
+	if err := os.WriteFile(cp, []byte("\x00\x01not a cache"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := LoadCache(cp); err == nil || !strings.Contains(err.Error(), cp) || !strings.Contains(err.Error(), "delete") {
+		t.Errorf("LoadCache of a corrupt file = %v, want an error naming it and saying it can be deleted", err)
+	}
+}
+
+func TestCacheConcurrent(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "f")
+	mustWrite(t, p, "x", 0o644, time.Now().Add(-time.Hour))
+	fi, _ := os.Lstat(p)
+	c := NewCache()
+	var wg sync.WaitGroup
+	for i := range 8 {
+		wg.Go(func() {
+			for j := range 100 {
+				key := fmt.Sprintf("%s-%d-%d", p, i, j)
+				c.Put(key, fi, "h")
+				if _, ok := c.Get(key, fi); !ok {
+					t.Errorf("Get(%s) missed", key)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if c.Len() != 800 {
+		t.Errorf("Len = %d, want 800", c.Len())
+	}
+}

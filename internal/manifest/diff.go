@@ -1,0 +1,200 @@
+package manifest
+
+import (
+	"sort"
+	"strings"
+)
+
+// Op is one kind of change a plan makes to a local tree.
+type Op int
+
+// The operations of a plan, in the order a plan runs them.
+const (
+	OpRemove  Op = iota // remove a local entry (a directory with its subtree)
+	OpMkdir             // create a directory
+	OpSymlink           // create or replace a symlink
+	OpFetch             // download a file and put it in place
+	OpMeta              // set mode and mtime of an entry whose content matches
+)
+
+func (o Op) String() string {
+	switch o {
+	case OpRemove:
+		return "remove"
+	case OpMkdir:
+		return "mkdir"
+	case OpSymlink:
+		return "symlink"
+	case OpFetch:
+		return "fetch"
+	case OpMeta:
+		return "meta"
+	}
+	return "op?"
+}
+
+// Action is one step of a plan. For OpRemove, Entry is the local entry to
+// remove; for every other Op it is the remote entry to realise.
+type Action struct {
+	Op    Op
+	Entry Entry
+}
+
+// Plan is the ordered list of actions that turns a local tree into the
+// remote one: removals deepest first (they clear type conflicts and free
+// space), directories parent first, symlinks, fetches in tree order, file
+// metadata, and last directory metadata deepest first (writing children
+// changes a directory's mtime).
+type Plan struct {
+	Actions []Action
+}
+
+// FetchBytes is the number of bytes the plan downloads.
+func (p *Plan) FetchBytes() int64 {
+	var n int64
+	for _, a := range p.Actions {
+		if a.Op == OpFetch {
+			n += a.Entry.Size
+		}
+	}
+	return n
+}
+
+// Count returns how many actions of kind op the plan has.
+func (p *Plan) Count(op Op) int {
+	n := 0
+	for _, a := range p.Actions {
+		if a.Op == op {
+			n++
+		}
+	}
+	return n
+}
+
+// Empty reports whether the local tree already matches.
+func (p *Plan) Empty() bool { return len(p.Actions) == 0 }
+
+// DiffOptions tunes Diff.
+type DiffOptions struct {
+	// Delete removes local entries that the remote manifest does not have.
+	Delete bool
+}
+
+// Diff compares a local scan (with hashes filled by FillHashes) against the
+// remote manifest and returns the plan that makes them equal. Files are
+// equal when their hashes are; symlinks when their targets are (symlink mode
+// and mtime are not compared: Linux ignores a symlink's permissions, and
+// changing its times needs lutimes, kept out of scope). A directory gets an
+// OpMeta when its mode or mtime differ, when it is created, and when the
+// plan creates, replaces or removes an entry directly inside it (that
+// changes its mtime), so applying the plan once leaves nothing to do.
+func Diff(local, remote *Manifest, opts DiffOptions) *Plan {
+	loc := make(map[string]Entry, len(local.Entries))
+	for _, e := range local.Entries {
+		loc[e.Path] = e
+	}
+	var removes, mkdirs, links, fetches, fileMeta, dirMeta []Action
+	removed := map[string]bool{} // local dirs removed with their subtree
+	under := func(p string) bool {
+		for q := p; q != "."; {
+			q = parent(q)
+			if removed[q] {
+				return true
+			}
+		}
+		return false
+	}
+	create := func(r Entry) {
+		switch r.Type {
+		case Dir:
+			mkdirs = append(mkdirs, Action{OpMkdir, r})
+			dirMeta = append(dirMeta, Action{OpMeta, r})
+		case Symlink:
+			links = append(links, Action{OpSymlink, r})
+		case File:
+			fetches = append(fetches, Action{OpFetch, r})
+		}
+	}
+	remoteIdx := make(map[string]int, len(remote.Entries))
+	for j, r := range remote.Entries {
+		remoteIdx[r.Path] = j
+		l, ok := loc[r.Path]
+		if ok && under(r.Path) {
+			ok = false // its parent goes, and it with it
+		}
+		switch {
+		case !ok:
+			create(r)
+		case l.Type != r.Type:
+			removes = append(removes, Action{OpRemove, l})
+			if l.Type == Dir {
+				removed[l.Path] = true
+			}
+			create(r)
+		case r.Type == Dir:
+			if l.Mode != r.Mode || l.MTime != r.MTime {
+				dirMeta = append(dirMeta, Action{OpMeta, r})
+			}
+		case r.Type == File:
+			if l.Hash == "" || l.Hash != r.Hash {
+				fetches = append(fetches, Action{OpFetch, r})
+			} else if l.Mode != r.Mode || l.MTime != r.MTime {
+				fileMeta = append(fileMeta, Action{OpMeta, r})
+			}
+		case r.Type == Symlink:
+			if l.Target != r.Target {
+				links = append(links, Action{OpSymlink, r})
+			}
+		}
+	}
+	if opts.Delete {
+		for _, l := range local.Entries {
+			if _, ok := remoteIdx[l.Path]; ok || under(l.Path) {
+				continue
+			}
+			removes = append(removes, Action{OpRemove, l})
+			if l.Type == Dir {
+				removed[l.Path] = true
+			}
+		}
+	}
+	// Creating, replacing or removing an entry changes its parent
+	// directory's mtime, so every such parent gets its metadata set again,
+	// after its children: one pass of the plan then leaves a tree that
+	// diffs empty. The parent of any entry these actions touch is a
+	// directory on both sides (else the parent itself would be replaced).
+	hasMeta := make(map[string]bool, len(dirMeta))
+	for _, a := range dirMeta {
+		hasMeta[a.Entry.Path] = true
+	}
+	for _, group := range [][]Action{removes, mkdirs, links, fetches} {
+		for _, a := range group {
+			if a.Entry.Path == "." {
+				continue
+			}
+			dir := parent(a.Entry.Path)
+			j, ok := remoteIdx[dir]
+			if !ok || hasMeta[dir] || remote.Entries[j].Type != Dir {
+				continue
+			}
+			hasMeta[dir] = true
+			dirMeta = append(dirMeta, Action{OpMeta, remote.Entries[j]})
+		}
+	}
+	deepestFirst := func(as []Action) {
+		sort.SliceStable(as, func(i, j int) bool {
+			di, dj := depth(as[i].Entry.Path), depth(as[j].Entry.Path)
+			if di != dj {
+				return di > dj
+			}
+			return strings.Compare(as[i].Entry.Path, as[j].Entry.Path) < 0
+		})
+	}
+	deepestFirst(removes)
+	deepestFirst(dirMeta)
+	p := &Plan{}
+	for _, group := range [][]Action{removes, mkdirs, links, fetches, fileMeta, dirMeta} {
+		p.Actions = append(p.Actions, group...)
+	}
+	return p
+}

@@ -1,0 +1,249 @@
+// Package master is the fanout origin daemon: it watches the task key,
+// validates the task, builds and publishes its manifest as a new generation,
+// serves as the first source, reaps expired leases and records completion.
+package master
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"time"
+
+	"github.com/sirupsen/logrus"
+
+	"github.com/fanout/fanout/internal/coord"
+	"github.com/fanout/fanout/internal/manifest"
+	"github.com/fanout/fanout/internal/peer"
+)
+
+// Config is the master's configuration.
+type Config struct {
+	ID        string // origin id in Redis (default: the hostname, set by the caller)
+	Advertise string // host:port minions use to reach the master's peer server
+	Root      string // task paths resolve under this directory
+	StateDir  string // the hash cache
+	Uploads   int    // origin source slots; default 1
+	Poll      time.Duration
+	Log       logrus.FieldLogger
+}
+
+// Coordinator is the part of the Redis protocol the master uses.
+type Coordinator interface {
+	TaskKey(ctx context.Context) (string, bool, error)
+	Adopt(ctx context.Context) (coord.TaskOptions, error)
+	SetTask(ctx context.Context, path string, opts coord.TaskOptions) error
+	Current(ctx context.Context) (coord.Generation, error)
+	Publish(ctx context.Context, g coord.Generation, uploads int) (coord.Generation, error)
+	PublishFailed(ctx context.Context, path, reason, origin string) (coord.Generation, error)
+	OfferSlots(ctx context.Context, host string, gen int64, uploads int) error
+	MarkDone(ctx context.Context, gen int64) (bool, error)
+	Reap(ctx context.Context) (int, error)
+	Status(ctx context.Context) (coord.Status, error)
+}
+
+// Master is the origin daemon.
+type Master struct {
+	cfg    Config
+	coord  Coordinator
+	server *peer.Server
+	cache  *manifest.Cache
+	active *published // the generation this master published and serves
+}
+
+type published struct {
+	gen    int64
+	path   string
+	delete bool
+}
+
+const cacheFile = "hashes.cache"
+
+// New builds a master.
+func New(cfg Config, co Coordinator, server *peer.Server) (*Master, error) {
+	if cfg.Uploads <= 0 {
+		cfg.Uploads = 1
+	}
+	if cfg.Poll <= 0 {
+		cfg.Poll = time.Second
+	}
+	if cfg.Log == nil {
+		cfg.Log = logrus.New()
+	}
+	if cfg.ID == "" {
+		return nil, errors.New("master: empty id (set --id)")
+	}
+	cache, err := manifest.LoadCache(filepath.Join(cfg.StateDir, cacheFile))
+	if err != nil {
+		return nil, err
+	}
+	return &Master{cfg: cfg, coord: co, server: server, cache: cache}, nil
+}
+
+// Run watches the task key until ctx is cancelled. A failing tick (Redis
+// down, say) is logged and retried on the next one.
+func (m *Master) Run(ctx context.Context) error {
+	for {
+		if err := m.Tick(ctx); err != nil && ctx.Err() == nil {
+			m.cfg.Log.WithError(err).Warn("master tick failed")
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(m.cfg.Poll):
+		}
+	}
+}
+
+// Tick does one round of the master's work.
+func (m *Master) Tick(ctx context.Context) error {
+	value, fresh, err := m.coord.TaskKey(ctx)
+	if err != nil {
+		return fmt.Errorf("read task: %w", err)
+	}
+	g, err := m.coord.Current(ctx)
+	if err != nil {
+		return fmt.Errorf("read generation: %w", err)
+	}
+	switch {
+	case fresh || (value != "" && g.ID == 0):
+		// An operator (or publish) wrote the key since we adopted it, even
+		// with the same path or an empty value: that is a new task.
+		opts, err := m.coord.Adopt(ctx)
+		if err != nil {
+			return fmt.Errorf("adopt task: %w", err)
+		}
+		return m.publish(ctx, value, opts)
+	case value == "" && g.ID == 0 && m.active != nil:
+		// Redis lost its data (restarted empty): publish the task again.
+		// Hosts that hold it already announce themselves without a transfer.
+		m.cfg.Log.WithField("path", m.active.path).Warn("task and generation are gone from Redis; publishing the task again")
+		return m.coord.SetTask(ctx, m.active.path, coord.TaskOptions{Delete: m.active.delete})
+	case value == "":
+		// No task, or an operator deleted the key: keep serving what we have.
+	case g.Origin == m.cfg.ID && g.State != coord.StateFailed && (m.active == nil || m.active.gen != g.ID):
+		// Restarted master: serve the generation it published before.
+		if err := m.resume(ctx, g); err != nil {
+			return err
+		}
+	}
+	if n, err := m.coord.Reap(ctx); err != nil {
+		return fmt.Errorf("reap leases: %w", err)
+	} else if n > 0 {
+		m.cfg.Log.WithField("leases", n).Warn("reaped expired leases; their source slots are free again")
+	}
+	return m.checkDone(ctx)
+}
+
+// publish validates a task value, builds its manifest and publishes it as a
+// new generation; a bad value becomes a failed generation and changes
+// nothing on any disk.
+func (m *Master) publish(ctx context.Context, value string, opts coord.TaskOptions) error {
+	log := m.cfg.Log.WithField("task", value)
+	clean, osPath, err := ResolveTask(m.cfg.Root, value)
+	if err == nil {
+		var snap *peer.Snapshot
+		snap, err = m.build(ctx, osPath)
+		if err == nil {
+			return m.offer(ctx, clean, opts, snap)
+		}
+	}
+	log.WithError(err).Error("task rejected; nothing was changed on any host")
+	m.server.Set(nil)
+	m.active = nil
+	if _, perr := m.coord.PublishFailed(ctx, value, err.Error(), m.cfg.ID); perr != nil {
+		return fmt.Errorf("record failed task: %w", perr)
+	}
+	return nil
+}
+
+func (m *Master) offer(ctx context.Context, clean string, opts coord.TaskOptions, snap *peer.Snapshot) error {
+	files, bytes := snap.Manifest.Totals()
+	g, err := m.coord.Publish(ctx, coord.Generation{
+		Path: clean, Delete: opts.Delete, Digest: snap.Digest,
+		Origin: m.cfg.ID, OriginAddr: m.cfg.Advertise, Files: int64(files), Bytes: bytes,
+	}, 0)
+	if err != nil {
+		return fmt.Errorf("publish generation: %w", err)
+	}
+	// Serve first, offer slots second: a minion that claims the origin must
+	// find it serving this generation.
+	snap.Gen = g.ID
+	m.server.Set(snap)
+	m.active = &published{gen: g.ID, path: clean, delete: opts.Delete}
+	if err := m.coord.OfferSlots(ctx, m.cfg.ID, g.ID, m.cfg.Uploads); err != nil {
+		return fmt.Errorf("offer origin slots: %w", err)
+	}
+	m.cfg.Log.WithFields(logrus.Fields{
+		"gen": g.ID, "path": clean, "files": files, "bytes": bytes, "delete": opts.Delete, "digest": snap.Digest[:16],
+	}).Info("published generation")
+	return nil
+}
+
+// resume serves a generation this master published before a restart. If the
+// tree changed meanwhile, the changed tree is published as a new generation.
+func (m *Master) resume(ctx context.Context, g coord.Generation) error {
+	_, osPath, err := ResolveTask(m.cfg.Root, g.Path)
+	if err != nil {
+		return m.publish(ctx, g.Path, coord.TaskOptions{Delete: g.Delete})
+	}
+	snap, err := m.build(ctx, osPath)
+	if err != nil {
+		return m.publish(ctx, g.Path, coord.TaskOptions{Delete: g.Delete})
+	}
+	if snap.Digest != g.Digest {
+		m.cfg.Log.WithField("gen", g.ID).Warn("task tree changed since it was published; publishing a new generation")
+		return m.offer(ctx, g.Path, coord.TaskOptions{Delete: g.Delete}, snap)
+	}
+	snap.Gen = g.ID
+	m.server.Set(snap)
+	m.active = &published{gen: g.ID, path: g.Path, delete: g.Delete}
+	if err := m.coord.OfferSlots(ctx, m.cfg.ID, g.ID, m.cfg.Uploads); err != nil {
+		return fmt.Errorf("offer origin slots: %w", err)
+	}
+	m.cfg.Log.WithField("gen", g.ID).Info("resumed serving generation")
+	return nil
+}
+
+func (m *Master) build(ctx context.Context, osPath string) (*peer.Snapshot, error) {
+	man, err := manifest.Build(ctx, osPath, manifest.Options{
+		Hash:  true,
+		Cache: m.cache,
+		Warn:  func(p string, err error) { m.cfg.Log.WithField("path", p).WithError(err).Warn("skipped entry") },
+	})
+	if err != nil {
+		return nil, fmt.Errorf("build manifest: %w", err)
+	}
+	if err := m.cache.Save(filepath.Join(m.cfg.StateDir, cacheFile)); err != nil {
+		m.cfg.Log.WithError(err).Warn("could not save the hash cache")
+	}
+	enc, err := man.Encode()
+	if err != nil {
+		return nil, fmt.Errorf("encode manifest: %w", err)
+	}
+	return &peer.Snapshot{Digest: manifest.Digest(enc), Encoded: enc, Manifest: man, Root: osPath}, nil
+}
+
+func (m *Master) checkDone(ctx context.Context) error {
+	if m.active == nil {
+		return nil
+	}
+	st, err := m.coord.Status(ctx)
+	if err != nil {
+		return fmt.Errorf("read status: %w", err)
+	}
+	if st.Generation.ID != m.active.gen || st.Generation.State != coord.StateRunning || st.State != coord.StateDone {
+		return nil
+	}
+	ok, err := m.coord.MarkDone(ctx, st.Generation.ID)
+	if err != nil {
+		return fmt.Errorf("mark generation done: %w", err)
+	}
+	if ok {
+		m.cfg.Log.WithFields(logrus.Fields{
+			"gen": st.Generation.ID, "hosts": len(st.Finished), "bytes": st.Generation.Bytes,
+			"elapsed": time.Since(st.Generation.Published).Round(time.Millisecond).String(),
+		}).Info("generation done: every expected host holds it")
+	}
+	return nil
+}

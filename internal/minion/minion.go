@@ -1,0 +1,383 @@
+// Package minion is the fanout host daemon: it heartbeats into the host
+// registry, watches the current generation, claims a source, pulls the
+// difference between its tree and the manifest, and then serves its verified
+// copy to the hosts after it.
+package minion
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net/http"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/sirupsen/logrus"
+
+	"github.com/fanout/fanout/internal/coord"
+	"github.com/fanout/fanout/internal/manifest"
+	"github.com/fanout/fanout/internal/peer"
+)
+
+// Config is a minion's configuration. Zero durations and counts take the
+// defaults documented on each field.
+type Config struct {
+	ID        string // host id in Redis (default: the hostname, set by the caller)
+	Advertise string // host:port other hosts use to reach this host's peer server
+	Root      string // task paths resolve under this directory
+	StateDir  string // held state and the hash cache
+	Uploads   int    // source slots offered once this host holds a generation; default 1
+	// Source makes this host offer itself as a source after a pull. A
+	// one-shot sync with no serve daemon behind its advertised address
+	// finishes without becoming a source.
+	Source    bool
+	Poll      time.Duration // poll interval, jittered by ±20%; default 1s
+	Heartbeat time.Duration // heartbeat interval; default 10s
+	Workers   int           // concurrent file fetches; default 4
+	Version   string
+	Log       logrus.FieldLogger
+}
+
+func (c *Config) setDefaults() {
+	if c.Uploads <= 0 {
+		c.Uploads = 1
+	}
+	if c.Poll <= 0 {
+		c.Poll = time.Second
+	}
+	if c.Heartbeat <= 0 {
+		c.Heartbeat = 10 * time.Second
+	}
+	if c.Workers <= 0 {
+		c.Workers = 4
+	}
+	if c.Log == nil {
+		c.Log = logrus.New()
+	}
+}
+
+// Coordinator is the part of the Redis protocol a minion uses.
+type Coordinator interface {
+	Current(ctx context.Context) (coord.Generation, error)
+	Heartbeat(ctx context.Context, h coord.Host) error
+	Lookup(ctx context.Context) error
+	Claim(ctx context.Context, host string, gen int64) (coord.Claim, error)
+	Renew(ctx context.Context, cl coord.Claim) error
+	Finish(ctx context.Context, cl coord.Claim, uploads int) error
+	Fail(ctx context.Context, cl coord.Claim, v coord.Verdict, reason string) error
+}
+
+// Minion is one host's fanout daemon.
+type Minion struct {
+	cfg     Config
+	coord   Coordinator
+	server  *peer.Server
+	client  *peer.Client
+	cache   *manifest.Cache
+	started time.Time
+
+	mu        sync.Mutex
+	held      *held
+	// Generations are told apart by genKey, not by id alone: ids restart
+	// when Redis loses its data.
+	looked   string // generation whose discovery was counted in lookup
+	finished string // generation this host is known to be finished for
+
+	// The pull in flight (or the last one): its generation id, bytes
+	// received so far and planned in all.
+	pullGen, received, planned atomic.Int64
+}
+
+// Progress reports the bytes received and planned by the pull in flight (or
+// the last one).
+func (m *Minion) Progress() (received, planned int64) {
+	return m.received.Load(), m.planned.Load()
+}
+
+// ProgressOf is Progress for generation gen only: zero while this host has
+// not started pulling gen.
+func (m *Minion) ProgressOf(gen int64) (received, planned int64) {
+	if m.pullGen.Load() != gen {
+		return 0, 0
+	}
+	return m.Progress()
+}
+
+// New builds a minion and loads what it held before a restart, so the peer
+// server serves it again at once.
+func New(cfg Config, co Coordinator, server *peer.Server, client *peer.Client) (*Minion, error) {
+	cfg.setDefaults()
+	if cfg.ID == "" {
+		return nil, errors.New("minion: empty host id (set --id)")
+	}
+	if cfg.StateDir == "" {
+		return nil, errors.New("minion: empty state directory (set --state-dir)")
+	}
+	cache, err := manifest.LoadCache(filepath.Join(cfg.StateDir, cacheFile))
+	if err != nil {
+		return nil, err
+	}
+	m := &Minion{cfg: cfg, coord: co, server: server, client: client, cache: cache, started: time.Now()}
+	h, enc, man, err := loadHeld(cfg.StateDir)
+	if err != nil {
+		cfg.Log.WithError(err).Warn("ignoring held state; the next pull re-checks the tree")
+	} else if h != nil {
+		m.held = h
+		server.Set(snapshot(cfg.Root, h, enc, man))
+	}
+	return m, nil
+}
+
+// Outcome is what one poll found.
+type Outcome int
+
+// Outcomes of Step.
+const (
+	Idle    Outcome = iota // no task, or a failed one
+	Holding                // this host holds the current generation
+	Waiting                // no source is free yet
+	Pulled                 // this host pulled the current generation in this step
+)
+
+func (o Outcome) String() string {
+	return [...]string{"idle", "holding", "waiting", "pulled"}[o]
+}
+
+// Run heartbeats and polls until ctx is cancelled. Errors of a single poll
+// are logged and retried; Run returns nil once ctx is done.
+func (m *Minion) Run(ctx context.Context) error {
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		m.heartbeatLoop(ctx)
+	}()
+	defer wg.Wait()
+	for {
+		out, err := m.Step(ctx)
+		if err != nil && ctx.Err() == nil {
+			m.cfg.Log.WithError(err).Warn("poll failed")
+		}
+		wait := jitter(m.cfg.Poll)
+		if out == Pulled {
+			wait = 0 // look again at once: a newer generation may be waiting
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(wait):
+		}
+	}
+}
+
+// Sync runs until this host holds the current generation (nil), the task is
+// absent or failed, or ctx ends; it is the one-shot mode for cron and
+// systemd timers.
+func (m *Minion) Sync(ctx context.Context) error {
+	if err := m.heartbeat(ctx); err != nil {
+		return err
+	}
+	hctx, stop := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		m.heartbeatLoop(hctx)
+	}()
+	defer func() { stop(); wg.Wait() }()
+	var last error
+	for {
+		out, err := m.Step(ctx)
+		switch {
+		case err == nil && (out == Holding || out == Pulled):
+			return nil
+		case err == nil && out == Idle:
+			return errors.New("no task to sync: the task key is empty or its generation failed (see fanout-master status)")
+		case err != nil:
+			last = err
+			m.cfg.Log.WithError(err).Warn("sync attempt failed; retrying")
+		}
+		select {
+		case <-ctx.Done():
+			if last != nil {
+				return fmt.Errorf("sync gave up: %w", last)
+			}
+			return fmt.Errorf("sync gave up waiting for a free source: %w", ctx.Err())
+		case <-time.After(jitter(m.cfg.Poll)):
+		}
+	}
+}
+
+func (m *Minion) heartbeatLoop(ctx context.Context) {
+	for {
+		if err := m.heartbeat(ctx); err != nil && ctx.Err() == nil {
+			m.cfg.Log.WithError(err).Warn("heartbeat failed")
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(m.cfg.Heartbeat):
+		}
+	}
+}
+
+func (m *Minion) heartbeat(ctx context.Context) error {
+	err := m.coord.Heartbeat(ctx, coord.Host{
+		ID: m.cfg.ID, Addr: m.cfg.Advertise, Version: m.cfg.Version, Role: "minion", Started: m.started,
+	})
+	if err != nil {
+		return fmt.Errorf("heartbeat: %w", err)
+	}
+	return nil
+}
+
+// Step looks at the current generation once and, when this host does not
+// hold it, claims a source and pulls it.
+func (m *Minion) Step(ctx context.Context) (Outcome, error) {
+	g, err := m.coord.Current(ctx)
+	if err != nil {
+		return Idle, fmt.Errorf("read generation: %w", err)
+	}
+	if g.ID == 0 || g.State == coord.StateFailed || g.Digest == "" {
+		return Idle, nil
+	}
+	m.mu.Lock()
+	h := m.held
+	m.mu.Unlock()
+	if h != nil && h.Digest == g.Digest && h.Path == g.Path {
+		return Holding, m.announce(ctx, g, h)
+	}
+	if m.looked != genKey(g) {
+		if err := m.coord.Lookup(ctx); err != nil {
+			return Idle, fmt.Errorf("count lookup: %w", err)
+		}
+		m.looked = genKey(g)
+		m.cfg.Log.WithFields(logrus.Fields{"gen": g.ID, "path": g.Path}).Info("new generation")
+	}
+	cl, err := m.coord.Claim(ctx, m.cfg.ID, g.ID)
+	switch {
+	case errors.Is(err, coord.ErrNoSource), errors.Is(err, coord.ErrBusy):
+		return Waiting, nil
+	case errors.Is(err, coord.ErrStale):
+		return Idle, nil
+	case errors.Is(err, coord.ErrFinished):
+		// Redis lists this host as finished but its state does not hold
+		// the generation (the state directory was wiped). Its tree cannot
+		// be vouched for; it is not offered as a source.
+		return Holding, nil
+	case err != nil:
+		return Idle, fmt.Errorf("claim source: %w", err)
+	}
+	if err := m.pull(ctx, g, cl); err != nil {
+		return Waiting, err
+	}
+	return Pulled, nil
+}
+
+// announce makes sure Redis lists this host as finished (and as a source)
+// for g, which it already holds: after a restart, a Redis data loss, or a
+// republish of identical content.
+func (m *Minion) announce(ctx context.Context, g coord.Generation, h *held) error {
+	if m.finished == genKey(g) {
+		return nil
+	}
+	if h.Gen != g.ID {
+		h2 := *h
+		h2.Gen = g.ID
+		enc, man := m.servedManifest()
+		if enc == nil {
+			return errors.New("held state has no manifest")
+		}
+		if err := saveHeld(m.cfg.StateDir, h2, enc); err != nil {
+			return err
+		}
+		m.mu.Lock()
+		m.held = &h2
+		m.mu.Unlock()
+		m.server.Set(snapshot(m.cfg.Root, &h2, enc, man))
+	}
+	if err := m.coord.Finish(ctx, coord.Claim{Host: m.cfg.ID, Gen: g.ID}, m.uploads()); err != nil {
+		if errors.Is(err, coord.ErrStale) {
+			return nil
+		}
+		return fmt.Errorf("announce held generation: %w", err)
+	}
+	m.finished = genKey(g)
+	m.cfg.Log.WithField("gen", g.ID).Info("already holds the generation; offered as a source")
+	return nil
+}
+
+func (m *Minion) servedManifest() ([]byte, *manifest.Manifest) {
+	s := m.server.Current()
+	if s == nil {
+		return nil, nil
+	}
+	return s.Encoded, s.Manifest
+}
+
+func (m *Minion) uploads() int {
+	if !m.cfg.Source {
+		return 0
+	}
+	return m.cfg.Uploads
+}
+
+// PeerAnswers reports whether a peer server answers /healthz at addr: a
+// one-shot sync uses it to decide whether it may become a source.
+func PeerAnswers(ctx context.Context, addr string) bool {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/healthz", nil)
+	if err != nil {
+		return false
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return false
+	}
+	resp.Body.Close()
+	return resp.StatusCode == http.StatusOK
+}
+
+// genKey identifies a generation across Redis data loss.
+func genKey(g coord.Generation) string {
+	return fmt.Sprintf("%d/%d/%s", g.ID, g.Published.UnixMilli(), g.Digest)
+}
+
+func jitter(d time.Duration) time.Duration {
+	return d*8/10 + rand.N(d*4/10+1)
+}
+
+// Serve is the serve-only mode: it heartbeats and serves what this host
+// holds, reloading the held state when a one-shot sync changes it, until
+// ctx is cancelled.
+func (m *Minion) Serve(ctx context.Context) error {
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		m.heartbeatLoop(ctx)
+	}()
+	defer wg.Wait()
+	for {
+		h, enc, man, err := loadHeld(m.cfg.StateDir)
+		switch {
+		case err != nil:
+			m.cfg.Log.WithError(err).Warn("cannot load held state; serving nothing")
+			m.server.Set(nil)
+		case h == nil:
+			m.server.Set(nil)
+		case m.server.Current() == nil || m.server.Current().Digest != h.Digest || m.server.Current().Gen != h.Gen:
+			m.server.Set(snapshot(m.cfg.Root, h, enc, man))
+			m.cfg.Log.WithField("gen", h.Gen).Info("serving held generation")
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(m.cfg.Poll):
+		}
+	}
+}

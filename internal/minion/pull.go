@@ -1,0 +1,211 @@
+package minion
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/sirupsen/logrus"
+	"golang.org/x/sys/unix"
+
+	"github.com/fanout/fanout/internal/apply"
+	"github.com/fanout/fanout/internal/coord"
+	"github.com/fanout/fanout/internal/manifest"
+	"github.com/fanout/fanout/internal/peer"
+)
+
+// errBadManifest marks a manifest from a source that does not match the
+// published digest: the source is bad, not merely unreachable.
+var errBadManifest = errors.New("manifest does not match the published digest")
+
+// errLeaseLost cancels a pull whose lease could not be renewed.
+var errLeaseLost = errors.New("lease lost")
+
+// pull brings this host's copy to generation g from the source claimed in
+// cl, then finishes (or fails) the claim.
+func (m *Minion) pull(ctx context.Context, g coord.Generation, cl coord.Claim) error {
+	log := m.cfg.Log.WithFields(logrus.Fields{"gen": g.ID, "source": cl.Source, "slot": cl.Slot})
+	log.Info("claimed source; pulling")
+	pctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	done := make(chan struct{})
+	renewed := make(chan struct{})
+	go func() {
+		defer close(renewed)
+		m.renewLoop(pctx, cl, cancel, done)
+	}()
+	start := time.Now()
+	st, err := m.transfer(pctx, g, cl)
+	close(done)
+	<-renewed
+	if cause := context.Cause(pctx); err != nil && errors.Is(cause, errLeaseLost) {
+		err = fmt.Errorf("%w: %w", cause, err)
+	}
+	// Settle the claim even when ctx is cancelled (shutdown): the slot must
+	// go back and running_queue must not keep this host.
+	sctx, scancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer scancel()
+	if err != nil {
+		v := verdict(ctx, err)
+		if ferr := m.coord.Fail(sctx, cl, v, err.Error()); ferr != nil {
+			log.WithError(ferr).Warn("could not record the failure")
+		}
+		return fmt.Errorf("pull generation %d from %s: %w", g.ID, cl.Source, err)
+	}
+	if err := m.coord.Finish(sctx, cl, m.uploads()); err != nil && !errors.Is(err, coord.ErrStale) {
+		return fmt.Errorf("finish generation %d: %w", g.ID, err)
+	}
+	m.finished = genKey(g)
+	log.WithFields(logrus.Fields{
+		"files": st.Files, "bytes": st.Bytes, "removed": st.Removed,
+		"elapsed": time.Since(start).Round(time.Millisecond).String(),
+	}).Info("holds generation; offered as a source")
+	return nil
+}
+
+func (m *Minion) renewLoop(ctx context.Context, cl coord.Claim, cancel context.CancelCauseFunc, done <-chan struct{}) {
+	every := cl.Lease / 3
+	if every <= 0 {
+		every = time.Second
+	}
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-done:
+			return
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		err := m.coord.Renew(ctx, cl)
+		if errors.Is(err, coord.ErrLeaseLost) || errors.Is(err, coord.ErrStale) {
+			cancel(errLeaseLost)
+			return
+		}
+		if err != nil && ctx.Err() == nil {
+			m.cfg.Log.WithError(err).Warn("lease renewal failed; retrying")
+		}
+	}
+}
+
+// transfer does the pull itself: manifest, diff, apply, then records and
+// serves the new copy.
+func (m *Minion) transfer(ctx context.Context, g coord.Generation, cl coord.Claim) (apply.Stats, error) {
+	enc, err := m.client.Manifest(ctx, cl.SourceAddr, g.ID)
+	if err != nil {
+		return apply.Stats{}, fmt.Errorf("fetch manifest: %w", err)
+	}
+	if got := manifest.Digest(enc); got != g.Digest {
+		return apply.Stats{}, fmt.Errorf("%w: got %s, want %s", errBadManifest, got, g.Digest)
+	}
+	remote, err := manifest.Decode(enc, manifest.DefaultLimits())
+	if err != nil {
+		return apply.Stats{}, fmt.Errorf("%w: %w", errBadManifest, err)
+	}
+
+	// From here on the tree changes: stop serving the old copy.
+	m.server.Set(nil)
+	m.mu.Lock()
+	m.held = nil
+	m.mu.Unlock()
+	if err := clearHeld(m.cfg.StateDir); err != nil {
+		return apply.Stats{}, err
+	}
+
+	root := taskRoot(m.cfg.Root, g.Path)
+	if err := os.MkdirAll(filepath.Dir(root), 0o755); err != nil {
+		return apply.Stats{}, fmt.Errorf("create parent of %s: %w", root, err)
+	}
+	if n, err := apply.Sweep(ctx, root); err != nil {
+		return apply.Stats{}, fmt.Errorf("remove stale temporary files: %w", err)
+	} else if n > 0 {
+		m.cfg.Log.WithField("files", n).Info("removed temporary files left by an interrupted pull")
+	}
+	local, err := manifest.Build(ctx, root, manifest.Options{
+		Warn: func(p string, err error) { m.cfg.Log.WithField("path", p).WithError(err).Warn("skipped local entry") },
+	})
+	if err != nil {
+		return apply.Stats{}, fmt.Errorf("scan local tree: %w", err)
+	}
+	if err := manifest.FillHashes(ctx, root, local, remote, m.cache); err != nil {
+		return apply.Stats{}, fmt.Errorf("hash local tree: %w", err)
+	}
+	plan := manifest.Diff(local, remote, manifest.DiffOptions{Delete: g.Delete})
+	need := plan.FetchBytes()
+	if err := checkSpace(filepath.Dir(root), need); err != nil {
+		return apply.Stats{}, err
+	}
+	m.received.Store(0)
+	m.planned.Store(need)
+	m.pullGen.Store(g.ID)
+	m.cfg.Log.WithFields(logrus.Fields{
+		"fetch": plan.Count(manifest.OpFetch), "bytes": need, "remove": plan.Count(manifest.OpRemove),
+		"mkdir": plan.Count(manifest.OpMkdir), "meta": plan.Count(manifest.OpMeta),
+	}).Info("diffed local tree")
+	st, err := apply.Apply(ctx, root, plan, apply.Options{
+		Fetcher:  sourceFetcher{client: m.client, addr: cl.SourceAddr, gen: g.ID},
+		Cache:    m.cache,
+		Workers:  m.cfg.Workers,
+		Progress: func(n int64) { m.received.Add(n) },
+		Log:      m.cfg.Log,
+	})
+	if serr := m.cache.Save(filepath.Join(m.cfg.StateDir, cacheFile)); serr != nil {
+		m.cfg.Log.WithError(serr).Warn("could not save the hash cache")
+	}
+	if err != nil {
+		return st, err
+	}
+	h := held{Gen: g.ID, Digest: g.Digest, Path: g.Path}
+	if err := saveHeld(m.cfg.StateDir, h, enc); err != nil {
+		return st, err
+	}
+	m.mu.Lock()
+	m.held = &h
+	m.mu.Unlock()
+	m.server.Set(snapshot(m.cfg.Root, &h, enc, remote))
+	return st, nil
+}
+
+// checkSpace refuses a pull that cannot fit before it writes a byte.
+func checkSpace(dir string, need int64) error {
+	var s unix.Statfs_t
+	if err := unix.Statfs(dir, &s); err != nil {
+		return fmt.Errorf("check free space in %s: %w", dir, err)
+	}
+	free := int64(s.Bavail) * int64(s.Bsize)
+	if need > free {
+		return fmt.Errorf("not enough space in %s: the pull needs %d bytes, %d are free: %w", dir, need, free, unix.ENOSPC)
+	}
+	return nil
+}
+
+// verdict says what a failed pull tells about its source.
+func verdict(ctx context.Context, err error) coord.Verdict {
+	var mismatch *apply.HashMismatchError
+	switch {
+	case ctx.Err() != nil, errors.Is(err, errLeaseLost):
+		return coord.SourceOK
+	case errors.As(err, &mismatch), errors.Is(err, errBadManifest):
+		return coord.SourceBad
+	case errors.Is(err, peer.ErrUnavailable), errors.Is(err, peer.ErrStale),
+		errors.Is(err, peer.ErrNotFound), errors.Is(err, peer.ErrUnauthorized):
+		return coord.SourceDead
+	}
+	return coord.SourceOK
+}
+
+// sourceFetcher pulls files of one generation from one peer.
+type sourceFetcher struct {
+	client *peer.Client
+	addr   string
+	gen    int64
+}
+
+func (f sourceFetcher) Fetch(ctx context.Context, e manifest.Entry, offset int64, w io.Writer) (int64, error) {
+	return f.client.Fetch(ctx, f.addr, f.gen, e.Path, offset, w)
+}

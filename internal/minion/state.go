@@ -1,0 +1,115 @@
+package minion
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/fanout/fanout/internal/manifest"
+	"github.com/fanout/fanout/internal/peer"
+)
+
+// held is what a host verifiably holds: one generation of one task. It is
+// saved in the state directory after every successful pull, so a restarted
+// minion serves its copy again and pulls nothing it already has.
+type held struct {
+	Gen    int64  `json:"gen"`
+	Digest string `json:"digest"`
+	Path   string `json:"path"` // the task path as published (absolute, under --root)
+}
+
+const (
+	heldFile     = "held.json"
+	manifestFile = "manifest.json"
+	cacheFile    = "hashes.cache"
+)
+
+// loadHeld reads the held state and its manifest from dir. A missing state
+// is not an error: it returns nil. A manifest that no longer matches its
+// digest is reported, and the state is treated as absent by the caller.
+func loadHeld(dir string) (*held, []byte, *manifest.Manifest, error) {
+	b, err := os.ReadFile(filepath.Join(dir, heldFile))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil, nil, nil
+	}
+	if err != nil {
+		return nil, nil, nil, fmt.Errorf("read held state: %w", err)
+	}
+	var h held
+	if err := json.Unmarshal(b, &h); err != nil {
+		return nil, nil, nil, fmt.Errorf("decode held state %s: %w (delete it to pull again)", filepath.Join(dir, heldFile), err)
+	}
+	enc, err := os.ReadFile(filepath.Join(dir, manifestFile))
+	if err != nil {
+		return nil, nil, nil, fmt.Errorf("read held manifest: %w", err)
+	}
+	if got := manifest.Digest(enc); got != h.Digest {
+		return nil, nil, nil, fmt.Errorf("held manifest %s has digest %s, state says %s (delete it to pull again)", filepath.Join(dir, manifestFile), got, h.Digest)
+	}
+	m, err := manifest.Decode(enc, manifest.DefaultLimits())
+	if err != nil {
+		return nil, nil, nil, fmt.Errorf("decode held manifest: %w", err)
+	}
+	return &h, enc, m, nil
+}
+
+// saveHeld records h and its encoded manifest in dir, each atomically; the
+// manifest is written first so a crash in between leaves a state that fails
+// its digest check rather than one that claims the wrong content.
+func saveHeld(dir string, h held, enc []byte) error {
+	if err := writeAtomic(filepath.Join(dir, manifestFile), enc); err != nil {
+		return fmt.Errorf("save held manifest: %w", err)
+	}
+	b, err := json.Marshal(h)
+	if err != nil {
+		return fmt.Errorf("encode held state: %w", err)
+	}
+	if err := writeAtomic(filepath.Join(dir, heldFile), b); err != nil {
+		return fmt.Errorf("save held state: %w", err)
+	}
+	return nil
+}
+
+// clearHeld forgets what this host held: its tree is about to change.
+func clearHeld(dir string) error {
+	err := os.Remove(filepath.Join(dir, heldFile))
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("clear held state: %w", err)
+	}
+	return nil
+}
+
+func writeAtomic(path string, b []byte) error {
+	f, err := os.CreateTemp(filepath.Dir(path), manifest.TempPrefix+"state-*")
+	if err != nil {
+		return err
+	}
+	tmp := f.Name()
+	if _, err := f.Write(b); err != nil {
+		f.Close()
+		os.Remove(tmp)
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		os.Remove(tmp)
+		return err
+	}
+	if err := f.Close(); err != nil {
+		os.Remove(tmp)
+		return err
+	}
+	return os.Rename(tmp, path)
+}
+
+// snapshot turns a held state into what the peer server serves.
+func snapshot(root string, h *held, enc []byte, m *manifest.Manifest) *peer.Snapshot {
+	return &peer.Snapshot{Gen: h.Gen, Digest: h.Digest, Encoded: enc, Manifest: m, Root: taskRoot(root, h.Path)}
+}
+
+// taskRoot maps a published task path to this host's OS path under root.
+func taskRoot(root, taskPath string) string {
+	return filepath.Join(root, filepath.FromSlash(taskPath))
+}

@@ -1,0 +1,140 @@
+package peer
+
+import (
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestSignVerify(t *testing.T) {
+	secret := []byte("0123456789abcdef-secret")
+	now := time.Unix(1_700_000_000, 0)
+	const uri = "/v1/file?gen=7&path=sub%2Fb.bin"
+	const maxSkew = 30 * time.Second
+
+	// signed returns the headers a client signing method and uri at signedAt
+	// with key sends.
+	signed := func(key []byte, method, uri string, signedAt time.Time) http.Header {
+		r, err := http.NewRequest(method, "http://peer.example"+uri, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		Sign(r, key, signedAt)
+		return r.Header
+	}
+	good := signed(secret, "GET", uri, now)
+
+	tests := []struct {
+		name    string
+		method  string
+		uri     string // as received
+		header  http.Header
+		wantErr string // "" for success
+	}{
+		{"good", "GET", uri, good, ""},
+		{"at the skew limit, old", "GET", uri, signed(secret, "GET", uri, now.Add(-maxSkew)), ""},
+		{"at the skew limit, future", "GET", uri, signed(secret, "GET", uri, now.Add(maxSkew)), ""},
+		{"no headers", "GET", uri, http.Header{}, "missing"},
+		{"no signature", "GET", uri, http.Header{headerTimestamp: good[headerTimestamp]}, "missing"},
+		{"no timestamp", "GET", uri, http.Header{headerSignature: good[headerSignature]}, "missing"},
+		{"wrong secret", "GET", uri, signed([]byte("another-secret-of-16+"), "GET", uri, now), "signature mismatch"},
+		{"tampered path", "GET", "/v1/manifest?gen=7&path=sub%2Fb.bin", good, "signature mismatch"},
+		{"tampered query", "GET", "/v1/file?gen=7&path=sub%2Fc.bin", good, "signature mismatch"},
+		{"tampered method", "HEAD", uri, good, "signature mismatch"},
+		{"replayed too late", "GET", uri, signed(secret, "GET", uri, now.Add(-maxSkew-time.Second)), "old"},
+		{"too far in the future", "GET", uri, signed(secret, "GET", uri, now.Add(maxSkew+time.Second)), "future"},
+		{"malformed timestamp", "GET", uri, http.Header{headerTimestamp: {"yesterday"}, headerSignature: good[headerSignature]}, "bad timestamp"},
+		{"signature not hex", "GET", uri, http.Header{headerTimestamp: good[headerTimestamp], headerSignature: {"zz"}}, "not hex"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := httptest.NewRequest(tt.method, tt.uri, nil)
+			r.Header = tt.header.Clone()
+			err := Verify(r, secret, now, maxSkew)
+			switch {
+			case tt.wantErr == "" && err != nil:
+				t.Fatalf("Verify: %v, want success", err)
+			case tt.wantErr != "" && err == nil:
+				t.Fatalf("Verify succeeded, want an error containing %q", tt.wantErr)
+			case tt.wantErr != "" && !strings.Contains(err.Error(), tt.wantErr):
+				t.Fatalf("Verify: %v, want an error containing %q", err, tt.wantErr)
+			}
+		})
+	}
+}
+
+func TestSignKeepsSecretOffTheWire(t *testing.T) {
+	secret := []byte("0123456789abcdef-secret")
+	r, err := http.NewRequest("GET", "http://peer.example/v1/manifest?gen=1", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	Sign(r, secret, time.Now())
+	if r.Header.Get(headerSignature) == "" || r.Header.Get(headerTimestamp) == "" {
+		t.Fatalf("Sign set headers %v, want timestamp and signature", r.Header)
+	}
+	for k, vs := range r.Header {
+		for _, v := range vs {
+			if strings.Contains(v, string(secret)) {
+				t.Errorf("header %s carries the secret: %q", k, v)
+			}
+		}
+	}
+}
+
+func TestLoadSecret(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name, content string, mode os.FileMode) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chmod(p, mode); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	const secret = "c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0"
+
+	tests := []struct {
+		name    string
+		path    string
+		want    string   // the secret, on success
+		wantErr []string // substrings of the error
+	}{
+		{"0600 with whitespace", write("ok", "  "+secret+"\n", 0o600), secret, nil},
+		{"0400", write("ro", secret, 0o400), secret, nil},
+		{"0640", write("group", secret, 0o640), secret, nil},
+		{"0644 refused", write("world-readable", secret, 0o644), "", []string{"chmod 600 " + filepath.Join(dir, "world-readable")}},
+		{"0602 refused", write("world-writable", secret, 0o602), "", []string{"chmod 600 " + filepath.Join(dir, "world-writable")}},
+		{"short refused", write("short", "tooshort\n", 0o600), "", []string{"head -c 32 /dev/urandom", filepath.Join(dir, "short")}},
+		{"only whitespace", write("blank", " \n\t\n", 0o600), "", []string{"head -c 32 /dev/urandom"}},
+		{"missing", filepath.Join(dir, "nope"), "", []string{filepath.Join(dir, "nope")}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := LoadSecret(tt.path)
+			if tt.wantErr == nil {
+				if err != nil {
+					t.Fatalf("LoadSecret: %v", err)
+				}
+				if string(got) != tt.want {
+					t.Fatalf("LoadSecret = %q, want %q", got, tt.want)
+				}
+				return
+			}
+			if err == nil {
+				t.Fatalf("LoadSecret = %q, want an error", got)
+			}
+			for _, s := range tt.wantErr {
+				if !strings.Contains(err.Error(), s) {
+					t.Errorf("LoadSecret error %q does not contain %q", err, s)
+				}
+			}
+		})
+	}
+}

@@ -1,0 +1,259 @@
+package peer
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Client defaults.
+const (
+	DefaultDialTimeout  = 5 * time.Second
+	DefaultStallTimeout = 30 * time.Second
+)
+
+// maxManifest bounds a manifest download, in bytes.
+const maxManifest = 2 << 30
+
+// ClientConfig configures a Client. Zero fields take their defaults.
+type ClientConfig struct {
+	// Secret is the shared secret every request is signed with.
+	Secret []byte
+	// DialTimeout bounds connecting to a peer, and waiting for its response
+	// headers once the request is sent; default DefaultDialTimeout.
+	DialTimeout time.Duration
+	// StallTimeout fails a body read that receives no byte for this long (a
+	// stalled peer); default DefaultStallTimeout.
+	StallTimeout time.Duration
+	// Now is the clock requests are signed with; default time.Now.
+	Now func() time.Time
+	// TLS, if not nil, makes the client speak HTTPS with this configuration.
+	TLS *tls.Config
+}
+
+// Client pulls manifests and files from peers. It is safe for concurrent
+// use and keeps connections to peers alive between requests.
+type Client struct {
+	cfg    ClientConfig
+	hc     *http.Client
+	scheme string
+}
+
+// NewClient returns a Client.
+func NewClient(cfg ClientConfig) *Client {
+	if cfg.DialTimeout <= 0 {
+		cfg.DialTimeout = DefaultDialTimeout
+	}
+	if cfg.StallTimeout <= 0 {
+		cfg.StallTimeout = DefaultStallTimeout
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	tr := &http.Transport{
+		DialContext:           (&net.Dialer{Timeout: cfg.DialTimeout, KeepAlive: 30 * time.Second}).DialContext,
+		TLSClientConfig:       cfg.TLS,
+		TLSHandshakeTimeout:   cfg.DialTimeout,
+		ResponseHeaderTimeout: cfg.DialTimeout,
+		MaxIdleConnsPerHost:   4,
+		IdleConnTimeout:       90 * time.Second,
+		// Bodies must arrive exactly as served: their lengths are checked.
+		DisableCompression: true,
+	}
+	scheme := "http"
+	if cfg.TLS != nil {
+		scheme = "https"
+	}
+	return &Client{cfg: cfg, hc: &http.Client{Transport: tr}, scheme: scheme}
+}
+
+// CloseIdleConnections closes the connections kept alive to peers.
+func (c *Client) CloseIdleConnections() { c.hc.CloseIdleConnections() }
+
+// Manifest fetches the encoded manifest of generation gen from the peer at
+// addr (host:port).
+func (c *Client) Manifest(ctx context.Context, addr string, gen int64) ([]byte, error) {
+	what := fmt.Sprintf("manifest of generation %d from %s", gen, addr)
+	q := url.Values{"gen": {strconv.FormatInt(gen, 10)}}
+	reqCtx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	resp, err := c.get(reqCtx, what, c.url(addr, "/v1/manifest", q), 0)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("get %s: %w: unexpected %s", what, ErrUnavailable, resp.Status)
+	}
+	if g := resp.Header.Get(headerGeneration); g != strconv.FormatInt(gen, 10) {
+		return nil, fmt.Errorf("get %s: %w: answered for generation %q", what, ErrUnavailable, g)
+	}
+	if resp.ContentLength > maxManifest {
+		return nil, fmt.Errorf("get %s: %w: %d bytes, more than the limit of %d", what, ErrUnavailable, resp.ContentLength, int64(maxManifest))
+	}
+	var buf bytes.Buffer
+	if resp.ContentLength > 0 {
+		buf.Grow(int(resp.ContentLength))
+	}
+	n, err := c.copyBody(ctx, reqCtx, cancel, what, &buf, io.LimitReader(resp.Body, maxManifest+1), resp.ContentLength)
+	if err != nil {
+		return nil, err
+	}
+	if n > maxManifest {
+		return nil, fmt.Errorf("get %s: %w: more than the limit of %d bytes", what, ErrUnavailable, int64(maxManifest))
+	}
+	return buf.Bytes(), nil
+}
+
+// Fetch streams the file at path (a manifest path) of generation gen from the
+// peer at addr into w, starting at byte offset, and returns the number of
+// bytes written. An offset above zero is asked for with a Range request.
+//
+// An error from w is returned as is; every failure of the peer or of the
+// network is ErrUnavailable, and w may then have received part of the file.
+func (c *Client) Fetch(ctx context.Context, addr string, gen int64, path string, offset int64, w io.Writer) (int64, error) {
+	what := fmt.Sprintf("%q of generation %d from %s", path, gen, addr)
+	if offset > 0 {
+		what = fmt.Sprintf("%q of generation %d from %s at offset %d", path, gen, addr, offset)
+	}
+	q := url.Values{"gen": {strconv.FormatInt(gen, 10)}, "path": {path}}
+	reqCtx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	resp, err := c.get(reqCtx, what, c.url(addr, "/v1/file", q), offset)
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	if resp.ContentLength < 0 {
+		return 0, fmt.Errorf("get %s: %w: no Content-Length", what, ErrUnavailable)
+	}
+	if err := checkRange(resp, offset); err != nil {
+		return 0, fmt.Errorf("get %s: %w: %w", what, ErrUnavailable, err)
+	}
+	return c.copyBody(ctx, reqCtx, cancel, what, w, resp.Body, resp.ContentLength)
+}
+
+// checkRange checks that resp answers a request for the bytes from offset.
+func checkRange(resp *http.Response, offset int64) error {
+	if offset == 0 {
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("unexpected %s", resp.Status)
+		}
+		return nil
+	}
+	if resp.StatusCode != http.StatusPartialContent {
+		return fmt.Errorf("asked for a range, got %s", resp.Status)
+	}
+	cr := resp.Header.Get("Content-Range")
+	var first, last, size int64
+	if _, err := fmt.Sscanf(cr, "bytes %d-%d/%d", &first, &last, &size); err != nil {
+		return fmt.Errorf("bad Content-Range %q", cr)
+	}
+	if first != offset || last-first+1 != resp.ContentLength {
+		return fmt.Errorf("Content-Range %q does not match offset %d and Content-Length %d", cr, offset, resp.ContentLength)
+	}
+	return nil
+}
+
+func (c *Client) url(addr, route string, q url.Values) string {
+	u := url.URL{Scheme: c.scheme, Host: addr, Path: route, RawQuery: q.Encode()}
+	return u.String()
+}
+
+// get sends a signed GET, asking for the bytes from offset if offset > 0,
+// and returns a 200 or 206 response; any other answer becomes an error.
+func (c *Client) get(ctx context.Context, what, u string, offset int64) (*http.Response, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	if err != nil {
+		return nil, fmt.Errorf("get %s: %w", what, err)
+	}
+	if offset > 0 {
+		req.Header.Set("Range", fmt.Sprintf("bytes=%d-", offset))
+	}
+	Sign(req, c.cfg.Secret, c.cfg.Now())
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil, fmt.Errorf("get %s: %w", what, context.Cause(ctx))
+		}
+		return nil, fmt.Errorf("get %s: %w: %w", what, ErrUnavailable, err)
+	}
+	if resp.StatusCode == http.StatusOK || resp.StatusCode == http.StatusPartialContent {
+		return resp, nil
+	}
+	msg, _ := io.ReadAll(io.LimitReader(resp.Body, 1024))
+	resp.Body.Close()
+	detail := resp.Status
+	if m := strings.TrimSpace(string(msg)); m != "" {
+		detail += ": " + m
+	}
+	switch {
+	case resp.StatusCode == http.StatusConflict:
+		err = ErrStale
+	case resp.StatusCode == http.StatusUnauthorized:
+		err = ErrUnauthorized
+	case resp.StatusCode == http.StatusNotFound:
+		err = ErrNotFound
+	case resp.StatusCode >= 500:
+		err = ErrUnavailable
+	default:
+		// The peer refused the request itself (400, 405, 416): ours to fix.
+		return nil, fmt.Errorf("get %s: peer answered %s", what, detail)
+	}
+	return nil, fmt.Errorf("get %s: %w: %s", what, err, detail)
+}
+
+// copyBody copies a response body to w, failing the request (through cancel)
+// when no byte arrives for the stall timeout, and checks that exactly want
+// bytes arrived (want < 0: unknown). ctx is the caller's context, reqCtx the
+// request's, derived from ctx and cancelled by cancel.
+func (c *Client) copyBody(ctx, reqCtx context.Context, cancel context.CancelCauseFunc, what string, w io.Writer, body io.Reader, want int64) (int64, error) {
+	stalled := fmt.Errorf("no data for %v: stalled", c.cfg.StallTimeout)
+	timer := time.AfterFunc(c.cfg.StallTimeout, func() { cancel(stalled) })
+	timer.Stop()
+	defer timer.Stop()
+	sr := &stallReader{r: body, timer: timer, timeout: c.cfg.StallTimeout}
+	n, err := io.Copy(w, sr)
+	switch {
+	case sr.err != nil && ctx.Err() != nil:
+		return n, fmt.Errorf("get %s: %w", what, context.Cause(ctx))
+	case sr.err != nil && context.Cause(reqCtx) == stalled:
+		return n, fmt.Errorf("get %s: %w: after %d bytes: %w", what, ErrUnavailable, n, stalled)
+	case sr.err != nil:
+		return n, fmt.Errorf("get %s: %w: after %d bytes: %w", what, ErrUnavailable, n, sr.err)
+	case err != nil:
+		return n, fmt.Errorf("get %s: write: %w", what, err)
+	case want >= 0 && n != want:
+		return n, fmt.Errorf("get %s: %w: body of %d bytes, Content-Length %d", what, ErrUnavailable, n, want)
+	}
+	return n, nil
+}
+
+// stallReader reads from r with timer running: a Read that gets no byte
+// before the timer fires fails, as the timer cancels the request. The timer
+// is stopped between reads, so a slow writer is never taken for a stalled
+// peer. It records the first read error other than io.EOF.
+type stallReader struct {
+	r       io.Reader
+	timer   *time.Timer
+	timeout time.Duration
+	err     error
+}
+
+func (s *stallReader) Read(p []byte) (int, error) {
+	s.timer.Reset(s.timeout)
+	n, err := s.r.Read(p)
+	s.timer.Stop()
+	if err != nil && err != io.EOF && s.err == nil {
+		s.err = err
+	}
+	return n, err
+}

@@ -1,0 +1,242 @@
+package peer
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strconv"
+	"sync/atomic"
+	"time"
+
+	"github.com/fanout/fanout/internal/manifest"
+	"github.com/sirupsen/logrus"
+)
+
+// DefaultMaxSkew is the clock difference a server accepts between a
+// request's signature timestamp and its own clock unless configured.
+const DefaultMaxSkew = 30 * time.Second
+
+// ServerConfig configures a Server. Zero fields take their defaults.
+type ServerConfig struct {
+	// Secret is the shared secret requests must be signed with.
+	Secret []byte
+	// MaxSkew is the accepted clock difference for signatures; default
+	// DefaultMaxSkew.
+	MaxSkew time.Duration
+	// Log receives refused requests and server errors; default discards.
+	Log logrus.FieldLogger
+	// Now is the clock; default time.Now.
+	Now func() time.Time
+}
+
+// Server answers peer requests for the snapshot it currently holds. It is an
+// http.Handler; Set may be called at any time, concurrently with requests.
+type Server struct {
+	cfg ServerConfig
+	cur atomic.Pointer[served]
+}
+
+// served is a snapshot prepared for serving.
+type served struct {
+	snap    *Snapshot
+	entries map[string]manifest.Entry
+}
+
+// NewServer returns a Server that serves nothing until Set is called.
+func NewServer(cfg ServerConfig) *Server {
+	if cfg.MaxSkew <= 0 {
+		cfg.MaxSkew = DefaultMaxSkew
+	}
+	if cfg.Log == nil {
+		l := logrus.New()
+		l.SetOutput(io.Discard)
+		cfg.Log = l
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	return &Server{cfg: cfg}
+}
+
+// Set atomically replaces what the server serves; nil serves nothing.
+// Requests in flight finish with the snapshot they started with. The server
+// keeps snap: the caller must not modify it afterwards.
+func (s *Server) Set(snap *Snapshot) {
+	if snap == nil {
+		s.cur.Store(nil)
+		return
+	}
+	sv := &served{snap: snap, entries: make(map[string]manifest.Entry)}
+	if snap.Manifest != nil {
+		for _, e := range snap.Manifest.Entries {
+			sv.entries[e.Path] = e
+		}
+	}
+	s.cur.Store(sv)
+}
+
+// Current returns the snapshot being served, or nil.
+func (s *Server) Current() *Snapshot {
+	if sv := s.cur.Load(); sv != nil {
+		return sv.snap
+	}
+	return nil
+}
+
+// ServeHTTP answers one peer request:
+//
+//	GET /healthz                    200 "ok", unauthenticated
+//	GET /v1/manifest?gen=N          the encoded manifest of generation N
+//	GET /v1/file?gen=N&path=P       the file at manifest path P, with Range support
+//
+// Every request but /healthz must carry a valid signature (see Verify).
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if err := s.route(w, r); err != nil {
+		s.fail(w, r, err)
+	}
+}
+
+func (s *Server) route(w http.ResponseWriter, r *http.Request) error {
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		w.Header().Set("Allow", "GET, HEAD")
+		return errorf(http.StatusMethodNotAllowed, "method %s not allowed", r.Method)
+	}
+	if r.URL.Path == "/healthz" {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		io.WriteString(w, "ok")
+		return nil
+	}
+	if err := Verify(r, s.cfg.Secret, s.cfg.Now(), s.cfg.MaxSkew); err != nil {
+		return &httpError{code: http.StatusUnauthorized, msg: "unauthorized: " + err.Error()}
+	}
+	switch r.URL.Path {
+	case "/v1/manifest":
+		return s.serveManifest(w, r)
+	case "/v1/file":
+		return s.serveFile(w, r)
+	}
+	return errorf(http.StatusNotFound, "no route %s", r.URL.Path)
+}
+
+// snapshotFor returns the prepared snapshot if it is of the generation the
+// request's "gen" parameter names.
+func (s *Server) snapshotFor(q url.Values) (*served, error) {
+	gen, err := strconv.ParseInt(q.Get("gen"), 10, 64)
+	if err != nil {
+		return nil, errorf(http.StatusBadRequest, "bad gen %q", q.Get("gen"))
+	}
+	sv := s.cur.Load()
+	switch {
+	case sv == nil:
+		return nil, errorf(http.StatusConflict, "generation %d not served: serving nothing", gen)
+	case sv.snap.Gen != gen:
+		return nil, errorf(http.StatusConflict, "generation %d not served: serving %d", gen, sv.snap.Gen)
+	}
+	return sv, nil
+}
+
+func (s *Server) serveManifest(w http.ResponseWriter, r *http.Request) error {
+	q, err := url.ParseQuery(r.URL.RawQuery)
+	if err != nil {
+		return errorf(http.StatusBadRequest, "bad query: %v", err)
+	}
+	sv, err := s.snapshotFor(q)
+	if err != nil {
+		return err
+	}
+	h := w.Header()
+	h.Set("Content-Type", "application/json")
+	h.Set("Content-Length", strconv.Itoa(len(sv.snap.Encoded)))
+	h.Set(headerGeneration, strconv.FormatInt(sv.snap.Gen, 10))
+	if r.Method == http.MethodHead {
+		return nil
+	}
+	w.Write(sv.snap.Encoded)
+	return nil
+}
+
+func (s *Server) serveFile(w http.ResponseWriter, r *http.Request) error {
+	q, err := url.ParseQuery(r.URL.RawQuery)
+	if err != nil {
+		return errorf(http.StatusBadRequest, "bad query: %v", err)
+	}
+	sv, err := s.snapshotFor(q)
+	if err != nil {
+		return err
+	}
+	paths := q["path"]
+	if len(paths) != 1 || !validPath(paths[0]) {
+		return errorf(http.StatusBadRequest, "bad path %q", paths)
+	}
+	p := paths[0]
+	e, ok := sv.entries[p]
+	if !ok || e.Type != manifest.File {
+		return errorf(http.StatusNotFound, "generation %d has no file %q", sv.snap.Gen, p)
+	}
+	f, err := openEntry(sv.snap.Root, p)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return fmt.Errorf("stat %s: %w", f.Name(), err)
+	}
+	if fi.Size() != e.Size {
+		return errorf(http.StatusConflict, "%q changed on disk: %d bytes, manifest says %d", p, fi.Size(), e.Size)
+	}
+	h := w.Header()
+	h.Set("Content-Type", "application/octet-stream")
+	h.Set(headerGeneration, strconv.FormatInt(sv.snap.Gen, 10))
+	// A zero modification time keeps conditional requests out of the way:
+	// peers ask for bytes, not for freshness.
+	http.ServeContent(w, r, "", time.Time{}, f)
+	return nil
+}
+
+// httpError is an error with the HTTP status it answers with.
+type httpError struct {
+	code int
+	msg  string // what the client is told
+	err  error  // the cause, for the log; may be nil
+}
+
+func errorf(code int, format string, args ...any) error {
+	return &httpError{code: code, msg: fmt.Sprintf(format, args...)}
+}
+
+func (e *httpError) Error() string {
+	if e.err != nil {
+		return e.msg + ": " + e.err.Error()
+	}
+	return e.msg
+}
+
+func (e *httpError) Unwrap() error { return e.err }
+
+// fail answers a request with the status err carries (500 for an untyped
+// error) and logs it: refused signatures at warn, server faults at error.
+func (s *Server) fail(w http.ResponseWriter, r *http.Request, err error) {
+	code, msg := http.StatusInternalServerError, "internal error"
+	var he *httpError
+	if errors.As(err, &he) {
+		code, msg = he.code, he.msg
+	}
+	log := s.cfg.Log.WithFields(logrus.Fields{
+		"remote": r.RemoteAddr,
+		"method": r.Method,
+		"uri":    r.RequestURI,
+		"status": code,
+	})
+	switch {
+	case code == http.StatusUnauthorized:
+		log.WithError(err).Warn("peer request refused")
+	case code >= 500:
+		log.WithError(err).Error("peer request failed")
+	default:
+		log.WithError(err).Debug("peer request rejected")
+	}
+	http.Error(w, msg, code)
+}

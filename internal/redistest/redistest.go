@@ -1,0 +1,123 @@
+// Package redistest starts Redis servers for tests: an in-process miniredis
+// always, and a real redis-server when the binary is on PATH. With
+// FANOUT_REQUIRE_REDIS=1 (as in CI) a missing redis-server fails the test
+// instead of skipping the real-Redis half.
+package redistest
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/alicebob/miniredis/v2"
+	"github.com/redis/go-redis/v9"
+)
+
+// Server is a Redis server for one test.
+type Server struct {
+	Name string // "miniredis" or "redis-server"
+	Addr string
+	URL  string
+	// Kill (real server only) kills the server with SIGKILL.
+	Kill func()
+	// Restart (real server only) kills the server and starts a new, empty
+	// one on the same port.
+	Restart func(t testing.TB)
+}
+
+// Servers returns a miniredis and, when available, a real redis-server.
+func Servers(t testing.TB) []Server {
+	_, mini := Mini(t)
+	out := []Server{mini}
+	if real, ok := Real(t); ok {
+		out = append(out, real)
+	}
+	return out
+}
+
+// Mini starts a miniredis for t.
+func Mini(t testing.TB) (*miniredis.Miniredis, Server) {
+	mr := miniredis.RunT(t)
+	return mr, Server{Name: "miniredis", Addr: mr.Addr(), URL: "redis://" + mr.Addr()}
+}
+
+// Real starts a redis-server on a free loopback port for t; false when the
+// binary is missing (a test failure instead under FANOUT_REQUIRE_REDIS=1).
+func Real(t testing.TB) (Server, bool) {
+	t.Helper()
+	bin, err := exec.LookPath("redis-server")
+	if err != nil {
+		if os.Getenv("FANOUT_REQUIRE_REDIS") == "1" {
+			t.Fatal("redis-server is not on PATH and FANOUT_REQUIRE_REDIS=1: install it (apt-get install redis-server)")
+		}
+		t.Log("redis-server not on PATH: real-Redis tests skipped")
+		return Server{}, false
+	}
+	port, err := freePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+	var cmd *exec.Cmd
+	start := func(t testing.TB) {
+		t.Helper()
+		cmd = exec.Command(bin, "--port", strconv.Itoa(port), "--bind", "127.0.0.1",
+			"--save", "", "--appendonly", "no", "--dir", t.TempDir())
+		if err := cmd.Start(); err != nil {
+			t.Fatalf("start redis-server: %v", err)
+		}
+		if err := waitPing(addr); err != nil {
+			cmd.Process.Kill()
+			cmd.Wait()
+			t.Fatalf("redis-server on %s: %v", addr, err)
+		}
+	}
+	kill := func() {
+		if cmd != nil && cmd.Process != nil {
+			cmd.Process.Kill()
+			cmd.Wait()
+			cmd = nil
+		}
+	}
+	start(t)
+	t.Cleanup(kill)
+	return Server{
+		Name:    "redis-server",
+		Addr:    addr,
+		URL:     "redis://" + addr,
+		Kill:    kill,
+		Restart: func(t testing.TB) { kill(); start(t) },
+	}, true
+}
+
+func freePort() (int, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port, nil
+}
+
+func waitPing(addr string) error {
+	rdb := redis.NewClient(&redis.Options{Addr: addr})
+	defer rdb.Close()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+		err := rdb.Ping(ctx).Err()
+		cancel()
+		if err == nil {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("no answer to PING: %w", err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}

@@ -1,0 +1,108 @@
+package integration
+
+import (
+	"context"
+	"path/filepath"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/fanout/fanout/internal/coord"
+	"github.com/fanout/fanout/internal/lab"
+)
+
+// TestMasterRestartResumes stops the master after a generation is done and
+// starts a new one on the same state: it serves the same generation again
+// (no new generation, the origin's slot offered again) and moves no bytes.
+func TestMasterRestartResumes(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	l, src := startWithTree(ctx, t, 3)
+	st, err := l.WaitGeneration(ctx, 0, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Master.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	// While the master is down, its slot may be gone; take it away to be
+	// sure the restarted master offers it again.
+	if err := l.Redis.SRem(ctx, l.Coord.Keys().Sync(), "master#0").Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.StartMaster(ctx); err != nil {
+		t.Fatal(err)
+	}
+	var now coord.Status
+	for ctx.Err() == nil {
+		now, err = l.Coord.Status(ctx)
+		if err == nil && slices.Contains(now.Sources, "master#0") {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if now.Generation.ID != st.Generation.ID || now.State != coord.StateDone {
+		t.Fatalf("after restart: generation %d state %s, want generation %d done", now.Generation.ID, now.State, st.Generation.ID)
+	}
+	for _, h := range l.Minions {
+		if err := lab.Compare(src, filepath.Join(h.Root, task)); err != nil {
+			t.Error(err)
+		}
+	}
+}
+
+// TestRedisDataLoss flushes Redis after a generation is done: the master
+// publishes the task again, the minions re-register and announce that they
+// hold it, and not a byte is transferred again.
+func TestRedisDataLoss(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	l, src := startWithTree(ctx, t, 3)
+	if _, err := l.WaitGeneration(ctx, 0, nil); err != nil {
+		t.Fatal(err)
+	}
+	l.Mini.FlushAll()
+	st, err := l.WaitGeneration(ctx, 0, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(st.Finished) != 3 {
+		t.Fatalf("after data loss: %d hosts finished, want 3", len(st.Finished))
+	}
+	// The event stream starts empty after the flush: any claim in it is a
+	// host that pulled again.
+	events, err := l.Redis.XRange(ctx, l.Coord.Keys().Events(), "-", "+").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range events {
+		if e.Values["type"] == "claim" {
+			t.Errorf("a host claimed a source after the flush: %v", e.Values)
+		}
+	}
+	for _, h := range l.Minions {
+		if err := lab.Compare(src, filepath.Join(h.Root, task)); err != nil {
+			t.Error(err)
+		}
+	}
+}
+
+// startWithTree starts a lab with n minions and sets the task on a sample
+// tree.
+func startWithTree(ctx context.Context, t *testing.T, n int) (*lab.Lab, string) {
+	t.Helper()
+	l, err := lab.Start(ctx, lab.Config{Dir: t.TempDir(), Minions: n})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(l.Stop)
+	src := filepath.Join(l.Master.Root, task)
+	mustMkdir(t, src)
+	if err := lab.SampleTree(src, 1<<20, 20); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Set(ctx, task); err != nil {
+		t.Fatal(err)
+	}
+	return l, src
+}
