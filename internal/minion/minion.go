@@ -79,8 +79,8 @@ type Minion struct {
 	cache   *manifest.Cache
 	started time.Time
 
-	mu        sync.Mutex
-	held      *held
+	mu   sync.Mutex
+	held *held
 	// Generations are told apart by genKey, not by id alone: ids restart
 	// when Redis loses its data.
 	looked   string // generation whose discovery was counted in lookup
