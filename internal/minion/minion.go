@@ -247,7 +247,7 @@ func (m *Minion) Step(ctx context.Context) (Outcome, error) {
 	m.mu.Lock()
 	h := m.held
 	m.mu.Unlock()
-	if h != nil && h.Digest == g.Digest && h.Path == g.Path {
+	if h.satisfies(g) {
 		return Holding, m.announce(ctx, g, h)
 	}
 	if m.looked != genKey(g) {

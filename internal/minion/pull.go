@@ -160,7 +160,7 @@ func (m *Minion) transfer(ctx context.Context, g coord.Generation, cl coord.Clai
 	if err != nil {
 		return st, err
 	}
-	h := held{Gen: g.ID, Digest: g.Digest, Path: g.Path}
+	h := held{Gen: g.ID, Digest: g.Digest, Path: g.Path, Delete: g.Delete}
 	if err := saveHeld(m.cfg.StateDir, h, enc); err != nil {
 		return st, err
 	}

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/fanout/fanout/internal/coord"
 	"github.com/fanout/fanout/internal/manifest"
 	"github.com/fanout/fanout/internal/peer"
 )
@@ -18,6 +19,14 @@ type held struct {
 	Gen    int64  `json:"gen"`
 	Digest string `json:"digest"`
 	Path   string `json:"path"` // the task path as published (absolute, under --root)
+	// Delete records that extras were removed: a copy made without delete
+	// does not satisfy a generation published with it.
+	Delete bool `json:"delete"`
+}
+
+// satisfies reports whether holding h means holding generation g.
+func (h *held) satisfies(g coord.Generation) bool {
+	return h != nil && h.Digest == g.Digest && h.Path == g.Path && (h.Delete || !g.Delete)
 }
 
 const (
