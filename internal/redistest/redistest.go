@@ -23,6 +23,9 @@ type Server struct {
 	Name string // "miniredis" or "redis-server"
 	Addr string
 	URL  string
+	// Mini is the miniredis itself (nil for a real server), for
+	// FastForward and FlushAll.
+	Mini *miniredis.Miniredis
 	// Kill (real server only) kills the server with SIGKILL.
 	Kill func()
 	// Restart (real server only) kills the server and starts a new, empty
@@ -43,7 +46,7 @@ func Servers(t testing.TB) []Server {
 // Mini starts a miniredis for t.
 func Mini(t testing.TB) (*miniredis.Miniredis, Server) {
 	mr := miniredis.RunT(t)
-	return mr, Server{Name: "miniredis", Addr: mr.Addr(), URL: "redis://" + mr.Addr()}
+	return mr, Server{Name: "miniredis", Addr: mr.Addr(), URL: "redis://" + mr.Addr(), Mini: mr}
 }
 
 // Real starts a redis-server on a free loopback port for t; false when the

@@ -1,0 +1,527 @@
+package coord
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/fanout/fanout/internal/redistest"
+)
+
+// fixture is a protocol client on one server, with a settable clock.
+type fixture struct {
+	t   *testing.T
+	srv redistest.Server
+	rdb *redis.Client
+	c   *Client
+	now time.Time
+	mu  sync.Mutex
+}
+
+func (f *fixture) clock() time.Time {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.now
+}
+
+func (f *fixture) advance(d time.Duration) {
+	f.mu.Lock()
+	f.now = f.now.Add(d)
+	f.mu.Unlock()
+}
+
+// each runs fn on miniredis and, when installed, on a real redis-server.
+func each(t *testing.T, lease time.Duration, fn func(t *testing.T, f *fixture)) {
+	for _, srv := range redistest.Servers(t) {
+		t.Run(srv.Name, func(t *testing.T) {
+			opts, err := redis.ParseURL(srv.URL)
+			if err != nil {
+				t.Fatal(err)
+			}
+			rdb := redis.NewClient(opts)
+			t.Cleanup(func() { rdb.Close() })
+			rdb.FlushAll(context.Background())
+			f := &fixture{t: t, srv: srv, rdb: rdb, now: time.Now()}
+			f.c = New(rdb, Config{Prefix: "{fanout}:", LeaseTTL: lease, HostGrace: 30 * time.Second, Now: f.clock})
+			fn(t, f)
+		})
+	}
+}
+
+func (f *fixture) publish(uploads int) Generation {
+	f.t.Helper()
+	g, err := f.c.Publish(context.Background(), Generation{Path: "/data/m42", Digest: strings.Repeat("d", 64), Origin: "master", OriginAddr: "10.0.0.1:7070", Files: 3, Bytes: 300}, uploads)
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	return g
+}
+
+func (f *fixture) members(key string) []string {
+	f.t.Helper()
+	m, err := f.rdb.SMembers(context.Background(), key).Result()
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	slices.Sort(m)
+	return m
+}
+
+func (f *fixture) heartbeat(hosts ...string) {
+	f.t.Helper()
+	for _, h := range hosts {
+		if err := f.c.Heartbeat(context.Background(), Host{ID: h, Addr: h + ":7070", Version: "test", Role: "minion"}); err != nil {
+			f.t.Fatal(err)
+		}
+	}
+}
+
+func TestPublishAndTaskKey(t *testing.T) {
+	each(t, 15*time.Second, func(t *testing.T, f *fixture) {
+		ctx := context.Background()
+		k := f.c.Keys()
+		if v, fresh, err := f.c.TaskKey(ctx); v != "" || fresh || err != nil {
+			t.Fatalf("missing task: %q %v %v", v, fresh, err)
+		}
+		if err := f.c.SetTask(ctx, "/data/m42", TaskOptions{Delete: true}); err != nil {
+			t.Fatal(err)
+		}
+		if v, fresh, _ := f.c.TaskKey(ctx); v != "/data/m42" || !fresh {
+			t.Fatalf("set task: %q fresh=%v", v, fresh)
+		}
+		opts, err := f.c.Adopt(ctx)
+		if err != nil || !opts.Delete {
+			t.Fatalf("Adopt = %+v, %v", opts, err)
+		}
+		if _, fresh, _ := f.c.TaskKey(ctx); fresh {
+			t.Fatal("adopted task still fresh")
+		}
+		if opts, _ := f.c.Adopt(ctx); opts.Delete {
+			t.Fatal("options consumed twice")
+		}
+		// A plain SET of the same value is fresh again.
+		f.rdb.Set(ctx, k.Task(), "/data/m42", 0)
+		if _, fresh, _ := f.c.TaskKey(ctx); !fresh {
+			t.Fatal("SET of the same path not seen as fresh")
+		}
+
+		f.rdb.SAdd(ctx, k.Finished(), "old")
+		f.rdb.SAdd(ctx, k.Running(), "old")
+		f.rdb.Set(ctx, k.Lookup(), 5, 0)
+		g1 := f.publish(2)
+		g2 := f.publish(2)
+		if g1.ID < 1 || g2.ID != g1.ID+1 {
+			t.Fatalf("generation ids %d then %d", g1.ID, g2.ID)
+		}
+		if got := f.members(k.Sync()); !slices.Equal(got, []string{"master#0", "master#1"}) {
+			t.Errorf("sync = %v", got)
+		}
+		if len(f.members(k.Finished())) != 0 || len(f.members(k.Running())) != 0 {
+			t.Error("publish did not reset the queues")
+		}
+		if n, _ := f.rdb.Exists(ctx, k.Lookup()).Result(); n != 0 {
+			t.Error("publish did not reset lookup")
+		}
+		cur, err := f.c.Current(ctx)
+		if err != nil || cur.ID != g2.ID || cur.State != StateRunning || cur.Path != "/data/m42" || cur.OriginAddr != "10.0.0.1:7070" || cur.Bytes != 300 {
+			t.Fatalf("Current = %+v, %v", cur, err)
+		}
+		fg, err := f.c.PublishFailed(ctx, "relative", "task is relative", "master")
+		if err != nil || fg.ID != g2.ID+1 {
+			t.Fatal(err)
+		}
+		cur, _ = f.c.Current(ctx)
+		if cur.State != StateFailed || cur.Error != "task is relative" || len(f.members(k.Sync())) != 0 {
+			t.Errorf("failed generation %+v, sync %v", cur, f.members(k.Sync()))
+		}
+		if _, err := f.c.Claim(ctx, "a", cur.ID); !errors.Is(err, ErrStale) {
+			t.Errorf("claim on a failed generation: %v", err)
+		}
+	})
+}
+
+func TestClaimLifecycle(t *testing.T) {
+	each(t, 15*time.Second, func(t *testing.T, f *fixture) {
+		ctx := context.Background()
+		k := f.c.Keys()
+		g := f.publish(1)
+		f.heartbeat("a", "b")
+		cl, err := f.c.Claim(ctx, "a", g.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if cl.Slot != "master#0" || cl.Source != "master" || cl.SourceAddr != "10.0.0.1:7070" {
+			t.Fatalf("claim = %+v", cl)
+		}
+		if len(f.members(k.Sync())) != 0 || !slices.Equal(f.members(k.Running()), []string{"a"}) {
+			t.Fatalf("after claim: sync %v running %v", f.members(k.Sync()), f.members(k.Running()))
+		}
+		if ttl := f.rdb.PTTL(ctx, k.Lease("a")).Val(); ttl <= 0 || ttl > 15*time.Second {
+			t.Errorf("lease ttl %v", ttl)
+		}
+		if _, err := f.c.Claim(ctx, "b", g.ID); !errors.Is(err, ErrNoSource) {
+			t.Errorf("second claim with no slot: %v", err)
+		}
+		if _, err := f.c.Claim(ctx, "a", g.ID); !errors.Is(err, ErrBusy) {
+			t.Errorf("claim while holding a lease: %v", err)
+		}
+		if _, err := f.c.Claim(ctx, "b", g.ID-1); !errors.Is(err, ErrStale) {
+			t.Errorf("claim for an old generation: %v", err)
+		}
+		if err := f.c.Renew(ctx, cl); err != nil {
+			t.Fatal(err)
+		}
+		if err := f.c.Finish(ctx, cl, 2); err != nil {
+			t.Fatal(err)
+		}
+		if got := f.members(k.Sync()); !slices.Equal(got, []string{"a#0", "a#1", "master#0"}) {
+			t.Errorf("after finish: sync %v", got)
+		}
+		if !slices.Equal(f.members(k.Finished()), []string{"a"}) || len(f.members(k.Running())) != 0 {
+			t.Errorf("after finish: finished %v running %v", f.members(k.Finished()), f.members(k.Running()))
+		}
+		if _, err := f.c.Claim(ctx, "a", g.ID); !errors.Is(err, ErrFinished) {
+			t.Errorf("claim after finishing: %v", err)
+		}
+		// b takes a's slot (never its own), and learns a's address.
+		for range 20 {
+			cl2, err := f.c.Claim(ctx, "b", g.ID)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if cl2.Source == "a" && cl2.SourceAddr != "a:7070" {
+				t.Fatalf("address of source a: %q", cl2.SourceAddr)
+			}
+			if err := f.c.Fail(ctx, cl2, SourceOK, "disk full"); err != nil {
+				t.Fatal(err)
+			}
+		}
+		st, err := f.c.Status(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.Failures["b"].Error != "disk full" || st.Failures["b"].Gen != g.ID {
+			t.Errorf("failure not recorded: %+v", st.Failures)
+		}
+		if got := f.members(k.Sync()); !slices.Equal(got, []string{"a#0", "a#1", "master#0"}) {
+			t.Errorf("SourceOK failures lost slots: %v", got)
+		}
+	})
+}
+
+// TestConcurrentClaimsNeverShareASlot races 50 claimers for k slots.
+func TestConcurrentClaimsNeverShareASlot(t *testing.T) {
+	for _, slots := range []int{1, 3} {
+		t.Run(fmt.Sprint(slots, " slots"), func(t *testing.T) {
+			each(t, 15*time.Second, func(t *testing.T, f *fixture) {
+				g := f.publish(slots)
+				var wg sync.WaitGroup
+				got := make(chan string, 50)
+				start := make(chan struct{})
+				for i := range 50 {
+					wg.Add(1)
+					go func() {
+						defer wg.Done()
+						<-start
+						cl, err := f.c.Claim(context.Background(), fmt.Sprintf("h%02d", i), g.ID)
+						if err == nil {
+							got <- cl.Slot
+						} else if !errors.Is(err, ErrNoSource) {
+							t.Error(err)
+						}
+					}()
+				}
+				close(start)
+				wg.Wait()
+				close(got)
+				var won []string
+				for s := range got {
+					won = append(won, s)
+				}
+				slices.Sort(won)
+				if len(won) != slots || len(slices.Compact(slices.Clone(won))) != slots {
+					t.Fatalf("%d slots, claims won: %v", slots, won)
+				}
+				if n := len(f.members(f.c.Keys().Running())); n != slots {
+					t.Errorf("running_queue has %d hosts, want %d", n, slots)
+				}
+			})
+		})
+	}
+}
+
+// TestExpiredLeaseReturnsSlot lets a lease expire for real (Redis PX) and
+// reaps it.
+func TestExpiredLeaseReturnsSlot(t *testing.T) {
+	each(t, 300*time.Millisecond, func(t *testing.T, f *fixture) {
+		ctx := context.Background()
+		k := f.c.Keys()
+		g := f.publish(1)
+		cl, err := f.c.Claim(ctx, "a", g.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n, err := f.c.Reap(ctx); n != 0 || err != nil {
+			t.Fatalf("reap of a live lease: %d, %v", n, err)
+		}
+		expire(t, f, 400*time.Millisecond)
+		n, err := f.c.Reap(ctx)
+		if err != nil || n != 1 {
+			t.Fatalf("Reap = %d, %v; want 1", n, err)
+		}
+		if got := f.members(k.Sync()); !slices.Equal(got, []string{"master#0"}) {
+			t.Fatalf("slot not returned: %v", got)
+		}
+		if len(f.members(k.Running())) != 0 {
+			t.Error("reaped host still in running_queue")
+		}
+		if err := f.c.Renew(ctx, cl); !errors.Is(err, ErrLeaseLost) {
+			t.Errorf("renew after expiry: %v", err)
+		}
+		// A late finish records the host but does not return the slot a
+		// second time.
+		if err := f.c.Finish(ctx, cl, 0); err != nil {
+			t.Fatal(err)
+		}
+		if got := f.members(k.Sync()); !slices.Equal(got, []string{"master#0"}) {
+			t.Fatalf("slot duplicated by a late finish: %v", got)
+		}
+		if !hasEvent(t, f, "lease_expired", "a") {
+			t.Error("no lease_expired event")
+		}
+	})
+}
+
+// expire waits for Redis to expire keys: real time on a real server, a
+// fast-forward on miniredis.
+func expire(t *testing.T, f *fixture, d time.Duration) {
+	if f.srv.Name == "miniredis" {
+		mini(t, f).FastForward(d)
+		return
+	}
+	time.Sleep(d)
+}
+
+func TestFailVerdicts(t *testing.T) {
+	each(t, 15*time.Second, func(t *testing.T, f *fixture) {
+		ctx := context.Background()
+		k := f.c.Keys()
+		g := f.publish(1)
+		f.heartbeat("a", "b", "c", "d")
+		// a and b become sources with 2 slots each.
+		for _, h := range []string{"a", "b"} {
+			cl, err := f.c.Claim(ctx, h, g.ID)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := f.c.Finish(ctx, cl, 2); err != nil {
+				t.Fatal(err)
+			}
+		}
+		claimFrom := func(host, source string) Claim {
+			for range 100 {
+				cl, err := f.c.Claim(ctx, host, g.ID)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if cl.Source == source {
+					return cl
+				}
+				f.c.Fail(ctx, cl, SourceOK, "retry")
+			}
+			t.Fatalf("never drew a slot of %s", source)
+			return Claim{}
+		}
+		cl := claimFrom("c", "a")
+		if err := f.c.Fail(ctx, cl, SourceDead, "connection refused"); err != nil {
+			t.Fatal(err)
+		}
+		if slices.Contains(f.members(k.Sync()), cl.Slot) {
+			t.Error("a dead source's slot returned")
+		}
+		cl = claimFrom("c", "b")
+		if err := f.c.Fail(ctx, cl, SourceBad, "hash mismatch"); err != nil {
+			t.Fatal(err)
+		}
+		for _, m := range f.members(k.Sync()) {
+			if strings.HasPrefix(m, "b#") {
+				t.Errorf("bad source still offers %s", m)
+			}
+		}
+		if !slices.Equal(f.members(k.BadSources()), []string{"b"}) {
+			t.Errorf("bad_sources = %v", f.members(k.BadSources()))
+		}
+		// A bad source gets no slots back, not even by finishing again.
+		if err := f.c.Finish(ctx, Claim{Host: "b", Gen: g.ID}, 2); err != nil {
+			t.Fatal(err)
+		}
+		for range 20 {
+			cl, err := f.c.Claim(ctx, "d", g.ID)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if cl.Source == "b" {
+				t.Fatal("claimed a slot of a bad source")
+			}
+			f.c.Fail(ctx, cl, SourceOK, "retry")
+		}
+		if !hasEvent(t, f, "bad_source", "b") {
+			t.Error("no bad_source event")
+		}
+	})
+}
+
+func TestNewGenerationSupersedes(t *testing.T) {
+	each(t, 15*time.Second, func(t *testing.T, f *fixture) {
+		ctx := context.Background()
+		k := f.c.Keys()
+		g1 := f.publish(1)
+		cl, err := f.c.Claim(ctx, "a", g1.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		g2 := f.publish(1)
+		if err := f.c.Finish(ctx, cl, 1); !errors.Is(err, ErrStale) {
+			t.Fatalf("finish of a superseded generation: %v", err)
+		}
+		if got := f.members(k.Sync()); !slices.Equal(got, []string{"master#0"}) {
+			t.Errorf("old slot or host leaked into the new generation: %v", got)
+		}
+		if len(f.members(k.Finished())) != 0 {
+			t.Error("host finished for the new generation")
+		}
+		if _, err := f.c.Claim(ctx, "a", g2.ID); err != nil {
+			t.Errorf("claim in the new generation: %v", err)
+		}
+	})
+}
+
+func TestHeartbeatsAndStatus(t *testing.T) {
+	each(t, 15*time.Second, func(t *testing.T, f *fixture) {
+		ctx := context.Background()
+		k := f.c.Keys()
+		st, err := f.c.Status(ctx)
+		if err != nil || st.State != StateIdle {
+			t.Fatalf("empty status: %+v %v", st, err)
+		}
+		g := f.publish(1)
+		f.heartbeat("a", "b")
+		f.advance(time.Minute)
+		f.heartbeat("b", "c") // a is now a minute old: lost
+		hosts, err := f.c.Hosts(ctx)
+		if err != nil || len(hosts) != 3 || hosts[0].ID != "a" || hosts[0].Alive || !hosts[1].Alive || hosts[1].Addr != "b:7070" {
+			t.Fatalf("Hosts = %+v, %v", hosts, err)
+		}
+		// a finished earlier and offered a slot; it is dead now: reap withdraws it.
+		f.rdb.SAdd(ctx, k.Sync(), "a#0")
+		if _, err := f.c.Reap(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if got := f.members(k.Sync()); !slices.Equal(got, []string{"master#0"}) {
+			t.Errorf("dead host's slot kept: %v", got)
+		}
+		for _, h := range []string{"b", "c"} {
+			cl, err := f.c.Claim(ctx, h, g.ID)
+			if err != nil {
+				t.Fatal(err)
+			}
+			st, _ = f.c.Status(ctx)
+			if st.State != StateRunning || st.Claims[h] == "" || !slices.Contains(st.Running, h) {
+				t.Fatalf("while %s pulls: %+v", h, st)
+			}
+			if err := f.c.Finish(ctx, cl, 1); err != nil {
+				t.Fatal(err)
+			}
+		}
+		f.c.Lookup(ctx)
+		st, err = f.c.Status(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.State != StateDone || !slices.Equal(st.Expected, []string{"b", "c"}) || !slices.Equal(st.Finished, []string{"b", "c"}) || st.Lookup != 1 || st.Task != "" {
+			t.Fatalf("status = %+v", st)
+		}
+		if ok, err := f.c.MarkDone(ctx, g.ID); !ok || err != nil {
+			t.Fatalf("MarkDone = %v, %v", ok, err)
+		}
+		if ok, _ := f.c.MarkDone(ctx, g.ID); ok {
+			t.Error("MarkDone twice")
+		}
+		if err := f.c.Forget(ctx, "b"); err != nil {
+			t.Fatal(err)
+		}
+		st, _ = f.c.Status(ctx)
+		if slices.Contains(st.Finished, "b") || slices.ContainsFunc(st.Sources, func(s string) bool { return strings.HasPrefix(s, "b#") }) || len(st.Hosts) != 2 {
+			t.Errorf("after forget: %+v", st)
+		}
+	})
+}
+
+func TestOfferSlotsSkipsClaimed(t *testing.T) {
+	each(t, 15*time.Second, func(t *testing.T, f *fixture) {
+		ctx := context.Background()
+		g := f.publish(2)
+		if _, err := f.c.Claim(ctx, "a", g.ID); err != nil {
+			t.Fatal(err)
+		}
+		if err := f.c.OfferSlots(ctx, "master", g.ID, 2); err != nil {
+			t.Fatal(err)
+		}
+		free := f.members(f.c.Keys().Sync())
+		st, _ := f.c.Status(ctx)
+		if len(free) != 1 || free[0] == st.Claims["a"] {
+			t.Fatalf("offer re-added a claimed slot: free %v, claimed %s", free, st.Claims["a"])
+		}
+		if err := f.c.OfferSlots(ctx, "master", g.ID-1, 2); err != nil || len(f.members(f.c.Keys().Sync())) != 1 {
+			t.Error("offer for an old generation changed the set")
+		}
+	})
+}
+
+// TestPrefixIsolates checks that every key the protocol writes carries the
+// prefix.
+func TestPrefixIsolates(t *testing.T) {
+	each(t, 15*time.Second, func(t *testing.T, f *fixture) {
+		ctx := context.Background()
+		f.c.SetTask(ctx, "/x", TaskOptions{Delete: true})
+		f.c.Adopt(ctx)
+		g := f.publish(1)
+		f.heartbeat("a", "b")
+		f.c.Lookup(ctx)
+		cl, _ := f.c.Claim(ctx, "a", g.ID)
+		f.c.Fail(ctx, cl, SourceBad, "x")
+		cl, _ = f.c.Claim(ctx, "b", g.ID)
+		f.c.Finish(ctx, cl, 1)
+		f.c.Reap(ctx)
+		keys, err := f.rdb.Keys(ctx, "*").Result()
+		if err != nil || len(keys) < 5 {
+			t.Fatalf("keys %v, %v", keys, err)
+		}
+		for _, key := range keys {
+			if !strings.HasPrefix(key, "{fanout}:") {
+				t.Errorf("unprefixed key %q", key)
+			}
+		}
+	})
+}
+
+func hasEvent(t *testing.T, f *fixture, typ, host string) bool {
+	t.Helper()
+	msgs, err := f.rdb.XRange(context.Background(), f.c.Keys().Events(), "-", "+").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range msgs {
+		if m.Values["type"] == typ && m.Values["host"] == host {
+			return true
+		}
+	}
+	return false
+}
