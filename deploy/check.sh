@@ -27,15 +27,18 @@ fi
 n=0
 while IFS= read -r line; do
   case "$line" in ''|'#'*|*=*) continue ;; esac
-  fields=$(printf '%s\n' "$line" | awk '{print NF}')
-  if [ "$fields" -lt 7 ]; then
+  read -r min hour dom mon dow user cmd <<<"$line"
+  if [ -z "${cmd:-}" ]; then
     echo "cron/fanout-minion.cron: too few fields: $line"; exit 1
   fi
-  for f in $(printf '%s\n' "$line" | awk '{print $1, $2, $3, $4, $5}'); do
+  for f in "$min" "$hour" "$dom" "$mon" "$dow"; do
     if ! printf '%s' "$f" | grep -Eq '^(\*|[0-9]+(-[0-9]+)?)(/[0-9]+)?(,(\*|[0-9]+(-[0-9]+)?)(/[0-9]+)?)*$'; then
       echo "cron/fanout-minion.cron: bad time field '$f' in: $line"; exit 1
     fi
   done
+  if ! id -u "$user" >/dev/null 2>&1; then
+    echo "cron/fanout-minion.cron: unknown user '$user' in: $line"; exit 1
+  fi
   n=$((n + 1))
 done < cron/fanout-minion.cron
 [ "$n" -gt 0 ] || { echo "cron/fanout-minion.cron: no entries"; exit 1; }

@@ -1,0 +1,165 @@
+package integration
+
+import (
+	"context"
+	"encoding/json"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/fanout/fanout/internal/lab"
+	"github.com/fanout/fanout/internal/redistest"
+)
+
+// buildBinaries compiles fanout-master and fanout-minion into a temp dir.
+func buildBinaries(t *testing.T) (master, minion string) {
+	t.Helper()
+	dir := t.TempDir()
+	master, minion = filepath.Join(dir, "fanout-master"), filepath.Join(dir, "fanout-minion")
+	for out, pkg := range map[string]string{master: "../../master", minion: "../../minion"} {
+		cmd := exec.Command("go", "build", "-o", out, pkg)
+		if b, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("build %s: %v\n%s", pkg, err, b)
+		}
+	}
+	return master, minion
+}
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+// TestProcesses runs the real binaries: a master and two minions as
+// separate processes configured through flags and FANOUT_* variables,
+// `publish --wait` until done, then `status --json`, then SIGTERM.
+func TestProcesses(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds binaries")
+	}
+	masterBin, minionBin := buildBinaries(t)
+	_, srv := redistest.Mini(t)
+	dir := t.TempDir()
+	secret := filepath.Join(dir, "secret")
+	if err := os.WriteFile(secret, []byte("a-test-secret-of-enough-length\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	env := append(os.Environ(), "FANOUT_REDIS="+srv.URL, "FANOUT_SECRET_FILE="+secret, "FANOUT_POLL=100ms", "FANOUT_KEY_PREFIX={fanout}:")
+	start := func(name, bin string, args ...string) *exec.Cmd {
+		cmd := exec.Command(bin, args...)
+		cmd.Env = env
+		log, err := os.Create(filepath.Join(dir, name+".log"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		cmd.Stdout, cmd.Stderr = log, log
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() {
+			cmd.Process.Kill()
+			cmd.Wait()
+			if t.Failed() {
+				b, _ := os.ReadFile(log.Name())
+				t.Logf("%s log:\n%s", name, b)
+			}
+		})
+		return cmd
+	}
+	node := func(name string) (root, state string, args []string) {
+		root, state = filepath.Join(dir, name, "root"), filepath.Join(dir, name, "state")
+		mustMkdir(t, root)
+		addr := freeAddr(t)
+		return root, state, []string{"--id", name, "--root", root, "--state-dir", state, "--listen", addr, "--advertise", addr}
+	}
+	mroot, _, margs := node("master")
+	src := filepath.Join(mroot, task)
+	mustMkdir(t, src)
+	if err := lab.SampleTree(src, 2<<20, 30); err != nil {
+		t.Fatal(err)
+	}
+	start("master", masterBin, append([]string{"run"}, margs...)...)
+	var minions []*exec.Cmd
+	var roots []string
+	for _, name := range []string{"m1", "m2"} {
+		root, _, args := node(name)
+		roots = append(roots, root)
+		minions = append(minions, start(name, minionBin, append([]string{"run", "--heartbeat", "200ms"}, args...)...))
+	}
+	// Wait until both minions registered, so "done" means both.
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	run := func(args ...string) (string, error) {
+		cmd := exec.CommandContext(ctx, masterBin, args...)
+		cmd.Env = env
+		out, err := cmd.CombinedOutput()
+		return string(out), err
+	}
+	for {
+		out, err := run("status", "--json")
+		var st struct{ Expected int }
+		if err == nil && json.Unmarshal([]byte(out), &st) == nil && st.Expected == 2 {
+			break
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("minions never registered: %s %v", out, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	out, err := run("publish", "--wait", "--timeout", "90s", task)
+	if err != nil {
+		t.Fatalf("publish --wait: %v\n%s", err, out)
+	}
+	if !strings.Contains(out, "done, 2/2 hosts finished") {
+		t.Errorf("publish --wait output lacks the final line:\n%s", out)
+	}
+	out, err = run("status", "--json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var st struct {
+		Task       string
+		Generation int64
+		State      string
+		Expected   int
+		Finished   int
+		Hosts      []struct{ ID, State string }
+	}
+	if err := json.Unmarshal([]byte(out), &st); err != nil {
+		t.Fatalf("status --json: %v\n%s", err, out)
+	}
+	if st.State != "done" || st.Finished != 2 || st.Generation < 1 || st.Task != task || len(st.Hosts) != 2 {
+		t.Fatalf("status after publish --wait: %s", out)
+	}
+	for _, root := range roots {
+		if err := lab.Compare(src, filepath.Join(root, task)); err != nil {
+			t.Error(err)
+		}
+	}
+	// SIGTERM stops a minion cleanly (exit 0).
+	minions[0].Process.Signal(syscall.SIGTERM)
+	done := make(chan error, 1)
+	go func() { done <- minions[0].Wait() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("minion exit after SIGTERM: %v", err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Error("minion did not stop within 20s of SIGTERM")
+	}
+	text, err := run("status")
+	if err != nil || !strings.Contains(text, "HOST") || !strings.Contains(text, "m2") {
+		t.Errorf("status table: %v\n%s", err, text)
+	}
+}
