@@ -1,0 +1,93 @@
+package minion
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+
+	"github.com/fanout/fanout/internal/apply"
+	"github.com/fanout/fanout/internal/coord"
+	"github.com/fanout/fanout/internal/manifest"
+	"github.com/fanout/fanout/internal/peer"
+)
+
+func TestVerdict(t *testing.T) {
+	live := context.Background()
+	cancelled, cancel := context.WithCancel(context.Background())
+	cancel()
+	tests := []struct {
+		name string
+		ctx  context.Context
+		err  error
+		want coord.Verdict
+	}{
+		{"hash mismatch", live, fmt.Errorf("fetch f: %w", &apply.HashMismatchError{Path: "f"}), coord.SourceBad},
+		{"bad manifest", live, fmt.Errorf("%w: digest", errBadManifest), coord.SourceBad},
+		{"unreachable", live, fmt.Errorf("fetch: %w", peer.ErrUnavailable), coord.SourceDead},
+		{"stale source", live, fmt.Errorf("fetch: %w", peer.ErrStale), coord.SourceDead},
+		{"unauthorized", live, peer.ErrUnauthorized, coord.SourceDead},
+		{"not found", live, peer.ErrNotFound, coord.SourceDead},
+		{"disk full", live, fmt.Errorf("write: %w", syscall.ENOSPC), coord.SourceOK},
+		{"lease lost", live, fmt.Errorf("%w: x", errLeaseLost), coord.SourceOK},
+		{"shutdown beats a transport error", cancelled, fmt.Errorf("fetch: %w", peer.ErrUnavailable), coord.SourceOK},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := verdict(tt.ctx, tt.err); got != tt.want {
+				t.Errorf("verdict(%v) = %v, want %v", tt.err, got, tt.want)
+			}
+		})
+	}
+}
+
+func TestHeldState(t *testing.T) {
+	dir := t.TempDir()
+	if h, _, _, err := loadHeld(dir); h != nil || err != nil {
+		t.Fatalf("empty state dir: %+v %v", h, err)
+	}
+	m := &manifest.Manifest{Entries: []manifest.Entry{{Path: ".", Type: manifest.Dir, Mode: 0o755}}}
+	enc, err := m.Encode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := held{Gen: 4, Digest: manifest.Digest(enc), Path: "/data/m42", Delete: true}
+	if err := saveHeld(dir, want, enc); err != nil {
+		t.Fatal(err)
+	}
+	h, gotEnc, gotM, err := loadHeld(dir)
+	if err != nil || *h != want || string(gotEnc) != string(enc) || len(gotM.Entries) != 1 {
+		t.Fatalf("loadHeld = %+v, %v", h, err)
+	}
+	g := coord.Generation{ID: 9, Digest: want.Digest, Path: want.Path, Delete: true}
+	if !h.satisfies(g) {
+		t.Error("held state does not satisfy a generation of the same content")
+	}
+	noDelete := *h
+	noDelete.Delete = false
+	if noDelete.satisfies(g) {
+		t.Error("a copy made without delete satisfies a delete generation")
+	}
+	if h.satisfies(coord.Generation{Digest: "other", Path: want.Path}) {
+		t.Error("other content satisfied")
+	}
+	// A tampered manifest fails its digest check.
+	if err := os.WriteFile(filepath.Join(dir, manifestFile), []byte(`{"entries":[]}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, _, err := loadHeld(dir); err == nil || !strings.Contains(err.Error(), "digest") {
+		t.Errorf("tampered manifest: %v", err)
+	}
+	if err := clearHeld(dir); err != nil {
+		t.Fatal(err)
+	}
+	if h, _, _, err := loadHeld(dir); h != nil || err != nil {
+		t.Errorf("after clear: %+v %v", h, err)
+	}
+	if err := clearHeld(dir); err != nil {
+		t.Errorf("clearing twice: %v", err)
+	}
+}
