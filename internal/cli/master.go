@@ -20,7 +20,10 @@ Usage:
   fanout-master run [flags]                 watch the task key, publish generations, serve as origin
   fanout-master publish PATH [--delete] [--wait] [--timeout D]
                                             set the task (same as: redis-cli set task PATH)
-  fanout-master status [--json]             show the task, its generation and every host
+  fanout-master status [--json|--follow]    show the task, its generation and every host
+  fanout-master hosts [--json]              list registered hosts, last heartbeat, version
+  fanout-master forget HOST                 remove a host from the registry and every queue
+  fanout-master history [--json] [-n N]     completed generations, newest first
   fanout-master --version
 
 Every flag can also be set in the environment as FANOUT_<FLAG>, e.g.
@@ -47,12 +50,14 @@ func masterMain(ctx context.Context, args []string, e env) int {
 		err = masterPublish(ctx, args[1:], e)
 	case "status":
 		err = masterStatus(ctx, args[1:], e)
+	case "hosts", "forget", "history":
+		err = masterRegistry(ctx, args[0], args[1:], e)
 	case "--version", "version":
 		fmt.Fprintln(e.stdout, versionLine(prog))
 	case "-h", "--help", "help":
 		fmt.Fprint(e.stdout, masterUsage)
 	default:
-		err = usageError("unknown command %q (want run, publish or status)", args[0])
+		err = usageError("unknown command %q (want run, publish, status, hosts, forget or history)", args[0])
 	}
 	if errors.Is(err, pflag.ErrHelp) {
 		return exitOK
@@ -193,11 +198,12 @@ func waitTask(ctx context.Context, co *coord.Client, prev int64, e env) error {
 
 func masterStatus(ctx context.Context, args []string, e env) error {
 	var c common
-	var asJSON bool
+	var asJSON, follow bool
 	var grace time.Duration
 	fs := newFlags(e, "status", "fanout-master status: show the task, its generation, and where every host stands.")
 	c.register(fs)
 	fs.BoolVar(&asJSON, "json", false, "print one JSON object instead of a table")
+	fs.BoolVar(&follow, "follow", false, "after the status, print protocol events as they happen (claims, finishes, failures, lease expiries) until interrupted")
 	fs.DurationVar(&grace, "host-grace", 30*time.Second, "a host whose last heartbeat is older than this is no longer expected")
 	if err := parse(fs, args, e); err != nil {
 		return err
@@ -207,15 +213,41 @@ func masterStatus(ctx context.Context, args []string, e env) error {
 		return err
 	}
 	defer rdb.Close()
-	st, err := c.coord(rdb, grace).Status(ctx)
+	co := c.coord(rdb, grace)
+	st, err := co.Status(ctx)
 	if err != nil {
 		return fmt.Errorf("read status: %w", err)
 	}
 	if asJSON {
-		return writeStatusJSON(e.stdout, st)
+		if err := writeStatusJSON(e.stdout, st, time.Now()); err != nil {
+			return err
+		}
+	} else {
+		writeStatusText(e.stdout, st, time.Now())
 	}
-	writeStatusText(e.stdout, st, time.Now())
+	if follow {
+		return followEvents(ctx, co, e)
+	}
 	return nil
+}
+
+// followEvents prints events as they arrive until ctx ends.
+func followEvents(ctx context.Context, co *coord.Client, e env) error {
+	fmt.Fprintln(e.stdout, "\nevents (Ctrl-C to stop):")
+	last := "$"
+	for {
+		evs, err := co.Events(ctx, last, 2*time.Second)
+		if ctx.Err() != nil {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		for _, ev := range evs {
+			fmt.Fprintf(e.stdout, "%s  %-13s gen %-4s %-16s %-16s %s\n", ev.At.Format("15:04:05.000"), ev.Type, ev.Gen, dash(ev.Host), dash(ev.Slot), oneLine(ev.Msg))
+			last = ev.ID
+		}
+	}
 }
 
 // runAll runs fns until ctx is cancelled or one of them fails; it cancels

@@ -42,9 +42,15 @@ type hostJSON struct {
 	LastSeen time.Time `json:"last_seen"`
 	Version  string    `json:"version,omitempty"`
 	Error    string    `json:"error,omitempty"`
+	// The host's pull of this generation: bytes received and planned,
+	// average rate and time since it started.
+	Done    int64   `json:"bytes_done"`
+	Total   int64   `json:"bytes_total"`
+	Rate    float64 `json:"rate_bytes_per_sec"`
+	Elapsed float64 `json:"elapsed_sec"`
 }
 
-func toJSON(st coord.Status) statusJSON {
+func toJSON(st coord.Status, now time.Time) statusJSON {
 	g := st.Generation
 	out := statusJSON{
 		Task: st.Task, Generation: g.ID, Path: g.Path, Digest: g.Digest, State: st.State, Error: g.Error,
@@ -79,19 +85,33 @@ func toJSON(st coord.Status) statusJSON {
 		if f, ok := st.Failures[h.ID]; ok {
 			hj.Error = f.Error
 		}
+		if p, ok := st.Progress[h.ID]; ok {
+			hj.Done, hj.Total = p.Done, p.Total
+			end := p.Updated
+			if hj.State == "running" {
+				end = now
+			}
+			if el := end.Sub(p.Started).Seconds(); el > 0 {
+				hj.Elapsed = el
+				hj.Rate = float64(p.Done) / el
+			}
+			if hj.Source == "" && hj.State == "running" {
+				hj.Source = p.Source
+			}
+		}
 		out.Hosts = append(out.Hosts, hj)
 	}
 	return out
 }
 
-func writeStatusJSON(w io.Writer, st coord.Status) error {
+func writeStatusJSON(w io.Writer, st coord.Status, now time.Time) error {
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
-	return enc.Encode(toJSON(st))
+	return enc.Encode(toJSON(st, now))
 }
 
 func writeStatusText(w io.Writer, st coord.Status, now time.Time) {
-	s := toJSON(st)
+	s := toJSON(st, now)
 	task := s.Task
 	if task == "" {
 		task = "(not set)"
@@ -119,12 +139,32 @@ func writeStatusText(w io.Writer, st coord.Status, now time.Time) {
 	}
 	fmt.Fprintln(w)
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "HOST\tSTATE\tSOURCE\tSEEN\tADDR\tLAST ERROR")
+	fmt.Fprintln(tw, "HOST\tSTATE\tSOURCE\tBYTES\tRATE\tELAPSED\tSEEN\tLAST ERROR")
 	for _, h := range s.Hosts {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s ago\t%s\t%s\n", h.ID, h.State, dash(h.Source),
-			now.Sub(h.LastSeen).Round(time.Second), h.Addr, dash(oneLine(h.Error)))
+		bytes, rate, elapsed := "-", "-", "-"
+		if h.Total > 0 || h.Done > 0 {
+			bytes = fmt.Sprintf("%s/%s", humanBytes(h.Done), humanBytes(h.Total))
+			rate = humanBytes(int64(h.Rate)) + "/s"
+			elapsed = (time.Duration(h.Elapsed * float64(time.Second))).Round(100 * time.Millisecond).String()
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s ago\t%s\n", h.ID, h.State, dash(h.Source),
+			bytes, rate, elapsed, now.Sub(h.LastSeen).Round(time.Second), dash(oneLine(h.Error)))
 	}
 	tw.Flush()
+}
+
+// humanBytes prints a byte count with a binary unit.
+func humanBytes(n int64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%dB", n)
+	}
+	div, exp := int64(unit), 0
+	for m := n / unit; m >= unit; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f%ciB", float64(n)/float64(div), "KMGTPE"[exp])
 }
 
 func dash(s string) string {

@@ -204,7 +204,7 @@ func (c *Client) publish(ctx context.Context, g Generation, uploads int) (Genera
 		del = "1"
 	}
 	id, err := publishScript.Run(ctx, c.rdb,
-		[]string{k.Generation(), k.Sync(), k.Running(), k.Finished(), k.Claims(), k.Failures(), k.BadSources(), k.Lookup(), k.Events()},
+		[]string{k.Generation(), k.Sync(), k.Running(), k.Finished(), k.Claims(), k.Failures(), k.BadSources(), k.Lookup(), k.Events(), k.Progress()},
 		g.Path, del, g.Digest, g.State, g.Error, g.Origin, g.OriginAddr, ms(g.Published),
 		g.Files, g.Bytes, uploads, eventsMax).Int64()
 	if err != nil {

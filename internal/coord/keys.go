@@ -57,3 +57,9 @@ func (k Keys) BadSources() string { return k.Prefix + "bad_sources" }
 
 // Events is the capped stream of protocol events.
 func (k Keys) Events() string { return k.Prefix + "events" }
+
+// History is the capped list of completed generations (JSON, newest first).
+func (k Keys) History() string { return k.Prefix + "history" }
+
+// Progress maps a host id to its pull progress (JSON).
+func (k Keys) Progress() string { return k.Prefix + "progress" }

@@ -62,7 +62,7 @@ end
 )
 
 // publishScript starts a generation.
-// KEYS: generation, sync, running, finished, claims, failures, bad, lookup, events
+// KEYS: generation, sync, running, finished, claims, failures, bad, lookup, events, progress
 // ARGV: path, delete, digest, state, error, origin, origin_addr, published_ms,
 // files, bytes, uploads, maxlen
 var publishScript = redis.NewScript(luaEvent + `
@@ -70,7 +70,7 @@ local id = redis.call('HINCRBY', KEYS[1], 'id', 1)
 redis.call('HSET', KEYS[1], 'path', ARGV[1], 'delete', ARGV[2], 'digest', ARGV[3],
   'state', ARGV[4], 'error', ARGV[5], 'origin', ARGV[6], 'origin_addr', ARGV[7],
   'published', ARGV[8], 'files', ARGV[9], 'bytes', ARGV[10], 'done_at', '0')
-redis.call('DEL', KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8])
+redis.call('DEL', KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[10])
 for i = 0, tonumber(ARGV[11]) - 1 do
   redis.call('SADD', KEYS[2], ARGV[6] .. '#' .. i)
 end

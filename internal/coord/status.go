@@ -27,6 +27,7 @@ type Status struct {
 	Hosts    []Host
 	Lookup   int64
 	Claims   map[string]string // host → slot it pulls from
+	Progress map[string]Progress
 }
 
 // Status reads the whole protocol state in one round trip.
@@ -35,6 +36,7 @@ func (c *Client) Status(ctx context.Context) (Status, error) {
 	var (
 		task                        *redis.StringCmd
 		gen, fails, claims, hostsIn *redis.MapStringStringCmd
+		progress                    *redis.MapStringStringCmd
 		fin, run, src               *redis.StringSliceCmd
 		beats                       *redis.ZSliceCmd
 		lookup                      *redis.StringCmd
@@ -50,6 +52,7 @@ func (c *Client) Status(ctx context.Context) (Status, error) {
 		hostsIn = p.HGetAll(ctx, k.Hosts())
 		beats = p.ZRangeWithScores(ctx, k.Heartbeats(), 0, -1)
 		lookup = p.Get(ctx, k.Lookup())
+		progress = p.HGetAll(ctx, k.Progress())
 		return nil
 	})
 	if err != nil && !errors.Is(err, redis.Nil) {
@@ -62,6 +65,7 @@ func (c *Client) Status(ctx context.Context) (Status, error) {
 		Sources:  sorted(src.Val()),
 		Failures: map[string]Failure{},
 		Claims:   map[string]string{},
+		Progress: map[string]Progress{},
 		Hosts:    c.hosts(hostsIn.Val(), beats.Val()),
 		Expected: []string{},
 	}
@@ -73,6 +77,12 @@ func (c *Client) Status(ctx context.Context) (Status, error) {
 		var f Failure
 		if json.Unmarshal([]byte(v), &f) == nil {
 			st.Failures[h] = f
+		}
+	}
+	for h, v := range progress.Val() {
+		var p Progress
+		if json.Unmarshal([]byte(v), &p) == nil && p.Gen == st.Generation.ID {
+			st.Progress[h] = p
 		}
 	}
 	for h, v := range claims.Val() {

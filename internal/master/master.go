@@ -37,7 +37,7 @@ type Coordinator interface {
 	Publish(ctx context.Context, g coord.Generation, uploads int) (coord.Generation, error)
 	PublishFailed(ctx context.Context, path, reason, origin string) (coord.Generation, error)
 	OfferSlots(ctx context.Context, host string, gen int64, uploads int) error
-	MarkDone(ctx context.Context, gen int64) (bool, error)
+	Complete(ctx context.Context, g coord.Generation, hosts int) (coord.Completion, bool, error)
 	Reap(ctx context.Context) (int, error)
 	Status(ctx context.Context) (coord.Status, error)
 }
@@ -235,14 +235,14 @@ func (m *Master) checkDone(ctx context.Context) error {
 	if st.Generation.ID != m.active.gen || st.Generation.State != coord.StateRunning || st.State != coord.StateDone {
 		return nil
 	}
-	ok, err := m.coord.MarkDone(ctx, st.Generation.ID)
+	rec, ok, err := m.coord.Complete(ctx, st.Generation, len(st.Finished))
 	if err != nil {
-		return fmt.Errorf("mark generation done: %w", err)
+		return fmt.Errorf("complete generation: %w", err)
 	}
 	if ok {
 		m.cfg.Log.WithFields(logrus.Fields{
-			"gen": st.Generation.ID, "hosts": len(st.Finished), "bytes": st.Generation.Bytes,
-			"elapsed": time.Since(st.Generation.Published).Round(time.Millisecond).String(),
+			"gen": rec.Gen, "hosts": rec.Hosts, "bytes": rec.Bytes, "rounds": rec.Rounds,
+			"elapsed": rec.Elapsed.Round(time.Millisecond).String(),
 		}).Info("generation done: every expected host holds it")
 	}
 	return nil

@@ -68,6 +68,7 @@ type Coordinator interface {
 	Renew(ctx context.Context, cl coord.Claim) error
 	Finish(ctx context.Context, cl coord.Claim, uploads int) error
 	Fail(ctx context.Context, cl coord.Claim, v coord.Verdict, reason string) error
+	ReportProgress(ctx context.Context, host string, p coord.Progress) error
 }
 
 // Minion is one host's fanout daemon.

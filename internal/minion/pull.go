@@ -36,7 +36,7 @@ func (m *Minion) pull(ctx context.Context, g coord.Generation, cl coord.Claim) e
 	renewed := make(chan struct{})
 	go func() {
 		defer close(renewed)
-		m.renewLoop(pctx, cl, cancel, done)
+		m.watchLoop(pctx, cl, cancel, done)
 	}()
 	start := time.Now()
 	st, err := m.transfer(pctx, g, cl)
@@ -67,20 +67,40 @@ func (m *Minion) pull(ctx context.Context, g coord.Generation, cl coord.Claim) e
 	return nil
 }
 
-func (m *Minion) renewLoop(ctx context.Context, cl coord.Claim, cancel context.CancelCauseFunc, done <-chan struct{}) {
-	every := cl.Lease / 3
-	if every <= 0 {
-		every = time.Second
+// watchLoop renews cl's lease every third of its TTL and reports progress
+// about once a second until done is closed. A lost lease cancels the pull.
+func (m *Minion) watchLoop(ctx context.Context, cl coord.Claim, cancel context.CancelCauseFunc, done <-chan struct{}) {
+	renewEvery := cl.Lease / 3
+	if renewEvery <= 0 {
+		renewEvery = time.Second
 	}
-	t := time.NewTicker(every)
+	tick := min(time.Second, renewEvery)
+	t := time.NewTicker(tick)
 	defer t.Stop()
+	started := time.Now()
+	lastRenew := started
+	report := func(ctx context.Context) {
+		got, total := m.ProgressOf(cl.Gen)
+		p := coord.Progress{Gen: cl.Gen, Source: cl.Slot, Done: got, Total: total, Started: started}
+		if err := m.coord.ReportProgress(ctx, m.cfg.ID, p); err != nil && ctx.Err() == nil {
+			m.cfg.Log.WithError(err).Debug("progress report failed")
+		}
+	}
 	for {
 		select {
 		case <-done:
+			// The final figures, so status shows what the pull moved.
+			rctx, rcancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+			report(rctx)
+			rcancel()
 			return
 		case <-ctx.Done():
 			return
 		case <-t.C:
+		}
+		report(ctx)
+		if time.Since(lastRenew) < renewEvery {
+			continue
 		}
 		err := m.coord.Renew(ctx, cl)
 		if errors.Is(err, coord.ErrLeaseLost) || errors.Is(err, coord.ErrStale) {
@@ -89,7 +109,9 @@ func (m *Minion) renewLoop(ctx context.Context, cl coord.Claim, cancel context.C
 		}
 		if err != nil && ctx.Err() == nil {
 			m.cfg.Log.WithError(err).Warn("lease renewal failed; retrying")
+			continue
 		}
+		lastRenew = time.Now()
 	}
 }
 

@@ -14,7 +14,6 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
-	"strings"
 	"syscall"
 	"time"
 
@@ -107,7 +106,7 @@ func distribute(ctx context.Context, l *lab.Lab, after int64) (coord.Status, err
 		return st, err
 	}
 	elapsed := time.Since(start)
-	rounds, err := rounds(ctx, l, st.Generation.ID)
+	rounds, err := l.Coord.Rounds(ctx, st.Generation.ID)
 	if err != nil {
 		return st, err
 	}
@@ -117,30 +116,6 @@ func distribute(ctx context.Context, l *lab.Lab, after int64) (coord.Status, err
 	fmt.Printf("        rounds: %d (the longest chain origin -> host; whole-file doubling needs at most ceil(log2(%d+1)) = %d)\n",
 		rounds, n, int(math.Ceil(math.Log2(float64(n+1)))))
 	return st, nil
-}
-
-// rounds derives the depth of the distribution tree from the event stream:
-// a host pulled from the origin is round 1, from a round-1 host round 2...
-func rounds(ctx context.Context, l *lab.Lab, gen int64) (int, error) {
-	msgs, err := l.Redis.XRange(ctx, l.Coord.Keys().Events(), "-", "+").Result()
-	if err != nil {
-		return 0, fmt.Errorf("read events: %w", err)
-	}
-	depth := map[string]int{}
-	max := 0
-	for _, m := range msgs {
-		if m.Values["type"] != "claim" || fmt.Sprint(m.Values["gen"]) != fmt.Sprint(gen) {
-			continue
-		}
-		host := fmt.Sprint(m.Values["host"])
-		source, _, _ := strings.Cut(fmt.Sprint(m.Values["slot"]), "#")
-		d := depth[source] + 1
-		depth[host] = d
-		if d > max {
-			max = d
-		}
-	}
-	return max, nil
 }
 
 func check(l *lab.Lab, src string) error {

@@ -133,7 +133,11 @@ func TestProcesses(t *testing.T) {
 		State      string
 		Expected   int
 		Finished   int
-		Hosts      []struct{ ID, State string }
+		Hosts      []struct {
+			ID, State string
+			Done      int64 `json:"bytes_done"`
+			Total     int64 `json:"bytes_total"`
+		}
 	}
 	if err := json.Unmarshal([]byte(out), &st); err != nil {
 		t.Fatalf("status --json: %v\n%s", err, out)
@@ -141,10 +145,20 @@ func TestProcesses(t *testing.T) {
 	if st.State != "done" || st.Finished != 2 || st.Generation < 1 || st.Task != task || len(st.Hosts) != 2 {
 		t.Fatalf("status after publish --wait: %s", out)
 	}
+	for _, h := range st.Hosts {
+		if h.State != "finished" || h.Done == 0 || h.Done != h.Total {
+			t.Errorf("host %s: state %s, %d of %d bytes", h.ID, h.State, h.Done, h.Total)
+		}
+	}
 	for _, root := range roots {
 		if err := lab.Compare(src, filepath.Join(root, task)); err != nil {
 			t.Error(err)
 		}
+	}
+	out, err = run("history", "--json")
+	var hist []struct{ Gen, Hosts, Rounds int }
+	if err != nil || json.Unmarshal([]byte(out), &hist) != nil || len(hist) != 1 || hist[0].Hosts != 2 || hist[0].Rounds < 1 {
+		t.Errorf("history after completion: %v\n%s", err, out)
 	}
 	// SIGTERM stops a minion cleanly (exit 0).
 	minions[0].Process.Signal(syscall.SIGTERM)
@@ -161,5 +175,13 @@ func TestProcesses(t *testing.T) {
 	text, err := run("status")
 	if err != nil || !strings.Contains(text, "HOST") || !strings.Contains(text, "m2") {
 		t.Errorf("status table: %v\n%s", err, text)
+	}
+	if out, err := run("forget", "m1"); err != nil || !strings.Contains(out, "forgot m1") {
+		t.Fatalf("forget: %v %s", err, out)
+	}
+	out, err = run("hosts", "--json")
+	var hosts []struct{ ID string }
+	if err != nil || json.Unmarshal([]byte(out), &hosts) != nil || len(hosts) != 1 || hosts[0].ID != "m2" {
+		t.Errorf("hosts after forget m1: %v\n%s", err, out)
 	}
 }

@@ -1,0 +1,102 @@
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"text/tabwriter"
+	"time"
+)
+
+var registryHelp = map[string]string{
+	"hosts":   "fanout-master hosts: list registered minions with their last heartbeat, address and version.",
+	"forget":  "fanout-master forget HOST: remove a host from the registry, the queues and the source slots (for a decommissioned host).",
+	"history": "fanout-master history: completed generations, newest first (time, hosts, bytes, rounds).",
+}
+
+func masterRegistry(ctx context.Context, cmd string, args []string, e env) error {
+	var c common
+	var asJSON bool
+	var grace time.Duration
+	var n int
+	fs := newFlags(e, cmd, registryHelp[cmd])
+	c.register(fs)
+	if cmd != "forget" {
+		fs.BoolVar(&asJSON, "json", false, "print JSON")
+	}
+	if cmd == "hosts" {
+		fs.DurationVar(&grace, "host-grace", 30*time.Second, "a host whose last heartbeat is older than this is no longer expected")
+	}
+	if cmd == "history" {
+		fs.IntVarP(&n, "number", "n", 20, "how many generations to show")
+	}
+	if err := parse(fs, args, e); err != nil {
+		return err
+	}
+	want := 0
+	if cmd == "forget" {
+		want = 1
+	}
+	if fs.NArg() != want {
+		return usageError("%s takes %d arguments, got %d", cmd, want, fs.NArg())
+	}
+	rdb, err := c.redis(ctx)
+	if err != nil {
+		return err
+	}
+	defer rdb.Close()
+	co := c.coord(rdb, grace)
+	now := time.Now()
+	switch cmd {
+	case "forget":
+		if err := co.Forget(ctx, fs.Arg(0)); err != nil {
+			return err
+		}
+		fmt.Fprintf(e.stdout, "forgot %s\n", fs.Arg(0))
+		return nil
+	case "hosts":
+		hosts, err := co.Hosts(ctx)
+		if err != nil {
+			return err
+		}
+		if asJSON {
+			type hostOut struct {
+				ID       string    `json:"id"`
+				Addr     string    `json:"addr"`
+				Version  string    `json:"version"`
+				Alive    bool      `json:"alive"`
+				LastSeen time.Time `json:"last_seen"`
+				Started  time.Time `json:"started"`
+			}
+			out := []hostOut{}
+			for _, h := range hosts {
+				out = append(out, hostOut{h.ID, h.Addr, h.Version, h.Alive, h.LastSeen, h.Started})
+			}
+			return json.NewEncoder(e.stdout).Encode(out)
+		}
+		tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "HOST\tALIVE\tLAST HEARTBEAT\tADDR\tVERSION\tUP")
+		for _, h := range hosts {
+			up := "-"
+			if !h.Started.IsZero() {
+				up = now.Sub(h.Started).Round(time.Second).String()
+			}
+			fmt.Fprintf(tw, "%s\t%v\t%s ago\t%s\t%s\t%s\n", h.ID, h.Alive, now.Sub(h.LastSeen).Round(time.Second), h.Addr, dash(h.Version), up)
+		}
+		return tw.Flush()
+	default: // history
+		recs, err := co.History(ctx, n)
+		if err != nil {
+			return err
+		}
+		if asJSON {
+			return json.NewEncoder(e.stdout).Encode(recs)
+		}
+		tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "GEN\tDONE\tPATH\tHOSTS\tFILES\tBYTES\tROUNDS\tTOOK")
+		for _, r := range recs {
+			fmt.Fprintf(tw, "%d\t%s\t%s\t%d\t%d\t%s\t%d\t%s\n", r.Gen, r.Done.Local().Format(time.DateTime), r.Path, r.Hosts, r.Files, humanBytes(r.Bytes), r.Rounds, r.Elapsed.Round(time.Millisecond))
+		}
+		return tw.Flush()
+	}
+}

@@ -1,0 +1,168 @@
+package coord
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// historyMax bounds the completion history.
+const historyMax = 100
+
+// Completion records a finished generation.
+type Completion struct {
+	Gen       int64         `json:"gen"`
+	Path      string        `json:"path"`
+	Digest    string        `json:"digest"`
+	Hosts     int           `json:"hosts"`
+	Files     int64         `json:"files"`
+	Bytes     int64         `json:"bytes"`
+	Rounds    int           `json:"rounds"`
+	Published time.Time     `json:"published"`
+	Done      time.Time     `json:"done"`
+	Elapsed   time.Duration `json:"elapsed_ns"`
+}
+
+// History returns the last n completions, newest first.
+func (c *Client) History(ctx context.Context, n int) ([]Completion, error) {
+	vals, err := c.rdb.LRange(ctx, c.keys.History(), 0, int64(n)-1).Result()
+	if err != nil {
+		return nil, fmt.Errorf("read history: %w", err)
+	}
+	out := make([]Completion, 0, len(vals))
+	for _, v := range vals {
+		var rec Completion
+		if err := json.Unmarshal([]byte(v), &rec); err == nil {
+			out = append(out, rec)
+		}
+	}
+	return out, nil
+}
+
+func (c *Client) recordCompletion(ctx context.Context, rec Completion) error {
+	b, err := json.Marshal(rec)
+	if err != nil {
+		return err
+	}
+	_, err = c.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		p.LPush(ctx, c.keys.History(), b)
+		p.LTrim(ctx, c.keys.History(), 0, historyMax-1)
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("record completion: %w", err)
+	}
+	return nil
+}
+
+// Complete marks generation g done (once) and records it in the history.
+// It returns false when g was not the current running generation.
+func (c *Client) Complete(ctx context.Context, g Generation, hosts int) (Completion, bool, error) {
+	ok, err := c.MarkDone(ctx, g.ID)
+	if err != nil || !ok {
+		return Completion{}, false, err
+	}
+	rounds, err := c.Rounds(ctx, g.ID)
+	if err != nil {
+		return Completion{}, true, err
+	}
+	now := c.cfg.Now()
+	rec := Completion{
+		Gen: g.ID, Path: g.Path, Digest: g.Digest, Hosts: hosts, Files: g.Files, Bytes: g.Bytes,
+		Rounds: rounds, Published: g.Published, Done: now, Elapsed: now.Sub(g.Published),
+	}
+	return rec, true, c.recordCompletion(ctx, rec)
+}
+
+// Rounds derives the depth of generation gen's distribution tree from the
+// claim events: a host that pulled from the origin is round 1, from a
+// round-1 host round 2, and so on.
+func (c *Client) Rounds(ctx context.Context, gen int64) (int, error) {
+	msgs, err := c.rdb.XRange(ctx, c.keys.Events(), "-", "+").Result()
+	if err != nil {
+		return 0, fmt.Errorf("read events: %w", err)
+	}
+	want := fmt.Sprint(gen)
+	depth := map[string]int{}
+	deepest := 0
+	for _, m := range msgs {
+		if m.Values["type"] != "claim" || fmt.Sprint(m.Values["gen"]) != want {
+			continue
+		}
+		slot := fmt.Sprint(m.Values["slot"])
+		source := slot[:max(strings.LastIndexByte(slot, '#'), 0)]
+		d := depth[source] + 1
+		depth[fmt.Sprint(m.Values["host"])] = d
+		deepest = max(deepest, d)
+	}
+	return deepest, nil
+}
+
+// Progress is a host's pull in flight, as status shows it.
+type Progress struct {
+	Gen     int64     `json:"gen"`
+	Source  string    `json:"source"`
+	Done    int64     `json:"done"`
+	Total   int64     `json:"total"`
+	Started time.Time `json:"started"`
+	Updated time.Time `json:"updated"`
+}
+
+// ReportProgress records host's pull progress (one HSET, sent about once a
+// second while a host pulls).
+func (c *Client) ReportProgress(ctx context.Context, host string, p Progress) error {
+	p.Updated = c.cfg.Now()
+	b, err := json.Marshal(p)
+	if err != nil {
+		return err
+	}
+	if err := c.rdb.HSet(ctx, c.keys.Progress(), host, b).Err(); err != nil {
+		return fmt.Errorf("report progress: %w", err)
+	}
+	return nil
+}
+
+// Event is one entry of the events stream.
+type Event struct {
+	ID   string
+	At   time.Time
+	Type string
+	Host string
+	Gen  string
+	Slot string
+	Msg  string
+}
+
+// Events returns events after id ("0" for all, "$" for only new ones),
+// waiting up to block for the first when there are none (0: no wait).
+func (c *Client) Events(ctx context.Context, after string, block time.Duration) ([]Event, error) {
+	if block <= 0 {
+		block = -1 // go-redis: a negative Block omits the BLOCK option
+	}
+	res, err := c.rdb.XRead(ctx, &redis.XReadArgs{Streams: []string{c.keys.Events(), after}, Block: block, Count: 1000}).Result()
+	if err == redis.Nil {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read events: %w", err)
+	}
+	var out []Event
+	for _, s := range res {
+		for _, m := range s.Messages {
+			e := Event{ID: m.ID}
+			if ms, _, ok := strings.Cut(m.ID, "-"); ok {
+				var n int64
+				fmt.Sscan(ms, &n)
+				e.At = time.UnixMilli(n)
+			}
+			e.Type, e.Host, e.Gen = fmt.Sprint(m.Values["type"]), fmt.Sprint(m.Values["host"]), fmt.Sprint(m.Values["gen"])
+			e.Slot, e.Msg = fmt.Sprint(m.Values["slot"]), fmt.Sprint(m.Values["msg"])
+			out = append(out, e)
+		}
+	}
+	return out, nil
+}

@@ -1,0 +1,81 @@
+package coord
+
+import (
+	"context"
+	"testing"
+	"time"
+)
+
+func TestCompleteHistoryRoundsProgressEvents(t *testing.T) {
+	each(t, 15*time.Second, func(t *testing.T, f *fixture) {
+		ctx := context.Background()
+		g := f.publish(1)
+		f.heartbeat("a", "b", "c")
+		// a pulls from the origin, b from a, c from b: three rounds.
+		var prev string
+		for _, h := range []string{"a", "b", "c"} {
+			for {
+				cl, err := f.c.Claim(ctx, h, g.ID)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if prev == "" && cl.Source == "master" || cl.Source == prev {
+					if err := f.c.ReportProgress(ctx, h, Progress{Gen: g.ID, Source: cl.Slot, Done: 10, Total: 10}); err != nil {
+						t.Fatal(err)
+					}
+					if err := f.c.Finish(ctx, cl, 1); err != nil {
+						t.Fatal(err)
+					}
+					break
+				}
+				f.c.Fail(ctx, cl, SourceOK, "want another source")
+			}
+			prev = h
+		}
+		if n, err := f.c.Rounds(ctx, g.ID); err != nil || n != 3 {
+			t.Fatalf("Rounds = %d, %v; want 3", n, err)
+		}
+		st, _ := f.c.Status(ctx)
+		if p := st.Progress["c"]; p.Done != 10 || p.Source != "b#0" {
+			t.Errorf("progress of c: %+v", p)
+		}
+		rec, ok, err := f.c.Complete(ctx, st.Generation, len(st.Finished))
+		if err != nil || !ok || rec.Rounds != 3 || rec.Hosts != 3 || rec.Bytes != 300 {
+			t.Fatalf("Complete = %+v %v %v", rec, ok, err)
+		}
+		if _, ok, _ := f.c.Complete(ctx, st.Generation, 3); ok {
+			t.Error("completed twice")
+		}
+		hist, err := f.c.History(ctx, 10)
+		if err != nil || len(hist) != 1 || hist[0].Gen != g.ID {
+			t.Fatalf("History = %+v, %v", hist, err)
+		}
+		// A new generation clears progress.
+		g2 := f.publish(1)
+		if st, _ := f.c.Status(ctx); len(st.Progress) != 0 {
+			t.Errorf("progress survived publish of generation %d: %+v", g2.ID, st.Progress)
+		}
+		evs, err := f.c.Events(ctx, "0", 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		types := map[string]int{}
+		for _, e := range evs {
+			types[e.Type]++
+		}
+		if types["published"] != 2 || types["claim"] < 3 || types["finish"] != 3 || types["done"] != 1 {
+			t.Errorf("event types %v", types)
+		}
+		// Following: a new event arrives within the blocking read.
+		last := evs[len(evs)-1].ID
+		go func() {
+			time.Sleep(100 * time.Millisecond)
+			f.c.Lookup(ctx)
+			f.c.Claim(ctx, "z", g2.ID)
+		}()
+		more, err := f.c.Events(ctx, last, 3*time.Second)
+		if err != nil || len(more) == 0 || more[0].Type != "claim" || more[0].Host != "z" {
+			t.Errorf("followed events: %+v, %v", more, err)
+		}
+	})
+}
