@@ -20,6 +20,8 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/fanout/fanout/internal/coord"
+	"github.com/fanout/fanout/internal/metrics"
+	"github.com/fanout/fanout/internal/peer"
 )
 
 // Build information, set by the linker (see the Makefile).
@@ -221,4 +223,14 @@ func report(e env, prog string, err error) int {
 		return exitUsage
 	}
 	return exitFailure
+}
+
+// newPeerServer builds a peer server that exports mx on /metrics and counts
+// served bytes and refused requests into it.
+func newPeerServer(secret []byte, log logrus.FieldLogger, mx *metrics.Metrics) *peer.Server {
+	return peer.NewServer(peer.ServerConfig{
+		Secret: secret, Log: log, Metrics: mx.Handler(),
+		Served:       func(n int64) { mx.BytesServed.Add(float64(n)) },
+		Unauthorized: mx.Unauthorized.Inc,
+	})
 }

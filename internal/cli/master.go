@@ -11,6 +11,7 @@ import (
 
 	"github.com/fanout/fanout/internal/coord"
 	"github.com/fanout/fanout/internal/master"
+	"github.com/fanout/fanout/internal/metrics"
 	"github.com/fanout/fanout/internal/peer"
 )
 
@@ -116,10 +117,11 @@ func masterRun(ctx context.Context, args []string, e env) error {
 	if err != nil {
 		return err
 	}
-	server := peer.NewServer(peer.ServerConfig{Secret: secret, Log: log})
+	mx := metrics.New()
+	server := newPeerServer(secret, log, mx)
 	m, err := master.New(master.Config{
 		ID: n.id, Advertise: n.advertise, Root: n.root, StateDir: n.stateDir,
-		Uploads: n.uploads, Poll: n.poll, Log: log,
+		Uploads: n.uploads, Poll: n.poll, Log: log, Metrics: mx,
 	}, n.coord(rdb, n.grace), server)
 	if err != nil {
 		ln.Close()

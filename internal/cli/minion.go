@@ -9,6 +9,7 @@ import (
 
 	"github.com/spf13/pflag"
 
+	"github.com/fanout/fanout/internal/metrics"
 	"github.com/fanout/fanout/internal/minion"
 	"github.com/fanout/fanout/internal/peer"
 )
@@ -94,12 +95,13 @@ func minionCommand(ctx context.Context, cmd string, args []string, e env) error 
 		return err
 	}
 	defer rdb.Close()
-	server := peer.NewServer(peer.ServerConfig{Secret: secret, Log: log})
+	mx := metrics.New()
+	server := newPeerServer(secret, log, mx)
 	client := peer.NewClient(peer.ClientConfig{Secret: secret})
 	cfg := minion.Config{
 		ID: n.id, Advertise: n.advertise, Root: n.root, StateDir: n.stateDir, Uploads: n.uploads,
 		Source: cmd == "run", Poll: n.poll, Heartbeat: heartbeat, Workers: workers,
-		Version: Version, Log: log.WithField("host", n.id),
+		Version: Version, Log: log.WithField("host", n.id), Metrics: mx,
 	}
 	if cmd == "sync" {
 		if cfg.Advertise == "" {

@@ -14,6 +14,7 @@ import (
 
 	"github.com/fanout/fanout/internal/coord"
 	"github.com/fanout/fanout/internal/manifest"
+	"github.com/fanout/fanout/internal/metrics"
 	"github.com/fanout/fanout/internal/peer"
 )
 
@@ -26,6 +27,7 @@ type Config struct {
 	Uploads   int    // origin source slots; default 1
 	Poll      time.Duration
 	Log       logrus.FieldLogger
+	Metrics   *metrics.Metrics // default: a private registry
 }
 
 // Coordinator is the part of the Redis protocol the master uses.
@@ -69,6 +71,9 @@ func New(cfg Config, co Coordinator, server *peer.Server) (*Master, error) {
 	}
 	if cfg.Log == nil {
 		cfg.Log = logrus.New()
+	}
+	if cfg.Metrics == nil {
+		cfg.Metrics = metrics.New()
 	}
 	if cfg.ID == "" {
 		return nil, errors.New("master: empty id (set --id)")
@@ -130,6 +135,7 @@ func (m *Master) Tick(ctx context.Context) error {
 	if n, err := m.coord.Reap(ctx); err != nil {
 		return fmt.Errorf("reap leases: %w", err)
 	} else if n > 0 {
+		m.cfg.Metrics.LeaseExpiries.Add(float64(n))
 		m.cfg.Log.WithField("leases", n).Warn("reaped expired leases; their source slots are free again")
 	}
 	return m.checkDone(ctx)
@@ -149,6 +155,7 @@ func (m *Master) publish(ctx context.Context, value string, opts coord.TaskOptio
 		}
 	}
 	log.WithError(err).Error("task rejected; nothing was changed on any host")
+	m.cfg.Metrics.RejectedTasks.Inc()
 	m.server.Set(nil)
 	m.active = nil
 	if _, perr := m.coord.PublishFailed(ctx, value, err.Error(), m.cfg.ID); perr != nil {
@@ -171,6 +178,8 @@ func (m *Master) offer(ctx context.Context, clean string, opts coord.TaskOptions
 	snap.Gen = g.ID
 	m.server.Set(snap)
 	m.active = &published{gen: g.ID, path: clean, delete: opts.Delete}
+	m.cfg.Metrics.Published.Inc()
+	m.cfg.Metrics.Generation.Set(float64(g.ID))
 	if err := m.coord.OfferSlots(ctx, m.cfg.ID, g.ID, m.cfg.Uploads); err != nil {
 		return fmt.Errorf("offer origin slots: %w", err)
 	}
@@ -198,6 +207,7 @@ func (m *Master) resume(ctx context.Context, g coord.Generation) error {
 	snap.Gen = g.ID
 	m.server.Set(snap)
 	m.active = &published{gen: g.ID, path: g.Path, delete: g.Delete}
+	m.cfg.Metrics.Generation.Set(float64(g.ID))
 	if err := m.coord.OfferSlots(ctx, m.cfg.ID, g.ID, m.cfg.Uploads); err != nil {
 		return fmt.Errorf("offer origin slots: %w", err)
 	}

@@ -19,6 +19,7 @@ import (
 
 	"github.com/fanout/fanout/internal/coord"
 	"github.com/fanout/fanout/internal/manifest"
+	"github.com/fanout/fanout/internal/metrics"
 	"github.com/fanout/fanout/internal/peer"
 )
 
@@ -39,6 +40,7 @@ type Config struct {
 	Workers   int           // concurrent file fetches; default 4
 	Version   string
 	Log       logrus.FieldLogger
+	Metrics   *metrics.Metrics // default: a private registry
 }
 
 func (c *Config) setDefaults() {
@@ -56,6 +58,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.Log == nil {
 		c.Log = logrus.New()
+	}
+	if c.Metrics == nil {
+		c.Metrics = metrics.New()
 	}
 }
 
@@ -128,6 +133,7 @@ func New(cfg Config, co Coordinator, server *peer.Server, client *peer.Client) (
 	} else if h != nil {
 		m.held = h
 		server.Set(snapshot(cfg.Root, h, enc, man))
+		cfg.Metrics.Generation.Set(float64(h.Gen))
 	}
 	return m, nil
 }
@@ -299,6 +305,7 @@ func (m *Minion) announce(ctx context.Context, g coord.Generation, h *held) erro
 		m.held = &h2
 		m.mu.Unlock()
 		m.server.Set(snapshot(m.cfg.Root, &h2, enc, man))
+		m.cfg.Metrics.Generation.Set(float64(g.ID))
 	}
 	if err := m.coord.Finish(ctx, coord.Claim{Host: m.cfg.ID, Gen: g.ID}, m.uploads()); err != nil {
 		if errors.Is(err, coord.ErrStale) {

@@ -30,6 +30,7 @@ var errLeaseLost = errors.New("lease lost")
 func (m *Minion) pull(ctx context.Context, g coord.Generation, cl coord.Claim) error {
 	log := m.cfg.Log.WithFields(logrus.Fields{"gen": g.ID, "source": cl.Source, "slot": cl.Slot})
 	log.Info("claimed source; pulling")
+	m.cfg.Metrics.Claims.Inc()
 	pctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	done := make(chan struct{})
@@ -51,6 +52,7 @@ func (m *Minion) pull(ctx context.Context, g coord.Generation, cl coord.Claim) e
 	defer scancel()
 	if err != nil {
 		v := verdict(ctx, err)
+		m.cfg.Metrics.Failures.WithLabelValues([...]string{"ok", "dead", "bad"}[v]).Inc()
 		if ferr := m.coord.Fail(sctx, cl, v, err.Error()); ferr != nil {
 			log.WithError(ferr).Warn("could not record the failure")
 		}
@@ -60,6 +62,9 @@ func (m *Minion) pull(ctx context.Context, g coord.Generation, cl coord.Claim) e
 		return fmt.Errorf("finish generation %d: %w", g.ID, err)
 	}
 	m.finished = genKey(g)
+	m.cfg.Metrics.PullDuration.Observe(time.Since(start).Seconds())
+	m.cfg.Metrics.FilesReceived.Add(float64(st.Files))
+	m.cfg.Metrics.Generation.Set(float64(g.ID))
 	log.WithFields(logrus.Fields{
 		"files": st.Files, "bytes": st.Bytes, "removed": st.Removed,
 		"elapsed": time.Since(start).Round(time.Millisecond).String(),
@@ -173,7 +178,7 @@ func (m *Minion) transfer(ctx context.Context, g coord.Generation, cl coord.Clai
 		Fetcher:  sourceFetcher{client: m.client, addr: cl.SourceAddr, gen: g.ID},
 		Cache:    m.cache,
 		Workers:  m.cfg.Workers,
-		Progress: func(n int64) { m.received.Add(n) },
+		Progress: func(n int64) { m.received.Add(n); m.cfg.Metrics.BytesReceived.Add(float64(n)) },
 		Log:      m.cfg.Log,
 	})
 	if serr := m.cache.Save(filepath.Join(m.cfg.StateDir, cacheFile)); serr != nil {

@@ -29,6 +29,13 @@ type ServerConfig struct {
 	Log logrus.FieldLogger
 	// Now is the clock; default time.Now.
 	Now func() time.Time
+	// Metrics, when set, is served unauthenticated at /metrics.
+	Metrics http.Handler
+	// Served, when set, is told of file bytes sent to peers.
+	Served func(n int64)
+	// Unauthorized, when set, is told of each request refused for its
+	// signature.
+	Unauthorized func()
 }
 
 // Server answers peer requests for the snapshot it currently holds. It is an
@@ -88,6 +95,7 @@ func (s *Server) Current() *Snapshot {
 // ServeHTTP answers one peer request:
 //
 //	GET /healthz                    200 "ok", unauthenticated
+//	GET /metrics                    Prometheus metrics when configured, unauthenticated
 //	GET /v1/manifest?gen=N          the encoded manifest of generation N
 //	GET /v1/file?gen=N&path=P       the file at manifest path P, with Range support
 //
@@ -108,7 +116,14 @@ func (s *Server) route(w http.ResponseWriter, r *http.Request) error {
 		io.WriteString(w, "ok")
 		return nil
 	}
+	if r.URL.Path == "/metrics" && s.cfg.Metrics != nil {
+		s.cfg.Metrics.ServeHTTP(w, r)
+		return nil
+	}
 	if err := Verify(r, s.cfg.Secret, s.cfg.Now(), s.cfg.MaxSkew); err != nil {
+		if s.cfg.Unauthorized != nil {
+			s.cfg.Unauthorized()
+		}
 		return &httpError{code: http.StatusUnauthorized, msg: "unauthorized: " + err.Error()}
 	}
 	switch r.URL.Path {
@@ -192,8 +207,30 @@ func (s *Server) serveFile(w http.ResponseWriter, r *http.Request) error {
 	h.Set(headerGeneration, strconv.FormatInt(sv.snap.Gen, 10))
 	// A zero modification time keeps conditional requests out of the way:
 	// peers ask for bytes, not for freshness.
+	if s.cfg.Served != nil {
+		w = countingWriter{ResponseWriter: w, add: s.cfg.Served}
+	}
 	http.ServeContent(w, r, "", time.Time{}, f)
 	return nil
+}
+
+// countingWriter reports the bytes written through it. It keeps the
+// underlying writer's ReadFrom, so file bodies still go out by sendfile.
+type countingWriter struct {
+	http.ResponseWriter
+	add func(int64)
+}
+
+func (c countingWriter) Write(b []byte) (int, error) {
+	n, err := c.ResponseWriter.Write(b)
+	c.add(int64(n))
+	return n, err
+}
+
+func (c countingWriter) ReadFrom(r io.Reader) (int64, error) {
+	n, err := io.Copy(c.ResponseWriter, r)
+	c.add(n)
+	return n, err
 }
 
 // httpError is an error with the HTTP status it answers with.

@@ -3,10 +3,14 @@ package integration
 import (
 	"context"
 	"encoding/json"
+	"io"
+	"io/fs"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -76,10 +80,12 @@ func TestProcesses(t *testing.T) {
 		})
 		return cmd
 	}
+	addrs := map[string]string{}
 	node := func(name string) (root, state string, args []string) {
 		root, state = filepath.Join(dir, name, "root"), filepath.Join(dir, name, "state")
 		mustMkdir(t, root)
 		addr := freeAddr(t)
+		addrs[name] = addr
 		return root, state, []string{"--id", name, "--root", root, "--state-dir", state, "--listen", addr, "--advertise", addr}
 	}
 	mroot, _, margs := node("master")
@@ -155,6 +161,15 @@ func TestProcesses(t *testing.T) {
 			t.Error(err)
 		}
 	}
+	// Metrics after the transfer: the master served bytes, each minion
+	// received the whole tree.
+	_, total := treeSize(t, src)
+	for name, metric := range map[string]string{"master": "fanout_bytes_served_total", "m1": "fanout_bytes_received_total", "m2": "fanout_bytes_received_total"} {
+		v := scrape(t, addrs[name], metric)
+		if name != "master" && v != float64(total) || name == "master" && v < float64(total) {
+			t.Errorf("%s %s = %v, tree has %d bytes", name, metric, v, total)
+		}
+	}
 	out, err = run("history", "--json")
 	var hist []struct{ Gen, Hosts, Rounds int }
 	if err != nil || json.Unmarshal([]byte(out), &hist) != nil || len(hist) != 1 || hist[0].Hosts != 2 || hist[0].Rounds < 1 {
@@ -184,4 +199,49 @@ func TestProcesses(t *testing.T) {
 	if err != nil || json.Unmarshal([]byte(out), &hosts) != nil || len(hosts) != 1 || hosts[0].ID != "m2" {
 		t.Errorf("hosts after forget m1: %v\n%s", err, out)
 	}
+}
+
+// scrape reads one metric from a host's /metrics.
+func scrape(t *testing.T, addr, name string) float64 {
+	t.Helper()
+	resp, err := http.Get("http://" + addr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	for _, line := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(line); len(f) == 2 && f[0] == name {
+			v, err := strconv.ParseFloat(f[1], 64)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return v
+		}
+	}
+	t.Fatalf("%s has no metric %s", addr, name)
+	return 0
+}
+
+// treeSize counts the regular files under root and their bytes.
+func treeSize(t *testing.T, root string) (files int, bytes int64) {
+	t.Helper()
+	err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.Type().IsRegular() {
+			fi, err := d.Info()
+			if err != nil {
+				return err
+			}
+			files++
+			bytes += fi.Size()
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return files, bytes
 }

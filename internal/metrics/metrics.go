@@ -1,0 +1,70 @@
+// Package metrics holds the Prometheus metrics a fanout host exports on
+// /metrics. Each host process owns one registry; nothing is global.
+package metrics
+
+import (
+	"net/http"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// Metrics are one host's counters, gauges and histograms.
+type Metrics struct {
+	reg *prometheus.Registry
+
+	BytesServed   prometheus.Counter
+	BytesReceived prometheus.Counter
+	FilesReceived prometheus.Counter
+	PullDuration  prometheus.Histogram
+	Claims        prometheus.Counter
+	Failures      *prometheus.CounterVec // by verdict: ok, dead, bad
+	LeaseExpiries prometheus.Counter
+	Generation    prometheus.Gauge // the generation this host holds or published
+	Published     prometheus.Counter
+	RejectedTasks prometheus.Counter
+	Unauthorized  prometheus.Counter
+}
+
+// New registers every metric, plus the Go runtime and process collectors.
+func New() *Metrics {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	f := func(name, help string) prometheus.Counter {
+		c := prometheus.NewCounter(prometheus.CounterOpts{Namespace: "fanout", Name: name, Help: help})
+		reg.MustRegister(c)
+		return c
+	}
+	m := &Metrics{
+		reg:           reg,
+		BytesServed:   f("bytes_served_total", "File bytes sent to peers."),
+		BytesReceived: f("bytes_received_total", "File bytes received from peers and verified or being verified."),
+		FilesReceived: f("files_received_total", "Files received, verified and renamed into place."),
+		Claims:        f("claims_total", "Source slots claimed by this host."),
+		LeaseExpiries: f("lease_expiries_total", "Expired leases reaped (master only)."),
+		Published:     f("generations_published_total", "Generations published (master only)."),
+		RejectedTasks: f("tasks_rejected_total", "Task values rejected as bad input (master only)."),
+		Unauthorized:  f("unauthorized_requests_total", "Peer requests refused for a bad or missing signature."),
+		PullDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Namespace: "fanout", Name: "pull_duration_seconds", Help: "Time from claim to a verified copy.",
+			Buckets: prometheus.ExponentialBuckets(0.05, 2, 16),
+		}),
+		Failures: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "fanout", Name: "pull_failures_total", Help: "Failed pulls by verdict on the source (ok, dead, bad).",
+		}, []string{"verdict"}),
+		Generation: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: "fanout", Name: "generation", Help: "Generation this host holds (minion) or published (master).",
+		}),
+	}
+	reg.MustRegister(m.PullDuration, m.Failures, m.Generation)
+	for _, v := range []string{"ok", "dead", "bad"} {
+		m.Failures.WithLabelValues(v)
+	}
+	return m
+}
+
+// Handler serves the registry in the Prometheus text format.
+func (m *Metrics) Handler() http.Handler {
+	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{Registry: m.reg})
+}
