@@ -19,6 +19,7 @@ import (
 	"github.com/sirupsen/logrus"
 	"github.com/spf13/pflag"
 
+	"github.com/fanout/fanout/internal/bwlimit"
 	"github.com/fanout/fanout/internal/coord"
 	"github.com/fanout/fanout/internal/metrics"
 	"github.com/fanout/fanout/internal/peer"
@@ -153,6 +154,8 @@ type node struct {
 	poll       time.Duration
 	uploads    int
 	grace      time.Duration
+	bwlimit    string
+	rate       int64 // parsed bwlimit, bytes per second
 }
 
 func (n *node) register(fs *pflag.FlagSet, defaultState string) {
@@ -166,6 +169,7 @@ func (n *node) register(fs *pflag.FlagSet, defaultState string) {
 	fs.DurationVar(&n.poll, "poll", time.Second, "how often to look at Redis")
 	fs.IntVar(&n.uploads, "max-uploads", 1, "pullers this host serves at once (1 doubles the sources each round)")
 	fs.DurationVar(&n.grace, "host-grace", 30*time.Second, "a host whose last heartbeat is older than this is no longer expected")
+	fs.StringVar(&n.bwlimit, "bwlimit", "0", "cap on this host's upload and download rate, each (rsync style: 16M = 16 MiB/s, a bare number is KiB/s; 0 = no cap)")
 }
 
 // check validates the node flags and fills defaults that need the system.
@@ -187,6 +191,11 @@ func (n *node) check() error {
 	if n.uploads < 1 {
 		return usageError("--max-uploads %d: use 1 or more", n.uploads)
 	}
+	rate, err := bwlimit.Parse(n.bwlimit)
+	if err != nil {
+		return usageError("--bwlimit: %v", err)
+	}
+	n.rate = rate
 	if n.poll <= 0 {
 		return usageError("--poll %s: use a positive duration such as 1s", n.poll)
 	}
@@ -227,9 +236,9 @@ func report(e env, prog string, err error) int {
 
 // newPeerServer builds a peer server that exports mx on /metrics and counts
 // served bytes and refused requests into it.
-func newPeerServer(secret []byte, log logrus.FieldLogger, mx *metrics.Metrics) *peer.Server {
+func newPeerServer(secret []byte, log logrus.FieldLogger, mx *metrics.Metrics, upload *bwlimit.Limiter) *peer.Server {
 	return peer.NewServer(peer.ServerConfig{
-		Secret: secret, Log: log, Metrics: mx.Handler(),
+		Secret: secret, Log: log, Metrics: mx.Handler(), Upload: upload,
 		Served:       func(n int64) { mx.BytesServed.Add(float64(n)) },
 		Unauthorized: mx.Unauthorized.Inc,
 	})

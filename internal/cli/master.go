@@ -9,6 +9,7 @@ import (
 
 	"github.com/spf13/pflag"
 
+	"github.com/fanout/fanout/internal/bwlimit"
 	"github.com/fanout/fanout/internal/coord"
 	"github.com/fanout/fanout/internal/master"
 	"github.com/fanout/fanout/internal/metrics"
@@ -118,7 +119,7 @@ func masterRun(ctx context.Context, args []string, e env) error {
 		return err
 	}
 	mx := metrics.New()
-	server := newPeerServer(secret, log, mx)
+	server := newPeerServer(secret, log, mx, bwlimit.New(n.rate))
 	m, err := master.New(master.Config{
 		ID: n.id, Advertise: n.advertise, Root: n.root, StateDir: n.stateDir,
 		Uploads: n.uploads, Poll: n.poll, Log: log, Metrics: mx,

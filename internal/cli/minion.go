@@ -9,6 +9,7 @@ import (
 
 	"github.com/spf13/pflag"
 
+	"github.com/fanout/fanout/internal/bwlimit"
 	"github.com/fanout/fanout/internal/metrics"
 	"github.com/fanout/fanout/internal/minion"
 	"github.com/fanout/fanout/internal/peer"
@@ -96,12 +97,13 @@ func minionCommand(ctx context.Context, cmd string, args []string, e env) error 
 	}
 	defer rdb.Close()
 	mx := metrics.New()
-	server := newPeerServer(secret, log, mx)
+	server := newPeerServer(secret, log, mx, bwlimit.New(n.rate))
 	client := peer.NewClient(peer.ClientConfig{Secret: secret})
 	cfg := minion.Config{
 		ID: n.id, Advertise: n.advertise, Root: n.root, StateDir: n.stateDir, Uploads: n.uploads,
 		Source: cmd == "run", Poll: n.poll, Heartbeat: heartbeat, Workers: workers,
 		Version: Version, Log: log.WithField("host", n.id), Metrics: mx,
+		Download: bwlimit.New(n.rate),
 	}
 	if cmd == "sync" {
 		if cfg.Advertise == "" {

@@ -19,6 +19,7 @@ import (
 	"github.com/redis/go-redis/v9"
 	"github.com/sirupsen/logrus"
 
+	"github.com/fanout/fanout/internal/bwlimit"
 	"github.com/fanout/fanout/internal/coord"
 	"github.com/fanout/fanout/internal/master"
 	"github.com/fanout/fanout/internal/minion"
@@ -33,6 +34,7 @@ type Config struct {
 	Prefix   string        // Redis key prefix
 	Uploads  int           // --max-uploads of every host
 	Poll     time.Duration // poll interval; default 100ms
+	BWLimit  int64         // per-host upload and download cap, bytes/s; 0: none
 	Log      logrus.FieldLogger
 }
 
@@ -139,6 +141,7 @@ func (l *Lab) StartMinion(ctx context.Context, h *Host) error {
 			ID: h.ID, Advertise: ln.Addr().String(), Root: h.Root, StateDir: h.StateDir,
 			Uploads: l.cfg.Uploads, Source: true, Poll: l.cfg.Poll, Heartbeat: time.Second,
 			Log: l.cfg.Log.WithField("host", h.ID), Version: "lab",
+			Download: bwlimit.New(l.cfg.BWLimit),
 		}, l.newCoord(), server, client)
 		if err != nil {
 			return nil, err
@@ -166,7 +169,7 @@ func (h *Host) start(ctx context.Context, l *Lab, build runner) error {
 		return fmt.Errorf("listen for %s: %w", h.ID, err)
 	}
 	h.Addr = ln.Addr().String()
-	server := peer.NewServer(peer.ServerConfig{Secret: l.secret, Log: l.cfg.Log.WithField("host", h.ID)})
+	server := peer.NewServer(peer.ServerConfig{Secret: l.secret, Log: l.cfg.Log.WithField("host", h.ID), Upload: bwlimit.New(l.cfg.BWLimit)})
 	run, err := build(ctx, ln, server)
 	if err != nil {
 		ln.Close()

@@ -17,6 +17,7 @@ import (
 
 	"github.com/sirupsen/logrus"
 
+	"github.com/fanout/fanout/internal/bwlimit"
 	"github.com/fanout/fanout/internal/coord"
 	"github.com/fanout/fanout/internal/manifest"
 	"github.com/fanout/fanout/internal/metrics"
@@ -41,6 +42,7 @@ type Config struct {
 	Version   string
 	Log       logrus.FieldLogger
 	Metrics   *metrics.Metrics // default: a private registry
+	Download  *bwlimit.Limiter // caps this host's download rate; nil: no cap
 }
 
 func (c *Config) setDefaults() {

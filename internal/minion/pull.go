@@ -13,6 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/fanout/fanout/internal/apply"
+	"github.com/fanout/fanout/internal/bwlimit"
 	"github.com/fanout/fanout/internal/coord"
 	"github.com/fanout/fanout/internal/manifest"
 	"github.com/fanout/fanout/internal/peer"
@@ -175,7 +176,7 @@ func (m *Minion) transfer(ctx context.Context, g coord.Generation, cl coord.Clai
 		"mkdir": plan.Count(manifest.OpMkdir), "meta": plan.Count(manifest.OpMeta),
 	}).Info("diffed local tree")
 	st, err := apply.Apply(ctx, root, plan, apply.Options{
-		Fetcher:  sourceFetcher{client: m.client, addr: cl.SourceAddr, gen: g.ID},
+		Fetcher:  sourceFetcher{client: m.client, addr: cl.SourceAddr, gen: g.ID, limit: m.cfg.Download},
 		Cache:    m.cache,
 		Workers:  m.cfg.Workers,
 		Progress: func(n int64) { m.received.Add(n); m.cfg.Metrics.BytesReceived.Add(float64(n)) },
@@ -231,8 +232,9 @@ type sourceFetcher struct {
 	client *peer.Client
 	addr   string
 	gen    int64
+	limit  *bwlimit.Limiter
 }
 
 func (f sourceFetcher) Fetch(ctx context.Context, e manifest.Entry, offset int64, w io.Writer) (int64, error) {
-	return f.client.Fetch(ctx, f.addr, f.gen, e.Path, offset, w)
+	return f.client.Fetch(ctx, f.addr, f.gen, e.Path, offset, f.limit.Writer(ctx, w))
 }

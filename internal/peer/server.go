@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/fanout/fanout/internal/bwlimit"
 	"github.com/fanout/fanout/internal/manifest"
 	"github.com/sirupsen/logrus"
 )
@@ -36,6 +37,9 @@ type ServerConfig struct {
 	// Unauthorized, when set, is told of each request refused for its
 	// signature.
 	Unauthorized func()
+	// Upload, when set, caps the rate of file bytes this host sends, all
+	// peers together.
+	Upload *bwlimit.Limiter
 }
 
 // Server answers peer requests for the snapshot it currently holds. It is an
@@ -207,12 +211,23 @@ func (s *Server) serveFile(w http.ResponseWriter, r *http.Request) error {
 	h.Set(headerGeneration, strconv.FormatInt(sv.snap.Gen, 10))
 	// A zero modification time keeps conditional requests out of the way:
 	// peers ask for bytes, not for freshness.
+	if s.cfg.Upload != nil {
+		w = limitedWriter{ResponseWriter: w, w: s.cfg.Upload.Writer(r.Context(), w)}
+	}
 	if s.cfg.Served != nil {
 		w = countingWriter{ResponseWriter: w, add: s.cfg.Served}
 	}
 	http.ServeContent(w, r, "", time.Time{}, f)
 	return nil
 }
+
+// limitedWriter sends the body through a rate limiter.
+type limitedWriter struct {
+	http.ResponseWriter
+	w io.Writer
+}
+
+func (l limitedWriter) Write(b []byte) (int, error) { return l.w.Write(b) }
 
 // countingWriter reports the bytes written through it. It keeps the
 // underlying writer's ReadFrom, so file bodies still go out by sendfile.
