@@ -159,3 +159,21 @@ func TestStatusText(t *testing.T) {
 		t.Errorf("status text lacks the source or the failure:\n%s", out)
 	}
 }
+
+func TestProgressLine(t *testing.T) {
+	s := statusJSON{Generation: 3, State: "running", Bytes: 100, Expected: 4, Finished: 1, Hosts: []hostJSON{
+		{ID: "a", State: "finished"}, {ID: "b", State: "running", Done: 50}, {ID: "c", State: "waiting"}, {ID: "d", State: "running", Done: 500},
+	}}
+	done, total := taskProgress(s)
+	if done != 250 || total != 400 {
+		t.Fatalf("taskProgress = %d/%d, want 250/400 (a running host counts at most the content size)", done, total)
+	}
+	line := progressLine(s, 8)
+	if !strings.HasPrefix(line, "[#####...]  62%") || !strings.Contains(line, "1/4 hosts") {
+		t.Errorf("progress line %q", line)
+	}
+	s.State = "done"
+	if line := progressLine(s, 8); !strings.HasPrefix(line, "[########] 100%") {
+		t.Errorf("done line %q", line)
+	}
+}

@@ -14,6 +14,7 @@ import (
 	"github.com/fanout/fanout/internal/master"
 	"github.com/fanout/fanout/internal/metrics"
 	"github.com/fanout/fanout/internal/peer"
+	"github.com/fanout/fanout/internal/sdnotify"
 )
 
 const masterUsage = `fanout-master: publish a file or tree and serve it as the first source.
@@ -129,6 +130,9 @@ func masterRun(ctx context.Context, args []string, e env) error {
 		return err
 	}
 	log.WithField("listen", ln.Addr().String()).WithField("advertise", n.advertise).Info("fanout-master running")
+	if err := sdnotify.Notify(e.getenv("NOTIFY_SOCKET"), "READY=1"); err != nil {
+		log.WithError(err).Warn("could not tell systemd we are ready")
+	}
 	return runAll(ctx, func(ctx context.Context) error { return server.Serve(ctx, ln) }, m.Run)
 }
 
@@ -179,7 +183,8 @@ func waitTask(ctx context.Context, co *coord.Client, prev int64, e env) error {
 	for {
 		st, err := co.Status(ctx)
 		if err == nil && st.Generation.ID > prev {
-			line := fmt.Sprintf("generation %d: %s, %d/%d hosts finished, %d running", st.Generation.ID, st.State, len(st.Finished), len(st.Expected), len(st.Running))
+			line := fmt.Sprintf("generation %d: %s, %d/%d hosts finished, %d running  %s", st.Generation.ID, st.State,
+				len(st.Finished), len(st.Expected), len(st.Running), progressLine(toJSON(st, time.Now()), 30))
 			if line != last {
 				fmt.Fprintln(e.stdout, line)
 				last = line
@@ -201,11 +206,13 @@ func waitTask(ctx context.Context, co *coord.Client, prev int64, e env) error {
 
 func masterStatus(ctx context.Context, args []string, e env) error {
 	var c common
-	var asJSON, follow bool
-	var grace time.Duration
+	var asJSON, follow, watch bool
+	var grace, interval time.Duration
 	fs := newFlags(e, "status", "fanout-master status: show the task, its generation, and where every host stands.")
 	c.register(fs)
 	fs.BoolVar(&asJSON, "json", false, "print one JSON object instead of a table")
+	fs.BoolVar(&watch, "watch", false, "redraw the status and a progress bar for the whole task until interrupted")
+	fs.DurationVar(&interval, "interval", time.Second, "with --watch, how often to redraw")
 	fs.BoolVar(&follow, "follow", false, "after the status, print protocol events as they happen (claims, finishes, failures, lease expiries) until interrupted")
 	fs.DurationVar(&grace, "host-grace", 30*time.Second, "a host whose last heartbeat is older than this is no longer expected")
 	if err := parse(fs, args, e); err != nil {
@@ -217,6 +224,9 @@ func masterStatus(ctx context.Context, args []string, e env) error {
 	}
 	defer rdb.Close()
 	co := c.coord(rdb, grace)
+	if watch {
+		return watchStatus(ctx, co, interval, e)
+	}
 	st, err := co.Status(ctx)
 	if err != nil {
 		return fmt.Errorf("read status: %w", err)
@@ -232,6 +242,29 @@ func masterStatus(ctx context.Context, args []string, e env) error {
 		return followEvents(ctx, co, e)
 	}
 	return nil
+}
+
+// watchStatus redraws the status table under a progress bar until ctx ends.
+func watchStatus(ctx context.Context, co *coord.Client, every time.Duration, e env) error {
+	for {
+		st, err := co.Status(ctx)
+		if ctx.Err() != nil {
+			return nil
+		}
+		now := time.Now()
+		fmt.Fprint(e.stdout, "\033[H\033[2J") // home, clear screen
+		if err != nil {
+			fmt.Fprintf(e.stdout, "%s  %v\n", now.Format(time.TimeOnly), err)
+		} else {
+			fmt.Fprintf(e.stdout, "%s  %s\n\n", now.Format(time.TimeOnly), progressLine(toJSON(st, now), 40))
+			writeStatusText(e.stdout, st, now)
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(every):
+		}
+	}
 }
 
 // followEvents prints events as they arrive until ctx ends.

@@ -13,6 +13,7 @@ import (
 	"github.com/fanout/fanout/internal/metrics"
 	"github.com/fanout/fanout/internal/minion"
 	"github.com/fanout/fanout/internal/peer"
+	"github.com/fanout/fanout/internal/sdnotify"
 )
 
 const minionUsage = `fanout-minion: hold a verified copy of the current task and serve it to peers.
@@ -129,6 +130,9 @@ func minionCommand(ctx context.Context, cmd string, args []string, e env) error 
 		return err
 	}
 	log.WithField("listen", ln.Addr().String()).WithField("advertise", n.advertise).Infof("fanout-minion %s running", cmd)
+	if err := sdnotify.Notify(e.getenv("NOTIFY_SOCKET"), "READY=1"); err != nil {
+		log.WithError(err).Warn("could not tell systemd we are ready")
+	}
 	serve := func(ctx context.Context) error { return server.Serve(ctx, ln) }
 	if cmd == "serve" {
 		return runAll(ctx, serve, m.Serve)

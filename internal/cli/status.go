@@ -181,3 +181,35 @@ func oneLine(s string) string {
 	}
 	return s
 }
+
+// taskProgress is the whole task's progress: bytes held by finished hosts
+// plus bytes received by running ones, over content size times expected
+// hosts.
+func taskProgress(s statusJSON) (done, total int64) {
+	total = s.Bytes * int64(s.Expected)
+	for _, h := range s.Hosts {
+		switch h.State {
+		case "finished":
+			done += s.Bytes
+		case "running":
+			done += min(h.Done, s.Bytes)
+		}
+	}
+	return min(done, total), total
+}
+
+// progressLine renders the whole task's progress as one line with a bar.
+func progressLine(s statusJSON, width int) string {
+	done, total := taskProgress(s)
+	frac := 0.0
+	if total > 0 {
+		frac = float64(done) / float64(total)
+	}
+	if s.State == "done" {
+		frac = 1
+	}
+	fill := int(frac * float64(width))
+	return fmt.Sprintf("[%s%s] %3.0f%%  %d/%d hosts  %s/%s  generation %d %s",
+		strings.Repeat("#", fill), strings.Repeat(".", width-fill), frac*100,
+		s.Finished, s.Expected, humanBytes(done), humanBytes(total), s.Generation, s.State)
+}
