@@ -69,6 +69,7 @@ func (c *Config) setDefaults() {
 // Coordinator is the part of the Redis protocol a minion uses.
 type Coordinator interface {
 	Current(ctx context.Context) (coord.Generation, error)
+	TaskKey(ctx context.Context) (string, bool, error)
 	Heartbeat(ctx context.Context, h coord.Host) error
 	Lookup(ctx context.Context) error
 	Claim(ctx context.Context, host string, gen int64) (coord.Claim, error)
@@ -204,7 +205,11 @@ func (m *Minion) Sync(ctx context.Context) error {
 		case err == nil && (out == Holding || out == Pulled):
 			return nil
 		case err == nil && out == Idle:
-			return errors.New("no task to sync: the task key is empty or its generation failed (see fanout-master status)")
+			if pending, perr := m.taskPending(ctx); perr != nil {
+				last = perr
+			} else if !pending {
+				return errors.New("no task to sync: the task key is empty or its generation failed (see fanout-master status)")
+			}
 		case err != nil:
 			last = err
 			m.cfg.Log.WithError(err).Warn("sync attempt failed; retrying")
@@ -218,6 +223,23 @@ func (m *Minion) Sync(ctx context.Context) error {
 		case <-time.After(jitter(m.cfg.Poll)):
 		}
 	}
+}
+
+// taskPending reports whether a task is set that the master has not
+// published yet (a sync started right after "set task" waits for it).
+func (m *Minion) taskPending(ctx context.Context) (bool, error) {
+	value, fresh, err := m.coord.TaskKey(ctx)
+	if err != nil {
+		return false, fmt.Errorf("read task: %w", err)
+	}
+	if value == "" && !fresh {
+		return false, nil
+	}
+	g, err := m.coord.Current(ctx)
+	if err != nil {
+		return false, fmt.Errorf("read generation: %w", err)
+	}
+	return fresh || g.ID == 0, nil
 }
 
 func (m *Minion) heartbeatLoop(ctx context.Context) {

@@ -62,12 +62,23 @@ func TestFanOut(t *testing.T) {
 			writeFile(t, at(4, "empty"), "a file where the tree has a dir\n")
 			mustMkdir(t, at(4, "current/sub"))
 
+			if st, err := l.Coord.Status(ctx); err != nil || st.State != coord.StateIdle {
+				t.Fatalf("status before any task: %q, %v", st.State, err)
+			}
 			if err := l.Set(ctx, task); err != nil {
 				t.Fatal(err)
 			}
-			st, err := l.WaitGeneration(ctx, 0, nil)
+			var seen []string
+			st, err := l.WaitGeneration(ctx, 0, func(st coord.Status) {
+				if len(seen) == 0 || seen[len(seen)-1] != st.State {
+					seen = append(seen, st.State)
+				}
+			})
 			if err != nil {
 				t.Fatal(err)
+			}
+			if len(seen) < 2 || seen[0] != coord.StateRunning || seen[len(seen)-1] != coord.StateDone {
+				t.Errorf("status states through the task: %v, want running ... done", seen)
 			}
 			if got := len(st.Finished); got != 8 {
 				t.Fatalf("finished = %d hosts, want 8", got)

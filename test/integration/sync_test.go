@@ -1,0 +1,102 @@
+package integration
+
+import (
+	"context"
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/fanout/fanout/internal/lab"
+	"github.com/fanout/fanout/internal/redistest"
+)
+
+// TestSyncAndServe runs the one-shot mode as cron would: "fanout-minion
+// sync" exits 0 once the host holds the generation. With a "serve" daemon
+// answering at --advertise the host becomes a source; without one it
+// finishes but offers no slot. A second sync run is a no-op that still
+// exits 0.
+func TestSyncAndServe(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds binaries")
+	}
+	masterBin, minionBin := buildBinaries(t)
+	mr, srv := redistest.Mini(t)
+	dir := t.TempDir()
+	secret := filepath.Join(dir, "secret")
+	if err := os.WriteFile(secret, []byte("a-test-secret-of-enough-length\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	env := append(os.Environ(), "FANOUT_REDIS="+srv.URL, "FANOUT_SECRET_FILE="+secret, "FANOUT_POLL=100ms")
+	daemon := func(bin string, args ...string) {
+		cmd := exec.Command(bin, args...)
+		cmd.Env = env
+		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	}
+	flags := func(name string) []string {
+		root := filepath.Join(dir, name, "root")
+		mustMkdir(t, root)
+		addr := freeAddr(t)
+		return []string{"--id", name, "--root", root, "--state-dir", filepath.Join(dir, name, "state"), "--listen", addr, "--advertise", addr}
+	}
+	mflags := flags("master")
+	src := filepath.Join(dir, "master/root", task)
+	mustMkdir(t, src)
+	if err := lab.SampleTree(src, 1<<20, 10); err != nil {
+		t.Fatal(err)
+	}
+	daemon(masterBin, append([]string{"run"}, mflags...)...)
+	served := flags("served")
+	daemon(minionBin, append([]string{"serve", "--heartbeat", "200ms"}, served...)...)
+	plain := flags("plain")
+	mr.Set("task", task)
+	sync := func(args []string) (string, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+		defer cancel()
+		cmd := exec.CommandContext(ctx, minionBin, append([]string{"sync", "--timeout", "60s"}, args...)...)
+		cmd.Env = env
+		out, err := cmd.CombinedOutput()
+		return string(out), err
+	}
+	for _, args := range [][]string{served, plain, served} {
+		if out, err := sync(args); err != nil {
+			t.Fatalf("sync %s: %v\n%s", args[1], err, out)
+		}
+	}
+	for _, name := range []string{"served", "plain"} {
+		if err := lab.Compare(src, filepath.Join(dir, name, "root", task)); err != nil {
+			t.Error(err)
+		}
+	}
+	ctx := context.Background()
+	cmd := exec.CommandContext(ctx, masterBin, "status", "--json")
+	cmd.Env = env
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var st struct {
+		Sources  []string
+		Finished int
+	}
+	if err := json.Unmarshal(out, &st); err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Contains(st.Sources, "served#0") || slices.ContainsFunc(st.Sources, func(s string) bool { return strings.HasPrefix(s, "plain#") }) || st.Finished != 2 {
+		t.Errorf("sources %v finished %d: want served#0 offered, plain not", st.Sources, st.Finished)
+	}
+	// No task at all: sync says so and exits 1.
+	mr.Del("task")
+	mr.Del("generation")
+	if out, err := sync(plain); err == nil || !strings.Contains(out, "no task") {
+		t.Errorf("sync with no task: %v\n%s", err, out)
+	}
+}
