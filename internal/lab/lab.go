@@ -118,6 +118,13 @@ func (l *Lab) newHost(id string) *Host {
 	return &Host{ID: id, Root: filepath.Join(base, "root"), StateDir: filepath.Join(base, "state")}
 }
 
+// AddMinion starts one more minion with an empty root.
+func (l *Lab) AddMinion(ctx context.Context) (*Host, error) {
+	h := l.newHost(fmt.Sprintf("minion-%02d", len(l.Minions)+1))
+	l.Minions = append(l.Minions, h)
+	return h, l.StartMinion(ctx, h)
+}
+
 // StartMaster starts (or restarts) the master.
 func (l *Lab) StartMaster(ctx context.Context) error {
 	h := l.Master
@@ -136,7 +143,7 @@ func (l *Lab) StartMaster(ctx context.Context) error {
 // StartMinion starts (or restarts) a minion.
 func (l *Lab) StartMinion(ctx context.Context, h *Host) error {
 	return h.start(ctx, l, func(ctx context.Context, ln net.Listener, server *peer.Server) (func(context.Context) error, error) {
-		client := peer.NewClient(peer.ClientConfig{Secret: l.secret, StallTimeout: 5 * time.Second})
+		client := peer.NewClient(peer.ClientConfig{Secret: l.secret, DialTimeout: 2 * time.Second, StallTimeout: 2 * time.Second})
 		m, err := minion.New(minion.Config{
 			ID: h.ID, Advertise: ln.Addr().String(), Root: h.Root, StateDir: h.StateDir,
 			Uploads: l.cfg.Uploads, Source: true, Poll: l.cfg.Poll, Heartbeat: time.Second,

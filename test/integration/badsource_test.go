@@ -1,0 +1,168 @@
+package integration
+
+import (
+	"context"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/fanout/fanout/internal/coord"
+	"github.com/fanout/fanout/internal/lab"
+)
+
+// TestCorruptSourceIsBarred: a finished host's copy rots on disk (same size
+// and mtime, one byte changed), so it serves bytes that fail verification.
+// Its pullers detect the mismatch, discard the data, bar it for the
+// generation, and get the file from another source.
+func TestCorruptSourceIsBarred(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	l, err := lab.Start(ctx, lab.Config{Dir: t.TempDir(), Minions: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Stop()
+	src := filepath.Join(l.Master.Root, task)
+	mustMkdir(t, src)
+	if err := lab.SampleTree(src, 1<<20, 5); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Set(ctx, task); err != nil {
+		t.Fatal(err)
+	}
+	st, err := l.WaitGeneration(ctx, 0, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rotten := l.Minions[0]
+	corrupt(t, filepath.Join(rotten.Root, task, "weights/model.bin"))
+	// The origin's slot is taken away so the new hosts must try the rotten
+	// one first; it comes back after the rotten host is barred.
+	l.Redis.SRem(ctx, l.Coord.Keys().Sync(), "master#0")
+	for range 2 {
+		if _, err := l.AddMinion(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(ctx, t, "the rotten source to be barred", func() bool {
+		bad, _ := l.Redis.SMembers(ctx, l.Coord.Keys().BadSources()).Result()
+		return slices.Contains(bad, rotten.ID)
+	})
+	l.Coord.OfferSlots(ctx, "master", st.Generation.ID, 1)
+	waitFor(ctx, t, "the new hosts to finish", func() bool {
+		now, _ := l.Coord.Status(ctx)
+		return len(now.Finished) == 3
+	})
+	for _, h := range l.Minions[1:] {
+		if err := lab.Compare(src, filepath.Join(h.Root, task)); err != nil {
+			t.Error(err)
+		}
+	}
+	now, _ := l.Coord.Status(ctx)
+	for _, s := range now.Sources {
+		if strings.HasPrefix(s, rotten.ID+"#") {
+			t.Errorf("barred source still offered: %s", s)
+		}
+	}
+}
+
+// TestStalledSourceIsSkipped: a "source" that accepts connections and never
+// answers. The puller gives up on it after the stall timeout, drops its
+// slot, and completes from the origin.
+func TestStalledSourceIsSkipped(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	stall, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop := make(chan struct{})
+	defer close(stop)
+	go http.Serve(stall, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { <-stop }))
+	defer stall.Close()
+
+	l, err := lab.Start(ctx, lab.Config{Dir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Stop()
+	src := filepath.Join(l.Master.Root, task)
+	mustMkdir(t, src)
+	if err := lab.SampleTree(src, 1<<20, 5); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Set(ctx, task); err != nil {
+		t.Fatal(err)
+	}
+	var gen int64
+	waitFor(ctx, t, "the generation", func() bool {
+		g, _ := l.Coord.Current(ctx)
+		gen = g.ID
+		return g.State == coord.StateRunning
+	})
+	// The staller registers and offers the only slot.
+	if err := l.Coord.Heartbeat(ctx, coord.Host{ID: "staller", Addr: stall.Addr().String()}); err != nil {
+		t.Fatal(err)
+	}
+	l.Redis.SRem(ctx, l.Coord.Keys().Sync(), "master#0")
+	l.Redis.SAdd(ctx, l.Coord.Keys().Sync(), "staller#0")
+	h, err := l.AddMinion(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(ctx, t, "the puller to give up on the staller", func() bool {
+		now, _ := l.Coord.Status(ctx)
+		f, ok := now.Failures[h.ID]
+		return ok && f.Source == "staller"
+	})
+	if err := l.Coord.OfferSlots(ctx, "master", gen, 1); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(ctx, t, "the puller to finish from the origin", func() bool {
+		now, _ := l.Coord.Status(ctx)
+		return slices.Contains(now.Finished, h.ID)
+	})
+	if err := lab.Compare(src, filepath.Join(h.Root, task)); err != nil {
+		t.Error(err)
+	}
+	now, _ := l.Coord.Status(ctx)
+	if slices.Contains(now.Sources, "staller#0") {
+		t.Error("the stalled source's slot came back")
+	}
+}
+
+// corrupt flips one byte of a file, keeping its size and mtime, the way a
+// bad disk would: nothing but the content hash can tell.
+func corrupt(t *testing.T, p string) {
+	t.Helper()
+	fi, err := os.Stat(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b[len(b)/2] ^= 0xff
+	if err := os.WriteFile(p, b, fi.Mode()); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chtimes(p, fi.ModTime(), fi.ModTime()); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func waitFor(ctx context.Context, t *testing.T, what string, ok func() bool) {
+	t.Helper()
+	for !ok() {
+		if ctx.Err() != nil {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
