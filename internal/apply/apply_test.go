@@ -3,294 +3,248 @@ package apply
 import (
 	"bytes"
 	"context"
-	"encoding/hex"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync/atomic"
 	"syscall"
 	"testing"
-	"time"
 
 	"github.com/fanout/fanout/internal/manifest"
 )
 
-// fakeFetcher serves content from memory and can misbehave on request.
-type fakeFetcher struct {
-	content   map[string][]byte
-	failAfter int   // with failErr: write this many bytes, then fail
-	failErr   error // returned after failAfter bytes
-	corrupt   bool  // flip a byte
-	block     bool  // block until ctx is done after writing a few bytes
-}
-
-func (f *fakeFetcher) Fetch(ctx context.Context, e manifest.Entry, off int64, w io.Writer) (int64, error) {
-	data, ok := f.content[e.Path]
-	if !ok {
-		return 0, fmt.Errorf("no content for %s", e.Path)
-	}
-	data = data[off:]
-	switch {
-	case f.failErr != nil:
-		n, _ := w.Write(data[:min(f.failAfter, len(data))])
-		return int64(n), f.failErr
-	case f.block:
-		n, _ := w.Write(data[:1])
-		<-ctx.Done()
-		return int64(n), ctx.Err()
-	case f.corrupt:
-		c := bytes.Clone(data)
-		c[len(c)/2] ^= 1
-		n, err := w.Write(c)
-		return int64(n), err
-	}
-	n, err := w.Write(data)
-	return int64(n), err
-}
-
-func hashOf(b []byte) string {
-	h := manifest.NewHash()
-	h.Write(b)
-	return hex.EncodeToString(h.Sum(nil))
-}
-
-var mtime = time.Date(2023, 5, 6, 7, 8, 9, 123456789, time.UTC).UnixNano()
-
-func fileEntry(p string, data []byte, mode fs.FileMode) manifest.Entry {
-	return manifest.Entry{Path: p, Type: manifest.File, Mode: mode, Size: int64(len(data)), MTime: mtime, Hash: hashOf(data)}
-}
-
-func plan(acts ...manifest.Action) *manifest.Plan { return &manifest.Plan{Actions: acts} }
-
-func noTemps(t *testing.T, dir string) {
-	t.Helper()
-	filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
-		if err == nil && manifest.IsTemp(d.Name()) {
-			t.Errorf("temporary file left: %s", p)
-		}
-		return nil
-	})
-}
-
 func TestApplyNewTree(t *testing.T) {
 	root := filepath.Join(t.TempDir(), "task")
-	a, b := []byte("alpha"), []byte("")
-	ff := &fakeFetcher{content: map[string][]byte{"d/a": a, "d/e/b": b}}
-	dir := func(p string, mode fs.FileMode) manifest.Entry {
-		return manifest.Entry{Path: p, Type: manifest.Dir, Mode: mode, MTime: mtime}
+	content := map[string][]byte{
+		"d/a":     []byte("alpha"),
+		"d/e/b":   {},
+		"g/tool":  []byte("#!/bin/sh\necho hi\n"),
+		"top.txt": bytes.Repeat([]byte("0123456789"), 1000),
+	}
+	dirs := []manifest.Entry{
+		dirEntry(".", 0o755),
+		dirEntry("d", 0o500), // read-only, yet its children are written
+		dirEntry("d/e", 0o750),
+		dirEntry("empty", 0o700),
+		dirEntry("g", fs.ModeSetgid|0o775),
+	}
+	files := []manifest.Entry{
+		fileEntry("d/a", content["d/a"], 0o640),
+		fileEntry("d/e/b", content["d/e/b"], 0o600),
+		fileEntry("g/tool", content["g/tool"], fs.ModeSetuid|0o755),
+		fileEntry("top.txt", content["top.txt"], 0o444),
+	}
+	links := []manifest.Entry{
+		linkEntry("l", "d/a"),
+		linkEntry("d/e/up", "../../top.txt"),
+		linkEntry("dangling", "/nonexistent/target"),
+	}
+	var acts []manifest.Action
+	for _, e := range dirs {
+		acts = append(acts, act(manifest.OpMkdir, e))
+	}
+	for _, e := range links {
+		acts = append(acts, act(manifest.OpSymlink, e))
+	}
+	for _, e := range files {
+		acts = append(acts, act(manifest.OpFetch, e))
+	}
+	for i := len(dirs) - 1; i >= 0; i-- {
+		acts = append(acts, act(manifest.OpMeta, dirs[i]))
 	}
 	var progress atomic.Int64
-	st, err := Apply(context.Background(), root, plan(
-		manifest.Action{Op: manifest.OpMkdir, Entry: dir(".", 0o755)},
-		manifest.Action{Op: manifest.OpMkdir, Entry: dir("d", 0o500)},
-		manifest.Action{Op: manifest.OpMkdir, Entry: dir("d/e", 0o755)},
-		manifest.Action{Op: manifest.OpMkdir, Entry: dir("empty", 0o700)},
-		manifest.Action{Op: manifest.OpSymlink, Entry: manifest.Entry{Path: "l", Type: manifest.Symlink, Target: "d/a"}},
-		manifest.Action{Op: manifest.OpFetch, Entry: fileEntry("d/a", a, 0o640)},
-		manifest.Action{Op: manifest.OpFetch, Entry: fileEntry("d/e/b", b, 0o600)},
-		manifest.Action{Op: manifest.OpMeta, Entry: dir("d/e", 0o755)},
-		manifest.Action{Op: manifest.OpMeta, Entry: dir("empty", 0o700)},
-		manifest.Action{Op: manifest.OpMeta, Entry: dir("d", 0o500)},
-		manifest.Action{Op: manifest.OpMeta, Entry: dir(".", 0o755)},
-	), Options{Fetcher: ff, Progress: func(n int64) { progress.Add(n) }})
+	var want int64
+	for _, c := range content {
+		want += int64(len(c))
+	}
+	cache := manifest.NewCache()
+	st, err := Apply(context.Background(), root, plan(acts...),
+		Options{Fetcher: newFetcher(content), Cache: cache, Progress: func(n int64) { progress.Add(n) }})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if st.Files != 2 || st.Dirs != 4 || st.Symlinks != 1 || st.Bytes != 5 || progress.Load() != 5 {
-		t.Errorf("stats %+v, progress %d", st, progress.Load())
+	wantStats := Stats{Files: len(files), Dirs: len(dirs), Symlinks: len(links), Meta: len(dirs), Bytes: want}
+	if st != wantStats || progress.Load() != want {
+		t.Errorf("stats %+v, progress %d; want %+v, %d", st, progress.Load(), wantStats, want)
 	}
-	got, err := os.ReadFile(filepath.Join(root, "d/a"))
-	if err != nil || string(got) != "alpha" {
-		t.Fatalf("d/a = %q, %v", got, err)
+	for _, e := range append(append(dirs, files...), links...) {
+		checkEntry(t, filepath.Join(root, e.Path), e, content[e.Path])
 	}
-	for p, mode := range map[string]fs.FileMode{".": 0o755, "d": 0o500, "d/a": 0o640, "d/e/b": 0o600, "empty": 0o700} {
-		fi, err := os.Lstat(filepath.Join(root, p))
+	for _, e := range files {
+		p := filepath.Join(root, e.Path)
+		fi, err := os.Lstat(p)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if fi.Mode().Perm() != mode || fi.ModTime().UnixNano() != mtime {
-			t.Errorf("%s: mode %v mtime %v, want %v and %v", p, fi.Mode().Perm(), fi.ModTime().UnixNano(), mode, mtime)
+		if h, ok := cache.Get(p, fi); !ok || h != e.Hash {
+			t.Errorf("cache for %s: %q %v, want %q", e.Path, h, ok, e.Hash)
 		}
-	}
-	if target, _ := os.Readlink(filepath.Join(root, "l")); target != "d/a" {
-		t.Errorf("symlink target %q", target)
 	}
 	noTemps(t, root)
 }
 
 // replaceSetup makes a tree with an old version of file "f".
-func replaceSetup(t *testing.T) (string, []byte, manifest.Entry) {
+func replaceSetup(t *testing.T) (root string, data []byte, e manifest.Entry) {
 	t.Helper()
-	root := t.TempDir()
-	if err := os.WriteFile(filepath.Join(root, "f"), []byte("old version"), 0o644); err != nil {
+	root = t.TempDir()
+	writeFile(t, filepath.Join(root, "f"), "old version", 0o644)
+	data = []byte("the new version of f, a little longer than the old one")
+	return root, data, fileEntry("f", data, 0o600)
+}
+
+func TestReplaceIsAtomic(t *testing.T) {
+	root, data, e := replaceSetup(t)
+	p := filepath.Join(root, "f")
+	reader, err := os.Open(p) // a reader that opened the old version
+	if err != nil {
 		t.Fatal(err)
 	}
-	data := []byte("the new version of f")
-	return root, data, fileEntry("f", data, 0o644)
+	defer reader.Close()
+	if _, err := Apply(context.Background(), root, plan(act(manifest.OpFetch, e)),
+		Options{Fetcher: newFetcher(map[string][]byte{"f": data})}); err != nil {
+		t.Fatal(err)
+	}
+	checkEntry(t, p, e, data)
+	// The new version is a new inode: the old reader still sees the old
+	// bytes, whole, which an in-place rewrite would not give it.
+	old := make([]byte, 64)
+	n, _ := reader.ReadAt(old, 0)
+	if string(old[:n]) != "old version" {
+		t.Errorf("open reader sees %q", old[:n])
+	}
+	noTemps(t, root)
 }
 
 func TestReplaceKeepsOldOnFailure(t *testing.T) {
+	errPeer := errors.New("peer went away")
 	tests := []struct {
 		name  string
-		ff    func(data []byte) *fakeFetcher
-		check func(t *testing.T, err error)
+		fault fault
+		check func(t *testing.T, err error, e manifest.Entry)
 	}{
-		{"fetch fails midway", func(d []byte) *fakeFetcher {
-			return &fakeFetcher{content: map[string][]byte{"f": d}, failAfter: 5, failErr: errors.New("peer went away")}
-		}, func(t *testing.T, err error) {
-			if err == nil || !bytes.Contains([]byte(err.Error()), []byte("peer went away")) {
-				t.Errorf("err = %v", err)
-			}
-		}},
-		{"hash mismatch", func(d []byte) *fakeFetcher {
-			return &fakeFetcher{content: map[string][]byte{"f": d}, corrupt: true}
-		}, func(t *testing.T, err error) {
+		{"fetch fails midway", fault{failAfter: 9, err: fmt.Errorf("read body: %w", errPeer)},
+			func(t *testing.T, err error, _ manifest.Entry) {
+				if !errors.Is(err, errPeer) {
+					t.Errorf("err = %v, want the fetcher's error reachable", err)
+				}
+			}},
+		{"wrong bytes", fault{wrong: true}, func(t *testing.T, err error, e manifest.Entry) {
 			var hm *HashMismatchError
-			if !errors.As(err, &hm) || hm.Path != "f" {
-				t.Errorf("err = %v, want a HashMismatchError", err)
+			if !errors.As(err, &hm) {
+				t.Fatalf("err = %v, want a HashMismatchError", err)
+			}
+			if hm.Path != "f" || hm.Want != e.Hash || hm.Got == e.Hash || hm.Got == "" || hm.GotSize != e.Size {
+				t.Errorf("mismatch %+v", hm)
 			}
 		}},
-		{"short body", func(d []byte) *fakeFetcher {
-			return &fakeFetcher{content: map[string][]byte{"f": d[:4]}}
-		}, func(t *testing.T, err error) {
+		{"short body", fault{failAfter: 4, err: nil}, nil}, // filled in below
+		{"long body", fault{extra: 3}, func(t *testing.T, err error, e manifest.Entry) {
 			var hm *HashMismatchError
-			if !errors.As(err, &hm) || hm.GotSize != 4 {
-				t.Errorf("err = %v, want a size mismatch", err)
+			if !errors.As(err, &hm) || hm.GotSize <= e.Size || hm.WantSize != e.Size {
+				t.Errorf("err = %v, want a size mismatch over %d", err, e.Size)
 			}
 		}},
-		{"disk full", func(d []byte) *fakeFetcher {
-			return &fakeFetcher{content: map[string][]byte{"f": d}, failAfter: 8, failErr: fmt.Errorf("write: %w", syscall.ENOSPC)}
-		}, func(t *testing.T, err error) {
-			if !errors.Is(err, syscall.ENOSPC) {
-				t.Errorf("err = %v, want ENOSPC reachable", err)
-			}
-		}},
+		{"disk full", fault{failAfter: 20, err: fmt.Errorf("write: %w", syscall.ENOSPC)},
+			func(t *testing.T, err error, _ manifest.Entry) {
+				if !errors.Is(err, syscall.ENOSPC) {
+					t.Errorf("err = %v, want ENOSPC reachable", err)
+				}
+			}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			root, data, e := replaceSetup(t)
-			_, err := Apply(context.Background(), root, plan(manifest.Action{Op: manifest.OpFetch, Entry: e}), Options{Fetcher: tt.ff(data)})
-			tt.check(t, err)
-			got, _ := os.ReadFile(filepath.Join(root, "f"))
-			if string(got) != "old version" {
-				t.Errorf("old file changed to %q", got)
+			ff := newFetcher(map[string][]byte{"f": data})
+			ff.faults["f"] = tt.fault
+			check := tt.check
+			if tt.name == "short body" {
+				ff.faults["f"] = fault{}
+				ff.content["f"] = data[:4]
+				check = func(t *testing.T, err error, e manifest.Entry) {
+					var hm *HashMismatchError
+					if !errors.As(err, &hm) || hm.GotSize != 4 || hm.WantSize != e.Size {
+						t.Errorf("err = %v, want a size mismatch of 4", err)
+					}
+				}
 			}
+			st, err := Apply(context.Background(), root, plan(act(manifest.OpFetch, e)), Options{Fetcher: ff})
+			if err == nil {
+				t.Fatal("Apply succeeded")
+			}
+			check(t, err, e)
+			if !strings.Contains(err.Error(), "fetch f:") {
+				t.Errorf("error %q does not name the entry", err)
+			}
+			if st.Files != 0 || st.Bytes != 0 {
+				t.Errorf("stats %+v count a failed fetch", st)
+			}
+			old := fileEntry("f", []byte("old version"), 0o644)
+			old.MTime = 1_000_000_000 * 1e9
+			checkEntry(t, filepath.Join(root, "f"), old, []byte("old version"))
 			noTemps(t, root)
 		})
 	}
 }
 
-func TestNeverWritesThroughSymlink(t *testing.T) {
+func TestFirstErrorStopsOthers(t *testing.T) {
 	root := t.TempDir()
-	outside := t.TempDir()
-	if err := os.Symlink(outside, filepath.Join(root, "a")); err != nil {
-		t.Fatal(err)
+	errBoom := errors.New("boom")
+	content := map[string][]byte{}
+	var acts []manifest.Action
+	for i := range 12 {
+		p := fmt.Sprintf("f%02d", i)
+		content[p] = []byte(strings.Repeat(p, 10))
+		acts = append(acts, act(manifest.OpFetch, fileEntry(p, content[p], 0o644)))
 	}
-	data := []byte("root:x:0:0")
-	ff := &fakeFetcher{content: map[string][]byte{"a/passwd": data}}
-	for _, act := range []manifest.Action{
-		{Op: manifest.OpFetch, Entry: fileEntry("a/passwd", data, 0o644)},
-		{Op: manifest.OpMkdir, Entry: manifest.Entry{Path: "a/sub", Type: manifest.Dir, Mode: 0o755}},
-		{Op: manifest.OpSymlink, Entry: manifest.Entry{Path: "a/l", Type: manifest.Symlink, Target: "x"}},
-		{Op: manifest.OpRemove, Entry: manifest.Entry{Path: "a/victim", Type: manifest.File}},
-	} {
-		os.WriteFile(filepath.Join(outside, "victim"), []byte("keep"), 0o644)
-		_, err := Apply(context.Background(), root, plan(act), Options{Fetcher: ff})
-		if err == nil {
-			t.Errorf("%s a/...: succeeded through a symlinked parent", act.Op)
-		}
-		des, _ := os.ReadDir(outside)
-		if len(des) != 1 || des[0].Name() != "victim" {
-			t.Errorf("%s: outside dir touched: %v", act.Op, des)
-		}
+	ff := newFetcher(content)
+	for p := range content {
+		ff.faults[p] = fault{block: true}
 	}
-	// A regular file as a parent component is refused too.
-	os.WriteFile(filepath.Join(root, "file"), []byte("x"), 0o644)
-	_, err := Apply(context.Background(), root, plan(manifest.Action{Op: manifest.OpMkdir, Entry: manifest.Entry{Path: "file/sub", Type: manifest.Dir}}), Options{})
-	if err == nil {
-		t.Error("mkdir under a regular file succeeded")
+	ff.faults["f00"] = fault{failAfter: 3, err: errBoom}
+	acts = append(acts, act(manifest.OpMeta, dirEntry(".", 0o711)))
+	st, err := Apply(context.Background(), root, plan(acts...), Options{Fetcher: ff, Workers: 4})
+	if !errors.Is(err, errBoom) || !strings.Contains(err.Error(), "f00") {
+		t.Fatalf("err = %v, want boom naming f00", err)
 	}
-	// OpMeta on a path that is a symlink does not chmod its target.
-	target := filepath.Join(outside, "victim")
-	os.Chmod(target, 0o644)
-	os.Symlink(target, filepath.Join(root, "m"))
-	_, err = Apply(context.Background(), root, plan(manifest.Action{Op: manifest.OpMeta, Entry: manifest.Entry{Path: "m", Type: manifest.File, Mode: 0o777}}), Options{})
-	if fi, _ := os.Stat(target); err == nil || fi.Mode().Perm() != 0o644 {
-		t.Errorf("meta through symlink: err %v, target mode %v", err, fi.Mode().Perm())
+	if n := ff.uncancelled.Load(); n != 0 {
+		t.Errorf("%d fetches were not cancelled", n)
 	}
-}
-
-func TestTypeConflictAndSymlinkReplace(t *testing.T) {
-	root := t.TempDir()
-	os.WriteFile(filepath.Join(root, "x"), []byte("file where a dir goes"), 0o644)
-	os.Symlink("old", filepath.Join(root, "l"))
-	data := []byte("inside")
-	_, err := Apply(context.Background(), root, plan(
-		manifest.Action{Op: manifest.OpRemove, Entry: manifest.Entry{Path: "x", Type: manifest.File}},
-		manifest.Action{Op: manifest.OpMkdir, Entry: manifest.Entry{Path: "x", Type: manifest.Dir, Mode: 0o755}},
-		manifest.Action{Op: manifest.OpSymlink, Entry: manifest.Entry{Path: "l", Type: manifest.Symlink, Target: "new"}},
-		manifest.Action{Op: manifest.OpFetch, Entry: fileEntry("x/f", data, 0o644)},
-	), Options{Fetcher: &fakeFetcher{content: map[string][]byte{"x/f": data}}})
-	if err != nil {
-		t.Fatal(err)
+	if n := ff.cur.Load(); n != 0 {
+		t.Errorf("%d fetches still running after Apply returned", n)
 	}
-	if got, _ := os.ReadFile(filepath.Join(root, "x/f")); string(got) != "inside" {
-		t.Errorf("x/f = %q", got)
+	if st.Files != 0 || st.Meta != 0 {
+		t.Errorf("stats %+v", st)
 	}
-	if target, _ := os.Readlink(filepath.Join(root, "l")); target != "new" {
-		t.Errorf("l -> %q", target)
+	if fi, _ := os.Stat(root); fi.Mode().Perm() == 0o711 {
+		t.Error("the meta after the failed fetches ran")
 	}
-	noTemps(t, root)
-}
-
-func TestSingleFileTask(t *testing.T) {
-	root := filepath.Join(t.TempDir(), "one.bin")
-	os.WriteFile(root, []byte("old"), 0o644)
-	data := []byte("single file task")
-	_, err := Apply(context.Background(), root, plan(manifest.Action{Op: manifest.OpFetch, Entry: fileEntry(".", data, 0o600)}),
-		Options{Fetcher: &fakeFetcher{content: map[string][]byte{".": data}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	got, _ := os.ReadFile(root)
-	fi, _ := os.Stat(root)
-	if string(got) != string(data) || fi.Mode().Perm() != 0o600 {
-		t.Fatalf("file task: %q mode %v", got, fi.Mode())
-	}
-	noTemps(t, filepath.Dir(root))
-}
-
-func TestMetaOnly(t *testing.T) {
-	root := t.TempDir()
-	p := filepath.Join(root, "f")
-	os.WriteFile(p, []byte("same"), 0o600)
-	_, err := Apply(context.Background(), root, plan(manifest.Action{Op: manifest.OpMeta, Entry: fileEntry("f", []byte("same"), 0o644)}), Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	fi, _ := os.Stat(p)
-	got, _ := os.ReadFile(p)
-	if fi.Mode().Perm() != 0o644 || fi.ModTime().UnixNano() != mtime || string(got) != "same" {
-		t.Errorf("meta: mode %v mtime %v content %q", fi.Mode(), fi.ModTime(), got)
+	if des, _ := os.ReadDir(root); len(des) != 0 {
+		t.Errorf("files left: %v", des)
 	}
 }
 
 func TestCancelMidFetch(t *testing.T) {
 	root, data, e := replaceSetup(t)
+	ff := newFetcher(map[string][]byte{"f": data})
+	ff.faults["f"] = fault{block: true}
+	ff.started = make(chan string, 1)
 	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
 	done := make(chan error, 1)
 	go func() {
-		_, err := Apply(ctx, root, plan(manifest.Action{Op: manifest.OpFetch, Entry: e}),
-			Options{Fetcher: &fakeFetcher{content: map[string][]byte{"f": data}, block: true}})
+		_, err := Apply(ctx, root, plan(act(manifest.OpFetch, e)), Options{Fetcher: ff})
 		done <- err
 	}()
-	time.Sleep(50 * time.Millisecond)
+	<-ff.started
 	cancel()
 	if err := <-done; !errors.Is(err, context.Canceled) {
 		t.Fatalf("err = %v, want context.Canceled", err)
+	}
+	if n := ff.cur.Load(); n != 0 {
+		t.Errorf("%d fetches still running after Apply returned", n)
 	}
 	if got, _ := os.ReadFile(filepath.Join(root, "f")); string(got) != "old version" {
 		t.Errorf("old file changed to %q", got)
@@ -298,59 +252,385 @@ func TestCancelMidFetch(t *testing.T) {
 	noTemps(t, root)
 }
 
-func TestConcurrentFetches(t *testing.T) {
+func TestCancelledBeforeStart(t *testing.T) {
 	root := t.TempDir()
-	ff := &fakeFetcher{content: map[string][]byte{}}
-	var acts []manifest.Action
-	var total int64
-	for i := range 200 {
-		p := fmt.Sprintf("f%03d", i)
-		data := bytes.Repeat([]byte{byte(i)}, i+1)
-		ff.content[p] = data
-		total += int64(len(data))
-		acts = append(acts, manifest.Action{Op: manifest.OpFetch, Entry: fileEntry(p, data, 0o644)})
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	_, err := Apply(ctx, root, plan(act(manifest.OpMkdir, dirEntry("d", 0o755))), Options{})
+	if !errors.Is(err, context.Canceled) {
+		t.Errorf("err = %v", err)
 	}
-	cache := manifest.NewCache()
-	var progress atomic.Int64
-	st, err := Apply(context.Background(), root, plan(acts...), Options{Fetcher: ff, Workers: 4, Cache: cache, Progress: func(n int64) { progress.Add(n) }})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if st.Files != 200 || st.Bytes != total || progress.Load() != total {
-		t.Fatalf("stats %+v progress %d, want 200 files %d bytes", st, progress.Load(), total)
-	}
-	for p, data := range ff.content {
-		got, _ := os.ReadFile(filepath.Join(root, p))
-		if !bytes.Equal(got, data) {
-			t.Fatalf("%s content wrong", p)
-		}
+	if _, err := os.Lstat(filepath.Join(root, "d")); err == nil {
+		t.Error("a cancelled Apply created a directory")
 	}
 }
 
-func TestSweep(t *testing.T) {
-	base := t.TempDir()
-	root := filepath.Join(base, "task")
-	outside := t.TempDir()
-	os.MkdirAll(filepath.Join(root, "a/b"), 0o755)
-	for _, p := range []string{"a/b/" + manifest.TempPrefix + "1", "a/" + manifest.TempPrefix + "2", manifest.TempPrefix + "3"} {
-		os.WriteFile(filepath.Join(root, p), []byte("x"), 0o600)
+func TestConcurrentFetches(t *testing.T) {
+	for _, workers := range []int{4, 0} { // 0: the default, 4
+		t.Run(fmt.Sprintf("workers=%d", workers), func(t *testing.T) {
+			root := t.TempDir()
+			content := map[string][]byte{}
+			var acts []manifest.Action
+			var total int64
+			for i := range 200 {
+				p := fmt.Sprintf("d%d/f%03d", i%3, i)
+				data := bytes.Repeat([]byte{byte(i)}, i+1)
+				content[p] = data
+				total += int64(len(data))
+				acts = append(acts, act(manifest.OpFetch, fileEntry(p, data, 0o644)))
+			}
+			for i := range 3 {
+				acts = append([]manifest.Action{act(manifest.OpMkdir, dirEntry(fmt.Sprintf("d%d", i), 0o755))}, acts...)
+			}
+			ff := newFetcher(content)
+			ff.overlap = true
+			var progress atomic.Int64
+			st, err := Apply(context.Background(), root, plan(acts...),
+				Options{Fetcher: ff, Workers: workers, Progress: func(n int64) { progress.Add(n) }})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if st.Files != 200 || st.Bytes != total || progress.Load() != total {
+				t.Errorf("stats %+v progress %d, want 200 files %d bytes", st, progress.Load(), total)
+			}
+			if m := ff.max.Load(); m < 2 || m > 4 {
+				t.Errorf("%d fetches ran at once, want 2 to 4", m)
+			}
+			for p, data := range content {
+				if got, _ := os.ReadFile(filepath.Join(root, p)); !bytes.Equal(got, data) {
+					t.Fatalf("%s content wrong", p)
+				}
+			}
+			noTemps(t, root)
+		})
 	}
-	os.WriteFile(filepath.Join(base, manifest.TempPrefix+"4"), []byte("x"), 0o600) // next to the root
-	os.WriteFile(filepath.Join(outside, manifest.TempPrefix+"5"), []byte("x"), 0o600)
-	os.Symlink(outside, filepath.Join(root, "link"))
-	os.WriteFile(filepath.Join(root, "a/keep"), []byte("x"), 0o600)
-	n, err := Sweep(context.Background(), root)
-	if err != nil || n != 4 {
-		t.Fatalf("Sweep = %d, %v; want 4", n, err)
+}
+
+func TestSymlinkReplace(t *testing.T) {
+	root := t.TempDir()
+	if err := os.Symlink("old", filepath.Join(root, "l")); err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, filepath.Join(root, "f"), "a file", 0o644)
+	l, f := linkEntry("l", "new"), linkEntry("f", "target")
+	st, err := Apply(context.Background(), root, plan(act(manifest.OpSymlink, l), act(manifest.OpSymlink, f)), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Symlinks != 2 {
+		t.Errorf("stats %+v", st)
+	}
+	checkEntry(t, filepath.Join(root, "l"), l, nil)
+	checkEntry(t, filepath.Join(root, "f"), f, nil)
+
+	// A directory in the way is the plan's mistake: refused, kept.
+	if err := os.Mkdir(filepath.Join(root, "d"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, filepath.Join(root, "d", "keep"), "x", 0o644)
+	_, err = Apply(context.Background(), root, plan(act(manifest.OpSymlink, linkEntry("d", "x"))), Options{})
+	if !errors.Is(err, syscall.EISDIR) {
+		t.Errorf("symlink over a directory: err = %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(root, "d", "keep")); err != nil {
+		t.Error(err)
 	}
 	noTemps(t, root)
-	if _, err := os.Stat(filepath.Join(outside, manifest.TempPrefix+"5")); err != nil {
-		t.Error("Sweep followed a symlink")
+}
+
+func TestTypeConflicts(t *testing.T) {
+	root := t.TempDir()
+	outside := t.TempDir()
+	writeFile(t, filepath.Join(outside, "precious"), "keep", 0o644)
+	before := snapshotDir(t, outside)
+
+	writeFile(t, filepath.Join(root, "x"), "a file where a dir goes", 0o644)
+	if err := os.MkdirAll(filepath.Join(root, "y", "sub"), 0o755); err != nil {
+		t.Fatal(err)
 	}
-	if _, err := os.Stat(filepath.Join(root, "a/keep")); err != nil {
-		t.Error("Sweep removed a real file")
+	writeFile(t, filepath.Join(root, "y", "sub", "z"), "a dir where a file goes", 0o644)
+	if err := os.Symlink(outside, filepath.Join(root, "s")); err != nil {
+		t.Fatal(err)
 	}
-	if n, err := Sweep(context.Background(), filepath.Join(base, "missing", "x")); err != nil || n != 0 {
-		t.Errorf("missing root: %d, %v", n, err)
+	inside, yData := []byte("inside"), []byte("y is a file now")
+	content := map[string][]byte{"x/f": inside, "y": yData, "s/f": inside}
+	acts := []manifest.Action{
+		act(manifest.OpRemove, manifest.Entry{Path: "y", Type: manifest.Dir}),
+		act(manifest.OpRemove, manifest.Entry{Path: "x", Type: manifest.File}),
+		act(manifest.OpRemove, manifest.Entry{Path: "s", Type: manifest.Symlink}),
+		act(manifest.OpMkdir, dirEntry("s", 0o755)),
+		act(manifest.OpMkdir, dirEntry("x", 0o755)),
+		act(manifest.OpFetch, fileEntry("s/f", inside, 0o644)),
+		act(manifest.OpFetch, fileEntry("x/f", inside, 0o644)),
+		act(manifest.OpFetch, fileEntry("y", yData, 0o644)),
 	}
+	st, err := Apply(context.Background(), root, plan(acts...), Options{Fetcher: newFetcher(content)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Removed != 3 || st.Dirs != 2 || st.Files != 3 {
+		t.Errorf("stats %+v", st)
+	}
+	for _, a := range acts {
+		if a.Op == manifest.OpFetch {
+			checkEntry(t, filepath.Join(root, a.Entry.Path), a.Entry, content[a.Entry.Path])
+		}
+	}
+	if fi, err := os.Lstat(filepath.Join(root, "s")); err != nil || !fi.IsDir() {
+		t.Errorf("s is not a real directory: %v", err)
+	}
+	if after := snapshotDir(t, outside); after != before {
+		t.Errorf("removing a symlink touched its target:\n%s\nwant\n%s", after, before)
+	}
+
+	// Without the removal, each type conflict is an error that keeps
+	// what is there.
+	for _, a := range []manifest.Action{
+		act(manifest.OpMkdir, dirEntry("y", 0o755)),          // y is a file
+		act(manifest.OpFetch, fileEntry("x", inside, 0o644)), // x is a dir
+	} {
+		_, err := Apply(context.Background(), root, plan(a), Options{Fetcher: newFetcher(map[string][]byte{"x": inside})})
+		if err == nil {
+			t.Errorf("%s %s over another type succeeded", a.Op, a.Entry.Path)
+		}
+	}
+	checkEntry(t, filepath.Join(root, "y"), fileEntry("y", yData, 0o644), yData)
+	if got, _ := os.ReadFile(filepath.Join(root, "x", "f")); !bytes.Equal(got, inside) {
+		t.Errorf("x/f = %q", got)
+	}
+	noTemps(t, root)
+}
+
+func TestNeverWritesThroughSymlink(t *testing.T) {
+	data := []byte("root:x:0:0")
+	tests := []struct {
+		name string
+		acts []manifest.Action
+	}{
+		{"fetch", []manifest.Action{act(manifest.OpFetch, fileEntry("a/passwd", data, 0o644))}},
+		{"fetch deeper", []manifest.Action{act(manifest.OpFetch, fileEntry("a/sub/passwd", data, 0o644))}},
+		{"mkdir", []manifest.Action{act(manifest.OpMkdir, dirEntry("a/newdir", 0o755))}},
+		{"symlink", []manifest.Action{act(manifest.OpSymlink, linkEntry("a/l", "x"))}},
+		{"remove", []manifest.Action{act(manifest.OpRemove, manifest.Entry{Path: "a/victim", Type: manifest.File})}},
+		{"meta", []manifest.Action{act(manifest.OpMeta, fileEntry("a/victim", []byte("keep"), 0o777))}},
+		{"meta on the link", []manifest.Action{act(manifest.OpMeta, dirEntry("a", 0o777))}},
+		{"plan makes the link", []manifest.Action{
+			act(manifest.OpRemove, manifest.Entry{Path: "a", Type: manifest.Symlink}),
+			act(manifest.OpSymlink, linkEntry("b", "OUTSIDE")),
+			act(manifest.OpFetch, fileEntry("b/passwd", data, 0o644)),
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			root, outside := t.TempDir(), t.TempDir()
+			if err := os.Mkdir(filepath.Join(outside, "sub"), 0o755); err != nil {
+				t.Fatal(err)
+			}
+			writeFile(t, filepath.Join(outside, "victim"), "keep", 0o644)
+			if err := os.Symlink(outside, filepath.Join(root, "a")); err != nil {
+				t.Fatal(err)
+			}
+			for i, a := range tt.acts {
+				if a.Entry.Target == "OUTSIDE" {
+					tt.acts[i].Entry.Target = outside
+				}
+			}
+			before := snapshotDir(t, outside)
+			ff := newFetcher(map[string][]byte{"a/passwd": data, "a/sub/passwd": data, "b/passwd": data})
+			_, err := Apply(context.Background(), root, plan(tt.acts...), Options{Fetcher: ff})
+			if err == nil {
+				t.Fatal("Apply succeeded through a symlinked parent")
+			}
+			if tt.name != "meta on the link" && !errors.Is(err, syscall.ENOTDIR) {
+				t.Errorf("err = %v, want ENOTDIR", err)
+			}
+			if !strings.Contains(err.Error(), root) {
+				t.Errorf("error %q does not name the path", err)
+			}
+			if after := snapshotDir(t, outside); after != before {
+				t.Errorf("outside dir changed:\n%s\nwant\n%s", after, before)
+			}
+			noTemps(t, root)
+		})
+	}
+}
+
+func TestRootMustBeRealDir(t *testing.T) {
+	base, outside := t.TempDir(), t.TempDir()
+	root := filepath.Join(base, "task")
+	if err := os.Symlink(outside, root); err != nil {
+		t.Fatal(err)
+	}
+	_, err := Apply(context.Background(), root, plan(act(manifest.OpMkdir, dirEntry("d", 0o755))), Options{})
+	if !errors.Is(err, syscall.ENOTDIR) {
+		t.Errorf("err = %v, want ENOTDIR", err)
+	}
+	if des, _ := os.ReadDir(outside); len(des) != 0 {
+		t.Errorf("wrote through a symlinked root: %v", des)
+	}
+}
+
+func TestFileAsParent(t *testing.T) {
+	root := t.TempDir()
+	writeFile(t, filepath.Join(root, "file"), "x", 0o644)
+	data := []byte("data")
+	for _, a := range []manifest.Action{
+		act(manifest.OpMkdir, dirEntry("file/sub", 0o755)),
+		act(manifest.OpFetch, fileEntry("file/x", data, 0o644)),
+		act(manifest.OpSymlink, linkEntry("file/l", "t")),
+	} {
+		_, err := Apply(context.Background(), root, plan(a), Options{Fetcher: newFetcher(map[string][]byte{"file/x": data})})
+		if !errors.Is(err, syscall.ENOTDIR) || !strings.Contains(err.Error(), filepath.Join(root, "file")) {
+			t.Errorf("%s under a file: err = %v, want ENOTDIR naming it", a.Op, err)
+		}
+	}
+	if got, _ := os.ReadFile(filepath.Join(root, "file")); string(got) != "x" {
+		t.Errorf("file changed to %q", got)
+	}
+	noTemps(t, root)
+}
+
+func TestRejectsBadPlan(t *testing.T) {
+	tests := []struct {
+		name string
+		a    manifest.Action
+	}{
+		{"dotdot", act(manifest.OpMkdir, dirEntry("../escape", 0o755))},
+		{"inner dotdot", act(manifest.OpSymlink, linkEntry("ok/../../escape", "x"))},
+		{"absolute", act(manifest.OpRemove, manifest.Entry{Path: "/tmp", Type: manifest.Dir})},
+		{"empty", act(manifest.OpMkdir, dirEntry("", 0o755))},
+		{"unclean", act(manifest.OpMkdir, dirEntry("a//b", 0o755))},
+		{"dot component", act(manifest.OpMkdir, dirEntry("./a", 0o755))},
+		{"fetch of a dir", act(manifest.OpFetch, dirEntry("d", 0o755))},
+		{"mkdir of a file", act(manifest.OpMkdir, fileEntry("d", nil, 0o644))},
+		{"fetch without fetcher", act(manifest.OpFetch, fileEntry("f", nil, 0o644))},
+		{"unknown op", act(manifest.Op(99), dirEntry("d", 0o755))},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			base := t.TempDir()
+			root := filepath.Join(base, "task")
+			if err := os.Mkdir(root, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			before := snapshotDir(t, base)
+			// The valid first action must not run either: the plan is
+			// checked before anything is written.
+			_, err := Apply(context.Background(), root, plan(act(manifest.OpMkdir, dirEntry("first", 0o755)), tt.a), Options{})
+			if err == nil {
+				t.Fatal("Apply accepted the plan")
+			}
+			if after := snapshotDir(t, base); after != before {
+				t.Errorf("a rejected plan changed the tree:\n%s", after)
+			}
+		})
+	}
+}
+
+func TestSingleFileTask(t *testing.T) {
+	tests := []struct {
+		name         string
+		exists, link bool
+	}{
+		{"replace", true, false},
+		{"new", false, false},
+		{"parent reached through a symlink", true, true}, // the operator's layout
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			base := t.TempDir()
+			dir := base
+			if tt.link {
+				link := filepath.Join(t.TempDir(), "link")
+				if err := os.Symlink(base, link); err != nil {
+					t.Fatal(err)
+				}
+				dir = link
+			}
+			root := filepath.Join(dir, "one.bin")
+			if tt.exists {
+				writeFile(t, root, "old", 0o644)
+			}
+			data := []byte("single file task")
+			e := fileEntry(".", data, 0o600)
+			st, err := Apply(context.Background(), root, plan(act(manifest.OpFetch, e)),
+				Options{Fetcher: newFetcher(map[string][]byte{".": data})})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if st.Files != 1 || st.Bytes != int64(len(data)) {
+				t.Errorf("stats %+v", st)
+			}
+			checkEntry(t, root, e, data)
+			noTemps(t, base)
+
+			// Then a metadata-only change of the same file.
+			e.Mode = 0o640
+			e.MTime += 1e9
+			if _, err := Apply(context.Background(), root, plan(act(manifest.OpMeta, e)), Options{}); err != nil {
+				t.Fatal(err)
+			}
+			checkEntry(t, root, e, data)
+		})
+	}
+}
+
+func TestMetaOnly(t *testing.T) {
+	root := t.TempDir()
+	p := filepath.Join(root, "f")
+	writeFile(t, p, "same", 0o600)
+	if err := os.Mkdir(filepath.Join(root, "d"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink("f", filepath.Join(root, "l")); err != nil {
+		t.Fatal(err)
+	}
+	f, d := fileEntry("f", []byte("same"), fs.ModeSetuid|0o755), dirEntry("d", fs.ModeSticky|0o777)
+	l := linkEntry("l", "f")
+	st, err := Apply(context.Background(), root, plan(
+		act(manifest.OpMeta, f), act(manifest.OpMeta, l), act(manifest.OpMeta, d)), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Meta != 3 || st.Files != 0 {
+		t.Errorf("stats %+v", st)
+	}
+	checkEntry(t, p, f, []byte("same"))
+	checkEntry(t, filepath.Join(root, "d"), d, nil)
+	// The symlink's own mtime changed; its target's did not change again.
+	if fi, _ := os.Lstat(filepath.Join(root, "l")); fi.ModTime().UnixNano() != mtime {
+		t.Errorf("symlink mtime %v", fi.ModTime())
+	}
+
+	// The entry must have the type the plan says.
+	for _, a := range []manifest.Action{
+		act(manifest.OpMeta, dirEntry("f", 0o700)),
+		act(manifest.OpMeta, fileEntry("l", []byte("same"), 0o777)), // l is a symlink to f
+		act(manifest.OpMeta, fileEntry("missing", nil, 0o644)),
+	} {
+		if _, err := Apply(context.Background(), root, plan(a), Options{}); err == nil {
+			t.Errorf("meta %s as a %s succeeded", a.Entry.Path, a.Entry.Type)
+		}
+	}
+	checkEntry(t, p, f, []byte("same"))
+}
+
+func TestRemoveRoot(t *testing.T) {
+	root := filepath.Join(t.TempDir(), "task")
+	if err := os.MkdirAll(filepath.Join(root, "a", "b"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	data := []byte("now a file task")
+	e := fileEntry(".", data, 0o644)
+	st, err := Apply(context.Background(), root, plan(
+		act(manifest.OpRemove, dirEntry(".", 0o755)),
+		act(manifest.OpFetch, e),
+	), Options{Fetcher: newFetcher(map[string][]byte{".": data})})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Removed != 1 || st.Files != 1 {
+		t.Errorf("stats %+v", st)
+	}
+	checkEntry(t, root, e, data)
 }

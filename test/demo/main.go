@@ -17,6 +17,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/fanout/fanout/internal/bwlimit"
 	"github.com/fanout/fanout/internal/coord"
 	"github.com/fanout/fanout/internal/lab"
 )
@@ -26,9 +27,15 @@ func main() {
 	bigMiB := flag.Int("big", 48, "size of the big file in MiB")
 	small := flag.Int("small", 400, "number of small files")
 	keep := flag.Bool("keep", false, "keep the temporary directory")
+	limit := flag.String("bwlimit", "0", "per-host bandwidth cap, rsync style (e.g. 8M), to watch a slower fan-out")
 	flag.Parse()
+	rate, err := bwlimit.Parse(*limit)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "demo:", err)
+		os.Exit(2)
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	err := run(ctx, *minions, int64(*bigMiB)<<20, *small, *keep)
+	err = run(ctx, *minions, int64(*bigMiB)<<20, *small, *keep, rate)
 	stop()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "demo failed:", err)
@@ -38,7 +45,7 @@ func main() {
 
 const task = "/data/models/m42"
 
-func run(ctx context.Context, minions int, big int64, small int, keep bool) error {
+func run(ctx context.Context, minions int, big int64, small int, keep bool, rate int64) error {
 	dir, err := os.MkdirTemp("", "fanout-demo-")
 	if err != nil {
 		return err
@@ -48,7 +55,7 @@ func run(ctx context.Context, minions int, big int64, small int, keep bool) erro
 	} else {
 		defer os.RemoveAll(dir)
 	}
-	l, err := lab.Start(ctx, lab.Config{Dir: dir, Minions: minions})
+	l, err := lab.Start(ctx, lab.Config{Dir: dir, Minions: minions, BWLimit: rate})
 	if err != nil {
 		return err
 	}
@@ -62,6 +69,7 @@ func run(ctx context.Context, minions int, big int64, small int, keep bool) erro
 	}
 	fmt.Printf("fanout demo: embedded Redis at %s, master at %s, %d minions, roots under %s\n",
 		l.Mini.Addr(), l.Master.Addr, minions, dir)
+	fmt.Printf("watch it from another shell: bin/fanout-master status --watch --redis redis://%s\n", l.Mini.Addr())
 	fmt.Printf("sample tree %s: a %s file, %d small files, nested and empty dirs, symlinks\n\n", task, size(big), small)
 
 	fmt.Printf("$ redis-cli set task %s\n", task)

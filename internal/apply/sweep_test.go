@@ -1,0 +1,102 @@
+package apply
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/fanout/fanout/internal/manifest"
+)
+
+func TestSweep(t *testing.T) {
+	base := t.TempDir()
+	root := filepath.Join(base, "task")
+	outside := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(root, "a", "b"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	temps := []string{
+		filepath.Join(root, manifest.TempPrefix+"1"),
+		filepath.Join(root, "a", manifest.TempPrefix+"2"),
+		filepath.Join(root, "a", "b", manifest.TempPrefix+"3"),
+		filepath.Join(base, manifest.TempPrefix+"4"), // a file task's, next to the root
+	}
+	for _, p := range temps {
+		writeFile(t, p, "partial", 0o600)
+	}
+	// A temporary symlink, left by an interrupted symlink replace.
+	tempLink := filepath.Join(root, "a", manifest.TempPrefix+"5")
+	if err := os.Symlink(outside, tempLink); err != nil {
+		t.Fatal(err)
+	}
+	temps = append(temps, tempLink)
+	keep := []string{
+		filepath.Join(root, "a", "keep"),
+		filepath.Join(root, "a", manifest.TempPrefix), // the bare prefix is not a temp name
+		filepath.Join(outside, manifest.TempPrefix+"6"),
+		filepath.Join(outside, "sub", manifest.TempPrefix+"7"),
+	}
+	if err := os.Mkdir(filepath.Join(outside, "sub"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range keep {
+		writeFile(t, p, "keep", 0o600)
+	}
+	if err := os.Symlink(outside, filepath.Join(root, "link")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(filepath.Join(outside, "sub"), filepath.Join(root, "a", "b", "link")); err != nil {
+		t.Fatal(err)
+	}
+	n, err := Sweep(context.Background(), root)
+	if err != nil || n != len(temps) {
+		t.Fatalf("Sweep = %d, %v; want %d", n, err, len(temps))
+	}
+	for _, p := range temps {
+		if _, err := os.Lstat(p); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("%s not removed: %v", p, err)
+		}
+	}
+	for _, p := range keep {
+		if _, err := os.Lstat(p); err != nil {
+			t.Errorf("%s removed: %v", p, err)
+		}
+	}
+	noTemps(t, root)
+
+	if n, err := Sweep(context.Background(), root); err != nil || n != 0 {
+		t.Errorf("second Sweep = %d, %v", n, err)
+	}
+}
+
+func TestSweepFileAndMissingRoot(t *testing.T) {
+	base := t.TempDir()
+	tmp := filepath.Join(base, manifest.TempPrefix+"abc")
+	writeFile(t, tmp, "partial", 0o600)
+	writeFile(t, filepath.Join(base, "one.bin"), "the file task", 0o644)
+	n, err := Sweep(context.Background(), filepath.Join(base, "one.bin"))
+	if err != nil || n != 1 {
+		t.Fatalf("file task Sweep = %d, %v; want 1", n, err)
+	}
+	if _, err := os.Lstat(filepath.Join(base, "one.bin")); err != nil {
+		t.Error(err)
+	}
+	if n, err := Sweep(context.Background(), filepath.Join(base, "missing", "task")); err != nil || n != 0 {
+		t.Errorf("missing root: %d, %v", n, err)
+	}
+	if n, err := Sweep(context.Background(), filepath.Join(base, "missing")); err != nil || n != 0 {
+		t.Errorf("missing root in an existing dir: %d, %v", n, err)
+	}
+}
+
+func TestSweepCancelled(t *testing.T) {
+	root := t.TempDir()
+	writeFile(t, filepath.Join(root, manifest.TempPrefix+"1"), "x", 0o600)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if _, err := Sweep(ctx, root); !errors.Is(err, context.Canceled) {
+		t.Errorf("err = %v, want context.Canceled", err)
+	}
+}
