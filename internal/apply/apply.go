@@ -11,6 +11,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"os"
 	"path"
 	"path/filepath"
 	"sync"
@@ -25,6 +26,21 @@ import (
 // done.
 type Fetcher interface {
 	Fetch(ctx context.Context, e manifest.Entry, offset int64, w io.Writer) (int64, error)
+}
+
+// Observer watches fetched files as they are written, so they can be served
+// on before they are complete (pipelining). Its methods are called from
+// several goroutines at once, for different entries.
+type Observer interface {
+	// Begin is called once the temporary file f of e is created, before
+	// any byte is written; f is open for reading and writing and is
+	// closed by Apply after End.
+	Begin(e manifest.Entry, f *os.File)
+	// Wrote is called after each write with the bytes f now holds in all.
+	Wrote(e manifest.Entry, n int64)
+	// End is called once e is verified and renamed into place (err nil),
+	// or discarded.
+	End(e manifest.Entry, err error)
 }
 
 // Options tunes Apply.
@@ -42,6 +58,8 @@ type Options struct {
 	Progress func(n int64)
 	// Log receives debug lines for each action; nil discards them.
 	Log logrus.FieldLogger
+	// Observer, when set, watches every fetched file as it is written.
+	Observer Observer
 }
 
 // Stats counts what Apply did.

@@ -88,9 +88,14 @@ func (a *applier) fetch(ctx context.Context, e manifest.Entry) (err error) {
 	if err != nil {
 		return err
 	}
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL|syscall.O_NOFOLLOW, 0o600)
+	// Read and write: an Observer may read the file as it grows.
+	f, err := os.OpenFile(tmp, os.O_RDWR|os.O_CREATE|os.O_EXCL|syscall.O_NOFOLLOW, 0o600)
 	if err != nil {
 		return fmt.Errorf("create temporary file: %w", err)
+	}
+	obs := a.opts.Observer
+	if obs != nil {
+		obs.Begin(e, f)
 	}
 	defer func() {
 		if err != nil {
@@ -99,9 +104,15 @@ func (a *applier) fetch(ctx context.Context, e manifest.Entry) (err error) {
 				a.log.WithError(rerr).Warn("could not remove temporary file")
 			}
 		}
+		if obs != nil {
+			obs.End(e, err)
+		}
 	}()
 
 	s := &sink{f: f, h: manifest.NewHash(), size: e.Size, progress: a.opts.Progress}
+	if obs != nil {
+		s.wrote = func(n int64) { obs.Wrote(e, n) }
+	}
 	_, ferr := a.opts.Fetcher.Fetch(ctx, e, 0, s)
 	got := ""
 	switch {
@@ -159,6 +170,7 @@ type sink struct {
 	h        hash.Hash
 	size     int64
 	progress func(int64)
+	wrote    func(total int64) // told of the bytes written so far
 
 	n       int64 // bytes received
 	tooLong bool
@@ -180,8 +192,13 @@ func (s *sink) Write(b []byte) (int, error) {
 	n, err := s.f.Write(b)
 	s.h.Write(b[:n])
 	s.n += int64(n)
-	if s.progress != nil && n > 0 {
-		s.progress(int64(n))
+	if n > 0 {
+		if s.progress != nil {
+			s.progress(int64(n))
+		}
+		if s.wrote != nil {
+			s.wrote(s.n)
+		}
 	}
 	if err != nil {
 		s.werr = err

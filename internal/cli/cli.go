@@ -167,7 +167,7 @@ func (n *node) register(fs *pflag.FlagSet, defaultState string) {
 	fs.StringVar(&n.root, "root", "/", "task paths resolve under this directory")
 	fs.StringVar(&n.stateDir, "state-dir", defaultState, "directory for held state and the hash cache")
 	fs.DurationVar(&n.poll, "poll", time.Second, "how often to look at Redis")
-	fs.IntVar(&n.uploads, "max-uploads", 1, "pullers this host serves at once (1 doubles the sources each round)")
+	fs.IntVar(&n.uploads, "max-uploads", 1, "pullers this host serves at once (1 makes chains and doubles the sources each round; 0: a minion that never serves)")
 	fs.DurationVar(&n.grace, "host-grace", 30*time.Second, "a host whose last heartbeat is older than this is no longer expected")
 	fs.StringVar(&n.bwlimit, "bwlimit", "0", "cap on this host's upload and download rate, each (rsync style: 16M = 16 MiB/s, a bare number is KiB/s; 0 = no cap)")
 }
@@ -188,8 +188,8 @@ func (n *node) check() error {
 	if err != nil || !fi.IsDir() {
 		return usageError("--root %q is not a directory: create it or point --root at an existing one", n.root)
 	}
-	if n.uploads < 1 {
-		return usageError("--max-uploads %d: use 1 or more", n.uploads)
+	if n.uploads < 0 {
+		return usageError("--max-uploads %d: use 0 (never serve) or more", n.uploads)
 	}
 	rate, err := bwlimit.Parse(n.bwlimit)
 	if err != nil {

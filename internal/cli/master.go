@@ -102,6 +102,9 @@ func masterRun(ctx context.Context, args []string, e env) error {
 	if err := n.check(); err != nil {
 		return err
 	}
+	if n.uploads < 1 {
+		return usageError("--max-uploads %d: the master is the first source; use 1 or more", n.uploads)
+	}
 	log, err := n.logger(e.stderr)
 	if err != nil {
 		return err

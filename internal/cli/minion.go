@@ -68,9 +68,13 @@ func minionCommand(ctx context.Context, cmd string, args []string, e env) error 
 	var n node
 	var workers int
 	var heartbeat, timeout time.Duration
+	var pipeline bool
 	fs := newFlags(e, cmd, minionHelp[cmd])
 	n.register(fs, "/var/lib/fanout/minion")
 	fs.IntVar(&workers, "workers", 4, "files fetched at once")
+	if cmd == "run" {
+		fs.BoolVar(&pipeline, "pipeline", true, "serve files to other hosts while still receiving them; false: become a source only once the whole generation is held (whole-file doubling)")
+	}
 	fs.DurationVar(&heartbeat, "heartbeat", 10*time.Second, "how often to tell Redis this host is alive")
 	if cmd == "sync" {
 		fs.DurationVar(&timeout, "timeout", 10*time.Minute, "give up (exit 1) after this long")
@@ -102,7 +106,7 @@ func minionCommand(ctx context.Context, cmd string, args []string, e env) error 
 	client := peer.NewClient(peer.ClientConfig{Secret: secret})
 	cfg := minion.Config{
 		ID: n.id, Advertise: n.advertise, Root: n.root, StateDir: n.stateDir, Uploads: n.uploads,
-		Source: cmd == "run", Poll: n.poll, Heartbeat: heartbeat, Workers: workers,
+		Source: cmd == "run" && n.uploads > 0, Pipeline: pipeline, Poll: n.poll, Heartbeat: heartbeat, Workers: workers,
 		Version: Version, Log: log.WithField("host", n.id), Metrics: mx,
 		Download: bwlimit.New(n.rate),
 	}
@@ -110,7 +114,7 @@ func minionCommand(ctx context.Context, cmd string, args []string, e env) error 
 		if cfg.Advertise == "" {
 			return usageError("sync needs --advertise: the address of this host's serve daemon")
 		}
-		cfg.Source = minion.PeerAnswers(ctx, cfg.Advertise)
+		cfg.Source = n.uploads > 0 && minion.PeerAnswers(ctx, cfg.Advertise)
 		m, err := minion.New(cfg, n.coord(rdb, n.grace), server, client)
 		if err != nil {
 			return err

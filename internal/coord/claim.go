@@ -16,13 +16,18 @@ type Claim struct {
 	Slot       string // "source#n"; empty for a host that already held the content
 	Source     string // the host part of Slot
 	SourceAddr string
-	Lease      time.Duration
+	// Partial is true when the source was itself still pulling when
+	// claimed: it streams bytes as they reach it (pipelining).
+	Partial bool
+	Lease   time.Duration
 }
 
 func (cl Claim) leaseValue() string { return fmt.Sprintf("%d %s", cl.Gen, cl.Slot) }
 
 // Claim atomically takes a free slot of another, not-bad source for host,
-// enters host in running_queue and starts its lease.
+// enters host in running_queue and starts its lease. Sources that hold the
+// whole generation are preferred; a partial source (a host still pulling)
+// is taken only when it does not pull, directly or not, from host.
 func (c *Client) Claim(ctx context.Context, host string, gen int64) (Claim, error) {
 	k := c.keys
 	res, err := claimScript.Run(ctx, c.rdb,
@@ -42,7 +47,8 @@ func (c *Client) Claim(ctx context.Context, host string, gen int64) (Claim, erro
 		return Claim{}, ErrNoSource
 	}
 	src := res[1][:max(strings.LastIndexByte(res[1], '#'), 0)]
-	return Claim{Host: host, Gen: gen, Slot: res[1], Source: src, SourceAddr: res[2], Lease: c.cfg.LeaseTTL}, nil
+	partial := len(res) > 3 && res[3] == "partial"
+	return Claim{Host: host, Gen: gen, Slot: res[1], Source: src, SourceAddr: res[2], Partial: partial, Lease: c.cfg.LeaseTTL}, nil
 }
 
 // Renew extends cl's lease; ErrLeaseLost when it expired or was taken.
@@ -96,9 +102,27 @@ type Failure struct {
 }
 
 // Fail releases cl after a failed pull, per v, and records the failure.
+// The slots cl.Host offered while it pulled are withdrawn, unless it holds
+// the generation.
 func (c *Client) Fail(ctx context.Context, cl Claim, v Verdict, reason string) error {
+	return c.fail(ctx, cl, v, reason, false)
+}
+
+// Switch releases cl, per v, when cl.Host goes on pulling from another
+// source (it resumes where it stopped): like Fail, but the slots cl.Host
+// offered stay, for the hosts that stream from it. The host claims again
+// next.
+func (c *Client) Switch(ctx context.Context, cl Claim, v Verdict, reason string) error {
+	return c.fail(ctx, cl, v, reason, true)
+}
+
+func (c *Client) fail(ctx context.Context, cl Claim, v Verdict, reason string, switching bool) error {
 	f, _ := json.Marshal(Failure{Gen: cl.Gen, Error: reason, Source: cl.Source, At: c.cfg.Now().UTC()})
-	err := failScript.Run(ctx, c.rdb, c.settleKeys(cl.Host), cl.Host, cl.Gen, cl.Slot, int(v), f, eventsMax, reason).Err()
+	sw := 0
+	if switching {
+		sw = 1
+	}
+	err := failScript.Run(ctx, c.rdb, c.settleKeys(cl.Host), cl.Host, cl.Gen, cl.Slot, int(v), f, eventsMax, reason, sw).Err()
 	if err != nil {
 		return fmt.Errorf("record failure: %w", err)
 	}

@@ -80,7 +80,11 @@ event(KEYS[9], ARGV[12], typ, ARGV[6], id, '', ARGV[1] .. ' ' .. ARGV[5])
 return id
 `)
 
-// claimScript takes a free slot for host.
+// claimScript takes a free slot for host. Slots of sources that hold the
+// whole generation (finished hosts and the origin) are preferred; a slot of
+// a partial source (a host still pulling, pipelining) is taken only if that
+// source does not pull, directly or through others, from host: data never
+// flows in a cycle.
 // KEYS: generation, finished, lease, sync, bad, running, claims, hosts, events
 // ARGV: host, gen, lease_ms, rand, now_ms, maxlen
 var claimScript = redis.NewScript(luaSlotSource + luaEvent + `
@@ -88,16 +92,47 @@ local g = redis.call('HMGET', KEYS[1], 'id', 'state', 'origin', 'origin_addr')
 if g[1] ~= ARGV[2] or g[2] == 'failed' then return {'stale'} end
 if redis.call('SISMEMBER', KEYS[2], ARGV[1]) == 1 then return {'finished'} end
 if redis.call('EXISTS', KEYS[3]) == 1 then return {'busy'} end
-local cands = {}
+local function whole(src)
+  return src == g[3] or redis.call('SISMEMBER', KEYS[2], src) == 1
+end
+-- upstream returns the source host pulls from for this generation, if any.
+local function upstream(h)
+  local c = redis.call('HGET', KEYS[7], h)
+  if not c then return nil end
+  local gen, slot = string.match(c, '^(%S+) (%S+)')
+  if gen ~= ARGV[2] then return nil end
+  return slotSource(slot)
+end
+local function downstream(src)
+  local h, steps = src, 0
+  while h and steps < 100000 do
+    if h == ARGV[1] then return true end
+    if whole(h) then return false end
+    h = upstream(h)
+    steps = steps + 1
+  end
+  return h ~= nil
+end
+local full, partial = {}, {}
 for _, m in ipairs(redis.call('SMEMBERS', KEYS[4])) do
   local src = slotSource(m)
   if src and src ~= ARGV[1] and redis.call('SISMEMBER', KEYS[5], src) == 0 then
-    table.insert(cands, m)
+    if whole(src) then table.insert(full, m) else table.insert(partial, m) end
   end
 end
-if #cands == 0 then return {'nosource'} end
-table.sort(cands)
-local slot = cands[(tonumber(ARGV[4]) % #cands) + 1]
+local slot
+local r = tonumber(ARGV[4])
+if #full > 0 then
+  table.sort(full)
+  slot = full[(r % #full) + 1]
+else
+  table.sort(partial)
+  for i = 0, #partial - 1 do
+    local m = partial[((r + i) % #partial) + 1]
+    if not downstream(slotSource(m)) then slot = m break end
+  end
+end
+if not slot then return {'nosource'} end
 local src = slotSource(slot)
 redis.call('SREM', KEYS[4], slot)
 redis.call('SADD', KEYS[6], ARGV[1])
@@ -113,7 +148,9 @@ if addr == '' then
     if ok and type(h) == 'table' and type(h.addr) == 'string' then addr = h.addr end
   end
 end
-return {'ok', slot, addr}
+local kind = 'partial'
+if whole(src) then kind = 'whole' end
+return {'ok', slot, addr, kind}
 `)
 
 // renewScript extends a lease that is still ours.
@@ -143,9 +180,11 @@ return 1
 
 // failScript releases a claim after a failed pull, per the verdict on the
 // source (0 ok: slot returns; 1 dead: slot dropped; 2 bad: all its slots
-// dropped and the source barred for the generation).
+// dropped and the source barred for the generation). Unless the host goes
+// on pulling from another source (switch = 1), its own slots, offered while
+// it pulled, are withdrawn if it does not hold the generation.
 // KEYS: lease, claims, sync, bad, generation, running, finished, failures, events
-// ARGV: host, gen, slot, verdict, failure_json, maxlen, reason
+// ARGV: host, gen, slot, verdict, failure_json, maxlen, reason, switch
 var failScript = redis.NewScript(luaSlotSource + luaRelease + luaEvent + `
 local src = slotSource(ARGV[3]) or ''
 local verdict = tonumber(ARGV[4])
@@ -157,9 +196,16 @@ if verdict == 2 and src ~= '' and redis.call('HGET', KEYS[5], 'id') == ARGV[2] t
   end
   event(KEYS[9], ARGV[6], 'bad_source', src, ARGV[2], ARGV[3], ARGV[7])
 end
+if ARGV[8] ~= '1' and redis.call('SISMEMBER', KEYS[7], ARGV[1]) == 0 then
+  for _, m in ipairs(redis.call('SMEMBERS', KEYS[3])) do
+    if slotSource(m) == ARGV[1] then redis.call('SREM', KEYS[3], m) end
+  end
+end
 redis.call('SREM', KEYS[6], ARGV[1])
 redis.call('HSET', KEYS[8], ARGV[1], ARGV[5])
-event(KEYS[9], ARGV[6], 'fail', ARGV[1], ARGV[2], ARGV[3], ARGV[7])
+local typ = 'fail'
+if ARGV[8] == '1' then typ = 'switch' end
+event(KEYS[9], ARGV[6], typ, ARGV[1], ARGV[2], ARGV[3], ARGV[7])
 return 1
 `)
 

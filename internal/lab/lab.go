@@ -35,7 +35,10 @@ type Config struct {
 	Uploads  int           // --max-uploads of every host
 	Poll     time.Duration // poll interval; default 100ms
 	BWLimit  int64         // per-host upload and download cap, bytes/s; 0: none
-	Log      logrus.FieldLogger
+	// WholeFile turns pipelining off: a minion becomes a source only once
+	// it holds the whole generation (the seed's doubling).
+	WholeFile bool
+	Log       logrus.FieldLogger
 }
 
 // Lab is a running deployment.
@@ -109,6 +112,9 @@ func Start(ctx context.Context, cfg Config) (*Lab, error) {
 	return l, nil
 }
 
+// Config returns the lab's configuration, defaults filled in.
+func (l *Lab) Config() Config { return l.cfg }
+
 func (l *Lab) newCoord() *coord.Client {
 	return coord.New(l.Redis, coord.Config{Prefix: l.cfg.Prefix, LeaseTTL: 3 * time.Second, HostGrace: 5 * time.Second})
 }
@@ -147,6 +153,7 @@ func (l *Lab) StartMinion(ctx context.Context, h *Host) error {
 		m, err := minion.New(minion.Config{
 			ID: h.ID, Advertise: ln.Addr().String(), Root: h.Root, StateDir: h.StateDir,
 			Uploads: l.cfg.Uploads, Source: true, Poll: l.cfg.Poll, Heartbeat: time.Second,
+			Pipeline: !l.cfg.WholeFile, ArrivalWait: 2 * time.Second,
 			Log: l.cfg.Log.WithField("host", h.ID), Version: "lab",
 			Download: bwlimit.New(l.cfg.BWLimit),
 		}, l.newCoord(), server, client)

@@ -71,6 +71,17 @@ func (p *Plan) Count(op Op) int {
 	return n
 }
 
+// Entries returns the entries of the actions of kind op, in plan order.
+func (p *Plan) Entries(op Op) []Entry {
+	var es []Entry
+	for _, a := range p.Actions {
+		if a.Op == op {
+			es = append(es, a.Entry)
+		}
+	}
+	return es
+}
+
 // Empty reports whether the local tree already matches.
 func (p *Plan) Empty() bool { return len(p.Actions) == 0 }
 

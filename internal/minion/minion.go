@@ -43,6 +43,13 @@ type Config struct {
 	Log       logrus.FieldLogger
 	Metrics   *metrics.Metrics // default: a private registry
 	Download  *bwlimit.Limiter // caps this host's download rate; nil: no cap
+	// Pipeline makes a pulling host a source at once: it serves each file
+	// as its bytes land, so hosts behind it need not wait for the whole
+	// file (Run sets it; a one-shot sync has no server of its own).
+	Pipeline bool
+	// ArrivalWait bounds how long a host streaming a file it is still
+	// receiving waits for new bytes; default peer.DefaultArrivalWait.
+	ArrivalWait time.Duration
 }
 
 func (c *Config) setDefaults() {
@@ -76,6 +83,8 @@ type Coordinator interface {
 	Renew(ctx context.Context, cl coord.Claim) error
 	Finish(ctx context.Context, cl coord.Claim, uploads int) error
 	Fail(ctx context.Context, cl coord.Claim, v coord.Verdict, reason string) error
+	Switch(ctx context.Context, cl coord.Claim, v coord.Verdict, reason string) error
+	OfferSlots(ctx context.Context, host string, gen int64, uploads int) error
 	ReportProgress(ctx context.Context, host string, p coord.Progress) error
 }
 

@@ -20,24 +20,26 @@ func TestVerdict(t *testing.T) {
 	cancelled, cancel := context.WithCancel(context.Background())
 	cancel()
 	tests := []struct {
-		name string
-		ctx  context.Context
-		err  error
-		want coord.Verdict
+		name  string
+		ctx   context.Context
+		err   error
+		mixed bool
+		want  coord.Verdict
 	}{
-		{"hash mismatch", live, fmt.Errorf("fetch f: %w", &apply.HashMismatchError{Path: "f"}), coord.SourceBad},
-		{"bad manifest", live, fmt.Errorf("%w: digest", errBadManifest), coord.SourceBad},
-		{"unreachable", live, fmt.Errorf("fetch: %w", peer.ErrUnavailable), coord.SourceDead},
-		{"stale source", live, fmt.Errorf("fetch: %w", peer.ErrStale), coord.SourceDead},
-		{"unauthorized", live, peer.ErrUnauthorized, coord.SourceDead},
-		{"not found", live, peer.ErrNotFound, coord.SourceDead},
-		{"disk full", live, fmt.Errorf("write: %w", syscall.ENOSPC), coord.SourceOK},
-		{"lease lost", live, fmt.Errorf("%w: x", errLeaseLost), coord.SourceOK},
-		{"shutdown beats a transport error", cancelled, fmt.Errorf("fetch: %w", peer.ErrUnavailable), coord.SourceOK},
+		{"hash mismatch", live, fmt.Errorf("fetch f: %w", &apply.HashMismatchError{Path: "f"}), false, coord.SourceBad},
+		{"hash mismatch on bytes from two sources", live, fmt.Errorf("fetch f: %w", &apply.HashMismatchError{Path: "f"}), true, coord.SourceOK},
+		{"bad manifest", live, fmt.Errorf("%w: digest", errBadManifest), false, coord.SourceBad},
+		{"unreachable", live, fmt.Errorf("fetch: %w", peer.ErrUnavailable), false, coord.SourceDead},
+		{"stale source", live, fmt.Errorf("fetch: %w", peer.ErrStale), false, coord.SourceDead},
+		{"unauthorized", live, peer.ErrUnauthorized, false, coord.SourceDead},
+		{"not found", live, peer.ErrNotFound, false, coord.SourceDead},
+		{"disk full", live, fmt.Errorf("write: %w", syscall.ENOSPC), false, coord.SourceOK},
+		{"lease lost", live, fmt.Errorf("%w: x", errLeaseLost), false, coord.SourceOK},
+		{"shutdown beats a transport error", cancelled, fmt.Errorf("fetch: %w", peer.ErrUnavailable), false, coord.SourceOK},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			if got := verdict(tt.ctx, tt.err); got != tt.want {
+			if got := verdict(tt.ctx, tt.err, tt.mixed); got != tt.want {
 				t.Errorf("verdict(%v) = %v, want %v", tt.err, got, tt.want)
 			}
 		})

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"time"
@@ -13,7 +12,6 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/fanout/fanout/internal/apply"
-	"github.com/fanout/fanout/internal/bwlimit"
 	"github.com/fanout/fanout/internal/coord"
 	"github.com/fanout/fanout/internal/manifest"
 	"github.com/fanout/fanout/internal/peer"
@@ -27,21 +25,22 @@ var errBadManifest = errors.New("manifest does not match the published digest")
 var errLeaseLost = errors.New("lease lost")
 
 // pull brings this host's copy to generation g from the source claimed in
-// cl, then finishes (or fails) the claim.
+// cl (or the sources it moves to), then finishes (or fails) the claim.
 func (m *Minion) pull(ctx context.Context, g coord.Generation, cl coord.Claim) error {
-	log := m.cfg.Log.WithFields(logrus.Fields{"gen": g.ID, "source": cl.Source, "slot": cl.Slot})
+	log := m.cfg.Log.WithFields(logrus.Fields{"gen": g.ID, "source": cl.Source, "slot": cl.Slot, "partial": cl.Partial})
 	log.Info("claimed source; pulling")
 	m.cfg.Metrics.Claims.Inc()
+	src := newSource(m, g.ID, cl)
 	pctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	done := make(chan struct{})
 	renewed := make(chan struct{})
 	go func() {
 		defer close(renewed)
-		m.watchLoop(pctx, cl, cancel, done)
+		m.watchLoop(pctx, src, cancel, done)
 	}()
 	start := time.Now()
-	st, err := m.transfer(pctx, g, cl)
+	st, err := m.transfer(pctx, g, src)
 	close(done)
 	<-renewed
 	if cause := context.Cause(pctx); err != nil && errors.Is(cause, errLeaseLost) {
@@ -51,15 +50,19 @@ func (m *Minion) pull(ctx context.Context, g coord.Generation, cl coord.Claim) e
 	// go back and running_queue must not keep this host.
 	sctx, scancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer scancel()
+	last := coord.Claim{Host: m.cfg.ID, Gen: g.ID} // no slot to release
+	if c := src.claim(); c != nil {
+		last = *c
+	}
 	if err != nil {
-		v := verdict(ctx, err)
+		v := verdict(ctx, err, mixedMismatch(err, src))
 		m.cfg.Metrics.Failures.WithLabelValues([...]string{"ok", "dead", "bad"}[v]).Inc()
-		if ferr := m.coord.Fail(sctx, cl, v, err.Error()); ferr != nil {
+		if ferr := m.coord.Fail(sctx, last, v, err.Error()); ferr != nil {
 			log.WithError(ferr).Warn("could not record the failure")
 		}
-		return fmt.Errorf("pull generation %d from %s: %w", g.ID, cl.Source, err)
+		return fmt.Errorf("pull generation %d from %s: %w", g.ID, last.Source, err)
 	}
-	if err := m.coord.Finish(sctx, cl, m.uploads()); err != nil && !errors.Is(err, coord.ErrStale) {
+	if err := m.coord.Finish(sctx, last, m.uploads()); err != nil && !errors.Is(err, coord.ErrStale) {
 		return fmt.Errorf("finish generation %d: %w", g.ID, err)
 	}
 	m.finished = genKey(g)
@@ -73,10 +76,19 @@ func (m *Minion) pull(ctx context.Context, g coord.Generation, cl coord.Claim) e
 	return nil
 }
 
-// watchLoop renews cl's lease every third of its TTL and reports progress
-// about once a second until done is closed. A lost lease cancels the pull.
-func (m *Minion) watchLoop(ctx context.Context, cl coord.Claim, cancel context.CancelCauseFunc, done <-chan struct{}) {
-	renewEvery := cl.Lease / 3
+// mixedMismatch reports whether err is a bad hash on a file whose bytes came
+// from more than one source: it proves no single source bad.
+func mixedMismatch(err error, src *source) bool {
+	var mismatch *apply.HashMismatchError
+	return errors.As(err, &mismatch) && src.wasMixed(mismatch.Path)
+}
+
+// watchLoop renews the pull's lease every third of its TTL and reports
+// progress about once a second until done is closed. A lost lease cancels
+// the pull.
+func (m *Minion) watchLoop(ctx context.Context, src *source, cancel context.CancelCauseFunc, done <-chan struct{}) {
+	lease := src.claim().Lease
+	renewEvery := lease / 3
 	if renewEvery <= 0 {
 		renewEvery = time.Second
 	}
@@ -86,8 +98,12 @@ func (m *Minion) watchLoop(ctx context.Context, cl coord.Claim, cancel context.C
 	started := time.Now()
 	lastRenew := started
 	report := func(ctx context.Context) {
-		got, total := m.ProgressOf(cl.Gen)
-		p := coord.Progress{Gen: cl.Gen, Source: cl.Slot, Done: got, Total: total, Started: started}
+		slot := ""
+		if cl := src.claim(); cl != nil {
+			slot = cl.Slot
+		}
+		got, total := m.ProgressOf(src.gen)
+		p := coord.Progress{Gen: src.gen, Source: slot, Done: got, Total: total, Started: started}
 		if err := m.coord.ReportProgress(ctx, m.cfg.ID, p); err != nil && ctx.Err() == nil {
 			m.cfg.Log.WithError(err).Debug("progress report failed")
 		}
@@ -108,8 +124,15 @@ func (m *Minion) watchLoop(ctx context.Context, cl coord.Claim, cancel context.C
 		if time.Since(lastRenew) < renewEvery {
 			continue
 		}
-		err := m.coord.Renew(ctx, cl)
+		cl := src.claim()
+		if cl == nil {
+			continue // switching sources: the new claim starts a new lease
+		}
+		err := m.coord.Renew(ctx, *cl)
 		if errors.Is(err, coord.ErrLeaseLost) || errors.Is(err, coord.ErrStale) {
+			if now := src.claim(); now != nil && now.Slot != cl.Slot {
+				continue // the pull moved to another source meanwhile
+			}
 			cancel(errLeaseLost)
 			return
 		}
@@ -123,7 +146,8 @@ func (m *Minion) watchLoop(ctx context.Context, cl coord.Claim, cancel context.C
 
 // transfer does the pull itself: manifest, diff, apply, then records and
 // serves the new copy.
-func (m *Minion) transfer(ctx context.Context, g coord.Generation, cl coord.Claim) (apply.Stats, error) {
+func (m *Minion) transfer(ctx context.Context, g coord.Generation, src *source) (apply.Stats, error) {
+	cl := src.claim()
 	enc, err := m.client.Manifest(ctx, cl.SourceAddr, g.ID)
 	if err != nil {
 		return apply.Stats{}, fmt.Errorf("fetch manifest: %w", err)
@@ -175,17 +199,33 @@ func (m *Minion) transfer(ctx context.Context, g coord.Generation, cl coord.Clai
 		"fetch": plan.Count(manifest.OpFetch), "bytes": need, "remove": plan.Count(manifest.OpRemove),
 		"mkdir": plan.Count(manifest.OpMkdir), "meta": plan.Count(manifest.OpMeta),
 	}).Info("diffed local tree")
-	st, err := apply.Apply(ctx, root, plan, apply.Options{
-		Fetcher:  sourceFetcher{client: m.client, addr: cl.SourceAddr, gen: g.ID, limit: m.cfg.Download},
+	opts := apply.Options{
+		Fetcher:  src,
 		Cache:    m.cache,
 		Workers:  m.cfg.Workers,
 		Progress: func(n int64) { m.received.Add(n); m.cfg.Metrics.BytesReceived.Add(float64(n)) },
 		Log:      m.cfg.Log,
-	})
+	}
+	var incoming *peer.Incoming
+	if m.cfg.Pipeline && m.uploads() > 0 {
+		// Serve the tree while it arrives, and say so in Redis: hosts
+		// behind this one stream each file as its bytes land.
+		incoming = peer.NewIncoming(plan.Entries(manifest.OpFetch), m.cfg.ArrivalWait)
+		opts.Observer = incoming
+		m.server.Set(&peer.Snapshot{Gen: g.ID, Digest: g.Digest, Encoded: enc, Manifest: remote, Root: root, Incoming: incoming})
+		if err := m.coord.OfferSlots(ctx, m.cfg.ID, g.ID, m.uploads()); err != nil {
+			m.cfg.Log.WithError(err).Warn("could not offer this host as a partial source")
+		}
+	}
+	st, err := apply.Apply(ctx, root, plan, opts)
 	if serr := m.cache.Save(filepath.Join(m.cfg.StateDir, cacheFile)); serr != nil {
 		m.cfg.Log.WithError(serr).Warn("could not save the hash cache")
 	}
 	if err != nil {
+		if incoming != nil {
+			incoming.Abort(err)
+			m.server.Set(nil)
+		}
 		return st, err
 	}
 	h := held{Gen: g.ID, Digest: g.Digest, Path: g.Path, Delete: g.Delete}
@@ -212,11 +252,14 @@ func checkSpace(dir string, need int64) error {
 	return nil
 }
 
-// verdict says what a failed pull tells about its source.
-func verdict(ctx context.Context, err error) coord.Verdict {
+// verdict says what a failed pull tells about its source. A bad hash on a
+// file that came from several sources (mixed) proves none of them bad.
+func verdict(ctx context.Context, err error, mixed bool) coord.Verdict {
 	var mismatch *apply.HashMismatchError
 	switch {
 	case ctx.Err() != nil, errors.Is(err, errLeaseLost):
+		return coord.SourceOK
+	case errors.As(err, &mismatch) && mixed:
 		return coord.SourceOK
 	case errors.As(err, &mismatch), errors.Is(err, errBadManifest):
 		return coord.SourceBad
@@ -225,16 +268,4 @@ func verdict(ctx context.Context, err error) coord.Verdict {
 		return coord.SourceDead
 	}
 	return coord.SourceOK
-}
-
-// sourceFetcher pulls files of one generation from one peer.
-type sourceFetcher struct {
-	client *peer.Client
-	addr   string
-	gen    int64
-	limit  *bwlimit.Limiter
-}
-
-func (f sourceFetcher) Fetch(ctx context.Context, e manifest.Entry, offset int64, w io.Writer) (int64, error) {
-	return f.client.Fetch(ctx, f.addr, f.gen, e.Path, offset, f.limit.Writer(ctx, w))
 }

@@ -26,6 +26,10 @@ type Snapshot struct {
 	// Root is the absolute OS path of the task root on this host: a
 	// directory, or the single file of a file task.
 	Root string
+	// Incoming, when set, lists the files of the tree this host is still
+	// receiving: they are streamed as their bytes land instead of being
+	// read from disk (pipelining). Nil means the whole tree is in place.
+	Incoming *Incoming
 }
 
 // Errors a Client returns, each usable with errors.Is. The client wraps them

@@ -6,7 +6,9 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"os"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -194,6 +196,9 @@ func (s *Server) serveFile(w http.ResponseWriter, r *http.Request) error {
 	if !ok || e.Type != manifest.File {
 		return errorf(http.StatusNotFound, "generation %d has no file %q", sv.snap.Gen, p)
 	}
+	if in := sv.snap.Incoming; in != nil && in.Pending(p) {
+		return s.serveIncoming(w, r, sv.snap, e)
+	}
 	f, err := openEntry(sv.snap.Root, p)
 	if err != nil {
 		return err
@@ -211,14 +216,103 @@ func (s *Server) serveFile(w http.ResponseWriter, r *http.Request) error {
 	h.Set(headerGeneration, strconv.FormatInt(sv.snap.Gen, 10))
 	// A zero modification time keeps conditional requests out of the way:
 	// peers ask for bytes, not for freshness.
+	http.ServeContent(s.bodyWriter(w, r), r, "", time.Time{}, f)
+	return nil
+}
+
+// bodyWriter wraps w with the upload limit and the byte counter.
+func (s *Server) bodyWriter(w http.ResponseWriter, r *http.Request) http.ResponseWriter {
 	if s.cfg.Upload != nil {
 		w = limitedWriter{ResponseWriter: w, w: s.cfg.Upload.Writer(r.Context(), w)}
 	}
 	if s.cfg.Served != nil {
 		w = countingWriter{ResponseWriter: w, add: s.cfg.Served}
 	}
-	http.ServeContent(w, r, "", time.Time{}, f)
+	return w
+}
+
+// serveIncoming streams a file this host is still receiving, from the
+// offset a Range header asks for, as its bytes land. The status and length
+// are sent at once; if the file is discarded or stops growing, the response
+// is cut short and the client sees a broken transfer.
+func (s *Server) serveIncoming(w http.ResponseWriter, r *http.Request, snap *Snapshot, e manifest.Entry) error {
+	start, end, partial, err := parseRange(r.Header.Get("Range"), e.Size)
+	if err != nil {
+		w.Header().Set("Content-Range", fmt.Sprintf("bytes */%d", e.Size))
+		return errorf(http.StatusRequestedRangeNotSatisfiable, "%v", err)
+	}
+	body, err := snap.Incoming.Open(r.Context(), e.Path, end, start, func() (*os.File, error) {
+		return openEntry(snap.Root, e.Path)
+	})
+	if err != nil {
+		return err
+	}
+	defer body.Close()
+	h := w.Header()
+	h.Set("Content-Type", "application/octet-stream")
+	h.Set(headerGeneration, strconv.FormatInt(snap.Gen, 10))
+	h.Set("Accept-Ranges", "bytes")
+	h.Set("Content-Length", strconv.FormatInt(end-start, 10))
+	code := http.StatusOK
+	if partial {
+		code = http.StatusPartialContent
+		h.Set("Content-Range", fmt.Sprintf("bytes %d-%d/%d", start, end-1, e.Size))
+	}
+	w.WriteHeader(code)
+	if r.Method == http.MethodHead {
+		return nil
+	}
+	if _, err := io.Copy(s.bodyWriter(w, r), body); err != nil {
+		if r.Context().Err() == nil {
+			s.cfg.Log.WithError(err).WithField("path", e.Path).Warn("streaming a file still being received failed")
+		}
+		// The length is promised: only a broken connection tells the
+		// client the body is incomplete.
+		panic(http.ErrAbortHandler)
+	}
 	return nil
+}
+
+// parseRange reads a Range header for a file of size bytes and returns the
+// bytes [start, end) to send. partial is false when the whole file is sent:
+// no header, or one this server does not honour (several ranges, another
+// unit), which HTTP allows it to ignore. A range that starts past the end is
+// an error (416).
+func parseRange(h string, size int64) (start, end int64, partial bool, err error) {
+	spec, ok := strings.CutPrefix(h, "bytes=")
+	if !ok || strings.Contains(spec, ",") {
+		return 0, size, false, nil
+	}
+	first, last, ok := strings.Cut(strings.TrimSpace(spec), "-")
+	if !ok {
+		return 0, size, false, nil
+	}
+	if first == "" { // the last N bytes
+		n, perr := strconv.ParseInt(last, 10, 64)
+		if perr != nil || n < 0 {
+			return 0, size, false, nil
+		}
+		if n == 0 {
+			return 0, 0, false, fmt.Errorf("range %q selects nothing of %d bytes", h, size)
+		}
+		return size - min(n, size), size, true, nil
+	}
+	start, perr := strconv.ParseInt(first, 10, 64)
+	if perr != nil || start < 0 {
+		return 0, size, false, nil
+	}
+	end = size
+	if last != "" {
+		l, perr := strconv.ParseInt(last, 10, 64)
+		if perr != nil || l < start {
+			return 0, size, false, nil
+		}
+		end = min(l+1, size)
+	}
+	if start >= size {
+		return 0, 0, false, fmt.Errorf("range %q starts past the end of %d bytes", h, size)
+	}
+	return start, end, true, nil
 }
 
 // limitedWriter sends the body through a rate limiter.

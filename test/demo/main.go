@@ -10,6 +10,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"github.com/sirupsen/logrus"
 	"math"
 	"os"
 	"os/signal"
@@ -28,6 +29,8 @@ func main() {
 	small := flag.Int("small", 400, "number of small files")
 	keep := flag.Bool("keep", false, "keep the temporary directory")
 	limit := flag.String("bwlimit", "0", "per-host bandwidth cap, rsync style (e.g. 8M), to watch a slower fan-out")
+	logLevel := flag.String("log", "", "print the hosts' logs to stderr at this level (info, debug)")
+	wholeFile := flag.Bool("whole-file", false, "turn pipelining off: hosts become sources only once they hold the whole tree")
 	flag.Parse()
 	rate, err := bwlimit.Parse(*limit)
 	if err != nil {
@@ -35,7 +38,18 @@ func main() {
 		os.Exit(2)
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	err = run(ctx, *minions, int64(*bigMiB)<<20, *small, *keep, rate)
+	cfg := lab.Config{Minions: *minions, BWLimit: rate, WholeFile: *wholeFile}
+	if *logLevel != "" {
+		lvl, err := logrus.ParseLevel(*logLevel)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "demo: -log:", err)
+			os.Exit(2)
+		}
+		log := logrus.New()
+		log.SetLevel(lvl)
+		cfg.Log = log
+	}
+	err = run(ctx, cfg, int64(*bigMiB)<<20, *small, *keep)
 	stop()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "demo failed:", err)
@@ -45,7 +59,8 @@ func main() {
 
 const task = "/data/models/m42"
 
-func run(ctx context.Context, minions int, big int64, small int, keep bool, rate int64) error {
+func run(ctx context.Context, cfg lab.Config, big int64, small int, keep bool) error {
+	minions := cfg.Minions
 	dir, err := os.MkdirTemp("", "fanout-demo-")
 	if err != nil {
 		return err
@@ -55,7 +70,8 @@ func run(ctx context.Context, minions int, big int64, small int, keep bool, rate
 	} else {
 		defer os.RemoveAll(dir)
 	}
-	l, err := lab.Start(ctx, lab.Config{Dir: dir, Minions: minions, BWLimit: rate})
+	cfg.Dir = dir
+	l, err := lab.Start(ctx, cfg)
 	if err != nil {
 		return err
 	}
@@ -121,8 +137,13 @@ func distribute(ctx context.Context, l *lab.Lab, after int64) (coord.Status, err
 	n := len(st.Finished)
 	fmt.Printf("  done: generation %d to %d hosts in %.2fs: %d files, %s per copy, %s moved in all\n",
 		st.Generation.ID, n, elapsed.Seconds(), st.Generation.Files, size(st.Generation.Bytes), size(l.Received(st.Generation.ID)))
-	fmt.Printf("        rounds: %d (the longest chain origin -> host; whole-file doubling needs at most ceil(log2(%d+1)) = %d)\n",
+	fmt.Printf("        rounds: %d (hops in the longest chain origin -> host; whole-file doubling needs ceil(log2(%d+1)) = %d rounds of S/B, a pipelined chain about one)\n",
 		rounds, n, int(math.Ceil(math.Log2(float64(n+1)))))
+	if rate := l.Config().BWLimit; rate > 0 {
+		sb := float64(st.Generation.Bytes) / float64(rate)
+		fmt.Printf("        S/B = %s / %s/s = %.2fs; this generation took %.2f x S/B\n",
+			size(st.Generation.Bytes), size(rate), sb, elapsed.Seconds()/sb)
+	}
 	return st, nil
 }
 

@@ -1,0 +1,144 @@
+package minion
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+	"time"
+
+	"github.com/sirupsen/logrus"
+
+	"github.com/fanout/fanout/internal/coord"
+	"github.com/fanout/fanout/internal/manifest"
+)
+
+// maxSwitches bounds how many times one pull moves to another source
+// before it gives up and starts over from a fresh claim.
+const maxSwitches = 16
+
+// source is the claim a pull holds, and the fetcher that pulls through it.
+// When the source dies or stalls mid-file, the fetcher releases the claim,
+// claims another source and resumes the file from the byte it has (a Range
+// request), so no byte is fetched twice and the pull goes on.
+type source struct {
+	m   *Minion
+	gen int64
+	log logrus.FieldLogger
+
+	// switchMu serialises switching; mu guards the fields below.
+	switchMu sync.Mutex
+	mu       sync.Mutex
+	cl       *coord.Claim // nil while switching, or after a switch failed
+	switches int
+	// mixed lists the files whose bytes came from more than one source: a
+	// bad hash on one of them does not tell which source was bad.
+	mixed map[string]bool
+}
+
+func newSource(m *Minion, gen int64, cl coord.Claim) *source {
+	return &source{m: m, gen: gen, cl: &cl, mixed: map[string]bool{}, log: m.cfg.Log.WithField("gen", gen)}
+}
+
+// claim returns the claim held now, or nil.
+func (s *source) claim() *coord.Claim {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.cl
+}
+
+// wasMixed reports whether the file at p came from more than one source.
+func (s *source) wasMixed(p string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.mixed[p]
+}
+
+// Fetch implements apply.Fetcher: it streams e from offset through the
+// current source, moving to another source and resuming where it stopped
+// when the current one fails.
+func (s *source) Fetch(ctx context.Context, e manifest.Entry, offset int64, w io.Writer) (int64, error) {
+	var total int64
+	var from string
+	for {
+		cl := s.claim()
+		if cl == nil {
+			return total, errors.New("no source claimed")
+		}
+		if from != "" && from != cl.Source {
+			s.mu.Lock()
+			s.mixed[e.Path] = true
+			s.mu.Unlock()
+		}
+		n, err := s.m.client.Fetch(ctx, cl.SourceAddr, s.gen, e.Path, offset+total, s.m.cfg.Download.Writer(ctx, w))
+		total += n
+		if n > 0 || from == "" {
+			from = cl.Source
+		}
+		if err == nil || ctx.Err() != nil || verdict(ctx, err, false) != coord.SourceDead {
+			return total, err
+		}
+		if serr := s.switchFrom(ctx, *cl, err); serr != nil {
+			return total, fmt.Errorf("%w (no other source: %w)", err, serr)
+		}
+	}
+}
+
+// switchFrom moves the pull off failed, whose source failed with cause, to
+// a newly claimed source. Concurrent callers wait for one switch; a caller
+// whose claim was already replaced returns at once.
+func (s *source) switchFrom(ctx context.Context, failed coord.Claim, cause error) error {
+	s.switchMu.Lock()
+	defer s.switchMu.Unlock()
+	s.mu.Lock()
+	cur := s.cl
+	if cur == nil || cur.Slot != failed.Slot {
+		s.mu.Unlock()
+		if cur == nil {
+			return errors.New("an earlier switch failed")
+		}
+		return nil
+	}
+	if s.switches >= maxSwitches {
+		s.mu.Unlock()
+		return fmt.Errorf("gave up after %d switches", s.switches)
+	}
+	s.switches++
+	s.cl = nil
+	s.mu.Unlock()
+
+	m := s.m
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	err := m.coord.Switch(sctx, failed, coord.SourceDead, cause.Error())
+	cancel()
+	if err != nil {
+		return fmt.Errorf("release source %s: %w", failed.Source, err)
+	}
+	m.cfg.Metrics.Failures.WithLabelValues("dead").Inc()
+	s.log.WithError(cause).WithField("source", failed.Source).Warn("source failed; resuming from another")
+	// Wait for a free source as a pull does, up to a few lease periods: a
+	// source whose puller died returns when its lease expires.
+	deadline := time.Now().Add(max(4*failed.Lease, 4*m.cfg.Poll, 10*time.Second))
+	for {
+		cl, err := m.coord.Claim(ctx, m.cfg.ID, s.gen)
+		switch {
+		case err == nil:
+			s.mu.Lock()
+			s.cl = &cl
+			s.mu.Unlock()
+			m.cfg.Metrics.Claims.Inc()
+			s.log.WithFields(logrus.Fields{"source": cl.Source, "slot": cl.Slot, "partial": cl.Partial}).Info("claimed another source")
+			return nil
+		case !errors.Is(err, coord.ErrNoSource) && !errors.Is(err, coord.ErrBusy):
+			return fmt.Errorf("claim another source: %w", err)
+		case time.Now().After(deadline):
+			return fmt.Errorf("claim another source: %w", err)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(jitter(min(m.cfg.Poll, time.Second))):
+		}
+	}
+}

@@ -1,0 +1,295 @@
+package peer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/fanout/fanout/internal/manifest"
+)
+
+// DefaultArrivalWait is how long a reader of a file still being received
+// waits for its next bytes before giving up, unless configured.
+const DefaultArrivalWait = 30 * time.Second
+
+// ErrArrivalStalled is returned to a reader of a file still being received
+// when no new byte arrived for the wait bound.
+var ErrArrivalStalled = errors.New("file being received: no new bytes")
+
+// Incoming tracks the files of a snapshot that this host is still
+// receiving, so its server can stream them on to the next host as their
+// bytes land: the pipelining that lets a chain of hosts move a file at the
+// speed of one link. It is driven by the writer through Begin, Wrote and End
+// (it satisfies apply.Observer) and read by the server.
+//
+// Only the files named at construction are incoming; every other file of
+// the snapshot is already in place and is served from disk.
+type Incoming struct {
+	wait time.Duration
+
+	mu      sync.Mutex
+	files   map[string]*arrival
+	aborted error
+}
+
+// arrival is one incoming file. Its fields are guarded by Incoming.mu.
+type arrival struct {
+	// f is a read handle on the temporary file, from Begin to End.
+	f *os.File
+	// n is how many bytes f holds so far.
+	n int64
+	// done: the file was verified and renamed into place; failed: it was
+	// discarded, with err.
+	done, failed bool
+	err          error
+	// wake is closed, and replaced, on every change.
+	wake chan struct{}
+}
+
+// NewIncoming returns an Incoming for the files of entries (files the host
+// will write), each waiting to begin. A reader waits at most wait for new
+// bytes; zero means DefaultArrivalWait.
+func NewIncoming(entries []manifest.Entry, wait time.Duration) *Incoming {
+	if wait <= 0 {
+		wait = DefaultArrivalWait
+	}
+	in := &Incoming{wait: wait, files: make(map[string]*arrival, len(entries))}
+	for _, e := range entries {
+		if e.Type == manifest.File {
+			in.files[e.Path] = &arrival{wake: make(chan struct{})}
+		}
+	}
+	return in
+}
+
+// changed wakes the readers of a. The caller holds in.mu.
+func (a *arrival) changed() {
+	close(a.wake)
+	a.wake = make(chan struct{})
+}
+
+// Begin records that the file of e is being written to f, a temporary file
+// opened for reading and writing. Incoming keeps a handle of its own, so f
+// may be closed at any time.
+func (in *Incoming) Begin(e manifest.Entry, f *os.File) {
+	rf, err := dupFile(f)
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	a := in.files[e.Path]
+	if a == nil {
+		if rf != nil {
+			rf.Close()
+		}
+		return
+	}
+	if a.f != nil { // a second attempt at the same file
+		a.f.Close()
+	}
+	a.f, a.n, a.done, a.failed, a.err = rf, 0, false, false, nil
+	if err != nil {
+		a.failed, a.err = true, err
+	}
+	a.changed()
+}
+
+// Wrote records that the file of e now holds n bytes.
+func (in *Incoming) Wrote(e manifest.Entry, n int64) {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	if a := in.files[e.Path]; a != nil && n > a.n {
+		a.n = n
+		a.changed()
+	}
+}
+
+// End records that the file of e was renamed into place (err == nil) or
+// discarded.
+func (in *Incoming) End(e manifest.Entry, err error) {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	a := in.files[e.Path]
+	if a == nil {
+		return
+	}
+	if a.f != nil {
+		a.f.Close()
+		a.f = nil
+	}
+	if err == nil {
+		a.done = true
+	} else {
+		a.failed, a.err = true, err
+	}
+	a.changed()
+}
+
+// Abort ends every file not yet in place with err: their readers fail. Files
+// already verified and renamed keep being served.
+func (in *Incoming) Abort(err error) {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	in.aborted = err
+	for _, a := range in.files {
+		if a.f != nil {
+			a.f.Close()
+			a.f = nil
+		}
+		a.changed()
+	}
+}
+
+// Pending reports whether the file at manifest path p is incoming and not
+// yet in place: it must be read through Open, not from its final path.
+func (in *Incoming) Pending(p string) bool {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	a := in.files[p]
+	return a != nil && !a.done
+}
+
+// Open returns a reader of the bytes [offset, end) of the incoming file at
+// manifest path p. The reader waits for bytes that have not
+// arrived yet, up to the wait bound each time, and fails when the file is
+// discarded or ctx ends. onDisk opens the final file: the reader uses it
+// when the file lands in place before the reader got a handle on it.
+func (in *Incoming) Open(ctx context.Context, p string, end, offset int64, onDisk func() (*os.File, error)) (io.ReadCloser, error) {
+	in.mu.Lock()
+	a := in.files[p]
+	in.mu.Unlock()
+	if a == nil {
+		return nil, fmt.Errorf("%q is not incoming", p)
+	}
+	return &arrivalReader{in: in, a: a, ctx: ctx, end: end, off: offset, onDisk: onDisk}, nil
+}
+
+// arrivalReader reads an incoming file as it grows.
+type arrivalReader struct {
+	in     *Incoming
+	a      *arrival
+	ctx    context.Context
+	end    int64 // read up to here
+	off    int64 // next byte to read
+	onDisk func() (*os.File, error)
+	f      *os.File // our own handle, once we have one
+}
+
+func (r *arrivalReader) Read(p []byte) (int, error) {
+	if r.off >= r.end {
+		return 0, io.EOF
+	}
+	if int64(len(p)) > r.end-r.off {
+		p = p[:r.end-r.off]
+	}
+	for {
+		avail, wake, err := r.ready()
+		if err != nil {
+			return 0, err
+		}
+		if avail > r.off {
+			if int64(len(p)) > avail-r.off {
+				p = p[:avail-r.off]
+			}
+			n, err := r.f.ReadAt(p, r.off)
+			r.off += int64(n)
+			if n > 0 {
+				return n, nil
+			}
+			if err == nil || err == io.EOF {
+				err = io.ErrUnexpectedEOF
+			}
+			return 0, fmt.Errorf("read incoming file: %w", err)
+		}
+		if err := r.waitMore(wake); err != nil {
+			return 0, err
+		}
+	}
+}
+
+// ready makes sure the reader has a handle and returns how many bytes the
+// file holds that may be read, and a channel closed on the next change.
+func (r *arrivalReader) ready() (int64, <-chan struct{}, error) {
+	in, a := r.in, r.a
+	in.mu.Lock()
+	done, wake := a.done, a.wake
+	switch {
+	case done:
+	case a.failed:
+		in.mu.Unlock()
+		return 0, nil, fmt.Errorf("incoming file discarded: %w", a.err)
+	case in.aborted != nil:
+		in.mu.Unlock()
+		return 0, nil, fmt.Errorf("incoming files abandoned: %w", in.aborted)
+	case r.f == nil && a.f != nil:
+		f, err := dupFile(a.f)
+		if err != nil {
+			in.mu.Unlock()
+			return 0, nil, err
+		}
+		r.f = f
+	}
+	n := a.n
+	in.mu.Unlock()
+	if done {
+		if r.f == nil {
+			// It landed before we got a handle: read it where it is now.
+			f, err := r.onDisk()
+			if err != nil {
+				return 0, nil, err
+			}
+			r.f = f
+		}
+		return r.end, wake, nil
+	}
+	if r.f == nil {
+		return 0, wake, nil // not begun
+	}
+	return n, wake, nil
+}
+
+// waitMore blocks until wake is closed (the file changed), the wait bound
+// passes, or the reader's context ends.
+func (r *arrivalReader) waitMore(wake <-chan struct{}) error {
+	t := time.NewTimer(r.in.wait)
+	defer t.Stop()
+	select {
+	case <-wake:
+		return nil
+	case <-t.C:
+		return fmt.Errorf("%w for %v", ErrArrivalStalled, r.in.wait)
+	case <-r.ctx.Done():
+		return r.ctx.Err()
+	}
+}
+
+func (r *arrivalReader) Close() error {
+	if r.f != nil {
+		return r.f.Close()
+	}
+	return nil
+}
+
+// dupFile returns a second, independent handle on the open file f.
+func dupFile(f *os.File) (*os.File, error) {
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return nil, fmt.Errorf("dup %s: %w", f.Name(), err)
+	}
+	var (
+		fd   int
+		derr error
+	)
+	if err := rc.Control(func(s uintptr) { fd, derr = unix.Dup(int(s)) }); err != nil {
+		return nil, fmt.Errorf("dup %s: %w", f.Name(), err)
+	}
+	if derr != nil {
+		return nil, fmt.Errorf("dup %s: %w", f.Name(), derr)
+	}
+	unix.CloseOnExec(fd)
+	return os.NewFile(uintptr(fd), f.Name()), nil
+}
