@@ -525,3 +525,96 @@ func hasEvent(t *testing.T, f *fixture, typ, host string) bool {
 	}
 	return false
 }
+
+// Pipelining: a pulling host offers its slots at once. Claims prefer
+// sources that hold the whole generation, never pull from a host that is
+// downstream (no cycles), and a host that switches sources keeps its own
+// offered slots while one that fails withdraws them.
+func TestPartialSources(t *testing.T) {
+	each(t, 15*time.Second, func(t *testing.T, f *fixture) {
+		ctx := context.Background()
+		k := f.c.Keys()
+		g := f.publish(1)
+		f.heartbeat("a", "b", "c", "y", "z")
+		claim := func(host string) Claim {
+			t.Helper()
+			cl, err := f.c.Claim(ctx, host, g.ID)
+			if err != nil {
+				t.Fatalf("claim for %s: %v", host, err)
+			}
+			return cl
+		}
+		offer := func(host string) {
+			t.Helper()
+			if err := f.c.OfferSlots(ctx, host, g.ID, 1); err != nil {
+				t.Fatal(err)
+			}
+		}
+		a := claim("a")
+		if a.Source != "master" || a.Partial {
+			t.Fatalf("first claim = %+v, want the origin, whole", a)
+		}
+		offer("a")
+		b := claim("b")
+		if b.Source != "a" || !b.Partial {
+			t.Fatalf("second claim = %+v, want a's slot, partial", b)
+		}
+		offer("b")
+
+		// a's source dies; a switches: it keeps its offered slot (b holds
+		// it now) and must not claim b's slot: b pulls from a.
+		if err := f.c.Switch(ctx, a, SourceDead, "origin gone"); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := f.c.Claim(ctx, "a", g.ID); !errors.Is(err, ErrNoSource) {
+			t.Fatalf("a claimed with only its downstream b offered: %v", err)
+		}
+		if !hasEvent(t, f, "switch", "a") {
+			t.Error("no switch event for a")
+		}
+		// c is nobody's upstream: it may stream from b.
+		c := claim("c")
+		if c.Source != "b" || !c.Partial {
+			t.Fatalf("c claimed %+v, want b's slot", c)
+		}
+		offer("c")
+		// With the origin back, a gets it, never c (c <- b <- a).
+		offer("master")
+		for range 10 {
+			cl := claim("a")
+			if cl.Source != "master" {
+				t.Fatalf("a claimed %s, downstream of itself", cl.Slot)
+			}
+			if err := f.c.Switch(ctx, cl, SourceOK, "again"); err != nil {
+				t.Fatal(err)
+			}
+		}
+
+		// y holds the whole generation: z always prefers it to the
+		// partial sources on offer.
+		if err := f.c.Finish(ctx, Claim{Host: "y", Gen: g.ID}, 1); err != nil {
+			t.Fatal(err)
+		}
+		f.rdb.SRem(ctx, k.Sync(), "master#0")
+		for range 20 {
+			cl := claim("z")
+			if cl.Source != "y" || cl.Partial {
+				t.Fatalf("z claimed %s (partial %v) with a whole source free", cl.Slot, cl.Partial)
+			}
+			if err := f.c.Fail(ctx, cl, SourceOK, "again"); err != nil {
+				t.Fatal(err)
+			}
+		}
+
+		// c fails for good: its offered slot is withdrawn.
+		if !slices.Contains(f.members(k.Sync()), "c#0") {
+			t.Fatal("c#0 not on offer")
+		}
+		if err := f.c.Fail(ctx, c, SourceOK, "disk full"); err != nil {
+			t.Fatal(err)
+		}
+		if slices.Contains(f.members(k.Sync()), "c#0") {
+			t.Error("a host that failed its pull still offers its slot")
+		}
+	})
+}

@@ -1,0 +1,346 @@
+package peer
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/fanout/fanout/internal/manifest"
+)
+
+// growing is a file being received the way apply writes one: a temporary
+// file that grows in chunks and is then renamed into place.
+type growing struct {
+	t       *testing.T
+	in      *Incoming
+	e       manifest.Entry
+	content []byte
+	tmp     *os.File
+	final   string
+	written int
+}
+
+func newGrowing(t *testing.T, in *Incoming, root, p string, content []byte) *growing {
+	t.Helper()
+	final := filepath.Join(root, filepath.FromSlash(p))
+	return &growing{t: t, in: in, e: manifest.Entry{Path: p, Type: manifest.File, Size: int64(len(content))}, content: content, final: final}
+}
+
+func (g *growing) begin() {
+	g.t.Helper()
+	f, err := os.OpenFile(filepath.Join(filepath.Dir(g.final), ".fanout-tmp-x"), os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		g.t.Fatal(err)
+	}
+	g.tmp = f
+	g.in.Begin(g.e, f)
+}
+
+func (g *growing) write(n int) {
+	g.t.Helper()
+	n = min(n, len(g.content)-g.written)
+	if _, err := g.tmp.Write(g.content[g.written : g.written+n]); err != nil {
+		g.t.Fatal(err)
+	}
+	g.written += n
+	g.in.Wrote(g.e, int64(g.written))
+}
+
+func (g *growing) land() {
+	g.t.Helper()
+	g.tmp.Close()
+	if err := os.Rename(g.tmp.Name(), g.final); err != nil {
+		g.t.Fatal(err)
+	}
+	g.in.End(g.e, nil)
+}
+
+func (g *growing) onDisk() (*os.File, error) { return os.Open(g.final) }
+
+func randomBytes(n int) []byte {
+	b := make([]byte, n)
+	rng := rand.New(rand.NewPCG(7, 8))
+	for i := range b {
+		b[i] = byte(rng.Uint32())
+	}
+	return b
+}
+
+// readAll reads r in a goroutine and returns a channel with the result.
+func readAll(r io.Reader) <-chan readResult {
+	ch := make(chan readResult, 1)
+	go func() {
+		b, err := io.ReadAll(r)
+		ch <- readResult{b, err}
+	}()
+	return ch
+}
+
+type readResult struct {
+	b   []byte
+	err error
+}
+
+func TestIncomingStreamsAsBytesLand(t *testing.T) {
+	root := t.TempDir()
+	content := randomBytes(300 << 10)
+	e := manifest.Entry{Path: "f", Type: manifest.File, Size: int64(len(content))}
+	in := NewIncoming([]manifest.Entry{e}, 5*time.Second)
+	if !in.Pending("f") || in.Pending("other") {
+		t.Fatal("Pending is wrong before the file begins")
+	}
+	g := newGrowing(t, in, root, "f", content)
+
+	// The reader starts before the writer: it waits for the file to begin.
+	r, err := in.Open(context.Background(), "f", e.Size, 0, g.onDisk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	got := readAll(r)
+	g.begin()
+	for g.written < len(content) {
+		g.write(32 << 10)
+		select {
+		case res := <-got:
+			t.Fatalf("reader ended after %d of %d bytes: %v", len(res.b), len(content), res.err)
+		default:
+		}
+	}
+	g.land()
+	res := <-got
+	if res.err != nil || !bytes.Equal(res.b, content) {
+		t.Fatalf("read %d bytes (%v), want the %d written", len(res.b), res.err, len(content))
+	}
+	if in.Pending("f") {
+		t.Error("a landed file is still pending")
+	}
+}
+
+func TestIncomingFromOffsetAndRange(t *testing.T) {
+	root := t.TempDir()
+	content := randomBytes(100 << 10)
+	e := manifest.Entry{Path: "f", Type: manifest.File, Size: int64(len(content))}
+	in := NewIncoming([]manifest.Entry{e}, 5*time.Second)
+	g := newGrowing(t, in, root, "f", content)
+	g.begin()
+	g.write(10 << 10)
+	r, err := in.Open(context.Background(), "f", 60<<10, 5<<10, g.onDisk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	got := readAll(r)
+	g.write(len(content))
+	res := <-got
+	if res.err != nil || !bytes.Equal(res.b, content[5<<10:60<<10]) {
+		t.Fatalf("read %d bytes (%v), want bytes 5 KiB to 60 KiB", len(res.b), res.err)
+	}
+}
+
+// A reader that starts after the file landed (but was told it was
+// pending) reads it from its final path.
+func TestIncomingLandedBeforeTheReader(t *testing.T) {
+	root := t.TempDir()
+	content := randomBytes(20 << 10)
+	e := manifest.Entry{Path: "f", Type: manifest.File, Size: int64(len(content))}
+	in := NewIncoming([]manifest.Entry{e}, time.Second)
+	g := newGrowing(t, in, root, "f", content)
+	r, err := in.Open(context.Background(), "f", e.Size, 0, g.onDisk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	g.begin()
+	g.write(len(content))
+	g.land()
+	b, err := io.ReadAll(r)
+	if err != nil || !bytes.Equal(b, content) {
+		t.Fatalf("read %d bytes (%v)", len(b), err)
+	}
+}
+
+func TestIncomingDiscardedFailsTheReader(t *testing.T) {
+	root := t.TempDir()
+	content := randomBytes(64 << 10)
+	e := manifest.Entry{Path: "f", Type: manifest.File, Size: int64(len(content))}
+	in := NewIncoming([]manifest.Entry{e}, 5*time.Second)
+	g := newGrowing(t, in, root, "f", content)
+	g.begin()
+	g.write(16 << 10)
+	r, _ := in.Open(context.Background(), "f", e.Size, 0, g.onDisk)
+	defer r.Close()
+	got := readAll(r)
+	bad := errors.New("hash mismatch")
+	in.End(e, bad)
+	res := <-got
+	if !errors.Is(res.err, bad) {
+		t.Fatalf("reader of a discarded file: %d bytes, err %v; want %v", len(res.b), res.err, bad)
+	}
+	if len(res.b) > 16<<10 {
+		t.Errorf("reader got %d bytes, more than were written", len(res.b))
+	}
+}
+
+func TestIncomingAbortAndStall(t *testing.T) {
+	root := t.TempDir()
+	es := []manifest.Entry{
+		{Path: "a", Type: manifest.File, Size: 10},
+		{Path: "b", Type: manifest.File, Size: 10},
+	}
+	in := NewIncoming(es, 200*time.Millisecond)
+	// Nothing arrives for "a": its reader gives up after the wait bound.
+	ra, _ := in.Open(context.Background(), "a", 10, 0, nil)
+	defer ra.Close()
+	if _, err := io.ReadAll(ra); !errors.Is(err, ErrArrivalStalled) {
+		t.Errorf("stalled arrival: %v, want ErrArrivalStalled", err)
+	}
+	// The pull is abandoned: readers of "b" fail at once.
+	gb := newGrowing(t, in, root, "b", []byte("0123456789"))
+	gb.begin()
+	gb.write(4)
+	rb, _ := in.Open(context.Background(), "b", 10, 0, gb.onDisk)
+	defer rb.Close()
+	got := readAll(rb)
+	stop := errors.New("pull failed")
+	in.Abort(stop)
+	if res := <-got; !errors.Is(res.err, stop) {
+		t.Errorf("after Abort: %q, %v; want %v", res.b, res.err, stop)
+	}
+	// A reader whose caller gives up ends with its context.
+	ctx, cancel := context.WithCancel(context.Background())
+	in2 := NewIncoming(es, time.Minute)
+	rc, _ := in2.Open(ctx, "a", 10, 0, nil)
+	defer rc.Close()
+	got = readAll(rc)
+	cancel()
+	if res := <-got; !errors.Is(res.err, context.Canceled) {
+		t.Errorf("cancelled reader: %v", res.err)
+	}
+}
+
+// The peer server streams a pending file to a real client, from an offset
+// asked with Range, while it is still being written.
+func TestServeIncoming(t *testing.T) {
+	tr := newTree(t, 3)
+	content := randomBytes(256 << 10)
+	e := manifest.Entry{Path: "sub/big.bin", Type: manifest.File, Mode: 0o644, Size: int64(len(content))}
+	m := tr.snap.Manifest
+	m.Entries = append(m.Entries, e)
+	m.Sort()
+	snap := snapshotOf(t, 3, tr.root, m)
+	snap.Incoming = NewIncoming([]manifest.Entry{e}, 5*time.Second)
+	env := startPeer(t, snap)
+	g := newGrowing(t, snap.Incoming, tr.root, e.Path, content)
+	g.begin()
+	g.write(1000)
+
+	for _, offset := range []int64{0, 777, 200 << 10} {
+		done := make(chan readResult, 1)
+		go func() {
+			var buf bytes.Buffer
+			_, err := env.client.Fetch(context.Background(), env.addr, 3, e.Path, offset, &buf)
+			done <- readResult{buf.Bytes(), err}
+		}()
+		if offset == 0 {
+			time.Sleep(50 * time.Millisecond) // the request waits on the writer
+			g.write(len(content))
+		}
+		res := <-done
+		if res.err != nil || !bytes.Equal(res.b, content[offset:]) {
+			t.Fatalf("fetch from %d: %d bytes, %v", offset, len(res.b), res.err)
+		}
+	}
+	// Files already in place are served from disk meanwhile.
+	if b, err := fetch(t, env.client, env.addr, 3, "a.txt", 0); err != nil || string(b) != "hello, peers\n" {
+		t.Errorf("a.txt: %q %v", b, err)
+	}
+	g.land()
+	if b, err := fetch(t, env.client, env.addr, 3, e.Path, 0); err != nil || !bytes.Equal(b, content) {
+		t.Errorf("after landing: %d bytes, %v", len(b), err)
+	}
+}
+
+// A pending file whose writer gives up breaks the response: the client
+// sees a short body (peer unavailable), never a complete-looking one.
+func TestServeIncomingDiscarded(t *testing.T) {
+	tr := newTree(t, 3)
+	content := randomBytes(64 << 10)
+	e := manifest.Entry{Path: "new.bin", Type: manifest.File, Mode: 0o644, Size: int64(len(content))}
+	m := tr.snap.Manifest
+	m.Entries = append(m.Entries, e)
+	m.Sort()
+	snap := snapshotOf(t, 3, tr.root, m)
+	snap.Incoming = NewIncoming([]manifest.Entry{e}, 5*time.Second)
+	env := startPeer(t, snap)
+	g := newGrowing(t, snap.Incoming, tr.root, e.Path, content)
+	g.begin()
+	g.write(8 << 10)
+	done := make(chan readResult, 1)
+	go func() {
+		var buf bytes.Buffer
+		_, err := env.client.Fetch(context.Background(), env.addr, 3, e.Path, 0, &buf)
+		done <- readResult{buf.Bytes(), err}
+	}()
+	time.Sleep(50 * time.Millisecond)
+	snap.Incoming.End(e, errors.New("hash mismatch"))
+	res := <-done
+	if !errors.Is(res.err, ErrUnavailable) || len(res.b) >= len(content) {
+		t.Fatalf("discarded file: %d bytes, %v; want a short body and ErrUnavailable", len(res.b), res.err)
+	}
+}
+
+func TestParseRange(t *testing.T) {
+	tests := []struct {
+		h          string
+		start, end int64
+		partial    bool
+		err        bool
+	}{
+		{"", 0, 100, false, false},
+		{"bytes=0-", 0, 100, true, false},
+		{"bytes=10-", 10, 100, true, false},
+		{"bytes=10-19", 10, 20, true, false},
+		{"bytes=90-500", 90, 100, true, false},
+		{"bytes=-30", 70, 100, true, false},
+		{"bytes=-300", 0, 100, true, false},
+		{"bytes=100-", 0, 0, false, true},
+		{"bytes=-0", 0, 0, false, true},
+		{"bytes=0-1,5-6", 0, 100, false, false}, // several ranges: ignored
+		{"items=0-1", 0, 100, false, false},
+		{"bytes=x-", 0, 100, false, false},
+		{"bytes=5-2", 0, 100, false, false},
+		{"bytes=-5-", 0, 100, false, false},
+	}
+	for _, tt := range tests {
+		start, end, partial, err := parseRange(tt.h, 100)
+		if (err != nil) != tt.err || (err == nil && (start != tt.start || end != tt.end || partial != tt.partial)) {
+			t.Errorf("parseRange(%q) = %d, %d, %v, %v; want %d, %d, %v, err %v",
+				tt.h, start, end, partial, err, tt.start, tt.end, tt.partial, tt.err)
+		}
+	}
+}
+
+func FuzzParseRange(f *testing.F) {
+	for _, s := range []string{"", "bytes=0-", "bytes=-5", "bytes=3-9", "bytes=9-3", "bytes=1-2,3-4", "bytes=99999999999999999999-"} {
+		f.Add(s, int64(100))
+	}
+	f.Fuzz(func(t *testing.T, h string, size int64) {
+		if size < 0 {
+			return
+		}
+		start, end, _, err := parseRange(h, size)
+		if err != nil {
+			return
+		}
+		if start < 0 || end > size || start > end {
+			t.Fatalf("parseRange(%q, %d) = [%d, %d): outside the file", h, size, start, end)
+		}
+	})
+}

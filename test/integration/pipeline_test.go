@@ -1,0 +1,131 @@
+package integration
+
+import (
+	"context"
+	"fmt"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/fanout/fanout/internal/lab"
+	"github.com/fanout/fanout/internal/manifest"
+)
+
+// TestPipelineResume: with pipelining, a host streams from a source that is
+// itself still pulling, so a chain origin -> A -> B forms before A holds
+// the file. When A is stopped mid-file, B releases it, claims another
+// source and resumes the file from the byte it has: one pull, a "switch"
+// event, no failure, and every copy verified.
+func TestPipelineResume(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	// 8 MiB at 2 MiB/s: four seconds a link, time enough to stop A mid-file.
+	l, err := lab.Start(ctx, lab.Config{Dir: t.TempDir(), Minions: 2, BWLimit: 2 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Stop()
+	src := filepath.Join(l.Master.Root, task)
+	mustMkdir(t, src)
+	if err := lab.SampleTree(src, 8<<20, 3); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Set(ctx, task); err != nil {
+		t.Fatal(err)
+	}
+
+	// Wait for the chain: one minion pulls from the origin, the other from
+	// that minion, and has some bytes of it.
+	var a, b *lab.Host
+	waitFor(ctx, t, "a chain origin -> A -> B with bytes flowing to B", func() bool {
+		claims, err := l.Redis.HGetAll(ctx, l.Coord.Keys().Claims()).Result()
+		if err != nil || len(claims) != 2 {
+			return false
+		}
+		src := map[string]string{}
+		for host, v := range claims {
+			f := strings.Fields(v)
+			if len(f) < 2 {
+				return false
+			}
+			src[host] = strings.SplitN(f[1], "#", 2)[0]
+		}
+		for _, h := range l.Minions {
+			if src[h.ID] == "master" {
+				a = h
+			}
+		}
+		for _, h := range l.Minions {
+			if a != nil && src[h.ID] == a.ID {
+				b = h
+			}
+		}
+		if a == nil || b == nil || b.Minion == nil {
+			return false
+		}
+		got, _ := b.Minion.Progress()
+		return got > 1<<20
+	})
+	st, err := l.Coord.Status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	gen := st.Generation.ID
+	for _, f := range st.Finished {
+		if f == a.ID {
+			t.Fatalf("%s already holds the generation: B did not stream from a partial source", a.ID)
+		}
+	}
+	if err := a.Stop(); err != nil {
+		t.Logf("stopping %s: %v", a.ID, err)
+	}
+
+	waitFor(ctx, t, "B to finish from another source", func() bool {
+		now, err := l.Coord.Status(ctx)
+		if err != nil || now.Generation.ID != gen {
+			return false
+		}
+		for _, f := range now.Finished {
+			if f == b.ID {
+				return true
+			}
+		}
+		return false
+	})
+	if err := lab.Compare(src, filepath.Join(b.Root, task)); err != nil {
+		t.Fatal(err)
+	}
+	events, err := l.Coord.Events(ctx, "0", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var kinds []string
+	for _, e := range events {
+		if e.Host == b.ID && e.Gen == fmt.Sprint(gen) {
+			kinds = append(kinds, e.Type)
+		}
+	}
+	if !containsType(kinds, "switch") || containsType(kinds, "fail") || count(kinds, "finish") != 1 {
+		t.Errorf("events of %s: %v; want a switch, no fail, one finish", b.ID, kinds)
+	}
+	// The resumed pull received each byte once.
+	if got, planned := b.Minion.Progress(); got != planned {
+		t.Errorf("%s received %d bytes for a plan of %d", b.ID, got, planned)
+	}
+	if temps, err := lab.TempFiles(b.Root, manifest.IsTemp); err != nil || len(temps) > 0 {
+		t.Errorf("temporary files left on %s: %v %v", b.ID, temps, err)
+	}
+}
+
+func containsType(kinds []string, k string) bool { return count(kinds, k) > 0 }
+
+func count(kinds []string, k string) int {
+	n := 0
+	for _, x := range kinds {
+		if x == k {
+			n++
+		}
+	}
+	return n
+}
