@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"hash"
+	"io"
 	"os"
 	"path/filepath"
 	"sync"
@@ -29,8 +30,56 @@ func (e *HashMismatchError) Error() string {
 	return fmt.Sprintf("%s: content hash %.16s does not match the manifest's %.16s", e.Path, e.Got, e.Want)
 }
 
-// fetchAll fetches a run of files, Options.Workers at a time. The first
-// error cancels the others; fetchAll returns once every worker has ended.
+// Batching: files up to batchFileMax bytes are fetched together, up to
+// batchFiles files or batchBytes bytes a request, when the Fetcher can.
+const (
+	batchFileMax = 256 << 10
+	batchFiles   = 512
+	batchBytes   = 8 << 20
+)
+
+// BatchFetcher is a Fetcher that can also stream several whole files in one
+// request: their contents concatenated, in the order given, into w. It
+// returns the bytes written. Apply uses it for runs of small files, so a
+// tree of many small files does not cost a round trip per file; every file
+// is still verified on its own.
+type BatchFetcher interface {
+	FetchBatch(ctx context.Context, es []manifest.Entry, w io.Writer) (int64, error)
+}
+
+// batches groups a run of fetches: consecutive small files together when
+// the Fetcher batches, every other file alone.
+func (a *applier) batches(acts []manifest.Action) [][]manifest.Entry {
+	_, canBatch := a.opts.Fetcher.(BatchFetcher)
+	var out [][]manifest.Entry
+	var cur []manifest.Entry
+	var curBytes int64
+	flush := func() {
+		if len(cur) > 0 {
+			out = append(out, cur)
+			cur, curBytes = nil, 0
+		}
+	}
+	for _, act := range acts {
+		e := act.Entry
+		if !canBatch || e.Size > batchFileMax {
+			flush()
+			out = append(out, []manifest.Entry{e})
+			continue
+		}
+		if len(cur) == batchFiles || curBytes+e.Size > batchBytes {
+			flush()
+		}
+		cur = append(cur, e)
+		curBytes += e.Size
+	}
+	flush()
+	return out
+}
+
+// fetchAll fetches a run of files, Options.Workers batches at a time. The
+// first error cancels the others; fetchAll returns once every worker has
+// ended.
 func (a *applier) fetchAll(ctx context.Context, acts []manifest.Action) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -39,13 +88,14 @@ func (a *applier) fetchAll(ctx context.Context, acts []manifest.Action) error {
 		first error
 		wg    sync.WaitGroup
 	)
-	jobs := make(chan manifest.Entry)
-	for range min(a.opts.Workers, len(acts)) {
+	batches := a.batches(acts)
+	jobs := make(chan []manifest.Entry)
+	for range min(a.opts.Workers, len(batches)) {
 		wg.Go(func() {
-			for e := range jobs {
-				if err := a.fetch(ctx, e); err != nil {
+			for es := range jobs {
+				if err := a.fetchBatch(ctx, es); err != nil {
 					once.Do(func() {
-						first = fmt.Errorf("fetch %s: %w", e.Path, err)
+						first = err
 						cancel()
 					})
 				}
@@ -53,9 +103,9 @@ func (a *applier) fetchAll(ctx context.Context, acts []manifest.Action) error {
 		})
 	}
 feed:
-	for _, act := range acts {
+	for _, b := range batches {
 		select {
-		case jobs <- act.Entry:
+		case jobs <- b:
 		case <-ctx.Done():
 			break feed
 		}
@@ -68,59 +118,111 @@ feed:
 	return ctx.Err()
 }
 
+// fetchBatch fetches es, in one request when there are several. Files that
+// a broken batch did not deliver are fetched one by one, through the
+// Fetcher's own retries.
+func (a *applier) fetchBatch(ctx context.Context, es []manifest.Entry) error {
+	rest := es
+	if len(es) > 1 {
+		bf := a.opts.Fetcher.(BatchFetcher)
+		sp := &splitter{a: a, ctx: ctx, es: es}
+		_, err := bf.FetchBatch(ctx, es, sp)
+		err = sp.close(err)
+		var mismatch *HashMismatchError
+		switch {
+		case ctx.Err() != nil:
+			return ctx.Err()
+		case errors.As(err, &mismatch), sp.werr != nil:
+			return fmt.Errorf("fetch %s: %w", sp.failedPath(), err)
+		case err != nil:
+			a.log.WithError(err).Debug("batch broke off; fetching the rest one by one")
+		}
+		rest = es[sp.done:]
+	}
+	for _, e := range rest {
+		if err := a.fetch(ctx, e); err != nil {
+			return fmt.Errorf("fetch %s: %w", e.Path, err)
+		}
+	}
+	return nil
+}
+
 // fetch downloads one file to a temporary name next to its final path,
 // verifies its size and hash, fsyncs it with its mode and mtime set, and
 // renames it into place. On any failure the temporary file is removed and
 // the old file, if any, is left as it was.
-func (a *applier) fetch(ctx context.Context, e manifest.Entry) (err error) {
+func (a *applier) fetch(ctx context.Context, e manifest.Entry) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	if err := a.checkParents(e.Path); err != nil {
+	in, err := a.begin(e)
+	if err != nil {
 		return err
+	}
+	_, ferr := a.opts.Fetcher.Fetch(ctx, e, 0, in.sink)
+	return in.end(ferr)
+}
+
+// incoming is one file being written under its temporary name.
+type incoming struct {
+	a     *applier
+	e     manifest.Entry
+	f     *os.File
+	tmp   string
+	final string
+	sink  *sink
+}
+
+// begin creates the temporary file for e, after checking that nothing on
+// the way to it is a symlink.
+func (a *applier) begin(e manifest.Entry) (*incoming, error) {
+	if err := a.checkParents(e.Path); err != nil {
+		return nil, err
 	}
 	final := a.osPath(e.Path)
 	if fi, err := os.Lstat(final); err == nil && fi.IsDir() {
-		return fmt.Errorf("%s is a directory: %w", final, syscall.EISDIR)
+		return nil, fmt.Errorf("%s is a directory: %w", final, syscall.EISDIR)
 	}
-	dir := filepath.Dir(final)
-	tmp, err := tempName(dir)
+	tmp, err := tempName(filepath.Dir(final))
 	if err != nil {
-		return err
+		return nil, err
 	}
 	// Read and write: an Observer may read the file as it grows.
 	f, err := os.OpenFile(tmp, os.O_RDWR|os.O_CREATE|os.O_EXCL|syscall.O_NOFOLLOW, 0o600)
 	if err != nil {
-		return fmt.Errorf("create temporary file: %w", err)
+		return nil, fmt.Errorf("create temporary file: %w", err)
 	}
-	obs := a.opts.Observer
-	if obs != nil {
+	in := &incoming{a: a, e: e, f: f, tmp: tmp, final: final,
+		sink: &sink{f: f, h: manifest.NewHash(), size: e.Size, progress: a.opts.Progress}}
+	if obs := a.opts.Observer; obs != nil {
 		obs.Begin(e, f)
+		in.sink.wrote = func(n int64) { obs.Wrote(e, n) }
 	}
+	return in, nil
+}
+
+// end finishes the file once the fetcher returned ferr: it verifies,
+// fsyncs and renames it into place, or removes it.
+func (in *incoming) end(ferr error) (err error) {
+	a, e, s := in.a, in.e, in.sink
 	defer func() {
 		if err != nil {
-			f.Close() // a second Close after success is harmless
-			if rerr := os.Remove(tmp); rerr != nil {
+			in.f.Close() // a second Close after success is harmless
+			if rerr := os.Remove(in.tmp); rerr != nil {
 				a.log.WithError(rerr).Warn("could not remove temporary file")
 			}
 		}
-		if obs != nil {
+		if obs := a.opts.Observer; obs != nil {
 			obs.End(e, err)
 		}
 	}()
-
-	s := &sink{f: f, h: manifest.NewHash(), size: e.Size, progress: a.opts.Progress}
-	if obs != nil {
-		s.wrote = func(n int64) { obs.Wrote(e, n) }
-	}
-	_, ferr := a.opts.Fetcher.Fetch(ctx, e, 0, s)
 	got := ""
 	switch {
 	case s.tooLong:
 	case s.werr != nil:
 		// Our own write failed (disk full, quota, I/O): say so, whatever
 		// the fetcher made of it.
-		return fmt.Errorf("write %s: %w", tmp, s.werr)
+		return fmt.Errorf("write %s: %w", in.tmp, s.werr)
 	case ferr != nil:
 		return ferr
 	default:
@@ -129,33 +231,145 @@ func (a *applier) fetch(ctx context.Context, e manifest.Entry) (err error) {
 	if s.n != e.Size || got != e.Hash {
 		return &HashMismatchError{Path: e.Path, Want: e.Hash, Got: got, WantSize: e.Size, GotSize: s.n}
 	}
-
-	if err := f.Chmod(e.Mode); err != nil {
+	if err := in.f.Chmod(e.Mode); err != nil {
 		return err
 	}
 	// tmp is ours and a regular file; set its mtime before the fsync so
 	// that is durable too.
-	if err := setMTime(tmp, e.MTime); err != nil {
+	if err := setMTime(in.tmp, e.MTime); err != nil {
 		return err
 	}
-	if err := f.Sync(); err != nil {
-		return fmt.Errorf("fsync %s: %w", tmp, err)
+	if err := in.f.Sync(); err != nil {
+		return fmt.Errorf("fsync %s: %w", in.tmp, err)
 	}
-	if err := f.Close(); err != nil {
+	if err := in.f.Close(); err != nil {
 		return err
 	}
-	if err := os.Rename(tmp, final); err != nil {
+	if err := os.Rename(in.tmp, in.final); err != nil {
 		return err
 	}
+	dir := filepath.Dir(in.final)
 	a.touch(dir)
 	if a.opts.Cache != nil {
-		if fi, err := os.Lstat(final); err == nil {
-			a.opts.Cache.Put(final, fi, got)
+		if fi, err := os.Lstat(in.final); err == nil {
+			a.opts.Cache.Put(in.final, fi, got)
 		}
 	}
 	a.done(manifest.OpFetch, s.n)
 	a.log.WithField("path", e.Path).WithField("bytes", s.n).Debug("fetched")
 	return nil
+}
+
+// splitter is the writer a batch is streamed into: it cuts the stream by the
+// manifest sizes into one temporary file after another, finishing each as
+// it fills.
+type splitter struct {
+	a    *applier
+	ctx  context.Context
+	es   []manifest.Entry
+	done int       // files finished
+	cur  *incoming // the file being filled, or nil
+	werr error     // a local failure: creating, writing or finishing a file
+}
+
+func (sp *splitter) Write(b []byte) (int, error) {
+	if sp.werr != nil {
+		return 0, sp.werr
+	}
+	n := 0
+	for {
+		if err := sp.advance(); err != nil {
+			sp.werr = err
+			return n, err
+		}
+		if len(b) == 0 {
+			return n, nil
+		}
+		if sp.cur == nil {
+			sp.werr = errTooLong
+			return n, errTooLong
+		}
+		room := sp.cur.e.Size - sp.cur.sink.n
+		k := int(min(int64(len(b)), room))
+		m, err := sp.cur.sink.Write(b[:k])
+		n += m
+		b = b[m:]
+		if err != nil {
+			sp.werr = err
+			return n, err
+		}
+	}
+}
+
+// advance finishes the current file once full (and any empty files after
+// it) and begins the next one.
+func (sp *splitter) advance() error {
+	for {
+		if sp.cur != nil {
+			if sp.cur.sink.n < sp.cur.e.Size {
+				return nil
+			}
+			cur := sp.cur
+			sp.cur = nil
+			if err := cur.end(nil); err != nil {
+				return err
+			}
+			sp.done++
+		}
+		if sp.done == len(sp.es) {
+			return nil
+		}
+		if err := sp.ctx.Err(); err != nil {
+			return err
+		}
+		in, err := sp.a.begin(sp.es[sp.done])
+		if err != nil {
+			return err
+		}
+		sp.cur = in
+	}
+}
+
+// close ends the batch after the fetcher returned ferr: trailing empty files
+// are finished, and a file left half-filled is removed (it is fetched again
+// on its own). It returns the error that ended the batch, if any.
+func (sp *splitter) close(ferr error) error {
+	if ferr == nil && sp.werr == nil {
+		if err := sp.advance(); err != nil {
+			sp.werr = err
+		}
+	}
+	if sp.cur != nil {
+		cur := sp.cur
+		sp.cur = nil
+		cause := ferr
+		if cause == nil {
+			cause = sp.werr
+		}
+		if cause == nil {
+			cause = io.ErrUnexpectedEOF
+		}
+		err := cur.end(cause)
+		var mismatch *HashMismatchError
+		if errors.As(err, &mismatch) || sp.werr != nil {
+			return err
+		}
+	}
+	if sp.werr != nil {
+		return sp.werr
+	}
+	if ferr == nil && sp.done < len(sp.es) {
+		return io.ErrUnexpectedEOF
+	}
+	return ferr
+}
+
+// failedPath names the file a batch failed on.
+func (sp *splitter) failedPath() string {
+	if sp.done < len(sp.es) {
+		return sp.es[sp.done].Path
+	}
+	return sp.es[len(sp.es)-1].Path
 }
 
 // errTooLong stops a fetch that sends more bytes than the manifest says.

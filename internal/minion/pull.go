@@ -159,6 +159,7 @@ func (m *Minion) transfer(ctx context.Context, g coord.Generation, src *source) 
 	if err != nil {
 		return apply.Stats{}, fmt.Errorf("%w: %w", errBadManifest, err)
 	}
+	src.setManifest(remote)
 
 	// From here on the tree changes: stop serving the old copy.
 	m.server.Set(nil)

@@ -32,6 +32,9 @@ type source struct {
 	mu       sync.Mutex
 	cl       *coord.Claim // nil while switching, or after a switch failed
 	switches int
+	// index maps each manifest path to its index, for batch requests; set
+	// before the first fetch, read-only after.
+	index map[string]int
 	// mixed lists the files whose bytes came from more than one source: a
 	// bad hash on one of them does not tell which source was bad.
 	mixed map[string]bool
@@ -82,6 +85,34 @@ func (s *source) Fetch(ctx context.Context, e manifest.Entry, offset int64, w io
 		if serr := s.switchFrom(ctx, *cl, err); serr != nil {
 			return total, fmt.Errorf("%w (no other source: %w)", err, serr)
 		}
+	}
+}
+
+// FetchBatch implements apply.BatchFetcher: it streams several small files
+// in one request from the current source. A failure is not retried here:
+// Apply fetches what the batch did not deliver one file at a time, through
+// Fetch and its source switching.
+func (s *source) FetchBatch(ctx context.Context, es []manifest.Entry, w io.Writer) (int64, error) {
+	cl := s.claim()
+	if cl == nil {
+		return 0, errors.New("no source claimed")
+	}
+	idx := make([]int, len(es))
+	for i, e := range es {
+		j, ok := s.index[e.Path]
+		if !ok {
+			return 0, fmt.Errorf("%q is not in the manifest", e.Path)
+		}
+		idx[i] = j
+	}
+	return s.m.client.Batch(ctx, cl.SourceAddr, s.gen, idx, s.m.cfg.Download.Writer(ctx, w))
+}
+
+// setManifest records the manifest the pull follows.
+func (s *source) setManifest(m *manifest.Manifest) {
+	s.index = make(map[string]int, len(m.Entries))
+	for i, e := range m.Entries {
+		s.index[e.Path] = i
 	}
 }
 

@@ -141,6 +141,27 @@ func (c *Client) Fetch(ctx context.Context, addr string, gen int64, path string,
 	return c.copyBody(ctx, reqCtx, cancel, what, w, resp.Body, resp.ContentLength)
 }
 
+// Batch streams the regular files at the manifest indices idx (ascending)
+// of generation gen from the peer at addr into w, their contents
+// concatenated in order, and returns the bytes written. Errors are as for
+// Fetch.
+func (c *Client) Batch(ctx context.Context, addr string, gen int64, idx []int, w io.Writer) (int64, error) {
+	spec := FormatIndices(idx)
+	what := fmt.Sprintf("batch of %d files of generation %d from %s", len(idx), gen, addr)
+	q := url.Values{"gen": {strconv.FormatInt(gen, 10)}, "files": {spec}}
+	reqCtx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	resp, err := c.get(reqCtx, what, c.url(addr, "/v1/batch", q), 0)
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || resp.ContentLength < 0 {
+		return 0, fmt.Errorf("get %s: %w: unexpected %s, Content-Length %d", what, ErrUnavailable, resp.Status, resp.ContentLength)
+	}
+	return c.copyBody(ctx, reqCtx, cancel, what, w, resp.Body, resp.ContentLength)
+}
+
 // checkRange checks that resp answers a request for the bytes from offset.
 func checkRange(resp *http.Response, offset int64) error {
 	if offset == 0 {

@@ -104,6 +104,7 @@ func (s *Server) Current() *Snapshot {
 //	GET /metrics                    Prometheus metrics when configured, unauthenticated
 //	GET /v1/manifest?gen=N          the encoded manifest of generation N
 //	GET /v1/file?gen=N&path=P       the file at manifest path P, with Range support
+//	GET /v1/batch?gen=N&files=I     the files at manifest indices I ("3-10,12"), concatenated
 //
 // Every request but /healthz must carry a valid signature (see Verify).
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -137,6 +138,8 @@ func (s *Server) route(w http.ResponseWriter, r *http.Request) error {
 		return s.serveManifest(w, r)
 	case "/v1/file":
 		return s.serveFile(w, r)
+	case "/v1/batch":
+		return s.serveBatch(w, r)
 	}
 	return errorf(http.StatusNotFound, "no route %s", r.URL.Path)
 }

@@ -1,0 +1,145 @@
+package apply
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"path/filepath"
+	"testing"
+
+	"github.com/fanout/fanout/internal/manifest"
+)
+
+// batchFetcher adds batches to the fake fetcher: it streams the files'
+// contents concatenated, breaking off after breakAfter bytes when set, and
+// flipping a byte of the file named wrong.
+type batchFetcher struct {
+	*fakeFetcher
+	batches    [][]string
+	breakAfter int
+	wrong      string
+}
+
+func (b *batchFetcher) FetchBatch(ctx context.Context, es []manifest.Entry, w io.Writer) (int64, error) {
+	var paths []string
+	var stream []byte
+	for _, e := range es {
+		paths = append(paths, e.Path)
+		data := bytes.Clone(b.content[e.Path])
+		if e.Path == b.wrong && len(data) > 0 {
+			data[0] ^= 1
+		}
+		stream = append(stream, data...)
+	}
+	b.batches = append(b.batches, paths)
+	var err error
+	if b.breakAfter > 0 && b.breakAfter < len(stream) {
+		stream, err = stream[:b.breakAfter], errors.New("connection reset")
+	}
+	var sent int64
+	for len(stream) > 0 { // small writes that straddle file boundaries
+		k := min(5, len(stream))
+		n, werr := w.Write(stream[:k])
+		sent += int64(n)
+		if werr != nil {
+			return sent, werr
+		}
+		stream = stream[k:]
+	}
+	return sent, err
+}
+
+// smallTree is a plan of n small files (some empty) in one directory.
+func smallTree(n int) (*manifest.Plan, map[string][]byte, []manifest.Entry) {
+	content := map[string][]byte{}
+	acts := []manifest.Action{act(manifest.OpMkdir, dirEntry("d", 0o755))}
+	var es []manifest.Entry
+	for i := range n {
+		p := fmt.Sprintf("d/f%03d", i)
+		data := bytes.Repeat([]byte{byte('a' + i%26)}, (i*37)%300)
+		content[p] = data
+		e := fileEntry(p, data, 0o644)
+		es = append(es, e)
+		acts = append(acts, act(manifest.OpFetch, e))
+	}
+	return plan(acts...), content, es
+}
+
+func TestBatchesSmallFiles(t *testing.T) {
+	root := t.TempDir()
+	p, content, es := smallTree(40)
+	f := &batchFetcher{fakeFetcher: newFetcher(content)}
+	st, err := Apply(context.Background(), root, p, Options{Fetcher: f, Workers: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Files != 40 {
+		t.Errorf("Files = %d, want 40", st.Files)
+	}
+	if len(f.batches) != 1 || len(f.batches[0]) != 40 {
+		t.Errorf("batches = %d (first of %d files), want one of 40", len(f.batches), len(f.batches[0]))
+	}
+	for _, e := range es {
+		checkEntry(t, filepath.Join(root, e.Path), e, content[e.Path])
+	}
+	noTemps(t, root)
+}
+
+// A batch that breaks off mid-stream keeps the files it delivered whole;
+// the rest come one by one.
+func TestBrokenBatchFallsBackToSingleFetches(t *testing.T) {
+	root := t.TempDir()
+	p, content, es := smallTree(30)
+	f := &batchFetcher{fakeFetcher: newFetcher(content), breakAfter: 1000}
+	if _, err := Apply(context.Background(), root, p, Options{Fetcher: f, Workers: 2}); err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range es {
+		checkEntry(t, filepath.Join(root, e.Path), e, content[e.Path])
+	}
+	noTemps(t, root)
+}
+
+// A bad file in a batch is a hash mismatch naming that file: the source
+// is bad. Files before it landed; it left no temporary file.
+func TestBatchHashMismatch(t *testing.T) {
+	root := t.TempDir()
+	p, content, es := smallTree(20)
+	f := &batchFetcher{fakeFetcher: newFetcher(content), wrong: "d/f010"}
+	_, err := Apply(context.Background(), root, p, Options{Fetcher: f, Workers: 1})
+	var mismatch *HashMismatchError
+	if !errors.As(err, &mismatch) || mismatch.Path != "d/f010" {
+		t.Fatalf("err = %v, want a hash mismatch on d/f010", err)
+	}
+	checkEntry(t, filepath.Join(root, es[9].Path), es[9], content[es[9].Path])
+	noTemps(t, root)
+}
+
+func TestBatchGrouping(t *testing.T) {
+	a := newApplier(t.TempDir(), Options{Fetcher: &batchFetcher{fakeFetcher: newFetcher(nil)}})
+	var acts []manifest.Action
+	add := func(p string, size int64) {
+		acts = append(acts, act(manifest.OpFetch, manifest.Entry{Path: p, Type: manifest.File, Size: size}))
+	}
+	add("a", 10)
+	add("b", 10)
+	add("big", batchFileMax+1)
+	for i := range batchFiles + 1 {
+		add(fmt.Sprintf("s%d", i), 1)
+	}
+	var sizes []int
+	for _, b := range a.batches(acts) {
+		sizes = append(sizes, len(b))
+	}
+	want := []int{2, 1, batchFiles, 1}
+	if fmt.Sprint(sizes) != fmt.Sprint(want) {
+		t.Errorf("batch sizes %v, want %v", sizes, want)
+	}
+	// A fetcher that cannot batch gets every file alone.
+	single := newApplier(t.TempDir(), Options{Fetcher: newFetcher(nil)})
+	if n := len(single.batches(acts)); n != len(acts) {
+		t.Errorf("%d batches for %d files without BatchFetcher", n, len(acts))
+	}
+}
