@@ -1,0 +1,225 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// redisServer is a real redis-server on a free loopback port, without
+// persistence, for the benchmarks that count commands.
+type redisServer struct {
+	Addr string
+	URL  string
+	cmd  *exec.Cmd
+}
+
+// startRedis starts redis-server with its files under dir.
+func startRedis(ctx context.Context, dir string) (*redisServer, error) {
+	bin, err := exec.LookPath("redis-server")
+	if err != nil {
+		return nil, fmt.Errorf("redis-server is needed (apt-get install redis-server): %w", err)
+	}
+	port, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, fmt.Errorf("redis dir: %w", err)
+	}
+	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+	cmd := exec.Command(bin, "--port", strconv.Itoa(port), "--bind", "127.0.0.1",
+		"--save", "", "--appendonly", "no", "--dir", dir, "--maxclients", "4000")
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start redis-server: %w", err)
+	}
+	r := &redisServer{Addr: addr, URL: "redis://" + addr, cmd: cmd}
+	rdb := redis.NewClient(&redis.Options{Addr: addr})
+	defer rdb.Close()
+	if err := waitFor(ctx, 5*time.Second, func(ctx context.Context) error { return rdb.Ping(ctx).Err() }); err != nil {
+		r.Stop()
+		return nil, fmt.Errorf("redis-server on %s: %w", addr, err)
+	}
+	return r, nil
+}
+
+// Pid is the server's process id.
+func (r *redisServer) Pid() int { return r.cmd.Process.Pid }
+
+// Stop kills the server and waits for it.
+func (r *redisServer) Stop() {
+	if r.cmd.Process != nil {
+		r.cmd.Process.Kill()
+		r.cmd.Wait()
+	}
+}
+
+// commandStats parses INFO commandstats into calls per command name
+// ("hgetall", "evalsha", ...). Redis counts the commands a Lua script runs
+// as well as the EVALSHA that ran it.
+func commandStats(ctx context.Context, rdb *redis.Client) (map[string]int64, error) {
+	info, err := rdb.Info(ctx, "commandstats").Result()
+	if err != nil {
+		return nil, fmt.Errorf("info commandstats: %w", err)
+	}
+	return parseCommandStats(info)
+}
+
+// parseCommandStats reads lines such as
+// "cmdstat_hgetall:calls=12,usec=40,usec_per_call=3.33,...".
+func parseCommandStats(info string) (map[string]int64, error) {
+	out := map[string]int64{}
+	sc := bufio.NewScanner(strings.NewReader(info))
+	for sc.Scan() {
+		name, rest, ok := strings.Cut(strings.TrimSpace(sc.Text()), ":")
+		if !ok || !strings.HasPrefix(name, "cmdstat_") {
+			continue
+		}
+		for _, kv := range strings.Split(rest, ",") {
+			k, v, _ := strings.Cut(kv, "=")
+			if k != "calls" {
+				continue
+			}
+			n, err := strconv.ParseInt(v, 10, 64)
+			if err != nil {
+				return nil, fmt.Errorf("commandstats line %q: %w", sc.Text(), err)
+			}
+			out[strings.TrimPrefix(name, "cmdstat_")] = n
+		}
+	}
+	return out, sc.Err()
+}
+
+// rsyncDaemon is "rsync --daemon" serving one read-only module, "src".
+type rsyncDaemon struct {
+	Port int
+	cmd  *exec.Cmd
+}
+
+// startRsyncDaemon serves dir as rsync://127.0.0.1:PORT/src/, with its
+// configuration and log under confDir.
+func startRsyncDaemon(ctx context.Context, dir, confDir string) (*rsyncDaemon, error) {
+	bin, err := exec.LookPath("rsync")
+	if err != nil {
+		return nil, fmt.Errorf("rsync is needed for the comparison: %w", err)
+	}
+	port, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(confDir, 0o755); err != nil {
+		return nil, fmt.Errorf("rsync conf dir: %w", err)
+	}
+	conf := filepath.Join(confDir, "rsyncd.conf")
+	text := fmt.Sprintf(`pid file = %s
+log file = %s
+use chroot = no
+[src]
+	path = %s
+	read only = yes
+`, filepath.Join(confDir, "rsyncd.pid"), filepath.Join(confDir, "rsyncd.log"), dir)
+	if err := os.WriteFile(conf, []byte(text), 0o644); err != nil {
+		return nil, fmt.Errorf("write rsyncd.conf: %w", err)
+	}
+	cmd := exec.Command(bin, "--daemon", "--no-detach", "--config="+conf, "--address=127.0.0.1", "--port="+strconv.Itoa(port))
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start rsync daemon: %w", err)
+	}
+	d := &rsyncDaemon{Port: port, cmd: cmd}
+	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+	err = waitFor(ctx, 5*time.Second, func(ctx context.Context) error {
+		c, err := (&net.Dialer{}).DialContext(ctx, "tcp", addr)
+		if err == nil {
+			c.Close()
+		}
+		return err
+	})
+	if err != nil {
+		d.Stop()
+		return nil, fmt.Errorf("rsync daemon on %s: %w", addr, err)
+	}
+	return d, nil
+}
+
+// URL is the module's URL.
+func (d *rsyncDaemon) URL() string { return fmt.Sprintf("rsync://127.0.0.1:%d/src/", d.Port) }
+
+// Stop ends the daemon.
+func (d *rsyncDaemon) Stop() {
+	if d.cmd.Process != nil {
+		d.cmd.Process.Kill()
+		d.cmd.Wait()
+	}
+}
+
+// timeCommand runs a command to completion and returns its wall time.
+func timeCommand(ctx context.Context, name string, args ...string) (time.Duration, error) {
+	cmd := exec.CommandContext(ctx, name, args...)
+	var out strings.Builder
+	cmd.Stdout, cmd.Stderr = &out, &out
+	start := time.Now()
+	err := cmd.Run()
+	d := time.Since(start)
+	if err != nil {
+		return d, fmt.Errorf("%s %s: %w: %s", name, strings.Join(args, " "), err, strings.TrimSpace(out.String()))
+	}
+	return d, nil
+}
+
+func freePort() (int, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, fmt.Errorf("find a free port: %w", err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port, nil
+}
+
+// waitFor retries check until it succeeds or limit passes.
+func waitFor(ctx context.Context, limit time.Duration, check func(context.Context) error) error {
+	deadline := time.Now().Add(limit)
+	for {
+		cctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
+		err := check(cctx)
+		cancel()
+		if err == nil {
+			return nil
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			return errors.Join(err, ctx.Err())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// cpuTime is a process's user+system CPU time from /proc/PID/stat.
+func cpuTime(pid int) (time.Duration, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, fmt.Errorf("read cpu time: %w", err)
+	}
+	// Fields after the command name, which is in parentheses and may hold spaces.
+	s := string(b)
+	f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
+	if len(f) < 13 {
+		return 0, fmt.Errorf("short /proc/%d/stat", pid)
+	}
+	utime, err1 := strconv.ParseInt(f[11], 10, 64)
+	stime, err2 := strconv.ParseInt(f[12], 10, 64)
+	if err := errors.Join(err1, err2); err != nil {
+		return 0, fmt.Errorf("parse /proc/%d/stat: %w", pid, err)
+	}
+	// Linux reports clock ticks; USER_HZ is 100 on every mainstream build.
+	return time.Duration(utime+stime) * 10 * time.Millisecond, nil
+}
