@@ -168,11 +168,15 @@ func (c *commandCounter) ProcessPipelineHook(next redis.ProcessPipelineHook) red
 	}
 }
 
-// diff is after − before − own, per command, dropping zeros.
+// diff is after − before − own, per command, keeping positive counts
+// only and leaving out the benchmark's own INFO, CONFIG and MONITOR.
 func diff(after, before, own map[string]int64) map[string]int64 {
 	out := map[string]int64{}
 	for k, v := range after {
-		if n := v - before[k] - own[k]; n != 0 {
+		if k == "info" || k == "monitor" || k == "config" || strings.HasPrefix(k, "config|") {
+			continue
+		}
+		if n := v - before[k] - own[k]; n > 0 {
 			out[k] = n
 		}
 	}

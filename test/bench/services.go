@@ -223,3 +223,89 @@ func cpuTime(pid int) (time.Duration, error) {
 	// Linux reports clock ticks; USER_HZ is 100 on every mainstream build.
 	return time.Duration(utime+stime) * 10 * time.Millisecond, nil
 }
+
+// monitor counts the commands clients send to a Redis server, by command
+// name, from "redis-cli monitor": unlike INFO commandstats it leaves out
+// the commands Lua scripts run inside the server ("[0 lua]" lines), so it
+// counts requests, what a host's round trips cost.
+type monitor struct {
+	cmd   *exec.Cmd
+	done  chan struct{}
+	calls map[string]int64
+	err   error
+}
+
+// startMonitor runs redis-cli monitor against addr until Stop.
+func startMonitor(ctx context.Context, addr string) (*monitor, error) {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return nil, fmt.Errorf("monitor %s: %w", addr, err)
+	}
+	cmd := exec.CommandContext(ctx, "redis-cli", "-h", host, "-p", port, "monitor")
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, fmt.Errorf("monitor: %w", err)
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start redis-cli monitor: %w", err)
+	}
+	m := &monitor{cmd: cmd, done: make(chan struct{}), calls: map[string]int64{}}
+	first := make(chan struct{})
+	go func() {
+		defer close(m.done)
+		sc := bufio.NewScanner(out)
+		sc.Buffer(make([]byte, 64<<10), 16<<20)
+		started := false
+		for sc.Scan() {
+			if !started { // redis-cli prints OK once MONITOR is on
+				started = true
+				close(first)
+				continue
+			}
+			if name, ok := monitorLine(sc.Text()); ok {
+				m.calls[name]++
+			}
+		}
+		if !started {
+			close(first)
+		}
+		m.err = sc.Err()
+	}()
+	select {
+	case <-first:
+	case <-time.After(5 * time.Second):
+		m.Stop()
+		return nil, errors.New("redis-cli monitor did not start")
+	}
+	return m, nil
+}
+
+// monitorLine parses `1700000000.123456 [0 127.0.0.1:5000] "hgetall" "k"`
+// into "hgetall"; false for commands run by a Lua script.
+func monitorLine(line string) (string, bool) {
+	open := strings.IndexByte(line, '[')
+	end := strings.IndexByte(line, ']')
+	if open < 0 || end < open {
+		return "", false
+	}
+	client := strings.Fields(line[open+1 : end])
+	if len(client) == 2 && client[1] == "lua" {
+		return "", false
+	}
+	rest := strings.TrimSpace(line[end+1:])
+	if !strings.HasPrefix(rest, `"`) {
+		return "", false
+	}
+	name, _, ok := strings.Cut(rest[1:], `"`)
+	return strings.ToLower(name), ok
+}
+
+// Stop ends the monitor and returns the counts.
+func (m *monitor) Stop() (map[string]int64, error) {
+	if m.cmd.Process != nil {
+		m.cmd.Process.Kill()
+	}
+	<-m.done
+	m.cmd.Wait()
+	return m.calls, m.err
+}

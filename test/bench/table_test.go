@@ -100,3 +100,17 @@ func TestParseFlags(t *testing.T) {
 		t.Error("an unknown mode was accepted")
 	}
 }
+
+func TestMonitorLine(t *testing.T) {
+	for line, want := range map[string]string{
+		`1700000000.123456 [0 127.0.0.1:5000] "HGETALL" "generation"`: "hgetall",
+		`1700000000.123456 [0 127.0.0.1:5000] "evalsha" "abc" "3"`:    "evalsha",
+		`1700000000.123456 [0 lua] "sadd" "finished_queue" "a"`:       "",
+		`OK`: "",
+	} {
+		got, ok := monitorLine(line)
+		if got != want || ok != (want != "") {
+			t.Errorf("monitorLine(%q) = %q, %v; want %q", line, got, ok, want)
+		}
+	}
+}
