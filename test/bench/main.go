@@ -176,9 +176,10 @@ func contains(list []string, s string) bool {
 // bench holds what the benchmarks share: the configuration, the base
 // directory and the real redis-server.
 type bench struct {
-	cfg   config
-	redis *redisServer
-	out   io.Writer // progress lines
+	cfg    config
+	redis  *redisServer
+	out    io.Writer // progress lines
+	deploy deployer  // starts process fleets for benchmark 1; nil without internal/fleet
 }
 
 func run(ctx context.Context, cfg config, stdout io.Writer) error {

@@ -114,3 +114,22 @@ func TestMonitorLine(t *testing.T) {
 		}
 	}
 }
+
+func TestModeFlags(t *testing.T) {
+	master, minion := modeFlags(ModeCentral, 16, true)
+	if strings.Join(master, " ") != "--max-uploads 16" || strings.Join(minion, " ") != "--max-uploads 0 --pipeline=false" {
+		t.Errorf("central: master %q minion %q", master, minion)
+	}
+	_, minion = modeFlags(ModeDoubling, 8, false)
+	if strings.Join(minion, " ") != "--max-uploads 1" {
+		t.Errorf("doubling without --pipeline: minion %q", minion)
+	}
+	_, minion = modeFlags(ModePipelined, 8, true)
+	if strings.Join(minion, " ") != "--max-uploads 1 --pipeline=true" {
+		t.Errorf("pipelined: minion %q", minion)
+	}
+	_, minion = modeFlags(ModePipelined, 8, false)
+	if strings.Join(minion, " ") != "--max-uploads 1" {
+		t.Errorf("pipelined without --pipeline: minion %q", minion)
+	}
+}
