@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -40,6 +41,7 @@ func startRedis(ctx context.Context, dir string) (*redisServer, error) {
 	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
 	cmd := exec.Command(bin, "--port", strconv.Itoa(port), "--bind", "127.0.0.1",
 		"--save", "", "--appendonly", "no", "--dir", dir, "--maxclients", "4000")
+	cmd.SysProcAttr = dieWithParent()
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start redis-server: %w", err)
 	}
@@ -133,6 +135,7 @@ use chroot = no
 	}
 	cmd := exec.Command(bin, "--daemon", "--no-detach", "--config="+conf, "--address=127.0.0.1", "--port="+strconv.Itoa(port))
 	cmd.Stderr = os.Stderr
+	cmd.SysProcAttr = dieWithParent()
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start rsync daemon: %w", err)
 	}
@@ -175,6 +178,13 @@ func timeCommand(ctx context.Context, name string, args ...string) (time.Duratio
 		return d, fmt.Errorf("%s %s: %w: %s", name, strings.Join(args, " "), err, strings.TrimSpace(out.String()))
 	}
 	return d, nil
+}
+
+// dieWithParent makes a helper server (redis-server, rsync --daemon) get
+// SIGKILL when the benchmark dies without running its deferred Stops (a
+// closed stdout pipe, a kill).
+func dieWithParent() *syscall.SysProcAttr {
+	return &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 }
 
 func freePort() (int, error) {
