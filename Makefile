@@ -33,7 +33,13 @@ fmt-check:
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
 	if [ -n "$$out" ]; then echo "gofmt needed on:"; echo "$$out"; exit 1; fi
 
-bench:
+# The issue-4 benchmarks (fan-out time to 8/16/32 processes, one 1 GiB file
+# and 100,000 small files against rsync, Redis cost), one table on stdout
+# and in bench.md; BENCHFLAGS picks parts and sizes (go run ./test/bench
+# -help). Then the hash micro-benchmark. Not run by CI; about 10 minutes.
+BENCHFLAGS ?=
+bench: build
+	$(GO) run ./test/bench -bin bin -out bench.md $(BENCHFLAGS)
 	$(GO) test -run '^$$' -bench . -benchtime 3x ./internal/manifest/
 
 fuzz:

@@ -1,0 +1,162 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/fanout/fanout/internal/lab"
+)
+
+// pairRun is one fanout transfer from a master to a single minion.
+type pairRun struct {
+	res     result
+	setup   time.Duration // SET task → published: the master's walk and hash
+	command string
+}
+
+// transferPair distributes the task directory name (already written under
+// the master root by fill) to one fresh minion and checks the copy.
+func (b *bench) transferPair(ctx context.Context, part, name string, fill func(taskDir string) error) (pairRun, string, error) {
+	dir := filepath.Join(b.cfg.Dir, part)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return pairRun{}, "", fmt.Errorf("%s dir: %w", part, err)
+	}
+	prefix := part + ":"
+	l, err := lab.Start(ctx, lab.Config{Dir: dir, Minions: 1, RedisURL: b.redis.URL, Prefix: prefix, Poll: b.cfg.Poll})
+	if err != nil {
+		return pairRun{}, "", fmt.Errorf("start master and minion: %w", err)
+	}
+	defer l.Stop()
+	src := filepath.Join(l.Master.Root, name)
+	if err := fill(src); err != nil {
+		return pairRun{}, "", err
+	}
+	obs, err := newObserver(b.redis.URL, prefix)
+	if err != nil {
+		return pairRun{}, "", err
+	}
+	defer obs.Close()
+	start := time.Now()
+	res, err := obs.publish(ctx, "/"+name, 0, b.cfg.Timeout)
+	if err != nil {
+		return pairRun{}, src, fmt.Errorf("fanout %s: %w", part, err)
+	}
+	if err := sameTree(src, filepath.Join(l.Minions[0].Root, name)); err != nil {
+		return pairRun{}, src, fmt.Errorf("fanout %s: %w", part, err)
+	}
+	return pairRun{
+		res:     res,
+		setup:   res.Gen.Published.Sub(start),
+		command: fmt.Sprintf("master + 1 minion (internal/lab, one process), --poll %s, redis-server; SET task /%s", b.cfg.Poll, name),
+	}, src, nil
+}
+
+// sameTree checks that dst holds as many regular files and bytes as src.
+// fanout verified every file's hash already; this catches a benchmark that
+// measured a copy that did not happen. (lab.Compare reads every byte with
+// two 1 MiB buffers per file: minutes on 100,000 small files.)
+func sameTree(src, dst string) error {
+	sf, sb, err := treeBytes(src)
+	if err != nil {
+		return err
+	}
+	df, db, err := treeBytes(dst)
+	if err != nil {
+		return err
+	}
+	if sf != df || sb != db {
+		return fmt.Errorf("copy holds %d files, %d bytes; source %d files, %d bytes", df, db, sf, sb)
+	}
+	return nil
+}
+
+// bigFile is benchmark 2: one file of b.cfg.Big bytes on loopback with no
+// limit, fanout against rsync in daemon mode and cp.
+func (b *bench) bigFile(ctx context.Context, t *Table) error {
+	const part = "big"
+	size := b.cfg.Big
+	run, src, err := b.transferPair(ctx, part, "big", func(dir string) error {
+		return writeBigFile(filepath.Join(dir, "file.bin"), size, 2)
+	})
+	if err != nil {
+		return err
+	}
+	label := "2 one " + sizeString(size) + " file"
+	fan := run.res.Elapsed
+	cpDst := filepath.Join(b.cfg.Dir, part, "cp")
+	if err := os.MkdirAll(cpDst, 0o755); err != nil {
+		return fmt.Errorf("cp dir: %w", err)
+	}
+	cpTime, err := timeCommand(ctx, "cp", filepath.Join(src, "file.bin"), cpDst+"/")
+	if err != nil {
+		return err
+	}
+	os.RemoveAll(cpDst)
+	rsTime, rsCmd, err := b.rsyncCopy(ctx, part, src)
+	if err != nil {
+		return err
+	}
+	t.Add(Row{Bench: label, Case: "fanout", Figure: fmt.Sprintf("%.0f MB/s (%s)", MBps(size, fan), seconds(fan)),
+		Ratio:   fmt.Sprintf("speed %.2f × rsync, %.2f × cp", Ratio(rsTime, fan), Ratio(cpTime, fan)),
+		Command: run.command})
+	t.Add(Row{Bench: label, Case: "rsync daemon", Figure: fmt.Sprintf("%.0f MB/s (%s)", MBps(size, rsTime), seconds(rsTime)),
+		Ratio: "speed 1", Command: rsCmd})
+	t.Add(Row{Bench: label, Case: "cp", Figure: fmt.Sprintf("%.0f MB/s (%s)", MBps(size, cpTime), seconds(cpTime)),
+		Ratio: fmt.Sprintf("speed %.2f × rsync", Ratio(rsTime, cpTime)), Command: "cp " + sizeString(size) + " file into an empty dir"})
+	t.Note("2: fanout time is publish → the minion's finish event (the master's walk and BLAKE3 hash before publishing took %s more); "+
+		"rsync and cp are wall times of the command. Roots on %s.", seconds(run.setup), b.cfg.Dir)
+	return nil
+}
+
+// smallFiles is benchmark 3: b.cfg.Files files of 1–8 KiB, fanout against
+// rsync in daemon mode.
+func (b *bench) smallFiles(ctx context.Context, t *Table) error {
+	const part = "small"
+	var total int64
+	run, src, err := b.transferPair(ctx, part, "small", func(dir string) error {
+		var err error
+		total, err = writeSmallFiles(dir, b.cfg.Files)
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	rsTime, rsCmd, err := b.rsyncCopy(ctx, part, src)
+	if err != nil {
+		return err
+	}
+	label := fmt.Sprintf("3 %d small files", b.cfg.Files)
+	fan := run.res.Elapsed
+	n := time.Duration(b.cfg.Files)
+	t.Add(Row{Bench: label, Case: "fanout", Figure: fmt.Sprintf("%s (%d µs/file)", seconds(fan), (fan / n).Microseconds()),
+		Ratio: fmt.Sprintf("time %.2f × rsync", Ratio(fan, rsTime)), Command: run.command})
+	t.Add(Row{Bench: label, Case: "rsync daemon", Figure: fmt.Sprintf("%s (%d µs/file)", seconds(rsTime), (rsTime / n).Microseconds()),
+		Ratio: "time 1", Command: rsCmd})
+	t.Note("3: %d files, %s in all, 1,000 per directory; fanout time is publish → finish event (the master's walk and hash took %s more).",
+		b.cfg.Files, sizeString(total), seconds(run.setup))
+	return nil
+}
+
+// rsyncCopy copies src through an rsync daemon into an empty directory.
+func (b *bench) rsyncCopy(ctx context.Context, part, src string) (time.Duration, string, error) {
+	base := filepath.Join(b.cfg.Dir, part, "rsync")
+	d, err := startRsyncDaemon(ctx, src, filepath.Join(base, "conf"))
+	if err != nil {
+		return 0, "", err
+	}
+	defer d.Stop()
+	dst := filepath.Join(base, "dst")
+	if err := os.MkdirAll(dst, 0o755); err != nil {
+		return 0, "", fmt.Errorf("rsync dst: %w", err)
+	}
+	defer os.RemoveAll(dst)
+	args := []string{"-a", "--whole-file", d.URL(), dst + "/"}
+	elapsed, err := timeCommand(ctx, "rsync", args...)
+	if err != nil {
+		return 0, "", err
+	}
+	return elapsed, "rsync -a --whole-file rsync://127.0.0.1:PORT/src/ DST/ (rsync --daemon, empty DST)", nil
+}
