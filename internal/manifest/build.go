@@ -200,13 +200,16 @@ func HashFile(ctx context.Context, path string) (string, error) {
 		return "", fmt.Errorf("hash %s: %w", path, err)
 	}
 	defer f.Close()
-	if fi, err := f.Stat(); err != nil {
+	fi, err := f.Stat()
+	if err != nil {
 		return "", fmt.Errorf("hash %s: %w", path, err)
 	} else if !fi.Mode().IsRegular() {
 		return "", fmt.Errorf("hash %s: not a regular file (%s)", path, fi.Mode().Type())
 	}
 	h := NewHash()
-	buf := make([]byte, 1<<20)
+	// Sized to the file: a tree of small files must not allocate (and
+	// zero) a large buffer per file.
+	buf := make([]byte, min(max(fi.Size()+1, 4<<10), 1<<20))
 	for {
 		if err := ctx.Err(); err != nil {
 			return "", err

@@ -145,7 +145,16 @@ func (s *Server) sendWhole(w io.Writer, r *http.Request, snap *Snapshot, e manif
 		body = f
 	}
 	defer body.Close()
-	n, err := io.CopyN(w, body, e.Size)
+	var n int64
+	var err error
+	if f, ok := body.(*os.File); ok {
+		n, err = io.CopyN(w, f, e.Size) // from disk: sendfile
+	} else {
+		n, err = io.CopyBuffer(writerOnly{w}, io.LimitReader(body, e.Size), make([]byte, min(max(e.Size, 4<<10), copyBuffer)))
+		if err == nil && n < e.Size {
+			err = io.ErrUnexpectedEOF
+		}
+	}
 	if err != nil {
 		return fmt.Errorf("send %q: %d of %d bytes: %w", e.Path, n, e.Size, err)
 	}

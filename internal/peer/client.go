@@ -242,7 +242,13 @@ func (c *Client) copyBody(ctx, reqCtx context.Context, cancel context.CancelCaus
 	timer.Stop()
 	defer timer.Stop()
 	sr := &stallReader{r: body, timer: timer, timeout: c.cfg.StallTimeout}
-	n, err := io.Copy(w, sr)
+	// Large reads and writes: fewer system calls, and the hash in the
+	// writer works on long runs.
+	size := int64(copyBuffer)
+	if want >= 0 {
+		size = min(max(want, 4<<10), copyBuffer)
+	}
+	n, err := io.CopyBuffer(writerOnly{w}, sr, make([]byte, size))
 	switch {
 	case sr.err != nil && ctx.Err() != nil:
 		return n, fmt.Errorf("get %s: %w", what, context.Cause(ctx))
@@ -257,6 +263,12 @@ func (c *Client) copyBody(ctx, reqCtx context.Context, cancel context.CancelCaus
 	}
 	return n, nil
 }
+
+// copyBuffer is the largest buffer a body is copied through.
+const copyBuffer = 1 << 20
+
+// writerOnly hides a writer's ReadFrom, so io.CopyBuffer uses its buffer.
+type writerOnly struct{ io.Writer }
 
 // stallReader reads from r with timer running: a Read that gets no byte
 // before the timer fires fails, as the timer cancels the request. The timer

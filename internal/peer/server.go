@@ -265,7 +265,7 @@ func (s *Server) serveIncoming(w http.ResponseWriter, r *http.Request, snap *Sna
 	if r.Method == http.MethodHead {
 		return nil
 	}
-	if _, err := io.Copy(s.bodyWriter(w, r), body); err != nil {
+	if _, err := io.CopyBuffer(writerOnly{s.bodyWriter(w, r)}, body, make([]byte, min(max(end-start, 4<<10), copyBuffer))); err != nil {
 		if r.Context().Err() == nil {
 			s.cfg.Log.WithError(err).WithField("path", e.Path).Warn("streaming a file still being received failed")
 		}

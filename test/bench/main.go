@@ -179,7 +179,7 @@ type bench struct {
 	cfg    config
 	redis  *redisServer
 	out    io.Writer // progress lines
-	deploy deployer  // starts process fleets for benchmark 1; nil without internal/fleet
+	deploy deployer  // starts process fleets for benchmark 1
 }
 
 func run(ctx context.Context, cfg config, stdout io.Writer) error {
@@ -198,7 +198,7 @@ func run(ctx context.Context, cfg config, stdout io.Writer) error {
 		return err
 	}
 	defer rs.Stop()
-	b := &bench{cfg: cfg, redis: rs, out: os.Stderr}
+	b := &bench{cfg: cfg, redis: rs, out: os.Stderr, deploy: processDeployer(cfg.Bin)}
 	var t Table
 	started := time.Now()
 	steps := []struct {
