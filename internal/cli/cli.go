@@ -154,6 +154,7 @@ type node struct {
 	poll       time.Duration
 	uploads    int
 	grace      time.Duration
+	lease      time.Duration
 	bwlimit    string
 	rate       int64 // parsed bwlimit, bytes per second
 }
@@ -169,7 +170,13 @@ func (n *node) register(fs *pflag.FlagSet, defaultState string) {
 	fs.DurationVar(&n.poll, "poll", time.Second, "how often to look at Redis")
 	fs.IntVar(&n.uploads, "max-uploads", 1, "pullers this host serves at once (1 makes chains and doubles the sources each round; 0: a minion that never serves)")
 	fs.DurationVar(&n.grace, "host-grace", 30*time.Second, "a host whose last heartbeat is older than this is no longer expected")
+	fs.DurationVar(&n.lease, "lease", 15*time.Second, "lease on a claimed source, renewed every third of it while pulling; a crashed puller's source returns after it")
 	fs.StringVar(&n.bwlimit, "bwlimit", "0", "cap on this host's upload and download rate, each (rsync style: 16M = 16 MiB/s, a bare number is KiB/s; 0 = no cap)")
+}
+
+// coordClient is the Redis protocol client with this node's grace and lease.
+func (n *node) coordClient(rdb *redis.Client) *coord.Client {
+	return coord.New(rdb, coord.Config{Prefix: n.prefix, HostGrace: n.grace, LeaseTTL: n.lease})
 }
 
 // check validates the node flags and fills defaults that need the system.
@@ -196,6 +203,9 @@ func (n *node) check() error {
 		return usageError("--bwlimit: %v", err)
 	}
 	n.rate = rate
+	if n.lease < time.Second {
+		return usageError("--lease %s: use at least 1s", n.lease)
+	}
 	if n.poll <= 0 {
 		return usageError("--poll %s: use a positive duration such as 1s", n.poll)
 	}

@@ -127,7 +127,7 @@ func masterRun(ctx context.Context, args []string, e env) error {
 	m, err := master.New(master.Config{
 		ID: n.id, Advertise: n.advertise, Root: n.root, StateDir: n.stateDir,
 		Uploads: n.uploads, Poll: n.poll, Log: log, Metrics: mx,
-	}, n.coord(rdb, n.grace), server)
+	}, n.coordClient(rdb), server)
 	if err != nil {
 		ln.Close()
 		return err

@@ -115,7 +115,7 @@ func minionCommand(ctx context.Context, cmd string, args []string, e env) error 
 			return usageError("sync needs --advertise: the address of this host's serve daemon")
 		}
 		cfg.Source = n.uploads > 0 && minion.PeerAnswers(ctx, cfg.Advertise)
-		m, err := minion.New(cfg, n.coord(rdb, n.grace), server, client)
+		m, err := minion.New(cfg, n.coordClient(rdb), server, client)
 		if err != nil {
 			return err
 		}
@@ -128,7 +128,7 @@ func minionCommand(ctx context.Context, cmd string, args []string, e env) error 
 		return err
 	}
 	cfg.Advertise = n.advertise
-	m, err := minion.New(cfg, n.coord(rdb, n.grace), server, client)
+	m, err := minion.New(cfg, n.coordClient(rdb), server, client)
 	if err != nil {
 		ln.Close()
 		return err
