@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -175,5 +176,55 @@ func TestProgressLine(t *testing.T) {
 	s.State = "done"
 	if line := progressLine(s, 8); !strings.HasPrefix(line, "[########] 100%") {
 		t.Errorf("done line %q", line)
+	}
+}
+
+// TestBadNodeInputs: each bad operator input gets one line naming the flag
+// and a non-zero exit, before anything is served or written.
+func TestBadNodeInputs(t *testing.T) {
+	mr := miniredis.RunT(t)
+	secret := filepath.Join(t.TempDir(), "secret")
+	if err := os.WriteFile(secret, []byte("0123456789abcdef0123456789abcdef\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	aFile := filepath.Join(t.TempDir(), "file")
+	if err := os.WriteFile(aFile, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	base := []string{"run", "--redis", "redis://" + mr.Addr(), "--secret-file", secret}
+	tests := []struct {
+		name string
+		args []string
+		code int
+		want string
+	}{
+		{"port in use", []string{"--root", t.TempDir(), "--state-dir", t.TempDir(), "--listen", busy.Addr().String()}, exitFailure, "--listen " + busy.Addr().String()},
+		{"state dir under a file", []string{"--root", t.TempDir(), "--state-dir", filepath.Join(aFile, "state"), "--listen", "127.0.0.1:0"}, exitFailure, "--state-dir"},
+		{"root is a file", []string{"--root", aFile, "--state-dir", t.TempDir(), "--listen", "127.0.0.1:0"}, exitUsage, "--root"},
+		{"negative uploads", []string{"--root", t.TempDir(), "--state-dir", t.TempDir(), "--max-uploads", "-1"}, exitUsage, "--max-uploads"},
+		{"short lease", []string{"--root", t.TempDir(), "--state-dir", t.TempDir(), "--lease", "10ms"}, exitUsage, "--lease"},
+		{"missing secret", []string{"--root", t.TempDir(), "--state-dir", t.TempDir(), "--secret-file", filepath.Join(t.TempDir(), "none")}, exitFailure, "--secret-file"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			code, _, stderr := run(t, minionMain, nil, append(append([]string{}, base...), tt.args...)...)
+			if code != tt.code || !strings.Contains(stderr, tt.want) {
+				t.Errorf("code %d (want %d), stderr %q (want it to name %q)", code, tt.code, stderr, tt.want)
+			}
+			if n := strings.Count(strings.TrimSpace(stderr), "\n"); n > 0 {
+				t.Errorf("%d lines on stderr, want one: %q", n+1, stderr)
+			}
+		})
+	}
+	// The master refuses --max-uploads 0: it is the first source.
+	code, _, stderr := run(t, masterMain, nil, "run", "--redis", "redis://"+mr.Addr(), "--secret-file", secret,
+		"--root", t.TempDir(), "--state-dir", t.TempDir(), "--max-uploads", "0")
+	if code != exitUsage || !strings.Contains(stderr, "--max-uploads") {
+		t.Errorf("master --max-uploads 0: code %d, stderr %q", code, stderr)
 	}
 }

@@ -31,7 +31,7 @@ func TestVerdict(t *testing.T) {
 		{"bad manifest", live, fmt.Errorf("%w: digest", errBadManifest), false, coord.SourceBad},
 		{"unreachable", live, fmt.Errorf("fetch: %w", peer.ErrUnavailable), false, coord.SourceDead},
 		{"stale source", live, fmt.Errorf("fetch: %w", peer.ErrStale), false, coord.SourceDead},
-		{"unauthorized", live, peer.ErrUnauthorized, false, coord.SourceDead},
+		{"unauthorized: our secret is likely wrong", live, peer.ErrUnauthorized, false, coord.SourceOK},
 		{"not found", live, peer.ErrNotFound, false, coord.SourceDead},
 		{"disk full", live, fmt.Errorf("write: %w", syscall.ENOSPC), false, coord.SourceOK},
 		{"lease lost", live, fmt.Errorf("%w: x", errLeaseLost), false, coord.SourceOK},

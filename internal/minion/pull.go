@@ -264,8 +264,11 @@ func verdict(ctx context.Context, err error, mixed bool) coord.Verdict {
 		return coord.SourceOK
 	case errors.As(err, &mismatch), errors.Is(err, errBadManifest):
 		return coord.SourceBad
-	case errors.Is(err, peer.ErrUnavailable), errors.Is(err, peer.ErrStale),
-		errors.Is(err, peer.ErrNotFound), errors.Is(err, peer.ErrUnauthorized):
+	case errors.Is(err, peer.ErrUnauthorized):
+		// Most likely our own secret is wrong: dropping the source would
+		// let one misconfigured host take the origin away from everyone.
+		return coord.SourceOK
+	case errors.Is(err, peer.ErrUnavailable), errors.Is(err, peer.ErrStale), errors.Is(err, peer.ErrNotFound):
 		return coord.SourceDead
 	}
 	return coord.SourceOK

@@ -181,6 +181,9 @@ func TestDiskFull(t *testing.T) {
 		t.Errorf("the old model.bin changed (%d bytes, %v)", len(now), err)
 	}
 	noTemps(t, m1)
+	m2 := e.minion("m2")
+	e.waitFor("m2 to finish from the origin", func(st coord.Status) bool { return contains(st.Finished, "m2") })
+	e.check(task, m2)
 }
 
 // A new task published while the old one is half done: hosts move to it,
@@ -242,4 +245,32 @@ func TestPartitionFromRedis(t *testing.T) {
 	proxy.Heal()
 	e.waitFor("the healed minion to catch up", func(st coord.Status) bool { return contains(st.Finished, "cut") })
 	e.check(task, m1, m2, cut)
+}
+
+// A minion with the wrong secret: its requests are refused (401), its
+// failure in status says so, nothing lands on its disk, and it does not
+// take the origin away from a correctly configured host.
+func TestWrongSecret(t *testing.T) {
+	e := newEnv(t, redisURL(t))
+	e.master(1 << 20)
+	wrong := filepath.Join(t.TempDir(), "wrong-secret")
+	if err := os.WriteFile(wrong, []byte("not-the-fleet-secret-at-all\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	m1 := e.minion("m1", "--secret-file", wrong)
+	if err := e.WaitRegistered(e.ctx, 1); err != nil {
+		t.Fatal(err)
+	}
+	e.set(task)
+	st := e.waitFor("m1's failure", func(st coord.Status) bool { _, ok := st.Failures["m1"]; return ok })
+	if msg := st.Failures["m1"].Error; !strings.Contains(msg, "signature") {
+		t.Errorf("failure %q does not say the signature was refused", msg)
+	}
+	if _, err := os.Stat(filepath.Join(m1.Root, task, "weights/model.bin")); err == nil {
+		t.Error("a file landed on the host with the wrong secret")
+	}
+	noTemps(t, m1)
+	m2 := e.minion("m2")
+	e.waitFor("m2 to finish from the origin", func(st coord.Status) bool { return contains(st.Finished, "m2") })
+	e.check(task, m2)
 }
