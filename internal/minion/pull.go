@@ -121,7 +121,10 @@ func (m *Minion) watchLoop(ctx context.Context, src *source, cancel context.Canc
 		case <-t.C:
 		}
 		report(ctx)
-		if time.Since(lastRenew) < renewEvery {
+		// Half a tick of slack: the ticker fires every renewEvery (or
+		// less), and a tick a hair early must not push the renewal to the
+		// next one, two thirds into the lease.
+		if time.Since(lastRenew) < renewEvery-tick/2 {
 			continue
 		}
 		cl := src.claim()
