@@ -18,6 +18,7 @@ import (
 	"github.com/redis/go-redis/v9"
 	"github.com/sirupsen/logrus"
 	"github.com/spf13/pflag"
+	"golang.org/x/sys/unix"
 
 	"github.com/fanout/fanout/internal/bwlimit"
 	"github.com/fanout/fanout/internal/coord"
@@ -129,6 +130,16 @@ func (c *common) coord(rdb *redis.Client, grace time.Duration) *coord.Client {
 	return coord.New(rdb, coord.Config{Prefix: c.prefix, HostGrace: grace})
 }
 
+// quietRedis silences go-redis's own log lines ("connection pool: failed
+// to dial after 5 attempts ..."), which it writes to stderr by itself: every
+// Redis error reaches fanout's code, which reports it once, with what to
+// do. Without this an unreachable Redis printed five lines for one fault.
+func quietRedis() { redis.SetLogger(discardLogger{}) }
+
+type discardLogger struct{}
+
+func (discardLogger) Printf(context.Context, string, ...any) {}
+
 // redact hides a password in a Redis URL for messages.
 func redact(raw string) string {
 	u, err := url.Parse(raw)
@@ -180,7 +191,9 @@ func (n *node) coordClient(rdb *redis.Client) *coord.Client {
 }
 
 // check validates the node flags and fills defaults that need the system.
-func (n *node) check() error {
+// writeRoot says whether this command writes under --root (a pulling
+// minion) or only reads it (the master, a serve daemon).
+func (n *node) check(writeRoot bool) error {
 	if n.id == "" {
 		h, err := os.Hostname()
 		if err != nil {
@@ -194,6 +207,13 @@ func (n *node) check() error {
 	fi, err := os.Stat(n.root)
 	if err != nil || !fi.IsDir() {
 		return usageError("--root %q is not a directory: create it or point --root at an existing one", n.root)
+	}
+	if writeRoot {
+		if err := unix.Access(n.root, unix.W_OK|unix.X_OK); err != nil {
+			return fmt.Errorf("--root %q is not writable by this user (uid %d): %w; fix its owner or permissions, or point --root elsewhere", n.root, os.Geteuid(), err)
+		}
+	} else if err := unix.Access(n.root, unix.R_OK|unix.X_OK); err != nil {
+		return fmt.Errorf("--root %q is not readable by this user (uid %d): %w; fix its owner or permissions, or point --root elsewhere", n.root, os.Geteuid(), err)
 	}
 	if n.uploads < 0 {
 		return usageError("--max-uploads %d: use 0 (never serve) or more", n.uploads)
@@ -210,7 +230,10 @@ func (n *node) check() error {
 		return usageError("--poll %s: use a positive duration such as 1s", n.poll)
 	}
 	if err := os.MkdirAll(n.stateDir, 0o700); err != nil {
-		return fmt.Errorf("create --state-dir %s: %w", n.stateDir, err)
+		return fmt.Errorf("create --state-dir %s: %w; point --state-dir at a directory this user may create", n.stateDir, err)
+	}
+	if err := unix.Access(n.stateDir, unix.W_OK|unix.X_OK); err != nil {
+		return fmt.Errorf("--state-dir %q is not writable by this user (uid %d): %w; fix its owner or permissions, or point --state-dir elsewhere", n.stateDir, os.Geteuid(), err)
 	}
 	return nil
 }

@@ -36,6 +36,7 @@ a command's flags.
 
 // Master runs the fanout-master command line and returns its exit code.
 func Master(ctx context.Context, args []string) int {
+	quietRedis()
 	return masterMain(ctx, args, env{stdout: os.Stdout, stderr: os.Stderr, getenv: os.Getenv})
 }
 
@@ -99,7 +100,7 @@ func masterRun(ctx context.Context, args []string, e env) error {
 	if fs.NArg() > 0 {
 		return usageError("run takes no arguments, got %q", fs.Args())
 	}
-	if err := n.check(); err != nil {
+	if err := n.check(false); err != nil {
 		return err
 	}
 	if n.uploads < 1 {

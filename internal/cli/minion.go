@@ -32,6 +32,7 @@ a command's flags.
 
 // Minion runs the fanout-minion command line and returns its exit code.
 func Minion(ctx context.Context, args []string) int {
+	quietRedis()
 	return minionMain(ctx, args, env{stdout: os.Stdout, stderr: os.Stderr, getenv: os.Getenv})
 }
 
@@ -85,7 +86,7 @@ func minionCommand(ctx context.Context, cmd string, args []string, e env) error 
 	if fs.NArg() > 0 {
 		return usageError("%s takes no arguments, got %q", cmd, fs.Args())
 	}
-	if err := n.check(); err != nil {
+	if err := n.check(cmd != "serve"); err != nil {
 		return err
 	}
 	log, err := n.logger(e.stderr)
