@@ -248,3 +248,25 @@ func TempFiles(root string, isTemp func(string) bool) ([]string, error) {
 	})
 	return out, err
 }
+
+// Corrupt flips one byte in the middle of the file at p, keeping its size
+// and mtime, the way a bad disk would: nothing but the content hash can
+// tell.
+func Corrupt(p string) error {
+	fi, err := os.Stat(p)
+	if err != nil {
+		return err
+	}
+	b, err := os.ReadFile(p)
+	if err != nil {
+		return err
+	}
+	if len(b) == 0 {
+		return fmt.Errorf("corrupt %s: empty file", p)
+	}
+	b[len(b)/2] ^= 0xff
+	if err := os.WriteFile(p, b, fi.Mode()); err != nil {
+		return err
+	}
+	return os.Chtimes(p, fi.ModTime(), fi.ModTime())
+}

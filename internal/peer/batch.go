@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"net/url"
 	"os"
 	"strconv"
 	"strings"
@@ -78,11 +77,7 @@ func ParseIndices(spec string, n, max int) ([]int, error) {
 // order. The client splits the stream by the manifest's sizes and verifies
 // each file. A file that cannot be sent whole breaks the response.
 func (s *Server) serveBatch(w http.ResponseWriter, r *http.Request) error {
-	q, err := url.ParseQuery(r.URL.RawQuery)
-	if err != nil {
-		return errorf(http.StatusBadRequest, "bad query: %v", err)
-	}
-	sv, err := s.snapshotFor(q)
+	q, sv, err := s.request(r)
 	if err != nil {
 		return err
 	}

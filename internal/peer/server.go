@@ -144,6 +144,17 @@ func (s *Server) route(w http.ResponseWriter, r *http.Request) error {
 	return errorf(http.StatusNotFound, "no route %s", r.URL.Path)
 }
 
+// request parses r's query and returns it with the prepared snapshot, if
+// that is of the generation the "gen" parameter names.
+func (s *Server) request(r *http.Request) (url.Values, *served, error) {
+	q, err := url.ParseQuery(r.URL.RawQuery)
+	if err != nil {
+		return nil, nil, errorf(http.StatusBadRequest, "bad query: %v", err)
+	}
+	sv, err := s.snapshotFor(q)
+	return q, sv, err
+}
+
 // snapshotFor returns the prepared snapshot if it is of the generation the
 // request's "gen" parameter names.
 func (s *Server) snapshotFor(q url.Values) (*served, error) {
@@ -162,11 +173,7 @@ func (s *Server) snapshotFor(q url.Values) (*served, error) {
 }
 
 func (s *Server) serveManifest(w http.ResponseWriter, r *http.Request) error {
-	q, err := url.ParseQuery(r.URL.RawQuery)
-	if err != nil {
-		return errorf(http.StatusBadRequest, "bad query: %v", err)
-	}
-	sv, err := s.snapshotFor(q)
+	_, sv, err := s.request(r)
 	if err != nil {
 		return err
 	}
@@ -182,11 +189,7 @@ func (s *Server) serveManifest(w http.ResponseWriter, r *http.Request) error {
 }
 
 func (s *Server) serveFile(w http.ResponseWriter, r *http.Request) error {
-	q, err := url.ParseQuery(r.URL.RawQuery)
-	if err != nil {
-		return errorf(http.StatusBadRequest, "bad query: %v", err)
-	}
-	sv, err := s.snapshotFor(q)
+	q, sv, err := s.request(r)
 	if err != nil {
 		return err
 	}

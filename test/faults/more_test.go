@@ -58,7 +58,9 @@ func TestCorruptPeer(t *testing.T) {
 	}
 	e.set(task)
 	st := e.waitDone(0)
-	corrupt(t, filepath.Join(rotten.Root, task, "weights/model.bin"))
+	if err := lab.Corrupt(filepath.Join(rotten.Root, task, "weights/model.bin")); err != nil {
+		t.Fatal(err)
+	}
 	// Only the rotten host offers a slot: the new hosts must try it.
 	k := e.Coord.Keys()
 	e.Redis.SRem(e.ctx, k.Sync(), "master#0")
@@ -78,26 +80,6 @@ func TestCorruptPeer(t *testing.T) {
 		if strings.HasPrefix(s, "rotten#") {
 			t.Errorf("barred source still offered: %s", s)
 		}
-	}
-}
-
-// corrupt flips one byte of a file, keeping its size and mtime.
-func corrupt(t *testing.T, p string) {
-	t.Helper()
-	fi, err := os.Stat(p)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := os.ReadFile(p)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b[len(b)/2] ^= 0xff
-	if err := os.WriteFile(p, b, fi.Mode()); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Chtimes(p, fi.ModTime(), fi.ModTime()); err != nil {
-		t.Fatal(err)
 	}
 }
 

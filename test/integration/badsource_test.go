@@ -4,7 +4,6 @@ import (
 	"context"
 	"net"
 	"net/http"
-	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -40,7 +39,9 @@ func TestCorruptSourceIsBarred(t *testing.T) {
 		t.Fatal(err)
 	}
 	rotten := l.Minions[0]
-	corrupt(t, filepath.Join(rotten.Root, task, "weights/model.bin"))
+	if err := lab.Corrupt(filepath.Join(rotten.Root, task, "weights/model.bin")); err != nil {
+		t.Fatal(err)
+	}
 	// The origin's slot is taken away so the new hosts must try the rotten
 	// one first; it comes back after the rotten host is barred.
 	l.Redis.SRem(ctx, l.Coord.Keys().Sync(), "master#0")
@@ -133,27 +134,6 @@ func TestStalledSourceIsSkipped(t *testing.T) {
 	now, _ := l.Coord.Status(ctx)
 	if slices.Contains(now.Sources, "staller#0") {
 		t.Error("the stalled source's slot came back")
-	}
-}
-
-// corrupt flips one byte of a file, keeping its size and mtime, the way a
-// bad disk would: nothing but the content hash can tell.
-func corrupt(t *testing.T, p string) {
-	t.Helper()
-	fi, err := os.Stat(p)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := os.ReadFile(p)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b[len(b)/2] ^= 0xff
-	if err := os.WriteFile(p, b, fi.Mode()); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Chtimes(p, fi.ModTime(), fi.ModTime()); err != nil {
-		t.Fatal(err)
 	}
 }
 
