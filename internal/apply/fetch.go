@@ -221,8 +221,9 @@ func (in *incoming) end(ferr error) (err error) {
 	case s.tooLong:
 	case s.werr != nil:
 		// Our own write failed (disk full, quota, I/O): say so, whatever
-		// the fetcher made of it.
-		return fmt.Errorf("write %s: %w", in.tmp, s.werr)
+		// the fetcher made of it. The error already names the temporary
+		// file; name the file the operator knows.
+		return fmt.Errorf("write %s: %w%s", e.Path, s.werr, writeHint(s.werr))
 	case ferr != nil:
 		return ferr
 	default:
@@ -370,6 +371,18 @@ func (sp *splitter) failedPath() string {
 		return sp.es[sp.done].Path
 	}
 	return sp.es[len(sp.es)-1].Path
+}
+
+// writeHint says what to do about a failed write, when it is a lack of
+// room.
+func writeHint(err error) string {
+	switch {
+	case errors.Is(err, syscall.ENOSPC), errors.Is(err, syscall.EDQUOT):
+		return " (the disk is full or a quota applies: free space; the old file is intact and the next pull retries)"
+	case errors.Is(err, syscall.EFBIG):
+		return " (a file size limit applies, e.g. ulimit -f: lift it; the old file is intact and the next pull retries)"
+	}
+	return ""
 }
 
 // errTooLong stops a fetch that sends more bytes than the manifest says.

@@ -70,9 +70,12 @@ func minionCommand(ctx context.Context, cmd string, args []string, e env) error 
 	var workers int
 	var heartbeat, timeout time.Duration
 	var pipeline bool
+	var connectTimeout, stallTimeout time.Duration
 	fs := newFlags(e, cmd, minionHelp[cmd])
 	n.register(fs, "/var/lib/fanout/minion")
 	fs.IntVar(&workers, "workers", 4, "files fetched at once")
+	fs.DurationVar(&connectTimeout, "connect-timeout", peer.DefaultDialTimeout, "give up on a peer that does not connect, or answer a request's headers, within this")
+	fs.DurationVar(&stallTimeout, "stall-timeout", peer.DefaultStallTimeout, "give up on a peer that sends no byte for this long mid-transfer (then resume from another)")
 	if cmd == "run" {
 		fs.BoolVar(&pipeline, "pipeline", true, "serve files to other hosts while still receiving them; false: become a source only once the whole generation is held (whole-file doubling)")
 	}
@@ -104,7 +107,10 @@ func minionCommand(ctx context.Context, cmd string, args []string, e env) error 
 	defer rdb.Close()
 	mx := metrics.New()
 	server := newPeerServer(secret, log, mx, bwlimit.New(n.rate))
-	client := peer.NewClient(peer.ClientConfig{Secret: secret})
+	if connectTimeout <= 0 || stallTimeout <= 0 {
+		return usageError("--connect-timeout and --stall-timeout must be positive durations such as 5s")
+	}
+	client := peer.NewClient(peer.ClientConfig{Secret: secret, DialTimeout: connectTimeout, StallTimeout: stallTimeout})
 	cfg := minion.Config{
 		ID: n.id, Advertise: n.advertise, Root: n.root, StateDir: n.stateDir, Uploads: n.uploads,
 		Source: cmd == "run" && n.uploads > 0, Pipeline: pipeline, Poll: n.poll, Heartbeat: heartbeat, Workers: workers,

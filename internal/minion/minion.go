@@ -175,14 +175,24 @@ func (m *Minion) Run(ctx context.Context) error {
 		m.heartbeatLoop(ctx)
 	}()
 	defer wg.Wait()
+	failures := 0
 	for {
 		out, err := m.Step(ctx)
 		if err != nil && ctx.Err() == nil {
 			m.cfg.Log.WithError(err).Warn("poll failed")
 		}
 		wait := jitter(m.cfg.Poll)
-		if out == Pulled {
+		switch {
+		case out == Pulled:
+			failures = 0
 			wait = 0 // look again at once: a newer generation may be waiting
+		case err != nil && out == Waiting:
+			// A failed pull: back off, doubling up to a minute, so a host
+			// whose disk is full does not download again every poll.
+			failures++
+			wait = min(wait<<min(failures, 10), max(time.Minute, m.cfg.Poll))
+		default:
+			failures = 0
 		}
 		select {
 		case <-ctx.Done():
