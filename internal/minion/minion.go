@@ -245,7 +245,8 @@ func (m *Minion) Sync(ctx context.Context) error {
 }
 
 // taskPending reports whether a task is set that the master has not
-// published yet (a sync started right after "set task" waits for it).
+// published yet, or has published since Step looked (a sync started right
+// after "set task" waits for it).
 func (m *Minion) taskPending(ctx context.Context) (bool, error) {
 	value, fresh, err := m.coord.TaskKey(ctx)
 	if err != nil {
@@ -258,7 +259,9 @@ func (m *Minion) taskPending(ctx context.Context) (bool, error) {
 	if err != nil {
 		return false, fmt.Errorf("read generation: %w", err)
 	}
-	return fresh || g.ID == 0, nil
+	// A generation published since Step looked (a race with the master)
+	// is work to do, not "no task".
+	return fresh || g.ID == 0 || g.State != coord.StateFailed, nil
 }
 
 func (m *Minion) heartbeatLoop(ctx context.Context) {
