@@ -42,9 +42,18 @@ bench: build
 	$(GO) run ./test/bench -bin bin -out bench.md $(BENCHFLAGS)
 	$(GO) test -run '^$$' -bench . -benchtime 3x ./internal/manifest/
 
+# Every fuzz target for FUZZTIME each (one target per go test run).
+FUZZTIME ?= 60s
+FUZZ_TARGETS := internal/manifest:FuzzDecode internal/manifest:FuzzValidPath \
+	internal/peer:FuzzValidPath internal/peer:FuzzParseRange internal/peer:FuzzParseIndices \
+	internal/peer:FuzzVerify internal/master:FuzzCleanTask
+
 fuzz:
-	$(GO) test -run '^$$' -fuzz FuzzDecode -fuzztime 60s ./internal/manifest/
-	$(GO) test -run '^$$' -fuzz FuzzValidPath -fuzztime 60s ./internal/peer/
+	@set -e; for t in $(FUZZ_TARGETS); do \
+		pkg=$${t%%:*}; name=$${t##*:}; \
+		echo "fuzz $$name ($$pkg) for $(FUZZTIME)"; \
+		$(GO) test -run '^$$' -fuzz "^$$name\$$" -fuzztime $(FUZZTIME) ./$$pkg/; \
+	done
 
 install: build
 	install -D -m 0755 bin/fanout-master $(DESTDIR)$(PREFIX)/bin/fanout-master
