@@ -5,6 +5,7 @@ package cli
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -156,22 +157,25 @@ func redact(raw string) string {
 // sync and serve.
 type node struct {
 	common
-	listen     string
-	advertise  string
-	id         string
-	secretFile string
-	root       string
-	stateDir   string
-	poll       time.Duration
-	uploads    int
-	grace      time.Duration
-	lease      time.Duration
-	bwlimit    string
-	rate       int64 // parsed bwlimit, bytes per second
+	tls                  tlsFlags
+	serverTLS, clientTLS *tls.Config // from the tls flags; nil: plain HTTP
+	listen               string
+	advertise            string
+	id                   string
+	secretFile           string
+	root                 string
+	stateDir             string
+	poll                 time.Duration
+	uploads              int
+	grace                time.Duration
+	lease                time.Duration
+	bwlimit              string
+	rate                 int64 // parsed bwlimit, bytes per second
 }
 
 func (n *node) register(fs *pflag.FlagSet, defaultState string) {
 	n.common.register(fs)
+	n.tls.register(fs)
 	fs.StringVar(&n.listen, "listen", ":7070", "address the peer server listens on")
 	fs.StringVar(&n.advertise, "advertise", "", "host:port other hosts use to reach this one (default: hostname and the --listen port)")
 	fs.StringVar(&n.id, "id", "", "host id in Redis (default: the hostname)")
@@ -223,6 +227,9 @@ func (n *node) check(writeRoot bool) error {
 		return usageError("--bwlimit: %v", err)
 	}
 	n.rate = rate
+	if n.serverTLS, n.clientTLS, err = n.tls.configs(); err != nil {
+		return err
+	}
 	if n.lease < time.Second {
 		return usageError("--lease %s: use at least 1s", n.lease)
 	}
@@ -243,6 +250,9 @@ func (n *node) listenPeer() (net.Listener, error) {
 	ln, err := net.Listen("tcp", n.listen)
 	if err != nil {
 		return nil, fmt.Errorf("listen on --listen %s: %w (is another fanout running? pick another port)", n.listen, err)
+	}
+	if n.serverTLS != nil {
+		ln = tls.NewListener(ln, n.serverTLS)
 	}
 	if n.advertise == "" {
 		_, port, _ := net.SplitHostPort(ln.Addr().String())

@@ -208,6 +208,9 @@ func TestBadNodeInputs(t *testing.T) {
 		{"root is a file", []string{"--root", aFile, "--state-dir", t.TempDir(), "--listen", "127.0.0.1:0"}, exitUsage, "--root"},
 		{"negative uploads", []string{"--root", t.TempDir(), "--state-dir", t.TempDir(), "--max-uploads", "-1"}, exitUsage, "--max-uploads"},
 		{"short lease", []string{"--root", t.TempDir(), "--state-dir", t.TempDir(), "--lease", "10ms"}, exitUsage, "--lease"},
+		{"tls cert without key", []string{"--root", t.TempDir(), "--state-dir", t.TempDir(), "--tls-cert", aFile}, exitUsage, "--tls-key"},
+		{"tls ca without a certificate", []string{"--root", t.TempDir(), "--state-dir", t.TempDir(), "--tls-ca", aFile}, exitFailure, "--tls-ca " + aFile},
+		{"tls pair unreadable", []string{"--root", t.TempDir(), "--state-dir", t.TempDir(), "--tls-cert", aFile, "--tls-key", aFile}, exitFailure, "--tls-cert " + aFile},
 		{"missing secret", []string{"--root", t.TempDir(), "--state-dir", t.TempDir(), "--secret-file", filepath.Join(t.TempDir(), "none")}, exitFailure, "--secret-file"},
 	}
 	for _, tt := range tests {

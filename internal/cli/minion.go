@@ -110,7 +110,7 @@ func minionCommand(ctx context.Context, cmd string, args []string, e env) error 
 	if connectTimeout <= 0 || stallTimeout <= 0 {
 		return usageError("--connect-timeout and --stall-timeout must be positive durations such as 5s")
 	}
-	client := peer.NewClient(peer.ClientConfig{Secret: secret, DialTimeout: connectTimeout, StallTimeout: stallTimeout})
+	client := peer.NewClient(peer.ClientConfig{Secret: secret, DialTimeout: connectTimeout, StallTimeout: stallTimeout, TLS: n.clientTLS})
 	cfg := minion.Config{
 		ID: n.id, Advertise: n.advertise, Root: n.root, StateDir: n.stateDir, Uploads: n.uploads,
 		Source: cmd == "run" && n.uploads > 0, Pipeline: pipeline, Poll: n.poll, Heartbeat: heartbeat, Workers: workers,
@@ -121,7 +121,7 @@ func minionCommand(ctx context.Context, cmd string, args []string, e env) error 
 		if cfg.Advertise == "" {
 			return usageError("sync needs --advertise: the address of this host's serve daemon")
 		}
-		cfg.Source = n.uploads > 0 && minion.PeerAnswers(ctx, cfg.Advertise)
+		cfg.Source = n.uploads > 0 && minion.PeerAnswers(ctx, cfg.Advertise, n.clientTLS)
 		m, err := minion.New(cfg, n.coordClient(rdb), server, client)
 		if err != nil {
 			return err

@@ -6,6 +6,7 @@ package minion
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -379,16 +380,22 @@ func (m *Minion) uploads() int {
 	return m.cfg.Uploads
 }
 
-// PeerAnswers reports whether a peer server answers /healthz at addr: a
-// one-shot sync uses it to decide whether it may become a source.
-func PeerAnswers(ctx context.Context, addr string) bool {
+// PeerAnswers reports whether a peer server answers /healthz at addr, over
+// TLS when tlsCfg is set: a one-shot sync uses it to decide whether it may
+// become a source.
+func PeerAnswers(ctx context.Context, addr string, tlsCfg *tls.Config) bool {
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/healthz", nil)
+	scheme, hc := "http", &http.Client{}
+	if tlsCfg != nil {
+		scheme, hc = "https", &http.Client{Transport: &http.Transport{TLSClientConfig: tlsCfg}}
+	}
+	defer hc.CloseIdleConnections()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, scheme+"://"+addr+"/healthz", nil)
 	if err != nil {
 		return false
 	}
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := hc.Do(req)
 	if err != nil {
 		return false
 	}

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/fanout/fanout/internal/certtest"
 	"github.com/fanout/fanout/internal/coord"
 	"github.com/fanout/fanout/internal/fleet"
 	"github.com/fanout/fanout/internal/lab"
@@ -255,4 +256,30 @@ func TestWrongSecret(t *testing.T) {
 	m2 := e.minion("m2")
 	e.waitFor("m2 to finish from the origin", func(st coord.Status) bool { return contains(st.Finished, "m2") })
 	e.check(task, m2)
+}
+
+// Peers over mutual TLS (--tls-cert, --tls-key, --tls-ca on every host): the
+// task completes; a minion without TLS settings cannot pull from them.
+func TestTLSPeers(t *testing.T) {
+	e := newEnv(t, redisURL(t))
+	c, err := certtest.Write(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	tlsArgs := []string{"--tls-cert", c.Cert, "--tls-key", c.Key, "--tls-ca", c.CA}
+	e.master(2<<20, tlsArgs...)
+	m1, m2 := e.minion("m1", tlsArgs...), e.minion("m2", tlsArgs...)
+	plain := e.minion("plain")
+	if err := e.WaitRegistered(e.ctx, 3); err != nil {
+		t.Fatal(err)
+	}
+	e.set(task)
+	e.waitFor("m1 and m2 to finish over TLS, plain to fail", func(st coord.Status) bool {
+		_, failed := st.Failures["plain"]
+		return contains(st.Finished, "m1") && contains(st.Finished, "m2") && failed
+	})
+	e.check(task, m1, m2)
+	if _, err := os.Stat(filepath.Join(plain.Root, task, "weights/model.bin")); err == nil {
+		t.Error("a minion without TLS got the file")
+	}
 }
