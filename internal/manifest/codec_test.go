@@ -3,6 +3,7 @@ package manifest
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -210,5 +211,30 @@ func TestDefaultLimits(t *testing.T) {
 	want := Limits{MaxEntries: 5_000_000, MaxBytes: 2 * 1024 * 1024 * 1024, MaxFileSize: 16 * 1024 * 1024 * 1024 * 1024}
 	if got != want {
 		t.Errorf("DefaultLimits = %+v, want %+v", got, want)
+	}
+}
+
+// A hostile manifest with more entries than the limit is refused before
+// its entries are decoded, and one larger than the byte limit before it is
+// even counted.
+func TestDecodeLimits(t *testing.T) {
+	var b strings.Builder
+	b.WriteString(`{"entries":[{"path":".","type":"dir","mode":493}`)
+	for i := range 1000 {
+		fmt.Fprintf(&b, `,{"path":"f%05d","type":"file","mode":420,"size":1,"hash":"%s"}`, i, strings.Repeat("a", 64))
+	}
+	b.WriteString(`]}`)
+	lim := Limits{MaxEntries: 500, MaxBytes: 1 << 20, MaxFileSize: 1 << 40}
+	if _, err := Decode([]byte(b.String()), lim); err == nil || !strings.Contains(err.Error(), "more than the limit of 500") {
+		t.Errorf("1001 entries with a limit of 500: %v", err)
+	}
+	lim.MaxBytes = 1000
+	if _, err := Decode([]byte(b.String()), lim); err == nil || !strings.Contains(err.Error(), "bytes, more than the limit") {
+		t.Errorf("oversized manifest: %v", err)
+	}
+	// Within limits, the same manifest decodes.
+	lim = Limits{MaxEntries: 2000, MaxBytes: 1 << 20, MaxFileSize: 1 << 40}
+	if m, err := Decode([]byte(b.String()), lim); err != nil || len(m.Entries) != 1001 {
+		t.Errorf("within limits: %v", err)
 	}
 }

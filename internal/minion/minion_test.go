@@ -2,6 +2,7 @@ package minion
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -91,5 +92,18 @@ func TestHeldState(t *testing.T) {
 	}
 	if err := clearHeld(dir); err != nil {
 		t.Errorf("clearing twice: %v", err)
+	}
+}
+
+// A manifest claiming more bytes than the disk holds (1 PiB here) is
+// refused before a byte is written, with an error that says so.
+func TestCheckSpace(t *testing.T) {
+	dir := t.TempDir()
+	if err := checkSpace(dir, 1<<20); err != nil {
+		t.Fatalf("1 MiB does not fit in %s: %v", dir, err)
+	}
+	err := checkSpace(dir, 1<<50)
+	if !errors.Is(err, syscall.ENOSPC) || !strings.Contains(err.Error(), "not enough space") {
+		t.Fatalf("1 PiB: %v", err)
 	}
 }
