@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strings"
 	"time"
 )
 
@@ -61,6 +62,13 @@ func SampleTree(dir string, bigSize int64, small int) error {
 		return err
 	}
 	if err := write("config/secret.yaml", []byte("token: not-a-real-one\n"), 0o600, old); err != nil {
+		return err
+	}
+	// Names valid on the source but odd: a newline, a 255-byte name.
+	if err := write("docs/line\nbreak.txt", []byte("odd\n"), 0o644, old); err != nil {
+		return err
+	}
+	if err := write("docs/"+strings.Repeat("n", 251)+".txt", []byte("long\n"), 0o644, old); err != nil {
 		return err
 	}
 	if err := write("docs/a/b/c/deep note with spaces – ünïcode.txt", []byte("deep\n"), 0o644, old); err != nil {
