@@ -25,6 +25,7 @@ import (
 	"github.com/fanout/fanout/internal/coord"
 	"github.com/fanout/fanout/internal/metrics"
 	"github.com/fanout/fanout/internal/peer"
+	"github.com/fanout/fanout/internal/statedir"
 )
 
 // Build information, set by the linker (see the Makefile).
@@ -279,10 +280,45 @@ func report(e env, prog string, err error) int {
 
 // newPeerServer builds a peer server that exports mx on /metrics and counts
 // served bytes and refused requests into it.
-func newPeerServer(secret []byte, log logrus.FieldLogger, mx *metrics.Metrics, upload *bwlimit.Limiter) *peer.Server {
+func newPeerServer(secret []byte, log logrus.FieldLogger, mx *metrics.Metrics, upload *bwlimit.Limiter, now func() time.Time) *peer.Server {
 	return peer.NewServer(peer.ServerConfig{
-		Secret: secret, Log: log, Metrics: mx.Handler(), Upload: upload,
+		Secret: secret, Log: log, Metrics: mx.Handler(), Upload: upload, Now: now,
 		Served:       func(n int64) { mx.BytesServed.Add(float64(n)) },
 		Unauthorized: mx.Unauthorized.Inc,
 	})
+}
+
+// stateLocks are the state directory locks a command holds.
+type stateLocks []*statedir.Lock
+
+// lockState takes the state directory's locks for a command: the writer
+// lock exclusively, or (reader) the server lock shared; server also takes
+// the server lock exclusively, for a process that writes and serves.
+func lockState(dir, what string, reader, server bool) (stateLocks, error) {
+	if reader {
+		l, err := statedir.Acquire(dir, what, true)
+		if err != nil {
+			return nil, err
+		}
+		return stateLocks{l}, nil
+	}
+	w, err := statedir.Acquire(dir, what, false)
+	if err != nil {
+		return nil, err
+	}
+	if !server {
+		return stateLocks{w}, nil
+	}
+	s, err := statedir.AcquireServer(dir, what)
+	if err != nil {
+		w.Release()
+		return nil, err
+	}
+	return stateLocks{w, s}, nil
+}
+
+func (ls stateLocks) release() {
+	for _, l := range ls {
+		l.Release()
+	}
 }

@@ -119,16 +119,22 @@ func masterRun(ctx context.Context, args []string, e env) error {
 		return err
 	}
 	defer rdb.Close()
+	locks, err := lockState(n.stateDir, "fanout-master run", false, false)
+	if err != nil {
+		return err
+	}
+	defer locks.release()
 	ln, err := n.listenPeer()
 	if err != nil {
 		return err
 	}
 	mx := metrics.New()
-	server := newPeerServer(secret, log, mx, bwlimit.New(n.rate))
+	co := n.coordClient(rdb)
+	server := newPeerServer(secret, log, mx, bwlimit.New(n.rate), co.Now)
 	m, err := master.New(master.Config{
 		ID: n.id, Advertise: n.advertise, Root: n.root, StateDir: n.stateDir,
 		Uploads: n.uploads, Poll: n.poll, Log: log, Metrics: mx,
-	}, n.coordClient(rdb), server)
+	}, co, server)
 	if err != nil {
 		ln.Close()
 		return err

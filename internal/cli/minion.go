@@ -69,8 +69,8 @@ func minionCommand(ctx context.Context, cmd string, args []string, e env) error 
 	var n node
 	var workers int
 	var heartbeat, timeout time.Duration
-	var pipeline bool
-	var connectTimeout, stallTimeout time.Duration
+	var pipeline, watch bool
+	var connectTimeout, stallTimeout, verifyEvery, scanEvery time.Duration
 	fs := newFlags(e, cmd, minionHelp[cmd])
 	n.register(fs, "/var/lib/fanout/minion")
 	fs.IntVar(&workers, "workers", 4, "files fetched at once")
@@ -78,6 +78,9 @@ func minionCommand(ctx context.Context, cmd string, args []string, e env) error 
 	fs.DurationVar(&stallTimeout, "stall-timeout", peer.DefaultStallTimeout, "give up on a peer that sends no byte for this long mid-transfer (then resume from another)")
 	if cmd == "run" {
 		fs.BoolVar(&pipeline, "pipeline", true, "serve files to other hosts while still receiving them; false: become a source only once the whole generation is held (whole-file doubling)")
+		fs.BoolVar(&watch, "watch", true, "watch the held tree with inotify and repair drift (a file deleted or changed by hand) within seconds; false: find drift by the --verify-every pass only")
+		fs.DurationVar(&verifyEvery, "verify-every", 10*time.Minute, "verify the whole held tree against its manifest this often even when inotify saw no change")
+		fs.DurationVar(&scanEvery, "scan-every", 10*time.Second, "verify the held tree this often when inotify cannot watch all of it (watch limit reached)")
 	}
 	fs.DurationVar(&heartbeat, "heartbeat", 10*time.Second, "how often to tell Redis this host is alive")
 	if cmd == "sync" {
@@ -92,10 +95,20 @@ func minionCommand(ctx context.Context, cmd string, args []string, e env) error 
 	if err := n.check(cmd != "serve"); err != nil {
 		return err
 	}
+	if verifyEvery < 0 || scanEvery < 0 {
+		return usageError("--verify-every and --scan-every must be positive durations such as 10m")
+	}
 	log, err := n.logger(e.stderr)
 	if err != nil {
 		return err
 	}
+	// One writer per state directory: run and sync change what it records,
+	// serve only reads it (and shares it with sync, as the units pair them).
+	locks, err := lockState(n.stateDir, "fanout-minion "+cmd, cmd == "serve", cmd == "run")
+	if err != nil {
+		return err
+	}
+	defer locks.release()
 	secret, err := peer.LoadSecret(n.secretFile)
 	if err != nil {
 		return fmt.Errorf("--secret-file: %w", err)
@@ -106,23 +119,26 @@ func minionCommand(ctx context.Context, cmd string, args []string, e env) error 
 	}
 	defer rdb.Close()
 	mx := metrics.New()
-	server := newPeerServer(secret, log, mx, bwlimit.New(n.rate))
+	co := n.coordClient(rdb)
+	// Peers sign and check requests with the clock corrected to Redis
+	// TIME: hosts whose clocks disagree still talk.
+	server := newPeerServer(secret, log, mx, bwlimit.New(n.rate), co.Now)
 	if connectTimeout <= 0 || stallTimeout <= 0 {
 		return usageError("--connect-timeout and --stall-timeout must be positive durations such as 5s")
 	}
-	client := peer.NewClient(peer.ClientConfig{Secret: secret, DialTimeout: connectTimeout, StallTimeout: stallTimeout, TLS: n.clientTLS})
+	client := peer.NewClient(peer.ClientConfig{Secret: secret, DialTimeout: connectTimeout, StallTimeout: stallTimeout, TLS: n.clientTLS, Now: co.Now})
 	cfg := minion.Config{
 		ID: n.id, Advertise: n.advertise, Root: n.root, StateDir: n.stateDir, Uploads: n.uploads,
 		Source: cmd == "run" && n.uploads > 0, Pipeline: pipeline, Poll: n.poll, Heartbeat: heartbeat, Workers: workers,
 		Version: Version, Log: log.WithField("host", n.id), Metrics: mx,
-		Download: bwlimit.New(n.rate),
+		Download: bwlimit.New(n.rate), NoWatch: cmd == "run" && !watch, VerifyEvery: verifyEvery, ScanEvery: scanEvery,
 	}
 	if cmd == "sync" {
 		if cfg.Advertise == "" {
 			return usageError("sync needs --advertise: the address of this host's serve daemon")
 		}
 		cfg.Source = n.uploads > 0 && minion.PeerAnswers(ctx, cfg.Advertise, n.clientTLS)
-		m, err := minion.New(cfg, n.coordClient(rdb), server, client)
+		m, err := minion.New(cfg, co, server, client)
 		if err != nil {
 			return err
 		}
@@ -135,7 +151,7 @@ func minionCommand(ctx context.Context, cmd string, args []string, e env) error 
 		return err
 	}
 	cfg.Advertise = n.advertise
-	m, err := minion.New(cfg, n.coordClient(rdb), server, client)
+	m, err := minion.New(cfg, co, server, client)
 	if err != nil {
 		ln.Close()
 		return err

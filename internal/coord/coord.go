@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"sort"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -35,15 +36,32 @@ const adoptedTTL = 100 * 365 * 24 * time.Hour
 // eventsMax caps the events stream (approximately).
 const eventsMax = 10000
 
+// Proto is the version of the protocol this build speaks: the key schema,
+// the scripts' arguments and the manifest format. A generation records the
+// version it was published with ("proto"; absent means 1), and hosts
+// register theirs, so a fleet that upgrades host by host either works
+// together or says which host to upgrade.
+//
+//	1: the first release.
+//	2: generations named by id and digest; Redis TIME for liveness; slot
+//	   holders, dead-slot back-off, drift repair; owners in the manifest.
+const Proto = 2
+
 // Config configures a Client.
 type Config struct {
 	Prefix string
 	// LeaseTTL is how long a claim lives without renewal; default 15s.
 	LeaseTTL time.Duration
-	// HostGrace: a host is alive (expected) while its last heartbeat is
-	// newer than this; default 30s.
+	// HostGrace: a host is alive (expected) while its last heartbeat, in
+	// Redis time, is newer than this; default 30s.
 	HostGrace time.Duration
-	// Now is the clock for heartbeats and timestamps; default time.Now.
+	// DeadBackoff is how long a slot judged dead waits before it is
+	// offered again; it doubles with each strike against the same source,
+	// up to DeadBackoffMax. Defaults 5s and 2m.
+	DeadBackoff, DeadBackoffMax time.Duration
+	// Now is this host's clock; default time.Now. Nothing in the protocol
+	// depends on it agreeing with other hosts: Client.Now corrects it by
+	// the offset to Redis TIME.
 	Now func() time.Time
 }
 
@@ -52,6 +70,9 @@ type Client struct {
 	rdb  redis.UniversalClient
 	cfg  Config
 	keys Keys
+
+	mu     sync.Mutex
+	offset time.Duration // Redis TIME minus this host's clock
 }
 
 // New returns a Client.
@@ -62,6 +83,12 @@ func New(rdb redis.UniversalClient, cfg Config) *Client {
 	if cfg.HostGrace <= 0 {
 		cfg.HostGrace = 30 * time.Second
 	}
+	if cfg.DeadBackoff <= 0 {
+		cfg.DeadBackoff = 5 * time.Second
+	}
+	if cfg.DeadBackoffMax <= 0 {
+		cfg.DeadBackoffMax = 2 * time.Minute
+	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
@@ -70,6 +97,33 @@ func New(rdb redis.UniversalClient, cfg Config) *Client {
 
 // Keys returns the key names in use.
 func (c *Client) Keys() Keys { return c.keys }
+
+// Now is this host's clock corrected to Redis TIME, as last measured by a
+// heartbeat or a status read: hosts whose clocks disagree agree on it (to
+// within a round trip), so peers sign and check requests with it.
+func (c *Client) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.cfg.Now().Add(c.offset)
+}
+
+// observe records Redis's clock, read between sent and received.
+func (c *Client) observe(redisNow, sent, received time.Time) {
+	mid := sent.Add(received.Sub(sent) / 2)
+	c.mu.Lock()
+	c.offset = redisNow.Sub(mid)
+	c.mu.Unlock()
+}
+
+// Ref names a generation: ids restart when Redis loses its data, so the
+// manifest digest goes with the id everywhere the protocol names one.
+type Ref struct {
+	ID     int64
+	Digest string
+}
+
+// String prints r as "id/digest-prefix".
+func (r Ref) String() string { return fmt.Sprintf("%d/%.12s", r.ID, r.Digest) }
 
 // Generation describes one published task.
 type Generation struct {
@@ -81,11 +135,16 @@ type Generation struct {
 	Error      string
 	Origin     string
 	OriginAddr string
-	Published  time.Time
+	Published  time.Time // Redis time
 	Files      int64
 	Bytes      int64
-	DoneAt     time.Time
+	DoneAt     time.Time // Redis time
+	// Proto is the protocol version the generation was published with.
+	Proto int
 }
+
+// Ref returns g's id and digest.
+func (g Generation) Ref() Ref { return Ref{ID: g.ID, Digest: g.Digest} }
 
 func ms(t time.Time) string { return strconv.FormatInt(t.UnixMilli(), 10) }
 
@@ -97,25 +156,62 @@ func fromMS(s string) time.Time {
 	return time.UnixMilli(n)
 }
 
-func parseGeneration(h map[string]string) Generation {
-	atoi := func(k string) int64 { n, _ := strconv.ParseInt(h[k], 10, 64); return n }
-	return Generation{
-		ID: atoi("id"), Path: h["path"], Delete: h["delete"] == "1", Digest: h["digest"], State: h["state"],
-		Error: h["error"], Origin: h["origin"], OriginAddr: h["origin_addr"], Published: fromMS(h["published"]),
-		Files: atoi("files"), Bytes: atoi("bytes"), DoneAt: fromMS(h["done_at"]),
+// parseGeneration reads the generation hash stored at key. A corrupt field
+// is an error naming the key and the field, not a silent zero.
+func parseGeneration(key string, h map[string]string) (Generation, error) {
+	num := func(field string, min int64) (int64, error) {
+		v, ok := h[field]
+		if !ok || v == "" {
+			if min > 0 {
+				return 0, fmt.Errorf("Redis key %s has no %q field: it is corrupt; delete it (redis-cli del %s) and set the task again", key, field, key)
+			}
+			return 0, nil
+		}
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil || n < min {
+			return 0, fmt.Errorf("Redis key %s field %q is %q, not a number >= %d: it is corrupt; delete it (redis-cli del %s) and set the task again", key, field, v, min, key)
+		}
+		return n, nil
 	}
+	id, err := num("id", 1)
+	if err != nil {
+		return Generation{}, err
+	}
+	files, err := num("files", 0)
+	if err != nil {
+		return Generation{}, err
+	}
+	bytes, err := num("bytes", 0)
+	if err != nil {
+		return Generation{}, err
+	}
+	proto, err := num("proto", 0)
+	if err != nil {
+		return Generation{}, err
+	}
+	switch st := h["state"]; st {
+	case StateRunning, StateDone, StateFailed:
+	default:
+		return Generation{}, fmt.Errorf("Redis key %s field \"state\" is %q, not running, done or failed: it is corrupt; delete it (redis-cli del %s) and set the task again", key, st, key)
+	}
+	return Generation{
+		ID: id, Path: h["path"], Delete: h["delete"] == "1", Digest: h["digest"], State: h["state"],
+		Error: h["error"], Origin: h["origin"], OriginAddr: h["origin_addr"], Published: fromMS(h["published"]),
+		Files: files, Bytes: bytes, DoneAt: fromMS(h["done_at"]), Proto: max(int(proto), 1),
+	}, nil
 }
 
-// Current returns the current generation; ID 0 when there is none.
+// Current returns the current generation; ID 0 when there is none. A
+// corrupt generation key is an error that names it.
 func (c *Client) Current(ctx context.Context) (Generation, error) {
 	h, err := c.rdb.HGetAll(ctx, c.keys.Generation()).Result()
 	if err != nil {
 		return Generation{}, fmt.Errorf("read generation: %w", err)
 	}
-	if h["state"] == "" {
+	if h["state"] == "" && h["id"] == "" {
 		return Generation{}, nil
 	}
-	return parseGeneration(h), nil
+	return parseGeneration(c.keys.Generation(), h)
 }
 
 // TaskKey reads the task key and whether it was written since the master
@@ -182,8 +278,10 @@ func (c *Client) Adopt(ctx context.Context) (TaskOptions, error) {
 	return opts, nil
 }
 
-// Publish starts a new generation described by g (its ID, state and time
-// are set here) and offers the origin's first uploads slots.
+// Publish starts a new generation described by g (its state and time are
+// set here) and offers the origin's first uploads slots. g.ID, when set, is
+// the last id this master published: the new id is above it even if Redis
+// lost its counter, so an id never names two contents.
 func (c *Client) Publish(ctx context.Context, g Generation, uploads int) (Generation, error) {
 	g.State = StateRunning
 	g.Error = ""
@@ -191,49 +289,72 @@ func (c *Client) Publish(ctx context.Context, g Generation, uploads int) (Genera
 }
 
 // PublishFailed records a bad task as a new failed generation: status shows
-// the reason and minions leave their trees alone.
-func (c *Client) PublishFailed(ctx context.Context, path, reason, origin string) (Generation, error) {
-	return c.publish(ctx, Generation{Path: path, State: StateFailed, Error: reason, Origin: origin}, 0)
+// the reason and minions leave their trees alone. floor is as g.ID for
+// Publish.
+func (c *Client) PublishFailed(ctx context.Context, path, reason, origin string, floor int64) (Generation, error) {
+	return c.publish(ctx, Generation{ID: floor, Path: path, State: StateFailed, Error: reason, Origin: origin}, 0)
 }
 
 func (c *Client) publish(ctx context.Context, g Generation, uploads int) (Generation, error) {
-	k := c.keys
-	g.Published = c.cfg.Now()
 	del := "0"
 	if g.Delete {
 		del = "1"
 	}
-	id, err := publishScript.Run(ctx, c.rdb,
-		[]string{k.Generation(), k.Sync(), k.Running(), k.Finished(), k.Claims(), k.Failures(), k.BadSources(), k.Lookup(), k.Events(), k.Progress()},
-		g.Path, del, g.Digest, g.State, g.Error, g.Origin, g.OriginAddr, ms(g.Published),
-		g.Files, g.Bytes, uploads, eventsMax).Int64()
+	res, err := c.run(ctx, publishScript, g.Origin,
+		g.Path, del, g.Digest, g.State, g.Error, g.Origin, g.OriginAddr,
+		g.Files, g.Bytes, uploads, eventsMax, g.ID, Proto).Int64Slice()
 	if err != nil {
 		return Generation{}, fmt.Errorf("publish generation: %w", err)
 	}
-	g.ID = id
+	g.ID, g.Published, g.Proto = res[0], time.UnixMilli(res[1]), Proto
 	return g, nil
 }
 
-// MarkDone moves generation gen from running to done; false when it is not
+// MarkDone moves generation r from running to done; false when it is not
 // the current running generation.
-func (c *Client) MarkDone(ctx context.Context, gen int64) (bool, error) {
-	n, err := markDoneScript.Run(ctx, c.rdb, []string{c.keys.Generation(), c.keys.Events()},
-		gen, ms(c.cfg.Now()), eventsMax).Int()
-	if err != nil {
-		return false, fmt.Errorf("mark generation done: %w", err)
-	}
-	return n == 1, nil
+func (c *Client) MarkDone(ctx context.Context, r Ref) (bool, error) {
+	at, err := c.markDone(ctx, r)
+	return !at.IsZero(), err
 }
 
-// OfferSlots offers host's slots for generation gen, skipping slots that are
-// claimed right now; nothing when gen is not current or host is bad.
-func (c *Client) OfferSlots(ctx context.Context, host string, gen int64, uploads int) error {
-	k := c.keys
-	err := offerScript.Run(ctx, c.rdb, []string{k.Generation(), k.Claims(), k.Sync(), k.BadSources()}, host, gen, uploads).Err()
+// markDone is MarkDone returning the Redis time it marked the generation
+// done at (zero when it did not).
+func (c *Client) markDone(ctx context.Context, r Ref) (time.Time, error) {
+	n, err := c.run(ctx, markDoneScript, "", r.ID, r.Digest, eventsMax).Int64()
 	if err != nil {
+		return time.Time{}, fmt.Errorf("mark generation done: %w", err)
+	}
+	if n == 0 {
+		return time.Time{}, nil
+	}
+	return time.UnixMilli(n), nil
+}
+
+// OfferSlots offers host's slots for generation r, skipping slots that are
+// claimed right now; nothing when r is not current or host is bad. force
+// (the origin, which knows it is alive) also ends a dead slot's back-off.
+func (c *Client) OfferSlots(ctx context.Context, host string, r Ref, uploads int, force bool) error {
+	if err := c.run(ctx, offerScript, host, host, r.ID, r.Digest, uploads, flag(force)).Err(); err != nil {
 		return fmt.Errorf("offer slots: %w", err)
 	}
 	return nil
+}
+
+// Drift marks host, which finished generation r, as repairing: its tree
+// changed on disk. It stays in finished_queue; status shows it repairing
+// until it finishes again. msg says what drifted.
+func (c *Client) Drift(ctx context.Context, host string, r Ref, msg string) error {
+	if err := c.run(ctx, driftScript, host, host, r.ID, r.Digest, msg, eventsMax).Err(); err != nil {
+		return fmt.Errorf("report drift: %w", err)
+	}
+	return nil
+}
+
+func flag(b bool) string {
+	if b {
+		return "1"
+	}
+	return "0"
 }
 
 // Host is a registered host.
@@ -241,45 +362,66 @@ type Host struct {
 	ID       string    `json:"-"`
 	Addr     string    `json:"addr"`
 	Version  string    `json:"version"`
+	Proto    int       `json:"proto,omitempty"` // absent: 1
 	Role     string    `json:"role"`
 	Started  time.Time `json:"started"`
-	LastSeen time.Time `json:"-"`
+	LastSeen time.Time `json:"-"` // Redis time
 	Alive    bool      `json:"-"`
 }
 
-// Heartbeat registers h and records that it is alive now.
-func (c *Client) Heartbeat(ctx context.Context, h Host) error {
-	b, err := json.Marshal(h)
+// Beat is what a heartbeat tells besides the registration: the generation
+// the host holds, verified on its disk, and the slots it offers.
+type Beat struct {
+	Held    Ref // zero while the host holds nothing verified
+	Uploads int
+}
+
+// Heartbeat registers h and records that it is alive now, in Redis time.
+// When the host holds the current generation (b.Held), it is re-asserted
+// in finished_queue and its slots offered, so a finish Redis lost is never
+// lost for good. It reports whether a lost finish was re-asserted, and
+// measures this host's clock offset to Redis (see Now).
+func (c *Client) Heartbeat(ctx context.Context, h Host, b Beat) (bool, error) {
+	h.Proto = Proto
+	info, err := json.Marshal(h)
 	if err != nil {
-		return err
+		return false, err
 	}
-	_, err = c.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-		p.HSet(ctx, c.keys.Hosts(), h.ID, b)
-		p.ZAdd(ctx, c.keys.Heartbeats(), redis.Z{Score: float64(c.cfg.Now().UnixMilli()), Member: h.ID})
-		return nil
-	})
+	gen := ""
+	if b.Held.ID > 0 {
+		gen = strconv.FormatInt(b.Held.ID, 10)
+	}
+	sent := c.cfg.Now()
+	res, err := c.run(ctx, heartbeatScript, h.ID, h.ID, info, gen, b.Held.Digest, b.Uploads, eventsMax).Int64Slice()
 	if err != nil {
-		return fmt.Errorf("heartbeat: %w", err)
+		return false, fmt.Errorf("heartbeat: %w", err)
 	}
-	return nil
+	c.observe(time.UnixMilli(res[0]), sent, c.cfg.Now())
+	return res[1] == 1, nil
 }
 
 // Hosts lists the registered hosts, sorted by id.
 func (c *Client) Hosts(ctx context.Context) ([]Host, error) {
 	var info *redis.MapStringStringCmd
 	var beats *redis.ZSliceCmd
+	var now *redis.TimeCmd
+	sent := c.cfg.Now()
 	_, err := c.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 		info = p.HGetAll(ctx, c.keys.Hosts())
 		beats = p.ZRangeWithScores(ctx, c.keys.Heartbeats(), 0, -1)
+		now = p.Time(ctx)
 		return nil
 	})
 	if err != nil {
 		return nil, fmt.Errorf("read hosts: %w", err)
 	}
-	return c.hosts(info.Val(), beats.Val()), nil
+	c.observe(now.Val(), sent, c.cfg.Now())
+	return c.hosts(info.Val(), beats.Val(), now.Val()), nil
 }
 
-func (c *Client) hosts(info map[string]string, beats []redis.Z) []Host {
+// hosts joins registrations and heartbeats; alive is judged at now, a
+// Redis time.
+func (c *Client) hosts(info map[string]string, beats []redis.Z, now time.Time) []Host {
 	seen := map[string]time.Time{}
 	for _, z := range beats {
 		seen[fmt.Sprint(z.Member)] = time.UnixMilli(int64(z.Score))
@@ -291,7 +433,7 @@ func (c *Client) hosts(info map[string]string, beats []redis.Z) []Host {
 	for id := range seen {
 		ids[id] = true
 	}
-	cutoff := c.cfg.Now().Add(-c.cfg.HostGrace)
+	cutoff := now.Add(-c.cfg.HostGrace)
 	out := make([]Host, 0, len(ids))
 	for id := range ids {
 		var h Host
@@ -299,6 +441,7 @@ func (c *Client) hosts(info map[string]string, beats []redis.Z) []Host {
 			json.Unmarshal([]byte(v), &h)
 		}
 		h.ID = id
+		h.Proto = max(h.Proto, 1)
 		h.LastSeen = seen[id]
 		h.Alive = !h.LastSeen.IsZero() && h.LastSeen.After(cutoff)
 		out = append(out, h)
@@ -309,10 +452,7 @@ func (c *Client) hosts(info map[string]string, beats []redis.Z) []Host {
 
 // Forget removes host from the registry and from every set.
 func (c *Client) Forget(ctx context.Context, host string) error {
-	k := c.keys
-	err := forgetScript.Run(ctx, c.rdb,
-		[]string{k.Hosts(), k.Heartbeats(), k.Finished(), k.Running(), k.Sync(), k.Claims(), k.Lease(host)}, host).Err()
-	if err != nil {
+	if err := c.run(ctx, forgetScript, host, host).Err(); err != nil {
 		return fmt.Errorf("forget %s: %w", host, err)
 	}
 	return nil
@@ -322,6 +462,25 @@ func (c *Client) Forget(ctx context.Context, host string) error {
 func (c *Client) Lookup(ctx context.Context) error {
 	if err := c.rdb.Incr(ctx, c.keys.Lookup()).Err(); err != nil {
 		return fmt.Errorf("count lookup: %w", err)
+	}
+	return nil
+}
+
+// Refuse records that host will not pull generation r, and why (a protocol
+// it does not speak): status shows the reason as the host's last error.
+func (c *Client) Refuse(ctx context.Context, host string, r Ref, reason string) error {
+	f, err := json.Marshal(Failure{Gen: r.ID, Error: reason, At: c.Now().UTC()})
+	if err != nil {
+		return err
+	}
+	_, err = c.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		p.HSet(ctx, c.keys.Failures(), host, f)
+		p.XAdd(ctx, &redis.XAddArgs{Stream: c.keys.Events(), MaxLen: eventsMax, Approx: true,
+			Values: []any{"type", "refuse", "host", host, "gen", r.ID, "slot", "", "msg", reason}})
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("record refusal: %w", err)
 	}
 	return nil
 }

@@ -77,7 +77,7 @@ func (f *fixture) members(key string) []string {
 func (f *fixture) heartbeat(hosts ...string) {
 	f.t.Helper()
 	for _, h := range hosts {
-		if err := f.c.Heartbeat(context.Background(), Host{ID: h, Addr: h + ":7070", Version: "test", Role: "minion"}); err != nil {
+		if _, err := heartbeatErr(f.c, h); err != nil {
 			f.t.Fatal(err)
 		}
 	}
@@ -133,7 +133,7 @@ func TestPublishAndTaskKey(t *testing.T) {
 		if err != nil || cur.ID != g2.ID || cur.State != StateRunning || cur.Path != "/data/m42" || cur.OriginAddr != "10.0.0.1:7070" || cur.Bytes != 300 {
 			t.Fatalf("Current = %+v, %v", cur, err)
 		}
-		fg, err := f.c.PublishFailed(ctx, "relative", "task is relative", "master")
+		fg, err := f.c.PublishFailed(ctx, "relative", "task is relative", "master", 0)
 		if err != nil || fg.ID != g2.ID+1 {
 			t.Fatal(err)
 		}
@@ -141,7 +141,7 @@ func TestPublishAndTaskKey(t *testing.T) {
 		if cur.State != StateFailed || cur.Error != "task is relative" || len(f.members(k.Sync())) != 0 {
 			t.Errorf("failed generation %+v, sync %v", cur, f.members(k.Sync()))
 		}
-		if _, err := f.c.Claim(ctx, "a", cur.ID); !errors.Is(err, ErrStale) {
+		if _, err := f.c.Claim(ctx, "a", cur.Ref(), false); !errors.Is(err, ErrStale) {
 			t.Errorf("claim on a failed generation: %v", err)
 		}
 	})
@@ -153,7 +153,7 @@ func TestClaimLifecycle(t *testing.T) {
 		k := f.c.Keys()
 		g := f.publish(1)
 		f.heartbeat("a", "b")
-		cl, err := f.c.Claim(ctx, "a", g.ID)
+		cl, err := f.c.Claim(ctx, "a", g.Ref(), false)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -166,16 +166,16 @@ func TestClaimLifecycle(t *testing.T) {
 		if ttl := f.rdb.PTTL(ctx, k.Lease("a")).Val(); ttl <= 0 || ttl > 15*time.Second {
 			t.Errorf("lease ttl %v", ttl)
 		}
-		if _, err := f.c.Claim(ctx, "b", g.ID); !errors.Is(err, ErrNoSource) {
+		if _, err := f.c.Claim(ctx, "b", g.Ref(), false); !errors.Is(err, ErrNoSource) {
 			t.Errorf("second claim with no slot: %v", err)
 		}
-		if _, err := f.c.Claim(ctx, "a", g.ID); !errors.Is(err, ErrBusy) {
+		if _, err := f.c.Claim(ctx, "a", g.Ref(), false); !errors.Is(err, ErrBusy) {
 			t.Errorf("claim while holding a lease: %v", err)
 		}
-		if _, err := f.c.Claim(ctx, "b", g.ID-1); !errors.Is(err, ErrStale) {
+		if _, err := f.c.Claim(ctx, "b", Ref{ID: g.ID - 1, Digest: g.Digest}, false); !errors.Is(err, ErrStale) {
 			t.Errorf("claim for an old generation: %v", err)
 		}
-		if err := f.c.Renew(ctx, cl); err != nil {
+		if _, err := f.c.Renew(ctx, cl); err != nil {
 			t.Fatal(err)
 		}
 		if err := f.c.Finish(ctx, cl, 2); err != nil {
@@ -187,19 +187,19 @@ func TestClaimLifecycle(t *testing.T) {
 		if !slices.Equal(f.members(k.Finished()), []string{"a"}) || len(f.members(k.Running())) != 0 {
 			t.Errorf("after finish: finished %v running %v", f.members(k.Finished()), f.members(k.Running()))
 		}
-		if _, err := f.c.Claim(ctx, "a", g.ID); !errors.Is(err, ErrFinished) {
+		if _, err := f.c.Claim(ctx, "a", g.Ref(), false); !errors.Is(err, ErrFinished) {
 			t.Errorf("claim after finishing: %v", err)
 		}
 		// b takes a's slot (never its own), and learns a's address.
 		for range 20 {
-			cl2, err := f.c.Claim(ctx, "b", g.ID)
+			cl2, err := f.c.Claim(ctx, "b", g.Ref(), false)
 			if err != nil {
 				t.Fatal(err)
 			}
 			if cl2.Source == "a" && cl2.SourceAddr != "a:7070" {
 				t.Fatalf("address of source a: %q", cl2.SourceAddr)
 			}
-			if err := f.c.Fail(ctx, cl2, SourceOK, "disk full"); err != nil {
+			if err := f.c.Fail(ctx, cl2, SourceOK, "disk full", 1); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -230,7 +230,7 @@ func TestConcurrentClaimsNeverShareASlot(t *testing.T) {
 					go func() {
 						defer wg.Done()
 						<-start
-						cl, err := f.c.Claim(context.Background(), fmt.Sprintf("h%02d", i), g.ID)
+						cl, err := f.c.Claim(context.Background(), fmt.Sprintf("h%02d", i), g.Ref(), false)
 						if err == nil {
 							got <- cl.Slot
 						} else if !errors.Is(err, ErrNoSource) {
@@ -264,7 +264,7 @@ func TestExpiredLeaseReturnsSlot(t *testing.T) {
 		ctx := context.Background()
 		k := f.c.Keys()
 		g := f.publish(1)
-		cl, err := f.c.Claim(ctx, "a", g.ID)
+		cl, err := f.c.Claim(ctx, "a", g.Ref(), false)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -282,8 +282,28 @@ func TestExpiredLeaseReturnsSlot(t *testing.T) {
 		if len(f.members(k.Running())) != 0 {
 			t.Error("reaped host still in running_queue")
 		}
-		if err := f.c.Renew(ctx, cl); !errors.Is(err, ErrLeaseLost) {
-			t.Errorf("renew after expiry: %v", err)
+		// A late renewal takes the slot again while nobody else has: the
+		// pull goes on.
+		if restored, err := f.c.Renew(ctx, cl); !restored || err != nil {
+			t.Errorf("renew after expiry, slot still free: %v, %v", restored, err)
+		}
+		if got := f.members(k.Sync()); len(got) != 0 || !slices.Equal(f.members(k.Running()), []string{"a"}) {
+			t.Fatalf("restored claim: sync %v running %v", got, f.members(k.Running()))
+		}
+		// Expired again, and this time b takes the slot: a's lease is lost.
+		expire(t, f, 400*time.Millisecond)
+		if n, err := f.c.Reap(ctx); n != 1 || err != nil {
+			t.Fatalf("second Reap = %d, %v", n, err)
+		}
+		clb, err := f.c.Claim(ctx, "b", g.Ref(), false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := f.c.Renew(ctx, cl); !errors.Is(err, ErrLeaseLost) {
+			t.Errorf("renew after the slot went to b: %v", err)
+		}
+		if err := f.c.Fail(ctx, clb, SourceOK, "done with it", 0); err != nil {
+			t.Fatal(err)
 		}
 		// A late finish records the host but does not return the slot a
 		// second time.
@@ -317,7 +337,7 @@ func TestFailVerdicts(t *testing.T) {
 		f.heartbeat("a", "b", "c", "d")
 		// a and b become sources with 2 slots each.
 		for _, h := range []string{"a", "b"} {
-			cl, err := f.c.Claim(ctx, h, g.ID)
+			cl, err := f.c.Claim(ctx, h, g.Ref(), false)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -327,27 +347,27 @@ func TestFailVerdicts(t *testing.T) {
 		}
 		claimFrom := func(host, source string) Claim {
 			for range 100 {
-				cl, err := f.c.Claim(ctx, host, g.ID)
+				cl, err := f.c.Claim(ctx, host, g.Ref(), false)
 				if err != nil {
 					t.Fatal(err)
 				}
 				if cl.Source == source {
 					return cl
 				}
-				f.c.Fail(ctx, cl, SourceOK, "retry")
+				f.c.Fail(ctx, cl, SourceOK, "retry", 1)
 			}
 			t.Fatalf("never drew a slot of %s", source)
 			return Claim{}
 		}
 		cl := claimFrom("c", "a")
-		if err := f.c.Fail(ctx, cl, SourceDead, "connection refused"); err != nil {
+		if err := f.c.Fail(ctx, cl, SourceDead, "connection refused", 1); err != nil {
 			t.Fatal(err)
 		}
 		if slices.Contains(f.members(k.Sync()), cl.Slot) {
 			t.Error("a dead source's slot returned")
 		}
 		cl = claimFrom("c", "b")
-		if err := f.c.Fail(ctx, cl, SourceBad, "hash mismatch"); err != nil {
+		if err := f.c.Fail(ctx, cl, SourceBad, "hash mismatch", 1); err != nil {
 			t.Fatal(err)
 		}
 		for _, m := range f.members(k.Sync()) {
@@ -359,18 +379,18 @@ func TestFailVerdicts(t *testing.T) {
 			t.Errorf("bad_sources = %v", f.members(k.BadSources()))
 		}
 		// A bad source gets no slots back, not even by finishing again.
-		if err := f.c.Finish(ctx, Claim{Host: "b", Gen: g.ID}, 2); err != nil {
+		if err := f.c.Finish(ctx, Claim{Host: "b", Gen: g.Ref()}, 2); err != nil {
 			t.Fatal(err)
 		}
 		for range 20 {
-			cl, err := f.c.Claim(ctx, "d", g.ID)
+			cl, err := f.c.Claim(ctx, "d", g.Ref(), false)
 			if err != nil {
 				t.Fatal(err)
 			}
 			if cl.Source == "b" {
 				t.Fatal("claimed a slot of a bad source")
 			}
-			f.c.Fail(ctx, cl, SourceOK, "retry")
+			f.c.Fail(ctx, cl, SourceOK, "retry", 1)
 		}
 		if !hasEvent(t, f, "bad_source", "b") {
 			t.Error("no bad_source event")
@@ -383,7 +403,7 @@ func TestNewGenerationSupersedes(t *testing.T) {
 		ctx := context.Background()
 		k := f.c.Keys()
 		g1 := f.publish(1)
-		cl, err := f.c.Claim(ctx, "a", g1.ID)
+		cl, err := f.c.Claim(ctx, "a", g1.Ref(), false)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -397,7 +417,7 @@ func TestNewGenerationSupersedes(t *testing.T) {
 		if len(f.members(k.Finished())) != 0 {
 			t.Error("host finished for the new generation")
 		}
-		if _, err := f.c.Claim(ctx, "a", g2.ID); err != nil {
+		if _, err := f.c.Claim(ctx, "a", g2.Ref(), false); err != nil {
 			t.Errorf("claim in the new generation: %v", err)
 		}
 	})
@@ -412,9 +432,13 @@ func TestHeartbeatsAndStatus(t *testing.T) {
 			t.Fatalf("empty status: %+v %v", st, err)
 		}
 		g := f.publish(1)
+		// Liveness is judged by Redis TIME: this host's clock, a minute
+		// off, changes nothing; a heartbeat older than the grace does.
+		f.c = New(f.rdb, Config{Prefix: "{fanout}:", LeaseTTL: 15 * time.Second, HostGrace: 700 * time.Millisecond, Now: f.clock})
 		f.heartbeat("a", "b")
 		f.advance(time.Minute)
-		f.heartbeat("b", "c") // a is now a minute old: lost
+		time.Sleep(800 * time.Millisecond)
+		f.heartbeat("b", "c") // a is now 800ms old: lost
 		hosts, err := f.c.Hosts(ctx)
 		if err != nil || len(hosts) != 3 || hosts[0].ID != "a" || hosts[0].Alive || !hosts[1].Alive || hosts[1].Addr != "b:7070" {
 			t.Fatalf("Hosts = %+v, %v", hosts, err)
@@ -428,7 +452,7 @@ func TestHeartbeatsAndStatus(t *testing.T) {
 			t.Errorf("dead host's slot kept: %v", got)
 		}
 		for _, h := range []string{"b", "c"} {
-			cl, err := f.c.Claim(ctx, h, g.ID)
+			cl, err := f.c.Claim(ctx, h, g.Ref(), false)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -448,10 +472,10 @@ func TestHeartbeatsAndStatus(t *testing.T) {
 		if st.State != StateDone || !slices.Equal(st.Expected, []string{"b", "c"}) || !slices.Equal(st.Finished, []string{"b", "c"}) || st.Lookup != 1 || st.Task != "" {
 			t.Fatalf("status = %+v", st)
 		}
-		if ok, err := f.c.MarkDone(ctx, g.ID); !ok || err != nil {
+		if ok, err := f.c.MarkDone(ctx, g.Ref()); !ok || err != nil {
 			t.Fatalf("MarkDone = %v, %v", ok, err)
 		}
-		if ok, _ := f.c.MarkDone(ctx, g.ID); ok {
+		if ok, _ := f.c.MarkDone(ctx, g.Ref()); ok {
 			t.Error("MarkDone twice")
 		}
 		if err := f.c.Forget(ctx, "b"); err != nil {
@@ -468,10 +492,10 @@ func TestOfferSlotsSkipsClaimed(t *testing.T) {
 	each(t, 15*time.Second, func(t *testing.T, f *fixture) {
 		ctx := context.Background()
 		g := f.publish(2)
-		if _, err := f.c.Claim(ctx, "a", g.ID); err != nil {
+		if _, err := f.c.Claim(ctx, "a", g.Ref(), false); err != nil {
 			t.Fatal(err)
 		}
-		if err := f.c.OfferSlots(ctx, "master", g.ID, 2); err != nil {
+		if err := f.c.OfferSlots(ctx, "master", g.Ref(), 2, false); err != nil {
 			t.Fatal(err)
 		}
 		free := f.members(f.c.Keys().Sync())
@@ -479,7 +503,7 @@ func TestOfferSlotsSkipsClaimed(t *testing.T) {
 		if len(free) != 1 || free[0] == st.Claims["a"] {
 			t.Fatalf("offer re-added a claimed slot: free %v, claimed %s", free, st.Claims["a"])
 		}
-		if err := f.c.OfferSlots(ctx, "master", g.ID-1, 2); err != nil || len(f.members(f.c.Keys().Sync())) != 1 {
+		if err := f.c.OfferSlots(ctx, "master", Ref{ID: g.ID - 1, Digest: g.Digest}, 2, false); err != nil || len(f.members(f.c.Keys().Sync())) != 1 {
 			t.Error("offer for an old generation changed the set")
 		}
 	})
@@ -495,9 +519,9 @@ func TestPrefixIsolates(t *testing.T) {
 		g := f.publish(1)
 		f.heartbeat("a", "b")
 		f.c.Lookup(ctx)
-		cl, _ := f.c.Claim(ctx, "a", g.ID)
-		f.c.Fail(ctx, cl, SourceBad, "x")
-		cl, _ = f.c.Claim(ctx, "b", g.ID)
+		cl, _ := f.c.Claim(ctx, "a", g.Ref(), false)
+		f.c.Fail(ctx, cl, SourceBad, "x", 1)
+		cl, _ = f.c.Claim(ctx, "b", g.Ref(), false)
 		f.c.Finish(ctx, cl, 1)
 		f.c.Reap(ctx)
 		keys, err := f.rdb.Keys(ctx, "*").Result()
@@ -538,7 +562,7 @@ func TestPartialSources(t *testing.T) {
 		f.heartbeat("a", "b", "c", "y", "z")
 		claim := func(host string) Claim {
 			t.Helper()
-			cl, err := f.c.Claim(ctx, host, g.ID)
+			cl, err := f.c.Claim(ctx, host, g.Ref(), false)
 			if err != nil {
 				t.Fatalf("claim for %s: %v", host, err)
 			}
@@ -546,7 +570,7 @@ func TestPartialSources(t *testing.T) {
 		}
 		offer := func(host string) {
 			t.Helper()
-			if err := f.c.OfferSlots(ctx, host, g.ID, 1); err != nil {
+			if err := f.c.OfferSlots(ctx, host, g.Ref(), 1, false); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -566,7 +590,7 @@ func TestPartialSources(t *testing.T) {
 		if err := f.c.Switch(ctx, a, SourceDead, "origin gone"); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := f.c.Claim(ctx, "a", g.ID); !errors.Is(err, ErrNoSource) {
+		if _, err := f.c.Claim(ctx, "a", g.Ref(), false); !errors.Is(err, ErrNoSource) {
 			t.Fatalf("a claimed with only its downstream b offered: %v", err)
 		}
 		if !hasEvent(t, f, "switch", "a") {
@@ -578,8 +602,16 @@ func TestPartialSources(t *testing.T) {
 			t.Fatalf("c claimed %+v, want b's slot", c)
 		}
 		offer("c")
-		// With the origin back, a gets it, never c (c <- b <- a).
+		// The origin's slot backs off after the dead verdict; the origin
+		// itself offers it again at once (force). Then a gets it, never c
+		// (c <- b <- a).
 		offer("master")
+		if slices.Contains(f.members(k.Sync()), "master#0") {
+			t.Fatal("a slot judged dead was offered again before its back-off")
+		}
+		if err := f.c.OfferSlots(ctx, "master", g.Ref(), 1, true); err != nil {
+			t.Fatal(err)
+		}
 		for range 10 {
 			cl := claim("a")
 			if cl.Source != "master" {
@@ -592,7 +624,7 @@ func TestPartialSources(t *testing.T) {
 
 		// y holds the whole generation: z always prefers it to the
 		// partial sources on offer.
-		if err := f.c.Finish(ctx, Claim{Host: "y", Gen: g.ID}, 1); err != nil {
+		if err := f.c.Finish(ctx, Claim{Host: "y", Gen: g.Ref()}, 1); err != nil {
 			t.Fatal(err)
 		}
 		f.rdb.SRem(ctx, k.Sync(), "master#0")
@@ -601,7 +633,7 @@ func TestPartialSources(t *testing.T) {
 			if cl.Source != "y" || cl.Partial {
 				t.Fatalf("z claimed %s (partial %v) with a whole source free", cl.Slot, cl.Partial)
 			}
-			if err := f.c.Fail(ctx, cl, SourceOK, "again"); err != nil {
+			if err := f.c.Fail(ctx, cl, SourceOK, "again", 1); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -610,11 +642,15 @@ func TestPartialSources(t *testing.T) {
 		if !slices.Contains(f.members(k.Sync()), "c#0") {
 			t.Fatal("c#0 not on offer")
 		}
-		if err := f.c.Fail(ctx, c, SourceOK, "disk full"); err != nil {
+		if err := f.c.Fail(ctx, c, SourceOK, "disk full", 1); err != nil {
 			t.Fatal(err)
 		}
 		if slices.Contains(f.members(k.Sync()), "c#0") {
 			t.Error("a host that failed its pull still offers its slot")
 		}
 	})
+}
+
+func heartbeatErr(c *Client, host string) (bool, error) {
+	return c.Heartbeat(context.Background(), Host{ID: host, Addr: host + ":7070", Version: "test", Role: "minion"}, Beat{})
 }

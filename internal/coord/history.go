@@ -62,15 +62,14 @@ func (c *Client) recordCompletion(ctx context.Context, rec Completion) error {
 // Complete marks generation g done (once) and records it in the history.
 // It returns false when g was not the current running generation.
 func (c *Client) Complete(ctx context.Context, g Generation, hosts int) (Completion, bool, error) {
-	ok, err := c.MarkDone(ctx, g.ID)
-	if err != nil || !ok {
+	now, err := c.markDone(ctx, g.Ref()) // Redis time, like g.Published
+	if err != nil || now.IsZero() {
 		return Completion{}, false, err
 	}
 	rounds, err := c.Rounds(ctx, g.ID)
 	if err != nil {
 		return Completion{}, true, err
 	}
-	now := c.cfg.Now()
 	rec := Completion{
 		Gen: g.ID, Path: g.Path, Digest: g.Digest, Hosts: hosts, Files: g.Files, Bytes: g.Bytes,
 		Rounds: rounds, Published: g.Published, Done: now, Elapsed: now.Sub(g.Published),
@@ -115,7 +114,7 @@ type Progress struct {
 // ReportProgress records host's pull progress (one HSET, sent about once a
 // second while a host pulls).
 func (c *Client) ReportProgress(ctx context.Context, host string, p Progress) error {
-	p.Updated = c.cfg.Now()
+	p.Updated = c.Now()
 	b, err := json.Marshal(p)
 	if err != nil {
 		return err

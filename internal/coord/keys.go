@@ -3,6 +3,12 @@
 // publishing, the host registry and status. Every state change that reads
 // and writes several keys is one script, so it is atomic.
 //
+// A generation is named by its id and its manifest digest together (Ref):
+// ids restart when Redis loses its data, and a script that compared ids alone
+// could count a host finished for content it does not hold. Times that decide
+// liveness (heartbeats, lease and back-off expiry) are Redis TIME, never a
+// host's clock.
+//
 // On Redis Cluster, give every key one hash slot with a prefix that holds a
 // hash tag, such as "{fanout}:". Reap builds lease key names inside its
 // script from the prefix; with a hash-tagged prefix they share the slot.
@@ -63,3 +69,22 @@ func (k Keys) History() string { return k.Prefix + "history" }
 
 // Progress maps a host id to its pull progress (JSON).
 func (k Keys) Progress() string { return k.Prefix + "progress" }
+
+// Holders maps a claimed slot ("host#n") to the host pulling through it, so
+// offering a host's slots costs O(slots) and never doubles a claimed one.
+func (k Keys) Holders() string { return k.Prefix + "holders" }
+
+// DeadSlots is a sorted set of slots judged dead by a puller, scored by the
+// Redis time (ms) at which they are offered again (a back-off, not a drop).
+func (k Keys) DeadSlots() string { return k.Prefix + "dead_slots" }
+
+// Strikes counts, per source host, the dead verdicts since its last good
+// transfer: each doubles the source's back-off.
+func (k Keys) Strikes() string { return k.Prefix + "strikes" }
+
+// Repairing is the set of finished hosts repairing drift (files changed or
+// lost on disk since they finished); they stay in finished_queue.
+func (k Keys) Repairing() string { return k.Prefix + "repairing" }
+
+// Repairs counts, per host, the drift repairs of the current generation.
+func (k Keys) Repairs() string { return k.Prefix + "repairs" }

@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/redis/go-redis/v9"
 )
@@ -28,6 +29,14 @@ type Status struct {
 	Lookup   int64
 	Claims   map[string]string // host → slot it pulls from
 	Progress map[string]Progress
+	// Repairing lists finished hosts repairing drift on their disk;
+	// Repairs counts each host's repairs in this generation.
+	Repairing []string
+	Repairs   map[string]int64
+	// Now is Redis's clock when the status was read: every time above
+	// (heartbeats, publish, done) is Redis time, so durations are
+	// computed against Now, never against the reader's clock.
+	Now time.Time
 }
 
 // Status reads the whole protocol state in one round trip.
@@ -40,7 +49,11 @@ func (c *Client) Status(ctx context.Context) (Status, error) {
 		fin, run, src               *redis.StringSliceCmd
 		beats                       *redis.ZSliceCmd
 		lookup                      *redis.StringCmd
+		repairing                   *redis.StringSliceCmd
+		repairs                     *redis.MapStringStringCmd
+		now                         *redis.TimeCmd
 	)
+	sent := c.cfg.Now()
 	_, err := c.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 		task = p.Get(ctx, k.Task())
 		gen = p.HGetAll(ctx, k.Generation())
@@ -53,24 +66,36 @@ func (c *Client) Status(ctx context.Context) (Status, error) {
 		beats = p.ZRangeWithScores(ctx, k.Heartbeats(), 0, -1)
 		lookup = p.Get(ctx, k.Lookup())
 		progress = p.HGetAll(ctx, k.Progress())
+		repairing = p.SMembers(ctx, k.Repairing())
+		repairs = p.HGetAll(ctx, k.Repairs())
+		now = p.Time(ctx)
 		return nil
 	})
 	if err != nil && !errors.Is(err, redis.Nil) {
 		return Status{}, fmt.Errorf("read status: %w", err)
 	}
+	c.observe(now.Val(), sent, c.cfg.Now())
 	st := Status{
-		Task:     task.Val(),
-		Finished: sorted(fin.Val()),
-		Running:  sorted(run.Val()),
-		Sources:  sorted(src.Val()),
-		Failures: map[string]Failure{},
-		Claims:   map[string]string{},
-		Progress: map[string]Progress{},
-		Hosts:    c.hosts(hostsIn.Val(), beats.Val()),
-		Expected: []string{},
+		Now:       now.Val(),
+		Repairing: sorted(repairing.Val()),
+		Repairs:   map[string]int64{},
+		Task:      task.Val(),
+		Finished:  sorted(fin.Val()),
+		Running:   sorted(run.Val()),
+		Sources:   sorted(src.Val()),
+		Failures:  map[string]Failure{},
+		Claims:    map[string]string{},
+		Progress:  map[string]Progress{},
+		Hosts:     c.hosts(hostsIn.Val(), beats.Val(), now.Val()),
+		Expected:  []string{},
 	}
-	if g := gen.Val(); g["state"] != "" {
-		st.Generation = parseGeneration(g)
+	if g := gen.Val(); g["state"] != "" || g["id"] != "" {
+		if st.Generation, err = parseGeneration(k.Generation(), g); err != nil {
+			return Status{}, err
+		}
+	}
+	for h, v := range repairs.Val() {
+		st.Repairs[h], _ = strconv.ParseInt(v, 10, 64)
 	}
 	st.Lookup, _ = strconv.ParseInt(lookup.Val(), 10, 64)
 	for h, v := range fails.Val() {
@@ -111,8 +136,15 @@ func state(st Status) string {
 	if len(st.Expected) == 0 {
 		return StateRunning
 	}
+	finished := make(map[string]bool, len(st.Finished))
+	for _, h := range st.Finished {
+		finished[h] = true
+	}
+	for _, h := range st.Repairing {
+		delete(finished, h) // a repairing host's tree differs: not done yet
+	}
 	for _, h := range st.Expected {
-		if !slices.Contains(st.Finished, h) {
+		if !finished[h] {
 			return StateRunning
 		}
 	}

@@ -24,6 +24,7 @@ import (
 	"github.com/fanout/fanout/internal/master"
 	"github.com/fanout/fanout/internal/minion"
 	"github.com/fanout/fanout/internal/peer"
+	"github.com/fanout/fanout/internal/statedir"
 )
 
 // Config describes a lab deployment.
@@ -38,7 +39,11 @@ type Config struct {
 	// WholeFile turns pipelining off: a minion becomes a source only once
 	// it holds the whole generation (the seed's doubling).
 	WholeFile bool
-	Log       logrus.FieldLogger
+	// NoWatch turns the minions' inotify watchers off (drift is then found
+	// by VerifyEvery only); VerifyEvery defaults to the minion's.
+	NoWatch     bool
+	VerifyEvery time.Duration
+	Log         logrus.FieldLogger
 }
 
 // Lab is a running deployment.
@@ -60,6 +65,9 @@ type Host struct {
 	StateDir string
 	Addr     string // its peer server, once started
 	Minion   *minion.Minion
+	// Skew offsets this host's clock from the machine's (set before
+	// StartMinion): the protocol must not care.
+	Skew time.Duration
 
 	mu     sync.Mutex
 	cancel context.CancelFunc
@@ -115,8 +123,15 @@ func Start(ctx context.Context, cfg Config) (*Lab, error) {
 // Config returns the lab's configuration, defaults filled in.
 func (l *Lab) Config() Config { return l.cfg }
 
-func (l *Lab) newCoord() *coord.Client {
-	return coord.New(l.Redis, coord.Config{Prefix: l.cfg.Prefix, LeaseTTL: 3 * time.Second, HostGrace: 5 * time.Second})
+func (l *Lab) newCoord() *coord.Client { return l.hostCoord(0) }
+
+// hostCoord is the protocol client of a host whose clock is off by skew.
+func (l *Lab) hostCoord(skew time.Duration) *coord.Client {
+	return coord.New(l.Redis, coord.Config{
+		Prefix: l.cfg.Prefix, LeaseTTL: 3 * time.Second, HostGrace: 5 * time.Second,
+		DeadBackoff: 500 * time.Millisecond, DeadBackoffMax: 5 * time.Second,
+		Now: func() time.Time { return time.Now().Add(skew) },
+	})
 }
 
 func (l *Lab) newHost(id string) *Host {
@@ -134,11 +149,12 @@ func (l *Lab) AddMinion(ctx context.Context) (*Host, error) {
 // StartMaster starts (or restarts) the master.
 func (l *Lab) StartMaster(ctx context.Context) error {
 	h := l.Master
-	return h.start(ctx, l, func(ctx context.Context, ln net.Listener, server *peer.Server) (func(context.Context) error, error) {
+	co := l.hostCoord(h.Skew)
+	return h.start(ctx, l, co, func(ctx context.Context, ln net.Listener, server *peer.Server) (func(context.Context) error, error) {
 		m, err := master.New(master.Config{
 			ID: h.ID, Advertise: ln.Addr().String(), Root: h.Root, StateDir: h.StateDir,
 			Uploads: l.cfg.Uploads, Poll: l.cfg.Poll, Log: l.cfg.Log.WithField("host", h.ID),
-		}, l.newCoord(), server)
+		}, co, server)
 		if err != nil {
 			return nil, err
 		}
@@ -148,15 +164,17 @@ func (l *Lab) StartMaster(ctx context.Context) error {
 
 // StartMinion starts (or restarts) a minion.
 func (l *Lab) StartMinion(ctx context.Context, h *Host) error {
-	return h.start(ctx, l, func(ctx context.Context, ln net.Listener, server *peer.Server) (func(context.Context) error, error) {
-		client := peer.NewClient(peer.ClientConfig{Secret: l.secret, DialTimeout: 2 * time.Second, StallTimeout: 2 * time.Second})
+	co := l.hostCoord(h.Skew)
+	return h.start(ctx, l, co, func(ctx context.Context, ln net.Listener, server *peer.Server) (func(context.Context) error, error) {
+		client := peer.NewClient(peer.ClientConfig{Secret: l.secret, DialTimeout: 2 * time.Second, StallTimeout: 2 * time.Second, Now: co.Now})
 		m, err := minion.New(minion.Config{
 			ID: h.ID, Advertise: ln.Addr().String(), Root: h.Root, StateDir: h.StateDir,
 			Uploads: l.cfg.Uploads, Source: true, Poll: l.cfg.Poll, Heartbeat: time.Second,
 			Pipeline: !l.cfg.WholeFile, ArrivalWait: 2 * time.Second,
 			Log: l.cfg.Log.WithField("host", h.ID), Version: "lab",
 			Download: bwlimit.New(l.cfg.BWLimit),
-		}, l.newCoord(), server, client)
+			NoWatch:  l.cfg.NoWatch, VerifyEvery: l.cfg.VerifyEvery, ScanEvery: 2 * time.Second,
+		}, co, server, client)
 		if err != nil {
 			return nil, err
 		}
@@ -167,7 +185,7 @@ func (l *Lab) StartMinion(ctx context.Context, h *Host) error {
 
 type runner func(ctx context.Context, ln net.Listener, server *peer.Server) (func(context.Context) error, error)
 
-func (h *Host) start(ctx context.Context, l *Lab, build runner) error {
+func (h *Host) start(ctx context.Context, l *Lab, co *coord.Client, build runner) error {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if h.cancel != nil {
@@ -178,15 +196,22 @@ func (h *Host) start(ctx context.Context, l *Lab, build runner) error {
 			return err
 		}
 	}
+	// As the commands do: one writer per state directory.
+	lock, err := statedir.Acquire(h.StateDir, h.ID, false)
+	if err != nil {
+		return err
+	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
+		lock.Release()
 		return fmt.Errorf("listen for %s: %w", h.ID, err)
 	}
 	h.Addr = ln.Addr().String()
-	server := peer.NewServer(peer.ServerConfig{Secret: l.secret, Log: l.cfg.Log.WithField("host", h.ID), Upload: bwlimit.New(l.cfg.BWLimit)})
+	server := peer.NewServer(peer.ServerConfig{Secret: l.secret, Log: l.cfg.Log.WithField("host", h.ID), Upload: bwlimit.New(l.cfg.BWLimit), Now: co.Now})
 	run, err := build(ctx, ln, server)
 	if err != nil {
 		ln.Close()
+		lock.Release()
 		return fmt.Errorf("start %s: %w", h.ID, err)
 	}
 	hctx, cancel := context.WithCancel(ctx)
@@ -199,6 +224,7 @@ func (h *Host) start(ctx context.Context, l *Lab, build runner) error {
 		go func() { defer wg.Done(); serr = server.Serve(hctx, ln) }()
 		go func() { defer wg.Done(); rerr = run(hctx) }()
 		wg.Wait()
+		lock.Release()
 		h.done <- errors.Join(serr, rerr)
 	}()
 	return nil
@@ -278,4 +304,30 @@ func (l *Lab) Stop() {
 	if l.Mini != nil {
 		l.Mini.Close()
 	}
+}
+
+// HoldSlot claims slot of generation g for a placeholder host with a long
+// lease, so no puller can take it (the master's re-offers skip a claimed
+// slot): a test's way to steer pullers to other sources. release returns
+// the slot.
+func HoldSlot(ctx context.Context, rdb *redis.Client, prefix string, g coord.Ref, slot string) (release func() error, err error) {
+	co := coord.New(rdb, coord.Config{Prefix: prefix, LeaseTTL: 10 * time.Minute})
+	const holder = "test-slot-holder"
+	for range 500 {
+		cl, err := co.Claim(ctx, holder, g, false)
+		if err != nil {
+			if errors.Is(err, coord.ErrNoSource) {
+				time.Sleep(10 * time.Millisecond)
+				continue
+			}
+			return nil, err
+		}
+		if cl.Slot == slot {
+			return func() error { return co.Fail(context.WithoutCancel(ctx), cl, coord.SourceOK, "released by the test", 0) }, nil
+		}
+		if err := co.Fail(ctx, cl, coord.SourceOK, "not the slot to hold", 0); err != nil {
+			return nil, err
+		}
+	}
+	return nil, fmt.Errorf("could not claim %s", slot)
 }

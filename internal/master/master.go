@@ -37,8 +37,8 @@ type Coordinator interface {
 	SetTask(ctx context.Context, path string, opts coord.TaskOptions) error
 	Current(ctx context.Context) (coord.Generation, error)
 	Publish(ctx context.Context, g coord.Generation, uploads int) (coord.Generation, error)
-	PublishFailed(ctx context.Context, path, reason, origin string) (coord.Generation, error)
-	OfferSlots(ctx context.Context, host string, gen int64, uploads int) error
+	PublishFailed(ctx context.Context, path, reason, origin string, floor int64) (coord.Generation, error)
+	OfferSlots(ctx context.Context, host string, r coord.Ref, uploads int, force bool) error
 	Complete(ctx context.Context, g coord.Generation, hosts int) (coord.Completion, bool, error)
 	Reap(ctx context.Context) (int, error)
 	Status(ctx context.Context) (coord.Status, error)
@@ -50,16 +50,29 @@ type Master struct {
 	coord  Coordinator
 	server *peer.Server
 	cache  *manifest.Cache
-	active *published // the generation this master published and serves
+	active *published // the generation this master serves now
+	// last is the last generation this master published, kept in the
+	// state directory: when Redis loses writes (a failover, a restart
+	// without persistence) and shows an older generation, the master
+	// publishes the task again, and never reuses an id.
+	last *published
 }
 
+// published is a generation this master published.
 type published struct {
-	gen    int64
-	path   string
-	delete bool
+	Gen    int64  `json:"gen"`
+	Digest string `json:"digest"`
+	Path   string `json:"path"`
+	Delete bool   `json:"delete"`
+	Failed bool   `json:"failed,omitempty"`
 }
 
-const cacheFile = "hashes.cache"
+func (p *published) ref() coord.Ref { return coord.Ref{ID: p.Gen, Digest: p.Digest} }
+
+const (
+	cacheFile     = "hashes.cache"
+	publishedFile = "published.json"
+)
 
 // New builds a master.
 func New(cfg Config, co Coordinator, server *peer.Server) (*Master, error) {
@@ -82,7 +95,11 @@ func New(cfg Config, co Coordinator, server *peer.Server) (*Master, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Master{cfg: cfg, coord: co, server: server, cache: cache}, nil
+	m := &Master{cfg: cfg, coord: co, server: server, cache: cache}
+	if m.last, err = loadPublished(filepath.Join(cfg.StateDir, publishedFile)); err != nil {
+		return nil, err
+	}
+	return m, nil
 }
 
 // Run watches the task key until ctx is cancelled. A failing tick (Redis
@@ -114,22 +131,35 @@ func (m *Master) Tick(ctx context.Context) error {
 	case fresh || (value != "" && g.ID == 0):
 		// An operator (or publish) wrote the key since we adopted it, even
 		// with the same path or an empty value: that is a new task.
-		opts, err := m.coord.Adopt(ctx)
-		if err != nil {
-			return fmt.Errorf("adopt task: %w", err)
-		}
-		return m.publish(ctx, value, opts)
-	case value == "" && g.ID == 0 && m.active != nil:
-		// Redis lost its data (restarted empty): publish the task again.
-		// Hosts that hold it already announce themselves without a transfer.
-		m.cfg.Log.WithField("path", m.active.path).Warn("task and generation are gone from Redis; publishing the task again")
-		return m.coord.SetTask(ctx, m.active.path, coord.TaskOptions{Delete: m.active.delete})
+		return m.adopt(ctx, value)
+	case m.lost(g):
+		// Redis went back in time (a failover promoted a replica that had
+		// not seen our publish, or it restarted empty): publish the last
+		// task again. Hosts that hold it announce themselves without a
+		// transfer; the id stays above the lost one.
+		m.cfg.Log.WithFields(logrus.Fields{"path": m.last.Path, "lost_gen": m.last.Gen, "redis_gen": g.ID}).
+			Warn("Redis lost the last generation this master published; publishing the task again")
+		return m.coord.SetTask(ctx, m.last.Path, coord.TaskOptions{Delete: m.last.Delete})
 	case value == "":
 		// No task, or an operator deleted the key: keep serving what we have.
-	case g.Origin == m.cfg.ID && g.State != coord.StateFailed && (m.active == nil || m.active.gen != g.ID):
+	case !names(value, g):
+		// The task names another path than the generation: the publish of
+		// that task was lost. Publish it now.
+		m.cfg.Log.WithFields(logrus.Fields{"task": value, "gen": g.ID, "gen_path": g.Path}).
+			Warn("task does not name the current generation; publishing it")
+		return m.adopt(ctx, value)
+	case g.Origin == m.cfg.ID && g.State != coord.StateFailed && (m.active == nil || m.active.ref() != g.Ref()):
 		// Restarted master: serve the generation it published before.
 		if err := m.resume(ctx, g); err != nil {
 			return err
+		}
+	}
+	if a := m.active; a != nil && a.ref() == g.Ref() && g.State != coord.StateFailed {
+		// Offer the origin's slots again every tick: a slot a puller judged
+		// dead after one transient error, or a write Redis lost, must never
+		// leave the generation without its origin. Claimed slots are skipped.
+		if err := m.coord.OfferSlots(ctx, m.cfg.ID, g.Ref(), m.cfg.Uploads, true); err != nil {
+			return fmt.Errorf("offer origin slots: %w", err)
 		}
 	}
 	if n, err := m.coord.Reap(ctx); err != nil {
@@ -138,7 +168,35 @@ func (m *Master) Tick(ctx context.Context) error {
 		m.cfg.Metrics.LeaseExpiries.Add(float64(n))
 		m.cfg.Log.WithField("leases", n).Warn("reaped expired leases; their source slots are free again")
 	}
+	if g.State != coord.StateRunning {
+		return nil // done or failed: nothing to complete
+	}
 	return m.checkDone(ctx)
+}
+
+// lost reports whether Redis shows an older generation than the last one
+// this master published: ids only grow, so a smaller id (or the same id
+// with another digest) means Redis lost writes.
+func (m *Master) lost(g coord.Generation) bool {
+	l := m.last
+	return l != nil && !l.Failed && (g.ID < l.Gen || (g.ID == l.Gen && g.Digest != l.Digest))
+}
+
+// names reports whether the task value names generation g.
+func names(value string, g coord.Generation) bool {
+	if clean, err := CleanTask(value); err == nil {
+		return clean == g.Path
+	}
+	return value == g.Path // a failed generation records the value as written
+}
+
+// adopt marks the task key seen, takes its options and publishes it.
+func (m *Master) adopt(ctx context.Context, value string) error {
+	opts, err := m.coord.Adopt(ctx)
+	if err != nil {
+		return fmt.Errorf("adopt task: %w", err)
+	}
+	return m.publish(ctx, value, opts)
 }
 
 // publish validates a task value, builds its manifest and publishes it as a
@@ -158,8 +216,33 @@ func (m *Master) publish(ctx context.Context, value string, opts coord.TaskOptio
 	m.cfg.Metrics.RejectedTasks.Inc()
 	m.server.Set(nil)
 	m.active = nil
-	if _, perr := m.coord.PublishFailed(ctx, value, err.Error(), m.cfg.ID); perr != nil {
+	if len(value) > maxStoredTask {
+		value = value[:maxStoredTask] + "..."
+	}
+	g, perr := m.coord.PublishFailed(ctx, value, err.Error(), m.cfg.ID, m.floor())
+	if perr != nil {
 		return fmt.Errorf("record failed task: %w", perr)
+	}
+	return m.remember(&published{Gen: g.ID, Path: value, Failed: true})
+}
+
+// maxStoredTask bounds the task value recorded in a failed generation.
+const maxStoredTask = 4096
+
+// floor is the last id this master published (0 if none).
+func (m *Master) floor() int64 {
+	if m.last == nil {
+		return 0
+	}
+	return m.last.Gen
+}
+
+// remember records p as the last generation published, in the state
+// directory, so a restarted master knows it too.
+func (m *Master) remember(p *published) error {
+	m.last = p
+	if err := savePublished(filepath.Join(m.cfg.StateDir, publishedFile), p); err != nil {
+		return fmt.Errorf("record the published generation: %w", err)
 	}
 	return nil
 }
@@ -167,7 +250,7 @@ func (m *Master) publish(ctx context.Context, value string, opts coord.TaskOptio
 func (m *Master) offer(ctx context.Context, clean string, opts coord.TaskOptions, snap *peer.Snapshot) error {
 	files, bytes := snap.Manifest.Totals()
 	g, err := m.coord.Publish(ctx, coord.Generation{
-		Path: clean, Delete: opts.Delete, Digest: snap.Digest,
+		ID: m.floor(), Path: clean, Delete: opts.Delete, Digest: snap.Digest,
 		Origin: m.cfg.ID, OriginAddr: m.cfg.Advertise, Files: int64(files), Bytes: bytes,
 	}, 0)
 	if err != nil {
@@ -177,10 +260,13 @@ func (m *Master) offer(ctx context.Context, clean string, opts coord.TaskOptions
 	// find it serving this generation.
 	snap.Gen = g.ID
 	m.server.Set(snap)
-	m.active = &published{gen: g.ID, path: clean, delete: opts.Delete}
+	m.active = &published{Gen: g.ID, Digest: g.Digest, Path: clean, Delete: opts.Delete}
 	m.cfg.Metrics.Published.Inc()
 	m.cfg.Metrics.Generation.Set(float64(g.ID))
-	if err := m.coord.OfferSlots(ctx, m.cfg.ID, g.ID, m.cfg.Uploads); err != nil {
+	if err := m.remember(m.active); err != nil {
+		return err
+	}
+	if err := m.coord.OfferSlots(ctx, m.cfg.ID, g.Ref(), m.cfg.Uploads, true); err != nil {
 		return fmt.Errorf("offer origin slots: %w", err)
 	}
 	m.cfg.Log.WithFields(logrus.Fields{
@@ -206,9 +292,14 @@ func (m *Master) resume(ctx context.Context, g coord.Generation) error {
 	}
 	snap.Gen = g.ID
 	m.server.Set(snap)
-	m.active = &published{gen: g.ID, path: g.Path, delete: g.Delete}
+	m.active = &published{Gen: g.ID, Digest: g.Digest, Path: g.Path, Delete: g.Delete}
 	m.cfg.Metrics.Generation.Set(float64(g.ID))
-	if err := m.coord.OfferSlots(ctx, m.cfg.ID, g.ID, m.cfg.Uploads); err != nil {
+	if m.last == nil || m.last.Gen < g.ID {
+		if err := m.remember(m.active); err != nil {
+			return err
+		}
+	}
+	if err := m.coord.OfferSlots(ctx, m.cfg.ID, g.Ref(), m.cfg.Uploads, true); err != nil {
 		return fmt.Errorf("offer origin slots: %w", err)
 	}
 	m.cfg.Log.WithField("gen", g.ID).Info("resumed serving generation")
@@ -242,7 +333,7 @@ func (m *Master) checkDone(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("read status: %w", err)
 	}
-	if st.Generation.ID != m.active.gen || st.Generation.State != coord.StateRunning || st.State != coord.StateDone {
+	if st.Generation.Ref() != m.active.ref() || st.Generation.State != coord.StateRunning || st.State != coord.StateDone {
 		return nil
 	}
 	rec, ok, err := m.coord.Complete(ctx, st.Generation, len(st.Finished))

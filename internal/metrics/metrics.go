@@ -25,6 +25,14 @@ type Metrics struct {
 	Published     prometheus.Counter
 	RejectedTasks prometheus.Counter
 	Unauthorized  prometheus.Counter
+	// Drift and repair of a held tree (minion).
+	Repairs            prometheus.Counter
+	DriftEntries       prometheus.Counter
+	Verifications      prometheus.Counter
+	VerifyDuration     prometheus.Histogram
+	WatchedDirs        prometheus.Gauge
+	LeasesRecreated    prometheus.Counter
+	FinishesReasserted prometheus.Counter
 }
 
 // New registers every metric, plus the Go runtime and process collectors.
@@ -37,15 +45,27 @@ func New() *Metrics {
 		return c
 	}
 	m := &Metrics{
-		reg:           reg,
-		BytesServed:   f("bytes_served_total", "File bytes sent to peers."),
-		BytesReceived: f("bytes_received_total", "File bytes received from peers and verified or being verified."),
-		FilesReceived: f("files_received_total", "Files received, verified and renamed into place."),
-		Claims:        f("claims_total", "Source slots claimed by this host."),
-		LeaseExpiries: f("lease_expiries_total", "Expired leases reaped (master only)."),
-		Published:     f("generations_published_total", "Generations published (master only)."),
-		RejectedTasks: f("tasks_rejected_total", "Task values rejected as bad input (master only)."),
-		Unauthorized:  f("unauthorized_requests_total", "Peer requests refused for a bad or missing signature."),
+		reg:                reg,
+		BytesServed:        f("bytes_served_total", "File bytes sent to peers."),
+		BytesReceived:      f("bytes_received_total", "File bytes received from peers and verified or being verified."),
+		FilesReceived:      f("files_received_total", "Files received, verified and renamed into place."),
+		Claims:             f("claims_total", "Source slots claimed by this host."),
+		LeaseExpiries:      f("lease_expiries_total", "Expired leases reaped (master only)."),
+		Published:          f("generations_published_total", "Generations published (master only)."),
+		RejectedTasks:      f("tasks_rejected_total", "Task values rejected as bad input (master only)."),
+		Unauthorized:       f("unauthorized_requests_total", "Peer requests refused for a bad or missing signature."),
+		Repairs:            f("repairs_total", "Drift repairs: the held tree changed on disk and was brought back to the generation."),
+		DriftEntries:       f("drift_entries_total", "Entries found changed, missing or extra on disk by verification."),
+		Verifications:      f("verifications_total", "Verification passes of the held tree against its manifest."),
+		LeasesRecreated:    f("leases_recreated_total", "Leases Redis lost while this host pulled, re-created from the claim record."),
+		FinishesReasserted: f("finishes_reasserted_total", "Finishes Redis lost, announced again by a heartbeat."),
+		VerifyDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Namespace: "fanout", Name: "verify_duration_seconds", Help: "Time of one verification pass of the held tree.",
+			Buckets: prometheus.ExponentialBuckets(0.001, 4, 10),
+		}),
+		WatchedDirs: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: "fanout", Name: "watched_directories", Help: "Directories of the held tree watched for changes (inotify); the rest are scanned periodically.",
+		}),
 		PullDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Namespace: "fanout", Name: "pull_duration_seconds", Help: "Time from claim to a verified copy.",
 			Buckets: prometheus.ExponentialBuckets(0.05, 2, 16),
@@ -57,7 +77,7 @@ func New() *Metrics {
 			Namespace: "fanout", Name: "generation", Help: "Generation this host holds (minion) or published (master).",
 		}),
 	}
-	reg.MustRegister(m.PullDuration, m.Failures, m.Generation)
+	reg.MustRegister(m.PullDuration, m.Failures, m.Generation, m.VerifyDuration, m.WatchedDirs)
 	for _, v := range []string{"ok", "dead", "bad"} {
 		m.Failures.WithLabelValues(v)
 	}

@@ -51,6 +51,18 @@ type Config struct {
 	// ArrivalWait bounds how long a host streaming a file it is still
 	// receiving waits for new bytes; default peer.DefaultArrivalWait.
 	ArrivalWait time.Duration
+	// VerifyEvery is how often a daemon verifies its whole held tree
+	// against the manifest even when inotify saw no change (a safety net
+	// for changes inotify cannot see, such as writes through mmap); default
+	// 10m.
+	VerifyEvery time.Duration
+	// ScanEvery is how often it verifies the tree when inotify cannot
+	// watch all of it (the watch limit, a file system without inotify);
+	// default 10s, so drift is repaired within about 15s either way.
+	ScanEvery time.Duration
+	// NoWatch turns the inotify watcher off: drift is then found by the
+	// VerifyEvery pass only.
+	NoWatch bool
 }
 
 func (c *Config) setDefaults() {
@@ -66,6 +78,12 @@ func (c *Config) setDefaults() {
 	if c.Workers <= 0 {
 		c.Workers = 4
 	}
+	if c.VerifyEvery <= 0 {
+		c.VerifyEvery = 10 * time.Minute
+	}
+	if c.ScanEvery <= 0 {
+		c.ScanEvery = 10 * time.Second
+	}
 	if c.Log == nil {
 		c.Log = logrus.New()
 	}
@@ -78,15 +96,17 @@ func (c *Config) setDefaults() {
 type Coordinator interface {
 	Current(ctx context.Context) (coord.Generation, error)
 	TaskKey(ctx context.Context) (string, bool, error)
-	Heartbeat(ctx context.Context, h coord.Host) error
+	Heartbeat(ctx context.Context, h coord.Host, b coord.Beat) (bool, error)
 	Lookup(ctx context.Context) error
-	Claim(ctx context.Context, host string, gen int64) (coord.Claim, error)
-	Renew(ctx context.Context, cl coord.Claim) error
+	Claim(ctx context.Context, host string, gen coord.Ref, repair bool) (coord.Claim, error)
+	Renew(ctx context.Context, cl coord.Claim) (bool, error)
 	Finish(ctx context.Context, cl coord.Claim, uploads int) error
-	Fail(ctx context.Context, cl coord.Claim, v coord.Verdict, reason string) error
+	Fail(ctx context.Context, cl coord.Claim, v coord.Verdict, reason string, uploads int) error
 	Switch(ctx context.Context, cl coord.Claim, v coord.Verdict, reason string) error
-	OfferSlots(ctx context.Context, host string, gen int64, uploads int) error
+	OfferSlots(ctx context.Context, host string, gen coord.Ref, uploads int, force bool) error
 	ReportProgress(ctx context.Context, host string, p coord.Progress) error
+	Drift(ctx context.Context, host string, gen coord.Ref, msg string) error
+	Refuse(ctx context.Context, host string, gen coord.Ref, reason string) error
 }
 
 // Minion is one host's fanout daemon.
@@ -97,13 +117,25 @@ type Minion struct {
 	client  *peer.Client
 	cache   *manifest.Cache
 	started time.Time
+	watch   *treeWatch // nil outside Run
 
-	mu   sync.Mutex
-	held *held
+	mu sync.Mutex
+	// held is the generation the tree was last brought to, with its
+	// manifest; verified says the tree matched it at the last check
+	// (checked). Only a verified hold is announced, served or re-asserted.
+	held     *held
+	heldEnc  []byte
+	heldMan  *manifest.Manifest
+	verified bool
+	checked  time.Time
+	armed    string // genKey of the tree the watcher watches
+
 	// Generations are told apart by genKey, not by id alone: ids restart
 	// when Redis loses its data.
 	looked   string // generation whose discovery was counted in lookup
 	finished string // generation this host is known to be finished for
+	drifting string // generation whose drift was reported and is being repaired
+	refused  string // generation refused for its protocol version
 
 	// The pull in flight (or the last one): its generation id, bytes
 	// received so far and planned in all.
@@ -125,8 +157,9 @@ func (m *Minion) ProgressOf(gen int64) (received, planned int64) {
 	return m.Progress()
 }
 
-// New builds a minion and loads what it held before a restart, so the peer
-// server serves it again at once.
+// New builds a minion and loads what it held before a restart. Nothing is
+// served or announced until the tree on disk is verified against it (the
+// first Step does that).
 func New(cfg Config, co Coordinator, server *peer.Server, client *peer.Client) (*Minion, error) {
 	cfg.setDefaults()
 	if cfg.ID == "" {
@@ -144,9 +177,7 @@ func New(cfg Config, co Coordinator, server *peer.Server, client *peer.Client) (
 	if err != nil {
 		cfg.Log.WithError(err).Warn("ignoring held state; the next pull re-checks the tree")
 	} else if h != nil {
-		m.held = h
-		server.Set(snapshot(cfg.Root, h, enc, man))
-		cfg.Metrics.Generation.Set(float64(h.Gen))
+		m.held, m.heldEnc, m.heldMan = h, enc, man
 	}
 	return m, nil
 }
@@ -156,24 +187,30 @@ type Outcome int
 
 // Outcomes of Step.
 const (
-	Idle    Outcome = iota // no task, or a failed one
-	Holding                // this host holds the current generation
-	Waiting                // no source is free yet
-	Pulled                 // this host pulled the current generation in this step
+	Idle     Outcome = iota // no task, or a failed one
+	Holding                 // this host holds the current generation, verified on disk
+	Waiting                 // no source is free yet, or the pull or repair failed
+	Pulled                  // this host pulled the current generation in this step
+	Repaired                // this host repaired drift of the generation it holds
 )
 
 func (o Outcome) String() string {
-	return [...]string{"idle", "holding", "waiting", "pulled"}[o]
+	return [...]string{"idle", "holding", "waiting", "pulled", "repaired"}[o]
 }
 
 // Run heartbeats and polls until ctx is cancelled. Errors of a single poll
 // are logged and retried; Run returns nil once ctx is done.
 func (m *Minion) Run(ctx context.Context) error {
+	m.watch = newTreeWatch(m.cfg.Log, !m.cfg.NoWatch, func(n int) { m.cfg.Metrics.WatchedDirs.Set(float64(n)) })
 	var wg sync.WaitGroup
-	wg.Add(1)
+	wg.Add(2)
 	go func() {
 		defer wg.Done()
 		m.heartbeatLoop(ctx)
+	}()
+	go func() {
+		defer wg.Done()
+		m.watch.run(ctx)
 	}()
 	defer wg.Wait()
 	failures := 0
@@ -184,7 +221,7 @@ func (m *Minion) Run(ctx context.Context) error {
 		}
 		wait := jitter(m.cfg.Poll)
 		switch {
-		case out == Pulled:
+		case out == Pulled || out == Repaired:
 			failures = 0
 			wait = 0 // look again at once: a newer generation may be waiting
 		case err != nil && out == Waiting:
@@ -199,9 +236,21 @@ func (m *Minion) Run(ctx context.Context) error {
 		case <-ctx.Done():
 			return nil
 		case <-time.After(wait):
+		case <-m.watch.wake:
+			// The held tree changed on disk: let the burst settle, then
+			// look (the next Step verifies).
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-time.After(settle):
+			}
 		}
 	}
 }
+
+// settle is how long a burst of changes in the held tree may go on before
+// the tree is verified.
+const settle = 300 * time.Millisecond
 
 // Sync runs until this host holds the current generation (nil), the task is
 // absent or failed, or ctx ends; it is the one-shot mode for cron and
@@ -222,7 +271,7 @@ func (m *Minion) Sync(ctx context.Context) error {
 	for {
 		out, err := m.Step(ctx)
 		switch {
-		case err == nil && (out == Holding || out == Pulled):
+		case err == nil && (out == Holding || out == Pulled || out == Repaired):
 			return nil
 		case err == nil && out == Idle:
 			if pending, perr := m.taskPending(ctx); perr != nil {
@@ -278,18 +327,33 @@ func (m *Minion) heartbeatLoop(ctx context.Context) {
 	}
 }
 
+// heartbeat registers this host and, while it holds a verified copy of a
+// generation, re-asserts it in finished_queue: a finish Redis lost in a
+// failover is announced again within one heartbeat.
 func (m *Minion) heartbeat(ctx context.Context) error {
-	err := m.coord.Heartbeat(ctx, coord.Host{
+	var b coord.Beat
+	m.mu.Lock()
+	if m.verified && m.held != nil {
+		b = coord.Beat{Held: coord.Ref{ID: m.held.Gen, Digest: m.held.Digest}, Uploads: m.uploads()}
+	}
+	m.mu.Unlock()
+	again, err := m.coord.Heartbeat(ctx, coord.Host{
 		ID: m.cfg.ID, Addr: m.cfg.Advertise, Version: m.cfg.Version, Role: "minion", Started: m.started,
-	})
+	}, b)
 	if err != nil {
 		return fmt.Errorf("heartbeat: %w", err)
+	}
+	if again {
+		m.cfg.Metrics.FinishesReasserted.Inc()
+		m.cfg.Log.WithField("gen", b.Held.ID).Warn("Redis had lost this host's finish; announced it again")
 	}
 	return nil
 }
 
-// Step looks at the current generation once and, when this host does not
-// hold it, claims a source and pulls it.
+// Step looks at the current generation once. When this host holds it, it
+// verifies its tree when due (at start, after a change seen by the watcher,
+// periodically) and repairs drift; when it does not, it claims a source and
+// pulls.
 func (m *Minion) Step(ctx context.Context) (Outcome, error) {
 	g, err := m.coord.Current(ctx)
 	if err != nil {
@@ -298,11 +362,14 @@ func (m *Minion) Step(ctx context.Context) (Outcome, error) {
 	if g.ID == 0 || g.State == coord.StateFailed || g.Digest == "" {
 		return Idle, nil
 	}
+	if g.Proto > coord.Proto {
+		return Idle, m.refuse(ctx, g)
+	}
 	m.mu.Lock()
 	h := m.held
 	m.mu.Unlock()
 	if h.satisfies(g) {
-		return Holding, m.announce(ctx, g, h)
+		return m.hold(ctx, g)
 	}
 	if m.looked != genKey(g) {
 		if err := m.coord.Lookup(ctx); err != nil {
@@ -311,17 +378,18 @@ func (m *Minion) Step(ctx context.Context) (Outcome, error) {
 		m.looked = genKey(g)
 		m.cfg.Log.WithFields(logrus.Fields{"gen": g.ID, "path": g.Path}).Info("new generation")
 	}
-	cl, err := m.coord.Claim(ctx, m.cfg.ID, g.ID)
+	cl, err := m.coord.Claim(ctx, m.cfg.ID, g.Ref(), false)
+	if errors.Is(err, coord.ErrFinished) {
+		// Redis lists this host as holding the generation, but its state
+		// does not (the state directory was wiped): verify the tree by
+		// pulling its difference, as a repair.
+		cl, err = m.coord.Claim(ctx, m.cfg.ID, g.Ref(), true)
+	}
 	switch {
 	case errors.Is(err, coord.ErrNoSource), errors.Is(err, coord.ErrBusy):
 		return Waiting, nil
 	case errors.Is(err, coord.ErrStale):
 		return Idle, nil
-	case errors.Is(err, coord.ErrFinished):
-		// Redis lists this host as finished but its state does not hold
-		// the generation (the state directory was wiped). Its tree cannot
-		// be vouched for; it is not offered as a source.
-		return Holding, nil
 	case err != nil:
 		return Idle, fmt.Errorf("claim source: %w", err)
 	}
@@ -331,46 +399,68 @@ func (m *Minion) Step(ctx context.Context) (Outcome, error) {
 	return Pulled, nil
 }
 
+// refuse reports, once per generation, a generation published by a newer
+// fanout than this one: it is never pulled half-understood.
+func (m *Minion) refuse(ctx context.Context, g coord.Generation) error {
+	if m.refused == genKey(g) {
+		return nil
+	}
+	reason := fmt.Sprintf("generation %d was published with protocol %d; this fanout-minion (%s) speaks %d: upgrade fanout on this host",
+		g.ID, g.Proto, m.cfg.Version, coord.Proto)
+	if err := m.coord.Refuse(ctx, m.cfg.ID, g.Ref(), reason); err != nil {
+		return err
+	}
+	m.refused = genKey(g)
+	return errors.New(reason)
+}
+
+// hold is Step for a host whose held state names g: verify when due, repair
+// drift, announce.
+func (m *Minion) hold(ctx context.Context, g coord.Generation) (Outcome, error) {
+	if m.verifyDue() {
+		plan, err := m.verify(ctx)
+		if err != nil {
+			m.setUnverified()
+			return Waiting, err
+		}
+		if !plan.Empty() {
+			return m.repair(ctx, g, plan)
+		}
+		m.setVerified(false)
+	}
+	return Holding, m.announce(ctx, g)
+}
+
 // announce makes sure Redis lists this host as finished (and as a source)
-// for g, which it already holds: after a restart, a Redis data loss, or a
+// for g, which it holds verified: after a restart, a Redis data loss, or a
 // republish of identical content.
-func (m *Minion) announce(ctx context.Context, g coord.Generation, h *held) error {
+func (m *Minion) announce(ctx context.Context, g coord.Generation) error {
 	if m.finished == genKey(g) {
 		return nil
 	}
+	m.mu.Lock()
+	h, enc, man := *m.held, m.heldEnc, m.heldMan
+	m.mu.Unlock()
 	if h.Gen != g.ID {
-		h2 := *h
-		h2.Gen = g.ID
-		enc, man := m.servedManifest()
-		if enc == nil {
-			return errors.New("held state has no manifest")
-		}
-		if err := saveHeld(m.cfg.StateDir, h2, enc); err != nil {
+		h.Gen = g.ID
+		if err := saveHeld(m.cfg.StateDir, h, enc); err != nil {
 			return err
 		}
 		m.mu.Lock()
-		m.held = &h2
+		m.held = &h
 		m.mu.Unlock()
-		m.server.Set(snapshot(m.cfg.Root, &h2, enc, man))
+		m.server.Set(snapshot(m.cfg.Root, &h, enc, man))
 		m.cfg.Metrics.Generation.Set(float64(g.ID))
 	}
-	if err := m.coord.Finish(ctx, coord.Claim{Host: m.cfg.ID, Gen: g.ID}, m.uploads()); err != nil {
+	if err := m.coord.Finish(ctx, coord.Claim{Host: m.cfg.ID, Gen: g.Ref()}, m.uploads()); err != nil {
 		if errors.Is(err, coord.ErrStale) {
 			return nil
 		}
 		return fmt.Errorf("announce held generation: %w", err)
 	}
 	m.finished = genKey(g)
-	m.cfg.Log.WithField("gen", g.ID).Info("already holds the generation; offered as a source")
+	m.cfg.Log.WithField("gen", g.ID).Info("holds the generation, verified on disk; offered as a source")
 	return nil
-}
-
-func (m *Minion) servedManifest() ([]byte, *manifest.Manifest) {
-	s := m.server.Current()
-	if s == nil {
-		return nil, nil
-	}
-	return s.Encoded, s.Manifest
 }
 
 func (m *Minion) uploads() int {

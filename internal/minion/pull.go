@@ -50,14 +50,14 @@ func (m *Minion) pull(ctx context.Context, g coord.Generation, cl coord.Claim) e
 	// go back and running_queue must not keep this host.
 	sctx, scancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer scancel()
-	last := coord.Claim{Host: m.cfg.ID, Gen: g.ID} // no slot to release
+	last := coord.Claim{Host: m.cfg.ID, Gen: g.Ref(), Repair: cl.Repair} // no slot to release
 	if c := src.claim(); c != nil {
 		last = *c
 	}
 	if err != nil {
 		v := verdict(ctx, err, mixedMismatch(err, src))
 		m.cfg.Metrics.Failures.WithLabelValues([...]string{"ok", "dead", "bad"}[v]).Inc()
-		if ferr := m.coord.Fail(sctx, last, v, err.Error()); ferr != nil {
+		if ferr := m.coord.Fail(sctx, last, v, err.Error(), m.uploads()); ferr != nil {
 			log.WithError(ferr).Warn("could not record the failure")
 		}
 		return fmt.Errorf("pull generation %d from %s: %w", g.ID, last.Source, err)
@@ -131,7 +131,11 @@ func (m *Minion) watchLoop(ctx context.Context, src *source, cancel context.Canc
 		if cl == nil {
 			continue // switching sources: the new claim starts a new lease
 		}
-		err := m.coord.Renew(ctx, *cl)
+		restored, err := m.coord.Renew(ctx, *cl)
+		if restored {
+			m.cfg.Metrics.LeasesRecreated.Inc()
+			m.cfg.Log.WithField("slot", cl.Slot).Warn("Redis had lost this host's lease; re-created it from its claim")
+		}
 		if errors.Is(err, coord.ErrLeaseLost) || errors.Is(err, coord.ErrStale) {
 			if now := src.claim(); now != nil && now.Slot != cl.Slot {
 				continue // the pull moved to another source meanwhile
@@ -164,10 +168,14 @@ func (m *Minion) transfer(ctx context.Context, g coord.Generation, src *source) 
 	}
 	src.setManifest(remote)
 
-	// From here on the tree changes: stop serving the old copy.
+	// From here on the tree changes: stop serving and watching the old
+	// copy, and keep no state that vouches for it.
 	m.server.Set(nil)
+	if m.watch != nil {
+		m.watch.disarm()
+	}
 	m.mu.Lock()
-	m.held = nil
+	m.held, m.verified, m.armed = nil, false, ""
 	m.mu.Unlock()
 	if err := clearHeld(m.cfg.StateDir); err != nil {
 		return apply.Stats{}, err
@@ -217,7 +225,7 @@ func (m *Minion) transfer(ctx context.Context, g coord.Generation, src *source) 
 		incoming = peer.NewIncoming(plan.Entries(manifest.OpFetch), m.cfg.ArrivalWait)
 		opts.Observer = incoming
 		m.server.Set(&peer.Snapshot{Gen: g.ID, Digest: g.Digest, Encoded: enc, Manifest: remote, Root: root, Incoming: incoming})
-		if err := m.coord.OfferSlots(ctx, m.cfg.ID, g.ID, m.uploads()); err != nil {
+		if err := m.coord.OfferSlots(ctx, m.cfg.ID, g.Ref(), m.uploads(), false); err != nil {
 			m.cfg.Log.WithError(err).Warn("could not offer this host as a partial source")
 		}
 	}
@@ -232,14 +240,16 @@ func (m *Minion) transfer(ctx context.Context, g coord.Generation, src *source) 
 		}
 		return st, err
 	}
+	// Every file is durable (Apply fsyncs files and their directories)
+	// before the state records the tree as held.
 	h := held{Gen: g.ID, Digest: g.Digest, Path: g.Path, Delete: g.Delete}
 	if err := saveHeld(m.cfg.StateDir, h, enc); err != nil {
 		return st, err
 	}
 	m.mu.Lock()
-	m.held = &h
+	m.held, m.heldEnc, m.heldMan = &h, enc, remote
 	m.mu.Unlock()
-	m.server.Set(snapshot(m.cfg.Root, &h, enc, remote))
+	m.setVerified(true)
 	return st, nil
 }
 

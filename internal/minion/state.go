@@ -10,6 +10,7 @@ import (
 	"github.com/fanout/fanout/internal/coord"
 	"github.com/fanout/fanout/internal/manifest"
 	"github.com/fanout/fanout/internal/peer"
+	"github.com/fanout/fanout/internal/statedir"
 )
 
 // held is what a host verifiably holds: one generation of one task. It is
@@ -68,49 +69,26 @@ func loadHeld(dir string) (*held, []byte, *manifest.Manifest, error) {
 // manifest is written first so a crash in between leaves a state that fails
 // its digest check rather than one that claims the wrong content.
 func saveHeld(dir string, h held, enc []byte) error {
-	if err := writeAtomic(filepath.Join(dir, manifestFile), enc); err != nil {
+	if err := statedir.WriteFile(filepath.Join(dir, manifestFile), enc, manifest.TempPrefix); err != nil {
 		return fmt.Errorf("save held manifest: %w", err)
 	}
 	b, err := json.Marshal(h)
 	if err != nil {
 		return fmt.Errorf("encode held state: %w", err)
 	}
-	if err := writeAtomic(filepath.Join(dir, heldFile), b); err != nil {
+	if err := statedir.WriteFile(filepath.Join(dir, heldFile), b, manifest.TempPrefix); err != nil {
 		return fmt.Errorf("save held state: %w", err)
 	}
 	return nil
 }
 
-// clearHeld forgets what this host held: its tree is about to change.
+// clearHeld forgets what this host held, durably: its tree is about to
+// change.
 func clearHeld(dir string) error {
-	err := os.Remove(filepath.Join(dir, heldFile))
-	if err != nil && !errors.Is(err, os.ErrNotExist) {
+	if err := statedir.Remove(filepath.Join(dir, heldFile)); err != nil {
 		return fmt.Errorf("clear held state: %w", err)
 	}
 	return nil
-}
-
-func writeAtomic(path string, b []byte) error {
-	f, err := os.CreateTemp(filepath.Dir(path), manifest.TempPrefix+"state-*")
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	if _, err := f.Write(b); err != nil {
-		f.Close()
-		os.Remove(tmp)
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		os.Remove(tmp)
-		return err
-	}
-	if err := f.Close(); err != nil {
-		os.Remove(tmp)
-		return err
-	}
-	return os.Rename(tmp, path)
 }
 
 // snapshot turns a held state into what the peer server serves.
