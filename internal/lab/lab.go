@@ -323,7 +323,9 @@ func HoldSlot(ctx context.Context, rdb *redis.Client, prefix string, g coord.Ref
 			return nil, err
 		}
 		if cl.Slot == slot {
-			return func() error { return co.Fail(context.WithoutCancel(ctx), cl, coord.SourceOK, "released by the test", 0) }, nil
+			return func() error {
+				return co.Fail(context.WithoutCancel(ctx), cl, coord.SourceOK, "released by the test", 0)
+			}, nil
 		}
 		if err := co.Fail(ctx, cl, coord.SourceOK, "not the slot to hold", 0); err != nil {
 			return nil, err
