@@ -20,7 +20,9 @@ type Claim struct {
 	// claimed: it streams bytes as they reach it (pipelining).
 	Partial bool
 	// Repair is true for a host that holds the generation and repairs
-	// drift: it stays in finished_queue and is listed as repairing.
+	// drift: it stays in finished_queue and is listed as repairing. When
+	// finishing, it says the host changed its tree to repair it: one
+	// repair is counted.
 	Repair bool
 	Lease  time.Duration
 }

@@ -306,8 +306,9 @@ return res
 `)
 
 // finishScript releases a claim and records host as holding the generation
-// and as a source with uploads slots. A host that was repairing drift (or
-// ARGV repaired = 1: a repair that needed no source) counts one repair.
+// and as a source with uploads slots. ARGV repaired = 1 (the host changed
+// its tree to repair drift) counts one repair; either way the host is no
+// longer listed as repairing.
 // ARGV: host, gen, digest, slot, uploads, maxlen, repaired
 var finishScript = newScript(
 	[]string{"lease", "claims", "holders", "sync", "bad", "generation", "running", "finished", "failures", "events", "dead", "strikes", "repairing", "repairs"}, `
@@ -318,7 +319,8 @@ local src = slotSource(slot)
 if src then redis.call('HDEL', K.strikes, src) end
 redis.call('SREM', K.running, host)
 redis.call('SADD', K.finished, host)
-local repaired = redis.call('SREM', K.repairing, host) == 1 or ARGV[7] == '1'
+redis.call('SREM', K.repairing, host)
+local repaired = ARGV[7] == '1'
 if redis.call('SISMEMBER', K.bad, host) == 0 then
   offer(host, tonumber(ARGV[5]), false)
 end

@@ -62,6 +62,9 @@ func (m *Minion) pull(ctx context.Context, g coord.Generation, cl coord.Claim) e
 		}
 		return fmt.Errorf("pull generation %d from %s: %w", g.ID, last.Source, err)
 	}
+	// A repair claim that found the tree intact (a wiped state directory)
+	// verified it: it repaired nothing.
+	last.Repair = cl.Repair && st.Files+st.Dirs+st.Symlinks+st.Removed+st.Meta > 0
 	if err := m.coord.Finish(sctx, last, m.uploads()); err != nil && !errors.Is(err, coord.ErrStale) {
 		return fmt.Errorf("finish generation %d: %w", g.ID, err)
 	}

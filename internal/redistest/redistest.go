@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"testing"
 	"time"
@@ -31,6 +32,11 @@ type Server struct {
 	// Restart (real server only) kills the server and starts a new, empty
 	// one on the same port.
 	Restart func(t testing.TB)
+	// Snapshot (real server only) saves the data set now (SAVE) and
+	// returns a restore: it kills the server (SIGKILL: nothing written
+	// since is kept) and starts it again on the same port from the
+	// snapshot, as a failover to a replica that lagged behind would.
+	Snapshot func(t testing.TB) (restore func(t testing.TB))
 }
 
 // Servers returns a miniredis and, when available, a real redis-server.
@@ -66,11 +72,13 @@ func Real(t testing.TB) (Server, bool) {
 		t.Fatal(err)
 	}
 	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+	dir := t.TempDir()
+	dump := filepath.Join(dir, "dump.rdb")
 	var cmd *exec.Cmd
 	start := func(t testing.TB) {
 		t.Helper()
 		cmd = exec.Command(bin, "--port", strconv.Itoa(port), "--bind", "127.0.0.1",
-			"--save", "", "--appendonly", "no", "--dir", t.TempDir())
+			"--save", "", "--appendonly", "no", "--dir", dir, "--dbfilename", "dump.rdb")
 		if err := cmd.Start(); err != nil {
 			t.Fatalf("start redis-server: %v", err)
 		}
@@ -87,15 +95,46 @@ func Real(t testing.TB) (Server, bool) {
 			cmd = nil
 		}
 	}
+	snapshots := 0
+	snapshot := func(t testing.TB) func(testing.TB) {
+		t.Helper()
+		rdb := redis.NewClient(&redis.Options{Addr: addr})
+		defer rdb.Close()
+		if err := rdb.Save(context.Background()).Err(); err != nil {
+			t.Fatalf("SAVE: %v", err)
+		}
+		snapshots++
+		snap := filepath.Join(dir, fmt.Sprintf("snapshot-%d.rdb", snapshots))
+		if err := copyFile(dump, snap); err != nil {
+			t.Fatal(err)
+		}
+		return func(t testing.TB) {
+			t.Helper()
+			kill()
+			if err := copyFile(snap, dump); err != nil {
+				t.Fatal(err)
+			}
+			start(t)
+		}
+	}
 	start(t)
 	t.Cleanup(kill)
 	return Server{
-		Name:    "redis-server",
-		Addr:    addr,
-		URL:     "redis://" + addr,
-		Kill:    kill,
-		Restart: func(t testing.TB) { kill(); start(t) },
+		Name:     "redis-server",
+		Addr:     addr,
+		URL:      "redis://" + addr,
+		Kill:     kill,
+		Restart:  func(t testing.TB) { kill(); os.Remove(dump); start(t) },
+		Snapshot: snapshot,
 	}, true
+}
+
+func copyFile(from, to string) error {
+	b, err := os.ReadFile(from)
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(to, b, 0o600)
 }
 
 func freePort() (int, error) {

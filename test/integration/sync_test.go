@@ -3,6 +3,7 @@ package integration
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -94,6 +95,57 @@ func TestSyncAndServe(t *testing.T) {
 	if !slices.Contains(st.Sources, "served#0") || slices.ContainsFunc(st.Sources, func(s string) bool { return strings.HasPrefix(s, "plain#") }) || st.Finished != 2 {
 		t.Errorf("sources %v finished %d: want served#0 offered, plain not", st.Sources, st.Finished)
 	}
+	// Drift: files deleted and changed by hand, a mode changed. A sync
+	// repairs all of it before it exits 0.
+	for _, name := range []string{"plain", "served"} {
+		tree := filepath.Join(dir, name, "root", task)
+		must(t, os.Remove(filepath.Join(tree, "weights/model.bin")))
+		must(t, lab.Corrupt(filepath.Join(tree, "config/run.sh")))
+		must(t, os.Chmod(filepath.Join(tree, "config/secret.yaml"), 0o644))
+	}
+	for _, args := range [][]string{plain, served} {
+		if out, err := sync(args); err != nil {
+			t.Fatalf("sync %s after drift: %v\n%s", args[1], err, out)
+		}
+	}
+	for _, name := range []string{"served", "plain"} {
+		if err := lab.Compare(src, filepath.Join(dir, name, "root", task)); err != nil {
+			t.Errorf("after a sync of a drifted tree: %v", err)
+		}
+	}
+	// One writer per state directory: a second sync on plain's state dir
+	// while one holds it is refused, naming the dir and the holder.
+	holder := exec.Command(minionBin, append([]string{"run"}, plain...)...)
+	holder.Env = env
+	if err := holder.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { holder.Process.Kill(); holder.Wait() })
+	stateDir := filepath.Join(dir, "plain", "state")
+	var refusal string
+	var serr error
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		refusal, serr = sync(plain)
+		if serr != nil && strings.Contains(refusal, "state directory in use") || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(200 * time.Millisecond) // the run daemon may not hold the lock yet
+	}
+	for _, want := range []string{stateDir, fmt.Sprintf("pid %d", holder.Process.Pid), "fanout-minion run", "--state-dir"} {
+		if serr == nil || !strings.Contains(refusal, want) {
+			t.Errorf("second writer on %s: %v, output does not name %q:\n%s", stateDir, serr, want, refusal)
+		}
+	}
+	// A serve daemon may not share it with run either (run serves itself).
+	serve := exec.Command(minionBin, append([]string{"serve"}, plain...)...)
+	serve.Env = env
+	if b, err := serve.CombinedOutput(); err == nil || !strings.Contains(string(b), "state directory in use") {
+		t.Errorf("serve beside run on one state dir: %v\n%s", err, b)
+	}
+	holder.Process.Kill()
+	holder.Wait()
+
 	// No task at all: sync says so and exits 1. The master is stopped
 	// first: it would take the missing keys for a Redis data loss and
 	// publish its task again.
