@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net/http"
 	"os"
 	"strconv"
@@ -27,7 +28,8 @@ func Sign(r *http.Request, secret []byte, now time.Time) {
 }
 
 // Verify checks the signature Sign put on r, and that its timestamp is within
-// maxSkew of now. The error says which check failed.
+// maxSkew of now, compared in whole seconds. The error says which check
+// failed.
 func Verify(r *http.Request, secret []byte, now time.Time, maxSkew time.Duration) error {
 	ts := r.Header.Get(headerTimestamp)
 	sig := r.Header.Get(headerSignature)
@@ -36,14 +38,18 @@ func Verify(r *http.Request, secret []byte, now time.Time, maxSkew time.Duration
 	}
 	unix, err := strconv.ParseInt(ts, 10, 64)
 	if err != nil {
-		return fmt.Errorf("bad timestamp %q: %w", ts, err)
+		// Not wrapped: a *strconv.NumError repeats the whole header.
+		return fmt.Errorf("bad timestamp %s: not a Unix time in seconds", quote(ts))
 	}
-	skew := now.Sub(time.Unix(unix, 0))
+	// Bounds in whole seconds, saturated, so that no int64 timestamp can
+	// overflow past them: a far-future one must not pass as recent.
+	skew := int64(max(maxSkew, 0) / time.Second)
+	nowUnix := now.Unix()
 	switch {
-	case skew > maxSkew:
-		return fmt.Errorf("timestamp %d is %v old, more than the allowed %v", unix, skew, maxSkew)
-	case -skew > maxSkew:
-		return fmt.Errorf("timestamp %d is %v in the future, more than the allowed %v", unix, -skew, maxSkew)
+	case unix < subSat(nowUnix, skew):
+		return fmt.Errorf("timestamp %d is more than %v older than this host's clock (%d)", unix, maxSkew, nowUnix)
+	case unix > addSat(nowUnix, skew):
+		return fmt.Errorf("timestamp %d is more than %v in the future of this host's clock (%d)", unix, maxSkew, nowUnix)
 	}
 	got, err := hex.DecodeString(sig)
 	if err != nil {
@@ -53,6 +59,22 @@ func Verify(r *http.Request, secret []byte, now time.Time, maxSkew time.Duration
 		return errors.New("signature mismatch")
 	}
 	return nil
+}
+
+// addSat returns a+b for b >= 0, or math.MaxInt64 if that overflows.
+func addSat(a, b int64) int64 {
+	if a > math.MaxInt64-b {
+		return math.MaxInt64
+	}
+	return a + b
+}
+
+// subSat returns a-b for b >= 0, or math.MinInt64 if that overflows.
+func subSat(a, b int64) int64 {
+	if a < math.MinInt64+b {
+		return math.MinInt64
+	}
+	return a - b
 }
 
 // signature is the MAC over one request's method, URI and timestamp.

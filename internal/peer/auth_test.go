@@ -1,10 +1,13 @@
 package peer
 
 import (
+	"encoding/hex"
+	"math"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -64,6 +67,90 @@ func TestSignVerify(t *testing.T) {
 				t.Fatalf("Verify: %v, want an error containing %q", err, tt.wantErr)
 			}
 		})
+	}
+}
+
+// signedAt returns a request for uri signed with key as if at Unix time ts,
+// which need not be a time time.Unix can represent.
+func signedAt(t *testing.T, key []byte, uri string, ts int64) *http.Request {
+	t.Helper()
+	r := httptest.NewRequest(http.MethodGet, uri, nil)
+	tsText := strconv.FormatInt(ts, 10)
+	r.Header.Set(headerTimestamp, tsText)
+	r.Header.Set(headerSignature, hex.EncodeToString(signature(key, r.Method, uri, tsText)))
+	return r
+}
+
+// A correctly signed request is accepted only when its timestamp is within
+// the skew of the server's clock, whatever int64 it carries: a far-future
+// timestamp must not pass as recent and become replayable forever.
+func TestVerifyTimestampBounds(t *testing.T) {
+	now := time.Unix(1_700_000_000, 0)
+	const maxSkew = 30 * time.Second
+	const skew = int64(maxSkew / time.Second)
+	const uri = "/v1/manifest?gen=1"
+	n := now.Unix()
+	tests := []struct {
+		ts      int64
+		wantErr string
+	}{
+		{1e11, "in the future"},
+		{math.MaxInt64, "in the future"},
+		{math.MaxInt64 - skew, "in the future"},
+		{math.MinInt64, "older"},
+		{math.MinInt64 + skew, "older"},
+		{-1, "older"},
+		{0, "older"},
+		{n + skew + 1, "in the future"},
+		{n - skew - 1, "older"},
+		{n + skew - 1, ""},
+		{n - skew + 1, ""},
+		{n + skew, ""},
+		{n - skew, ""},
+		{n, ""},
+	}
+	for _, tt := range tests {
+		t.Run(strconv.FormatInt(tt.ts, 10), func(t *testing.T) {
+			err := Verify(signedAt(t, testSecret, uri, tt.ts), testSecret, now, maxSkew)
+			switch {
+			case tt.wantErr == "" && err != nil:
+				t.Fatalf("Verify: %v, want success", err)
+			case tt.wantErr != "" && err == nil:
+				t.Fatalf("Verify accepted timestamp %d at %d with a skew of %v", tt.ts, n, maxSkew)
+			case tt.wantErr != "" && !strings.Contains(err.Error(), tt.wantErr):
+				t.Fatalf("Verify: %v, want an error containing %q", err, tt.wantErr)
+			}
+		})
+	}
+	// The bounds saturate instead of overflowing at the ends of the clock.
+	edges := []struct {
+		clock, ts int64
+		ok        bool
+	}{
+		{math.MaxInt64 - 1, math.MaxInt64, true},
+		{math.MaxInt64 - 1, math.MinInt64, false},
+		{math.MinInt64 + 1, math.MinInt64, true},
+		{math.MinInt64 + 1, math.MaxInt64, false},
+	}
+	for _, e := range edges {
+		err := Verify(signedAt(t, testSecret, uri, e.ts), testSecret, time.Unix(e.clock, 0), maxSkew)
+		if (err == nil) != e.ok {
+			t.Errorf("clock at %d, timestamp %d: Verify = %v, want accepted %v", e.clock, e.ts, err, e.ok)
+		}
+	}
+}
+
+// A malformed timestamp is refused without repeating the whole header.
+func TestVerifyBadTimestampNotEchoed(t *testing.T) {
+	r := httptest.NewRequest(http.MethodGet, "/v1/manifest?gen=1", nil)
+	r.Header.Set(headerTimestamp, strings.Repeat("9", 30_000)+"x")
+	r.Header.Set(headerSignature, "00")
+	err := Verify(r, testSecret, time.Now(), DefaultMaxSkew)
+	if err == nil || !strings.Contains(err.Error(), "bad timestamp") {
+		t.Fatalf("Verify: %v, want a bad timestamp error", err)
+	}
+	if len(err.Error()) > 2*maxEcho {
+		t.Fatalf("Verify error is %d bytes long, want at most %d", len(err.Error()), 2*maxEcho)
 	}
 }
 
