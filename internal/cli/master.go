@@ -110,7 +110,7 @@ func masterRun(ctx context.Context, args []string, e env) error {
 	if err != nil {
 		return err
 	}
-	secret, err := peer.LoadSecret(n.secretFile)
+	secrets, err := peer.LoadSecrets(n.secretFile)
 	if err != nil {
 		return fmt.Errorf("--secret-file: %w", err)
 	}
@@ -124,7 +124,7 @@ func masterRun(ctx context.Context, args []string, e env) error {
 		return err
 	}
 	mx := metrics.New()
-	server := newPeerServer(secret, log, mx, bwlimit.New(n.rate))
+	server := newPeerServer(secrets, log, mx, bwlimit.New(n.rate))
 	m, err := master.New(master.Config{
 		ID: n.id, Advertise: n.advertise, Root: n.root, StateDir: n.stateDir,
 		Uploads: n.uploads, Poll: n.poll, Log: log, Metrics: mx,

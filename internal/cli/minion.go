@@ -96,7 +96,7 @@ func minionCommand(ctx context.Context, cmd string, args []string, e env) error 
 	if err != nil {
 		return err
 	}
-	secret, err := peer.LoadSecret(n.secretFile)
+	secrets, err := peer.LoadSecrets(n.secretFile)
 	if err != nil {
 		return fmt.Errorf("--secret-file: %w", err)
 	}
@@ -106,11 +106,11 @@ func minionCommand(ctx context.Context, cmd string, args []string, e env) error 
 	}
 	defer rdb.Close()
 	mx := metrics.New()
-	server := newPeerServer(secret, log, mx, bwlimit.New(n.rate))
+	server := newPeerServer(secrets, log, mx, bwlimit.New(n.rate))
 	if connectTimeout <= 0 || stallTimeout <= 0 {
 		return usageError("--connect-timeout and --stall-timeout must be positive durations such as 5s")
 	}
-	client := peer.NewClient(peer.ClientConfig{Secret: secret, DialTimeout: connectTimeout, StallTimeout: stallTimeout, TLS: n.clientTLS})
+	client := peer.NewClient(peer.ClientConfig{Secrets: secrets, DialTimeout: connectTimeout, StallTimeout: stallTimeout, TLS: n.clientTLS})
 	cfg := minion.Config{
 		ID: n.id, Advertise: n.advertise, Root: n.root, StateDir: n.stateDir, Uploads: n.uploads,
 		Source: cmd == "run" && n.uploads > 0, Pipeline: pipeline, Poll: n.poll, Heartbeat: heartbeat, Workers: workers,

@@ -149,7 +149,7 @@ func (l *Lab) StartMaster(ctx context.Context) error {
 // StartMinion starts (or restarts) a minion.
 func (l *Lab) StartMinion(ctx context.Context, h *Host) error {
 	return h.start(ctx, l, func(ctx context.Context, ln net.Listener, server *peer.Server) (func(context.Context) error, error) {
-		client := peer.NewClient(peer.ClientConfig{Secret: l.secret, DialTimeout: 2 * time.Second, StallTimeout: 2 * time.Second})
+		client := peer.NewClient(peer.ClientConfig{Secrets: [][]byte{l.secret}, DialTimeout: 2 * time.Second, StallTimeout: 2 * time.Second})
 		m, err := minion.New(minion.Config{
 			ID: h.ID, Advertise: ln.Addr().String(), Root: h.Root, StateDir: h.StateDir,
 			Uploads: l.cfg.Uploads, Source: true, Poll: l.cfg.Poll, Heartbeat: time.Second,
@@ -183,7 +183,7 @@ func (h *Host) start(ctx context.Context, l *Lab, build runner) error {
 		return fmt.Errorf("listen for %s: %w", h.ID, err)
 	}
 	h.Addr = ln.Addr().String()
-	server := peer.NewServer(peer.ServerConfig{Secret: l.secret, Log: l.cfg.Log.WithField("host", h.ID), Upload: bwlimit.New(l.cfg.BWLimit)})
+	server := peer.NewServer(peer.ServerConfig{Secrets: [][]byte{l.secret}, Log: l.cfg.Log.WithField("host", h.ID), Upload: bwlimit.New(l.cfg.BWLimit)})
 	run, err := build(ctx, ln, server)
 	if err != nil {
 		ln.Close()

@@ -1,7 +1,9 @@
 package peer
 
 import (
+	"context"
 	"encoding/hex"
+	"errors"
 	"math"
 	"net/http"
 	"net/http/httptest"
@@ -57,7 +59,7 @@ func TestSignVerify(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			r := httptest.NewRequest(tt.method, tt.uri, nil)
 			r.Header = tt.header.Clone()
-			err := Verify(r, secret, now, maxSkew)
+			err := Verify(r, [][]byte{secret}, now, maxSkew)
 			switch {
 			case tt.wantErr == "" && err != nil:
 				t.Fatalf("Verify: %v, want success", err)
@@ -111,7 +113,7 @@ func TestVerifyTimestampBounds(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(strconv.FormatInt(tt.ts, 10), func(t *testing.T) {
-			err := Verify(signedAt(t, testSecret, uri, tt.ts), testSecret, now, maxSkew)
+			err := Verify(signedAt(t, testSecret, uri, tt.ts), [][]byte{testSecret}, now, maxSkew)
 			switch {
 			case tt.wantErr == "" && err != nil:
 				t.Fatalf("Verify: %v, want success", err)
@@ -133,7 +135,7 @@ func TestVerifyTimestampBounds(t *testing.T) {
 		{math.MinInt64 + 1, math.MaxInt64, false},
 	}
 	for _, e := range edges {
-		err := Verify(signedAt(t, testSecret, uri, e.ts), testSecret, time.Unix(e.clock, 0), maxSkew)
+		err := Verify(signedAt(t, testSecret, uri, e.ts), [][]byte{testSecret}, time.Unix(e.clock, 0), maxSkew)
 		if (err == nil) != e.ok {
 			t.Errorf("clock at %d, timestamp %d: Verify = %v, want accepted %v", e.clock, e.ts, err, e.ok)
 		}
@@ -145,7 +147,7 @@ func TestVerifyBadTimestampNotEchoed(t *testing.T) {
 	r := httptest.NewRequest(http.MethodGet, "/v1/manifest?gen=1", nil)
 	r.Header.Set(headerTimestamp, strings.Repeat("9", 30_000)+"x")
 	r.Header.Set(headerSignature, "00")
-	err := Verify(r, testSecret, time.Now(), DefaultMaxSkew)
+	err := Verify(r, [][]byte{testSecret}, time.Now(), DefaultMaxSkew)
 	if err == nil || !strings.Contains(err.Error(), "bad timestamp") {
 		t.Fatalf("Verify: %v, want a bad timestamp error", err)
 	}
@@ -173,7 +175,7 @@ func TestSignKeepsSecretOffTheWire(t *testing.T) {
 	}
 }
 
-func TestLoadSecret(t *testing.T) {
+func TestLoadSecrets(t *testing.T) {
 	dir := t.TempDir()
 	write := func(name, content string, mode os.FileMode) string {
 		p := filepath.Join(dir, name)
@@ -186,42 +188,94 @@ func TestLoadSecret(t *testing.T) {
 		return p
 	}
 	const secret = "c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0"
+	const next = "bmV4dC1uZXh0LW5leHQtbmV4dC1uZXh0"
 
 	tests := []struct {
 		name    string
 		path    string
-		want    string   // the secret, on success
+		want    []string // the secrets, on success
 		wantErr []string // substrings of the error
 	}{
-		{"0600 with whitespace", write("ok", "  "+secret+"\n", 0o600), secret, nil},
-		{"0400", write("ro", secret, 0o400), secret, nil},
-		{"0640", write("group", secret, 0o640), secret, nil},
-		{"0644 refused", write("world-readable", secret, 0o644), "", []string{"chmod 600 " + filepath.Join(dir, "world-readable")}},
-		{"0602 refused", write("world-writable", secret, 0o602), "", []string{"chmod 600 " + filepath.Join(dir, "world-writable")}},
-		{"short refused", write("short", "tooshort\n", 0o600), "", []string{"head -c 32 /dev/urandom", filepath.Join(dir, "short")}},
-		{"only whitespace", write("blank", " \n\t\n", 0o600), "", []string{"head -c 32 /dev/urandom"}},
-		{"missing", filepath.Join(dir, "nope"), "", []string{filepath.Join(dir, "nope")}},
+		{"0600 with whitespace", write("ok", "  "+secret+"\n", 0o600), []string{secret}, nil},
+		{"0400", write("ro", secret, 0o400), []string{secret}, nil},
+		{"0640", write("group", secret, 0o640), []string{secret}, nil},
+		{"two lines", write("two", next+"\n"+secret+"\n", 0o600), []string{next, secret}, nil},
+		{"blank lines and CRLF", write("blanks", "\n\n  "+next+" \r\n\t\n"+secret+"\r\n\n", 0o600), []string{next, secret}, nil},
+		{"0644 refused", write("world-readable", secret, 0o644), nil, []string{"chmod 600 " + filepath.Join(dir, "world-readable")}},
+		{"0602 refused", write("world-writable", secret, 0o602), nil, []string{"chmod 600 " + filepath.Join(dir, "world-writable")}},
+		{"short refused", write("short", "tooshort\n", 0o600), nil, []string{"line 1", "head -c 32 /dev/urandom", filepath.Join(dir, "short")}},
+		{"short second line refused", write("short2", secret+"\n\n  short \n", 0o600), nil, []string{"line 3 of " + filepath.Join(dir, "short2"), "5 bytes"}},
+		{"only whitespace", write("blank", " \n\t\n", 0o600), nil, []string{"no secret", "head -c 32 /dev/urandom"}},
+		{"too large", write("large", strings.Repeat(secret+"\n", 2000), 0o600), nil, []string{"larger than"}},
+		{"missing", filepath.Join(dir, "nope"), nil, []string{filepath.Join(dir, "nope")}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got, err := LoadSecret(tt.path)
+			got, err := LoadSecrets(tt.path)
 			if tt.wantErr == nil {
 				if err != nil {
-					t.Fatalf("LoadSecret: %v", err)
+					t.Fatalf("LoadSecrets: %v", err)
 				}
-				if string(got) != tt.want {
-					t.Fatalf("LoadSecret = %q, want %q", got, tt.want)
+				if len(got) != len(tt.want) {
+					t.Fatalf("LoadSecrets = %q, want %q", got, tt.want)
+				}
+				for i := range got {
+					if string(got[i]) != tt.want[i] {
+						t.Fatalf("LoadSecrets = %q, want %q", got, tt.want)
+					}
 				}
 				return
 			}
 			if err == nil {
-				t.Fatalf("LoadSecret = %q, want an error", got)
+				t.Fatalf("LoadSecrets = %q, want an error", got)
 			}
 			for _, s := range tt.wantErr {
 				if !strings.Contains(err.Error(), s) {
-					t.Errorf("LoadSecret error %q does not contain %q", err, s)
+					t.Errorf("LoadSecrets error %q does not contain %q", err, s)
 				}
 			}
 		})
+	}
+}
+
+// Rotation: a server holding the new and the old secret, in either order,
+// accepts requests signed with either, and a client signs with its first.
+func TestRotateSecrets(t *testing.T) {
+	oldS, newS := []byte("the-old-secret-0123456789"), []byte("the-new-secret-9876543210")
+	other := []byte("a-third-secret-nobody-has")
+	tr := newTree(t, 1)
+	for _, server := range [][][]byte{{newS, oldS}, {oldS, newS}} {
+		e := startPeerWith(t, tr.snap, ServerConfig{Secrets: server})
+		for _, client := range [][][]byte{{oldS}, {newS}, {oldS, newS}, {newS, oldS}, {newS, other}} {
+			c := NewClient(ClientConfig{Secrets: client})
+			t.Cleanup(c.CloseIdleConnections)
+			if _, err := c.Manifest(context.Background(), e.addr, 1); err != nil {
+				t.Errorf("server with %q, client with %q: %v", server, client, err)
+			}
+		}
+		// The client signs with its first secret only.
+		c := NewClient(ClientConfig{Secrets: [][]byte{other, newS}})
+		t.Cleanup(c.CloseIdleConnections)
+		if _, err := c.Manifest(context.Background(), e.addr, 1); !errors.Is(err, ErrUnauthorized) {
+			t.Errorf("server with %q, client signing with another secret: %v, want ErrUnauthorized", server, err)
+		}
+	}
+}
+
+// No secret, or an empty one, authenticates nothing: an empty HMAC key is
+// one anybody can sign with.
+func TestEmptySecretsRefuse(t *testing.T) {
+	r := httptest.NewRequest(http.MethodGet, "/v1/manifest?gen=1", nil)
+	Sign(r, nil, time.Now())
+	for _, secrets := range [][][]byte{nil, {}, {nil}, {{}}} {
+		if err := Verify(r, secrets, time.Now(), DefaultMaxSkew); err == nil || !strings.Contains(err.Error(), "no secret") {
+			t.Errorf("Verify with secrets %q: %v, want a refusal for want of a secret", secrets, err)
+		}
+	}
+	for _, secrets := range [][][]byte{nil, {nil}} {
+		c := NewClient(ClientConfig{Secrets: secrets})
+		if _, err := c.Manifest(context.Background(), "127.0.0.1:1", 1); err == nil || !strings.Contains(err.Error(), "no secret") {
+			t.Errorf("client with secrets %q: %v, want an error for want of a secret", secrets, err)
+		}
 	}
 }

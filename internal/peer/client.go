@@ -25,8 +25,9 @@ const maxManifest = 2 << 30
 
 // ClientConfig configures a Client. Zero fields take their defaults.
 type ClientConfig struct {
-	// Secret is the shared secret every request is signed with.
-	Secret []byte
+	// Secrets are the shared secrets, as LoadSecrets returns them: every
+	// request is signed with the first. With none, every request fails.
+	Secrets [][]byte
 	// DialTimeout bounds connecting to a peer, and waiting for its response
 	// headers once the request is sent; default DefaultDialTimeout.
 	DialTimeout time.Duration
@@ -199,7 +200,10 @@ func (c *Client) get(ctx context.Context, what, u string, offset int64) (*http.R
 	if offset > 0 {
 		req.Header.Set("Range", fmt.Sprintf("bytes=%d-", offset))
 	}
-	Sign(req, c.cfg.Secret, c.cfg.Now())
+	if len(c.cfg.Secrets) == 0 || len(c.cfg.Secrets[0]) == 0 {
+		return nil, fmt.Errorf("get %s: no secret to sign the request with", what)
+	}
+	Sign(req, c.cfg.Secrets[0], c.cfg.Now())
 	resp, err := c.hc.Do(req)
 	if err != nil {
 		if ctx.Err() != nil {

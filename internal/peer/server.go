@@ -23,8 +23,10 @@ const DefaultMaxSkew = 30 * time.Second
 
 // ServerConfig configures a Server. Zero fields take their defaults.
 type ServerConfig struct {
-	// Secret is the shared secret requests must be signed with.
-	Secret []byte
+	// Secrets are the shared secrets a request may be signed with, as
+	// LoadSecrets returns them; any one is accepted. With none, every
+	// signed route is refused.
+	Secrets [][]byte
 	// MaxSkew is the accepted clock difference for signatures; default
 	// DefaultMaxSkew.
 	MaxSkew time.Duration
@@ -127,7 +129,7 @@ func (s *Server) route(w http.ResponseWriter, r *http.Request) error {
 		s.cfg.Metrics.ServeHTTP(w, r)
 		return nil
 	}
-	if err := Verify(r, s.cfg.Secret, s.cfg.Now(), s.cfg.MaxSkew); err != nil {
+	if err := Verify(r, s.cfg.Secrets, s.cfg.Now(), s.cfg.MaxSkew); err != nil {
 		if s.cfg.Unauthorized != nil {
 			s.cfg.Unauthorized()
 		}
