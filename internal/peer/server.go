@@ -9,6 +9,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -51,6 +52,8 @@ type ServerConfig struct {
 type Server struct {
 	cfg ServerConfig
 	cur atomic.Pointer[served]
+	// refused limits the warnings about refused signatures.
+	refused logLimiter
 }
 
 // served is a snapshot prepared for serving.
@@ -118,14 +121,18 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 func (s *Server) route(w http.ResponseWriter, r *http.Request) error {
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
 		w.Header().Set("Allow", "GET, HEAD")
-		return errorf(http.StatusMethodNotAllowed, "method %s not allowed", r.Method)
+		return errorf(http.StatusMethodNotAllowed, "method %s not allowed", quote(r.Method))
 	}
+	// Unauthenticated answers end their connection: whoever is not a peer
+	// gets no keep-alive connection to hold.
 	if r.URL.Path == "/healthz" {
+		w.Header().Set("Connection", "close")
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		io.WriteString(w, "ok")
 		return nil
 	}
 	if r.URL.Path == "/metrics" && s.cfg.Metrics != nil {
+		w.Header().Set("Connection", "close")
 		s.cfg.Metrics.ServeHTTP(w, r)
 		return nil
 	}
@@ -143,7 +150,7 @@ func (s *Server) route(w http.ResponseWriter, r *http.Request) error {
 	case "/v1/batch":
 		return s.serveBatch(w, r)
 	}
-	return errorf(http.StatusNotFound, "no route %s", r.URL.Path)
+	return errorf(http.StatusNotFound, "no route %s", quote(r.URL.Path))
 }
 
 // request parses r's query and returns it with the prepared snapshot, if
@@ -151,7 +158,7 @@ func (s *Server) route(w http.ResponseWriter, r *http.Request) error {
 func (s *Server) request(r *http.Request) (url.Values, *served, error) {
 	q, err := url.ParseQuery(r.URL.RawQuery)
 	if err != nil {
-		return nil, nil, errorf(http.StatusBadRequest, "bad query: %v", err)
+		return nil, nil, errorf(http.StatusBadRequest, "bad query: %s", clip(err.Error()))
 	}
 	sv, err := s.snapshotFor(q)
 	return q, sv, err
@@ -162,7 +169,7 @@ func (s *Server) request(r *http.Request) (url.Values, *served, error) {
 func (s *Server) snapshotFor(q url.Values) (*served, error) {
 	gen, err := strconv.ParseInt(q.Get("gen"), 10, 64)
 	if err != nil {
-		return nil, errorf(http.StatusBadRequest, "bad gen %q", q.Get("gen"))
+		return nil, errorf(http.StatusBadRequest, "bad gen %s", quote(q.Get("gen")))
 	}
 	sv := s.cur.Load()
 	switch {
@@ -196,13 +203,16 @@ func (s *Server) serveFile(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	paths := q["path"]
-	if len(paths) != 1 || !validPath(paths[0]) {
-		return errorf(http.StatusBadRequest, "bad path %q", paths)
+	if len(paths) != 1 {
+		return errorf(http.StatusBadRequest, "want one path parameter, got %d", len(paths))
 	}
 	p := paths[0]
+	if !validPath(p) {
+		return errorf(http.StatusBadRequest, "bad path %s", quote(p))
+	}
 	e, ok := sv.entries[p]
 	if !ok || e.Type != manifest.File {
-		return errorf(http.StatusNotFound, "generation %d has no file %q", sv.snap.Gen, p)
+		return errorf(http.StatusNotFound, "generation %d has no file %s", sv.snap.Gen, quote(p))
 	}
 	if in := sv.snap.Incoming; in != nil && in.Pending(p) {
 		return s.serveIncoming(w, r, sv.snap, e)
@@ -217,7 +227,7 @@ func (s *Server) serveFile(w http.ResponseWriter, r *http.Request) error {
 		return fmt.Errorf("stat %s: %w", f.Name(), err)
 	}
 	if fi.Size() != e.Size {
-		return errorf(http.StatusConflict, "%q changed on disk: %d bytes, manifest says %d", p, fi.Size(), e.Size)
+		return errorf(http.StatusConflict, "%s changed on disk: %d bytes, manifest says %d", quote(p), fi.Size(), e.Size)
 	}
 	h := w.Header()
 	h.Set("Content-Type", "application/octet-stream")
@@ -247,7 +257,7 @@ func (s *Server) serveIncoming(w http.ResponseWriter, r *http.Request, snap *Sna
 	start, end, partial, err := parseRange(r.Header.Get("Range"), e.Size)
 	if err != nil {
 		w.Header().Set("Content-Range", fmt.Sprintf("bytes */%d", e.Size))
-		return errorf(http.StatusRequestedRangeNotSatisfiable, "%v", err)
+		return errorf(http.StatusRequestedRangeNotSatisfiable, "%s", clip(err.Error()))
 	}
 	body, err := snap.Incoming.Open(r.Context(), e.Path, end, start, func() (*os.File, error) {
 		return openEntry(snap.Root, e.Path)
@@ -371,7 +381,10 @@ func (e *httpError) Error() string {
 func (e *httpError) Unwrap() error { return e.err }
 
 // fail answers a request with the status err carries (500 for an untyped
-// error) and logs it: refused signatures at warn, server faults at error.
+// error) and ends its connection. It logs it: refused signatures at warn, at
+// most one line a second (see logLimiter), server faults at error, other
+// refusals at debug. Whatever the request says is cut to maxEcho bytes in
+// the log.
 func (s *Server) fail(w http.ResponseWriter, r *http.Request, err error) {
 	code, msg := http.StatusInternalServerError, "internal error"
 	var he *httpError
@@ -380,17 +393,49 @@ func (s *Server) fail(w http.ResponseWriter, r *http.Request, err error) {
 	}
 	log := s.cfg.Log.WithFields(logrus.Fields{
 		"remote": r.RemoteAddr,
-		"method": r.Method,
-		"uri":    r.RequestURI,
+		"method": clip(r.Method),
+		"uri":    clip(r.RequestURI),
 		"status": code,
 	})
 	switch {
 	case code == http.StatusUnauthorized:
-		log.WithError(err).Warn("peer request refused")
+		if ok, suppressed := s.refused.allow(s.cfg.Now()); ok {
+			if suppressed > 0 {
+				log = log.WithField("suppressed", suppressed)
+			}
+			log.WithError(err).Warn("peer request refused")
+		}
 	case code >= 500:
 		log.WithError(err).Error("peer request failed")
 	default:
 		log.WithError(err).Debug("peer request rejected")
 	}
+	w.Header().Set("Connection", "close")
 	http.Error(w, msg, code)
+}
+
+// logInterval is the shortest time between two lines a logLimiter lets
+// through.
+const logInterval = time.Second
+
+// logLimiter bounds a log line anyone can cause (such as a refused
+// signature) to one per logInterval, and counts the lines it holds back.
+type logLimiter struct {
+	mu         sync.Mutex
+	next       time.Time // when the next line may be logged
+	suppressed int       // lines held back since the last one logged
+}
+
+// allow reports whether a line may be logged at now and, if so, how many
+// were held back since the last one.
+func (l *logLimiter) allow(now time.Time) (ok bool, suppressed int) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if now.Before(l.next) {
+		l.suppressed++
+		return false, 0
+	}
+	suppressed, l.suppressed = l.suppressed, 0
+	l.next = now.Add(logInterval)
+	return true, suppressed
 }
