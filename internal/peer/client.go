@@ -23,6 +23,10 @@ const (
 // maxManifest bounds a manifest download, in bytes.
 const maxManifest = 2 << 30
 
+// maxPrealloc bounds what the client allocates on a peer's word (its
+// Content-Length) before the bytes arrive.
+const maxPrealloc = 1 << 20
+
 // ClientConfig configures a Client. Zero fields take their defaults.
 type ClientConfig struct {
 	// Secrets are the shared secrets, as LoadSecrets returns them: every
@@ -64,8 +68,10 @@ func NewClient(cfg ClientConfig) *Client {
 		TLSClientConfig:       cfg.TLS,
 		TLSHandshakeTimeout:   cfg.DialTimeout,
 		ResponseHeaderTimeout: cfg.DialTimeout,
-		MaxIdleConnsPerHost:   4,
-		IdleConnTimeout:       90 * time.Second,
+		// Peers answer with a handful of short headers.
+		MaxResponseHeaderBytes: 64 << 10,
+		MaxIdleConnsPerHost:    4,
+		IdleConnTimeout:        90 * time.Second,
 		// Bodies must arrive exactly as served: their lengths are checked.
 		DisableCompression: true,
 	}
@@ -100,9 +106,10 @@ func (c *Client) Manifest(ctx context.Context, addr string, gen int64) ([]byte, 
 	if resp.ContentLength > maxManifest {
 		return nil, fmt.Errorf("get %s: %w: %d bytes, more than the limit of %d", what, ErrUnavailable, resp.ContentLength, int64(maxManifest))
 	}
+	// The length is the peer's word: grow for it only as bytes arrive.
 	var buf bytes.Buffer
 	if resp.ContentLength > 0 {
-		buf.Grow(int(resp.ContentLength))
+		buf.Grow(int(min(resp.ContentLength, maxPrealloc)))
 	}
 	n, err := c.copyBody(ctx, reqCtx, cancel, what, &buf, io.LimitReader(resp.Body, maxManifest+1), resp.ContentLength)
 	if err != nil {

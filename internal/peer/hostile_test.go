@@ -2,12 +2,14 @@ package peer
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"io"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -258,5 +260,40 @@ func checkNoOSPath(t *testing.T, what string, err error, base string) {
 	}
 	if strings.Contains(err.Error(), base) {
 		t.Errorf("%s: the peer's answer names an OS path: %v", what, err)
+	}
+}
+
+// The client never allocates by a peer's Content-Length before the bytes
+// arrive: a peer announcing a 1.9 GiB manifest and sending 10 bytes costs
+// it a few MiB at most.
+func TestManifestLengthIsNotTrusted(t *testing.T) {
+	const announced = 19 << 30 / 10 // 1.9 GiB, under the manifest limit
+	addr := fakePeer(t, func(w http.ResponseWriter, r *http.Request) {
+		conn, bw, err := w.(http.Hijacker).Hijack()
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		defer conn.Close()
+		bw.WriteString("HTTP/1.1 200 OK\r\n" + headerGeneration + ": 1\r\nContent-Length: " + strconv.Itoa(announced) + "\r\n\r\n0123456789")
+		bw.Flush()
+	})
+	c := NewClient(ClientConfig{Secrets: [][]byte{testSecret}})
+	t.Cleanup(c.CloseIdleConnections)
+	// Once to warm up connections and pools, then measured.
+	if _, err := c.Manifest(context.Background(), addr, 1); !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("Manifest from a peer that lies about its length: %v, want ErrUnavailable", err)
+	}
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	_, err := c.Manifest(context.Background(), addr, 1)
+	runtime.ReadMemStats(&after)
+	if !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("Manifest: %v, want ErrUnavailable", err)
+	}
+	// The body is copied through a buffer of at most copyBuffer bytes into
+	// one grown from at most maxPrealloc: allow both, and as much again.
+	if d := after.TotalAlloc - before.TotalAlloc; d > 2*(copyBuffer+maxPrealloc) {
+		t.Fatalf("Manifest allocated %d KiB for a peer that sent 10 bytes", d>>10)
 	}
 }
