@@ -297,3 +297,18 @@ func TestManifestLengthIsNotTrusted(t *testing.T) {
 		t.Fatalf("Manifest allocated %d KiB for a peer that sent 10 bytes", d>>10)
 	}
 }
+
+// Nor does it read response headers without bound.
+func TestHugeResponseHeadersRefused(t *testing.T) {
+	addr := fakePeer(t, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("X-Padding", strings.Repeat("p", 256<<10))
+		w.Header().Set(headerGeneration, "1")
+		w.Write([]byte("{}"))
+	})
+	c := NewClient(ClientConfig{Secrets: [][]byte{testSecret}})
+	t.Cleanup(c.CloseIdleConnections)
+	_, err := c.Manifest(context.Background(), addr, 1)
+	if !errors.Is(err, ErrUnavailable) || !strings.Contains(err.Error(), "header") {
+		t.Fatalf("Manifest from a peer sending 256 KiB of headers: %v, want ErrUnavailable about the headers", err)
+	}
+}
