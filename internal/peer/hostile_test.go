@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -13,9 +14,11 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/fanout/fanout/internal/manifest"
 	"github.com/sirupsen/logrus"
 )
 
@@ -310,5 +313,157 @@ func TestHugeResponseHeadersRefused(t *testing.T) {
 	_, err := c.Manifest(context.Background(), addr, 1)
 	if !errors.Is(err, ErrUnavailable) || !strings.Contains(err.Error(), "header") {
 		t.Fatalf("Manifest from a peer sending 256 KiB of headers: %v, want ErrUnavailable about the headers", err)
+	}
+}
+
+// rangeGet sends a signed request for uri with the Range header rng (none
+// if empty) and returns the response with its body read.
+func (e *peerEnv) rangeGet(t *testing.T, method, uri, rng string) (*http.Response, []byte) {
+	t.Helper()
+	req, err := http.NewRequest(method, e.http.URL+uri, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rng != "" {
+		req.Header.Set("Range", rng)
+	}
+	Sign(req, testSecret, time.Now())
+	resp, err := e.http.Client().Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp, body
+}
+
+// The server honours one byte range a request, exactly, and refuses
+// several: a request of a few KB must not fetch a file many times over.
+func TestRanges(t *testing.T) {
+	tr := newTree(t, 1)
+	var served atomic.Int64
+	e := startPeerWith(t, tr.snap, ServerConfig{Secrets: [][]byte{testSecret}, Served: func(n int64) { served.Add(n) }})
+	content := tr.files["sub/b.bin"]
+	size := int64(len(content))
+	const uri = "/v1/file?gen=1&path=sub%2Fb.bin"
+
+	t.Run("single", func(t *testing.T) {
+		tests := []struct {
+			rng        string
+			start, end int64 // bytes [start, end)
+			partial    bool
+		}{
+			{"", 0, size, false},
+			{"items=0-9", 0, size, false},
+			{"bytes=0-", 0, size, true},
+			{"bytes=1000-", 1000, size, true},
+			{"bytes=10-19", 10, 20, true},
+			{"bytes=0-0", 0, 1, true},
+			{"bytes=100-99999999999", 100, size, true},
+			{"bytes=-30", size - 30, size, true},
+			{"bytes=-99999999999", 0, size, true},
+			{"bytes=" + strconv.FormatInt(size-1, 10) + "-", size - 1, size, true},
+		}
+		for _, tt := range tests {
+			served.Store(0)
+			resp, body := e.rangeGet(t, "GET", uri, tt.rng)
+			want := content[tt.start:tt.end]
+			wantCode := http.StatusOK
+			if tt.partial {
+				wantCode = http.StatusPartialContent
+			}
+			if resp.StatusCode != wantCode || !bytes.Equal(body, want) || resp.ContentLength != int64(len(want)) {
+				t.Errorf("Range %q: %d, %d bytes (Content-Length %d); want %d and bytes [%d, %d)",
+					tt.rng, resp.StatusCode, len(body), resp.ContentLength, wantCode, tt.start, tt.end)
+				continue
+			}
+			cr := resp.Header.Get("Content-Range")
+			if wantCR := fmt.Sprintf("bytes %d-%d/%d", tt.start, tt.end-1, size); tt.partial && cr != wantCR {
+				t.Errorf("Range %q: Content-Range %q, want %q", tt.rng, cr, wantCR)
+			}
+			if !tt.partial && cr != "" {
+				t.Errorf("Range %q: Content-Range %q on a whole file", tt.rng, cr)
+			}
+			// The handler counts after the client has the bytes: wait for it.
+			deadline := time.Now().Add(10 * time.Second)
+			for served.Load() < int64(len(want)) && time.Now().Before(deadline) {
+				time.Sleep(time.Millisecond)
+			}
+			if got := served.Load(); got != int64(len(want)) {
+				t.Errorf("Range %q: %d bytes counted as served, want %d", tt.rng, got, len(want))
+			}
+		}
+	})
+	t.Run("HEAD", func(t *testing.T) {
+		resp, body := e.rangeGet(t, "HEAD", uri, "bytes=10-19")
+		if resp.StatusCode != http.StatusPartialContent || resp.ContentLength != 10 || len(body) != 0 {
+			t.Errorf("HEAD with a range: %d, Content-Length %d, %d body bytes; want 206, 10, none", resp.StatusCode, resp.ContentLength, len(body))
+		}
+		resp, _ = e.rangeGet(t, "HEAD", uri, "")
+		if resp.StatusCode != http.StatusOK || resp.ContentLength != size {
+			t.Errorf("HEAD: %d, Content-Length %d; want 200, %d", resp.StatusCode, resp.ContentLength, size)
+		}
+	})
+	var many strings.Builder
+	many.WriteString("bytes=0-")
+	for range 8000 {
+		many.WriteString(",0-")
+	}
+	unsatisfiable := []struct{ name, rng string }{
+		{"8000 ranges", many.String()},
+		{"two ranges", "bytes=0-9,10-19"},
+		{"a suffix of zero bytes", "bytes=-0"},
+		{"past the end", "bytes=" + strconv.FormatInt(size, 10) + "-"},
+	}
+	for _, tt := range unsatisfiable {
+		t.Run(tt.name, func(t *testing.T) {
+			served.Store(0)
+			resp, body := e.rangeGet(t, "GET", uri, tt.rng)
+			if resp.StatusCode != http.StatusRequestedRangeNotSatisfiable {
+				t.Fatalf("status %d with %d body bytes, want 416", resp.StatusCode, len(body))
+			}
+			if cr, want := resp.Header.Get("Content-Range"), fmt.Sprintf("bytes */%d", size); cr != want {
+				t.Errorf("Content-Range %q, want %q", cr, want)
+			}
+			if len(body) > 1024 || served.Load() != 0 {
+				t.Errorf("a refused range got a %d-byte body, %d file bytes", len(body), served.Load())
+			}
+		})
+	}
+	t.Run("empty file", func(t *testing.T) {
+		resp, body := e.rangeGet(t, "GET", "/v1/file?gen=1&path=empty", "bytes=-0")
+		if resp.StatusCode != http.StatusOK || len(body) != 0 {
+			t.Errorf("a range of an empty file: %d, %d bytes; want 200 and nothing", resp.StatusCode, len(body))
+		}
+	})
+}
+
+// A file still being received answers ranges the same way.
+func TestRangesOfIncomingFile(t *testing.T) {
+	tr := newTree(t, 3)
+	content := randomBytes(64 << 10)
+	en := manifest.Entry{Path: "new.bin", Type: manifest.File, Mode: 0o644, Size: int64(len(content))}
+	m := tr.snap.Manifest
+	m.Entries = append(m.Entries, en)
+	m.Sort()
+	snap := snapshotOf(t, 3, tr.root, m)
+	snap.Incoming = NewIncoming([]manifest.Entry{en}, 5*time.Second)
+	e := startPeer(t, snap)
+	g := newGrowing(t, snap.Incoming, tr.root, en.Path, content)
+	g.begin()
+	g.write(len(content))
+	const uri = "/v1/file?gen=3&path=new.bin"
+	for _, rng := range []string{"bytes=0-0,1-1,2-2", "bytes=-0"} {
+		resp, body := e.rangeGet(t, "GET", uri, rng)
+		if resp.StatusCode != http.StatusRequestedRangeNotSatisfiable || resp.Header.Get("Content-Range") != fmt.Sprintf("bytes */%d", len(content)) || len(body) > 1024 {
+			t.Errorf("Range %q: %d, Content-Range %q, %d bytes; want 416 and bytes */%d", rng, resp.StatusCode, resp.Header.Get("Content-Range"), len(body), len(content))
+		}
+	}
+	resp, body := e.rangeGet(t, "GET", uri, "bytes=-100")
+	if resp.StatusCode != http.StatusPartialContent || !bytes.Equal(body, content[len(content)-100:]) {
+		t.Errorf("the last 100 bytes: %d, %d bytes", resp.StatusCode, len(body))
 	}
 }

@@ -229,13 +229,47 @@ func (s *Server) serveFile(w http.ResponseWriter, r *http.Request) error {
 	if fi.Size() != e.Size {
 		return errorf(http.StatusConflict, "%s changed on disk: %d bytes, manifest says %d", quote(p), fi.Size(), e.Size)
 	}
+	start, end, partial, err := parseRange(r.Header.Get("Range"), e.Size)
+	if err != nil {
+		w.Header().Set("Content-Range", fmt.Sprintf("bytes */%d", e.Size))
+		return errorf(http.StatusRequestedRangeNotSatisfiable, "%v", err)
+	}
+	if start > 0 {
+		if _, err := f.Seek(start, io.SeekStart); err != nil {
+			return fmt.Errorf("seek %s: %w", f.Name(), err)
+		}
+	}
+	writeFileHeader(w, sv.snap.Gen, start, end, e.Size, partial)
+	if r.Method == http.MethodHead {
+		return nil
+	}
+	// From an *os.File through writers that keep ReadFrom: sendfile.
+	if n, err := io.CopyN(s.bodyWriter(w, r), f, end-start); err != nil {
+		if r.Context().Err() == nil {
+			s.cfg.Log.WithError(err).WithField("path", p).Warnf("sending a file broke off after %d of %d bytes", n, end-start)
+		}
+		// The length is promised: only a broken connection tells the
+		// client the body is incomplete.
+		panic(http.ErrAbortHandler)
+	}
+	return nil
+}
+
+// writeFileHeader sends the status and headers of an answer with the bytes
+// [start, end) of a file of size bytes of generation gen: 206 with their
+// Content-Range when partial, 200 otherwise.
+func writeFileHeader(w http.ResponseWriter, gen, start, end, size int64, partial bool) {
 	h := w.Header()
 	h.Set("Content-Type", "application/octet-stream")
-	h.Set(headerGeneration, strconv.FormatInt(sv.snap.Gen, 10))
-	// A zero modification time keeps conditional requests out of the way:
-	// peers ask for bytes, not for freshness.
-	http.ServeContent(s.bodyWriter(w, r), r, "", time.Time{}, f)
-	return nil
+	h.Set(headerGeneration, strconv.FormatInt(gen, 10))
+	h.Set("Accept-Ranges", "bytes")
+	h.Set("Content-Length", strconv.FormatInt(end-start, 10))
+	code := http.StatusOK
+	if partial {
+		code = http.StatusPartialContent
+		h.Set("Content-Range", fmt.Sprintf("bytes %d-%d/%d", start, end-1, size))
+	}
+	w.WriteHeader(code)
 }
 
 // bodyWriter wraps w with the upload limit and the byte counter.
@@ -257,7 +291,7 @@ func (s *Server) serveIncoming(w http.ResponseWriter, r *http.Request, snap *Sna
 	start, end, partial, err := parseRange(r.Header.Get("Range"), e.Size)
 	if err != nil {
 		w.Header().Set("Content-Range", fmt.Sprintf("bytes */%d", e.Size))
-		return errorf(http.StatusRequestedRangeNotSatisfiable, "%s", clip(err.Error()))
+		return errorf(http.StatusRequestedRangeNotSatisfiable, "%v", err)
 	}
 	body, err := snap.Incoming.Open(r.Context(), e.Path, end, start, func() (*os.File, error) {
 		return openEntry(snap.Root, e.Path)
@@ -266,17 +300,7 @@ func (s *Server) serveIncoming(w http.ResponseWriter, r *http.Request, snap *Sna
 		return err
 	}
 	defer body.Close()
-	h := w.Header()
-	h.Set("Content-Type", "application/octet-stream")
-	h.Set(headerGeneration, strconv.FormatInt(snap.Gen, 10))
-	h.Set("Accept-Ranges", "bytes")
-	h.Set("Content-Length", strconv.FormatInt(end-start, 10))
-	code := http.StatusOK
-	if partial {
-		code = http.StatusPartialContent
-		h.Set("Content-Range", fmt.Sprintf("bytes %d-%d/%d", start, end-1, e.Size))
-	}
-	w.WriteHeader(code)
+	writeFileHeader(w, snap.Gen, start, end, e.Size, partial)
 	if r.Method == http.MethodHead {
 		return nil
 	}
@@ -291,46 +315,67 @@ func (s *Server) serveIncoming(w http.ResponseWriter, r *http.Request, snap *Sna
 	return nil
 }
 
-// parseRange reads a Range header for a file of size bytes and returns the
-// bytes [start, end) to send. partial is false when the whole file is sent:
-// no header, or one this server does not honour (several ranges, another
-// unit), which HTTP allows it to ignore. A range that starts past the end is
-// an error (416).
+// parseRange reads the Range header h of a request for a file of size
+// bytes and returns the bytes [start, end) to send; partial is false when
+// the whole file is sent.
+//
+// One range is honoured: "bytes=N-", "bytes=N-M" or "bytes=-N". A header
+// this server cannot parse, or of another unit, is ignored (the whole file
+// is sent), as HTTP allows; so is any range of an empty file. The error
+// (answered 416) is for several ranges, which would let a few bytes of
+// request ask for the same bytes many times over, for a suffix of zero
+// bytes, and for a range that starts past the end.
 func parseRange(h string, size int64) (start, end int64, partial bool, err error) {
 	spec, ok := strings.CutPrefix(h, "bytes=")
-	if !ok || strings.Contains(spec, ",") {
+	if !ok {
 		return 0, size, false, nil
+	}
+	if strings.Contains(spec, ",") {
+		return 0, 0, false, fmt.Errorf("range %s asks for several ranges: one a request", quote(h))
+	}
+	if size == 0 {
+		return 0, 0, false, nil
 	}
 	first, last, ok := strings.Cut(strings.TrimSpace(spec), "-")
 	if !ok {
 		return 0, size, false, nil
 	}
 	if first == "" { // the last N bytes
-		n, perr := strconv.ParseInt(last, 10, 64)
-		if perr != nil || n < 0 {
+		n, ok := parseDigits(last)
+		if !ok {
 			return 0, size, false, nil
 		}
 		if n == 0 {
-			return 0, 0, false, fmt.Errorf("range %q selects nothing of %d bytes", h, size)
+			return 0, 0, false, fmt.Errorf("range %s selects no byte of %d", quote(h), size)
 		}
 		return size - min(n, size), size, true, nil
 	}
-	start, perr := strconv.ParseInt(first, 10, 64)
-	if perr != nil || start < 0 {
+	start, ok = parseDigits(first)
+	if !ok {
 		return 0, size, false, nil
 	}
 	end = size
 	if last != "" {
-		l, perr := strconv.ParseInt(last, 10, 64)
-		if perr != nil || l < start {
+		l, ok := parseDigits(last)
+		if !ok || l < start {
 			return 0, size, false, nil
 		}
-		end = min(l+1, size)
+		end = min(l, size-1) + 1
 	}
 	if start >= size {
-		return 0, 0, false, fmt.Errorf("range %q starts past the end of %d bytes", h, size)
+		return 0, 0, false, fmt.Errorf("range %s starts past the end of %d bytes", quote(h), size)
 	}
 	return start, end, true, nil
+}
+
+// parseDigits reads a non-negative decimal number of digits only (no sign,
+// no space) that fits an int64.
+func parseDigits(s string) (int64, bool) {
+	if s == "" || strings.TrimLeft(s, "0123456789") != "" {
+		return 0, false
+	}
+	n, err := strconv.ParseInt(s, 10, 64)
+	return n, err == nil
 }
 
 // limitedWriter sends the body through a rate limiter.
