@@ -45,6 +45,9 @@ type ServerConfig struct {
 	// Upload, when set, caps the rate of file bytes this host sends, all
 	// peers together.
 	Upload *bwlimit.Limiter
+	// MaxConns caps the connections Serve holds open at once; default
+	// DefaultMaxConns.
+	MaxConns int
 }
 
 // Server answers peer requests for the snapshot it currently holds. It is an
@@ -52,8 +55,11 @@ type ServerConfig struct {
 type Server struct {
 	cfg ServerConfig
 	cur atomic.Pointer[served]
-	// refused limits the warnings about refused signatures.
-	refused logLimiter
+	// conns caps the connections the server holds (see Serve).
+	conns *connTracker
+	// refused and connErrors limit the warnings about refused signatures
+	// and about connections.
+	refused, connErrors logLimiter
 }
 
 // served is a snapshot prepared for serving.
@@ -75,7 +81,10 @@ func NewServer(cfg ServerConfig) *Server {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	return &Server{cfg: cfg}
+	if cfg.MaxConns <= 0 {
+		cfg.MaxConns = DefaultMaxConns
+	}
+	return &Server{cfg: cfg, conns: newConnTracker(cfg.MaxConns)}
 }
 
 // Set atomically replaces what the server serves; nil serves nothing.
