@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/tls"
 	"errors"
 	"io"
 	"net"
@@ -16,6 +17,7 @@ import (
 	"time"
 
 	"github.com/fanout/fanout/internal/manifest"
+	"github.com/sirupsen/logrus"
 )
 
 // servePeer runs s.Serve on a loopback listener until the test ends and
@@ -382,5 +384,54 @@ func TestServeHeaderLimit(t *testing.T) {
 		if resp.StatusCode != tt.code {
 			t.Errorf("a path of %d bytes: %s, want %d", tt.pathLen, resp.Status, tt.code)
 		}
+	}
+}
+
+// The server's own connection errors, which anyone can cause, reach the
+// server's log, cut and at most one line a second.
+func TestConnErrorsLogged(t *testing.T) {
+	var logs syncBuffer
+	log := logrus.New()
+	log.SetOutput(&logs)
+	log.SetFormatter(&logrus.TextFormatter{DisableTimestamp: true})
+	clock := &fakeClock{now: time.Unix(1_700_000_000, 0)}
+	s := NewServer(ServerConfig{Secrets: [][]byte{testSecret}, Log: log, Now: clock.Now})
+
+	// Through http.Server: a client that is not speaking TLS.
+	serverCfg, _ := tlsConfigs(t)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Serve(ctx, tls.NewListener(ln, serverCfg)) }()
+	defer func() { cancel(); <-done }()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Write(bytes.Repeat([]byte{0x16, 0x03, 0x01, 0xff, 0xff}, 10))
+	c.Close()
+	deadline := time.Now().Add(time.Minute)
+	for !strings.Contains(logs.String(), "TLS handshake error") && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	if !strings.Contains(logs.String(), "TLS handshake error") {
+		t.Fatalf("no TLS handshake error in the server's log: %q", logs.String())
+	}
+
+	// Many more in the same second: none logged; the next second, one
+	// line counting them, cut however long.
+	before := len(logs.String())
+	el := connErrorLog{s}
+	for range 100 {
+		el.Write([]byte("http: TLS handshake error from 10.0.0.1:1234: " + strings.Repeat("e", 10<<10) + "\n"))
+	}
+	clock.Add(logInterval)
+	el.Write([]byte("http: TLS handshake error from 10.0.0.1:1234: " + strings.Repeat("e", 10<<10) + "\n"))
+	out := logs.String()[before:]
+	if lines := strings.Count(out, "\n"); lines != 1 || !strings.Contains(out, "suppressed=100") || len(out) > 1024 {
+		t.Fatalf("101 connection errors logged %d lines, %d bytes: %q; want one short line counting 100 suppressed", lines, len(out), out)
 	}
 }
