@@ -117,10 +117,12 @@ func (s *Server) Current() *Snapshot {
 //	GET /healthz                    200 "ok", unauthenticated
 //	GET /metrics                    Prometheus metrics when configured, unauthenticated
 //	GET /v1/manifest?gen=N          the encoded manifest of generation N
-//	GET /v1/file?gen=N&path=P       the file at manifest path P, with Range support
+//	GET /v1/file?gen=N&path=P       the file at manifest path P, or one byte range of it
 //	GET /v1/batch?gen=N&files=I     the files at manifest indices I ("3-10,12"), concatenated
 //
-// Every request but /healthz must carry a valid signature (see Verify).
+// Every request but /healthz and /metrics must carry a valid signature (see
+// Verify). Unauthenticated and refused requests end their connection, and
+// error bodies repeat at most a few hundred bytes of the request.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if err := s.route(w, r); err != nil {
 		s.fail(w, r, err)
