@@ -259,6 +259,7 @@ func TestConnectionCapSparesRequestsInFlight(t *testing.T) {
 	if err := <-done; err != nil || !bytes.Equal(w.buf.Bytes(), content) {
 		t.Fatalf("the pull in flight: %d bytes, %v", w.buf.Len(), err)
 	}
+	g.land()
 	// Its connection now waits for another request: the newcomer takes
 	// its place and is answered.
 	checkHealthzClosed(t, c)

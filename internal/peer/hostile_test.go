@@ -466,4 +466,5 @@ func TestRangesOfIncomingFile(t *testing.T) {
 	if resp.StatusCode != http.StatusPartialContent || !bytes.Equal(body, content[len(content)-100:]) {
 		t.Errorf("the last 100 bytes: %d, %d bytes", resp.StatusCode, len(body))
 	}
+	g.land()
 }
