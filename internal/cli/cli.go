@@ -180,7 +180,7 @@ func (n *node) register(fs *pflag.FlagSet, defaultState string) {
 	fs.StringVar(&n.listen, "listen", ":7070", "address the peer server listens on")
 	fs.StringVar(&n.advertise, "advertise", "", "host:port other hosts use to reach this one (default: hostname and the --listen port)")
 	fs.StringVar(&n.id, "id", "", "host id in Redis (default: the hostname)")
-	fs.StringVar(&n.secretFile, "secret-file", "/etc/fanout/secret", "file holding the shared peer secret (not world-readable)")
+	fs.StringVar(&n.secretFile, "secret-file", "/etc/fanout/secret", "file holding the shared peer secret, one a line: the first signs, any verifies (not world-readable)")
 	fs.StringVar(&n.root, "root", "/", "task paths resolve under this directory")
 	fs.StringVar(&n.stateDir, "state-dir", defaultState, "directory for held state and the hash cache")
 	fs.DurationVar(&n.poll, "poll", time.Second, "how often to look at Redis")
@@ -280,9 +280,9 @@ func report(e env, prog string, err error) int {
 
 // newPeerServer builds a peer server that exports mx on /metrics and counts
 // served bytes and refused requests into it.
-func newPeerServer(secret []byte, log logrus.FieldLogger, mx *metrics.Metrics, upload *bwlimit.Limiter, now func() time.Time) *peer.Server {
+func newPeerServer(secrets [][]byte, log logrus.FieldLogger, mx *metrics.Metrics, upload *bwlimit.Limiter, now func() time.Time) *peer.Server {
 	return peer.NewServer(peer.ServerConfig{
-		Secret: secret, Log: log, Metrics: mx.Handler(), Upload: upload, Now: now,
+		Secrets: secrets, Log: log, Metrics: mx.Handler(), Upload: upload, Now: now,
 		Served:       func(n int64) { mx.BytesServed.Add(float64(n)) },
 		Unauthorized: mx.Unauthorized.Inc,
 	})

@@ -187,6 +187,10 @@ func TestBadNodeInputs(t *testing.T) {
 	if err := os.WriteFile(secret, []byte("0123456789abcdef0123456789abcdef\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	shortLine := filepath.Join(t.TempDir(), "secret")
+	if err := os.WriteFile(shortLine, []byte("0123456789abcdef0123456789abcdef\nshort\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	busy, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -212,6 +216,7 @@ func TestBadNodeInputs(t *testing.T) {
 		{"tls ca without a certificate", []string{"--root", t.TempDir(), "--state-dir", t.TempDir(), "--tls-ca", aFile}, exitFailure, "--tls-ca " + aFile},
 		{"tls pair unreadable", []string{"--root", t.TempDir(), "--state-dir", t.TempDir(), "--tls-cert", aFile, "--tls-key", aFile}, exitFailure, "--tls-cert " + aFile},
 		{"missing secret", []string{"--root", t.TempDir(), "--state-dir", t.TempDir(), "--secret-file", filepath.Join(t.TempDir(), "none")}, exitFailure, "--secret-file"},
+		{"short second secret", []string{"--root", t.TempDir(), "--state-dir", t.TempDir(), "--secret-file", shortLine}, exitFailure, "line 2 of " + shortLine},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -110,7 +110,7 @@ func masterRun(ctx context.Context, args []string, e env) error {
 	if err != nil {
 		return err
 	}
-	secret, err := peer.LoadSecret(n.secretFile)
+	secrets, err := peer.LoadSecrets(n.secretFile)
 	if err != nil {
 		return fmt.Errorf("--secret-file: %w", err)
 	}
@@ -130,7 +130,7 @@ func masterRun(ctx context.Context, args []string, e env) error {
 	}
 	mx := metrics.New()
 	co := n.coordClient(rdb)
-	server := newPeerServer(secret, log, mx, bwlimit.New(n.rate), co.Now)
+	server := newPeerServer(secrets, log, mx, bwlimit.New(n.rate), co.Now)
 	m, err := master.New(master.Config{
 		ID: n.id, Advertise: n.advertise, Root: n.root, StateDir: n.stateDir,
 		Uploads: n.uploads, Poll: n.poll, Log: log, Metrics: mx,

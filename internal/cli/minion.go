@@ -109,7 +109,7 @@ func minionCommand(ctx context.Context, cmd string, args []string, e env) error 
 		return err
 	}
 	defer locks.release()
-	secret, err := peer.LoadSecret(n.secretFile)
+	secrets, err := peer.LoadSecrets(n.secretFile)
 	if err != nil {
 		return fmt.Errorf("--secret-file: %w", err)
 	}
@@ -122,11 +122,11 @@ func minionCommand(ctx context.Context, cmd string, args []string, e env) error 
 	co := n.coordClient(rdb)
 	// Peers sign and check requests with the clock corrected to Redis
 	// TIME: hosts whose clocks disagree still talk.
-	server := newPeerServer(secret, log, mx, bwlimit.New(n.rate), co.Now)
+	server := newPeerServer(secrets, log, mx, bwlimit.New(n.rate), co.Now)
 	if connectTimeout <= 0 || stallTimeout <= 0 {
 		return usageError("--connect-timeout and --stall-timeout must be positive durations such as 5s")
 	}
-	client := peer.NewClient(peer.ClientConfig{Secret: secret, DialTimeout: connectTimeout, StallTimeout: stallTimeout, TLS: n.clientTLS, Now: co.Now})
+	client := peer.NewClient(peer.ClientConfig{Secrets: secrets, DialTimeout: connectTimeout, StallTimeout: stallTimeout, TLS: n.clientTLS, Now: co.Now})
 	cfg := minion.Config{
 		ID: n.id, Advertise: n.advertise, Root: n.root, StateDir: n.stateDir, Uploads: n.uploads,
 		Source: cmd == "run" && n.uploads > 0, Pipeline: pipeline, Poll: n.poll, Heartbeat: heartbeat, Workers: workers,

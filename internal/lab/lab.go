@@ -166,7 +166,7 @@ func (l *Lab) StartMaster(ctx context.Context) error {
 func (l *Lab) StartMinion(ctx context.Context, h *Host) error {
 	co := l.hostCoord(h.Skew)
 	return h.start(ctx, l, co, func(ctx context.Context, ln net.Listener, server *peer.Server) (func(context.Context) error, error) {
-		client := peer.NewClient(peer.ClientConfig{Secret: l.secret, DialTimeout: 2 * time.Second, StallTimeout: 2 * time.Second, Now: co.Now})
+		client := peer.NewClient(peer.ClientConfig{Secrets: [][]byte{l.secret}, DialTimeout: 2 * time.Second, StallTimeout: 2 * time.Second, Now: co.Now})
 		m, err := minion.New(minion.Config{
 			ID: h.ID, Advertise: ln.Addr().String(), Root: h.Root, StateDir: h.StateDir,
 			Uploads: l.cfg.Uploads, Source: true, Poll: l.cfg.Poll, Heartbeat: time.Second,
@@ -207,7 +207,7 @@ func (h *Host) start(ctx context.Context, l *Lab, co *coord.Client, build runner
 		return fmt.Errorf("listen for %s: %w", h.ID, err)
 	}
 	h.Addr = ln.Addr().String()
-	server := peer.NewServer(peer.ServerConfig{Secret: l.secret, Log: l.cfg.Log.WithField("host", h.ID), Upload: bwlimit.New(l.cfg.BWLimit), Now: co.Now})
+	server := peer.NewServer(peer.ServerConfig{Secrets: [][]byte{l.secret}, Log: l.cfg.Log.WithField("host", h.ID), Upload: bwlimit.New(l.cfg.BWLimit), Now: co.Now})
 	run, err := build(ctx, ln, server)
 	if err != nil {
 		ln.Close()

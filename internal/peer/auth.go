@@ -8,14 +8,18 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net/http"
 	"os"
 	"strconv"
 	"time"
 )
 
-// MinSecretLen is the shortest shared secret LoadSecret accepts, in bytes.
+// MinSecretLen is the shortest shared secret LoadSecrets accepts, in bytes.
 const MinSecretLen = 16
+
+// maxSecretFile bounds the size of a secret file, in bytes.
+const maxSecretFile = 64 << 10
 
 // Sign sets the timestamp and signature headers of r: an HMAC-SHA256, keyed
 // by secret, over r's method, request URI (path and raw query) and now as a
@@ -26,9 +30,11 @@ func Sign(r *http.Request, secret []byte, now time.Time) {
 	r.Header.Set(headerSignature, hex.EncodeToString(signature(secret, r.Method, requestURI(r), ts)))
 }
 
-// Verify checks the signature Sign put on r, and that its timestamp is within
-// maxSkew of now. The error says which check failed.
-func Verify(r *http.Request, secret []byte, now time.Time, maxSkew time.Duration) error {
+// Verify checks that r carries a signature Sign made with one of secrets
+// (empty ones never match), and that its timestamp is within maxSkew of now,
+// compared in whole seconds. Accepting several secrets lets a fleet rotate
+// its secret while it runs. The error says which check failed.
+func Verify(r *http.Request, secrets [][]byte, now time.Time, maxSkew time.Duration) error {
 	ts := r.Header.Get(headerTimestamp)
 	sig := r.Header.Get(headerSignature)
 	if ts == "" || sig == "" {
@@ -36,23 +42,53 @@ func Verify(r *http.Request, secret []byte, now time.Time, maxSkew time.Duration
 	}
 	unix, err := strconv.ParseInt(ts, 10, 64)
 	if err != nil {
-		return fmt.Errorf("bad timestamp %q: %w", ts, err)
+		// Not wrapped: a *strconv.NumError repeats the whole header.
+		return fmt.Errorf("bad timestamp %s: not a Unix time in seconds", quote(ts))
 	}
-	skew := now.Sub(time.Unix(unix, 0))
+	// Bounds in whole seconds, saturated, so that no int64 timestamp can
+	// overflow past them: a far-future one must not pass as recent.
+	skew := int64(max(maxSkew, 0) / time.Second)
+	nowUnix := now.Unix()
 	switch {
-	case skew > maxSkew:
-		return fmt.Errorf("timestamp %d is %v old, more than the allowed %v", unix, skew, maxSkew)
-	case -skew > maxSkew:
-		return fmt.Errorf("timestamp %d is %v in the future, more than the allowed %v", unix, -skew, maxSkew)
+	case unix < subSat(nowUnix, skew):
+		return fmt.Errorf("timestamp %d is more than %v older than this host's clock (%d)", unix, maxSkew, nowUnix)
+	case unix > addSat(nowUnix, skew):
+		return fmt.Errorf("timestamp %d is more than %v in the future of this host's clock (%d)", unix, maxSkew, nowUnix)
 	}
 	got, err := hex.DecodeString(sig)
 	if err != nil {
 		return errors.New("signature is not hex")
 	}
-	if !hmac.Equal(got, signature(secret, r.Method, requestURI(r), ts)) {
-		return errors.New("signature mismatch")
+	uri, keys := requestURI(r), 0
+	for _, secret := range secrets {
+		if len(secret) == 0 {
+			continue
+		}
+		keys++
+		if hmac.Equal(got, signature(secret, r.Method, uri, ts)) {
+			return nil
+		}
 	}
-	return nil
+	if keys == 0 {
+		return errors.New("no secret to verify the signature with")
+	}
+	return errors.New("signature mismatch")
+}
+
+// addSat returns a+b for b >= 0, or math.MaxInt64 if that overflows.
+func addSat(a, b int64) int64 {
+	if a > math.MaxInt64-b {
+		return math.MaxInt64
+	}
+	return a + b
+}
+
+// subSat returns a-b for b >= 0, or math.MinInt64 if that overflows.
+func subSat(a, b int64) int64 {
+	if a < math.MinInt64+b {
+		return math.MinInt64
+	}
+	return a - b
 }
 
 // signature is the MAC over one request's method, URI and timestamp.
@@ -72,10 +108,17 @@ func requestURI(r *http.Request) string {
 	return r.URL.RequestURI()
 }
 
-// LoadSecret reads the shared secret from the file at path, without its
-// surrounding whitespace. It refuses a file that other users may read or
-// write, and a secret shorter than MinSecretLen bytes.
-func LoadSecret(path string) ([]byte, error) {
+// LoadSecrets reads the shared secrets from the file at path: one a line,
+// without its surrounding whitespace; blank lines are ignored. The first
+// signs requests and every one is accepted by Verify, so a fleet rotates its
+// secret by adding the new one as a second line, moving it first, then
+// dropping the old one, with no request refused at any step. A file with a
+// single secret is the common case.
+//
+// LoadSecrets refuses a file that other users may read or write, a file
+// without a secret, and a secret shorter than MinSecretLen bytes, naming its
+// line.
+func LoadSecrets(path string) ([][]byte, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, fmt.Errorf("load secret: %w", err)
@@ -91,13 +134,26 @@ func LoadSecret(path string) ([]byte, error) {
 	if !fi.Mode().IsRegular() {
 		return nil, fmt.Errorf("secret file %s is not a regular file", path)
 	}
-	b, err := io.ReadAll(io.LimitReader(f, 1<<20))
+	b, err := io.ReadAll(io.LimitReader(f, maxSecretFile+1))
 	if err != nil {
 		return nil, fmt.Errorf("load secret: read %s: %w", path, err)
 	}
-	b = bytes.TrimSpace(b)
-	if len(b) < MinSecretLen {
-		return nil, fmt.Errorf("secret in %s is %d bytes, need at least %d: make one with head -c 32 /dev/urandom | base64 > %s", path, len(b), MinSecretLen, path)
+	if len(b) > maxSecretFile {
+		return nil, fmt.Errorf("secret file %s is larger than %d bytes: it should hold one secret a line", path, maxSecretFile)
 	}
-	return b, nil
+	var secrets [][]byte
+	for i, line := range bytes.Split(b, []byte("\n")) {
+		line = bytes.TrimSpace(line)
+		if len(line) == 0 {
+			continue
+		}
+		if len(line) < MinSecretLen {
+			return nil, fmt.Errorf("secret on line %d of %s is %d bytes, need at least %d: make one with head -c 32 /dev/urandom | base64", i+1, path, len(line), MinSecretLen)
+		}
+		secrets = append(secrets, line)
+	}
+	if len(secrets) == 0 {
+		return nil, fmt.Errorf("secret file %s holds no secret: make one with head -c 32 /dev/urandom | base64 > %s", path, path)
+	}
+	return secrets, nil
 }

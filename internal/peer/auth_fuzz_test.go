@@ -33,7 +33,7 @@ func FuzzVerify(f *testing.F) {
 			r.Header.Set(headerTimestamp, tsHeader)
 			r.Header.Set(headerSignature, sig)
 		}
-		err = Verify(r, testSecret, now, DefaultMaxSkew)
+		err = Verify(r, [][]byte{testSecret}, now, DefaultMaxSkew)
 		if err == nil && (!signIt || tsHeader != ts) {
 			t.Fatalf("accepted a request not signed with the secret: uri %q ts %q sig %q", uri, tsHeader, sig)
 		}
@@ -44,7 +44,7 @@ func FuzzVerify(f *testing.F) {
 		// signature.
 		if !signIt {
 			w := httptest.NewRecorder()
-			NewServer(ServerConfig{Secret: testSecret, Now: func() time.Time { return now }}).ServeHTTP(w, r)
+			NewServer(ServerConfig{Secrets: [][]byte{testSecret}, Now: func() time.Time { return now }}).ServeHTTP(w, r)
 			if r.URL.Path != "/healthz" && r.URL.Path != "/metrics" && w.Code != http.StatusUnauthorized && w.Code != http.StatusMethodNotAllowed {
 				t.Fatalf("unsigned request for %q answered %d", uri, w.Code)
 			}

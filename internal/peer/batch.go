@@ -47,20 +47,20 @@ func ParseIndices(spec string, n, max int) ([]int, error) {
 		lo, hi, isRange := strings.Cut(part, "-")
 		first, err := strconv.Atoi(lo)
 		if err != nil || first < 0 || (lo != "0" && strings.HasPrefix(lo, "0")) {
-			return nil, fmt.Errorf("bad index %q", lo)
+			return nil, fmt.Errorf("bad index %s", quote(lo))
 		}
 		last := first
 		if isRange {
 			last, err = strconv.Atoi(hi)
 			if err != nil || last <= first || strings.HasPrefix(hi, "0") {
-				return nil, fmt.Errorf("bad range %q", part)
+				return nil, fmt.Errorf("bad range %s", quote(part))
 			}
 		}
 		if last >= n {
 			return nil, fmt.Errorf("index %d out of range: the manifest has %d entries", last, n)
 		}
 		if len(idx) > 0 && first <= idx[len(idx)-1] {
-			return nil, fmt.Errorf("indices not ascending at %q", part)
+			return nil, fmt.Errorf("indices not ascending at %s", quote(part))
 		}
 		if len(idx)+last-first+1 > max {
 			return nil, fmt.Errorf("more than %d files in one batch", max)
@@ -84,12 +84,12 @@ func (s *Server) serveBatch(w http.ResponseWriter, r *http.Request) error {
 	entries := sv.snap.Manifest.Entries
 	idx, err := ParseIndices(q.Get("files"), len(entries), MaxBatchFiles)
 	if err != nil {
-		return errorf(http.StatusBadRequest, "files %q: %v", q.Get("files"), err)
+		return errorf(http.StatusBadRequest, "bad files parameter: %v", err)
 	}
 	var total int64
 	for _, i := range idx {
 		if entries[i].Type != manifest.File {
-			return errorf(http.StatusBadRequest, "entry %d (%q) is not a regular file", i, entries[i].Path)
+			return errorf(http.StatusBadRequest, "entry %d (%s) is not a regular file", i, quote(entries[i].Path))
 		}
 		total += entries[i].Size
 	}

@@ -23,10 +23,15 @@ const (
 // maxManifest bounds a manifest download, in bytes.
 const maxManifest = 2 << 30
 
+// maxPrealloc bounds what the client allocates on a peer's word (its
+// Content-Length) before the bytes arrive.
+const maxPrealloc = 1 << 20
+
 // ClientConfig configures a Client. Zero fields take their defaults.
 type ClientConfig struct {
-	// Secret is the shared secret every request is signed with.
-	Secret []byte
+	// Secrets are the shared secrets, as LoadSecrets returns them: every
+	// request is signed with the first. With none, every request fails.
+	Secrets [][]byte
 	// DialTimeout bounds connecting to a peer, and waiting for its response
 	// headers once the request is sent; default DefaultDialTimeout.
 	DialTimeout time.Duration
@@ -63,8 +68,10 @@ func NewClient(cfg ClientConfig) *Client {
 		TLSClientConfig:       cfg.TLS,
 		TLSHandshakeTimeout:   cfg.DialTimeout,
 		ResponseHeaderTimeout: cfg.DialTimeout,
-		MaxIdleConnsPerHost:   4,
-		IdleConnTimeout:       90 * time.Second,
+		// Peers answer with a handful of short headers.
+		MaxResponseHeaderBytes: 64 << 10,
+		MaxIdleConnsPerHost:    4,
+		IdleConnTimeout:        90 * time.Second,
 		// Bodies must arrive exactly as served: their lengths are checked.
 		DisableCompression: true,
 	}
@@ -99,9 +106,10 @@ func (c *Client) Manifest(ctx context.Context, addr string, gen int64) ([]byte, 
 	if resp.ContentLength > maxManifest {
 		return nil, fmt.Errorf("get %s: %w: %d bytes, more than the limit of %d", what, ErrUnavailable, resp.ContentLength, int64(maxManifest))
 	}
+	// The length is the peer's word: grow for it only as bytes arrive.
 	var buf bytes.Buffer
 	if resp.ContentLength > 0 {
-		buf.Grow(int(resp.ContentLength))
+		buf.Grow(int(min(resp.ContentLength, maxPrealloc)))
 	}
 	n, err := c.copyBody(ctx, reqCtx, cancel, what, &buf, io.LimitReader(resp.Body, maxManifest+1), resp.ContentLength)
 	if err != nil {
@@ -199,7 +207,10 @@ func (c *Client) get(ctx context.Context, what, u string, offset int64) (*http.R
 	if offset > 0 {
 		req.Header.Set("Range", fmt.Sprintf("bytes=%d-", offset))
 	}
-	Sign(req, c.cfg.Secret, c.cfg.Now())
+	if len(c.cfg.Secrets) == 0 || len(c.cfg.Secrets[0]) == 0 {
+		return nil, fmt.Errorf("get %s: no secret to sign the request with", what)
+	}
+	Sign(req, c.cfg.Secrets[0], c.cfg.Now())
 	resp, err := c.hc.Do(req)
 	if err != nil {
 		if ctx.Err() != nil {

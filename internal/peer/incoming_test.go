@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -312,11 +313,23 @@ func TestParseRange(t *testing.T) {
 		{"bytes=-300", 0, 100, true, false},
 		{"bytes=100-", 0, 0, false, true},
 		{"bytes=-0", 0, 0, false, true},
-		{"bytes=0-1,5-6", 0, 100, false, false}, // several ranges: ignored
+		{"bytes=99-99", 99, 100, true, false},
+		{"bytes=0-9223372036854775807", 0, 100, true, false},
+		{"bytes=-9223372036854775807", 0, 100, true, false},
+		{"bytes= 10-19 ", 10, 20, true, false},
+		{"bytes=0-1,5-6", 0, 0, false, true}, // several ranges: refused
+		{"bytes=0-0,0-0,0-0", 0, 0, false, true},
+		{"bytes=0-,", 0, 0, false, true},
 		{"items=0-1", 0, 100, false, false},
 		{"bytes=x-", 0, 100, false, false},
 		{"bytes=5-2", 0, 100, false, false},
 		{"bytes=-5-", 0, 100, false, false},
+		{"bytes=+5-", 0, 100, false, false},
+		{"bytes=5-+9", 0, 100, false, false},
+		{"bytes=-+5", 0, 100, false, false},
+		{"bytes=5", 0, 100, false, false},
+		{"bytes=99999999999999999999-", 0, 100, false, false},
+		{"Bytes=0-1", 0, 100, false, false},
 	}
 	for _, tt := range tests {
 		start, end, partial, err := parseRange(tt.h, 100)
@@ -324,6 +337,15 @@ func TestParseRange(t *testing.T) {
 			t.Errorf("parseRange(%q) = %d, %d, %v, %v; want %d, %d, %v, err %v",
 				tt.h, start, end, partial, err, tt.start, tt.end, tt.partial, tt.err)
 		}
+	}
+	// An empty file: any single range is ignored, several are refused.
+	for _, h := range []string{"bytes=0-", "bytes=-0", "bytes=-5", "bytes=3-9"} {
+		if start, end, partial, err := parseRange(h, 0); err != nil || start != 0 || end != 0 || partial {
+			t.Errorf("parseRange(%q, 0) = %d, %d, %v, %v; want the whole empty file", h, start, end, partial, err)
+		}
+	}
+	if _, _, _, err := parseRange("bytes=0-0,0-0", 0); err == nil {
+		t.Error("several ranges of an empty file accepted")
 	}
 }
 
@@ -335,12 +357,24 @@ func FuzzParseRange(f *testing.F) {
 		if size < 0 {
 			return
 		}
-		start, end, _, err := parseRange(h, size)
+		start, end, partial, err := parseRange(h, size)
 		if err != nil {
+			if len(err.Error()) > 4*maxEcho+200 { // quote escapes a byte in at most 4
+				t.Fatalf("parseRange(%q, %d): error of %d bytes", h, size, len(err.Error()))
+			}
 			return
 		}
 		if start < 0 || end > size || start > end {
 			t.Fatalf("parseRange(%q, %d) = [%d, %d): outside the file", h, size, start, end)
+		}
+		if partial && start == end {
+			t.Fatalf("parseRange(%q, %d): an empty partial range", h, size)
+		}
+		if !partial && (start != 0 || end != size) {
+			t.Fatalf("parseRange(%q, %d) = [%d, %d) for the whole file", h, size, start, end)
+		}
+		if strings.HasPrefix(h, "bytes=") && strings.Contains(h, ",") {
+			t.Fatalf("parseRange(%q, %d) accepted several ranges", h, size)
 		}
 	})
 }

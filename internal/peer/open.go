@@ -31,7 +31,13 @@ func openEntry(root, p string) (*os.File, error) {
 			return nil, openError(p, err)
 		}
 		if !fi.IsDir() {
-			return nil, errorf(http.StatusConflict, "task root %s changed on disk: a %v, not a directory", root, fi.Mode().Type())
+			// Peers are not told where the tree lives on this host; the
+			// log is (the cause is logged with the refusal).
+			return nil, &httpError{
+				code: http.StatusConflict,
+				msg:  fmt.Sprintf("task root changed on disk: a %v, not a directory", fi.Mode().Type()),
+				err:  fmt.Errorf("task root %s", root),
+			}
 		}
 	}
 	rt, err := os.OpenRoot(dir)
@@ -50,7 +56,7 @@ func openEntry(root, p string) (*os.File, error) {
 			return nil, openError(p, err)
 		}
 		if !fi.IsDir() {
-			return nil, errorf(http.StatusConflict, "%q changed on disk: %s is a %v, not a directory", p, prefix, fi.Mode().Type())
+			return nil, errorf(http.StatusConflict, "%s changed on disk: %s is a %v, not a directory", quote(p), quote(filepath.ToSlash(prefix)), fi.Mode().Type())
 		}
 	}
 	lfi, err := rt.Lstat(name)
@@ -58,7 +64,7 @@ func openEntry(root, p string) (*os.File, error) {
 		return nil, openError(p, err)
 	}
 	if !lfi.Mode().IsRegular() {
-		return nil, errorf(http.StatusConflict, "%q changed on disk: not a regular file (%v)", p, lfi.Mode().Type())
+		return nil, errorf(http.StatusConflict, "%s changed on disk: not a regular file (%v)", quote(p), lfi.Mode().Type())
 	}
 	// O_NONBLOCK keeps a fifo swapped in since the Lstat from blocking the
 	// open; it does not change reads of a regular file.
@@ -73,7 +79,7 @@ func openEntry(root, p string) (*os.File, error) {
 	}
 	if !os.SameFile(lfi, fi) {
 		f.Close()
-		return nil, errorf(http.StatusConflict, "%q changed on disk while being opened", p)
+		return nil, errorf(http.StatusConflict, "%s changed on disk while being opened", quote(p))
 	}
 	return f, nil
 }
@@ -81,7 +87,7 @@ func openEntry(root, p string) (*os.File, error) {
 // openError classifies a failure to reach manifest path p on disk.
 func openError(p string, err error) error {
 	if errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ENOTDIR) || errors.Is(err, syscall.ELOOP) {
-		return &httpError{code: http.StatusConflict, msg: fmt.Sprintf("%q changed on disk", p), err: err}
+		return &httpError{code: http.StatusConflict, msg: fmt.Sprintf("%s changed on disk", quote(p)), err: err}
 	}
 	return fmt.Errorf("open %q: %w", p, err)
 }

@@ -106,13 +106,21 @@ type peerEnv struct {
 
 func startPeer(t *testing.T, snap *Snapshot) *peerEnv {
 	t.Helper()
+	return startPeerWith(t, snap, ServerConfig{Secrets: [][]byte{testSecret}})
+}
+
+// startPeerWith is startPeer with a server configured by cfg, whose Log is
+// replaced by a test hook.
+func startPeerWith(t *testing.T, snap *Snapshot, cfg ServerConfig) *peerEnv {
+	t.Helper()
 	log, hook := logtest.NewNullLogger()
 	log.SetLevel(logrus.DebugLevel)
-	s := NewServer(ServerConfig{Secret: testSecret, Log: log})
+	cfg.Log = log
+	s := NewServer(cfg)
 	s.Set(snap)
 	hs := httptest.NewServer(s)
 	t.Cleanup(hs.Close)
-	c := NewClient(ClientConfig{Secret: testSecret})
+	c := NewClient(ClientConfig{Secrets: [][]byte{testSecret}})
 	t.Cleanup(c.CloseIdleConnections)
 	return &peerEnv{server: s, http: hs, addr: hs.Listener.Addr().String(), client: c, logs: hook}
 }
@@ -462,7 +470,7 @@ func TestAuthentication(t *testing.T) {
 		}
 	})
 	t.Run("wrong secret", func(t *testing.T) {
-		c := NewClient(ClientConfig{Secret: []byte("not-the-shared-secret")})
+		c := NewClient(ClientConfig{Secrets: [][]byte{[]byte("not-the-shared-secret")}})
 		t.Cleanup(c.CloseIdleConnections)
 		if _, err := c.Manifest(context.Background(), e.addr, 1); !errors.Is(err, ErrUnauthorized) {
 			t.Errorf("Manifest: %v, want ErrUnauthorized", err)
@@ -472,7 +480,7 @@ func TestAuthentication(t *testing.T) {
 		}
 	})
 	t.Run("clock skew", func(t *testing.T) {
-		c := NewClient(ClientConfig{Secret: testSecret, Now: func() time.Time { return time.Now().Add(-time.Hour) }})
+		c := NewClient(ClientConfig{Secrets: [][]byte{testSecret}, Now: func() time.Time { return time.Now().Add(-time.Hour) }})
 		t.Cleanup(c.CloseIdleConnections)
 		if _, err := c.Manifest(context.Background(), e.addr, 1); !errors.Is(err, ErrUnauthorized) {
 			t.Errorf("Manifest: %v, want ErrUnauthorized", err)
@@ -522,7 +530,7 @@ func TestStalledPeer(t *testing.T) {
 		}
 	})
 	t.Cleanup(func() { close(release) }) // runs before the server's Close
-	c := NewClient(ClientConfig{Secret: testSecret, StallTimeout: 200 * time.Millisecond})
+	c := NewClient(ClientConfig{Secrets: [][]byte{testSecret}, StallTimeout: 200 * time.Millisecond})
 	t.Cleanup(c.CloseIdleConnections)
 	var buf bytes.Buffer
 	n, err := c.Fetch(context.Background(), addr, 1, "a.txt", 0, &buf)
@@ -553,7 +561,7 @@ func TestSlowWriterIsNotAStall(t *testing.T) {
 	tr := newTree(t, 1)
 	e := startPeer(t, tr.snap)
 	stall := 100 * time.Millisecond
-	c := NewClient(ClientConfig{Secret: testSecret, StallTimeout: stall})
+	c := NewClient(ClientConfig{Secrets: [][]byte{testSecret}, StallTimeout: stall})
 	t.Cleanup(c.CloseIdleConnections)
 	w := &slowWriter{delay: 3 * stall}
 	if _, err := c.Fetch(context.Background(), e.addr, 1, "a.txt", 0, w); err != nil {
@@ -575,7 +583,7 @@ func TestPeerClosesMidBody(t *testing.T) {
 		fmt.Fprintf(bw, "HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n0123456789")
 		bw.Flush()
 	})
-	c := NewClient(ClientConfig{Secret: testSecret})
+	c := NewClient(ClientConfig{Secrets: [][]byte{testSecret}})
 	t.Cleanup(c.CloseIdleConnections)
 	if _, err := fetch(t, c, addr, 1, "a.txt", 0); !errors.Is(err, ErrUnavailable) {
 		t.Fatalf("Fetch: %v, want ErrUnavailable", err)
@@ -607,7 +615,7 @@ func TestNoListener(t *testing.T) {
 	}
 	addr := ln.Addr().String()
 	ln.Close()
-	c := NewClient(ClientConfig{Secret: testSecret})
+	c := NewClient(ClientConfig{Secrets: [][]byte{testSecret}})
 	if _, err := fetch(t, c, addr, 1, "a.txt", 0); !errors.Is(err, ErrUnavailable) {
 		t.Fatalf("Fetch: %v, want ErrUnavailable", err)
 	}
@@ -639,7 +647,7 @@ func TestBrokenPeerAnswers(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			addr := fakePeer(t, tt.h)
-			c := NewClient(ClientConfig{Secret: testSecret})
+			c := NewClient(ClientConfig{Secrets: [][]byte{testSecret}})
 			t.Cleanup(c.CloseIdleConnections)
 			if got, err := fetch(t, c, addr, 1, "a.txt", tt.offset); !errors.Is(err, ErrUnavailable) {
 				t.Fatalf("Fetch = %q, %v; want ErrUnavailable", got, err)
@@ -693,7 +701,7 @@ func TestServeStopsWithContext(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := NewServer(ServerConfig{Secret: testSecret})
+	s := NewServer(ServerConfig{Secrets: [][]byte{testSecret}})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- s.Serve(ctx, ln) }()

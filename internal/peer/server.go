@@ -9,6 +9,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -23,8 +24,10 @@ const DefaultMaxSkew = 30 * time.Second
 
 // ServerConfig configures a Server. Zero fields take their defaults.
 type ServerConfig struct {
-	// Secret is the shared secret requests must be signed with.
-	Secret []byte
+	// Secrets are the shared secrets a request may be signed with, as
+	// LoadSecrets returns them; any one is accepted. With none, every
+	// signed route is refused.
+	Secrets [][]byte
 	// MaxSkew is the accepted clock difference for signatures; default
 	// DefaultMaxSkew.
 	MaxSkew time.Duration
@@ -42,6 +45,9 @@ type ServerConfig struct {
 	// Upload, when set, caps the rate of file bytes this host sends, all
 	// peers together.
 	Upload *bwlimit.Limiter
+	// MaxConns caps the connections Serve holds open at once; default
+	// DefaultMaxConns.
+	MaxConns int
 }
 
 // Server answers peer requests for the snapshot it currently holds. It is an
@@ -49,6 +55,11 @@ type ServerConfig struct {
 type Server struct {
 	cfg ServerConfig
 	cur atomic.Pointer[served]
+	// conns caps the connections the server holds (see Serve).
+	conns *connTracker
+	// refused and connErrors limit the warnings about refused signatures
+	// and about connections.
+	refused, connErrors logLimiter
 }
 
 // served is a snapshot prepared for serving.
@@ -70,7 +81,10 @@ func NewServer(cfg ServerConfig) *Server {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	return &Server{cfg: cfg}
+	if cfg.MaxConns <= 0 {
+		cfg.MaxConns = DefaultMaxConns
+	}
+	return &Server{cfg: cfg, conns: newConnTracker(cfg.MaxConns)}
 }
 
 // Set atomically replaces what the server serves; nil serves nothing.
@@ -103,10 +117,12 @@ func (s *Server) Current() *Snapshot {
 //	GET /healthz                    200 "ok", unauthenticated
 //	GET /metrics                    Prometheus metrics when configured, unauthenticated
 //	GET /v1/manifest?gen=N          the encoded manifest of generation N
-//	GET /v1/file?gen=N&path=P       the file at manifest path P, with Range support
+//	GET /v1/file?gen=N&path=P       the file at manifest path P, or one byte range of it
 //	GET /v1/batch?gen=N&files=I     the files at manifest indices I ("3-10,12"), concatenated
 //
-// Every request but /healthz must carry a valid signature (see Verify).
+// Every request but /healthz and /metrics must carry a valid signature (see
+// Verify). Unauthenticated and refused requests end their connection, and
+// error bodies repeat at most a few hundred bytes of the request.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if err := s.route(w, r); err != nil {
 		s.fail(w, r, err)
@@ -116,18 +132,22 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 func (s *Server) route(w http.ResponseWriter, r *http.Request) error {
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
 		w.Header().Set("Allow", "GET, HEAD")
-		return errorf(http.StatusMethodNotAllowed, "method %s not allowed", r.Method)
+		return errorf(http.StatusMethodNotAllowed, "method %s not allowed", quote(r.Method))
 	}
+	// Unauthenticated answers end their connection: whoever is not a peer
+	// gets no keep-alive connection to hold.
 	if r.URL.Path == "/healthz" {
+		w.Header().Set("Connection", "close")
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		io.WriteString(w, "ok")
 		return nil
 	}
 	if r.URL.Path == "/metrics" && s.cfg.Metrics != nil {
+		w.Header().Set("Connection", "close")
 		s.cfg.Metrics.ServeHTTP(w, r)
 		return nil
 	}
-	if err := Verify(r, s.cfg.Secret, s.cfg.Now(), s.cfg.MaxSkew); err != nil {
+	if err := Verify(r, s.cfg.Secrets, s.cfg.Now(), s.cfg.MaxSkew); err != nil {
 		if s.cfg.Unauthorized != nil {
 			s.cfg.Unauthorized()
 		}
@@ -141,7 +161,7 @@ func (s *Server) route(w http.ResponseWriter, r *http.Request) error {
 	case "/v1/batch":
 		return s.serveBatch(w, r)
 	}
-	return errorf(http.StatusNotFound, "no route %s", r.URL.Path)
+	return errorf(http.StatusNotFound, "no route %s", quote(r.URL.Path))
 }
 
 // request parses r's query and returns it with the prepared snapshot, if
@@ -149,7 +169,7 @@ func (s *Server) route(w http.ResponseWriter, r *http.Request) error {
 func (s *Server) request(r *http.Request) (url.Values, *served, error) {
 	q, err := url.ParseQuery(r.URL.RawQuery)
 	if err != nil {
-		return nil, nil, errorf(http.StatusBadRequest, "bad query: %v", err)
+		return nil, nil, errorf(http.StatusBadRequest, "bad query: %s", clip(err.Error()))
 	}
 	sv, err := s.snapshotFor(q)
 	return q, sv, err
@@ -160,7 +180,7 @@ func (s *Server) request(r *http.Request) (url.Values, *served, error) {
 func (s *Server) snapshotFor(q url.Values) (*served, error) {
 	gen, err := strconv.ParseInt(q.Get("gen"), 10, 64)
 	if err != nil {
-		return nil, errorf(http.StatusBadRequest, "bad gen %q", q.Get("gen"))
+		return nil, errorf(http.StatusBadRequest, "bad gen %s", quote(q.Get("gen")))
 	}
 	sv := s.cur.Load()
 	switch {
@@ -194,13 +214,16 @@ func (s *Server) serveFile(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	paths := q["path"]
-	if len(paths) != 1 || !validPath(paths[0]) {
-		return errorf(http.StatusBadRequest, "bad path %q", paths)
+	if len(paths) != 1 {
+		return errorf(http.StatusBadRequest, "want one path parameter, got %d", len(paths))
 	}
 	p := paths[0]
+	if !validPath(p) {
+		return errorf(http.StatusBadRequest, "bad path %s", quote(p))
+	}
 	e, ok := sv.entries[p]
 	if !ok || e.Type != manifest.File {
-		return errorf(http.StatusNotFound, "generation %d has no file %q", sv.snap.Gen, p)
+		return errorf(http.StatusNotFound, "generation %d has no file %s", sv.snap.Gen, quote(p))
 	}
 	if in := sv.snap.Incoming; in != nil && in.Pending(p) {
 		return s.serveIncoming(w, r, sv.snap, e)
@@ -215,15 +238,49 @@ func (s *Server) serveFile(w http.ResponseWriter, r *http.Request) error {
 		return fmt.Errorf("stat %s: %w", f.Name(), err)
 	}
 	if fi.Size() != e.Size {
-		return errorf(http.StatusConflict, "%q changed on disk: %d bytes, manifest says %d", p, fi.Size(), e.Size)
+		return errorf(http.StatusConflict, "%s changed on disk: %d bytes, manifest says %d", quote(p), fi.Size(), e.Size)
 	}
+	start, end, partial, err := parseRange(r.Header.Get("Range"), e.Size)
+	if err != nil {
+		w.Header().Set("Content-Range", fmt.Sprintf("bytes */%d", e.Size))
+		return errorf(http.StatusRequestedRangeNotSatisfiable, "%v", err)
+	}
+	if start > 0 {
+		if _, err := f.Seek(start, io.SeekStart); err != nil {
+			return fmt.Errorf("seek %s: %w", f.Name(), err)
+		}
+	}
+	writeFileHeader(w, sv.snap.Gen, start, end, e.Size, partial)
+	if r.Method == http.MethodHead {
+		return nil
+	}
+	// From an *os.File through writers that keep ReadFrom: sendfile.
+	if n, err := io.CopyN(s.bodyWriter(w, r), f, end-start); err != nil {
+		if r.Context().Err() == nil {
+			s.cfg.Log.WithError(err).WithField("path", p).Warnf("sending a file broke off after %d of %d bytes", n, end-start)
+		}
+		// The length is promised: only a broken connection tells the
+		// client the body is incomplete.
+		panic(http.ErrAbortHandler)
+	}
+	return nil
+}
+
+// writeFileHeader sends the status and headers of an answer with the bytes
+// [start, end) of a file of size bytes of generation gen: 206 with their
+// Content-Range when partial, 200 otherwise.
+func writeFileHeader(w http.ResponseWriter, gen, start, end, size int64, partial bool) {
 	h := w.Header()
 	h.Set("Content-Type", "application/octet-stream")
-	h.Set(headerGeneration, strconv.FormatInt(sv.snap.Gen, 10))
-	// A zero modification time keeps conditional requests out of the way:
-	// peers ask for bytes, not for freshness.
-	http.ServeContent(s.bodyWriter(w, r), r, "", time.Time{}, f)
-	return nil
+	h.Set(headerGeneration, strconv.FormatInt(gen, 10))
+	h.Set("Accept-Ranges", "bytes")
+	h.Set("Content-Length", strconv.FormatInt(end-start, 10))
+	code := http.StatusOK
+	if partial {
+		code = http.StatusPartialContent
+		h.Set("Content-Range", fmt.Sprintf("bytes %d-%d/%d", start, end-1, size))
+	}
+	w.WriteHeader(code)
 }
 
 // bodyWriter wraps w with the upload limit and the byte counter.
@@ -254,17 +311,7 @@ func (s *Server) serveIncoming(w http.ResponseWriter, r *http.Request, snap *Sna
 		return err
 	}
 	defer body.Close()
-	h := w.Header()
-	h.Set("Content-Type", "application/octet-stream")
-	h.Set(headerGeneration, strconv.FormatInt(snap.Gen, 10))
-	h.Set("Accept-Ranges", "bytes")
-	h.Set("Content-Length", strconv.FormatInt(end-start, 10))
-	code := http.StatusOK
-	if partial {
-		code = http.StatusPartialContent
-		h.Set("Content-Range", fmt.Sprintf("bytes %d-%d/%d", start, end-1, e.Size))
-	}
-	w.WriteHeader(code)
+	writeFileHeader(w, snap.Gen, start, end, e.Size, partial)
 	if r.Method == http.MethodHead {
 		return nil
 	}
@@ -279,46 +326,67 @@ func (s *Server) serveIncoming(w http.ResponseWriter, r *http.Request, snap *Sna
 	return nil
 }
 
-// parseRange reads a Range header for a file of size bytes and returns the
-// bytes [start, end) to send. partial is false when the whole file is sent:
-// no header, or one this server does not honour (several ranges, another
-// unit), which HTTP allows it to ignore. A range that starts past the end is
-// an error (416).
+// parseRange reads the Range header h of a request for a file of size
+// bytes and returns the bytes [start, end) to send; partial is false when
+// the whole file is sent.
+//
+// One range is honoured: "bytes=N-", "bytes=N-M" or "bytes=-N". A header
+// this server cannot parse, or of another unit, is ignored (the whole file
+// is sent), as HTTP allows; so is any range of an empty file. The error
+// (answered 416) is for several ranges, which would let a few bytes of
+// request ask for the same bytes many times over, for a suffix of zero
+// bytes, and for a range that starts past the end.
 func parseRange(h string, size int64) (start, end int64, partial bool, err error) {
 	spec, ok := strings.CutPrefix(h, "bytes=")
-	if !ok || strings.Contains(spec, ",") {
+	if !ok {
 		return 0, size, false, nil
+	}
+	if strings.Contains(spec, ",") {
+		return 0, 0, false, fmt.Errorf("range %s asks for several ranges: one a request", quote(h))
+	}
+	if size == 0 {
+		return 0, 0, false, nil
 	}
 	first, last, ok := strings.Cut(strings.TrimSpace(spec), "-")
 	if !ok {
 		return 0, size, false, nil
 	}
 	if first == "" { // the last N bytes
-		n, perr := strconv.ParseInt(last, 10, 64)
-		if perr != nil || n < 0 {
+		n, ok := parseDigits(last)
+		if !ok {
 			return 0, size, false, nil
 		}
 		if n == 0 {
-			return 0, 0, false, fmt.Errorf("range %q selects nothing of %d bytes", h, size)
+			return 0, 0, false, fmt.Errorf("range %s selects no byte of %d", quote(h), size)
 		}
 		return size - min(n, size), size, true, nil
 	}
-	start, perr := strconv.ParseInt(first, 10, 64)
-	if perr != nil || start < 0 {
+	start, ok = parseDigits(first)
+	if !ok {
 		return 0, size, false, nil
 	}
 	end = size
 	if last != "" {
-		l, perr := strconv.ParseInt(last, 10, 64)
-		if perr != nil || l < start {
+		l, ok := parseDigits(last)
+		if !ok || l < start {
 			return 0, size, false, nil
 		}
-		end = min(l+1, size)
+		end = min(l, size-1) + 1
 	}
 	if start >= size {
-		return 0, 0, false, fmt.Errorf("range %q starts past the end of %d bytes", h, size)
+		return 0, 0, false, fmt.Errorf("range %s starts past the end of %d bytes", quote(h), size)
 	}
 	return start, end, true, nil
+}
+
+// parseDigits reads a non-negative decimal number of digits only (no sign,
+// no space) that fits an int64.
+func parseDigits(s string) (int64, bool) {
+	if s == "" || strings.TrimLeft(s, "0123456789") != "" {
+		return 0, false
+	}
+	n, err := strconv.ParseInt(s, 10, 64)
+	return n, err == nil
 }
 
 // limitedWriter sends the body through a rate limiter.
@@ -369,7 +437,10 @@ func (e *httpError) Error() string {
 func (e *httpError) Unwrap() error { return e.err }
 
 // fail answers a request with the status err carries (500 for an untyped
-// error) and logs it: refused signatures at warn, server faults at error.
+// error) and ends its connection. It logs it: refused signatures at warn, at
+// most one line a second (see logLimiter), server faults at error, other
+// refusals at debug. Whatever the request says is cut to maxEcho bytes in
+// the log.
 func (s *Server) fail(w http.ResponseWriter, r *http.Request, err error) {
 	code, msg := http.StatusInternalServerError, "internal error"
 	var he *httpError
@@ -378,17 +449,49 @@ func (s *Server) fail(w http.ResponseWriter, r *http.Request, err error) {
 	}
 	log := s.cfg.Log.WithFields(logrus.Fields{
 		"remote": r.RemoteAddr,
-		"method": r.Method,
-		"uri":    r.RequestURI,
+		"method": clip(r.Method),
+		"uri":    clip(r.RequestURI),
 		"status": code,
 	})
 	switch {
 	case code == http.StatusUnauthorized:
-		log.WithError(err).Warn("peer request refused")
+		if ok, suppressed := s.refused.allow(s.cfg.Now()); ok {
+			if suppressed > 0 {
+				log = log.WithField("suppressed", suppressed)
+			}
+			log.WithError(err).Warn("peer request refused")
+		}
 	case code >= 500:
 		log.WithError(err).Error("peer request failed")
 	default:
 		log.WithError(err).Debug("peer request rejected")
 	}
+	w.Header().Set("Connection", "close")
 	http.Error(w, msg, code)
+}
+
+// logInterval is the shortest time between two lines a logLimiter lets
+// through.
+const logInterval = time.Second
+
+// logLimiter bounds a log line anyone can cause (such as a refused
+// signature) to one per logInterval, and counts the lines it holds back.
+type logLimiter struct {
+	mu         sync.Mutex
+	next       time.Time // when the next line may be logged
+	suppressed int       // lines held back since the last one logged
+}
+
+// allow reports whether a line may be logged at now and, if so, how many
+// were held back since the last one.
+func (l *logLimiter) allow(now time.Time) (ok bool, suppressed int) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if now.Before(l.next) {
+		l.suppressed++
+		return false, 0
+	}
+	suppressed, l.suppressed = l.suppressed, 0
+	l.next = now.Add(logInterval)
+	return true, suppressed
 }

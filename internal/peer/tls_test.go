@@ -38,7 +38,7 @@ func tlsConfigs(t *testing.T) (server, client *tls.Config) {
 func TestTLS(t *testing.T) {
 	tr := newTree(t, 4)
 	serverCfg, clientCfg := tlsConfigs(t)
-	s := NewServer(ServerConfig{Secret: testSecret})
+	s := NewServer(ServerConfig{Secrets: [][]byte{testSecret}})
 	s.Set(tr.snap)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -50,7 +50,7 @@ func TestTLS(t *testing.T) {
 	defer func() { cancel(); <-done }()
 	addr := ln.Addr().String()
 
-	good := NewClient(ClientConfig{Secret: testSecret, TLS: clientCfg})
+	good := NewClient(ClientConfig{Secrets: [][]byte{testSecret}, TLS: clientCfg})
 	defer good.CloseIdleConnections()
 	if enc, err := good.Manifest(ctx, addr, 4); err != nil || string(enc) != string(tr.snap.Encoded) {
 		t.Fatalf("manifest over TLS: %v", err)
@@ -59,13 +59,13 @@ func TestTLS(t *testing.T) {
 		t.Fatalf("file over TLS: %q %v", b, err)
 	}
 	_, otherCA := tlsConfigs(t)
-	stranger := NewClient(ClientConfig{Secret: testSecret, TLS: otherCA})
+	stranger := NewClient(ClientConfig{Secrets: [][]byte{testSecret}, TLS: otherCA})
 	defer stranger.CloseIdleConnections()
 	if _, err := stranger.Manifest(ctx, addr, 4); !errors.Is(err, ErrUnavailable) || !strings.Contains(err.Error(), "certificate") {
 		t.Errorf("client trusting another CA: %v, want a certificate error", err)
 	}
 	// A client left on plain HTTP is told, and gets nothing.
-	plain := NewClient(ClientConfig{Secret: testSecret})
+	plain := NewClient(ClientConfig{Secrets: [][]byte{testSecret}})
 	defer plain.CloseIdleConnections()
 	if enc, err := plain.Manifest(ctx, addr, 4); err == nil || !strings.Contains(err.Error(), "HTTPS") {
 		t.Errorf("plain HTTP client: %d bytes, %v", len(enc), err)

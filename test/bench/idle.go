@@ -59,7 +59,7 @@ func (b *bench) idleRate(ctx context.Context, t *Table) error {
 		m, err := minion.New(minion.Config{
 			ID: id, Advertise: "127.0.0.1:1", Root: root, StateDir: state, Source: true,
 			Poll: poll, Heartbeat: beat, Log: log, Version: "bench",
-		}, co, peer.NewServer(peer.ServerConfig{Secret: secret}), peer.NewClient(peer.ClientConfig{Secret: secret}))
+		}, co, peer.NewServer(peer.ServerConfig{Secrets: [][]byte{secret}}), peer.NewClient(peer.ClientConfig{Secrets: [][]byte{secret}}))
 		if err != nil {
 			return fmt.Errorf("idle minion %s: %w", id, err)
 		}
