@@ -378,3 +378,35 @@ func FuzzParseRange(f *testing.F) {
 		}
 	})
 }
+
+// A file still being received whose first bytes are slow to come: the
+// headers go out at once, so the puller (which waits DialTimeout for
+// response headers) does not give up while the bytes are on their way.
+func TestServeIncomingSendsHeadersFirst(t *testing.T) {
+	tr := newTree(t, 3)
+	content := randomBytes(1000)
+	e := manifest.Entry{Path: "sub/slow.bin", Type: manifest.File, Mode: 0o644, Size: int64(len(content))}
+	m := tr.snap.Manifest
+	m.Entries = append(m.Entries, e)
+	m.Sort()
+	snap := snapshotOf(t, 3, tr.root, m)
+	snap.Incoming = NewIncoming([]manifest.Entry{e}, 5*time.Second)
+	env := startPeer(t, snap)
+	g := newGrowing(t, snap.Incoming, tr.root, e.Path, content)
+	g.begin()
+	g.write(10) // fewer bytes than any buffer holds
+	impatient := NewClient(ClientConfig{Secrets: [][]byte{testSecret}, DialTimeout: 300 * time.Millisecond})
+	t.Cleanup(impatient.CloseIdleConnections)
+	done := make(chan readResult, 1)
+	go func() {
+		var buf bytes.Buffer
+		_, err := impatient.Fetch(context.Background(), env.addr, 3, e.Path, 0, &buf)
+		done <- readResult{buf.Bytes(), err}
+	}()
+	time.Sleep(900 * time.Millisecond) // three header timeouts
+	g.write(len(content))
+	res := <-done
+	if res.err != nil || !bytes.Equal(res.b, content) {
+		t.Fatalf("slow pending file: %d bytes, %v", len(res.b), res.err)
+	}
+}

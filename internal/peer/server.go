@@ -315,6 +315,9 @@ func (s *Server) serveIncoming(w http.ResponseWriter, r *http.Request, snap *Sna
 	if r.Method == http.MethodHead {
 		return nil
 	}
+	// Send the headers now: the bytes may trickle in more slowly than the
+	// puller waits for response headers.
+	http.NewResponseController(w).Flush()
 	if _, err := io.CopyBuffer(writerOnly{s.bodyWriter(w, r)}, body, make([]byte, min(max(end-start, 4<<10), copyBuffer))); err != nil {
 		if r.Context().Err() == nil {
 			s.cfg.Log.WithError(err).WithField("path", e.Path).Warn("streaming a file still being received failed")
