@@ -141,9 +141,16 @@ func (l *Lab) newHost(id string) *Host {
 
 // AddMinion starts one more minion with an empty root.
 func (l *Lab) AddMinion(ctx context.Context) (*Host, error) {
+	h := l.NewHost()
+	return h, l.StartMinion(ctx, h)
+}
+
+// NewHost adds a minion host with an empty root, not started: set its
+// fields (Skew), then StartMinion.
+func (l *Lab) NewHost() *Host {
 	h := l.newHost(fmt.Sprintf("minion-%02d", len(l.Minions)+1))
 	l.Minions = append(l.Minions, h)
-	return h, l.StartMinion(ctx, h)
+	return h
 }
 
 // StartMaster starts (or restarts) the master.
