@@ -157,7 +157,7 @@ func masterPublish(ctx context.Context, args []string, e env) error {
 	}
 	path := fs.Arg(0)
 	if _, err := master.CleanTask(path); err != nil {
-		return usageError("%v", err)
+		return usageError("publish PATH: %v", err)
 	}
 	rdb, err := c.redis(ctx)
 	if err != nil {
