@@ -27,7 +27,8 @@ import (
 
 const task = "/data/m42"
 
-// binDir holds the binaries built once for the whole suite.
+// binDir holds the binaries, built once for the whole suite with the race
+// detector (see fleet.Build).
 var binDir string
 
 func TestMain(m *testing.M) {
@@ -74,7 +75,11 @@ func newEnv(t *testing.T, redisURL string) *env {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		f.Close()
+		// A data race in a daemon fails the test: the binaries are built
+		// with -race and Close reads the reports from their logs.
+		if err := f.Close(); err != nil {
+			t.Error(err)
+		}
 		if t.Failed() {
 			t.Logf("process logs:\n%s", f.Logs())
 		}
