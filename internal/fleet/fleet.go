@@ -31,8 +31,8 @@ import (
 )
 
 // Build compiles fanout-master and fanout-minion with the race detector
-// (go build -race) from the module that holds moduleDir (a directory inside
-// it) into out and returns out.
+// (go build -race, which needs cgo: a C compiler on PATH) from the module
+// that holds moduleDir (a directory inside it) into out and returns out.
 func Build(ctx context.Context, moduleDir, out string) (string, error) {
 	for _, prog := range []string{"master", "minion"} {
 		cmd := exec.CommandContext(ctx, "go", "build", "-race", "-o", filepath.Join(out, "fanout-"+prog), "./"+prog)

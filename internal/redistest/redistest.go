@@ -1,14 +1,13 @@
 // Package redistest starts Redis servers for tests: an in-process miniredis
 // always, and a real redis-server when the binary is on PATH. With
 // FANOUT_REQUIRE_REDIS=1 (as in CI) a missing redis-server fails the test
-// instead of skipping the real-Redis half.
+// instead of skipping the real-Redis half (see package testtool).
 package redistest
 
 import (
 	"context"
 	"fmt"
 	"net"
-	"os"
 	"os/exec"
 	"strconv"
 	"testing"
@@ -16,6 +15,8 @@ import (
 
 	"github.com/alicebob/miniredis/v2"
 	"github.com/redis/go-redis/v9"
+
+	"github.com/fanout/fanout/internal/testtool"
 )
 
 // Server is a Redis server for one test.
@@ -53,21 +54,30 @@ func Mini(t testing.TB) (*miniredis.Miniredis, Server) {
 // binary is missing (a test failure instead under FANOUT_REQUIRE_REDIS=1).
 func Real(t testing.TB) (Server, bool) {
 	t.Helper()
-	bin, err := exec.LookPath("redis-server")
-	if err != nil {
-		if os.Getenv("FANOUT_REQUIRE_REDIS") == "1" {
-			t.Fatal("redis-server is not on PATH and FANOUT_REQUIRE_REDIS=1: install it (apt-get install redis-server)")
-		}
-		t.Log("redis-server not on PATH: real-Redis tests skipped")
+	bin, ok := testtool.Find(t, "redis-server")
+	if !ok {
 		return Server{}, false
 	}
+	return start(t, bin), true
+}
+
+// NeedReal starts a redis-server for a test that is about a real server:
+// without the binary it skips t (fails it under FANOUT_REQUIRE_REDIS=1).
+func NeedReal(t testing.TB) Server {
+	t.Helper()
+	return start(t, testtool.Need(t, "redis-server"))
+}
+
+// start starts the redis-server bin on a free loopback port for t.
+func start(t testing.TB, bin string) Server {
+	t.Helper()
 	port, err := freePort()
 	if err != nil {
 		t.Fatal(err)
 	}
 	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
 	var cmd *exec.Cmd
-	start := func(t testing.TB) {
+	run := func(t testing.TB) {
 		t.Helper()
 		cmd = exec.Command(bin, "--port", strconv.Itoa(port), "--bind", "127.0.0.1",
 			"--save", "", "--appendonly", "no", "--dir", t.TempDir())
@@ -87,15 +97,15 @@ func Real(t testing.TB) (Server, bool) {
 			cmd = nil
 		}
 	}
-	start(t)
+	run(t)
 	t.Cleanup(kill)
 	return Server{
 		Name:    "redis-server",
 		Addr:    addr,
 		URL:     "redis://" + addr,
 		Kill:    kill,
-		Restart: func(t testing.TB) { kill(); start(t) },
-	}, true
+		Restart: func(t testing.TB) { kill(); run(t) },
+	}
 }
 
 func freePort() (int, error) {
