@@ -9,6 +9,7 @@ package faults
 import (
 	"bufio"
 	"context"
+	"flag"
 	"fmt"
 	"net/http"
 	"os"
@@ -31,7 +32,14 @@ const task = "/data/m42"
 // detector (see fleet.Build).
 var binDir string
 
+// TestMain builds the binaries, runs the suite and removes them. With
+// -short every test skips (see newEnv), so nothing is built: a race build
+// needs cgo, which go test -short does not.
 func TestMain(m *testing.M) {
+	flag.Parse()
+	if testing.Short() {
+		os.Exit(m.Run())
+	}
 	dir, err := os.MkdirTemp("", "fanout-faults-bin-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)

@@ -30,6 +30,7 @@ var binaries struct {
 	err  error
 }
 
+// TestMain runs the tests, then removes the binaries they built.
 func TestMain(m *testing.M) {
 	code := m.Run()
 	if binaries.dir != "" {
