@@ -17,8 +17,9 @@ demo:
 	$(GO) run ./test/demo
 
 # The whole suite: formatting, vet, unit, protocol, integration tests with the
-# race detector. Real-Redis tests run when redis-server is on PATH; set
-# FANOUT_REQUIRE_REDIS=1 (CI does) to fail instead of skipping them.
+# race detector. Tests that run redis-server, prlimit or systemd-analyze
+# skip when it is not on PATH; set FANOUT_REQUIRE_REDIS=1 (CI does) to fail
+# instead.
 test: fmt-check vet build
 	./deploy/check.sh
 	$(GO) test -race -count=1 -timeout 12m ./...

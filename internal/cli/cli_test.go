@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"net"
 	"os"
 	"path/filepath"
@@ -14,6 +15,7 @@ import (
 	"github.com/alicebob/miniredis/v2"
 
 	"github.com/fanout/fanout/internal/coord"
+	"github.com/fanout/fanout/internal/master"
 )
 
 // run calls a command line with its own environment and captures output.
@@ -57,6 +59,24 @@ func TestUsageErrors(t *testing.T) {
 				t.Errorf("stderr = %q, want it to mention %q", stderr, tt.want)
 			}
 		})
+	}
+}
+
+// TestPublishTooLong: publish refuses a path over PATH_MAX as a usage
+// error that names the argument, the length and the limit, before it
+// connects to Redis (none runs here), and without echoing the value.
+func TestPublishTooLong(t *testing.T) {
+	path := "/" + strings.Repeat("a", 200) + strings.Repeat("/TAIL", 1000)
+	code, stdout, stderr := run(t, masterMain, nil, "publish", path)
+	if code != exitUsage {
+		t.Errorf("exit code = %d, want %d (stderr %q)", code, exitUsage, stderr)
+	}
+	want := fmt.Sprintf("publish PATH: task is %d bytes long, over the limit of %d bytes", len(path), master.MaxTaskLen)
+	if !strings.Contains(stderr, want) {
+		t.Errorf("stderr = %q, want it to say %q", stderr, want)
+	}
+	if len(stderr) > 300 || strings.Contains(stderr, "TAIL") || stdout != "" {
+		t.Errorf("the refused value is echoed: stdout %q, stderr (%d bytes) %q", stdout, len(stderr), stderr)
 	}
 }
 

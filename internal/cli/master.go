@@ -163,7 +163,7 @@ func masterPublish(ctx context.Context, args []string, e env) error {
 	}
 	path := fs.Arg(0)
 	if _, err := master.CleanTask(path); err != nil {
-		return usageError("%v", err)
+		return usageError("publish PATH: %v", err)
 	}
 	rdb, err := c.redis(ctx)
 	if err != nil {
@@ -178,7 +178,7 @@ func masterPublish(ctx context.Context, args []string, e env) error {
 	if err := co.SetTask(ctx, path, coord.TaskOptions{Delete: del}); err != nil {
 		return fmt.Errorf("set task: %w", err)
 	}
-	fmt.Fprintf(e.stdout, "task set to %s (delete=%v)\n", path, del)
+	fmt.Fprintf(e.stdout, "task set to %s (delete=%v)\n", printable(path, maxLine), del)
 	if !wait {
 		return nil
 	}
@@ -193,8 +193,7 @@ func waitTask(ctx context.Context, co *coord.Client, prev int64, e env) error {
 	for {
 		st, err := co.Status(ctx)
 		if err == nil && st.Generation.ID > prev {
-			line := fmt.Sprintf("generation %d: %s, %d/%d hosts finished, %d running  %s", st.Generation.ID, st.State,
-				len(st.Finished), len(st.Expected), len(st.Running), progressLine(toJSON(st, time.Now()), 30))
+			line := waitLine(st, time.Now())
 			if line != last {
 				fmt.Fprintln(e.stdout, line)
 				last = line
@@ -203,7 +202,7 @@ func waitTask(ctx context.Context, co *coord.Client, prev int64, e env) error {
 			case coord.StateDone:
 				return nil
 			case coord.StateFailed:
-				return fmt.Errorf("generation %d failed: %s", st.Generation.ID, st.Generation.Error)
+				return failedError(st)
 			}
 		}
 		select {
@@ -212,6 +211,11 @@ func waitTask(ctx context.Context, co *coord.Client, prev int64, e env) error {
 		case <-time.After(500 * time.Millisecond):
 		}
 	}
+}
+
+// failedError is publish --wait's error for a failed generation.
+func failedError(st coord.Status) error {
+	return fmt.Errorf("generation %d failed: %s", st.Generation.ID, printable(st.Generation.Error, maxLine))
 }
 
 func masterStatus(ctx context.Context, args []string, e env) error {
@@ -264,7 +268,7 @@ func watchStatus(ctx context.Context, co *coord.Client, every time.Duration, e e
 		now := time.Now()
 		fmt.Fprint(e.stdout, "\033[H\033[2J") // home, clear screen
 		if err != nil {
-			fmt.Fprintf(e.stdout, "%s  %v\n", now.Format(time.TimeOnly), err)
+			fmt.Fprintf(e.stdout, "%s  %s\n", now.Format(time.TimeOnly), printable(err.Error(), maxLine))
 		} else {
 			fmt.Fprintf(e.stdout, "%s  %s\n\n", now.Format(time.TimeOnly), progressLine(toJSON(st, now), 40))
 			writeStatusText(e.stdout, st, now)
@@ -290,7 +294,7 @@ func followEvents(ctx context.Context, co *coord.Client, e env) error {
 			return err
 		}
 		for _, ev := range evs {
-			fmt.Fprintf(e.stdout, "%s  %-13s gen %-4s %-16s %-16s %s\n", ev.At.Format("15:04:05.000"), ev.Type, ev.Gen, dash(ev.Host), dash(ev.Slot), oneLine(ev.Msg))
+			writeEvent(e.stdout, ev)
 			last = ev.ID
 		}
 	}

@@ -4,8 +4,11 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"text/tabwriter"
 	"time"
+
+	"github.com/fanout/fanout/internal/coord"
 )
 
 var registryHelp = map[string]string{
@@ -52,7 +55,7 @@ func masterRegistry(ctx context.Context, cmd string, args []string, e env) error
 		if err := co.Forget(ctx, fs.Arg(0)); err != nil {
 			return err
 		}
-		fmt.Fprintf(e.stdout, "forgot %s\n", fs.Arg(0))
+		fmt.Fprintf(e.stdout, "forgot %s\n", printable(fs.Arg(0), maxCell))
 		return nil
 	case "hosts":
 		hosts, err := co.Hosts(ctx)
@@ -74,16 +77,7 @@ func masterRegistry(ctx context.Context, cmd string, args []string, e env) error
 			}
 			return json.NewEncoder(e.stdout).Encode(out)
 		}
-		tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "HOST\tALIVE\tLAST HEARTBEAT\tADDR\tVERSION\tUP")
-		for _, h := range hosts {
-			up := "-"
-			if !h.Started.IsZero() {
-				up = now.Sub(h.Started).Round(time.Second).String()
-			}
-			fmt.Fprintf(tw, "%s\t%v\t%s ago\t%s\t%s\t%s\n", h.ID, h.Alive, now.Sub(h.LastSeen).Round(time.Second), h.Addr, dash(h.Version), up)
-		}
-		return tw.Flush()
+		return writeHosts(e.stdout, hosts, now)
 	default: // history
 		recs, err := co.History(ctx, n)
 		if err != nil {
@@ -92,11 +86,34 @@ func masterRegistry(ctx context.Context, cmd string, args []string, e env) error
 		if asJSON {
 			return json.NewEncoder(e.stdout).Encode(recs)
 		}
-		tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "GEN\tDONE\tPATH\tHOSTS\tFILES\tBYTES\tROUNDS\tTOOK")
-		for _, r := range recs {
-			fmt.Fprintf(tw, "%d\t%s\t%s\t%d\t%d\t%s\t%d\t%s\n", r.Gen, r.Done.Local().Format(time.DateTime), r.Path, r.Hosts, r.Files, humanBytes(r.Bytes), r.Rounds, r.Elapsed.Round(time.Millisecond))
-		}
-		return tw.Flush()
+		return writeHistory(e.stdout, recs)
 	}
+}
+
+// writeHosts prints the hosts table; ids, addresses and versions, read
+// from Redis, go through printable.
+func writeHosts(w io.Writer, hosts []coord.Host, now time.Time) error {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "HOST\tALIVE\tLAST HEARTBEAT\tADDR\tVERSION\tUP")
+	for _, h := range hosts {
+		up := "-"
+		if !h.Started.IsZero() {
+			up = now.Sub(h.Started).Round(time.Second).String()
+		}
+		fmt.Fprintf(tw, "%s\t%v\t%s ago\t%s\t%s\t%s\n", printable(h.ID, maxCell), h.Alive, now.Sub(h.LastSeen).Round(time.Second),
+			printable(h.Addr, maxCell), dash(printable(h.Version, maxCell)), up)
+	}
+	return tw.Flush()
+}
+
+// writeHistory prints the history table; paths, read from Redis, go
+// through printable.
+func writeHistory(w io.Writer, recs []coord.Completion) error {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "GEN\tDONE\tPATH\tHOSTS\tFILES\tBYTES\tROUNDS\tTOOK")
+	for _, r := range recs {
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%d\t%d\t%s\t%d\t%s\n", r.Gen, r.Done.Local().Format(time.DateTime), printable(r.Path, maxLine),
+			r.Hosts, r.Files, humanBytes(r.Bytes), r.Rounds, r.Elapsed.Round(time.Millisecond))
+	}
+	return tw.Flush()
 }

@@ -104,36 +104,50 @@ func toJSON(st coord.Status, now time.Time) statusJSON {
 	return out
 }
 
+// writeStatusJSON prints the status as JSON for programs. Values are
+// whole, of any length Redis holds (the text output cuts them), and
+// encoding/json escapes the C0 controls, ESC included, but passes DEL, the
+// C1 controls and the bidi overrides through as UTF-8: a program reads
+// them as data; a terminal needs the text output.
 func writeStatusJSON(w io.Writer, st coord.Status, now time.Time) error {
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
 	return enc.Encode(toJSON(st, now))
 }
 
+// writeStatusText prints the status for an operator's terminal. Every
+// value read from Redis goes through printable: a task, host id or error
+// message cannot add lines or send escape sequences.
 func writeStatusText(w io.Writer, st coord.Status, now time.Time) {
 	s := toJSON(st, now)
-	task := s.Task
-	if task == "" {
+	task := printable(s.Task, maxLine)
+	if s.Task == "" {
 		task = "(not set)"
 	}
 	fmt.Fprintf(w, "task:       %s\n", task)
+	state := printable(s.State, maxCell)
 	if s.Generation == 0 {
-		fmt.Fprintf(w, "state:      %s\n", s.State)
+		fmt.Fprintf(w, "state:      %s\n", state)
 	} else {
-		fmt.Fprintf(w, "generation: %d  path %s  state %s", s.Generation, s.Path, s.State)
+		fmt.Fprintf(w, "generation: %d  path %s  state %s", s.Generation, printable(s.Path, maxLine), state)
 		if s.Published != nil {
 			fmt.Fprintf(w, "  published %s ago", now.Sub(*s.Published).Round(time.Second))
 		}
 		fmt.Fprintln(w)
 		if s.Error != "" {
-			fmt.Fprintf(w, "error:      %s\n", s.Error)
+			fmt.Fprintf(w, "error:      %s\n", printable(s.Error, maxLine))
 		}
 		if s.Digest != "" {
-			fmt.Fprintf(w, "content:    %d files, %d bytes, digest %.16s, delete=%v\n", s.Files, s.Bytes, s.Digest, s.Delete)
+			digest := s.Digest[:min(len(s.Digest), 16)]
+			fmt.Fprintf(w, "content:    %d files, %d bytes, digest %s, delete=%v\n", s.Files, s.Bytes, printable(digest, maxCell), s.Delete)
 		}
 	}
 	fmt.Fprintf(w, "hosts:      %d expected, %d finished, %d running, lookup %d\n", s.Expected, s.Finished, s.Running, s.Lookup)
-	fmt.Fprintf(w, "sources:    %s\n", strings.Join(s.Sources, " "))
+	sources := make([]string, len(s.Sources))
+	for i, src := range s.Sources {
+		sources[i] = printable(src, maxCell)
+	}
+	fmt.Fprintf(w, "sources:    %s\n", strings.Join(sources, " "))
 	if len(s.Hosts) == 0 {
 		return
 	}
@@ -147,10 +161,22 @@ func writeStatusText(w io.Writer, st coord.Status, now time.Time) {
 			rate = humanBytes(int64(h.Rate)) + "/s"
 			elapsed = (time.Duration(h.Elapsed * float64(time.Second))).Round(100 * time.Millisecond).String()
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s ago\t%s\n", h.ID, h.State, dash(h.Source),
-			bytes, rate, elapsed, now.Sub(h.LastSeen).Round(time.Second), dash(oneLine(h.Error)))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s ago\t%s\n", printable(h.ID, maxCell), h.State, dash(printable(h.Source, maxCell)),
+			bytes, rate, elapsed, now.Sub(h.LastSeen).Round(time.Second), dash(printable(h.Error, maxCell)))
 	}
 	tw.Flush()
+}
+
+// waitLine is the progress line publish --wait prints for st.
+func waitLine(st coord.Status, now time.Time) string {
+	return fmt.Sprintf("generation %d: %s, %d/%d hosts finished, %d running  %s", st.Generation.ID, printable(st.State, maxCell),
+		len(st.Finished), len(st.Expected), len(st.Running), progressLine(toJSON(st, now), 30))
+}
+
+// writeEvent prints one protocol event as a line of status --follow.
+func writeEvent(w io.Writer, ev coord.Event) {
+	fmt.Fprintf(w, "%s  %-13s gen %-4s %-16s %-16s %s\n", ev.At.Format("15:04:05.000"), printable(ev.Type, maxCell),
+		printable(ev.Gen, maxCell), dash(printable(ev.Host, maxCell)), dash(printable(ev.Slot, maxCell)), printable(ev.Msg, maxCell))
 }
 
 // humanBytes prints a byte count with a binary unit.
@@ -170,14 +196,6 @@ func humanBytes(n int64) string {
 func dash(s string) string {
 	if s == "" {
 		return "-"
-	}
-	return s
-}
-
-func oneLine(s string) string {
-	s = strings.ReplaceAll(s, "\n", " ")
-	if len(s) > 120 {
-		s = s[:117] + "..."
 	}
 	return s
 }
@@ -211,5 +229,5 @@ func progressLine(s statusJSON, width int) string {
 	fill := int(frac * float64(width))
 	return fmt.Sprintf("[%s%s] %3.0f%%  %d/%d hosts  %s/%s  generation %d %s",
 		strings.Repeat("#", fill), strings.Repeat(".", width-fill), frac*100,
-		s.Finished, s.Expected, humanBytes(done), humanBytes(total), s.Generation, s.State)
+		s.Finished, s.Expected, humanBytes(done), humanBytes(total), s.Generation, printable(s.State, maxCell))
 }

@@ -3,10 +3,18 @@
 // binaries, each with its own root, state directory and port, that tests
 // can kill (SIGKILL, for real), stop, restart and partition. It is the
 // harness of the fault suite.
+//
+// Build compiles the binaries with the race detector. A race-built
+// process that hits a data race writes a report to its log and runs on,
+// so the test's faults still play out; Close then fails with the report.
+// Scanning the logs, rather than halting on the first race and checking
+// exit codes, also catches a race in a process the test killed with
+// SIGKILL, which leaves no exit code to check.
 package fleet
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -22,11 +30,12 @@ import (
 	"github.com/fanout/fanout/internal/coord"
 )
 
-// Build compiles fanout-master and fanout-minion from the module that holds
-// dir (a directory inside it) into out and returns out.
+// Build compiles fanout-master and fanout-minion with the race detector
+// (go build -race, which needs cgo: a C compiler on PATH) from the module
+// that holds moduleDir (a directory inside it) into out and returns out.
 func Build(ctx context.Context, moduleDir, out string) (string, error) {
 	for _, prog := range []string{"master", "minion"} {
-		cmd := exec.CommandContext(ctx, "go", "build", "-o", filepath.Join(out, "fanout-"+prog), "./"+prog)
+		cmd := exec.CommandContext(ctx, "go", "build", "-race", "-o", filepath.Join(out, "fanout-"+prog), "./"+prog)
 		cmd.Dir = moduleDir
 		if b, err := cmd.CombinedOutput(); err != nil {
 			return "", fmt.Errorf("build fanout-%s: %w\n%s", prog, err, b)
@@ -143,6 +152,7 @@ func (p *Proc) Start(ctx context.Context) error {
 	}
 	defer log.Close()
 	cmd := exec.Command(p.argv[0], p.argv[1:]...)
+	cmd.Env = RaceEnv(os.Environ())
 	cmd.Stdout, cmd.Stderr = log, log
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
@@ -208,15 +218,61 @@ func (p *Proc) Output() string {
 	return string(b)
 }
 
-// Close kills every process of the fleet and closes the Redis client.
-func (f *Fleet) Close() {
+// Close kills every process of the fleet and closes the Redis client. It
+// returns an error holding the race detector's report for each process
+// whose log has one (see CheckRaces).
+func (f *Fleet) Close() error {
 	f.mu.Lock()
 	procs := f.procs
 	f.mu.Unlock()
+	var errs []error
 	for _, p := range procs {
 		p.Kill()
+		errs = append(errs, CheckRaces(p.Name, p.Output()))
 	}
 	f.Redis.Close()
+	return errors.Join(errs...)
+}
+
+// raceWarning opens each report of the race detector; a line of '='
+// closes it.
+const (
+	raceWarning = "WARNING: DATA RACE"
+	raceEnd     = "\n=================="
+)
+
+// CheckRaces returns an error naming the process name when out, its
+// output, holds a report of the race detector, and quoting the first
+// report; nil when it holds none.
+func CheckRaces(name, out string) error {
+	n := strings.Count(out, raceWarning)
+	if n == 0 {
+		return nil
+	}
+	report := out[strings.Index(out, raceWarning):]
+	if i := strings.Index(report, raceEnd); i >= 0 {
+		report = report[:i]
+	}
+	const maxReport = 8 << 10
+	if len(report) > maxReport {
+		report = report[:maxReport] + "\n[...]"
+	}
+	return fmt.Errorf("%s: the race detector reported %d data race(s); the first:\n%s", name, n, report)
+}
+
+// RaceEnv returns env with GORACE set for a race-built process whose
+// output CheckRaces reads: reports go to stderr, whatever log_path the
+// caller's GORACE names, and the process runs on after one.
+func RaceEnv(env []string) []string {
+	gorace := ""
+	for _, kv := range env {
+		if v, ok := strings.CutPrefix(kv, "GORACE="); ok {
+			gorace = v // the last one counts, as in exec.Cmd
+		}
+	}
+	// Later options win over the caller's.
+	gorace = strings.TrimSpace(gorace + " log_path=stderr halt_on_error=0")
+	return append(env[:len(env):len(env)], "GORACE="+gorace)
 }
 
 // Logs returns every process's log, for a failing test.

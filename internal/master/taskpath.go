@@ -8,13 +8,26 @@ import (
 	"path"
 	"path/filepath"
 	"strings"
+	"unicode/utf8"
 )
+
+// MaxTaskLen is the longest task value CleanTask accepts, in bytes: Linux's
+// PATH_MAX. A longer value is no path the kernel takes, and would
+// otherwise be copied whole into every error and log line about the task.
+const MaxTaskLen = 4096
+
+// taskQuoteLen is how much of a refused over-long value its error quotes.
+const taskQuoteLen = 100
 
 // CleanTask checks the syntax of a task value as an operator wrote it and
 // returns the path that is published: absolute, with trailing and doubled
-// slashes removed. Every error names the value and says what to do.
+// slashes removed. Every error names the value and says what to do; a
+// value over MaxTaskLen is named by its length and its first bytes only.
 func CleanTask(value string) (string, error) {
 	switch {
+	case len(value) > MaxTaskLen:
+		return "", fmt.Errorf("task is %d bytes long, over the limit of %d bytes (PATH_MAX); it begins %q: set it to a shorter absolute path",
+			len(value), MaxTaskLen, prefix(value, taskQuoteLen))
 	case strings.TrimSpace(value) == "":
 		return "", errors.New(`task is empty: set it to an absolute path, e.g. "redis-cli set task /data/models/m42"`)
 	case strings.ContainsRune(value, 0):
@@ -32,6 +45,18 @@ func CleanTask(value string) (string, error) {
 		return "", fmt.Errorf("task %q is the whole root: name a directory or file under it", value)
 	}
 	return clean, nil
+}
+
+// prefix returns at most the first n bytes of s, cut before a rune that
+// does not fit whole.
+func prefix(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	for i := 1; i < utf8.UTFMax && n > 0 && !utf8.RuneStart(s[n]); i++ {
+		n--
+	}
+	return s[:n]
 }
 
 // ResolveTask checks a task value (see CleanTask) and maps it to the OS path

@@ -1,8 +1,10 @@
 package master
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -66,5 +68,56 @@ func TestResolveTask(t *testing.T) {
 				t.Errorf("osPath = %q, want %q", osPath, want)
 			}
 		})
+	}
+}
+
+// TestCleanTaskLength: a value up to MaxTaskLen bytes is a path like any
+// other; a longer one is refused with its length and the limit, quoting
+// only its first bytes.
+func TestCleanTaskLength(t *testing.T) {
+	tail := "TAIL-NOT-QUOTED"
+	tests := []struct {
+		name  string
+		value string
+		clean string // "" when refused
+	}{
+		{"at the limit", "/" + strings.Repeat("a", MaxTaskLen-1), "/" + strings.Repeat("a", MaxTaskLen-1)},
+		{"at the limit with slashes", "/a" + strings.Repeat("/", MaxTaskLen-2), "/a"},
+		{"one over", "/" + strings.Repeat("a", MaxTaskLen), ""},
+		{"long tail", "/" + strings.Repeat("a", 99) + strings.Repeat(tail, 400), ""},
+		{"a mebibyte", "/" + strings.Repeat("b/", 1<<19), ""},
+		{"over and otherwise bad", strings.Repeat("x\x00/..", 1000), ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			clean, err := CleanTask(tt.value)
+			if tt.clean != "" {
+				if err != nil || clean != tt.clean {
+					t.Fatalf("CleanTask(%d bytes) = %q, %v; want %q", len(tt.value), clean, err, tt.clean)
+				}
+				return
+			}
+			if err == nil {
+				t.Fatalf("CleanTask accepted %d bytes", len(tt.value))
+			}
+			msg := err.Error()
+			for _, want := range []string{fmt.Sprintf("%d bytes long", len(tt.value)), fmt.Sprintf("limit of %d bytes", MaxTaskLen)} {
+				if !strings.Contains(msg, want) {
+					t.Errorf("error %q does not say %q", msg, want)
+				}
+			}
+			if !strings.Contains(msg, strconv.Quote(tt.value[:20])[1:20]) {
+				t.Errorf("error %q does not quote the value's start", msg)
+			}
+			if len(msg) > 300 || strings.Contains(msg, tail) {
+				t.Errorf("error echoes more than the value's start (%d bytes): %q", len(msg), msg)
+			}
+		})
+	}
+	// The quoted start ends before a rune that does not fit whole: "/a"
+	// and 32 three-byte runes are 98 bytes, the 33rd would end at 101.
+	_, err := CleanTask("/a" + strings.Repeat("日", 2000))
+	if err == nil || !strings.Contains(err.Error(), `begins "/a`+strings.Repeat("日", 32)+`"`) {
+		t.Errorf("error %v: want it to quote \"/a\" and 32 whole runes", err)
 	}
 }

@@ -1,7 +1,7 @@
 // Package redistest starts Redis servers for tests: an in-process miniredis
 // always, and a real redis-server when the binary is on PATH. With
 // FANOUT_REQUIRE_REDIS=1 (as in CI) a missing redis-server fails the test
-// instead of skipping the real-Redis half.
+// instead of skipping the real-Redis half (see package testtool).
 package redistest
 
 import (
@@ -17,6 +17,8 @@ import (
 
 	"github.com/alicebob/miniredis/v2"
 	"github.com/redis/go-redis/v9"
+
+	"github.com/fanout/fanout/internal/testtool"
 )
 
 // Server is a Redis server for one test.
@@ -59,14 +61,23 @@ func Mini(t testing.TB) (*miniredis.Miniredis, Server) {
 // binary is missing (a test failure instead under FANOUT_REQUIRE_REDIS=1).
 func Real(t testing.TB) (Server, bool) {
 	t.Helper()
-	bin, err := exec.LookPath("redis-server")
-	if err != nil {
-		if os.Getenv("FANOUT_REQUIRE_REDIS") == "1" {
-			t.Fatal("redis-server is not on PATH and FANOUT_REQUIRE_REDIS=1: install it (apt-get install redis-server)")
-		}
-		t.Log("redis-server not on PATH: real-Redis tests skipped")
+	bin, ok := testtool.Find(t, "redis-server")
+	if !ok {
 		return Server{}, false
 	}
+	return start(t, bin), true
+}
+
+// NeedReal starts a redis-server for a test that is about a real server:
+// without the binary it skips t (fails it under FANOUT_REQUIRE_REDIS=1).
+func NeedReal(t testing.TB) Server {
+	t.Helper()
+	return start(t, testtool.Need(t, "redis-server"))
+}
+
+// start starts the redis-server bin on a free loopback port for t.
+func start(t testing.TB, bin string) Server {
+	t.Helper()
 	port, err := freePort()
 	if err != nil {
 		t.Fatal(err)
@@ -75,7 +86,7 @@ func Real(t testing.TB) (Server, bool) {
 	dir := t.TempDir()
 	dump := filepath.Join(dir, "dump.rdb")
 	var cmd *exec.Cmd
-	start := func(t testing.TB) {
+	run := func(t testing.TB) {
 		t.Helper()
 		cmd = exec.Command(bin, "--port", strconv.Itoa(port), "--bind", "127.0.0.1",
 			"--save", "", "--appendonly", "no", "--dir", dir, "--dbfilename", "dump.rdb")
@@ -114,19 +125,19 @@ func Real(t testing.TB) (Server, bool) {
 			if err := copyFile(snap, dump); err != nil {
 				t.Fatal(err)
 			}
-			start(t)
+			run(t)
 		}
 	}
-	start(t)
+	run(t)
 	t.Cleanup(kill)
 	return Server{
 		Name:     "redis-server",
 		Addr:     addr,
 		URL:      "redis://" + addr,
 		Kill:     kill,
-		Restart:  func(t testing.TB) { kill(); os.Remove(dump); start(t) },
+		Restart:  func(t testing.TB) { kill(); os.Remove(dump); run(t) },
 		Snapshot: snapshot,
-	}, true
+	}
 }
 
 func copyFile(from, to string) error {

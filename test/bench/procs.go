@@ -15,10 +15,7 @@ type processFleet struct {
 
 func (p *processFleet) MasterRoot() string { return p.root }
 
-func (p *processFleet) Stop() error {
-	p.f.Close()
-	return nil
-}
+func (p *processFleet) Stop() error { return p.f.Close() }
 
 // processDeployer starts fleets of separate fanout processes (see
 // internal/fleet) from the binaries in bin. It returns once every minion

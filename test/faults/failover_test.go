@@ -18,15 +18,6 @@ import (
 // task completes, every copy is identical, and no host is ever counted
 // finished for content it does not hold.
 
-// realRedis returns a real redis-server (a snapshot needs one; CI has it).
-func realRedis(t *testing.T) redistest.Server {
-	srv, ok := redistest.Real(t)
-	if !ok {
-		t.Skip("needs a real redis-server")
-	}
-	return srv
-}
-
 // finishedHold checks that every host Redis lists as finished holds the
 // generation's content.
 func (e *env) finishedHold(st coord.Status, path string, hosts ...*fleet.Proc) {
@@ -44,7 +35,7 @@ func (e *env) finishedHold(st coord.Status, path string, hosts ...*fleet.Proc) {
 // Mid-task: claims, leases, progress and maybe finishes of the last second
 // are lost.
 func TestRedisLosesLastWritesMidTask(t *testing.T) {
-	srv := realRedis(t)
+	srv := redistest.NeedReal(t) // a snapshot needs a real server
 	e := newEnv(t, srv.URL)
 	slow := []string{"--bwlimit", "4M"}
 	e.master(8<<20, slow...)
@@ -86,7 +77,7 @@ func TestRedisLosesLastWritesMidTask(t *testing.T) {
 // Just after a host finished: its finish is lost. It announces it again (a
 // heartbeat re-asserts it), and the generation completes.
 func TestRedisLosesAFinish(t *testing.T) {
-	srv := realRedis(t)
+	srv := redistest.NeedReal(t) // a snapshot needs a real server
 	e := newEnv(t, srv.URL)
 	e.master(4<<20, "--bwlimit", "8M")
 	fast := e.minion("fast")
@@ -129,7 +120,7 @@ func TestRedisLosesAFinish(t *testing.T) {
 // new id, never the lost one reused for other content), and every host
 // ends with it.
 func TestRedisLosesAPublish(t *testing.T) {
-	srv := realRedis(t)
+	srv := redistest.NeedReal(t) // a snapshot needs a real server
 	e := newEnv(t, srv.URL)
 	master := e.master(1 << 20)
 	m1, m2 := e.minion("m1"), e.minion("m2")

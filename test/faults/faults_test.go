@@ -9,6 +9,7 @@ package faults
 import (
 	"bufio"
 	"context"
+	"flag"
 	"fmt"
 	"net/http"
 	"os"
@@ -27,10 +28,18 @@ import (
 
 const task = "/data/m42"
 
-// binDir holds the binaries built once for the whole suite.
+// binDir holds the binaries, built once for the whole suite with the race
+// detector (see fleet.Build).
 var binDir string
 
+// TestMain builds the binaries, runs the suite and removes them. With
+// -short every test skips (see newEnv), so nothing is built: a race build
+// needs cgo, which go test -short does not.
 func TestMain(m *testing.M) {
+	flag.Parse()
+	if testing.Short() {
+		os.Exit(m.Run())
+	}
 	dir, err := os.MkdirTemp("", "fanout-faults-bin-")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -74,7 +83,11 @@ func newEnv(t *testing.T, redisURL string) *env {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		f.Close()
+		// A data race in a daemon fails the test: the binaries are built
+		// with -race and Close reads the reports from their logs.
+		if err := f.Close(); err != nil {
+			t.Error(err)
+		}
 		if t.Failed() {
 			t.Logf("process logs:\n%s", f.Logs())
 		}

@@ -15,15 +15,13 @@ import (
 	"github.com/fanout/fanout/internal/fleet"
 	"github.com/fanout/fanout/internal/lab"
 	"github.com/fanout/fanout/internal/redistest"
+	"github.com/fanout/fanout/internal/testtool"
 )
 
 // Redis restarted with its data gone mid-task: the master republishes, the
 // minions re-register and pull, and every copy ends verified.
 func TestRedisLosesData(t *testing.T) {
-	srv, ok := redistest.Real(t)
-	if !ok {
-		t.Skip("needs a real redis-server")
-	}
+	srv := redistest.NeedReal(t)
 	e := newEnv(t, srv.URL)
 	slow := []string{"--bwlimit", "4M"}
 	e.master(8<<20, slow...)
@@ -136,13 +134,11 @@ func TestStalledPeer(t *testing.T) {
 // with a clear error in status, the old version of the file stays intact,
 // and no temporary file is left.
 func TestDiskFull(t *testing.T) {
-	if _, err := os.Stat("/usr/bin/prlimit"); err != nil {
-		t.Skip("needs prlimit (util-linux)")
-	}
+	prlimit := testtool.Need(t, "prlimit")
 	e := newEnv(t, redisURL(t))
 	e.master(1 << 20)
 	// 2 MiB per file: generation 1 fits, generation 2's 4 MiB file does not.
-	m1, err := e.StartMinionWrapped(e.ctx, "m1", []string{"prlimit", "--fsize=2097152", "--"}, minionArgs...)
+	m1, err := e.StartMinionWrapped(e.ctx, "m1", []string{prlimit, "--fsize=2097152", "--"}, minionArgs...)
 	if err != nil {
 		t.Fatal(err)
 	}

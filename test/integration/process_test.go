@@ -12,26 +12,86 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/fanout/fanout/internal/fleet"
 	"github.com/fanout/fanout/internal/lab"
 	"github.com/fanout/fanout/internal/redistest"
 )
 
-// buildBinaries compiles fanout-master and fanout-minion into a temp dir.
+// binaries are fanout-master and fanout-minion, built with the race
+// detector once per package run by the first test that needs them.
+var binaries struct {
+	once sync.Once
+	dir  string // removed by TestMain
+	err  error
+}
+
+// TestMain runs the tests, then removes the binaries they built.
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if binaries.dir != "" {
+		os.RemoveAll(binaries.dir)
+	}
+	os.Exit(code)
+}
+
+// buildBinaries returns the paths of the race-built fanout-master and
+// fanout-minion (see fleet.Build). Run them with fleet.RaceEnv and pass
+// their output to checkRaces.
 func buildBinaries(t *testing.T) (master, minion string) {
 	t.Helper()
-	dir := t.TempDir()
-	master, minion = filepath.Join(dir, "fanout-master"), filepath.Join(dir, "fanout-minion")
-	for out, pkg := range map[string]string{master: "../../master", minion: "../../minion"} {
-		cmd := exec.Command("go", "build", "-o", out, pkg)
-		if b, err := cmd.CombinedOutput(); err != nil {
-			t.Fatalf("build %s: %v\n%s", pkg, err, b)
+	binaries.once.Do(func() {
+		binaries.dir, binaries.err = os.MkdirTemp("", "fanout-integration-bin-")
+		if binaries.err == nil {
+			_, binaries.err = fleet.Build(context.Background(), "../..", binaries.dir)
 		}
+	})
+	if binaries.err != nil {
+		t.Fatal(binaries.err)
 	}
-	return master, minion
+	return filepath.Join(binaries.dir, "fanout-master"), filepath.Join(binaries.dir, "fanout-minion")
+}
+
+// checkRaces fails t when out, the output of the process name, holds a
+// race detector report.
+func checkRaces(t *testing.T, name, out string) {
+	t.Helper()
+	if err := fleet.CheckRaces(name, out); err != nil {
+		t.Error(err)
+	}
+}
+
+// startDaemon starts a race-built daemon with its output in logPath. At
+// cleanup it kills the daemon, fails t on a race report in the log, and
+// prints the log when t failed.
+func startDaemon(t *testing.T, logPath string, env []string, bin string, args ...string) *exec.Cmd {
+	t.Helper()
+	cmd := exec.Command(bin, args...)
+	cmd.Env = fleet.RaceEnv(env)
+	log, err := os.Create(logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer log.Close()
+	cmd.Stdout, cmd.Stderr = log, log
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	name := filepath.Base(logPath)
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		cmd.Wait()
+		b, _ := os.ReadFile(logPath)
+		checkRaces(t, name, string(b))
+		if t.Failed() {
+			t.Logf("%s:\n%s", name, b)
+		}
+	})
+	return cmd
 }
 
 func freeAddr(t *testing.T) string {
@@ -60,25 +120,7 @@ func TestProcesses(t *testing.T) {
 	}
 	env := append(os.Environ(), "FANOUT_REDIS="+srv.URL, "FANOUT_SECRET_FILE="+secret, "FANOUT_POLL=100ms", "FANOUT_KEY_PREFIX={fanout}:")
 	start := func(name, bin string, args ...string) *exec.Cmd {
-		cmd := exec.Command(bin, args...)
-		cmd.Env = env
-		log, err := os.Create(filepath.Join(dir, name+".log"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		cmd.Stdout, cmd.Stderr = log, log
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() {
-			cmd.Process.Kill()
-			cmd.Wait()
-			if t.Failed() {
-				b, _ := os.ReadFile(log.Name())
-				t.Logf("%s log:\n%s", name, b)
-			}
-		})
-		return cmd
+		return startDaemon(t, filepath.Join(dir, name+".log"), env, bin, args...)
 	}
 	addrs := map[string]string{}
 	node := func(name string) (root, state string, args []string) {
@@ -107,8 +149,9 @@ func TestProcesses(t *testing.T) {
 	defer cancel()
 	run := func(args ...string) (string, error) {
 		cmd := exec.CommandContext(ctx, masterBin, args...)
-		cmd.Env = env
+		cmd.Env = fleet.RaceEnv(env)
 		out, err := cmd.CombinedOutput()
+		checkRaces(t, "fanout-master "+args[0], string(out))
 		return string(out), err
 	}
 	for {

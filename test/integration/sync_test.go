@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/fanout/fanout/internal/fleet"
 	"github.com/fanout/fanout/internal/lab"
 	"github.com/fanout/fanout/internal/redistest"
 )
@@ -33,15 +34,8 @@ func TestSyncAndServe(t *testing.T) {
 		t.Fatal(err)
 	}
 	env := append(os.Environ(), "FANOUT_REDIS="+srv.URL, "FANOUT_SECRET_FILE="+secret, "FANOUT_POLL=100ms")
-	daemon := func(bin string, args ...string) *exec.Cmd {
-		cmd := exec.Command(bin, args...)
-		cmd.Env = env
-		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-		return cmd
+	daemon := func(name, bin string, args ...string) *exec.Cmd {
+		return startDaemon(t, filepath.Join(dir, name+".log"), env, bin, args...)
 	}
 	flags := func(name string) []string {
 		root := filepath.Join(dir, name, "root")
@@ -55,17 +49,18 @@ func TestSyncAndServe(t *testing.T) {
 	if err := lab.SampleTree(src, 1<<20, 10); err != nil {
 		t.Fatal(err)
 	}
-	master := daemon(masterBin, append([]string{"run"}, mflags...)...)
+	master := daemon("master", masterBin, append([]string{"run"}, mflags...)...)
 	served := flags("served")
-	daemon(minionBin, append([]string{"serve", "--heartbeat", "200ms"}, served...)...)
+	daemon("served-serve", minionBin, append([]string{"serve", "--heartbeat", "200ms"}, served...)...)
 	plain := flags("plain")
 	mr.Set("task", task)
 	sync := func(args []string) (string, error) {
 		ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 		defer cancel()
 		cmd := exec.CommandContext(ctx, minionBin, append([]string{"sync", "--timeout", "60s"}, args...)...)
-		cmd.Env = env
+		cmd.Env = fleet.RaceEnv(env)
 		out, err := cmd.CombinedOutput()
+		checkRaces(t, "fanout-minion sync "+args[1], string(out))
 		return string(out), err
 	}
 	for _, args := range [][]string{served, plain, served} {
@@ -80,10 +75,13 @@ func TestSyncAndServe(t *testing.T) {
 	}
 	ctx := context.Background()
 	cmd := exec.CommandContext(ctx, masterBin, "status", "--json")
-	cmd.Env = env
+	cmd.Env = fleet.RaceEnv(env)
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
 	out, err := cmd.Output()
+	checkRaces(t, "fanout-master status", stderr.String())
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("status --json: %v\n%s", err, stderr.String())
 	}
 	var st struct {
 		Sources  []string
