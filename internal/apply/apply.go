@@ -188,12 +188,17 @@ type applier struct {
 	opts   Options
 	log    logrus.FieldLogger
 	expect func(manifest.Entry) manifest.Entry // Options.Owner's Expecter
+	// maxDirs is how many directory handles stay open; maxOpenDirs but
+	// in tests.
+	maxDirs int
 
 	mu       sync.Mutex
 	stats    Stats
-	dirs     map[string]int  // open directory handles (see operatorDir)
-	touched  map[string]bool // directories to fsync at the end
-	metaDirs map[string]bool // directories of entries whose metadata alone changed
+	dirs     map[string]*dirHandle // open directories (see operatorDir)
+	clock    uint64                // counts acquires, to find the least recently used
+	touched  map[string]bool       // directories to fsync
+	metaFS   map[uint64]metaFS     // filesystems to sync, by device
+	syncErrs []error               // failures to sync so far
 
 	// synced, when set (by tests), is told of every sync: "fsync" or
 	// "syncfs", and the directory's OS path.
@@ -211,13 +216,14 @@ func newApplier(root string, opts Options) *applier {
 		log = l
 	}
 	return &applier{
-		root:     filepath.Clean(root),
-		opts:     opts,
-		log:      log,
-		expect:   opts.Owner.Expecter(),
-		dirs:     map[string]int{},
-		touched:  map[string]bool{},
-		metaDirs: map[string]bool{},
+		root:    filepath.Clean(root),
+		opts:    opts,
+		log:     log,
+		expect:  opts.Owner.Expecter(),
+		maxDirs: maxOpenDirs,
+		dirs:    map[string]*dirHandle{},
+		touched: map[string]bool{},
+		metaFS:  map[uint64]metaFS{},
 	}
 }
 

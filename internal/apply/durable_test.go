@@ -3,6 +3,7 @@ package apply
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -106,4 +107,56 @@ func TestFailedApplySyncsWhatItDid(t *testing.T) {
 		t.Errorf("the failed file is there: %v", err)
 	}
 	noTemps(t, root)
+}
+
+// TestManyDirectories applies a tree with more directories than Apply keeps
+// open: handles are closed and reopened as needed, and every directory that
+// changed is still fsynced, once.
+func TestManyDirectories(t *testing.T) {
+	root := t.TempDir()
+	content := map[string][]byte{}
+	var mkdirs, fetches, metas []manifest.Action
+	var want []string
+	for i := range 30 {
+		d := fmt.Sprintf("d%02d", i)
+		mkdirs = append(mkdirs, act(manifest.OpMkdir, dirEntry(d, 0o755)))
+		metas = append(metas, act(manifest.OpMeta, dirEntry(d, 0o750)))
+		want = append(want, "fsync "+filepath.Join(root, d))
+		for j := range 3 {
+			p := fmt.Sprintf("%s/f%d", d, j)
+			content[p] = []byte(p)
+			fetches = append(fetches, act(manifest.OpFetch, fileEntry(p, content[p], 0o644)))
+		}
+	}
+	want = append(want, "fsync "+root)
+	slices.Sort(want)
+	a := newApplier(root, Options{Fetcher: newFetcher(content), Workers: 3})
+	a.maxDirs = 4
+	var rec syncRecorder
+	most := 0 // open handles at a sync, which runs with a.mu held
+	a.synced = func(op, p string) {
+		most = max(most, len(a.dirs))
+		rec.record(op, p)
+	}
+	acts := slices.Concat(mkdirs, fetches, metas)
+	if _, err := a.apply(context.Background(), plan(acts...)); err != nil {
+		t.Fatal(err)
+	}
+	for _, x := range slices.Concat(fetches, metas) {
+		checkEntry(t, filepath.Join(root, x.Entry.Path), x.Entry, content[x.Entry.Path])
+	}
+	// Each directory is fsynced once its changes are done: when evicted
+	// and again if changed after, or at the end; never left out.
+	got := slices.Compact(rec.synced())
+	if !slices.Equal(got, want) {
+		t.Errorf("fsynced\n%q\nwant\n%q", got, want)
+	}
+	// Root, its parent, and at most one directory per worker beyond the
+	// limit (held while in use).
+	if most > a.maxDirs+3 {
+		t.Errorf("%d directory handles open at once, limit %d", most, a.maxDirs)
+	}
+	if n := len(a.dirs); n != 0 {
+		t.Errorf("%d handles left open", n)
+	}
 }

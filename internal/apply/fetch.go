@@ -178,11 +178,16 @@ type incoming struct {
 
 // begin creates the temporary file for e in the directory that will hold
 // it, reached without following a symlink.
-func (a *applier) begin(e manifest.Entry) (*incoming, error) {
+func (a *applier) begin(e manifest.Entry) (in *incoming, err error) {
 	l, err := a.locate(e.Path)
 	if err != nil {
 		return nil, err
 	}
+	defer func() {
+		if err != nil {
+			a.release(l.key)
+		}
+	}()
 	if st, err := lstatAt(l.dir, l.name); err == nil && st.Mode&unix.S_IFMT == unix.S_IFDIR {
 		return nil, fmt.Errorf("%s is a directory: %w", l.path, syscall.EISDIR)
 	}
@@ -197,7 +202,7 @@ func (a *applier) begin(e manifest.Entry) (*incoming, error) {
 		return nil, fmt.Errorf("create temporary file: %w", &fs.PathError{Op: "open", Path: tmpPath, Err: err})
 	}
 	f := os.NewFile(uintptr(fd), tmpPath)
-	in := &incoming{a: a, e: e, f: f, l: l, tmp: tmp,
+	in = &incoming{a: a, e: e, f: f, l: l, tmp: tmp,
 		sink: &sink{f: f, h: manifest.NewHash(), size: e.Size, progress: a.opts.Progress}}
 	if obs := a.opts.Observer; obs != nil {
 		obs.Begin(e, f)
@@ -208,7 +213,8 @@ func (a *applier) begin(e manifest.Entry) (*incoming, error) {
 
 // end finishes the file once the fetcher returned ferr: it verifies it,
 // gives it its owner, mode and mtime, fsyncs it and renames it into place,
-// or removes it. The file is closed after the Observer's End.
+// or removes it. The file is closed after the Observer's End, and the
+// handle of its directory released.
 func (in *incoming) end(ferr error) (err error) {
 	a, e, s, l := in.a, in.e, in.sink, in.l
 	defer func() {
@@ -222,6 +228,7 @@ func (in *incoming) end(ferr error) (err error) {
 		}
 		// Fsynced on success, removed on failure: closing loses nothing.
 		in.f.Close()
+		a.release(l.key)
 	}()
 	got := ""
 	switch {

@@ -40,6 +40,7 @@ func (a *applier) remove(e manifest.Entry) error {
 	if err != nil {
 		return err
 	}
+	defer a.release(l.key)
 	a.forget(e.Path)
 	if err := removeAt(l.dir, l.name, l.path); err != nil {
 		return err
@@ -57,6 +58,7 @@ func (a *applier) mkdir(e manifest.Entry) error {
 	if err != nil {
 		return err
 	}
+	defer a.release(l.key)
 	err = ignoringEINTR(func() error { return unix.Mkdirat(l.dir, l.name, 0o700) })
 	if errors.Is(err, unix.EEXIST) {
 		st, err := lstatAt(l.dir, l.name)
@@ -66,17 +68,21 @@ func (a *applier) mkdir(e manifest.Entry) error {
 		if st.Mode&unix.S_IFMT != unix.S_IFDIR {
 			return fmt.Errorf("%s exists and is a %s: %w", l.path, kindOf(st.Mode), fs.ErrExist)
 		}
-		_, err = a.dir(e.Path)
-		return err
+		if _, err := a.acquire(e.Path); err != nil {
+			return err
+		}
+		a.release(e.Path)
+		return nil
 	}
 	if err != nil {
 		return &fs.PathError{Op: "mkdir", Path: l.path, Err: err}
 	}
 	a.touch(l.key)
-	fd, err := a.dir(e.Path)
+	fd, err := a.acquire(e.Path)
 	if err != nil {
 		return err
 	}
+	defer a.release(e.Path)
 	x := a.expect(e)
 	if err := a.chown(fd, x, l.path); err != nil {
 		return err
@@ -96,6 +102,7 @@ func (a *applier) symlink(e manifest.Entry) error {
 	if err != nil {
 		return err
 	}
+	defer a.release(l.key)
 	if st, err := lstatAt(l.dir, l.name); err == nil && st.Mode&unix.S_IFMT == unix.S_IFDIR {
 		return fmt.Errorf("%s is a directory: %w", l.path, syscall.EISDIR)
 	}
@@ -135,6 +142,7 @@ func (a *applier) meta(e manifest.Entry) error {
 	if err != nil {
 		return err
 	}
+	defer a.release(l.key)
 	switch e.Type {
 	case manifest.File:
 		err = a.metaFile(l, x)
@@ -155,21 +163,23 @@ func (a *applier) meta(e manifest.Entry) error {
 	if err := setTimes(l.dir, l.name, e.MTime, l.path); err != nil {
 		return err
 	}
-	a.metaChanged(l.key)
+	a.metaChanged(l.dir, a.osPath(l.key))
 	return nil
 }
 
 // metaDir sets a directory's attributes through its handle, which the
 // final fsync of Apply makes durable.
 func (a *applier) metaDir(e, x manifest.Entry) error {
-	fd, err := a.dir(e.Path)
+	fd, err := a.acquire(e.Path)
 	if err != nil {
 		return err
 	}
+	defer a.release(e.Path)
 	l, err := a.locate(e.Path)
 	if err != nil {
 		return err
 	}
+	defer a.release(l.key)
 	if err := a.chown(fd, x, l.path); err != nil {
 		return err
 	}
