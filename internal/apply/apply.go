@@ -4,22 +4,23 @@
 // reader never sees a half-written file and a failed transfer leaves the old
 // version intact: after a failure or a crash, every file is either its old
 // version or its new one. Before Apply reports success, what it did is
-// durable: fetched files were fsynced, and every directory whose entries
-// changed (renames, creations, removals, symlink replacements) is fsynced,
-// once per Apply.
+// durable: fetched files were fsynced, every directory whose entries changed
+// (renames, creations, removals, symlink replacements) is fsynced, once per
+// Apply, and metadata-only changes are synced with their filesystem.
 //
 // Nothing is ever written through a symlink, and no path is checked and then
-// used. Apply opens each directory once per call, one component at a time
-// from the task root down, each relative to its parent's handle with
-// O_NOFOLLOW (the task root itself must be a real directory; its parent
-// belongs to the operator and is opened by path), and acts on the final
-// component with the *at system calls relative to that handle: openat,
-// mkdirat, symlinkat, renameat, unlinkat, fchownat and utimensat, none of
-// which follows a symlink there. A directory swapped for a symlink after the
-// plan was made is refused (an error wrapping syscall.ENOTDIR); one opened
-// before the swap stays the directory it was. os.Root is not used: it
-// follows symlinks that stay inside the root, and fanout never writes
-// through a symlink.
+// used. Apply opens directories one component at a time from the task root
+// down, each relative to its parent's handle with O_NOFOLLOW (the task root
+// itself must be a real directory; its parent belongs to the operator and
+// is opened by path). It keeps the handles open for the call, up to a
+// bound past which the least recently used are closed and reopened when
+// needed again, and acts on the final component with the *at system calls
+// relative to its directory's handle: openat, mkdirat, symlinkat, renameat,
+// unlinkat, fchownat and utimensat, none of which follows a symlink there. A
+// directory swapped for a symlink after the plan was made is refused (an
+// error wrapping syscall.ENOTDIR); one opened before the swap stays the
+// directory it was. os.Root is not used: it follows symlinks that stay
+// inside the root, and fanout never writes through a symlink.
 //
 // Owners follow Options.Owner (see manifest.OwnerPolicy): with Chown, every
 // entry that carries an owner gets it, before its mode is set; setuid and
@@ -103,7 +104,9 @@ type Stats struct {
 // Apply checks the whole plan first (paths must be clean and relative, each
 // action's entry of the right type) and then stops at the first error,
 // cancelling the fetches in flight and waiting for them; the error names the
-// entry. The stats so far are returned either way.
+// entry. The stats so far are returned either way. Whether it succeeds or
+// fails, what it changed is synced to disk before it returns (see the
+// package doc); success means that sync succeeded too.
 func Apply(ctx context.Context, root string, plan *manifest.Plan, opts Options) (Stats, error) {
 	if plan == nil {
 		return Stats{}, nil
