@@ -1,10 +1,31 @@
 // Package apply carries out a manifest plan on a host's tree. Every fetched
-// file is written under a temporary name, verified against its hash, fsynced
-// and only then renamed into place, so a reader never sees a half-written
-// file and a failed transfer leaves the old version intact. Nothing is ever
-// written through a symlink: before anything is created, removed or changed
-// in a directory, every component from the task root down to it is checked
-// to be a real directory.
+// file is written under a temporary name, verified against its hash, given
+// its owner, mode and mtime, fsynced and only then renamed into place, so a
+// reader never sees a half-written file and a failed transfer leaves the old
+// version intact: after a failure or a crash, every file is either its old
+// version or its new one. Before Apply reports success, what it did is
+// durable: fetched files were fsynced, every directory whose entries changed
+// (renames, creations, removals, symlink replacements) is fsynced, once per
+// Apply, and metadata-only changes are synced with their filesystem.
+//
+// Nothing is ever written through a symlink, and no path is checked and then
+// used. Apply opens directories one component at a time from the task root
+// down, each relative to its parent's handle with O_NOFOLLOW (the task root
+// itself must be a real directory; its parent belongs to the operator and
+// is opened by path). It keeps the handles open for the call, up to a
+// bound past which the least recently used are closed and reopened when
+// needed again, and acts on the final component with the *at system calls
+// relative to its directory's handle: openat, mkdirat, symlinkat, renameat,
+// unlinkat, fchownat and utimensat, none of which follows a symlink there. A
+// directory swapped for a symlink after the plan was made is refused (an
+// error wrapping syscall.ENOTDIR); one opened before the swap stays the
+// directory it was. os.Root is not used: it follows symlinks that stay
+// inside the root, and fanout never writes through a symlink.
+//
+// Owners follow Options.Owner (see manifest.OwnerPolicy): with Chown, every
+// entry that carries an owner gets it, before its mode is set; setuid and
+// setgid bits are set only on an entry owned by the owner the manifest gives
+// it.
 package apply
 
 import (
@@ -48,7 +69,8 @@ type Options struct {
 	// Fetcher downloads file content; it is required when the plan fetches.
 	Fetcher Fetcher
 	// Cache, when set, learns the hash of every file written, keyed by its
-	// OS path and final FileInfo.
+	// OS path and final FileInfo (stat after the rename, checked to be the
+	// file written).
 	Cache *manifest.Cache
 	// Workers is how many files are fetched at once; default 4.
 	Workers int
@@ -60,6 +82,9 @@ type Options struct {
 	Log logrus.FieldLogger
 	// Observer, when set, watches every fetched file as it is written.
 	Observer Observer
+	// Owner is how owners and setuid/setgid bits are applied; it must be
+	// the policy the plan was diffed with (manifest.DiffOptions.Owner).
+	Owner manifest.OwnerPolicy
 }
 
 // Stats counts what Apply did.
@@ -79,7 +104,9 @@ type Stats struct {
 // Apply checks the whole plan first (paths must be clean and relative, each
 // action's entry of the right type) and then stops at the first error,
 // cancelling the fetches in flight and waiting for them; the error names the
-// entry. The stats so far are returned either way.
+// entry. The stats so far are returned either way. Whether it succeeds or
+// fails, what it changed is synced to disk before it returns (see the
+// package doc); success means that sync succeeded too.
 func Apply(ctx context.Context, root string, plan *manifest.Plan, opts Options) (Stats, error) {
 	if plan == nil {
 		return Stats{}, nil
@@ -87,15 +114,32 @@ func Apply(ctx context.Context, root string, plan *manifest.Plan, opts Options) 
 	if err := check(plan, opts); err != nil {
 		return Stats{}, err
 	}
-	a := newApplier(root, opts)
-	acts := plan.Actions
+	return newApplier(root, opts).apply(ctx, plan)
+}
+
+// apply is Apply once the plan is checked.
+func (a *applier) apply(ctx context.Context, plan *manifest.Plan) (Stats, error) {
+	defer a.close()
+	err := a.run(ctx, plan.Actions)
+	// Even after a failure: what was done is made durable, so a later
+	// Apply that finds it already right has nothing left unsynced.
+	if serr := a.syncDirs(); err == nil {
+		err = serr
+	} else if serr != nil {
+		a.log.WithError(serr).Warn("could not sync the changes made before the failure")
+	}
+	return a.snapshot(), err
+}
+
+// run carries out the actions in order.
+func (a *applier) run(ctx context.Context, acts []manifest.Action) error {
 	for i := 0; i < len(acts); {
 		if err := ctx.Err(); err != nil {
-			return a.snapshot(), err
+			return err
 		}
 		if acts[i].Op != manifest.OpFetch {
 			if err := a.do(acts[i]); err != nil {
-				return a.snapshot(), err
+				return err
 			}
 			i++
 			continue
@@ -105,11 +149,11 @@ func Apply(ctx context.Context, root string, plan *manifest.Plan, opts Options) 
 			j++
 		}
 		if err := a.fetchAll(ctx, acts[i:j]); err != nil {
-			return a.snapshot(), err
+			return err
 		}
 		i = j
 	}
-	return a.snapshot(), a.syncDirs()
+	return nil
 }
 
 // check rejects a plan that could reach outside the task root or that asks
@@ -143,14 +187,25 @@ func check(plan *manifest.Plan, opts Options) error {
 
 // applier is the state of one Apply call.
 type applier struct {
-	root string
-	opts Options
-	log  logrus.FieldLogger
+	root   string // OS path of the task root
+	opts   Options
+	log    logrus.FieldLogger
+	expect func(manifest.Entry) manifest.Entry // Options.Owner's Expecter
+	// maxDirs is how many directory handles stay open; maxOpenDirs but
+	// in tests.
+	maxDirs int
 
 	mu       sync.Mutex
 	stats    Stats
-	verified map[string]bool // directories seen to be real directories
-	touched  map[string]bool // directories whose entries changed (fsync at end)
+	dirs     map[string]*dirHandle // open directories (see operatorDir)
+	clock    uint64                // counts acquires, to find the least recently used
+	touched  map[string]bool       // directories to fsync
+	metaFS   map[uint64]metaFS     // filesystems to sync, by device
+	syncErrs []error               // failures to sync so far
+
+	// synced, when set (by tests), is told of every sync: "fsync" or
+	// "syncfs", and the directory's OS path.
+	synced func(op, osPath string)
 }
 
 func newApplier(root string, opts Options) *applier {
@@ -164,11 +219,14 @@ func newApplier(root string, opts Options) *applier {
 		log = l
 	}
 	return &applier{
-		root:     filepath.Clean(root),
-		opts:     opts,
-		log:      log,
-		verified: map[string]bool{},
-		touched:  map[string]bool{},
+		root:    filepath.Clean(root),
+		opts:    opts,
+		log:     log,
+		expect:  opts.Owner.Expecter(),
+		maxDirs: maxOpenDirs,
+		dirs:    map[string]*dirHandle{},
+		touched: map[string]bool{},
+		metaFS:  map[uint64]metaFS{},
 	}
 }
 
@@ -198,9 +256,13 @@ func (a *applier) done(op manifest.Op, bytes int64) {
 	}
 }
 
-// osPath maps a checked manifest path to this host's OS path.
+// osPath maps a checked manifest path to this host's OS path; operatorDir
+// maps to the root's parent.
 func (a *applier) osPath(p string) string {
-	if p == "." {
+	switch p {
+	case operatorDir:
+		return filepath.Dir(a.root)
+	case ".":
 		return a.root
 	}
 	return filepath.Join(a.root, filepath.FromSlash(p))

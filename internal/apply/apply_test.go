@@ -29,12 +29,12 @@ func TestApplyNewTree(t *testing.T) {
 		dirEntry("d", 0o500), // read-only, yet its children are written
 		dirEntry("d/e", 0o750),
 		dirEntry("empty", 0o700),
-		dirEntry("g", fs.ModeSetgid|0o775),
+		owned(dirEntry("g", fs.ModeSetgid|0o775)),
 	}
 	files := []manifest.Entry{
 		fileEntry("d/a", content["d/a"], 0o640),
 		fileEntry("d/e/b", content["d/e/b"], 0o600),
-		fileEntry("g/tool", content["g/tool"], fs.ModeSetuid|0o755),
+		owned(fileEntry("g/tool", content["g/tool"], fs.ModeSetuid|0o755)),
 		fileEntry("top.txt", content["top.txt"], 0o444),
 	}
 	links := []manifest.Entry{
@@ -585,7 +585,7 @@ func TestMetaOnly(t *testing.T) {
 	if err := os.Symlink("f", filepath.Join(root, "l")); err != nil {
 		t.Fatal(err)
 	}
-	f, d := fileEntry("f", []byte("same"), fs.ModeSetuid|0o755), dirEntry("d", fs.ModeSticky|0o777)
+	f, d := owned(fileEntry("f", []byte("same"), fs.ModeSetuid|0o755)), dirEntry("d", fs.ModeSticky|0o777)
 	l := linkEntry("l", "f")
 	st, err := Apply(context.Background(), root, plan(
 		act(manifest.OpMeta, f), act(manifest.OpMeta, l), act(manifest.OpMeta, d)), Options{})

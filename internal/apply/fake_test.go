@@ -133,6 +133,14 @@ func linkEntry(p, target string) manifest.Entry {
 	return manifest.Entry{Path: p, Type: manifest.Symlink, Target: target, MTime: mtime}
 }
 
+// owned gives e this test process's effective uid and gid as its owner:
+// without chown, an entry keeps its setuid and setgid bits only when it
+// carries the owner it will have.
+func owned(e manifest.Entry) manifest.Entry {
+	e.UID, e.GID = manifest.NewOwnerID(int64(os.Geteuid())), manifest.NewOwnerID(int64(os.Getegid()))
+	return e
+}
+
 func act(op manifest.Op, e manifest.Entry) manifest.Action { return manifest.Action{Op: op, Entry: e} }
 
 func plan(acts ...manifest.Action) *manifest.Plan { return &manifest.Plan{Actions: acts} }

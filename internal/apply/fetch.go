@@ -7,10 +7,13 @@ import (
 	"fmt"
 	"hash"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"sync"
 	"syscall"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/fanout/fanout/internal/manifest"
 )
@@ -148,8 +151,8 @@ func (a *applier) fetchBatch(ctx context.Context, es []manifest.Entry) error {
 }
 
 // fetch downloads one file to a temporary name next to its final path,
-// verifies its size and hash, fsyncs it with its mode and mtime set, and
-// renames it into place. On any failure the temporary file is removed and
+// verifies its size and hash, fsyncs it with its owner, mode and mtime set,
+// and renames it into place. On any failure the temporary file is removed and
 // the old file, if any, is left as it was.
 func (a *applier) fetch(ctx context.Context, e manifest.Entry) error {
 	if err := ctx.Err(); err != nil {
@@ -165,34 +168,41 @@ func (a *applier) fetch(ctx context.Context, e manifest.Entry) error {
 
 // incoming is one file being written under its temporary name.
 type incoming struct {
-	a     *applier
-	e     manifest.Entry
-	f     *os.File
-	tmp   string
-	final string
-	sink  *sink
+	a    *applier
+	e    manifest.Entry
+	f    *os.File
+	l    loc    // where the file goes
+	tmp  string // the temporary name in l's directory
+	sink *sink
 }
 
-// begin creates the temporary file for e, after checking that nothing on
-// the way to it is a symlink.
-func (a *applier) begin(e manifest.Entry) (*incoming, error) {
-	if err := a.checkParents(e.Path); err != nil {
+// begin creates the temporary file for e in the directory that will hold
+// it, reached without following a symlink.
+func (a *applier) begin(e manifest.Entry) (in *incoming, err error) {
+	l, err := a.locate(e.Path)
+	if err != nil {
 		return nil, err
 	}
-	final := a.osPath(e.Path)
-	if fi, err := os.Lstat(final); err == nil && fi.IsDir() {
-		return nil, fmt.Errorf("%s is a directory: %w", final, syscall.EISDIR)
+	defer func() {
+		if err != nil {
+			a.release(l.key)
+		}
+	}()
+	if st, err := lstatAt(l.dir, l.name); err == nil && st.Mode&unix.S_IFMT == unix.S_IFDIR {
+		return nil, fmt.Errorf("%s is a directory: %w", l.path, syscall.EISDIR)
 	}
-	tmp, err := tempName(filepath.Dir(final))
+	tmp, err := tempName()
 	if err != nil {
 		return nil, err
 	}
 	// Read and write: an Observer may read the file as it grows.
-	f, err := os.OpenFile(tmp, os.O_RDWR|os.O_CREATE|os.O_EXCL|syscall.O_NOFOLLOW, 0o600)
+	fd, err := openat(l.dir, tmp, unix.O_RDWR|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW, 0o600)
+	tmpPath := filepath.Join(filepath.Dir(l.path), tmp)
 	if err != nil {
-		return nil, fmt.Errorf("create temporary file: %w", err)
+		return nil, fmt.Errorf("create temporary file: %w", &fs.PathError{Op: "open", Path: tmpPath, Err: err})
 	}
-	in := &incoming{a: a, e: e, f: f, tmp: tmp, final: final,
+	f := os.NewFile(uintptr(fd), tmpPath)
+	in = &incoming{a: a, e: e, f: f, l: l, tmp: tmp,
 		sink: &sink{f: f, h: manifest.NewHash(), size: e.Size, progress: a.opts.Progress}}
 	if obs := a.opts.Observer; obs != nil {
 		obs.Begin(e, f)
@@ -201,20 +211,24 @@ func (a *applier) begin(e manifest.Entry) (*incoming, error) {
 	return in, nil
 }
 
-// end finishes the file once the fetcher returned ferr: it verifies,
-// fsyncs and renames it into place, or removes it.
+// end finishes the file once the fetcher returned ferr: it verifies it,
+// gives it its owner, mode and mtime, fsyncs it and renames it into place,
+// or removes it. The file is closed after the Observer's End, and the
+// handle of its directory released.
 func (in *incoming) end(ferr error) (err error) {
-	a, e, s := in.a, in.e, in.sink
+	a, e, s, l := in.a, in.e, in.sink, in.l
 	defer func() {
 		if err != nil {
-			in.f.Close() // a second Close after success is harmless
-			if rerr := os.Remove(in.tmp); rerr != nil {
-				a.log.WithError(rerr).Warn("could not remove temporary file")
+			if rerr := unix.Unlinkat(l.dir, in.tmp, 0); rerr != nil {
+				a.log.WithError(rerr).WithField("file", in.f.Name()).Warn("could not remove temporary file")
 			}
 		}
 		if obs := a.opts.Observer; obs != nil {
 			obs.End(e, err)
 		}
+		// Fsynced on success, removed on failure: closing loses nothing.
+		in.f.Close()
+		a.release(l.key)
 	}()
 	got := ""
 	switch {
@@ -232,33 +246,53 @@ func (in *incoming) end(ferr error) (err error) {
 	if s.n != e.Size || got != e.Hash {
 		return &HashMismatchError{Path: e.Path, Want: e.Hash, Got: got, WantSize: e.Size, GotSize: s.n}
 	}
-	if err := in.f.Chmod(e.Mode); err != nil {
+	x := a.expect(e)
+	fd := int(in.f.Fd())
+	if err := a.chown(fd, x, in.f.Name()); err != nil {
 		return err
 	}
-	// tmp is ours and a regular file; set its mtime before the fsync so
-	// that is durable too.
-	if err := setMTime(in.tmp, e.MTime); err != nil {
+	if err := a.chmod(fd, x, 0, in.f.Name()); err != nil {
+		return err
+	}
+	// The temporary file is ours and a regular file; set its mtime before
+	// the fsync so that is durable too.
+	if err := setTimes(l.dir, in.tmp, e.MTime, in.f.Name()); err != nil {
 		return err
 	}
 	if err := in.f.Sync(); err != nil {
-		return fmt.Errorf("fsync %s: %w", in.tmp, err)
+		return fmt.Errorf("fsync %s: %w", in.f.Name(), err)
 	}
-	if err := in.f.Close(); err != nil {
-		return err
+	err = ignoringEINTR(func() error { return unix.Renameat(l.dir, in.tmp, l.dir, l.name) })
+	if err != nil {
+		return &fs.PathError{Op: "rename", Path: l.path, Err: err}
 	}
-	if err := os.Rename(in.tmp, in.final); err != nil {
-		return err
-	}
-	dir := filepath.Dir(in.final)
-	a.touch(dir)
+	a.touch(l.key)
 	if a.opts.Cache != nil {
-		if fi, err := os.Lstat(in.final); err == nil {
-			a.opts.Cache.Put(in.final, fi, got)
-		}
+		a.remember(in, got)
 	}
 	a.done(manifest.OpFetch, s.n)
 	a.log.WithField("path", e.Path).WithField("bytes", s.n).Debug("fetched")
 	return nil
+}
+
+// remember records the hash of a file just renamed into place in the cache,
+// keyed by its OS path and what its handle stats, once the name is checked
+// (without following a symlink) to still be that file, unchanged.
+func (a *applier) remember(in *incoming, hash string) {
+	fi, err := in.f.Stat()
+	if err != nil {
+		return
+	}
+	mine, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok {
+		return
+	}
+	st, err := lstatAt(in.l.dir, in.l.name)
+	if err != nil || st.Dev != mine.Dev || st.Ino != mine.Ino || st.Size != mine.Size ||
+		st.Ctim.Nano() != mine.Ctim.Nano() || st.Mtim.Nano() != mine.Mtim.Nano() {
+		return
+	}
+	a.opts.Cache.Put(a.osPath(in.e.Path), fi, hash)
 }
 
 // splitter is the writer a batch is streamed into: it cuts the stream by the

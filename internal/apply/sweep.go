@@ -5,8 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"os"
 	"path/filepath"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/fanout/fanout/internal/manifest"
 )
@@ -15,63 +16,84 @@ import (
 // is true) left under root by an interrupted Apply, and returns how many it
 // removed. It also sweeps root's parent directory itself (not its other
 // subdirectories), where a file task's temporary files live. Sweep never
-// follows a symlink and never removes a directory. A missing root is not an
-// error.
+// follows a symlink (it walks the tree as Apply does, one directory handle
+// at a time, and removes with unlinkat) and never removes a directory. A
+// missing root is not an error.
 func Sweep(ctx context.Context, root string) (int, error) {
 	root = filepath.Clean(root)
-	n, err := sweepDir(filepath.Dir(root))
-	if err != nil {
-		return n, err
-	}
-	fi, err := os.Lstat(root)
-	if errors.Is(err, fs.ErrNotExist) {
-		return n, nil
+	dir := filepath.Dir(root)
+	pfd, err := openat(unix.AT_FDCWD, dir, unix.O_RDONLY|unix.O_DIRECTORY, 0)
+	if errors.Is(err, unix.ENOENT) {
+		return 0, nil
 	}
 	if err != nil {
-		return n, fmt.Errorf("sweep %s: %w", root, err)
+		return 0, fmt.Errorf("sweep %s: %w", dir, &fs.PathError{Op: "open", Path: dir, Err: err})
 	}
-	if !fi.IsDir() {
-		return n, nil
+	defer unix.Close(pfd)
+	n, err := sweepDir(ctx, pfd, dir, false)
+	if err != nil {
+		return n, fmt.Errorf("sweep %s: %w", dir, err)
 	}
-	// WalkDir does not follow symlinks, root included.
-	err = filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		if d.IsDir() || !manifest.IsTemp(d.Name()) {
-			return nil
-		}
-		if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
-			return err
-		}
-		n++
-		return nil
-	})
+	fd, err := openat(pfd, filepath.Base(root), dirFlags, 0)
+	switch {
+	case errors.Is(err, unix.ENOENT), errors.Is(err, unix.ENOTDIR), errors.Is(err, unix.ELOOP):
+		return n, nil // no root, a file task's root, or a symlink: nothing under it
+	case err != nil:
+		return n, fmt.Errorf("sweep %s: %w", root, &fs.PathError{Op: "open", Path: root, Err: err})
+	}
+	defer unix.Close(fd)
+	m, err := sweepDir(ctx, fd, root, true)
+	n += m
 	if err != nil {
 		return n, fmt.Errorf("sweep %s: %w", root, err)
 	}
 	return n, nil
 }
 
-// sweepDir removes the temporary files directly in dir.
-func sweepDir(dir string) (int, error) {
-	des, err := os.ReadDir(dir)
-	if errors.Is(err, fs.ErrNotExist) {
-		return 0, nil
-	}
+// sweepDir removes the temporary files in the directory open as fd (osPath),
+// and with deep in every directory below it, opened without following a
+// symlink.
+func sweepDir(ctx context.Context, fd int, osPath string, deep bool) (int, error) {
+	des, err := readDir(fd, osPath)
 	if err != nil {
-		return 0, fmt.Errorf("sweep %s: %w", dir, err)
+		return 0, err
 	}
 	n := 0
-	for _, de := range des {
-		if de.IsDir() || !manifest.IsTemp(de.Name()) {
+	for _, d := range des {
+		if err := ctx.Err(); err != nil {
+			return n, err
+		}
+		name := d.Name()
+		if d.IsDir() {
+			if !deep {
+				continue
+			}
+			sub, err := openat(fd, name, dirFlags, 0)
+			if errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ENOTDIR) || errors.Is(err, unix.ELOOP) {
+				continue // gone or swapped since: not a directory to sweep
+			}
+			if err != nil {
+				return n, &fs.PathError{Op: "open", Path: filepath.Join(osPath, name), Err: err}
+			}
+			m, err := sweepDir(ctx, sub, filepath.Join(osPath, name), true)
+			unix.Close(sub)
+			n += m
+			if err != nil {
+				return n, err
+			}
 			continue
 		}
-		if err := os.Remove(filepath.Join(dir, de.Name())); err != nil && !errors.Is(err, fs.ErrNotExist) {
-			return n, fmt.Errorf("sweep %s: %w", dir, err)
+		if !manifest.IsTemp(name) {
+			continue
+		}
+		// unlinkat without AT_REMOVEDIR never removes a directory, even
+		// one swapped in since the lstat.
+		err = ignoringEINTR(func() error { return unix.Unlinkat(fd, name, 0) })
+		if errors.Is(err, unix.ENOENT) || errors.Is(err, unix.EISDIR) {
+			continue
+		}
+		if err != nil {
+			return n, &fs.PathError{Op: "unlink", Path: filepath.Join(osPath, name), Err: err}
 		}
 		n++
 	}

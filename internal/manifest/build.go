@@ -18,8 +18,8 @@ import (
 
 // Options tunes Build.
 type Options struct {
-	// Cache, when set, supplies hashes of files whose size, mtime and inode
-	// are unchanged, and records the hashes Build computes.
+	// Cache, when set, supplies hashes of files whose size, mtime, inode
+	// and ctime are unchanged, and records the hashes Build computes.
 	Cache *Cache
 	// Hash computes file hashes. A minion's scan of its own tree leaves it
 	// off and hashes only what it must compare (see FillHashes).
@@ -40,7 +40,9 @@ func NewHash() hash.Hash { return blake3.New(32, nil) }
 
 // Build walks the task at root (a directory or a regular file), never
 // following symlinks, and returns its manifest in tree order; entry "."
-// describes root itself. A root that does not exist yields an empty
+// describes root itself. Every entry carries its owner and group, by id and
+// by name (looked up once per id; an id without a name here has none), so
+// the manifest is in format 2; see Manifest.EncodeFormat. A root that does not exist yields an empty
 // manifest and no error; a root that is a symlink or a special file is an
 // error. ctx is checked between entries.
 func Build(ctx context.Context, root string, opts Options) (*Manifest, error) {
@@ -75,6 +77,7 @@ type builder struct {
 	ctx     context.Context
 	opts    Options
 	entries []Entry
+	names   ownerNames
 }
 
 func (b *builder) warn(p string, err error) {
@@ -168,6 +171,9 @@ func (b *builder) add(osPath, rel string, fi fs.FileInfo) error {
 	default:
 		b.warn(rel, fmt.Errorf("special file (%s) skipped", fi.Mode().Type()))
 		return nil
+	}
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+		e.User, e.Group, e.UID, e.GID = b.names.owner(st.Uid, st.Gid)
 	}
 	b.entries = append(b.entries, e)
 	return nil

@@ -7,8 +7,10 @@ import (
 	"io/fs"
 	"net"
 	"os"
+	"os/user"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -28,6 +30,21 @@ func mustWrite(t *testing.T, p string, data string, mode fs.FileMode, mtime time
 	if err := os.Chtimes(p, mtime, mtime); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// withOwner gives e the owner of files this test process creates: its
+// effective uid and gid, with their names.
+func withOwner(t *testing.T, e Entry) Entry {
+	t.Helper()
+	uid, gid := os.Geteuid(), os.Getegid()
+	e.UID, e.GID = NewOwnerID(int64(uid)), NewOwnerID(int64(gid))
+	if u, err := user.LookupId(strconv.Itoa(uid)); err == nil {
+		e.User = u.Username
+	}
+	if g, err := user.LookupGroupId(strconv.Itoa(gid)); err == nil {
+		e.Group = g.Name
+	}
+	return e
 }
 
 func TestBuildSkipsAndReports(t *testing.T) {
@@ -140,8 +157,8 @@ func TestBuildModesAndTimes(t *testing.T) {
 		if e.Type == Symlink {
 			e.MTime = 0 // a symlink's own mtime is whatever creating it set
 		}
-		if e != want[i] {
-			t.Errorf("entry %d = %+v\n          want %+v", i, e, want[i])
+		if w := withOwner(t, want[i]); e != w {
+			t.Errorf("entry %d = %+v\n          want %+v", i, e, w)
 		}
 	}
 }
@@ -176,7 +193,7 @@ func TestBuildFileRootHashed(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := Entry{Path: ".", Type: File, Mode: 0o640, Size: 7, MTime: mt.UnixNano(), Hash: h}
+	want := withOwner(t, Entry{Path: ".", Type: File, Mode: 0o640, Size: 7, MTime: mt.UnixNano(), Hash: h})
 	if len(m.Entries) != 1 || m.Entries[0] != want {
 		t.Fatalf("file root manifest %+v, want [%+v]", m.Entries, want)
 	}

@@ -2,6 +2,7 @@ package manifest
 
 import (
 	"context"
+	"encoding/gob"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -138,5 +139,89 @@ func TestCacheConcurrent(t *testing.T) {
 	wg.Wait()
 	if c.Len() != 800 {
 		t.Errorf("Len = %d, want 800", c.Len())
+	}
+}
+
+// An edit that keeps the size and restores the mtime (touch -r) leaves the
+// size, mtime and inode as they were: only the ctime tells.
+func TestCacheMissesSameSizeSameMTimeRewrite(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "f")
+	old := time.Now().Add(-time.Hour)
+	mustWrite(t, p, "one", 0o644, old)
+	fi, err := os.Lstat(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := NewCache()
+	c.Put(p, fi, "hash of one")
+	if _, ok := c.Get(p, fi); !ok {
+		t.Fatal("Get after Put missed")
+	}
+	// The ctime has a clock tick's resolution: rewrite until it moved (a
+	// deadlock guard bounds the loop, not a speed limit).
+	var fi2 os.FileInfo
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		f, err := os.OpenFile(p, os.O_WRONLY, 0) // in place: same inode
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := f.WriteAt([]byte("two"), 0); err != nil {
+			t.Fatal(err)
+		}
+		f.Close()
+		if err := os.Chtimes(p, old, old); err != nil {
+			t.Fatal(err)
+		}
+		if fi2, err = os.Lstat(p); err != nil {
+			t.Fatal(err)
+		}
+		if key(fi2).CTime != key(fi).CTime {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the ctime never changed")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if k, k2 := key(fi), key(fi2); k.Size != k2.Size || k.MTime != k2.MTime || k.Ino != k2.Ino {
+		t.Fatalf("test setup: size, mtime or inode differ: %+v, %+v", k, k2)
+	}
+	if h, ok := c.Get(p, fi2); ok {
+		t.Errorf("Get of a rewritten file with equal size, mtime and inode = %q, want a miss", h)
+	}
+}
+
+// A cache saved by a fanout before ctime was in the key is discarded, not
+// an error: start-up never fails over it.
+func TestLoadCacheOldFormat(t *testing.T) {
+	dir := t.TempDir()
+	cp := filepath.Join(dir, "hashes")
+	f, err := os.Create(cp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := map[string]cacheEntryV1{"/data/f": {Size: 3, MTime: 1, Ino: 7, Hash: strings.Repeat("a", 64)}}
+	if err := gob.NewEncoder(f).Encode(old); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	c, err := LoadCache(cp)
+	if err != nil || c.Len() != 0 {
+		t.Fatalf("LoadCache of a version 1 file = %v entries, %v; want an empty cache", c, err)
+	}
+	// Saved again, it is the new format, and loads.
+	p := filepath.Join(dir, "f")
+	mustWrite(t, p, "x", 0o644, time.Now().Add(-time.Hour))
+	fi, _ := os.Lstat(p)
+	c.Put(p, fi, "h")
+	if err := c.Save(cp); err != nil {
+		t.Fatal(err)
+	}
+	c2, err := LoadCache(cp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h, ok := c2.Get(p, fi); !ok || h != "h" {
+		t.Errorf("reloaded Get = %q, %v", h, ok)
 	}
 }

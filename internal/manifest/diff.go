@@ -14,7 +14,7 @@ const (
 	OpMkdir             // create a directory
 	OpSymlink           // create or replace a symlink
 	OpFetch             // download a file and put it in place
-	OpMeta              // set mode and mtime of an entry whose content matches
+	OpMeta              // set owner, mode and mtime of an entry whose content matches
 )
 
 func (o Op) String() string {
@@ -43,7 +43,7 @@ type Action struct {
 // Plan is the ordered list of actions that turns a local tree into the
 // remote one: removals deepest first (they clear type conflicts and free
 // space), directories parent first, symlinks, fetches in tree order, file
-// metadata, and last directory metadata deepest first (writing children
+// and symlink metadata, and last directory metadata deepest first (writing children
 // changes a directory's mtime).
 type Plan struct {
 	Actions []Action
@@ -89,6 +89,10 @@ func (p *Plan) Empty() bool { return len(p.Actions) == 0 }
 type DiffOptions struct {
 	// Delete removes local entries that the remote manifest does not have.
 	Delete bool
+	// Owner is how this host applies owners; give apply the same policy.
+	// Owners are compared only with Owner.Chown, and modes as
+	// Owner.Expect gives them.
+	Owner OwnerPolicy
 }
 
 // Diff compares a local scan (with hashes filled by FillHashes) against the
@@ -99,7 +103,31 @@ type DiffOptions struct {
 // OpMeta when its mode or mtime differ, when it is created, and when the
 // plan creates, replaces or removes an entry directly inside it (that
 // changes its mtime), so applying the plan once leaves nothing to do.
+//
+// Modes are compared with what this host should hold under opts.Owner (see
+// OwnerPolicy.Expect, and KeepsSetID for an entry whose owner stays as it
+// is), and owners, symlinks' included, only with opts.Owner.Chown. The plan's
+// entries are the remote ones, unchanged: apply works out the same
+// expectation.
 func Diff(local, remote *Manifest, opts DiffOptions) *Plan {
+	expect := opts.Owner.Expecter()
+	chown := opts.Owner.Chown
+	// metaDiffers reports whether local entry l needs an OpMeta to match
+	// remote entry r (of the same type, content equal).
+	metaDiffers := func(l, r Entry) bool {
+		x := expect(r)
+		if chown && x.HasOwner() && (l.UID != x.UID || l.GID != x.GID) {
+			return true
+		}
+		if r.Type == Symlink {
+			return false
+		}
+		want := x.Mode
+		if !chown && l.HasOwner() && !KeepsSetID(x, l.UID.n, l.GID.n) {
+			want &^= setIDBits // apply makes the same check on the file's owner
+		}
+		return l.Mode != want || l.MTime != r.MTime
+	}
 	loc := make(map[string]Entry, len(local.Entries))
 	for _, e := range local.Entries {
 		loc[e.Path] = e
@@ -143,18 +171,20 @@ func Diff(local, remote *Manifest, opts DiffOptions) *Plan {
 			}
 			create(r)
 		case r.Type == Dir:
-			if l.Mode != r.Mode || l.MTime != r.MTime {
+			if metaDiffers(l, r) {
 				dirMeta = append(dirMeta, Action{OpMeta, r})
 			}
 		case r.Type == File:
 			if l.Hash == "" || l.Hash != r.Hash {
 				fetches = append(fetches, Action{OpFetch, r})
-			} else if l.Mode != r.Mode || l.MTime != r.MTime {
+			} else if metaDiffers(l, r) {
 				fileMeta = append(fileMeta, Action{OpMeta, r})
 			}
 		case r.Type == Symlink:
 			if l.Target != r.Target {
 				links = append(links, Action{OpSymlink, r})
+			} else if metaDiffers(l, r) {
+				fileMeta = append(fileMeta, Action{OpMeta, r})
 			}
 		}
 	}

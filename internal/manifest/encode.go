@@ -12,14 +12,67 @@ import (
 	"lukechampine.com/blake3"
 )
 
-// Encode returns the canonical encoding of m: the bytes that are served and
-// whose digest is published.
+// Manifest formats. Both are the same JSON object; they differ in whether
+// entries carry owners.
+//
+// Format 1 carries none: it is what masters before owners were carried
+// publish, and all that minions of that time decode, since they refuse
+// unknown fields. A format 1 manifest still decodes: its entries are applied
+// as the local user, without setuid or setgid bits (see OwnerPolicy).
+//
+// Format 2 adds "user", "group", "uid" and "gid" to entries (all four, or
+// the names left out when the building host had none). A master publishes
+// format 1, with EncodeFormat(Format1), while minions older than format 2
+// remain in the fleet, and format 2 once all are upgraded.
+const (
+	Format1 = 1
+	Format2 = 2
+)
+
+// Encode returns the canonical encoding of m as it is: the bytes that are
+// served and whose digest is published. A manifest from Build carries owners,
+// so it encodes in format 2; see EncodeFormat for format 1.
 func (m *Manifest) Encode() ([]byte, error) {
 	b, err := json.Marshal(m)
 	if err != nil {
 		return nil, fmt.Errorf("encode manifest: %w", err)
 	}
 	return b, nil
+}
+
+// EncodeFormat returns the canonical encoding of m in the given format:
+// Format2 is Encode; Format1 is Encode of WithoutOwners, which minions that
+// predate owners can decode.
+func (m *Manifest) EncodeFormat(format int) ([]byte, error) {
+	switch format {
+	case Format1:
+		return m.WithoutOwners().Encode()
+	case Format2:
+		return m.Encode()
+	}
+	return nil, fmt.Errorf("encode manifest: unknown format %d (want %d or %d)", format, Format1, Format2)
+}
+
+// WithoutOwners returns a copy of m whose entries carry no owner: the
+// manifest as format 1 describes it.
+func (m *Manifest) WithoutOwners() *Manifest {
+	es := make([]Entry, len(m.Entries))
+	for i, e := range m.Entries {
+		e.User, e.Group, e.UID, e.GID = "", "", OwnerID{}, OwnerID{}
+		es[i] = e
+	}
+	return &Manifest{Entries: es}
+}
+
+// Format returns Format2 when any entry of m carries an owner, Format1
+// otherwise.
+func (m *Manifest) Format() int {
+	for _, e := range m.Entries {
+		if e.HasOwner() {
+			return Format2
+		}
+	}
+	return Format1
 }
 
 // Digest returns the hex BLAKE3-256 of an encoded manifest.
@@ -42,7 +95,8 @@ func DefaultLimits() Limits {
 	return Limits{MaxEntries: 5_000_000, MaxBytes: 2 << 30, MaxFileSize: 16 << 40}
 }
 
-// Decode parses and validates an encoded manifest.
+// Decode parses and validates an encoded manifest, in either format. Unknown
+// fields are refused.
 func Decode(b []byte, lim Limits) (*Manifest, error) {
 	if int64(len(b)) > lim.MaxBytes {
 		return nil, fmt.Errorf("manifest is %d bytes, more than the limit of %d", len(b), lim.MaxBytes)
@@ -77,7 +131,8 @@ const modeBits = fs.ModePerm | fs.ModeSetuid | fs.ModeSetgid | fs.ModeSticky
 // Validate checks that m is a well-formed tree: a root "." first (a file
 // root is the only entry), valid paths in strictly increasing tree order,
 // every parent present as a directory (so nothing can be placed under a
-// symlink), and sane types, modes, sizes, hashes and targets.
+// symlink), and sane types, modes, sizes, hashes, targets and owners (ids in
+// 0..2^31-1, names of 1..64 bytes without NUL, '/' or newline).
 func (m *Manifest) Validate(lim Limits) error {
 	if len(m.Entries) > lim.MaxEntries {
 		return fmt.Errorf("manifest has %d entries, more than the limit of %d", len(m.Entries), lim.MaxEntries)
@@ -113,6 +168,9 @@ func (m *Manifest) Validate(lim Limits) error {
 			if !dirs[parent(e.Path)] {
 				return bad("parent %q is not a directory of the manifest", parent(e.Path))
 			}
+		}
+		if err := validateOwner(e); err != nil {
+			return bad("%v", err)
 		}
 		if e.Mode&^modeBits != 0 {
 			return bad("mode %#o has bits outside 07777 (permissions, setuid, setgid, sticky as fs.FileMode bits)", uint32(e.Mode))

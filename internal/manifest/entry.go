@@ -39,7 +39,21 @@ type Entry struct {
 	Hash string `json:"hash,omitempty"`
 	// Target is a symlink's target text, never resolved.
 	Target string `json:"target,omitempty"`
+	// User and Group name the entry's owner and group on the host that built
+	// the manifest; either is empty when its id has no name there. They are
+	// set only together with UID and GID.
+	User  string `json:"user,omitempty"`
+	Group string `json:"group,omitempty"`
+	// UID and GID are the numeric owner and group. Both are carried or
+	// neither: a manifest in format 1 carries no owners (see Format1), and
+	// an entry without one is applied as the local user, with its setuid
+	// and setgid bits cleared (see OwnerPolicy).
+	UID OwnerID `json:"uid,omitzero"`
+	GID OwnerID `json:"gid,omitzero"`
 }
+
+// HasOwner reports whether e carries its owner and group.
+func (e Entry) HasOwner() bool { return e.UID.ok && e.GID.ok }
 
 // Manifest is a task tree: its entries in tree order (see Less), the root
 // entry "." first.

@@ -11,6 +11,8 @@ import (
 func FuzzDecode(f *testing.F) {
 	good, _ := validManifest().Encode()
 	f.Add(good)
+	owned, _ := ownedManifest().Encode()
+	f.Add(owned)
 	f.Add([]byte(`{"entries":[{"path":".","type":"file","mode":420,"size":1,"mtime":1,"hash":"` + string(make([]byte, 0)) + `"}]}`))
 	f.Add([]byte(`{"entries":[{"path":".","type":"dir"},{"path":"a","type":"symlink","target":"/etc"},{"path":"a/passwd","type":"file"}]}`))
 	f.Add([]byte(`{"entries":[{"path":"../x","type":"dir"}]}`))
