@@ -69,11 +69,14 @@ func minionCommand(ctx context.Context, cmd string, args []string, e env) error 
 	var n node
 	var workers int
 	var heartbeat, timeout time.Duration
-	var pipeline, watch bool
+	var pipeline, watch, numericIDs bool
 	var connectTimeout, stallTimeout, verifyEvery, scanEvery time.Duration
 	fs := newFlags(e, cmd, minionHelp[cmd])
 	n.register(fs, "/var/lib/fanout/minion")
 	fs.IntVar(&workers, "workers", 4, "files fetched at once")
+	if cmd != "serve" {
+		fs.BoolVar(&numericIDs, "numeric-ids", false, "when running as root, give files the uid and gid the manifest carries, not the local ids of its user and group names (as rsync --numeric-ids)")
+	}
 	fs.DurationVar(&connectTimeout, "connect-timeout", peer.DefaultDialTimeout, "give up on a peer that does not connect, or answer a request's headers, within this")
 	fs.DurationVar(&stallTimeout, "stall-timeout", peer.DefaultStallTimeout, "give up on a peer that sends no byte for this long mid-transfer (then resume from another)")
 	if cmd == "run" {
@@ -131,7 +134,7 @@ func minionCommand(ctx context.Context, cmd string, args []string, e env) error 
 		ID: n.id, Advertise: n.advertise, Root: n.root, StateDir: n.stateDir, Uploads: n.uploads,
 		Source: cmd == "run" && n.uploads > 0, Pipeline: pipeline, Poll: n.poll, Heartbeat: heartbeat, Workers: workers,
 		Version: Version, Log: log.WithField("host", n.id), Metrics: mx,
-		Download: bwlimit.New(n.rate), NoWatch: cmd == "run" && !watch, VerifyEvery: verifyEvery, ScanEvery: scanEvery,
+		Download: bwlimit.New(n.rate), NoWatch: cmd == "run" && !watch, VerifyEvery: verifyEvery, ScanEvery: scanEvery, NumericIDs: numericIDs,
 	}
 	if cmd == "sync" {
 		if cfg.Advertise == "" {

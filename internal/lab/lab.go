@@ -340,3 +340,6 @@ func HoldSlot(ctx context.Context, rdb *redis.Client, prefix string, g coord.Ref
 	}
 	return nil, fmt.Errorf("could not claim %s", slot)
 }
+
+// Secret returns the peer secret every host of the lab shares.
+func (l *Lab) Secret() []byte { return l.secret }

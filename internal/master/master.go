@@ -42,6 +42,7 @@ type Coordinator interface {
 	Complete(ctx context.Context, g coord.Generation, hosts int) (coord.Completion, bool, error)
 	Reap(ctx context.Context) (int, error)
 	Status(ctx context.Context) (coord.Status, error)
+	Hosts(ctx context.Context) ([]coord.Host, error)
 }
 
 // Master is the origin daemon.
@@ -286,6 +287,12 @@ func (m *Master) resume(ctx context.Context, g coord.Generation) error {
 	if err != nil {
 		return m.publish(ctx, g.Path, coord.TaskOptions{Delete: g.Delete})
 	}
+	if snap.Digest != g.Digest && snap.Manifest.Format() == manifest.Format2 {
+		// Published in format 1 while an older minion was registered?
+		if old, err := encodeSnapshot(snap.Manifest, osPath, manifest.Format1); err == nil && old.Digest == g.Digest {
+			snap = old
+		}
+	}
 	if snap.Digest != g.Digest {
 		m.cfg.Log.WithField("gen", g.ID).Warn("task tree changed since it was published; publishing a new generation")
 		return m.offer(ctx, g.Path, coord.TaskOptions{Delete: g.Delete}, snap)
@@ -306,6 +313,8 @@ func (m *Master) resume(ctx context.Context, g coord.Generation) error {
 	return nil
 }
 
+// build walks and hashes the tree at osPath into a snapshot, encoded in the
+// manifest format the fleet reads (see format).
 func (m *Master) build(ctx context.Context, osPath string) (*peer.Snapshot, error) {
 	man, err := manifest.Build(ctx, osPath, manifest.Options{
 		Hash:  true,
@@ -318,11 +327,42 @@ func (m *Master) build(ctx context.Context, osPath string) (*peer.Snapshot, erro
 	if err := m.cache.Save(filepath.Join(m.cfg.StateDir, cacheFile)); err != nil {
 		m.cfg.Log.WithError(err).Warn("could not save the hash cache")
 	}
-	enc, err := man.Encode()
-	if err != nil {
-		return nil, fmt.Errorf("encode manifest: %w", err)
+	return encodeSnapshot(man, osPath, m.format(ctx))
+}
+
+// encodeSnapshot encodes man in format as the snapshot of the tree at root.
+func encodeSnapshot(man *manifest.Manifest, root string, format int) (*peer.Snapshot, error) {
+	if format == manifest.Format1 {
+		man = man.WithoutOwners()
 	}
-	return &peer.Snapshot{Digest: manifest.Digest(enc), Encoded: enc, Manifest: man, Root: osPath}, nil
+	enc, err := man.EncodeFormat(format)
+	if err != nil {
+		return nil, err
+	}
+	return &peer.Snapshot{Digest: manifest.Digest(enc), Encoded: enc, Manifest: man, Root: root}, nil
+}
+
+// format is the manifest format to publish: format 2 (with owners) once
+// every host alive in the registry speaks protocol 2, format 1 while an
+// older minion remains (it would refuse a manifest with owners), so a fleet
+// upgrades host by host while tasks run.
+func (m *Master) format(ctx context.Context) int {
+	hosts, err := m.coord.Hosts(ctx)
+	if err != nil {
+		m.cfg.Log.WithError(err).Warn("cannot list hosts; publishing the manifest in format 1, which every minion reads")
+		return manifest.Format1
+	}
+	var old []string
+	for _, h := range hosts {
+		if h.Alive && h.Proto < 2 {
+			old = append(old, h.ID)
+		}
+	}
+	if len(old) == 0 {
+		return manifest.Format2
+	}
+	m.cfg.Log.WithField("hosts", old).Warn("minions older than protocol 2 are registered: publishing without owners (format 1); upgrade them")
+	return manifest.Format1
 }
 
 func (m *Master) checkDone(ctx context.Context) error {

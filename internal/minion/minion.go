@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/http"
+	"os"
 	"path/filepath"
 	"sync"
 	"sync/atomic"
@@ -63,6 +64,10 @@ type Config struct {
 	// NoWatch turns the inotify watcher off: drift is then found by the
 	// VerifyEvery pass only.
 	NoWatch bool
+	// NumericIDs applies owners by uid and gid as the manifest carries
+	// them, not by user and group name (rsync's --numeric-ids). Owners are
+	// applied only when this process runs as root.
+	NumericIDs bool
 }
 
 func (c *Config) setDefaults() {
@@ -116,6 +121,7 @@ type Minion struct {
 	server  *peer.Server
 	client  *peer.Client
 	cache   *manifest.Cache
+	owner   manifest.OwnerPolicy // how owners and setuid bits are applied
 	started time.Time
 	watch   *treeWatch // nil outside Run
 
@@ -172,7 +178,10 @@ func New(cfg Config, co Coordinator, server *peer.Server, client *peer.Client) (
 	if err != nil {
 		return nil, err
 	}
-	m := &Minion{cfg: cfg, coord: co, server: server, client: client, cache: cache, started: time.Now()}
+	m := &Minion{
+		cfg: cfg, coord: co, server: server, client: client, cache: cache, started: time.Now(),
+		owner: manifest.OwnerPolicy{Chown: os.Geteuid() == 0, NumericIDs: cfg.NumericIDs},
+	}
 	h, enc, man, err := loadHeld(cfg.StateDir)
 	if err != nil {
 		cfg.Log.WithError(err).Warn("ignoring held state; the next pull re-checks the tree")

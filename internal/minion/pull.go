@@ -202,7 +202,7 @@ func (m *Minion) transfer(ctx context.Context, g coord.Generation, src *source) 
 	if err := manifest.FillHashes(ctx, root, local, remote, m.cache); err != nil {
 		return apply.Stats{}, fmt.Errorf("hash local tree: %w", err)
 	}
-	plan := manifest.Diff(local, remote, manifest.DiffOptions{Delete: g.Delete})
+	plan := manifest.Diff(local, remote, manifest.DiffOptions{Delete: g.Delete, Owner: m.owner})
 	need := plan.FetchBytes()
 	if err := checkSpace(filepath.Dir(root), need); err != nil {
 		return apply.Stats{}, err
@@ -216,6 +216,7 @@ func (m *Minion) transfer(ctx context.Context, g coord.Generation, src *source) 
 	}).Info("diffed local tree")
 	opts := apply.Options{
 		Fetcher:  src,
+		Owner:    m.owner,
 		Cache:    m.cache,
 		Workers:  m.cfg.Workers,
 		Progress: func(n int64) { m.received.Add(n); m.cfg.Metrics.BytesReceived.Add(float64(n)) },

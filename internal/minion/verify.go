@@ -73,7 +73,7 @@ func (m *Minion) verify(ctx context.Context) (*manifest.Plan, error) {
 	if m.cache.Len() != before {
 		m.saveCache()
 	}
-	plan := manifest.Diff(local, man, manifest.DiffOptions{Delete: h.Delete})
+	plan := manifest.Diff(local, man, manifest.DiffOptions{Delete: h.Delete, Owner: m.owner})
 	m.cfg.Metrics.Verifications.Inc()
 	m.cfg.Metrics.VerifyDuration.Observe(time.Since(start).Seconds())
 	m.mu.Lock()
@@ -136,7 +136,7 @@ func (m *Minion) repair(ctx context.Context, g coord.Generation, plan *manifest.
 	}
 	root := taskRoot(m.cfg.Root, h.Path)
 	if plan.Count(manifest.OpFetch) == 0 {
-		if _, err := apply.Apply(ctx, root, plan, apply.Options{Cache: m.cache, Log: m.cfg.Log}); err != nil {
+		if _, err := apply.Apply(ctx, root, plan, apply.Options{Cache: m.cache, Log: m.cfg.Log, Owner: m.owner}); err != nil {
 			return Waiting, fmt.Errorf("repair drift: %w", err)
 		}
 		m.setVerified(true)
