@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"os"
 	"path/filepath"
 
 	"golang.org/x/sys/unix"
@@ -98,4 +99,24 @@ func sweepDir(ctx context.Context, fd int, osPath string, deep bool) (int, error
 		n++
 	}
 	return n, nil
+}
+
+// SyncFS flushes the file system that holds root (or, when root does not
+// exist, its parent). After an interrupted Apply, renames the killed
+// process made may not be durable yet, and a later Apply, finding those
+// files already in place, has nothing to sync: call SyncFS before
+// recording such a tree as held.
+func SyncFS(root string) error {
+	f, err := os.Open(root)
+	if errors.Is(err, fs.ErrNotExist) {
+		f, err = os.Open(filepath.Dir(root))
+	}
+	if err != nil {
+		return fmt.Errorf("sync file system of %s: %w", root, err)
+	}
+	defer f.Close()
+	if err := unix.Syncfs(int(f.Fd())); err != nil {
+		return fmt.Errorf("sync file system of %s: %w", root, err)
+	}
+	return nil
 }

@@ -188,9 +188,11 @@ func (m *Minion) transfer(ctx context.Context, g coord.Generation, src *source) 
 	if err := os.MkdirAll(filepath.Dir(root), 0o755); err != nil {
 		return apply.Stats{}, fmt.Errorf("create parent of %s: %w", root, err)
 	}
+	interrupted := false
 	if n, err := apply.Sweep(ctx, root); err != nil {
 		return apply.Stats{}, fmt.Errorf("remove stale temporary files: %w", err)
 	} else if n > 0 {
+		interrupted = true
 		m.cfg.Log.WithField("files", n).Info("removed temporary files left by an interrupted pull")
 	}
 	local, err := manifest.Build(ctx, root, manifest.Options{
@@ -245,7 +247,13 @@ func (m *Minion) transfer(ctx context.Context, g coord.Generation, src *source) 
 		return st, err
 	}
 	// Every file is durable (Apply fsyncs files and their directories)
-	// before the state records the tree as held.
+	// before the state records the tree as held; so are the renames of an
+	// interrupted pull, which this Apply found done and did not sync.
+	if interrupted {
+		if err := apply.SyncFS(root); err != nil {
+			return st, err
+		}
+	}
 	h := held{Gen: g.ID, Digest: g.Digest, Path: g.Path, Delete: g.Delete}
 	if err := saveHeld(m.cfg.StateDir, h, enc); err != nil {
 		return st, err
