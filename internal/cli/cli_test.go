@@ -149,32 +149,49 @@ func TestStatusText(t *testing.T) {
 		Task:       "/data/m42",
 		Generation: coord.Generation{ID: 7, Path: "/data/m42", State: coord.StateRunning, Digest: strings.Repeat("ab", 32), Files: 3, Bytes: 300, Published: now.Add(-5 * time.Second)},
 		State:      coord.StateRunning,
-		Expected:   []string{"a", "b", "c"},
-		Finished:   []string{"a"},
+		Expected:   []string{"a", "b", "c", "e"},
+		Finished:   []string{"a", "e"},
 		Running:    []string{"b"},
+		Repairing:  []string{"e"},
+		Repairs:    map[string]int64{"e": 3},
 		Sources:    []string{"a#0"},
-		Claims:     map[string]string{"b": "master#0"},
+		Claims:     map[string]string{"b": "master#0", "e": "a#0"},
 		Failures:   map[string]coord.Failure{"c": {Gen: 7, Error: "disk full"}},
 		Hosts: []coord.Host{
 			{ID: "a", Alive: true, LastSeen: now}, {ID: "b", Alive: true, LastSeen: now}, {ID: "c", Alive: true, LastSeen: now}, {ID: "d", LastSeen: now.Add(-time.Hour)},
+			{ID: "e", Alive: true, LastSeen: now},
 		},
 	}
 	var b bytes.Buffer
 	writeStatusText(&b, st, now)
 	out := b.String()
-	for _, want := range []string{"generation: 7", "state running", "published 5s ago", "3 expected, 1 finished, 1 running", "a#0"} {
+	for _, want := range []string{"generation: 7", "state running", "published 5s ago", "4 expected, 2 finished, 1 running, 1 repairing", "a#0"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("status text lacks %q:\n%s", want, out)
 		}
 	}
-	rows := map[string]string{"a": "finished", "b": "running", "c": "waiting", "d": "lost"}
+	rows := map[string][2]string{"a": {"finished", "0"}, "b": {"running", "0"}, "c": {"waiting", "0"}, "d": {"lost", "0"}, "e": {"repairing", "3"}}
+	seen := 0
 	for _, line := range strings.Split(out, "\n") {
 		f := strings.Fields(line)
-		if len(f) >= 2 {
-			if want, ok := rows[f[0]]; ok && f[1] != want {
-				t.Errorf("host %s state %s, want %s", f[0], f[1], want)
+		if len(f) >= 3 {
+			if want, ok := rows[f[0]]; ok {
+				seen++
+				if f[1] != want[0] || f[2] != want[1] {
+					t.Errorf("host %s: state %s, repairs %s; want %s, %s", f[0], f[1], f[2], want[0], want[1])
+				}
 			}
 		}
+	}
+	if seen != len(rows) {
+		t.Errorf("%d host rows, want %d:\n%s", seen, len(rows), out)
+	}
+	var js bytes.Buffer
+	if err := writeStatusJSON(&js, st, now); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(js.String(), `"repairing": 1`) || !strings.Contains(js.String(), `"repairs": 3`) {
+		t.Errorf("status JSON lacks the repairing count or the repairs:\n%s", js.String())
 	}
 	if !strings.Contains(out, "master#0") || !strings.Contains(out, "disk full") {
 		t.Errorf("status text lacks the source or the failure:\n%s", out)

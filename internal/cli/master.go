@@ -193,7 +193,7 @@ func waitTask(ctx context.Context, co *coord.Client, prev int64, e env) error {
 	for {
 		st, err := co.Status(ctx)
 		if err == nil && st.Generation.ID > prev {
-			line := waitLine(st, time.Now())
+			line := waitLine(st, st.Now)
 			if line != last {
 				fmt.Fprintln(e.stdout, line)
 				last = line
@@ -246,11 +246,11 @@ func masterStatus(ctx context.Context, args []string, e env) error {
 		return fmt.Errorf("read status: %w", err)
 	}
 	if asJSON {
-		if err := writeStatusJSON(e.stdout, st, time.Now()); err != nil {
+		if err := writeStatusJSON(e.stdout, st, st.Now); err != nil {
 			return err
 		}
 	} else {
-		writeStatusText(e.stdout, st, time.Now())
+		writeStatusText(e.stdout, st, st.Now)
 	}
 	if follow {
 		return followEvents(ctx, co, e)
@@ -265,7 +265,10 @@ func watchStatus(ctx context.Context, co *coord.Client, every time.Duration, e e
 		if ctx.Err() != nil {
 			return nil
 		}
-		now := time.Now()
+		now := st.Now
+		if now.IsZero() {
+			now = time.Now() // Redis unreachable: the error is shown
+		}
 		fmt.Fprint(e.stdout, "\033[H\033[2J") // home, clear screen
 		if err != nil {
 			fmt.Fprintf(e.stdout, "%s  %s\n", now.Format(time.TimeOnly), printable(err.Error(), maxLine))

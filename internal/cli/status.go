@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -28,6 +27,7 @@ type statusJSON struct {
 	Expected   int                      `json:"expected"`
 	Finished   int                      `json:"finished"`
 	Running    int                      `json:"running"`
+	Repairing  int                      `json:"repairing"`
 	Lookup     int64                    `json:"lookup"`
 	Sources    []string                 `json:"sources"`
 	Failures   map[string]coord.Failure `json:"failures"`
@@ -37,11 +37,13 @@ type statusJSON struct {
 type hostJSON struct {
 	ID       string    `json:"id"`
 	Addr     string    `json:"addr"`
-	State    string    `json:"state"` // finished, running, waiting, lost
+	State    string    `json:"state"` // finished, repairing, running, waiting, lost
 	Source   string    `json:"source,omitempty"`
 	LastSeen time.Time `json:"last_seen"`
 	Version  string    `json:"version,omitempty"`
 	Error    string    `json:"error,omitempty"`
+	// Repairs counts the drift repairs of this generation on the host.
+	Repairs int64 `json:"repairs"`
 	// The host's pull of this generation: bytes received and planned,
 	// average rate and time since it started.
 	Done    int64   `json:"bytes_done"`
@@ -50,13 +52,15 @@ type hostJSON struct {
 	Elapsed float64 `json:"elapsed_sec"`
 }
 
+// toJSON shapes st for output. now is the time durations are measured
+// to: Redis time (st.Now), like every time st holds.
 func toJSON(st coord.Status, now time.Time) statusJSON {
 	g := st.Generation
 	out := statusJSON{
 		Task: st.Task, Generation: g.ID, Path: g.Path, Digest: g.Digest, State: st.State, Error: g.Error,
 		Delete: g.Delete, Files: g.Files, Bytes: g.Bytes,
-		Expected: len(st.Expected), Finished: len(st.Finished), Running: len(st.Running), Lookup: st.Lookup,
-		Sources: st.Sources, Failures: st.Failures,
+		Expected: len(st.Expected), Finished: len(st.Finished), Running: len(st.Running), Repairing: len(st.Repairing),
+		Lookup: st.Lookup, Sources: st.Sources, Failures: st.Failures,
 	}
 	if !g.Published.IsZero() {
 		out.Published = &g.Published
@@ -71,12 +75,17 @@ func toJSON(st coord.Status, now time.Time) statusJSON {
 		out.Failures = map[string]coord.Failure{}
 	}
 	out.Hosts = []hostJSON{}
+	finished, running, repairing := set(st.Finished), set(st.Running), set(st.Repairing)
 	for _, h := range st.Hosts {
-		hj := hostJSON{ID: h.ID, Addr: h.Addr, LastSeen: h.LastSeen, Version: h.Version, State: "waiting"}
+		hj := hostJSON{ID: h.ID, Addr: h.Addr, LastSeen: h.LastSeen, Version: h.Version, State: "waiting", Repairs: st.Repairs[h.ID]}
 		switch {
-		case slices.Contains(st.Finished, h.ID):
+		case finished[h.ID] && repairing[h.ID]:
+			// Counted as finished; its tree drifted and is being repaired.
+			hj.State = "repairing"
+			hj.Source = st.Claims[h.ID]
+		case finished[h.ID]:
 			hj.State = "finished"
-		case slices.Contains(st.Running, h.ID):
+		case running[h.ID]:
 			hj.State = "running"
 			hj.Source = st.Claims[h.ID]
 		case !h.Alive:
@@ -102,6 +111,14 @@ func toJSON(st coord.Status, now time.Time) statusJSON {
 		out.Hosts = append(out.Hosts, hj)
 	}
 	return out
+}
+
+func set(ss []string) map[string]bool {
+	m := make(map[string]bool, len(ss))
+	for _, s := range ss {
+		m[s] = true
+	}
+	return m
 }
 
 // writeStatusJSON prints the status as JSON for programs. Values are
@@ -142,7 +159,7 @@ func writeStatusText(w io.Writer, st coord.Status, now time.Time) {
 			fmt.Fprintf(w, "content:    %d files, %d bytes, digest %s, delete=%v\n", s.Files, s.Bytes, printable(digest, maxCell), s.Delete)
 		}
 	}
-	fmt.Fprintf(w, "hosts:      %d expected, %d finished, %d running, lookup %d\n", s.Expected, s.Finished, s.Running, s.Lookup)
+	fmt.Fprintf(w, "hosts:      %d expected, %d finished, %d running, %d repairing, lookup %d\n", s.Expected, s.Finished, s.Running, s.Repairing, s.Lookup)
 	sources := make([]string, len(s.Sources))
 	for i, src := range s.Sources {
 		sources[i] = printable(src, maxCell)
@@ -153,7 +170,7 @@ func writeStatusText(w io.Writer, st coord.Status, now time.Time) {
 	}
 	fmt.Fprintln(w)
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "HOST\tSTATE\tSOURCE\tBYTES\tRATE\tELAPSED\tSEEN\tLAST ERROR")
+	fmt.Fprintln(tw, "HOST\tSTATE\tREPAIRS\tSOURCE\tBYTES\tRATE\tELAPSED\tSEEN\tLAST ERROR")
 	for _, h := range s.Hosts {
 		bytes, rate, elapsed := "-", "-", "-"
 		if h.Total > 0 || h.Done > 0 {
@@ -161,7 +178,7 @@ func writeStatusText(w io.Writer, st coord.Status, now time.Time) {
 			rate = humanBytes(int64(h.Rate)) + "/s"
 			elapsed = (time.Duration(h.Elapsed * float64(time.Second))).Round(100 * time.Millisecond).String()
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s ago\t%s\n", printable(h.ID, maxCell), h.State, dash(printable(h.Source, maxCell)),
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s ago\t%s\n", printable(h.ID, maxCell), h.State, h.Repairs, dash(printable(h.Source, maxCell)),
 			bytes, rate, elapsed, now.Sub(h.LastSeen).Round(time.Second), dash(printable(h.Error, maxCell)))
 	}
 	tw.Flush()
