@@ -42,6 +42,7 @@ BENCHFLAGS ?=
 bench: build
 	$(GO) run ./test/bench -bin bin -out bench.md $(BENCHFLAGS)
 	$(GO) test -run '^$$' -bench . -benchtime 3x ./internal/manifest/
+	$(GO) test -run '^$$' -bench Verify -benchtime 5x ./internal/minion/
 
 # Every fuzz target for FUZZTIME each (one target per go test run).
 FUZZTIME ?= 60s

@@ -19,7 +19,9 @@ import (
 // Options tunes Build.
 type Options struct {
 	// Cache, when set, supplies hashes of files whose size, mtime, inode
-	// and ctime are unchanged, and records the hashes Build computes.
+	// and ctime are unchanged, and records the hashes Build computes. With
+	// Hash off, a file whose hash the cache holds still gets it (nothing is
+	// read): FillHashes then has only the cache misses left to look at.
 	Cache *Cache
 	// Hash computes file hashes. A minion's scan of its own tree leaves it
 	// off and hashes only what it must compare (see FillHashes).
@@ -155,6 +157,8 @@ func (b *builder) add(osPath, rel string, fi fs.FileInfo) error {
 				return err
 			}
 			e.Hash = h
+		} else if b.opts.Cache != nil {
+			e.Hash, _ = b.opts.Cache.Get(osPath, fi)
 		}
 	case fi.Mode()&fs.ModeSymlink != 0:
 		t, err := os.Readlink(osPath)

@@ -196,7 +196,8 @@ func (m *Minion) transfer(ctx context.Context, g coord.Generation, src *source) 
 		m.cfg.Log.WithField("files", n).Info("removed temporary files left by an interrupted pull")
 	}
 	local, err := manifest.Build(ctx, root, manifest.Options{
-		Warn: func(p string, err error) { m.cfg.Log.WithField("path", p).WithError(err).Warn("skipped local entry") },
+		Cache: m.cache,
+		Warn:  func(p string, err error) { m.cfg.Log.WithField("path", p).WithError(err).Warn("skipped local entry") },
 	})
 	if err != nil {
 		return apply.Stats{}, fmt.Errorf("scan local tree: %w", err)

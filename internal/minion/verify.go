@@ -54,8 +54,9 @@ func (m *Minion) verify(ctx context.Context) (*manifest.Plan, error) {
 	root := taskRoot(m.cfg.Root, h.Path)
 	temps := 0
 	local, err := manifest.Build(ctx, root, manifest.Options{
-		Warn: func(p string, err error) { m.cfg.Log.WithField("path", p).WithError(err).Debug("skipped local entry") },
-		Temp: func(string) { temps++ },
+		Cache: m.cache,
+		Warn:  func(p string, err error) { m.cfg.Log.WithField("path", p).WithError(err).Debug("skipped local entry") },
+		Temp:  func(string) { temps++ },
 	})
 	if err != nil {
 		return nil, fmt.Errorf("verify %s: %w", root, err)
