@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/fanout/fanout/internal/coord"
-	"github.com/sirupsen/logrus"
 	"github.com/fanout/fanout/internal/lab"
 	"github.com/fanout/fanout/internal/redistest"
 )
@@ -113,8 +112,7 @@ func TestDriftRepaired(t *testing.T) {
 func TestWipedStateAndTree(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	lg := logrus.New(); lg.SetLevel(logrus.InfoLevel)
-	l, err := lab.Start(ctx, lab.Config{Dir: t.TempDir(), Minions: 2, Log: lg})
+	l, err := lab.Start(ctx, lab.Config{Dir: t.TempDir(), Minions: 2})
 	if err != nil {
 		t.Fatal(err)
 	}
