@@ -23,15 +23,16 @@ type treeWatch struct {
 	w   *fsnotify.Watcher // nil: no inotify at all
 
 	mu      sync.Mutex
-	root    string          // OS path of the task root; "" while disarmed
-	file    string          // base name of a file task's root (its parent is watched)
-	watched map[string]bool // OS directories watched now
-	missing bool            // some directory could not be watched
-	dirty   bool            // an event arrived since take
-	warned  bool            // the watch-limit warning was logged
-	wake    chan struct{}   // signalled on each relevant event
-	gauge   func(n int)     // told how many directories are watched
-	off     bool            // watching turned off by configuration
+	root    string             // OS path of the task root; "" while disarmed
+	file    string             // base name of a file task's root (its parent is watched)
+	watched map[string]bool    // OS directories watched now
+	missing bool               // some directory could not be watched
+	dirty   bool               // an event arrived since take
+	warned  bool               // the watch-limit warning was logged
+	wake    chan struct{}      // signalled on each relevant event
+	gauge   func(n int)        // told how many directories are watched
+	off     bool               // watching turned off by configuration
+	add     func(string) error // adds a directory watch: the watcher's Add (tests replace it)
 }
 
 // newTreeWatch returns a watcher; with on false it watches nothing and
@@ -46,7 +47,7 @@ func newTreeWatch(log logrus.FieldLogger, on bool, gauge func(int)) *treeWatch {
 		log.WithError(err).Warn("cannot watch the tree for changes (inotify); it is scanned for drift periodically instead")
 		return t
 	}
-	t.w = w
+	t.w, t.add = w, w.Add
 	return t
 }
 
@@ -77,7 +78,7 @@ func (t *treeWatch) arm(root string, man *manifest.Manifest) bool {
 		}
 	}
 	for _, d := range dirs {
-		if err := t.w.Add(d); err != nil {
+		if err := t.add(d); err != nil {
 			t.missing = true
 			if errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EMFILE) {
 				if !t.warned {

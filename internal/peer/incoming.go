@@ -50,6 +50,9 @@ type arrival struct {
 	err          error
 	// wake is closed, and replaced, on every change.
 	wake chan struct{}
+	// attempt counts Begins: a reader holding a handle on an earlier
+	// attempt's file must not read the new attempt's length against it.
+	attempt int
 }
 
 // NewIncoming returns an Incoming for the files of entries (files the host
@@ -92,6 +95,7 @@ func (in *Incoming) Begin(e manifest.Entry, f *os.File) {
 		a.f.Close()
 	}
 	a.f, a.n, a.done, a.failed, a.err = rf, 0, false, false, nil
+	a.attempt++
 	if err != nil {
 		a.failed, a.err = true, err
 	}
@@ -177,6 +181,8 @@ type arrivalReader struct {
 	off    int64 // next byte to read
 	onDisk func() (*os.File, error)
 	f      *os.File // our own handle, once we have one
+	// attempt is the writer's attempt f belongs to.
+	attempt int
 }
 
 func (r *arrivalReader) Read(p []byte) (int, error) {
@@ -220,18 +226,25 @@ func (r *arrivalReader) ready() (int64, <-chan struct{}, error) {
 	switch {
 	case done:
 	case a.failed:
+		err := a.err // read under the lock: a retry's Begin resets it
 		in.mu.Unlock()
-		return 0, nil, fmt.Errorf("incoming file discarded: %w", a.err)
+		return 0, nil, fmt.Errorf("incoming file discarded: %w", err)
 	case in.aborted != nil:
+		err := in.aborted
 		in.mu.Unlock()
-		return 0, nil, fmt.Errorf("incoming files abandoned: %w", in.aborted)
+		return 0, nil, fmt.Errorf("incoming files abandoned: %w", err)
+	case r.f != nil && r.attempt != a.attempt:
+		// The attempt this reader followed was discarded and the file
+		// begun again: what it sent so far is not the new attempt's.
+		in.mu.Unlock()
+		return 0, nil, errors.New("incoming file discarded: being received again")
 	case r.f == nil && a.f != nil:
 		f, err := dupFile(a.f)
 		if err != nil {
 			in.mu.Unlock()
 			return 0, nil, err
 		}
-		r.f = f
+		r.f, r.attempt = f, a.attempt
 	}
 	n := a.n
 	in.mu.Unlock()

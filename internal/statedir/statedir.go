@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -78,11 +79,20 @@ func acquire(dir, name, what string, how int) (*Lock, error) {
 	return &Lock{f: f}, nil
 }
 
-// readHolder describes the process named in a lock file.
+// readHolder describes the process named in a lock file. The holder
+// writes its name just after it takes the lock: an empty file is read
+// again for a moment.
 func readHolder(f *os.File) string {
 	b := make([]byte, 256)
-	n, _ := f.ReadAt(b, 0)
-	pid, what, _ := strings.Cut(strings.TrimSpace(string(b[:n])), " ")
+	var pid, what string
+	for range 20 {
+		n, _ := f.ReadAt(b, 0)
+		pid, what, _ = strings.Cut(strings.TrimSpace(string(b[:n])), " ")
+		if pid != "" {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 	if _, err := strconv.Atoi(pid); err != nil {
 		return "another process"
 	}

@@ -106,7 +106,40 @@ func run(ctx context.Context, cfg lab.Config, big int64, small int, keep bool) e
 	if _, err := distribute(ctx, l, st.Generation.ID); err != nil {
 		return err
 	}
-	return check(l, src)
+	if err := check(l, src); err != nil {
+		return err
+	}
+	return drift(ctx, l, src)
+}
+
+// drift changes a finished host's tree by hand, no new task: its daemon
+// sees it, repairs it from a peer, and status counts the repair.
+func drift(ctx context.Context, l *lab.Lab, src string) error {
+	h := l.Minions[len(l.Minions)/2]
+	root := filepath.Join(h.Root, task)
+	fmt.Printf("\n$ rm %s/weights/model.bin; chmod 600 %s/config/run.sh   # on %s, by hand, no new task\n", task, task, h.ID)
+	start := time.Now()
+	if err := os.Remove(filepath.Join(root, "weights/model.bin")); err != nil {
+		return err
+	}
+	if err := os.Chmod(filepath.Join(root, "config/run.sh"), 0o600); err != nil {
+		return err
+	}
+	wctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	for {
+		st, err := l.Coord.Status(wctx)
+		if err == nil && st.Repairs[h.ID] > 0 && len(st.Repairing) == 0 && lab.Compare(src, root) == nil {
+			fmt.Printf("  repaired: %s noticed the drift (inotify) and pulled the file back from a peer in %.2fs; status: %d repair(s), generation %d still %s\n",
+				h.ID, time.Since(start).Seconds(), st.Repairs[h.ID], st.Generation.ID, st.Generation.State)
+			return check(l, src)
+		}
+		select {
+		case <-wctx.Done():
+			return fmt.Errorf("drift on %s not repaired: %w", h.ID, wctx.Err())
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
 }
 
 // distribute sets the task and follows the generation to the end.
