@@ -5,13 +5,13 @@ import (
 	"encoding/gob"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"os"
-	"path/filepath"
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/fanout/fanout/internal/statedir"
 )
 
 // racyWindow is how recent a file's mtime may be for its hash to be cached:
@@ -86,30 +86,17 @@ func LoadCache(path string) (*Cache, error) {
 	return c, nil
 }
 
-// Save writes the cache to path atomically.
+// Save writes the cache to path atomically and durably.
 func (c *Cache) Save(path string) error {
+	var b bytes.Buffer
+	b.WriteString(cacheMagic)
 	c.mu.Lock()
-	defer c.mu.Unlock()
-	f, err := os.CreateTemp(filepath.Dir(path), TempPrefix+"cache-*")
-	if err != nil {
-		return fmt.Errorf("save hash cache: %w", err)
-	}
-	tmp := f.Name()
-	_, err = io.WriteString(f, cacheMagic)
+	err := gob.NewEncoder(&b).Encode(c.entries)
+	c.mu.Unlock()
 	if err == nil {
-		err = gob.NewEncoder(f).Encode(c.entries)
-	}
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, path)
+		err = statedir.WriteFile(path, b.Bytes(), TempPrefix)
 	}
 	if err != nil {
-		os.Remove(tmp)
 		return fmt.Errorf("save hash cache %s: %w", path, err)
 	}
 	return nil

@@ -387,7 +387,14 @@ func (m *Minion) Step(ctx context.Context) (Outcome, error) {
 		m.looked = genKey(g)
 		m.cfg.Log.WithFields(logrus.Fields{"gen": g.ID, "path": g.Path}).Info("new generation")
 	}
-	cl, err := m.coord.Claim(ctx, m.cfg.ID, g.Ref(), false)
+	return m.claimAndPull(ctx, g, false, Pulled)
+}
+
+// claimAndPull claims a source for g (with repair, as a host that holds g
+// and repairs drift: it stays finished) and pulls through it; done is the
+// outcome of a pull that went through.
+func (m *Minion) claimAndPull(ctx context.Context, g coord.Generation, repair bool, done Outcome) (Outcome, error) {
+	cl, err := m.coord.Claim(ctx, m.cfg.ID, g.Ref(), repair)
 	if errors.Is(err, coord.ErrFinished) {
 		// Redis lists this host as holding the generation, but its state
 		// does not (the state directory was wiped): verify the tree by
@@ -400,12 +407,12 @@ func (m *Minion) Step(ctx context.Context) (Outcome, error) {
 	case errors.Is(err, coord.ErrStale):
 		return Idle, nil
 	case err != nil:
-		return Idle, fmt.Errorf("claim source: %w", err)
+		return Waiting, fmt.Errorf("claim source: %w", err)
 	}
 	if err := m.pull(ctx, g, cl); err != nil {
 		return Waiting, err
 	}
-	return Pulled, nil
+	return done, nil
 }
 
 // refuse reports, once per generation, a generation published by a newer

@@ -153,20 +153,14 @@ func (m *Minion) repair(ctx context.Context, g coord.Generation, plan *manifest.
 	if err := clearHeld(m.cfg.StateDir); err != nil {
 		return Waiting, err
 	}
-	cl, err := m.coord.Claim(ctx, m.cfg.ID, g.Ref(), true)
-	switch {
-	case errors.Is(err, coord.ErrNoSource), errors.Is(err, coord.ErrBusy):
-		return Waiting, nil
-	case errors.Is(err, coord.ErrStale):
-		return Idle, nil
-	case err != nil:
-		return Waiting, fmt.Errorf("claim a source to repair drift: %w", err)
+	out, err := m.claimAndPull(ctx, g, true, Repaired)
+	if err != nil {
+		return out, fmt.Errorf("repair drift: %w", err)
 	}
-	if err := m.pull(ctx, g, cl); err != nil {
-		return Waiting, fmt.Errorf("repair drift: %w", err)
+	if out == Repaired {
+		m.repaired(g)
 	}
-	m.repaired(g)
-	return Repaired, nil
+	return out, nil
 }
 
 // repaired records a finished repair.
