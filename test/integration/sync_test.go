@@ -120,23 +120,28 @@ func TestSyncAndServe(t *testing.T) {
 	}
 	t.Cleanup(func() { holder.Process.Kill(); holder.Wait() })
 	stateDir := filepath.Join(dir, "plain", "state")
-	var refusal string
-	var serr error
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		refusal, serr = sync(plain)
-		if serr != nil && strings.Contains(refusal, "state directory in use") || time.Now().After(deadline) {
+	// Wait until the daemon holds the lock (it names itself in it).
+	holding := fmt.Sprintf("%d fanout-minion run", holder.Process.Pid)
+	for deadline := time.Now().Add(30 * time.Second); ; {
+		b, _ := os.ReadFile(filepath.Join(stateDir, "writer.lock"))
+		if strings.HasPrefix(string(b), holding) {
 			break
 		}
-		time.Sleep(200 * time.Millisecond) // the run daemon may not hold the lock yet
+		if time.Now().After(deadline) {
+			t.Fatalf("the run daemon never took the state directory's lock: %q", b)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
+	refusal, serr := sync(plain)
 	for _, want := range []string{stateDir, fmt.Sprintf("pid %d", holder.Process.Pid), "fanout-minion run", "--state-dir"} {
 		if serr == nil || !strings.Contains(refusal, want) {
 			t.Errorf("second writer on %s: %v, output does not name %q:\n%s", stateDir, serr, want, refusal)
 		}
 	}
 	// A serve daemon may not share it with run either (run serves itself).
-	serve := exec.Command(minionBin, append([]string{"serve"}, plain...)...)
+	sctx, scancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer scancel()
+	serve := exec.CommandContext(sctx, minionBin, append([]string{"serve"}, plain...)...)
 	serve.Env = env
 	if b, err := serve.CombinedOutput(); err == nil || !strings.Contains(string(b), "state directory in use") {
 		t.Errorf("serve beside run on one state dir: %v\n%s", err, b)
