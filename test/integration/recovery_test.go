@@ -106,3 +106,46 @@ func startWithTree(ctx context.Context, t *testing.T, n int) (*lab.Lab, string) 
 	}
 	return l, src
 }
+
+// TestOriginReoffersItsSlots: one transient error must never leave a
+// generation without its origin. A puller judges the origin's slot dead
+// (with an hour's back-off), and Redis loses the slot from the set: the
+// master offers it again within a tick, both times.
+func TestOriginReoffersItsSlots(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	l, err := lab.Start(ctx, lab.Config{Dir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Stop()
+	src := filepath.Join(l.Master.Root, task)
+	mustMkdir(t, src)
+	if err := lab.SampleTree(src, 1<<10, 2); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Set(ctx, task); err != nil {
+		t.Fatal(err)
+	}
+	var g coord.Generation
+	waitFor(ctx, t, "the generation", func() bool {
+		g, _ = l.Coord.Current(ctx)
+		return g.State == coord.StateRunning
+	})
+	offered := func() bool {
+		st, _ := l.Coord.Status(ctx)
+		return slices.Contains(st.Sources, "master#0")
+	}
+	waitFor(ctx, t, "the origin's slot", offered)
+	patient := coord.New(l.Redis, coord.Config{Prefix: l.Config().Prefix, DeadBackoff: time.Hour, DeadBackoffMax: time.Hour})
+	cl, err := patient.Claim(ctx, "puller", g.Ref(), false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := patient.Fail(ctx, cl, coord.SourceDead, "connection reset (transient)", 0); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(ctx, t, "the origin to offer its slot again after a dead verdict", offered)
+	l.Redis.SRem(ctx, l.Coord.Keys().Sync(), "master#0") // a write Redis lost
+	waitFor(ctx, t, "the origin to offer its slot again after Redis lost it", offered)
+}
