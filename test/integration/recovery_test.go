@@ -149,3 +149,44 @@ func TestOriginReoffersItsSlots(t *testing.T) {
 	l.Redis.SRem(ctx, l.Coord.Keys().Sync(), "master#0") // a write Redis lost
 	waitFor(ctx, t, "the origin to offer its slot again after Redis lost it", offered)
 }
+
+// TestResumeOnlyWhatTheTaskNames: the publish of a new task was lost (Redis
+// holds the new task value, adopted, but still the previous generation of
+// the old path). A restarted master must not resume the old generation: it
+// publishes the task the key names.
+func TestResumeOnlyWhatTheTaskNames(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	l, _ := startWithTree(ctx, t, 2)
+	first, err := l.WaitGeneration(ctx, 0, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Master.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	next := task + "-next"
+	nextSrc := filepath.Join(l.Master.Root, next)
+	mustMkdir(t, nextSrc)
+	if err := lab.SampleTree(nextSrc, 1<<10, 3); err != nil {
+		t.Fatal(err)
+	}
+	k := l.Coord.Keys()
+	l.Redis.Set(ctx, k.Task(), next, 0)
+	l.Redis.PExpire(ctx, k.Task(), 100*365*24*time.Hour) // adopted; its generation was lost
+	if err := l.StartMaster(ctx); err != nil {
+		t.Fatal(err)
+	}
+	st, err := l.WaitGeneration(ctx, first.Generation.ID, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Generation.Path != next {
+		t.Fatalf("restarted master resumed %s, but the task names %s", st.Generation.Path, next)
+	}
+	for _, h := range l.Minions {
+		if err := lab.Compare(nextSrc, filepath.Join(h.Root, next)); err != nil {
+			t.Error(err)
+		}
+	}
+}
