@@ -26,19 +26,7 @@ func TestDriftRepaired(t *testing.T) {
 		t.Run(srv.Name, func(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 			defer cancel()
-			l, err := lab.Start(ctx, lab.Config{Dir: t.TempDir(), Minions: 2, RedisURL: srv.URL, Prefix: "{fanout}:"})
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer l.Stop()
-			src := filepath.Join(l.Master.Root, task)
-			mustMkdir(t, src)
-			if err := lab.SampleTree(src, 1<<20, 20); err != nil {
-				t.Fatal(err)
-			}
-			if err := l.Set(ctx, task); err != nil {
-				t.Fatal(err)
-			}
+			l, src := startLab(ctx, t, lab.Config{Minions: 2, RedisURL: srv.URL, Prefix: "{fanout}:"})
 			done, err := l.WaitGeneration(ctx, 0, nil)
 			if err != nil {
 				t.Fatal(err)
@@ -112,19 +100,7 @@ func TestDriftRepaired(t *testing.T) {
 func TestWipedStateAndTree(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	l, err := lab.Start(ctx, lab.Config{Dir: t.TempDir(), Minions: 2})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Stop()
-	src := filepath.Join(l.Master.Root, task)
-	mustMkdir(t, src)
-	if err := lab.SampleTree(src, 1<<20, 10); err != nil {
-		t.Fatal(err)
-	}
-	if err := l.Set(ctx, task); err != nil {
-		t.Fatal(err)
-	}
+	l, src := startWithTree(ctx, t, 2)
 	done, err := l.WaitGeneration(ctx, 0, nil)
 	if err != nil {
 		t.Fatal(err)

@@ -91,7 +91,15 @@ func TestRedisDataLoss(t *testing.T) {
 // tree.
 func startWithTree(ctx context.Context, t *testing.T, n int) (*lab.Lab, string) {
 	t.Helper()
-	l, err := lab.Start(ctx, lab.Config{Dir: t.TempDir(), Minions: n})
+	return startLab(ctx, t, lab.Config{Minions: n})
+}
+
+// startLab starts a lab as cfg says (in a temporary directory), writes the
+// sample tree on the master and sets the task.
+func startLab(ctx context.Context, t *testing.T, cfg lab.Config) (*lab.Lab, string) {
+	t.Helper()
+	cfg.Dir = t.TempDir()
+	l, err := lab.Start(ctx, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -114,19 +122,7 @@ func startWithTree(ctx context.Context, t *testing.T, n int) (*lab.Lab, string) 
 func TestOriginReoffersItsSlots(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	l, err := lab.Start(ctx, lab.Config{Dir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Stop()
-	src := filepath.Join(l.Master.Root, task)
-	mustMkdir(t, src)
-	if err := lab.SampleTree(src, 1<<10, 2); err != nil {
-		t.Fatal(err)
-	}
-	if err := l.Set(ctx, task); err != nil {
-		t.Fatal(err)
-	}
+	l, _ := startLab(ctx, t, lab.Config{})
 	var g coord.Generation
 	waitFor(ctx, t, "the generation", func() bool {
 		g, _ = l.Coord.Current(ctx)
