@@ -436,7 +436,10 @@ func (m *Minion) hold(ctx context.Context, g coord.Generation) (Outcome, error) 
 	if m.verifyDue() {
 		plan, err := m.verify(ctx)
 		if err != nil {
+			// A tree that cannot be checked cannot be vouched for: serve
+			// none of it until it can.
 			m.setUnverified()
+			m.server.Set(nil)
 			return Waiting, err
 		}
 		if !plan.Empty() {
