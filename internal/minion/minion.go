@@ -141,7 +141,10 @@ type Minion struct {
 	looked   string // generation whose discovery was counted in lookup
 	finished string // generation this host is known to be finished for
 	drifting string // generation whose drift was reported and is being repaired
-	refused  string // generation refused for its protocol version
+	// needSource is the generation whose drift needs content from a source:
+	// until a repair pull goes through, the tree is not verified again.
+	needSource string
+	refused    string // generation refused for its protocol version
 
 	// The pull in flight (or the last one): its generation id, bytes
 	// received so far and planned in all.
@@ -433,6 +436,9 @@ func (m *Minion) refuse(ctx context.Context, g coord.Generation) error {
 // hold is Step for a host whose held state names g: verify when due, repair
 // drift, announce.
 func (m *Minion) hold(ctx context.Context, g coord.Generation) (Outcome, error) {
+	if m.needSource == genKey(g) {
+		return m.repairFromSource(ctx, g)
+	}
 	if m.verifyDue() {
 		plan, err := m.verify(ctx)
 		if err != nil {

@@ -69,6 +69,10 @@ func (m *Minion) pull(ctx context.Context, g coord.Generation, cl coord.Claim) e
 		return fmt.Errorf("finish generation %d: %w", g.ID, err)
 	}
 	m.finished = genKey(g)
+	m.drifting, m.needSource = "", "" // whatever drifted, the pull brought back
+	if last.Repair {
+		m.cfg.Metrics.Repairs.Inc()
+	}
 	m.cfg.Metrics.PullDuration.Observe(time.Since(start).Seconds())
 	m.cfg.Metrics.FilesReceived.Add(float64(st.Files))
 	m.cfg.Metrics.Generation.Set(float64(g.ID))

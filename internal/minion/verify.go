@@ -144,6 +144,8 @@ func (m *Minion) repair(ctx context.Context, g coord.Generation, plan *manifest.
 		if err := m.coord.Finish(ctx, coord.Claim{Host: m.cfg.ID, Gen: g.Ref(), Repair: true}, m.uploads()); err != nil && !errors.Is(err, coord.ErrStale) {
 			m.cfg.Log.WithError(err).Warn("could not record the repair")
 		}
+		m.drifting, m.finished = "", key
+		m.cfg.Metrics.Repairs.Inc()
 		m.repaired(g)
 		return Repaired, nil
 	}
@@ -153,6 +155,14 @@ func (m *Minion) repair(ctx context.Context, g coord.Generation, plan *manifest.
 	if err := clearHeld(m.cfg.StateDir); err != nil {
 		return Waiting, err
 	}
+	m.needSource = key
+	return m.repairFromSource(ctx, g)
+}
+
+// repairFromSource pulls the drifted content of g from a source (the pull
+// diffs the tree again, so it moves what differs then). While no source is
+// free, each Step comes back here without verifying the tree again.
+func (m *Minion) repairFromSource(ctx context.Context, g coord.Generation) (Outcome, error) {
 	out, err := m.claimAndPull(ctx, g, true, Repaired)
 	if err != nil {
 		return out, fmt.Errorf("repair drift: %w", err)
@@ -163,11 +173,8 @@ func (m *Minion) repair(ctx context.Context, g coord.Generation, plan *manifest.
 	return out, nil
 }
 
-// repaired records a finished repair.
+// repaired logs a finished repair (pull and Finish did the bookkeeping).
 func (m *Minion) repaired(g coord.Generation) {
-	m.drifting = ""
-	m.finished = genKey(g)
-	m.cfg.Metrics.Repairs.Inc()
 	m.cfg.Log.WithField("gen", g.ID).Info("repaired drift: the tree matches its generation again")
 }
 
