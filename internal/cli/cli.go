@@ -83,6 +83,7 @@ type common struct {
 	prefix    string
 	logLevel  string
 	logFormat string
+	pool      int // connections in the Redis pool; 0: go-redis's default
 }
 
 func (c *common) register(fs *pflag.FlagSet) {
@@ -117,6 +118,10 @@ func (c *common) redis(ctx context.Context) (*redis.Client, error) {
 	opts, err := redis.ParseURL(c.redisURL)
 	if err != nil {
 		return nil, usageError("--redis %q: %v (example: redis://127.0.0.1:6379/0)", redact(c.redisURL), err)
+	}
+	if c.pool > 0 {
+		opts.PoolSize = c.pool
+		opts.PoolTimeout = 30 * time.Second // wait for the connection rather than fail
 	}
 	rdb := redis.NewClient(opts)
 	pctx, cancel := context.WithTimeout(ctx, 5*time.Second)

@@ -116,6 +116,9 @@ func minionCommand(ctx context.Context, cmd string, args []string, e env) error 
 	if err != nil {
 		return fmt.Errorf("--secret-file: %w", err)
 	}
+	// One pooled connection, and one for the generations subscription:
+	// a fleet of N minions needs 2N of Redis's maxclients.
+	n.pool = 1
 	rdb, err := n.redis(ctx)
 	if err != nil {
 		return err

@@ -188,7 +188,7 @@ func TestHostileValuesFromRedis(t *testing.T) {
 	mr := miniredis.RunT(t)
 	mr.Set("task", "/data/"+hostile)
 	rdb := coordClient(t, mr)
-	if _, err := rdb.Heartbeat(context.Background(), coord.Host{ID: hostile, Addr: hostile, Version: hostile}, coord.Beat{}); err != nil {
+	if _, err := rdb.Heartbeat(context.Background(), coord.Host{ID: hostile, Addr: hostile, Version: hostile}, coord.Beat{Register: true}); err != nil {
 		t.Fatal(err)
 	}
 	vars := map[string]string{"FANOUT_REDIS": "redis://" + mr.Addr()}

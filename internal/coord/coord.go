@@ -334,7 +334,18 @@ func (c *Client) markDone(ctx context.Context, r Ref) (time.Time, error) {
 // claimed right now; nothing when r is not current or host is bad. force
 // (the origin, which knows it is alive) also ends a dead slot's back-off.
 func (c *Client) OfferSlots(ctx context.Context, host string, r Ref, uploads int, force bool) error {
-	if err := c.run(ctx, offerScript, host, host, r.ID, r.Digest, uploads, flag(force)).Err(); err != nil {
+	return c.offer(ctx, host, r, uploads, force, false)
+}
+
+// Announce offers the origin's slots for generation r (as OfferSlots with
+// force) and then tells every subscribed minion of r, so the hosts it
+// wakes find a source on offer.
+func (c *Client) Announce(ctx context.Context, origin string, r Ref, uploads int) error {
+	return c.offer(ctx, origin, r, uploads, true, true)
+}
+
+func (c *Client) offer(ctx context.Context, host string, r Ref, uploads int, force, announce bool) error {
+	if err := c.run(ctx, offerScript, host, host, r.ID, r.Digest, uploads, flag(force), flag(announce)).Err(); err != nil {
 		return fmt.Errorf("offer slots: %w", err)
 	}
 	return nil
@@ -370,34 +381,62 @@ type Host struct {
 }
 
 // Beat is what a heartbeat tells besides the registration: the generation
-// the host holds, verified on its disk, and the slots it offers.
+// the host holds, verified on its disk and announced, and the slots it
+// offers.
 type Beat struct {
 	Held    Ref // zero while the host holds nothing verified
 	Uploads int
+	// Register sends the registration (Host) too: on the first beat and
+	// when it changed; it is kept in Redis between beats.
+	Register bool
+	// Offer offers the host's slots (those not claimed or backing off), as
+	// a safety net against a write Redis lost; a host sends it now and then.
+	Offer bool
 }
 
-// Heartbeat registers h and records that it is alive now, in Redis time.
-// When the host holds the current generation (b.Held), it is re-asserted
-// in finished_queue and its slots offered, so a finish Redis lost is never
-// lost for good. It reports whether a lost finish was re-asserted, and
-// measures this host's clock offset to Redis (see Now).
-func (c *Client) Heartbeat(ctx context.Context, h Host, b Beat) (bool, error) {
-	h.Proto = Proto
-	info, err := json.Marshal(h)
-	if err != nil {
-		return false, err
+// Pulse is what a heartbeat learns.
+type Pulse struct {
+	// Reasserted: Redis had lost this host's finish; it is recorded again.
+	Reasserted bool
+	// Current is the current generation and its state ("" when none): an
+	// idle host learns of a generation it was not told of.
+	Current Ref
+	State   string
+}
+
+// Heartbeat records that the host is alive now, in Redis time (and its
+// registration h with b.Register). When the host holds the current
+// generation (b.Held), it is re-asserted in finished_queue, so a finish
+// Redis lost is never lost for good. It measures this host's clock offset
+// to Redis (see Now).
+func (c *Client) Heartbeat(ctx context.Context, h Host, b Beat) (Pulse, error) {
+	info := ""
+	if b.Register {
+		h.Proto = Proto
+		j, err := json.Marshal(h)
+		if err != nil {
+			return Pulse{}, err
+		}
+		info = string(j)
 	}
 	gen := ""
 	if b.Held.ID > 0 {
 		gen = strconv.FormatInt(b.Held.ID, 10)
 	}
 	sent := c.cfg.Now()
-	res, err := c.run(ctx, heartbeatScript, h.ID, h.ID, info, gen, b.Held.Digest, b.Uploads, eventsMax).Int64Slice()
+	res, err := c.run(ctx, heartbeatScript, h.ID, h.ID, info, gen, b.Held.Digest, b.Uploads, eventsMax, flag(b.Offer)).Slice()
 	if err != nil {
-		return false, fmt.Errorf("heartbeat: %w", err)
+		return Pulse{}, fmt.Errorf("heartbeat: %w", err)
 	}
-	c.observe(time.UnixMilli(res[0]), sent, c.cfg.Now())
-	return res[1] == 1, nil
+	if len(res) != 5 {
+		return Pulse{}, fmt.Errorf("heartbeat: unexpected reply %v", res)
+	}
+	now, _ := res[0].(int64)
+	c.observe(time.UnixMilli(now), sent, c.cfg.Now())
+	p := Pulse{Reasserted: res[1] == int64(1), State: fmt.Sprint(res[4])}
+	p.Current.ID, _ = strconv.ParseInt(fmt.Sprint(res[2]), 10, 64)
+	p.Current.Digest = fmt.Sprint(res[3])
+	return p, nil
 }
 
 // Hosts lists the registered hosts, sorted by id.

@@ -651,6 +651,6 @@ func TestPartialSources(t *testing.T) {
 	})
 }
 
-func heartbeatErr(c *Client, host string) (bool, error) {
-	return c.Heartbeat(context.Background(), Host{ID: host, Addr: host + ":7070", Version: "test", Role: "minion"}, Beat{})
+func heartbeatErr(c *Client, host string) (Pulse, error) {
+	return c.Heartbeat(context.Background(), Host{ID: host, Addr: host + ":7070", Version: "test", Role: "minion"}, Beat{Register: true})
 }

@@ -36,9 +36,12 @@ func TestGenerationNamedByIDAndDigest(t *testing.T) {
 		if ok, _ := f.c.MarkDone(ctx, g.Ref()); ok {
 			t.Error("marked done with the old digest")
 		}
-		again, err := f.c.Heartbeat(ctx, Host{ID: "a"}, Beat{Held: g.Ref(), Uploads: 1})
-		if err != nil || again || slices.Contains(f.members(k.Finished()), "a") {
-			t.Errorf("heartbeat with the old digest re-asserted a: %v %v", again, err)
+		p, err := f.c.Heartbeat(ctx, Host{ID: "a"}, Beat{Held: g.Ref(), Uploads: 1})
+		if err != nil || p.Reasserted || slices.Contains(f.members(k.Finished()), "a") {
+			t.Errorf("heartbeat with the old digest re-asserted a: %+v %v", p, err)
+		}
+		if p.Current != (Ref{ID: g.ID, Digest: other}) || p.State != StateRunning {
+			t.Errorf("heartbeat reports generation %+v %q, want %d/%.8s running", p.Current, p.State, g.ID, other)
 		}
 		if err := f.c.OfferSlots(ctx, "a", g.Ref(), 1, false); err != nil || slices.Contains(f.members(k.Sync()), "a#0") {
 			t.Errorf("offer with the old digest: %v, sync %v", err, f.members(k.Sync()))
@@ -84,15 +87,15 @@ func TestHeartbeatReasserts(t *testing.T) {
 		// A failover loses the finish.
 		f.rdb.SRem(ctx, k.Finished(), "a")
 		f.rdb.SRem(ctx, k.Sync(), "a#0", "a#1")
-		if again, err := f.c.Heartbeat(ctx, Host{ID: "a"}, Beat{}); again || err != nil {
-			t.Fatalf("heartbeat holding nothing: %v %v", again, err)
+		if p, err := f.c.Heartbeat(ctx, Host{ID: "a"}, Beat{}); p.Reasserted || err != nil {
+			t.Fatalf("heartbeat holding nothing: %+v %v", p, err)
 		}
 		if slices.Contains(f.members(k.Finished()), "a") {
 			t.Fatal("re-asserted without a verified hold")
 		}
-		again, err := f.c.Heartbeat(ctx, Host{ID: "a"}, Beat{Held: g.Ref(), Uploads: 2})
-		if !again || err != nil {
-			t.Fatalf("heartbeat holding g: %v %v", again, err)
+		p, err := f.c.Heartbeat(ctx, Host{ID: "a"}, Beat{Held: g.Ref(), Uploads: 2})
+		if !p.Reasserted || err != nil {
+			t.Fatalf("heartbeat holding g: %+v %v", p, err)
 		}
 		if !slices.Contains(f.members(k.Finished()), "a") || !slices.Contains(f.members(k.Sync()), "a#1") {
 			t.Fatalf("not re-asserted: finished %v sync %v", f.members(k.Finished()), f.members(k.Sync()))
@@ -105,7 +108,7 @@ func TestHeartbeatReasserts(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if again, _ := f.c.Heartbeat(ctx, Host{ID: "a"}, Beat{Held: g.Ref(), Uploads: 2}); again {
+		if p, _ := f.c.Heartbeat(ctx, Host{ID: "a"}, Beat{Held: g.Ref(), Uploads: 2, Offer: true}); p.Reasserted {
 			t.Error("re-asserted twice")
 		}
 		if slices.Contains(f.members(k.Sync()), b.Slot) {
@@ -307,7 +310,7 @@ func TestClockSkewIrrelevant(t *testing.T) {
 		f.publish(1)
 		for _, skew := range []time.Duration{5 * time.Minute, -5 * time.Minute} {
 			c := New(f.rdb, Config{Prefix: "{fanout}:", HostGrace: 2 * time.Second, Now: func() time.Time { return time.Now().Add(skew) }})
-			if _, err := c.Heartbeat(ctx, Host{ID: "skewed"}, Beat{}); err != nil {
+			if _, err := c.Heartbeat(ctx, Host{ID: "skewed"}, Beat{Register: true}); err != nil {
 				t.Fatal(err)
 			}
 			if d := c.Now().Sub(time.Now()); d > time.Second || d < -time.Second {

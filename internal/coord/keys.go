@@ -88,3 +88,13 @@ func (k Keys) Repairing() string { return k.Prefix + "repairing" }
 
 // Repairs counts, per host, the drift repairs of the current generation.
 func (k Keys) Repairs() string { return k.Prefix + "repairs" }
+
+// Pub/sub channels (not keys: they take no hash slot).
+
+// GenerationsChannel carries "gen <id> <digest>" each time a generation is
+// published: minions wait on it instead of polling.
+func (k Keys) GenerationsChannel() string { return k.Prefix + "generations" }
+
+// MasterChannel carries what the master acts on at once: "finish <host>"
+// (completion may be due) and "drift <host>".
+func (k Keys) MasterChannel() string { return k.Prefix + "master" }

@@ -155,6 +155,13 @@ local function release(host, id, digest, slot, giveBack)
   end
 end
 
+-- notify publishes msg on the channel prefix..name: the prefix is the
+-- generation key's (every script that notifies declares K.generation).
+local function notify(name, msg)
+  local prefix = string.sub(K.generation, 1, #K.generation - #'generation')
+  redis.call('PUBLISH', prefix .. name, msg)
+end
+
 -- event appends to the capped events stream. K.events
 local function event(maxlen, typ, host, gen, slot, msg)
   redis.call('XADD', K.events, 'MAXLEN', '~', maxlen, '*',
@@ -331,6 +338,7 @@ if repaired then
 else
   event(ARGV[6], 'finish', host, gen, slot, '')
 end
+notify('master', 'finish ' .. host)
 return 1
 `)
 
@@ -424,30 +432,36 @@ end
 return n
 `)
 
-// heartbeatScript registers host, records its heartbeat at Redis time and,
-// when host holds the current generation (ARGV gen and digest, sent only
-// while its tree is verified), re-asserts it in finished_queue and offers
-// its slots: a finish that Redis lost (a failover) is announced again.
-// ARGV: host, info_json, gen, digest, uploads, maxlen.
-// Returns {now_ms, 1 if it re-asserted a lost finish}.
+// heartbeatScript records host's heartbeat at Redis time (and its
+// registration, when ARGV info is not empty: the client sends it when it
+// changes and once a minute) and, when host holds the current generation
+// (ARGV gen and digest, sent only while its tree is verified and its finish
+// was recorded), re-asserts it in finished_queue: a finish that Redis lost
+// (a failover) is announced again. With ARGV offer = 1 it also offers the
+// host's slots. It returns the current generation, so an idle host learns
+// of a new one from its heartbeat if it missed the notification.
+// ARGV: host, info_json, gen, digest, uploads, maxlen, offer.
+// Returns {now_ms, 1 if it re-asserted a lost finish, id, digest, state}.
 var heartbeatScript = newScript(
 	[]string{"hosts", "heartbeats", "generation", "finished", "running", "sync", "holders", "claims", "dead", "bad", "events"}, `
 local host = ARGV[1]
 local now = nowMS()
-redis.call('HSET', K.hosts, host, ARGV[2])
+if ARGV[2] ~= '' then redis.call('HSET', K.hosts, host, ARGV[2]) end
 redis.call('ZADD', K.heartbeats, now, host)
+local g = redis.call('HMGET', K.generation, 'id', 'digest', 'state')
 local res = 0
-if ARGV[3] ~= '' and isCurrent(ARGV[3], ARGV[4]) and redis.call('HGET', K.generation, 'state') ~= 'failed' then
+if ARGV[3] ~= '' and g[1] == ARGV[3] and g[2] == ARGV[4] and g[3] ~= 'failed' then
   if redis.call('SADD', K.finished, host) == 1 then
     res = 1
     redis.call('SREM', K.running, host)
     event(ARGV[6], 'reassert', host, ARGV[3], '', 'finish lost by Redis announced again')
+    notify('master', 'finish ' .. host)
   end
-  if redis.call('SISMEMBER', K.bad, host) == 0 then
+  if (res == 1 or ARGV[7] == '1') and redis.call('SISMEMBER', K.bad, host) == 0 then
     offer(host, tonumber(ARGV[5]), false)
   end
 end
-return {now, res}
+return {now, res, g[1] or '', g[2] or '', g[3] or ''}
 `)
 
 // markDoneScript moves a running generation to done.
@@ -462,12 +476,16 @@ return now
 `)
 
 // offerScript offers host's slots for a generation; force (the origin) also
-// cuts short a dead slot's back-off.
-// ARGV: host, gen, digest, uploads, force
+// cuts short a dead slot's back-off. With announce, it then tells the
+// minions of the generation ("gen <id> <digest>" on the generations
+// channel): the master announces a generation once its slots are on offer,
+// so the hosts it wakes find a source.
+// ARGV: host, gen, digest, uploads, force, announce
 var offerScript = newScript([]string{"generation", "sync", "holders", "claims", "dead", "bad"}, `
 if not isCurrent(ARGV[2], ARGV[3]) then return 0 end
 if redis.call('SISMEMBER', K.bad, ARGV[1]) == 1 then return 0 end
 offer(ARGV[1], tonumber(ARGV[4]), ARGV[5] == '1')
+if ARGV[6] == '1' then notify('generations', 'gen ' .. ARGV[2] .. ' ' .. ARGV[3]) end
 return 1
 `)
 
@@ -478,6 +496,7 @@ if not isCurrent(ARGV[2], ARGV[3]) then return 0 end
 if redis.call('SISMEMBER', K.finished, ARGV[1]) == 0 then return 0 end
 redis.call('SADD', K.repairing, ARGV[1])
 event(ARGV[5], 'drift', ARGV[1], ARGV[2], '', ARGV[4])
+notify('master', 'drift ' .. ARGV[1])
 return 1
 `)
 

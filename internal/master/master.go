@@ -39,10 +39,15 @@ type Coordinator interface {
 	Publish(ctx context.Context, g coord.Generation, uploads int) (coord.Generation, error)
 	PublishFailed(ctx context.Context, path, reason, origin string, floor int64) (coord.Generation, error)
 	OfferSlots(ctx context.Context, host string, r coord.Ref, uploads int, force bool) error
+	Announce(ctx context.Context, origin string, r coord.Ref, uploads int) error
 	Complete(ctx context.Context, g coord.Generation, hosts int) (coord.Completion, bool, error)
 	Reap(ctx context.Context) (int, error)
 	Status(ctx context.Context) (coord.Status, error)
 	Hosts(ctx context.Context) ([]coord.Host, error)
+	Keys() coord.Keys
+	Subscribe(ctx context.Context, channels ...string) (*coord.Notifications, error)
+	TaskKeyspaceChannel() string
+	EnableKeyspaceEvents(ctx context.Context) error
 }
 
 // Master is the origin daemon.
@@ -105,18 +110,68 @@ func New(cfg Config, co Coordinator, server *peer.Server) (*Master, error) {
 
 // Run watches the task key until ctx is cancelled. A failing tick (Redis
 // down, say) is logged and retried on the next one.
+//
+// The master acts on a change at once rather than at its next poll: Redis
+// publishes a keyspace notification when an operator sets the task key
+// (the master turns them on, CONFIG SET notify-keyspace-events K$, where
+// allowed; where not, it reads the task key every taskPoll), and the
+// finish script notifies the master channel, so a generation is marked
+// done as soon as its last host finishes. Every Poll it ticks anyway
+// (reaping, and whatever a lost notification hid).
 func (m *Master) Run(ctx context.Context) error {
+	taskPoll := time.Duration(0) // 0: keyspace notifications tell
+	if err := m.coord.EnableKeyspaceEvents(ctx); err != nil {
+		taskPoll = min(100*time.Millisecond, m.cfg.Poll)
+		m.cfg.Log.WithError(err).Info("reading the task key every 100ms; to be told at once instead: redis-cli config set notify-keyspace-events K$")
+	}
+	keys := m.coord.Keys()
+	var wake <-chan struct{}
+	if n, err := m.coord.Subscribe(ctx, keys.MasterChannel(), m.coord.TaskKeyspaceChannel()); err != nil {
+		m.cfg.Log.WithError(err).Warn("cannot subscribe to notifications; polling only")
+		taskPoll = min(100*time.Millisecond, m.cfg.Poll)
+	} else {
+		defer n.Close()
+		wake = n.C
+	}
+	lastTask := ""
+	tick := time.NewTimer(0)
+	defer tick.Stop()
+	var taskTick <-chan time.Time
+	if taskPoll > 0 {
+		t := time.NewTicker(taskPoll)
+		defer t.Stop()
+		taskTick = t.C
+	}
 	for {
-		if err := m.Tick(ctx); err != nil && ctx.Err() == nil {
-			m.cfg.Log.WithError(err).Warn("master tick failed")
-		}
 		select {
 		case <-ctx.Done():
 			return nil
-		case <-time.After(m.cfg.Poll):
+		case <-tick.C:
+		case <-wake:
+			// A burst (many hosts finishing at once) makes one tick.
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-time.After(coalesce):
+			}
+		case <-taskTick:
+			// No keyspace notifications: a cheap read of the task key,
+			// and a whole tick only when it changed.
+			value, fresh, err := m.coord.TaskKey(ctx)
+			if err != nil || (!fresh && value == lastTask) {
+				continue
+			}
+			lastTask = value
 		}
+		if err := m.Tick(ctx); err != nil && ctx.Err() == nil {
+			m.cfg.Log.WithError(err).Warn("master tick failed")
+		}
+		tick.Reset(m.cfg.Poll)
 	}
 }
+
+// coalesce is how long the master lets notifications gather before it acts.
+const coalesce = 20 * time.Millisecond
 
 // Tick does one round of the master's work.
 func (m *Master) Tick(ctx context.Context) error {
@@ -267,7 +322,7 @@ func (m *Master) offer(ctx context.Context, clean string, opts coord.TaskOptions
 	if err := m.remember(m.active); err != nil {
 		return err
 	}
-	if err := m.coord.OfferSlots(ctx, m.cfg.ID, g.Ref(), m.cfg.Uploads, true); err != nil {
+	if err := m.coord.Announce(ctx, m.cfg.ID, g.Ref(), m.cfg.Uploads); err != nil {
 		return fmt.Errorf("offer origin slots: %w", err)
 	}
 	m.cfg.Log.WithFields(logrus.Fields{

@@ -101,7 +101,7 @@ func (c *Config) setDefaults() {
 type Coordinator interface {
 	Current(ctx context.Context) (coord.Generation, error)
 	TaskKey(ctx context.Context) (string, bool, error)
-	Heartbeat(ctx context.Context, h coord.Host, b coord.Beat) (bool, error)
+	Heartbeat(ctx context.Context, h coord.Host, b coord.Beat) (coord.Pulse, error)
 	Lookup(ctx context.Context) error
 	Claim(ctx context.Context, host string, gen coord.Ref, repair bool) (coord.Claim, error)
 	Renew(ctx context.Context, cl coord.Claim) (bool, error)
@@ -112,6 +112,8 @@ type Coordinator interface {
 	ReportProgress(ctx context.Context, host string, p coord.Progress) error
 	Drift(ctx context.Context, host string, gen coord.Ref, msg string) error
 	Refuse(ctx context.Context, host string, gen coord.Ref, reason string) error
+	Keys() coord.Keys
+	Subscribe(ctx context.Context, channels ...string) (*coord.Notifications, error)
 }
 
 // Minion is one host's fanout daemon.
@@ -140,6 +142,16 @@ type Minion struct {
 	// when Redis loses its data.
 	looked   string // generation whose discovery was counted in lookup
 	finished string // generation this host is known to be finished for
+	// announced is the generation whose finish this host recorded in
+	// Redis (guarded by mu): only that one is re-asserted by heartbeats,
+	// never one it holds but has not finished yet.
+	announced coord.Ref
+	// seen is the generation the last Step read (guarded by mu); beats
+	// counts heartbeats; beatWake wakes Run when a heartbeat reports
+	// another generation.
+	seen     coord.Ref
+	beats    int
+	beatWake chan struct{}
 	drifting string // generation whose drift was reported and is being repaired
 	// needSource is the generation whose drift needs content from a source:
 	// until a repair pull goes through, the tree is not verified again.
@@ -183,6 +195,7 @@ func New(cfg Config, co Coordinator, server *peer.Server, client *peer.Client) (
 	}
 	m := &Minion{
 		cfg: cfg, coord: co, server: server, client: client, cache: cache, started: time.Now(),
+		beatWake: make(chan struct{}, 1),
 		owner: manifest.OwnerPolicy{Chown: os.Geteuid() == 0, NumericIDs: cfg.NumericIDs},
 	}
 	h, enc, man, err := loadHeld(cfg.StateDir)
@@ -225,6 +238,15 @@ func (m *Minion) Run(ctx context.Context) error {
 		m.watch.run(ctx)
 	}()
 	defer wg.Wait()
+	// Told of each new generation at once (pub/sub), an idle host need not
+	// poll for it: it looks every idlePoll, for what a lost message hid.
+	var published <-chan struct{}
+	if n, err := m.coord.Subscribe(ctx, m.coord.Keys().GenerationsChannel()); err != nil {
+		m.cfg.Log.WithError(err).Warn("cannot subscribe to new generations; polling every --poll")
+	} else {
+		defer n.Close()
+		published = n.C
+	}
 	failures := 0
 	for {
 		out, err := m.Step(ctx)
@@ -241,6 +263,9 @@ func (m *Minion) Run(ctx context.Context) error {
 			// whose disk is full does not download again every poll.
 			failures++
 			wait = min(wait<<min(failures, 10), max(time.Minute, m.cfg.Poll))
+		case (out == Holding || out == Idle) && published != nil:
+			failures = 0
+			wait = jitter(max(m.cfg.Poll, idlePoll))
 		default:
 			failures = 0
 		}
@@ -248,6 +273,8 @@ func (m *Minion) Run(ctx context.Context) error {
 		case <-ctx.Done():
 			return nil
 		case <-time.After(wait):
+		case <-published:
+		case <-m.beatWake:
 		case <-m.watch.wake:
 			// The held tree changed on disk: let the burst settle, then
 			// look (the next Step verifies).
@@ -263,6 +290,12 @@ func (m *Minion) Run(ctx context.Context) error {
 // settle is how long a burst of changes in the held tree may go on before
 // the tree is verified.
 const settle = 300 * time.Millisecond
+
+// idlePoll is how often a host that holds the current generation (or has
+// no task) and is told of new ones by pub/sub reads the generation anyway.
+// Its heartbeat (every 10 s) also reports the current generation, so an
+// idle host costs Redis about 0.12 requests a second.
+const idlePoll = time.Minute
 
 // Sync runs until this host holds the current generation (nil), the task is
 // absent or failed, or ctx ends; it is the one-shot mode for cron and
@@ -339,28 +372,45 @@ func (m *Minion) heartbeatLoop(ctx context.Context) {
 	}
 }
 
-// heartbeat registers this host and, while it holds a verified copy of a
-// generation, re-asserts it in finished_queue: a finish Redis lost in a
-// failover is announced again within one heartbeat.
+// heartbeat tells Redis this host is alive and, while it holds a verified
+// copy of a generation it announced, re-asserts it in finished_queue: a
+// finish Redis lost in a failover is announced again within one heartbeat.
+// It registers the host on the first beat and every registerEvery beats,
+// and wakes the poll loop when the generation it reports is not the one
+// the last Step saw (a missed notification).
 func (m *Minion) heartbeat(ctx context.Context) error {
-	var b coord.Beat
+	b := coord.Beat{Uploads: m.uploads()}
 	m.mu.Lock()
-	if m.verified && m.held != nil {
-		b = coord.Beat{Held: coord.Ref{ID: m.held.Gen, Digest: m.held.Digest}, Uploads: m.uploads()}
+	if h := m.held; m.verified && h != nil && m.announced == (coord.Ref{ID: h.Gen, Digest: h.Digest}) {
+		b.Held = m.announced
 	}
+	b.Register = m.beats%registerEvery == 0
+	b.Offer = b.Register
+	m.beats++
+	seen := m.seen
 	m.mu.Unlock()
-	again, err := m.coord.Heartbeat(ctx, coord.Host{
+	p, err := m.coord.Heartbeat(ctx, coord.Host{
 		ID: m.cfg.ID, Addr: m.cfg.Advertise, Version: m.cfg.Version, Role: "minion", Started: m.started,
 	}, b)
 	if err != nil {
 		return fmt.Errorf("heartbeat: %w", err)
 	}
-	if again {
+	if p.Reasserted {
 		m.cfg.Metrics.FinishesReasserted.Inc()
 		m.cfg.Log.WithField("gen", b.Held.ID).Warn("Redis had lost this host's finish; announced it again")
 	}
+	if p.Current != seen {
+		select {
+		case m.beatWake <- struct{}{}:
+		default:
+		}
+	}
 	return nil
 }
+
+// registerEvery is how many heartbeats go between two that re-send the
+// host's registration and offer its slots (once a minute by default).
+const registerEvery = 6
 
 // Step looks at the current generation once. When this host holds it, it
 // verifies its tree when due (at start, after a change seen by the watcher,
@@ -371,6 +421,9 @@ func (m *Minion) Step(ctx context.Context) (Outcome, error) {
 	if err != nil {
 		return Idle, fmt.Errorf("read generation: %w", err)
 	}
+	m.mu.Lock()
+	m.seen = g.Ref()
+	m.mu.Unlock()
 	if g.ID == 0 || g.State == coord.StateFailed || g.Digest == "" {
 		return Idle, nil
 	}
@@ -483,9 +536,17 @@ func (m *Minion) announce(ctx context.Context, g coord.Generation) error {
 		}
 		return fmt.Errorf("announce held generation: %w", err)
 	}
-	m.finished = genKey(g)
+	m.setFinished(g)
 	m.cfg.Log.WithField("gen", g.ID).Info("holds the generation, verified on disk; offered as a source")
 	return nil
+}
+
+// setFinished records that Redis lists this host as finished for g.
+func (m *Minion) setFinished(g coord.Generation) {
+	m.finished = genKey(g)
+	m.mu.Lock()
+	m.announced = g.Ref()
+	m.mu.Unlock()
 }
 
 func (m *Minion) uploads() int {

@@ -68,7 +68,7 @@ func (m *Minion) pull(ctx context.Context, g coord.Generation, cl coord.Claim) e
 	if err := m.coord.Finish(sctx, last, m.uploads()); err != nil && !errors.Is(err, coord.ErrStale) {
 		return fmt.Errorf("finish generation %d: %w", g.ID, err)
 	}
-	m.finished = genKey(g)
+	m.setFinished(g)
 	m.drifting, m.needSource = "", "" // whatever drifted, the pull brought back
 	if last.Repair {
 		m.cfg.Metrics.Repairs.Inc()

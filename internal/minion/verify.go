@@ -144,7 +144,8 @@ func (m *Minion) repair(ctx context.Context, g coord.Generation, plan *manifest.
 		if err := m.coord.Finish(ctx, coord.Claim{Host: m.cfg.ID, Gen: g.Ref(), Repair: true}, m.uploads()); err != nil && !errors.Is(err, coord.ErrStale) {
 			m.cfg.Log.WithError(err).Warn("could not record the repair")
 		}
-		m.drifting, m.finished = "", key
+		m.drifting = ""
+		m.setFinished(g)
 		m.cfg.Metrics.Repairs.Inc()
 		m.repaired(g)
 		return Repaired, nil

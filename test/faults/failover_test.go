@@ -157,3 +157,39 @@ func TestRedisLosesAPublish(t *testing.T) {
 	e.check(next, m1, m2)
 	e.finishedHold(st, next, m1, m2)
 }
+
+// Push, not polling: master and minions poll only every 30 s, yet a task
+// set with a plain SET is published and distributed well before any poll
+// could have seen it (keyspace notifications tell the master, the
+// generations channel the minions, the finish channel the master again).
+func TestPushedNotPolled(t *testing.T) {
+	srv := redistest.NeedReal(t) // keyspace notifications need a real server
+	e := newEnv(t, srv.URL)
+	lazy := []string{"--poll", "30s"}
+	e.master(1<<20, append(lazy, "--max-uploads", "2")...) // no host waits for a slot
+	m1, m2 := e.minion("m1", lazy...), e.minion("m2", lazy...)
+	if err := e.WaitRegistered(e.ctx, 2); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(time.Second) // the first polls are behind every process
+	start := time.Now()
+	e.set(task)
+	set, err := e.Redis.Time(e.ctx).Result() // Redis time, as the events'
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := e.waitDone(0)
+	took := time.Since(start)
+	t.Logf("SET task to done with 30 s polls: %v", took.Round(time.Millisecond))
+	if pub, claims := e.events("published"), e.events("claim"); len(pub) > 0 && len(claims) > 0 {
+		t.Logf("SET -> published %v (the master's walk and hash included), published -> first claim %v",
+			pub[0].At.Sub(set).Round(time.Millisecond), claims[0].At.Sub(pub[0].At).Round(time.Millisecond))
+	}
+	if took > 20*time.Second {
+		t.Errorf("took %v: the processes waited for a poll, nothing pushed", took)
+	}
+	if len(st.Finished) != 2 {
+		t.Errorf("finished %v", st.Finished)
+	}
+	e.check(task, m1, m2)
+}

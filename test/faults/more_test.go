@@ -104,7 +104,7 @@ func TestStalledPeer(t *testing.T) {
 	e.master(1 << 20)
 	e.set(task)
 	st := e.waitFor("the generation", func(st coord.Status) bool { return st.Generation.State == coord.StateRunning })
-	if _, err := e.Coord.Heartbeat(e.ctx, coord.Host{ID: "staller", Addr: stall.Addr().String()}, coord.Beat{}); err != nil {
+	if _, err := e.Coord.Heartbeat(e.ctx, coord.Host{ID: "staller", Addr: stall.Addr().String()}, coord.Beat{Register: true}); err != nil {
 		t.Fatal(err)
 	}
 	k := e.Coord.Keys()

@@ -115,7 +115,7 @@ func TestStalledSourceIsSkipped(t *testing.T) {
 		return g.State == coord.StateRunning
 	})
 	// The staller registers and offers the only slot: the origin's is held.
-	if _, err := l.Coord.Heartbeat(ctx, coord.Host{ID: "staller", Addr: stall.Addr().String()}, coord.Beat{}); err != nil {
+	if _, err := l.Coord.Heartbeat(ctx, coord.Host{ID: "staller", Addr: stall.Addr().String()}, coord.Beat{Register: true}); err != nil {
 		t.Fatal(err)
 	}
 	release, err := lab.HoldSlot(ctx, l.Redis, l.Config().Prefix, gen, "master#0")

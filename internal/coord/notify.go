@@ -1,0 +1,97 @@
+package coord
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// Notifications wakes a daemon when something it acts on happened in
+// Redis, so it need not poll for it. Messages may be coalesced and may be
+// lost (pub/sub has no memory: a message sent while the subscription
+// reconnects is gone), so a daemon still polls, slowly, as a safety net.
+type Notifications struct {
+	C  <-chan struct{} // receives (coalesced) on every message
+	ps *redis.PubSub
+}
+
+// Close ends the subscription.
+func (n *Notifications) Close() error { return n.ps.Close() }
+
+// Subscribe subscribes to channels (see Keys.GenerationsChannel,
+// Keys.MasterChannel, TaskKeyspaceChannel) on a connection of its own, which
+// go-redis re-establishes after a failure. The subscription is confirmed
+// before Subscribe returns; it lives until ctx ends or Close.
+func (c *Client) Subscribe(ctx context.Context, channels ...string) (*Notifications, error) {
+	ps := c.rdb.Subscribe(ctx, channels...)
+	if _, err := ps.Receive(ctx); err != nil { // the subscription's confirmation
+		ps.Close()
+		return nil, fmt.Errorf("subscribe to %s: %w", strings.Join(channels, ", "), err)
+	}
+	wake := make(chan struct{}, 1)
+	// go-redis pings an idle subscription every 3 s by default: 0.33
+	// commands a second per host, more than the rest of an idle minion.
+	msgs := ps.Channel(redis.WithChannelHealthCheckInterval(time.Minute))
+	go func() {
+		for {
+			select {
+			case <-ctx.Done():
+				ps.Close()
+				return
+			case _, ok := <-msgs:
+				if !ok {
+					return
+				}
+				select {
+				case wake <- struct{}{}:
+				default:
+				}
+			}
+		}
+	}()
+	return &Notifications{C: wake, ps: ps}, nil
+}
+
+// TaskKeyspaceChannel is the keyspace-notification channel of the task key:
+// Redis publishes "set" on it when an operator sets the key, once keyspace
+// events are on (see EnableKeyspaceEvents).
+func (c *Client) TaskKeyspaceChannel() string {
+	db := 0
+	if cl, ok := c.rdb.(*redis.Client); ok {
+		db = cl.Options().DB
+	}
+	return fmt.Sprintf("__keyspace@%d__:%s", db, c.keys.Task())
+}
+
+// ErrNoKeyspaceEvents means Redis refused to turn keyspace notifications
+// on (managed Redis often forbids CONFIG): the master polls the task key.
+var ErrNoKeyspaceEvents = errors.New("keyspace notifications are off and CONFIG SET is not allowed")
+
+// EnableKeyspaceEvents makes sure Redis publishes keyspace notifications
+// of string commands ("K$" in notify-keyspace-events), adding those flags
+// to whatever is configured. ErrNoKeyspaceEvents (wrapped) when it cannot.
+func (c *Client) EnableKeyspaceEvents(ctx context.Context) error {
+	cur, err := c.rdb.ConfigGet(ctx, "notify-keyspace-events").Result()
+	if err != nil {
+		return fmt.Errorf("%w: CONFIG GET: %v", ErrNoKeyspaceEvents, err)
+	}
+	flags := cur["notify-keyspace-events"]
+	want := flags
+	if !strings.Contains(want, "K") {
+		want += "K"
+	}
+	if !strings.Contains(want, "$") && !strings.Contains(want, "A") {
+		want += "$"
+	}
+	if want == flags {
+		return nil
+	}
+	if err := c.rdb.ConfigSet(ctx, "notify-keyspace-events", want).Err(); err != nil {
+		return fmt.Errorf("%w: CONFIG SET notify-keyspace-events %s: %v", ErrNoKeyspaceEvents, want, err)
+	}
+	return nil
+}
