@@ -196,7 +196,7 @@ func New(cfg Config, co Coordinator, server *peer.Server, client *peer.Client) (
 	m := &Minion{
 		cfg: cfg, coord: co, server: server, client: client, cache: cache, started: time.Now(),
 		beatWake: make(chan struct{}, 1),
-		owner: manifest.OwnerPolicy{Chown: os.Geteuid() == 0, NumericIDs: cfg.NumericIDs},
+		owner:    manifest.OwnerPolicy{Chown: os.Geteuid() == 0, NumericIDs: cfg.NumericIDs},
 	}
 	h, enc, man, err := loadHeld(cfg.StateDir)
 	if err != nil {
