@@ -211,8 +211,8 @@ func (n *node) check(writeRoot bool) error {
 		}
 		n.id = h
 	}
-	if strings.ContainsAny(n.id, " #\n\t") {
-		return usageError("--id %q: use a name without spaces or '#'", n.id)
+	if strings.ContainsAny(n.id, " #/\n\t") {
+		return usageError("--id %q: use a name without spaces, '#' or '/'", n.id)
 	}
 	fi, err := os.Stat(n.root)
 	if err != nil || !fi.IsDir() {

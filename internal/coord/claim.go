@@ -24,7 +24,38 @@ type Claim struct {
 	// finishing, it says the host changed its tree to repair it: one
 	// repair is counted.
 	Repair bool
-	Lease  time.Duration
+	// Index tells a host's claims held at once apart: 0 is its first (the
+	// one running_queue and status follow), 1... its extra sources.
+	Index int
+	Lease time.Duration
+}
+
+// id names the claim in Redis: the host for its first claim, "host/n" for
+// its n-th extra one (host ids cannot hold a '/').
+func (cl Claim) id() string { return claimID(cl.Host, cl.Index) }
+
+func claimID(host string, index int) string {
+	if index == 0 {
+		return host
+	}
+	return fmt.Sprintf("%s/%d", host, index)
+}
+
+// ClaimOptions tune a claim.
+type ClaimOptions struct {
+	// Repair: the host holds the generation and repairs drift (see
+	// Claim.Repair).
+	Repair bool
+	// Index is which of the host's claims held at once this is (0: the
+	// first; each index has its own lease).
+	Index int
+	// Acyclic takes a partial source even if it pulls from this host: for
+	// chunked generations, whose partial sources serve only verified
+	// chunks.
+	Acyclic bool
+	// Avoid lists sources not to take (the ones this host already pulls
+	// from).
+	Avoid []string
 }
 
 // Claim atomically takes a free slot of another, not-bad source for host,
@@ -35,9 +66,11 @@ type Claim struct {
 // ErrFinished when Redis lists host as holding the generation already;
 // with repair, such a host claims all the same, to repair its tree, and
 // stays listed as finished (and as repairing).
-func (c *Client) Claim(ctx context.Context, host string, gen Ref, repair bool) (Claim, error) {
-	res, err := c.run(ctx, claimScript, host,
-		host, gen.ID, gen.Digest, c.cfg.LeaseTTL.Milliseconds(), rand.Uint32(), eventsMax, flag(repair)).StringSlice()
+func (c *Client) Claim(ctx context.Context, host string, gen Ref, o ClaimOptions) (Claim, error) {
+	cid := claimID(host, o.Index)
+	res, err := c.run(ctx, claimScript, cid,
+		host, gen.ID, gen.Digest, c.cfg.LeaseTTL.Milliseconds(), rand.Uint32(), eventsMax, flag(o.Repair),
+		cid, flag(o.Acyclic), strings.Join(o.Avoid, ",")).StringSlice()
 	if err != nil {
 		return Claim{}, fmt.Errorf("claim source: %w", err)
 	}
@@ -53,7 +86,7 @@ func (c *Client) Claim(ctx context.Context, host string, gen Ref, repair bool) (
 	}
 	src := res[1][:max(strings.LastIndexByte(res[1], '#'), 0)]
 	partial := len(res) > 3 && res[3] == "partial"
-	return Claim{Host: host, Gen: gen, Slot: res[1], Source: src, SourceAddr: res[2], Partial: partial, Repair: repair, Lease: c.cfg.LeaseTTL}, nil
+	return Claim{Host: host, Gen: gen, Slot: res[1], Source: src, SourceAddr: res[2], Partial: partial, Repair: o.Repair, Index: o.Index, Lease: c.cfg.LeaseTTL}, nil
 }
 
 // Renew extends cl's lease; ErrLeaseLost when it expired and the slot was
@@ -61,8 +94,8 @@ func (c *Client) Claim(ctx context.Context, host string, gen Ref, repair bool) (
 // it, or the renewal came late and nobody took the slot) is re-created.
 // restored reports that.
 func (c *Client) Renew(ctx context.Context, cl Claim) (restored bool, err error) {
-	n, err := c.run(ctx, renewScript, cl.Host,
-		cl.Host, cl.Gen.ID, cl.Gen.Digest, cl.Slot, c.cfg.LeaseTTL.Milliseconds(), eventsMax, flag(cl.Repair)).Int()
+	n, err := c.run(ctx, renewScript, cl.id(),
+		cl.Host, cl.Gen.ID, cl.Gen.Digest, cl.Slot, c.cfg.LeaseTTL.Milliseconds(), eventsMax, flag(cl.Repair), cl.id()).Int()
 	if err != nil {
 		return false, fmt.Errorf("renew lease: %w", err)
 	}
@@ -78,8 +111,8 @@ func (c *Client) Renew(ctx context.Context, cl Claim) (restored bool, err error)
 // the host's repairs. ErrStale when the generation moved on meanwhile (the
 // claim is released all the same).
 func (c *Client) Finish(ctx context.Context, cl Claim, uploads int) error {
-	n, err := c.run(ctx, finishScript, cl.Host,
-		cl.Host, cl.Gen.ID, cl.Gen.Digest, cl.Slot, uploads, eventsMax, flag(cl.Repair)).Int()
+	n, err := c.run(ctx, finishScript, cl.id(),
+		cl.Host, cl.Gen.ID, cl.Gen.Digest, cl.Slot, uploads, eventsMax, flag(cl.Repair), cl.id()).Int()
 	if err != nil {
 		return fmt.Errorf("finish: %w", err)
 	}
@@ -124,11 +157,21 @@ func (c *Client) Switch(ctx context.Context, cl Claim, v Verdict, reason string)
 
 func (c *Client) fail(ctx context.Context, cl Claim, v Verdict, reason string, switching bool, uploads int) error {
 	f, _ := json.Marshal(Failure{Gen: cl.Gen.ID, Error: reason, Source: cl.Source, At: c.Now().UTC()})
-	err := c.run(ctx, failScript, cl.Host,
+	err := c.run(ctx, failScript, cl.id(),
 		cl.Host, cl.Gen.ID, cl.Gen.Digest, cl.Slot, int(v), f, eventsMax, reason, flag(switching), uploads,
-		c.cfg.DeadBackoff.Milliseconds(), c.cfg.DeadBackoffMax.Milliseconds()).Err()
+		c.cfg.DeadBackoff.Milliseconds(), c.cfg.DeadBackoffMax.Milliseconds(), cl.id()).Err()
 	if err != nil {
 		return fmt.Errorf("record failure: %w", err)
+	}
+	return nil
+}
+
+// Release gives back one of a host's extra claims that its pull no longer
+// needs (a slow source replaced, the endgame over): the slot returns and
+// nothing is recorded against the source or the host.
+func (c *Client) Release(ctx context.Context, cl Claim) error {
+	if err := c.run(ctx, releaseScript, cl.id(), cl.Host, cl.Gen.ID, cl.Gen.Digest, cl.Slot, eventsMax, cl.id()).Err(); err != nil {
+		return fmt.Errorf("release claim on %s: %w", cl.Slot, err)
 	}
 	return nil
 }

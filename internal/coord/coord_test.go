@@ -141,7 +141,7 @@ func TestPublishAndTaskKey(t *testing.T) {
 		if cur.State != StateFailed || cur.Error != "task is relative" || len(f.members(k.Sync())) != 0 {
 			t.Errorf("failed generation %+v, sync %v", cur, f.members(k.Sync()))
 		}
-		if _, err := f.c.Claim(ctx, "a", cur.Ref(), false); !errors.Is(err, ErrStale) {
+		if _, err := f.c.Claim(ctx, "a", cur.Ref(), ClaimOptions{}); !errors.Is(err, ErrStale) {
 			t.Errorf("claim on a failed generation: %v", err)
 		}
 	})
@@ -153,7 +153,7 @@ func TestClaimLifecycle(t *testing.T) {
 		k := f.c.Keys()
 		g := f.publish(1)
 		f.heartbeat("a", "b")
-		cl, err := f.c.Claim(ctx, "a", g.Ref(), false)
+		cl, err := f.c.Claim(ctx, "a", g.Ref(), ClaimOptions{})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -166,13 +166,13 @@ func TestClaimLifecycle(t *testing.T) {
 		if ttl := f.rdb.PTTL(ctx, k.Lease("a")).Val(); ttl <= 0 || ttl > 15*time.Second {
 			t.Errorf("lease ttl %v", ttl)
 		}
-		if _, err := f.c.Claim(ctx, "b", g.Ref(), false); !errors.Is(err, ErrNoSource) {
+		if _, err := f.c.Claim(ctx, "b", g.Ref(), ClaimOptions{}); !errors.Is(err, ErrNoSource) {
 			t.Errorf("second claim with no slot: %v", err)
 		}
-		if _, err := f.c.Claim(ctx, "a", g.Ref(), false); !errors.Is(err, ErrBusy) {
+		if _, err := f.c.Claim(ctx, "a", g.Ref(), ClaimOptions{}); !errors.Is(err, ErrBusy) {
 			t.Errorf("claim while holding a lease: %v", err)
 		}
-		if _, err := f.c.Claim(ctx, "b", Ref{ID: g.ID - 1, Digest: g.Digest}, false); !errors.Is(err, ErrStale) {
+		if _, err := f.c.Claim(ctx, "b", Ref{ID: g.ID - 1, Digest: g.Digest}, ClaimOptions{}); !errors.Is(err, ErrStale) {
 			t.Errorf("claim for an old generation: %v", err)
 		}
 		if _, err := f.c.Renew(ctx, cl); err != nil {
@@ -187,12 +187,12 @@ func TestClaimLifecycle(t *testing.T) {
 		if !slices.Equal(f.members(k.Finished()), []string{"a"}) || len(f.members(k.Running())) != 0 {
 			t.Errorf("after finish: finished %v running %v", f.members(k.Finished()), f.members(k.Running()))
 		}
-		if _, err := f.c.Claim(ctx, "a", g.Ref(), false); !errors.Is(err, ErrFinished) {
+		if _, err := f.c.Claim(ctx, "a", g.Ref(), ClaimOptions{}); !errors.Is(err, ErrFinished) {
 			t.Errorf("claim after finishing: %v", err)
 		}
 		// b takes a's slot (never its own), and learns a's address.
 		for range 20 {
-			cl2, err := f.c.Claim(ctx, "b", g.Ref(), false)
+			cl2, err := f.c.Claim(ctx, "b", g.Ref(), ClaimOptions{})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -230,7 +230,7 @@ func TestConcurrentClaimsNeverShareASlot(t *testing.T) {
 					go func() {
 						defer wg.Done()
 						<-start
-						cl, err := f.c.Claim(context.Background(), fmt.Sprintf("h%02d", i), g.Ref(), false)
+						cl, err := f.c.Claim(context.Background(), fmt.Sprintf("h%02d", i), g.Ref(), ClaimOptions{})
 						if err == nil {
 							got <- cl.Slot
 						} else if !errors.Is(err, ErrNoSource) {
@@ -264,7 +264,7 @@ func TestExpiredLeaseReturnsSlot(t *testing.T) {
 		ctx := context.Background()
 		k := f.c.Keys()
 		g := f.publish(1)
-		cl, err := f.c.Claim(ctx, "a", g.Ref(), false)
+		cl, err := f.c.Claim(ctx, "a", g.Ref(), ClaimOptions{})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -295,7 +295,7 @@ func TestExpiredLeaseReturnsSlot(t *testing.T) {
 		if n, err := f.c.Reap(ctx); n != 1 || err != nil {
 			t.Fatalf("second Reap = %d, %v", n, err)
 		}
-		clb, err := f.c.Claim(ctx, "b", g.Ref(), false)
+		clb, err := f.c.Claim(ctx, "b", g.Ref(), ClaimOptions{})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -337,7 +337,7 @@ func TestFailVerdicts(t *testing.T) {
 		f.heartbeat("a", "b", "c", "d")
 		// a and b become sources with 2 slots each.
 		for _, h := range []string{"a", "b"} {
-			cl, err := f.c.Claim(ctx, h, g.Ref(), false)
+			cl, err := f.c.Claim(ctx, h, g.Ref(), ClaimOptions{})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -347,7 +347,7 @@ func TestFailVerdicts(t *testing.T) {
 		}
 		claimFrom := func(host, source string) Claim {
 			for range 100 {
-				cl, err := f.c.Claim(ctx, host, g.Ref(), false)
+				cl, err := f.c.Claim(ctx, host, g.Ref(), ClaimOptions{})
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -383,7 +383,7 @@ func TestFailVerdicts(t *testing.T) {
 			t.Fatal(err)
 		}
 		for range 20 {
-			cl, err := f.c.Claim(ctx, "d", g.Ref(), false)
+			cl, err := f.c.Claim(ctx, "d", g.Ref(), ClaimOptions{})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -403,7 +403,7 @@ func TestNewGenerationSupersedes(t *testing.T) {
 		ctx := context.Background()
 		k := f.c.Keys()
 		g1 := f.publish(1)
-		cl, err := f.c.Claim(ctx, "a", g1.Ref(), false)
+		cl, err := f.c.Claim(ctx, "a", g1.Ref(), ClaimOptions{})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -417,7 +417,7 @@ func TestNewGenerationSupersedes(t *testing.T) {
 		if len(f.members(k.Finished())) != 0 {
 			t.Error("host finished for the new generation")
 		}
-		if _, err := f.c.Claim(ctx, "a", g2.Ref(), false); err != nil {
+		if _, err := f.c.Claim(ctx, "a", g2.Ref(), ClaimOptions{}); err != nil {
 			t.Errorf("claim in the new generation: %v", err)
 		}
 	})
@@ -452,7 +452,7 @@ func TestHeartbeatsAndStatus(t *testing.T) {
 			t.Errorf("dead host's slot kept: %v", got)
 		}
 		for _, h := range []string{"b", "c"} {
-			cl, err := f.c.Claim(ctx, h, g.Ref(), false)
+			cl, err := f.c.Claim(ctx, h, g.Ref(), ClaimOptions{})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -492,7 +492,7 @@ func TestOfferSlotsSkipsClaimed(t *testing.T) {
 	each(t, 15*time.Second, func(t *testing.T, f *fixture) {
 		ctx := context.Background()
 		g := f.publish(2)
-		if _, err := f.c.Claim(ctx, "a", g.Ref(), false); err != nil {
+		if _, err := f.c.Claim(ctx, "a", g.Ref(), ClaimOptions{}); err != nil {
 			t.Fatal(err)
 		}
 		if err := f.c.OfferSlots(ctx, "master", g.Ref(), 2, false); err != nil {
@@ -519,9 +519,9 @@ func TestPrefixIsolates(t *testing.T) {
 		g := f.publish(1)
 		f.heartbeat("a", "b")
 		f.c.Lookup(ctx)
-		cl, _ := f.c.Claim(ctx, "a", g.Ref(), false)
+		cl, _ := f.c.Claim(ctx, "a", g.Ref(), ClaimOptions{})
 		f.c.Fail(ctx, cl, SourceBad, "x", 1)
-		cl, _ = f.c.Claim(ctx, "b", g.Ref(), false)
+		cl, _ = f.c.Claim(ctx, "b", g.Ref(), ClaimOptions{})
 		f.c.Finish(ctx, cl, 1)
 		f.c.Reap(ctx)
 		keys, err := f.rdb.Keys(ctx, "*").Result()
@@ -562,7 +562,7 @@ func TestPartialSources(t *testing.T) {
 		f.heartbeat("a", "b", "c", "y", "z")
 		claim := func(host string) Claim {
 			t.Helper()
-			cl, err := f.c.Claim(ctx, host, g.Ref(), false)
+			cl, err := f.c.Claim(ctx, host, g.Ref(), ClaimOptions{})
 			if err != nil {
 				t.Fatalf("claim for %s: %v", host, err)
 			}
@@ -590,7 +590,7 @@ func TestPartialSources(t *testing.T) {
 		if err := f.c.Switch(ctx, a, SourceDead, "origin gone"); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := f.c.Claim(ctx, "a", g.Ref(), false); !errors.Is(err, ErrNoSource) {
+		if _, err := f.c.Claim(ctx, "a", g.Ref(), ClaimOptions{}); !errors.Is(err, ErrNoSource) {
 			t.Fatalf("a claimed with only its downstream b offered: %v", err)
 		}
 		if !hasEvent(t, f, "switch", "a") {

@@ -17,7 +17,7 @@ func TestGenerationNamedByIDAndDigest(t *testing.T) {
 		k := f.c.Keys()
 		g := f.publish(1)
 		f.heartbeat("a")
-		cl, err := f.c.Claim(ctx, "a", g.Ref(), false)
+		cl, err := f.c.Claim(ctx, "a", g.Ref(), ClaimOptions{})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -30,7 +30,7 @@ func TestGenerationNamedByIDAndDigest(t *testing.T) {
 		if slices.Contains(f.members(k.Finished()), "a") {
 			t.Fatal("host counted finished for content it does not hold")
 		}
-		if _, err := f.c.Claim(ctx, "a", g.Ref(), false); !errors.Is(err, ErrStale) {
+		if _, err := f.c.Claim(ctx, "a", g.Ref(), ClaimOptions{}); !errors.Is(err, ErrStale) {
 			t.Errorf("claim with the old digest: %v", err)
 		}
 		if ok, _ := f.c.MarkDone(ctx, g.Ref()); ok {
@@ -77,7 +77,7 @@ func TestHeartbeatReasserts(t *testing.T) {
 		ctx := context.Background()
 		k := f.c.Keys()
 		g := f.publish(1)
-		cl, err := f.c.Claim(ctx, "a", g.Ref(), false)
+		cl, err := f.c.Claim(ctx, "a", g.Ref(), ClaimOptions{})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -104,7 +104,7 @@ func TestHeartbeatReasserts(t *testing.T) {
 			t.Error("no reassert event")
 		}
 		// Nothing to re-assert the next time; a claimed slot is not doubled.
-		b, err := f.c.Claim(ctx, "b", g.Ref(), false)
+		b, err := f.c.Claim(ctx, "b", g.Ref(), ClaimOptions{})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -124,7 +124,7 @@ func TestLeaseRecreated(t *testing.T) {
 		ctx := context.Background()
 		k := f.c.Keys()
 		g := f.publish(1)
-		cl, err := f.c.Claim(ctx, "a", g.Ref(), false)
+		cl, err := f.c.Claim(ctx, "a", g.Ref(), ClaimOptions{})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -150,7 +150,7 @@ func TestLeaseRecreated(t *testing.T) {
 		if len(f.members(k.Sync())) != 0 || !hasEvent(t, f, "claim_restored", "a") {
 			t.Fatalf("claim not restored: sync %v", f.members(k.Sync()))
 		}
-		if _, err := f.c.Claim(ctx, "b", g.Ref(), false); !errors.Is(err, ErrNoSource) {
+		if _, err := f.c.Claim(ctx, "b", g.Ref(), ClaimOptions{}); !errors.Is(err, ErrNoSource) {
 			t.Errorf("b claimed while a's claim was restored: %v", err)
 		}
 		if err := f.c.Finish(ctx, cl, 1); err != nil {
@@ -173,7 +173,7 @@ func TestDeadSlotBackoff(t *testing.T) {
 		f.heartbeat("a")
 		deadOnce := func() {
 			t.Helper()
-			cl, err := f.c.Claim(ctx, "a", g.Ref(), false)
+			cl, err := f.c.Claim(ctx, "a", g.Ref(), ClaimOptions{})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -205,7 +205,7 @@ func TestDeadSlotBackoff(t *testing.T) {
 		if !back() {
 			t.Fatal("dead slot not back after its doubled back-off")
 		}
-		cl, err := f.c.Claim(ctx, "a", g.Ref(), false)
+		cl, err := f.c.Claim(ctx, "a", g.Ref(), ClaimOptions{})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -230,7 +230,7 @@ func TestRepairClaimAndDrift(t *testing.T) {
 		g := f.publish(1)
 		f.heartbeat("a", "b")
 		for _, h := range []string{"a", "b"} {
-			cl, err := f.c.Claim(ctx, h, g.Ref(), false)
+			cl, err := f.c.Claim(ctx, h, g.Ref(), ClaimOptions{})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -248,10 +248,10 @@ func TestRepairClaimAndDrift(t *testing.T) {
 		if st.State != StateRunning || !slices.Equal(st.Repairing, []string{"a"}) || !slices.Contains(st.Finished, "a") {
 			t.Fatalf("after drift: state %s repairing %v finished %v", st.State, st.Repairing, st.Finished)
 		}
-		if _, err := f.c.Claim(ctx, "a", g.Ref(), false); !errors.Is(err, ErrFinished) {
+		if _, err := f.c.Claim(ctx, "a", g.Ref(), ClaimOptions{}); !errors.Is(err, ErrFinished) {
 			t.Fatalf("plain claim by a finished host: %v", err)
 		}
-		cl, err := f.c.Claim(ctx, "a", g.Ref(), true)
+		cl, err := f.c.Claim(ctx, "a", g.Ref(), ClaimOptions{Repair: true})
 		if err != nil || !cl.Repair || cl.Source == "a" {
 			t.Fatalf("repair claim: %+v, %v", cl, err)
 		}
@@ -326,6 +326,73 @@ func TestClockSkewIrrelevant(t *testing.T) {
 			if hosts, _ := c.Hosts(ctx); !hosts[0].Alive {
 				t.Errorf("skew %v: the skewed host judges itself lost", skew)
 			}
+		}
+	})
+}
+
+// A host holds several claims at once, each with its own lease: it never
+// takes a second slot of a source it pulls from already, an extra claim
+// released gives its slot back and leaves the first alone, an extra claim
+// expires on its own, and an acyclic claim (chunked generations) may take a
+// partial source that pulls from the host itself, which a plain one may not.
+func TestSeveralClaims(t *testing.T) {
+	each(t, 15*time.Second, func(t *testing.T, f *fixture) {
+		ctx := context.Background()
+		k := f.c.Keys()
+		g := f.publish(1)
+		f.heartbeat("a", "b")
+		first, err := f.c.Claim(ctx, "a", g.Ref(), ClaimOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		f.c.OfferSlots(ctx, "master", g.Ref(), 2, true) // master#1 now free too
+		if _, err := f.c.Claim(ctx, "a", g.Ref(), ClaimOptions{Index: 1, Avoid: []string{first.Source}}); !errors.Is(err, ErrNoSource) {
+			t.Fatalf("second claim on the same source: %v", err)
+		}
+		// b streams from a (partial), and offers its own slot.
+		if err := f.c.OfferSlots(ctx, "a", g.Ref(), 1, false); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := f.c.Claim(ctx, "b", g.Ref(), ClaimOptions{Avoid: []string{"master"}}); err != nil {
+			t.Fatal(err)
+		}
+		if err := f.c.OfferSlots(ctx, "b", g.Ref(), 1, false); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := f.c.Claim(ctx, "a", g.Ref(), ClaimOptions{Index: 1, Avoid: []string{"master"}}); !errors.Is(err, ErrNoSource) {
+			t.Fatalf("a took b's slot, and b pulls from a: %v", err)
+		}
+		extra, err := f.c.Claim(ctx, "a", g.Ref(), ClaimOptions{Index: 1, Avoid: []string{"master"}, Acyclic: true})
+		if err != nil || extra.Source != "b" || extra.Index != 1 {
+			t.Fatalf("acyclic extra claim: %+v, %v", extra, err)
+		}
+		if ttl := f.rdb.PTTL(ctx, k.Lease("a/1")).Val(); ttl <= 0 {
+			t.Fatalf("extra claim has no lease of its own: %v", ttl)
+		}
+		if _, err := f.c.Renew(ctx, extra); err != nil {
+			t.Fatal(err)
+		}
+		if err := f.c.Release(ctx, extra); err != nil {
+			t.Fatal(err)
+		}
+		if !slices.Contains(f.members(k.Sync()), "b#0") || !slices.Contains(f.members(k.Running()), "a") {
+			t.Fatalf("after release: sync %v running %v", f.members(k.Sync()), f.members(k.Running()))
+		}
+		if _, err := f.c.Renew(ctx, first); err != nil {
+			t.Fatalf("the first claim lost with the extra: %v", err)
+		}
+		// Extra claims expire on their own; the host stays running.
+		f.c = New(f.rdb, Config{Prefix: "{fanout}:", LeaseTTL: 200 * time.Millisecond})
+		short, err := f.c.Claim(ctx, "a", g.Ref(), ClaimOptions{Index: 2, Avoid: []string{"master"}, Acyclic: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		expire(t, f, 300*time.Millisecond)
+		if n, err := f.c.Reap(ctx); n < 1 || err != nil {
+			t.Fatalf("reap of an expired extra claim: %d, %v", n, err)
+		}
+		if !slices.Contains(f.members(k.Sync()), short.Slot) || !slices.Contains(f.members(k.Running()), "a") {
+			t.Errorf("after the extra claim expired: sync %v running %v", f.members(k.Sync()), f.members(k.Running()))
 		}
 	})
 }

@@ -15,7 +15,7 @@ func TestCompleteHistoryRoundsProgressEvents(t *testing.T) {
 		var prev string
 		for _, h := range []string{"a", "b", "c"} {
 			for {
-				cl, err := f.c.Claim(ctx, h, g.Ref(), false)
+				cl, err := f.c.Claim(ctx, h, g.Ref(), ClaimOptions{})
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -71,7 +71,7 @@ func TestCompleteHistoryRoundsProgressEvents(t *testing.T) {
 		go func() {
 			time.Sleep(100 * time.Millisecond)
 			f.c.Lookup(ctx)
-			f.c.Claim(ctx, "z", g2.Ref(), false)
+			f.c.Claim(ctx, "z", g2.Ref(), ClaimOptions{})
 		}()
 		more, err := f.c.Events(ctx, last, 3*time.Second)
 		if err != nil || len(more) == 0 || more[0].Type != "claim" || more[0].Host != "z" {

@@ -39,7 +39,7 @@ func TestNotifications(t *testing.T) {
 			t.Fatal(err)
 		}
 		woken(gens, "an announced generation")
-		cl, err := f.c.Claim(ctx, "a", g.Ref(), false)
+		cl, err := f.c.Claim(ctx, "a", g.Ref(), ClaimOptions{})
 		if err != nil {
 			t.Fatal(err)
 		}

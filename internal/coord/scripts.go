@@ -132,23 +132,24 @@ local function offer(host, uploads, force)
   end
 end
 
--- release ends host's claim on slot for generation (id, digest). When the
--- lease or the claims record still matches, both are deleted and, with
--- giveBack, the slot returns if the generation is current and its source
--- not bad. A claim already reaped returns nothing (the reaper did).
--- K.lease, K.claims, K.holders, K.sync, K.bad, K.generation
-local function release(host, id, digest, slot, giveBack)
+-- release ends claim cid ("host", or "host/n" for a host's n-th claim at
+-- once) on slot for generation (id, digest). When the lease or the claims
+-- record still matches, both are deleted and, with giveBack, the slot
+-- returns if the generation is current and its source not bad. A claim
+-- already reaped returns nothing (the reaper did).
+-- K.lease (cid's), K.claims, K.holders, K.sync, K.bad, K.generation
+local function release(cid, id, digest, slot, giveBack)
   if slot == '' then return end
-  if redis.call('HGET', K.holders, slot) == host then redis.call('HDEL', K.holders, slot) end
+  if redis.call('HGET', K.holders, slot) == cid then redis.call('HDEL', K.holders, slot) end
   local want = id .. ' ' .. slot
   local held = redis.call('GET', K.lease) == want
   if not held then
-    local c = redis.call('HGET', K.claims, host)
+    local c = redis.call('HGET', K.claims, cid)
     held = c and string.sub(c, 1, #want + 1) == want .. ' '
   end
   if not held then return end
   redis.call('DEL', K.lease)
-  redis.call('HDEL', K.claims, host)
+  redis.call('HDEL', K.claims, cid)
   local src = slotSource(slot)
   if giveBack and src and isCurrent(id, digest) and redis.call('SISMEMBER', K.bad, src) == 0 then
     redis.call('SADD', K.sync, slot)
@@ -197,16 +198,24 @@ event(ARGV[11], typ, ARGV[6], id, '', ARGV[1] .. ' ' .. ARGV[5])
 return {id, now}
 `)
 
-// claimScript takes a free slot for host. Slots of sources that hold the
-// whole generation (finished hosts and the origin) are preferred; a slot of
-// a partial source (a host still pulling, pipelining) is taken only if that
-// source does not pull, directly or through others, from host: data never
-// flows in a cycle. A finished host may claim only to repair (ARGV repair):
-// it stays in finished_queue and enters repairing instead of running_queue.
-// ARGV: host, gen, digest, lease_ms, rand, maxlen, repair
+// claimScript takes a free slot for claim cid of host (a host may hold
+// several claims at once, "host/1", "host/2"..., each with its own lease).
+// Slots of sources that hold the whole generation (finished hosts and the
+// origin) are preferred; a slot of a partial source (a host still pulling,
+// pipelining) is taken only if that source does not pull, directly or
+// through others, from host (data never flows in a cycle), unless acyclic
+// (chunked generations: a partial source serves only chunks it verified, so
+// a cycle is harmless). Sources named in avoid (comma-separated: the ones
+// host pulls from already) are skipped. A finished host may claim only to
+// repair (ARGV repair): it stays in finished_queue and enters repairing
+// instead of running_queue.
+// ARGV: host, gen, digest, lease_ms, rand, maxlen, repair, cid, acyclic, avoid
 var claimScript = newScript(
 	[]string{"generation", "finished", "lease", "sync", "bad", "running", "claims", "hosts", "events", "holders", "repairing"}, `
-local host, gen, digest = ARGV[1], ARGV[2], ARGV[3]
+local host, gen, digest, cid = ARGV[1], ARGV[2], ARGV[3], ARGV[8]
+local acyclic = ARGV[9] == '1'
+local avoid = {}
+for src in string.gmatch(ARGV[10], '[^,]+') do avoid[src] = true end
 local g = redis.call('HMGET', K.generation, 'id', 'state', 'origin', 'origin_addr', 'digest')
 if g[1] ~= gen or g[5] ~= digest or g[2] == 'failed' then return {'stale'} end
 local fin = redis.call('SISMEMBER', K.finished, host) == 1
@@ -236,7 +245,7 @@ end
 local full, partial = {}, {}
 for _, m in ipairs(redis.call('SMEMBERS', K.sync)) do
   local src = slotSource(m)
-  if src and src ~= host and redis.call('SISMEMBER', K.bad, src) == 0 then
+  if src and src ~= host and not avoid[src] and redis.call('SISMEMBER', K.bad, src) == 0 then
     if whole(src) then table.insert(full, m) else table.insert(partial, m) end
   end
 end
@@ -249,13 +258,13 @@ else
   table.sort(partial)
   for i = 0, #partial - 1 do
     local m = partial[((r + i) % #partial) + 1]
-    if not downstream(slotSource(m)) then slot = m break end
+    if acyclic or not downstream(slotSource(m)) then slot = m break end
   end
 end
 if not slot then return {'nosource'} end
 local src = slotSource(slot)
 redis.call('SREM', K.sync, slot)
-redis.call('HSET', K.holders, slot, host)
+redis.call('HSET', K.holders, slot, cid)
 local typ = 'claim'
 if fin then
   typ = 'repair'
@@ -264,7 +273,7 @@ else
   redis.call('SADD', K.running, host)
 end
 redis.call('SET', K.lease, gen .. ' ' .. slot, 'PX', ARGV[4])
-redis.call('HSET', K.claims, host, gen .. ' ' .. slot .. ' ' .. nowMS() .. ' ' .. digest)
+redis.call('HSET', K.claims, cid, gen .. ' ' .. slot .. ' ' .. nowMS() .. ' ' .. digest)
 event(ARGV[6], typ, host, gen, slot, '')
 local addr = ''
 if src == g[3] and g[4] then addr = g[4] end
@@ -284,25 +293,25 @@ return {'ok', slot, addr, kind}
 // the claims record still matches (Redis lost writes, or a renewal came
 // late) is re-created (2); a claim lost with its record takes the slot again
 // if it is still free (3). 1: renewed; 0: lost.
-// ARGV: host, gen, digest, slot, lease_ms, maxlen, repair
+// ARGV: host, gen, digest, slot, lease_ms, maxlen, repair, cid
 var renewScript = newScript(
 	[]string{"lease", "claims", "generation", "sync", "holders", "running", "repairing", "events"}, `
-local host, gen, digest, slot = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local host, gen, digest, slot, cid = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[8]
 local want = gen .. ' ' .. slot
 if redis.call('GET', K.lease) == want then
   redis.call('PEXPIRE', K.lease, ARGV[5])
   return 1
 end
 if not isCurrent(gen, digest) then return 0 end
-local c = redis.call('HGET', K.claims, host)
+local c = redis.call('HGET', K.claims, cid)
 local res, typ = 2, 'lease_recreated'
 if not (c and string.sub(c, 1, #want + 1) == want .. ' ') then
   if redis.call('SREM', K.sync, slot) == 0 then return 0 end
-  redis.call('HSET', K.claims, host, want .. ' ' .. nowMS() .. ' ' .. digest)
+  redis.call('HSET', K.claims, cid, want .. ' ' .. nowMS() .. ' ' .. digest)
   res, typ = 3, 'claim_restored'
 end
 redis.call('SET', K.lease, want, 'PX', ARGV[5])
-redis.call('HSET', K.holders, slot, host)
+redis.call('HSET', K.holders, slot, cid)
 if ARGV[7] == '1' then
   redis.call('SADD', K.repairing, host)
 else
@@ -316,11 +325,11 @@ return res
 // and as a source with uploads slots. ARGV repaired = 1 (the host changed
 // its tree to repair drift) counts one repair; either way the host is no
 // longer listed as repairing.
-// ARGV: host, gen, digest, slot, uploads, maxlen, repaired
+// ARGV: host, gen, digest, slot, uploads, maxlen, repaired, cid
 var finishScript = newScript(
 	[]string{"lease", "claims", "holders", "sync", "bad", "generation", "running", "finished", "failures", "events", "dead", "strikes", "repairing", "repairs"}, `
 local host, gen, digest, slot = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-release(host, gen, digest, slot, true)
+release(ARGV[8], gen, digest, slot, true)
 if not isCurrent(gen, digest) then return 0 end
 local src = slotSource(slot)
 if src then redis.call('HDEL', K.strikes, src) end
@@ -350,13 +359,13 @@ return 1
 // slots, offered while it pulled, are withdrawn if it does not hold the
 // generation.
 // ARGV: host, gen, digest, slot, verdict, failure_json, maxlen, reason,
-// switch, uploads, backoff_ms, backoff_max_ms
+// switch, uploads, backoff_ms, backoff_max_ms, cid
 var failScript = newScript(
 	[]string{"lease", "claims", "holders", "sync", "bad", "generation", "running", "finished", "failures", "events", "dead", "strikes"}, `
 local host, gen, digest, slot = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local src = slotSource(slot) or ''
 local verdict = tonumber(ARGV[5])
-release(host, gen, digest, slot, verdict == 0)
+release(ARGV[13], gen, digest, slot, verdict == 0)
 local cur = isCurrent(gen, digest)
 if verdict == 1 and cur and src ~= '' and redis.call('SISMEMBER', K.bad, src) == 0 then
   local n = redis.call('HINCRBY', K.strikes, src, 1)
@@ -410,7 +419,7 @@ for i = 1, #claims, 2 do
   if redis.call('EXISTS', ARGV[1] .. 'lease:' .. host) == 0 then
     n = n + 1
     redis.call('HDEL', K.claims, host)
-    redis.call('SREM', K.running, host)
+    if not string.find(host, '/', 1, true) then redis.call('SREM', K.running, host) end
     local gen, slot, _, digest = string.match(val, '^(%S+) (%S+) ?(%S*) ?(%S*)')
     if slot and redis.call('HGET', K.holders, slot) == host then redis.call('HDEL', K.holders, slot) end
     if gen == cur[1] and (digest == '' or digest == cur[3]) and slot and usable(slot) then
@@ -522,7 +531,20 @@ local hs = redis.call('HGETALL', K.holders)
 for i = 1, #hs, 2 do
   if hs[i + 1] == host or slotSource(hs[i]) == host then redis.call('HDEL', K.holders, hs[i]) end
 end
-redis.call('HDEL', K.claims, host)
+local cs = redis.call('HKEYS', K.claims)
+for _, cid in ipairs(cs) do
+  if cid == host or string.sub(cid, 1, #host + 1) == host .. '/' then redis.call('HDEL', K.claims, cid) end
+end
 redis.call('DEL', K.lease)
+return 1
+`)
+
+// releaseScript gives back one of a host's claims that its pull no longer
+// needs (a slow source replaced, an extra source after the endgame): the
+// slot returns, nothing is recorded against the source.
+// ARGV: host, gen, digest, slot, maxlen, cid
+var releaseScript = newScript([]string{"lease", "claims", "holders", "sync", "bad", "generation", "events"}, `
+release(ARGV[6], ARGV[2], ARGV[3], ARGV[4], true)
+event(ARGV[5], 'release', ARGV[1], ARGV[2], ARGV[4], '')
 return 1
 `)

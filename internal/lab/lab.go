@@ -321,7 +321,7 @@ func HoldSlot(ctx context.Context, rdb *redis.Client, prefix string, g coord.Ref
 	co := coord.New(rdb, coord.Config{Prefix: prefix, LeaseTTL: 10 * time.Minute})
 	const holder = "test-slot-holder"
 	for range 500 {
-		cl, err := co.Claim(ctx, holder, g, false)
+		cl, err := co.Claim(ctx, holder, g, coord.ClaimOptions{})
 		if err != nil {
 			if errors.Is(err, coord.ErrNoSource) {
 				time.Sleep(10 * time.Millisecond)

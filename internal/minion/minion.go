@@ -103,7 +103,7 @@ type Coordinator interface {
 	TaskKey(ctx context.Context) (string, bool, error)
 	Heartbeat(ctx context.Context, h coord.Host, b coord.Beat) (coord.Pulse, error)
 	Lookup(ctx context.Context) error
-	Claim(ctx context.Context, host string, gen coord.Ref, repair bool) (coord.Claim, error)
+	Claim(ctx context.Context, host string, gen coord.Ref, o coord.ClaimOptions) (coord.Claim, error)
 	Renew(ctx context.Context, cl coord.Claim) (bool, error)
 	Finish(ctx context.Context, cl coord.Claim, uploads int) error
 	Fail(ctx context.Context, cl coord.Claim, v coord.Verdict, reason string, uploads int) error
@@ -450,12 +450,12 @@ func (m *Minion) Step(ctx context.Context) (Outcome, error) {
 // and repairs drift: it stays finished) and pulls through it; done is the
 // outcome of a pull that went through.
 func (m *Minion) claimAndPull(ctx context.Context, g coord.Generation, repair bool, done Outcome) (Outcome, error) {
-	cl, err := m.coord.Claim(ctx, m.cfg.ID, g.Ref(), repair)
+	cl, err := m.coord.Claim(ctx, m.cfg.ID, g.Ref(), coord.ClaimOptions{Repair: repair})
 	if errors.Is(err, coord.ErrFinished) {
 		// Redis lists this host as holding the generation, but its state
 		// does not (the state directory was wiped): verify the tree by
 		// pulling its difference, as a repair.
-		cl, err = m.coord.Claim(ctx, m.cfg.ID, g.Ref(), true)
+		cl, err = m.coord.Claim(ctx, m.cfg.ID, g.Ref(), coord.ClaimOptions{Repair: true})
 	}
 	switch {
 	case errors.Is(err, coord.ErrNoSource), errors.Is(err, coord.ErrBusy):

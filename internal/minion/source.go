@@ -152,7 +152,7 @@ func (s *source) switchFrom(ctx context.Context, failed coord.Claim, cause error
 	// source whose puller died returns when its lease expires.
 	deadline := time.Now().Add(max(4*failed.Lease, 4*m.cfg.Poll, 10*time.Second))
 	for {
-		cl, err := m.coord.Claim(ctx, m.cfg.ID, failed.Gen, failed.Repair)
+		cl, err := m.coord.Claim(ctx, m.cfg.ID, failed.Gen, coord.ClaimOptions{Repair: failed.Repair})
 		switch {
 		case err == nil:
 			s.mu.Lock()

@@ -134,7 +134,7 @@ func TestOriginReoffersItsSlots(t *testing.T) {
 	}
 	waitFor(ctx, t, "the origin's slot", offered)
 	patient := coord.New(l.Redis, coord.Config{Prefix: l.Config().Prefix, DeadBackoff: time.Hour, DeadBackoffMax: time.Hour})
-	cl, err := patient.Claim(ctx, "puller", g.Ref(), false)
+	cl, err := patient.Claim(ctx, "puller", g.Ref(), coord.ClaimOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
