@@ -27,7 +27,7 @@ type Status struct {
 	Failures map[string]Failure
 	Hosts    []Host
 	Lookup   int64
-	Claims   map[string]string // host → slot it pulls from
+	Claims   map[string]string // host → slot(s) it pulls from, comma-separated
 	Progress map[string]Progress
 	// Repairing lists finished hosts repairing drift on their disk;
 	// Repairs counts each host's repairs in this generation.
@@ -110,9 +110,23 @@ func (c *Client) Status(ctx context.Context) (Status, error) {
 			st.Progress[h] = p
 		}
 	}
-	for h, v := range claims.Val() {
-		if f := strings.Fields(v); len(f) >= 2 {
+	// A host's extra claims ("host/n") are listed with its first, in
+	// claim order.
+	cids := make([]string, 0, len(claims.Val()))
+	for cid := range claims.Val() {
+		cids = append(cids, cid)
+	}
+	slices.Sort(cids)
+	for _, cid := range cids {
+		f := strings.Fields(claims.Val()[cid])
+		if len(f) < 2 {
+			continue
+		}
+		h, _, _ := strings.Cut(cid, "/")
+		if st.Claims[h] == "" {
 			st.Claims[h] = f[1]
+		} else {
+			st.Claims[h] += "," + f[1]
 		}
 	}
 	for _, h := range st.Hosts {
