@@ -70,7 +70,7 @@ func (c *Client) Claim(ctx context.Context, host string, gen Ref, o ClaimOptions
 	cid := claimID(host, o.Index)
 	res, err := c.run(ctx, claimScript, cid,
 		host, gen.ID, gen.Digest, c.cfg.LeaseTTL.Milliseconds(), rand.Uint32(), eventsMax, flag(o.Repair),
-		cid, flag(o.Acyclic), strings.Join(o.Avoid, ",")).StringSlice()
+		cid, flag(o.Acyclic), strings.Join(o.Avoid, ","), c.cfg.HostGrace.Milliseconds()).StringSlice()
 	if err != nil {
 		return Claim{}, fmt.Errorf("claim source: %w", err)
 	}
@@ -176,14 +176,27 @@ func (c *Client) Release(ctx context.Context, cl Claim) error {
 	return nil
 }
 
-// Reap returns the slots of claims whose lease expired, offers again the
-// dead slots whose back-off is over, and withdraws the slots of hosts whose
-// heartbeat is older than HostGrace, all judged by Redis time. It returns
-// how many leases it reaped.
+// reapBatch bounds the claims expired, and the dead slots offered again,
+// by one Reap call.
+const reapBatch = 100
+
+// Reap returns the slots of claims whose lease expired and offers again
+// the dead slots whose back-off is over, a bounded batch of each (the rest
+// waits for the next call), all judged by Redis time. It returns how many
+// leases it reaped. Slots of hosts whose heartbeat is older than HostGrace
+// are dropped by the claims that meet them.
 func (c *Client) Reap(ctx context.Context) (int, error) {
-	n, err := c.run(ctx, reapScript, "", c.keys.Prefix, c.cfg.HostGrace.Milliseconds(), eventsMax).Int()
+	due, err := c.run(ctx, dueScript, "", reapBatch, c.cfg.HostGrace.Milliseconds()).StringSlice()
 	if err != nil {
 		return 0, fmt.Errorf("reap leases: %w", err)
+	}
+	n := 0
+	for _, cid := range due {
+		ok, err := c.run(ctx, expireScript, cid, cid, c.cfg.HostGrace.Milliseconds(), eventsMax).Int()
+		if err != nil {
+			return n, fmt.Errorf("reap lease of %s: %w", cid, err)
+		}
+		n += ok
 	}
 	return n, nil
 }

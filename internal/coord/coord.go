@@ -36,6 +36,9 @@ const adoptedTTL = 100 * 365 * 24 * time.Hour
 // eventsMax caps the events stream (approximately).
 const eventsMax = 10000
 
+// MaxClaims bounds the claims one host holds at once (its sources).
+const MaxClaims = 16
+
 // Proto is the version of the protocol this build speaks: the key schema,
 // the scripts' arguments and the manifest format. A generation records the
 // version it was published with ("proto"; absent means 1), and hosts
@@ -374,6 +377,7 @@ type Host struct {
 	Addr     string    `json:"addr"`
 	Version  string    `json:"version"`
 	Proto    int       `json:"proto,omitempty"` // absent: 1
+	Uploads  int       `json:"uploads,omitempty"` // source slots it offers
 	Role     string    `json:"role"`
 	Started  time.Time `json:"started"`
 	LastSeen time.Time `json:"-"` // Redis time
@@ -491,7 +495,7 @@ func (c *Client) hosts(info map[string]string, beats []redis.Z, now time.Time) [
 
 // Forget removes host from the registry and from every set.
 func (c *Client) Forget(ctx context.Context, host string) error {
-	if err := c.run(ctx, forgetScript, host, host).Err(); err != nil {
+	if err := c.run(ctx, forgetScript, host, host, MaxClaims).Err(); err != nil {
 		return fmt.Errorf("forget %s: %w", host, err)
 	}
 	return nil

@@ -98,3 +98,16 @@ func (k Keys) GenerationsChannel() string { return k.Prefix + "generations" }
 // MasterChannel carries what the master acts on at once: "finish <host>"
 // (completion may be due) and "drift <host>".
 func (k Keys) MasterChannel() string { return k.Prefix + "master" }
+
+// SyncFull indexes the free slots of sources that hold the whole generation
+// (the origin and finished hosts), SyncPartial those of hosts still pulling:
+// synchronize_queue is their union, kept for the seed's tools; claims
+// sample the indexes, so their cost does not grow with the fleet.
+func (k Keys) SyncFull() string { return k.Prefix + "sync_full" }
+
+// SyncPartial: see SyncFull.
+func (k Keys) SyncPartial() string { return k.Prefix + "sync_partial" }
+
+// LeaseIndex scores each claim id by its lease's expiry (Redis time, ms), so
+// the reaper finds expired claims without reading every claim.
+func (k Keys) LeaseIndex() string { return k.Prefix + "lease_expiry" }

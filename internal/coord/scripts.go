@@ -80,6 +80,12 @@ func (k Keys) named(name, host string) string {
 		return k.Repairing()
 	case "repairs":
 		return k.Repairs()
+	case "full":
+		return k.SyncFull()
+	case "part":
+		return k.SyncPartial()
+	case "leases":
+		return k.LeaseIndex()
 	}
 	panic("coord: unknown script key " + name)
 }
@@ -104,8 +110,35 @@ local function isCurrent(id, digest)
   return g[1] == id and g[2] == digest
 end
 
--- claimed: slot is held by a host whose claim record names it; a stale
--- holder entry is dropped. K.holders, K.claims
+-- isWhole: src holds the whole generation (the origin or a finished host).
+-- K.generation, K.finished
+local function isWhole(src)
+  return src == redis.call('HGET', K.generation, 'origin') or redis.call('SISMEMBER', K.finished, src) == 1
+end
+
+-- freeSlot offers slot: synchronize_queue (the seed's set of free slots)
+-- and the index of free slots of whole or of partial sources, which claims
+-- sample in O(1). K.sync, K.full, K.part
+local function freeSlot(slot, whole)
+  redis.call('SADD', K.sync, slot)
+  if whole then
+    redis.call('SADD', K.full, slot)
+    redis.call('SREM', K.part, slot)
+  else
+    redis.call('SADD', K.part, slot)
+    redis.call('SREM', K.full, slot)
+  end
+end
+
+-- takeSlot withdraws slot from every free set. K.sync, K.full, K.part
+local function takeSlot(slot)
+  redis.call('SREM', K.full, slot)
+  redis.call('SREM', K.part, slot)
+  return redis.call('SREM', K.sync, slot)
+end
+
+-- claimed: slot is held by a claim whose record names it; a stale holder
+-- entry is dropped. K.holders, K.claims
 local function claimed(slot)
   local h = redis.call('HGET', K.holders, slot)
   if not h then return false end
@@ -115,18 +148,20 @@ local function claimed(slot)
   return false
 end
 
--- offer adds host#0..uploads-1 to the sync set, skipping slots claimed
--- now (capacity is never doubled) and, unless force, slots backing off
--- after a dead verdict. K.sync, K.holders, K.claims, K.dead
+-- offer offers host#0..uploads-1, skipping slots claimed now (capacity is
+-- never doubled) and, unless force, slots backing off after a dead
+-- verdict. K.sync, K.full, K.part, K.holders, K.claims, K.dead,
+-- K.generation, K.finished
 local function offer(host, uploads, force)
+  local whole = isWhole(host)
   for i = 0, uploads - 1 do
     local slot = host .. '#' .. i
     if not claimed(slot) then
       if force then
         redis.call('ZREM', K.dead, slot)
-        redis.call('SADD', K.sync, slot)
+        freeSlot(slot, whole)
       elseif not redis.call('ZSCORE', K.dead, slot) then
-        redis.call('SADD', K.sync, slot)
+        freeSlot(slot, whole)
       end
     end
   end
@@ -137,7 +172,8 @@ end
 -- record still matches, both are deleted and, with giveBack, the slot
 -- returns if the generation is current and its source not bad. A claim
 -- already reaped returns nothing (the reaper did).
--- K.lease (cid's), K.claims, K.holders, K.sync, K.bad, K.generation
+-- K.lease (cid's), K.claims, K.holders, K.leases, K.sync, K.full, K.part,
+-- K.bad, K.generation, K.finished
 local function release(cid, id, digest, slot, giveBack)
   if slot == '' then return end
   if redis.call('HGET', K.holders, slot) == cid then redis.call('HDEL', K.holders, slot) end
@@ -150,9 +186,10 @@ local function release(cid, id, digest, slot, giveBack)
   if not held then return end
   redis.call('DEL', K.lease)
   redis.call('HDEL', K.claims, cid)
+  redis.call('ZREM', K.leases, cid)
   local src = slotSource(slot)
   if giveBack and src and isCurrent(id, digest) and redis.call('SISMEMBER', K.bad, src) == 0 then
-    redis.call('SADD', K.sync, slot)
+    freeSlot(slot, isWhole(src))
   end
 end
 
@@ -176,7 +213,7 @@ end
 // ARGV: path, delete, digest, state, error, origin, origin_addr, files,
 // bytes, uploads, maxlen, floor, proto. Returns {id, published_ms}.
 var publishScript = newScript(
-	[]string{"generation", "sync", "running", "finished", "claims", "failures", "bad", "lookup", "events", "progress", "holders", "dead", "strikes", "repairing", "repairs"}, `
+	[]string{"generation", "sync", "full", "part", "running", "finished", "claims", "leases", "failures", "bad", "lookup", "events", "progress", "holders", "dead", "strikes", "repairing", "repairs"}, `
 local now = nowMS()
 local id = redis.call('HINCRBY', K.generation, 'id', 1)
 local floor = tonumber(ARGV[12])
@@ -187,10 +224,10 @@ end
 redis.call('HSET', K.generation, 'path', ARGV[1], 'delete', ARGV[2], 'digest', ARGV[3],
   'state', ARGV[4], 'error', ARGV[5], 'origin', ARGV[6], 'origin_addr', ARGV[7],
   'published', now, 'files', ARGV[8], 'bytes', ARGV[9], 'done_at', '0', 'proto', ARGV[13])
-redis.call('DEL', K.sync, K.running, K.finished, K.claims, K.failures, K.bad, K.lookup,
-  K.progress, K.holders, K.dead, K.strikes, K.repairing, K.repairs)
+redis.call('DEL', K.sync, K.full, K.part, K.running, K.finished, K.claims, K.leases, K.failures,
+  K.bad, K.lookup, K.progress, K.holders, K.dead, K.strikes, K.repairing, K.repairs)
 for i = 0, tonumber(ARGV[10]) - 1 do
-  redis.call('SADD', K.sync, ARGV[6] .. '#' .. i)
+  freeSlot(ARGV[6] .. '#' .. i, true)
 end
 local typ = 'published'
 if ARGV[4] == 'failed' then typ = 'fail' end
@@ -200,18 +237,23 @@ return {id, now}
 
 // claimScript takes a free slot for claim cid of host (a host may hold
 // several claims at once, "host/1", "host/2"..., each with its own lease).
-// Slots of sources that hold the whole generation (finished hosts and the
-// origin) are preferred; a slot of a partial source (a host still pulling,
-// pipelining) is taken only if that source does not pull, directly or
-// through others, from host (data never flows in a cycle), unless acyclic
-// (chunked generations: a partial source serves only chunks it verified, so
-// a cycle is harmless). Sources named in avoid (comma-separated: the ones
-// host pulls from already) are skipped. A finished host may claim only to
-// repair (ARGV repair): it stays in finished_queue and enters repairing
-// instead of running_queue.
-// ARGV: host, gen, digest, lease_ms, rand, maxlen, repair, cid, acyclic, avoid
+// Its cost does not grow with the fleet: it samples the index of free
+// slots of whole sources (the origin and finished hosts) first, then that
+// of partial sources (hosts still pulling, pipelining), then the seed's
+// synchronize_queue itself (slots offered by older fanouts, which keep no
+// index), at most a few batches of 16 each. A sampled slot of a bad source
+// or of a host whose heartbeat is older than the grace is dropped on the
+// way. A partial source is taken only if it does not pull, directly or
+// through others (a bounded walk), from host: data never flows in a cycle;
+// unless acyclic (chunked generations: a partial source serves only chunks
+// it verified, so a cycle is harmless). Sources named in avoid
+// (comma-separated: the ones host pulls from already) are skipped. A
+// finished host may claim only to repair (ARGV repair): it stays in
+// finished_queue and enters repairing instead of running_queue.
+// ARGV: host, gen, digest, lease_ms, rand, maxlen, repair, cid, acyclic,
+// avoid, grace_ms
 var claimScript = newScript(
-	[]string{"generation", "finished", "lease", "sync", "bad", "running", "claims", "hosts", "events", "holders", "repairing"}, `
+	[]string{"generation", "finished", "lease", "sync", "full", "part", "bad", "running", "claims", "leases", "hosts", "heartbeats", "events", "holders", "repairing"}, `
 local host, gen, digest, cid = ARGV[1], ARGV[2], ARGV[3], ARGV[8]
 local acyclic = ARGV[9] == '1'
 local avoid = {}
@@ -221,10 +263,13 @@ if g[1] ~= gen or g[5] ~= digest or g[2] == 'failed' then return {'stale'} end
 local fin = redis.call('SISMEMBER', K.finished, host) == 1
 if fin and ARGV[7] ~= '1' then return {'finished'} end
 if redis.call('EXISTS', K.lease) == 1 then return {'busy'} end
+local now = nowMS()
+local cutoff = now - tonumber(ARGV[11])
 local function whole(src)
   return src == g[3] or redis.call('SISMEMBER', K.finished, src) == 1
 end
--- upstream returns the source h pulls from for this generation, if any.
+-- upstream returns the source h pulls from (its first claim) for this
+-- generation, if any.
 local function upstream(h)
   local c = redis.call('HGET', K.claims, h)
   if not c then return nil end
@@ -234,36 +279,53 @@ local function upstream(h)
 end
 local function downstream(src)
   local h, steps = src, 0
-  while h and steps < 100000 do
+  while h and steps < 64 do
     if h == host then return true end
     if whole(h) then return false end
     h = upstream(h)
     steps = steps + 1
   end
-  return h ~= nil
+  return h ~= nil -- a chain too long to follow is taken for a cycle
 end
-local full, partial = {}, {}
-for _, m in ipairs(redis.call('SMEMBERS', K.sync)) do
-  local src = slotSource(m)
-  if src and src ~= host and not avoid[src] and redis.call('SISMEMBER', K.bad, src) == 0 then
-    if whole(src) then table.insert(full, m) else table.insert(partial, m) end
+-- usable returns slot's source when host may take it, dropping the slots
+-- of bad or silent sources for good.
+local function usable(slot)
+  local src = slotSource(slot)
+  if not src then takeSlot(slot) return nil end
+  if src == host or avoid[src] then return nil end
+  if redis.call('SISMEMBER', K.bad, src) == 1 then takeSlot(slot) return nil end
+  if src ~= g[3] then
+    local s = redis.call('ZSCORE', K.heartbeats, src)
+    if not s or tonumber(s) < cutoff then takeSlot(slot) return nil end
   end
+  return src
 end
-local slot
 local r = tonumber(ARGV[5])
-if #full > 0 then
-  table.sort(full)
-  slot = full[(r % #full) + 1]
-else
-  table.sort(partial)
-  for i = 0, #partial - 1 do
-    local m = partial[((r + i) % #partial) + 1]
-    if acyclic or not downstream(slotSource(m)) then slot = m break end
+local function pick(set, checkCycle)
+  for _ = 1, 4 do
+    local sample = redis.call('SRANDMEMBER', set, 16)
+    if #sample == 0 then return nil end
+    table.sort(sample)
+    local ok = {}
+    for _, m in ipairs(sample) do
+      if set ~= K.sync and redis.call('SISMEMBER', K.sync, m) == 0 then
+        redis.call('SREM', set, m) -- a stale index entry
+      else
+        local src = usable(m)
+        if src and not (checkCycle and not acyclic and not whole(src) and downstream(src)) then
+          table.insert(ok, m)
+        end
+      end
+    end
+    if #ok > 0 then return ok[(r % #ok) + 1] end
+    if #sample < 16 then return nil end -- the whole set was seen
   end
+  return nil
 end
+local slot = pick(K.full, false) or pick(K.part, true) or pick(K.sync, true)
 if not slot then return {'nosource'} end
 local src = slotSource(slot)
-redis.call('SREM', K.sync, slot)
+takeSlot(slot)
 redis.call('HSET', K.holders, slot, cid)
 local typ = 'claim'
 if fin then
@@ -273,7 +335,8 @@ else
   redis.call('SADD', K.running, host)
 end
 redis.call('SET', K.lease, gen .. ' ' .. slot, 'PX', ARGV[4])
-redis.call('HSET', K.claims, cid, gen .. ' ' .. slot .. ' ' .. nowMS() .. ' ' .. digest)
+redis.call('HSET', K.claims, cid, gen .. ' ' .. slot .. ' ' .. now .. ' ' .. digest)
+redis.call('ZADD', K.leases, now + tonumber(ARGV[4]), cid)
 event(ARGV[6], typ, host, gen, slot, '')
 local addr = ''
 if src == g[3] and g[4] then addr = g[4] end
@@ -295,22 +358,25 @@ return {'ok', slot, addr, kind}
 // if it is still free (3). 1: renewed; 0: lost.
 // ARGV: host, gen, digest, slot, lease_ms, maxlen, repair, cid
 var renewScript = newScript(
-	[]string{"lease", "claims", "generation", "sync", "holders", "running", "repairing", "events"}, `
+	[]string{"lease", "claims", "leases", "generation", "sync", "full", "part", "holders", "running", "repairing", "events"}, `
 local host, gen, digest, slot, cid = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[8]
 local want = gen .. ' ' .. slot
+local expiry = nowMS() + tonumber(ARGV[5])
 if redis.call('GET', K.lease) == want then
   redis.call('PEXPIRE', K.lease, ARGV[5])
+  redis.call('ZADD', K.leases, expiry, cid)
   return 1
 end
 if not isCurrent(gen, digest) then return 0 end
 local c = redis.call('HGET', K.claims, cid)
 local res, typ = 2, 'lease_recreated'
 if not (c and string.sub(c, 1, #want + 1) == want .. ' ') then
-  if redis.call('SREM', K.sync, slot) == 0 then return 0 end
+  if takeSlot(slot) == 0 then return 0 end
   redis.call('HSET', K.claims, cid, want .. ' ' .. nowMS() .. ' ' .. digest)
   res, typ = 3, 'claim_restored'
 end
 redis.call('SET', K.lease, want, 'PX', ARGV[5])
+redis.call('ZADD', K.leases, expiry, cid)
 redis.call('HSET', K.holders, slot, cid)
 if ARGV[7] == '1' then
   redis.call('SADD', K.repairing, host)
@@ -322,12 +388,13 @@ return res
 `)
 
 // finishScript releases a claim and records host as holding the generation
-// and as a source with uploads slots. ARGV repaired = 1 (the host changed
-// its tree to repair drift) counts one repair; either way the host is no
-// longer listed as repairing.
+// and as a source with uploads slots (its free slots move to the index of
+// whole sources). ARGV repaired = 1 (the host changed its tree to repair
+// drift) counts one repair; either way the host is no longer listed as
+// repairing.
 // ARGV: host, gen, digest, slot, uploads, maxlen, repaired, cid
 var finishScript = newScript(
-	[]string{"lease", "claims", "holders", "sync", "bad", "generation", "running", "finished", "failures", "events", "dead", "strikes", "repairing", "repairs"}, `
+	[]string{"lease", "claims", "leases", "holders", "sync", "full", "part", "bad", "generation", "running", "finished", "failures", "events", "dead", "strikes", "repairing", "repairs"}, `
 local host, gen, digest, slot = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 release(ARGV[8], gen, digest, slot, true)
 if not isCurrent(gen, digest) then return 0 end
@@ -338,7 +405,12 @@ redis.call('SADD', K.finished, host)
 redis.call('SREM', K.repairing, host)
 local repaired = ARGV[7] == '1'
 if redis.call('SISMEMBER', K.bad, host) == 0 then
-  offer(host, tonumber(ARGV[5]), false)
+  local uploads = tonumber(ARGV[5])
+  for i = 0, uploads - 1 do
+    local s = host .. '#' .. i
+    if redis.call('SREM', K.part, s) == 1 then redis.call('SADD', K.full, s) end
+  end
+  offer(host, uploads, false)
 end
 redis.call('HDEL', K.failures, host)
 if repaired then
@@ -354,14 +426,14 @@ return 1
 // failScript releases a claim after a failed pull, per the verdict on the
 // source: 0 ok: the slot returns; 1 dead: the slot backs off, for a time
 // that doubles with each strike against the source, then returns; 2 bad:
-// all the source's slots are dropped and it is barred for the generation.
-// Unless the host goes on pulling from another source (switch = 1), its own
-// slots, offered while it pulled, are withdrawn if it does not hold the
-// generation.
+// the source is barred for the generation and its slots (as many as it
+// registered) withdrawn. Unless the host goes on pulling from another source (switch
+// = 1), its own slots, offered while it pulled, are withdrawn if it does
+// not hold the generation.
 // ARGV: host, gen, digest, slot, verdict, failure_json, maxlen, reason,
 // switch, uploads, backoff_ms, backoff_max_ms, cid
 var failScript = newScript(
-	[]string{"lease", "claims", "holders", "sync", "bad", "generation", "running", "finished", "failures", "events", "dead", "strikes"}, `
+	[]string{"lease", "claims", "leases", "holders", "sync", "full", "part", "bad", "generation", "running", "finished", "failures", "events", "dead", "strikes", "hosts"}, `
 local host, gen, digest, slot = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local src = slotSource(slot) or ''
 local verdict = tonumber(ARGV[5])
@@ -375,14 +447,18 @@ if verdict == 1 and cur and src ~= '' and redis.call('SISMEMBER', K.bad, src) ==
 end
 if verdict == 2 and cur and src ~= '' then
   redis.call('SADD', K.bad, src)
-  for _, m in ipairs(redis.call('SMEMBERS', K.sync)) do
-    if slotSource(m) == src then redis.call('SREM', K.sync, m) end
+  local uploads = 16 -- as many as it registered
+  local info = redis.call('HGET', K.hosts, src)
+  if info then
+    local ok, h = pcall(cjson.decode, info)
+    if ok and type(h) == 'table' and type(h.uploads) == 'number' then uploads = math.max(h.uploads, 1) end
   end
+  for i = 0, uploads - 1 do takeSlot(src .. '#' .. i) end
   event(ARGV[7], 'bad_source', src, gen, slot, ARGV[8])
 end
 if ARGV[9] ~= '1' and redis.call('SISMEMBER', K.finished, host) == 0 then
   for i = 0, tonumber(ARGV[10]) - 1 do
-    redis.call('SREM', K.sync, host .. '#' .. i)
+    takeSlot(host .. '#' .. i)
     redis.call('ZREM', K.dead, host .. '#' .. i)
   end
 end
@@ -394,51 +470,57 @@ event(ARGV[7], typ, host, gen, slot, ARGV[8])
 return 1
 `)
 
-// reapScript returns the slots of expired leases, offers again the dead
-// slots whose back-off is over, and withdraws the slots of hosts whose
-// heartbeat is older than the grace, all by Redis time.
-// ARGV: prefix, grace_ms, maxlen
-var reapScript = newScript(
-	[]string{"claims", "running", "sync", "bad", "generation", "heartbeats", "events", "holders", "dead"}, `
+// dueScript finds the work of one reaper tick, a bounded batch of each:
+// it offers again the dead slots whose back-off is over, and returns the
+// claims whose lease-expiry score has passed (the reaper expires each with
+// expireScript, which names the lease key among its KEYS).
+// ARGV: batch, grace_ms. Returns the claim ids due.
+var dueScript = newScript(
+	[]string{"leases", "dead", "sync", "full", "part", "bad", "generation", "finished", "heartbeats", "holders", "claims"}, `
 local now = nowMS()
-local cur = redis.call('HMGET', K.generation, 'id', 'origin', 'digest')
 local cutoff = now - tonumber(ARGV[2])
-local function alive(host)
-  if host == cur[2] then return true end
-  local s = redis.call('ZSCORE', K.heartbeats, host)
-  return s and tonumber(s) >= cutoff
-end
-local function usable(slot)
-  local src = slotSource(slot)
-  return src and redis.call('SISMEMBER', K.bad, src) == 0 and alive(src)
-end
-local n = 0
-local claims = redis.call('HGETALL', K.claims)
-for i = 1, #claims, 2 do
-  local host, val = claims[i], claims[i + 1]
-  if redis.call('EXISTS', ARGV[1] .. 'lease:' .. host) == 0 then
-    n = n + 1
-    redis.call('HDEL', K.claims, host)
-    if not string.find(host, '/', 1, true) then redis.call('SREM', K.running, host) end
-    local gen, slot, _, digest = string.match(val, '^(%S+) (%S+) ?(%S*) ?(%S*)')
-    if slot and redis.call('HGET', K.holders, slot) == host then redis.call('HDEL', K.holders, slot) end
-    if gen == cur[1] and (digest == '' or digest == cur[3]) and slot and usable(slot) then
-      redis.call('SADD', K.sync, slot)
-    end
-    event(ARGV[3], 'lease_expired', host, gen or '', slot or '', '')
-  end
-end
-for _, slot in ipairs(redis.call('ZRANGEBYSCORE', K.dead, '-inf', now, 'LIMIT', 0, 100)) do
+local origin = redis.call('HGET', K.generation, 'origin')
+for _, slot in ipairs(redis.call('ZRANGEBYSCORE', K.dead, '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))) do
   redis.call('ZREM', K.dead, slot)
-  if usable(slot) and not redis.call('HGET', K.holders, slot) then
-    redis.call('SADD', K.sync, slot)
+  local src = slotSource(slot)
+  if src and redis.call('SISMEMBER', K.bad, src) == 0 and not claimed(slot) then
+    local s = redis.call('ZSCORE', K.heartbeats, src)
+    if src == origin or (s and tonumber(s) >= cutoff) then freeSlot(slot, isWhole(src)) end
   end
 end
-for _, m in ipairs(redis.call('SMEMBERS', K.sync)) do
-  local src = slotSource(m)
-  if src and not alive(src) then redis.call('SREM', K.sync, m) end
+return redis.call('ZRANGEBYSCORE', K.leases, '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
+`)
+
+// expireScript ends claim cid if its lease is gone: the claim record is
+// removed and its slot returns (if its generation is current and its source
+// neither bad nor silent). A lease still there (renewed after the index
+// was read) only has its expiry score brought up to date.
+// ARGV: cid, grace_ms, maxlen. Returns 1 when it expired the claim.
+var expireScript = newScript(
+	[]string{"lease", "claims", "leases", "running", "sync", "full", "part", "bad", "generation", "finished", "heartbeats", "holders", "events"}, `
+local cid = ARGV[1]
+local now = nowMS()
+local ttl = redis.call('PTTL', K.lease)
+if ttl > 0 then
+  redis.call('ZADD', K.leases, now + ttl, cid)
+  return 0
 end
-return n
+redis.call('ZREM', K.leases, cid)
+local val = redis.call('HGET', K.claims, cid)
+if not val then return 0 end
+redis.call('HDEL', K.claims, cid)
+local host = string.match(cid, '^([^/]*)')
+if host == cid then redis.call('SREM', K.running, host) end
+local gen, slot, _, digest = string.match(val, '^(%S+) (%S+) ?(%S*) ?(%S*)')
+if slot and redis.call('HGET', K.holders, slot) == cid then redis.call('HDEL', K.holders, slot) end
+local cur = redis.call('HMGET', K.generation, 'id', 'origin', 'digest')
+local src = slot and slotSource(slot)
+if gen == cur[1] and (digest == '' or digest == cur[3]) and src and redis.call('SISMEMBER', K.bad, src) == 0 then
+  local s = redis.call('ZSCORE', K.heartbeats, src)
+  if src == cur[2] or (s and tonumber(s) >= now - tonumber(ARGV[2])) then freeSlot(slot, isWhole(src)) end
+end
+event(ARGV[3], 'lease_expired', host, gen or '', slot or '', '')
+return 1
 `)
 
 // heartbeatScript records host's heartbeat at Redis time (and its
@@ -452,7 +534,7 @@ return n
 // ARGV: host, info_json, gen, digest, uploads, maxlen, offer.
 // Returns {now_ms, 1 if it re-asserted a lost finish, id, digest, state}.
 var heartbeatScript = newScript(
-	[]string{"hosts", "heartbeats", "generation", "finished", "running", "sync", "holders", "claims", "dead", "bad", "events"}, `
+	[]string{"hosts", "heartbeats", "generation", "finished", "running", "sync", "full", "part", "holders", "claims", "dead", "bad", "events"}, `
 local host = ARGV[1]
 local now = nowMS()
 if ARGV[2] ~= '' then redis.call('HSET', K.hosts, host, ARGV[2]) end
@@ -490,7 +572,7 @@ return now
 // channel): the master announces a generation once its slots are on offer,
 // so the hosts it wakes find a source.
 // ARGV: host, gen, digest, uploads, force, announce
-var offerScript = newScript([]string{"generation", "sync", "holders", "claims", "dead", "bad"}, `
+var offerScript = newScript([]string{"generation", "finished", "sync", "full", "part", "holders", "claims", "dead", "bad"}, `
 if not isCurrent(ARGV[2], ARGV[3]) then return 0 end
 if redis.call('SISMEMBER', K.bad, ARGV[1]) == 1 then return 0 end
 offer(ARGV[1], tonumber(ARGV[4]), ARGV[5] == '1')
@@ -509,11 +591,19 @@ notify('master', 'drift ' .. ARGV[1])
 return 1
 `)
 
-// forgetScript removes a host from the registry and every set.
-// ARGV: host
+// forgetScript removes a host from the registry and every set: its slots
+// (as many as it registered, 16 if unknown), their holders and back-offs,
+// and its claims (up to maxClaims at once).
+// ARGV: host, maxClaims
 var forgetScript = newScript(
-	[]string{"hosts", "heartbeats", "finished", "running", "sync", "claims", "lease", "holders", "dead", "repairing", "repairs", "strikes"}, `
+	[]string{"hosts", "heartbeats", "finished", "running", "sync", "full", "part", "claims", "leases", "lease", "holders", "dead", "repairing", "repairs", "strikes"}, `
 local host = ARGV[1]
+local uploads = 16
+local info = redis.call('HGET', K.hosts, host)
+if info then
+  local ok, h = pcall(cjson.decode, info)
+  if ok and type(h) == 'table' and type(h.uploads) == 'number' then uploads = math.max(h.uploads, 1) end
+end
 redis.call('HDEL', K.hosts, host)
 redis.call('ZREM', K.heartbeats, host)
 redis.call('SREM', K.finished, host)
@@ -521,19 +611,22 @@ redis.call('SREM', K.running, host)
 redis.call('SREM', K.repairing, host)
 redis.call('HDEL', K.repairs, host)
 redis.call('HDEL', K.strikes, host)
-for _, m in ipairs(redis.call('SMEMBERS', K.sync)) do
-  if slotSource(m) == host then redis.call('SREM', K.sync, m) end
+for i = 0, uploads - 1 do
+  local slot = host .. '#' .. i
+  takeSlot(slot)
+  redis.call('ZREM', K.dead, slot)
+  redis.call('HDEL', K.holders, slot)
 end
-for _, m in ipairs(redis.call('ZRANGE', K.dead, 0, -1)) do
-  if slotSource(m) == host then redis.call('ZREM', K.dead, m) end
-end
-local hs = redis.call('HGETALL', K.holders)
-for i = 1, #hs, 2 do
-  if hs[i + 1] == host or slotSource(hs[i]) == host then redis.call('HDEL', K.holders, hs[i]) end
-end
-local cs = redis.call('HKEYS', K.claims)
-for _, cid in ipairs(cs) do
-  if cid == host or string.sub(cid, 1, #host + 1) == host .. '/' then redis.call('HDEL', K.claims, cid) end
+for n = 0, tonumber(ARGV[2]) do
+  local cid = host
+  if n > 0 then cid = host .. '/' .. n end
+  local c = redis.call('HGET', K.claims, cid)
+  if c then
+    local slot = string.match(c, '^%S+ (%S+)')
+    if slot and redis.call('HGET', K.holders, slot) == cid then redis.call('HDEL', K.holders, slot) end
+    redis.call('HDEL', K.claims, cid)
+  end
+  redis.call('ZREM', K.leases, cid)
 end
 redis.call('DEL', K.lease)
 return 1
@@ -543,7 +636,7 @@ return 1
 // needs (a slow source replaced, an extra source after the endgame): the
 // slot returns, nothing is recorded against the source.
 // ARGV: host, gen, digest, slot, maxlen, cid
-var releaseScript = newScript([]string{"lease", "claims", "holders", "sync", "bad", "generation", "events"}, `
+var releaseScript = newScript([]string{"lease", "claims", "leases", "holders", "sync", "full", "part", "bad", "generation", "finished", "events"}, `
 release(ARGV[6], ARGV[2], ARGV[3], ARGV[4], true)
 event(ARGV[5], 'release', ARGV[1], ARGV[2], ARGV[4], '')
 return 1

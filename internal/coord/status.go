@@ -129,11 +129,23 @@ func (c *Client) Status(ctx context.Context) (Status, error) {
 			st.Claims[h] += "," + f[1]
 		}
 	}
+	alive := map[string]bool{st.Generation.Origin: true}
 	for _, h := range st.Hosts {
 		if h.Alive {
 			st.Expected = append(st.Expected, h.ID)
+			alive[h.ID] = true
 		}
 	}
+	// Slots of silent hosts stay in the set until a claim meets them (a
+	// claim's cost must not grow with the fleet): status does not show
+	// them as sources.
+	live := st.Sources[:0]
+	for _, slot := range st.Sources {
+		if i := strings.LastIndexByte(slot, '#'); i > 0 && alive[slot[:i]] {
+			live = append(live, slot)
+		}
+	}
+	st.Sources = live
 	st.State = state(st)
 	return st, nil
 }
@@ -171,4 +183,31 @@ func sorted(s []string) []string {
 	}
 	slices.Sort(s)
 	return s
+}
+
+// Counts are the sizes the master checks each tick: O(log N) to read,
+// where Status is O(N).
+type Counts struct {
+	Finished, Alive, Repairing int64
+}
+
+// Count reads the counts of finished, alive (heartbeat within HostGrace,
+// judged by this host's clock corrected to Redis time) and repairing
+// hosts. Completion is possible only when Finished >= Alive and Repairing
+// is 0; Status then tells for sure.
+func (c *Client) Count(ctx context.Context) (Counts, error) {
+	k := c.keys
+	var fin, rep *redis.IntCmd
+	var alive *redis.IntCmd
+	cutoff := c.Now().Add(-c.cfg.HostGrace).UnixMilli()
+	_, err := c.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		fin = p.SCard(ctx, k.Finished())
+		rep = p.SCard(ctx, k.Repairing())
+		alive = p.ZCount(ctx, k.Heartbeats(), strconv.FormatInt(cutoff, 10), "+inf")
+		return nil
+	})
+	if err != nil {
+		return Counts{}, fmt.Errorf("count hosts: %w", err)
+	}
+	return Counts{Finished: fin.Val(), Alive: alive.Val(), Repairing: rep.Val()}, nil
 }

@@ -212,6 +212,33 @@ func (p *Proc) signal(sig syscall.Signal, grace time.Duration) bool {
 	}
 }
 
+// exited reports a process of the fleet that ended by itself (not killed
+// or stopped by the test), with the end of its log: waiting for it to
+// register would only time out.
+func (f *Fleet) exited() error {
+	f.mu.Lock()
+	procs := f.procs
+	f.mu.Unlock()
+	for _, p := range procs {
+		p.mu.Lock()
+		cmd, done := p.cmd, p.done
+		p.mu.Unlock()
+		if cmd == nil {
+			continue
+		}
+		select {
+		case <-done:
+			out := p.Output()
+			if len(out) > 2000 {
+				out = out[len(out)-2000:]
+			}
+			return fmt.Errorf("%s exited by itself (%v):\n%s", p.Name, cmd.ProcessState, out)
+		default:
+		}
+	}
+	return nil
+}
+
 // Output returns the process's log so far.
 func (p *Proc) Output() string {
 	b, _ := os.ReadFile(p.Log)
@@ -294,6 +321,9 @@ func (f *Fleet) Set(ctx context.Context, task string) error {
 // WaitRegistered waits until n minions heartbeat.
 func (f *Fleet) WaitRegistered(ctx context.Context, n int) error {
 	return Poll(ctx, fmt.Sprintf("%d minions registered", n), func() (bool, error) {
+		if err := f.exited(); err != nil {
+			return false, err
+		}
 		hosts, err := f.Coord.Hosts(ctx)
 		if err != nil {
 			return false, nil

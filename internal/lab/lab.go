@@ -95,6 +95,7 @@ func Start(ctx context.Context, cfg Config) (*Lab, error) {
 		if err != nil {
 			return nil, fmt.Errorf("start embedded redis: %w", err)
 		}
+		mr.ClockTTL(true) // leases expire by the clock, as in Redis
 		l.Mini = mr
 		url = "redis://" + mr.Addr()
 	}

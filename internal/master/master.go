@@ -43,6 +43,7 @@ type Coordinator interface {
 	Complete(ctx context.Context, g coord.Generation, hosts int) (coord.Completion, bool, error)
 	Reap(ctx context.Context) (int, error)
 	Status(ctx context.Context) (coord.Status, error)
+	Count(ctx context.Context) (coord.Counts, error)
 	Hosts(ctx context.Context) ([]coord.Host, error)
 	Keys() coord.Keys
 	Subscribe(ctx context.Context, channels ...string) (*coord.Notifications, error)
@@ -422,6 +423,15 @@ func (m *Master) format(ctx context.Context) int {
 
 func (m *Master) checkDone(ctx context.Context) error {
 	if m.active == nil {
+		return nil
+	}
+	// Cheap counts first: the full status (O(hosts)) is read only when
+	// every alive host may have finished.
+	n, err := m.coord.Count(ctx)
+	if err != nil {
+		return fmt.Errorf("count hosts: %w", err)
+	}
+	if n.Finished < n.Alive || n.Repairing > 0 || n.Alive == 0 {
 		return nil
 	}
 	st, err := m.coord.Status(ctx)

@@ -391,6 +391,7 @@ func (m *Minion) heartbeat(ctx context.Context) error {
 	m.mu.Unlock()
 	p, err := m.coord.Heartbeat(ctx, coord.Host{
 		ID: m.cfg.ID, Addr: m.cfg.Advertise, Version: m.cfg.Version, Role: "minion", Started: m.started,
+		Uploads: m.uploads(),
 	}, b)
 	if err != nil {
 		return fmt.Errorf("heartbeat: %w", err)

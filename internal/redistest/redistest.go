@@ -27,7 +27,7 @@ type Server struct {
 	Addr string
 	URL  string
 	// Mini is the miniredis itself (nil for a real server), for
-	// FastForward and FlushAll.
+	// FlushAll. Its TTLs run on the wall clock (ClockTTL).
 	Mini *miniredis.Miniredis
 	// Kill (real server only) kills the server with SIGKILL.
 	Kill func()
@@ -54,6 +54,9 @@ func Servers(t testing.TB) []Server {
 // Mini starts a miniredis for t.
 func Mini(t testing.TB) (*miniredis.Miniredis, Server) {
 	mr := miniredis.RunT(t)
+	// TTLs run on the wall clock, as Redis's do, coherent with TIME (which
+	// the scripts use for lease and back-off deadlines).
+	mr.ClockTTL(true)
 	return mr, Server{Name: "miniredis", Addr: mr.Addr(), URL: "redis://" + mr.Addr(), Mini: mr}
 }
 

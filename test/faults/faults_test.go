@@ -96,27 +96,12 @@ func newEnv(t *testing.T, redisURL string) *env {
 }
 
 // redisURL starts a Redis for one test: a real redis-server when one is on
-// PATH (leases expire by Redis's own clock), else miniredis with its clock
-// advanced in real time.
+// PATH, else miniredis (whose TTLs run on the wall clock too).
 func redisURL(t *testing.T) string {
 	if srv, ok := redistest.Real(t); ok {
 		return srv.URL
 	}
-	mr, srv := redistest.Mini(t)
-	stop := make(chan struct{})
-	t.Cleanup(func() { close(stop) })
-	go func() {
-		tick := time.NewTicker(100 * time.Millisecond)
-		defer tick.Stop()
-		for {
-			select {
-			case <-stop:
-				return
-			case <-tick.C:
-				mr.FastForward(100 * time.Millisecond)
-			}
-		}
-	}()
+	_, srv := redistest.Mini(t)
 	return srv.URL
 }
 
