@@ -376,7 +376,7 @@ type Host struct {
 	ID       string    `json:"-"`
 	Addr     string    `json:"addr"`
 	Version  string    `json:"version"`
-	Proto    int       `json:"proto,omitempty"` // absent: 1
+	Proto    int       `json:"proto,omitempty"`   // absent: 1
 	Uploads  int       `json:"uploads,omitempty"` // source slots it offers
 	Role     string    `json:"role"`
 	Started  time.Time `json:"started"`
