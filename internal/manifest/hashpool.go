@@ -1,0 +1,395 @@
+package manifest
+
+import (
+	"context"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"syscall"
+
+	"lukechampine.com/blake3"
+
+	"github.com/fanout/fanout/internal/chunk"
+)
+
+// A hashPool hashes files on every core for Build and FillHashes, while
+// the caller goes on walking. Workers, GOMAXPROCS of them, each read and
+// hash one file at a time; the caller collects the results once wait has
+// returned and puts them in its own order.
+//
+// A big file in format 3 is cut by its worker, one chunk after the other,
+// and its chunks are hashed by chunk hashers, GOMAXPROCS goroutines that
+// do nothing else: copies of the chunks go to them in pooled buffers, at
+// most maxBufs at a time, so a file of any size is hashed by all cores in
+// bounded memory. A chunk hasher only ever waits for work, so a worker that
+// waits for a buffer or a chunk hasher always gets one.
+type hashPool struct {
+	ctx    context.Context
+	cancel context.CancelCauseFunc
+	params *chunk.Params // nil: whole-content hashes (formats 1 and 2)
+	whole  bool          // also the whole-content hash of chunked files
+	cache  *Cache
+
+	jobs    chan *hashJob
+	workers sync.WaitGroup
+
+	tasks   chan chunkTask // nil when big files are not split
+	hashers sync.WaitGroup
+	bufs    chan *sharedBuf // free chunk buffers
+	nbufs   atomic.Int32    // chunk buffers allocated
+	maxBufs int32
+}
+
+// hashJob is a file to hash; res is set by the worker that hashed it.
+type hashJob struct {
+	osPath string
+	fi     fs.FileInfo
+	res    fileHash
+}
+
+// chunkTask is a chunk of a big file for a chunk hasher: it stores the
+// sum as chunk i of res and marks it done.
+type chunkTask struct {
+	buf  *sharedBuf
+	i    int
+	res  *bigResult
+	done *sync.WaitGroup
+}
+
+// bigResult collects the chunk sums of a big file as they come in.
+type bigResult struct {
+	mu   sync.Mutex
+	lens []int64
+	sums []chunk.Sum
+}
+
+// sharedBuf is a copy of a chunk, returned to the pool when the chunk
+// hasher and the whole-content hasher (when there is one) are done with it.
+type sharedBuf struct {
+	data []byte
+	refs atomic.Int32
+}
+
+// newHashPool starts a pool that hashes files in the format params gives
+// (nil: whole-content hashes), with their whole-content hash too when
+// whole is set, and records results in cache when it is not nil. The
+// caller must call wait.
+func newHashPool(ctx context.Context, params *chunk.Params, whole bool, cache *Cache) *hashPool {
+	n := runtime.GOMAXPROCS(0)
+	ctx, cancel := context.WithCancelCause(ctx)
+	p := &hashPool{ctx: ctx, cancel: cancel, params: params, whole: whole && params != nil, cache: cache,
+		jobs: make(chan *hashJob, 4*n)}
+	if params != nil && n > 1 {
+		// Enough buffers for every chunk hasher and every worker to hold
+		// one, and a few queued; no more than 256 MiB.
+		p.maxBufs = int32(min(2*n+2, max(4, (256<<20)/params.Max)))
+		p.bufs = make(chan *sharedBuf, p.maxBufs)
+		p.tasks = make(chan chunkTask)
+		for range n {
+			p.hashers.Add(1)
+			go p.hashChunks()
+		}
+	}
+	for range n {
+		p.workers.Add(1)
+		go p.work()
+	}
+	return p
+}
+
+// submit queues j, waiting while the workers are busy. It returns the
+// pool's error once a file failed or ctx is done.
+func (p *hashPool) submit(j *hashJob) error {
+	select {
+	case p.jobs <- j:
+		return nil
+	case <-p.ctx.Done():
+		return context.Cause(p.ctx)
+	}
+}
+
+// fail stops the pool with err: the files not yet hashed are skipped, and
+// wait returns err.
+func (p *hashPool) fail(err error) { p.cancel(err) }
+
+// wait waits until every submitted file is hashed and the pool's
+// goroutines have exited, and returns the first error.
+func (p *hashPool) wait() error {
+	close(p.jobs)
+	p.workers.Wait()
+	if p.tasks != nil {
+		close(p.tasks)
+		p.hashers.Wait()
+	}
+	var err error
+	if p.ctx.Err() != nil {
+		err = context.Cause(p.ctx)
+	}
+	p.cancel(nil)
+	return err
+}
+
+// work is a worker: it hashes the files of jobs.
+func (p *hashPool) work() {
+	defer p.workers.Done()
+	w := newHashWorker(p.ctx, p.params, p.whole)
+	for j := range p.jobs {
+		if p.ctx.Err() != nil {
+			continue // failed or cancelled: drain
+		}
+		var err error
+		if p.tasks != nil && j.fi.Size() >= bigFile(p.params) {
+			j.res, err = p.hashBig(w, j.osPath, j.fi.Size())
+		} else {
+			j.res, err = w.hash(j.osPath, j.fi.Size())
+		}
+		if err != nil {
+			p.fail(err)
+			continue
+		}
+		if p.cache != nil {
+			p.cache.put(j.osPath, j.fi, p.params, j.res)
+		}
+	}
+}
+
+// bigFile is the size from which a file's chunks are hashed by the chunk
+// hashers rather than by its worker: four of the largest chunks.
+func bigFile(p *chunk.Params) int64 { return 4 * int64(p.Max) }
+
+// hashChunks is a chunk hasher.
+func (p *hashPool) hashChunks() {
+	defer p.hashers.Done()
+	for t := range p.tasks {
+		sum := chunk.Hash(t.buf.data)
+		t.res.mu.Lock()
+		t.res.sums[t.i] = sum
+		t.res.mu.Unlock()
+		p.release(t.buf)
+		t.done.Done()
+	}
+}
+
+// buf returns a free chunk buffer, allocating one while fewer than maxBufs
+// exist, else waiting for one.
+func (p *hashPool) buf() *sharedBuf {
+	select {
+	case b := <-p.bufs:
+		return b
+	default:
+	}
+	if p.nbufs.Add(1) <= p.maxBufs {
+		return &sharedBuf{data: make([]byte, 0, p.params.Max)}
+	}
+	p.nbufs.Add(-1)
+	return <-p.bufs
+}
+
+// release drops a reference to b, freeing it with the last.
+func (p *hashPool) release(b *sharedBuf) {
+	if b.refs.Add(-1) == 0 {
+		p.bufs <- b // never blocks: bufs holds every buffer there is
+	}
+}
+
+// hashBig hashes a big file in format 3: w cuts it, the chunk hashers hash
+// the chunks, and when the whole-content hash is wanted a goroutine of its
+// own computes it from the same buffers, in order.
+func (p *hashPool) hashBig(w *hashWorker, osPath string, size int64) (fileHash, error) {
+	f, r, err := w.open(osPath, size)
+	if err != nil {
+		return fileHash{}, err
+	}
+	defer f.Close()
+	res := &bigResult{}
+	var pending sync.WaitGroup
+	var whole chan *sharedBuf
+	wholeSum := make(chan string, 1)
+	if p.whole {
+		whole = make(chan *sharedBuf, p.maxBufs)
+		go func() {
+			h := blake3.New(32, nil)
+			for b := range whole {
+				h.Write(b.data)
+				p.release(b)
+			}
+			wholeSum <- hex.EncodeToString(h.Sum(nil))
+		}()
+	}
+	w.c.Reset(r)
+	for {
+		var ch chunk.Chunk
+		ch, err = w.c.Next()
+		if err != nil {
+			break
+		}
+		b := p.buf()
+		b.data = append(b.data[:0], ch.Data...)
+		b.refs.Store(1)
+		if whole != nil {
+			b.refs.Store(2)
+		}
+		res.mu.Lock()
+		i := len(res.sums)
+		res.lens = append(res.lens, int64(ch.Len()))
+		res.sums = append(res.sums, chunk.Sum{})
+		res.mu.Unlock()
+		pending.Add(1)
+		p.tasks <- chunkTask{buf: b, i: i, res: res, done: &pending}
+		if whole != nil {
+			whole <- b
+		}
+	}
+	pending.Wait()
+	wholeHash := ""
+	if whole != nil {
+		close(whole)
+		wholeHash = <-wholeSum
+	}
+	if !errors.Is(err, io.EOF) {
+		return fileHash{}, fmt.Errorf("hash %s: %w", osPath, err)
+	}
+	if len(res.sums) == 0 {
+		return fileHash{hash: chunk.Hash(nil).String()}, nil
+	}
+	return chunked(res.lens, res.sums, wholeHash), nil
+}
+
+// hashWorker holds what one goroutine needs to hash files one after the
+// other without allocating per file.
+type hashWorker struct {
+	ctx    context.Context
+	params *chunk.Params
+	whole  bool
+	buf    []byte         // read buffer for whole-content hashes
+	c      *chunk.Chunker // nil without params
+	h      *blake3.Hasher
+	wh     *blake3.Hasher // whole-content hash of chunked files
+	lens   []int64
+	sums   []chunk.Sum
+}
+
+func newHashWorker(ctx context.Context, params *chunk.Params, whole bool) *hashWorker {
+	w := &hashWorker{ctx: ctx, params: params, whole: whole, h: blake3.New(32, nil)}
+	if params != nil {
+		// Params were validated by the caller; New checks them again.
+		w.c, _ = chunk.New(nil, *params)
+		w.wh = blake3.New(32, nil)
+	}
+	return w
+}
+
+// open opens the regular file at path for hashing its first size bytes.
+func (w *hashWorker) open(path string, size int64) (*os.File, io.Reader, error) {
+	f, err := openRegular(path)
+	if err != nil {
+		return nil, nil, fmt.Errorf("hash %s: %w", path, err)
+	}
+	return f, &sizedReader{ctx: w.ctx, f: f, path: path, size: size, left: size}, nil
+}
+
+// hash returns the fileHash of the first size bytes of the regular file at
+// path; the file must not be shorter.
+func (w *hashWorker) hash(path string, size int64) (fileHash, error) {
+	f, r, err := w.open(path, size)
+	if err != nil {
+		return fileHash{}, err
+	}
+	defer f.Close()
+	if w.params == nil {
+		if w.buf == nil {
+			w.buf = make([]byte, 1<<20)
+		}
+		w.h.Reset()
+		if _, err := io.CopyBuffer(w.h, r, w.buf); err != nil {
+			return fileHash{}, fmt.Errorf("hash %s: %w", path, err)
+		}
+		return fileHash{hash: hex.EncodeToString(w.h.Sum(nil))}, nil
+	}
+	// A file no longer than the minimum chunk size is one chunk, hashed
+	// once for both formats.
+	whole := w.whole && size > int64(w.params.Min)
+	w.wh.Reset()
+	w.lens, w.sums = w.lens[:0], w.sums[:0]
+	w.c.Reset(r)
+	for {
+		ch, err := w.c.Next()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return fileHash{}, fmt.Errorf("hash %s: %w", path, err)
+		}
+		w.lens = append(w.lens, int64(ch.Len()))
+		w.sums = append(w.sums, chunk.Hash(ch.Data))
+		if whole {
+			w.wh.Write(ch.Data)
+		}
+	}
+	if len(w.sums) == 0 {
+		return fileHash{hash: chunk.Hash(nil).String()}, nil
+	}
+	wholeHash := ""
+	if whole && len(w.sums) > 1 {
+		wholeHash = hex.EncodeToString(w.wh.Sum(nil))
+	}
+	return chunked(w.lens, w.sums, wholeHash), nil
+}
+
+// sizedReader reads the first size bytes of a file, checking ctx before
+// each read; a file that ends sooner is an error, not a short hash.
+type sizedReader struct {
+	ctx        context.Context
+	f          *os.File
+	path       string
+	size, left int64
+}
+
+func (r *sizedReader) Read(p []byte) (int, error) {
+	if r.left == 0 {
+		return 0, io.EOF
+	}
+	if err := r.ctx.Err(); err != nil {
+		return 0, err
+	}
+	if int64(len(p)) > r.left {
+		p = p[:r.left]
+	}
+	n, err := r.f.Read(p)
+	r.left -= int64(n)
+	if errors.Is(err, io.EOF) {
+		if r.left > 0 {
+			return n, fmt.Errorf("%s shrank while it was hashed: %d bytes, %d when listed", r.path, r.size-r.left, r.size)
+		}
+		err = nil
+	}
+	return n, err
+}
+
+// openRegular opens the regular file at path for reading. It never follows
+// a symlink at path, and never blocks opening a fifo put there: both are
+// errors.
+func openRegular(path string) (*os.File, error) {
+	// O_NONBLOCK only matters for a fifo (open would wait for a writer);
+	// reads of a regular file are not affected by it.
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		return nil, err
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	if !fi.Mode().IsRegular() {
+		f.Close()
+		return nil, fmt.Errorf("not a regular file (%s)", fi.Mode().Type())
+	}
+	return f, nil
+}
