@@ -158,8 +158,11 @@ func scan(h uint64, s []byte, mask uint64) (uint64, int) {
 type Chunk struct {
 	// Off is the offset of the chunk's first byte in the stream.
 	Off int64
-	// Data is the chunk's content. It is only valid until the next call
-	// of Next or Reset: the Chunker reuses its buffer.
+	// Data is the chunk's content, a slice of the Chunker's buffer (as
+	// bufio.Reader.Peek returns): it is only valid until the next call of
+	// Next or Reset, and its capacity may reach past the chunk into the
+	// buffer, so it must not be appended to. (Leaving the capacity saves
+	// BLAKE3 implementations that pad short inputs in place a copy.)
 	Data []byte
 }
 
@@ -226,7 +229,7 @@ func (c *Chunker) Next() (Chunk, error) {
 		return Chunk{}, io.EOF
 	}
 	n := c.c.cut(c.buf[c.start:c.end])
-	ch := Chunk{Off: c.off, Data: c.buf[c.start : c.start+n : c.start+n]}
+	ch := Chunk{Off: c.off, Data: c.buf[c.start : c.start+n]}
 	c.start += n
 	c.off += int64(n)
 	return ch, nil

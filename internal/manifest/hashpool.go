@@ -166,8 +166,9 @@ func bigFile(p *chunk.Params) int64 { return 4 * int64(p.Max) }
 // hashChunks is a chunk hasher.
 func (p *hashPool) hashChunks() {
 	defer p.hashers.Done()
+	h := blake3.New(32, nil)
 	for t := range p.tasks {
-		sum := chunk.Hash(t.buf.data)
+		sum := sum256(h, t.buf.data)
 		t.res.mu.Lock()
 		t.res.sums[t.i] = sum
 		t.res.mu.Unlock()
@@ -327,7 +328,7 @@ func (w *hashWorker) hash(path string, size int64) (fileHash, error) {
 			return fileHash{}, fmt.Errorf("hash %s: %w", path, err)
 		}
 		w.lens = append(w.lens, int64(ch.Len()))
-		w.sums = append(w.sums, chunk.Hash(ch.Data))
+		w.sums = append(w.sums, sum256(w.h, ch.Data))
 		if whole {
 			w.wh.Write(ch.Data)
 		}
@@ -340,6 +341,16 @@ func (w *hashWorker) hash(path string, size int64) (fileHash, error) {
 		wholeHash = hex.EncodeToString(w.wh.Sum(nil))
 	}
 	return chunked(w.lens, w.sums, wholeHash), nil
+}
+
+// sum256 returns the BLAKE3-256 of data, computed with h. It is
+// chunk.Hash without the copy of a hasher that blake3.Sum256 makes per
+// call, which shows with small files.
+func sum256(h *blake3.Hasher, data []byte) (sum chunk.Sum) {
+	h.Reset()
+	h.Write(data)
+	h.Sum(sum[:0])
+	return sum
 }
 
 // sizedReader reads the first size bytes of a file, checking ctx before
