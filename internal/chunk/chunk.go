@@ -31,11 +31,11 @@ type Params struct {
 	Max int `json:"max"`
 }
 
-// DefaultParams returns the sizes fanout chunks files with: 256 KiB, 1 MiB
-// and 4 MiB. See the package documentation for the measurements behind
-// them.
+// DefaultParams returns the sizes fanout chunks files with: 128 KiB,
+// 512 KiB and 2 MiB. See the package documentation for the measurements
+// behind them.
 func DefaultParams() Params {
-	return Params{Min: 256 << 10, Avg: 1 << 20, Max: 4 << 20}
+	return Params{Min: 128 << 10, Avg: 512 << 10, Max: 2 << 20}
 }
 
 // Validate checks that p can be chunked with: MinSize <= Min <= Avg <=

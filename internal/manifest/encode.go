@@ -144,9 +144,8 @@ type Limits struct {
 }
 
 // DefaultLimits returns the limits fanout uses: 5 million entries, 2 GiB of
-// encoded manifest, 16 TiB per file, 20 million chunks (about 2 GiB of
-// them encoded, and 16 TiB of files at the default average chunk size of
-// 1 MiB).
+// encoded manifest, 16 TiB per file, 20 million chunks (about the 2 GiB
+// they take encoded, and 10 TiB of files at the default chunk sizes).
 func DefaultLimits() Limits {
 	return Limits{MaxEntries: 5_000_000, MaxBytes: 2 << 30, MaxFileSize: 16 << 40, MaxChunks: 20_000_000}
 }
