@@ -278,8 +278,10 @@ func HashFile(ctx context.Context, path string) (string, error) {
 	}
 	h := NewHash()
 	// Sized to the file: a tree of small files must not allocate (and
-	// zero) a large buffer per file.
-	buf := make([]byte, min(max(fi.Size()+1, 4<<10), 1<<20))
+	// zero) a large buffer per file. The spare 16 KiB of capacity is where
+	// blake3 pads a short write; without it, it allocates 16 KiB a write.
+	n := min(max(fi.Size()+1, 4<<10), 1<<20)
+	buf := make([]byte, n, n+16<<10)
 	for {
 		if err := ctx.Err(); err != nil {
 			return "", err
