@@ -7,10 +7,11 @@ import (
 )
 
 // candidates are the parameter sets the default was chosen from (see
-// TestMeasure and the package documentation).
+// TestMeasureChunking in internal/manifest and the package documentation).
 var candidates = []Params{
 	{Min: 16 << 10, Avg: 64 << 10, Max: 256 << 10},
 	{Min: 64 << 10, Avg: 256 << 10, Max: 1 << 20},
+	{Min: 128 << 10, Avg: 512 << 10, Max: 2 << 20},
 	{Min: 256 << 10, Avg: 1 << 20, Max: 4 << 20},
 	{Min: 1 << 20, Avg: 4 << 20, Max: 16 << 20},
 }
