@@ -57,9 +57,13 @@ func (p Params) Validate() error {
 // String returns p as "min/avg/max" in bytes.
 func (p Params) String() string { return fmt.Sprintf("%d/%d/%d", p.Min, p.Avg, p.Max) }
 
-// cutter finds cut points: FastCDC's normalized chunking over a gear
-// rolling hash.
-type cutter struct {
+// A Cutter finds the cut points of content-defined chunks in a buffer its
+// caller manages: FastCDC's normalized chunking over a gear rolling hash. A
+// Chunker is a Cutter with a buffer of its own that it fills from a stream;
+// a Cutter serves a caller that reads into buffers it shares with other
+// goroutines and must not copy chunks out of. Both cut the same bytes
+// alike. A Cutter is a value and may be used by several goroutines.
+type Cutter struct {
 	min, avg, max int
 	// maskS is tested before avg bytes: two bits more than log2(avg), so a
 	// cut is four times less likely than one in avg; maskL after avg, two
@@ -68,28 +72,38 @@ type cutter struct {
 	maskS, maskL uint64
 }
 
-func newCutter(p Params) cutter {
+// NewCutter returns a Cutter for parameters p.
+func NewCutter(p Params) (Cutter, error) {
+	if err := p.Validate(); err != nil {
+		return Cutter{}, err
+	}
+	return newCutter(p), nil
+}
+
+func newCutter(p Params) Cutter {
 	b := bits.TrailingZeros(uint(p.Avg))
 	// Contiguous high bits: bit k of the gear hash depends on the last k+1
 	// bytes, the low bits on the last few only. The top three bits are left
 	// out so that scan can test four bytes per step (see there); bit 60
 	// depends on the last 61 bytes.
-	return cutter{
+	return Cutter{
 		min: p.Min, avg: p.Avg, max: p.Max,
 		maskS: ^uint64(0) << (64 - (b + 2)) >> 3,
 		maskL: ^uint64(0) << (64 - (b - 2)) >> 3,
 	}
 }
 
-// cut returns the length of the chunk that starts data. data must hold at
-// least max bytes, or be the rest of the stream.
+// Cut returns the length of the chunk that starts data, which begins at a
+// cut point (the start of the stream, or where the last chunk ended). data
+// must hold at least Params.Max bytes or be the rest of the stream: with
+// less, a chunk that would have gone on past the end of data is cut there.
 //
 // The hash is a gear hash, h = h<<1 + gear[byte]: after 64 bytes the oldest
 // byte has shifted out, so h at any position is a function of the 64 bytes
 // that end there, whatever came before. A cut after the byte at i depends on
 // those bytes and on whether i is before or after avg, never on where the
 // stream started: an insertion moves only the cuts near it.
-func (c *cutter) cut(data []byte) int {
+func (c Cutter) Cut(data []byte) int {
 	n := len(data)
 	if n <= c.min {
 		return n
@@ -178,7 +192,7 @@ func (c Chunk) Len() int { return len(c.Data) }
 // nothing once the buffer is grown.
 type Chunker struct {
 	r   io.Reader
-	c   cutter
+	c   Cutter
 	buf []byte
 	// buf[start:end] is read but not yet returned; off is the stream
 	// offset of buf[start].
@@ -229,7 +243,7 @@ func (c *Chunker) Next() (Chunk, error) {
 	if c.start == c.end {
 		return Chunk{}, io.EOF
 	}
-	n := c.c.cut(c.buf[c.start:c.end])
+	n := c.c.Cut(c.buf[c.start:c.end])
 	ch := Chunk{Off: c.off, Data: c.buf[c.start : c.start+n]}
 	c.start += n
 	c.off += int64(n)

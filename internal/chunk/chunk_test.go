@@ -90,6 +90,22 @@ func referenceLengths(data []byte, p Params) []int {
 	return ls
 }
 
+// cutterLengths cuts data held whole in memory with a Cutter.
+func cutterLengths(t testing.TB, data []byte, p Params) []int {
+	t.Helper()
+	c, err := NewCutter(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ls []int
+	for len(data) > 0 {
+		n := c.Cut(data)
+		ls = append(ls, n)
+		data = data[n:]
+	}
+	return ls
+}
+
 func TestMatchesReference(t *testing.T) {
 	for _, p := range []Params{small, {Min: 64, Avg: 256, Max: 1024}, {Min: 1024, Avg: 1024, Max: 1024}, {Min: 300, Avg: 512, Max: 5000}} {
 		data := randomBytes(200_000, 1)
@@ -97,6 +113,9 @@ func TestMatchesReference(t *testing.T) {
 		want := referenceLengths(data, p)
 		if !slices.Equal(got, want) {
 			t.Errorf("%v: %d chunks %v..., reference %d chunks %v...", p, len(got), got[:min(8, len(got))], len(want), want[:min(8, len(want))])
+		}
+		if got := cutterLengths(t, data, p); !slices.Equal(got, want) {
+			t.Errorf("%v: a Cutter cuts otherwise than the reference", p)
 		}
 	}
 }
@@ -212,6 +231,9 @@ func TestValidate(t *testing.T) {
 		}
 		if _, err := New(bytes.NewReader(nil), p); err == nil {
 			t.Errorf("New with %v accepted", p)
+		}
+		if _, err := NewCutter(p); err == nil {
+			t.Errorf("NewCutter with %v accepted", p)
 		}
 	}
 }

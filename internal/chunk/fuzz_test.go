@@ -36,6 +36,9 @@ func FuzzChunk(f *testing.F) {
 		if got := lengths(t, iotest.OneByteReader(bytes.NewReader(data)), p); !slices.Equal(got, want) {
 			t.Fatalf("%v: one-byte reads cut %v, want %v", p, got, want)
 		}
+		if got := cutterLengths(t, data, p); !slices.Equal(got, want) {
+			t.Fatalf("%v: a Cutter over the whole input cuts %v, want %v", p, got, want)
+		}
 		total := 0
 		for i, l := range want {
 			total += l

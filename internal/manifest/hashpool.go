@@ -23,12 +23,14 @@ import (
 // hash one file at a time; the caller collects the results once wait has
 // returned and puts them in its own order.
 //
-// A big file in format 3 is cut by its worker, one chunk after the other,
-// and its chunks are hashed by chunk hashers, GOMAXPROCS goroutines that
-// do nothing else: copies of the chunks go to them in pooled buffers, at
-// most maxBufs at a time, so a file of any size is hashed by all cores in
-// bounded memory. A chunk hasher only ever waits for work, so a worker that
-// waits for a buffer or a chunk hasher always gets one.
+// A big file in format 3 is read by its worker into blocks and cut there,
+// one chunk after the other, and its chunks are hashed where they lie by
+// chunk hashers, GOMAXPROCS goroutines that do nothing else. At most
+// maxBig big files are read so at once (a worker that finds the others
+// busy hashes its big file alone), and their blocks come from a pool of
+// 2·maxBig+2, so memory stays bounded whatever the file sizes. A chunk
+// hasher only ever waits for work and a reader holds one block while it
+// waits for another, so a reader always gets one.
 type hashPool struct {
 	ctx    context.Context
 	cancel context.CancelCauseFunc
@@ -39,11 +41,14 @@ type hashPool struct {
 	jobs    chan *hashJob
 	workers sync.WaitGroup
 
-	tasks   chan chunkTask // nil when big files are not split
-	hashers sync.WaitGroup
-	bufs    chan *sharedBuf // free chunk buffers
-	nbufs   atomic.Int32    // chunk buffers allocated
-	maxBufs int32
+	// Big files in format 3; tasks is nil when they are not split.
+	cutter    chunk.Cutter
+	tasks     chan chunkTask
+	hashers   sync.WaitGroup
+	big       chan struct{} // a token for each big file being read
+	blocks    chan *block   // free blocks
+	nblocks   atomic.Int32  // blocks allocated
+	maxBlocks int32
 }
 
 // hashJob is a file to hash; res is set by the worker that hashed it.
@@ -54,9 +59,10 @@ type hashJob struct {
 }
 
 // chunkTask is a chunk of a big file for a chunk hasher: it stores the
-// sum as chunk i of res and marks it done.
+// sum of data, which lies in blk, as chunk i of res and marks it done.
 type chunkTask struct {
-	buf  *sharedBuf
+	data []byte
+	blk  *block
 	i    int
 	res  *bigResult
 	done *sync.WaitGroup
@@ -69,12 +75,18 @@ type bigResult struct {
 	sums []chunk.Sum
 }
 
-// sharedBuf is a copy of a chunk, returned to the pool when the chunk
-// hasher and the whole-content hasher (when there is one) are done with it.
-type sharedBuf struct {
-	data []byte
+// block is a piece of a big file as read, shared by its reader, the tasks
+// of the chunks in it and the whole-content hasher; the last to let go of
+// it returns it to the pool.
+type block struct {
+	data []byte // blockSize bytes
 	refs atomic.Int32
 }
+
+// blockSize is the size of the blocks big files are read into: four of the
+// largest chunks, so that the tail copied to the next block when a chunk
+// could straddle two is less than a third of a block.
+func blockSize(p *chunk.Params) int { return 4 * p.Max }
 
 // newHashPool starts a pool that hashes files in the format params gives
 // (nil: whole-content hashes), with their whole-content hash too when
@@ -86,10 +98,13 @@ func newHashPool(ctx context.Context, params *chunk.Params, whole bool, cache *C
 	p := &hashPool{ctx: ctx, cancel: cancel, params: params, whole: whole && params != nil, cache: cache,
 		jobs: make(chan *hashJob, 4*n)}
 	if params != nil && n > 1 {
-		// Enough buffers for every chunk hasher and every worker to hold
-		// one, and a few queued; no more than 256 MiB.
-		p.maxBufs = int32(min(2*n+2, max(4, (256<<20)/params.Max)))
-		p.bufs = make(chan *sharedBuf, p.maxBufs)
+		// A reader cuts at about a core's worth of BLAKE3, so a big file
+		// keeps about two cores busy: half the cores read, up to 8.
+		maxBig := max(1, min(n/2, 8))
+		p.cutter, _ = chunk.NewCutter(*params) // validated by the caller
+		p.big = make(chan struct{}, maxBig)
+		p.maxBlocks = int32(2*maxBig + 2)
+		p.blocks = make(chan *block, p.maxBlocks)
 		p.tasks = make(chan chunkTask)
 		for range n {
 			p.hashers.Add(1)
@@ -143,65 +158,75 @@ func (p *hashPool) work() {
 		if p.ctx.Err() != nil {
 			continue // failed or cancelled: drain
 		}
-		var err error
-		if p.tasks != nil && j.fi.Size() >= bigFile(p.params) {
-			j.res, err = p.hashBig(w, j.osPath, j.fi.Size())
-		} else {
-			j.res, err = w.hash(j.osPath, j.fi.Size())
-		}
+		res, err := p.hash(w, j)
 		if err != nil {
 			p.fail(err)
 			continue
 		}
+		j.res = res
 		if p.cache != nil {
-			p.cache.put(j.osPath, j.fi, p.params, j.res)
+			p.cache.put(j.osPath, j.fi, p.params, res)
 		}
 	}
 }
 
-// bigFile is the size from which a file's chunks are hashed by the chunk
-// hashers rather than by its worker: four of the largest chunks.
-func bigFile(p *chunk.Params) int64 { return 4 * int64(p.Max) }
+// hash hashes the file of j with w, or with the chunk hashers when it is
+// big and fewer than maxBig big files are being read.
+func (p *hashPool) hash(w *hashWorker, j *hashJob) (fileHash, error) {
+	if p.tasks != nil && j.fi.Size() >= int64(blockSize(p.params)) {
+		select {
+		case p.big <- struct{}{}:
+			defer func() { <-p.big }()
+			return p.hashBig(w, j.osPath, j.fi.Size())
+		default:
+		}
+	}
+	return w.hash(j.osPath, j.fi.Size())
+}
 
 // hashChunks is a chunk hasher.
 func (p *hashPool) hashChunks() {
 	defer p.hashers.Done()
 	h := blake3.New(32, nil)
 	for t := range p.tasks {
-		sum := sum256(h, t.buf.data)
+		sum := sum256(h, t.data)
 		t.res.mu.Lock()
 		t.res.sums[t.i] = sum
 		t.res.mu.Unlock()
-		p.release(t.buf)
+		p.release(t.blk)
 		t.done.Done()
 	}
 }
 
-// buf returns a free chunk buffer, allocating one while fewer than maxBufs
-// exist, else waiting for one.
-func (p *hashPool) buf() *sharedBuf {
+// block returns a free block with one reference, allocating one while
+// fewer than maxBlocks exist, else waiting for one.
+func (p *hashPool) block() *block {
+	var b *block
 	select {
-	case b := <-p.bufs:
-		return b
+	case b = <-p.blocks:
 	default:
+		if p.nblocks.Add(1) <= p.maxBlocks {
+			b = &block{data: make([]byte, blockSize(p.params))}
+		} else {
+			p.nblocks.Add(-1)
+			b = <-p.blocks
+		}
 	}
-	if p.nbufs.Add(1) <= p.maxBufs {
-		return &sharedBuf{data: make([]byte, 0, p.params.Max)}
-	}
-	p.nbufs.Add(-1)
-	return <-p.bufs
+	b.refs.Store(1)
+	return b
 }
 
 // release drops a reference to b, freeing it with the last.
-func (p *hashPool) release(b *sharedBuf) {
+func (p *hashPool) release(b *block) {
 	if b.refs.Add(-1) == 0 {
-		p.bufs <- b // never blocks: bufs holds every buffer there is
+		p.blocks <- b // never blocks: blocks has room for every block there is
 	}
 }
 
-// hashBig hashes a big file in format 3: w cuts it, the chunk hashers hash
-// the chunks, and when the whole-content hash is wanted a goroutine of its
-// own computes it from the same buffers, in order.
+// hashBig hashes a big file in format 3: w reads it into blocks and cuts
+// them, the chunk hashers hash the chunks where they lie, and when the
+// whole-content hash is wanted a goroutine of its own computes it from the
+// same blocks, in order.
 func (p *hashPool) hashBig(w *hashWorker, osPath string, size int64) (fileHash, error) {
 	f, r, err := w.open(osPath, size)
 	if err != nil {
@@ -210,50 +235,76 @@ func (p *hashPool) hashBig(w *hashWorker, osPath string, size int64) (fileHash, 
 	defer f.Close()
 	res := &bigResult{}
 	var pending sync.WaitGroup
-	var whole chan *sharedBuf
+	type piece struct {
+		data []byte
+		blk  *block
+	}
+	var whole chan piece
 	wholeSum := make(chan string, 1)
 	if p.whole {
-		whole = make(chan *sharedBuf, p.maxBufs)
+		whole = make(chan piece, 64)
 		go func() {
 			h := blake3.New(32, nil)
-			for b := range whole {
-				h.Write(b.data)
-				p.release(b)
+			for pc := range whole {
+				h.Write(pc.data)
+				p.release(pc.blk)
 			}
 			wholeSum <- hex.EncodeToString(h.Sum(nil))
 		}()
 	}
-	w.c.Reset(r)
+	maxChunk := p.params.Max
+	blk := p.block()
+	var start, end int // blk.data[start:end] is read and not yet cut
+	eof := false
 	for {
-		var ch chunk.Chunk
-		ch, err = w.c.Next()
-		if err != nil {
+		if end-start < maxChunk && !eof {
+			if len(blk.data)-start < maxChunk {
+				// The next chunk might not fit: carry the tail over.
+				next := p.block()
+				end = copy(next.data, blk.data[start:end])
+				start = 0
+				p.release(blk)
+				blk = next
+			}
+			for end-start < maxChunk && err == nil {
+				var n int
+				n, err = r.Read(blk.data[end:])
+				end += n
+			}
+			if errors.Is(err, io.EOF) {
+				eof, err = true, nil
+			}
+			if err != nil {
+				break
+			}
+		}
+		if start == end {
 			break
 		}
-		b := p.buf()
-		b.data = append(b.data[:0], ch.Data...)
-		b.refs.Store(1)
-		if whole != nil {
-			b.refs.Store(2)
-		}
+		n := p.cutter.Cut(blk.data[start:end])
+		data := blk.data[start : start+n]
+		start += n
 		res.mu.Lock()
 		i := len(res.sums)
-		res.lens = append(res.lens, int64(ch.Len()))
+		res.lens = append(res.lens, int64(n))
 		res.sums = append(res.sums, chunk.Sum{})
 		res.mu.Unlock()
+		blk.refs.Add(1)
 		pending.Add(1)
-		p.tasks <- chunkTask{buf: b, i: i, res: res, done: &pending}
+		p.tasks <- chunkTask{data: data, blk: blk, i: i, res: res, done: &pending}
 		if whole != nil {
-			whole <- b
+			blk.refs.Add(1)
+			whole <- piece{data, blk}
 		}
 	}
+	p.release(blk)
 	pending.Wait()
 	wholeHash := ""
 	if whole != nil {
 		close(whole)
 		wholeHash = <-wholeSum
 	}
-	if !errors.Is(err, io.EOF) {
+	if err != nil {
 		return fileHash{}, fmt.Errorf("hash %s: %w", osPath, err)
 	}
 	if len(res.sums) == 0 {
