@@ -200,7 +200,11 @@ func (c *Cache) getChunks(path string, fi fs.FileInfo, p chunk.Params) (fileHash
 		return fileHash{}, false
 	}
 	lens, sums, err := unpackChunks(e.List)
-	if err != nil || len(sums) == 0 {
+	var total int64
+	for _, n := range lens {
+		total += n
+	}
+	if err != nil || len(sums) == 0 || total != k.Size {
 		return fileHash{}, false
 	}
 	if !wholeOK {
