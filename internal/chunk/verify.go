@@ -113,11 +113,15 @@ type piece struct {
 }
 
 // NewVerifier returns a Verifier of a stream made of the chunks refs
-// describe, in order; chunk 0 starts the stream.
+// describe, in order; chunk 0 starts the stream. A chunk may be empty; a
+// negative length is a programming error and panics.
 func NewVerifier(refs []Ref) *Verifier {
 	v := &Verifier{refs: refs, h: blake3.New(32, nil)}
 	var total int64
-	for _, r := range refs {
+	for i, r := range refs {
+		if r.Len < 0 {
+			panic(fmt.Sprintf("chunk: NewVerifier: chunk %d has length %d", i, r.Len))
+		}
 		total += r.Len
 	}
 	if total > blockSize {
