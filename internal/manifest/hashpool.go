@@ -343,7 +343,7 @@ func (w *hashWorker) open(path string, size int64) (*os.File, io.Reader, error) 
 	if err != nil {
 		return nil, nil, fmt.Errorf("hash %s: %w", path, err)
 	}
-	return f, &sizedReader{ctx: w.ctx, f: f, path: path, size: size, left: size}, nil
+	return f, &sizedReader{ctx: w.ctx, f: f, size: size, left: size}, nil
 }
 
 // hash returns the fileHash of the first size bytes of the regular file at
@@ -409,7 +409,6 @@ func sum256(h *blake3.Hasher, data []byte) (sum chunk.Sum) {
 type sizedReader struct {
 	ctx        context.Context
 	f          *os.File
-	path       string
 	size, left int64
 }
 
@@ -427,7 +426,7 @@ func (r *sizedReader) Read(p []byte) (int, error) {
 	r.left -= int64(n)
 	if errors.Is(err, io.EOF) {
 		if r.left > 0 {
-			return n, fmt.Errorf("%s shrank while it was hashed: %d bytes, %d when listed", r.path, r.size-r.left, r.size)
+			return n, fmt.Errorf("shrank while it was hashed: %d bytes, %d when listed", r.size-r.left, r.size)
 		}
 		err = nil
 	}
