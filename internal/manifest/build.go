@@ -14,6 +14,8 @@ import (
 	"unicode/utf8"
 
 	"lukechampine.com/blake3"
+
+	"github.com/fanout/fanout/internal/chunk"
 )
 
 // Options tunes Build.
@@ -23,9 +25,22 @@ type Options struct {
 	// Hash off, a file whose hash the cache holds still gets it (nothing is
 	// read): FillHashes then has only the cache misses left to look at.
 	Cache *Cache
-	// Hash computes file hashes. A minion's scan of its own tree leaves it
-	// off and hashes only what it must compare (see FillHashes).
+	// Hash computes file hashes, on every core (GOMAXPROCS files at a time,
+	// and a big file's chunks by several cores). A minion's scan of its own
+	// tree leaves it off and hashes only what it must compare (see
+	// FillHashes).
 	Hash bool
+	// Chunking, when set, describes files in format 3: each is cut into
+	// content-defined chunks with these parameters, listed in Entry.Chunks
+	// when there are two or more, and Hash is of format 3 (see Entry.Hash).
+	// The manifest records them in Manifest.Chunking. Nil: format 2.
+	Chunking *chunk.Params
+	// WholeHash, with Chunking and Hash, also computes the format 2 hash of
+	// every file of two or more chunks, in the same read, so that
+	// WithoutChunks and EncodeFormat can give formats 2 and 1 of the
+	// manifest for minions that predate format 3. It costs one more BLAKE3
+	// pass over those files; leave it off once every host reads format 3.
+	WholeHash bool
 	// Warn is told about entries that are skipped: special files (devices,
 	// sockets, fifos), names that are not valid UTF-8 or fail ValidPath, and
 	// symlinks whose target is not valid UTF-8. path is slash-separated and
@@ -44,13 +59,23 @@ func NewHash() hash.Hash { return blake3.New(32, nil) }
 // following symlinks, and returns its manifest in tree order; entry "."
 // describes root itself. Every entry carries its owner and group, by id and
 // by name (looked up once per id; an id without a name here has none), so
-// the manifest is in format 2; see Manifest.EncodeFormat. A root that does not exist yields an empty
+// the manifest is in format 2, or in format 3 with Options.Chunking; see
+// Manifest.EncodeFormat. A root that does not exist yields an empty
 // manifest and no error; a root that is a symlink or a special file is an
-// error. ctx is checked between entries.
+// error. ctx is checked between entries and between reads.
+//
+// With Options.Hash, files are hashed by a pool of goroutines while the
+// walk goes on; a file is hashed from its first byte to the size the walk
+// saw, and one that shrank meanwhile is an error.
 func Build(ctx context.Context, root string, opts Options) (*Manifest, error) {
+	if opts.Chunking != nil {
+		if err := opts.Chunking.Validate(); err != nil {
+			return nil, fmt.Errorf("build manifest: %w", err)
+		}
+	}
 	fi, err := os.Lstat(root)
 	if errors.Is(err, fs.ErrNotExist) {
-		return &Manifest{}, nil
+		return &Manifest{Chunking: cloneParams(opts.Chunking)}, nil
 	}
 	if err != nil {
 		return nil, fmt.Errorf("stat task root: %w", err)
@@ -62,24 +87,58 @@ func Build(ctx context.Context, root string, opts Options) (*Manifest, error) {
 		return nil, fmt.Errorf("task root %s is a special file (%s)", root, fi.Mode().Type())
 	}
 	b := builder{ctx: ctx, opts: opts}
-	if err := b.add(root, ".", fi); err != nil {
-		return nil, err
+	if opts.Hash {
+		b.pool = newHashPool(ctx, opts.Chunking, opts.WholeHash, opts.Cache)
+		b.ctx = b.pool.ctx // a failed hash stops the walk
 	}
-	if fi.IsDir() {
-		if err := b.walk(root, "."); err != nil {
-			return nil, err
+	err = b.add(root, ".", fi)
+	if err == nil && fi.IsDir() {
+		err = b.walk(root, ".")
+	}
+	if b.pool != nil {
+		if err != nil {
+			b.pool.fail(err)
+		}
+		// The pool's error is the first of the walk's and the hashes'.
+		if perr := b.pool.wait(); perr != nil {
+			err = perr
 		}
 	}
-	m := &Manifest{Entries: b.entries}
+	if err != nil {
+		return nil, err
+	}
+	for _, p := range b.pending {
+		b.entries[p.i].setHash(p.job.res)
+	}
+	m := &Manifest{Chunking: cloneParams(opts.Chunking), Entries: b.entries}
 	m.Sort()
 	return m, nil
 }
+
+func cloneParams(p *chunk.Params) *chunk.Params {
+	if p == nil {
+		return nil
+	}
+	q := *p
+	return &q
+}
+
+// setHash gives e the hashes of its content.
+func (e *Entry) setHash(h fileHash) { e.Hash, e.Chunks, e.whole = h.hash, h.chunks, h.whole }
 
 type builder struct {
 	ctx     context.Context
 	opts    Options
 	entries []Entry
 	names   ownerNames
+	pool    *hashPool // with Options.Hash
+	pending []pendingHash
+}
+
+// pendingHash is a file of entries[i] being hashed by the pool.
+type pendingHash struct {
+	i   int
+	job *hashJob
 }
 
 func (b *builder) warn(p string, err error) {
@@ -145,20 +204,17 @@ func (b *builder) walk(osDir, rel string) error {
 
 func (b *builder) add(osPath, rel string, fi fs.FileInfo) error {
 	e := Entry{Path: rel, Mode: fi.Mode() & (fs.ModePerm | fs.ModeSetuid | fs.ModeSetgid | fs.ModeSticky), MTime: fi.ModTime().UnixNano()}
+	hash := false
 	switch {
 	case fi.IsDir():
 		e.Type = Dir
 	case fi.Mode().IsRegular():
 		e.Type = File
 		e.Size = fi.Size()
-		if b.opts.Hash {
-			h, err := cachedHash(b.ctx, osPath, fi, b.opts.Cache)
-			if err != nil {
-				return err
-			}
-			e.Hash = h
-		} else if b.opts.Cache != nil {
-			e.Hash, _ = b.opts.Cache.Get(osPath, fi)
+		if h, ok := cached(b.opts.Cache, osPath, fi, b.opts.Chunking, b.opts.WholeHash && b.opts.Hash); ok {
+			e.setHash(h)
+		} else {
+			hash = b.opts.Hash
 		}
 	case fi.Mode()&fs.ModeSymlink != 0:
 		t, err := os.Readlink(osPath)
@@ -180,32 +236,38 @@ func (b *builder) add(osPath, rel string, fi fs.FileInfo) error {
 		e.User, e.Group, e.UID, e.GID = b.names.owner(st.Uid, st.Gid)
 	}
 	b.entries = append(b.entries, e)
+	if hash {
+		j := &hashJob{osPath: osPath, fi: fi}
+		b.pending = append(b.pending, pendingHash{i: len(b.entries) - 1, job: j})
+		return b.pool.submit(j)
+	}
 	return nil
 }
 
-func cachedHash(ctx context.Context, osPath string, fi fs.FileInfo, c *Cache) (string, error) {
-	if c != nil {
-		if h, ok := c.Get(osPath, fi); ok {
-			return h, nil
-		}
+// cached returns the hashes of the file at osPath that c holds, in the
+// format p gives (nil: formats 1 and 2), and with its whole-content hash
+// when whole is set.
+func cached(c *Cache, osPath string, fi fs.FileInfo, p *chunk.Params, whole bool) (fileHash, bool) {
+	if c == nil {
+		return fileHash{}, false
 	}
-	h, err := HashFile(ctx, osPath)
-	if err != nil {
-		return "", err
+	if p == nil {
+		h, ok := c.Get(osPath, fi)
+		return fileHash{hash: h}, ok
 	}
-	if c != nil {
-		c.Put(osPath, fi, h)
+	h, ok := c.getChunks(osPath, fi, *p)
+	if ok && whole && len(h.chunks) > 0 && h.whole == "" {
+		return fileHash{}, false // hashed before WholeHash was asked for
 	}
-	return h, nil
+	return h, ok
 }
 
-// HashFile returns the hex BLAKE3-256 of the regular file at path. It never
-// follows a symlink at path, and never blocks opening a fifo put there:
-// both are errors. ctx is checked between 1 MiB reads.
+// HashFile returns the hex BLAKE3-256 of the regular file at path: its
+// Hash in formats 1 and 2. It never follows a symlink at path, and never
+// blocks opening a fifo put there: both are errors. ctx is checked between
+// 1 MiB reads.
 func HashFile(ctx context.Context, path string) (string, error) {
-	// O_NONBLOCK only matters for a fifo (open would wait for a writer);
-	// reads of a regular file are not affected by it.
-	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0)
+	f, err := openRegular(path)
 	if err != nil {
 		return "", fmt.Errorf("hash %s: %w", path, err)
 	}
@@ -213,13 +275,13 @@ func HashFile(ctx context.Context, path string) (string, error) {
 	fi, err := f.Stat()
 	if err != nil {
 		return "", fmt.Errorf("hash %s: %w", path, err)
-	} else if !fi.Mode().IsRegular() {
-		return "", fmt.Errorf("hash %s: not a regular file (%s)", path, fi.Mode().Type())
 	}
 	h := NewHash()
 	// Sized to the file: a tree of small files must not allocate (and
-	// zero) a large buffer per file.
-	buf := make([]byte, min(max(fi.Size()+1, 4<<10), 1<<20))
+	// zero) a large buffer per file. The spare 16 KiB of capacity is where
+	// blake3 pads a short write; without it, it allocates 16 KiB a write.
+	n := min(max(fi.Size()+1, 4<<10), 1<<20)
+	buf := make([]byte, n, n+16<<10)
 	for {
 		if err := ctx.Err(); err != nil {
 			return "", err
@@ -236,10 +298,48 @@ func HashFile(ctx context.Context, path string) (string, error) {
 	return hex.EncodeToString(h.Sum(nil)), nil
 }
 
+// HashChunks returns the format 3 Hash of the regular file at path, cut
+// into chunks with p, and its chunk list (nil for a file of one chunk): what
+// a manifest built with Options.Chunking set to p says of it. It opens path
+// as HashFile does; ctx is checked between reads.
+func HashChunks(ctx context.Context, path string, p chunk.Params) (hash string, chunks []Chunk, err error) {
+	if err := p.Validate(); err != nil {
+		return "", nil, err
+	}
+	f, err := openRegular(path)
+	if err != nil {
+		return "", nil, fmt.Errorf("hash %s: %w", path, err)
+	}
+	fi, err := f.Stat()
+	f.Close()
+	if err != nil {
+		return "", nil, fmt.Errorf("hash %s: %w", path, err)
+	}
+	h, err := newHashWorker(ctx, &p, false).hash(path, fi.Size())
+	return h.hash, h.chunks, err
+}
+
 // FillHashes sets Hash on the local file entries whose remote counterpart is
 // a file of the same size: only those can be unchanged; every other file
 // will be fetched whatever its content. root is the local task root.
+//
+// Hashes are computed in the remote manifest's format, so that Diff
+// compares like with like: for a format 3 remote, local files are cut with
+// remote.Chunking and get their chunk lists too. When local was scanned in
+// another format (local.Chunking differs from remote.Chunking), the hashes
+// it holds are dropped first and it takes remote's chunking. Cached hashes
+// are used where the cache has them in that format; the rest are hashed on
+// every core and recorded in cache.
 func FillHashes(ctx context.Context, root string, local, remote *Manifest, cache *Cache) error {
+	if !sameParams(local.Chunking, remote.Chunking) {
+		for i := range local.Entries {
+			local.Entries[i].setHash(fileHash{})
+		}
+		local.Chunking = cloneParams(remote.Chunking)
+	}
+	var pool *hashPool
+	var pending []pendingHash
+	var err error
 	for i := range local.Entries {
 		l := &local.Entries[i]
 		if l.Type != File || l.Hash != "" {
@@ -253,21 +353,48 @@ func FillHashes(ctx context.Context, root string, local, remote *Manifest, cache
 		if l.Path != "." {
 			osPath = filepath.Join(root, filepath.FromSlash(l.Path))
 		}
-		fi, err := os.Lstat(osPath)
-		if errors.Is(err, fs.ErrNotExist) {
+		fi, serr := os.Lstat(osPath)
+		if errors.Is(serr, fs.ErrNotExist) {
 			continue // gone since the scan: left unhashed, so it is fetched
 		}
-		if err != nil {
-			return fmt.Errorf("stat %s: %w", osPath, err)
+		if serr != nil {
+			err = fmt.Errorf("stat %s: %w", osPath, serr)
+			break
 		}
 		if !fi.Mode().IsRegular() {
 			continue
 		}
-		h, err := cachedHash(ctx, osPath, fi, cache)
-		if err != nil {
-			return err
+		if h, ok := cached(cache, osPath, fi, local.Chunking, false); ok {
+			l.setHash(h)
+			continue
 		}
-		l.Hash = h
+		if pool == nil {
+			pool = newHashPool(ctx, local.Chunking, false, cache)
+		}
+		j := &hashJob{osPath: osPath, fi: fi}
+		pending = append(pending, pendingHash{i: i, job: j})
+		if err = pool.submit(j); err != nil {
+			break
+		}
+	}
+	if pool != nil {
+		if err != nil {
+			pool.fail(err)
+		}
+		if perr := pool.wait(); perr != nil {
+			err = perr
+		}
+	}
+	if err != nil {
+		return err
+	}
+	for _, p := range pending {
+		local.Entries[p.i].setHash(p.job.res)
 	}
 	return nil
+}
+
+// sameParams reports whether a and b are both nil or equal.
+func sameParams(a, b *chunk.Params) bool {
+	return a == b || a != nil && b != nil && *a == *b
 }

@@ -157,7 +157,7 @@ func TestBuildModesAndTimes(t *testing.T) {
 		if e.Type == Symlink {
 			e.MTime = 0 // a symlink's own mtime is whatever creating it set
 		}
-		if w := withOwner(t, want[i]); e != w {
+		if w := withOwner(t, want[i]); !e.Equal(w) {
 			t.Errorf("entry %d = %+v\n          want %+v", i, e, w)
 		}
 	}
@@ -194,7 +194,7 @@ func TestBuildFileRootHashed(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := withOwner(t, Entry{Path: ".", Type: File, Mode: 0o640, Size: 7, MTime: mt.UnixNano(), Hash: h})
-	if len(m.Entries) != 1 || m.Entries[0] != want {
+	if len(m.Entries) != 1 || !m.Entries[0].Equal(want) {
 		t.Fatalf("file root manifest %+v, want [%+v]", m.Entries, want)
 	}
 	if err := m.Validate(DefaultLimits()); err != nil {

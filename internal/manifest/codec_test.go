@@ -208,7 +208,7 @@ func TestDecodeLimitsBoundary(t *testing.T) {
 
 func TestDefaultLimits(t *testing.T) {
 	got := DefaultLimits()
-	want := Limits{MaxEntries: 5_000_000, MaxBytes: 2 * 1024 * 1024 * 1024, MaxFileSize: 16 * 1024 * 1024 * 1024 * 1024}
+	want := Limits{MaxEntries: 5_000_000, MaxBytes: 2 * 1024 * 1024 * 1024, MaxFileSize: 16 * 1024 * 1024 * 1024 * 1024, MaxChunks: 20_000_000}
 	if got != want {
 		t.Errorf("DefaultLimits = %+v, want %+v", got, want)
 	}

@@ -97,9 +97,13 @@ type DiffOptions struct {
 
 // Diff compares a local scan (with hashes filled by FillHashes) against the
 // remote manifest and returns the plan that makes them equal. Files are
-// equal when their hashes are; symlinks when their targets are (symlink mode
-// and mtime are not compared: Linux ignores a symlink's permissions, and
-// changing its times needs lutimes, kept out of scope). A directory gets an
+// equal when their hashes are, and hashes compare only within one manifest
+// format: a file of two or more chunks has another Hash in format 3 than in
+// formats 1 and 2 (see Entry.Hash), so the local scan must be hashed in the
+// remote manifest's format, as FillHashes does. Symlinks are equal when
+// their targets are (symlink mode and mtime are not compared: Linux
+// ignores a symlink's permissions, and changing its times needs lutimes,
+// kept out of scope). A directory gets an
 // OpMeta when its mode or mtime differ, when it is created, and when the
 // plan creates, replaces or removes an entry directly inside it (that
 // changes its mtime), so applying the plan once leaves nothing to do.

@@ -10,10 +10,12 @@ import (
 	"strings"
 
 	"lukechampine.com/blake3"
+
+	"github.com/fanout/fanout/internal/chunk"
 )
 
-// Manifest formats. Both are the same JSON object; they differ in whether
-// entries carry owners.
+// Manifest formats. All are the same JSON object; they differ in whether
+// entries carry owners and chunk lists.
 //
 // Format 1 carries none: it is what masters before owners were carried
 // publish, and all that minions of that time decode, since they refuse
@@ -24,14 +26,27 @@ import (
 // the names left out when the building host had none). A master publishes
 // format 1, with EncodeFormat(Format1), while minions older than format 2
 // remain in the fleet, and format 2 once all are upgraded.
+//
+// Format 3 adds "chunking" to the manifest (the chunk.Params files were cut
+// with) and "chunks" to each file of two or more content-defined chunks,
+// whose Hash is then the hash of its chunk list (see Entry.Hash and
+// ChunkListHash); a file of one chunk is described as in format 2. Minions
+// that predate it refuse it (unknown fields), and a file's Hash differs
+// between formats 2 and 3 as soon as it has two chunks, so a master
+// publishes format 3 only once every host speaks a protocol that reads it;
+// until then it publishes format 2 or 1 of the same build: Build with
+// Options.WholeHash computes both hashes in one read (see WithoutChunks).
+// Which format to publish is the caller's decision.
 const (
 	Format1 = 1
 	Format2 = 2
+	Format3 = 3
 )
 
 // Encode returns the canonical encoding of m as it is: the bytes that are
-// served and whose digest is published. A manifest from Build carries owners,
-// so it encodes in format 2; see EncodeFormat for format 1.
+// served and whose digest is published. A manifest from Build carries
+// owners, so it encodes in format 2, or in format 3 when it was built with
+// Options.Chunking; see EncodeFormat for the older formats.
 func (m *Manifest) Encode() ([]byte, error) {
 	b, err := json.Marshal(m)
 	if err != nil {
@@ -41,32 +56,68 @@ func (m *Manifest) Encode() ([]byte, error) {
 }
 
 // EncodeFormat returns the canonical encoding of m in the given format:
-// Format2 is Encode; Format1 is Encode of WithoutOwners, which minions that
-// predate owners can decode.
+// Format3 is Encode of a manifest with chunks (an error without);
+// Format2 is Encode of WithoutChunks; Format1 is Encode of WithoutChunks
+// and WithoutOwners, which minions that predate owners can decode. A
+// format 3 manifest gives formats 2 and 1 only if Build computed whole-file
+// hashes (Options.WholeHash).
 func (m *Manifest) EncodeFormat(format int) ([]byte, error) {
 	switch format {
-	case Format1:
-		return m.WithoutOwners().Encode()
-	case Format2:
+	case Format1, Format2:
+		w, err := m.WithoutChunks()
+		if err != nil {
+			return nil, fmt.Errorf("encode manifest in format %d: %w", format, err)
+		}
+		if format == Format1 {
+			w = w.WithoutOwners()
+		}
+		return w.Encode()
+	case Format3:
+		if m.Chunking == nil {
+			return nil, errors.New("encode manifest in format 3: it has no chunk lists (build it with Options.Chunking)")
+		}
 		return m.Encode()
 	}
-	return nil, fmt.Errorf("encode manifest: unknown format %d (want %d or %d)", format, Format1, Format2)
+	return nil, fmt.Errorf("encode manifest: unknown format %d (want %d, %d or %d)", format, Format1, Format2, Format3)
 }
 
 // WithoutOwners returns a copy of m whose entries carry no owner: the
-// manifest as format 1 describes it.
+// manifest as format 1 describes it, if m has no chunks.
 func (m *Manifest) WithoutOwners() *Manifest {
 	es := make([]Entry, len(m.Entries))
 	for i, e := range m.Entries {
 		e.User, e.Group, e.UID, e.GID = "", "", OwnerID{}, OwnerID{}
 		es[i] = e
 	}
-	return &Manifest{Entries: es}
+	return &Manifest{Chunking: m.Chunking, Entries: es}
 }
 
-// Format returns Format2 when any entry of m carries an owner, Format1
-// otherwise.
+// WithoutChunks returns a copy of m as format 2 describes it: no chunking,
+// and every file hashed by the BLAKE3 of its content. A file of two or more
+// chunks needs the whole-file hash Build computes with Options.WholeHash
+// (a decoded manifest has none): without it WithoutChunks returns an error
+// naming the file. A manifest without chunking is copied as it is.
+func (m *Manifest) WithoutChunks() (*Manifest, error) {
+	es := make([]Entry, len(m.Entries))
+	for i, e := range m.Entries {
+		if len(e.Chunks) > 0 {
+			if e.whole == "" {
+				return nil, fmt.Errorf("%s has %d chunks and no whole-file hash (build with Options.WholeHash to publish format 2 or 1)", e.Path, len(e.Chunks))
+			}
+			e.Hash, e.Chunks = e.whole, nil
+		}
+		e.whole = ""
+		es[i] = e
+	}
+	return &Manifest{Entries: es}, nil
+}
+
+// Format returns Format3 when m has chunking, else Format2 when any entry
+// carries an owner, else Format1.
 func (m *Manifest) Format() int {
+	if m.Chunking != nil {
+		return Format3
+	}
 	for _, e := range m.Entries {
 		if e.HasOwner() {
 			return Format2
@@ -87,15 +138,19 @@ type Limits struct {
 	MaxEntries  int
 	MaxBytes    int64 // encoded size
 	MaxFileSize int64
+	// MaxChunks bounds the chunks listed by all entries together (format
+	// 3); zero allows none.
+	MaxChunks int
 }
 
 // DefaultLimits returns the limits fanout uses: 5 million entries, 2 GiB of
-// encoded manifest, 16 TiB per file.
+// encoded manifest, 16 TiB per file, 20 million chunks (about the 2 GiB
+// they take encoded, and 10 TiB of files at the default chunk sizes).
 func DefaultLimits() Limits {
-	return Limits{MaxEntries: 5_000_000, MaxBytes: 2 << 30, MaxFileSize: 16 << 40}
+	return Limits{MaxEntries: 5_000_000, MaxBytes: 2 << 30, MaxFileSize: 16 << 40, MaxChunks: 20_000_000}
 }
 
-// Decode parses and validates an encoded manifest, in either format. Unknown
+// Decode parses and validates an encoded manifest, in any format. Unknown
 // fields are refused.
 func Decode(b []byte, lim Limits) (*Manifest, error) {
 	if int64(len(b)) > lim.MaxBytes {
@@ -107,6 +162,11 @@ func Decode(b []byte, lim Limits) (*Manifest, error) {
 	// the count, but not Validate's exact one, and MaxBytes bounds memory.
 	if n := bytes.Count(b, []byte(`"path":`)); n > lim.MaxEntries {
 		return nil, fmt.Errorf("manifest has about %d entries, more than the limit of %d", n, lim.MaxEntries)
+	}
+	// The same for chunks, whose only key that is also nowhere else a key
+	// is "off".
+	if n := bytes.Count(b, []byte(`"off":`)); n > lim.MaxChunks {
+		return nil, fmt.Errorf("manifest has about %d chunks, more than the limit of %d", n, lim.MaxChunks)
 	}
 	var m Manifest
 	dec := json.NewDecoder(bytes.NewReader(b))
@@ -132,11 +192,19 @@ const modeBits = fs.ModePerm | fs.ModeSetuid | fs.ModeSetgid | fs.ModeSticky
 // root is the only entry), valid paths in strictly increasing tree order,
 // every parent present as a directory (so nothing can be placed under a
 // symlink), and sane types, modes, sizes, hashes, targets and owners (ids in
-// 0..2^31-1, names of 1..64 bytes without NUL, '/' or newline).
+// 0..2^31-1, names of 1..64 bytes without NUL, '/' or newline). In format 3
+// it checks the chunking parameters and every chunk list (see
+// validateChunks).
 func (m *Manifest) Validate(lim Limits) error {
 	if len(m.Entries) > lim.MaxEntries {
 		return fmt.Errorf("manifest has %d entries, more than the limit of %d", len(m.Entries), lim.MaxEntries)
 	}
+	if m.Chunking != nil {
+		if err := m.Chunking.Validate(); err != nil {
+			return fmt.Errorf("manifest chunking: %w", err)
+		}
+	}
+	chunks := 0
 	if len(m.Entries) == 0 {
 		return nil
 	}
@@ -175,6 +243,9 @@ func (m *Manifest) Validate(lim Limits) error {
 		if e.Mode&^modeBits != 0 {
 			return bad("mode %#o has bits outside 07777 (permissions, setuid, setgid, sticky as fs.FileMode bits)", uint32(e.Mode))
 		}
+		if e.Type != File && len(e.Chunks) > 0 {
+			return bad("a %s with chunks", e.Type)
+		}
 		switch e.Type {
 		case Dir:
 			dirs[e.Path] = true
@@ -194,6 +265,12 @@ func (m *Manifest) Validate(lim Limits) error {
 			if e.Target != "" {
 				return bad("a file with a symlink target")
 			}
+			if chunks += len(e.Chunks); chunks > lim.MaxChunks {
+				return bad("more than the limit of %d chunks in the manifest", lim.MaxChunks)
+			}
+			if err := validateChunks(e, m.Chunking); err != nil {
+				return bad("%v", err)
+			}
 		case Symlink:
 			if e.Target == "" || len(e.Target) > maxPath || strings.IndexByte(e.Target, 0) >= 0 {
 				return bad("symlink target must be 1..%d bytes without NUL", maxPath)
@@ -204,6 +281,55 @@ func (m *Manifest) Validate(lim Limits) error {
 		default:
 			return bad("unknown type %q", e.Type)
 		}
+	}
+	return nil
+}
+
+// validateChunks checks the chunk list of file e in a manifest cut with p
+// (nil: not format 3). A file of one chunk lists none, and is then at most
+// p.Max bytes long. A list has two chunks or more, contiguous from offset 0
+// to e.Size, each of 1..p.Max bytes and all but the last of p.Min at least,
+// with 64 lowercase hex digit hashes; e.Hash must be their ChunkListHash, so
+// that a file whose chunks verify is verified.
+func validateChunks(e Entry, p *chunk.Params) error {
+	if len(e.Chunks) == 0 {
+		if p != nil && e.Size > int64(p.Max) {
+			return fmt.Errorf("%d bytes in one chunk, more than the chunk maximum of %d", e.Size, p.Max)
+		}
+		return nil
+	}
+	if p == nil {
+		return errors.New("lists chunks in a manifest without chunking")
+	}
+	if len(e.Chunks) == 1 {
+		return errors.New("lists one chunk (a file of one chunk lists none)")
+	}
+	var off int64
+	for i, c := range e.Chunks {
+		switch {
+		case c.Off != off:
+			return fmt.Errorf("chunk %d at offset %d, want %d (chunks are contiguous from 0)", i, c.Off, off)
+		case c.Len < 1 || c.Len > int64(p.Max):
+			return fmt.Errorf("chunk %d of %d bytes, outside 1..%d", i, c.Len, p.Max)
+		case c.Len < int64(p.Min) && i < len(e.Chunks)-1:
+			return fmt.Errorf("chunk %d of %d bytes, less than the chunk minimum of %d and not the last", i, c.Len, p.Min)
+		case len(c.Hash) != 64 || strings.ToLower(c.Hash) != c.Hash:
+			return fmt.Errorf("chunk %d hash %.70q is not 64 lowercase hex digits", i, c.Hash)
+		}
+		off += c.Len
+		if off > e.Size {
+			return fmt.Errorf("chunks end at %d or later, past the size of %d", off, e.Size)
+		}
+	}
+	if off != e.Size {
+		return fmt.Errorf("chunks end at %d, not at the size of %d", off, e.Size)
+	}
+	h, err := ChunkListHash(e.Chunks)
+	if err != nil {
+		return err
+	}
+	if h != e.Hash {
+		return fmt.Errorf("hash %.16s... is not the hash of its chunk list (%.16s...)", e.Hash, h)
 	}
 	return nil
 }

@@ -1,9 +1,12 @@
 package manifest
 
 import (
+	"bytes"
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/fanout/fanout/internal/chunk"
 )
 
 // FuzzDecode checks that Decode never panics on hostile input and that what
@@ -13,12 +16,17 @@ func FuzzDecode(f *testing.F) {
 	f.Add(good)
 	owned, _ := ownedManifest().Encode()
 	f.Add(owned)
+	chunked, _ := chunkedManifest().Encode()
+	f.Add(chunked)
+	f.Add([]byte(`{"chunking":{"min":64,"avg":256,"max":1024},"entries":[{"path":".","type":"file","mode":420,"size":2000,"mtime":1,"hash":"` +
+		strings.Repeat("0", 64) + `","chunks":[{"off":0,"len":1000,"hash":"` + strings.Repeat("1", 64) + `"},{"off":1000,"len":1000,"hash":"` + strings.Repeat("2", 64) + `"}]}]}`))
 	f.Add([]byte(`{"entries":[{"path":".","type":"file","mode":420,"size":1,"mtime":1,"hash":"` + string(make([]byte, 0)) + `"}]}`))
 	f.Add([]byte(`{"entries":[{"path":".","type":"dir"},{"path":"a","type":"symlink","target":"/etc"},{"path":"a/passwd","type":"file"}]}`))
 	f.Add([]byte(`{"entries":[{"path":"../x","type":"dir"}]}`))
 	f.Add([]byte(`{`))
 	f.Fuzz(func(t *testing.T, b []byte) {
-		m, err := Decode(b, Limits{MaxEntries: 1000, MaxBytes: 1 << 20, MaxFileSize: 1 << 40})
+		lim := Limits{MaxEntries: 1000, MaxBytes: 1 << 20, MaxFileSize: 1 << 40, MaxChunks: 1000}
+		m, err := Decode(b, lim)
 		if err != nil {
 			return
 		}
@@ -26,12 +34,18 @@ func FuzzDecode(f *testing.F) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		m2, err := Decode(enc, Limits{MaxEntries: 1000, MaxBytes: 1 << 20, MaxFileSize: 1 << 40})
+		m2, err := Decode(enc, lim)
 		if err != nil {
 			t.Fatalf("re-decoding an accepted manifest failed: %v", err)
 		}
-		if !slices.Equal(m.Entries, m2.Entries) {
+		if !slices.EqualFunc(m.Entries, m2.Entries, Entry.Equal) || m.Format() != m2.Format() {
 			t.Fatal("round trip changed the manifest")
+		}
+		// Every file's chunk list is one a Verifier can take.
+		for _, e := range m.Entries {
+			if _, err := e.Refs(); e.Type == File && err != nil {
+				t.Fatalf("%s: refs of an accepted entry: %v", e.Path, err)
+			}
 		}
 	})
 }
@@ -50,4 +64,29 @@ func FuzzValidPath(f *testing.F) {
 			t.Fatalf("ValidPath accepted %q", p)
 		}
 	})
+}
+
+// chunkedManifest is a valid format 3 manifest: a file of several chunks
+// and one of one.
+func chunkedManifest() *Manifest {
+	p := chunk.Params{Min: 64, Avg: 256, Max: 1024}
+	data := make([]byte, 3000)
+	for i := range data {
+		data[i] = byte(i * i >> 3)
+	}
+	c, _ := chunk.New(bytes.NewReader(data), p)
+	var cs []Chunk
+	for {
+		ch, err := c.Next()
+		if err != nil {
+			break
+		}
+		cs = append(cs, Chunk{Off: ch.Off, Len: int64(ch.Len()), Hash: chunk.Hash(ch.Data).String()})
+	}
+	h, _ := ChunkListHash(cs)
+	return &Manifest{Chunking: &p, Entries: []Entry{
+		{Path: ".", Type: Dir, Mode: 0o755, MTime: 1},
+		{Path: "f", Type: File, Mode: 0o644, Size: int64(len(data)), MTime: 2, Hash: h, Chunks: cs},
+		{Path: "g", Type: File, Mode: 0o644, Size: 5, MTime: 3, Hash: chunk.Hash([]byte("hello")).String()},
+	}}
 }

@@ -251,7 +251,7 @@ func TestEncodeDecode(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !slices.Equal(got.Entries, m.Entries) {
+	if !slices.EqualFunc(got.Entries, m.Entries, Entry.Equal) {
 		t.Fatalf("round trip: %+v", got.Entries)
 	}
 }

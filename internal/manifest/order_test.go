@@ -71,7 +71,7 @@ func TestLookupAndTotals(t *testing.T) {
 	}}
 	for _, e := range m.Entries {
 		got, ok := m.Lookup(e.Path)
-		if !ok || got != e {
+		if !ok || !got.Equal(e) {
 			t.Errorf("Lookup(%q) = %+v, %v", e.Path, got, ok)
 		}
 	}

@@ -76,7 +76,7 @@ func TestOwnerFormats(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !slices.Equal(got.Entries, m.Entries) {
+	if !slices.EqualFunc(got.Entries, m.Entries, Entry.Equal) {
 		t.Errorf("format 2 round trip:\n got %+v\nwant %+v", got.Entries, m.Entries)
 	}
 	if decodeV1(b2) == nil {
@@ -110,7 +110,7 @@ func TestOwnerFormats(t *testing.T) {
 			t.Errorf("format 1 entry %+v carries an owner", e)
 		}
 	}
-	if !slices.Equal(got.Entries, m.WithoutOwners().Entries) || !m.Entries[0].HasOwner() {
+	if !slices.EqualFunc(got.Entries, m.WithoutOwners().Entries, Entry.Equal) || !m.Entries[0].HasOwner() {
 		t.Error("WithoutOwners is not format 1's manifest, or changed its receiver")
 	}
 	if _, err := m.EncodeFormat(3); err == nil {
@@ -221,7 +221,7 @@ func TestExpect(t *testing.T) {
 			if x.User != tt.e.User || x.Path != tt.e.Path || x.Hash != tt.e.Hash {
 				t.Errorf("Expect changed other fields: %+v", x)
 			}
-			if again := tt.p.Expect(x); again != x {
+			if again := tt.p.Expect(x); !again.Equal(x) {
 				t.Errorf("Expect is not idempotent: %+v then %+v", x, again)
 			}
 		})
@@ -264,7 +264,7 @@ func TestDiffOwners(t *testing.T) {
 	if want := []string{"meta f", "meta l", "meta s", "meta ."}; !slices.Equal(paths(p), want) {
 		t.Errorf("owners differ, Chown: %q, want %q", paths(p), want)
 	}
-	if p.Actions[2].Entry != s {
+	if !p.Actions[2].Entry.Equal(s) {
 		t.Errorf("plan entry %+v, want the remote entry %+v", p.Actions[2].Entry, s)
 	}
 	// Without Chown, the local owner (1:1) is not the manifest's: the
