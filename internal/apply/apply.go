@@ -39,6 +39,7 @@ import (
 
 	"github.com/sirupsen/logrus"
 
+	"github.com/fanout/fanout/internal/chunk"
 	"github.com/fanout/fanout/internal/manifest"
 )
 
@@ -85,6 +86,9 @@ type Options struct {
 	// Owner is how owners and setuid/setgid bits are applied; it must be
 	// the policy the plan was diffed with (manifest.DiffOptions.Owner).
 	Owner manifest.OwnerPolicy
+	// Chunking is the manifest's (format 3): the cache learns each file's
+	// chunk list under it. Nil for formats 1 and 2.
+	Chunking *chunk.Params
 }
 
 // Stats counts what Apply did.

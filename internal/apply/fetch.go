@@ -15,6 +15,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/fanout/fanout/internal/chunk"
 	"github.com/fanout/fanout/internal/manifest"
 )
 
@@ -202,8 +203,21 @@ func (a *applier) begin(e manifest.Entry) (in *incoming, err error) {
 		return nil, fmt.Errorf("create temporary file: %w", &fs.PathError{Op: "open", Path: tmpPath, Err: err})
 	}
 	f := os.NewFile(uintptr(fd), tmpPath)
-	in = &incoming{a: a, e: e, f: f, l: l, tmp: tmp,
-		sink: &sink{f: f, h: manifest.NewHash(), size: e.Size, progress: a.opts.Progress}}
+	sk := &sink{f: f, size: e.Size, progress: a.opts.Progress}
+	if len(e.Chunks) > 0 {
+		// Format 3: the file is verified chunk by chunk, on the
+		// Verifier's own goroutine; its Hash is the chunk list's.
+		refs, rerr := e.Refs()
+		if rerr != nil {
+			f.Close()
+			unix.Unlinkat(l.dir, tmp, 0)
+			return nil, rerr
+		}
+		sk.v, sk.want = chunk.NewVerifier(refs), e.Hash
+	} else {
+		sk.h = manifest.NewHash()
+	}
+	in = &incoming{a: a, e: e, f: f, l: l, tmp: tmp, sink: sk}
 	if obs := a.opts.Observer; obs != nil {
 		obs.Begin(e, f)
 		in.sink.wrote = func(n int64) { obs.Wrote(e, n) }
@@ -230,7 +244,7 @@ func (in *incoming) end(ferr error) (err error) {
 		in.f.Close()
 		a.release(l.key)
 	}()
-	got := ""
+	got, verr := s.close()
 	switch {
 	case s.tooLong:
 	case s.werr != nil:
@@ -240,10 +254,8 @@ func (in *incoming) end(ferr error) (err error) {
 		return fmt.Errorf("write %s: %w%s", e.Path, s.werr, writeHint(s.werr))
 	case ferr != nil:
 		return ferr
-	default:
-		got = hex.EncodeToString(s.h.Sum(nil))
 	}
-	if s.n != e.Size || got != e.Hash {
+	if s.n != e.Size || got != e.Hash || verr != nil {
 		return &HashMismatchError{Path: e.Path, Want: e.Hash, Got: got, WantSize: e.Size, GotSize: s.n}
 	}
 	x := a.expect(e)
@@ -290,6 +302,10 @@ func (a *applier) remember(in *incoming, hash string) {
 	st, err := lstatAt(in.l.dir, in.l.name)
 	if err != nil || st.Dev != mine.Dev || st.Ino != mine.Ino || st.Size != mine.Size ||
 		st.Ctim.Nano() != mine.Ctim.Nano() || st.Mtim.Nano() != mine.Mtim.Nano() {
+		return
+	}
+	if p := a.opts.Chunking; p != nil {
+		a.opts.Cache.PutChunks(a.osPath(in.e.Path), fi, *p, hash, in.e.Chunks)
 		return
 	}
 	a.opts.Cache.Put(a.osPath(in.e.Path), fi, hash)
@@ -422,13 +438,31 @@ func writeHint(err error) string {
 // errTooLong stops a fetch that sends more bytes than the manifest says.
 var errTooLong = errors.New("more bytes than the manifest's size")
 
+// errBadChunk stops a fetch whose bytes failed a chunk's hash.
+var errBadChunk = errors.New("a chunk's bytes do not match its hash")
+
+// close ends the hashing and returns the content's hash as the manifest
+// writes it (for a file of several chunks, its Hash when every chunk
+// verified) and, for chunks, the Verifier's verdict.
+func (s *sink) close() (string, error) {
+	if s.v == nil {
+		return hex.EncodeToString(s.h.Sum(nil)), nil
+	}
+	if err := s.v.Close(); err != nil {
+		return "", err
+	}
+	return s.want, nil
+}
+
 // sink is the writer a Fetcher fills: it writes to the temporary file and
 // the hash, counts bytes, reports progress, refuses bytes beyond the
 // expected size (a bad source cannot fill the disk), and remembers a local
 // write error so it is reported even if the Fetcher does not wrap it.
 type sink struct {
 	f        *os.File
-	h        hash.Hash
+	h        hash.Hash       // the whole content's hash (formats 1, 2, one-chunk files)
+	v        *chunk.Verifier // or each chunk's (a format 3 file of several chunks)
+	want     string          // with v: the Hash every verified chunk stands for
 	size     int64
 	progress func(int64)
 	wrote    func(total int64) // told of the bytes written so far
@@ -451,7 +485,15 @@ func (s *sink) Write(b []byte) (int, error) {
 		return 0, errTooLong
 	}
 	n, err := s.f.Write(b)
-	s.h.Write(b[:n])
+	if s.v != nil {
+		if _, verr := s.v.Write(b[:n]); verr != nil && err == nil {
+			// A bad chunk: stop the transfer now, not at the end. end
+			// reports it as a hash mismatch.
+			err = errBadChunk
+		}
+	} else {
+		s.h.Write(b[:n])
+	}
 	s.n += int64(n)
 	if n > 0 {
 		if s.progress != nil {

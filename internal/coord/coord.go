@@ -48,7 +48,9 @@ const MaxClaims = 16
 //	1: the first release.
 //	2: generations named by id and digest; Redis TIME for liveness; slot
 //	   holders, dead-slot back-off, drift repair; owners in the manifest.
-const Proto = 2
+//	3: manifests of content-defined chunks (format 3); several claims per
+//	   host; claim indexes and the lease-expiry index.
+const Proto = 3
 
 // Config configures a Client.
 type Config struct {

@@ -12,6 +12,7 @@ import (
 
 	"github.com/sirupsen/logrus"
 
+	"github.com/fanout/fanout/internal/chunk"
 	"github.com/fanout/fanout/internal/coord"
 	"github.com/fanout/fanout/internal/manifest"
 	"github.com/fanout/fanout/internal/metrics"
@@ -72,6 +73,8 @@ type published struct {
 	Path   string `json:"path"`
 	Delete bool   `json:"delete"`
 	Failed bool   `json:"failed,omitempty"`
+	// Format is the manifest format it was published in (0: unknown).
+	Format int `json:"format,omitempty"`
 }
 
 func (p *published) ref() coord.Ref { return coord.Ref{ID: p.Gen, Digest: p.Digest} }
@@ -317,7 +320,7 @@ func (m *Master) offer(ctx context.Context, clean string, opts coord.TaskOptions
 	// find it serving this generation.
 	snap.Gen = g.ID
 	m.server.Set(snap)
-	m.active = &published{Gen: g.ID, Digest: g.Digest, Path: clean, Delete: opts.Delete}
+	m.active = &published{Gen: g.ID, Digest: g.Digest, Path: clean, Delete: opts.Delete, Format: snap.Manifest.Format()}
 	m.cfg.Metrics.Published.Inc()
 	m.cfg.Metrics.Generation.Set(float64(g.ID))
 	if err := m.remember(m.active); err != nil {
@@ -339,15 +342,13 @@ func (m *Master) resume(ctx context.Context, g coord.Generation) error {
 	if err != nil {
 		return m.publish(ctx, g.Path, coord.TaskOptions{Delete: g.Delete})
 	}
-	snap, err := m.build(ctx, osPath)
+	format := m.format(ctx)
+	if l := m.last; l != nil && l.Gen == g.ID && l.Format != 0 {
+		format = l.Format // as it was published
+	}
+	snap, err := m.buildFormat(ctx, osPath, format)
 	if err != nil {
 		return m.publish(ctx, g.Path, coord.TaskOptions{Delete: g.Delete})
-	}
-	if snap.Digest != g.Digest && snap.Manifest.Format() == manifest.Format2 {
-		// Published in format 1 while an older minion was registered?
-		if old, err := encodeSnapshot(snap.Manifest, osPath, manifest.Format1); err == nil && old.Digest == g.Digest {
-			snap = old
-		}
 	}
 	if snap.Digest != g.Digest {
 		m.cfg.Log.WithField("gen", g.ID).Warn("task tree changed since it was published; publishing a new generation")
@@ -355,7 +356,7 @@ func (m *Master) resume(ctx context.Context, g coord.Generation) error {
 	}
 	snap.Gen = g.ID
 	m.server.Set(snap)
-	m.active = &published{Gen: g.ID, Digest: g.Digest, Path: g.Path, Delete: g.Delete}
+	m.active = &published{Gen: g.ID, Digest: g.Digest, Path: g.Path, Delete: g.Delete, Format: snap.Manifest.Format()}
 	m.cfg.Metrics.Generation.Set(float64(g.ID))
 	if m.last == nil || m.last.Gen < g.ID {
 		if err := m.remember(m.active); err != nil {
@@ -369,21 +370,33 @@ func (m *Master) resume(ctx context.Context, g coord.Generation) error {
 	return nil
 }
 
-// build walks and hashes the tree at osPath into a snapshot, encoded in the
+// build walks and hashes the tree at osPath into a snapshot, in the
 // manifest format the fleet reads (see format).
 func (m *Master) build(ctx context.Context, osPath string) (*peer.Snapshot, error) {
-	man, err := manifest.Build(ctx, osPath, manifest.Options{
+	return m.buildFormat(ctx, osPath, m.format(ctx))
+}
+
+// buildFormat is build in the given format: format 3 cuts files into
+// content-defined chunks (chunk.DefaultParams), which costs more hashing
+// than the whole-file hash of formats 1 and 2.
+func (m *Master) buildFormat(ctx context.Context, osPath string, format int) (*peer.Snapshot, error) {
+	opts := manifest.Options{
 		Hash:  true,
 		Cache: m.cache,
 		Warn:  func(p string, err error) { m.cfg.Log.WithField("path", p).WithError(err).Warn("skipped entry") },
-	})
+	}
+	if format == manifest.Format3 {
+		p := chunk.DefaultParams()
+		opts.Chunking = &p
+	}
+	man, err := manifest.Build(ctx, osPath, opts)
 	if err != nil {
 		return nil, fmt.Errorf("build manifest: %w", err)
 	}
 	if err := m.cache.Save(filepath.Join(m.cfg.StateDir, cacheFile)); err != nil {
 		m.cfg.Log.WithError(err).Warn("could not save the hash cache")
 	}
-	return encodeSnapshot(man, osPath, m.format(ctx))
+	return encodeSnapshot(man, osPath, format)
 }
 
 // encodeSnapshot encodes man in format as the snapshot of the tree at root.
@@ -398,27 +411,37 @@ func encodeSnapshot(man *manifest.Manifest, root string, format int) (*peer.Snap
 	return &peer.Snapshot{Digest: manifest.Digest(enc), Encoded: enc, Manifest: man, Root: root}, nil
 }
 
-// format is the manifest format to publish: format 2 (with owners) once
-// every host alive in the registry speaks protocol 2, format 1 while an
-// older minion remains (it would refuse a manifest with owners), so a fleet
-// upgrades host by host while tasks run.
+// format is the manifest format to publish: the newest every host alive in
+// the registry reads. Format 3 (content-defined chunks: delta transfers,
+// several sources at once) once every host speaks protocol 3; format 2
+// (owners) once every host speaks 2; format 1 while an older minion remains
+// (it would refuse fields it does not know). A fleet upgrades host by host
+// while tasks run.
 func (m *Master) format(ctx context.Context) int {
 	hosts, err := m.coord.Hosts(ctx)
 	if err != nil {
 		m.cfg.Log.WithError(err).Warn("cannot list hosts; publishing the manifest in format 1, which every minion reads")
 		return manifest.Format1
 	}
+	oldest := coord.Proto
 	var old []string
 	for _, h := range hosts {
-		if h.Alive && h.Proto < 2 {
+		if h.Alive && h.Proto < coord.Proto {
 			old = append(old, h.ID)
+			oldest = min(oldest, h.Proto)
 		}
 	}
-	if len(old) == 0 {
-		return manifest.Format2
+	format := manifest.Format3
+	switch {
+	case oldest < 2:
+		format = manifest.Format1
+	case oldest < 3:
+		format = manifest.Format2
 	}
-	m.cfg.Log.WithField("hosts", old).Warn("minions older than protocol 2 are registered: publishing without owners (format 1); upgrade them")
-	return manifest.Format1
+	if len(old) > 0 {
+		m.cfg.Log.WithFields(logrus.Fields{"hosts": old, "format": format}).Warn("minions of an older protocol are registered: publishing a manifest they read; upgrade them")
+	}
+	return format
 }
 
 func (m *Master) checkDone(ctx context.Context) error {

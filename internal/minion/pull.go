@@ -200,8 +200,9 @@ func (m *Minion) transfer(ctx context.Context, g coord.Generation, src *source) 
 		m.cfg.Log.WithField("files", n).Info("removed temporary files left by an interrupted pull")
 	}
 	local, err := manifest.Build(ctx, root, manifest.Options{
-		Cache: m.cache,
-		Warn:  func(p string, err error) { m.cfg.Log.WithField("path", p).WithError(err).Warn("skipped local entry") },
+		Cache:    m.cache,
+		Chunking: remote.Chunking, // hashes compare within one format
+		Warn:     func(p string, err error) { m.cfg.Log.WithField("path", p).WithError(err).Warn("skipped local entry") },
 	})
 	if err != nil {
 		return apply.Stats{}, fmt.Errorf("scan local tree: %w", err)
@@ -224,6 +225,7 @@ func (m *Minion) transfer(ctx context.Context, g coord.Generation, src *source) 
 	opts := apply.Options{
 		Fetcher:  src,
 		Owner:    m.owner,
+		Chunking: remote.Chunking,
 		Cache:    m.cache,
 		Workers:  m.cfg.Workers,
 		Progress: func(n int64) { m.received.Add(n); m.cfg.Metrics.BytesReceived.Add(float64(n)) },

@@ -54,9 +54,10 @@ func (m *Minion) verify(ctx context.Context) (*manifest.Plan, error) {
 	root := taskRoot(m.cfg.Root, h.Path)
 	temps := 0
 	local, err := manifest.Build(ctx, root, manifest.Options{
-		Cache: m.cache,
-		Warn:  func(p string, err error) { m.cfg.Log.WithField("path", p).WithError(err).Debug("skipped local entry") },
-		Temp:  func(string) { temps++ },
+		Cache:    m.cache,
+		Chunking: man.Chunking,
+		Warn:     func(p string, err error) { m.cfg.Log.WithField("path", p).WithError(err).Debug("skipped local entry") },
+		Temp:     func(string) { temps++ },
 	})
 	if err != nil {
 		return nil, fmt.Errorf("verify %s: %w", root, err)
@@ -121,7 +122,7 @@ func (m *Minion) setUnverified() {
 func (m *Minion) repair(ctx context.Context, g coord.Generation, plan *manifest.Plan) (Outcome, error) {
 	m.setUnverified()
 	m.mu.Lock()
-	h := *m.held
+	h, man := *m.held, m.heldMan
 	m.mu.Unlock()
 	key := genKey(g)
 	summary := describe(plan)
@@ -137,7 +138,7 @@ func (m *Minion) repair(ctx context.Context, g coord.Generation, plan *manifest.
 	}
 	root := taskRoot(m.cfg.Root, h.Path)
 	if plan.Count(manifest.OpFetch) == 0 {
-		if _, err := apply.Apply(ctx, root, plan, apply.Options{Cache: m.cache, Log: m.cfg.Log, Owner: m.owner}); err != nil {
+		if _, err := apply.Apply(ctx, root, plan, apply.Options{Cache: m.cache, Log: m.cfg.Log, Owner: m.owner, Chunking: man.Chunking}); err != nil {
 			return Waiting, fmt.Errorf("repair drift: %w", err)
 		}
 		m.setVerified(true)

@@ -16,8 +16,8 @@ import (
 
 // TestMixedFleetManifestFormat: while a minion of protocol 1 (which
 // decodes manifests strictly and would refuse owner fields) is registered
-// and alive, the master publishes format 1; once none is left, format 2,
-// with owners.
+// and alive, the master publishes format 1; once none is left, format 3,
+// with owners and chunks.
 func TestMixedFleetManifestFormat(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
@@ -95,8 +95,8 @@ func TestMixedFleetManifestFormat(t *testing.T) {
 	}
 	_, enc = served(gen)
 	m, err := manifest.Decode(enc, manifest.DefaultLimits())
-	if err != nil || m.Format() != manifest.Format2 {
-		t.Fatalf("with every host on protocol 2: format %v, %v", m.Format(), err)
+	if err != nil || m.Format() != manifest.Format3 {
+		t.Fatalf("with every host on protocol 3: format %v, %v", m.Format(), err)
 	}
 }
 
