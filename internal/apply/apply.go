@@ -50,6 +50,18 @@ type Fetcher interface {
 	Fetch(ctx context.Context, e manifest.Entry, offset int64, w io.Writer) (int64, error)
 }
 
+// Assembler builds the content of a file of several chunks (format 3) in
+// a temporary file, instead of a Fetcher streaming it whole: it takes the
+// chunks it can from copies already on this host (an older version, a
+// renamed or duplicate file) and the rest from sources, in any order. It
+// writes each chunk at its offset in f (which is e.Size long) only once the
+// chunk's bytes are verified against its hash, and calls landed with the
+// length of the prefix of f that is complete, whenever it grows; it returns
+// nil only when every chunk is in f, verified.
+type Assembler interface {
+	Assemble(ctx context.Context, e manifest.Entry, f *os.File, landed func(prefix int64)) error
+}
+
 // Observer watches fetched files as they are written, so they can be served
 // on before they are complete (pipelining). Its methods are called from
 // several goroutines at once, for different entries.
@@ -89,6 +101,9 @@ type Options struct {
 	// Chunking is the manifest's (format 3): the cache learns each file's
 	// chunk list under it. Nil for formats 1 and 2.
 	Chunking *chunk.Params
+	// Assembler, when set, builds the files of several chunks that are not
+	// fetched in a batch (see Assembler); Fetcher streams the others.
+	Assembler Assembler
 }
 
 // Stats counts what Apply did.

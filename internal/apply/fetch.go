@@ -163,8 +163,31 @@ func (a *applier) fetch(ctx context.Context, e manifest.Entry) error {
 	if err != nil {
 		return err
 	}
+	if asm := a.opts.Assembler; asm != nil && len(e.Chunks) > 0 {
+		return in.assemble(ctx, asm)
+	}
 	_, ferr := a.opts.Fetcher.Fetch(ctx, e, 0, in.sink)
 	return in.end(ferr)
+}
+
+// assemble has asm build the file in place in the temporary file, then
+// finishes it as end does. The Assembler verified every chunk: the sink,
+// which hashes a stream, is told the file is whole.
+func (in *incoming) assemble(ctx context.Context, asm Assembler) error {
+	s := in.sink
+	var err error
+	if err = in.f.Truncate(in.e.Size); err != nil {
+		err = fmt.Errorf("size %s: %w", in.f.Name(), err)
+	} else {
+		err = asm.Assemble(ctx, in.e, in.f, func(prefix int64) {
+			if s.wrote != nil {
+				s.wrote(prefix)
+			}
+		})
+	}
+	s.assembled = err == nil
+	s.n = in.e.Size
+	return in.end(err)
 }
 
 // incoming is one file being written under its temporary name.
@@ -445,6 +468,10 @@ var errBadChunk = errors.New("a chunk's bytes do not match its hash")
 // writes it (for a file of several chunks, its Hash when every chunk
 // verified) and, for chunks, the Verifier's verdict.
 func (s *sink) close() (string, error) {
+	if s.assembled {
+		s.v.Close() // it saw no bytes: the Assembler verified each chunk
+		return s.want, nil
+	}
 	if s.v == nil {
 		return hex.EncodeToString(s.h.Sum(nil)), nil
 	}
@@ -459,13 +486,16 @@ func (s *sink) close() (string, error) {
 // expected size (a bad source cannot fill the disk), and remembers a local
 // write error so it is reported even if the Fetcher does not wrap it.
 type sink struct {
-	f        *os.File
-	h        hash.Hash       // the whole content's hash (formats 1, 2, one-chunk files)
-	v        *chunk.Verifier // or each chunk's (a format 3 file of several chunks)
-	want     string          // with v: the Hash every verified chunk stands for
-	size     int64
-	progress func(int64)
-	wrote    func(total int64) // told of the bytes written so far
+	f    *os.File
+	h    hash.Hash       // the whole content's hash (formats 1, 2, one-chunk files)
+	v    *chunk.Verifier // or each chunk's (a format 3 file of several chunks)
+	want string          // with v: the Hash every verified chunk stands for
+	// assembled: an Assembler wrote the file chunk by chunk, each chunk
+	// verified; the stream hash saw none of it.
+	assembled bool
+	size      int64
+	progress  func(int64)
+	wrote     func(total int64) // told of the bytes written so far
 
 	n       int64 // bytes received
 	tooLong bool

@@ -228,8 +228,18 @@ func (m *Minion) transfer(ctx context.Context, g coord.Generation, src *source) 
 		Chunking: remote.Chunking,
 		Cache:    m.cache,
 		Workers:  m.cfg.Workers,
-		Progress: func(n int64) { m.received.Add(n); m.cfg.Metrics.BytesReceived.Add(float64(n)) },
+		Progress: m.progress,
 		Log:      m.cfg.Log,
+	}
+	var asm *assembler
+	if remote.Chunking != nil {
+		// Format 3: files of several chunks are built from the chunks
+		// this host has already and the rest fetched as ranges.
+		asm = newAssembler(m, src, root)
+		if err := asm.index(ctx, local, remote, plan); err != nil {
+			return apply.Stats{}, fmt.Errorf("index local chunks: %w", err)
+		}
+		opts.Assembler = asm
 	}
 	var incoming *peer.Incoming
 	if m.cfg.Pipeline && m.uploads() > 0 {
@@ -243,6 +253,9 @@ func (m *Minion) transfer(ctx context.Context, g coord.Generation, src *source) 
 		}
 	}
 	st, err := apply.Apply(ctx, root, plan, opts)
+	if asm != nil && asm.copied.Load() > 0 {
+		m.cfg.Log.WithFields(logrus.Fields{"reused": asm.copied.Load(), "fetched": asm.fetched.Load()}).Info("built changed files from chunks already on this host")
+	}
 	if serr := m.cache.Save(filepath.Join(m.cfg.StateDir, cacheFile)); serr != nil {
 		m.cfg.Log.WithError(serr).Warn("could not save the hash cache")
 	}
@@ -304,4 +317,10 @@ func verdict(ctx context.Context, err error, mixed bool) coord.Verdict {
 		return coord.SourceDead
 	}
 	return coord.SourceOK
+}
+
+// progress counts bytes received from sources.
+func (m *Minion) progress(n int64) {
+	m.received.Add(n)
+	m.cfg.Metrics.BytesReceived.Add(float64(n))
 }

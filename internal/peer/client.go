@@ -149,6 +149,34 @@ func (c *Client) Fetch(ctx context.Context, addr string, gen int64, path string,
 	return c.copyBody(ctx, reqCtx, cancel, what, w, resp.Body, resp.ContentLength)
 }
 
+// FetchRange streams the n bytes from offset of the file at path of
+// generation gen from the peer at addr into w (a Range request for exactly
+// those bytes: a run of chunks) and returns the bytes written. Errors are
+// as for Fetch.
+func (c *Client) FetchRange(ctx context.Context, addr string, gen int64, path string, offset, n int64, w io.Writer) (int64, error) {
+	if n <= 0 {
+		return 0, nil
+	}
+	what := fmt.Sprintf("%q of generation %d from %s, bytes %d-%d", path, gen, addr, offset, offset+n-1)
+	q := url.Values{"gen": {strconv.FormatInt(gen, 10)}, "path": {path}}
+	reqCtx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	resp, err := c.getRange(reqCtx, what, c.url(addr, "/v1/file", q), fmt.Sprintf("bytes=%d-%d", offset, offset+n-1))
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	var first, last, size int64
+	if resp.StatusCode != http.StatusPartialContent || resp.ContentLength != n {
+		return 0, fmt.Errorf("get %s: %w: answered %s with %d bytes", what, ErrUnavailable, resp.Status, resp.ContentLength)
+	}
+	cr := resp.Header.Get("Content-Range")
+	if _, err := fmt.Sscanf(cr, "bytes %d-%d/%d", &first, &last, &size); err != nil || first != offset || last != offset+n-1 {
+		return 0, fmt.Errorf("get %s: %w: Content-Range %q", what, ErrUnavailable, cr)
+	}
+	return c.copyBody(ctx, reqCtx, cancel, what, w, resp.Body, n)
+}
+
 // Batch streams the regular files at the manifest indices idx (ascending)
 // of generation gen from the peer at addr into w, their contents
 // concatenated in order, and returns the bytes written. Errors are as for
@@ -200,12 +228,21 @@ func (c *Client) url(addr, route string, q url.Values) string {
 // get sends a signed GET, asking for the bytes from offset if offset > 0,
 // and returns a 200 or 206 response; any other answer becomes an error.
 func (c *Client) get(ctx context.Context, what, u string, offset int64) (*http.Response, error) {
+	rng := ""
+	if offset > 0 {
+		rng = fmt.Sprintf("bytes=%d-", offset)
+	}
+	return c.getRange(ctx, what, u, rng)
+}
+
+// getRange is get with the Range header rng ("" for none).
+func (c *Client) getRange(ctx context.Context, what, u, rng string) (*http.Response, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
 	if err != nil {
 		return nil, fmt.Errorf("get %s: %w", what, err)
 	}
-	if offset > 0 {
-		req.Header.Set("Range", fmt.Sprintf("bytes=%d-", offset))
+	if rng != "" {
+		req.Header.Set("Range", rng)
 	}
 	if len(c.cfg.Secrets) == 0 || len(c.cfg.Secrets[0]) == 0 {
 		return nil, fmt.Errorf("get %s: no secret to sign the request with", what)

@@ -722,3 +722,25 @@ func TestServeStopsWithContext(t *testing.T) {
 		t.Fatalf("listener still accepts after Serve returned")
 	}
 }
+
+// FetchRange asks for exactly a run of bytes, from the start, the middle
+// or the end of a file, and refuses an answer for other bytes.
+func TestFetchRange(t *testing.T) {
+	tr := newTree(t, 2)
+	env := startPeer(t, tr.snap)
+	want, err := os.ReadFile(filepath.Join(tr.root, "a.txt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range [][2]int64{{0, 5}, {3, 4}, {int64(len(want)) - 2, 2}, {0, int64(len(want))}} {
+		var buf bytes.Buffer
+		n, err := env.client.FetchRange(context.Background(), env.addr, 2, "a.txt", r[0], r[1], &buf)
+		if err != nil || n != r[1] || !bytes.Equal(buf.Bytes(), want[r[0]:r[0]+r[1]]) {
+			t.Errorf("range %v: %q (%d), %v; want %q", r, buf.Bytes(), n, err, want[r[0]:r[0]+r[1]])
+		}
+	}
+	var buf bytes.Buffer
+	if _, err := env.client.FetchRange(context.Background(), env.addr, 2, "a.txt", int64(len(want)), 1, &buf); err == nil {
+		t.Error("a range past the end was answered")
+	}
+}
