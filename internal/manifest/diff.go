@@ -41,10 +41,12 @@ type Action struct {
 }
 
 // Plan is the ordered list of actions that turns a local tree into the
-// remote one: removals deepest first (they clear type conflicts and free
-// space), directories parent first, symlinks, fetches in tree order, file
-// and symlink metadata, and last directory metadata deepest first (writing children
-// changes a directory's mtime).
+// remote one: removals of entries in the way of another type, deepest
+// first; directories parent first; symlinks; fetches in tree order; file
+// and symlink metadata; removals of extra entries (with Delete: after the
+// fetches, since a file renamed or moved in the tree is built from the
+// chunks of its old copy); and last directory metadata deepest first
+// (writing children changes a directory's mtime).
 type Plan struct {
 	Actions []Action
 }
@@ -136,7 +138,7 @@ func Diff(local, remote *Manifest, opts DiffOptions) *Plan {
 	for _, e := range local.Entries {
 		loc[e.Path] = e
 	}
-	var removes, mkdirs, links, fetches, fileMeta, dirMeta []Action
+	var removes, mkdirs, links, fetches, fileMeta, prunes, dirMeta []Action
 	removed := map[string]bool{} // local dirs removed with their subtree
 	under := func(p string) bool {
 		for q := p; q != "."; {
@@ -197,7 +199,7 @@ func Diff(local, remote *Manifest, opts DiffOptions) *Plan {
 			if _, ok := remoteIdx[l.Path]; ok || under(l.Path) {
 				continue
 			}
-			removes = append(removes, Action{OpRemove, l})
+			prunes = append(prunes, Action{OpRemove, l})
 			if l.Type == Dir {
 				removed[l.Path] = true
 			}
@@ -212,7 +214,7 @@ func Diff(local, remote *Manifest, opts DiffOptions) *Plan {
 	for _, a := range dirMeta {
 		hasMeta[a.Entry.Path] = true
 	}
-	for _, group := range [][]Action{removes, mkdirs, links, fetches} {
+	for _, group := range [][]Action{removes, mkdirs, links, fetches, prunes} {
 		for _, a := range group {
 			if a.Entry.Path == "." {
 				continue
@@ -236,9 +238,10 @@ func Diff(local, remote *Manifest, opts DiffOptions) *Plan {
 		})
 	}
 	deepestFirst(removes)
+	deepestFirst(prunes)
 	deepestFirst(dirMeta)
 	p := &Plan{}
-	for _, group := range [][]Action{removes, mkdirs, links, fetches, fileMeta, dirMeta} {
+	for _, group := range [][]Action{removes, mkdirs, links, fetches, fileMeta, prunes, dirMeta} {
 		p.Actions = append(p.Actions, group...)
 	}
 	return p

@@ -96,11 +96,13 @@ func TestDiffActions(t *testing.T) {
 			[]Entry{root, dir("a", 0o755, 5), dir("a/b", 0o755, 5), dir("a/b/c", 0o755, 6), file("a/b/c/n", 2, h2, 0o644, 6),
 				file("k", 5, h1, 0o644, 3), link("l", "k", 1), file("m", 5, h2, 0o644, 3), dir("n", 0o711, 2)}, true,
 			[]Action{
-				rm(file("a/b/old", 1, h1, 0o644, 1)),
 				mk(dir("a/b/c", 0o755, 6)), mk(dir("n", 0o711, 2)),
 				ln(link("l", "k", 1)),
 				get(file("a/b/c/n", 2, h2, 0o644, 6)), get(file("m", 5, h2, 0o644, 3)),
 				meta(file("k", 5, h1, 0o644, 3)),
+				// Extras go after the fetches: a renamed file is built
+				// from its old copy's chunks.
+				rm(file("a/b/old", 1, h1, 0o644, 1)),
 				meta(dir("a/b/c", 0o755, 6)), meta(dir("a/b", 0o755, 5)), meta(dir("n", 0o711, 2)), meta(root),
 			}},
 	}

@@ -263,7 +263,7 @@ func (m *Minion) Run(ctx context.Context) error {
 			// whose disk is full does not download again every poll.
 			failures++
 			wait = min(wait<<min(failures, 10), max(time.Minute, m.cfg.Poll))
-		case (out == Holding || out == Idle) && published != nil:
+		case (out == Holding || out == Idle) && published != nil && err == nil:
 			failures = 0
 			wait = jitter(max(m.cfg.Poll, idlePoll))
 		default:
