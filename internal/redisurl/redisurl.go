@@ -67,7 +67,52 @@ func (t Target) DB() int { return t.Options.DB }
 
 // Client returns the client for t: a *redis.Client for one server, a
 // failover *redis.Client for Sentinel, a *redis.ClusterClient for Cluster.
-func (t Target) Client() redis.UniversalClient { return redis.NewUniversalClient(t.Options) }
+//
+// A Cluster client reloads its slot map as soon as a command fails for
+// want of a connection: go-redis reloads it on a MOVED reply or once a
+// minute, and a primary that was killed sends no MOVED, so its clients
+// would dial it for up to a minute after its replica took over.
+func (t Target) Client() redis.UniversalClient {
+	if t.Kind != Cluster {
+		return redis.NewUniversalClient(t.Options)
+	}
+	cc := redis.NewClusterClient(t.Options.Cluster())
+	cc.AddHook(reloadOnConnError{cc})
+	return cc
+}
+
+// reloadOnConnError is a hook on a Cluster client that reloads its slot
+// map when a command fails without a reply from Redis (a refused or broken
+// connection, a timeout): the node it dialled may have been failed over.
+type reloadOnConnError struct{ cc *redis.ClusterClient }
+
+func (h reloadOnConnError) DialHook(next redis.DialHook) redis.DialHook { return next }
+
+func (h reloadOnConnError) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		err := next(ctx, cmd)
+		h.check(ctx, err)
+		return err
+	}
+}
+
+func (h reloadOnConnError) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		err := next(ctx, cmds)
+		h.check(ctx, err)
+		return err
+	}
+}
+
+// check reloads the slot map when err came from the network, not from
+// Redis (an error reply, a nil) nor from the caller (a cancelled context).
+func (h reloadOnConnError) check(ctx context.Context, err error) {
+	var reply redis.Error
+	if err == nil || errors.As(err, &reply) || ctx.Err() != nil {
+		return
+	}
+	h.cc.ReloadState(ctx)
+}
 
 // Examples of each form, for error messages.
 const (
