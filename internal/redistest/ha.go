@@ -249,8 +249,8 @@ func NeedCluster(t testing.TB) *Cluster {
 }
 
 // waitHealthy waits until every node still running (not in dead) says the
-// cluster is ok, every slot is served and every live primary has a
-// replica in sync, unless it lost it in dead.
+// cluster is ok with every slot served, and lists every live node online
+// (a replica is online once it is in sync).
 func (c *Cluster) waitHealthy(within time.Duration, dead map[string]bool) error {
 	ctx, cancel := context.WithTimeout(context.Background(), within)
 	defer cancel()
@@ -269,18 +269,31 @@ func (c *Cluster) waitHealthy(within time.Duration, dead map[string]bool) error 
 }
 
 func (c *Cluster) unhealthy(ctx context.Context, dead map[string]bool) string {
+	live := len(c.Nodes) - len(dead)
 	for _, n := range c.Nodes {
 		if dead[n.Addr] {
 			continue
 		}
 		rdb := redis.NewClient(&redis.Options{Addr: n.Addr})
 		info, err := rdb.ClusterInfo(ctx).Result()
+		shards, serr := rdb.ClusterShards(ctx).Result()
 		rdb.Close()
-		if err != nil {
-			return fmt.Sprintf("%s: %v", n.Addr, err)
+		if err != nil || serr != nil {
+			return fmt.Sprintf("%s: %v %v", n.Addr, err, serr)
 		}
 		if !strings.Contains(info, "cluster_state:ok") || !strings.Contains(info, "cluster_slots_ok:16384") {
 			return fmt.Sprintf("%s: %s", n.Addr, strings.ReplaceAll(strings.TrimSpace(info), "\r\n", " "))
+		}
+		online := 0
+		for _, sh := range shards {
+			for _, nd := range sh.Nodes {
+				if nd.Health == "online" {
+					online++
+				}
+			}
+		}
+		if online != live {
+			return fmt.Sprintf("%s lists %d nodes online, want %d", n.Addr, online, live)
 		}
 	}
 	return ""
