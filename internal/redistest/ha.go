@@ -93,8 +93,13 @@ type Sentinel struct {
 // sentinels know the replica and one another (a failover needs both).
 // Without redis-server or redis-sentinel it skips t (fails it under
 // FANOUT_REQUIRE_REDIS=1).
+//
+// With -short it skips t: it starts five processes.
 func NeedSentinel(t testing.TB) *Sentinel {
 	t.Helper()
+	if testing.Short() {
+		t.Skip("starts a Sentinel deployment (five processes); not with -short")
+	}
 	server := testtool.Need(t, "redis-server")
 	sentinel := testtool.Need(t, "redis-sentinel")
 	dir := t.TempDir()
@@ -221,8 +226,13 @@ type Cluster struct {
 // redis-cli --cluster create) and waits until every node sees it whole.
 // Without redis-server or redis-cli it skips t (fails it under
 // FANOUT_REQUIRE_REDIS=1).
+//
+// With -short it skips t: it starts six processes.
 func NeedCluster(t testing.TB) *Cluster {
 	t.Helper()
+	if testing.Short() {
+		t.Skip("starts a Redis Cluster (six processes); not with -short")
+	}
 	server := testtool.Need(t, "redis-server")
 	cli := testtool.Need(t, "redis-cli")
 	dir := t.TempDir()
