@@ -10,7 +10,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"net/url"
 	"os"
 	"runtime"
 	"strings"
@@ -25,6 +24,7 @@ import (
 	"github.com/fanout/fanout/internal/coord"
 	"github.com/fanout/fanout/internal/metrics"
 	"github.com/fanout/fanout/internal/peer"
+	"github.com/fanout/fanout/internal/redisurl"
 	"github.com/fanout/fanout/internal/statedir"
 )
 
@@ -80,15 +80,28 @@ func bindEnv(fs *pflag.FlagSet, getenv func(string) string) error {
 // common holds the flags every long-running or Redis-using command shares.
 type common struct {
 	redisURL  string
+	redisCA   string
 	prefix    string
 	logLevel  string
 	logFormat string
-	pool      int // connections in the Redis pool; 0: go-redis's default
+	flags     *pflag.FlagSet // to tell a --key-prefix given from its default
+
+	// Set by the command before redis():
+	pool       int    // connections in the Redis pool; 0: go-redis's default
+	clientName string // CLIENT SETNAME of every connection; empty: none
+
+	target redisurl.Target // the parsed --redis, set by redis()
 }
 
+// clusterPrefix is --key-prefix's default on Redis Cluster: every key in
+// the hash slot of "fanout".
+const clusterPrefix = "{fanout}:"
+
 func (c *common) register(fs *pflag.FlagSet) {
-	fs.StringVar(&c.redisURL, "redis", "redis://127.0.0.1:6379/0", "Redis URL (redis:// or rediss://, user:password@ for ACLs, /N for the database)")
-	fs.StringVar(&c.prefix, "key-prefix", "", "prefix for every Redis key (use a hash tag such as {fanout}: on Redis Cluster)")
+	c.flags = fs
+	fs.StringVar(&c.redisURL, "redis", "redis://127.0.0.1:6379/0", "Redis URL: redis:// or rediss:// (TLS) for one server, user:password@ for ACLs, /N for the database; redis+sentinel://host:port,.../MASTERNAME[/N] for Sentinel; redis+cluster://host:port,... for Cluster (rediss+ for TLS)")
+	fs.StringVar(&c.redisCA, "redis-ca", "", "PEM CA bundle the Redis servers' TLS certificates are checked against (default: the system roots); needs a rediss URL")
+	fs.StringVar(&c.prefix, "key-prefix", "", "prefix for every Redis key; on Redis Cluster it must hold a hash tag, and defaults to "+clusterPrefix)
 	fs.StringVar(&c.logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	fs.StringVar(&c.logFormat, "log-format", "text", "log format: text or json")
 }
@@ -112,29 +125,87 @@ func (c *common) logger(w io.Writer) (*logrus.Logger, error) {
 	return log, nil
 }
 
-// redis connects and checks the connection, so a wrong URL or an unreachable
-// server is one clear line at start-up.
-func (c *common) redis(ctx context.Context) (*redis.Client, error) {
-	opts, err := redis.ParseURL(c.redisURL)
+// redis parses --redis and --redis-ca, connects and checks the connection,
+// so a wrong URL or an unreachable server is one clear line at start-up.
+// On Cluster it also settles --key-prefix (see clusterKeyPrefix).
+func (c *common) redis(ctx context.Context) (redis.UniversalClient, error) {
+	target, err := redisurl.Parse(c.redisURL)
 	if err != nil {
-		return nil, usageError("--redis %q: %v (example: redis://127.0.0.1:6379/0)", redact(c.redisURL), err)
+		return nil, usageError("%v", err)
 	}
+	if c.redisCA != "" {
+		if !target.TLS {
+			return nil, usageError("--redis-ca %s is set but --redis %s does not use TLS: use rediss://, rediss+sentinel:// or rediss+cluster://, or drop --redis-ca", c.redisCA, redisurl.Redact(c.redisURL))
+		}
+		pool, err := readCA(c.redisCA)
+		if err != nil {
+			return nil, fmt.Errorf("--redis-ca %s: %w; point it at the PEM CA that signed the Redis servers' certificates", c.redisCA, err)
+		}
+		target.Options.TLSConfig.RootCAs = pool
+	}
+	if target.Kind == redisurl.Cluster {
+		if c.prefix, err = clusterKeyPrefix(c.prefix, c.flags != nil && c.flags.Changed("key-prefix")); err != nil {
+			return nil, err
+		}
+	}
+	o := target.Options
 	if c.pool > 0 {
-		opts.PoolSize = c.pool
-		opts.PoolTimeout = 30 * time.Second // wait for the connection rather than fail
+		o.PoolSize = c.pool
+		o.PoolTimeout = 30 * time.Second // wait for the connection rather than fail
+		// Pipelines share that pool: go-redis's own pipeline pool would
+		// open connections of its own.
+		o.PipelinePoolSize = -1
 	}
-	rdb := redis.NewClient(opts)
+	if o.ClientName == "" { // a client_name in the URL wins
+		o.ClientName = c.clientName
+	}
+	c.target = target
+	rdb := target.Client()
 	pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	if err := rdb.Ping(pctx).Err(); err != nil {
 		rdb.Close()
-		return nil, fmt.Errorf("cannot reach Redis at %s: %w (check --redis or FANOUT_REDIS, and that Redis is up)", redact(c.redisURL), err)
+		where := redisurl.Redact(c.redisURL)
+		if target.Kind != redisurl.Single {
+			where += " (" + target.Kind.String() + ")"
+		}
+		return nil, fmt.Errorf("cannot reach Redis at %s: %w (check --redis or FANOUT_REDIS, and that Redis is up)", where, err)
 	}
 	return rdb, nil
 }
 
-func (c *common) coord(rdb *redis.Client, grace time.Duration) *coord.Client {
-	return coord.New(rdb, coord.Config{Prefix: c.prefix, HostGrace: grace})
+// clusterKeyPrefix is the key prefix on Redis Cluster: given says whether
+// --key-prefix was set (flag or environment). Unset, it is clusterPrefix;
+// set, it must hold a hash tag, or the scripts' keys would fall in
+// different slots.
+func clusterKeyPrefix(prefix string, given bool) (string, error) {
+	if !given {
+		return clusterPrefix, nil
+	}
+	if _, ok := (coord.Keys{Prefix: prefix}).HashTag(); !ok {
+		return "", usageError("--key-prefix %q has no hash tag: on Redis Cluster every fanout key must be in one hash slot; use a prefix with a non-empty {tag}, such as %s (the default on Cluster)", prefix, clusterPrefix)
+	}
+	return prefix, nil
+}
+
+// clientName is a CLIENT SETNAME value for a process of prog (with host
+// id, when not empty): Redis allows no spaces or control characters, so
+// CLIENT LIST can tell fanout's connections apart.
+func clientName(prog, id string) string {
+	name := prog
+	if id != "" {
+		name += ":" + id
+	}
+	return strings.Map(func(r rune) rune {
+		if r <= ' ' || r > '~' {
+			return '_'
+		}
+		return r
+	}, name)
+}
+
+func (c *common) coord(rdb redis.UniversalClient, grace time.Duration) *coord.Client {
+	return coord.New(rdb, coord.Config{Prefix: c.prefix, DB: c.target.DB(), HostGrace: grace})
 }
 
 // quietRedis silences go-redis's own log lines ("connection pool: failed
@@ -146,18 +217,6 @@ func quietRedis() { redis.SetLogger(discardLogger{}) }
 type discardLogger struct{}
 
 func (discardLogger) Printf(context.Context, string, ...any) {}
-
-// redact hides a password in a Redis URL for messages.
-func redact(raw string) string {
-	u, err := url.Parse(raw)
-	if err != nil || u.User == nil {
-		return raw
-	}
-	if _, ok := u.User.Password(); ok {
-		u.User = url.UserPassword(u.User.Username(), "xxxxx")
-	}
-	return u.String()
-}
 
 // node holds the flags of a host that serves peers: master run, minion run,
 // sync and serve.
@@ -196,8 +255,8 @@ func (n *node) register(fs *pflag.FlagSet, defaultState string) {
 }
 
 // coordClient is the Redis protocol client with this node's grace and lease.
-func (n *node) coordClient(rdb *redis.Client) *coord.Client {
-	return coord.New(rdb, coord.Config{Prefix: n.prefix, HostGrace: n.grace, LeaseTTL: n.lease})
+func (n *node) coordClient(rdb redis.UniversalClient) *coord.Client {
+	return coord.New(rdb, coord.Config{Prefix: n.prefix, DB: n.target.DB(), HostGrace: n.grace, LeaseTTL: n.lease})
 }
 
 // check validates the node flags and fills defaults that need the system.

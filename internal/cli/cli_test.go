@@ -273,3 +273,98 @@ func TestBadNodeInputs(t *testing.T) {
 		t.Errorf("master --max-uploads 0: code %d, stderr %q", code, stderr)
 	}
 }
+
+// TestRedisFlags: the --redis forms and --redis-ca are checked before
+// anything connects, each mistake one line naming the flag (password
+// hidden) with what to do.
+func TestRedisFlags(t *testing.T) {
+	pem := filepath.Join(t.TempDir(), "ca.pem")
+	if err := os.WriteFile(pem, []byte("not a certificate\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name string
+		args []string
+		code int
+		want []string
+	}{
+		{"unknown scheme", []string{"--redis", "redis+proxy://h:1"}, exitUsage, []string{"--redis redis+proxy://h:1", "unknown scheme", "example: "}},
+		{"sentinel without master", []string{"--redis", "redis+sentinel://:hunter2@h1:26379,h2:26379"}, exitUsage, []string{"--redis redis+sentinel://:xxxxx@h1:26379,h2:26379", "no master name", "mymaster"}},
+		{"cluster with a database", []string{"--redis", "redis+cluster://h1:7000/2"}, exitUsage, []string{"only database 0"}},
+		{"ca without TLS", []string{"--redis", "redis+cluster://h1:7000", "--redis-ca", pem}, exitUsage, []string{"--redis-ca " + pem, "does not use TLS", "rediss+cluster://"}},
+		{"ca not PEM", []string{"--redis", "rediss://:hunter2@127.0.0.1:1/0", "--redis-ca", pem}, exitFailure, []string{"--redis-ca " + pem + ": no PEM certificate"}},
+		{"ca missing", []string{"--redis", "rediss+sentinel://h:1/m", "--redis-ca", pem + ".none"}, exitFailure, []string{"--redis-ca " + pem + ".none: no such file"}},
+		{"cluster prefix without a tag", []string{"--redis", "redis+cluster://127.0.0.1:1", "--key-prefix", "fanout:"}, exitUsage, []string{`--key-prefix "fanout:" has no hash tag`, "{fanout}:"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			code, _, stderr := run(t, masterMain, nil, append([]string{"status"}, tt.args...)...)
+			if code != tt.code {
+				t.Errorf("exit code %d, want %d (stderr %q)", code, tt.code, stderr)
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(stderr, w) {
+					t.Errorf("stderr %q lacks %q", stderr, w)
+				}
+			}
+			if strings.Contains(stderr, "hunter2") {
+				t.Errorf("stderr %q shows the password", stderr)
+			}
+			if n := strings.Count(strings.TrimSpace(stderr), "\n"); n > 0 {
+				t.Errorf("%d lines on stderr, want one: %q", n+1, stderr)
+			}
+		})
+	}
+	// The environment sets the prefix as the flag does: refused too.
+	code, _, stderr := run(t, masterMain, map[string]string{"FANOUT_REDIS": "redis+cluster://127.0.0.1:1", "FANOUT_KEY_PREFIX": "plain:"}, "status")
+	if code != exitUsage || !strings.Contains(stderr, "has no hash tag") {
+		t.Errorf("FANOUT_KEY_PREFIX without a tag on Cluster: code %d, stderr %q", code, stderr)
+	}
+}
+
+func TestClusterKeyPrefix(t *testing.T) {
+	tests := []struct {
+		prefix string
+		given  bool
+		want   string
+		ok     bool
+	}{
+		{"", false, "{fanout}:", true},
+		{"whatever", false, "{fanout}:", true}, // not given: the default
+		{"{fanout}:", true, "{fanout}:", true},
+		{"prod{fo}:", true, "prod{fo}:", true},
+		{"", true, "", false},
+		{"fanout:", true, "", false},
+		{"{}:", true, "", false},
+		{"{}{x}:", true, "", false}, // Redis reads the first {...}: empty, so no tag
+		{"{open:", true, "", false},
+	}
+	for _, tt := range tests {
+		got, err := clusterKeyPrefix(tt.prefix, tt.given)
+		if got != tt.want || (err == nil) != tt.ok {
+			t.Errorf("clusterKeyPrefix(%q, %v) = %q, %v; want %q, ok %v", tt.prefix, tt.given, got, err, tt.want, tt.ok)
+		}
+	}
+}
+
+func TestClientName(t *testing.T) {
+	if got := clientName("fanout-minion", "web-01"); got != "fanout-minion:web-01" {
+		t.Errorf("clientName = %q", got)
+	}
+	if got := clientName("fanout-master-status", ""); got != "fanout-master-status" {
+		t.Errorf("clientName = %q", got)
+	}
+	if got := clientName("fanout-minion", "hôte\x7f1"); got != "fanout-minion:h_te_1" {
+		t.Errorf("clientName = %q: Redis refuses names with spaces or non-ASCII", got)
+	}
+}
+
+func TestForgetAfterFlag(t *testing.T) {
+	mr := miniredis.RunT(t)
+	for _, v := range []string{"-1h", "10s"} {
+		code, _, stderr := run(t, masterMain, nil, "run", "--redis", "redis://"+mr.Addr(), "--root", t.TempDir(), "--state-dir", t.TempDir(), "--forget-after", v)
+		if code != exitUsage || !strings.Contains(stderr, "--forget-after") {
+			t.Errorf("--forget-after %s: code %d, stderr %q", v, code, stderr)
+		}
+	}
+}

@@ -92,8 +92,10 @@ func parse(fs *pflag.FlagSet, args []string, e env) error {
 
 func masterRun(ctx context.Context, args []string, e env) error {
 	var n node
+	var forgetAfter time.Duration
 	fs := newFlags(e, "run", "fanout-master run: watch the task key, publish each task as a generation and serve it as the first source.")
 	n.register(fs, "/var/lib/fanout/master")
+	fs.DurationVar(&forgetAfter, "forget-after", 7*24*time.Hour, "forget a host (as fanout-master forget does) once its last heartbeat is older than this; 0: never")
 	if err := parse(fs, args, e); err != nil {
 		return err
 	}
@@ -106,6 +108,9 @@ func masterRun(ctx context.Context, args []string, e env) error {
 	if n.uploads < 1 {
 		return usageError("--max-uploads %d: the master is the first source; use 1 or more", n.uploads)
 	}
+	if forgetAfter < 0 || (forgetAfter > 0 && forgetAfter <= n.grace) {
+		return usageError("--forget-after %s: use 0 (never forget) or a duration longer than --host-grace %s, such as 168h", forgetAfter, n.grace)
+	}
 	log, err := n.logger(e.stderr)
 	if err != nil {
 		return err
@@ -114,6 +119,7 @@ func masterRun(ctx context.Context, args []string, e env) error {
 	if err != nil {
 		return fmt.Errorf("--secret-file: %w", err)
 	}
+	n.clientName = clientName("fanout-master", n.id)
 	rdb, err := n.redis(ctx)
 	if err != nil {
 		return err
@@ -133,7 +139,7 @@ func masterRun(ctx context.Context, args []string, e env) error {
 	server := newPeerServer(secrets, log, mx, bwlimit.New(n.rate), co.Now)
 	m, err := master.New(master.Config{
 		ID: n.id, Advertise: n.advertise, Root: n.root, StateDir: n.stateDir,
-		Uploads: n.uploads, Poll: n.poll, Log: log, Metrics: mx,
+		Uploads: n.uploads, Poll: n.poll, ForgetAfter: forgetAfter, Log: log, Metrics: mx,
 	}, co, server)
 	if err != nil {
 		ln.Close()
@@ -165,6 +171,7 @@ func masterPublish(ctx context.Context, args []string, e env) error {
 	if _, err := master.CleanTask(path); err != nil {
 		return usageError("publish PATH: %v", err)
 	}
+	c.clientName = clientName("fanout-master-publish", "")
 	rdb, err := c.redis(ctx)
 	if err != nil {
 		return err
@@ -232,6 +239,7 @@ func masterStatus(ctx context.Context, args []string, e env) error {
 	if err := parse(fs, args, e); err != nil {
 		return err
 	}
+	c.clientName = clientName("fanout-master-status", "")
 	rdb, err := c.redis(ctx)
 	if err != nil {
 		return err

@@ -117,8 +117,10 @@ func minionCommand(ctx context.Context, cmd string, args []string, e env) error 
 		return fmt.Errorf("--secret-file: %w", err)
 	}
 	// One pooled connection, and one for the generations subscription:
-	// a fleet of N minions needs 2N of Redis's maxclients.
+	// a fleet of N minions needs 2N of Redis's maxclients (see the
+	// README's Operations for Sentinel and Cluster).
 	n.pool = 1
+	n.clientName = clientName("fanout-minion", n.id)
 	rdb, err := n.redis(ctx)
 	if err != nil {
 		return err

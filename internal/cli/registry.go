@@ -43,6 +43,7 @@ func masterRegistry(ctx context.Context, cmd string, args []string, e env) error
 	if fs.NArg() != want {
 		return usageError("%s takes %d arguments, got %d", cmd, want, fs.NArg())
 	}
+	c.clientName = clientName("fanout-master-"+cmd, "")
 	rdb, err := c.redis(ctx)
 	if err != nil {
 		return err

@@ -3,7 +3,9 @@ package cli
 import (
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 
 	"github.com/spf13/pflag"
@@ -29,13 +31,9 @@ func (t *tlsFlags) configs() (server, client *tls.Config, err error) {
 	}
 	var pool *x509.CertPool
 	if t.ca != "" {
-		pem, err := os.ReadFile(t.ca)
-		if err != nil {
-			return nil, nil, fmt.Errorf("--tls-ca: %w", err)
-		}
-		pool = x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pem) {
-			return nil, nil, fmt.Errorf("--tls-ca %s: no PEM certificate in it", t.ca)
+		var err error
+		if pool, err = readCA(t.ca); err != nil {
+			return nil, nil, fmt.Errorf("--tls-ca %s: %w", t.ca, err)
 		}
 	}
 	if t.cert == "" && pool == nil {
@@ -55,4 +53,22 @@ func (t *tlsFlags) configs() (server, client *tls.Config, err error) {
 		}
 	}
 	return server, client, nil
+}
+
+// readCA reads a PEM CA bundle. Its errors do not repeat the file name:
+// the caller names the flag and the file.
+func readCA(file string) (*x509.CertPool, error) {
+	pem, err := os.ReadFile(file)
+	if err != nil {
+		var pe *fs.PathError
+		if errors.As(err, &pe) {
+			err = pe.Err
+		}
+		return nil, err
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, errors.New("no PEM certificate in it")
+	}
+	return pool, nil
 }

@@ -54,7 +54,13 @@ const Proto = 3
 
 // Config configures a Client.
 type Config struct {
+	// Prefix is put before every key name. On Redis Cluster it must hold
+	// a hash tag, such as "{fanout}:", so every key shares one slot (see
+	// Keys.HashTag).
 	Prefix string
+	// DB is the database the client selects (0 on Cluster): the task
+	// key's keyspace channel names it (see TaskKeyspaceChannel).
+	DB int
 	// LeaseTTL is how long a claim lives without renewal; default 15s.
 	LeaseTTL time.Duration
 	// HostGrace: a host is alive (expected) while its last heartbeat, in
@@ -501,6 +507,28 @@ func (c *Client) Forget(ctx context.Context, host string) error {
 		return fmt.Errorf("forget %s: %w", host, err)
 	}
 	return nil
+}
+
+// Silent returns up to limit hosts whose last heartbeat is older than age,
+// oldest first, judged by Redis time (read here, which also measures this
+// host's clock offset, see Now): the master forgets them (Forget), so the
+// registry does not grow without bound as hosts come and go. The read is
+// bounded by limit, so a large backlog is worked off a batch at a time.
+func (c *Client) Silent(ctx context.Context, age time.Duration, limit int) ([]string, error) {
+	sent := c.cfg.Now()
+	now, err := c.rdb.Time(ctx).Result()
+	if err != nil {
+		return nil, fmt.Errorf("read Redis time: %w", err)
+	}
+	c.observe(now, sent, c.cfg.Now())
+	cutoff := now.Add(-age).UnixMilli()
+	hosts, err := c.rdb.ZRangeByScore(ctx, c.keys.Heartbeats(), &redis.ZRangeBy{
+		Min: "-inf", Max: "(" + strconv.FormatInt(cutoff, 10), Count: int64(limit),
+	}).Result()
+	if err != nil {
+		return nil, fmt.Errorf("read heartbeats older than %s: %w", age, err)
+	}
+	return hosts, nil
 }
 
 // Lookup counts one more minion that discovered the current generation.

@@ -15,11 +15,12 @@ import (
 	"github.com/fanout/fanout/internal/redistest"
 )
 
-// fixture is a protocol client on one server, with a settable clock.
+// fixture is a protocol client on one server (or a cluster), with a
+// settable clock.
 type fixture struct {
 	t   *testing.T
 	srv redistest.Server
-	rdb *redis.Client
+	rdb redis.UniversalClient
 	c   *Client
 	now time.Time
 	mu  sync.Mutex
@@ -37,8 +38,17 @@ func (f *fixture) advance(d time.Duration) {
 	f.mu.Unlock()
 }
 
-// each runs fn on miniredis and, when installed, on a real redis-server.
+// onCluster, while TestScenariosOnCluster runs, is the cluster on which
+// each runs its scenario, instead of miniredis and redis-server.
+var onCluster *redistest.Cluster
+
+// each runs fn on miniredis and, when installed, on a real redis-server;
+// or, within TestScenariosOnCluster, on a Redis Cluster.
 func each(t *testing.T, lease time.Duration, fn func(t *testing.T, f *fixture)) {
+	if onCluster != nil {
+		eachOnCluster(t, onCluster, lease, fn)
+		return
+	}
 	for _, srv := range redistest.Servers(t) {
 		t.Run(srv.Name, func(t *testing.T) {
 			opts, err := redis.ParseURL(srv.URL)
@@ -529,7 +539,7 @@ func TestPrefixIsolates(t *testing.T) {
 		cl, _ = f.c.Claim(ctx, "b", g.Ref(), ClaimOptions{})
 		f.c.Finish(ctx, cl, 1)
 		f.c.Reap(ctx)
-		keys, err := f.rdb.Keys(ctx, "*").Result()
+		keys, err := f.allKeys(ctx)
 		if err != nil || len(keys) < 5 {
 			t.Fatalf("keys %v, %v", keys, err)
 		}
@@ -658,4 +668,66 @@ func TestPartialSources(t *testing.T) {
 
 func heartbeatErr(c *Client, host string) (Pulse, error) {
 	return c.Heartbeat(context.Background(), Host{ID: host, Addr: host + ":7070", Version: "test", Role: "minion"}, Beat{Register: true})
+}
+
+// TestSilent: hosts whose heartbeat, in Redis time, is older than the age
+// are listed oldest first, a bounded batch at a time, and Forget removes
+// them from the registry.
+func TestSilent(t *testing.T) {
+	each(t, 15*time.Second, func(t *testing.T, f *fixture) {
+		ctx := context.Background()
+		k := f.c.Keys()
+		f.heartbeat("fresh")
+		now, err := f.rdb.Time(ctx).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		week := 7 * 24 * time.Hour
+		for i, h := range []string{"old1", "old2", "old3"} {
+			f.heartbeat(h)
+			f.rdb.ZAdd(ctx, k.Heartbeats(), redis.Z{Score: float64(now.Add(-week - time.Duration(3-i)*time.Hour).UnixMilli()), Member: h})
+		}
+		got, err := f.c.Silent(ctx, week, 2)
+		if err != nil || !slices.Equal(got, []string{"old1", "old2"}) {
+			t.Fatalf("Silent(7d, 2) = %v, %v; want the two oldest", got, err)
+		}
+		for _, h := range got {
+			if err := f.c.Forget(ctx, h); err != nil {
+				t.Fatal(err)
+			}
+		}
+		got, err = f.c.Silent(ctx, week, 100)
+		if err != nil || !slices.Equal(got, []string{"old3"}) {
+			t.Fatalf("after forgetting two: Silent = %v, %v", got, err)
+		}
+		hosts, err := f.c.Hosts(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var ids []string
+		for _, h := range hosts {
+			ids = append(ids, h.ID)
+		}
+		if !slices.Equal(ids, []string{"fresh", "old3"}) {
+			t.Errorf("registry %v, want fresh and old3", ids)
+		}
+	})
+}
+
+// allKeys lists every key: on Cluster, those of every primary.
+func (f *fixture) allKeys(ctx context.Context) ([]string, error) {
+	cc, ok := f.rdb.(*redis.ClusterClient)
+	if !ok {
+		return f.rdb.Keys(ctx, "*").Result()
+	}
+	var mu sync.Mutex
+	var all []string
+	err := cc.ForEachMaster(ctx, func(ctx context.Context, n *redis.Client) error {
+		keys, err := n.Keys(ctx, "*").Result()
+		mu.Lock()
+		all = append(all, keys...)
+		mu.Unlock()
+		return err
+	})
+	return all, err
 }

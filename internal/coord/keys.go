@@ -14,8 +14,27 @@
 // script from the prefix; with a hash-tagged prefix they share the slot.
 package coord
 
+import "strings"
+
 // Keys names every key of the protocol under a prefix.
 type Keys struct{ Prefix string }
+
+// HashTag returns the hash tag of the prefix, as Redis Cluster reads it:
+// the text between the first '{' and the first '}' after it, when not
+// empty. Keys that share it share a hash slot; without one (false), keys
+// are spread over the cluster and the scripts, which touch several keys,
+// are refused (CROSSSLOT).
+func (k Keys) HashTag() (string, bool) {
+	open := strings.IndexByte(k.Prefix, '{')
+	if open < 0 {
+		return "", false
+	}
+	n := strings.IndexByte(k.Prefix[open+1:], '}')
+	if n <= 0 {
+		return "", false
+	}
+	return k.Prefix[open+1 : open+1+n], true
+}
 
 // The keys of the original cron scripts.
 

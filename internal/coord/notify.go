@@ -59,12 +59,14 @@ func (c *Client) Subscribe(ctx context.Context, channels ...string) (*Notificati
 // TaskKeyspaceChannel is the keyspace-notification channel of the task key:
 // Redis publishes "set" on it when an operator sets the key, once keyspace
 // events are on (see EnableKeyspaceEvents).
+//
+// Keyspace notifications are local to the node that holds the key. On
+// Cluster a subscription goes to the primary of the slot of its first
+// channel; the task key's channel and Keys.MasterChannel carry the
+// prefix's hash tag, so both land on the node that owns the task key
+// (ordinary PUBLISH reaches every node's subscribers anyway).
 func (c *Client) TaskKeyspaceChannel() string {
-	db := 0
-	if cl, ok := c.rdb.(*redis.Client); ok {
-		db = cl.Options().DB
-	}
-	return fmt.Sprintf("__keyspace@%d__:%s", db, c.keys.Task())
+	return fmt.Sprintf("__keyspace@%d__:%s", c.cfg.DB, c.keys.Task())
 }
 
 // ErrNoKeyspaceEvents means Redis refused to turn keyspace notifications
@@ -74,8 +76,31 @@ var ErrNoKeyspaceEvents = errors.New("keyspace notifications are off and CONFIG 
 // EnableKeyspaceEvents makes sure Redis publishes keyspace notifications
 // of string commands ("K$" in notify-keyspace-events), adding those flags
 // to whatever is configured. ErrNoKeyspaceEvents (wrapped) when it cannot.
+//
+// CONFIG SET is per node and not kept across a restart. On Cluster it is
+// sent to every node, primaries and replicas, so a replica promoted by a
+// failover publishes them too; through Sentinel it reaches the primary of
+// the moment, so the master calls this again now and then (a promoted
+// replica gets it within moments) and reads the task key each tick
+// meanwhile. Operators who want no gap set notify-keyspace-events K$ in
+// every node's redis.conf.
 func (c *Client) EnableKeyspaceEvents(ctx context.Context) error {
-	cur, err := c.rdb.ConfigGet(ctx, "notify-keyspace-events").Result()
+	if cc, ok := c.rdb.(interface {
+		ForEachShard(context.Context, func(context.Context, *redis.Client) error) error
+	}); ok {
+		return cc.ForEachShard(ctx, func(ctx context.Context, node *redis.Client) error {
+			if err := enableKeyspaceEvents(ctx, node); err != nil {
+				return fmt.Errorf("node %s: %w", node.Options().Addr, err)
+			}
+			return nil
+		})
+	}
+	return enableKeyspaceEvents(ctx, c.rdb)
+}
+
+// enableKeyspaceEvents is EnableKeyspaceEvents on the node rdb talks to.
+func enableKeyspaceEvents(ctx context.Context, rdb redis.Cmdable) error {
+	cur, err := rdb.ConfigGet(ctx, "notify-keyspace-events").Result()
 	if err != nil {
 		return fmt.Errorf("%w: CONFIG GET: %v", ErrNoKeyspaceEvents, err)
 	}
@@ -90,7 +115,7 @@ func (c *Client) EnableKeyspaceEvents(ctx context.Context) error {
 	if want == flags {
 		return nil
 	}
-	if err := c.rdb.ConfigSet(ctx, "notify-keyspace-events", want).Err(); err != nil {
+	if err := rdb.ConfigSet(ctx, "notify-keyspace-events", want).Err(); err != nil {
 		return fmt.Errorf("%w: CONFIG SET notify-keyspace-events %s: %v", ErrNoKeyspaceEvents, want, err)
 	}
 	return nil

@@ -28,6 +28,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/fanout/fanout/internal/coord"
+	"github.com/fanout/fanout/internal/redisurl"
 )
 
 // Build compiles fanout-master and fanout-minion with the race detector
@@ -60,8 +61,10 @@ type Config struct {
 type Fleet struct {
 	cfg    Config
 	secret string
-	Redis  *redis.Client
-	Coord  *coord.Client
+	// Redis is a client of the fleet's Redis, of the kind its URL names
+	// (one server, Sentinel, Cluster).
+	Redis redis.UniversalClient
+	Coord *coord.Client
 
 	mu    sync.Mutex
 	procs []*Proc
@@ -76,12 +79,12 @@ func New(cfg Config) (*Fleet, error) {
 	if err := os.WriteFile(secret, []byte("fleet-secret-0123456789abcdef\n"), 0o600); err != nil {
 		return nil, err
 	}
-	opts, err := redis.ParseURL(cfg.RedisURL)
+	target, err := redisurl.Parse(cfg.RedisURL)
 	if err != nil {
-		return nil, fmt.Errorf("redis url: %w", err)
+		return nil, err
 	}
-	rdb := redis.NewClient(opts)
-	return &Fleet{cfg: cfg, secret: secret, Redis: rdb, Coord: coord.New(rdb, coord.Config{Prefix: cfg.Prefix, HostGrace: cfg.HostGrace})}, nil
+	rdb := target.Client()
+	return &Fleet{cfg: cfg, secret: secret, Redis: rdb, Coord: coord.New(rdb, coord.Config{Prefix: cfg.Prefix, DB: target.DB(), HostGrace: cfg.HostGrace})}, nil
 }
 
 // Proc is one fanout process.

@@ -129,7 +129,7 @@ func (l *Lab) newCoord() *coord.Client { return l.hostCoord(0) }
 // hostCoord is the protocol client of a host whose clock is off by skew.
 func (l *Lab) hostCoord(skew time.Duration) *coord.Client {
 	return coord.New(l.Redis, coord.Config{
-		Prefix: l.cfg.Prefix, LeaseTTL: 3 * time.Second, HostGrace: 5 * time.Second,
+		Prefix: l.cfg.Prefix, DB: l.Redis.Options().DB, LeaseTTL: 3 * time.Second, HostGrace: 5 * time.Second,
 		DeadBackoff: 500 * time.Millisecond, DeadBackoffMax: 5 * time.Second,
 		Now: func() time.Time { return time.Now().Add(skew) },
 	})
@@ -318,7 +318,7 @@ func (l *Lab) Stop() {
 // lease, so no puller can take it (the master's re-offers skip a claimed
 // slot): a test's way to steer pullers to other sources. release returns
 // the slot.
-func HoldSlot(ctx context.Context, rdb *redis.Client, prefix string, g coord.Ref, slot string) (release func() error, err error) {
+func HoldSlot(ctx context.Context, rdb redis.UniversalClient, prefix string, g coord.Ref, slot string) (release func() error, err error) {
 	co := coord.New(rdb, coord.Config{Prefix: prefix, LeaseTTL: 10 * time.Minute})
 	const holder = "test-slot-holder"
 	for range 500 {

@@ -27,8 +27,13 @@ type Config struct {
 	StateDir  string // the hash cache
 	Uploads   int    // origin source slots; default 1
 	Poll      time.Duration
-	Log       logrus.FieldLogger
-	Metrics   *metrics.Metrics // default: a private registry
+	// ForgetAfter: a host whose last heartbeat is older than this is
+	// removed from the registry, the queues and the source slots (as
+	// fanout-master forget does), at most forgetBatch per tick; 0 keeps
+	// every host.
+	ForgetAfter time.Duration
+	Log         logrus.FieldLogger
+	Metrics     *metrics.Metrics // default: a private registry
 }
 
 // Coordinator is the part of the Redis protocol the master uses.
@@ -46,6 +51,8 @@ type Coordinator interface {
 	Status(ctx context.Context) (coord.Status, error)
 	Count(ctx context.Context) (coord.Counts, error)
 	Hosts(ctx context.Context) ([]coord.Host, error)
+	Silent(ctx context.Context, age time.Duration, limit int) ([]string, error)
+	Forget(ctx context.Context, host string) error
 	Keys() coord.Keys
 	Subscribe(ctx context.Context, channels ...string) (*coord.Notifications, error)
 	TaskKeyspaceChannel() string
@@ -122,35 +129,63 @@ func New(cfg Config, co Coordinator, server *peer.Server) (*Master, error) {
 // finish script notifies the master channel, so a generation is marked
 // done as soon as its last host finishes. Every Poll it ticks anyway
 // (reaping, and whatever a lost notification hid).
+//
+// CONFIG SET does not outlive a node, and a Sentinel failover or a new
+// cluster node brings one that never had it: the master sets it again
+// every keyspaceRecheck. Until then its ticks read the task key.
 func (m *Master) Run(ctx context.Context) error {
-	taskPoll := time.Duration(0) // 0: keyspace notifications tell
+	// taskTick, while not nil, reads the task key every 100 ms: keyspace
+	// notifications are off or the subscription failed.
+	var taskTicker *time.Ticker
+	var taskTick <-chan time.Time
+	pollTask := func(on bool) {
+		switch {
+		case on && taskTicker == nil:
+			taskTicker = time.NewTicker(min(100*time.Millisecond, m.cfg.Poll))
+			taskTick = taskTicker.C
+		case !on && taskTicker != nil:
+			taskTicker.Stop()
+			taskTicker, taskTick = nil, nil
+		}
+	}
+	defer pollTask(false)
 	if err := m.coord.EnableKeyspaceEvents(ctx); err != nil {
-		taskPoll = min(100*time.Millisecond, m.cfg.Poll)
+		pollTask(true)
 		m.cfg.Log.WithError(err).Info("reading the task key every 100ms; to be told at once instead: redis-cli config set notify-keyspace-events K$")
 	}
+	recheck := time.NewTicker(keyspaceRecheck)
+	defer recheck.Stop()
 	keys := m.coord.Keys()
 	var wake <-chan struct{}
+	subscribed := false
 	if n, err := m.coord.Subscribe(ctx, keys.MasterChannel(), m.coord.TaskKeyspaceChannel()); err != nil {
 		m.cfg.Log.WithError(err).Warn("cannot subscribe to notifications; polling only")
-		taskPoll = min(100*time.Millisecond, m.cfg.Poll)
+		pollTask(true)
 	} else {
 		defer n.Close()
 		wake = n.C
+		subscribed = true
 	}
 	lastTask := ""
 	tick := time.NewTimer(0)
 	defer tick.Stop()
-	var taskTick <-chan time.Time
-	if taskPoll > 0 {
-		t := time.NewTicker(taskPoll)
-		defer t.Stop()
-		taskTick = t.C
-	}
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-tick.C:
+		case <-recheck.C:
+			// CONFIG SET is lost with a node; a failover promotes one
+			// that may never have had it.
+			err := m.coord.EnableKeyspaceEvents(ctx)
+			if ctx.Err() != nil {
+				return nil
+			}
+			if err != nil && taskTicker == nil {
+				m.cfg.Log.WithError(err).Warn("cannot turn keyspace notifications on again; reading the task key every 100ms")
+			}
+			pollTask(err != nil || !subscribed)
+			continue
 		case <-wake:
 			// A burst (many hosts finishing at once) makes one tick.
 			select {
@@ -176,6 +211,13 @@ func (m *Master) Run(ctx context.Context) error {
 
 // coalesce is how long the master lets notifications gather before it acts.
 const coalesce = 20 * time.Millisecond
+
+// keyspaceRecheck is how often the master turns keyspace notifications on
+// again (see Run).
+const keyspaceRecheck = 10 * time.Second
+
+// forgetBatch bounds the hosts forgotten in one tick (see forgetSilent).
+const forgetBatch = 100
 
 // Tick does one round of the master's work.
 func (m *Master) Tick(ctx context.Context) error {
@@ -228,10 +270,34 @@ func (m *Master) Tick(ctx context.Context) error {
 		m.cfg.Metrics.LeaseExpiries.Add(float64(n))
 		m.cfg.Log.WithField("leases", n).Warn("reaped expired leases; their source slots are free again")
 	}
+	if err := m.forgetSilent(ctx); err != nil {
+		return err
+	}
 	if g.State != coord.StateRunning {
 		return nil // done or failed: nothing to complete
 	}
 	return m.checkDone(ctx)
+}
+
+// forgetSilent forgets up to forgetBatch hosts silent for longer than
+// ForgetAfter, so hosts that come and go (autoscaled, renamed, rebuilt)
+// do not grow the registry without bound.
+func (m *Master) forgetSilent(ctx context.Context) error {
+	if m.cfg.ForgetAfter <= 0 {
+		return nil
+	}
+	hosts, err := m.coord.Silent(ctx, m.cfg.ForgetAfter, forgetBatch)
+	if err != nil {
+		return fmt.Errorf("find hosts to forget: %w", err)
+	}
+	for _, h := range hosts {
+		if err := m.coord.Forget(ctx, h); err != nil {
+			return err
+		}
+		m.cfg.Log.WithField("host", h).WithField("forget_after", m.cfg.ForgetAfter).
+			Info("forgot a host silent for longer than --forget-after")
+	}
+	return nil
 }
 
 // lost reports whether Redis shows an older generation than the last one

@@ -1,5 +1,6 @@
 // Package testtool finds the programs that tests run besides the Go
-// toolchain: redis-server, prlimit. A test that needs a missing program is
+// toolchain: redis-server, redis-sentinel, redis-cli, prlimit. A test
+// that needs a missing program is
 // skipped, with the reason, on a developer's machine; under
 // FANOUT_REQUIRE_REDIS=1, which CI sets, it fails instead, so CI cannot
 // pass by quietly running fewer tests.
@@ -62,6 +63,8 @@ func install(name string) string {
 		pkg = "util-linux"
 	case "systemd-analyze":
 		pkg = "systemd"
+	case "redis-cli":
+		pkg = "redis-tools"
 	}
 	return "apt-get install " + pkg
 }
