@@ -55,11 +55,18 @@ type Fetcher interface {
 // chunks it can from copies already on this host (an older version, a
 // renamed or duplicate file) and the rest from sources, in any order. It
 // writes each chunk at its offset in f (which is e.Size long) only once the
-// chunk's bytes are verified against its hash, and calls landed with the
-// length of the prefix of f that is complete, whenever it grows; it returns
-// nil only when every chunk is in f, verified.
+// chunk's bytes are verified against its hash, then calls landed with the
+// chunk's index (from several goroutines at once, possibly); it returns nil
+// only when every chunk is in f, verified.
 type Assembler interface {
-	Assemble(ctx context.Context, e manifest.Entry, f *os.File, landed func(prefix int64)) error
+	Assemble(ctx context.Context, e manifest.Entry, f *os.File, landed func(i int)) error
+}
+
+// ChunkObserver is an Observer also told of each chunk an Assembler lands,
+// verified, so it can serve the chunk on before the file is complete.
+type ChunkObserver interface {
+	Observer
+	Landed(e manifest.Entry, i int)
 }
 
 // Observer watches fetched files as they are written, so they can be served

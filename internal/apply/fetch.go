@@ -179,9 +179,10 @@ func (in *incoming) assemble(ctx context.Context, asm Assembler) error {
 	if err = in.f.Truncate(in.e.Size); err != nil {
 		err = fmt.Errorf("size %s: %w", in.f.Name(), err)
 	} else {
-		err = asm.Assemble(ctx, in.e, in.f, func(prefix int64) {
-			if s.wrote != nil {
-				s.wrote(prefix)
+		obs, _ := in.a.opts.Observer.(ChunkObserver)
+		err = asm.Assemble(ctx, in.e, in.f, func(i int) {
+			if obs != nil {
+				obs.Landed(in.e, i)
 			}
 		})
 	}

@@ -67,13 +67,14 @@ var minionHelp = map[string]string{
 
 func minionCommand(ctx context.Context, cmd string, args []string, e env) error {
 	var n node
-	var workers int
+	var workers, sources int
 	var heartbeat, timeout time.Duration
 	var pipeline, watch, numericIDs bool
 	var connectTimeout, stallTimeout, verifyEvery, scanEvery time.Duration
 	fs := newFlags(e, cmd, minionHelp[cmd])
 	n.register(fs, "/var/lib/fanout/minion")
 	fs.IntVar(&workers, "workers", 4, "files fetched at once")
+	fs.IntVar(&sources, "sources", 3, "sources one pull takes chunks from at once (format 3 generations), each claimed with its own lease")
 	if cmd != "serve" {
 		fs.BoolVar(&numericIDs, "numeric-ids", false, "when running as root, give files the uid and gid the manifest carries, not the local ids of its user and group names (as rsync --numeric-ids)")
 	}
@@ -139,7 +140,7 @@ func minionCommand(ctx context.Context, cmd string, args []string, e env) error 
 		ID: n.id, Advertise: n.advertise, Root: n.root, StateDir: n.stateDir, Uploads: n.uploads,
 		Source: cmd == "run" && n.uploads > 0, Pipeline: pipeline, Poll: n.poll, Heartbeat: heartbeat, Workers: workers,
 		Version: Version, Log: log.WithField("host", n.id), Metrics: mx,
-		Download: bwlimit.New(n.rate), NoWatch: cmd == "run" && !watch, VerifyEvery: verifyEvery, ScanEvery: scanEvery, NumericIDs: numericIDs,
+		Download: bwlimit.New(n.rate), NoWatch: cmd == "run" && !watch, VerifyEvery: verifyEvery, ScanEvery: scanEvery, NumericIDs: numericIDs, Sources: sources,
 	}
 	if cmd == "sync" {
 		if cfg.Advertise == "" {

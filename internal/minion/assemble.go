@@ -9,16 +9,13 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"time"
 
 	"github.com/fanout/fanout/internal/apply"
 	"github.com/fanout/fanout/internal/chunk"
 	"github.com/fanout/fanout/internal/coord"
 	"github.com/fanout/fanout/internal/manifest"
 )
-
-// maxRun bounds the bytes one request asks for: a run of consecutive
-// chunks, so a source that dies costs at most this much again.
-const maxRun = 8 << 20
 
 // assembler builds the files of several chunks of a format 3 pull (an
 // apply.Assembler): every chunk this host already has (in the older version
@@ -28,7 +25,7 @@ const maxRun = 8 << 20
 // written, whichever way it came.
 type assembler struct {
 	m    *Minion
-	src  *source
+	sw   *swarm
 	root string
 
 	mu    sync.Mutex
@@ -43,8 +40,8 @@ type chunkAt struct {
 	off, len int64
 }
 
-func newAssembler(m *Minion, src *source, root string) *assembler {
-	return &assembler{m: m, src: src, root: root, local: map[string]chunkAt{}}
+func newAssembler(m *Minion, sw *swarm, root string) *assembler {
+	return &assembler{m: m, sw: sw, root: root, local: map[string]chunkAt{}}
 }
 
 // index learns the chunks of the local files a plan may reuse: the older
@@ -104,75 +101,52 @@ func (a *assembler) index(ctx context.Context, local, remote *manifest.Manifest,
 
 func (a *assembler) osPath(p string) string { return osPath(a.root, p) }
 
-// Assemble implements apply.Assembler.
-func (a *assembler) Assemble(ctx context.Context, e manifest.Entry, f *os.File, landed func(prefix int64)) error {
+// Assemble implements apply.Assembler: chunks already on this host are
+// copied, each distinct missing chunk is fetched once, from the pull's
+// sources at once (see fetchAll), and repeats are copied from the first
+// copy.
+func (a *assembler) Assemble(ctx context.Context, e manifest.Entry, f *os.File, landed func(i int)) error {
 	chunks := e.Chunks
-	done := make([]bool, len(chunks))
-	prefix := 0 // chunks [0, prefix) are in place
-	advance := func() {
-		moved := false
-		for prefix < len(chunks) && done[prefix] {
-			prefix++
-			moved = true
-		}
-		if moved {
-			end := e.Size
-			if prefix < len(chunks) {
-				end = chunks[prefix].Off
-			}
-			landed(end)
+	j := &job{e: e, f: f, chunks: chunks, done: make([]bool, len(chunks)), inflight: make([]int, len(chunks)),
+		first: make([]int, len(chunks)), landed: landed, changed: make(chan struct{}, 1)}
+	seen := map[string]int{}
+	for i, c := range chunks {
+		j.first[i] = i
+		if k, ok := seen[c.Hash]; ok {
+			j.first[i] = k
+		} else {
+			seen[c.Hash] = i
 		}
 	}
-	// Chunks already on this host, and chunks that repeat within the file
-	// once one copy is in.
 	buf := make([]byte, 0, maxChunk(chunks))
 	for i, c := range chunks {
+		if j.first[i] != i {
+			continue
+		}
 		a.mu.Lock()
 		at, ok := a.local[c.Hash]
 		a.mu.Unlock()
 		if ok && a.copyChunk(at, f, c, &buf) == nil {
-			done[i] = true
 			a.copied.Add(c.Len)
+			j.land(i)
 		}
 	}
-	advance()
-	for i := 0; i < len(chunks); {
-		if done[i] {
-			i++
-			continue
-		}
-		j := i
-		var n int64
-		for j < len(chunks) && !done[j] && n+chunks[j].Len <= maxRun {
-			n += chunks[j].Len
-			j++
-		}
-		if j == i { // one chunk larger than a run
-			j = i + 1
-		}
-		if err := a.fetchRun(ctx, e, f, chunks, i, j, done, advance); err != nil {
+	if !j.complete() {
+		if err := a.fetchAll(ctx, j); err != nil {
 			return err
 		}
-		// A chunk fetched once serves its repeats in this file.
-		for k := j; k < len(chunks); k++ {
-			if done[k] {
-				continue
-			}
-			for x := i; x < j; x++ {
-				if chunks[x].Hash == chunks[k].Hash {
-					at := chunkAt{path: f.Name(), off: chunks[x].Off, len: chunks[x].Len}
-					if a.copyFrom(f, at, f, chunks[k], &buf) == nil {
-						done[k] = true
-						a.copied.Add(chunks[k].Len)
-					}
-					break
-				}
-			}
-		}
-		advance()
-		i = j
 	}
-	for i, d := range done {
+	for i, c := range chunks {
+		if k := j.first[i]; k != i {
+			at := chunkAt{path: f.Name(), off: chunks[k].Off, len: chunks[k].Len}
+			if err := a.copyFrom(f, at, f, c, &buf); err != nil {
+				return fmt.Errorf("%s: chunk %d repeats chunk %d: %w", e.Path, i, k, err)
+			}
+			a.copied.Add(c.Len)
+			j.land(i)
+		}
+	}
+	for i, d := range j.done {
 		if !d {
 			return fmt.Errorf("%s: chunk %d not assembled", e.Path, i)
 		}
@@ -189,34 +163,227 @@ func (a *assembler) Assemble(ctx context.Context, e manifest.Entry, f *os.File, 
 	return nil
 }
 
-// fetchRun fetches chunks [i, j) of e from the pull's source into f, each
-// verified before it is written; when the source dies mid-run it moves to
-// another and asks again from the first chunk not in yet.
-func (a *assembler) fetchRun(ctx context.Context, e manifest.Entry, f *os.File, chunks []manifest.Chunk, i, j int, done []bool, advance func()) error {
-	for {
-		for i < j && done[i] {
-			i++
+// runBytes bounds the chunks one request asks for: small enough that the
+// sources of a pull share a file, large enough that a request moves much
+// more than it costs.
+const runBytes = 4 << 20
+
+// job is the fetching of one file's missing chunks.
+type job struct {
+	e      manifest.Entry
+	f      *os.File
+	chunks []manifest.Chunk
+	first  []int // index of the first chunk with the same hash (itself if none before)
+	landed func(i int)
+
+	mu       sync.Mutex
+	done     []bool
+	inflight []int
+	changed  chan struct{} // a chunk landed or a request ended
+}
+
+func (j *job) complete() bool {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	for i, d := range j.done {
+		if !d && j.first[i] == i {
+			return false
 		}
-		if i == j {
+	}
+	return true
+}
+
+// land records chunk i written and verified (its repeats are copied at the
+// end); false when it had landed already (endgame: two sources sent it).
+func (j *job) land(i int) bool {
+	j.mu.Lock()
+	if j.done[i] {
+		j.mu.Unlock()
+		return false
+	}
+	j.done[i] = true
+	j.mu.Unlock()
+	j.landed(i)
+	j.signal()
+	return true
+}
+
+func (j *job) isDone(i int) bool {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	return j.done[i]
+}
+
+func (j *job) signal() {
+	select {
+	case j.changed <- struct{}{}:
+	default:
+	}
+}
+
+// take picks the next run of consecutive chunks for a source that has the
+// chunks have marks (nil: all): chunks neither landed nor asked of
+// another source. With none left it doubles a request in flight (the
+// endgame: the last chunks come from whichever source is faster). It
+// returns the run [i, k), or i == k when there is nothing for this source.
+func (j *job) take(have []bool, mine map[int]bool) (int, int) {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	ok := func(i int, endgame bool) bool {
+		if j.done[i] || j.first[i] != i || (have != nil && !have[i]) || mine[i] {
+			return false
+		}
+		if endgame {
+			return j.inflight[i] == 1
+		}
+		return j.inflight[i] == 0
+	}
+	for _, endgame := range []bool{false, true} {
+		for i := range j.chunks {
+			if !ok(i, endgame) {
+				continue
+			}
+			k, n := i, int64(0)
+			for k < len(j.chunks) && ok(k, endgame) && (k == i || n+j.chunks[k].Len <= runBytes) {
+				n += j.chunks[k].Len
+				j.inflight[k]++
+				k++
+			}
+			return i, k
+		}
+	}
+	return 0, 0
+}
+
+func (j *job) untake(i, k int) {
+	j.mu.Lock()
+	for x := i; x < k; x++ {
+		j.inflight[x]--
+	}
+	j.mu.Unlock()
+	j.signal()
+}
+
+// fetchAll fetches the missing chunks of j from every source of the pull at
+// once, each source asked for runs it has, until every chunk landed. A
+// source that fails is replaced (the pull's own claim switches; an extra
+// one is given back with its verdict); a bad chunk from the pull's own
+// source, or a failure of this host, ends the file with the error.
+func (a *assembler) fetchAll(ctx context.Context, j *job) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	errc := make(chan error, 1)
+	working := map[*feed]bool{}
+	start := func() {
+		for _, p := range a.sw.peers() {
+			if !working[p] {
+				working[p] = true
+				wg.Go(func() { a.work(ctx, j, p, errc) })
+			}
+		}
+	}
+	tick := time.NewTicker(250 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		start()
+		if j.complete() {
 			return nil
 		}
-		cl := a.src.claim()
-		if cl == nil {
-			return errors.New("no source claimed")
-		}
-		w := &chunkWriter{f: f, e: e, chunks: chunks[i:j], first: i, done: done, advance: advance, fetched: &a.fetched,
-			progress: a.m.progress}
-		off, n := chunks[i].Off, chunks[j-1].Off+chunks[j-1].Len-chunks[i].Off
-		_, err := a.m.client.FetchRange(ctx, cl.SourceAddr, a.src.gen, e.Path, off, n, a.m.cfg.Download.Writer(ctx, w))
-		if werr := w.err; werr != nil {
-			return werr // a bad chunk, or our own write failed
-		}
-		if err == nil || ctx.Err() != nil || verdict(ctx, err, false) != coord.SourceDead {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case err := <-errc:
 			return err
+		case <-j.changed:
+		case <-a.sw.wake:
+		case <-tick.C:
 		}
-		if serr := a.src.switchFrom(ctx, *cl, err); serr != nil {
-			return fmt.Errorf("%w (no other source: %w)", err, serr)
+	}
+}
+
+// work fetches runs of j from source p until j is complete or p is done
+// for (dropped, switched away from, or failed).
+func (a *assembler) work(ctx context.Context, j *job, p *feed, errc chan<- error) {
+	fail := func(err error) {
+		select {
+		case errc <- err:
+		default:
 		}
+	}
+	var have []bool
+	var haveAt time.Time
+	mine := map[int]bool{} // chunks asked of p already (not twice in the endgame)
+	for ctx.Err() == nil && !j.complete() {
+		if !a.sw.holds(p) {
+			return
+		}
+		if p.cl.Partial && time.Since(haveAt) > 250*time.Millisecond {
+			all, h, err := a.m.client.Have(ctx, p.cl.SourceAddr, a.sw.src.gen, j.e.Path, len(j.chunks))
+			if err != nil {
+				a.lose(ctx, p, err, fail)
+				return
+			}
+			have, haveAt = h, time.Now()
+			if all {
+				have = nil
+			}
+		}
+		i, k := j.take(have, mine)
+		if i == k {
+			select { // nothing this source has: wait for a change
+			case <-ctx.Done():
+			case <-j.changed:
+				j.signal() // pass it on to the other workers
+			case <-time.After(200 * time.Millisecond):
+				haveAt = time.Time{}
+			}
+			continue
+		}
+		for x := i; x < k; x++ {
+			mine[x] = true
+		}
+		w := &chunkWriter{j: j, chunks: j.chunks[i:k], first: i, fetched: &a.fetched, progress: a.m.progress}
+		off, n := j.chunks[i].Off, j.chunks[k-1].Off+j.chunks[k-1].Len-j.chunks[i].Off
+		t0 := time.Now()
+		_, err := a.m.client.FetchRange(ctx, p.cl.SourceAddr, a.sw.src.gen, j.e.Path, off, n, a.m.cfg.Download.Writer(ctx, w))
+		p.account(w.bytes, time.Since(t0))
+		j.untake(i, k)
+		var mismatch *apply.HashMismatchError
+		switch {
+		case errors.As(w.err, &mismatch):
+			if p.cl.Index == 0 {
+				fail(w.err) // the pull fails; its own source is barred
+				return
+			}
+			a.sw.drop(ctx, p, coord.SourceBad, w.err.Error())
+			return
+		case w.err != nil:
+			fail(w.err) // our own write failed
+			return
+		case err != nil && ctx.Err() == nil:
+			a.lose(ctx, p, err, fail)
+			return
+		}
+	}
+}
+
+// lose handles a source that failed a request: the pull's own claim moves
+// to another source (a new worker starts on it), an extra one is given back
+// with the verdict err gives.
+func (a *assembler) lose(ctx context.Context, p *feed, err error, fail func(error)) {
+	v := verdict(ctx, err, false)
+	if p.cl.Index > 0 {
+		a.sw.drop(ctx, p, v, err.Error())
+		return
+	}
+	if v != coord.SourceDead {
+		fail(err)
+		return
+	}
+	if serr := a.sw.src.switchFrom(ctx, p.cl, err); serr != nil {
+		fail(fmt.Errorf("%w (no other source: %w)", err, serr))
 	}
 }
 
@@ -258,20 +425,19 @@ func maxChunk(chunks []manifest.Chunk) int64 {
 // chunkWriter receives a run of consecutive chunks of a file as one stream,
 // and writes each into the file at its offset once its bytes hash to the
 // chunk's hash: an unverified byte never reaches the file. A bad chunk
-// stops the stream with *apply.HashMismatchError.
+// stops the stream with *apply.HashMismatchError. A chunk that landed
+// meanwhile from another source (the endgame) is checked and dropped.
 type chunkWriter struct {
-	f        *os.File
-	e        manifest.Entry
+	j        *job
 	chunks   []manifest.Chunk
 	first    int // index of chunks[0] in the file
-	done     []bool
-	advance  func()
 	fetched  *atomic.Int64
 	progress func(int64)
 
-	k   int    // chunk being received
-	buf []byte // its bytes so far
-	err error
+	k     int    // chunk being received
+	buf   []byte // its bytes so far
+	bytes int64  // received in all
+	err   error
 }
 
 func (w *chunkWriter) Write(p []byte) (int, error) {
@@ -281,7 +447,7 @@ func (w *chunkWriter) Write(p []byte) (int, error) {
 	n := 0
 	for len(p) > 0 {
 		if w.k == len(w.chunks) {
-			w.err = fmt.Errorf("%s: more bytes than the chunks asked for", w.e.Path)
+			w.err = fmt.Errorf("%s: more bytes than the chunks asked for", w.j.e.Path)
 			return n, w.err
 		}
 		c := w.chunks[w.k]
@@ -289,23 +455,27 @@ func (w *chunkWriter) Write(p []byte) (int, error) {
 		w.buf = append(w.buf, p[:take]...)
 		p = p[take:]
 		n += int(take)
+		w.bytes += take
 		if int64(len(w.buf)) < c.Len {
 			continue
 		}
 		if got := chunk.Hash(w.buf).String(); got != c.Hash {
-			w.err = &apply.HashMismatchError{Path: w.e.Path, Want: c.Hash, Got: got, WantSize: c.Len, GotSize: c.Len}
+			w.err = &apply.HashMismatchError{Path: w.j.e.Path, Want: c.Hash, Got: got, WantSize: c.Len, GotSize: c.Len}
 			return n, w.err
 		}
-		if _, err := w.f.WriteAt(w.buf, c.Off); err != nil {
-			w.err = fmt.Errorf("write %s: %w", w.e.Path, err)
-			return n, w.err
+		i := w.first + w.k
+		if !w.j.isDone(i) {
+			if _, err := w.j.f.WriteAt(w.buf, c.Off); err != nil {
+				w.err = fmt.Errorf("write %s: %w", w.j.e.Path, err)
+				return n, w.err
+			}
+			if w.j.land(i) {
+				w.fetched.Add(c.Len)
+				if w.progress != nil {
+					w.progress(c.Len)
+				}
+			}
 		}
-		w.done[w.first+w.k] = true
-		w.fetched.Add(c.Len)
-		if w.progress != nil {
-			w.progress(c.Len)
-		}
-		w.advance()
 		w.k++
 		w.buf = w.buf[:0]
 	}

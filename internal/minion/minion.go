@@ -64,6 +64,9 @@ type Config struct {
 	// NoWatch turns the inotify watcher off: drift is then found by the
 	// VerifyEvery pass only.
 	NoWatch bool
+	// Sources is how many sources a pull of a format 3 generation takes
+	// chunks from at once, each claimed through its own lease; default 3.
+	Sources int
 	// NumericIDs applies owners by uid and gid as the manifest carries
 	// them, not by user and group name (rsync's --numeric-ids). Owners are
 	// applied only when this process runs as root.
@@ -86,6 +89,10 @@ func (c *Config) setDefaults() {
 	if c.VerifyEvery <= 0 {
 		c.VerifyEvery = 10 * time.Minute
 	}
+	if c.Sources <= 0 {
+		c.Sources = 3
+	}
+	c.Sources = min(c.Sources, coord.MaxClaims)
 	if c.ScanEvery <= 0 {
 		c.ScanEvery = 10 * time.Second
 	}
@@ -108,6 +115,7 @@ type Coordinator interface {
 	Finish(ctx context.Context, cl coord.Claim, uploads int) error
 	Fail(ctx context.Context, cl coord.Claim, v coord.Verdict, reason string, uploads int) error
 	Switch(ctx context.Context, cl coord.Claim, v coord.Verdict, reason string) error
+	Release(ctx context.Context, cl coord.Claim) error
 	OfferSlots(ctx context.Context, host string, gen coord.Ref, uploads int, force bool) error
 	ReportProgress(ctx context.Context, host string, p coord.Progress) error
 	Drift(ctx context.Context, host string, gen coord.Ref, msg string) error

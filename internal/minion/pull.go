@@ -50,6 +50,7 @@ func (m *Minion) pull(ctx context.Context, g coord.Generation, cl coord.Claim) e
 	// go back and running_queue must not keep this host.
 	sctx, scancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer scancel()
+	src.sw.close(sctx)
 	last := coord.Claim{Host: m.cfg.ID, Gen: g.Ref(), Repair: cl.Repair} // no slot to release
 	if c := src.claim(); c != nil {
 		last = *c
@@ -103,7 +104,7 @@ func (m *Minion) watchLoop(ctx context.Context, src *source, cancel context.Canc
 	t := time.NewTicker(tick)
 	defer t.Stop()
 	started := time.Now()
-	lastRenew := started
+	lastRenew, lastBalance := started, started
 	report := func(ctx context.Context) {
 		slot := ""
 		if cl := src.claim(); cl != nil {
@@ -128,12 +129,17 @@ func (m *Minion) watchLoop(ctx context.Context, src *source, cancel context.Canc
 		case <-t.C:
 		}
 		report(ctx)
+		if time.Since(lastBalance) >= balanceEvery {
+			src.sw.rebalance(ctx) // replace a slow source, claim missing ones
+			lastBalance = time.Now()
+		}
 		// Half a tick of slack: the ticker fires every renewEvery (or
 		// less), and a tick a hair early must not push the renewal to the
 		// next one, two thirds into the lease.
 		if time.Since(lastRenew) < renewEvery-tick/2 {
 			continue
 		}
+		src.sw.renew(ctx)
 		cl := src.claim()
 		if cl == nil {
 			continue // switching sources: the new claim starts a new lease
@@ -235,7 +241,9 @@ func (m *Minion) transfer(ctx context.Context, g coord.Generation, src *source) 
 	if remote.Chunking != nil {
 		// Format 3: files of several chunks are built from the chunks
 		// this host has already and the rest fetched as ranges.
-		asm = newAssembler(m, src, root)
+		src.sw.active.Store(true)
+		src.sw.grow(ctx)
+		asm = newAssembler(m, src.sw, root)
 		if err := asm.index(ctx, local, remote, plan); err != nil {
 			return apply.Stats{}, fmt.Errorf("index local chunks: %w", err)
 		}

@@ -38,10 +38,14 @@ type source struct {
 	// mixed lists the files whose bytes came from more than one source: a
 	// bad hash on one of them does not tell which source was bad.
 	mixed map[string]bool
+	// sw holds the extra sources of a format 3 pull (the swarm).
+	sw *swarm
 }
 
 func newSource(m *Minion, gen int64, cl coord.Claim) *source {
-	return &source{m: m, gen: gen, cl: &cl, mixed: map[string]bool{}, log: m.cfg.Log.WithField("gen", gen)}
+	s := &source{m: m, gen: gen, cl: &cl, mixed: map[string]bool{}, log: m.cfg.Log.WithField("gen", gen)}
+	s.sw = newSwarm(m, s, m.cfg.Sources)
+	return s
 }
 
 // claim returns the claim held now, or nil.
@@ -152,7 +156,12 @@ func (s *source) switchFrom(ctx context.Context, failed coord.Claim, cause error
 	// source whose puller died returns when its lease expires.
 	deadline := time.Now().Add(max(4*failed.Lease, 4*m.cfg.Poll, 10*time.Second))
 	for {
-		cl, err := m.coord.Claim(ctx, m.cfg.ID, failed.Gen, coord.ClaimOptions{Repair: failed.Repair})
+		o := coord.ClaimOptions{Repair: failed.Repair}
+		if s.sw.active.Load() {
+			// A chunked pull: any source will do, but not one it holds.
+			o.Acyclic, o.Avoid = true, s.sw.sources()
+		}
+		cl, err := m.coord.Claim(ctx, m.cfg.ID, failed.Gen, o)
 		switch {
 		case err == nil:
 			s.mu.Lock()

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
+	"sort"
 	"sync"
 	"time"
 
@@ -53,6 +55,26 @@ type arrival struct {
 	// attempt counts Begins: a reader holding a handle on an earlier
 	// attempt's file must not read the new attempt's length against it.
 	attempt int
+	// chunks is the file's chunk list when it has several (format 3): its
+	// bytes are then served only where have marks the chunk verified and
+	// written (Landed), in whatever order chunks land, never by Wrote.
+	chunks []manifest.Chunk
+	have   []bool
+}
+
+// availFrom returns the end of the bytes that may be read from off: the
+// byte count written so far, or for a chunked file the end of the run of
+// landed chunks that holds off (off itself when its chunk has not landed).
+func (a *arrival) availFrom(off int64) int64 {
+	if a.chunks == nil {
+		return a.n
+	}
+	k := sort.Search(len(a.chunks), func(i int) bool { return a.chunks[i].Off+a.chunks[i].Len > off })
+	end := off
+	for ; k < len(a.chunks) && a.have[k]; k++ {
+		end = a.chunks[k].Off + a.chunks[k].Len
+	}
+	return end
 }
 
 // NewIncoming returns an Incoming for the files of entries (files the host
@@ -65,7 +87,11 @@ func NewIncoming(entries []manifest.Entry, wait time.Duration) *Incoming {
 	in := &Incoming{wait: wait, files: make(map[string]*arrival, len(entries))}
 	for _, e := range entries {
 		if e.Type == manifest.File {
-			in.files[e.Path] = &arrival{wake: make(chan struct{})}
+			a := &arrival{wake: make(chan struct{})}
+			if len(e.Chunks) > 0 {
+				a.chunks, a.have = e.Chunks, make([]bool, len(e.Chunks))
+			}
+			in.files[e.Path] = a
 		}
 	}
 	return in
@@ -96,20 +122,47 @@ func (in *Incoming) Begin(e manifest.Entry, f *os.File) {
 	}
 	a.f, a.n, a.done, a.failed, a.err = rf, 0, false, false, nil
 	a.attempt++
+	clear(a.have)
 	if err != nil {
 		a.failed, a.err = true, err
 	}
 	a.changed()
 }
 
-// Wrote records that the file of e now holds n bytes.
+// Wrote records that the file of e now holds n bytes. A file of several
+// chunks ignores it: its bytes are served by chunk, once verified (Landed).
 func (in *Incoming) Wrote(e manifest.Entry, n int64) {
 	in.mu.Lock()
 	defer in.mu.Unlock()
-	if a := in.files[e.Path]; a != nil && n > a.n {
+	if a := in.files[e.Path]; a != nil && a.chunks == nil && n > a.n {
 		a.n = n
 		a.changed()
 	}
+}
+
+// Landed records that chunk i of the file of e is written and verified: it
+// may be served from now on.
+func (in *Incoming) Landed(e manifest.Entry, i int) {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	if a := in.files[e.Path]; a != nil && i >= 0 && i < len(a.have) && !a.have[i] {
+		a.have[i] = true
+		a.changed()
+	}
+}
+
+// Have reports which chunks of the file at manifest path p this host has
+// verified: pending is false when the file is not incoming (in place, or
+// never incoming: the caller knows which), else have lists its chunks (nil
+// for a file served as its bytes are written, not by chunk).
+func (in *Incoming) Have(p string) (have []bool, pending bool) {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	a := in.files[p]
+	if a == nil || a.done {
+		return nil, false
+	}
+	return slices.Clone(a.have), true
 }
 
 // End records that the file of e was renamed into place (err == nil) or
@@ -246,7 +299,7 @@ func (r *arrivalReader) ready() (int64, <-chan struct{}, error) {
 		}
 		r.f, r.attempt = f, a.attempt
 	}
-	n := a.n
+	n := a.availFrom(r.off)
 	in.mu.Unlock()
 	if done {
 		if r.f == nil {

@@ -119,6 +119,7 @@ func (s *Server) Current() *Snapshot {
 //	GET /v1/manifest?gen=N          the encoded manifest of generation N
 //	GET /v1/file?gen=N&path=P       the file at manifest path P, or one byte range of it
 //	GET /v1/batch?gen=N&files=I     the files at manifest indices I ("3-10,12"), concatenated
+//	GET /v1/have?gen=N&path=P       which chunks of file P this host can serve (all, or a bitmap of the verified ones)
 //
 // Every request but /healthz and /metrics must carry a valid signature (see
 // Verify). Unauthenticated and refused requests end their connection, and
@@ -160,6 +161,8 @@ func (s *Server) route(w http.ResponseWriter, r *http.Request) error {
 		return s.serveFile(w, r)
 	case "/v1/batch":
 		return s.serveBatch(w, r)
+	case "/v1/have":
+		return s.serveHave(w, r)
 	}
 	return errorf(http.StatusNotFound, "no route %s", quote(r.URL.Path))
 }

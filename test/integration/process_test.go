@@ -78,6 +78,9 @@ func startDaemon(t *testing.T, logPath string, env []string, bin string, args ..
 	}
 	defer log.Close()
 	cmd.Stdout, cmd.Stderr = log, log
+	// Dies with the test binary, even when a timeout kills it before its
+	// cleanups run.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -115,6 +116,7 @@ func TestSyncAndServe(t *testing.T) {
 	// while one holds it is refused, naming the dir and the holder.
 	holder := exec.Command(minionBin, append([]string{"run"}, plain...)...)
 	holder.Env = env
+	holder.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := holder.Start(); err != nil {
 		t.Fatal(err)
 	}
