@@ -25,22 +25,34 @@ type redisServer struct {
 	cmd  *exec.Cmd
 }
 
-// startRedis starts redis-server with its files under dir.
+// startRedis starts redis-server on loopback with its files under dir.
 func startRedis(ctx context.Context, dir string) (*redisServer, error) {
+	return startRedisAt(ctx, dir, "127.0.0.1")
+}
+
+// startRedisAt starts redis-server bound to host (an address of this
+// machine) with its files under dir. Bound to anything but loopback it
+// runs with --protected-mode no, as hosts in other network namespaces
+// reach it without a password.
+func startRedisAt(ctx context.Context, dir, host string) (*redisServer, error) {
 	bin, err := exec.LookPath("redis-server")
 	if err != nil {
 		return nil, fmt.Errorf("redis-server is needed (apt-get install redis-server): %w", err)
 	}
-	port, err := freePort()
+	port, err := freePortOn(host)
 	if err != nil {
 		return nil, err
 	}
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("redis dir: %w", err)
 	}
-	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
-	cmd := exec.Command(bin, "--port", strconv.Itoa(port), "--bind", "127.0.0.1",
-		"--save", "", "--appendonly", "no", "--dir", dir, "--maxclients", "4000")
+	addr := net.JoinHostPort(host, strconv.Itoa(port))
+	args := []string{"--port", strconv.Itoa(port), "--bind", host,
+		"--save", "", "--appendonly", "no", "--dir", dir, "--maxclients", "4000"}
+	if host != "127.0.0.1" {
+		args = append(args, "--protected-mode", "no")
+	}
+	cmd := exec.Command(bin, args...)
 	cmd.SysProcAttr = dieWithParent()
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start redis-server: %w", err)
@@ -187,8 +199,11 @@ func dieWithParent() *syscall.SysProcAttr {
 	return &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 }
 
-func freePort() (int, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+func freePort() (int, error) { return freePortOn("127.0.0.1") }
+
+// freePortOn finds a TCP port free on host.
+func freePortOn(host string) (int, error) {
+	ln, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
 	if err != nil {
 		return 0, fmt.Errorf("find a free port: %w", err)
 	}
