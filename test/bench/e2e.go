@@ -127,21 +127,45 @@ type notApplicable struct{ why string }
 
 func (e notApplicable) Error() string { return "n/a: " + e.why }
 
-// e2eCells renders a run as the figure and ratio cells. Uniform rows give
-// the time for all N hosts; a row with a slow host (both directions) gives
-// the other hosts' last finish against S/B and the slow host's against its
-// own floor, S/(B/factor); a slow uploader's row gives all N against S/B.
-func e2eCells(row e2eRow, slowHost, factor int, run toolRun) (figure, ratio string) {
+// headline is the figure a run is judged by: the time for all hosts, or
+// in a row with a slow host (both directions) the other hosts' last finish.
+func headline(row e2eRow, slowHost int, run toolRun) time.Duration {
+	if row.Slow != SlowBoth {
+		return run.Total
+	}
+	others := time.Duration(0)
+	for h, d := range run.Hosts {
+		if h != slowHost {
+			others = max(others, d)
+		}
+	}
+	return others
+}
+
+// median returns the run whose headline is the median (the lower of the
+// middle two), with the headline's range over all runs.
+func median(row e2eRow, slowHost int, runs []toolRun) (mid toolRun, lo, hi time.Duration) {
+	sorted := append([]toolRun(nil), runs...)
+	sort.SliceStable(sorted, func(i, j int) bool { return headline(row, slowHost, sorted[i]) < headline(row, slowHost, sorted[j]) })
+	return sorted[(len(sorted)-1)/2], headline(row, slowHost, sorted[0]), headline(row, slowHost, sorted[len(sorted)-1])
+}
+
+// e2eCells renders runs (repetitions of one measurement) as the figure and
+// ratio cells: the median run, and the range when there are several.
+// Uniform rows give the time for all N hosts; a row with a slow host (both
+// directions) gives the other hosts' last finish against S/B and the slow
+// host's against its own floor, S/(B/factor); a slow uploader's row gives
+// all N against S/B.
+func e2eCells(row e2eRow, slowHost, factor int, runs []toolRun) (figure, ratio string) {
 	ideal := Ideal(row.Size, row.Rate)
+	run, lo, hi := median(row, slowHost, runs)
 	var fig []string
+	if len(runs) > 1 {
+		fig = append(fig, fmt.Sprintf("median of %d", len(runs)))
+	}
 	switch row.Slow {
 	case SlowBoth:
-		others := time.Duration(0)
-		for h, d := range run.Hosts {
-			if h != slowHost {
-				others = max(others, d)
-			}
-		}
+		others := headline(row, slowHost, run)
 		slow := run.Hosts[slowHost]
 		floor := Ideal(row.Size, row.Rate/int64(factor))
 		fig = append(fig, fmt.Sprintf("other %d: last at %s; host %d at %s; all done %s", row.N-1, seconds(others), slowHost, seconds(slow), seconds(run.Total)))
@@ -152,6 +176,9 @@ func e2eCells(row e2eRow, slowHost, factor int, run toolRun) (figure, ratio stri
 	default:
 		fig = append(fig, seconds(run.Total))
 		ratio = fmt.Sprintf("%.2f × S/B", Ratio(run.Total, ideal))
+	}
+	if len(runs) > 1 {
+		ratio += fmt.Sprintf(" (range %.2f–%.2f)", Ratio(lo, ideal), Ratio(hi, ideal))
 	}
 	if run.Detail != "" {
 		fig = append(fig, run.Detail)
@@ -216,7 +243,9 @@ func (b *bench) e2e(ctx context.Context, t *Table) error {
 // file, then each tool in turn.
 func (b *bench) e2eRow(ctx context.Context, t *Table, label string, row e2eRow, script string) (err error) {
 	env := &e2eEnv{row: row, dir: filepath.Join(b.cfg.Dir, "e2e", row.slug()), slowHost: b.cfg.SlowHost, factor: b.cfg.SlowFactor}
-	defer os.RemoveAll(env.dir)
+	if !b.cfg.Keep {
+		defer os.RemoveAll(env.dir)
+	}
 	if row.Slow != "" && (b.cfg.SlowHost < 1 || b.cfg.SlowHost > row.N) {
 		return fmt.Errorf("-slow-host %d: not one of hosts 1..%d", b.cfg.SlowHost, row.N)
 	}
@@ -255,34 +284,45 @@ func (b *bench) e2eRow(ctx context.Context, t *Table, label string, row e2eRow, 
 	}
 	var errs []error
 	for _, tool := range b.cfg.Tools {
-		if err := flushRedis(ctx, rs); err != nil {
-			return err
+		r := Row{Bench: label, Case: row.Label(b.cfg.SlowHost, b.cfg.SlowFactor) + ": " + tool, Command: tool}
+		var runs []toolRun
+		for k := range b.cfg.Repeat {
+			fmt.Fprintf(b.out, "bench: %s: %s (%d of %d) ...\n", row.Label(b.cfg.SlowHost, b.cfg.SlowFactor), tool, k+1, b.cfg.Repeat)
+			background, err := waitQuiet(ctx, b.cfg.QuietWait, b.out)
+			if err != nil {
+				return errors.Join(append(errs, err)...)
+			}
+			if err := flushRedis(ctx, rs); err != nil {
+				return errors.Join(append(errs, err)...)
+			}
+			tctx, cancel := context.WithTimeout(ctx, b.cfg.Timeout)
+			run, err := runners[tool](tctx, env)
+			cancel()
+			if run.Command != "" {
+				r.Command = run.Command
+			}
+			var na notApplicable
+			if errors.As(err, &na) {
+				r.Figure, r.Ratio = "n/a", na.why
+				break
+			}
+			if err != nil {
+				r.Figure = fmt.Sprintf("failed (run %d of %d): %v", k+1, b.cfg.Repeat, err)
+				errs = append(errs, fmt.Errorf("%s: %w", tool, err))
+				break
+			}
+			if background > quietBusy {
+				run.Detail = strings.TrimPrefix(run.Detail+fmt.Sprintf("; NOT QUIET: cores %.0f%% busy before the run", 100*background), "; ")
+			}
+			f, q := e2eCells(row, b.cfg.SlowHost, b.cfg.SlowFactor, []toolRun{run})
+			fmt.Fprintf(b.out, "bench:   %s | %s\n", f, q)
+			runs = append(runs, run)
+			if ctx.Err() != nil {
+				break
+			}
 		}
-		fmt.Fprintf(b.out, "bench: %s: %s ...\n", row.Label(b.cfg.SlowHost, b.cfg.SlowFactor), tool)
-		background, err := waitQuiet(ctx, b.cfg.QuietWait, b.out)
-		if err != nil {
-			return errors.Join(append(errs, err)...)
-		}
-		tctx, cancel := context.WithTimeout(ctx, b.cfg.Timeout)
-		run, err := runners[tool](tctx, env)
-		cancel()
-		if background > quietBusy {
-			run.Detail = strings.TrimPrefix(run.Detail+fmt.Sprintf("; NOT QUIET: cores %.0f%% busy before the run", 100*background), "; ")
-		}
-		r := Row{Bench: label, Case: row.Label(b.cfg.SlowHost, b.cfg.SlowFactor) + ": " + tool, Command: run.Command}
-		var na notApplicable
-		switch {
-		case errors.As(err, &na):
-			r.Figure, r.Ratio = "n/a", na.why
-		case err != nil:
-			r.Figure = "failed: " + err.Error()
-			errs = append(errs, fmt.Errorf("%s: %w", tool, err))
-		default:
-			r.Figure, r.Ratio = e2eCells(row, b.cfg.SlowHost, b.cfg.SlowFactor, run)
-			fmt.Fprintf(b.out, "bench:   %s | %s\n", r.Figure, r.Ratio)
-		}
-		if r.Command == "" {
-			r.Command = tool
+		if r.Figure == "" && len(runs) > 0 {
+			r.Figure, r.Ratio = e2eCells(row, b.cfg.SlowHost, b.cfg.SlowFactor, runs)
 		}
 		t.Add(r)
 		if ctx.Err() != nil {

@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net"
+	"os"
 	"path/filepath"
 	"strings"
 	"time"
@@ -14,6 +16,9 @@ import (
 	"github.com/fanout/fanout/internal/coord"
 	"github.com/fanout/fanout/internal/fleet"
 )
+
+// masterPoll is fanout-master's default --poll.
+const masterPoll = time.Second
 
 // e2eTask is the task path every fanout row distributes: a directory
 // holding the row's file.
@@ -111,6 +116,14 @@ func (b *bench) e2eFanout(ctx context.Context, env *e2eEnv) (toolRun, error) {
 	case <-time.After(2 * time.Second):
 	}
 	idle.stop()
+	// An operator's SET lands at a random moment of the master's poll
+	// (--poll, 1 s by default); without this one it would land at the same
+	// phase in every run, fixed by the start-up above.
+	select {
+	case <-ctx.Done():
+		return run, ctx.Err()
+	case <-time.After(rand.N(masterPoll)):
+	}
 	pids := []int{master.Pid()}
 	for _, m := range minions[1:] {
 		pids = append(pids, m.Pid())
@@ -162,6 +175,7 @@ func (b *bench) e2eFanout(ctx context.Context, env *e2eEnv) (toolRun, error) {
 			}
 		}
 	}
+	dumpEvents(filepath.Join(dir, "events.tsv"), events, want, setAt)
 	if len(run.Hosts) != row.N {
 		return run, fmt.Errorf("done with %d finish events for %d minions (hosts %v)", len(run.Hosts), row.N, sortedHosts(run.Hosts))
 	}
@@ -201,4 +215,17 @@ func waitGeneration(ctx context.Context, co *coord.Client) (coord.Generation, er
 		return false, nil
 	})
 	return g, err
+}
+
+// dumpEvents writes generation gen's events, with their time from SET, to
+// path: the timeline behind a figure, kept with -keep.
+func dumpEvents(path string, events []coord.Event, gen string, setAt time.Time) {
+	var b strings.Builder
+	b.WriteString("ms_from_set\ttype\thost\tslot\tmsg\n")
+	for _, e := range events {
+		if e.Gen == gen {
+			fmt.Fprintf(&b, "%d\t%s\t%s\t%s\t%s\n", e.At.Sub(setAt).Milliseconds(), e.Type, e.Host, e.Slot, e.Msg)
+		}
+	}
+	os.WriteFile(path, []byte(b.String()), 0o644)
 }

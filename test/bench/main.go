@@ -72,6 +72,7 @@ type config struct {
 	SlowFactor int           // benchmark 1: the slow host's link is B/SlowFactor
 	SeedPoll   time.Duration // benchmark 1: seed002's poll of an empty synchronize_queue
 	QuietWait  time.Duration // benchmark 1: how long to wait for the machine to be quiet before each measurement
+	Repeat     int           // benchmark 1: runs of each measurement; the table gives the median and the range
 }
 
 // allParts are the benchmarks in the order they run.
@@ -112,6 +113,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.IntVar(&cfg.SlowFactor, "slow-factor", 8, "e2e: the slow host's link is RATE divided by this")
 	fs.DurationVar(&cfg.SeedPoll, "seed002-poll", 200*time.Millisecond, "e2e: seed002's poll of an empty synchronize_queue (seed002-netbed.sh's 0.2 s)")
 	fs.DurationVar(&cfg.QuietWait, "quiet-wait", 5*time.Minute, "e2e: wait up to this long for the machine's cores to be idle before each measurement (a shared machine)")
+	fs.IntVar(&cfg.Repeat, "repeat", 3, "e2e: runs of each tool in each row; the table gives the median run and the range")
 	hosts := fs.String("hosts", "8,16,32", "fanout: minion counts")
 	modes := fs.String("modes", strings.Join([]string{ModeCentral, ModeDoubling, ModePipelined}, ","), "fanout: modes")
 	fanSize := fs.String("size", "64M", "fanout: data size S (rsync units: 64M = 64 MiB)")
@@ -163,6 +165,9 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 			return cfg, fmt.Errorf("-tools: unknown tool %q (want %s)", tl, strings.Join(allTools, ","))
 		}
 		cfg.Tools = append(cfg.Tools, tl)
+	}
+	if cfg.Repeat < 1 {
+		return cfg, fmt.Errorf("-repeat %d: want 1 or more", cfg.Repeat)
 	}
 	if cfg.SlowFactor < 1 {
 		return cfg, fmt.Errorf("-slow-factor %d: want 1 or more", cfg.SlowFactor)
