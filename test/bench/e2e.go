@@ -201,6 +201,7 @@ func cpuPerGiB(cpu time.Duration, delivered int64) float64 {
 type e2eEnv struct {
 	row      e2eRow
 	dir      string       // the row's directory
+	runDir   string       // this run's directory: every run starts from empty roots and state
 	data     string       // the row's file; each tool copies it into its source
 	redis    *redisServer // bound to the testbed's root address, or loopback
 	bed      *netbed      // nil: fallback on loopback, with the tool's own limiter
@@ -295,9 +296,13 @@ func (b *bench) e2eRow(ctx context.Context, t *Table, label string, row e2eRow, 
 			if err := flushRedis(ctx, rs); err != nil {
 				return errors.Join(append(errs, err)...)
 			}
+			env.runDir = filepath.Join(env.dir, fmt.Sprintf("%s-%d", tool, k+1))
 			tctx, cancel := context.WithTimeout(ctx, b.cfg.Timeout)
 			run, err := runners[tool](tctx, env)
 			cancel()
+			if !b.cfg.Keep {
+				os.RemoveAll(env.runDir)
+			}
 			if run.Command != "" {
 				r.Command = run.Command
 			}

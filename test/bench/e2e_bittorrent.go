@@ -41,7 +41,7 @@ func (b *bench) e2eBitTorrent(ctx context.Context, env *e2eEnv) (toolRun, error)
 			return run, notApplicable{tool + " not installed (apt-get install -y aria2 mktorrent opentracker)"}
 		}
 	}
-	w := filepath.Join(env.dir, "bittorrent")
+	w := env.runDir
 	seed := filepath.Join(w, "seed", "model.bin")
 	if err := copyFile(env.data, seed); err != nil {
 		return run, err

@@ -44,7 +44,7 @@ func (b *bench) e2eFanout(ctx context.Context, env *e2eEnv) (toolRun, error) {
 		run.Command = "fanout-master run --bwlimit B; fanout-minion run --bwlimit B"
 		return run, notApplicable{"--bwlimit caps a host's upload and download together: no upload-only slow host without the testbed"}
 	}
-	dir := filepath.Join(env.dir, "fanout")
+	dir := env.runDir
 	f, err := fleet.New(fleet.Config{Dir: dir, Bin: b.cfg.Bin, RedisURL: env.redis.URL})
 	if err != nil {
 		return run, err
@@ -176,6 +176,9 @@ func (b *bench) e2eFanout(ctx context.Context, env *e2eEnv) (toolRun, error) {
 		}
 	}
 	dumpEvents(filepath.Join(dir, "events.tsv"), events, want, setAt)
+	if firstClaim.IsZero() {
+		return run, fmt.Errorf("generation %d done without a claim: the minions held the file already, not a fresh run", g.ID)
+	}
 	if len(run.Hosts) != row.N {
 		return run, fmt.Errorf("done with %d finish events for %d minions (hosts %v)", len(run.Hosts), row.N, sortedHosts(run.Hosts))
 	}

@@ -35,7 +35,7 @@ func (b *bench) e2eSeed002(ctx context.Context, env *e2eEnv) (toolRun, error) {
 	if _, err := exec.LookPath("rsync"); err != nil {
 		return run, notApplicable{"rsync not installed"}
 	}
-	w := filepath.Join(env.dir, "seed002")
+	w := env.runDir
 	var g procGroup
 	defer g.stop()
 	data := func(i int) string { return filepath.Join(w, fmt.Sprintf("h%d", i), "data") }
