@@ -110,6 +110,7 @@ func (b *bench) e2eBitTorrent(ctx context.Context, env *e2eEnv) (toolRun, error)
 			return run, err
 		}
 	}
+	foreign := startForeign()
 	start := time.Now()
 	for i := 1; i <= row.N; i++ {
 		argv := append(append(netnsExec(i), "aria2c"), append(aria2Common, "-d", filepath.Join(w, fmt.Sprintf("h%d", i)), "--on-bt-download-complete="+hook, torrent)...)
@@ -141,6 +142,7 @@ func (b *bench) e2eBitTorrent(ctx context.Context, env *e2eEnv) (toolRun, error)
 		}
 	}
 	cpu.stop()
+	run.Foreign = foreign.stop()
 	run.Hosts = map[int]time.Duration{}
 	var last time.Time
 	for i, at := range done {

@@ -130,6 +130,7 @@ func (b *bench) e2eFanout(ctx context.Context, env *e2eEnv) (toolRun, error) {
 	}
 	cpu := startCPU(pids)
 	redisCPU := startCPU([]int{env.redis.Pid()})
+	foreign := startForeign()
 	var timeCmd *redis.TimeCmd
 	if _, err := f.Redis.TxPipelined(ctx, func(p redis.Pipeliner) error {
 		p.Set(ctx, f.Coord.Keys().Task(), e2eTask, 0)
@@ -140,6 +141,7 @@ func (b *bench) e2eFanout(ctx context.Context, env *e2eEnv) (toolRun, error) {
 	}
 	setAt := timeCmd.Val()
 	g, err := waitGeneration(ctx, f.Coord)
+	run.Foreign = foreign.stop()
 	cpu.stop()
 	redisCPU.stop()
 	if err != nil {

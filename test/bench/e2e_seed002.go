@@ -79,6 +79,7 @@ func (b *bench) e2eSeed002(ctx context.Context, env *e2eEnv) (toolRun, error) {
 	run.Hosts = map[int]time.Duration{}
 	errs := make([]error, row.N+1)
 	var wg sync.WaitGroup
+	foreign := startForeign()
 	start := time.Now()
 	for i := 1; i <= row.N; i++ {
 		wg.Add(1)
@@ -92,6 +93,7 @@ func (b *bench) e2eSeed002(ctx context.Context, env *e2eEnv) (toolRun, error) {
 	}
 	wg.Wait()
 	run.Total = time.Since(start)
+	run.Foreign = foreign.stop()
 	if err := errors.Join(errs...); err != nil {
 		return run, err
 	}

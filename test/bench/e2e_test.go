@@ -171,3 +171,15 @@ func TestParseFlagsE2E(t *testing.T) {
 		t.Error("an unknown tool was accepted")
 	}
 }
+
+func TestParsePidStat(t *testing.T) {
+	// pid (comm with) spaces) state ppid ... utime stime cutime cstime ...
+	line := "42 (a b) c) S 7 42 42 0 -1 4194304 100 0 0 0 250 50 30 20 20 0 1 0 100 0 0"
+	ppid, cpu, ok := parsePidStat(line)
+	if !ok || ppid != 7 || cpu != 300*10*time.Millisecond {
+		t.Errorf("parsePidStat = %d, %s, %v; want 7, 3s", ppid, cpu, ok)
+	}
+	if _, _, ok := parsePidStat("42 (short) S 7"); ok {
+		t.Error("a short line parsed")
+	}
+}
