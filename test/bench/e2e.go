@@ -405,61 +405,72 @@ func sameFile(a, b string) error {
 	}
 }
 
-// machineCPU reads the first line of /proc/stat: busy (everything but
-// idle and iowait) and total time of all cores since boot.
-func machineCPU() (busy, total time.Duration, err error) {
+// machineTimes is the first line of /proc/stat: time of all cores since
+// boot, in total, busy (everything but idle and iowait) and in softirq
+// (where the kernel does most of its networking).
+type machineTimes struct {
+	busy, total, softirq time.Duration
+}
+
+func machineCPU() (machineTimes, error) {
 	f, err := os.Open("/proc/stat")
 	if err != nil {
-		return 0, 0, err
+		return machineTimes{}, err
 	}
 	defer f.Close()
 	sc := bufio.NewScanner(f)
 	if !sc.Scan() {
-		return 0, 0, errors.New("empty /proc/stat")
+		return machineTimes{}, errors.New("empty /proc/stat")
 	}
 	return parseProcStat(sc.Text())
 }
 
 // parseProcStat reads "cpu  user nice system idle iowait irq softirq steal ...".
-func parseProcStat(line string) (busy, total time.Duration, err error) {
+func parseProcStat(line string) (machineTimes, error) {
 	f := strings.Fields(line)
-	if len(f) < 5 || f[0] != "cpu" {
-		return 0, 0, fmt.Errorf("/proc/stat line %q", line)
+	if len(f) < 8 || f[0] != "cpu" {
+		return machineTimes{}, fmt.Errorf("/proc/stat line %q", line)
 	}
-	var sum, idle int64
+	var sum, idle, soft int64
 	for i, v := range f[1:] {
 		if i >= 8 { // guest time is counted in user already
 			break
 		}
 		n, err := strconv.ParseInt(v, 10, 64)
 		if err != nil {
-			return 0, 0, fmt.Errorf("/proc/stat line %q: %w", line, err)
+			return machineTimes{}, fmt.Errorf("/proc/stat line %q: %w", line, err)
 		}
 		sum += n
-		if i == 3 || i == 4 {
+		switch i {
+		case 3, 4:
 			idle += n
+		case 6:
+			soft += n
 		}
 	}
 	tick := 10 * time.Millisecond // USER_HZ
-	return time.Duration(sum-idle) * tick, time.Duration(sum) * tick, nil
+	return machineTimes{busy: time.Duration(sum-idle) * tick, total: time.Duration(sum) * tick, softirq: time.Duration(soft) * tick}, nil
 }
 
 // cpuMeter measures the CPU time of a set of processes and of the whole
 // machine between start and stop.
 type cpuMeter struct {
-	pids       []int
-	procs      map[int]time.Duration
-	busy, all  time.Duration
-	Procs      time.Duration // the processes' utime+stime over the interval
-	MachineUse float64       // busy share of all cores over the interval
+	pids        []int
+	user, sys   map[int]time.Duration
+	machine     machineTimes
+	User, Sys   time.Duration // the processes' utime and stime over the interval
+	Procs       time.Duration // User + Sys
+	MachineUse  float64       // busy share of all cores over the interval
+	SoftirqUse  float64       // softirq share of all cores over the interval
+	MachineBusy time.Duration // busy time of all cores over the interval
 }
 
 func startCPU(pids []int) *cpuMeter {
-	m := &cpuMeter{pids: pids, procs: map[int]time.Duration{}}
+	m := &cpuMeter{pids: pids, user: map[int]time.Duration{}, sys: map[int]time.Duration{}}
 	for _, p := range pids {
-		m.procs[p], _ = cpuTime(p)
+		m.user[p], m.sys[p], _ = userSys(p)
 	}
-	m.busy, m.all, _ = machineCPU()
+	m.machine, _ = machineCPU()
 	return m
 }
 
@@ -467,13 +478,17 @@ func startCPU(pids []int) *cpuMeter {
 // at the start only.
 func (m *cpuMeter) stop() {
 	for _, p := range m.pids {
-		if c, err := cpuTime(p); err == nil {
-			m.Procs += c - m.procs[p]
+		if u, s, err := userSys(p); err == nil {
+			m.User += u - m.user[p]
+			m.Sys += s - m.sys[p]
 		}
 	}
-	busy, all, err := machineCPU()
-	if err == nil && all > m.all {
-		m.MachineUse = float64(busy-m.busy) / float64(all-m.all)
+	m.Procs = m.User + m.Sys
+	end, err := machineCPU()
+	if all := end.total - m.machine.total; err == nil && all > 0 {
+		m.MachineBusy = end.busy - m.machine.busy
+		m.MachineUse = float64(m.MachineBusy) / float64(all)
+		m.SoftirqUse = float64(end.softirq-m.machine.softirq) / float64(all)
 	}
 }
 

@@ -4,9 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"time"
@@ -131,6 +133,12 @@ func (b *bench) e2eFanout(ctx context.Context, env *e2eEnv) (toolRun, error) {
 	cpu := startCPU(pids)
 	redisCPU := startCPU([]int{env.redis.Pid()})
 	foreign := startForeign()
+	var prof *perfRecord
+	if b.cfg.Perf != "" {
+		if prof, err = startPerf(b.cfg.Perf, env, pids); err != nil {
+			return run, err
+		}
+	}
 	var timeCmd *redis.TimeCmd
 	if _, err := f.Redis.TxPipelined(ctx, func(p redis.Pipeliner) error {
 		p.Set(ctx, f.Coord.Keys().Task(), e2eTask, 0)
@@ -144,6 +152,9 @@ func (b *bench) e2eFanout(ctx context.Context, env *e2eEnv) (toolRun, error) {
 	run.Foreign = foreign.stop()
 	cpu.stop()
 	redisCPU.stop()
+	if prof != nil {
+		prof.stop(b.out)
+	}
 	if err != nil {
 		return run, fmt.Errorf("%w (logs under %s)", err, dir)
 	}
@@ -192,9 +203,11 @@ func (b *bench) e2eFanout(ctx context.Context, env *e2eEnv) (toolRun, error) {
 	rounds, _ := obs.co.Rounds(ctx, g.ID)
 	run.Total = g.DoneAt.Sub(setAt)
 	run.CPU = cpu.Procs
-	run.Detail = fmt.Sprintf("SET→published %s, →first claim %s, →last finish %s, →done_at %s; chain depth %d; cores %.0f%% busy (%.0f%% before), redis %.2f CPU-s",
+	run.Detail = fmt.Sprintf("SET→published %s, →first claim %s, →last finish %s, →done_at %s; chain depth %d; "+
+		"cores %.0f%% busy (%.0f%% before; softirq %.0f%%), fanout %.0f%% of it (%.0f%% of that in the kernel), redis %.2f CPU-s",
 		seconds(g.Published.Sub(setAt)), seconds(firstClaim.Sub(setAt)), seconds(lastFinish.Sub(setAt)), seconds(run.Total),
-		rounds, 100*cpu.MachineUse, 100*idle.MachineUse, redisCPU.Procs.Seconds())
+		rounds, 100*cpu.MachineUse, 100*idle.MachineUse, 100*cpu.SoftirqUse, 100*Ratio(cpu.Procs, cpu.MachineBusy), 100*Ratio(cpu.Sys, cpu.Procs),
+		redisCPU.Procs.Seconds())
 	return run, nil
 }
 
@@ -233,4 +246,45 @@ func dumpEvents(path string, events []coord.Event, gen string, setAt time.Time) 
 		}
 	}
 	os.WriteFile(path, []byte(b.String()), 0o644)
+}
+
+// perfRecord is "perf record" attached to the fanout processes from SET
+// to done (-perf): where their CPU goes, kernel included.
+type perfRecord struct {
+	cmd  *exec.Cmd
+	out  string
+	done chan error
+}
+
+// startPerf attaches perf record to pids, writing prefix-ROW-RUN.data.
+func startPerf(prefix string, env *e2eEnv, pids []int) (*perfRecord, error) {
+	if _, err := exec.LookPath("perf"); err != nil {
+		return nil, fmt.Errorf("-perf: perf not on PATH: %w", err)
+	}
+	ids := make([]string, len(pids))
+	for i, p := range pids {
+		ids[i] = fmt.Sprint(p)
+	}
+	out := fmt.Sprintf("%s-%s-%s.data", prefix, env.row.slug(), filepath.Base(env.runDir))
+	cmd := exec.Command("perf", "record", "-q", "-F", "499", "-g", "-o", out, "-p", strings.Join(ids, ","))
+	cmd.SysProcAttr = dieWithParent()
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("-perf: %w", err)
+	}
+	p := &perfRecord{cmd: cmd, out: out, done: make(chan error, 1)}
+	go func() { p.done <- cmd.Wait() }()
+	time.Sleep(300 * time.Millisecond) // let it attach to every thread
+	return p, nil
+}
+
+// stop ends the recording (SIGINT: perf writes its file) and waits.
+func (p *perfRecord) stop(log io.Writer) {
+	p.cmd.Process.Signal(os.Interrupt)
+	select {
+	case <-p.done:
+	case <-time.After(30 * time.Second):
+		p.cmd.Process.Kill()
+		<-p.done
+	}
+	fmt.Fprintf(log, "bench: perf profile of the fanout processes in %s (perf report -i %s --no-children --sort dso,sym)\n", p.out, p.out)
 }

@@ -103,15 +103,15 @@ func TestShapingCommands(t *testing.T) {
 }
 
 func TestParseProcStat(t *testing.T) {
-	busy, total, err := parseProcStat("cpu  100 5 50 800 20 3 7 15 9 0")
+	m, err := parseProcStat("cpu  100 5 50 800 20 3 7 15 9 0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	// busy = user+nice+system+irq+softirq+steal (guest is in user already).
-	if busy != 180*10*time.Millisecond || total != 1000*10*time.Millisecond {
-		t.Errorf("busy %s total %s", busy, total)
+	if m.busy != 180*10*time.Millisecond || m.total != 1000*10*time.Millisecond || m.softirq != 70*time.Millisecond {
+		t.Errorf("busy %s total %s softirq %s", m.busy, m.total, m.softirq)
 	}
-	if _, _, err := parseProcStat("cpu0 1 2 3 4"); err == nil {
+	if _, err := parseProcStat("cpu0 1 2 3 4 5 6 7"); err == nil {
 		t.Error("a per-core line was accepted")
 	}
 	if got := cpuPerGiB(3*time.Second, 3<<29); got != 2 {

@@ -73,6 +73,7 @@ type config struct {
 	SeedPoll   time.Duration // benchmark 1: seed002's poll of an empty synchronize_queue
 	QuietWait  time.Duration // benchmark 1: how long to wait for the machine to be quiet before each measurement
 	Repeat     int           // benchmark 1: runs of each measurement; the table gives the median and the range
+	Perf       string        // benchmark 1: perf record the fanout processes from SET to done into files with this prefix
 }
 
 // allParts are the benchmarks in the order they run.
@@ -114,6 +115,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.DurationVar(&cfg.SeedPoll, "seed002-poll", 200*time.Millisecond, "e2e: seed002's poll of an empty synchronize_queue (seed002-netbed.sh's 0.2 s)")
 	fs.DurationVar(&cfg.QuietWait, "quiet-wait", 5*time.Minute, "e2e: wait up to this long for the machine's cores to be idle before each measurement (a shared machine)")
 	fs.IntVar(&cfg.Repeat, "repeat", 3, "e2e: runs of each tool in each row; the table gives the median run and the range")
+	fs.StringVar(&cfg.Perf, "perf", "", "e2e: perf record the fanout processes (kernel included) from SET to done, into PREFIX-ROW-RUN.data")
 	hosts := fs.String("hosts", "8,16,32", "fanout: minion counts")
 	modes := fs.String("modes", strings.Join([]string{ModeCentral, ModeDoubling, ModePipelined}, ","), "fanout: modes")
 	fanSize := fs.String("size", "64M", "fanout: data size S (rsync units: 64M = 64 MiB)")

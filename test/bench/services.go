@@ -230,23 +230,30 @@ func waitFor(ctx context.Context, limit time.Duration, check func(context.Contex
 
 // cpuTime is a process's user+system CPU time from /proc/PID/stat.
 func cpuTime(pid int) (time.Duration, error) {
+	u, s, err := userSys(pid)
+	return u + s, err
+}
+
+// userSys is a process's user and system CPU time from /proc/PID/stat.
+func userSys(pid int) (user, sys time.Duration, err error) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
-		return 0, fmt.Errorf("read cpu time: %w", err)
+		return 0, 0, fmt.Errorf("read cpu time: %w", err)
 	}
 	// Fields after the command name, which is in parentheses and may hold spaces.
 	s := string(b)
 	f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
 	if len(f) < 13 {
-		return 0, fmt.Errorf("short /proc/%d/stat", pid)
+		return 0, 0, fmt.Errorf("short /proc/%d/stat", pid)
 	}
 	utime, err1 := strconv.ParseInt(f[11], 10, 64)
 	stime, err2 := strconv.ParseInt(f[12], 10, 64)
 	if err := errors.Join(err1, err2); err != nil {
-		return 0, fmt.Errorf("parse /proc/%d/stat: %w", pid, err)
+		return 0, 0, fmt.Errorf("parse /proc/%d/stat: %w", pid, err)
 	}
 	// Linux reports clock ticks; USER_HZ is 100 on every mainstream build.
-	return time.Duration(utime+stime) * 10 * time.Millisecond, nil
+	tick := 10 * time.Millisecond
+	return time.Duration(utime) * tick, time.Duration(stime) * tick, nil
 }
 
 // monitor counts the commands clients send to a Redis server, by command
