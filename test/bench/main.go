@@ -125,7 +125,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.BoolVar(&cfg.Keep, "keep", false, "keep the directory")
 	fs.StringVar(&cfg.Bin, "bin", "bin", "directory holding fanout-master and fanout-minion (make build)")
 	fs.StringVar(&cfg.Out, "out", "", "also write the table to this file")
-	fs.DurationVar(&cfg.Poll, "poll", 100*time.Millisecond, "--poll of every host in benchmarks 1-3")
+	fs.DurationVar(&cfg.Poll, "poll", 100*time.Millisecond, "--poll of every host in benchmarks 2, 3 and 5 (benchmark 1, e2e, runs fanout with its default flags)")
 	fs.DurationVar(&cfg.Timeout, "timeout", 5*time.Minute, "limit on one generation")
 	fs.IntVar(&cfg.Files, "files", 100_000, "small: file count")
 	fs.IntVar(&cfg.Idle, "idle", 1000, "redis: idle minions")
