@@ -34,12 +34,16 @@ fmt-check:
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
 	if [ -n "$$out" ]; then echo "gofmt needed on:"; echo "$$out"; exit 1; fi
 
-# The issue-4 benchmarks (fan-out time to 8/16/32 processes, one 1 GiB file
-# and 100,000 small files against rsync, Redis cost), one table on stdout
-# and in bench.md; BENCHFLAGS picks parts and sizes (go run ./test/bench
-# -help). Then the micro-benchmarks: hashing, Build of a 1 GiB file and of
-# 100,000 small files in formats 2 and 3 (on tmpfs), chunking, the
-# streaming verifier. Not run by CI; about 12 minutes.
+# The benchmarks, one table on stdout and in bench.md: fan-out end to end on
+# the shared testbed (../shared/netbed/netbed.sh: root, network namespaces;
+# with aria2c, mktorrent and opentracker for the BitTorrent comparison;
+# without namespaces a labelled --bwlimit fallback), one 1 GiB file and
+# 100,000 small files against rsync, Redis cost. BENCHFLAGS picks parts,
+# rows and sizes (go run ./test/bench -help). Then the micro-benchmarks:
+# hashing, Build of a 1 GiB file and of 100,000 small files in formats 2 and
+# 3 (on tmpfs), chunking, the streaming verifier, verification of a held
+# tree. Not run by CI; the end-to-end rows alone take 10 to 60 minutes,
+# depending on how often the machine is quiet.
 BENCHFLAGS ?=
 bench: build
 	$(GO) run ./test/bench -bin bin -out bench.md $(BENCHFLAGS)

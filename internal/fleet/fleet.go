@@ -103,29 +103,44 @@ type Proc struct {
 
 // StartMaster starts the master, named "master", with extra flags.
 func (f *Fleet) StartMaster(ctx context.Context, extra ...string) (*Proc, error) {
-	return f.start(ctx, "master", "fanout-master", nil, extra)
+	return f.start(ctx, "master", "fanout-master", nil, "", extra)
 }
 
 // StartMinion starts a minion with extra flags.
 func (f *Fleet) StartMinion(ctx context.Context, name string, extra ...string) (*Proc, error) {
-	return f.start(ctx, name, "fanout-minion", nil, extra)
+	return f.start(ctx, name, "fanout-minion", nil, "", extra)
 }
 
 // StartMinionWrapped starts a minion under a wrapper command, such as
 // prlimit --fsize=N --.
 func (f *Fleet) StartMinionWrapped(ctx context.Context, name string, wrapper []string, extra ...string) (*Proc, error) {
-	return f.start(ctx, name, "fanout-minion", wrapper, extra)
+	return f.start(ctx, name, "fanout-minion", wrapper, "", extra)
 }
 
-func (f *Fleet) start(ctx context.Context, name, prog string, wrapper, extra []string) (*Proc, error) {
+// StartAt starts prog ("fanout-master" or "fanout-minion") named name under
+// a wrapper command (none when empty), listening on and advertising addr
+// instead of a free loopback port: a host in its own network namespace,
+// started with wrapper "ip netns exec fb1", listens on that namespace's
+// address. The wrapper must exec the program (as ip netns exec does), so
+// that the process's pid is the program's.
+func (f *Fleet) StartAt(ctx context.Context, name, prog string, wrapper []string, addr string, extra ...string) (*Proc, error) {
+	if prog != "fanout-master" && prog != "fanout-minion" {
+		return nil, fmt.Errorf("fleet: unknown program %q", prog)
+	}
+	return f.start(ctx, name, prog, wrapper, addr, extra)
+}
+
+func (f *Fleet) start(ctx context.Context, name, prog string, wrapper []string, addr string, extra []string) (*Proc, error) {
 	base := filepath.Join(f.cfg.Dir, name)
 	p := &Proc{Name: name, Root: filepath.Join(base, "root"), StateDir: filepath.Join(base, "state"), Log: base + ".log"}
 	if err := os.MkdirAll(p.Root, 0o755); err != nil {
 		return nil, err
 	}
-	addr, err := freeAddr()
-	if err != nil {
-		return nil, err
+	if addr == "" {
+		var err error
+		if addr, err = freeAddr(); err != nil {
+			return nil, err
+		}
 	}
 	p.Addr = addr
 	args := []string{"run", "--redis", f.cfg.RedisURL, "--key-prefix", f.cfg.Prefix, "--id", name,
@@ -183,6 +198,16 @@ func (p *Proc) Running() bool {
 	default:
 		return true
 	}
+}
+
+// Pid is the process id while it runs, 0 otherwise.
+func (p *Proc) Pid() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.cmd == nil || p.cmd.Process == nil {
+		return 0
+	}
+	return p.cmd.Process.Pid
 }
 
 // Kill sends SIGKILL and waits for the process to die.

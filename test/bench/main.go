@@ -1,13 +1,20 @@
 // Command bench measures fanout and prints one markdown table of figures
 // taken in one run, each naming the command that produced it:
 //
-//  1. fan-out time to N minions (separate processes, --bwlimit per host) as
-//     a ratio to S/B, for central, whole-file doubling and pipelined modes;
+//  1. end to end, what an operator sees: from SET task to the generation's
+//     done time, N hosts on the shared testbed (../shared/netbed/netbed.sh:
+//     a network namespace per host, tc-shaped links), fanout against a
+//     BitTorrent swarm and the original scripts on the same file and links
+//     (e2e.go; needs root; without namespaces, a labelled --bwlimit
+//     fallback);
 //  2. one big file on loopback with no limit, against rsync (daemon mode)
 //     and cp;
 //  3. many small files against rsync (daemon mode);
 //  4. Redis commands per host per task and the command rate of idle
-//     polling minions, from INFO commandstats on a real redis-server.
+//     polling minions, from INFO commandstats on a real redis-server;
+//  5. (-parts fanout, not by default) fan-out time with the tool's own
+//     --bwlimit on loopback, publish to last finish, for central, whole-file
+//     doubling and pipelined modes.
 //
 // Run it with "make bench"; -parts chooses the benchmarks and the other
 // flags their sizes. docs/PERFORMANCE.md holds the latest table.
@@ -58,10 +65,24 @@ type config struct {
 	IdleWindow time.Duration // benchmark 4: measuring window
 	TaskHosts  int           // benchmark 4: minions for commands per host per task
 	CPUProfile string        // CPU profile of this process during benchmarks 2 and 3
+	Netbed     string        // benchmark 1: directory of netbed.sh; "off": the --bwlimit fallback
+	Rows       []e2eRow      // benchmark 1: rows
+	Tools      []string      // benchmark 1: tools compared
+	SlowHost   int           // benchmark 1: the slow host of a slow row
+	SlowFactor int           // benchmark 1: the slow host's link is B/SlowFactor
+	SeedPoll   time.Duration // benchmark 1: seed002's poll of an empty synchronize_queue
+	QuietWait  time.Duration // benchmark 1: how long to wait for the machine to be quiet before each measurement
+	Repeat     int           // benchmark 1: runs of each measurement; the table gives the median and the range
+	Perf       string        // benchmark 1: perf record the fanout processes from SET to done into files with this prefix
 }
 
 // allParts are the benchmarks in the order they run.
-var allParts = []string{"fanout", "big", "small", "redis"}
+var allParts = []string{"e2e", "fanout", "big", "small", "redis"}
+
+// defaultParts are what make bench runs: not "fanout", whose figures use
+// the tool's own limiter (benchmark 1 falls back to it by itself when the
+// machine has no network namespaces).
+var defaultParts = []string{"e2e", "big", "small", "redis"}
 
 func main() {
 	cfg, err := parseFlags(os.Args[1:], os.Stderr)
@@ -85,7 +106,16 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	var cfg config
-	parts := fs.String("parts", strings.Join(allParts, ","), "benchmarks to run: "+strings.Join(allParts, ","))
+	parts := fs.String("parts", strings.Join(defaultParts, ","), "benchmarks to run: "+strings.Join(allParts, ","))
+	fs.StringVar(&cfg.Netbed, "netbed", "../shared/netbed", "e2e: directory holding the shared testbed's netbed.sh; off: the --bwlimit fallback on loopback")
+	rows := fs.String("rows", defaultRows, "e2e: rows N:SIZE:RATE[:slow|:slowup], comma-separated (slow: one host's link at RATE/-slow-factor both ways; slowup: its upload only)")
+	tools := fs.String("tools", strings.Join(allTools, ","), "e2e: tools to compare: "+strings.Join(allTools, ","))
+	fs.IntVar(&cfg.SlowHost, "slow-host", 3, "e2e: the slow host of slow rows (1..N)")
+	fs.IntVar(&cfg.SlowFactor, "slow-factor", 8, "e2e: the slow host's link is RATE divided by this")
+	fs.DurationVar(&cfg.SeedPoll, "seed002-poll", 200*time.Millisecond, "e2e: seed002's poll of an empty synchronize_queue (seed002-netbed.sh's 0.2 s)")
+	fs.DurationVar(&cfg.QuietWait, "quiet-wait", 5*time.Minute, "e2e: wait up to this long for the machine's cores to be idle before each measurement (a shared machine)")
+	fs.IntVar(&cfg.Repeat, "repeat", 3, "e2e: runs of each tool in each row; the table gives the median run and the range")
+	fs.StringVar(&cfg.Perf, "perf", "", "e2e: perf record the fanout processes (kernel included) from SET to done, into PREFIX-ROW-RUN.data")
 	hosts := fs.String("hosts", "8,16,32", "fanout: minion counts")
 	modes := fs.String("modes", strings.Join([]string{ModeCentral, ModeDoubling, ModePipelined}, ","), "fanout: modes")
 	fanSize := fs.String("size", "64M", "fanout: data size S (rsync units: 64M = 64 MiB)")
@@ -95,7 +125,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.BoolVar(&cfg.Keep, "keep", false, "keep the directory")
 	fs.StringVar(&cfg.Bin, "bin", "bin", "directory holding fanout-master and fanout-minion (make build)")
 	fs.StringVar(&cfg.Out, "out", "", "also write the table to this file")
-	fs.DurationVar(&cfg.Poll, "poll", 100*time.Millisecond, "--poll of every host in benchmarks 1-3")
+	fs.DurationVar(&cfg.Poll, "poll", 100*time.Millisecond, "--poll of every host in benchmarks 2, 3 and 5 (benchmark 1, e2e, runs fanout with its default flags)")
 	fs.DurationVar(&cfg.Timeout, "timeout", 5*time.Minute, "limit on one generation")
 	fs.IntVar(&cfg.Files, "files", 100_000, "small: file count")
 	fs.IntVar(&cfg.Idle, "idle", 1000, "redis: idle minions")
@@ -129,6 +159,21 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 		cfg.Modes = append(cfg.Modes, m)
 	}
 	var err error
+	if cfg.Rows, err = parseRows(*rows); err != nil {
+		return cfg, fmt.Errorf("-rows: %w", err)
+	}
+	for _, tl := range splitList(*tools) {
+		if !contains(allTools, tl) {
+			return cfg, fmt.Errorf("-tools: unknown tool %q (want %s)", tl, strings.Join(allTools, ","))
+		}
+		cfg.Tools = append(cfg.Tools, tl)
+	}
+	if cfg.Repeat < 1 {
+		return cfg, fmt.Errorf("-repeat %d: want 1 or more", cfg.Repeat)
+	}
+	if cfg.SlowFactor < 1 {
+		return cfg, fmt.Errorf("-slow-factor %d: want 1 or more", cfg.SlowFactor)
+	}
 	if cfg.FanSize, err = parseSize(*fanSize); err != nil {
 		return cfg, fmt.Errorf("-size: %w", err)
 	}
@@ -205,6 +250,7 @@ func run(ctx context.Context, cfg config, stdout io.Writer) error {
 		part string
 		run  func(context.Context, *Table) error
 	}{
+		{"e2e", b.e2e},
 		{"fanout", b.fanout},
 		{"big", b.profiled(b.bigFile)},
 		{"small", b.profiled(b.smallFiles)},

@@ -25,22 +25,34 @@ type redisServer struct {
 	cmd  *exec.Cmd
 }
 
-// startRedis starts redis-server with its files under dir.
+// startRedis starts redis-server on loopback with its files under dir.
 func startRedis(ctx context.Context, dir string) (*redisServer, error) {
+	return startRedisAt(ctx, dir, "127.0.0.1")
+}
+
+// startRedisAt starts redis-server bound to host (an address of this
+// machine) with its files under dir. Bound to anything but loopback it
+// runs with --protected-mode no, as hosts in other network namespaces
+// reach it without a password.
+func startRedisAt(ctx context.Context, dir, host string) (*redisServer, error) {
 	bin, err := exec.LookPath("redis-server")
 	if err != nil {
 		return nil, fmt.Errorf("redis-server is needed (apt-get install redis-server): %w", err)
 	}
-	port, err := freePort()
+	port, err := freePortOn(host)
 	if err != nil {
 		return nil, err
 	}
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("redis dir: %w", err)
 	}
-	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
-	cmd := exec.Command(bin, "--port", strconv.Itoa(port), "--bind", "127.0.0.1",
-		"--save", "", "--appendonly", "no", "--dir", dir, "--maxclients", "4000")
+	addr := net.JoinHostPort(host, strconv.Itoa(port))
+	args := []string{"--port", strconv.Itoa(port), "--bind", host,
+		"--save", "", "--appendonly", "no", "--dir", dir, "--maxclients", "4000"}
+	if host != "127.0.0.1" {
+		args = append(args, "--protected-mode", "no")
+	}
+	cmd := exec.Command(bin, args...)
 	cmd.SysProcAttr = dieWithParent()
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start redis-server: %w", err)
@@ -187,8 +199,11 @@ func dieWithParent() *syscall.SysProcAttr {
 	return &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 }
 
-func freePort() (int, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+func freePort() (int, error) { return freePortOn("127.0.0.1") }
+
+// freePortOn finds a TCP port free on host.
+func freePortOn(host string) (int, error) {
+	ln, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
 	if err != nil {
 		return 0, fmt.Errorf("find a free port: %w", err)
 	}
@@ -215,23 +230,30 @@ func waitFor(ctx context.Context, limit time.Duration, check func(context.Contex
 
 // cpuTime is a process's user+system CPU time from /proc/PID/stat.
 func cpuTime(pid int) (time.Duration, error) {
+	u, s, err := userSys(pid)
+	return u + s, err
+}
+
+// userSys is a process's user and system CPU time from /proc/PID/stat.
+func userSys(pid int) (user, sys time.Duration, err error) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
-		return 0, fmt.Errorf("read cpu time: %w", err)
+		return 0, 0, fmt.Errorf("read cpu time: %w", err)
 	}
 	// Fields after the command name, which is in parentheses and may hold spaces.
 	s := string(b)
 	f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
 	if len(f) < 13 {
-		return 0, fmt.Errorf("short /proc/%d/stat", pid)
+		return 0, 0, fmt.Errorf("short /proc/%d/stat", pid)
 	}
 	utime, err1 := strconv.ParseInt(f[11], 10, 64)
 	stime, err2 := strconv.ParseInt(f[12], 10, 64)
 	if err := errors.Join(err1, err2); err != nil {
-		return 0, fmt.Errorf("parse /proc/%d/stat: %w", pid, err)
+		return 0, 0, fmt.Errorf("parse /proc/%d/stat: %w", pid, err)
 	}
 	// Linux reports clock ticks; USER_HZ is 100 on every mainstream build.
-	return time.Duration(utime+stime) * 10 * time.Millisecond, nil
+	tick := 10 * time.Millisecond
+	return time.Duration(utime) * tick, time.Duration(stime) * tick, nil
 }
 
 // monitor counts the commands clients send to a Redis server, by command
