@@ -387,7 +387,7 @@ func (m *Minion) heartbeatLoop(ctx context.Context) {
 // and wakes the poll loop when the generation it reports is not the one
 // the last Step saw (a missed notification).
 func (m *Minion) heartbeat(ctx context.Context) error {
-	b := coord.Beat{Uploads: m.uploads()}
+	b := coord.Beat{Uploads: m.heldUploads()}
 	m.mu.Lock()
 	if h := m.held; m.verified && h != nil && m.announced == (coord.Ref{ID: h.Gen, Digest: h.Digest}) {
 		b.Held = m.announced
@@ -539,7 +539,7 @@ func (m *Minion) announce(ctx context.Context, g coord.Generation) error {
 		m.server.Set(snapshot(m.cfg.Root, &h, enc, man))
 		m.cfg.Metrics.Generation.Set(float64(g.ID))
 	}
-	if err := m.coord.Finish(ctx, coord.Claim{Host: m.cfg.ID, Gen: g.Ref()}, m.uploads()); err != nil {
+	if err := m.coord.Finish(ctx, coord.Claim{Host: m.cfg.ID, Gen: g.Ref()}, m.heldUploads()); err != nil {
 		if errors.Is(err, coord.ErrStale) {
 			return nil
 		}
@@ -563,6 +563,19 @@ func (m *Minion) uploads() int {
 		return 0
 	}
 	return m.cfg.Uploads
+}
+
+// heldUploads is the slots this host offers once it holds a generation
+// whole: one more than --max-uploads when pulls take several sources. Its
+// first slots stay with the pullers that streamed from it while it was
+// partial; the spare one lets a host stuck behind a slow relay add a
+// whole source (swarm.grow claims full sources first).
+func (m *Minion) heldUploads() int {
+	n := m.uploads()
+	if n > 0 && m.cfg.Sources > 1 {
+		n++
+	}
+	return n
 }
 
 // PeerAnswers reports whether a peer server answers /healthz at addr, over

@@ -66,7 +66,7 @@ func (m *Minion) pull(ctx context.Context, g coord.Generation, cl coord.Claim) e
 	// A repair claim that found the tree intact (a wiped state directory)
 	// verified it: it repaired nothing.
 	last.Repair = cl.Repair && st.Files+st.Dirs+st.Symlinks+st.Removed+st.Meta > 0
-	if err := m.coord.Finish(sctx, last, m.uploads()); err != nil && !errors.Is(err, coord.ErrStale) {
+	if err := m.coord.Finish(sctx, last, m.heldUploads()); err != nil && !errors.Is(err, coord.ErrStale) {
 		return fmt.Errorf("finish generation %d: %w", g.ID, err)
 	}
 	m.setFinished(g)
