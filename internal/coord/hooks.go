@@ -19,6 +19,10 @@ import (
 // refuse another over it.)
 const HookFormat = 1
 
+// DefaultTask is the name of the plain task, the one the task key sets: a
+// hook configured for it is configured for "default".
+const DefaultTask = "default"
+
 // Hook states in a HookRecord.
 const (
 	HookRunning = "running"

@@ -68,6 +68,8 @@ type Host struct {
 	// Skew offsets this host's clock from the machine's (set before
 	// StartMinion): the protocol must not care.
 	Skew time.Duration
+	// Hooks are this minion's hooks (set before StartMinion); nil: none.
+	Hooks minion.Hooks
 
 	mu     sync.Mutex
 	cancel context.CancelFunc
@@ -182,6 +184,7 @@ func (l *Lab) StartMinion(ctx context.Context, h *Host) error {
 			Log: l.cfg.Log.WithField("host", h.ID), Version: "lab",
 			Download: bwlimit.New(l.cfg.BWLimit),
 			NoWatch:  l.cfg.NoWatch, VerifyEvery: l.cfg.VerifyEvery, ScanEvery: 2 * time.Second,
+			Hooks: h.Hooks,
 		}, co, server, client)
 		if err != nil {
 			return nil, err
