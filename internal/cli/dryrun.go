@@ -145,11 +145,11 @@ func writeDryRun(w io.Writer, d dryRunJSON) {
 				fmt.Fprintf(tw, "  ... and %d more (--json lists them all)\n", len(p.Changes)-i)
 				break
 			}
-			size := ""
 			if c.Op == manifest.OpFetch.String() {
-				size = humanBytes(c.Size)
+				fmt.Fprintf(tw, "  %s\t%s\t%s\n", c.Op, printable(c.Path, maxLine), humanBytes(c.Size))
+			} else {
+				fmt.Fprintf(tw, "  %s\t%s\n", c.Op, printable(c.Path, maxLine))
 			}
-			fmt.Fprintf(tw, "  %s\t%s\t%s\n", c.Op, printable(c.Path, maxLine), size)
 		}
 		tw.Flush()
 	}

@@ -86,6 +86,7 @@ func TestPublishDryRun(t *testing.T) {
 		!strings.Contains(text, "held by 2 of 2 expected hosts") || !strings.Contains(text, "fetch 2 files") || !strings.Contains(text, "  fetch  weights/model.bin") {
 		t.Errorf("text: code %d %s\n%s", code, stderr, text)
 	}
+	t.Logf("fanout-master publish --dry-run:\n%s", text)
 	// Nothing was published: the task key is still the one the master
 	// adopted (a SET clears its TTL), and the generation is the same.
 	if v, fresh, err := l.Coord.TaskKey(ctx); err != nil || fresh || v != task {

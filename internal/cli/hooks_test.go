@@ -130,3 +130,29 @@ func TestHistoryShowsHooks(t *testing.T) {
 		t.Errorf("history:\n%s", out)
 	}
 }
+
+// TestHookFlagErrors: bad hook flags are usage errors naming the flag,
+// before anything connects to Redis; serve takes no hook flags.
+func TestHookFlagErrors(t *testing.T) {
+	for _, tt := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"run", "--on-sync", "default"}, "--on-sync \"default\": give NAME=COMMAND"},
+		{[]string{"sync", "--on-sync", "../x=true"}, "task name"},
+		{[]string{"run", "--hook-dir", "/does/not/exist"}, "--hook-dir /does/not/exist"},
+		{[]string{"run", "--on-sync", "default=true", "--hook-timeout", "0s"}, "--hook-timeout"},
+		{[]string{"serve", "--on-sync", "default=true"}, "unknown flag: --on-sync"},
+	} {
+		args := append(tt.args, "--root", "/", "--state-dir", t.TempDir())
+		code, _, stderr := run(t, minionMain, nil, args...)
+		if code != exitUsage || !strings.Contains(stderr, tt.want) {
+			t.Errorf("%q: exit %d, stderr %q; want %d and %q", tt.args, code, stderr, exitUsage, tt.want)
+		}
+	}
+	// FANOUT_ON_SYNC sets one hook like the flag: a bad one is refused the same way.
+	code, _, stderr := run(t, minionMain, map[string]string{"FANOUT_ON_SYNC": "nocommand"}, "run", "--root", "/", "--state-dir", t.TempDir())
+	if code != exitUsage || !strings.Contains(stderr, "NAME=COMMAND") {
+		t.Errorf("FANOUT_ON_SYNC: exit %d, stderr %q", code, stderr)
+	}
+}
