@@ -331,3 +331,59 @@ func TestHookProcesses(t *testing.T) {
 		t.Errorf("m1 ran its hook for generations %q, want %q", got, want)
 	}
 }
+
+// TestHookInterruptedRunsAgain: a minion stopped while its hook runs kills
+// the hook and records it failed (interrupted); started again, it holds
+// the generation without a pull and runs the hook again, with the paths
+// the first pull changed.
+func TestHookInterruptedRunsAgain(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	l, src := startLab(ctx, t, lab.Config{})
+	dir := t.TempDir()
+	started, stdin := filepath.Join(dir, "started"), filepath.Join(dir, "stdin")
+	slow, err := hook.NewSet([]string{"default=touch " + started + "; sleep 300"}, "", time.Hour)
+	must(t, err)
+	h := l.NewHost()
+	h.Hooks = slow
+	must(t, l.StartMinion(ctx, h))
+	waitFor(ctx, t, "the slow hook to start", func() bool {
+		_, err := os.Stat(started)
+		return err == nil
+	})
+	st, err := l.Coord.Status(ctx)
+	must(t, err)
+	gen := st.Generation.ID
+	if r := st.Hooks[h.ID]; r.State != coord.HookRunning || r.Gen != gen || st.State != coord.StateRunning {
+		t.Fatalf("while the hook runs: hook %+v, generation state %s", r, st.State)
+	}
+	must(t, h.Stop())
+	st, err = l.Coord.Status(ctx)
+	must(t, err)
+	if r := st.Hooks[h.ID]; r.State != coord.HookFailed || !strings.Contains(r.Error, "interrupted") {
+		t.Fatalf("after the stop: hook %+v", r)
+	}
+	fast, err := hook.NewSet([]string{`default=cat > ` + stdin + `; echo "$FANOUT_GENERATION" > ` + stdin + `.gen`}, "", time.Minute)
+	must(t, err)
+	h.Hooks = fast
+	must(t, l.StartMinion(ctx, h))
+	// The generation may be done already (the interrupted run counts as
+	// failed); the hook's record turns ok when it ran again.
+	waitFor(ctx, t, "the hook to run again", func() bool {
+		st, err = l.Coord.Status(ctx)
+		return err == nil && st.Hooks[h.ID].State == coord.HookOK
+	})
+	if st.Generation.ID != gen {
+		t.Fatalf("after the restart: generation %d, want %d", st.Generation.ID, gen)
+	}
+	if g := readLines(t, stdin+".gen"); len(g) != 1 || g[0] != strconv.FormatInt(gen, 10) {
+		t.Errorf("the hook ran again for %q, want %d", g, gen)
+	}
+	files, _ := treeSize(t, src)
+	if paths := readNUL(t, stdin); len(paths) < files || !slices.Contains(paths, "weights/model.bin") {
+		t.Errorf("the hook run again got %d paths, want the %d files the first pull changed and more: %q", len(paths), files, paths)
+	}
+	if r, _ := l.Minions[0].Minion.Progress(); r != 0 {
+		t.Errorf("the restarted minion received %d bytes; it held the tree", r)
+	}
+}
