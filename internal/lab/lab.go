@@ -7,6 +7,7 @@ package lab
 import (
 	"context"
 	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"net"
@@ -89,8 +90,11 @@ func Start(ctx context.Context, cfg Config) (*Lab, error) {
 		l.SetLevel(logrus.WarnLevel)
 		cfg.Log = l
 	}
-	l := &Lab{cfg: cfg, secret: make([]byte, 32)}
-	rand.Read(l.secret)
+	// A printable secret (hex), so a test can write it to a --secret-file,
+	// which holds one secret a line.
+	raw := make([]byte, 32)
+	rand.Read(raw)
+	l := &Lab{cfg: cfg, secret: []byte(hex.EncodeToString(raw))}
 	url := cfg.RedisURL
 	if url == "" {
 		mr, err := miniredis.Run()
@@ -345,5 +349,6 @@ func HoldSlot(ctx context.Context, rdb redis.UniversalClient, prefix string, g c
 	return nil, fmt.Errorf("could not claim %s", slot)
 }
 
-// Secret returns the peer secret every host of the lab shares.
+// Secret returns the peer secret every host of the lab shares: printable,
+// one line.
 func (l *Lab) Secret() []byte { return l.secret }

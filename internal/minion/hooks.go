@@ -90,7 +90,8 @@ type pendingHook struct {
 // records the run as pending in the state directory (a restart runs it
 // again) and as running in Redis before the finish, so the master never
 // calls g done in between. changed lists the paths this host's pull of g
-// changed (nil when it pulled nothing).
+// changed (nil when it pulled nothing); the hook is told those and the
+// paths of an earlier run that never ended.
 func (m *Minion) prepareHook(ctx context.Context, g coord.Generation, changed []string) *pendingHook {
 	if m.cfg.Hooks == nil {
 		return nil
@@ -105,10 +106,13 @@ func (m *Minion) prepareHook(ctx context.Context, g coord.Generation, changed []
 	if err != nil {
 		log.WithError(err).Warn("hook state unreadable; the hook runs")
 	}
-	if prev.names(task, g) {
-		if prev.Done {
-			return nil // ran for g already: a restart, a republish seen twice, a repair
-		}
+	if prev.names(task, g) && prev.Done {
+		return nil // ran for g already: a restart, a republish seen twice, a repair
+	}
+	if prev.Task == task && !prev.Done {
+		// A run that never ended (interrupted, or its generation was
+		// superseded first): its paths changed too since the hook last
+		// ran to its end.
 		changed = mergePaths(prev.Changed, changed)
 	}
 	if err := saveHookState(m.cfg.StateDir, hookState{Task: task, Gen: g.ID, Digest: g.Digest, Changed: changed}); err != nil {
