@@ -71,6 +71,9 @@ type Config struct {
 	// them, not by user and group name (rsync's --numeric-ids). Owners are
 	// applied only when this process runs as root.
 	NumericIDs bool
+	// Model, when set, stands in for the pull's data plane (see Model):
+	// the simulator's minions. Nil in every real daemon.
+	Model Model
 }
 
 func (c *Config) setDefaults() {
