@@ -69,3 +69,37 @@ func TestClaimWithdrawsSlotOfChainTooLong(t *testing.T) {
 		}
 	})
 }
+
+// A claim that finds no source says how many hosts wait for one: those
+// that counted their discovery in lookup, less the running and the
+// finished.
+func TestNoSourceCountsWaiting(t *testing.T) {
+	each(t, 15*time.Second, func(t *testing.T, f *fixture) {
+		ctx := context.Background()
+		g := f.publish(1)
+		f.heartbeat("a", "b", "c", "d")
+		for range 4 {
+			if err := f.c.Lookup(ctx); err != nil {
+				t.Fatal(err)
+			}
+		}
+		cl, err := f.c.Claim(ctx, "a", g.Ref(), ClaimOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = f.c.Claim(ctx, "b", g.Ref(), ClaimOptions{})
+		var none *NoSourceError
+		if !errors.Is(err, ErrNoSource) || !errors.As(err, &none) || none.Waiting != 3 {
+			t.Fatalf("claim with a running and none finished of 4: %v, want ErrNoSource with 3 waiting", err)
+		}
+		if err := f.c.Finish(ctx, cl, 0); err != nil { // finished, not a source: master#0 is free again
+			t.Fatal(err)
+		}
+		if _, err := f.c.Claim(ctx, "b", g.Ref(), ClaimOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err = f.c.Claim(ctx, "c", g.Ref(), ClaimOptions{}); !errors.As(err, &none) || none.Waiting != 2 {
+			t.Fatalf("claim with one running and one finished of 4: %v, want 2 waiting", err)
+		}
+	})
+}

@@ -252,11 +252,13 @@ return {id, now}
 // not walk the same chains at every poll. Sources named in avoid
 // (comma-separated: the ones host pulls from already) are skipped. A
 // finished host may claim only to repair (ARGV repair): it stays in
-// finished_queue and enters repairing instead of running_queue.
+// finished_queue and enters repairing instead of running_queue. With no
+// source, it returns how many hosts wait for one (lookup minus the
+// running and the finished), three O(1) reads.
 // ARGV: host, gen, digest, lease_ms, rand, maxlen, repair, cid, acyclic,
 // avoid, grace_ms
 var claimScript = newScript(
-	[]string{"generation", "finished", "lease", "sync", "full", "part", "bad", "running", "claims", "leases", "hosts", "heartbeats", "events", "holders", "repairing"}, `
+	[]string{"generation", "finished", "lease", "sync", "full", "part", "bad", "running", "claims", "leases", "hosts", "heartbeats", "events", "holders", "repairing", "lookup"}, `
 local host, gen, digest, cid = ARGV[1], ARGV[2], ARGV[3], ARGV[8]
 local acyclic = ARGV[9] == '1'
 local avoid = {}
@@ -336,7 +338,12 @@ local function pick(set, checkCycle)
   return nil
 end
 local slot = pick(K.full, false) or pick(K.part, true) or pick(K.sync, true)
-if not slot then return {'nosource'} end
+if not slot then
+  -- How many hosts wait for a source (discovered the generation, neither
+  -- pulling nor finished): waiting hosts space their polls by it.
+  local waiting = tonumber(redis.call('GET', K.lookup) or '0') - redis.call('SCARD', K.running) - redis.call('SCARD', K.finished)
+  return {'nosource', tostring(math.max(waiting, 0))}
+end
 local src = slotSource(slot)
 takeSlot(slot)
 redis.call('HSET', K.holders, slot, cid)
