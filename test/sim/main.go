@@ -233,6 +233,10 @@ func table(cfg config, rs []result, took time.Duration) string {
 		if len(slow) > 0 {
 			fmt.Fprintf(&b, "  SLOWLOG: %s.\n", strings.Join(slow, "; "))
 		}
+		if e := r.noise(); e.Name != "" {
+			fmt.Fprintf(&b, "  Slowest call that is not a script: %s, %s ms (SLOWLOG times are wall time: a loaded machine stretches them).\n",
+				e.Name, short(float64(e.Max.Microseconds())/1000))
+		}
 		if r.IdleWindow > 0 {
 			fmt.Fprintf(&b, "  Idle, per host per s: requests %s; executed %s.\n",
 				perCommand(r.IdleReqs, n*r.IdleWindow.Seconds(), 8), perCommand(r.IdleExec, n*r.IdleWindow.Seconds(), 8))

@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -43,6 +44,19 @@ type result struct {
 	IdleExec   map[string]int64
 	IdleReqs   map[string]int64
 	Warnings   []string
+}
+
+// noise is the slowest call in the slow log that is not a script: a
+// command of one key that took milliseconds waited for a core, so it
+// shows how far the machine's scheduling stretched every figure of the
+// slow log.
+func (r result) noise() slowEntry {
+	for _, e := range r.Slow {
+		if !strings.HasSuffix(e.Name, " script") && e.Name != "eval" && e.Name != "evalsha" {
+			return e
+		}
+	}
+	return slowEntry{}
 }
 
 // Ratio is the completion time as a multiple of S/B.
@@ -290,7 +304,7 @@ func measureTask(ctx context.Context, cfg config, n int, srv *server, obs *redis
 	}
 	res.NotDone = g["state"] != coord.StateDone
 	res.CPU = cpu1 - cpu0
-	res.Requests = hosts.take()
+	res.Requests = minus(hosts.take(), nil)
 	res.Executed = minus(stats, mine.take())
 	if err := slow.drain(ctx, obs); err != nil {
 		return err
@@ -357,7 +371,7 @@ func measureIdle(ctx context.Context, cfg config, srv *server, obs *redis.Client
 		return err
 	}
 	res.IdleCPU = cpu1 - cpu0
-	res.IdleReqs = hosts.take()
+	res.IdleReqs = minus(hosts.take(), nil)
 	res.IdleExec = minus(stats, mine.take())
 	fmt.Fprintf(progress, "sim: N=%d: idle: Redis CPU %.1f%% of a core over %s\n",
 		res.N, 100*res.IdleCPU.Seconds()/res.IdleWindow.Seconds(), res.IdleWindow.Round(time.Second))
