@@ -219,8 +219,9 @@ func table(cfg config, rs []result, took time.Duration) string {
 		cfg.Hop, cfg.Spread, cfg.Clients, cfg.Pool, cfg.SlowUS, cfg.IdleWindow, cfg.Settle)
 	for _, r := range rs {
 		n := float64(r.N)
-		fmt.Fprintf(&b, "- N=%d: registered in %s; SET → published %s; %d finished, %d short of S; events: %s.\n",
-			r.N, r.Register.Round(time.Millisecond), r.Published.Round(time.Millisecond), r.Finished, r.Short, eventList(r.Events))
+		fmt.Fprintf(&b, "- N=%d: registered in %s; SET → published %s; %d finished, %d short of S; events: %s. Simulator timer lateness max %s, mean %s; load average %s.\n",
+			r.N, r.Register.Round(time.Millisecond), r.Published.Round(time.Millisecond), r.Finished, r.Short, eventList(r.Events),
+			r.LagMax.Round(time.Millisecond), r.LagMean.Round(100*time.Microsecond), r.Load)
 		fmt.Fprintf(&b, "  Executed per host (INFO commandstats): %s.\n", perCommand(r.Executed, n, 14))
 		fmt.Fprintf(&b, "  Requests per host: %s.\n", perCommand(r.Requests, n, 14))
 		var slow []string

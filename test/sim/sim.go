@@ -39,11 +39,16 @@ type result struct {
 	Finished   int              // hosts in finished_queue at done
 	Short      int              // hosts whose model received less than S (none, in a sound run)
 	NotDone    bool             // the generation was not done within -timeout: figures so far
-	IdleWindow time.Duration
-	IdleCPU    time.Duration
-	IdleExec   map[string]int64
-	IdleReqs   map[string]int64
-	Warnings   []string
+	// Lag is how late a 100 ms timer of the simulator fired, at most and
+	// on average, from SET to done: a starved simulator (a loaded
+	// machine) runs every host late, and its figures with it.
+	LagMax, LagMean time.Duration
+	Load            string // /proc/loadavg at SET and at done
+	IdleWindow      time.Duration
+	IdleCPU         time.Duration
+	IdleExec        map[string]int64
+	IdleReqs        map[string]int64
+	Warnings        []string
 }
 
 // noise is the slowest call in the slow log that is not a script: a
@@ -239,6 +244,8 @@ func measureTask(ctx context.Context, cfg config, n int, srv *server, obs *redis
 		return fmt.Errorf("set task: %w", err)
 	}
 	setAt := at.Val()
+	loadAtSet := loadavg()
+	lag := startLagMeter(ctx)
 	events := map[string]map[string]int{} // gen -> type -> count
 	var g map[string]string
 	deadline := time.Now().Add(cfg.Timeout)
@@ -303,6 +310,8 @@ func measureTask(ctx context.Context, cfg config, n int, srv *server, obs *redis
 		return fmt.Errorf("N=%d: generation failed: %s", n, g["error"])
 	}
 	res.NotDone = g["state"] != coord.StateDone
+	res.LagMax, res.LagMean = lag()
+	res.Load = loadAtSet + " → " + loadavg()
 	res.CPU = cpu1 - cpu0
 	res.Requests = minus(hosts.take(), nil)
 	res.Executed = minus(stats, mine.take())
@@ -376,6 +385,53 @@ func measureIdle(ctx context.Context, cfg config, srv *server, obs *redis.Client
 	fmt.Fprintf(progress, "sim: N=%d: idle: Redis CPU %.1f%% of a core over %s\n",
 		res.N, 100*res.IdleCPU.Seconds()/res.IdleWindow.Seconds(), res.IdleWindow.Round(time.Second))
 	return nil
+}
+
+// startLagMeter measures how late a 100 ms ticker fires until the
+// returned function is called, which reports the largest and the mean
+// lateness.
+func startLagMeter(ctx context.Context) func() (maxLag, mean time.Duration) {
+	const every = 100 * time.Millisecond
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	var worst, sum time.Duration
+	var n int
+	go func() {
+		defer close(done)
+		last := time.Now()
+		t := time.NewTicker(every)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case now := <-t.C:
+				late := max(now.Sub(last)-every, 0)
+				worst, sum, n = max(worst, late), sum+late, n+1
+				last = now
+			}
+		}
+	}()
+	return func() (time.Duration, time.Duration) {
+		cancel()
+		<-done
+		if n == 0 {
+			return worst, 0
+		}
+		return worst, sum / time.Duration(n)
+	}
+}
+
+// loadavg is the machine's 1-minute load average ("?" if unknown).
+func loadavg() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "?"
+	}
+	if f := strings.Fields(string(b)); len(f) > 0 {
+		return f[0]
+	}
+	return "?"
 }
 
 // writeTask writes the task tree: one 4 KiB file of random bytes.
