@@ -53,6 +53,7 @@ type config struct {
 	SlowUS     int           // slowlog-log-slower-than, µs
 	IdleWindow time.Duration
 	Settle     time.Duration
+	Task       bool // distribute a generation (false: measure the fleet idle only)
 	Timeout    time.Duration
 	Dir        string
 	Out        string
@@ -100,6 +101,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.DurationVar(&cfg.IdleWindow, "idle-window", time.Minute, "window over which idle Redis CPU is measured after the task (0: not measured)")
 	fs.DurationVar(&cfg.Settle, "settle", -1, "wait after done before the idle window (default: two --heartbeat)")
 	fs.DurationVar(&cfg.Timeout, "timeout", 30*time.Minute, "limit on one generation")
+	fs.BoolVar(&cfg.Task, "task", true, "distribute a generation; -task=false measures the registered fleet idle only (no task ever set)")
 	fs.StringVar(&cfg.Dir, "dir", os.TempDir(), "base directory (the master's tree, redis-server's directory)")
 	fs.StringVar(&cfg.Out, "out", "", "also write the table (markdown) to this file")
 	if err := fs.Parse(args); err != nil {
@@ -205,6 +207,9 @@ func table(cfg config, rs []result, took time.Duration) string {
 			idleReqs = short(float64(total(r.IdleReqs)) / n / r.IdleWindow.Seconds())
 		}
 		done, ratio := short(r.Completion.Seconds())+" s", fmt.Sprintf("%.2f", r.Ratio())
+		if !cfg.Task {
+			done, ratio = "no task", "–"
+		}
 		if r.NotDone {
 			done, ratio = fmt.Sprintf("not done in %s (%d finished)", r.Completion, r.Finished), "> "+ratio
 		}

@@ -200,8 +200,10 @@ func simulate(ctx context.Context, cfg config, n int, progress io.Writer) (res r
 	// Every host's first poll is done and the master idles.
 	time.Sleep(min(cfg.Poll*2, 5*time.Second))
 
-	if err := measureTask(ctx, cfg, n, srv, obs, hosts, mine, keys, nw, minions, &res, progress); err != nil {
-		return res, err
+	if cfg.Task {
+		if err := measureTask(ctx, cfg, n, srv, obs, hosts, mine, keys, nw, minions, &res, progress); err != nil {
+			return res, err
+		}
 	}
 	if cfg.IdleWindow > 0 {
 		if err := measureIdle(ctx, cfg, srv, obs, hosts, mine, &res, progress); err != nil {
