@@ -213,10 +213,13 @@ func table(cfg config, rs []result, took time.Duration) string {
 		if r.NotDone {
 			done, ratio = fmt.Sprintf("not done in %s (%d finished)", r.Completion, r.Finished), "> "+ratio
 		}
-		fmt.Fprintf(&b, "| %d | %s | %s | %s s | %s s | %s | %s | %s | %d | %s | %s |\n",
-			r.N, done, ratio, short(r.CPU.Seconds()), short(r.CPU.Seconds()*1000/n),
-			short(float64(total(r.Executed))/n), short(float64(total(r.Requests))/n), slow,
-			r.Events["lease_expired"], idle, idleReqs)
+		cpu, per1k, exec, reqs, leases := short(r.CPU.Seconds())+" s", short(r.CPU.Seconds()*1000/n)+" s",
+			short(float64(total(r.Executed))/n), short(float64(total(r.Requests))/n), strconv.Itoa(r.Events["lease_expired"])
+		if !cfg.Task {
+			cpu, per1k, exec, reqs, slow, leases = "–", "–", "–", "–", "–", "–"
+		}
+		fmt.Fprintf(&b, "| %d | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n",
+			r.N, done, ratio, cpu, per1k, exec, reqs, slow, leases, idle, idleReqs)
 	}
 	b.WriteString("\n")
 	fmt.Fprintf(&b, "- Command: `go run ./test/sim %s`; S/B %s (S = %s), --poll %s, --heartbeat %s, --lease %s, --host-grace %s, --sources %d, --max-uploads %d, --pipeline=%t; manifest request %s; hosts started over %s; %d shared clients × %d connections; SLOWLOG threshold %d µs; idle window %s after %s.\n",
@@ -224,6 +227,14 @@ func table(cfg config, rs []result, took time.Duration) string {
 		cfg.Hop, cfg.Spread, cfg.Clients, cfg.Pool, cfg.SlowUS, cfg.IdleWindow, cfg.Settle)
 	for _, r := range rs {
 		n := float64(r.N)
+		if !cfg.Task {
+			fmt.Fprintf(&b, "- N=%d: registered in %s; no task.\n", r.N, r.Register.Round(time.Millisecond))
+			if r.IdleWindow > 0 {
+				fmt.Fprintf(&b, "  Idle, per host per s: requests %s; executed %s.\n",
+					perCommand(r.IdleReqs, n*r.IdleWindow.Seconds(), 8), perCommand(r.IdleExec, n*r.IdleWindow.Seconds(), 8))
+			}
+			continue
+		}
 		fmt.Fprintf(&b, "- N=%d: registered in %s; SET → published %s; %d finished, %d short of S; events: %s. Simulator timer lateness max %s, mean %s; load average %s.\n",
 			r.N, r.Register.Round(time.Millisecond), r.Published.Round(time.Millisecond), r.Finished, r.Short, eventList(r.Events),
 			r.LagMax.Round(time.Millisecond), r.LagMean.Round(100*time.Microsecond), r.Load)

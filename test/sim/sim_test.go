@@ -90,3 +90,17 @@ func TestParseFlags(t *testing.T) {
 		t.Fatalf("defaults: %+v", cfg)
 	}
 }
+
+// With -task=false a row shows the fleet idle and no task figure.
+func TestTableIdleOnly(t *testing.T) {
+	cfg, err := parseFlags([]string{"-hosts", "10", "-task=false"}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := result{N: 10, SB: cfg.SB, IdleWindow: 10 * time.Second, IdleCPU: time.Second,
+		IdleReqs: map[string]int64{"evalsha heartbeat": 10}}
+	text := table(cfg, []result{r}, time.Minute)
+	if !strings.Contains(text, "| 10 | no task | – | – | – | – | – | – | – | 10.0% of a core | 0.100 |") {
+		t.Fatalf("idle-only row:\n%s", text)
+	}
+}
