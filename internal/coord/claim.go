@@ -65,6 +65,7 @@ type ClaimOptions struct {
 // large fleet's waiting hosts can space their polls.
 type NoSourceError struct{ Waiting int64 }
 
+// Error says that no slot was free and how many hosts wait.
 func (e *NoSourceError) Error() string {
 	return fmt.Sprintf("%v (%d hosts waiting)", ErrNoSource, e.Waiting)
 }
