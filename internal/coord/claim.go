@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"math/rand/v2"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -58,6 +59,20 @@ type ClaimOptions struct {
 	Avoid []string
 }
 
+// NoSourceError is a claim that found no free source slot (errors.Is
+// ErrNoSource); Waiting is how many hosts wait for one, as Redis counts
+// them (discovered the generation, neither pulling nor finished), so a
+// large fleet's waiting hosts can space their polls.
+type NoSourceError struct{ Waiting int64 }
+
+// Error says that no slot was free and how many hosts wait.
+func (e *NoSourceError) Error() string {
+	return fmt.Sprintf("%v (%d hosts waiting)", ErrNoSource, e.Waiting)
+}
+
+// Is makes errors.Is(err, ErrNoSource) hold.
+func (e *NoSourceError) Is(target error) bool { return target == ErrNoSource }
+
 // Claim atomically takes a free slot of another, not-bad source for host,
 // enters host in running_queue and starts its lease. Sources that hold the
 // whole generation are preferred; a partial source (a host still pulling)
@@ -82,7 +97,11 @@ func (c *Client) Claim(ctx context.Context, host string, gen Ref, o ClaimOptions
 	case "busy":
 		return Claim{}, ErrBusy
 	case "nosource":
-		return Claim{}, ErrNoSource
+		e := &NoSourceError{}
+		if len(res) > 1 {
+			e.Waiting, _ = strconv.ParseInt(res[1], 10, 64)
+		}
+		return Claim{}, e
 	}
 	src := res[1][:max(strings.LastIndexByte(res[1], '#'), 0)]
 	partial := len(res) > 3 && res[3] == "partial"

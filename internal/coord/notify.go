@@ -15,12 +15,21 @@ import (
 // lost (pub/sub has no memory: a message sent while the subscription
 // reconnects is gone), so a daemon still polls, slowly, as a safety net.
 type Notifications struct {
-	C  <-chan struct{} // receives (coalesced) on every message
-	ps *redis.PubSub
+	C     <-chan struct{} // receives (coalesced) on every message
+	close func() error
 }
 
 // Close ends the subscription.
-func (n *Notifications) Close() error { return n.ps.Close() }
+func (n *Notifications) Close() error { return n.close() }
+
+// SharedNotifications returns Notifications fed by c and ended by stop,
+// for a process that hands one subscription to many daemons: the
+// simulator (test/sim) runs thousands of minions over a few Redis
+// connections, and gives each of them its share of one subscription
+// through a Coordinator whose Subscribe returns this.
+func SharedNotifications(c <-chan struct{}, stop func() error) *Notifications {
+	return &Notifications{C: c, close: stop}
+}
 
 // Subscribe subscribes to channels (see Keys.GenerationsChannel,
 // Keys.MasterChannel, TaskKeyspaceChannel) on a connection of its own, which
@@ -53,7 +62,7 @@ func (c *Client) Subscribe(ctx context.Context, channels ...string) (*Notificati
 			}
 		}
 	}()
-	return &Notifications{C: wake, ps: ps}, nil
+	return &Notifications{C: wake, close: ps.Close}, nil
 }
 
 // TaskKeyspaceChannel is the keyspace-notification channel of the task key:

@@ -248,14 +248,19 @@ return {id, now}
 // way. A partial source is taken only if it does not pull, directly or
 // through others (a bounded walk), from host: data never flows in a cycle;
 // unless acyclic (chunked generations: a partial source serves only chunks
-// it verified, so a cycle is harmless). Sources named in avoid
+// it verified, so a cycle is harmless). A slot whose chain is too long to
+// follow is withdrawn from the free sets when met (its source offers it
+// again at its finish or its next offering heartbeat), so waiting hosts do
+// not walk the same chains at every poll. Sources named in avoid
 // (comma-separated: the ones host pulls from already) are skipped. A
 // finished host may claim only to repair (ARGV repair): it stays in
-// finished_queue and enters repairing instead of running_queue.
+// finished_queue and enters repairing instead of running_queue. With no
+// source, it returns how many hosts wait for one (lookup minus the
+// running and the finished), three O(1) reads.
 // ARGV: host, gen, digest, lease_ms, rand, maxlen, repair, cid, acyclic,
 // avoid, grace_ms
 var claimScript = newScript(
-	[]string{"generation", "finished", "lease", "sync", "full", "part", "bad", "running", "claims", "leases", "hosts", "heartbeats", "events", "holders", "repairing"}, `
+	[]string{"generation", "finished", "lease", "sync", "full", "part", "bad", "running", "claims", "leases", "hosts", "heartbeats", "events", "holders", "repairing", "lookup"}, `
 local host, gen, digest, cid = ARGV[1], ARGV[2], ARGV[3], ARGV[8]
 local acyclic = ARGV[9] == '1'
 local avoid = {}
@@ -279,15 +284,18 @@ local function upstream(h)
   if cg ~= gen then return nil end
   return slotSource(slot)
 end
+-- downstream reports whether src pulls, directly or through others, from
+-- host (a cycle), and whether src's chain of partial sources is too long
+-- to follow (taken for a cycle too; no claimer may take src's slots then).
 local function downstream(src)
   local h, steps = src, 0
   while h and steps < 64 do
-    if h == host then return true end
-    if whole(h) then return false end
+    if h == host then return true, false end
+    if whole(h) then return false, false end
     h = upstream(h)
     steps = steps + 1
   end
-  return h ~= nil -- a chain too long to follow is taken for a cycle
+  return h ~= nil, h ~= nil
 end
 -- usable returns slot's source when host may take it, dropping the slots
 -- of bad or silent sources for good.
@@ -314,9 +322,16 @@ local function pick(set, checkCycle)
         redis.call('SREM', set, m) -- a stale index entry
       else
         local src = usable(m)
-        if src and not (checkCycle and not acyclic and not whole(src) and downstream(src)) then
-          table.insert(ok, m)
+        if src and checkCycle and not acyclic and not whole(src) then
+          local cycle, long = downstream(src)
+          -- A slot at the end of a chain too long to follow is withdrawn:
+          -- no claimer may take it, and every waiting host would walk the
+          -- chain again at each poll. Its source offers it again when it
+          -- finishes, or with its next offering heartbeat.
+          if long then takeSlot(m) end
+          if cycle then src = nil end
         end
+        if src then table.insert(ok, m) end
       end
     end
     if #ok > 0 then return ok[(r % #ok) + 1] end
@@ -325,7 +340,12 @@ local function pick(set, checkCycle)
   return nil
 end
 local slot = pick(K.full, false) or pick(K.part, true) or pick(K.sync, true)
-if not slot then return {'nosource'} end
+if not slot then
+  -- How many hosts wait for a source (discovered the generation, neither
+  -- pulling nor finished): waiting hosts space their polls by it.
+  local waiting = tonumber(redis.call('GET', K.lookup) or '0') - redis.call('SCARD', K.running) - redis.call('SCARD', K.finished)
+  return {'nosource', tostring(math.max(waiting, 0))}
+end
 local src = slotSource(slot)
 takeSlot(slot)
 redis.call('HSET', K.holders, slot, cid)

@@ -75,6 +75,9 @@ type Config struct {
 	// a new generation of it, verified in place (and its finish is
 	// recorded); nil: no hooks.
 	Hooks Hooks
+	// Model, when set, stands in for the pull's data plane (see Model):
+	// the simulator's minions. Nil in every real daemon.
+	Model Model
 }
 
 func (c *Config) setDefaults() {
@@ -178,6 +181,9 @@ type Minion struct {
 	// The pull in flight (or the last one): its generation id, bytes
 	// received so far and planned in all.
 	pullGen, received, planned atomic.Int64
+	// waiting is how many hosts waited for a source, as Redis counted
+	// them when this host's last claim found none (0 after a claim).
+	waiting atomic.Int64
 }
 
 // Progress reports the bytes received and planned by the pull in flight (or
@@ -283,6 +289,10 @@ func (m *Minion) Run(ctx context.Context) error {
 		case (out == Holding || out == Idle) && published != nil && err == nil:
 			failures = 0
 			wait = jitter(max(m.cfg.Poll, idlePoll))
+		case out == Waiting && err == nil:
+			// No free source: in a large fleet, space the polls.
+			failures = 0
+			wait = jitter(waitingPoll(m.cfg.Poll, m.waiting.Load()))
 		default:
 			failures = 0
 		}
@@ -302,6 +312,23 @@ func (m *Minion) Run(ctx context.Context) error {
 			}
 		}
 	}
+}
+
+// fleetClaims is how many claims a second the waiting hosts of a fleet
+// make together, at the default --poll of 1s, once more than that many
+// wait: each then waits a poll times waiting/fleetClaims between claims
+// (see waitingPoll). Below it a waiting host claims every poll.
+const fleetClaims = 1000
+
+// waitingPoll is how long a host waits before it claims again after a
+// claim found no source while waiting hosts were waiting: a poll, or,
+// when more than fleetClaims hosts wait, a poll times waiting/fleetClaims
+// (up to 30 polls). 10,000 waiting hosts then cost Redis what 1,000 do
+// (a claim and a generation read each poll), and a slot that comes free
+// is still taken within about a millisecond by one of them.
+func waitingPoll(poll time.Duration, waiting int64) time.Duration {
+	f := min(max(float64(waiting)/fleetClaims, 1), 30)
+	return time.Duration(float64(poll) * f)
 }
 
 // settle is how long a burst of changes in the held tree may go on before
@@ -474,6 +501,12 @@ func (m *Minion) claimAndPull(ctx context.Context, g coord.Generation, repair bo
 		// does not (the state directory was wiped): verify the tree by
 		// pulling its difference, as a repair.
 		cl, err = m.coord.Claim(ctx, m.cfg.ID, g.Ref(), coord.ClaimOptions{Repair: true})
+	}
+	var none *coord.NoSourceError
+	if errors.As(err, &none) {
+		m.waiting.Store(none.Waiting)
+	} else {
+		m.waiting.Store(0)
 	}
 	switch {
 	case errors.Is(err, coord.ErrNoSource), errors.Is(err, coord.ErrBusy):

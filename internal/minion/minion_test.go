@@ -9,6 +9,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/fanout/fanout/internal/apply"
 	"github.com/fanout/fanout/internal/coord"
@@ -105,5 +106,29 @@ func TestCheckSpace(t *testing.T) {
 	err := checkSpace(dir, 1<<50)
 	if !errors.Is(err, syscall.ENOSPC) || !strings.Contains(err.Error(), "not enough space") {
 		t.Fatalf("1 PiB: %v", err)
+	}
+}
+
+// A waiting host claims every poll while up to fleetClaims hosts wait, and
+// spaces its claims beyond, so a fleet's waiting hosts claim about
+// fleetClaims times a second together, up to 30 polls apart.
+func TestWaitingPoll(t *testing.T) {
+	for _, tc := range []struct {
+		waiting int64
+		want    time.Duration
+	}{
+		{0, time.Second},
+		{999, time.Second},
+		{1000, time.Second},
+		{10000, 10 * time.Second},
+		{20000, 20 * time.Second},
+		{1000000, 30 * time.Second},
+	} {
+		if got := waitingPoll(time.Second, tc.waiting); got != tc.want {
+			t.Errorf("waitingPoll(1s, %d) = %s, want %s", tc.waiting, got, tc.want)
+		}
+	}
+	if got := waitingPoll(100*time.Millisecond, 5000); got != 500*time.Millisecond {
+		t.Errorf("waitingPoll(100ms, 5000) = %s, want 500ms", got)
 	}
 }

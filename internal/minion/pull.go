@@ -174,17 +174,17 @@ func (m *Minion) watchLoop(ctx context.Context, src *source, cancel context.Canc
 // transfer does the pull itself: manifest, diff, apply, then records and
 // serves the new copy.
 func (m *Minion) transfer(ctx context.Context, g coord.Generation, src *source) (apply.Stats, error) {
+	if m.cfg.Model != nil {
+		return m.transferModel(ctx, g, src)
+	}
 	cl := src.claim()
 	enc, err := m.client.Manifest(ctx, cl.SourceAddr, g.ID)
 	if err != nil {
 		return apply.Stats{}, fmt.Errorf("fetch manifest: %w", err)
 	}
-	if got := manifest.Digest(enc); got != g.Digest {
-		return apply.Stats{}, fmt.Errorf("%w: got %s, want %s", errBadManifest, got, g.Digest)
-	}
-	remote, err := manifest.Decode(enc, manifest.DefaultLimits())
+	remote, err := decodeManifest(enc, g)
 	if err != nil {
-		return apply.Stats{}, fmt.Errorf("%w: %w", errBadManifest, err)
+		return apply.Stats{}, err
 	}
 	src.setManifest(remote)
 
@@ -300,6 +300,19 @@ func (m *Minion) transfer(ctx context.Context, g coord.Generation, src *source) 
 	m.mu.Unlock()
 	m.setVerified(true)
 	return st, nil
+}
+
+// decodeManifest checks a manifest a source sent against g's published
+// digest and decodes it.
+func decodeManifest(enc []byte, g coord.Generation) (*manifest.Manifest, error) {
+	if got := manifest.Digest(enc); got != g.Digest {
+		return nil, fmt.Errorf("%w: got %s, want %s", errBadManifest, got, g.Digest)
+	}
+	remote, err := manifest.Decode(enc, manifest.DefaultLimits())
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", errBadManifest, err)
+	}
+	return remote, nil
 }
 
 // checkSpace refuses a pull that cannot fit before it writes a byte.

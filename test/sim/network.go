@@ -1,0 +1,213 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/fanout/fanout/internal/minion"
+	"github.com/fanout/fanout/internal/peer"
+)
+
+// network models the data plane of every simulated host (it is the
+// minions' minion.Model): nothing moves, but a pull takes the time its
+// bytes would take. Every host has the same link, rate bytes a second up
+// and down. Each tick, a puller receives from each of its sources that has
+// bytes it lacks a share of that source's upload (divided equally among
+// the source's pullers), capped by its own download, and never more than
+// the best of those sources holds: a source still pulling (pipelining)
+// serves only what it has received, so it delivers no faster than its own
+// source. The model moves the files' bytes as one prefix (a chunk a
+// partial source has is a chunk of its prefix).
+type network struct {
+	size  int64         // S: bytes every pull receives
+	rate  float64       // B: bytes a second, each host's upload and download
+	hop   time.Duration // a manifest request's latency (round trip, diff of the host's tree)
+	stall time.Duration // a pull that receives nothing this long fails (--stall-timeout)
+	tick  time.Duration
+
+	mu      sync.Mutex
+	servers map[string]*peer.Server // by advertised address: what each host serves
+	origin  string                  // the master's host id: holds everything
+	hosts   map[string]*node        // by host id
+	pulls   map[*pull]bool
+}
+
+// node is one host as the model sees it.
+type node struct {
+	whole    bool    // holds the generation
+	received float64 // bytes of the generation it holds (pulling)
+	pulling  bool
+}
+
+// pull is one pull in flight.
+type pull struct {
+	p        minion.ModelPull
+	n        *node
+	done     chan error // buffered: the tick ends the pull
+	progress time.Time  // last time a byte arrived
+	reported int64
+}
+
+func newNetwork(size int64, sb, hop, stall time.Duration) *network {
+	return &network{
+		size: size, rate: float64(size) / sb.Seconds(), hop: hop, stall: stall, tick: 100 * time.Millisecond,
+		servers: map[string]*peer.Server{}, hosts: map[string]*node{}, pulls: map[*pull]bool{},
+	}
+}
+
+// addServer registers the peer server a host advertises at addr.
+func (nw *network) addServer(addr string, s *peer.Server) {
+	nw.mu.Lock()
+	nw.servers[addr] = s
+	nw.mu.Unlock()
+}
+
+// Manifest answers as the host at addr would: the manifest of the
+// generation it serves, after a request's latency; a host that does not
+// serve gen answers as a real peer does (ErrStale).
+func (nw *network) Manifest(ctx context.Context, addr string, gen int64) ([]byte, error) {
+	select {
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	case <-time.After(nw.hop):
+	}
+	nw.mu.Lock()
+	s := nw.servers[addr]
+	nw.mu.Unlock()
+	if s == nil {
+		return nil, fmt.Errorf("manifest from %s: %w", addr, peer.ErrUnavailable)
+	}
+	snap := s.Current()
+	if snap == nil || snap.Gen != gen {
+		return nil, fmt.Errorf("manifest of generation %d from %s: %w", gen, addr, peer.ErrStale)
+	}
+	return snap.Encoded, nil
+}
+
+// Pull waits until the model has delivered S bytes to p.Host.
+func (nw *network) Pull(ctx context.Context, p minion.ModelPull) error {
+	p.Planned(nw.size)
+	nw.mu.Lock()
+	n := nw.hosts[p.Host]
+	if n == nil {
+		n = &node{}
+		nw.hosts[p.Host] = n
+	}
+	n.whole, n.received, n.pulling = false, 0, true
+	pl := &pull{p: p, n: n, done: make(chan error, 1), progress: time.Now()}
+	nw.pulls[pl] = true
+	nw.mu.Unlock()
+	select {
+	case err := <-pl.done:
+		return err
+	case <-ctx.Done():
+		nw.mu.Lock()
+		delete(nw.pulls, pl)
+		n.pulling = false
+		nw.mu.Unlock()
+		return ctx.Err()
+	}
+}
+
+// run advances the model every tick until ctx ends.
+func (nw *network) run(ctx context.Context) {
+	t := time.NewTicker(nw.tick)
+	defer t.Stop()
+	last := time.Now()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case now := <-t.C:
+			nw.step(now, now.Sub(last).Seconds())
+			last = now
+		}
+	}
+}
+
+// step moves dt seconds' worth of bytes. Every puller's new amount is
+// computed from the amounts before the step, so the order of pulls does
+// not matter.
+func (nw *network) step(now time.Time, dt float64) {
+	nw.mu.Lock()
+	pulls := make([]*pull, 0, len(nw.pulls))
+	for pl := range nw.pulls {
+		pulls = append(pulls, pl)
+	}
+	nw.mu.Unlock()
+	// The sources each pull holds claims on now (the minions' own state,
+	// read outside the model's lock).
+	srcs := make([][]string, len(pulls))
+	for i, pl := range pulls {
+		srcs[i] = pl.p.Sources()
+	}
+	nw.mu.Lock()
+	defer nw.mu.Unlock()
+	pullers := map[string]int{}
+	for _, ss := range srcs {
+		for _, s := range ss {
+			pullers[s]++
+		}
+	}
+	size := float64(nw.size)
+	avail := func(host string) float64 {
+		if host == nw.origin {
+			return size
+		}
+		n := nw.hosts[host]
+		switch {
+		case n == nil:
+			return 0
+		case n.whole:
+			return size
+		case n.pulling:
+			return n.received
+		}
+		return 0
+	}
+	next := make([]float64, len(pulls))
+	for i, pl := range pulls {
+		have := pl.n.received
+		rate, best := 0.0, have
+		for _, s := range srcs[i] {
+			if a := avail(s); a > have {
+				rate += nw.rate / float64(pullers[s])
+				best = max(best, a)
+			}
+		}
+		next[i] = min(have+min(rate, nw.rate)*dt, best)
+	}
+	for i, pl := range pulls {
+		if !nw.pulls[pl] {
+			continue // ended meanwhile
+		}
+		got := next[i]
+		if got > pl.n.received {
+			pl.progress = now
+		}
+		pl.n.received = got
+		if n := int64(got) - pl.reported; n > 0 {
+			pl.p.Received(n)
+			pl.reported += n
+		}
+		switch {
+		case got >= size:
+			pl.n.whole, pl.n.pulling = true, false
+			delete(nw.pulls, pl)
+			pl.done <- nil
+		case now.Sub(pl.progress) > nw.stall:
+			pl.n.pulling = false
+			delete(nw.pulls, pl)
+			pl.done <- fmt.Errorf("no byte from %v for %s: %w", srcs[i], nw.stall, peer.ErrUnavailable)
+		}
+	}
+}
+
+// pulling counts the pulls in flight.
+func (nw *network) pulling() int {
+	nw.mu.Lock()
+	defer nw.mu.Unlock()
+	return len(nw.pulls)
+}

@@ -1,0 +1,124 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/fanout/fanout/internal/coord"
+	"github.com/fanout/fanout/internal/minion"
+	"github.com/fanout/fanout/internal/peer"
+)
+
+// startPull starts a modelled pull of host from srcs and returns its
+// outcome channel and a reader of the bytes it was told of.
+func startPull(t *testing.T, nw *network, host string, srcs ...string) (<-chan error, func() int64) {
+	t.Helper()
+	var got int64
+	done := make(chan error, 1)
+	p := minion.ModelPull{Host: host, Gen: coord.Generation{ID: 1}, Sources: func() []string { return srcs },
+		Planned: func(int64) {}, Received: func(n int64) { got += n }}
+	go func() { done <- nw.Pull(context.Background(), p) }()
+	for nw.pulling() == 0 || !nw.isPulling(host) {
+		time.Sleep(time.Millisecond)
+	}
+	return done, func() int64 { return got }
+}
+
+func (nw *network) isPulling(host string) bool {
+	nw.mu.Lock()
+	defer nw.mu.Unlock()
+	for pl := range nw.pulls {
+		if pl.p.Host == host {
+			return true
+		}
+	}
+	return false
+}
+
+// A chain: a pulls from the origin at B; b pulls from a, still pulling,
+// and never holds more than a does; c shares the origin's upload with a.
+func TestNetworkChainAndSharing(t *testing.T) {
+	nw := newNetwork(1000, 10*time.Second, 0, time.Minute) // B = 100 bytes/s
+	nw.origin = "origin"
+	aDone, aGot := startPull(t, nw, "a", "origin")
+	now := time.Now()
+	nw.step(now, 1) // a alone on the origin: B
+	if got := aGot(); got != 100 {
+		t.Fatalf("a after 1 s alone on the origin: %d bytes, want 100", got)
+	}
+	bDone, bGot := startPull(t, nw, "b", "a")
+	nw.step(now.Add(time.Second), 1)
+	if a, b := aGot(), bGot(); a != 200 || b != 100 {
+		t.Fatalf("after 2 s: a %d (want 200), b %d (want 100: a's upload, up to what a held)", a, b)
+	}
+	cDone, cGot := startPull(t, nw, "c", "origin")
+	nw.step(now.Add(2*time.Second), 1)
+	if a, c := aGot(), cGot(); a != 250 || c != 50 {
+		t.Fatalf("a and c share the origin: a %d (want 250), c %d (want 50)", a, c)
+	}
+	if b := bGot(); b > aGot() {
+		t.Fatalf("b holds %d bytes, more than its source a (%d)", b, aGot())
+	}
+	for i := 3; aGot() < 1000; i++ {
+		nw.step(now.Add(time.Duration(i)*time.Second), 1)
+	}
+	if err := <-aDone; err != nil {
+		t.Fatalf("a: %v", err)
+	}
+	// a holds everything now: b catches up at its link's rate, to S.
+	before := bGot()
+	nw.step(now.Add(time.Hour), 1)
+	if d := bGot() - before; d != min(100, 1000-before) {
+		t.Fatalf("b from a whole source: %d bytes in a second from %d, want %d", d, before, min(100, 1000-before))
+	}
+	for i := 0; bGot() < 1000; i++ {
+		nw.step(now.Add(time.Hour+time.Duration(i)*time.Second), 1)
+	}
+	if err := <-bDone; err != nil || bGot() != 1000 {
+		t.Fatalf("b: %v after %d bytes", err, bGot())
+	}
+	select {
+	case err := <-cDone:
+		t.Fatalf("c ended early: %v", err)
+	default:
+	}
+}
+
+// A pull whose sources have nothing it lacks fails after the stall time,
+// as a peer error a minion judges dead.
+func TestNetworkStall(t *testing.T) {
+	nw := newNetwork(1000, 10*time.Second, 0, 5*time.Second)
+	nw.origin = "origin"
+	done, got := startPull(t, nw, "a", "gone")
+	now := time.Now()
+	nw.step(now, 1)
+	nw.step(now.Add(6*time.Second), 1)
+	err := <-done
+	if !errors.Is(err, peer.ErrUnavailable) || got() != 0 {
+		t.Fatalf("stalled pull: %v after %d bytes, want peer.ErrUnavailable after none", err, got())
+	}
+}
+
+// Manifest answers with what the host at the address serves, and as a
+// real peer does when it serves another generation or nothing.
+func TestNetworkManifest(t *testing.T) {
+	nw := newNetwork(1000, time.Second, 0, time.Minute)
+	s := peer.NewServer(peer.ServerConfig{})
+	nw.addServer("a:7070", s)
+	ctx := context.Background()
+	if _, err := nw.Manifest(ctx, "a:7070", 1); !errors.Is(err, peer.ErrStale) {
+		t.Fatalf("host serving nothing: %v, want peer.ErrStale", err)
+	}
+	s.Set(&peer.Snapshot{Gen: 1, Digest: "d", Encoded: []byte("manifest")})
+	if b, err := nw.Manifest(ctx, "a:7070", 1); err != nil || string(b) != "manifest" {
+		t.Fatalf("Manifest = %q, %v", b, err)
+	}
+	if _, err := nw.Manifest(ctx, "a:7070", 2); !errors.Is(err, peer.ErrStale) {
+		t.Fatalf("another generation: %v, want peer.ErrStale", err)
+	}
+	if _, err := nw.Manifest(ctx, "b:7070", 1); !errors.Is(err, peer.ErrUnavailable) {
+		t.Fatalf("unknown host: %v, want peer.ErrUnavailable", err)
+	}
+}

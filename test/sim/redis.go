@@ -1,0 +1,199 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/fanout/fanout/internal/coord"
+)
+
+// server is the real redis-server a simulation runs against: on a free
+// loopback port, no persistence, a slow log that keeps every command
+// slower than slowUS microseconds.
+type server struct {
+	addr string
+	cmd  *exec.Cmd
+}
+
+// startServer starts redis-server with its files under dir. maxclients
+// counts against the machine's open-file limit.
+func startServer(ctx context.Context, dir string, maxclients, slowUS int) (*server, error) {
+	bin, err := exec.LookPath("redis-server")
+	if err != nil {
+		return nil, fmt.Errorf("the simulator needs redis-server on PATH (apt-get install redis-server): %w", err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, fmt.Errorf("find a free port: %w", err)
+	}
+	port := ln.Addr().(*net.TCPAddr).Port
+	ln.Close()
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, fmt.Errorf("redis-server directory: %w", err)
+	}
+	cmd := exec.Command(bin, "--port", strconv.Itoa(port), "--bind", "127.0.0.1",
+		"--save", "", "--appendonly", "no", "--dir", dir, "--maxclients", strconv.Itoa(maxclients),
+		"--slowlog-log-slower-than", strconv.Itoa(slowUS), "--slowlog-max-len", "1024")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start redis-server: %w", err)
+	}
+	s := &server{addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), cmd: cmd}
+	rdb := redis.NewClient(&redis.Options{Addr: s.addr})
+	defer rdb.Close()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		err := rdb.Ping(ctx).Err()
+		if err == nil {
+			return s, nil
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			s.stop()
+			return nil, fmt.Errorf("redis-server on %s does not answer: %w", s.addr, errors.Join(err, ctx.Err()))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// stop kills the server and waits for it.
+func (s *server) stop() {
+	if s.cmd.Process != nil {
+		s.cmd.Process.Kill()
+		s.cmd.Wait()
+	}
+}
+
+// cpu is redis-server's CPU time (user + system, every thread) so far,
+// from /proc/PID/stat.
+func (s *server) cpu() (time.Duration, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", s.cmd.Process.Pid))
+	if err != nil {
+		return 0, fmt.Errorf("redis-server cpu time: %w", err)
+	}
+	// The fields after the command name, which is in parentheses.
+	f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:]))
+	if len(f) < 13 {
+		return 0, fmt.Errorf("redis-server cpu time: short /proc/%d/stat", s.cmd.Process.Pid)
+	}
+	utime, err1 := strconv.ParseInt(f[11], 10, 64)
+	stime, err2 := strconv.ParseInt(f[12], 10, 64)
+	if err := errors.Join(err1, err2); err != nil {
+		return 0, fmt.Errorf("redis-server cpu time: %w", err)
+	}
+	return time.Duration(utime+stime) * 10 * time.Millisecond, nil // USER_HZ is 100
+}
+
+// commandStats reads INFO commandstats: calls per command ("evalsha",
+// "hgetall", "slowlog|get"...); Redis counts the commands a script runs
+// as well as the EVALSHA that ran it.
+func commandStats(ctx context.Context, rdb *redis.Client) (map[string]int64, error) {
+	info, err := rdb.Info(ctx, "commandstats").Result()
+	if err != nil {
+		return nil, fmt.Errorf("info commandstats: %w", err)
+	}
+	out := map[string]int64{}
+	sc := bufio.NewScanner(strings.NewReader(info))
+	for sc.Scan() {
+		name, rest, ok := strings.Cut(strings.TrimSpace(sc.Text()), ":")
+		if !ok || !strings.HasPrefix(name, "cmdstat_") {
+			continue
+		}
+		for _, kv := range strings.Split(rest, ",") {
+			if k, v, _ := strings.Cut(kv, "="); k == "calls" {
+				n, err := strconv.ParseInt(v, 10, 64)
+				if err != nil {
+					return nil, fmt.Errorf("commandstats line %q: %w", sc.Text(), err)
+				}
+				out[strings.TrimPrefix(name, "cmdstat_")] = n
+			}
+		}
+	}
+	return out, sc.Err()
+}
+
+// own reports whether a command is the simulator's own measuring, left out
+// of the figures: INFO, CONFIG, SLOWLOG, CLIENT.
+func own(cmd string) bool {
+	name, _, _ := strings.Cut(cmd, "|")
+	switch name {
+	case "info", "config", "slowlog", "client":
+		return true
+	}
+	return false
+}
+
+// slowEntry is the slowest call of one script or command.
+type slowEntry struct {
+	Name  string // script name (coord.ScriptName) or command
+	Max   time.Duration
+	Count int // entries of it in the slow log
+}
+
+// slowLog collects the slow log (every call slower than the threshold the
+// server was started with) by draining it: SLOWLOG GET then SLOWLOG
+// RESET, so the 1,024 entries it keeps are never outrun when drained
+// every second.
+type slowLog struct {
+	byName map[string]*slowEntry
+}
+
+func newSlowLog() *slowLog { return &slowLog{byName: map[string]*slowEntry{}} }
+
+func (l *slowLog) drain(ctx context.Context, rdb *redis.Client) error {
+	entries, err := rdb.SlowLogGet(ctx, -1).Result()
+	if err != nil {
+		return fmt.Errorf("slowlog get: %w", err)
+	}
+	if err := rdb.Do(ctx, "slowlog", "reset").Err(); err != nil {
+		return fmt.Errorf("slowlog reset: %w", err)
+	}
+	for _, e := range entries {
+		if len(e.Args) == 0 {
+			continue
+		}
+		name := strings.ToLower(e.Args[0])
+		if own(name) {
+			continue
+		}
+		if name == "evalsha" && len(e.Args) > 1 {
+			if n := coord.ScriptName(e.Args[1]); n != "" {
+				name = n + " script"
+			}
+		}
+		s := l.byName[name]
+		if s == nil {
+			s = &slowEntry{Name: name}
+			l.byName[name] = s
+		}
+		s.Count++
+		s.Max = max(s.Max, e.Duration)
+	}
+	return nil
+}
+
+// slowest returns the entries, slowest first.
+func (l *slowLog) slowest() []slowEntry {
+	out := make([]slowEntry, 0, len(l.byName))
+	for _, e := range l.byName {
+		out = append(out, *e)
+	}
+	for i := range out {
+		for j := i + 1; j < len(out); j++ {
+			if out[j].Max > out[i].Max {
+				out[i], out[j] = out[j], out[i]
+			}
+		}
+	}
+	return out
+}

@@ -1,0 +1,106 @@
+package main
+
+import (
+	"context"
+	"io"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/fanout/fanout/internal/testtool"
+)
+
+// The simulator itself, small enough for make test: 200 minions and a
+// master run the real protocol against a real redis-server; the
+// generation must be done with every host finished, each host's model
+// must have delivered S bytes, nothing may be lost or logged, and the
+// table must report it. Skipped without redis-server (failed under
+// FANOUT_REQUIRE_REDIS=1) and under -short.
+func TestSimulateSmoke(t *testing.T) {
+	if testing.Short() {
+		t.Skip("simulates 200 hosts for about half a minute; make test runs it")
+	}
+	testtool.Need(t, "redis-server")
+	cfg, err := parseFlags([]string{"-hosts", "200", "-sb", "2s", "-heartbeat", "2s",
+		"-idle-window", "4s", "-settle", "1s", "-timeout", "3m", "-dir", t.TempDir()}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	var progress strings.Builder
+	r, err := simulate(ctx, cfg, 200, &progress)
+	if err != nil {
+		t.Fatalf("simulate: %v\nprogress:\n%s\nlogged: %v", err, progress.String(), r.Warnings)
+	}
+	if r.Finished != 200 || r.Short != 0 || r.NotDone {
+		t.Fatalf("%d hosts finished, %d short of S, not done %v", r.Finished, r.Short, r.NotDone)
+	}
+	// Nobody receives S faster than S/B.
+	if r.Completion < cfg.SB || r.Published <= 0 || r.Published > r.Completion {
+		t.Fatalf("SET → published %s, → done %s: want 0 < published ≤ done and done ≥ S/B %s", r.Published, r.Completion, cfg.SB)
+	}
+	if r.Events["finish"] != 200 || r.Events["claim"] < 200 || r.Events["lease_expired"] != 0 {
+		t.Fatalf("events %v: want 200 finishes, a claim a host at least, no lease expired", r.Events)
+	}
+	for _, script := range []string{"evalsha claim", "evalsha finish", "evalsha heartbeat", "evalsha offer"} {
+		if r.Requests[script] == 0 {
+			t.Fatalf("no %s among the requests of the task: %v", script, r.Requests)
+		}
+	}
+	if r.Requests["evalsha finish"] < 200 || r.Executed["evalsha"] < r.Requests["evalsha finish"] {
+		t.Fatalf("%d finish scripts sent, %d EVALSHA executed: want 200 or more of each", r.Requests["evalsha finish"], r.Executed["evalsha"])
+	}
+	if r.CPU <= 0 {
+		t.Fatalf("redis-server used no CPU for the task: %s", r.CPU)
+	}
+	if len(r.Warnings) > 0 {
+		t.Fatalf("the simulated daemons logged: %v", r.Warnings)
+	}
+	if r.IdleWindow < cfg.IdleWindow || r.IdleReqs["evalsha heartbeat"] == 0 {
+		t.Fatalf("idle window %s, requests %v: want the hosts' heartbeats", r.IdleWindow, r.IdleReqs)
+	}
+	text := table(cfg, []result{r}, time.Minute)
+	if !strings.Contains(text, "\n| 200 | ") || !strings.Contains(text, "leases expired") {
+		t.Fatalf("table has no row for N=200:\n%s", text)
+	}
+}
+
+// Bad flags are refused with a message naming the flag.
+func TestParseFlags(t *testing.T) {
+	for _, tc := range []struct{ args, want string }{
+		{"-hosts 10,x", "-hosts"},
+		{"-hosts 0", "-hosts"},
+		{"-sb 0s", "-sb"},
+		{"-size -1", "-size"},
+		{"-clients 0", "-clients"},
+		{"-max-uploads 0", "-max-uploads"},
+		{"extra", "unexpected arguments"},
+	} {
+		_, err := parseFlags(strings.Fields(tc.args), io.Discard)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("parseFlags(%q) = %v, want an error naming %s", tc.args, err, tc.want)
+		}
+	}
+	cfg, err := parseFlags(nil, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(cfg.Hosts) != 3 || cfg.Hosts[1] != 10000 || cfg.Spread != cfg.Heartbeat || cfg.Settle != 2*cfg.Heartbeat {
+		t.Fatalf("defaults: %+v", cfg)
+	}
+}
+
+// With -task=false a row shows the fleet idle and no task figure.
+func TestTableIdleOnly(t *testing.T) {
+	cfg, err := parseFlags([]string{"-hosts", "10", "-task=false"}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := result{N: 10, SB: cfg.SB, IdleWindow: 10 * time.Second, IdleCPU: time.Second,
+		IdleReqs: map[string]int64{"evalsha heartbeat": 10}}
+	text := table(cfg, []result{r}, time.Minute)
+	if !strings.Contains(text, "| 10 | no task | – | – | – | – | – | – | – | 10.0% of a core | 0.100 |") {
+		t.Fatalf("idle-only row:\n%s", text)
+	}
+}
