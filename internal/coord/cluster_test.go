@@ -47,6 +47,8 @@ func TestScenariosOnCluster(t *testing.T) {
 		{"CompleteHistoryRoundsProgressEvents", TestCompleteHistoryRoundsProgressEvents},
 		{"Notifications", TestNotifications},
 		{"Silent", TestSilent},
+		{"ZoneClaims", TestZoneClaims},
+		{"ZoneReapForgetPublish", TestZoneReapForgetPublish},
 	} {
 		t.Run(sc.name, sc.fn)
 	}

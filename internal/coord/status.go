@@ -33,6 +33,10 @@ type Status struct {
 	// Repairs counts each host's repairs in this generation.
 	Repairing []string
 	Repairs   map[string]int64
+	// CrossZone maps a host to the bytes it received in this generation
+	// from sources in another zone (see CrossZone); hosts without a zone
+	// are not counted.
+	CrossZone map[string]int64
 	// Now is Redis's clock when the status was read: every time above
 	// (heartbeats, publish, done) is Redis time, so durations are
 	// computed against Now, never against the reader's clock.
@@ -50,7 +54,7 @@ func (c *Client) Status(ctx context.Context) (Status, error) {
 		beats                       *redis.ZSliceCmd
 		lookup                      *redis.StringCmd
 		repairing                   *redis.StringSliceCmd
-		repairs                     *redis.MapStringStringCmd
+		repairs, zoneBytes          *redis.MapStringStringCmd
 		now                         *redis.TimeCmd
 	)
 	sent := c.cfg.Now()
@@ -68,6 +72,7 @@ func (c *Client) Status(ctx context.Context) (Status, error) {
 		progress = p.HGetAll(ctx, k.Progress())
 		repairing = p.SMembers(ctx, k.Repairing())
 		repairs = p.HGetAll(ctx, k.Repairs())
+		zoneBytes = p.HGetAll(ctx, k.ZoneBytes())
 		now = p.Time(ctx)
 		return nil
 	})
@@ -79,6 +84,7 @@ func (c *Client) Status(ctx context.Context) (Status, error) {
 		Now:       now.Val(),
 		Repairing: sorted(repairing.Val()),
 		Repairs:   map[string]int64{},
+		CrossZone: map[string]int64{},
 		Task:      task.Val(),
 		Finished:  sorted(fin.Val()),
 		Running:   sorted(run.Val()),
@@ -96,6 +102,11 @@ func (c *Client) Status(ctx context.Context) (Status, error) {
 	}
 	for h, v := range repairs.Val() {
 		st.Repairs[h], _ = strconv.ParseInt(v, 10, 64)
+	}
+	for h, v := range zoneBytes.Val() {
+		if n, err := strconv.ParseInt(v, 10, 64); err == nil && n > 0 {
+			st.CrossZone[h] = n
+		}
 	}
 	st.Lookup, _ = strconv.ParseInt(lookup.Val(), 10, 64)
 	for h, v := range fails.Val() {
@@ -210,4 +221,14 @@ func (c *Client) Count(ctx context.Context) (Counts, error) {
 		return Counts{}, fmt.Errorf("count hosts: %w", err)
 	}
 	return Counts{Finished: fin.Val(), Alive: alive.Val(), Repairing: rep.Val()}, nil
+}
+
+// CrossZoneTotal is the sum of CrossZone: the bytes of this generation
+// that crossed zones.
+func (st Status) CrossZoneTotal() int64 {
+	var n int64
+	for _, b := range st.CrossZone {
+		n += b
+	}
+	return n
 }
