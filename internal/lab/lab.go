@@ -43,7 +43,11 @@ type Config struct {
 	// by VerifyEvery only); VerifyEvery defaults to the minion's.
 	NoWatch     bool
 	VerifyEvery time.Duration
-	Log         logrus.FieldLogger
+	// ZoneBlind: hosts register their Zone and count the bytes that
+	// cross zones, but claim as hosts without one (no zone index): the
+	// zone-blind choice that zones are measured against.
+	ZoneBlind bool
+	Log       logrus.FieldLogger
 }
 
 // Lab is a running deployment.
@@ -68,6 +72,8 @@ type Host struct {
 	// Skew offsets this host's clock from the machine's (set before
 	// StartMinion): the protocol must not care.
 	Skew time.Duration
+	// Zone is this host's --zone (set before StartMinion or StartMaster).
+	Zone string
 
 	mu     sync.Mutex
 	cancel context.CancelFunc
@@ -124,14 +130,20 @@ func Start(ctx context.Context, cfg Config) (*Lab, error) {
 // Config returns the lab's configuration, defaults filled in.
 func (l *Lab) Config() Config { return l.cfg }
 
-func (l *Lab) newCoord() *coord.Client { return l.hostCoord(0) }
+func (l *Lab) newCoord() *coord.Client { return l.hostCoord(&Host{}) }
 
-// hostCoord is the protocol client of a host whose clock is off by skew.
-func (l *Lab) hostCoord(skew time.Duration) *coord.Client {
+// hostCoord is the protocol client of host h: its clock is off by h.Skew,
+// its claims prefer h.Zone (unless ZoneBlind).
+func (l *Lab) hostCoord(h *Host) *coord.Client {
+	skew, zone := h.Skew, h.Zone
+	if l.cfg.ZoneBlind {
+		zone = ""
+	}
 	return coord.New(l.Redis, coord.Config{
 		Prefix: l.cfg.Prefix, DB: l.Redis.Options().DB, LeaseTTL: 3 * time.Second, HostGrace: 5 * time.Second,
 		DeadBackoff: 500 * time.Millisecond, DeadBackoffMax: 5 * time.Second,
-		Now: func() time.Time { return time.Now().Add(skew) },
+		Now:  func() time.Time { return time.Now().Add(skew) },
+		Zone: zone,
 	})
 }
 
@@ -157,11 +169,11 @@ func (l *Lab) NewHost() *Host {
 // StartMaster starts (or restarts) the master.
 func (l *Lab) StartMaster(ctx context.Context) error {
 	h := l.Master
-	co := l.hostCoord(h.Skew)
+	co := l.hostCoord(h)
 	return h.start(ctx, l, co, func(ctx context.Context, ln net.Listener, server *peer.Server) (func(context.Context) error, error) {
 		m, err := master.New(master.Config{
 			ID: h.ID, Advertise: ln.Addr().String(), Root: h.Root, StateDir: h.StateDir,
-			Uploads: l.cfg.Uploads, Poll: l.cfg.Poll, Log: l.cfg.Log.WithField("host", h.ID),
+			Uploads: l.cfg.Uploads, Poll: l.cfg.Poll, Log: l.cfg.Log.WithField("host", h.ID), Zone: h.Zone,
 		}, co, server)
 		if err != nil {
 			return nil, err
@@ -172,7 +184,7 @@ func (l *Lab) StartMaster(ctx context.Context) error {
 
 // StartMinion starts (or restarts) a minion.
 func (l *Lab) StartMinion(ctx context.Context, h *Host) error {
-	co := l.hostCoord(h.Skew)
+	co := l.hostCoord(h)
 	return h.start(ctx, l, co, func(ctx context.Context, ln net.Listener, server *peer.Server) (func(context.Context) error, error) {
 		client := peer.NewClient(peer.ClientConfig{Secrets: [][]byte{l.secret}, DialTimeout: 2 * time.Second, StallTimeout: 2 * time.Second, Now: co.Now})
 		m, err := minion.New(minion.Config{
@@ -182,6 +194,7 @@ func (l *Lab) StartMinion(ctx context.Context, h *Host) error {
 			Log: l.cfg.Log.WithField("host", h.ID), Version: "lab",
 			Download: bwlimit.New(l.cfg.BWLimit),
 			NoWatch:  l.cfg.NoWatch, VerifyEvery: l.cfg.VerifyEvery, ScanEvery: 2 * time.Second,
+			Zone: h.Zone,
 		}, co, server, client)
 		if err != nil {
 			return nil, err

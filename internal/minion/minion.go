@@ -71,6 +71,13 @@ type Config struct {
 	// them, not by user and group name (rsync's --numeric-ids). Owners are
 	// applied only when this process runs as root.
 	NumericIDs bool
+	// Zone is this host's zone (--zone; empty: none): it is registered,
+	// so pullers know the zone of this source, and bytes this host
+	// receives from a source of another zone are counted (status, and
+	// fanout_cross_zone_bytes_received_total). Which indexes its claims
+	// try first is the Coordinator's zone (coord.Config.Zone), which the
+	// command line sets to the same.
+	Zone string
 }
 
 func (c *Config) setDefaults() {
@@ -118,6 +125,7 @@ type Coordinator interface {
 	Release(ctx context.Context, cl coord.Claim) error
 	OfferSlots(ctx context.Context, host string, gen coord.Ref, uploads int, force bool) error
 	ReportProgress(ctx context.Context, host string, p coord.Progress) error
+	AddCrossZone(ctx context.Context, host string, gen coord.Ref, n int64) error
 	Drift(ctx context.Context, host string, gen coord.Ref, msg string) error
 	Refuse(ctx context.Context, host string, gen coord.Ref, reason string) error
 	Keys() coord.Keys
@@ -399,7 +407,7 @@ func (m *Minion) heartbeat(ctx context.Context) error {
 	m.mu.Unlock()
 	p, err := m.coord.Heartbeat(ctx, coord.Host{
 		ID: m.cfg.ID, Addr: m.cfg.Advertise, Version: m.cfg.Version, Role: "minion", Started: m.started,
-		Uploads: m.uploads(),
+		Uploads: m.uploads(), Zone: m.cfg.Zone,
 	}, b)
 	if err != nil {
 		return fmt.Errorf("heartbeat: %w", err)
