@@ -47,7 +47,9 @@ type Config struct {
 	// cross zones, but claim as hosts without one (no zone index): the
 	// zone-blind choice that zones are measured against.
 	ZoneBlind bool
-	Log       logrus.FieldLogger
+	// MasterZone is the master's --zone (minions: Host.Zone).
+	MasterZone string
+	Log        logrus.FieldLogger
 }
 
 // Lab is a running deployment.
@@ -74,6 +76,12 @@ type Host struct {
 	Skew time.Duration
 	// Zone is this host's --zone (set before StartMinion or StartMaster).
 	Zone string
+	// PreZones makes a minion act, towards Redis, as one of protocol 3
+	// built before zones (set before StartMinion; Zone is then ignored):
+	// it registers no zone, claims from the global indexes only and
+	// returns the slots it held to those only, as its scripts knew no
+	// zone keys.
+	PreZones bool
 
 	mu     sync.Mutex
 	cancel context.CancelFunc
@@ -112,6 +120,7 @@ func Start(ctx context.Context, cfg Config) (*Lab, error) {
 	l.Redis = redis.NewClient(opts)
 	l.Coord = l.newCoord()
 	l.Master = l.newHost("master")
+	l.Master.Zone = cfg.MasterZone
 	if err := l.StartMaster(ctx); err != nil {
 		l.Stop()
 		return nil, err
@@ -184,7 +193,15 @@ func (l *Lab) StartMaster(ctx context.Context) error {
 
 // StartMinion starts (or restarts) a minion.
 func (l *Lab) StartMinion(ctx context.Context, h *Host) error {
-	co := l.hostCoord(h)
+	zone := h.Zone
+	if h.PreZones {
+		zone = ""
+	}
+	co := l.hostCoord(&Host{Skew: h.Skew, Zone: zone})
+	var mc minion.Coordinator = co
+	if h.PreZones {
+		mc = preZones{co}
+	}
 	return h.start(ctx, l, co, func(ctx context.Context, ln net.Listener, server *peer.Server) (func(context.Context) error, error) {
 		client := peer.NewClient(peer.ClientConfig{Secrets: [][]byte{l.secret}, DialTimeout: 2 * time.Second, StallTimeout: 2 * time.Second, Now: co.Now})
 		m, err := minion.New(minion.Config{
@@ -194,14 +211,25 @@ func (l *Lab) StartMinion(ctx context.Context, h *Host) error {
 			Log: l.cfg.Log.WithField("host", h.ID), Version: "lab",
 			Download: bwlimit.New(l.cfg.BWLimit),
 			NoWatch:  l.cfg.NoWatch, VerifyEvery: l.cfg.VerifyEvery, ScanEvery: 2 * time.Second,
-			Zone: h.Zone,
-		}, co, server, client)
+			Zone: zone,
+		}, mc, server, client)
 		if err != nil {
 			return nil, err
 		}
 		h.Minion = m
 		return m.Run, nil
 	})
+}
+
+// preZones is the protocol client of a minion built before zones: its
+// claims carry no source zone, so the slots it returns go to the global
+// indexes only.
+type preZones struct{ *coord.Client }
+
+func (p preZones) Claim(ctx context.Context, host string, gen coord.Ref, o coord.ClaimOptions) (coord.Claim, error) {
+	cl, err := p.Client.Claim(ctx, host, gen, o)
+	cl.SourceZone = ""
+	return cl, err
 }
 
 type runner func(ctx context.Context, ln net.Listener, server *peer.Server) (func(context.Context) error, error)
