@@ -213,6 +213,16 @@ func TestZonesUpgrade(t *testing.T) {
 		}
 		return len(hosts) == 4
 	})
+	// The upgraded master has resumed the generation (before the tree
+	// changes under it) when its slots are on offer in its zone's index.
+	waitFor(ctx, t, "the upgraded master to offer its slots in zone a", func() bool {
+		n, err := l.Redis.SCard(ctx, l.Coord.Keys().SyncFullZone("a")).Result()
+		if err != nil || n == 0 {
+			return false
+		}
+		ok, _ := l.Redis.SIsMember(ctx, l.Coord.Keys().SyncFullZone("a"), l.Master.ID+"#0").Result()
+		return ok
+	})
 	changed := make([]byte, 1<<20)
 	for i := range changed {
 		changed[i] = byte(r.Uint32())
