@@ -62,6 +62,11 @@ type ClaimOptions struct {
 	// SameZone takes only a source of this client's zone (Config.Zone):
 	// ErrNoSource when none is free. Without a zone it has no effect.
 	SameZone bool
+	// Serves says the host offers its slots while (pipelining) or once it
+	// holds the generation: while its claim lasts, another host of its
+	// zone that finds no source of the zone free waits for its slots
+	// (ErrNoSource) rather than take a source of another zone.
+	Serves bool
 }
 
 // Claim atomically takes a free slot of another, not-bad source for host,
@@ -77,7 +82,7 @@ func (c *Client) Claim(ctx context.Context, host string, gen Ref, o ClaimOptions
 	cid := claimID(host, o.Index)
 	res, err := c.run(ctx, claimScript, cid,
 		host, gen.ID, gen.Digest, c.cfg.LeaseTTL.Milliseconds(), rand.Uint32(), eventsMax, flag(o.Repair),
-		cid, flag(o.Acyclic), strings.Join(o.Avoid, ","), c.cfg.HostGrace.Milliseconds(), flag(o.SameZone)).StringSlice()
+		cid, flag(o.Acyclic), strings.Join(o.Avoid, ","), c.cfg.HostGrace.Milliseconds(), flag(o.SameZone), flag(o.Serves)).StringSlice()
 	if err != nil {
 		return Claim{}, fmt.Errorf("claim source: %w", err)
 	}

@@ -142,6 +142,12 @@ func (k Keys) SyncFullZone(zone string) string { return k.Prefix + "sync_full:" 
 // SyncPartialZone: see SyncFullZone.
 func (k Keys) SyncPartialZone(zone string) string { return k.Prefix + "sync_partial:" + zone }
 
+// ZonePulling is the set of claims of hosts of zone that serve (they offer
+// slots while they pull, or once they hold the generation), while the
+// claims last: a host of the zone that finds no source of its zone free
+// waits for theirs rather than bring the content across once more.
+func (k Keys) ZonePulling(zone string) string { return k.Prefix + "zone_pulling:" + zone }
+
 // ZoneBytes maps a host id to the bytes it received in the current
 // generation from sources in another zone (both hosts with a zone, the
 // zones different); reset by each publish.

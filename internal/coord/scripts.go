@@ -82,6 +82,8 @@ func (k Keys) named(name string, kc keyCtx) string {
 		return zoneKey(kc.srcZone, false)
 	case "zbytes":
 		return k.ZoneBytes()
+	case "zpull":
+		return k.ZonePulling(kc.zone) // no zone: a key no script touches
 	case "lease":
 		return k.Lease(kc.host)
 	case "generation":
@@ -229,9 +231,11 @@ end
 -- already reaped returns nothing (the reaper did). The slot's source's zone
 -- indexes are K.szfull, K.szpart.
 -- K.lease (cid's), K.claims, K.holders, K.leases, K.sync, K.full, K.part,
--- K.szfull, K.szpart, K.bad, K.generation, K.finished
+-- K.szfull, K.szpart, K.bad, K.generation, K.finished, K.zpull (the
+-- caller's zone's serving pullers: cid is no longer one)
 local function release(cid, id, digest, slot, giveBack)
   if slot == '' then return end
+  if K.zfull ~= K.full then redis.call('SREM', K.zpull, cid) end
   if redis.call('HGET', K.holders, slot) == cid then redis.call('HDEL', K.holders, slot) end
   local want = id .. ' ' .. slot
   local held = redis.call('GET', K.lease) == want
@@ -320,11 +324,17 @@ return {id, now}
 // while the slot is in the global index of the same kind (and in
 // synchronize_queue); otherwise it is dropped. The claim record carries
 // the source's zone, so the reaper returns the slot to that zone's index.
+// A zone waits for its own: a claim of a host that serves (ARGV serves =
+// 1) is recorded in K.zpull until it ends, and while another host of the
+// zone has such a claim of this generation, a claim that finds no source
+// in its zone waits (nosource) for that host to offer its slots in the
+// zone (at once when pipelining), rather than bring the content across
+// once more. So one host of a zone crosses, and the zone chains from it.
 // ARGV: host, gen, digest, lease_ms, rand, maxlen, repair, cid, acyclic,
-// avoid, grace_ms, same_zone.
+// avoid, grace_ms, same_zone, serves.
 // Returns {'ok', slot, source addr, 'whole' or 'partial', source zone}.
 var claimScript = newScript(
-	[]string{"generation", "finished", "lease", "sync", "full", "part", "zfull", "zpart", "bad", "running", "claims", "leases", "hosts", "heartbeats", "events", "holders", "repairing"}, `
+	[]string{"generation", "finished", "lease", "sync", "full", "part", "zfull", "zpart", "zpull", "bad", "running", "claims", "leases", "hosts", "heartbeats", "events", "holders", "repairing"}, `
 local host, gen, digest, cid = ARGV[1], ARGV[2], ARGV[3], ARGV[8]
 local acyclic = ARGV[9] == '1'
 local avoid = {}
@@ -400,7 +410,21 @@ end
 local zoned = K.zfull ~= K.full
 local slot
 if zoned then slot = pick(K.zfull, false, K.full) or pick(K.zpart, true, K.part) end
+-- pulling: another serving host of this zone pulls this generation now
+-- (entries of ended claims are dropped on the way).
+local function pulling()
+  for _, c in ipairs(redis.call('SRANDMEMBER', K.zpull, 4)) do
+    local rec = redis.call('HGET', K.claims, c)
+    if rec and string.sub(rec, 1, #gen + 1) == gen .. ' ' then
+      if string.match(c, '^([^/]*)') ~= host then return true end
+    else
+      redis.call('SREM', K.zpull, c)
+    end
+  end
+  return false
+end
 if not slot and not (zoned and ARGV[12] == '1') then
+  if zoned and pulling() then return {'nosource'} end
   slot = pick(K.full, false) or pick(K.part, true) or pick(K.sync, true)
 end
 if not slot then return {'nosource'} end
@@ -433,6 +457,7 @@ else
   redis.call('SADD', K.running, host)
 end
 redis.call('SET', K.lease, gen .. ' ' .. slot, 'PX', ARGV[4])
+if zoned and ARGV[13] == '1' then redis.call('SADD', K.zpull, cid) end
 local record = gen .. ' ' .. slot .. ' ' .. now .. ' ' .. digest
 if zone ~= '' then record = record .. ' ' .. zone end
 redis.call('HSET', K.claims, cid, record)
@@ -485,7 +510,7 @@ return res
 // repairing.
 // ARGV: host, gen, digest, slot, uploads, maxlen, repaired, cid
 var finishScript = newScript(
-	[]string{"lease", "claims", "leases", "holders", "sync", "full", "part", "zfull", "zpart", "szfull", "szpart", "bad", "generation", "running", "finished", "failures", "events", "dead", "strikes", "repairing", "repairs"}, `
+	[]string{"lease", "claims", "leases", "holders", "sync", "full", "part", "zfull", "zpart", "szfull", "szpart", "zpull", "bad", "generation", "running", "finished", "failures", "events", "dead", "strikes", "repairing", "repairs"}, `
 local host, gen, digest, slot = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 release(ARGV[8], gen, digest, slot, true)
 if not isCurrent(gen, digest) then return 0 end
@@ -525,7 +550,7 @@ return 1
 // ARGV: host, gen, digest, slot, verdict, failure_json, maxlen, reason,
 // switch, uploads, backoff_ms, backoff_max_ms, cid
 var failScript = newScript(
-	[]string{"lease", "claims", "leases", "holders", "sync", "full", "part", "szfull", "szpart", "bad", "generation", "running", "finished", "failures", "events", "dead", "strikes", "hosts"}, `
+	[]string{"lease", "claims", "leases", "holders", "sync", "full", "part", "zfull", "szfull", "szpart", "zpull", "bad", "generation", "running", "finished", "failures", "events", "dead", "strikes", "hosts"}, `
 local host, gen, digest, slot = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local src = slotSource(slot) or ''
 local verdict = tonumber(ARGV[5])
@@ -745,7 +770,7 @@ return 1
 // needs (a slow source replaced, an extra source after the endgame): the
 // slot returns, nothing is recorded against the source.
 // ARGV: host, gen, digest, slot, maxlen, cid
-var releaseScript = newScript([]string{"lease", "claims", "leases", "holders", "sync", "full", "part", "szfull", "szpart", "bad", "generation", "finished", "events"}, `
+var releaseScript = newScript([]string{"lease", "claims", "leases", "holders", "sync", "full", "part", "zfull", "szfull", "szpart", "zpull", "bad", "generation", "finished", "events"}, `
 release(ARGV[6], ARGV[2], ARGV[3], ARGV[4], true)
 event(ARGV[5], 'release', ARGV[1], ARGV[2], ARGV[4], '')
 return 1

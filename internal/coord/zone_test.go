@@ -312,3 +312,82 @@ func TestZoneReapForgetPublish(t *testing.T) {
 		}
 	})
 }
+
+// TestZoneCrossesOnce: while a serving host of zone b pulls (here from
+// outside its zone), another host of zone b with no source of its zone
+// free waits for its slots rather than bring the content across a second
+// time, and then takes them; a host that does not serve makes no one
+// wait; the wait ends with the claim, and with the generation.
+func TestZoneCrossesOnce(t *testing.T) {
+	each(t, 15*time.Second, func(t *testing.T, f *fixture) {
+		ctx := context.Background()
+		k := f.c.Keys()
+		za, zb := f.zoned("a", 15*time.Second), f.zoned("b", 15*time.Second)
+		publish := func(digest string) Generation {
+			g, err := za.Publish(ctx, Generation{Path: "/data/m42", Digest: strings.Repeat(digest, 64), Origin: "master", OriginAddr: "10.0.0.1:7070", OriginZone: "a"}, 2)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return g
+		}
+		g := publish("d")
+		for _, h := range []string{"b1", "b2", "b3", "b4"} {
+			f.register(zb, h, "b", 1)
+		}
+		// A host that does not serve crosses without holding others back.
+		quiet, err := zb.Claim(ctx, "b4", g.Ref(), ClaimOptions{})
+		if err != nil || quiet.SourceZone != "a" {
+			t.Fatalf("b4: %+v, %v", quiet, err)
+		}
+		b1, err := zb.Claim(ctx, "b1", g.Ref(), ClaimOptions{Serves: true})
+		if err != nil || b1.SourceZone != "a" {
+			t.Fatalf("b1: %+v, %v", b1, err)
+		}
+		if got := f.members(k.ZonePulling("b")); !slices.Equal(got, []string{"b1"}) {
+			t.Fatalf("zone b serving pullers %v, want [b1]", got)
+		}
+		zb.Release(ctx, quiet) // a master slot is free again
+		if _, err := zb.Claim(ctx, "b2", g.Ref(), ClaimOptions{Serves: true}); !errors.Is(err, ErrNoSource) {
+			t.Fatalf("b2 crossed too while b1 pulls: %v", err)
+		}
+		// Zone a is not held back by zone b's pullers.
+		f.register(za, "a1", "a", 1)
+		if a1, err := za.Claim(ctx, "a1", g.Ref(), ClaimOptions{Serves: true}); err != nil || a1.Source != "master" {
+			t.Fatalf("a1: %+v, %v", a1, err)
+		}
+		// b1 offers its slot in zone b (pipelining): b2 takes it, and b3
+		// now waits for b2's.
+		if err := zb.OfferSlots(ctx, "b1", g.Ref(), 1, false); err != nil {
+			t.Fatal(err)
+		}
+		b2, err := zb.Claim(ctx, "b2", g.Ref(), ClaimOptions{Serves: true})
+		if err != nil || b2.Source != "b1" {
+			t.Fatalf("b2: %+v, %v", b2, err)
+		}
+		if err := zb.Finish(ctx, b1, 1); err != nil {
+			t.Fatal(err)
+		}
+		if got := f.members(k.ZonePulling("b")); !slices.Equal(got, []string{"b2"}) {
+			t.Fatalf("zone b serving pullers after b1 finished: %v, want [b2]", got)
+		}
+		if _, err := zb.Claim(ctx, "b3", g.Ref(), ClaimOptions{Serves: true}); !errors.Is(err, ErrNoSource) {
+			t.Fatalf("b3 crossed while b2 pulls in its zone: %v", err)
+		}
+		// b2's claim ends without a finish (a failure): b3 may cross.
+		if err := zb.Fail(ctx, b2, SourceOK, "test", 1); err != nil {
+			t.Fatal(err)
+		}
+		b3, err := zb.Claim(ctx, "b3", g.Ref(), ClaimOptions{Serves: true})
+		if err != nil || b3.Source != "b1" {
+			t.Fatalf("b3 after b2 failed: %+v, %v (b1's slot is free again, in zone b)", b3, err)
+		}
+		// A claim of an older generation holds no one back.
+		g2 := publish("e")
+		if _, err := zb.Claim(ctx, "b4", g2.Ref(), ClaimOptions{Serves: true}); err != nil {
+			t.Fatalf("b4 in the next generation: %v", err)
+		}
+		if got := f.members(k.ZonePulling("b")); !slices.Equal(got, []string{"b4"}) {
+			t.Fatalf("zone b serving pullers in the next generation %v, want [b4] (b3's of the last dropped)", got)
+		}
+	})
+}

@@ -467,12 +467,12 @@ func (m *Minion) Step(ctx context.Context) (Outcome, error) {
 // and repairs drift: it stays finished) and pulls through it; done is the
 // outcome of a pull that went through.
 func (m *Minion) claimAndPull(ctx context.Context, g coord.Generation, repair bool, done Outcome) (Outcome, error) {
-	cl, err := m.coord.Claim(ctx, m.cfg.ID, g.Ref(), coord.ClaimOptions{Repair: repair})
+	cl, err := m.coord.Claim(ctx, m.cfg.ID, g.Ref(), coord.ClaimOptions{Repair: repair, Serves: m.uploads() > 0})
 	if errors.Is(err, coord.ErrFinished) {
 		// Redis lists this host as holding the generation, but its state
 		// does not (the state directory was wiped): verify the tree by
 		// pulling its difference, as a repair.
-		cl, err = m.coord.Claim(ctx, m.cfg.ID, g.Ref(), coord.ClaimOptions{Repair: true})
+		cl, err = m.coord.Claim(ctx, m.cfg.ID, g.Ref(), coord.ClaimOptions{Repair: true, Serves: m.uploads() > 0})
 	}
 	switch {
 	case errors.Is(err, coord.ErrNoSource), errors.Is(err, coord.ErrBusy):

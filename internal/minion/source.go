@@ -190,7 +190,7 @@ func (s *source) switchFrom(ctx context.Context, failed coord.Claim, cause error
 	// source whose puller died returns when its lease expires.
 	deadline := time.Now().Add(max(4*failed.Lease, 4*m.cfg.Poll, 10*time.Second))
 	for {
-		o := coord.ClaimOptions{Repair: failed.Repair}
+		o := coord.ClaimOptions{Repair: failed.Repair, Serves: m.uploads() > 0}
 		if s.sw.active.Load() {
 			// A chunked pull: any source will do, but not one it holds.
 			o.Acyclic, o.Avoid = true, s.sw.sources()

@@ -24,13 +24,14 @@ type zoneRun struct {
 	zones       map[string]string
 }
 
-// runZones distributes a tree from a master in zone a to minions joining
-// one at a time, in zones b, a, b, a, b, a: each joins once the one before
-// holds the generation, so when it claims, a source of its own zone is
-// free (but for the first zone-b host, whose zone has none yet). With
-// blind, hosts register their zones (so bytes are attributed the same
-// way) but claim without them.
-func runZones(t *testing.T, blind bool) zoneRun {
+// runZones distributes a tree from a master in zone a to six minions in
+// zones b, a, b, a, b, a. One at a time (together false), each joins once
+// the one before holds the generation, so when it claims, a source of its
+// own zone is free (but for the first zone-b host, whose zone has none
+// yet); together, all six are up when the task is set and claim at once.
+// With blind, hosts register their zones (so bytes are attributed the
+// same way) but claim without them.
+func runZones(t *testing.T, blind, together bool) zoneRun {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
@@ -52,6 +53,25 @@ func runZones(t *testing.T, blind bool) zoneRun {
 	if err := lab.SampleTree(filepath.Join(src, "small"), 4<<10, 20); err != nil {
 		t.Fatal(err)
 	}
+	run := zoneRun{zones: map[string]string{l.Master.ID: "a"}}
+	var hosts []*lab.Host
+	for _, zone := range []string{"b", "a", "b", "a", "b", "a"} {
+		h := l.NewHost()
+		h.Zone = zone
+		run.zones[h.ID] = zone
+		hosts = append(hosts, h)
+	}
+	if together {
+		for _, h := range hosts {
+			if err := l.StartMinion(ctx, h); err != nil {
+				t.Fatal(err)
+			}
+		}
+		waitFor(ctx, t, "the minions to register", func() bool {
+			hs, err := l.Coord.Hosts(ctx)
+			return err == nil && len(hs) == len(hosts)
+		})
+	}
 	if err := l.Set(ctx, task); err != nil {
 		t.Fatal(err)
 	}
@@ -60,11 +80,11 @@ func runZones(t *testing.T, blind bool) zoneRun {
 		g, _ = l.Coord.Current(ctx)
 		return g.ID > 0
 	})
-	run := zoneRun{size: g.Bytes, zones: map[string]string{l.Master.ID: "a"}}
-	for _, zone := range []string{"b", "a", "b", "a", "b", "a"} {
-		h := l.NewHost()
-		h.Zone = zone
-		run.zones[h.ID] = zone
+	run.size = g.Bytes
+	for _, h := range hosts {
+		if together {
+			break
+		}
 		if err := l.StartMinion(ctx, h); err != nil {
 			t.Fatal(err)
 		}
@@ -111,7 +131,7 @@ func runZones(t *testing.T, blind bool) zoneRun {
 // claiming blind to zones (zones registered, so the bytes are counted
 // alike) moves more across.
 func TestZonesPreferSameZone(t *testing.T) {
-	zoned := runZones(t, false)
+	zoned := runZones(t, false, false)
 	first := "minion-01" // the first zone-b host
 	if zoned.crossClaims != 1 {
 		t.Errorf("zoned: %d of %d claims crossed zones, want 1 (%s's of the origin)", zoned.crossClaims, zoned.claims, first)
@@ -119,7 +139,7 @@ func TestZonesPreferSameZone(t *testing.T) {
 	if zoned.crossBytes != zoned.size || zoned.perHost[first] != zoned.size || len(zoned.perHost) != 1 {
 		t.Errorf("zoned: status counts %d bytes across zones (%v); want the content's %d, all by %s", zoned.crossBytes, zoned.perHost, zoned.size, first)
 	}
-	blind := runZones(t, true)
+	blind := runZones(t, true, false)
 	t.Logf("content %d bytes; zoned: %d of %d claims and %d bytes crossed zones; zone-blind: %d of %d claims and %d bytes (%.1f copies)",
 		zoned.size, zoned.crossClaims, zoned.claims, zoned.crossBytes, blind.crossClaims, blind.claims, blind.crossBytes, float64(blind.crossBytes)/float64(zoned.size))
 	if blind.crossBytes <= zoned.crossBytes || blind.crossClaims <= zoned.crossClaims {
@@ -248,5 +268,23 @@ func TestZonesUpgrade(t *testing.T) {
 	t.Logf("all zoned: generation %d done; %d bytes crossed zones (%v); %d changed", st.Generation.ID, st.CrossZoneTotal(), st.CrossZone, len(changed))
 	if intoB < int64(len(changed)) {
 		t.Errorf("zone b received %d bytes from zone a, less than the %d changed: the cross-zone count is short", intoB, len(changed))
+	}
+}
+
+// TestZonesCrossOnce: six minions in zones a and b claim at once; one host
+// of zone b brings the content across and the other two wait for its
+// slots rather than cross too, while zone a pulls from the origin: the
+// content crosses exactly once. Blind to zones, the same fleet moves it
+// across several times.
+func TestZonesCrossOnce(t *testing.T) {
+	zoned := runZones(t, false, true)
+	if zoned.crossBytes != zoned.size || len(zoned.perHost) != 1 {
+		t.Errorf("zoned, all at once: status counts %d bytes across zones (%v); want the content's %d, by one host", zoned.crossBytes, zoned.perHost, zoned.size)
+	}
+	blind := runZones(t, true, true)
+	t.Logf("content %d bytes, all at once; zoned: %d of %d claims and %d bytes crossed zones; zone-blind: %d of %d claims and %d bytes (%.1f copies)",
+		zoned.size, zoned.crossClaims, zoned.claims, zoned.crossBytes, blind.crossClaims, blind.claims, blind.crossBytes, float64(blind.crossBytes)/float64(zoned.size))
+	if blind.crossBytes <= zoned.crossBytes {
+		t.Errorf("zone-blind claims moved %d bytes across zones, zoned %d: zones should move less", blind.crossBytes, zoned.crossBytes)
 	}
 }
