@@ -49,6 +49,7 @@ func TestScenariosOnCluster(t *testing.T) {
 		{"Silent", TestSilent},
 		{"ZoneClaims", TestZoneClaims},
 		{"ZoneReapForgetPublish", TestZoneReapForgetPublish},
+		{"ZoneCrossesOnce", TestZoneCrossesOnce},
 	} {
 		t.Run(sc.name, sc.fn)
 	}
