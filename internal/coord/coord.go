@@ -57,6 +57,9 @@ const MaxClaims = 16
 // of a claim record, zone_bytes) are one. A host built before zones runs
 // its own scripts, which keep the global indexes exactly as before and
 // never read the zone keys; to zoned hosts it is a host without a zone.
+// Keys that no host must understand to work with the others do not raise
+// it: the hooks hash (hook results, see HookFormat) is read and written
+// only by hosts that know it, and its records carry their own format.
 const Proto = 3
 
 // Config configures a Client.

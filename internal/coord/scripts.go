@@ -126,6 +126,8 @@ func (k Keys) named(name string, kc keyCtx) string {
 		return k.SyncPartial()
 	case "leases":
 		return k.LeaseIndex()
+	case "hooks":
+		return k.Hooks()
 	}
 	panic("coord: unknown script key " + name)
 }
@@ -277,7 +279,7 @@ end
 // cleared: their entries of the last generation are no longer in the
 // global indexes, and claims drop them when they sample them.
 var publishScript = newScript(
-	[]string{"generation", "sync", "full", "part", "zfull", "zpart", "running", "finished", "claims", "leases", "failures", "bad", "lookup", "events", "progress", "holders", "dead", "strikes", "repairing", "repairs", "zbytes"}, `
+	[]string{"generation", "sync", "full", "part", "zfull", "zpart", "running", "finished", "claims", "leases", "failures", "bad", "lookup", "events", "progress", "holders", "dead", "strikes", "repairing", "repairs", "zbytes", "hooks"}, `
 local now = nowMS()
 local id = redis.call('HINCRBY', K.generation, 'id', 1)
 local floor = tonumber(ARGV[12])
@@ -290,7 +292,7 @@ redis.call('HSET', K.generation, 'path', ARGV[1], 'delete', ARGV[2], 'digest', A
   'published', now, 'files', ARGV[8], 'bytes', ARGV[9], 'done_at', '0', 'proto', ARGV[13],
   'origin_zone', ARGV[14] or '')
 redis.call('DEL', K.sync, K.full, K.part, K.running, K.finished, K.claims, K.leases, K.failures,
-  K.bad, K.lookup, K.progress, K.holders, K.dead, K.strikes, K.repairing, K.repairs, K.zbytes)
+  K.bad, K.lookup, K.progress, K.holders, K.dead, K.strikes, K.repairing, K.repairs, K.zbytes, K.hooks)
 if K.zfull ~= K.full then redis.call('DEL', K.zfull, K.zpart) end
 for i = 0, tonumber(ARGV[10]) - 1 do
   freeSlot(ARGV[6] .. '#' .. i, true, K.zfull, K.zpart)
@@ -725,7 +727,7 @@ return 1
 // indexes of its zone.
 // ARGV: host, maxClaims
 var forgetScript = newScript(
-	[]string{"hosts", "heartbeats", "finished", "running", "sync", "full", "part", "zfull", "zpart", "claims", "leases", "lease", "holders", "dead", "repairing", "repairs", "strikes", "zbytes"}, `
+	[]string{"hosts", "heartbeats", "finished", "running", "sync", "full", "part", "zfull", "zpart", "claims", "leases", "lease", "holders", "dead", "repairing", "repairs", "strikes", "zbytes", "hooks"}, `
 local host = ARGV[1]
 local uploads = 16
 local info = redis.call('HGET', K.hosts, host)
@@ -739,6 +741,7 @@ redis.call('SREM', K.finished, host)
 redis.call('SREM', K.running, host)
 redis.call('SREM', K.repairing, host)
 redis.call('HDEL', K.repairs, host)
+redis.call('HDEL', K.hooks, host)
 redis.call('HDEL', K.strikes, host)
 redis.call('HDEL', K.zbytes, host)
 for i = 0, uploads - 1 do
