@@ -236,6 +236,7 @@ type node struct {
 	lease                time.Duration
 	bwlimit              string
 	rate                 int64 // parsed bwlimit, bytes per second
+	zone                 string
 }
 
 func (n *node) register(fs *pflag.FlagSet, defaultState string) {
@@ -251,12 +252,13 @@ func (n *node) register(fs *pflag.FlagSet, defaultState string) {
 	fs.IntVar(&n.uploads, "max-uploads", 1, "pullers this host serves at once (1 makes chains and doubles the sources each round; 0: a minion that never serves)")
 	fs.DurationVar(&n.grace, "host-grace", 30*time.Second, "a host whose last heartbeat is older than this is no longer expected")
 	fs.DurationVar(&n.lease, "lease", 15*time.Second, "lease on a claimed source, renewed every third of it while pulling; a crashed puller's source returns after it")
+	fs.StringVar(&n.zone, "zone", "", "this host's zone (a rack, a room, a site): claims take a source of the same zone when one is free, and status counts the bytes that cross zones; 1-64 letters, digits, '.', '_', '-' (empty: no zone)")
 	fs.StringVar(&n.bwlimit, "bwlimit", "0", "cap on this host's upload and download rate, each (rsync style: 16M = 16 MiB/s, a bare number is KiB/s; 0 = no cap)")
 }
 
 // coordClient is the Redis protocol client with this node's grace and lease.
 func (n *node) coordClient(rdb redis.UniversalClient) *coord.Client {
-	return coord.New(rdb, coord.Config{Prefix: n.prefix, DB: n.target.DB(), HostGrace: n.grace, LeaseTTL: n.lease})
+	return coord.New(rdb, coord.Config{Prefix: n.prefix, DB: n.target.DB(), HostGrace: n.grace, LeaseTTL: n.lease, Zone: n.zone})
 }
 
 // check validates the node flags and fills defaults that need the system.
@@ -286,6 +288,9 @@ func (n *node) check(writeRoot bool) error {
 	}
 	if n.uploads < 0 {
 		return usageError("--max-uploads %d: use 0 (never serve) or more", n.uploads)
+	}
+	if err := coord.ValidZone("--zone", n.zone); err != nil {
+		return usageError("%v", err)
 	}
 	rate, err := bwlimit.Parse(n.bwlimit)
 	if err != nil {

@@ -254,6 +254,8 @@ func TestBadNodeInputs(t *testing.T) {
 		{"tls pair unreadable", []string{"--root", t.TempDir(), "--state-dir", t.TempDir(), "--tls-cert", aFile, "--tls-key", aFile}, exitFailure, "--tls-cert " + aFile},
 		{"missing secret", []string{"--root", t.TempDir(), "--state-dir", t.TempDir(), "--secret-file", filepath.Join(t.TempDir(), "none")}, exitFailure, "--secret-file"},
 		{"short second secret", []string{"--root", t.TempDir(), "--state-dir", t.TempDir(), "--secret-file", shortLine}, exitFailure, "line 2 of " + shortLine},
+		{"zone with a space", []string{"--root", t.TempDir(), "--state-dir", t.TempDir(), "--zone", "rack 7"}, exitUsage, `--zone "rack 7": a zone is 1 to 64 letters, digits`},
+		{"zone with a hash tag", []string{"--root", t.TempDir(), "--state-dir", t.TempDir(), "--zone", "{fanout}"}, exitUsage, `--zone "{fanout}"`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -272,6 +274,86 @@ func TestBadNodeInputs(t *testing.T) {
 	if code != exitUsage || !strings.Contains(stderr, "--max-uploads") {
 		t.Errorf("master --max-uploads 0: code %d, stderr %q", code, stderr)
 	}
+	// So does every host a bad --zone, from the environment too.
+	code, _, stderr = run(t, masterMain, map[string]string{"FANOUT_ZONE": strings.Repeat("z", 65)}, "run", "--redis", "redis://"+mr.Addr(), "--secret-file", secret,
+		"--root", t.TempDir(), "--state-dir", t.TempDir())
+	if code != exitUsage || !strings.Contains(stderr, "--zone") {
+		t.Errorf("master FANOUT_ZONE of 65 bytes: code %d, stderr %q", code, stderr)
+	}
+}
+
+// TestStatusZones: with zones in use, status shows each host's zone and
+// the bytes it received from other zones, and the total, in text and
+// JSON; without zones the table is as before.
+func TestStatusZones(t *testing.T) {
+	now := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	st := coord.Status{
+		Generation: coord.Generation{ID: 7, Path: "/data/m42", State: coord.StateRunning, Digest: strings.Repeat("ab", 32), Bytes: 300, OriginZone: "a"},
+		State:      coord.StateRunning,
+		Finished:   []string{"a1", "b1", "b2"},
+		Hosts: []coord.Host{
+			{ID: "a1", Zone: "a", Alive: true, LastSeen: now}, {ID: "b1", Zone: "b", Alive: true, LastSeen: now},
+			{ID: "b2", Zone: "b", Alive: true, LastSeen: now}, {ID: "old", Alive: true, LastSeen: now},
+		},
+		CrossZone: map[string]int64{"b1": 3 << 20, "b2": 1024},
+	}
+	var b bytes.Buffer
+	writeStatusText(&b, st, now)
+	out := b.String()
+	if !strings.Contains(out, "zones:      a 1, b 2, none 1 (hosts); origin in a; 3.0MiB crossed zones") {
+		t.Errorf("status text lacks the zones line:\n%s", out)
+	}
+	rows := map[string][2]string{"a1": {"a", "-"}, "b1": {"b", "3.0MiB"}, "b2": {"b", "1.0KiB"}, "old": {"-", "-"}}
+	seen := 0
+	for _, line := range strings.Split(out, "\n") {
+		f := strings.Fields(line)
+		if want, ok := rows[firstField(f)]; ok && len(f) >= 3 {
+			seen++
+			if f[1] != want[0] || f[2] != want[1] {
+				t.Errorf("host %s: zone %s, cross-zone %s; want %s, %s", f[0], f[1], f[2], want[0], want[1])
+			}
+		}
+	}
+	if seen != len(rows) {
+		t.Errorf("%d host rows, want %d:\n%s", seen, len(rows), out)
+	}
+	var js bytes.Buffer
+	if err := writeStatusJSON(&js, st, now); err != nil {
+		t.Fatal(err)
+	}
+	var got struct {
+		OriginZone string `json:"origin_zone"`
+		CrossZone  int64  `json:"cross_zone_bytes"`
+		Hosts      []struct {
+			ID        string `json:"id"`
+			Zone      string `json:"zone"`
+			CrossZone int64  `json:"cross_zone_bytes"`
+		} `json:"hosts"`
+	}
+	if err := json.Unmarshal(js.Bytes(), &got); err != nil {
+		t.Fatal(err)
+	}
+	if got.OriginZone != "a" || got.CrossZone != 3<<20+1024 || len(got.Hosts) != 4 || got.Hosts[1].Zone != "b" || got.Hosts[1].CrossZone != 3<<20 {
+		t.Errorf("status JSON: %+v", got)
+	}
+
+	// No zone anywhere: no zones line, no zone columns.
+	st.Generation.OriginZone, st.CrossZone = "", nil
+	for i := range st.Hosts {
+		st.Hosts[i].Zone = ""
+	}
+	b.Reset()
+	writeStatusText(&b, st, now)
+	if strings.Contains(b.String(), "zones:") || strings.Contains(b.String(), "ZONE") {
+		t.Errorf("status without zones shows them:\n%s", b.String())
+	}
+}
+
+func firstField(f []string) string {
+	if len(f) == 0 {
+		return ""
+	}
+	return f[0]
 }
 
 // TestRedisFlags: the --redis forms and --redis-ca are checked before

@@ -139,7 +139,7 @@ func masterRun(ctx context.Context, args []string, e env) error {
 	server := newPeerServer(secrets, log, mx, bwlimit.New(n.rate), co.Now)
 	m, err := master.New(master.Config{
 		ID: n.id, Advertise: n.advertise, Root: n.root, StateDir: n.stateDir,
-		Uploads: n.uploads, Poll: n.poll, ForgetAfter: forgetAfter, Log: log, Metrics: mx,
+		Uploads: n.uploads, Poll: n.poll, ForgetAfter: forgetAfter, Log: log, Metrics: mx, Zone: n.zone,
 	}, co, server)
 	if err != nil {
 		ln.Close()

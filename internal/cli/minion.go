@@ -160,6 +160,7 @@ func minionCommand(ctx context.Context, cmd string, args []string, e env) error 
 		Source: cmd == "run" && n.uploads > 0, Pipeline: pipeline, Poll: n.poll, Heartbeat: heartbeat, Workers: workers,
 		Version: Version, Log: log.WithField("host", n.id), Metrics: mx,
 		Download: bwlimit.New(n.rate), NoWatch: cmd == "run" && !watch, VerifyEvery: verifyEvery, ScanEvery: scanEvery, NumericIDs: numericIDs, Sources: sources,
+		Zone: n.zone,
 	}
 	if !hooks.Empty() {
 		cfg.Hooks = hooks

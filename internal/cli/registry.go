@@ -72,10 +72,11 @@ func masterRegistry(ctx context.Context, cmd string, args []string, e env) error
 				Alive    bool      `json:"alive"`
 				LastSeen time.Time `json:"last_seen"`
 				Started  time.Time `json:"started"`
+				Zone     string    `json:"zone,omitempty"`
 			}
 			out := []hostOut{}
 			for _, h := range hosts {
-				out = append(out, hostOut{h.ID, h.Addr, h.Version, h.Alive, h.LastSeen, h.Started})
+				out = append(out, hostOut{h.ID, h.Addr, h.Version, h.Alive, h.LastSeen, h.Started, h.Zone})
 			}
 			return json.NewEncoder(e.stdout).Encode(out)
 		}
@@ -96,14 +97,14 @@ func masterRegistry(ctx context.Context, cmd string, args []string, e env) error
 // from Redis, go through printable.
 func writeHosts(w io.Writer, hosts []coord.Host, now time.Time) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "HOST\tALIVE\tLAST HEARTBEAT\tADDR\tVERSION\tUP")
+	fmt.Fprintln(tw, "HOST\tALIVE\tLAST HEARTBEAT\tADDR\tZONE\tVERSION\tUP")
 	for _, h := range hosts {
 		up := "-"
 		if !h.Started.IsZero() {
 			up = now.Sub(h.Started).Round(time.Second).String()
 		}
-		fmt.Fprintf(tw, "%s\t%v\t%s ago\t%s\t%s\t%s\n", printable(h.ID, maxCell), h.Alive, now.Sub(h.LastSeen).Round(time.Second),
-			printable(h.Addr, maxCell), dash(printable(h.Version, maxCell)), up)
+		fmt.Fprintf(tw, "%s\t%v\t%s ago\t%s\t%s\t%s\t%s\n", printable(h.ID, maxCell), h.Alive, now.Sub(h.LastSeen).Round(time.Second),
+			printable(h.Addr, maxCell), dash(printable(h.Zone, maxCell)), dash(printable(h.Version, maxCell)), up)
 	}
 	return tw.Flush()
 }

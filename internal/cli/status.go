@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -35,6 +36,10 @@ type statusJSON struct {
 	// no host ran a hook for it.
 	Hooks *hookCountsJSON `json:"hooks,omitempty"`
 	Hosts []hostJSON      `json:"hosts"`
+	// OriginZone is the origin's zone; CrossZone the bytes of this
+	// generation that hosts received from sources of another zone.
+	OriginZone string `json:"origin_zone,omitempty"`
+	CrossZone  int64  `json:"cross_zone_bytes"`
 }
 
 // hookCountsJSON sums up the hook runs of a generation.
@@ -67,6 +72,10 @@ type hostJSON struct {
 	Error    string    `json:"error,omitempty"`
 	// Repairs counts the drift repairs of this generation on the host.
 	Repairs int64 `json:"repairs"`
+	// Zone is the host's --zone; CrossZone the bytes it received in this
+	// generation from sources of another zone.
+	Zone      string `json:"zone,omitempty"`
+	CrossZone int64  `json:"cross_zone_bytes"`
 	// The host's pull of this generation: bytes received and planned,
 	// average rate and time since it started.
 	Done    int64   `json:"bytes_done"`
@@ -87,6 +96,7 @@ func toJSON(st coord.Status, now time.Time) statusJSON {
 		Delete: g.Delete, Files: g.Files, Bytes: g.Bytes,
 		Expected: len(st.Expected), Finished: len(st.Finished), Running: len(st.Running), Repairing: len(st.Repairing),
 		Lookup: st.Lookup, Sources: st.Sources, Failures: st.Failures,
+		OriginZone: g.OriginZone, CrossZone: st.CrossZoneTotal(),
 	}
 	if !g.Published.IsZero() {
 		out.Published = &g.Published
@@ -107,7 +117,8 @@ func toJSON(st coord.Status, now time.Time) statusJSON {
 	out.Hosts = []hostJSON{}
 	finished, running, repairing := set(st.Finished), set(st.Running), set(st.Repairing)
 	for _, h := range st.Hosts {
-		hj := hostJSON{ID: h.ID, Addr: h.Addr, LastSeen: h.LastSeen, Version: h.Version, State: "waiting", Repairs: st.Repairs[h.ID]}
+		hj := hostJSON{ID: h.ID, Addr: h.Addr, LastSeen: h.LastSeen, Version: h.Version, State: "waiting", Repairs: st.Repairs[h.ID],
+			Zone: h.Zone, CrossZone: st.CrossZone[h.ID]}
 		switch {
 		case finished[h.ID] && repairing[h.ID]:
 			// Counted as finished; its tree drifted and is being repaired.
@@ -201,6 +212,7 @@ func writeStatusText(w io.Writer, st coord.Status, now time.Time) {
 		sources[i] = printable(src, maxCell)
 	}
 	fmt.Fprintf(w, "sources:    %s\n", strings.Join(sources, " "))
+	zoned := zonesLine(w, s)
 	if len(s.Hosts) == 0 {
 		return
 	}
@@ -210,12 +222,16 @@ func writeStatusText(w io.Writer, st coord.Status, now time.Time) {
 	fmt.Fprintln(w)
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	hookCol := func(h hostJSON) string { return "" }
-	header := "HOST\tSTATE\tREPAIRS\tSOURCE\tBYTES\tRATE\tELAPSED\tSEEN\tLAST ERROR"
+	hookHead := ""
 	if s.Hooks != nil {
-		header = "HOST\tSTATE\tREPAIRS\tHOOK\tSOURCE\tBYTES\tRATE\tELAPSED\tSEEN\tLAST ERROR"
+		hookHead = "HOOK\t"
 		hookCol = func(h hostJSON) string { return hookCell(h.Hook) + "\t" }
 	}
-	fmt.Fprintln(tw, header)
+	zoneHead := ""
+	if zoned {
+		zoneHead = "ZONE\tCROSS-ZONE\t"
+	}
+	fmt.Fprintln(tw, "HOST\t"+zoneHead+"STATE\tREPAIRS\t"+hookHead+"SOURCE\tBYTES\tRATE\tELAPSED\tSEEN\tLAST ERROR")
 	for _, h := range s.Hosts {
 		bytes, rate, elapsed := "-", "-", "-"
 		if h.Total > 0 || h.Done > 0 {
@@ -223,7 +239,15 @@ func writeStatusText(w io.Writer, st coord.Status, now time.Time) {
 			rate = humanBytes(int64(h.Rate)) + "/s"
 			elapsed = (time.Duration(h.Elapsed * float64(time.Second))).Round(100 * time.Millisecond).String()
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%s%s\t%s\t%s\t%s\t%s ago\t%s\n", printable(h.ID, maxCell), h.State, h.Repairs, hookCol(h), dash(printable(h.Source, maxCell)),
+		id := printable(h.ID, maxCell)
+		if zoned {
+			cross := "-"
+			if h.CrossZone > 0 {
+				cross = humanBytes(h.CrossZone)
+			}
+			id += "\t" + dash(printable(h.Zone, maxCell)) + "\t" + cross
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%s%s\t%s\t%s\t%s\t%s ago\t%s\n", id, h.State, h.Repairs, hookCol(h), dash(printable(h.Source, maxCell)),
 			bytes, rate, elapsed, now.Sub(h.LastSeen).Round(time.Second), dash(printable(h.Error, maxCell)))
 	}
 	tw.Flush()
@@ -278,6 +302,42 @@ func writeHookFailures(w io.Writer, hosts []hostJSON) {
 	if failed > shown {
 		fmt.Fprintf(w, "... and %d more failed hooks (fanout-master status --json lists them all)\n", failed-shown)
 	}
+}
+
+// zonesLine prints the zones line when any host (or the origin) has a
+// zone: how many hosts each zone has, hosts without one, and the bytes of
+// this generation that crossed zones. It reports whether it printed it.
+func zonesLine(w io.Writer, s statusJSON) bool {
+	count := map[string]int{}
+	none := 0
+	for _, h := range s.Hosts {
+		if h.Zone == "" {
+			none++
+			continue
+		}
+		count[h.Zone]++
+	}
+	if len(count) == 0 && s.OriginZone == "" && s.CrossZone == 0 {
+		return false
+	}
+	zones := make([]string, 0, len(count))
+	for z := range count {
+		zones = append(zones, z)
+	}
+	slices.Sort(zones)
+	parts := make([]string, 0, len(zones)+2)
+	for _, z := range zones {
+		parts = append(parts, fmt.Sprintf("%s %d", printable(z, maxCell), count[z]))
+	}
+	if none > 0 {
+		parts = append(parts, fmt.Sprintf("none %d", none))
+	}
+	origin := "-"
+	if s.OriginZone != "" {
+		origin = printable(s.OriginZone, maxCell)
+	}
+	fmt.Fprintf(w, "zones:      %s (hosts); origin in %s; %s crossed zones\n", strings.Join(parts, ", "), origin, humanBytes(s.CrossZone))
+	return true
 }
 
 // waitLine is the progress line publish --wait prints for st.

@@ -17,6 +17,9 @@ type Claim struct {
 	Slot       string // "source#n"; empty for a host that already held the content
 	Source     string // the host part of Slot
 	SourceAddr string
+	// SourceZone is the source's zone as it registered (the origin's as
+	// the generation records it); empty when it has none.
+	SourceZone string
 	// Partial is true when the source was itself still pulling when
 	// claimed: it streams bytes as they reach it (pipelining).
 	Partial bool
@@ -57,6 +60,14 @@ type ClaimOptions struct {
 	// Avoid lists sources not to take (the ones this host already pulls
 	// from).
 	Avoid []string
+	// SameZone takes only a source of this client's zone (Config.Zone):
+	// ErrNoSource when none is free. Without a zone it has no effect.
+	SameZone bool
+	// Serves says the host offers its slots while (pipelining) or once it
+	// holds the generation: while its claim lasts, another host of its
+	// zone that finds no source of the zone free waits for its slots
+	// (ErrNoSource) rather than take a source of another zone.
+	Serves bool
 }
 
 // NoSourceError is a claim that found no free source slot (errors.Is
@@ -74,8 +85,9 @@ func (e *NoSourceError) Error() string {
 func (e *NoSourceError) Is(target error) bool { return target == ErrNoSource }
 
 // Claim atomically takes a free slot of another, not-bad source for host,
-// enters host in running_queue and starts its lease. Sources that hold the
-// whole generation are preferred; a partial source (a host still pulling)
+// enters host in running_queue and starts its lease. Sources of this
+// client's zone (Config.Zone) are preferred when one is free, then sources
+// that hold the whole generation; a partial source (a host still pulling)
 // is taken only when it does not pull, directly or not, from host.
 //
 // ErrFinished when Redis lists host as holding the generation already;
@@ -85,7 +97,7 @@ func (c *Client) Claim(ctx context.Context, host string, gen Ref, o ClaimOptions
 	cid := claimID(host, o.Index)
 	res, err := c.run(ctx, claimScript, cid,
 		host, gen.ID, gen.Digest, c.cfg.LeaseTTL.Milliseconds(), rand.Uint32(), eventsMax, flag(o.Repair),
-		cid, flag(o.Acyclic), strings.Join(o.Avoid, ","), c.cfg.HostGrace.Milliseconds()).StringSlice()
+		cid, flag(o.Acyclic), strings.Join(o.Avoid, ","), c.cfg.HostGrace.Milliseconds(), flag(o.SameZone), flag(o.Serves)).StringSlice()
 	if err != nil {
 		return Claim{}, fmt.Errorf("claim source: %w", err)
 	}
@@ -105,7 +117,11 @@ func (c *Client) Claim(ctx context.Context, host string, gen Ref, o ClaimOptions
 	}
 	src := res[1][:max(strings.LastIndexByte(res[1], '#'), 0)]
 	partial := len(res) > 3 && res[3] == "partial"
-	return Claim{Host: host, Gen: gen, Slot: res[1], Source: src, SourceAddr: res[2], Partial: partial, Repair: o.Repair, Index: o.Index, Lease: c.cfg.LeaseTTL}, nil
+	zone := ""
+	if len(res) > 4 && ValidZone("zone", res[4]) == nil {
+		zone = res[4]
+	}
+	return Claim{Host: host, Gen: gen, Slot: res[1], Source: src, SourceAddr: res[2], SourceZone: zone, Partial: partial, Repair: o.Repair, Index: o.Index, Lease: c.cfg.LeaseTTL}, nil
 }
 
 // Renew extends cl's lease; ErrLeaseLost when it expired and the slot was
@@ -130,7 +146,7 @@ func (c *Client) Renew(ctx context.Context, cl Claim) (restored bool, err error)
 // the host's repairs. ErrStale when the generation moved on meanwhile (the
 // claim is released all the same).
 func (c *Client) Finish(ctx context.Context, cl Claim, uploads int) error {
-	n, err := c.run(ctx, finishScript, cl.id(),
+	n, err := c.runAt(ctx, finishScript, c.claimKeys(cl),
 		cl.Host, cl.Gen.ID, cl.Gen.Digest, cl.Slot, uploads, eventsMax, flag(cl.Repair), cl.id()).Int()
 	if err != nil {
 		return fmt.Errorf("finish: %w", err)
@@ -176,7 +192,7 @@ func (c *Client) Switch(ctx context.Context, cl Claim, v Verdict, reason string)
 
 func (c *Client) fail(ctx context.Context, cl Claim, v Verdict, reason string, switching bool, uploads int) error {
 	f, _ := json.Marshal(Failure{Gen: cl.Gen.ID, Error: reason, Source: cl.Source, At: c.Now().UTC()})
-	err := c.run(ctx, failScript, cl.id(),
+	err := c.runAt(ctx, failScript, c.claimKeys(cl),
 		cl.Host, cl.Gen.ID, cl.Gen.Digest, cl.Slot, int(v), f, eventsMax, reason, flag(switching), uploads,
 		c.cfg.DeadBackoff.Milliseconds(), c.cfg.DeadBackoffMax.Milliseconds(), cl.id()).Err()
 	if err != nil {
@@ -189,7 +205,7 @@ func (c *Client) fail(ctx context.Context, cl Claim, v Verdict, reason string, s
 // needs (a slow source replaced, the endgame over): the slot returns and
 // nothing is recorded against the source or the host.
 func (c *Client) Release(ctx context.Context, cl Claim) error {
-	if err := c.run(ctx, releaseScript, cl.id(), cl.Host, cl.Gen.ID, cl.Gen.Digest, cl.Slot, eventsMax, cl.id()).Err(); err != nil {
+	if err := c.runAt(ctx, releaseScript, c.claimKeys(cl), cl.Host, cl.Gen.ID, cl.Gen.Digest, cl.Slot, eventsMax, cl.id()).Err(); err != nil {
 		return fmt.Errorf("release claim on %s: %w", cl.Slot, err)
 	}
 	return nil
@@ -205,17 +221,49 @@ const reapBatch = 100
 // leases it reaped. Slots of hosts whose heartbeat is older than HostGrace
 // are dropped by the claims that meet them.
 func (c *Client) Reap(ctx context.Context) (int, error) {
-	due, err := c.run(ctx, dueScript, "", reapBatch, c.cfg.HostGrace.Milliseconds()).StringSlice()
+	res, err := c.run(ctx, dueScript, "", reapBatch, c.cfg.HostGrace.Milliseconds()).Slice()
 	if err != nil {
 		return 0, fmt.Errorf("reap leases: %w", err)
 	}
+	if len(res) != 2 {
+		return 0, fmt.Errorf("reap leases: unexpected reply %v", res)
+	}
+	due, _ := res[0].([]any)
+	zones, _ := res[1].([]any)
 	n := 0
-	for _, cid := range due {
-		ok, err := c.run(ctx, expireScript, cid, cid, c.cfg.HostGrace.Milliseconds(), eventsMax).Int()
+	for i, v := range due {
+		cid := fmt.Sprint(v)
+		zone := ""
+		if i < len(zones) {
+			if z, ok := zones[i].(string); ok && ValidZone("zone", z) == nil {
+				zone = z
+			}
+		}
+		ok, err := c.runAt(ctx, expireScript, keyCtx{host: cid, srcZone: zone}, cid, c.cfg.HostGrace.Milliseconds(), eventsMax).Int()
 		if err != nil {
 			return n, fmt.Errorf("reap lease of %s: %w", cid, err)
 		}
 		n += ok
 	}
 	return n, nil
+}
+
+// claimKeys names the keys of a script that settles cl: its lease, this
+// client's zone indexes (for the slots the host offers) and those of its
+// source's zone (for the slot that returns).
+func (c *Client) claimKeys(cl Claim) keyCtx {
+	return keyCtx{host: cl.id(), zone: c.cfg.Zone, srcZone: cl.SourceZone}
+}
+
+// AddCrossZone counts n more bytes that host received from sources in
+// other zones (see CrossZone) while pulling generation r; nothing when r
+// is no longer current. Status shows the counts per host and in total.
+func (c *Client) AddCrossZone(ctx context.Context, host string, r Ref, n int64) error {
+	if n <= 0 {
+		return nil
+	}
+	if err := c.run(ctx, zoneBytesScript, host, host, r.ID, r.Digest, n).Err(); err != nil {
+		return fmt.Errorf("count cross-zone bytes: %w", err)
+	}
+	return nil
 }

@@ -47,6 +47,9 @@ func TestScenariosOnCluster(t *testing.T) {
 		{"CompleteHistoryRoundsProgressEvents", TestCompleteHistoryRoundsProgressEvents},
 		{"Notifications", TestNotifications},
 		{"Silent", TestSilent},
+		{"ZoneClaims", TestZoneClaims},
+		{"ZoneReapForgetPublish", TestZoneReapForgetPublish},
+		{"ZoneCrossesOnce", TestZoneCrossesOnce},
 	} {
 		t.Run(sc.name, sc.fn)
 	}

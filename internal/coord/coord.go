@@ -51,6 +51,12 @@ const MaxClaims = 16
 //	3: manifests of content-defined chunks (format 3); several claims per
 //	   host; claim indexes and the lease-expiry index.
 //
+// Additions that hosts of the same protocol built before them ignore
+// safely keep the number: zones (per-zone claim indexes, a "zone" in the
+// registration, "origin_zone" in the generation, a source zone at the end
+// of a claim record, zone_bytes) are one. A host built before zones runs
+// its own scripts, which keep the global indexes exactly as before and
+// never read the zone keys; to zoned hosts it is a host without a zone.
 // Keys that no host must understand to work with the others do not raise
 // it: the hooks hash (hook results, see HookFormat) is read and written
 // only by hosts that know it, and its records carry their own format.
@@ -78,6 +84,10 @@ type Config struct {
 	// depends on it agreeing with other hosts: Client.Now corrects it by
 	// the offset to Redis TIME.
 	Now func() time.Time
+	// Zone is the zone of the host this client speaks for (--zone; empty:
+	// none, see ValidZone): its slots are offered in its zone's claim
+	// indexes too (Keys.SyncFullZone), and its claims try those first.
+	Zone string
 }
 
 // Client speaks the protocol over one Redis connection pool.
@@ -150,6 +160,8 @@ type Generation struct {
 	Error      string
 	Origin     string
 	OriginAddr string
+	// OriginZone is the origin's zone ("" for none).
+	OriginZone string
 	Published  time.Time // Redis time
 	Files      int64
 	Bytes      int64
@@ -211,7 +223,7 @@ func parseGeneration(key string, h map[string]string) (Generation, error) {
 	}
 	return Generation{
 		ID: id, Path: h["path"], Delete: h["delete"] == "1", Digest: h["digest"], State: h["state"],
-		Error: h["error"], Origin: h["origin"], OriginAddr: h["origin_addr"], Published: fromMS(h["published"]),
+		Error: h["error"], Origin: h["origin"], OriginAddr: h["origin_addr"], OriginZone: h["origin_zone"], Published: fromMS(h["published"]),
 		Files: files, Bytes: bytes, DoneAt: fromMS(h["done_at"]), Proto: max(int(proto), 1),
 	}, nil
 }
@@ -317,7 +329,7 @@ func (c *Client) publish(ctx context.Context, g Generation, uploads int) (Genera
 	}
 	res, err := c.run(ctx, publishScript, g.Origin,
 		g.Path, del, g.Digest, g.State, g.Error, g.Origin, g.OriginAddr,
-		g.Files, g.Bytes, uploads, eventsMax, g.ID, Proto).Int64Slice()
+		g.Files, g.Bytes, uploads, eventsMax, g.ID, Proto, g.OriginZone).Int64Slice()
 	if err != nil {
 		return Generation{}, fmt.Errorf("publish generation: %w", err)
 	}
@@ -390,6 +402,7 @@ type Host struct {
 	Version  string    `json:"version"`
 	Proto    int       `json:"proto,omitempty"`   // absent: 1
 	Uploads  int       `json:"uploads,omitempty"` // source slots it offers
+	Zone     string    `json:"zone,omitempty"`    // its --zone; empty: none (or a fanout before zones)
 	Role     string    `json:"role"`
 	Started  time.Time `json:"started"`
 	LastSeen time.Time `json:"-"` // Redis time
@@ -505,9 +518,19 @@ func (c *Client) hosts(info map[string]string, beats []redis.Z, now time.Time) [
 	return out
 }
 
-// Forget removes host from the registry and from every set.
+// Forget removes host from the registry and from every set (its zone's
+// claim indexes too, as its registration names the zone).
 func (c *Client) Forget(ctx context.Context, host string) error {
-	if err := c.run(ctx, forgetScript, host, host, MaxClaims).Err(); err != nil {
+	zone := ""
+	info, err := c.rdb.HGet(ctx, c.keys.Hosts(), host).Result()
+	if err != nil && !errors.Is(err, redis.Nil) {
+		return fmt.Errorf("forget %s: read its registration: %w", host, err)
+	}
+	var h Host
+	if info != "" && json.Unmarshal([]byte(info), &h) == nil && ValidZone("zone", h.Zone) == nil {
+		zone = h.Zone
+	}
+	if err := c.runAt(ctx, forgetScript, keyCtx{host: host, zone: zone}, host, MaxClaims).Err(); err != nil {
 		return fmt.Errorf("forget %s: %w", host, err)
 	}
 	return nil

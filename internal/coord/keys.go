@@ -134,3 +134,25 @@ func (k Keys) SyncPartial() string { return k.Prefix + "sync_partial" }
 // LeaseIndex scores each claim id by its lease's expiry (Redis time, ms), so
 // the reaper finds expired claims without reading every claim.
 func (k Keys) LeaseIndex() string { return k.Prefix + "lease_expiry" }
+
+// SyncFullZone indexes the free slots of whole sources in zone (a subset
+// of SyncFull, kept by the scripts that offer and return slots of hosts
+// of that zone), SyncPartialZone those of partial sources: a claim of a
+// host in zone samples them first, so sources of its own zone are taken
+// when one is free. An entry is a hint: a claim keeps it only while the
+// slot is in the global index of the same kind, and drops it otherwise.
+func (k Keys) SyncFullZone(zone string) string { return k.Prefix + "sync_full:" + zone }
+
+// SyncPartialZone: see SyncFullZone.
+func (k Keys) SyncPartialZone(zone string) string { return k.Prefix + "sync_partial:" + zone }
+
+// ZonePulling is the set of claims of hosts of zone that serve (they offer
+// slots while they pull, or once they hold the generation), while the
+// claims last: a host of the zone that finds no source of its zone free
+// waits for theirs rather than bring the content across once more.
+func (k Keys) ZonePulling(zone string) string { return k.Prefix + "zone_pulling:" + zone }
+
+// ZoneBytes maps a host id to the bytes it received in the current
+// generation from sources in another zone (both hosts with a zone, the
+// zones different); reset by each publish.
+func (k Keys) ZoneBytes() string { return k.Prefix + "zone_bytes" }

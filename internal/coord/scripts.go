@@ -32,20 +32,60 @@ func newScript(keys []string, body string) *script {
 	return &script{keys: keys, lua: redis.NewScript(b.String())}
 }
 
-// run runs s for host (whose lease key is "lease") with args.
+// keyCtx is what a script's key names depend on: the host (or claim id)
+// whose lease is "lease", the zone whose claim indexes are "zfull" and
+// "zpart" (the calling host's own, for the slots it offers and the claims
+// it makes), and the zone whose indexes are "szfull" and "szpart" (a
+// claim's source's, for the slot a release returns).
+type keyCtx struct {
+	host, zone, srcZone string
+}
+
+// run runs s for host (whose lease key is "lease") in this client's zone
+// with args.
 func (c *Client) run(ctx context.Context, s *script, host string, args ...any) *redis.Cmd {
+	return c.runAt(ctx, s, keyCtx{host: host, zone: c.cfg.Zone}, args...)
+}
+
+// runAt runs s with the keys kc names.
+func (c *Client) runAt(ctx context.Context, s *script, kc keyCtx, args ...any) *redis.Cmd {
 	keys := make([]string, len(s.keys))
 	for i, name := range s.keys {
-		keys[i] = c.keys.named(name, host)
+		keys[i] = c.keys.named(name, kc)
 	}
 	return s.lua.Run(ctx, c.rdb, keys, args...)
 }
 
-// named maps a script key name to the key; lease is host's lease.
-func (k Keys) named(name, host string) string {
+// named maps a script key name to the key. A zone index of no zone is the
+// global index itself: the scripts test K.zfull ~= K.full (K.szfull ~=
+// K.full) to know whether there is a zone to index.
+func (k Keys) named(name string, kc keyCtx) string {
+	zoneKey := func(zone string, full bool) string {
+		switch {
+		case zone == "" && full:
+			return k.SyncFull()
+		case zone == "":
+			return k.SyncPartial()
+		case full:
+			return k.SyncFullZone(zone)
+		}
+		return k.SyncPartialZone(zone)
+	}
 	switch name {
+	case "zfull":
+		return zoneKey(kc.zone, true)
+	case "zpart":
+		return zoneKey(kc.zone, false)
+	case "szfull":
+		return zoneKey(kc.srcZone, true)
+	case "szpart":
+		return zoneKey(kc.srcZone, false)
+	case "zbytes":
+		return k.ZoneBytes()
+	case "zpull":
+		return k.ZonePulling(kc.zone) // no zone: a key no script touches
 	case "lease":
-		return k.Lease(host)
+		return k.Lease(kc.host)
 	case "generation":
 		return k.Generation()
 	case "sync":
@@ -106,6 +146,12 @@ local function slotSource(slot)
   return string.match(slot, '^(.*)#%d+$')
 end
 
+-- zoneOf returns z when it is a valid zone name (see ValidZone), else ''.
+local function zoneOf(z)
+  if type(z) == 'string' and #z <= 64 and string.match(z, '^[%w][%w._-]*$') then return z end
+  return ''
+end
+
 -- isCurrent: generation id and digest are the current generation's. K.generation
 local function isCurrent(id, digest)
   local g = redis.call('HMGET', K.generation, 'id', 'digest')
@@ -120,8 +166,9 @@ end
 
 -- freeSlot offers slot: synchronize_queue (the seed's set of free slots)
 -- and the index of free slots of whole or of partial sources, which claims
--- sample in O(1). K.sync, K.full, K.part
-local function freeSlot(slot, whole)
+-- sample in O(1); and the same index of the source's zone, zf and zp (the
+-- global ones when the source has no zone). K.sync, K.full, K.part
+local function freeSlot(slot, whole, zf, zp)
   redis.call('SADD', K.sync, slot)
   if whole then
     redis.call('SADD', K.full, slot)
@@ -129,6 +176,15 @@ local function freeSlot(slot, whole)
   else
     redis.call('SADD', K.part, slot)
     redis.call('SREM', K.full, slot)
+  end
+  if zf ~= K.full then
+    if whole then
+      redis.call('SADD', zf, slot)
+      redis.call('SREM', zp, slot)
+    else
+      redis.call('SADD', zp, slot)
+      redis.call('SREM', zf, slot)
+    end
   end
 end
 
@@ -152,7 +208,8 @@ end
 
 -- offer offers host#0..uploads-1, skipping slots claimed now (capacity is
 -- never doubled) and, unless force, slots backing off after a dead
--- verdict. K.sync, K.full, K.part, K.holders, K.claims, K.dead,
+-- verdict. host is the caller, whose zone's indexes are K.zfull, K.zpart.
+-- K.sync, K.full, K.part, K.zfull, K.zpart, K.holders, K.claims, K.dead,
 -- K.generation, K.finished
 local function offer(host, uploads, force)
   local whole = isWhole(host)
@@ -161,9 +218,9 @@ local function offer(host, uploads, force)
     if not claimed(slot) then
       if force then
         redis.call('ZREM', K.dead, slot)
-        freeSlot(slot, whole)
+        freeSlot(slot, whole, K.zfull, K.zpart)
       elseif not redis.call('ZSCORE', K.dead, slot) then
-        freeSlot(slot, whole)
+        freeSlot(slot, whole, K.zfull, K.zpart)
       end
     end
   end
@@ -173,11 +230,14 @@ end
 -- once) on slot for generation (id, digest). When the lease or the claims
 -- record still matches, both are deleted and, with giveBack, the slot
 -- returns if the generation is current and its source not bad. A claim
--- already reaped returns nothing (the reaper did).
+-- already reaped returns nothing (the reaper did). The slot's source's zone
+-- indexes are K.szfull, K.szpart.
 -- K.lease (cid's), K.claims, K.holders, K.leases, K.sync, K.full, K.part,
--- K.bad, K.generation, K.finished
+-- K.szfull, K.szpart, K.bad, K.generation, K.finished, K.zpull (the
+-- caller's zone's serving pullers: cid is no longer one)
 local function release(cid, id, digest, slot, giveBack)
   if slot == '' then return end
+  if K.zfull ~= K.full then redis.call('SREM', K.zpull, cid) end
   if redis.call('HGET', K.holders, slot) == cid then redis.call('HDEL', K.holders, slot) end
   local want = id .. ' ' .. slot
   local held = redis.call('GET', K.lease) == want
@@ -191,7 +251,7 @@ local function release(cid, id, digest, slot, giveBack)
   redis.call('ZREM', K.leases, cid)
   local src = slotSource(slot)
   if giveBack and src and isCurrent(id, digest) and redis.call('SISMEMBER', K.bad, src) == 0 then
-    freeSlot(slot, isWhole(src))
+    freeSlot(slot, isWhole(src), K.szfull, K.szpart)
   end
 end
 
@@ -213,9 +273,13 @@ end
 // and above ARGV floor (the last id the publishing master knows it used),
 // so ids never repeat even when Redis lost the counter.
 // ARGV: path, delete, digest, state, error, origin, origin_addr, files,
-// bytes, uploads, maxlen, floor, proto. Returns {id, published_ms}.
+// bytes, uploads, maxlen, floor, proto, origin_zone. Returns {id,
+// published_ms}. The origin's slots go to its zone's indexes too (the
+// client's zone's, K.zfull and K.zpart). Other zones' indexes are not
+// cleared: their entries of the last generation are no longer in the
+// global indexes, and claims drop them when they sample them.
 var publishScript = newScript(
-	[]string{"generation", "sync", "full", "part", "running", "finished", "claims", "leases", "failures", "bad", "lookup", "events", "progress", "holders", "dead", "strikes", "repairing", "repairs", "hooks"}, `
+	[]string{"generation", "sync", "full", "part", "zfull", "zpart", "running", "finished", "claims", "leases", "failures", "bad", "lookup", "events", "progress", "holders", "dead", "strikes", "repairing", "repairs", "zbytes", "hooks"}, `
 local now = nowMS()
 local id = redis.call('HINCRBY', K.generation, 'id', 1)
 local floor = tonumber(ARGV[12])
@@ -225,11 +289,13 @@ if id <= floor then
 end
 redis.call('HSET', K.generation, 'path', ARGV[1], 'delete', ARGV[2], 'digest', ARGV[3],
   'state', ARGV[4], 'error', ARGV[5], 'origin', ARGV[6], 'origin_addr', ARGV[7],
-  'published', now, 'files', ARGV[8], 'bytes', ARGV[9], 'done_at', '0', 'proto', ARGV[13])
+  'published', now, 'files', ARGV[8], 'bytes', ARGV[9], 'done_at', '0', 'proto', ARGV[13],
+  'origin_zone', ARGV[14] or '')
 redis.call('DEL', K.sync, K.full, K.part, K.running, K.finished, K.claims, K.leases, K.failures,
-  K.bad, K.lookup, K.progress, K.holders, K.dead, K.strikes, K.repairing, K.repairs, K.hooks)
+  K.bad, K.lookup, K.progress, K.holders, K.dead, K.strikes, K.repairing, K.repairs, K.zbytes, K.hooks)
+if K.zfull ~= K.full then redis.call('DEL', K.zfull, K.zpart) end
 for i = 0, tonumber(ARGV[10]) - 1 do
-  freeSlot(ARGV[6] .. '#' .. i, true)
+  freeSlot(ARGV[6] .. '#' .. i, true, K.zfull, K.zpart)
 end
 local typ = 'published'
 if ARGV[4] == 'failed' then typ = 'fail' end
@@ -257,15 +323,30 @@ return {id, now}
 // finished_queue and enters repairing instead of running_queue. With no
 // source, it returns how many hosts wait for one (lookup minus the
 // running and the finished), three O(1) reads.
+//
+// Zones: a host with a zone (K.zfull, K.zpart are its zone's indexes, not
+// the global ones) samples its zone's indexes first, whole then partial
+// sources, and the global ones only when its zone has no usable slot free;
+// with ARGV same_zone = 1, never. An entry of a zone index counts only
+// while the slot is in the global index of the same kind (and in
+// synchronize_queue); otherwise it is dropped. The claim record carries
+// the source's zone, so the reaper returns the slot to that zone's index.
+// A zone waits for its own: a claim of a host that serves (ARGV serves =
+// 1) is recorded in K.zpull until it ends, and while another host of the
+// zone has such a claim of this generation, a claim that finds no source
+// in its zone waits (nosource) for that host to offer its slots in the
+// zone (at once when pipelining), rather than bring the content across
+// once more. So one host of a zone crosses, and the zone chains from it.
 // ARGV: host, gen, digest, lease_ms, rand, maxlen, repair, cid, acyclic,
-// avoid, grace_ms
+// avoid, grace_ms, same_zone, serves.
+// Returns {'ok', slot, source addr, 'whole' or 'partial', source zone}.
 var claimScript = newScript(
-	[]string{"generation", "finished", "lease", "sync", "full", "part", "bad", "running", "claims", "leases", "hosts", "heartbeats", "events", "holders", "repairing", "lookup"}, `
+	[]string{"generation", "finished", "lease", "sync", "full", "part", "zfull", "zpart", "zpull", "bad", "running", "claims", "leases", "hosts", "heartbeats", "events", "holders", "repairing", "lookup"}, `
 local host, gen, digest, cid = ARGV[1], ARGV[2], ARGV[3], ARGV[8]
 local acyclic = ARGV[9] == '1'
 local avoid = {}
 for src in string.gmatch(ARGV[10], '[^,]+') do avoid[src] = true end
-local g = redis.call('HMGET', K.generation, 'id', 'state', 'origin', 'origin_addr', 'digest')
+local g = redis.call('HMGET', K.generation, 'id', 'state', 'origin', 'origin_addr', 'digest', 'origin_zone')
 if g[1] ~= gen or g[5] ~= digest or g[2] == 'failed' then return {'stale'} end
 local fin = redis.call('SISMEMBER', K.finished, host) == 1
 if fin and ARGV[7] ~= '1' then return {'finished'} end
@@ -311,14 +392,18 @@ local function usable(slot)
   return src
 end
 local r = tonumber(ARGV[5])
-local function pick(set, checkCycle)
+-- pick samples set; a zone index names the global index (of) its entries
+-- must be in.
+local function pick(set, checkCycle, of)
   for _ = 1, 4 do
     local sample = redis.call('SRANDMEMBER', set, 16)
     if #sample == 0 then return nil end
     table.sort(sample)
     local ok = {}
     for _, m in ipairs(sample) do
-      if set ~= K.sync and redis.call('SISMEMBER', K.sync, m) == 0 then
+      local stale = set ~= K.sync and redis.call('SISMEMBER', K.sync, m) == 0
+      if not stale and of then stale = redis.call('SISMEMBER', of, m) == 0 end
+      if stale then
         redis.call('SREM', set, m) -- a stale index entry
       else
         local src = usable(m)
@@ -339,7 +424,26 @@ local function pick(set, checkCycle)
   end
   return nil
 end
-local slot = pick(K.full, false) or pick(K.part, true) or pick(K.sync, true)
+local zoned = K.zfull ~= K.full
+local slot
+if zoned then slot = pick(K.zfull, false, K.full) or pick(K.zpart, true, K.part) end
+-- pulling: another serving host of this zone pulls this generation now
+-- (entries of ended claims are dropped on the way).
+local function pulling()
+  for _, c in ipairs(redis.call('SRANDMEMBER', K.zpull, 4)) do
+    local rec = redis.call('HGET', K.claims, c)
+    if rec and string.sub(rec, 1, #gen + 1) == gen .. ' ' then
+      if string.match(c, '^([^/]*)') ~= host then return true end
+    else
+      redis.call('SREM', K.zpull, c)
+    end
+  end
+  return false
+end
+if not slot and not (zoned and ARGV[12] == '1') then
+  if zoned and pulling() then return {'nosource'} end
+  slot = pick(K.full, false) or pick(K.part, true) or pick(K.sync, true)
+end
 if not slot then
   -- How many hosts wait for a source (discovered the generation, neither
   -- pulling nor finished): waiting hosts space their polls by it.
@@ -348,6 +452,24 @@ if not slot then
 end
 local src = slotSource(slot)
 takeSlot(slot)
+if zoned then
+  redis.call('SREM', K.zfull, slot)
+  redis.call('SREM', K.zpart, slot)
+end
+-- The source's address and zone: the origin's are in the generation,
+-- every other host's in its registration.
+local addr, zone = '', ''
+if src == g[3] then addr, zone = g[4] or '', zoneOf(g[6]) end
+if addr == '' or src ~= g[3] then
+  local info = redis.call('HGET', K.hosts, src)
+  if info then
+    local ok, h = pcall(cjson.decode, info)
+    if ok and type(h) == 'table' then
+      if addr == '' and type(h.addr) == 'string' then addr = h.addr end
+      if src ~= g[3] then zone = zoneOf(h.zone) end
+    end
+  end
+end
 redis.call('HSET', K.holders, slot, cid)
 local typ = 'claim'
 if fin then
@@ -357,21 +479,15 @@ else
   redis.call('SADD', K.running, host)
 end
 redis.call('SET', K.lease, gen .. ' ' .. slot, 'PX', ARGV[4])
-redis.call('HSET', K.claims, cid, gen .. ' ' .. slot .. ' ' .. now .. ' ' .. digest)
+if zoned and ARGV[13] == '1' then redis.call('SADD', K.zpull, cid) end
+local record = gen .. ' ' .. slot .. ' ' .. now .. ' ' .. digest
+if zone ~= '' then record = record .. ' ' .. zone end
+redis.call('HSET', K.claims, cid, record)
 redis.call('ZADD', K.leases, now + tonumber(ARGV[4]), cid)
 event(ARGV[6], typ, host, gen, slot, '')
-local addr = ''
-if src == g[3] and g[4] then addr = g[4] end
-if addr == '' then
-  local info = redis.call('HGET', K.hosts, src)
-  if info then
-    local ok, h = pcall(cjson.decode, info)
-    if ok and type(h) == 'table' and type(h.addr) == 'string' then addr = h.addr end
-  end
-end
 local kind = 'partial'
 if whole(src) then kind = 'whole' end
-return {'ok', slot, addr, kind}
+return {'ok', slot, addr, kind, zone}
 `)
 
 // renewScript extends host's lease on slot. A lease that vanished while
@@ -416,7 +532,7 @@ return res
 // repairing.
 // ARGV: host, gen, digest, slot, uploads, maxlen, repaired, cid
 var finishScript = newScript(
-	[]string{"lease", "claims", "leases", "holders", "sync", "full", "part", "bad", "generation", "running", "finished", "failures", "events", "dead", "strikes", "repairing", "repairs"}, `
+	[]string{"lease", "claims", "leases", "holders", "sync", "full", "part", "zfull", "zpart", "szfull", "szpart", "zpull", "bad", "generation", "running", "finished", "failures", "events", "dead", "strikes", "repairing", "repairs"}, `
 local host, gen, digest, slot = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 release(ARGV[8], gen, digest, slot, true)
 if not isCurrent(gen, digest) then return 0 end
@@ -431,6 +547,7 @@ if redis.call('SISMEMBER', K.bad, host) == 0 then
   for i = 0, uploads - 1 do
     local s = host .. '#' .. i
     if redis.call('SREM', K.part, s) == 1 then redis.call('SADD', K.full, s) end
+    if K.zfull ~= K.full and redis.call('SREM', K.zpart, s) == 1 then redis.call('SADD', K.zfull, s) end
   end
   offer(host, uploads, false)
 end
@@ -455,7 +572,7 @@ return 1
 // ARGV: host, gen, digest, slot, verdict, failure_json, maxlen, reason,
 // switch, uploads, backoff_ms, backoff_max_ms, cid
 var failScript = newScript(
-	[]string{"lease", "claims", "leases", "holders", "sync", "full", "part", "bad", "generation", "running", "finished", "failures", "events", "dead", "strikes", "hosts"}, `
+	[]string{"lease", "claims", "leases", "holders", "sync", "full", "part", "zfull", "szfull", "szpart", "zpull", "bad", "generation", "running", "finished", "failures", "events", "dead", "strikes", "hosts"}, `
 local host, gen, digest, slot = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local src = slotSource(slot) or ''
 local verdict = tonumber(ARGV[5])
@@ -496,7 +613,11 @@ return 1
 // it offers again the dead slots whose back-off is over, and returns the
 // claims whose lease-expiry score has passed (the reaper expires each with
 // expireScript, which names the lease key among its KEYS).
-// ARGV: batch, grace_ms. Returns the claim ids due.
+// A dead slot offered again goes to the global indexes only (its zone's
+// index is named by no key here): the source's next offer (a finish, or a
+// heartbeat's, once a minute) puts it back in its zone's.
+// ARGV: batch, grace_ms. Returns {claim ids due, the zone of each one's
+// source ("" for none)}: the reaper returns each slot to its zone's index.
 var dueScript = newScript(
 	[]string{"leases", "dead", "sync", "full", "part", "bad", "generation", "finished", "heartbeats", "holders", "claims"}, `
 local now = nowMS()
@@ -507,19 +628,26 @@ for _, slot in ipairs(redis.call('ZRANGEBYSCORE', K.dead, '-inf', now, 'LIMIT', 
   local src = slotSource(slot)
   if src and redis.call('SISMEMBER', K.bad, src) == 0 and not claimed(slot) then
     local s = redis.call('ZSCORE', K.heartbeats, src)
-    if src == origin or (s and tonumber(s) >= cutoff) then freeSlot(slot, isWhole(src)) end
+    if src == origin or (s and tonumber(s) >= cutoff) then freeSlot(slot, isWhole(src), K.full, K.part) end
   end
 end
-return redis.call('ZRANGEBYSCORE', K.leases, '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
+local due = redis.call('ZRANGEBYSCORE', K.leases, '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
+local zones = {}
+for i, cid in ipairs(due) do
+  local c = redis.call('HGET', K.claims, cid)
+  zones[i] = c and zoneOf(string.match(c, '^%S+ %S+ %S+ %S+ (%S+)')) or ''
+end
+return {due, zones}
 `)
 
 // expireScript ends claim cid if its lease is gone: the claim record is
 // removed and its slot returns (if its generation is current and its source
 // neither bad nor silent). A lease still there (renewed after the index
 // was read) only has its expiry score brought up to date.
+// K.szfull, K.szpart are the indexes of the zone the claim record names.
 // ARGV: cid, grace_ms, maxlen. Returns 1 when it expired the claim.
 var expireScript = newScript(
-	[]string{"lease", "claims", "leases", "running", "sync", "full", "part", "bad", "generation", "finished", "heartbeats", "holders", "events"}, `
+	[]string{"lease", "claims", "leases", "running", "sync", "full", "part", "szfull", "szpart", "bad", "generation", "finished", "heartbeats", "holders", "events"}, `
 local cid = ARGV[1]
 local now = nowMS()
 local ttl = redis.call('PTTL', K.lease)
@@ -539,7 +667,7 @@ local cur = redis.call('HMGET', K.generation, 'id', 'origin', 'digest')
 local src = slot and slotSource(slot)
 if gen == cur[1] and (digest == '' or digest == cur[3]) and src and redis.call('SISMEMBER', K.bad, src) == 0 then
   local s = redis.call('ZSCORE', K.heartbeats, src)
-  if src == cur[2] or (s and tonumber(s) >= now - tonumber(ARGV[2])) then freeSlot(slot, isWhole(src)) end
+  if src == cur[2] or (s and tonumber(s) >= now - tonumber(ARGV[2])) then freeSlot(slot, isWhole(src), K.szfull, K.szpart) end
 end
 event(ARGV[3], 'lease_expired', host, gen or '', slot or '', '')
 return 1
@@ -556,7 +684,7 @@ return 1
 // ARGV: host, info_json, gen, digest, uploads, maxlen, offer.
 // Returns {now_ms, 1 if it re-asserted a lost finish, id, digest, state}.
 var heartbeatScript = newScript(
-	[]string{"hosts", "heartbeats", "generation", "finished", "running", "sync", "full", "part", "holders", "claims", "dead", "bad", "events"}, `
+	[]string{"hosts", "heartbeats", "generation", "finished", "running", "sync", "full", "part", "zfull", "zpart", "holders", "claims", "dead", "bad", "events"}, `
 local host = ARGV[1]
 local now = nowMS()
 if ARGV[2] ~= '' then redis.call('HSET', K.hosts, host, ARGV[2]) end
@@ -594,7 +722,7 @@ return now
 // channel): the master announces a generation once its slots are on offer,
 // so the hosts it wakes find a source.
 // ARGV: host, gen, digest, uploads, force, announce
-var offerScript = newScript([]string{"generation", "finished", "sync", "full", "part", "holders", "claims", "dead", "bad"}, `
+var offerScript = newScript([]string{"generation", "finished", "sync", "full", "part", "zfull", "zpart", "holders", "claims", "dead", "bad"}, `
 if not isCurrent(ARGV[2], ARGV[3]) then return 0 end
 if redis.call('SISMEMBER', K.bad, ARGV[1]) == 1 then return 0 end
 offer(ARGV[1], tonumber(ARGV[4]), ARGV[5] == '1')
@@ -615,10 +743,11 @@ return 1
 
 // forgetScript removes a host from the registry and every set: its slots
 // (as many as it registered, 16 if unknown), their holders and back-offs,
-// and its claims (up to maxClaims at once).
+// and its claims (up to maxClaims at once); K.zfull, K.zpart are the
+// indexes of its zone.
 // ARGV: host, maxClaims
 var forgetScript = newScript(
-	[]string{"hosts", "heartbeats", "finished", "running", "sync", "full", "part", "claims", "leases", "lease", "holders", "dead", "repairing", "repairs", "strikes", "hooks"}, `
+	[]string{"hosts", "heartbeats", "finished", "running", "sync", "full", "part", "zfull", "zpart", "claims", "leases", "lease", "holders", "dead", "repairing", "repairs", "strikes", "zbytes", "hooks"}, `
 local host = ARGV[1]
 local uploads = 16
 local info = redis.call('HGET', K.hosts, host)
@@ -634,9 +763,14 @@ redis.call('SREM', K.repairing, host)
 redis.call('HDEL', K.repairs, host)
 redis.call('HDEL', K.hooks, host)
 redis.call('HDEL', K.strikes, host)
+redis.call('HDEL', K.zbytes, host)
 for i = 0, uploads - 1 do
   local slot = host .. '#' .. i
   takeSlot(slot)
+  if K.zfull ~= K.full then
+    redis.call('SREM', K.zfull, slot)
+    redis.call('SREM', K.zpart, slot)
+  end
   redis.call('ZREM', K.dead, slot)
   redis.call('HDEL', K.holders, slot)
 end
@@ -659,8 +793,18 @@ return 1
 // needs (a slow source replaced, an extra source after the endgame): the
 // slot returns, nothing is recorded against the source.
 // ARGV: host, gen, digest, slot, maxlen, cid
-var releaseScript = newScript([]string{"lease", "claims", "leases", "holders", "sync", "full", "part", "bad", "generation", "finished", "events"}, `
+var releaseScript = newScript([]string{"lease", "claims", "leases", "holders", "sync", "full", "part", "zfull", "szfull", "szpart", "zpull", "bad", "generation", "finished", "events"}, `
 release(ARGV[6], ARGV[2], ARGV[3], ARGV[4], true)
 event(ARGV[5], 'release', ARGV[1], ARGV[2], ARGV[4], '')
+return 1
+`)
+
+// zoneBytesScript adds to host's count of bytes received from sources in
+// other zones, if generation (gen, digest) is still current: bytes of an
+// older generation never count for a newer one.
+// ARGV: host, gen, digest, bytes. 1 when counted.
+var zoneBytesScript = newScript([]string{"generation", "zbytes"}, `
+if not isCurrent(ARGV[2], ARGV[3]) then return 0 end
+redis.call('HINCRBY', K.zbytes, ARGV[1], ARGV[4])
 return 1
 `)

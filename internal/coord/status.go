@@ -33,6 +33,10 @@ type Status struct {
 	// Repairs counts each host's repairs in this generation.
 	Repairing []string
 	Repairs   map[string]int64
+	// CrossZone maps a host to the bytes it received in this generation
+	// from sources in another zone (see CrossZone); hosts without a zone
+	// are not counted.
+	CrossZone map[string]int64
 	// Hooks holds each host's hook run for this generation (hosts with
 	// no hook configured have none). An expected host whose hook is
 	// still running keeps the generation from being done.
@@ -54,7 +58,7 @@ func (c *Client) Status(ctx context.Context) (Status, error) {
 		beats                       *redis.ZSliceCmd
 		lookup                      *redis.StringCmd
 		repairing                   *redis.StringSliceCmd
-		repairs, hooks              *redis.MapStringStringCmd
+		repairs, zoneBytes, hooks   *redis.MapStringStringCmd
 		now                         *redis.TimeCmd
 	)
 	sent := c.cfg.Now()
@@ -72,6 +76,7 @@ func (c *Client) Status(ctx context.Context) (Status, error) {
 		progress = p.HGetAll(ctx, k.Progress())
 		repairing = p.SMembers(ctx, k.Repairing())
 		repairs = p.HGetAll(ctx, k.Repairs())
+		zoneBytes = p.HGetAll(ctx, k.ZoneBytes())
 		hooks = p.HGetAll(ctx, k.Hooks())
 		now = p.Time(ctx)
 		return nil
@@ -84,6 +89,7 @@ func (c *Client) Status(ctx context.Context) (Status, error) {
 		Now:       now.Val(),
 		Repairing: sorted(repairing.Val()),
 		Repairs:   map[string]int64{},
+		CrossZone: map[string]int64{},
 		Task:      task.Val(),
 		Finished:  sorted(fin.Val()),
 		Running:   sorted(run.Val()),
@@ -102,6 +108,11 @@ func (c *Client) Status(ctx context.Context) (Status, error) {
 	st.Hooks = hookRecords(hooks.Val(), st.Generation.Ref())
 	for h, v := range repairs.Val() {
 		st.Repairs[h], _ = strconv.ParseInt(v, 10, 64)
+	}
+	for h, v := range zoneBytes.Val() {
+		if n, err := strconv.ParseInt(v, 10, 64); err == nil && n > 0 {
+			st.CrossZone[h] = n
+		}
 	}
 	st.Lookup, _ = strconv.ParseInt(lookup.Val(), 10, 64)
 	for h, v := range fails.Val() {
@@ -221,4 +232,14 @@ func (c *Client) Count(ctx context.Context) (Counts, error) {
 		return Counts{}, fmt.Errorf("count hosts: %w", err)
 	}
 	return Counts{Finished: fin.Val(), Alive: alive.Val(), Repairing: rep.Val()}, nil
+}
+
+// CrossZoneTotal is the sum of CrossZone: the bytes of this generation
+// that crossed zones.
+func (st Status) CrossZoneTotal() int64 {
+	var n int64
+	for _, b := range st.CrossZone {
+		n += b
+	}
+	return n
 }

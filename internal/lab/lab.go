@@ -44,7 +44,13 @@ type Config struct {
 	// by VerifyEvery only); VerifyEvery defaults to the minion's.
 	NoWatch     bool
 	VerifyEvery time.Duration
-	Log         logrus.FieldLogger
+	// ZoneBlind: hosts register their Zone and count the bytes that
+	// cross zones, but claim as hosts without one (no zone index): the
+	// zone-blind choice that zones are measured against.
+	ZoneBlind bool
+	// MasterZone is the master's --zone (minions: Host.Zone).
+	MasterZone string
+	Log        logrus.FieldLogger
 }
 
 // Lab is a running deployment.
@@ -69,6 +75,14 @@ type Host struct {
 	// Skew offsets this host's clock from the machine's (set before
 	// StartMinion): the protocol must not care.
 	Skew time.Duration
+	// Zone is this host's --zone (set before StartMinion or StartMaster).
+	Zone string
+	// PreZones makes a minion act, towards Redis, as one of protocol 3
+	// built before zones (set before StartMinion; Zone is then ignored):
+	// it registers no zone, claims from the global indexes only and
+	// returns the slots it held to those only, as its scripts knew no
+	// zone keys.
+	PreZones bool
 	// Hooks are this minion's hooks (set before StartMinion); nil: none.
 	Hooks minion.Hooks
 
@@ -112,6 +126,7 @@ func Start(ctx context.Context, cfg Config) (*Lab, error) {
 	l.Redis = redis.NewClient(opts)
 	l.Coord = l.newCoord()
 	l.Master = l.newHost("master")
+	l.Master.Zone = cfg.MasterZone
 	if err := l.StartMaster(ctx); err != nil {
 		l.Stop()
 		return nil, err
@@ -130,14 +145,20 @@ func Start(ctx context.Context, cfg Config) (*Lab, error) {
 // Config returns the lab's configuration, defaults filled in.
 func (l *Lab) Config() Config { return l.cfg }
 
-func (l *Lab) newCoord() *coord.Client { return l.hostCoord(0) }
+func (l *Lab) newCoord() *coord.Client { return l.hostCoord(&Host{}) }
 
-// hostCoord is the protocol client of a host whose clock is off by skew.
-func (l *Lab) hostCoord(skew time.Duration) *coord.Client {
+// hostCoord is the protocol client of host h: its clock is off by h.Skew,
+// its claims prefer h.Zone (unless ZoneBlind).
+func (l *Lab) hostCoord(h *Host) *coord.Client {
+	skew, zone := h.Skew, h.Zone
+	if l.cfg.ZoneBlind {
+		zone = ""
+	}
 	return coord.New(l.Redis, coord.Config{
 		Prefix: l.cfg.Prefix, DB: l.Redis.Options().DB, LeaseTTL: 3 * time.Second, HostGrace: 5 * time.Second,
 		DeadBackoff: 500 * time.Millisecond, DeadBackoffMax: 5 * time.Second,
-		Now: func() time.Time { return time.Now().Add(skew) },
+		Now:  func() time.Time { return time.Now().Add(skew) },
+		Zone: zone,
 	})
 }
 
@@ -163,11 +184,11 @@ func (l *Lab) NewHost() *Host {
 // StartMaster starts (or restarts) the master.
 func (l *Lab) StartMaster(ctx context.Context) error {
 	h := l.Master
-	co := l.hostCoord(h.Skew)
+	co := l.hostCoord(h)
 	return h.start(ctx, l, co, func(ctx context.Context, ln net.Listener, server *peer.Server) (func(context.Context) error, error) {
 		m, err := master.New(master.Config{
 			ID: h.ID, Advertise: ln.Addr().String(), Root: h.Root, StateDir: h.StateDir,
-			Uploads: l.cfg.Uploads, Poll: l.cfg.Poll, Log: l.cfg.Log.WithField("host", h.ID),
+			Uploads: l.cfg.Uploads, Poll: l.cfg.Poll, Log: l.cfg.Log.WithField("host", h.ID), Zone: h.Zone,
 		}, co, server)
 		if err != nil {
 			return nil, err
@@ -178,7 +199,15 @@ func (l *Lab) StartMaster(ctx context.Context) error {
 
 // StartMinion starts (or restarts) a minion.
 func (l *Lab) StartMinion(ctx context.Context, h *Host) error {
-	co := l.hostCoord(h.Skew)
+	zone := h.Zone
+	if h.PreZones {
+		zone = ""
+	}
+	co := l.hostCoord(&Host{Skew: h.Skew, Zone: zone})
+	var mc minion.Coordinator = co
+	if h.PreZones {
+		mc = preZones{co}
+	}
 	return h.start(ctx, l, co, func(ctx context.Context, ln net.Listener, server *peer.Server) (func(context.Context) error, error) {
 		client := peer.NewClient(peer.ClientConfig{Secrets: [][]byte{l.secret}, DialTimeout: 2 * time.Second, StallTimeout: 2 * time.Second, Now: co.Now})
 		m, err := minion.New(minion.Config{
@@ -188,14 +217,25 @@ func (l *Lab) StartMinion(ctx context.Context, h *Host) error {
 			Log: l.cfg.Log.WithField("host", h.ID), Version: "lab",
 			Download: bwlimit.New(l.cfg.BWLimit),
 			NoWatch:  l.cfg.NoWatch, VerifyEvery: l.cfg.VerifyEvery, ScanEvery: 2 * time.Second,
-			Hooks: h.Hooks,
-		}, co, server, client)
+			Zone: zone, Hooks: h.Hooks,
+		}, mc, server, client)
 		if err != nil {
 			return nil, err
 		}
 		h.Minion = m
 		return m.Run, nil
 	})
+}
+
+// preZones is the protocol client of a minion built before zones: its
+// claims carry no source zone, so the slots it returns go to the global
+// indexes only.
+type preZones struct{ *coord.Client }
+
+func (p preZones) Claim(ctx context.Context, host string, gen coord.Ref, o coord.ClaimOptions) (coord.Claim, error) {
+	cl, err := p.Client.Claim(ctx, host, gen, o)
+	cl.SourceZone = ""
+	return cl, err
 }
 
 type runner func(ctx context.Context, ln net.Listener, server *peer.Server) (func(context.Context) error, error)

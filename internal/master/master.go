@@ -34,6 +34,12 @@ type Config struct {
 	ForgetAfter time.Duration
 	Log         logrus.FieldLogger
 	Metrics     *metrics.Metrics // default: a private registry
+	// Zone is the origin's zone (--zone; empty: none), recorded with each
+	// generation it publishes: pullers of its zone prefer it, and bytes it
+	// sends to other zones are counted. Its slots go to the Coordinator's
+	// zone indexes (coord.Config.Zone), which the command line sets to the
+	// same.
+	Zone string
 }
 
 // Coordinator is the part of the Redis protocol the master uses.
@@ -377,7 +383,7 @@ func (m *Master) offer(ctx context.Context, clean string, opts coord.TaskOptions
 	files, bytes := snap.Manifest.Totals()
 	g, err := m.coord.Publish(ctx, coord.Generation{
 		ID: m.floor(), Path: clean, Delete: opts.Delete, Digest: snap.Digest,
-		Origin: m.cfg.ID, OriginAddr: m.cfg.Advertise, Files: int64(files), Bytes: bytes,
+		Origin: m.cfg.ID, OriginAddr: m.cfg.Advertise, OriginZone: m.cfg.Zone, Files: int64(files), Bytes: bytes,
 	}, 0)
 	if err != nil {
 		return fmt.Errorf("publish generation: %w", err)

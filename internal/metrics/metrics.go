@@ -33,6 +33,9 @@ type Metrics struct {
 	WatchedDirs        prometheus.Gauge
 	LeasesRecreated    prometheus.Counter
 	FinishesReasserted prometheus.Counter
+	// CrossZoneBytes counts file bytes received from sources in another
+	// zone (minion; both hosts with a --zone).
+	CrossZoneBytes prometheus.Counter
 }
 
 // New registers every metric, plus the Go runtime and process collectors.
@@ -59,6 +62,7 @@ func New() *Metrics {
 		Verifications:      f("verifications_total", "Verification passes of the held tree against its manifest."),
 		LeasesRecreated:    f("leases_recreated_total", "Leases Redis lost while this host pulled, re-created from the claim record."),
 		FinishesReasserted: f("finishes_reasserted_total", "Finishes Redis lost, announced again by a heartbeat."),
+		CrossZoneBytes:     f("cross_zone_bytes_received_total", "File bytes received from sources in another zone (both hosts with a --zone)."),
 		VerifyDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Namespace: "fanout", Name: "verify_duration_seconds", Help: "Time of one verification pass of the held tree.",
 			Buckets: prometheus.ExponentialBuckets(0.001, 4, 10),

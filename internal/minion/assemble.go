@@ -359,6 +359,7 @@ func (a *assembler) work(ctx context.Context, j *job, p *feed, errc chan<- error
 		t0 := time.Now()
 		_, err := a.m.client.FetchRange(ctx, p.cl.SourceAddr, a.sw.src.gen, j.e.Path, off, n, a.m.cfg.Download.Writer(ctx, w))
 		p.account(w.bytes, time.Since(t0))
+		a.sw.src.count(p.cl, w.bytes)
 		j.untake(i, k)
 		var mismatch *apply.HashMismatchError
 		switch {

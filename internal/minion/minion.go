@@ -71,6 +71,13 @@ type Config struct {
 	// them, not by user and group name (rsync's --numeric-ids). Owners are
 	// applied only when this process runs as root.
 	NumericIDs bool
+	// Zone is this host's zone (--zone; empty: none): it is registered,
+	// so pullers know the zone of this source, and bytes this host
+	// receives from a source of another zone are counted (status, and
+	// fanout_cross_zone_bytes_received_total). Which indexes its claims
+	// try first is the Coordinator's zone (coord.Config.Zone), which the
+	// command line sets to the same.
+	Zone string
 	// Hooks runs the command configured for a task once this host holds
 	// a new generation of it, verified in place (and its finish is
 	// recorded); nil: no hooks.
@@ -125,6 +132,7 @@ type Coordinator interface {
 	Release(ctx context.Context, cl coord.Claim) error
 	OfferSlots(ctx context.Context, host string, gen coord.Ref, uploads int, force bool) error
 	ReportProgress(ctx context.Context, host string, p coord.Progress) error
+	AddCrossZone(ctx context.Context, host string, gen coord.Ref, n int64) error
 	Drift(ctx context.Context, host string, gen coord.Ref, msg string) error
 	Refuse(ctx context.Context, host string, gen coord.Ref, reason string) error
 	HookStarted(ctx context.Context, host string, rec coord.HookRecord) error
@@ -435,7 +443,7 @@ func (m *Minion) heartbeat(ctx context.Context) error {
 	m.mu.Unlock()
 	p, err := m.coord.Heartbeat(ctx, coord.Host{
 		ID: m.cfg.ID, Addr: m.cfg.Advertise, Version: m.cfg.Version, Role: "minion", Started: m.started,
-		Uploads: m.uploads(),
+		Uploads: m.uploads(), Zone: m.cfg.Zone,
 	}, b)
 	if err != nil {
 		return fmt.Errorf("heartbeat: %w", err)
@@ -495,12 +503,12 @@ func (m *Minion) Step(ctx context.Context) (Outcome, error) {
 // and repairs drift: it stays finished) and pulls through it; done is the
 // outcome of a pull that went through.
 func (m *Minion) claimAndPull(ctx context.Context, g coord.Generation, repair bool, done Outcome) (Outcome, error) {
-	cl, err := m.coord.Claim(ctx, m.cfg.ID, g.Ref(), coord.ClaimOptions{Repair: repair})
+	cl, err := m.coord.Claim(ctx, m.cfg.ID, g.Ref(), coord.ClaimOptions{Repair: repair, Serves: m.uploads() > 0})
 	if errors.Is(err, coord.ErrFinished) {
 		// Redis lists this host as holding the generation, but its state
 		// does not (the state directory was wiped): verify the tree by
 		// pulling its difference, as a repair.
-		cl, err = m.coord.Claim(ctx, m.cfg.ID, g.Ref(), coord.ClaimOptions{Repair: true})
+		cl, err = m.coord.Claim(ctx, m.cfg.ID, g.Ref(), coord.ClaimOptions{Repair: true, Serves: m.uploads() > 0})
 	}
 	var none *coord.NoSourceError
 	if errors.As(err, &none) {

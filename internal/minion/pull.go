@@ -122,6 +122,7 @@ func (m *Minion) watchLoop(ctx context.Context, src *source, cancel context.Canc
 		if err := m.coord.ReportProgress(ctx, m.cfg.ID, p); err != nil && ctx.Err() == nil {
 			m.cfg.Log.WithError(err).Debug("progress report failed")
 		}
+		src.flushCrossZone(ctx)
 	}
 	for {
 		select {

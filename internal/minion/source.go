@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/sirupsen/logrus"
@@ -25,7 +26,11 @@ const maxSwitches = 16
 type source struct {
 	m   *Minion
 	gen int64
+	ref coord.Ref // the generation pulled, for the cross-zone count
 	log logrus.FieldLogger
+	// crossed counts bytes received from sources of another zone and not
+	// yet added to the generation's count in Redis (see flushCrossZone).
+	crossed atomic.Int64
 
 	// switchMu serialises switching; mu guards the fields below.
 	switchMu sync.Mutex
@@ -43,7 +48,7 @@ type source struct {
 }
 
 func newSource(m *Minion, gen int64, cl coord.Claim) *source {
-	s := &source{m: m, gen: gen, cl: &cl, mixed: map[string]bool{}, log: m.cfg.Log.WithField("gen", gen)}
+	s := &source{m: m, gen: gen, ref: cl.Gen, cl: &cl, mixed: map[string]bool{}, log: m.cfg.Log.WithField("gen", gen)}
 	s.sw = newSwarm(m, s, m.cfg.Sources)
 	return s
 }
@@ -79,6 +84,7 @@ func (s *source) Fetch(ctx context.Context, e manifest.Entry, offset int64, w io
 			s.mu.Unlock()
 		}
 		n, err := s.m.client.Fetch(ctx, cl.SourceAddr, s.gen, e.Path, offset+total, s.m.cfg.Download.Writer(ctx, w))
+		s.count(*cl, n)
 		total += n
 		if n > 0 || from == "" {
 			from = cl.Source
@@ -109,7 +115,35 @@ func (s *source) FetchBatch(ctx context.Context, es []manifest.Entry, w io.Write
 		}
 		idx[i] = j
 	}
-	return s.m.client.Batch(ctx, cl.SourceAddr, s.gen, idx, s.m.cfg.Download.Writer(ctx, w))
+	n, err := s.m.client.Batch(ctx, cl.SourceAddr, s.gen, idx, s.m.cfg.Download.Writer(ctx, w))
+	s.count(*cl, n)
+	return n, err
+}
+
+// count records n bytes received through cl: bytes from a source of
+// another zone are counted (see coord.CrossZone).
+func (s *source) count(cl coord.Claim, n int64) {
+	if n <= 0 || !coord.CrossZone(s.m.cfg.Zone, cl.SourceZone) {
+		return
+	}
+	s.crossed.Add(n)
+	s.m.cfg.Metrics.CrossZoneBytes.Add(float64(n))
+}
+
+// flushCrossZone adds the bytes counted since the last flush to this
+// host's count for the generation in Redis; on failure they wait for the
+// next flush.
+func (s *source) flushCrossZone(ctx context.Context) {
+	n := s.crossed.Swap(0)
+	if n == 0 {
+		return
+	}
+	if err := s.m.coord.AddCrossZone(ctx, s.m.cfg.ID, s.ref, n); err != nil {
+		s.crossed.Add(n)
+		if ctx.Err() == nil {
+			s.log.WithError(err).Debug("cross-zone byte count failed; retrying with the next report")
+		}
+	}
 }
 
 // setManifest records the manifest the pull follows.
@@ -156,7 +190,7 @@ func (s *source) switchFrom(ctx context.Context, failed coord.Claim, cause error
 	// source whose puller died returns when its lease expires.
 	deadline := time.Now().Add(max(4*failed.Lease, 4*m.cfg.Poll, 10*time.Second))
 	for {
-		o := coord.ClaimOptions{Repair: failed.Repair}
+		o := coord.ClaimOptions{Repair: failed.Repair, Serves: m.uploads() > 0}
 		if s.sw.active.Load() {
 			// A chunked pull: not a source it holds already. The pull's
 			// own source streams chunks it has yet to receive (see

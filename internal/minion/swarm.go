@@ -125,6 +125,9 @@ func (s *swarm) grow(ctx context.Context) {
 		}
 		ncl, err := s.m.coord.Claim(ctx, s.m.cfg.ID, cl.Gen, coord.ClaimOptions{
 			Repair: cl.Repair, Index: i, Acyclic: true, Avoid: s.sources(),
+			// Extra sources are for speed, and cross-zone links are what
+			// zones spare: only the pull's own claim may cross.
+			SameZone: true,
 		})
 		if err != nil {
 			if !errors.Is(err, coord.ErrNoSource) && !errors.Is(err, coord.ErrBusy) && ctx.Err() == nil {
