@@ -1,0 +1,301 @@
+package peer
+
+import (
+	"bufio"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"runtime"
+	"sync"
+
+	"github.com/klauspost/compress/zstd"
+)
+
+// Compressed ranges (frames).
+//
+// A client that asks for a run of whole chunks with the query parameter
+// enc=zstd (inside the signed request URI) may get the answer as a
+// sequence of frames, one per chunk, in order, instead of the raw bytes.
+// The server says so with the header X-Fanout-Frames: 1 (the frame format
+// version); without it the body is the raw range, as from a server that
+// predates frames or chose not to compress. A frame is
+//
+//	kind      1 byte: 0 raw, 1 zstd
+//	rawLen    uvarint: the chunk's length
+//	dataLen   uvarint: the length of what follows (rawLen for raw)
+//	data      dataLen bytes
+//
+// The client names the chunk lengths it expects (from the verified
+// manifest), so a frame for a chunk of another length, a zstd frame not
+// smaller than its chunk, a zstd payload that decodes to anything but
+// exactly rawLen bytes, bytes after the last frame and a stream cut short
+// are all refused. Decoding never produces more than the chunk's declared
+// length: a zstd bomb ends in an error, not in memory or disk. The decoded
+// bytes then go to the same writer the raw range would, so every chunk is
+// still verified by its BLAKE3 hash on its uncompressed bytes.
+
+// FramesVersion is the frame format this build writes and reads, sent in
+// the X-Fanout-Frames header of a framed answer. A client that gets
+// another version fails the request and says to upgrade.
+const FramesVersion = 1
+
+// EncodingZstd is the value of the enc query parameter that asks for zstd
+// frames.
+const EncodingZstd = "zstd"
+
+// Frame kinds.
+const (
+	frameRaw  byte = 0
+	frameZstd byte = 1
+)
+
+// frameHeaderMax is the longest frame header: a kind and two uvarints.
+const frameHeaderMax = 1 + 2*binary.MaxVarintLen64
+
+// minSaving is the fraction (1/minSaving) of a chunk compression must save
+// for the chunk to be sent compressed: a chunk that does not shrink, or
+// barely, goes raw and costs the receiver no decoding.
+const minSaving = 32
+
+// headerFrames is the response header that marks a framed body.
+const headerFrames = "X-Fanout-Frames"
+
+// errFrame marks a body that breaks the frame format (as opposed to a
+// write error of the receiving side).
+var errFrame = errors.New("bad frame")
+
+// appendFrameHeader appends a frame header to b.
+func appendFrameHeader(b []byte, kind byte, rawLen, dataLen int) []byte {
+	b = append(b, kind)
+	b = binary.AppendUvarint(b, uint64(rawLen))
+	return binary.AppendUvarint(b, uint64(dataLen))
+}
+
+// compressor hands out zstd encoders to a bounded number of chunks at once,
+// so compressing for peers cannot take more than that many cores: when
+// every encoder is busy a chunk goes raw rather than wait. Encoders are
+// used with EncodeAll only, which starts no goroutine.
+type compressor struct {
+	slots chan struct{}
+	pool  sync.Pool
+}
+
+// newCompressor returns a compressor for n chunks at once; n <= 0 means
+// GOMAXPROCS.
+func newCompressor(n int) *compressor {
+	if n <= 0 {
+		n = runtime.GOMAXPROCS(0)
+	}
+	c := &compressor{slots: make(chan struct{}, n)}
+	c.pool.New = func() any {
+		// The fastest level: a peer compresses for every puller it
+		// serves, and on a fast link CPU, not bytes, is what runs out.
+		// Chunks are verified by BLAKE3, so zstd's own checksum is skipped.
+		enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest),
+			zstd.WithEncoderConcurrency(1), zstd.WithEncoderCRC(false))
+		if err != nil {
+			panic(fmt.Sprintf("zstd encoder with fixed options: %v", err))
+		}
+		return enc
+	}
+	return c
+}
+
+// compress returns the zstd form of raw in dst's storage, and true, when
+// an encoder is free and the result saves at least 1/minSaving of raw;
+// otherwise false (send raw).
+func (c *compressor) compress(raw, dst []byte) ([]byte, bool) {
+	select {
+	case c.slots <- struct{}{}:
+	default:
+		return dst, false // every encoder busy: this chunk goes raw
+	}
+	enc := c.pool.Get().(*zstd.Encoder)
+	out := enc.EncodeAll(raw, dst[:0])
+	c.pool.Put(enc)
+	<-c.slots
+	if len(out) >= len(raw)-len(raw)/minSaving {
+		return out, false
+	}
+	return out, true
+}
+
+// frameWriter writes the chunks of a range as frames.
+type frameWriter struct {
+	w    io.Writer
+	c    *compressor // nil: every frame raw
+	hdr  []byte
+	comp []byte
+}
+
+// chunk writes one chunk as a frame: compressed if that saves enough.
+func (fw *frameWriter) chunk(raw []byte) error {
+	kind, data := frameRaw, raw
+	if fw.c != nil {
+		out, ok := fw.c.compress(raw, fw.comp)
+		fw.comp = out[:0]
+		if ok {
+			kind, data = frameZstd, out
+		}
+	}
+	fw.hdr = appendFrameHeader(fw.hdr[:0], kind, len(raw), len(data))
+	if _, err := fw.w.Write(fw.hdr); err != nil {
+		return err
+	}
+	_, err := fw.w.Write(data)
+	return err
+}
+
+// newDecoder returns a zstd decoder for DecodeAll alone (no goroutine),
+// whose output is capped by its destination's capacity and whose window is
+// bounded, so a hostile frame can make it allocate no more than a chunk.
+func newDecoder() *zstd.Decoder {
+	d, err := zstd.NewReader(nil,
+		zstd.WithDecoderConcurrency(max(4, runtime.GOMAXPROCS(0))),
+		zstd.WithDecodeAllCapLimit(true),
+		zstd.WithDecoderMaxWindow(maxFrameWindow),
+		zstd.WithDecoderMaxMemory(maxFrameWindow),
+		zstd.IgnoreChecksum(true))
+	if err != nil {
+		panic(fmt.Sprintf("zstd decoder with fixed options: %v", err))
+	}
+	return d
+}
+
+// maxFrameWindow bounds the zstd window (and any output) of one frame. It
+// is above the largest chunk the default chunking makes (2 MiB) with room;
+// a chunk larger than it must come raw.
+const maxFrameWindow = 64 << 20
+
+// frameReader reads the frames of a range whose chunk lengths are known.
+type frameReader struct {
+	br   *bufio.Reader
+	dec  *zstd.Decoder
+	raw  []byte // the chunk being decoded
+	data []byte // its compressed bytes
+}
+
+// readFrames reads one frame per chunk of lens from r, writes each chunk's
+// decoded bytes to w, and checks that the body ends after the last. It
+// returns the chunk bytes written. A body that breaks the format returns
+// an error wrapping errFrame (or io.ErrUnexpectedEOF, cut short); an error
+// of w is returned wrapped in *writeError.
+func readFrames(r io.Reader, dec *zstd.Decoder, lens []int64, w io.Writer) (int64, error) {
+	fr := &frameReader{br: bufio.NewReaderSize(r, 64<<10), dec: dec}
+	var n int64
+	for i, want := range lens {
+		b, err := fr.next(i, want)
+		if err != nil {
+			return n, err
+		}
+		m, err := w.Write(b)
+		n += int64(m)
+		if err != nil {
+			return n, &writeError{err}
+		}
+	}
+	if _, err := fr.br.ReadByte(); err == nil {
+		return n, fmt.Errorf("%w: bytes after the last of %d chunks", errFrame, len(lens))
+	} else if err != io.EOF {
+		return n, err
+	}
+	return n, nil
+}
+
+// next reads frame i, for a chunk of want bytes, and returns its bytes.
+func (fr *frameReader) next(i int, want int64) ([]byte, error) {
+	kind, err := fr.br.ReadByte()
+	if err != nil {
+		return nil, eofIsUnexpected(err)
+	}
+	rawLen, err := readUvarint(fr.br, i)
+	if err != nil {
+		return nil, err
+	}
+	dataLen, err := readUvarint(fr.br, i)
+	if err != nil {
+		return nil, err
+	}
+	if rawLen != uint64(want) {
+		return nil, fmt.Errorf("%w: frame %d is for a chunk of %d bytes, the chunk has %d", errFrame, i, rawLen, want)
+	}
+	switch kind {
+	case frameRaw:
+		if dataLen != rawLen {
+			return nil, fmt.Errorf("%w: raw frame %d carries %d bytes for a chunk of %d", errFrame, i, dataLen, rawLen)
+		}
+		fr.raw = grow(fr.raw, want)
+		if _, err := io.ReadFull(fr.br, fr.raw); err != nil {
+			return nil, eofIsUnexpected(err)
+		}
+		return fr.raw, nil
+	case frameZstd:
+		// The server sends raw what does not shrink: a compressed frame
+		// as large as its chunk is not one it would send.
+		if dataLen == 0 || dataLen >= rawLen {
+			return nil, fmt.Errorf("%w: zstd frame %d of %d bytes for a chunk of %d", errFrame, i, dataLen, rawLen)
+		}
+		if want > maxFrameWindow {
+			return nil, fmt.Errorf("%w: zstd frame %d for a chunk of %d bytes, more than the %d a frame may decode to", errFrame, i, want, maxFrameWindow)
+		}
+		fr.data = grow(fr.data, int64(dataLen))
+		if _, err := io.ReadFull(fr.br, fr.data); err != nil {
+			return nil, eofIsUnexpected(err)
+		}
+		fr.raw = grow(fr.raw, want)
+		// Output is capped by the capacity (WithDecodeAllCapLimit): never
+		// more than the chunk's declared length.
+		out, err := fr.dec.DecodeAll(fr.data, fr.raw[:0:want])
+		if err != nil {
+			return nil, fmt.Errorf("%w: zstd frame %d: %v", errFrame, i, err)
+		}
+		if int64(len(out)) != want {
+			return nil, fmt.Errorf("%w: zstd frame %d decodes to %d bytes, the chunk has %d", errFrame, i, len(out), want)
+		}
+		return out, nil
+	}
+	return nil, fmt.Errorf("%w: frame %d of unknown kind %d", errFrame, i, kind)
+}
+
+// grow returns b resized to n bytes, reusing its storage when it fits.
+func grow(b []byte, n int64) []byte {
+	if int64(cap(b)) >= n {
+		return b[:n]
+	}
+	return make([]byte, n)
+}
+
+func eofIsUnexpected(err error) error {
+	if err == io.EOF {
+		return io.ErrUnexpectedEOF
+	}
+	return err
+}
+
+// readUvarint reads one uvarint of frame i's header. A stream that ends
+// in it is cut short; one that runs past 64 bits breaks the format.
+func readUvarint(br io.ByteReader, i int) (uint64, error) {
+	var x uint64
+	for shift := uint(0); shift < 64; shift += 7 {
+		b, err := br.ReadByte()
+		if err != nil {
+			return 0, eofIsUnexpected(err)
+		}
+		if b < 0x80 {
+			if shift == 63 && b > 1 {
+				break
+			}
+			return x | uint64(b)<<shift, nil
+		}
+		x |= uint64(b&0x7f) << shift
+	}
+	return 0, fmt.Errorf("%w: frame %d header: a length past 64 bits", errFrame, i)
+}
+
+// writeError is an error of the writer a body is copied to, not of the
+// peer.
+type writeError struct{ err error }
+
+func (e *writeError) Error() string { return e.err.Error() }
+func (e *writeError) Unwrap() error { return e.err }
