@@ -236,6 +236,7 @@ type node struct {
 	lease                time.Duration
 	bwlimit              string
 	rate                 int64 // parsed bwlimit, bytes per second
+	compressWorkers      int
 }
 
 func (n *node) register(fs *pflag.FlagSet, defaultState string) {
@@ -252,6 +253,7 @@ func (n *node) register(fs *pflag.FlagSet, defaultState string) {
 	fs.DurationVar(&n.grace, "host-grace", 30*time.Second, "a host whose last heartbeat is older than this is no longer expected")
 	fs.DurationVar(&n.lease, "lease", 15*time.Second, "lease on a claimed source, renewed every third of it while pulling; a crashed puller's source returns after it")
 	fs.StringVar(&n.bwlimit, "bwlimit", "0", "cap on this host's upload and download rate, each (rsync style: 16M = 16 MiB/s, a bare number is KiB/s; 0 = no cap)")
+	fs.IntVar(&n.compressWorkers, "compress-workers", 0, "chunks this host compresses at once for peers that ask (--compress); a chunk that finds all busy goes raw (0: half the cores, at least 1; -1: never compress)")
 }
 
 // coordClient is the Redis protocol client with this node's grace and lease.
@@ -286,6 +288,9 @@ func (n *node) check(writeRoot bool) error {
 	}
 	if n.uploads < 0 {
 		return usageError("--max-uploads %d: use 0 (never serve) or more", n.uploads)
+	}
+	if n.compressWorkers < -1 {
+		return usageError("--compress-workers %d: use -1 (never compress), 0 (half the cores) or a count", n.compressWorkers)
 	}
 	rate, err := bwlimit.Parse(n.bwlimit)
 	if err != nil {
@@ -344,9 +349,9 @@ func report(e env, prog string, err error) int {
 
 // newPeerServer builds a peer server that exports mx on /metrics and counts
 // served bytes and refused requests into it.
-func newPeerServer(secrets [][]byte, log logrus.FieldLogger, mx *metrics.Metrics, upload *bwlimit.Limiter, now func() time.Time) *peer.Server {
+func newPeerServer(secrets [][]byte, log logrus.FieldLogger, mx *metrics.Metrics, upload *bwlimit.Limiter, now func() time.Time, compressWorkers int) *peer.Server {
 	return peer.NewServer(peer.ServerConfig{
-		Secrets: secrets, Log: log, Metrics: mx.Handler(), Upload: upload, Now: now,
+		Secrets: secrets, Log: log, Metrics: mx.Handler(), Upload: upload, Now: now, CompressWorkers: compressWorkers,
 		Served:       func(n int64) { mx.BytesServed.Add(float64(n)) },
 		Unauthorized: mx.Unauthorized.Inc,
 	})

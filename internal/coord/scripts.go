@@ -211,7 +211,8 @@ end
 // and above ARGV floor (the last id the publishing master knows it used),
 // so ids never repeat even when Redis lost the counter.
 // ARGV: path, delete, digest, state, error, origin, origin_addr, files,
-// bytes, uploads, maxlen, floor, proto. Returns {id, published_ms}.
+// bytes, uploads, maxlen, floor, proto, compress. Returns {id,
+// published_ms}.
 var publishScript = newScript(
 	[]string{"generation", "sync", "full", "part", "running", "finished", "claims", "leases", "failures", "bad", "lookup", "events", "progress", "holders", "dead", "strikes", "repairing", "repairs"}, `
 local now = nowMS()
@@ -223,7 +224,8 @@ if id <= floor then
 end
 redis.call('HSET', K.generation, 'path', ARGV[1], 'delete', ARGV[2], 'digest', ARGV[3],
   'state', ARGV[4], 'error', ARGV[5], 'origin', ARGV[6], 'origin_addr', ARGV[7],
-  'published', now, 'files', ARGV[8], 'bytes', ARGV[9], 'done_at', '0', 'proto', ARGV[13])
+  'published', now, 'files', ARGV[8], 'bytes', ARGV[9], 'done_at', '0', 'proto', ARGV[13],
+  'compress', ARGV[14])
 redis.call('DEL', K.sync, K.full, K.part, K.running, K.finished, K.claims, K.leases, K.failures,
   K.bad, K.lookup, K.progress, K.holders, K.dead, K.strikes, K.repairing, K.repairs)
 for i = 0, tonumber(ARGV[10]) - 1 do

@@ -8,6 +8,7 @@ import (
 	"io"
 	"runtime"
 	"sync"
+	"time"
 
 	"github.com/klauspost/compress/zstd"
 )
@@ -73,21 +74,39 @@ func appendFrameHeader(b []byte, kind byte, rawLen, dataLen int) []byte {
 }
 
 // compressor hands out zstd encoders to a bounded number of chunks at once,
-// so compressing for peers cannot take more than that many cores: when
-// every encoder is busy a chunk goes raw rather than wait. Encoders are
-// used with EncodeAll only, which starts no goroutine.
+// so compressing for peers cannot take more than that many cores. A chunk
+// waits up to maxCompressWait for a free encoder, then goes raw: encoders
+// busy for longer mean the CPU, not the link, is what limits this host,
+// and raw bytes keep the pullers fed (and within their stall timeout).
+// Encoders are used with EncodeAll only, which starts no goroutine.
 type compressor struct {
 	slots chan struct{}
 	pool  sync.Pool
+	// maxTime is maxCompressTime (tests that assert what compresses
+	// lift it: the race detector makes zstd tens of times slower).
+	maxTime time.Duration
 }
 
-// newCompressor returns a compressor for n chunks at once; n <= 0 means
-// GOMAXPROCS.
+// maxCompressWait bounds how long a chunk waits for a free encoder.
+const maxCompressWait = 100 * time.Millisecond
+
+// sampleLen is the prefix of a chunk compressed first: a chunk whose
+// prefix does not shrink is sent raw without compressing the rest, so
+// incompressible data (media, archives, encrypted or random bytes) costs a
+// fraction of its compression.
+const sampleLen = 64 << 10
+
+// maxCompressTime bounds the time a chunk's compression may hold its frame
+// back, as projected from the sample's: a frame is sent only once its
+// chunk is compressed, and a CPU so starved that this takes longer would
+// make the pullers wait (and, past their stall timeout, leave). At
+// zstd's fastest level a 2 MiB chunk takes milliseconds; the bound is met
+// only under extreme load (or the race detector), and the chunk goes raw.
+const maxCompressTime = time.Second
+
+// newCompressor returns a compressor for n (at least 1) chunks at once.
 func newCompressor(n int) *compressor {
-	if n <= 0 {
-		n = runtime.GOMAXPROCS(0)
-	}
-	c := &compressor{slots: make(chan struct{}, n)}
+	c := &compressor{slots: make(chan struct{}, n), maxTime: maxCompressTime}
 	c.pool.New = func() any {
 		// The fastest level: a peer compresses for every puller it
 		// serves, and on a fast link CPU, not bytes, is what runs out.
@@ -103,40 +122,66 @@ func newCompressor(n int) *compressor {
 }
 
 // compress returns the zstd form of raw in dst's storage, and true, when
-// an encoder is free and the result saves at least 1/minSaving of raw;
-// otherwise false (send raw).
-func (c *compressor) compress(raw, dst []byte) ([]byte, bool) {
+// the result saves at least 1/minSaving of raw; otherwise false (send
+// raw). It gives up (false) when no encoder is free within
+// maxCompressWait or done closes first.
+func (c *compressor) compress(done <-chan struct{}, raw, dst []byte) ([]byte, bool) {
 	select {
 	case c.slots <- struct{}{}:
 	default:
-		return dst, false // every encoder busy: this chunk goes raw
+		t := time.NewTimer(maxCompressWait)
+		defer t.Stop()
+		select {
+		case c.slots <- struct{}{}:
+		case <-t.C:
+			return dst, false
+		case <-done:
+			return dst, false
+		}
 	}
+	defer func() { <-c.slots }()
 	enc := c.pool.Get().(*zstd.Encoder)
-	out := enc.EncodeAll(raw, dst[:0])
-	c.pool.Put(enc)
-	<-c.slots
-	if len(out) >= len(raw)-len(raw)/minSaving {
-		return out, false
+	defer c.pool.Put(enc)
+	if len(raw) >= 2*sampleLen {
+		t0 := time.Now()
+		out := enc.EncodeAll(raw[:sampleLen], dst[:0])
+		took := time.Since(t0)
+		if !saves(len(out), sampleLen) || took*time.Duration(len(raw)/sampleLen) > c.maxTime {
+			return out, false
+		}
+		dst = out
 	}
-	return out, true
+	out := enc.EncodeAll(raw, dst[:0])
+	return out, saves(len(out), len(raw))
 }
+
+// saves reports whether n compressed bytes for raw bytes save enough to be
+// worth decoding.
+func saves(n, raw int) bool { return n < raw-raw/minSaving }
 
 // frameWriter writes the chunks of a range as frames.
 type frameWriter struct {
 	w    io.Writer
-	c    *compressor // nil: every frame raw
-	hdr  []byte
-	comp []byte
+	c    *compressor     // nil: every frame raw
+	done <-chan struct{} // closed when the request ends
+	// compressed, when set, is told of each chunk sent compressed: its
+	// length and the length of its zstd form.
+	compressed func(raw, sent int64)
+	hdr        []byte
+	comp       []byte
 }
 
 // chunk writes one chunk as a frame: compressed if that saves enough.
 func (fw *frameWriter) chunk(raw []byte) error {
 	kind, data := frameRaw, raw
 	if fw.c != nil {
-		out, ok := fw.c.compress(raw, fw.comp)
+		out, ok := fw.c.compress(fw.done, raw, fw.comp)
 		fw.comp = out[:0]
 		if ok {
 			kind, data = frameZstd, out
+			if fw.compressed != nil {
+				fw.compressed(int64(len(raw)), int64(len(out)))
+			}
 		}
 	}
 	fw.hdr = appendFrameHeader(fw.hdr[:0], kind, len(raw), len(data))

@@ -9,6 +9,7 @@ import (
 	"runtime"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/klauspost/compress/zstd"
 )
@@ -34,6 +35,15 @@ func randomData(n int, seed uint64) []byte {
 		b[i] = byte(rng.Uint32())
 	}
 	return b
+}
+
+// patientCompressor is a compressor for n chunks at once that never finds
+// compressing too slow: tests that assert what compresses must not depend
+// on the machine's load.
+func patientCompressor(n int) *compressor {
+	c := newCompressor(n)
+	c.maxTime = time.Hour
+	return c
 }
 
 // encodeFrames frames chunks as a server does, with comp (nil: raw).
@@ -79,7 +89,7 @@ func lensOf(chunks ...[]byte) []int64 {
 // exactly what was framed.
 func TestFramesRoundTrip(t *testing.T) {
 	text, random, text2 := textLike(512<<10, 1), randomData(300<<10, 2), textLike(130<<10, 3)
-	body := encodeFrames(t, newCompressor(2), text, random, text2)
+	body := encodeFrames(t, patientCompressor(2), text, random, text2)
 	if got := kinds(t, body); !bytes.Equal(got, []byte{frameZstd, frameRaw, frameZstd}) {
 		t.Errorf("frame kinds %v, want zstd, raw, zstd", got)
 	}
@@ -101,7 +111,7 @@ func TestFramesRoundTrip(t *testing.T) {
 // carries its bytes as they are.
 func TestFramesRawWhenIncompressible(t *testing.T) {
 	random := randomData(256<<10, 4)
-	body := encodeFrames(t, newCompressor(1), random)
+	body := encodeFrames(t, patientCompressor(1), random)
 	if got := kinds(t, body); !bytes.Equal(got, []byte{frameRaw}) {
 		t.Fatalf("frame kinds %v, want raw", got)
 	}
@@ -112,23 +122,62 @@ func TestFramesRawWhenIncompressible(t *testing.T) {
 	// Barely compressible: a random chunk with a short run of zeros.
 	barely := randomData(256<<10, 5)
 	clear(barely[:1024])
-	if got := kinds(t, encodeFrames(t, newCompressor(1), barely)); !bytes.Equal(got, []byte{frameRaw}) {
+	if got := kinds(t, encodeFrames(t, patientCompressor(1), barely)); !bytes.Equal(got, []byte{frameRaw}) {
 		t.Errorf("a chunk that saves under 1/32 went %v, want raw", got)
 	}
 }
 
-// A server whose compressors are all busy sends the chunk raw rather than
-// wait for one.
-func TestFramesRawWhenCompressorsBusy(t *testing.T) {
-	c := newCompressor(1)
+// A chunk waits for a free compressor (never more at once than the
+// compressor allows); when none frees up within maxCompressWait, or the
+// request ends, it goes raw.
+func TestFramesWaitForCompressor(t *testing.T) {
+	c := patientCompressor(1)
 	c.slots <- struct{}{} // the one worker is busy
 	text := textLike(256<<10, 6)
-	if got := kinds(t, encodeFrames(t, c, text)); !bytes.Equal(got, []byte{frameRaw}) {
-		t.Fatalf("frame kinds %v with every compressor busy, want raw", got)
+	frame := func(done <-chan struct{}) []byte {
+		var out bytes.Buffer
+		if err := (&frameWriter{w: &out, c: c, done: done}).chunk(text); err != nil {
+			t.Error(err)
+		}
+		return out.Bytes()
 	}
-	<-c.slots
-	if got := kinds(t, encodeFrames(t, c, text)); !bytes.Equal(got, []byte{frameZstd}) {
-		t.Fatalf("frame kinds %v with a compressor free, want zstd", got)
+	ended := make(chan struct{})
+	close(ended)
+	if got := kinds(t, frame(ended)); !bytes.Equal(got, []byte{frameRaw}) {
+		t.Fatalf("frame kinds %v for a request that ended while every compressor was busy, want raw", got)
+	}
+	if got := kinds(t, frame(nil)); !bytes.Equal(got, []byte{frameRaw}) {
+		t.Fatalf("frame kinds %v with every compressor busy past the wait, want raw", got)
+	}
+	result := make(chan []byte, 1)
+	go func() { result <- frame(nil) }()
+	<-c.slots // the worker frees up within the wait
+	if got := kinds(t, <-result); !bytes.Equal(got, []byte{frameZstd}) {
+		t.Fatalf("frame kinds %v once a compressor was free, want zstd", got)
+	}
+}
+
+// A chunk whose first 64 KiB do not shrink goes raw without the rest
+// being compressed, even if the rest would shrink: incompressible data
+// costs the server a sample, not the chunk.
+func TestFramesSampleDecides(t *testing.T) {
+	chunk := append(randomData(sampleLen, 13), textLike(512<<10, 14)...)
+	if got := kinds(t, encodeFrames(t, patientCompressor(1), chunk)); !bytes.Equal(got, []byte{frameRaw}) {
+		t.Fatalf("frame kinds %v for a chunk with an incompressible first 64 KiB, want raw", got)
+	}
+	chunk = append(textLike(sampleLen, 15), textLike(512<<10, 16)...)
+	if got := kinds(t, encodeFrames(t, patientCompressor(1), chunk)); !bytes.Equal(got, []byte{frameZstd}) {
+		t.Fatalf("frame kinds %v for text, want zstd", got)
+	}
+}
+
+// A chunk whose compression, projected from its sample's, would hold its
+// frame back too long goes raw: the pullers get bytes, not a stall.
+func TestFramesRawWhenCompressingTooSlow(t *testing.T) {
+	c := newCompressor(1)
+	c.maxTime = time.Nanosecond
+	if got := kinds(t, encodeFrames(t, c, textLike(512<<10, 17))); !bytes.Equal(got, []byte{frameRaw}) {
+		t.Fatalf("frame kinds %v when compressing is too slow, want raw", got)
 	}
 }
 
@@ -191,7 +240,7 @@ func TestFramesBombRefused(t *testing.T) {
 // Frames that break the format are refused, naming what is wrong.
 func TestFramesMalformed(t *testing.T) {
 	text := textLike(64<<10, 8)
-	good := encodeFrames(t, newCompressor(1), text)
+	good := encodeFrames(t, patientCompressor(1), text)
 	raw := append(appendFrameHeader(nil, frameRaw, len(text), len(text)), text...)
 	enc, _ := zstd.NewWriter(nil)
 	tooBigData := enc.EncodeAll(randomData(len(text), 9), nil) // incompressible: not smaller
@@ -200,7 +249,7 @@ func TestFramesMalformed(t *testing.T) {
 		want string
 	}{
 		"unknown kind":            {append([]byte{7}, good[1:]...), "unknown kind"},
-		"other chunk length":      {encodeFrames(t, newCompressor(1), text[:1000]), "chunk of 1000 bytes, the chunk has 65536"},
+		"other chunk length":      {encodeFrames(t, patientCompressor(1), text[:1000]), "chunk of 1000 bytes, the chunk has 65536"},
 		"raw with another length": {append(appendFrameHeader(nil, frameRaw, len(text), len(text)-1), text[:len(text)-1]...), "raw frame 0 carries"},
 		"zstd not smaller":        {append(appendFrameHeader(nil, frameZstd, len(text), len(tooBigData)), tooBigData...), "zstd frame 0 of"},
 		"zstd of less":            {zstdFrame(t, text[:1000], len(text)), "decodes to 1000 bytes"},
@@ -221,7 +270,7 @@ func TestFramesMalformed(t *testing.T) {
 // reached the writer is whole chunks, in order.
 func TestFramesTruncated(t *testing.T) {
 	a, b := textLike(40<<10, 10), randomData(30<<10, 11)
-	body := encodeFrames(t, newCompressor(1), a, b)
+	body := encodeFrames(t, patientCompressor(1), a, b)
 	dec := newDecoder()
 	for cut := 0; cut < len(body); cut += 1 + cut/50 {
 		var out bytes.Buffer

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"runtime"
 	"sort"
 	"strconv"
 	"strings"
@@ -40,6 +41,9 @@ type ServerConfig struct {
 	Metrics http.Handler
 	// Served, when set, is told of file bytes sent to peers.
 	Served func(n int64)
+	// Compressed, when set, is told of each chunk sent compressed: its
+	// length and the length of its zstd form (Served counts the latter).
+	Compressed func(raw, sent int64)
 	// Unauthorized, when set, is told of each request refused for its
 	// signature.
 	Unauthorized func()
@@ -50,10 +54,11 @@ type ServerConfig struct {
 	// DefaultMaxConns.
 	MaxConns int
 	// CompressWorkers caps the chunks compressed at once for peers that
-	// ask for zstd frames (enc=zstd): a chunk that finds every worker busy
-	// is sent raw, so serving compressed never takes more than this many
-	// cores. Default GOMAXPROCS; negative: never compress (the answer is
-	// the raw range, as from a server that predates frames).
+	// ask for zstd frames (enc=zstd): a chunk waits for a free worker, so
+	// serving compressed never takes more than this many cores. Default half of GOMAXPROCS, at least 1: the other half is
+	// left to the network stack, which on a busy source needs it; negative:
+	// never compress (the answer is the raw range, as from a server that
+	// predates frames).
 	CompressWorkers int
 }
 
@@ -95,7 +100,11 @@ func NewServer(cfg ServerConfig) *Server {
 	}
 	s := &Server{cfg: cfg, conns: newConnTracker(cfg.MaxConns)}
 	if cfg.CompressWorkers >= 0 {
-		s.comp = newCompressor(cfg.CompressWorkers)
+		n := cfg.CompressWorkers
+		if n == 0 {
+			n = max(1, runtime.GOMAXPROCS(0)/2)
+		}
+		s.comp = newCompressor(n)
 	}
 	return s
 }
@@ -393,7 +402,7 @@ func (s *Server) serveFrames(w http.ResponseWriter, r *http.Request, gen int64, 
 		most = max(most, c.Len)
 	}
 	buf := make([]byte, most)
-	fw := &frameWriter{w: s.bodyWriter(w, r), c: s.comp}
+	fw := &frameWriter{w: s.bodyWriter(w, r), c: s.comp, done: r.Context().Done(), compressed: s.cfg.Compressed}
 	for _, c := range chunks {
 		b := buf[:c.Len]
 		err := func() error {
