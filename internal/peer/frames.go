@@ -167,16 +167,30 @@ type frameWriter struct {
 	// compressed, when set, is told of each chunk sent compressed: its
 	// length and the length of its zstd form.
 	compressed func(raw, sent int64)
-	hdr        []byte
-	comp       []byte
+	comp       []byte // chunk's buffer for compressed bytes
 }
 
 // chunk writes one chunk as a frame: compressed if that saves enough.
 func (fw *frameWriter) chunk(raw []byte) error {
+	f := fw.encode(raw, fw.comp)
+	fw.comp = f.comp[:0]
+	return fw.write(f)
+}
+
+// frame is one chunk ready to send: its header and data (data is the raw
+// chunk or comp, the buffer its zstd form went to).
+type frame struct {
+	hdr, data, comp []byte
+}
+
+// encode makes the frame of raw, compressing into comp's storage if that
+// saves enough. It uses fw's compressor and settings only, so frames of
+// the same writer may be encoded at once.
+func (fw *frameWriter) encode(raw, comp []byte) frame {
 	kind, data := frameRaw, raw
 	if fw.c != nil {
-		out, ok := fw.c.compress(fw.done, raw, fw.comp)
-		fw.comp = out[:0]
+		out, ok := fw.c.compress(fw.done, raw, comp)
+		comp = out
 		if ok {
 			kind, data = frameZstd, out
 			if fw.compressed != nil {
@@ -184,12 +198,78 @@ func (fw *frameWriter) chunk(raw []byte) error {
 			}
 		}
 	}
-	fw.hdr = appendFrameHeader(fw.hdr[:0], kind, len(raw), len(data))
-	if _, err := fw.w.Write(fw.hdr); err != nil {
+	return frame{hdr: appendFrameHeader(make([]byte, 0, frameHeaderMax), kind, len(raw), len(data)), data: data, comp: comp}
+}
+
+func (fw *frameWriter) write(f frame) error {
+	if _, err := fw.w.Write(f.hdr); err != nil {
 		return err
 	}
-	_, err := fw.w.Write(data)
+	_, err := fw.w.Write(f.data)
 	return err
+}
+
+// chunks writes one frame per chunk of lens, read in turn from src, and
+// compresses chunk k+1 while frame k is written: on a link slower than the
+// compressor the two overlap rather than add up. A range compresses one
+// chunk at a time. Reads and writes stay on
+// the calling goroutine; each compression runs on a goroutine of its own
+// that chunks always waits for (it never blocks on I/O, and gives up its
+// wait for an encoder when fw.done closes), so none outlives the call.
+func (fw *frameWriter) chunks(src io.Reader, lens []int64) error {
+	var most int64
+	for _, l := range lens {
+		most = max(most, l)
+	}
+	var raws, comps [2][]byte
+	for i := range raws {
+		raws[i] = make([]byte, most)
+	}
+	type job struct {
+		done chan struct{}
+		f    frame
+	}
+	var pending *job // the previous chunk, being compressed
+	finish := func() (frame, bool) {
+		if pending == nil {
+			return frame{}, false
+		}
+		<-pending.done
+		f := pending.f
+		pending = nil
+		return f, true
+	}
+	defer finish()
+	for k, l := range lens {
+		raw := raws[k%2][:l]
+		if _, err := io.ReadFull(src, raw); err != nil {
+			return fmt.Errorf("read chunk %d: %w", k, err)
+		}
+		j := &job{done: make(chan struct{})}
+		comp, prev := comps[k%2], pending
+		go func() {
+			defer close(j.done)
+			if prev != nil {
+				// One compression at a time per range: the next
+				// chunk's must not wait for an encoder this range
+				// holds (and go raw for it).
+				<-prev.done
+			}
+			j.f = fw.encode(raw, comp)
+		}()
+		if f, ok := finish(); ok {
+			comps[(k-1)%2] = f.comp[:0]
+			if err := fw.write(f); err != nil {
+				pending = j
+				return err
+			}
+		}
+		pending = j
+	}
+	if f, ok := finish(); ok {
+		return fw.write(f)
+	}
+	return nil
 }
 
 // newDecoder returns a zstd decoder for DecodeAll alone (no goroutine),

@@ -294,3 +294,57 @@ func TestFramesWriteError(t *testing.T) {
 		t.Fatalf("%v, want the writer's error", err)
 	}
 }
+
+// A range framed with compression overlapping the writes decodes to its
+// chunks, in order, whether compressed or not.
+func TestFrameWriterChunks(t *testing.T) {
+	parts := [][]byte{textLike(300<<10, 40), randomData(200<<10, 41), textLike(128<<10, 42), textLike(700<<10, 43), randomData(5, 44)}
+	var src []byte
+	for _, p := range parts {
+		src = append(src, p...)
+	}
+	for _, c := range []*compressor{nil, patientCompressor(2)} {
+		var body bytes.Buffer
+		if err := (&frameWriter{w: &body, c: c}).chunks(bytes.NewReader(src), lensOf(parts...)); err != nil {
+			t.Fatal(err)
+		}
+		want := []byte{frameZstd, frameRaw, frameZstd, frameZstd, frameRaw}
+		if c == nil {
+			want = []byte{frameRaw, frameRaw, frameRaw, frameRaw, frameRaw}
+		}
+		if got := kinds(t, body.Bytes()); !bytes.Equal(got, want) {
+			t.Errorf("compressor %v: frame kinds %v, want %v", c != nil, got, want)
+		}
+		var out bytes.Buffer
+		if _, err := readFrames(bytes.NewReader(body.Bytes()), newDecoder(), lensOf(parts...), &out); err != nil || !bytes.Equal(out.Bytes(), src) {
+			t.Fatalf("compressor %v: %v, content equal %v", c != nil, err, bytes.Equal(out.Bytes(), src))
+		}
+	}
+}
+
+// A source that ends early fails the range after the whole frames before
+// it; a writer that fails stops it. Either way no compression is left
+// running.
+func TestFrameWriterChunksFailures(t *testing.T) {
+	parts := [][]byte{textLike(200<<10, 45), textLike(200<<10, 46), textLike(200<<10, 47)}
+	src := append(append(append([]byte{}, parts[0]...), parts[1]...), parts[2][:1000]...)
+	var body bytes.Buffer
+	err := (&frameWriter{w: &body, c: patientCompressor(1)}).chunks(bytes.NewReader(src), lensOf(parts...))
+	if !errors.Is(err, io.ErrUnexpectedEOF) {
+		t.Fatalf("source cut short: %v", err)
+	}
+	var out bytes.Buffer
+	n, _ := readFrames(bytes.NewReader(body.Bytes()), newDecoder(), lensOf(parts...), &out)
+	if n != int64(len(parts[0])) || !bytes.Equal(out.Bytes(), parts[0]) {
+		t.Fatalf("source cut in chunk 2: %d bytes framed before, want chunk 0 whole (chunk 1 was being compressed)", n)
+	}
+	boom := errors.New("connection reset")
+	c := patientCompressor(1)
+	err = (&frameWriter{w: failingWriter{boom}, c: c}).chunks(bytes.NewReader(append(append([]byte{}, parts[0]...), parts[1]...)), lensOf(parts[0], parts[1]))
+	if !errors.Is(err, boom) {
+		t.Fatalf("writer failed: %v", err)
+	}
+	if len(c.slots) != 0 {
+		t.Fatalf("%d compressions still running after chunks returned", len(c.slots))
+	}
+}

@@ -397,28 +397,18 @@ func (s *Server) serveFrames(w http.ResponseWriter, r *http.Request, gen int64, 
 	}
 	// Send the headers now: a file still arriving may trickle in.
 	http.NewResponseController(w).Flush()
-	var most int64
-	for _, c := range chunks {
-		most = max(most, c.Len)
+	lens := make([]int64, len(chunks))
+	for i, c := range chunks {
+		lens[i] = c.Len
 	}
-	buf := make([]byte, most)
 	fw := &frameWriter{w: s.bodyWriter(w, r), c: s.comp, done: r.Context().Done(), compressed: s.cfg.Compressed}
-	for _, c := range chunks {
-		b := buf[:c.Len]
-		err := func() error {
-			if _, err := io.ReadFull(src, b); err != nil {
-				return fmt.Errorf("read chunk at %d: %w", c.Off, err)
-			}
-			return fw.chunk(b)
-		}()
-		if err != nil {
-			if r.Context().Err() == nil {
-				s.cfg.Log.WithError(err).WithField("path", e.Path).Warn("sending chunk frames broke off")
-			}
-			// A frame cut short is what tells the client the body is
-			// incomplete.
-			panic(http.ErrAbortHandler)
+	if err := fw.chunks(src, lens); err != nil {
+		if r.Context().Err() == nil {
+			s.cfg.Log.WithError(err).WithField("path", e.Path).Warn("sending chunk frames broke off")
 		}
+		// A frame cut short is what tells the client the body is
+		// incomplete.
+		panic(http.ErrAbortHandler)
 	}
 	return nil
 }
