@@ -237,6 +237,7 @@ type node struct {
 	bwlimit              string
 	rate                 int64 // parsed bwlimit, bytes per second
 	zone                 string
+	compressWorkers      int
 }
 
 func (n *node) register(fs *pflag.FlagSet, defaultState string) {
@@ -254,6 +255,7 @@ func (n *node) register(fs *pflag.FlagSet, defaultState string) {
 	fs.DurationVar(&n.lease, "lease", 15*time.Second, "lease on a claimed source, renewed every third of it while pulling; a crashed puller's source returns after it")
 	fs.StringVar(&n.zone, "zone", "", "this host's zone (a rack, a room, a site): claims take a source of the same zone when one is free, and status counts the bytes that cross zones; 1-64 letters, digits, '.', '_', '-' (empty: no zone)")
 	fs.StringVar(&n.bwlimit, "bwlimit", "0", "cap on this host's upload and download rate, each (rsync style: 16M = 16 MiB/s, a bare number is KiB/s; 0 = no cap)")
+	fs.IntVar(&n.compressWorkers, "compress-workers", 0, "chunks this host compresses at once for peers that ask (--compress); a chunk that finds all busy goes raw (0: half the cores, at least 1; -1: never compress)")
 }
 
 // coordClient is the Redis protocol client with this node's grace and lease.
@@ -291,6 +293,9 @@ func (n *node) check(writeRoot bool) error {
 	}
 	if err := coord.ValidZone("--zone", n.zone); err != nil {
 		return usageError("%v", err)
+	}
+	if n.compressWorkers < -1 {
+		return usageError("--compress-workers %d: use -1 (never compress), 0 (half the cores) or a count", n.compressWorkers)
 	}
 	rate, err := bwlimit.Parse(n.bwlimit)
 	if err != nil {
@@ -349,9 +354,9 @@ func report(e env, prog string, err error) int {
 
 // newPeerServer builds a peer server that exports mx on /metrics and counts
 // served bytes and refused requests into it.
-func newPeerServer(secrets [][]byte, log logrus.FieldLogger, mx *metrics.Metrics, upload *bwlimit.Limiter, now func() time.Time) *peer.Server {
+func newPeerServer(secrets [][]byte, log logrus.FieldLogger, mx *metrics.Metrics, upload *bwlimit.Limiter, now func() time.Time, compressWorkers int) *peer.Server {
 	return peer.NewServer(peer.ServerConfig{
-		Secrets: secrets, Log: log, Metrics: mx.Handler(), Upload: upload, Now: now,
+		Secrets: secrets, Log: log, Metrics: mx.Handler(), Upload: upload, Now: now, CompressWorkers: compressWorkers,
 		Served:       func(n int64) { mx.BytesServed.Add(float64(n)) },
 		Unauthorized: mx.Unauthorized.Inc,
 	})

@@ -21,7 +21,7 @@ const masterUsage = `fanout-master: publish a file or tree and serve it as the f
 
 Usage:
   fanout-master run [flags]                 watch the task key, publish generations, serve as origin
-  fanout-master publish PATH [--delete] [--wait] [--timeout D] [--dry-run]
+  fanout-master publish PATH [--delete] [--compress] [--wait] [--timeout D] [--dry-run]
                                             set the task (same as: redis-cli set task PATH)
   fanout-master status [--json|--follow]    show the task, its generation and every host
   fanout-master hosts [--json]              list registered hosts, last heartbeat, version
@@ -136,7 +136,7 @@ func masterRun(ctx context.Context, args []string, e env) error {
 	}
 	mx := metrics.New()
 	co := n.coordClient(rdb)
-	server := newPeerServer(secrets, log, mx, bwlimit.New(n.rate), co.Now)
+	server := newPeerServer(secrets, log, mx, bwlimit.New(n.rate), co.Now, n.compressWorkers)
 	m, err := master.New(master.Config{
 		ID: n.id, Advertise: n.advertise, Root: n.root, StateDir: n.stateDir,
 		Uploads: n.uploads, Poll: n.poll, ForgetAfter: forgetAfter, Log: log, Metrics: mx, Zone: n.zone,
@@ -154,7 +154,7 @@ func masterRun(ctx context.Context, args []string, e env) error {
 
 func masterPublish(ctx context.Context, args []string, e env) error {
 	var c common
-	var del, wait, dry bool
+	var del, compress, wait, dry bool
 	var timeout time.Duration
 	var d dryRun
 	fs := newFlags(e, "publish", "fanout-master publish PATH: set the task to PATH (absolute, under the hosts' --root); a running master publishes it as a new generation.")
@@ -165,6 +165,7 @@ func masterPublish(ctx context.Context, args []string, e env) error {
 	fs.StringVar(&d.secretFile, "secret-file", "/etc/fanout/secret", "with --dry-run: the peer secret, to ask the origin for the current manifest")
 	d.tls.register(fs)
 	fs.BoolVar(&d.asJSON, "json", false, "with --dry-run: print JSON")
+	fs.BoolVar(&compress, "compress", false, "hosts ask their sources for zstd-compressed chunks (format 3 generations; chunks that do not shrink go raw): for text-like trees on slow links. A minion's own --compress asks too")
 	fs.BoolVar(&wait, "wait", false, "wait until every expected host holds the task (exit 1 if it fails)")
 	fs.DurationVar(&timeout, "timeout", 30*time.Minute, "with --wait, give up after this long")
 	if err := parse(fs, args, e); err != nil {
@@ -194,10 +195,10 @@ func masterPublish(ctx context.Context, args []string, e env) error {
 	if err != nil {
 		return err
 	}
-	if err := co.SetTask(ctx, path, coord.TaskOptions{Delete: del}); err != nil {
+	if err := co.SetTask(ctx, path, coord.TaskOptions{Delete: del, Compress: compress}); err != nil {
 		return fmt.Errorf("set task: %w", err)
 	}
-	fmt.Fprintf(e.stdout, "task set to %s (delete=%v)\n", printable(path, maxLine), del)
+	fmt.Fprintf(e.stdout, "task set to %s (delete=%v, compress=%v)\n", printable(path, maxLine), del, compress)
 	if !wait {
 		return nil
 	}

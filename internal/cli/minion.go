@@ -70,7 +70,7 @@ func minionCommand(ctx context.Context, cmd string, args []string, e env) error 
 	var n node
 	var workers, sources int
 	var heartbeat, timeout time.Duration
-	var pipeline, watch, numericIDs bool
+	var pipeline, watch, numericIDs, compress bool
 	var connectTimeout, stallTimeout, verifyEvery, scanEvery time.Duration
 	var onSync []string
 	var hookDir string
@@ -80,6 +80,7 @@ func minionCommand(ctx context.Context, cmd string, args []string, e env) error 
 	fs.IntVar(&workers, "workers", 4, "files fetched at once")
 	fs.IntVar(&sources, "sources", 3, "sources one pull takes chunks from at once (format 3 generations), each claimed with its own lease")
 	if cmd != "serve" {
+		fs.BoolVar(&compress, "compress", false, "ask sources for zstd-compressed chunks (format 3 generations; a chunk that does not shrink comes raw, a source too old to compress sends all raw): for text-like trees on slow links. A task published with --compress asks for it whatever this says")
 		fs.BoolVar(&numericIDs, "numeric-ids", false, "when running as root, give files the uid and gid the manifest carries, not the local ids of its user and group names (as rsync --numeric-ids)")
 	}
 	fs.DurationVar(&connectTimeout, "connect-timeout", peer.DefaultDialTimeout, "give up on a peer that does not connect, or answer a request's headers, within this")
@@ -150,7 +151,7 @@ func minionCommand(ctx context.Context, cmd string, args []string, e env) error 
 	co := n.coordClient(rdb)
 	// Peers sign and check requests with the clock corrected to Redis
 	// TIME: hosts whose clocks disagree still talk.
-	server := newPeerServer(secrets, log, mx, bwlimit.New(n.rate), co.Now)
+	server := newPeerServer(secrets, log, mx, bwlimit.New(n.rate), co.Now, n.compressWorkers)
 	if connectTimeout <= 0 || stallTimeout <= 0 {
 		return usageError("--connect-timeout and --stall-timeout must be positive durations such as 5s")
 	}
@@ -160,7 +161,8 @@ func minionCommand(ctx context.Context, cmd string, args []string, e env) error 
 		Source: cmd == "run" && n.uploads > 0, Pipeline: pipeline, Poll: n.poll, Heartbeat: heartbeat, Workers: workers,
 		Version: Version, Log: log.WithField("host", n.id), Metrics: mx,
 		Download: bwlimit.New(n.rate), NoWatch: cmd == "run" && !watch, VerifyEvery: verifyEvery, ScanEvery: scanEvery, NumericIDs: numericIDs, Sources: sources,
-		Zone: n.zone,
+		Zone:     n.zone,
+		Compress: compress,
 	}
 	if !hooks.Empty() {
 		cfg.Hooks = hooks

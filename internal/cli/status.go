@@ -21,6 +21,7 @@ type statusJSON struct {
 	State      string                   `json:"state"`
 	Error      string                   `json:"error,omitempty"`
 	Delete     bool                     `json:"delete"`
+	Compress   bool                     `json:"compress"`
 	Published  *time.Time               `json:"published,omitempty"`
 	DoneAt     *time.Time               `json:"done_at,omitempty"`
 	Files      int64                    `json:"files"`
@@ -93,7 +94,7 @@ func toJSON(st coord.Status, now time.Time) statusJSON {
 	g := st.Generation
 	out := statusJSON{
 		Task: st.Task, Generation: g.ID, Path: g.Path, Digest: g.Digest, State: st.State, Error: g.Error,
-		Delete: g.Delete, Files: g.Files, Bytes: g.Bytes,
+		Delete: g.Delete, Compress: g.Compress, Files: g.Files, Bytes: g.Bytes,
 		Expected: len(st.Expected), Finished: len(st.Finished), Running: len(st.Running), Repairing: len(st.Repairing),
 		Lookup: st.Lookup, Sources: st.Sources, Failures: st.Failures,
 		OriginZone: g.OriginZone, CrossZone: st.CrossZoneTotal(),
@@ -203,7 +204,7 @@ func writeStatusText(w io.Writer, st coord.Status, now time.Time) {
 		}
 		if s.Digest != "" {
 			digest := s.Digest[:min(len(s.Digest), 16)]
-			fmt.Fprintf(w, "content:    %d files, %d bytes, digest %s, delete=%v\n", s.Files, s.Bytes, printable(digest, maxCell), s.Delete)
+			fmt.Fprintf(w, "content:    %d files, %d bytes, digest %s, delete=%v, compress=%v\n", s.Files, s.Bytes, printable(digest, maxCell), s.Delete, s.Compress)
 		}
 	}
 	fmt.Fprintf(w, "hosts:      %d expected, %d finished, %d running, %d repairing, lookup %d\n", s.Expected, s.Finished, s.Running, s.Repairing, s.Lookup)

@@ -152,9 +152,13 @@ func (r Ref) String() string { return fmt.Sprintf("%d/%.12s", r.ID, r.Digest) }
 
 // Generation describes one published task.
 type Generation struct {
-	ID         int64
-	Path       string
-	Delete     bool
+	ID     int64
+	Path   string
+	Delete bool
+	// Compress asks every host pulling the generation to ask its sources
+	// for compressed chunks (publish --compress); a host's own --compress
+	// asks too. Absent in Redis: false.
+	Compress   bool
 	Digest     string
 	State      string
 	Error      string
@@ -222,7 +226,7 @@ func parseGeneration(key string, h map[string]string) (Generation, error) {
 		return Generation{}, fmt.Errorf("Redis key %s field \"state\" is %q, not running, done or failed: it is corrupt; delete it (redis-cli del %s) and set the task again", key, st, key)
 	}
 	return Generation{
-		ID: id, Path: h["path"], Delete: h["delete"] == "1", Digest: h["digest"], State: h["state"],
+		ID: id, Path: h["path"], Delete: h["delete"] == "1", Compress: h["compress"] == "1", Digest: h["digest"], State: h["state"],
 		Error: h["error"], Origin: h["origin"], OriginAddr: h["origin_addr"], OriginZone: h["origin_zone"], Published: fromMS(h["published"]),
 		Files: files, Bytes: bytes, DoneAt: fromMS(h["done_at"]), Proto: max(int(proto), 1),
 	}, nil
@@ -264,6 +268,8 @@ func (c *Client) TaskKey(ctx context.Context) (string, bool, error) {
 // TaskOptions are the options published with a task.
 type TaskOptions struct {
 	Delete bool `json:"delete"`
+	// Compress: hosts ask their sources for zstd-compressed chunks.
+	Compress bool `json:"compress,omitempty"`
 }
 
 // SetTask sets the task and its options in one transaction.
@@ -323,13 +329,15 @@ func (c *Client) PublishFailed(ctx context.Context, path, reason, origin string,
 }
 
 func (c *Client) publish(ctx context.Context, g Generation, uploads int) (Generation, error) {
-	del := "0"
-	if g.Delete {
-		del = "1"
+	flag := func(b bool) string {
+		if b {
+			return "1"
+		}
+		return "0"
 	}
 	res, err := c.run(ctx, publishScript, g.Origin,
-		g.Path, del, g.Digest, g.State, g.Error, g.Origin, g.OriginAddr,
-		g.Files, g.Bytes, uploads, eventsMax, g.ID, Proto, g.OriginZone).Int64Slice()
+		g.Path, flag(g.Delete), g.Digest, g.State, g.Error, g.Origin, g.OriginAddr,
+		g.Files, g.Bytes, uploads, eventsMax, g.ID, Proto, g.OriginZone, flag(g.Compress)).Int64Slice()
 	if err != nil {
 		return Generation{}, fmt.Errorf("publish generation: %w", err)
 	}

@@ -273,7 +273,7 @@ end
 // and above ARGV floor (the last id the publishing master knows it used),
 // so ids never repeat even when Redis lost the counter.
 // ARGV: path, delete, digest, state, error, origin, origin_addr, files,
-// bytes, uploads, maxlen, floor, proto, origin_zone. Returns {id,
+// bytes, uploads, maxlen, floor, proto, origin_zone, compress. Returns {id,
 // published_ms}. The origin's slots go to its zone's indexes too (the
 // client's zone's, K.zfull and K.zpart). Other zones' indexes are not
 // cleared: their entries of the last generation are no longer in the
@@ -290,7 +290,7 @@ end
 redis.call('HSET', K.generation, 'path', ARGV[1], 'delete', ARGV[2], 'digest', ARGV[3],
   'state', ARGV[4], 'error', ARGV[5], 'origin', ARGV[6], 'origin_addr', ARGV[7],
   'published', now, 'files', ARGV[8], 'bytes', ARGV[9], 'done_at', '0', 'proto', ARGV[13],
-  'origin_zone', ARGV[14] or '')
+  'origin_zone', ARGV[14] or '', 'compress', ARGV[15] or '0')
 redis.call('DEL', K.sync, K.full, K.part, K.running, K.finished, K.claims, K.leases, K.failures,
   K.bad, K.lookup, K.progress, K.holders, K.dead, K.strikes, K.repairing, K.repairs, K.zbytes, K.hooks)
 if K.zfull ~= K.full then redis.call('DEL', K.zfull, K.zpart) end

@@ -14,6 +14,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/alicebob/miniredis/v2"
@@ -50,7 +51,10 @@ type Config struct {
 	ZoneBlind bool
 	// MasterZone is the master's --zone (minions: Host.Zone).
 	MasterZone string
-	Log        logrus.FieldLogger
+	// Compress makes every minion ask its sources for compressed chunks
+	// (fanout-minion --compress).
+	Compress bool
+	Log      logrus.FieldLogger
 }
 
 // Lab is a running deployment.
@@ -85,6 +89,12 @@ type Host struct {
 	PreZones bool
 	// Hooks are this minion's hooks (set before StartMinion); nil: none.
 	Hooks minion.Hooks
+	// Served counts the body bytes its peer server sent: what crossed
+	// the network, compressed or not.
+	Served atomic.Int64
+	// CompressedRaw and CompressedSent count the chunks its peer server
+	// sent compressed: their bytes, and the bytes of their zstd form.
+	CompressedRaw, CompressedSent atomic.Int64
 
 	mu     sync.Mutex
 	cancel context.CancelFunc
@@ -217,7 +227,7 @@ func (l *Lab) StartMinion(ctx context.Context, h *Host) error {
 			Log: l.cfg.Log.WithField("host", h.ID), Version: "lab",
 			Download: bwlimit.New(l.cfg.BWLimit),
 			NoWatch:  l.cfg.NoWatch, VerifyEvery: l.cfg.VerifyEvery, ScanEvery: 2 * time.Second,
-			Zone: zone, Hooks: h.Hooks,
+			Zone: zone, Hooks: h.Hooks, Compress: l.cfg.Compress,
 		}, mc, server, client)
 		if err != nil {
 			return nil, err
@@ -262,7 +272,12 @@ func (h *Host) start(ctx context.Context, l *Lab, co *coord.Client, build runner
 		return fmt.Errorf("listen for %s: %w", h.ID, err)
 	}
 	h.Addr = ln.Addr().String()
-	server := peer.NewServer(peer.ServerConfig{Secrets: [][]byte{l.secret}, Log: l.cfg.Log.WithField("host", h.ID), Upload: bwlimit.New(l.cfg.BWLimit), Now: co.Now})
+	server := peer.NewServer(peer.ServerConfig{Secrets: [][]byte{l.secret}, Log: l.cfg.Log.WithField("host", h.ID), Upload: bwlimit.New(l.cfg.BWLimit), Now: co.Now,
+		Served: func(n int64) { h.Served.Add(n) },
+		Compressed: func(raw, sent int64) {
+			h.CompressedRaw.Add(raw)
+			h.CompressedSent.Add(sent)
+		}})
 	run, err := build(ctx, ln, server)
 	if err != nil {
 		ln.Close()

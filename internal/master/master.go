@@ -85,7 +85,9 @@ type published struct {
 	Digest string `json:"digest"`
 	Path   string `json:"path"`
 	Delete bool   `json:"delete"`
-	Failed bool   `json:"failed,omitempty"`
+	// Compress is the task's compress option.
+	Compress bool `json:"compress,omitempty"`
+	Failed   bool `json:"failed,omitempty"`
 	// Format is the manifest format it was published in (0: unknown).
 	Format int `json:"format,omitempty"`
 }
@@ -247,7 +249,7 @@ func (m *Master) Tick(ctx context.Context) error {
 		// transfer; the id stays above the lost one.
 		m.cfg.Log.WithFields(logrus.Fields{"path": m.last.Path, "lost_gen": m.last.Gen, "redis_gen": g.ID}).
 			Warn("Redis lost the last generation this master published; publishing the task again")
-		return m.coord.SetTask(ctx, m.last.Path, coord.TaskOptions{Delete: m.last.Delete})
+		return m.coord.SetTask(ctx, m.last.Path, coord.TaskOptions{Delete: m.last.Delete, Compress: m.last.Compress})
 	case value == "":
 		// No task, or an operator deleted the key: keep serving what we have.
 	case !names(value, g):
@@ -382,7 +384,7 @@ func (m *Master) remember(p *published) error {
 func (m *Master) offer(ctx context.Context, clean string, opts coord.TaskOptions, snap *peer.Snapshot) error {
 	files, bytes := snap.Manifest.Totals()
 	g, err := m.coord.Publish(ctx, coord.Generation{
-		ID: m.floor(), Path: clean, Delete: opts.Delete, Digest: snap.Digest,
+		ID: m.floor(), Path: clean, Delete: opts.Delete, Compress: opts.Compress, Digest: snap.Digest,
 		Origin: m.cfg.ID, OriginAddr: m.cfg.Advertise, OriginZone: m.cfg.Zone, Files: int64(files), Bytes: bytes,
 	}, 0)
 	if err != nil {
@@ -392,7 +394,7 @@ func (m *Master) offer(ctx context.Context, clean string, opts coord.TaskOptions
 	// find it serving this generation.
 	snap.Gen = g.ID
 	m.server.Set(snap)
-	m.active = &published{Gen: g.ID, Digest: g.Digest, Path: clean, Delete: opts.Delete, Format: snap.Manifest.Format()}
+	m.active = &published{Gen: g.ID, Digest: g.Digest, Path: clean, Delete: opts.Delete, Compress: opts.Compress, Format: snap.Manifest.Format()}
 	m.cfg.Metrics.Published.Inc()
 	m.cfg.Metrics.Generation.Set(float64(g.ID))
 	if err := m.remember(m.active); err != nil {
@@ -402,7 +404,7 @@ func (m *Master) offer(ctx context.Context, clean string, opts coord.TaskOptions
 		return fmt.Errorf("offer origin slots: %w", err)
 	}
 	m.cfg.Log.WithFields(logrus.Fields{
-		"gen": g.ID, "path": clean, "files": files, "bytes": bytes, "delete": opts.Delete, "digest": snap.Digest[:16],
+		"gen": g.ID, "path": clean, "files": files, "bytes": bytes, "delete": opts.Delete, "compress": opts.Compress, "digest": snap.Digest[:16],
 	}).Info("published generation")
 	return nil
 }
@@ -412,7 +414,7 @@ func (m *Master) offer(ctx context.Context, clean string, opts coord.TaskOptions
 func (m *Master) resume(ctx context.Context, g coord.Generation) error {
 	_, osPath, err := ResolveTask(m.cfg.Root, g.Path)
 	if err != nil {
-		return m.publish(ctx, g.Path, coord.TaskOptions{Delete: g.Delete})
+		return m.publish(ctx, g.Path, coord.TaskOptions{Delete: g.Delete, Compress: g.Compress})
 	}
 	format := m.format(ctx)
 	if l := m.last; l != nil && l.Gen == g.ID && l.Format != 0 {
@@ -420,15 +422,15 @@ func (m *Master) resume(ctx context.Context, g coord.Generation) error {
 	}
 	snap, err := m.buildFormat(ctx, osPath, format)
 	if err != nil {
-		return m.publish(ctx, g.Path, coord.TaskOptions{Delete: g.Delete})
+		return m.publish(ctx, g.Path, coord.TaskOptions{Delete: g.Delete, Compress: g.Compress})
 	}
 	if snap.Digest != g.Digest {
 		m.cfg.Log.WithField("gen", g.ID).Warn("task tree changed since it was published; publishing a new generation")
-		return m.offer(ctx, g.Path, coord.TaskOptions{Delete: g.Delete}, snap)
+		return m.offer(ctx, g.Path, coord.TaskOptions{Delete: g.Delete, Compress: g.Compress}, snap)
 	}
 	snap.Gen = g.ID
 	m.server.Set(snap)
-	m.active = &published{Gen: g.ID, Digest: g.Digest, Path: g.Path, Delete: g.Delete, Format: snap.Manifest.Format()}
+	m.active = &published{Gen: g.ID, Digest: g.Digest, Path: g.Path, Delete: g.Delete, Compress: g.Compress, Format: snap.Manifest.Format()}
 	m.cfg.Metrics.Generation.Set(float64(g.ID))
 	if m.last == nil || m.last.Gen < g.ID {
 		if err := m.remember(m.active); err != nil {

@@ -15,6 +15,7 @@ import (
 	"github.com/fanout/fanout/internal/chunk"
 	"github.com/fanout/fanout/internal/coord"
 	"github.com/fanout/fanout/internal/manifest"
+	"github.com/fanout/fanout/internal/peer"
 )
 
 // assembler builds the files of several chunks of a format 3 pull (an
@@ -31,7 +32,12 @@ type assembler struct {
 	mu    sync.Mutex
 	local map[string]chunkAt // chunk hash → bytes on this host with that hash
 
+	// compress asks sources for zstd frames (this host's --compress, or
+	// the generation's).
+	compress bool
+
 	copied, fetched atomic.Int64 // bytes copied locally, and received
+	wire            atomic.Int64 // bytes the fetches carried on the network
 }
 
 // chunkAt is where a chunk's bytes are on this host.
@@ -355,9 +361,9 @@ func (a *assembler) work(ctx context.Context, j *job, p *feed, errc chan<- error
 			mine[x] = true
 		}
 		w := &chunkWriter{j: j, chunks: j.chunks[i:k], first: i, fetched: &a.fetched, progress: a.m.progress}
-		off, n := j.chunks[i].Off, j.chunks[k-1].Off+j.chunks[k-1].Len-j.chunks[i].Off
 		t0 := time.Now()
-		_, err := a.m.client.FetchRange(ctx, p.cl.SourceAddr, a.sw.src.gen, j.e.Path, off, n, a.m.cfg.Download.Writer(ctx, w))
+		got, err := a.m.client.FetchChunks(ctx, p.cl.SourceAddr, a.sw.src.gen, j.e.Path, j.chunks[i].Off, chunkLens(j.chunks[i:k]), a.fetchOptions(ctx), w)
+		a.wire.Add(got.Wire)
 		p.account(w.bytes, time.Since(t0))
 		a.sw.src.count(p.cl, w.bytes)
 		j.untake(i, k)
@@ -378,6 +384,25 @@ func (a *assembler) work(ctx context.Context, j *job, p *feed, errc chan<- error
 			return
 		}
 	}
+}
+
+// fetchOptions are how runs of chunks are asked for: compressed if this
+// pull compresses, and with the download limit counting the bytes on the
+// wire, not the chunks they decode to.
+func (a *assembler) fetchOptions(ctx context.Context) peer.ChunkOptions {
+	opt := peer.ChunkOptions{Compress: a.compress}
+	if a.m.cfg.Download != nil {
+		opt.Wire = a.m.cfg.Download.Writer(ctx, io.Discard)
+	}
+	return opt
+}
+
+func chunkLens(chunks []manifest.Chunk) []int64 {
+	lens := make([]int64, len(chunks))
+	for i, c := range chunks {
+		lens[i] = c.Len
+	}
+	return lens
 }
 
 // lose handles a source that failed a request: the pull's own claim moves

@@ -67,6 +67,11 @@ type Config struct {
 	// Sources is how many sources a pull of a format 3 generation takes
 	// chunks from at once, each claimed through its own lease; default 3.
 	Sources int
+	// Compress makes pulls of format 3 generations ask sources for
+	// zstd-compressed chunks (a source sends raw what does not shrink, and
+	// one that predates compression sends everything raw). A generation
+	// published with compress asks for it whatever this says.
+	Compress bool
 	// NumericIDs applies owners by uid and gid as the manifest carries
 	// them, not by user and group name (rsync's --numeric-ids). Owners are
 	// applied only when this process runs as root.

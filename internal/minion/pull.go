@@ -252,6 +252,9 @@ func (m *Minion) transfer(ctx context.Context, g coord.Generation, src *source) 
 		src.sw.active.Store(true)
 		src.sw.grow(ctx)
 		asm = newAssembler(m, src.sw, root)
+		// Compression is asked for by the host (--compress) or by the
+		// task (publish --compress): either is enough.
+		asm.compress = m.cfg.Compress || g.Compress
 		if err := asm.index(ctx, local, remote, plan); err != nil {
 			return apply.Stats{}, fmt.Errorf("index local chunks: %w", err)
 		}
@@ -270,6 +273,9 @@ func (m *Minion) transfer(ctx context.Context, g coord.Generation, src *source) 
 	}
 	m.pulled = nil
 	st, err := apply.Apply(ctx, root, plan, opts)
+	if asm != nil && asm.compress && asm.fetched.Load() > 0 {
+		m.cfg.Log.WithFields(logrus.Fields{"fetched": asm.fetched.Load(), "wire": asm.wire.Load()}).Info("fetched chunks compressed")
+	}
 	if asm != nil && asm.copied.Load() > 0 {
 		m.cfg.Log.WithFields(logrus.Fields{"reused": asm.copied.Load(), "fetched": asm.fetched.Load()}).Info("built changed files from chunks already on this host")
 	}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -11,7 +12,10 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
+
+	"github.com/klauspost/compress/zstd"
 )
 
 // Client defaults.
@@ -50,6 +54,9 @@ type Client struct {
 	cfg    ClientConfig
 	hc     *http.Client
 	scheme string
+
+	decOnce sync.Once
+	dec     *zstd.Decoder // for zstd frames, made on first use
 }
 
 // NewClient returns a Client.
@@ -175,6 +182,135 @@ func (c *Client) FetchRange(ctx context.Context, addr string, gen int64, path st
 		return 0, fmt.Errorf("get %s: %w: Content-Range %q", what, ErrUnavailable, cr)
 	}
 	return c.copyBody(ctx, reqCtx, cancel, what, w, resp.Body, n)
+}
+
+// ChunkOptions are how FetchChunks asks for and receives a run of chunks.
+type ChunkOptions struct {
+	// Compress asks the peer for zstd frames (enc=zstd, inside the signed
+	// URI). A peer that does not compress, or predates frames, answers
+	// with the raw bytes, which are taken as they are.
+	Compress bool
+	// Wire, when set, is given every body byte as it arrives from the
+	// network, before decompression: a download rate limiter's writer, so
+	// a limit counts the bytes the link carries.
+	Wire io.Writer
+}
+
+// Received says what a FetchChunks moved.
+type Received struct {
+	// Bytes is the chunk bytes written to w.
+	Bytes int64
+	// Wire is the body bytes that crossed the network: Bytes for a raw
+	// answer, the frames (headers and compressed data) for a framed one.
+	Wire int64
+	// Framed is true when the peer answered with frames.
+	Framed bool
+}
+
+// FetchChunks streams the run of consecutive chunks of lengths lens,
+// starting at byte offset, of the file at path of generation gen from the
+// peer at addr into w: w receives exactly the chunks' bytes, whether they
+// crossed the network raw or compressed, so the caller verifies them as it
+// would any range. With opt.Compress the peer may send each chunk as a
+// zstd frame; a frame is decoded into at most its chunk's length, and any
+// frame that breaks the format fails the request. Errors are as for Fetch.
+func (c *Client) FetchChunks(ctx context.Context, addr string, gen int64, path string, offset int64, lens []int64, opt ChunkOptions, w io.Writer) (Received, error) {
+	var n int64
+	for _, l := range lens {
+		if l <= 0 {
+			return Received{}, fmt.Errorf("fetch chunks of %q: a chunk of %d bytes", path, l)
+		}
+		n += l
+	}
+	if n == 0 {
+		return Received{}, nil
+	}
+	what := fmt.Sprintf("%q of generation %d from %s, bytes %d-%d", path, gen, addr, offset, offset+n-1)
+	q := url.Values{"gen": {strconv.FormatInt(gen, 10)}, "path": {path}}
+	if opt.Compress {
+		q.Set("enc", EncodingZstd)
+	}
+	reqCtx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	resp, err := c.getRange(reqCtx, what, c.url(addr, "/v1/file", q), fmt.Sprintf("bytes=%d-%d", offset, offset+n-1))
+	if err != nil {
+		return Received{}, err
+	}
+	defer resp.Body.Close()
+	var first, last, size int64
+	cr := resp.Header.Get("Content-Range")
+	if resp.StatusCode != http.StatusPartialContent {
+		return Received{}, fmt.Errorf("get %s: %w: answered %s", what, ErrUnavailable, resp.Status)
+	}
+	if _, err := fmt.Sscanf(cr, "bytes %d-%d/%d", &first, &last, &size); err != nil || first != offset || last != offset+n-1 {
+		return Received{}, fmt.Errorf("get %s: %w: Content-Range %q", what, ErrUnavailable, cr)
+	}
+	fv := resp.Header.Get(headerFrames)
+	if fv == "" {
+		if resp.ContentLength != n {
+			return Received{}, fmt.Errorf("get %s: %w: answered %s with %d bytes", what, ErrUnavailable, resp.Status, resp.ContentLength)
+		}
+		if opt.Wire != nil {
+			w = io.MultiWriter(opt.Wire, w)
+		}
+		got, err := c.copyBody(ctx, reqCtx, cancel, what, w, resp.Body, n)
+		return Received{Bytes: got, Wire: got}, err
+	}
+	if !opt.Compress {
+		return Received{}, fmt.Errorf("get %s: %w: answered with frames, which were not asked for", what, ErrUnavailable)
+	}
+	if fv != strconv.Itoa(FramesVersion) {
+		return Received{}, fmt.Errorf("get %s: %w: answered with frame format %s, this host reads %d: upgrade fanout on the older of the two", what, ErrUnavailable, quote(fv), FramesVersion)
+	}
+	got, wire, err := c.copyFrames(ctx, reqCtx, cancel, what, w, resp.Body, lens, opt.Wire)
+	return Received{Bytes: got, Wire: wire, Framed: true}, err
+}
+
+// copyFrames decodes the frames of a body into w, with the stall timeout
+// of copyBody, and gives every body byte to tap (if not nil) once read. It
+// returns the chunk bytes written and the body bytes read.
+func (c *Client) copyFrames(ctx, reqCtx context.Context, cancel context.CancelCauseFunc, what string, w io.Writer, body io.Reader, lens []int64, tap io.Writer) (int64, int64, error) {
+	c.decOnce.Do(func() { c.dec = newDecoder() })
+	stalled := fmt.Errorf("no data for %v: stalled", c.cfg.StallTimeout)
+	timer := time.AfterFunc(c.cfg.StallTimeout, func() { cancel(stalled) })
+	timer.Stop()
+	defer timer.Stop()
+	sr := &stallReader{r: body, timer: timer, timeout: c.cfg.StallTimeout}
+	// The tap (a rate limiter) waits outside the stall timer.
+	wire := &countReader{r: sr}
+	var r io.Reader = wire
+	if tap != nil {
+		r = io.TeeReader(wire, tap)
+	}
+	n, err := readFrames(r, c.dec, lens, w)
+	var we *writeError
+	switch {
+	case err == nil:
+		return n, wire.n, nil
+	case errors.As(err, &we):
+		return n, wire.n, fmt.Errorf("get %s: write: %w", what, we.err)
+	case ctx.Err() != nil:
+		return n, wire.n, fmt.Errorf("get %s: %w", what, context.Cause(ctx))
+	case sr.err != nil && context.Cause(reqCtx) == stalled:
+		return n, wire.n, fmt.Errorf("get %s: %w: after %d bytes: %w", what, ErrUnavailable, n, stalled)
+	case sr.err != nil:
+		return n, wire.n, fmt.Errorf("get %s: %w: after %d bytes: %w", what, ErrUnavailable, n, sr.err)
+	case errors.Is(err, io.ErrUnexpectedEOF):
+		return n, wire.n, fmt.Errorf("get %s: %w: frames cut short after %d bytes", what, ErrUnavailable, n)
+	}
+	return n, wire.n, fmt.Errorf("get %s: %w: %w", what, ErrUnavailable, err)
+}
+
+// countReader counts the bytes read through it.
+type countReader struct {
+	r io.Reader
+	n int64
+}
+
+func (c *countReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += int64(n)
+	return n, err
 }
 
 // Batch streams the regular files at the manifest indices idx (ascending)

@@ -7,6 +7,8 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"runtime"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -39,6 +41,9 @@ type ServerConfig struct {
 	Metrics http.Handler
 	// Served, when set, is told of file bytes sent to peers.
 	Served func(n int64)
+	// Compressed, when set, is told of each chunk sent compressed: its
+	// length and the length of its zstd form (Served counts the latter).
+	Compressed func(raw, sent int64)
 	// Unauthorized, when set, is told of each request refused for its
 	// signature.
 	Unauthorized func()
@@ -48,6 +53,13 @@ type ServerConfig struct {
 	// MaxConns caps the connections Serve holds open at once; default
 	// DefaultMaxConns.
 	MaxConns int
+	// CompressWorkers caps the chunks compressed at once for peers that
+	// ask for zstd frames (enc=zstd): a chunk waits for a free worker, so
+	// serving compressed never takes more than this many cores. Default half of GOMAXPROCS, at least 1: the other half is
+	// left to the network stack, which on a busy source needs it; negative:
+	// never compress (the answer is the raw range, as from a server that
+	// predates frames).
+	CompressWorkers int
 }
 
 // Server answers peer requests for the snapshot it currently holds. It is an
@@ -60,6 +72,8 @@ type Server struct {
 	// refused and connErrors limit the warnings about refused signatures
 	// and about connections.
 	refused, connErrors logLimiter
+	// comp compresses chunks for peers that ask; nil: never.
+	comp *compressor
 }
 
 // served is a snapshot prepared for serving.
@@ -84,7 +98,15 @@ func NewServer(cfg ServerConfig) *Server {
 	if cfg.MaxConns <= 0 {
 		cfg.MaxConns = DefaultMaxConns
 	}
-	return &Server{cfg: cfg, conns: newConnTracker(cfg.MaxConns)}
+	s := &Server{cfg: cfg, conns: newConnTracker(cfg.MaxConns)}
+	if cfg.CompressWorkers >= 0 {
+		n := cfg.CompressWorkers
+		if n == 0 {
+			n = max(1, runtime.GOMAXPROCS(0)/2)
+		}
+		s.comp = newCompressor(n)
+	}
+	return s
 }
 
 // Set atomically replaces what the server serves; nil serves nothing.
@@ -118,6 +140,7 @@ func (s *Server) Current() *Snapshot {
 //	GET /metrics                    Prometheus metrics when configured, unauthenticated
 //	GET /v1/manifest?gen=N          the encoded manifest of generation N
 //	GET /v1/file?gen=N&path=P       the file at manifest path P, or one byte range of it
+//	    &enc=zstd                   a range of whole chunks as frames, zstd where it shrinks (see FramesVersion)
 //	GET /v1/batch?gen=N&files=I     the files at manifest indices I ("3-10,12"), concatenated
 //	GET /v1/have?gen=N&path=P       which chunks of file P this host can serve (all, or a bitmap of the verified ones)
 //
@@ -229,7 +252,7 @@ func (s *Server) serveFile(w http.ResponseWriter, r *http.Request) error {
 		return errorf(http.StatusNotFound, "generation %d has no file %s", sv.snap.Gen, quote(p))
 	}
 	if in := sv.snap.Incoming; in != nil && in.Pending(p) {
-		return s.serveIncoming(w, r, sv.snap, e)
+		return s.serveIncoming(w, r, q, sv.snap, e)
 	}
 	f, err := openEntry(sv.snap.Root, p)
 	if err != nil {
@@ -252,6 +275,9 @@ func (s *Server) serveFile(w http.ResponseWriter, r *http.Request) error {
 		if _, err := f.Seek(start, io.SeekStart); err != nil {
 			return fmt.Errorf("seek %s: %w", f.Name(), err)
 		}
+	}
+	if chunks := s.framedChunks(q, e, start, end, partial); chunks != nil {
+		return s.serveFrames(w, r, sv.snap.Gen, e, start, end, chunks, f)
 	}
 	writeFileHeader(w, sv.snap.Gen, start, end, e.Size, partial)
 	if r.Method == http.MethodHead {
@@ -301,7 +327,7 @@ func (s *Server) bodyWriter(w http.ResponseWriter, r *http.Request) http.Respons
 // offset a Range header asks for, as its bytes land. The status and length
 // are sent at once; if the file is discarded or stops growing, the response
 // is cut short and the client sees a broken transfer.
-func (s *Server) serveIncoming(w http.ResponseWriter, r *http.Request, snap *Snapshot, e manifest.Entry) error {
+func (s *Server) serveIncoming(w http.ResponseWriter, r *http.Request, q url.Values, snap *Snapshot, e manifest.Entry) error {
 	start, end, partial, err := parseRange(r.Header.Get("Range"), e.Size)
 	if err != nil {
 		w.Header().Set("Content-Range", fmt.Sprintf("bytes */%d", e.Size))
@@ -314,6 +340,9 @@ func (s *Server) serveIncoming(w http.ResponseWriter, r *http.Request, snap *Sna
 		return err
 	}
 	defer body.Close()
+	if chunks := s.framedChunks(q, e, start, end, partial); chunks != nil {
+		return s.serveFrames(w, r, snap.Gen, e, start, end, chunks, body)
+	}
 	writeFileHeader(w, snap.Gen, start, end, e.Size, partial)
 	if r.Method == http.MethodHead {
 		return nil
@@ -331,6 +360,58 @@ func (s *Server) serveIncoming(w http.ResponseWriter, r *http.Request, snap *Sna
 		}
 		// The length is promised: only a broken connection tells the
 		// client the body is incomplete.
+		panic(http.ErrAbortHandler)
+	}
+	return nil
+}
+
+// framedChunks returns the chunks of e that the bytes [start, end) are,
+// when the request asks for zstd frames (enc=zstd), this server
+// compresses, and the range is a run of whole chunks of a file listed by
+// chunks; otherwise nil, and the range goes raw. An encoding it does not
+// know is answered raw too: the client reads the absence of the frames
+// header as "raw".
+func (s *Server) framedChunks(q url.Values, e manifest.Entry, start, end int64, partial bool) []manifest.Chunk {
+	if s.comp == nil || !partial || len(e.Chunks) == 0 || q.Get("enc") != EncodingZstd {
+		return nil
+	}
+	cs := e.Chunks
+	i := sort.Search(len(cs), func(i int) bool { return cs[i].Off >= start })
+	k := sort.Search(len(cs), func(k int) bool { return cs[k].Off+cs[k].Len >= end })
+	if i == len(cs) || k == len(cs) || cs[i].Off != start || cs[k].Off+cs[k].Len != end || i > k {
+		return nil
+	}
+	return cs[i : k+1]
+}
+
+// serveFrames answers a request for the bytes [start, end) of e, the
+// chunks listed, with one frame per chunk (see FramesVersion), read from
+// src positioned at start. The length is not known in advance: the body is
+// chunked, and the frames delimit it.
+func (s *Server) serveFrames(w http.ResponseWriter, r *http.Request, gen int64, e manifest.Entry, start, end int64, chunks []manifest.Chunk, src io.Reader) error {
+	h := w.Header()
+	h.Set("Content-Type", "application/octet-stream")
+	h.Set(headerGeneration, strconv.FormatInt(gen, 10))
+	h.Set(headerFrames, strconv.Itoa(FramesVersion))
+	h.Set("Accept-Ranges", "bytes")
+	h.Set("Content-Range", fmt.Sprintf("bytes %d-%d/%d", start, end-1, e.Size))
+	w.WriteHeader(http.StatusPartialContent)
+	if r.Method == http.MethodHead {
+		return nil
+	}
+	// Send the headers now: a file still arriving may trickle in.
+	http.NewResponseController(w).Flush()
+	lens := make([]int64, len(chunks))
+	for i, c := range chunks {
+		lens[i] = c.Len
+	}
+	fw := &frameWriter{w: s.bodyWriter(w, r), c: s.comp, done: r.Context().Done(), compressed: s.cfg.Compressed}
+	if err := fw.chunks(src, lens); err != nil {
+		if r.Context().Err() == nil {
+			s.cfg.Log.WithError(err).WithField("path", e.Path).Warn("sending chunk frames broke off")
+		}
+		// A frame cut short is what tells the client the body is
+		// incomplete.
 		panic(http.ErrAbortHandler)
 	}
 	return nil
