@@ -199,6 +199,12 @@ func noTemps(t *testing.T, h *fleet.Proc) {
 // received reads a host's fanout_bytes_received_total from its /metrics.
 func received(t *testing.T, h *fleet.Proc) int64 {
 	t.Helper()
+	return counter(t, h, "fanout_bytes_received_total")
+}
+
+// counter reads the counter name from a host's /metrics.
+func counter(t *testing.T, h *fleet.Proc, name string) int64 {
+	t.Helper()
 	resp, err := http.Get("http://" + h.Addr + "/metrics")
 	if err != nil {
 		t.Fatal(err)
@@ -206,7 +212,7 @@ func received(t *testing.T, h *fleet.Proc) int64 {
 	defer resp.Body.Close()
 	sc := bufio.NewScanner(resp.Body)
 	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), "fanout_bytes_received_total "); ok {
+		if v, ok := strings.CutPrefix(sc.Text(), name+" "); ok {
 			f, err := strconv.ParseFloat(v, 64)
 			if err != nil {
 				t.Fatal(err)
@@ -214,7 +220,7 @@ func received(t *testing.T, h *fleet.Proc) int64 {
 			return int64(f)
 		}
 	}
-	t.Fatalf("%s: no fanout_bytes_received_total in /metrics", h.Name)
+	t.Fatalf("%s: no %s in /metrics", h.Name, name)
 	return 0
 }
 
