@@ -34,10 +34,17 @@ var binDir string
 
 // TestMain builds the binaries, runs the suite and removes them. With
 // -short every test skips (see newEnv), so nothing is built: a race build
-// needs cgo, which go test -short does not.
+// needs cgo, which go test -short does not. FANOUT_FAULTS_BIN names a
+// directory of binaries built already (make build: bin/) to run instead,
+// without the race detector: for measuring on big files, where a race
+// build is too slow.
 func TestMain(m *testing.M) {
 	flag.Parse()
 	if testing.Short() {
+		os.Exit(m.Run())
+	}
+	if dir := os.Getenv("FANOUT_FAULTS_BIN"); dir != "" {
+		binDir = dir
 		os.Exit(m.Run())
 	}
 	dir, err := os.MkdirTemp("", "fanout-faults-bin-")

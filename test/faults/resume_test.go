@@ -3,6 +3,7 @@ package faults
 import (
 	"os"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -73,6 +74,11 @@ func testResume(t *testing.T, stop func(*fleet.Proc)) {
 	after := received(t, m1)
 	t.Logf("file %d MiB, tree %d bytes: stopped after %d received; restarted, kept %d and received %d; the source served %d in all = %.3f × the tree",
 		size>>20, tree, before, resumed, after, served, float64(served)/float64(tree))
+	for _, l := range strings.Split(m1.Output(), "\n") {
+		if strings.Contains(l, "resuming files") || strings.Contains(l, "claimed source") || strings.Contains(l, "holds generation") {
+			t.Log(l)
+		}
+	}
 	if float64(served) > 1.05*float64(tree) {
 		t.Errorf("the source served %d bytes for a tree of %d (%.3f ×): want at most 1.05 ×", served, tree, float64(served)/float64(tree))
 	}
