@@ -112,9 +112,9 @@ func partBytes(kept map[string]bool) int64 {
 
 // indexParts offers the assembler the chunks that the part files kept by
 // the sweep (kept, OS paths) may hold for the files es: each chunk of such
-// a file that lies at least partly in data (a part file is written chunk by
-// chunk, in any order, so what was never written is a hole), and that the
-// index has no other copy of. Nothing is read here: Assemble keeps a chunk
+// a file that lies wholly in data (a part file is written chunk by chunk,
+// in any order, so what was never written is a hole), and that the index
+// has no other copy of. Nothing is read here: Assemble keeps a chunk
 // only once its bytes hash right (see keepInPlace). It returns how many
 // part files it found and the bytes they may give.
 func (a *assembler) indexParts(ctx context.Context, kept map[string]bool, es []manifest.Entry) (files int, bytes int64, err error) {
@@ -157,7 +157,7 @@ func (a *assembler) indexPart(p string, e manifest.Entry) (int64, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	for _, c := range e.Chunks {
-		if c.Off+c.Len > fi.Size() || !hasData(fd, c.Off, c.Len) {
+		if c.Off+c.Len > fi.Size() || !allData(fd, c.Off, c.Len) {
 			continue
 		}
 		if _, ok := a.local[c.Hash]; ok {
@@ -169,14 +169,12 @@ func (a *assembler) indexPart(p string, e manifest.Entry) (int64, error) {
 	return n, nil
 }
 
-// hasData reports whether the file open as fd holds data (not only a hole)
-// in [off, off+n). A file system that cannot tell says all is data.
-func hasData(fd int, off, n int64) bool {
-	at, err := unix.Seek(fd, off, unix.SEEK_DATA)
-	if errors.Is(err, unix.ENXIO) {
-		return false // nothing but a hole from off to the end
-	}
-	return err != nil || at < off+n
+// allData reports whether the file open as fd holds data, no hole, in
+// [off, off+n), which is within its size. A file system that cannot tell
+// says all is data.
+func allData(fd int, off, n int64) bool {
+	at, err := unix.Seek(fd, off, unix.SEEK_HOLE)
+	return err != nil || at >= off+n
 }
 
 // keepInPlace is copyChunk for a chunk that the index found at its own
