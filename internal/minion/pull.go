@@ -224,8 +224,9 @@ func (m *Minion) transfer(ctx context.Context, g coord.Generation, src *source) 
 	if swept.Removed > 0 {
 		m.cfg.Log.WithField("files", swept.Removed).Info("removed temporary files left by an interrupted pull")
 	}
-	need := max(0, plan.FetchBytes()-partBytes(swept.Kept))
-	if err := checkSpace(filepath.Dir(root), need); err != nil {
+	need := plan.FetchBytes()
+	// Kept part files hold some of it already.
+	if err := checkSpace(filepath.Dir(root), max(0, need-partBytes(swept.Kept))); err != nil {
 		return apply.Stats{}, err
 	}
 	m.received.Store(0)
