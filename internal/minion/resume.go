@@ -152,13 +152,16 @@ func (a *assembler) indexPart(p string, e manifest.Entry) (int64, error) {
 	if !fi.Mode().IsRegular() {
 		return 0, fmt.Errorf("%s is not a regular file", p)
 	}
-	fd := int(f.Fd())
+	data := dataExtents(int(f.Fd()), fi.Size())
 	var n int64
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	for _, c := range e.Chunks {
-		if c.Off+c.Len > fi.Size() || !allData(fd, c.Off, c.Len) {
-			continue
+	for _, c := range e.Chunks { // in file order, as the extents
+		for len(data) > 0 && data[0].end <= c.Off {
+			data = data[1:]
+		}
+		if len(data) == 0 || data[0].start > c.Off || c.Off+c.Len > data[0].end {
+			continue // not wholly in data: never written whole
 		}
 		if _, ok := a.local[c.Hash]; ok {
 			continue
@@ -169,12 +172,36 @@ func (a *assembler) indexPart(p string, e manifest.Entry) (int64, error) {
 	return n, nil
 }
 
-// allData reports whether the file open as fd holds data, no hole, in
-// [off, off+n), which is within its size. A file system that cannot tell
-// says all is data.
-func allData(fd int, off, n int64) bool {
-	at, err := unix.Seek(fd, off, unix.SEEK_HOLE)
-	return err != nil || at >= off+n
+// extent is a range [start, end) of a file.
+type extent struct{ start, end int64 }
+
+// dataExtents returns the ranges of the file open as fd (size bytes long)
+// that hold data, not holes, in order. It walks the file once, one
+// SEEK_DATA and one SEEK_HOLE a range: asking for each chunk instead costs
+// a scan to the next hole each, quadratic in a large written range (13 s
+// for a half-written 1 GiB file on tmpfs). A file system that cannot tell
+// says the rest is data.
+func dataExtents(fd int, size int64) []extent {
+	var out []extent
+	for off := int64(0); off < size; {
+		d, err := unix.Seek(fd, off, unix.SEEK_DATA)
+		if errors.Is(err, unix.ENXIO) {
+			break // only a hole from off to the end
+		}
+		if err != nil {
+			return append(out, extent{off, size})
+		}
+		h, err := unix.Seek(fd, d, unix.SEEK_HOLE)
+		if err != nil || h > size {
+			h = size
+		}
+		if h <= d {
+			return append(out, extent{d, size}) // no progress: take the rest as data, the hash decides
+		}
+		out = append(out, extent{d, h})
+		off = h
+	}
+	return out
 }
 
 // keepInPlace is copyChunk for a chunk that the index found at its own
