@@ -299,7 +299,7 @@ func (m *Minion) transfer(ctx context.Context, g coord.Generation, src *source) 
 	if err := saveHeld(m.cfg.StateDir, h, enc); err != nil {
 		return st, err
 	}
-	if err := m.pulled(); err != nil {
+	if err := m.clearPullRecord(); err != nil {
 		return st, err
 	}
 	m.mu.Lock()

@@ -64,9 +64,9 @@ func (m *Minion) sweepAbandoned(ctx context.Context, root string) error {
 	return nil
 }
 
-// pulled forgets the pull record once the pull succeeded: nothing of it is
+// clearPullRecord forgets the pull record once the pull succeeded: nothing of it is
 // left to sweep.
-func (m *Minion) pulled() error {
+func (m *Minion) clearPullRecord() error {
 	if err := statedir.Remove(filepath.Join(m.cfg.StateDir, pullingFile)); err != nil {
 		return fmt.Errorf("clear the pull record: %w", err)
 	}

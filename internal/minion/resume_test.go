@@ -69,7 +69,7 @@ func TestSweepAbandoned(t *testing.T) {
 	if got, _ := os.ReadFile(rec); string(got) != b {
 		t.Errorf("record = %q, want %q", got, b)
 	}
-	if err := m.pulled(); err != nil {
+	if err := m.clearPullRecord(); err != nil {
 		t.Fatal(err)
 	}
 	if exists(rec) {
