@@ -31,11 +31,11 @@ type Params struct {
 	Max int `json:"max"`
 }
 
-// DefaultParams returns the sizes fanout chunks files with: 128 KiB,
-// 512 KiB and 2 MiB. See the package documentation for the measurements
+// DefaultParams returns the sizes fanout chunks files with: 32 KiB,
+// 128 KiB and 512 KiB. See the package documentation for the measurements
 // behind them.
 func DefaultParams() Params {
-	return Params{Min: 128 << 10, Avg: 512 << 10, Max: 2 << 20}
+	return Params{Min: 32 << 10, Avg: 128 << 10, Max: 512 << 10}
 }
 
 // Validate checks that p can be chunked with: MinSize <= Min <= Avg <=

@@ -30,18 +30,20 @@
 //
 // # Sizes
 //
-// DefaultParams is 128 KiB / 512 KiB / 2 MiB, chosen by measurement
+// DefaultParams is 32 KiB / 128 KiB / 512 KiB, chosen by measurement
 // (TestMeasureChunking in internal/manifest; the table is in
-// docs/PERFORMANCE.md). On a 1 GiB random file with 1 MiB inserted at 301
-// places, a host holding the old file lacked 2.4 MiB on average, 5.4 MiB at
-// the 99th percentile and 7.1 MiB at worst, within the swarm's target of
-// 8 MiB; with a 1 MiB average (256 KiB / 1 MiB / 4 MiB) it lacked 3.5 MiB
-// on average but more than 8 MiB at 1% of the places (up to 12 MiB), and
-// with a maximum of only twice the average, forced cuts delayed
-// resynchronisation further (p99 13 MiB). One byte changed costs 640 KiB
-// on average. The chunk list of a 50 GB file takes 8.4 MiB of manifest
-// (184 KiB a GiB, 0.02% of the data) and 2.8 MiB of hash cache; a 256 KiB
-// average would cut the bytes moved by a third but double both. Cutting
-// runs at 0.9 to 1.6 GB/s a core on the build machine whatever the sizes;
-// BLAKE3 of the chunks costs more than cutting them.
+// docs/PERFORMANCE.md). Two things pull the sizes apart. A relay serves a
+// chunk only once all of it is verified, so in a pipelined chain every
+// relay adds one chunk's transfer time: at 4 MiB/s a mean chunk of
+// 584 KiB (128 KiB / 512 KiB / 2 MiB, the first default) costs 143 ms a
+// relay, 4.4 s over 31 relays, more than the transfer itself; a mean of
+// 147 KiB costs 36 ms. Smaller chunks also move fewer bytes for an edit
+// (1 MiB inserted into a random file: 1.3 MiB lacked on average, 2.3 MiB
+// at worst over 60 places; one byte changed: 155 KiB). Against that, the
+// chunk list of a 50 GB file takes 33 MiB of manifest (728 KiB a GiB,
+// 0.07% of the data) and 12 MiB of hash cache, four times the first
+// default; 16 KiB / 64 KiB / 256 KiB would double that again for a
+// relay delay that no longer dominates. Cutting runs at 0.9 to 1.6 GB/s a
+// core whatever the sizes; BLAKE3 of the chunks costs more than cutting
+// them.
 package chunk

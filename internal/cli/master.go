@@ -21,7 +21,7 @@ const masterUsage = `fanout-master: publish a file or tree and serve it as the f
 
 Usage:
   fanout-master run [flags]                 watch the task key, publish generations, serve as origin
-  fanout-master publish PATH [--delete] [--wait] [--timeout D]
+  fanout-master publish PATH [--delete] [--wait] [--timeout D] [--dry-run]
                                             set the task (same as: redis-cli set task PATH)
   fanout-master status [--json|--follow]    show the task, its generation and every host
   fanout-master hosts [--json]              list registered hosts, last heartbeat, version
@@ -154,11 +154,17 @@ func masterRun(ctx context.Context, args []string, e env) error {
 
 func masterPublish(ctx context.Context, args []string, e env) error {
 	var c common
-	var del, wait bool
+	var del, wait, dry bool
 	var timeout time.Duration
+	var d dryRun
 	fs := newFlags(e, "publish", "fanout-master publish PATH: set the task to PATH (absolute, under the hosts' --root); a running master publishes it as a new generation.")
 	c.register(fs)
 	fs.BoolVar(&del, "delete", false, "remove files on the hosts that are not in the task tree")
+	fs.BoolVar(&dry, "dry-run", false, "publish nothing: print what would move (files, bytes, per host and in all) against the generation the hosts hold. Run it on the master's host: it reads PATH under --root and asks the origin for the current manifest (--secret-file)")
+	fs.StringVar(&d.root, "root", "/", "with --dry-run: the master's --root, under which PATH is read")
+	fs.StringVar(&d.secretFile, "secret-file", "/etc/fanout/secret", "with --dry-run: the peer secret, to ask the origin for the current manifest")
+	d.tls.register(fs)
+	fs.BoolVar(&d.asJSON, "json", false, "with --dry-run: print JSON")
 	fs.BoolVar(&wait, "wait", false, "wait until every expected host holds the task (exit 1 if it fails)")
 	fs.DurationVar(&timeout, "timeout", 30*time.Minute, "with --wait, give up after this long")
 	if err := parse(fs, args, e); err != nil {
@@ -166,6 +172,9 @@ func masterPublish(ctx context.Context, args []string, e env) error {
 	}
 	if fs.NArg() != 1 {
 		return usageError("publish takes exactly one PATH, got %d arguments", fs.NArg())
+	}
+	if dry && wait {
+		return usageError("--dry-run publishes nothing to --wait for: give one of them")
 	}
 	path := fs.Arg(0)
 	if _, err := master.CleanTask(path); err != nil {
@@ -178,6 +187,9 @@ func masterPublish(ctx context.Context, args []string, e env) error {
 	}
 	defer rdb.Close()
 	co := c.coord(rdb, 0)
+	if dry {
+		return d.run(ctx, co, path, del, e)
+	}
 	before, err := co.Current(ctx)
 	if err != nil {
 		return err

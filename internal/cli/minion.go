@@ -10,6 +10,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/fanout/fanout/internal/bwlimit"
+	"github.com/fanout/fanout/internal/hook"
 	"github.com/fanout/fanout/internal/metrics"
 	"github.com/fanout/fanout/internal/minion"
 	"github.com/fanout/fanout/internal/peer"
@@ -71,6 +72,9 @@ func minionCommand(ctx context.Context, cmd string, args []string, e env) error 
 	var heartbeat, timeout time.Duration
 	var pipeline, watch, numericIDs bool
 	var connectTimeout, stallTimeout, verifyEvery, scanEvery time.Duration
+	var onSync []string
+	var hookDir string
+	var hookTimeout time.Duration
 	fs := newFlags(e, cmd, minionHelp[cmd])
 	n.register(fs, "/var/lib/fanout/minion")
 	fs.IntVar(&workers, "workers", 4, "files fetched at once")
@@ -85,6 +89,11 @@ func minionCommand(ctx context.Context, cmd string, args []string, e env) error 
 		fs.BoolVar(&watch, "watch", true, "watch the held tree with inotify and repair drift (a file deleted or changed by hand) within seconds; false: find drift by the --verify-every pass only")
 		fs.DurationVar(&verifyEvery, "verify-every", 10*time.Minute, "verify the whole held tree against its manifest this often even when inotify saw no change")
 		fs.DurationVar(&scanEvery, "scan-every", 10*time.Second, "verify the held tree this often when inotify cannot watch all of it (watch limit reached)")
+	}
+	if cmd != "serve" {
+		fs.StringArrayVar(&onSync, "on-sync", nil, "NAME=COMMAND: once this host holds a new generation of task NAME (the plain task is default), verified, run COMMAND with sh -c; repeatable, one per task. The hook gets FANOUT_TASK, FANOUT_GENERATION, FANOUT_DIGEST, FANOUT_PATH, FANOUT_TASK_PATH, FANOUT_HOST, FANOUT_CHANGED, and the changed paths on stdin, each ended by a NUL byte. Never taken from Redis")
+		fs.StringVar(&hookDir, "hook-dir", "", "directory of hooks: the executable named after a task (default for the plain task) runs as --on-sync does, without a shell; --on-sync wins for the same task. Neither it nor its hooks may be writable by group or others")
+		fs.DurationVar(&hookTimeout, "hook-timeout", hook.DefaultTimeout, "kill a hook (its whole process group) that runs longer than this; it then counts as failed")
 	}
 	fs.DurationVar(&heartbeat, "heartbeat", 10*time.Second, "how often to tell Redis this host is alive")
 	if cmd == "sync" {
@@ -101,6 +110,16 @@ func minionCommand(ctx context.Context, cmd string, args []string, e env) error 
 	}
 	if verifyEvery < 0 || scanEvery < 0 {
 		return usageError("--verify-every and --scan-every must be positive durations such as 10m")
+	}
+	var hooks *hook.Set
+	if cmd != "serve" {
+		if hookTimeout <= 0 {
+			return usageError("--hook-timeout %s: give a positive duration such as 5m", hookTimeout)
+		}
+		var err error
+		if hooks, err = hook.NewSet(onSync, hookDir, hookTimeout); err != nil {
+			return usageError("%v", err)
+		}
 	}
 	log, err := n.logger(e.stderr)
 	if err != nil {
@@ -141,6 +160,9 @@ func minionCommand(ctx context.Context, cmd string, args []string, e env) error 
 		Source: cmd == "run" && n.uploads > 0, Pipeline: pipeline, Poll: n.poll, Heartbeat: heartbeat, Workers: workers,
 		Version: Version, Log: log.WithField("host", n.id), Metrics: mx,
 		Download: bwlimit.New(n.rate), NoWatch: cmd == "run" && !watch, VerifyEvery: verifyEvery, ScanEvery: scanEvery, NumericIDs: numericIDs, Sources: sources,
+	}
+	if !hooks.Empty() {
+		cfg.Hooks = hooks
 	}
 	if cmd == "sync" {
 		if cfg.Advertise == "" {

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -111,10 +112,32 @@ func writeHosts(w io.Writer, hosts []coord.Host, now time.Time) error {
 // through printable.
 func writeHistory(w io.Writer, recs []coord.Completion) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "GEN\tDONE\tPATH\tHOSTS\tFILES\tBYTES\tROUNDS\tTOOK")
+	fmt.Fprintln(tw, "GEN\tDONE\tPATH\tHOSTS\tFILES\tBYTES\tROUNDS\tTOOK\tHOOKS")
 	for _, r := range recs {
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%d\t%d\t%s\t%d\t%s\n", r.Gen, r.Done.Local().Format(time.DateTime), printable(r.Path, maxLine),
-			r.Hosts, r.Files, humanBytes(r.Bytes), r.Rounds, r.Elapsed.Round(time.Millisecond))
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%d\t%d\t%s\t%d\t%s\t%s\n", r.Gen, r.Done.Local().Format(time.DateTime), printable(r.Path, maxLine),
+			r.Hosts, r.Files, humanBytes(r.Bytes), r.Rounds, r.Elapsed.Round(time.Millisecond), historyHooks(r))
 	}
 	return tw.Flush()
+}
+
+// historyHooks is a completion's HOOKS column: "-" when no host ran a
+// hook, else the ok count and the hook failed count with the first
+// failed hosts.
+func historyHooks(r coord.Completion) string {
+	if r.HooksOK == 0 && r.HooksFailed == 0 {
+		return "-"
+	}
+	s := fmt.Sprintf("%d ok", r.HooksOK)
+	if r.HooksFailed > 0 {
+		hosts := make([]string, 0, 3)
+		for i, h := range r.HookFailedHosts {
+			if i == 3 {
+				hosts = append(hosts, "...")
+				break
+			}
+			hosts = append(hosts, printable(h, maxCell))
+		}
+		s += fmt.Sprintf(", %d hook failed (%s)", r.HooksFailed, strings.Join(hosts, " "))
+	}
+	return s
 }

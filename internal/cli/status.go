@@ -31,7 +31,30 @@ type statusJSON struct {
 	Lookup     int64                    `json:"lookup"`
 	Sources    []string                 `json:"sources"`
 	Failures   map[string]coord.Failure `json:"failures"`
-	Hosts      []hostJSON               `json:"hosts"`
+	// Hooks counts the hosts' hook runs of this generation; absent when
+	// no host ran a hook for it.
+	Hooks *hookCountsJSON `json:"hooks,omitempty"`
+	Hosts []hostJSON      `json:"hosts"`
+}
+
+// hookCountsJSON sums up the hook runs of a generation.
+type hookCountsJSON struct {
+	OK      int `json:"ok"`
+	Failed  int `json:"failed"`
+	Running int `json:"running"`
+}
+
+// hookJSON is one host's hook run of the generation.
+type hookJSON struct {
+	Task     string    `json:"task"`
+	State    string    `json:"state"` // running, ok, failed
+	Exit     int       `json:"exit"`  // -1: killed by a signal, or never started
+	TimedOut bool      `json:"timed_out,omitempty"`
+	Error    string    `json:"error,omitempty"`
+	Output   []string  `json:"output,omitempty"` // its last lines
+	Changed  int       `json:"changed"`          // paths the pull changed
+	Started  time.Time `json:"started"`
+	Duration float64   `json:"duration_sec"`
 }
 
 type hostJSON struct {
@@ -50,6 +73,9 @@ type hostJSON struct {
 	Total   int64   `json:"bytes_total"`
 	Rate    float64 `json:"rate_bytes_per_sec"`
 	Elapsed float64 `json:"elapsed_sec"`
+	// Hook is the host's hook run of this generation; absent when it
+	// ran none. A failed hook leaves the host finished: it holds the tree.
+	Hook *hookJSON `json:"hook,omitempty"`
 }
 
 // toJSON shapes st for output. now is the time durations are measured
@@ -74,6 +100,10 @@ func toJSON(st coord.Status, now time.Time) statusJSON {
 	if out.Failures == nil {
 		out.Failures = map[string]coord.Failure{}
 	}
+	if len(st.Hooks) > 0 {
+		ok, failed, running, _ := coord.HookCounts(st.Hooks, 0)
+		out.Hooks = &hookCountsJSON{OK: ok, Failed: failed, Running: running}
+	}
 	out.Hosts = []hostJSON{}
 	finished, running, repairing := set(st.Finished), set(st.Running), set(st.Repairing)
 	for _, h := range st.Hosts {
@@ -93,6 +123,12 @@ func toJSON(st coord.Status, now time.Time) statusJSON {
 		}
 		if f, ok := st.Failures[h.ID]; ok {
 			hj.Error = f.Error
+		}
+		if r, ok := st.Hooks[h.ID]; ok {
+			hj.Hook = &hookJSON{
+				Task: r.Task, State: r.State, Exit: r.Exit, TimedOut: r.TimedOut, Error: r.Error, Output: r.Output,
+				Changed: r.Changed, Started: r.Started, Duration: r.Duration.Seconds(),
+			}
 		}
 		if p, ok := st.Progress[h.ID]; ok {
 			hj.Done, hj.Total = p.Done, p.Total
@@ -168,9 +204,18 @@ func writeStatusText(w io.Writer, st coord.Status, now time.Time) {
 	if len(s.Hosts) == 0 {
 		return
 	}
+	if s.Hooks != nil {
+		fmt.Fprintf(w, "hooks:      %d ok, %d failed, %d running\n", s.Hooks.OK, s.Hooks.Failed, s.Hooks.Running)
+	}
 	fmt.Fprintln(w)
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "HOST\tSTATE\tREPAIRS\tSOURCE\tBYTES\tRATE\tELAPSED\tSEEN\tLAST ERROR")
+	hookCol := func(h hostJSON) string { return "" }
+	header := "HOST\tSTATE\tREPAIRS\tSOURCE\tBYTES\tRATE\tELAPSED\tSEEN\tLAST ERROR"
+	if s.Hooks != nil {
+		header = "HOST\tSTATE\tREPAIRS\tHOOK\tSOURCE\tBYTES\tRATE\tELAPSED\tSEEN\tLAST ERROR"
+		hookCol = func(h hostJSON) string { return hookCell(h.Hook) + "\t" }
+	}
+	fmt.Fprintln(tw, header)
 	for _, h := range s.Hosts {
 		bytes, rate, elapsed := "-", "-", "-"
 		if h.Total > 0 || h.Done > 0 {
@@ -178,10 +223,61 @@ func writeStatusText(w io.Writer, st coord.Status, now time.Time) {
 			rate = humanBytes(int64(h.Rate)) + "/s"
 			elapsed = (time.Duration(h.Elapsed * float64(time.Second))).Round(100 * time.Millisecond).String()
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s ago\t%s\n", printable(h.ID, maxCell), h.State, h.Repairs, dash(printable(h.Source, maxCell)),
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%s%s\t%s\t%s\t%s\t%s ago\t%s\n", printable(h.ID, maxCell), h.State, h.Repairs, hookCol(h), dash(printable(h.Source, maxCell)),
 			bytes, rate, elapsed, now.Sub(h.LastSeen).Round(time.Second), dash(printable(h.Error, maxCell)))
 	}
 	tw.Flush()
+	writeHookFailures(w, s.Hosts)
+}
+
+// hookCell is a host's HOOK column: "-", "running", "ok", or "failed"
+// with the exit status or the timeout.
+func hookCell(h *hookJSON) string {
+	switch {
+	case h == nil:
+		return "-"
+	case h.State != coord.HookFailed:
+		return printable(h.State, maxCell)
+	case h.TimedOut:
+		return "failed:timeout"
+	case h.Exit >= 0:
+		return fmt.Sprintf("failed:exit=%d", h.Exit)
+	}
+	return "failed"
+}
+
+// hookFailuresShown is how many failed hooks the text status details
+// (status --json lists them all).
+const hookFailuresShown = 10
+
+// writeHookFailures prints, under the host table, each failed hook (the
+// first hookFailuresShown): host, why, and its last output lines, every
+// value escaped.
+func writeHookFailures(w io.Writer, hosts []hostJSON) {
+	shown, failed := 0, 0
+	for _, h := range hosts {
+		if h.Hook == nil || h.Hook.State != coord.HookFailed {
+			continue
+		}
+		failed++
+		if shown == hookFailuresShown {
+			continue
+		}
+		if shown == 0 {
+			fmt.Fprintln(w)
+		}
+		shown++
+		fmt.Fprintf(w, "hook failed on %s: %s after %s (task %s, %d changed paths); the host holds the generation\n",
+			printable(h.ID, maxCell), printable(h.Hook.Error, maxCell),
+			time.Duration(h.Hook.Duration*float64(time.Second)).Round(time.Millisecond),
+			printable(h.Hook.Task, maxCell), h.Hook.Changed)
+		for _, l := range h.Hook.Output {
+			fmt.Fprintf(w, "    | %s\n", printable(l, 2*maxCell+len(truncMarker)+8))
+		}
+	}
+	if failed > shown {
+		fmt.Fprintf(w, "... and %d more failed hooks (fanout-master status --json lists them all)\n", failed-shown)
+	}
 }
 
 // waitLine is the progress line publish --wait prints for st.

@@ -50,6 +50,10 @@ const MaxClaims = 16
 //	   holders, dead-slot back-off, drift repair; owners in the manifest.
 //	3: manifests of content-defined chunks (format 3); several claims per
 //	   host; claim indexes and the lease-expiry index.
+//
+// Keys that no host must understand to work with the others do not raise
+// it: the hooks hash (hook results, see HookFormat) is read and written
+// only by hosts that know it, and its records carry their own format.
 const Proto = 3
 
 // Config configures a Client.

@@ -25,6 +25,12 @@ type Completion struct {
 	Published time.Time     `json:"published"`
 	Done      time.Time     `json:"done"`
 	Elapsed   time.Duration `json:"elapsed_ns"`
+	// Hook runs of the generation (absent in records of a fanout without
+	// hooks): how many hosts ran theirs to exit 0, how many failed, and
+	// the failed hosts (at most 32, sorted).
+	HooksOK         int      `json:"hooks_ok,omitempty"`
+	HooksFailed     int      `json:"hooks_failed,omitempty"`
+	HookFailedHosts []string `json:"hook_failed_hosts,omitempty"`
 }
 
 // History returns the last n completions, newest first.
@@ -70,10 +76,15 @@ func (c *Client) Complete(ctx context.Context, g Generation, hosts int) (Complet
 	if err != nil {
 		return Completion{}, true, err
 	}
+	hooks, err := c.Hooks(ctx, g.Ref())
+	if err != nil {
+		return Completion{}, true, err
+	}
 	rec := Completion{
 		Gen: g.ID, Path: g.Path, Digest: g.Digest, Hosts: hosts, Files: g.Files, Bytes: g.Bytes,
 		Rounds: rounds, Published: g.Published, Done: now, Elapsed: now.Sub(g.Published),
 	}
+	rec.HooksOK, rec.HooksFailed, _, rec.HookFailedHosts = HookCounts(hooks, hookFailedHostsMax)
 	return rec, true, c.recordCompletion(ctx, rec)
 }
 

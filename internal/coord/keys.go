@@ -108,6 +108,10 @@ func (k Keys) Repairing() string { return k.Prefix + "repairing" }
 // Repairs counts, per host, the drift repairs of the current generation.
 func (k Keys) Repairs() string { return k.Prefix + "repairs" }
 
+// Hooks maps a host id to its hook run for the current generation (JSON,
+// see HookRecord); reset by each publish.
+func (k Keys) Hooks() string { return k.Prefix + "hooks" }
+
 // Pub/sub channels (not keys: they take no hash slot).
 
 // GenerationsChannel carries "gen <id> <digest>" each time a generation is

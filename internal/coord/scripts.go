@@ -86,6 +86,8 @@ func (k Keys) named(name, host string) string {
 		return k.SyncPartial()
 	case "leases":
 		return k.LeaseIndex()
+	case "hooks":
+		return k.Hooks()
 	}
 	panic("coord: unknown script key " + name)
 }
@@ -213,7 +215,7 @@ end
 // ARGV: path, delete, digest, state, error, origin, origin_addr, files,
 // bytes, uploads, maxlen, floor, proto. Returns {id, published_ms}.
 var publishScript = newScript(
-	[]string{"generation", "sync", "full", "part", "running", "finished", "claims", "leases", "failures", "bad", "lookup", "events", "progress", "holders", "dead", "strikes", "repairing", "repairs"}, `
+	[]string{"generation", "sync", "full", "part", "running", "finished", "claims", "leases", "failures", "bad", "lookup", "events", "progress", "holders", "dead", "strikes", "repairing", "repairs", "hooks"}, `
 local now = nowMS()
 local id = redis.call('HINCRBY', K.generation, 'id', 1)
 local floor = tonumber(ARGV[12])
@@ -225,7 +227,7 @@ redis.call('HSET', K.generation, 'path', ARGV[1], 'delete', ARGV[2], 'digest', A
   'state', ARGV[4], 'error', ARGV[5], 'origin', ARGV[6], 'origin_addr', ARGV[7],
   'published', now, 'files', ARGV[8], 'bytes', ARGV[9], 'done_at', '0', 'proto', ARGV[13])
 redis.call('DEL', K.sync, K.full, K.part, K.running, K.finished, K.claims, K.leases, K.failures,
-  K.bad, K.lookup, K.progress, K.holders, K.dead, K.strikes, K.repairing, K.repairs)
+  K.bad, K.lookup, K.progress, K.holders, K.dead, K.strikes, K.repairing, K.repairs, K.hooks)
 for i = 0, tonumber(ARGV[10]) - 1 do
   freeSlot(ARGV[6] .. '#' .. i, true)
 end
@@ -596,7 +598,7 @@ return 1
 // and its claims (up to maxClaims at once).
 // ARGV: host, maxClaims
 var forgetScript = newScript(
-	[]string{"hosts", "heartbeats", "finished", "running", "sync", "full", "part", "claims", "leases", "lease", "holders", "dead", "repairing", "repairs", "strikes"}, `
+	[]string{"hosts", "heartbeats", "finished", "running", "sync", "full", "part", "claims", "leases", "lease", "holders", "dead", "repairing", "repairs", "strikes", "hooks"}, `
 local host = ARGV[1]
 local uploads = 16
 local info = redis.call('HGET', K.hosts, host)
@@ -610,6 +612,7 @@ redis.call('SREM', K.finished, host)
 redis.call('SREM', K.running, host)
 redis.call('SREM', K.repairing, host)
 redis.call('HDEL', K.repairs, host)
+redis.call('HDEL', K.hooks, host)
 redis.call('HDEL', K.strikes, host)
 for i = 0, uploads - 1 do
   local slot = host .. '#' .. i

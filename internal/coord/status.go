@@ -33,6 +33,10 @@ type Status struct {
 	// Repairs counts each host's repairs in this generation.
 	Repairing []string
 	Repairs   map[string]int64
+	// Hooks holds each host's hook run for this generation (hosts with
+	// no hook configured have none). An expected host whose hook is
+	// still running keeps the generation from being done.
+	Hooks map[string]HookRecord
 	// Now is Redis's clock when the status was read: every time above
 	// (heartbeats, publish, done) is Redis time, so durations are
 	// computed against Now, never against the reader's clock.
@@ -50,7 +54,7 @@ func (c *Client) Status(ctx context.Context) (Status, error) {
 		beats                       *redis.ZSliceCmd
 		lookup                      *redis.StringCmd
 		repairing                   *redis.StringSliceCmd
-		repairs                     *redis.MapStringStringCmd
+		repairs, hooks              *redis.MapStringStringCmd
 		now                         *redis.TimeCmd
 	)
 	sent := c.cfg.Now()
@@ -68,6 +72,7 @@ func (c *Client) Status(ctx context.Context) (Status, error) {
 		progress = p.HGetAll(ctx, k.Progress())
 		repairing = p.SMembers(ctx, k.Repairing())
 		repairs = p.HGetAll(ctx, k.Repairs())
+		hooks = p.HGetAll(ctx, k.Hooks())
 		now = p.Time(ctx)
 		return nil
 	})
@@ -94,6 +99,7 @@ func (c *Client) Status(ctx context.Context) (Status, error) {
 			return Status{}, err
 		}
 	}
+	st.Hooks = hookRecords(hooks.Val(), st.Generation.Ref())
 	for h, v := range repairs.Val() {
 		st.Repairs[h], _ = strconv.ParseInt(v, 10, 64)
 	}
@@ -168,6 +174,11 @@ func state(st Status) string {
 	}
 	for _, h := range st.Repairing {
 		delete(finished, h) // a repairing host's tree differs: not done yet
+	}
+	for h, r := range st.Hooks {
+		if r.State == HookRunning {
+			delete(finished, h) // its hook still runs: not done yet
+		}
 	}
 	for _, h := range st.Expected {
 		if !finished[h] {

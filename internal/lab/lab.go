@@ -7,6 +7,7 @@ package lab
 import (
 	"context"
 	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"net"
@@ -68,6 +69,8 @@ type Host struct {
 	// Skew offsets this host's clock from the machine's (set before
 	// StartMinion): the protocol must not care.
 	Skew time.Duration
+	// Hooks are this minion's hooks (set before StartMinion); nil: none.
+	Hooks minion.Hooks
 
 	mu     sync.Mutex
 	cancel context.CancelFunc
@@ -87,8 +90,11 @@ func Start(ctx context.Context, cfg Config) (*Lab, error) {
 		l.SetLevel(logrus.WarnLevel)
 		cfg.Log = l
 	}
-	l := &Lab{cfg: cfg, secret: make([]byte, 32)}
-	rand.Read(l.secret)
+	// A printable secret (hex), so a test can write it to a --secret-file,
+	// which holds one secret a line.
+	raw := make([]byte, 32)
+	rand.Read(raw)
+	l := &Lab{cfg: cfg, secret: []byte(hex.EncodeToString(raw))}
 	url := cfg.RedisURL
 	if url == "" {
 		mr, err := miniredis.Run()
@@ -182,6 +188,7 @@ func (l *Lab) StartMinion(ctx context.Context, h *Host) error {
 			Log: l.cfg.Log.WithField("host", h.ID), Version: "lab",
 			Download: bwlimit.New(l.cfg.BWLimit),
 			NoWatch:  l.cfg.NoWatch, VerifyEvery: l.cfg.VerifyEvery, ScanEvery: 2 * time.Second,
+			Hooks: h.Hooks,
 		}, co, server, client)
 		if err != nil {
 			return nil, err
@@ -342,5 +349,6 @@ func HoldSlot(ctx context.Context, rdb redis.UniversalClient, prefix string, g c
 	return nil, fmt.Errorf("could not claim %s", slot)
 }
 
-// Secret returns the peer secret every host of the lab shares.
+// Secret returns the peer secret every host of the lab shares: printable,
+// one line.
 func (l *Lab) Secret() []byte { return l.secret }

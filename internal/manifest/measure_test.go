@@ -37,6 +37,7 @@ import (
 // candidates are the chunk parameter sets the default was chosen from.
 var candidates = []chunk.Params{
 	{Min: 16 << 10, Avg: 64 << 10, Max: 256 << 10},
+	{Min: 32 << 10, Avg: 128 << 10, Max: 512 << 10},
 	{Min: 64 << 10, Avg: 256 << 10, Max: 1 << 20},
 	{Min: 128 << 10, Avg: 512 << 10, Max: 2 << 20},
 	{Min: 256 << 10, Avg: 1 << 20, Max: 4 << 20},

@@ -179,6 +179,7 @@ type job struct {
 
 	mu       sync.Mutex
 	done     []bool
+	low      int // chunks before it are all done (or repeats): take starts there
 	inflight []int
 	changed  chan struct{} // a chunk landed or a request ended
 }
@@ -239,8 +240,11 @@ func (j *job) take(have []bool, mine map[int]bool) (int, int) {
 		}
 		return j.inflight[i] == 0
 	}
+	for j.low < len(j.chunks) && (j.done[j.low] || j.first[j.low] != j.low) {
+		j.low++
+	}
 	for _, endgame := range []bool{false, true} {
-		for i := range j.chunks {
+		for i := j.low; i < len(j.chunks); i++ {
 			if !ok(i, endgame) {
 				continue
 			}
@@ -320,7 +324,13 @@ func (a *assembler) work(ctx context.Context, j *job, p *feed, errc chan<- error
 		if !a.sw.holds(p) {
 			return
 		}
-		if p.cl.Partial && time.Since(haveAt) > 250*time.Millisecond {
+		// The pull's own source is asked for the next chunks in file
+		// order whether it has them yet or not: a partial source streams a
+		// range as its chunks land (peer.Incoming), so each relay in a
+		// chain adds one chunk's time, not a have-poll's. Extra sources
+		// are asked only for chunks they have, so no request waits on a
+		// source that may never get them.
+		if p.cl.Partial && p.cl.Index > 0 && time.Since(haveAt) > 250*time.Millisecond {
 			all, h, err := a.m.client.Have(ctx, p.cl.SourceAddr, a.sw.src.gen, j.e.Path, len(j.chunks))
 			if err != nil {
 				a.lose(ctx, p, err, fail)

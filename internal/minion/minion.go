@@ -71,6 +71,10 @@ type Config struct {
 	// them, not by user and group name (rsync's --numeric-ids). Owners are
 	// applied only when this process runs as root.
 	NumericIDs bool
+	// Hooks runs the command configured for a task once this host holds
+	// a new generation of it, verified in place (and its finish is
+	// recorded); nil: no hooks.
+	Hooks Hooks
 }
 
 func (c *Config) setDefaults() {
@@ -120,6 +124,8 @@ type Coordinator interface {
 	ReportProgress(ctx context.Context, host string, p coord.Progress) error
 	Drift(ctx context.Context, host string, gen coord.Ref, msg string) error
 	Refuse(ctx context.Context, host string, gen coord.Ref, reason string) error
+	HookStarted(ctx context.Context, host string, rec coord.HookRecord) error
+	HookDone(ctx context.Context, host string, rec coord.HookRecord) error
 	Keys() coord.Keys
 	Subscribe(ctx context.Context, channels ...string) (*coord.Notifications, error)
 }
@@ -165,6 +171,9 @@ type Minion struct {
 	// until a repair pull goes through, the tree is not verified again.
 	needSource string
 	refused    string // generation refused for its protocol version
+	// pulled lists the paths the last successful transfer changed (set
+	// and read by the Step goroutine only): the hook is told them.
+	pulled []string
 
 	// The pull in flight (or the last one): its generation id, bytes
 	// received so far and planned in all.
@@ -387,7 +396,7 @@ func (m *Minion) heartbeatLoop(ctx context.Context) {
 // and wakes the poll loop when the generation it reports is not the one
 // the last Step saw (a missed notification).
 func (m *Minion) heartbeat(ctx context.Context) error {
-	b := coord.Beat{Uploads: m.uploads()}
+	b := coord.Beat{Uploads: m.heldUploads()}
 	m.mu.Lock()
 	if h := m.held; m.verified && h != nil && m.announced == (coord.Ref{ID: h.Gen, Digest: h.Digest}) {
 		b.Held = m.announced
@@ -539,7 +548,10 @@ func (m *Minion) announce(ctx context.Context, g coord.Generation) error {
 		m.server.Set(snapshot(m.cfg.Root, &h, enc, man))
 		m.cfg.Metrics.Generation.Set(float64(g.ID))
 	}
-	if err := m.coord.Finish(ctx, coord.Claim{Host: m.cfg.ID, Gen: g.Ref()}, m.uploads()); err != nil {
+	// A hook that has not run for g on this host (a republish of content
+	// it held, a restart that interrupted the hook) runs after the finish.
+	hk := m.prepareHook(ctx, g, nil)
+	if err := m.coord.Finish(ctx, coord.Claim{Host: m.cfg.ID, Gen: g.Ref()}, m.heldUploads()); err != nil {
 		if errors.Is(err, coord.ErrStale) {
 			return nil
 		}
@@ -547,6 +559,7 @@ func (m *Minion) announce(ctx context.Context, g coord.Generation) error {
 	}
 	m.setFinished(g)
 	m.cfg.Log.WithField("gen", g.ID).Info("holds the generation, verified on disk; offered as a source")
+	m.runHook(ctx, g, hk)
 	return nil
 }
 
@@ -563,6 +576,19 @@ func (m *Minion) uploads() int {
 		return 0
 	}
 	return m.cfg.Uploads
+}
+
+// heldUploads is the slots this host offers once it holds a generation
+// whole: one more than --max-uploads when pulls take several sources. Its
+// first slots stay with the pullers that streamed from it while it was
+// partial; the spare one lets a host stuck behind a slow relay add a
+// whole source (swarm.grow claims full sources first).
+func (m *Minion) heldUploads() int {
+	n := m.uploads()
+	if n > 0 && m.cfg.Sources > 1 {
+		n++
+	}
+	return n
 }
 
 // PeerAnswers reports whether a peer server answers /healthz at addr, over

@@ -66,8 +66,12 @@ func (m *Minion) pull(ctx context.Context, g coord.Generation, cl coord.Claim) e
 	// A repair claim that found the tree intact (a wiped state directory)
 	// verified it: it repaired nothing.
 	last.Repair = cl.Repair && st.Files+st.Dirs+st.Symlinks+st.Removed+st.Meta > 0
-	if err := m.coord.Finish(sctx, last, m.uploads()); err != nil && !errors.Is(err, coord.ErrStale) {
-		return fmt.Errorf("finish generation %d: %w", g.ID, err)
+	// The hook, if one is due for g, is recorded as running before the
+	// finish and runs after it.
+	hk := m.prepareHook(sctx, g, m.pulled)
+	ferr := m.coord.Finish(sctx, last, m.heldUploads())
+	if ferr != nil && !errors.Is(ferr, coord.ErrStale) {
+		return fmt.Errorf("finish generation %d: %w", g.ID, ferr)
 	}
 	m.setFinished(g)
 	m.drifting, m.needSource = "", "" // whatever drifted, the pull brought back
@@ -81,6 +85,9 @@ func (m *Minion) pull(ctx context.Context, g coord.Generation, cl coord.Claim) e
 		"files": st.Files, "bytes": st.Bytes, "removed": st.Removed,
 		"elapsed": time.Since(start).Round(time.Millisecond).String(),
 	}).Info("holds generation; offered as a source")
+	if ferr == nil {
+		m.runHook(ctx, g, hk) // not for a generation superseded meanwhile
+	}
 	return nil
 }
 
@@ -273,6 +280,7 @@ func (m *Minion) transfer(ctx context.Context, g coord.Generation, src *source) 
 			m.cfg.Log.WithError(err).Warn("could not offer this host as a partial source")
 		}
 	}
+	m.pulled = nil
 	st, err := apply.Apply(ctx, root, plan, opts)
 	if asm != nil && asm.copied.Load() > 0 {
 		m.cfg.Log.WithFields(logrus.Fields{"reused": asm.copied.Load(), "resumed": asm.resumed.Load(), "fetched": asm.fetched.Load()}).Info("built changed files from chunks already on this host")
@@ -302,6 +310,7 @@ func (m *Minion) transfer(ctx context.Context, g coord.Generation, src *source) 
 	if err := m.clearPullRecord(); err != nil {
 		return st, err
 	}
+	m.pulled = changedPaths(plan)
 	m.mu.Lock()
 	m.held, m.heldEnc, m.heldMan = &h, enc, remote
 	m.mu.Unlock()

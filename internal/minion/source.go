@@ -158,8 +158,11 @@ func (s *source) switchFrom(ctx context.Context, failed coord.Claim, cause error
 	for {
 		o := coord.ClaimOptions{Repair: failed.Repair}
 		if s.sw.active.Load() {
-			// A chunked pull: any source will do, but not one it holds.
-			o.Acyclic, o.Avoid = true, s.sw.sources()
+			// A chunked pull: not a source it holds already. The pull's
+			// own source streams chunks it has yet to receive (see
+			// assembler.work), so it must not pull from this host: the
+			// claim still refuses cycles.
+			o.Avoid = s.sw.sources()
 		}
 		cl, err := m.coord.Claim(ctx, m.cfg.ID, failed.Gen, o)
 		switch {

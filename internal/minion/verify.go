@@ -142,7 +142,7 @@ func (m *Minion) repair(ctx context.Context, g coord.Generation, plan *manifest.
 			return Waiting, fmt.Errorf("repair drift: %w", err)
 		}
 		m.setVerified(true)
-		if err := m.coord.Finish(ctx, coord.Claim{Host: m.cfg.ID, Gen: g.Ref(), Repair: true}, m.uploads()); err != nil && !errors.Is(err, coord.ErrStale) {
+		if err := m.coord.Finish(ctx, coord.Claim{Host: m.cfg.ID, Gen: g.Ref(), Repair: true}, m.heldUploads()); err != nil && !errors.Is(err, coord.ErrStale) {
 			m.cfg.Log.WithError(err).Warn("could not record the repair")
 		}
 		m.drifting = ""

@@ -321,7 +321,11 @@ func (s *Server) serveIncoming(w http.ResponseWriter, r *http.Request, snap *Sna
 	// Send the headers now: the bytes may trickle in more slowly than the
 	// puller waits for response headers.
 	http.NewResponseController(w).Flush()
-	if _, err := io.CopyBuffer(writerOnly{s.bodyWriter(w, r)}, body, make([]byte, min(max(end-start, 4<<10), copyBuffer))); err != nil {
+	// Each write is flushed: a read ends where the verified bytes end, and
+	// a chunk's tail left in the response's buffers would wait for the
+	// next chunk to land here, adding a chunk's time to every relay.
+	out := flushWriter{w: s.bodyWriter(w, r), rc: http.NewResponseController(w)}
+	if _, err := io.CopyBuffer(out, body, make([]byte, min(max(end-start, 4<<10), copyBuffer))); err != nil {
 		if r.Context().Err() == nil {
 			s.cfg.Log.WithError(err).WithField("path", e.Path).Warn("streaming a file still being received failed")
 		}
@@ -393,6 +397,21 @@ func parseDigits(s string) (int64, bool) {
 	}
 	n, err := strconv.ParseInt(s, 10, 64)
 	return n, err == nil
+}
+
+// flushWriter flushes the response after each write, so bytes read from a
+// file still being received reach the puller without waiting for more.
+type flushWriter struct {
+	w  io.Writer
+	rc *http.ResponseController
+}
+
+func (f flushWriter) Write(b []byte) (int, error) {
+	n, err := f.w.Write(b)
+	if err == nil {
+		err = f.rc.Flush()
+	}
+	return n, err
 }
 
 // limitedWriter sends the body through a rate limiter.

@@ -5,6 +5,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"strconv"
 	"testing"
 	"time"
 
@@ -16,8 +17,21 @@ import (
 // generation of a 32 MiB file, 1 MiB inserted in its middle moves a few
 // chunks, not the file; the file renamed (with --delete, so the old name
 // goes) moves nothing; a copy of it beside it moves nothing either.
+//
+// FANOUT_DELTA_MIB sets the file's size: the issue-10 row "1 MiB inserted
+// into 1 GiB, renamed" is
+//
+//	FANOUT_DELTA_MIB=1024 TMPDIR=/dev/shm go test -count=1 -run TestDeltaRenameDedup -v ./test/integration/
 func TestDeltaRenameDedup(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	size := 32
+	if v := os.Getenv("FANOUT_DELTA_MIB"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 4 {
+			t.Fatalf("FANOUT_DELTA_MIB=%q: want a size in MiB of at least 4", v)
+		}
+		size = n
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute+time.Duration(size)*200*time.Millisecond)
 	defer cancel()
 	l, err := lab.Start(ctx, lab.Config{Dir: t.TempDir(), Minions: 2})
 	if err != nil {
@@ -27,7 +41,7 @@ func TestDeltaRenameDedup(t *testing.T) {
 	src := filepath.Join(l.Master.Root, task)
 	mustMkdir(t, src)
 	r := rand.New(rand.NewPCG(1, 2))
-	data := make([]byte, 32<<20)
+	data := make([]byte, size<<20)
 	for i := range data {
 		data[i] = byte(r.Uint32())
 	}
@@ -77,7 +91,7 @@ func TestDeltaRenameDedup(t *testing.T) {
 	}
 	st = gen(st.Generation.ID, coord.TaskOptions{})
 	for i, n := range received(st) {
-		t.Logf("1 MiB inserted in the middle of 32 MiB: minion %d received %.2f MiB", i, float64(n)/(1<<20))
+		t.Logf("1 MiB inserted in the middle of %d MiB: minion %d received %.2f MiB", size, i, float64(n)/(1<<20))
 		if n < 1<<20 || n > 8<<20 {
 			t.Errorf("minion %d received %d bytes for 1 MiB inserted, want the inserted MiB and at most 8 MiB", i, n)
 		}
@@ -88,6 +102,7 @@ func TestDeltaRenameDedup(t *testing.T) {
 	}
 	st = gen(st.Generation.ID, coord.TaskOptions{Delete: true})
 	for i, n := range received(st) {
+		t.Logf("%d MiB file renamed: minion %d received %d bytes", size, i, n)
 		if n != 0 {
 			t.Errorf("minion %d received %d bytes for a rename, want none", i, n)
 		}
