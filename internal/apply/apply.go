@@ -58,6 +58,11 @@ type Fetcher interface {
 // chunk's bytes are verified against its hash, then calls landed with the
 // chunk's index (from several goroutines at once, possibly); it returns nil
 // only when every chunk is in f, verified.
+//
+// f is the file's part file (see PartPath): after an interrupted Apply it
+// holds what that Apply wrote, unverified. An Assembler may keep the
+// chunks of f whose bytes hash right (and only those) instead of writing
+// them again.
 type Assembler interface {
 	Assemble(ctx context.Context, e manifest.Entry, f *os.File, landed func(i int)) error
 }

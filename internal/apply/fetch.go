@@ -159,20 +159,23 @@ func (a *applier) fetch(ctx context.Context, e manifest.Entry) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	in, err := a.begin(e)
+	asm := a.opts.Assembler
+	assembled := asm != nil && len(e.Chunks) > 0
+	in, err := a.begin(e, assembled)
 	if err != nil {
 		return err
 	}
-	if asm := a.opts.Assembler; asm != nil && len(e.Chunks) > 0 {
+	if assembled {
 		return in.assemble(ctx, asm)
 	}
 	_, ferr := a.opts.Fetcher.Fetch(ctx, e, 0, in.sink)
 	return in.end(ferr)
 }
 
-// assemble has asm build the file in place in the temporary file, then
+// assemble has asm build the file in place in its part file, then
 // finishes it as end does. The Assembler verified every chunk: the sink,
-// which hashes a stream, is told the file is whole.
+// which hashes a stream, is told the file is whole. A part file whose
+// Apply is interrupted (ctx done) is kept for the next Apply to resume.
 func (in *incoming) assemble(ctx context.Context, asm Assembler) error {
 	s := in.sink
 	var err error
@@ -188,6 +191,7 @@ func (in *incoming) assemble(ctx context.Context, asm Assembler) error {
 	}
 	s.assembled = err == nil
 	s.n = in.e.Size
+	in.keep = err != nil && ctx.Err() != nil
 	return in.end(err)
 }
 
@@ -199,11 +203,17 @@ type incoming struct {
 	l    loc    // where the file goes
 	tmp  string // the temporary name in l's directory
 	sink *sink
+	// keep: the file is a part file (see PartPath) whose Apply was
+	// interrupted; a failure leaves it for the next Apply to resume.
+	keep bool
 }
 
 // begin creates the temporary file for e in the directory that will hold
-// it, reached without following a symlink.
-func (a *applier) begin(e manifest.Entry) (in *incoming, err error) {
+// it, reached without following a symlink. With part it opens e's part
+// file instead (see openPart), which may hold bytes of an interrupted
+// earlier Apply: only an Assembler, which verifies each chunk it keeps,
+// may be given it.
+func (a *applier) begin(e manifest.Entry, part bool) (in *incoming, err error) {
 	l, err := a.locate(e.Path)
 	if err != nil {
 		return nil, err
@@ -216,17 +226,29 @@ func (a *applier) begin(e manifest.Entry) (in *incoming, err error) {
 	if st, err := lstatAt(l.dir, l.name); err == nil && st.Mode&unix.S_IFMT == unix.S_IFDIR {
 		return nil, fmt.Errorf("%s is a directory: %w", l.path, syscall.EISDIR)
 	}
-	tmp, err := tempName()
-	if err != nil {
-		return nil, err
+	var tmp string
+	var fd int
+	if part {
+		tmp = partName(e)
+		var resumed bool
+		if fd, resumed, err = openPart(l, tmp); err != nil {
+			return nil, err
+		}
+		if resumed {
+			a.log.WithField("path", e.Path).Debug("resuming from the part file of an interrupted pull")
+		}
+	} else {
+		if tmp, err = tempName(); err != nil {
+			return nil, err
+		}
+		// Read and write: an Observer may read the file as it grows.
+		fd, err = openat(l.dir, tmp, unix.O_RDWR|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW, 0o600)
+		if err != nil {
+			p := filepath.Join(filepath.Dir(l.path), tmp)
+			return nil, fmt.Errorf("create temporary file: %w", &fs.PathError{Op: "open", Path: p, Err: err})
+		}
 	}
-	// Read and write: an Observer may read the file as it grows.
-	fd, err := openat(l.dir, tmp, unix.O_RDWR|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW, 0o600)
-	tmpPath := filepath.Join(filepath.Dir(l.path), tmp)
-	if err != nil {
-		return nil, fmt.Errorf("create temporary file: %w", &fs.PathError{Op: "open", Path: tmpPath, Err: err})
-	}
-	f := os.NewFile(uintptr(fd), tmpPath)
+	f := os.NewFile(uintptr(fd), filepath.Join(filepath.Dir(l.path), tmp))
 	sk := &sink{f: f, size: e.Size, progress: a.opts.Progress}
 	if len(e.Chunks) > 0 {
 		// Format 3: the file is verified chunk by chunk, on the
@@ -256,7 +278,7 @@ func (a *applier) begin(e manifest.Entry) (in *incoming, err error) {
 func (in *incoming) end(ferr error) (err error) {
 	a, e, s, l := in.a, in.e, in.sink, in.l
 	defer func() {
-		if err != nil {
+		if err != nil && !in.keep {
 			if rerr := unix.Unlinkat(l.dir, in.tmp, 0); rerr != nil {
 				a.log.WithError(rerr).WithField("file", in.f.Name()).Warn("could not remove temporary file")
 			}
@@ -397,7 +419,7 @@ func (sp *splitter) advance() error {
 		if err := sp.ctx.Err(); err != nil {
 			return err
 		}
-		in, err := sp.a.begin(sp.es[sp.done])
+		in, err := sp.a.begin(sp.es[sp.done], false)
 		if err != nil {
 			return err
 		}

@@ -13,56 +13,73 @@ import (
 	"github.com/fanout/fanout/internal/manifest"
 )
 
+// Swept is what Sweep did.
+type Swept struct {
+	// Removed counts the temporary files removed.
+	Removed int
+	// Kept holds the OS paths (as PartPath gives them) of the part files
+	// kept for the entries Sweep was told to keep.
+	Kept map[string]bool
+}
+
 // Sweep removes fanout's temporary files (names for which manifest.IsTemp
-// is true) left under root by an interrupted Apply, and returns how many it
-// removed. It also sweeps root's parent directory itself (not its other
+// is true) left under root by an interrupted Apply, but for the part files
+// (see PartPath) of the entries in keep: those an Apply about to run will
+// resume. It also sweeps root's parent directory itself (not its other
 // subdirectories), where a file task's temporary files live. Sweep never
 // follows a symlink (it walks the tree as Apply does, one directory handle
 // at a time, and removes with unlinkat) and never removes a directory. A
 // missing root is not an error.
-func Sweep(ctx context.Context, root string) (int, error) {
+func Sweep(ctx context.Context, root string, keep []manifest.Entry) (Swept, error) {
 	root = filepath.Clean(root)
+	sw := &sweeper{ctx: ctx, keep: map[string]bool{}, out: Swept{Kept: map[string]bool{}}}
+	for _, e := range keep {
+		sw.keep[PartPath(root, e)] = true
+	}
 	dir := filepath.Dir(root)
 	pfd, err := openat(unix.AT_FDCWD, dir, unix.O_RDONLY|unix.O_DIRECTORY, 0)
 	if errors.Is(err, unix.ENOENT) {
-		return 0, nil
+		return sw.out, nil
 	}
 	if err != nil {
-		return 0, fmt.Errorf("sweep %s: %w", dir, &fs.PathError{Op: "open", Path: dir, Err: err})
+		return sw.out, fmt.Errorf("sweep %s: %w", dir, &fs.PathError{Op: "open", Path: dir, Err: err})
 	}
 	defer unix.Close(pfd)
-	n, err := sweepDir(ctx, pfd, dir, false)
-	if err != nil {
-		return n, fmt.Errorf("sweep %s: %w", dir, err)
+	if err := sw.dir(pfd, dir, false); err != nil {
+		return sw.out, fmt.Errorf("sweep %s: %w", dir, err)
 	}
 	fd, err := openat(pfd, filepath.Base(root), dirFlags, 0)
 	switch {
 	case errors.Is(err, unix.ENOENT), errors.Is(err, unix.ENOTDIR), errors.Is(err, unix.ELOOP):
-		return n, nil // no root, a file task's root, or a symlink: nothing under it
+		return sw.out, nil // no root, a file task's root, or a symlink: nothing under it
 	case err != nil:
-		return n, fmt.Errorf("sweep %s: %w", root, &fs.PathError{Op: "open", Path: root, Err: err})
+		return sw.out, fmt.Errorf("sweep %s: %w", root, &fs.PathError{Op: "open", Path: root, Err: err})
 	}
 	defer unix.Close(fd)
-	m, err := sweepDir(ctx, fd, root, true)
-	n += m
-	if err != nil {
-		return n, fmt.Errorf("sweep %s: %w", root, err)
+	if err := sw.dir(fd, root, true); err != nil {
+		return sw.out, fmt.Errorf("sweep %s: %w", root, err)
 	}
-	return n, nil
+	return sw.out, nil
 }
 
-// sweepDir removes the temporary files in the directory open as fd (osPath),
+// sweeper is the state of one Sweep.
+type sweeper struct {
+	ctx  context.Context
+	keep map[string]bool // OS paths of the part files to keep
+	out  Swept
+}
+
+// dir removes the temporary files in the directory open as fd (osPath),
 // and with deep in every directory below it, opened without following a
 // symlink.
-func sweepDir(ctx context.Context, fd int, osPath string, deep bool) (int, error) {
+func (sw *sweeper) dir(fd int, osPath string, deep bool) error {
 	des, err := readDir(fd, osPath)
 	if err != nil {
-		return 0, err
+		return err
 	}
-	n := 0
 	for _, d := range des {
-		if err := ctx.Err(); err != nil {
-			return n, err
+		if err := sw.ctx.Err(); err != nil {
+			return err
 		}
 		name := d.Name()
 		if d.IsDir() {
@@ -74,17 +91,20 @@ func sweepDir(ctx context.Context, fd int, osPath string, deep bool) (int, error
 				continue // gone or swapped since: not a directory to sweep
 			}
 			if err != nil {
-				return n, &fs.PathError{Op: "open", Path: filepath.Join(osPath, name), Err: err}
+				return &fs.PathError{Op: "open", Path: filepath.Join(osPath, name), Err: err}
 			}
-			m, err := sweepDir(ctx, sub, filepath.Join(osPath, name), true)
+			err = sw.dir(sub, filepath.Join(osPath, name), true)
 			unix.Close(sub)
-			n += m
 			if err != nil {
-				return n, err
+				return err
 			}
 			continue
 		}
 		if !manifest.IsTemp(name) {
+			continue
+		}
+		if p := filepath.Join(osPath, name); sw.keep[p] && d.Type().IsRegular() {
+			sw.out.Kept[p] = true // openPart checks it further
 			continue
 		}
 		// unlinkat without AT_REMOVEDIR never removes a directory, even
@@ -94,11 +114,11 @@ func sweepDir(ctx context.Context, fd int, osPath string, deep bool) (int, error
 			continue
 		}
 		if err != nil {
-			return n, &fs.PathError{Op: "unlink", Path: filepath.Join(osPath, name), Err: err}
+			return &fs.PathError{Op: "unlink", Path: filepath.Join(osPath, name), Err: err}
 		}
-		n++
+		sw.out.Removed++
 	}
-	return n, nil
+	return nil
 }
 
 // SyncFS flushes the file system that holds root (or, when root does not

@@ -50,9 +50,9 @@ func TestSweep(t *testing.T) {
 	if err := os.Symlink(filepath.Join(outside, "sub"), filepath.Join(root, "a", "b", "link")); err != nil {
 		t.Fatal(err)
 	}
-	n, err := Sweep(context.Background(), root)
-	if err != nil || n != len(temps) {
-		t.Fatalf("Sweep = %d, %v; want %d", n, err, len(temps))
+	sw, err := Sweep(context.Background(), root, nil)
+	if err != nil || sw.Removed != len(temps) || len(sw.Kept) != 0 {
+		t.Fatalf("Sweep = %+v, %v; want %d removed", sw, err, len(temps))
 	}
 	for _, p := range temps {
 		if _, err := os.Lstat(p); !errors.Is(err, os.ErrNotExist) {
@@ -66,8 +66,8 @@ func TestSweep(t *testing.T) {
 	}
 	noTemps(t, root)
 
-	if n, err := Sweep(context.Background(), root); err != nil || n != 0 {
-		t.Errorf("second Sweep = %d, %v", n, err)
+	if sw, err := Sweep(context.Background(), root, nil); err != nil || sw.Removed != 0 {
+		t.Errorf("second Sweep = %+v, %v", sw, err)
 	}
 }
 
@@ -76,18 +76,18 @@ func TestSweepFileAndMissingRoot(t *testing.T) {
 	tmp := filepath.Join(base, manifest.TempPrefix+"abc")
 	writeFile(t, tmp, "partial", 0o600)
 	writeFile(t, filepath.Join(base, "one.bin"), "the file task", 0o644)
-	n, err := Sweep(context.Background(), filepath.Join(base, "one.bin"))
-	if err != nil || n != 1 {
-		t.Fatalf("file task Sweep = %d, %v; want 1", n, err)
+	sw, err := Sweep(context.Background(), filepath.Join(base, "one.bin"), nil)
+	if err != nil || sw.Removed != 1 {
+		t.Fatalf("file task Sweep = %+v, %v; want 1 removed", sw, err)
 	}
 	if _, err := os.Lstat(filepath.Join(base, "one.bin")); err != nil {
 		t.Error(err)
 	}
-	if n, err := Sweep(context.Background(), filepath.Join(base, "missing", "task")); err != nil || n != 0 {
-		t.Errorf("missing root: %d, %v", n, err)
+	if sw, err := Sweep(context.Background(), filepath.Join(base, "missing", "task"), nil); err != nil || sw.Removed != 0 {
+		t.Errorf("missing root: %+v, %v", sw, err)
 	}
-	if n, err := Sweep(context.Background(), filepath.Join(base, "missing")); err != nil || n != 0 {
-		t.Errorf("missing root in an existing dir: %d, %v", n, err)
+	if sw, err := Sweep(context.Background(), filepath.Join(base, "missing"), nil); err != nil || sw.Removed != 0 {
+		t.Errorf("missing root in an existing dir: %+v, %v", sw, err)
 	}
 }
 
@@ -96,7 +96,7 @@ func TestSweepCancelled(t *testing.T) {
 	writeFile(t, filepath.Join(root, manifest.TempPrefix+"1"), "x", 0o600)
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	if _, err := Sweep(ctx, root); !errors.Is(err, context.Canceled) {
+	if _, err := Sweep(ctx, root, nil); !errors.Is(err, context.Canceled) {
 		t.Errorf("err = %v, want context.Canceled", err)
 	}
 }

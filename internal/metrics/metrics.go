@@ -16,6 +16,9 @@ type Metrics struct {
 
 	BytesServed   prometheus.Counter
 	BytesReceived prometheus.Counter
+	// BytesResumed counts file bytes an interrupted pull had written that a
+	// later pull verified and kept instead of fetching them (minion).
+	BytesResumed  prometheus.Counter
 	FilesReceived prometheus.Counter
 	PullDuration  prometheus.Histogram
 	Claims        prometheus.Counter
@@ -51,6 +54,7 @@ func New() *Metrics {
 		reg:                reg,
 		BytesServed:        f("bytes_served_total", "File bytes sent to peers."),
 		BytesReceived:      f("bytes_received_total", "File bytes received from peers and verified or being verified."),
+		BytesResumed:       f("bytes_resumed_total", "File bytes an interrupted pull had written, verified again and kept by a later pull instead of fetched."),
 		FilesReceived:      f("files_received_total", "Files received, verified and renamed into place."),
 		Claims:             f("claims_total", "Source slots claimed by this host."),
 		LeaseExpiries:      f("lease_expiries_total", "Expired leases reaped (master only)."),

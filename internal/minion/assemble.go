@@ -38,6 +38,7 @@ type assembler struct {
 
 	copied, fetched atomic.Int64 // bytes copied locally, and received
 	wire            atomic.Int64 // bytes the fetches carried on the network
+	resumed         atomic.Int64 // of copied: kept in place from a part file (see resume.go)
 }
 
 // chunkAt is where a chunk's bytes are on this host.
@@ -161,7 +162,7 @@ func (a *assembler) Assemble(ctx context.Context, e manifest.Entry, f *os.File, 
 	// place under its name.
 	a.mu.Lock()
 	for _, c := range chunks {
-		if _, ok := a.local[c.Hash]; !ok {
+		if at, ok := a.local[c.Hash]; !ok || at.path == f.Name() {
 			a.local[c.Hash] = chunkAt{path: a.osPath(e.Path), off: c.Off, len: c.Len}
 		}
 	}
@@ -427,6 +428,9 @@ func (a *assembler) lose(ctx context.Context, p *feed, err error, fail func(erro
 // f, if they still hash to c.Hash (the local file may have changed since it
 // was indexed).
 func (a *assembler) copyChunk(at chunkAt, f *os.File, c manifest.Chunk, buf *[]byte) error {
+	if at.path == f.Name() && at.off == c.Off && at.len == c.Len {
+		return a.keepInPlace(f, c, buf)
+	}
 	src, err := os.OpenFile(at.path, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0)
 	if err != nil {
 		return err

@@ -206,12 +206,8 @@ func (m *Minion) transfer(ctx context.Context, g coord.Generation, src *source) 
 	if err := os.MkdirAll(filepath.Dir(root), 0o755); err != nil {
 		return apply.Stats{}, fmt.Errorf("create parent of %s: %w", root, err)
 	}
-	interrupted := false
-	if n, err := apply.Sweep(ctx, root); err != nil {
-		return apply.Stats{}, fmt.Errorf("remove stale temporary files: %w", err)
-	} else if n > 0 {
-		interrupted = true
-		m.cfg.Log.WithField("files", n).Info("removed temporary files left by an interrupted pull")
+	if err := m.sweepAbandoned(ctx, root); err != nil {
+		return apply.Stats{}, err
 	}
 	local, err := manifest.Build(ctx, root, manifest.Options{
 		Cache:    m.cache,
@@ -225,8 +221,20 @@ func (m *Minion) transfer(ctx context.Context, g coord.Generation, src *source) 
 		return apply.Stats{}, fmt.Errorf("hash local tree: %w", err)
 	}
 	plan := manifest.Diff(local, remote, manifest.DiffOptions{Delete: g.Delete, Owner: m.owner})
+	// Temporary files of an interrupted pull go, but for the part files of
+	// the files this plan fetches: they are resumed (see resume.go).
+	parts := resumable(remote, plan)
+	swept, err := apply.Sweep(ctx, root, parts)
+	if err != nil {
+		return apply.Stats{}, fmt.Errorf("remove stale temporary files: %w", err)
+	}
+	interrupted := swept.Removed+len(swept.Kept) > 0
+	if swept.Removed > 0 {
+		m.cfg.Log.WithField("files", swept.Removed).Info("removed temporary files left by an interrupted pull")
+	}
 	need := plan.FetchBytes()
-	if err := checkSpace(filepath.Dir(root), need); err != nil {
+	// Kept part files hold some of it already.
+	if err := checkSpace(filepath.Dir(root), max(0, need-partBytes(swept.Kept))); err != nil {
 		return apply.Stats{}, err
 	}
 	m.received.Store(0)
@@ -258,6 +266,11 @@ func (m *Minion) transfer(ctx context.Context, g coord.Generation, src *source) 
 		if err := asm.index(ctx, local, remote, plan); err != nil {
 			return apply.Stats{}, fmt.Errorf("index local chunks: %w", err)
 		}
+		if n, b, err := asm.indexParts(ctx, swept.Kept, parts); err != nil {
+			return apply.Stats{}, fmt.Errorf("index kept part files: %w", err)
+		} else if n > 0 {
+			m.cfg.Log.WithFields(logrus.Fields{"files": n, "bytes": b}).Info("resuming files an interrupted pull left half done")
+		}
 		opts.Assembler = asm
 	}
 	var incoming *peer.Incoming
@@ -277,7 +290,7 @@ func (m *Minion) transfer(ctx context.Context, g coord.Generation, src *source) 
 		m.cfg.Log.WithFields(logrus.Fields{"fetched": asm.fetched.Load(), "wire": asm.wire.Load()}).Info("fetched chunks compressed")
 	}
 	if asm != nil && asm.copied.Load() > 0 {
-		m.cfg.Log.WithFields(logrus.Fields{"reused": asm.copied.Load(), "fetched": asm.fetched.Load()}).Info("built changed files from chunks already on this host")
+		m.cfg.Log.WithFields(logrus.Fields{"reused": asm.copied.Load(), "resumed": asm.resumed.Load(), "fetched": asm.fetched.Load()}).Info("built changed files from chunks already on this host")
 	}
 	if serr := m.cache.Save(filepath.Join(m.cfg.StateDir, cacheFile)); serr != nil {
 		m.cfg.Log.WithError(serr).Warn("could not save the hash cache")
@@ -299,6 +312,9 @@ func (m *Minion) transfer(ctx context.Context, g coord.Generation, src *source) 
 	}
 	h := held{Gen: g.ID, Digest: g.Digest, Path: g.Path, Delete: g.Delete}
 	if err := saveHeld(m.cfg.StateDir, h, enc); err != nil {
+		return st, err
+	}
+	if err := m.clearPullRecord(); err != nil {
 		return st, err
 	}
 	m.pulled = changedPaths(plan)

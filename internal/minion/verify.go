@@ -64,7 +64,7 @@ func (m *Minion) verify(ctx context.Context) (*manifest.Plan, error) {
 	}
 	if temps > 0 {
 		// Left by an interrupted pull: not part of the tree, and not drift.
-		if _, err := apply.Sweep(ctx, root); err != nil {
+		if _, err := apply.Sweep(ctx, root, nil); err != nil {
 			return nil, fmt.Errorf("remove stale temporary files: %w", err)
 		}
 	}

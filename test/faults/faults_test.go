@@ -34,10 +34,17 @@ var binDir string
 
 // TestMain builds the binaries, runs the suite and removes them. With
 // -short every test skips (see newEnv), so nothing is built: a race build
-// needs cgo, which go test -short does not.
+// needs cgo, which go test -short does not. FANOUT_FAULTS_BIN names a
+// directory of binaries built already (make build: bin/) to run instead,
+// without the race detector: for measuring on big files, where a race
+// build is too slow.
 func TestMain(m *testing.M) {
 	flag.Parse()
 	if testing.Short() {
+		os.Exit(m.Run())
+	}
+	if dir := os.Getenv("FANOUT_FAULTS_BIN"); dir != "" {
+		binDir = dir
 		os.Exit(m.Run())
 	}
 	dir, err := os.MkdirTemp("", "fanout-faults-bin-")
@@ -199,6 +206,12 @@ func noTemps(t *testing.T, h *fleet.Proc) {
 // received reads a host's fanout_bytes_received_total from its /metrics.
 func received(t *testing.T, h *fleet.Proc) int64 {
 	t.Helper()
+	return counter(t, h, "fanout_bytes_received_total")
+}
+
+// counter reads the counter name from a host's /metrics.
+func counter(t *testing.T, h *fleet.Proc, name string) int64 {
+	t.Helper()
 	resp, err := http.Get("http://" + h.Addr + "/metrics")
 	if err != nil {
 		t.Fatal(err)
@@ -206,7 +219,7 @@ func received(t *testing.T, h *fleet.Proc) int64 {
 	defer resp.Body.Close()
 	sc := bufio.NewScanner(resp.Body)
 	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), "fanout_bytes_received_total "); ok {
+		if v, ok := strings.CutPrefix(sc.Text(), name+" "); ok {
 			f, err := strconv.ParseFloat(v, 64)
 			if err != nil {
 				t.Fatal(err)
@@ -214,7 +227,7 @@ func received(t *testing.T, h *fleet.Proc) int64 {
 			return int64(f)
 		}
 	}
-	t.Fatalf("%s: no fanout_bytes_received_total in /metrics", h.Name)
+	t.Fatalf("%s: no %s in /metrics", h.Name, name)
 	return 0
 }
 
