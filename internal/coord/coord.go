@@ -50,7 +50,11 @@ const MaxClaims = 16
 //	   holders, dead-slot back-off, drift repair; owners in the manifest.
 //	3: manifests of content-defined chunks (format 3); several claims per
 //	   host; claim indexes and the lease-expiry index.
-const Proto = 3
+//	4: exclude patterns, in task_options and in the manifest (format 4):
+//	   a minion of protocol 3 would delete what a generation excludes, so
+//	   it refuses (with the upgrade message) rather than pull it; the watch
+//	   key (the master's watch mode).
+const Proto = 4
 
 // Config configures a Client.
 type Config struct {
@@ -248,13 +252,17 @@ func (c *Client) TaskKey(ctx context.Context) (string, bool, error) {
 // TaskOptions are the options published with a task.
 type TaskOptions struct {
 	Delete bool `json:"delete"`
+	// Exclude lists rsync exclude patterns (package exclude): the master
+	// leaves what they match out of the manifest, and minions neither
+	// fetch nor delete it. Protocol 4.
+	Exclude []string `json:"exclude,omitempty"`
 }
 
 // SetTask sets the task and its options in one transaction.
 func (c *Client) SetTask(ctx context.Context, path string, opts TaskOptions) error {
 	_, err := c.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
 		p.Set(ctx, c.keys.Task(), path, 0)
-		if opts == (TaskOptions{}) {
+		if !opts.Delete && len(opts.Exclude) == 0 {
 			p.Del(ctx, c.keys.TaskOptions())
 		} else {
 			b, _ := json.Marshal(opts)

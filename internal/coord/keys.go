@@ -130,3 +130,7 @@ func (k Keys) SyncPartial() string { return k.Prefix + "sync_partial" }
 // LeaseIndex scores each claim id by its lease's expiry (Redis time, ms), so
 // the reaper finds expired claims without reading every claim.
 func (k Keys) LeaseIndex() string { return k.Prefix + "lease_expiry" }
+
+// Watch is the master's watch-mode state (a hash; see WatchState), read
+// by status. Protocol 4.
+func (k Keys) Watch() string { return k.Prefix + "watch" }

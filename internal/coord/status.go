@@ -33,6 +33,9 @@ type Status struct {
 	// Repairs counts each host's repairs in this generation.
 	Repairing []string
 	Repairs   map[string]int64
+	// Watch is the master's watch-mode state; nil when no master ever
+	// ran with --watch.
+	Watch *WatchState
 	// Now is Redis's clock when the status was read: every time above
 	// (heartbeats, publish, done) is Redis time, so durations are
 	// computed against Now, never against the reader's clock.
@@ -50,7 +53,7 @@ func (c *Client) Status(ctx context.Context) (Status, error) {
 		beats                       *redis.ZSliceCmd
 		lookup                      *redis.StringCmd
 		repairing                   *redis.StringSliceCmd
-		repairs                     *redis.MapStringStringCmd
+		repairs, watch              *redis.MapStringStringCmd
 		now                         *redis.TimeCmd
 	)
 	sent := c.cfg.Now()
@@ -68,6 +71,7 @@ func (c *Client) Status(ctx context.Context) (Status, error) {
 		progress = p.HGetAll(ctx, k.Progress())
 		repairing = p.SMembers(ctx, k.Repairing())
 		repairs = p.HGetAll(ctx, k.Repairs())
+		watch = p.HGetAll(ctx, k.Watch())
 		now = p.Time(ctx)
 		return nil
 	})
@@ -93,6 +97,9 @@ func (c *Client) Status(ctx context.Context) (Status, error) {
 		if st.Generation, err = parseGeneration(k.Generation(), g); err != nil {
 			return Status{}, err
 		}
+	}
+	if st.Watch, err = parseWatch(k.Watch(), watch.Val()); err != nil {
+		return Status{}, err
 	}
 	for h, v := range repairs.Val() {
 		st.Repairs[h], _ = strconv.ParseInt(v, 10, 64)

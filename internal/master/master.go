@@ -14,6 +14,7 @@ import (
 
 	"github.com/fanout/fanout/internal/chunk"
 	"github.com/fanout/fanout/internal/coord"
+	"github.com/fanout/fanout/internal/exclude"
 	"github.com/fanout/fanout/internal/manifest"
 	"github.com/fanout/fanout/internal/metrics"
 	"github.com/fanout/fanout/internal/peer"
@@ -34,6 +35,13 @@ type Config struct {
 	ForgetAfter time.Duration
 	Log         logrus.FieldLogger
 	Metrics     *metrics.Metrics // default: a private registry
+	// Exclude lists rsync exclude patterns (package exclude) left out of
+	// every task's manifest, on top of the task's own (fanout-master
+	// publish --exclude); run --exclude and --exclude-from.
+	Exclude []string
+	// Watch, when set, watches the tree of the current task and publishes
+	// a new generation when it changes (see WatchConfig).
+	Watch *WatchConfig
 }
 
 // Coordinator is the part of the Redis protocol the master uses.
@@ -57,6 +65,8 @@ type Coordinator interface {
 	Subscribe(ctx context.Context, channels ...string) (*coord.Notifications, error)
 	TaskKeyspaceChannel() string
 	EnableKeyspaceEvents(ctx context.Context) error
+	SetWatch(ctx context.Context, st coord.WatchState) error
+	Now() time.Time
 }
 
 // Master is the origin daemon.
@@ -71,6 +81,8 @@ type Master struct {
 	// without persistence) and shows an older generation, the master
 	// publishes the task again, and never reuses an id.
 	last *published
+	// watch is watch mode's state; nil when it is off.
+	watch *watchState
 }
 
 // published is a generation this master published.
@@ -79,12 +91,20 @@ type published struct {
 	Digest string `json:"digest"`
 	Path   string `json:"path"`
 	Delete bool   `json:"delete"`
-	Failed bool   `json:"failed,omitempty"`
+	// Exclude is the task's own exclude patterns (from task_options), not
+	// those of Config.Exclude.
+	Exclude []string `json:"exclude,omitempty"`
+	Failed  bool     `json:"failed,omitempty"`
 	// Format is the manifest format it was published in (0: unknown).
 	Format int `json:"format,omitempty"`
 }
 
 func (p *published) ref() coord.Ref { return coord.Ref{ID: p.Gen, Digest: p.Digest} }
+
+// opts returns the options the task was published with.
+func (p *published) opts() coord.TaskOptions {
+	return coord.TaskOptions{Delete: p.Delete, Exclude: p.Exclude}
+}
 
 const (
 	cacheFile     = "hashes.cache"
@@ -116,8 +136,21 @@ func New(cfg Config, co Coordinator, server *peer.Server) (*Master, error) {
 	if m.last, err = loadPublished(filepath.Join(cfg.StateDir, publishedFile)); err != nil {
 		return nil, err
 	}
+	if _, err := exclude.Parse(cfg.Exclude); err != nil {
+		return nil, fmt.Errorf("master: %w", err)
+	}
+	if cfg.Watch != nil {
+		t, err := newTreeWatcher(*cfg.Watch, cfg.Log)
+		if err != nil {
+			return nil, err
+		}
+		m.watch = &watchState{t: t}
+	}
 	return m, nil
 }
+
+// now is this host's clock corrected to Redis time.
+func (m *Master) now() time.Time { return m.coord.Now() }
 
 // Run watches the task key until ctx is cancelled. A failing tick (Redis
 // down, say) is logged and retried on the next one.
@@ -169,10 +202,36 @@ func (m *Master) Run(ctx context.Context) error {
 	lastTask := ""
 	tick := time.NewTimer(0)
 	defer tick.Stop()
+	// Watch mode: the tree watcher's batches, and the periodic full walk.
+	var ready <-chan struct{}
+	var fullTick <-chan time.Time
+	if w := m.watch; w != nil {
+		wctx, stop := context.WithCancel(ctx)
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			w.t.run(wctx)
+		}()
+		defer func() { stop(); <-done }()
+		ready = w.t.ready
+		full := time.NewTicker(w.t.cfg.FullEvery)
+		defer full.Stop()
+		fullTick = full.C
+	}
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
+		case <-ready:
+			if err := m.watchPublish(ctx, false); err != nil && ctx.Err() == nil {
+				m.cfg.Log.WithError(err).Warn("publishing the changes of the watched tree failed; retrying at the next change or --full-every")
+			}
+			continue
+		case <-fullTick:
+			if err := m.watchPublish(ctx, true); err != nil && ctx.Err() == nil {
+				m.cfg.Log.WithError(err).Warn("periodic full walk of the watched tree failed")
+			}
+			continue
 		case <-tick.C:
 		case <-recheck.C:
 			// CONFIG SET is lost with a node; a failover promotes one
@@ -241,7 +300,7 @@ func (m *Master) Tick(ctx context.Context) error {
 		// transfer; the id stays above the lost one.
 		m.cfg.Log.WithFields(logrus.Fields{"path": m.last.Path, "lost_gen": m.last.Gen, "redis_gen": g.ID}).
 			Warn("Redis lost the last generation this master published; publishing the task again")
-		return m.coord.SetTask(ctx, m.last.Path, coord.TaskOptions{Delete: m.last.Delete})
+		return m.coord.SetTask(ctx, m.last.Path, m.last.opts())
 	case value == "":
 		// No task, or an operator deleted the key: keep serving what we have.
 	case !names(value, g):
@@ -273,10 +332,15 @@ func (m *Master) Tick(ctx context.Context) error {
 	if err := m.forgetSilent(ctx); err != nil {
 		return err
 	}
-	if g.State != coord.StateRunning {
-		return nil // done or failed: nothing to complete
+	if g.State == coord.StateRunning {
+		if err := m.checkDone(ctx); err != nil {
+			return err
+		}
+		if g, err = m.coord.Current(ctx); err != nil {
+			return fmt.Errorf("read generation: %w", err)
+		}
 	}
-	return m.checkDone(ctx)
+	return m.watchTick(ctx, g)
 }
 
 // forgetSilent forgets up to forgetBatch hosts silent for longer than
@@ -333,7 +397,7 @@ func (m *Master) publish(ctx context.Context, value string, opts coord.TaskOptio
 	clean, osPath, err := ResolveTask(m.cfg.Root, value)
 	if err == nil {
 		var snap *peer.Snapshot
-		snap, err = m.build(ctx, osPath)
+		snap, err = m.build(ctx, osPath, opts.Exclude)
 		if err == nil {
 			return m.offer(ctx, clean, opts, snap)
 		}
@@ -375,6 +439,7 @@ func (m *Master) remember(p *published) error {
 
 func (m *Master) offer(ctx context.Context, clean string, opts coord.TaskOptions, snap *peer.Snapshot) error {
 	files, bytes := snap.Manifest.Totals()
+	old := m.active
 	g, err := m.coord.Publish(ctx, coord.Generation{
 		ID: m.floor(), Path: clean, Delete: opts.Delete, Digest: snap.Digest,
 		Origin: m.cfg.ID, OriginAddr: m.cfg.Advertise, Files: int64(files), Bytes: bytes,
@@ -386,7 +451,8 @@ func (m *Master) offer(ctx context.Context, clean string, opts coord.TaskOptions
 	// find it serving this generation.
 	snap.Gen = g.ID
 	m.server.Set(snap)
-	m.active = &published{Gen: g.ID, Digest: g.Digest, Path: clean, Delete: opts.Delete, Format: snap.Manifest.Format()}
+	m.active = &published{Gen: g.ID, Digest: g.Digest, Path: clean, Delete: opts.Delete, Exclude: opts.Exclude, Format: snap.Manifest.Format()}
+	m.watchPublished(old == nil || old.ref() != g.Ref(), g, snap)
 	m.cfg.Metrics.Published.Inc()
 	m.cfg.Metrics.Generation.Set(float64(g.ID))
 	if err := m.remember(m.active); err != nil {
@@ -396,7 +462,7 @@ func (m *Master) offer(ctx context.Context, clean string, opts coord.TaskOptions
 		return fmt.Errorf("offer origin slots: %w", err)
 	}
 	m.cfg.Log.WithFields(logrus.Fields{
-		"gen": g.ID, "path": clean, "files": files, "bytes": bytes, "delete": opts.Delete, "digest": snap.Digest[:16],
+		"gen": g.ID, "path": clean, "files": files, "bytes": bytes, "delete": opts.Delete, "exclude": len(snap.Manifest.Exclude), "digest": snap.Digest[:16],
 	}).Info("published generation")
 	return nil
 }
@@ -404,25 +470,30 @@ func (m *Master) offer(ctx context.Context, clean string, opts coord.TaskOptions
 // resume serves a generation this master published before a restart. If the
 // tree changed meanwhile, the changed tree is published as a new generation.
 func (m *Master) resume(ctx context.Context, g coord.Generation) error {
+	opts := coord.TaskOptions{Delete: g.Delete}
+	if l := m.last; l != nil && l.Gen == g.ID && l.Digest == g.Digest {
+		opts = l.opts() // the excludes are not in the generation key
+	}
 	_, osPath, err := ResolveTask(m.cfg.Root, g.Path)
 	if err != nil {
-		return m.publish(ctx, g.Path, coord.TaskOptions{Delete: g.Delete})
+		return m.publish(ctx, g.Path, opts)
 	}
 	format := m.format(ctx)
 	if l := m.last; l != nil && l.Gen == g.ID && l.Format != 0 {
 		format = l.Format // as it was published
 	}
-	snap, err := m.buildFormat(ctx, osPath, format)
+	snap, err := m.buildFormat(ctx, osPath, format, opts.Exclude)
 	if err != nil {
-		return m.publish(ctx, g.Path, coord.TaskOptions{Delete: g.Delete})
+		return m.publish(ctx, g.Path, opts)
 	}
 	if snap.Digest != g.Digest {
 		m.cfg.Log.WithField("gen", g.ID).Warn("task tree changed since it was published; publishing a new generation")
-		return m.offer(ctx, g.Path, coord.TaskOptions{Delete: g.Delete}, snap)
+		return m.offer(ctx, g.Path, opts, snap)
 	}
 	snap.Gen = g.ID
 	m.server.Set(snap)
-	m.active = &published{Gen: g.ID, Digest: g.Digest, Path: g.Path, Delete: g.Delete, Format: snap.Manifest.Format()}
+	m.active = &published{Gen: g.ID, Digest: g.Digest, Path: g.Path, Delete: g.Delete, Exclude: opts.Exclude, Format: snap.Manifest.Format()}
+	m.watchPublished(false, g, snap)
 	m.cfg.Metrics.Generation.Set(float64(g.ID))
 	if m.last == nil || m.last.Gen < g.ID {
 		if err := m.remember(m.active); err != nil {
@@ -437,32 +508,65 @@ func (m *Master) resume(ctx context.Context, g coord.Generation) error {
 }
 
 // build walks and hashes the tree at osPath into a snapshot, in the
-// manifest format the fleet reads (see format).
-func (m *Master) build(ctx context.Context, osPath string) (*peer.Snapshot, error) {
-	return m.buildFormat(ctx, osPath, m.format(ctx))
+// manifest format the fleet reads (see format), leaving out what the
+// task's excludes and Config.Exclude match.
+func (m *Master) build(ctx context.Context, osPath string, taskExclude []string) (*peer.Snapshot, error) {
+	return m.buildFormat(ctx, osPath, m.format(ctx), taskExclude)
+}
+
+// excludes compiles the task's exclude patterns and Config.Exclude, which
+// add up; a bad pattern is an error naming it (the task then fails).
+func (m *Master) excludes(taskExclude []string) (*exclude.List, error) {
+	l, err := exclude.Parse(exclude.Merge(taskExclude, m.cfg.Exclude))
+	if err != nil {
+		return nil, fmt.Errorf("task options: %w", err)
+	}
+	return l, nil
+}
+
+// buildOptions are the manifest.Options of a build in format with
+// excludes ex.
+func (m *Master) buildOptions(format int, ex *exclude.List) manifest.Options {
+	opts := manifest.Options{
+		Hash:    true,
+		Cache:   m.cache,
+		Exclude: ex,
+		Warn:    func(p string, err error) { m.cfg.Log.WithField("path", p).WithError(err).Warn("skipped entry") },
+	}
+	if format >= manifest.Format3 {
+		p := chunk.DefaultParams()
+		opts.Chunking = &p
+	}
+	return opts
 }
 
 // buildFormat is build in the given format: format 3 cuts files into
 // content-defined chunks (chunk.DefaultParams), which costs more hashing
-// than the whole-file hash of formats 1 and 2.
-func (m *Master) buildFormat(ctx context.Context, osPath string, format int) (*peer.Snapshot, error) {
-	opts := manifest.Options{
-		Hash:  true,
-		Cache: m.cache,
-		Warn:  func(p string, err error) { m.cfg.Log.WithField("path", p).WithError(err).Warn("skipped entry") },
+// than the whole-file hash of formats 1 and 2. With exclude patterns the
+// manifest is of format 4 (format 3 with its excludes), whatever format
+// says: an older format cannot carry them, and minions that predate them
+// refuse the generation (its protocol) rather than delete excluded files.
+func (m *Master) buildFormat(ctx context.Context, osPath string, format int, taskExclude []string) (*peer.Snapshot, error) {
+	ex, err := m.excludes(taskExclude)
+	if err != nil {
+		return nil, err
 	}
-	if format == manifest.Format3 {
-		p := chunk.DefaultParams()
-		opts.Chunking = &p
+	if !ex.Empty() {
+		format = manifest.Format4
 	}
-	man, err := manifest.Build(ctx, osPath, opts)
+	man, err := manifest.Build(ctx, osPath, m.buildOptions(format, ex))
 	if err != nil {
 		return nil, fmt.Errorf("build manifest: %w", err)
 	}
+	m.saveCache()
+	return encodeSnapshot(man, osPath, format)
+}
+
+// saveCache writes the hash cache to the state directory.
+func (m *Master) saveCache() {
 	if err := m.cache.Save(filepath.Join(m.cfg.StateDir, cacheFile)); err != nil {
 		m.cfg.Log.WithError(err).Warn("could not save the hash cache")
 	}
-	return encodeSnapshot(man, osPath, format)
 }
 
 // encodeSnapshot encodes man in format as the snapshot of the tree at root.
