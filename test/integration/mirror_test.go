@@ -14,6 +14,7 @@ import (
 	"github.com/fanout/fanout/internal/exclude"
 	"github.com/fanout/fanout/internal/lab"
 	"github.com/fanout/fanout/internal/manifest"
+	"github.com/fanout/fanout/internal/master"
 	"github.com/fanout/fanout/internal/peer"
 )
 
@@ -188,4 +189,204 @@ func TestExcludes(t *testing.T) {
 	if !strings.Contains(fst.Generation.Error, `"a["`) {
 		t.Fatalf("failed generation error %q does not name the pattern", fst.Generation.Error)
 	}
+}
+
+// startWatch starts a lab whose master runs in watch mode with wc and
+// publishes the sample task; it returns the lab and the master's tree
+// once every minion holds it.
+func startWatch(ctx context.Context, t *testing.T, minions int, wc master.WatchConfig, patterns []string) (*lab.Lab, string) {
+	t.Helper()
+	l, err := lab.Start(ctx, lab.Config{Dir: t.TempDir(), Minions: minions, Watch: &wc})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(l.Stop)
+	src := filepath.Join(l.Master.Root, task)
+	mustMkdir(t, src)
+	if err := lab.SampleTree(src, 256<<10, 20); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Coord.SetTask(ctx, task, coord.TaskOptions{Delete: true, Exclude: patterns}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := l.WaitGeneration(ctx, 0, nil); err != nil {
+		t.Fatal(err)
+	}
+	waitIdentical(ctx, t, l, src, patterns)
+	return l, src
+}
+
+// TestWatchMirrors: with run --watch, each kind of change on the master
+// reaches every minion without a new task: a small write; an editor's
+// write-then-rename; a rename; a delete; a directory moved out of the tree
+// and back in; a new directory with contents; a write to an excluded path
+// (not sent; the minion's own excluded file is kept). Each step asserts
+// the copies identical, not how long it took.
+func TestWatchMirrors(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	patterns := []string{"*.swp", "/scratch/"}
+	l, src := startWatch(ctx, t, 3, master.WatchConfig{Delay: 200 * time.Millisecond, MaxDelay: 2 * time.Second}, patterns)
+	outside := t.TempDir()
+	mustMkdir(t, filepath.Join(src, "scratch"))
+	writeFile(t, filepath.Join(l.Minions[0].Root, task, "mine.swp"), "the minion's own")
+	first, _ := l.Coord.Current(ctx)
+	steps := []struct {
+		name string
+		do   func()
+	}{
+		{"small write", func() { writeFile(t, filepath.Join(src, "note.txt"), "hello") }},
+		{"editor write-then-rename", func() {
+			writeFile(t, filepath.Join(src, ".note.txt.swp"), "hello, edited")
+			must(t, os.Rename(filepath.Join(src, ".note.txt.swp"), filepath.Join(src, "note.txt")))
+		}},
+		{"rename", func() { must(t, os.Rename(filepath.Join(src, "note.txt"), filepath.Join(src, "renamed.txt"))) }},
+		{"delete", func() { must(t, os.Remove(filepath.Join(src, "renamed.txt"))) }},
+		{"new directory with contents", func() {
+			mustMkdir(t, filepath.Join(outside, "fresh/deep"))
+			writeFile(t, filepath.Join(outside, "fresh/deep/f"), "fresh")
+			must(t, os.Rename(filepath.Join(outside, "fresh"), filepath.Join(src, "fresh")))
+		}},
+		{"directory moved out", func() { must(t, os.Rename(filepath.Join(src, "fresh"), filepath.Join(outside, "away"))) }},
+		{"changed outside, moved back in", func() {
+			writeFile(t, filepath.Join(outside, "away/deep/g"), "changed while away")
+			must(t, os.Rename(filepath.Join(outside, "away"), filepath.Join(src, "back")))
+		}},
+		{"write inside the moved-in directory", func() { writeFile(t, filepath.Join(src, "back/deep/h"), "inside") }},
+		{"excluded writes", func() {
+			writeFile(t, filepath.Join(src, "scratch/tmp"), "excluded")
+			writeFile(t, filepath.Join(src, "x.swp"), "excluded")
+			writeFile(t, filepath.Join(src, "visible"), "not excluded")
+		}},
+	}
+	for _, s := range steps {
+		s.do()
+		waitIdentical(ctx, t, l, src, patterns)
+		t.Logf("%s: identical on every minion", s.name)
+	}
+	for _, p := range []string{"scratch", "x.swp"} {
+		if _, err := os.Lstat(filepath.Join(l.Minions[1].Root, task, p)); err == nil {
+			t.Errorf("excluded %s reached a minion", p)
+		}
+	}
+	if b, err := os.ReadFile(filepath.Join(l.Minions[0].Root, task, "mine.swp")); err != nil || string(b) != "the minion's own" {
+		t.Errorf("the minion's excluded file: %q, %v", b, err)
+	}
+	st, err := l.Coord.Status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := st.Watch
+	if w == nil || w.Events == 0 || w.Generations < int64(len(steps))-1 || w.LastPublish.IsZero() || w.Watched == 0 {
+		t.Fatalf("watch state %+v: want events, about one generation a step, a last publish, watched directories", w)
+	}
+	if st.Generation.ID <= first.ID {
+		t.Fatal("no generation published by the watch")
+	}
+}
+
+// TestWatchBurst: 1,000 file writes over 2 s, with the default --delay 1s
+// and --max-delay 10s, become at most 3 generations, and every minion ends
+// identical.
+func TestWatchBurst(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	l, src := startWatch(ctx, t, 3, master.WatchConfig{}, nil)
+	before, _ := l.Coord.Current(ctx)
+	mustMkdir(t, filepath.Join(src, "burst"))
+	start := time.Now()
+	for i := range 1000 {
+		writeFile(t, filepath.Join(src, "burst", fmt.Sprintf("f%04d", i)), strings.Repeat("x", i))
+		if d := time.Until(start.Add(time.Duration(i+1) * 2 * time.Millisecond)); d > 0 {
+			time.Sleep(d)
+		}
+	}
+	wrote := time.Since(start)
+	st := waitIdentical(ctx, t, l, src, nil)
+	t.Logf("1,000 writes in %s; identical on every minion %s after the first write, in %d generations (the last published %s after the first write, done %s after its publish)",
+		wrote.Round(time.Millisecond), time.Since(start).Round(time.Millisecond), st.Generation.ID-before.ID,
+		st.Generation.Published.Sub(start).Round(time.Millisecond), st.Generation.DoneAt.Sub(st.Generation.Published))
+	if n := st.Generation.ID - before.ID; n < 1 || n > 3 {
+		t.Fatalf("the burst became %d generations, want 1 to 3", n)
+	}
+	// One generation after the burst settled: the minions are not
+	// fetching again.
+	time.Sleep(1500 * time.Millisecond)
+	if after, _ := l.Coord.Current(ctx); after.ID != st.Generation.ID {
+		t.Fatalf("a generation (%d) published after the burst settled at %d", after.ID, st.Generation.ID)
+	}
+}
+
+// TestWatchCatchUp: a minion stopped during a burst of changes (several
+// generations published meanwhile) catches up in one step when it comes
+// back: it claims once, for the newest generation, and ends identical.
+func TestWatchCatchUp(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	l, src := startWatch(ctx, t, 3, master.WatchConfig{Delay: 100 * time.Millisecond, MaxDelay: time.Second}, nil)
+	late := l.Minions[2]
+	must(t, late.Stop())
+	before, _ := l.Coord.Current(ctx)
+	for i := range 4 {
+		writeFile(t, filepath.Join(src, fmt.Sprintf("round-%d", i)), strings.Repeat("r", 100<<10))
+		// Let each round become its own generation.
+		waitFor(ctx, t, "a generation for the round", func() bool {
+			g, _ := l.Coord.Current(ctx)
+			return g.ID > before.ID+int64(i)
+		})
+	}
+	newest, _ := l.Coord.Current(ctx)
+	if newest.ID-before.ID < 4 {
+		t.Fatalf("only %d generations published during the burst", newest.ID-before.ID)
+	}
+	evs, err := l.Coord.Events(ctx, "0", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mark := evs[len(evs)-1].ID
+	must(t, l.StartMinion(ctx, late))
+	waitIdentical(ctx, t, l, src, nil)
+	evs, err = l.Coord.Events(ctx, mark, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var claims []string
+	for _, ev := range evs {
+		if ev.Host == late.ID && ev.Type == "claim" {
+			claims = append(claims, ev.Gen)
+		}
+	}
+	if len(claims) != 1 || claims[0] != fmt.Sprint(newest.ID) {
+		t.Fatalf("the returning minion claimed for generations %q; want one claim, for the newest (%d)", claims, newest.ID)
+	}
+}
+
+// TestWatchLimit: when the directories cannot all be watched (the limit
+// injected with --max-watches, which fails as the kernel's ENOSPC does),
+// status reports the unwatched part and a change inside it still arrives.
+func TestWatchLimit(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	l, src := startWatch(ctx, t, 2, master.WatchConfig{Delay: 100 * time.Millisecond, ScanEvery: 500 * time.Millisecond, MaxWatches: 1}, nil)
+	var st coord.Status
+	waitFor(ctx, t, "status to report unwatched directories", func() bool {
+		st, _ = l.Coord.Status(ctx)
+		return st.Watch != nil && st.Watch.Unwatched > 0
+	})
+	if st.Watch.Watched != 1 {
+		t.Fatalf("%d directories watched, want the 1 --max-watches allows", st.Watch.Watched)
+	}
+	// A file in a subdirectory, which is not watched.
+	var sub string
+	filepath.WalkDir(src, func(p string, d os.DirEntry, err error) error {
+		if err == nil && d.IsDir() && p != src && sub == "" {
+			sub = p
+		}
+		return nil
+	})
+	if sub == "" {
+		t.Fatal("the sample tree has no subdirectory")
+	}
+	writeFile(t, filepath.Join(sub, "in-unwatched"), "seen by the scan")
+	waitIdentical(ctx, t, l, src, nil)
 }
