@@ -83,6 +83,9 @@ type Master struct {
 	last *published
 	// watch is watch mode's state; nil when it is off.
 	watch *watchState
+	// changed receives paths the peer server found changed on disk while
+	// serving them (see peer.Server.VerifyServed).
+	changed chan string
 }
 
 // published is a generation this master published.
@@ -132,7 +135,19 @@ func New(cfg Config, co Coordinator, server *peer.Server) (*Master, error) {
 	if err != nil {
 		return nil, err
 	}
-	m := &Master{cfg: cfg, coord: co, server: server, cache: cache}
+	m := &Master{cfg: cfg, coord: co, server: server, cache: cache, changed: make(chan string, 1)}
+	if server != nil {
+		// The origin serves the operator's tree, which may change under a
+		// generation: every chunk is checked against what was published
+		// as it is served, and a change makes a new generation rather
+		// than bad bytes (which would get the origin barred).
+		server.VerifyServed(func(p string) {
+			select {
+			case m.changed <- p:
+			default: // one is pending already
+			}
+		})
+	}
 	if m.last, err = loadPublished(filepath.Join(cfg.StateDir, publishedFile)); err != nil {
 		return nil, err
 	}
@@ -225,6 +240,11 @@ func (m *Master) Run(ctx context.Context) error {
 		case <-ready:
 			if err := m.watchPublish(ctx, false); err != nil && ctx.Err() == nil {
 				m.cfg.Log.WithError(err).Warn("publishing the changes of the watched tree failed; retrying at the next change or --full-every")
+			}
+			continue
+		case p := <-m.changed:
+			if err := m.servedChanged(ctx, p); err != nil && ctx.Err() == nil {
+				m.cfg.Log.WithError(err).Warn("publishing the changed tree failed")
 			}
 			continue
 		case <-fullTick:

@@ -520,3 +520,35 @@ func (m *Master) watchTick(ctx context.Context, g coord.Generation) error {
 	}
 	return nil
 }
+
+// servedChanged handles a file the peer server found changed on disk
+// while serving the generation (its chunks no longer match): the
+// generation cannot be served whole any more, so the tree is published as
+// it is now. In watch mode the file is one more changed path (inotify has
+// most likely reported it already); otherwise the whole tree is walked.
+func (m *Master) servedChanged(ctx context.Context, p string) error {
+	a := m.active
+	if a == nil {
+		return nil
+	}
+	m.cfg.Log.WithFields(logrus.Fields{"path": p, "gen": a.Gen}).
+		Warn("a file changed on disk under the generation being served; its changed bytes were not sent; publishing the tree as it is now")
+	if w := m.watch; w != nil {
+		w.t.mu.Lock()
+		w.t.markLocked(p, time.Now())
+		w.t.mu.Unlock()
+		return nil
+	}
+	_, osPath, err := ResolveTask(m.cfg.Root, a.Path)
+	if err != nil {
+		return m.publish(ctx, a.Path, a.opts())
+	}
+	snap, err := m.build(ctx, osPath, a.Exclude)
+	if err != nil {
+		return m.publish(ctx, a.Path, a.opts())
+	}
+	if snap.Digest == a.Digest {
+		return nil // changed back meanwhile
+	}
+	return m.offer(ctx, a.Path, a.opts(), snap)
+}

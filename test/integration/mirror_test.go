@@ -3,6 +3,7 @@ package integration
 import (
 	"context"
 	"fmt"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"slices"
@@ -389,4 +390,60 @@ func TestWatchLimit(t *testing.T) {
 	}
 	writeFile(t, filepath.Join(sub, "in-unwatched"), "seen by the scan")
 	waitIdentical(ctx, t, l, src, nil)
+}
+
+// TestOriginServesWhatItPublished: without watch mode, a file edited in
+// place on the master (same size, mtime put back, so no walk would see
+// it) while its generation is pulled is never served with the new bytes
+// under the old hashes: the origin refuses the changed chunks, is not
+// barred as a bad source, and publishes the tree as it is now, which the
+// minion then holds.
+func TestOriginServesWhatItPublished(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	l, err := lab.Start(ctx, lab.Config{Dir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Stop()
+	src := filepath.Join(l.Master.Root, task)
+	mustMkdir(t, src)
+	big := filepath.Join(src, "model.bin")
+	data := make([]byte, 4<<20)
+	rng := rand.New(rand.NewPCG(5, 6)) // no repeated chunks: every byte comes from the origin
+	for i := range data {
+		data[i] = byte(rng.Uint32())
+	}
+	must(t, os.WriteFile(big, data, 0o644))
+	if err := l.Set(ctx, task); err != nil {
+		t.Fatal(err)
+	}
+	var first coord.Generation
+	waitFor(ctx, t, "the first generation", func() bool {
+		first, _ = l.Coord.Current(ctx)
+		return first.ID > 0
+	})
+	fi, _ := os.Stat(big)
+	f, err := os.OpenFile(big, os.O_WRONLY, 0)
+	must(t, err)
+	_, err = f.WriteAt([]byte("edited in place"), 3<<20)
+	must(t, err)
+	must(t, f.Close())
+	must(t, os.Chtimes(big, fi.ModTime(), fi.ModTime()))
+	// The only source is the origin.
+	h, err := l.AddMinion(ctx)
+	must(t, err)
+	st, err := l.WaitGeneration(ctx, first.ID, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := treeDiff(src, filepath.Join(h.Root, task), nil); d != "" {
+		t.Fatalf("the minion's copy: %s", d)
+	}
+	bad, err := l.Redis.SMembers(ctx, l.Coord.Keys().BadSources()).Result()
+	must(t, err)
+	if slices.Contains(bad, l.Master.ID) {
+		t.Fatal("the origin was barred as a bad source for a change on its disk")
+	}
+	t.Logf("generation %d published for the edit; the minion holds the edited tree", st.Generation.ID)
 }
