@@ -83,6 +83,7 @@ type treeWatcher struct {
 	watched   map[string]bool // OS directories watched
 	unwatched map[string]bool // tree paths of directories inotify does not watch
 	warned    bool
+	rootGone  bool            // the root itself was removed or renamed: arm again
 	changed   map[string]bool // tree paths changed since the last take
 	full      bool            // walk the whole tree at the next take
 	first     time.Time       // first event of the pending burst
@@ -123,7 +124,7 @@ func (t *treeWatcher) arm(root string, man *manifest.Manifest, ex *exclude.List)
 		t.w.Remove(d)
 	}
 	t.watched, t.unwatched, t.changed = map[string]bool{}, map[string]bool{}, map[string]bool{}
-	t.root, t.file, t.ex, t.warned = root, "", ex, false
+	t.root, t.file, t.ex, t.warned, t.rootGone = root, "", ex, false, false
 	if len(man.Entries) > 0 && man.Entries[0].Type == manifest.File {
 		t.file = filepath.Base(root)
 		t.addLocked(filepath.Dir(root), ".")
@@ -287,8 +288,10 @@ func (t *treeWatcher) event(ev fsnotify.Event) {
 	}
 	if rel == "." {
 		if ev.Op&(fsnotify.Remove|fsnotify.Rename) != 0 {
+			// The watches went with it: a tree at the same path later is
+			// another tree, to be armed again when it is published.
 			t.events++
-			t.full = true
+			t.full, t.rootGone = true, true
 			t.markLocked(".", now)
 		}
 		return
@@ -338,6 +341,13 @@ func (t *treeWatcher) take() (changed []string, full bool) {
 	t.changed, t.full = map[string]bool{}, false
 	t.first, t.last = time.Time{}, time.Time{}
 	return changed, full
+}
+
+// gone reports whether the armed root was removed or renamed since arm.
+func (t *treeWatcher) gone() bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.rootGone
 }
 
 // counts returns the events seen and the directories watched and not.
@@ -410,7 +420,7 @@ func (m *Master) watchPublished(fresh bool, g coord.Generation, snap *peer.Snaps
 			w.behindSince = g.Published
 		}
 	}
-	if w.root != snap.Root {
+	if w.root != snap.Root || w.t.gone() {
 		w.root = snap.Root
 		ex, err := m.excludes(m.active.Exclude)
 		if err != nil {

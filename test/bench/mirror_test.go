@@ -54,7 +54,7 @@ func TestMirrorLag(t *testing.T) {
 			t.Error(err)
 		}
 	}()
-	const task = "/data/mirror"
+	task := "/data/mirror"
 	m, err := f.StartMaster(ctx, "--watch", "--delay", "1s", "--max-delay", "10s")
 	if err != nil {
 		t.Fatal(err)
@@ -71,6 +71,11 @@ func TestMirrorLag(t *testing.T) {
 		t.Fatal(err)
 	}
 	src := filepath.Join(m.Root, task)
+	publish := func() {
+		if err := f.Coord.SetTask(ctx, task, coord.TaskOptions{Delete: true}); err != nil {
+			t.Fatal(err)
+		}
+	}
 
 	// waitSame waits until every minion holds want (path → content) and
 	// the newest generation is done; it returns when it saw that.
@@ -138,9 +143,7 @@ func TestMirrorLag(t *testing.T) {
 
 	// A tree of 1,000 small files.
 	makeTree(1000, 100)
-	if err := f.Set(ctx, task); err != nil {
-		t.Fatal(err)
-	}
+	publish()
 	if _, err := f.WaitDone(ctx, 0); err != nil {
 		t.Fatal(err)
 	}
@@ -167,17 +170,14 @@ func TestMirrorLag(t *testing.T) {
 		return start, time.Now(), want
 	})
 
-	// A tree of 100,000 files (1,000 directories of 100).
-	if err := os.RemoveAll(src); err != nil {
-		t.Fatal(err)
-	}
+	// A task of 100,000 files (1,000 directories of 100).
+	task = "/data/big"
+	src = filepath.Join(m.Root, task)
 	makeTree(100_000, 100)
 	before := current()
 	start := time.Now()
 	cpu0 := procCPU(t, m.Pid())
-	if err := f.Set(ctx, task); err != nil {
-		t.Fatal(err)
-	}
+	publish()
 	if _, err := f.WaitDone(ctx, before); err != nil {
 		t.Fatal(err)
 	}

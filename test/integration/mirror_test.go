@@ -259,15 +259,24 @@ func TestWatchMirrors(t *testing.T) {
 			writeFile(t, filepath.Join(src, "x.swp"), "excluded")
 			writeFile(t, filepath.Join(src, "visible"), "not excluded")
 		}},
+		{"task root swapped for another tree", func() {
+			mustMkdir(t, filepath.Join(outside, "next/sub"))
+			writeFile(t, filepath.Join(outside, "next/sub/n"), "the next tree")
+			must(t, os.Rename(src, filepath.Join(outside, "previous")))
+			must(t, os.Rename(filepath.Join(outside, "next"), src))
+		}},
+		{"write in a directory of the swapped-in tree", func() { writeFile(t, filepath.Join(src, "sub/m"), "watched again") }},
 	}
 	for _, s := range steps {
 		s.do()
 		waitIdentical(ctx, t, l, src, patterns)
 		t.Logf("%s: identical on every minion", s.name)
-	}
-	for _, p := range []string{"scratch", "x.swp"} {
-		if _, err := os.Lstat(filepath.Join(l.Minions[1].Root, task, p)); err == nil {
-			t.Errorf("excluded %s reached a minion", p)
+		if s.name == "excluded writes" {
+			for _, p := range []string{"scratch", "x.swp"} {
+				if _, err := os.Lstat(filepath.Join(l.Minions[1].Root, task, p)); err == nil {
+					t.Errorf("excluded %s reached a minion", p)
+				}
+			}
 		}
 	}
 	if b, err := os.ReadFile(filepath.Join(l.Minions[0].Root, task, "mine.swp")); err != nil || string(b) != "the minion's own" {
