@@ -41,6 +41,11 @@ func TestUsageErrors(t *testing.T) {
 		{"publish empty", masterMain, []string{"publish", ""}, "empty"},
 		{"bad flag", masterMain, []string{"status", "--nope"}, "unknown flag"},
 		{"bad redis url", masterMain, []string{"status", "--redis", "http://x"}, "--redis"},
+		{"publish bad exclude", masterMain, []string{"publish", "--exclude", "a[", "/data/m42"}, `"a["`},
+		{"publish include rule", masterMain, []string{"publish", "--exclude", "+ keep", "/data/m42"}, "include rules"},
+		{"publish missing exclude-from", masterMain, []string{"publish", "--exclude-from", "/does/not/exist", "/data/m42"}, "--exclude-from"},
+		{"watch flag without --watch", masterMain, []string{"run", "--delay", "2s"}, "need --watch"},
+		{"watch max-delay below delay", masterMain, []string{"run", "--watch", "--delay", "5s", "--max-delay", "1s"}, "--max-delay"},
 		{"minion unknown", minionMain, []string{"frob"}, `unknown command "frob"`},
 		{"minion root missing", minionMain, []string{"run", "--root", "/does/not/exist"}, "--root"},
 		{"bad log level", minionMain, []string{"run", "--root", "/", "--state-dir", "STATE", "--log-level", "loud"}, "--log-level"},
@@ -140,6 +145,35 @@ func TestPublishAndStatus(t *testing.T) {
 	}
 	if st["task"] != "/data/m42//" || st["state"] != coord.StateIdle {
 		t.Errorf("status task %v state %v", st["task"], st["state"])
+	}
+}
+
+// TestPublishExcludes: publish writes --exclude and --exclude-from, in
+// that order, into task_options with the task; status shows the watch
+// state a watching master wrote.
+func TestPublishExcludes(t *testing.T) {
+	mr := miniredis.RunT(t)
+	vars := map[string]string{"FANOUT_REDIS": "redis://" + mr.Addr()}
+	from := filepath.Join(t.TempDir(), "ex")
+	if err := os.WriteFile(from, []byte("# editor files\n*.swp\n/tmp/\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	code, out, stderr := run(t, masterMain, vars, "publish", "--exclude", "*.log", "--exclude-from", from, "/data/m42")
+	if code != exitOK || !strings.Contains(out, "3 exclude patterns") {
+		t.Fatalf("publish: code %d, out %q, stderr %q", code, out, stderr)
+	}
+	got, _ := mr.Get("task_options")
+	if got != `{"delete":false,"exclude":["*.log","*.swp","/tmp/"]}` {
+		t.Fatalf("task_options = %s", got)
+	}
+	mr.HSet("watch", "root", "/data/m42", "events", "12", "generations", "3", "watched", "4", "unwatched", "2", "updated", "1")
+	code, out, stderr = run(t, masterMain, vars, "status")
+	if code != exitOK || !strings.Contains(out, "12 events, 3 generations") || !strings.Contains(out, "2 NOT watched") {
+		t.Fatalf("status: code %d, out %q, stderr %q", code, out, stderr)
+	}
+	mr.HSet("watch", "events", "many")
+	if code, _, stderr = run(t, masterMain, vars, "status"); code == exitOK || !strings.Contains(stderr, "watch") {
+		t.Fatalf("a corrupt watch key: code %d, stderr %q; want an error naming the key", code, stderr)
 	}
 }
 

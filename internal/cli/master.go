@@ -21,7 +21,9 @@ const masterUsage = `fanout-master: publish a file or tree and serve it as the f
 
 Usage:
   fanout-master run [flags]                 watch the task key, publish generations, serve as origin
-  fanout-master publish PATH [--delete] [--compress] [--wait] [--timeout D] [--dry-run]
+  fanout-master run --watch [--delay D] [--max-delay D] [--full-every D] [--exclude P]...
+                                            also publish each change of the task tree (live mirroring)
+  fanout-master publish PATH [--delete] [--exclude P]... [--exclude-from F] [--compress] [--wait] [--timeout D] [--dry-run]
                                             set the task (same as: redis-cli set task PATH)
   fanout-master status [--json|--follow]    show the task, its generation and every host
   fanout-master hosts [--json]              list registered hosts, last heartbeat, version
@@ -93,11 +95,36 @@ func parse(fs *pflag.FlagSet, args []string, e env) error {
 func masterRun(ctx context.Context, args []string, e env) error {
 	var n node
 	var forgetAfter time.Duration
+	var watch bool
+	var wc master.WatchConfig
+	var ex excludeFlags
 	fs := newFlags(e, "run", "fanout-master run: watch the task key, publish each task as a generation and serve it as the first source.")
 	n.register(fs, "/var/lib/fanout/master")
 	fs.DurationVar(&forgetAfter, "forget-after", 7*24*time.Hour, "forget a host (as fanout-master forget does) once its last heartbeat is older than this; 0: never")
+	fs.BoolVar(&watch, "watch", false, "watch the current task's tree (inotify) and publish a new generation when it changes: live mirroring")
+	fs.DurationVar(&wc.Delay, "delay", time.Second, "with --watch, publish once the tree has been quiet this long after a change")
+	fs.DurationVar(&wc.MaxDelay, "max-delay", 10*time.Second, "with --watch, publish at the latest this long after the first change of a burst that never pauses")
+	fs.DurationVar(&wc.FullEvery, "full-every", time.Hour, "with --watch, walk the whole tree this often even without events, and publish when it differs")
+	fs.DurationVar(&wc.ScanEvery, "scan-every", 10*time.Second, "with --watch, walk the directories inotify cannot watch (fs.inotify.max_user_watches reached) this often")
+	fs.IntVar(&wc.MaxWatches, "max-watches", 0, "with --watch, watch at most this many directories and scan the rest every --scan-every (0: as many as the kernel allows)")
+	ex.register(fs, "leave paths matching PATTERN (rsync rules) out of every task, on top of the task's own --exclude")
 	if err := parse(fs, args, e); err != nil {
 		return err
+	}
+	if !watch && (fs.Changed("delay") || fs.Changed("max-delay") || fs.Changed("full-every") || fs.Changed("scan-every") || fs.Changed("max-watches")) {
+		return usageError("--delay, --max-delay, --full-every, --scan-every and --max-watches need --watch")
+	}
+	if watch && (wc.Delay <= 0 || wc.MaxDelay < wc.Delay || wc.FullEvery <= 0 || wc.ScanEvery <= 0 || wc.MaxWatches < 0) {
+		return usageError("--watch: --delay %s, --max-delay %s, --full-every %s, --scan-every %s, --max-watches %d: durations must be positive, --max-delay at least --delay, --max-watches 0 or more",
+			wc.Delay, wc.MaxDelay, wc.FullEvery, wc.ScanEvery, wc.MaxWatches)
+	}
+	excludes, err := ex.patterns()
+	if err != nil {
+		return err
+	}
+	var watchCfg *master.WatchConfig
+	if watch {
+		watchCfg = &wc
 	}
 	if fs.NArg() > 0 {
 		return usageError("run takes no arguments, got %q", fs.Args())
@@ -114,6 +141,9 @@ func masterRun(ctx context.Context, args []string, e env) error {
 	log, err := n.logger(e.stderr)
 	if err != nil {
 		return err
+	}
+	if len(excludes) > 0 {
+		log.WithField("exclude", excludes).Info("excluding from every task")
 	}
 	secrets, err := peer.LoadSecrets(n.secretFile)
 	if err != nil {
@@ -140,6 +170,7 @@ func masterRun(ctx context.Context, args []string, e env) error {
 	m, err := master.New(master.Config{
 		ID: n.id, Advertise: n.advertise, Root: n.root, StateDir: n.stateDir,
 		Uploads: n.uploads, Poll: n.poll, ForgetAfter: forgetAfter, Log: log, Metrics: mx, Zone: n.zone,
+		Exclude: excludes, Watch: watchCfg,
 	}, co, server)
 	if err != nil {
 		ln.Close()
@@ -156,10 +187,12 @@ func masterPublish(ctx context.Context, args []string, e env) error {
 	var c common
 	var del, compress, wait, dry bool
 	var timeout time.Duration
+	var ex excludeFlags
 	var d dryRun
 	fs := newFlags(e, "publish", "fanout-master publish PATH: set the task to PATH (absolute, under the hosts' --root); a running master publishes it as a new generation.")
 	c.register(fs)
 	fs.BoolVar(&del, "delete", false, "remove files on the hosts that are not in the task tree")
+	ex.register(fs, "leave paths matching PATTERN (rsync rules: /anchored, dir/, *, **, ?, [a-z]) out of the task: neither sent to nor deleted on the hosts")
 	fs.BoolVar(&dry, "dry-run", false, "publish nothing: print what would move (files, bytes, per host and in all) against the generation the hosts hold. Run it on the master's host: it reads PATH under --root and asks the origin for the current manifest (--secret-file)")
 	fs.StringVar(&d.root, "root", "/", "with --dry-run: the master's --root, under which PATH is read")
 	fs.StringVar(&d.secretFile, "secret-file", "/etc/fanout/secret", "with --dry-run: the peer secret, to ask the origin for the current manifest")
@@ -181,6 +214,10 @@ func masterPublish(ctx context.Context, args []string, e env) error {
 	if _, err := master.CleanTask(path); err != nil {
 		return usageError("publish PATH: %v", err)
 	}
+	excludes, err := ex.patterns()
+	if err != nil {
+		return err
+	}
 	c.clientName = clientName("fanout-master-publish", "")
 	rdb, err := c.redis(ctx)
 	if err != nil {
@@ -189,16 +226,23 @@ func masterPublish(ctx context.Context, args []string, e env) error {
 	defer rdb.Close()
 	co := c.coord(rdb, 0)
 	if dry {
+		if len(excludes) > 0 {
+			return usageError("--dry-run does not apply --exclude patterns yet: preview without them, or publish")
+		}
 		return d.run(ctx, co, path, del, e)
 	}
 	before, err := co.Current(ctx)
 	if err != nil {
 		return err
 	}
-	if err := co.SetTask(ctx, path, coord.TaskOptions{Delete: del, Compress: compress}); err != nil {
+	if err := co.SetTask(ctx, path, coord.TaskOptions{Delete: del, Compress: compress, Exclude: excludes}); err != nil {
 		return fmt.Errorf("set task: %w", err)
 	}
-	fmt.Fprintf(e.stdout, "task set to %s (delete=%v, compress=%v)\n", printable(path, maxLine), del, compress)
+	fmt.Fprintf(e.stdout, "task set to %s (delete=%v, compress=%v", printable(path, maxLine), del, compress)
+	if len(excludes) > 0 {
+		fmt.Fprintf(e.stdout, ", %d exclude patterns", len(excludes))
+	}
+	fmt.Fprintln(e.stdout, ")")
 	if !wait {
 		return nil
 	}

@@ -41,6 +41,9 @@ type statusJSON struct {
 	// generation that hosts received from sources of another zone.
 	OriginZone string `json:"origin_zone,omitempty"`
 	CrossZone  int64  `json:"cross_zone_bytes"`
+	// Watch is the master's watch mode (run --watch); absent when no
+	// master ever ran with it.
+	Watch *watchJSON `json:"watch,omitempty"`
 }
 
 // hookCountsJSON sums up the hook runs of a generation.
@@ -61,6 +64,24 @@ type hookJSON struct {
 	Changed  int       `json:"changed"`          // paths the pull changed
 	Started  time.Time `json:"started"`
 	Duration float64   `json:"duration_sec"`
+}
+
+// watchJSON is the watch-mode part of status --json.
+type watchJSON struct {
+	Root        string     `json:"root"`
+	Events      int64      `json:"events"`
+	Generations int64      `json:"generations"`
+	FullResyncs int64      `json:"full_resyncs"`
+	Watched     int        `json:"watched_dirs"`
+	Unwatched   int        `json:"unwatched_dirs"`
+	LastPublish *time.Time `json:"last_publish,omitempty"`
+	// LagSec is how long the slowest host has not held the newest
+	// content (0: every host holds it).
+	LagSec    float64   `json:"lag_sec"`
+	Delay     float64   `json:"delay_sec"`
+	MaxDelay  float64   `json:"max_delay_sec"`
+	FullEvery float64   `json:"full_every_sec"`
+	Updated   time.Time `json:"updated"`
 }
 
 type hostJSON struct {
@@ -101,6 +122,16 @@ func toJSON(st coord.Status, now time.Time) statusJSON {
 	}
 	if !g.Published.IsZero() {
 		out.Published = &g.Published
+	}
+	if w := st.Watch; w != nil {
+		out.Watch = &watchJSON{
+			Root: w.Root, Events: w.Events, Generations: w.Generations, FullResyncs: w.FullResyncs,
+			Watched: w.Watched, Unwatched: w.Unwatched, LagSec: w.Lag(now).Seconds(),
+			Delay: w.Delay.Seconds(), MaxDelay: w.MaxDelay.Seconds(), FullEvery: w.FullEvery.Seconds(), Updated: w.Updated,
+		}
+		if !w.LastPublish.IsZero() {
+			out.Watch.LastPublish = &w.LastPublish
+		}
 	}
 	if !g.DoneAt.IsZero() {
 		out.DoneAt = &g.DoneAt
@@ -213,6 +244,23 @@ func writeStatusText(w io.Writer, st coord.Status, now time.Time) {
 		sources[i] = printable(src, maxCell)
 	}
 	fmt.Fprintf(w, "sources:    %s\n", strings.Join(sources, " "))
+	if wj := s.Watch; wj != nil {
+		last := "none yet"
+		if wj.LastPublish != nil {
+			last = now.Sub(*wj.LastPublish).Round(100*time.Millisecond).String() + " ago"
+		}
+		lag := "every host holds the newest"
+		if wj.LagSec > 0 {
+			lag = "slowest host " + (time.Duration(wj.LagSec * float64(time.Second))).Round(100*time.Millisecond).String() + " behind the newest"
+		}
+		fmt.Fprintf(w, "watch:      %s  %d events, %d generations published (last %s), %d full walks; %s\n",
+			printable(wj.Root, maxLine), wj.Events, wj.Generations, last, wj.FullResyncs, lag)
+		fmt.Fprintf(w, "            %d directories watched", wj.Watched)
+		if wj.Unwatched > 0 {
+			fmt.Fprintf(w, ", %d NOT watched (inotify limit: raise fs.inotify.max_user_watches; walked every --scan-every)", wj.Unwatched)
+		}
+		fmt.Fprintf(w, "; state written %s ago\n", now.Sub(wj.Updated).Round(time.Second))
+	}
 	zoned := zonesLine(w, s)
 	if len(s.Hosts) == 0 {
 		return

@@ -50,6 +50,10 @@ const MaxClaims = 16
 //	   holders, dead-slot back-off, drift repair; owners in the manifest.
 //	3: manifests of content-defined chunks (format 3); several claims per
 //	   host; claim indexes and the lease-expiry index.
+//	4: exclude patterns, in task_options and in the manifest (format 4):
+//	   a minion of protocol 3 would delete what a generation excludes, so
+//	   it refuses (with the upgrade message) rather than pull it; the watch
+//	   key (the master's watch mode).
 //
 // Additions that hosts of the same protocol built before them ignore
 // safely keep the number: zones (per-zone claim indexes, a "zone" in the
@@ -59,8 +63,9 @@ const MaxClaims = 16
 // never read the zone keys; to zoned hosts it is a host without a zone.
 // Keys that no host must understand to work with the others do not raise
 // it: the hooks hash (hook results, see HookFormat) is read and written
-// only by hosts that know it, and its records carry their own format.
-const Proto = 3
+// only by hosts that know it, and its records carry their own format. Compression is another (see
+// TaskOptions.Compress).
+const Proto = 4
 
 // Config configures a Client.
 type Config struct {
@@ -270,13 +275,17 @@ type TaskOptions struct {
 	Delete bool `json:"delete"`
 	// Compress: hosts ask their sources for zstd-compressed chunks.
 	Compress bool `json:"compress,omitempty"`
+	// Exclude lists rsync exclude patterns (package exclude): the master
+	// leaves what they match out of the manifest, and minions neither
+	// fetch nor delete it. Protocol 4.
+	Exclude []string `json:"exclude,omitempty"`
 }
 
 // SetTask sets the task and its options in one transaction.
 func (c *Client) SetTask(ctx context.Context, path string, opts TaskOptions) error {
 	_, err := c.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
 		p.Set(ctx, c.keys.Task(), path, 0)
-		if opts == (TaskOptions{}) {
+		if !opts.Delete && len(opts.Exclude) == 0 {
 			p.Del(ctx, c.keys.TaskOptions())
 		} else {
 			b, _ := json.Marshal(opts)

@@ -156,3 +156,7 @@ func (k Keys) ZonePulling(zone string) string { return k.Prefix + "zone_pulling:
 // generation from sources in another zone (both hosts with a zone, the
 // zones different); reset by each publish.
 func (k Keys) ZoneBytes() string { return k.Prefix + "zone_bytes" }
+
+// Watch is the master's watch-mode state (a hash; see WatchState), read
+// by status. Protocol 4.
+func (k Keys) Watch() string { return k.Prefix + "watch" }

@@ -41,6 +41,9 @@ type Status struct {
 	// no hook configured have none). An expected host whose hook is
 	// still running keeps the generation from being done.
 	Hooks map[string]HookRecord
+	// Watch is the master's watch-mode state; nil when no master ever
+	// ran with --watch.
+	Watch *WatchState
 	// Now is Redis's clock when the status was read: every time above
 	// (heartbeats, publish, done) is Redis time, so durations are
 	// computed against Now, never against the reader's clock.
@@ -51,15 +54,15 @@ type Status struct {
 func (c *Client) Status(ctx context.Context) (Status, error) {
 	k := c.keys
 	var (
-		task                        *redis.StringCmd
-		gen, fails, claims, hostsIn *redis.MapStringStringCmd
-		progress                    *redis.MapStringStringCmd
-		fin, run, src               *redis.StringSliceCmd
-		beats                       *redis.ZSliceCmd
-		lookup                      *redis.StringCmd
-		repairing                   *redis.StringSliceCmd
-		repairs, zoneBytes, hooks   *redis.MapStringStringCmd
-		now                         *redis.TimeCmd
+		task                             *redis.StringCmd
+		gen, fails, claims, hostsIn      *redis.MapStringStringCmd
+		progress                         *redis.MapStringStringCmd
+		fin, run, src                    *redis.StringSliceCmd
+		beats                            *redis.ZSliceCmd
+		lookup                           *redis.StringCmd
+		repairing                        *redis.StringSliceCmd
+		repairs, zoneBytes, hooks, watch *redis.MapStringStringCmd
+		now                              *redis.TimeCmd
 	)
 	sent := c.cfg.Now()
 	_, err := c.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
@@ -78,6 +81,7 @@ func (c *Client) Status(ctx context.Context) (Status, error) {
 		repairs = p.HGetAll(ctx, k.Repairs())
 		zoneBytes = p.HGetAll(ctx, k.ZoneBytes())
 		hooks = p.HGetAll(ctx, k.Hooks())
+		watch = p.HGetAll(ctx, k.Watch())
 		now = p.Time(ctx)
 		return nil
 	})
@@ -106,6 +110,9 @@ func (c *Client) Status(ctx context.Context) (Status, error) {
 		}
 	}
 	st.Hooks = hookRecords(hooks.Val(), st.Generation.Ref())
+	if st.Watch, err = parseWatch(k.Watch(), watch.Val()); err != nil {
+		return Status{}, err
+	}
 	for h, v := range repairs.Val() {
 		st.Repairs[h], _ = strconv.ParseInt(v, 10, 64)
 	}

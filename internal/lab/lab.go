@@ -55,6 +55,11 @@ type Config struct {
 	// (fanout-minion --compress).
 	Compress bool
 	Log      logrus.FieldLogger
+	// MasterExclude is the master's own exclude patterns (run --exclude).
+	MasterExclude []string
+	// Watch runs the master in watch mode (run --watch) with this
+	// configuration; nil: off.
+	Watch *master.WatchConfig
 }
 
 // Lab is a running deployment.
@@ -199,6 +204,7 @@ func (l *Lab) StartMaster(ctx context.Context) error {
 		m, err := master.New(master.Config{
 			ID: h.ID, Advertise: ln.Addr().String(), Root: h.Root, StateDir: h.StateDir,
 			Uploads: l.cfg.Uploads, Poll: l.cfg.Poll, Log: l.cfg.Log.WithField("host", h.ID), Zone: h.Zone,
+			Exclude: l.cfg.MasterExclude, Watch: l.cfg.Watch,
 		}, co, server)
 		if err != nil {
 			return nil, err

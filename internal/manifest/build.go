@@ -16,6 +16,7 @@ import (
 	"lukechampine.com/blake3"
 
 	"github.com/fanout/fanout/internal/chunk"
+	"github.com/fanout/fanout/internal/exclude"
 )
 
 // Options tunes Build.
@@ -46,6 +47,14 @@ type Options struct {
 	// symlinks whose target is not valid UTF-8. path is slash-separated and
 	// relative to root, like Entry.Path (it may hold invalid UTF-8).
 	Warn func(path string, err error)
+	// Exclude leaves out every entry it matches (never the root), and
+	// everything under a directory it matches, which is not read: rsync's
+	// --exclude. The manifest records its patterns (Manifest.Exclude).
+	Exclude *exclude.List
+	// Excluded is told about each entry Exclude left out (by path, like
+	// Warn), so a host can keep what it must not delete (see
+	// DiffOptions.Protected).
+	Excluded func(path string)
 	// Temp is told about fanout temporary files (see IsTemp), by path
 	// relative to root like Warn; they are never entries, and a directory
 	// with a temporary name is not descended into.
@@ -75,7 +84,7 @@ func Build(ctx context.Context, root string, opts Options) (*Manifest, error) {
 	}
 	fi, err := os.Lstat(root)
 	if errors.Is(err, fs.ErrNotExist) {
-		return &Manifest{Chunking: cloneParams(opts.Chunking)}, nil
+		return &Manifest{Chunking: cloneParams(opts.Chunking), Exclude: opts.Exclude.Patterns()}, nil
 	}
 	if err != nil {
 		return nil, fmt.Errorf("stat task root: %w", err)
@@ -110,7 +119,7 @@ func Build(ctx context.Context, root string, opts Options) (*Manifest, error) {
 	for _, p := range b.pending {
 		b.entries[p.i].setHash(p.job.res)
 	}
-	m := &Manifest{Chunking: cloneParams(opts.Chunking), Entries: b.entries}
+	m := &Manifest{Chunking: cloneParams(opts.Chunking), Exclude: opts.Exclude.Patterns(), Entries: b.entries}
 	m.Sort()
 	return m, nil
 }
@@ -163,41 +172,54 @@ func (b *builder) walk(osDir, rel string) error {
 		return fmt.Errorf("read directory %s: %w", osDir, err)
 	}
 	for _, de := range des {
-		if err := b.ctx.Err(); err != nil {
+		if err := b.entry(osDir, rel, de.Name()); err != nil {
 			return err
 		}
-		name := de.Name()
-		p := join(rel, name)
-		osPath := filepath.Join(osDir, name)
-		if IsTemp(name) {
-			if b.opts.Temp != nil {
-				b.opts.Temp(p)
-			}
-			continue
+	}
+	return nil
+}
+
+// entry adds the entry name of directory rel (at osDir) and, for a
+// directory, its subtree; it skips what it must (temporary files, bad
+// names, excluded paths) and what vanished meanwhile.
+func (b *builder) entry(osDir, rel, name string) error {
+	if err := b.ctx.Err(); err != nil {
+		return err
+	}
+	p := join(rel, name)
+	osPath := filepath.Join(osDir, name)
+	if IsTemp(name) {
+		if b.opts.Temp != nil {
+			b.opts.Temp(p)
 		}
-		if !utf8.ValidString(name) {
-			b.warn(p, errors.New("name is not valid UTF-8; skipped"))
-			continue
+		return nil
+	}
+	if !utf8.ValidString(name) {
+		b.warn(p, errors.New("name is not valid UTF-8; skipped"))
+		return nil
+	}
+	if err := ValidPath(p); err != nil {
+		b.warn(p, fmt.Errorf("%w; skipped", err))
+		return nil
+	}
+	fi, err := os.Lstat(osPath)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil // removed while we walked
+	}
+	if err != nil {
+		return fmt.Errorf("stat %s: %w", osPath, err)
+	}
+	if b.opts.Exclude.Match(p, fi.IsDir()) {
+		if b.opts.Excluded != nil {
+			b.opts.Excluded(p)
 		}
-		if err := ValidPath(p); err != nil {
-			b.warn(p, fmt.Errorf("%w; skipped", err))
-			continue
-		}
-		fi, err := os.Lstat(osPath)
-		if errors.Is(err, fs.ErrNotExist) {
-			continue // removed while we walked
-		}
-		if err != nil {
-			return fmt.Errorf("stat %s: %w", osPath, err)
-		}
-		if err := b.add(osPath, p, fi); err != nil {
-			return err
-		}
-		if fi.IsDir() {
-			if err := b.walk(osPath, p); err != nil {
-				return err
-			}
-		}
+		return nil
+	}
+	if err := b.add(osPath, p, fi); err != nil {
+		return err
+	}
+	if fi.IsDir() {
+		return b.walk(osPath, p)
 	}
 	return nil
 }

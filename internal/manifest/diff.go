@@ -91,6 +91,11 @@ func (p *Plan) Empty() bool { return len(p.Actions) == 0 }
 type DiffOptions struct {
 	// Delete removes local entries that the remote manifest does not have.
 	Delete bool
+	// Protected lists local paths left out of the scan by exclude
+	// patterns (Options.Excluded): a directory holding one is never
+	// removed as an extra (its other extras are), so an excluded path is
+	// never deleted, as rsync --delete keeps excluded files.
+	Protected []string
 	// Owner is how this host applies owners; give apply the same policy.
 	// Owners are compared only with Owner.Chown, and modes as
 	// Owner.Expect gives them.
@@ -195,8 +200,15 @@ func Diff(local, remote *Manifest, opts DiffOptions) *Plan {
 		}
 	}
 	if opts.Delete {
+		holds := map[string]bool{} // directories holding a protected path
+		for _, p := range opts.Protected {
+			for q := p; q != "."; {
+				q = parent(q)
+				holds[q] = true
+			}
+		}
 		for _, l := range local.Entries {
-			if _, ok := remoteIdx[l.Path]; ok || under(l.Path) {
+			if _, ok := remoteIdx[l.Path]; ok || under(l.Path) || holds[l.Path] {
 				continue
 			}
 			prunes = append(prunes, Action{OpRemove, l})

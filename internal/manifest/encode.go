@@ -12,6 +12,7 @@ import (
 	"lukechampine.com/blake3"
 
 	"github.com/fanout/fanout/internal/chunk"
+	"github.com/fanout/fanout/internal/exclude"
 )
 
 // Manifest formats. All are the same JSON object; they differ in whether
@@ -37,10 +38,17 @@ import (
 // until then it publishes format 2 or 1 of the same build: Build with
 // Options.WholeHash computes both hashes in one read (see WithoutChunks).
 // Which format to publish is the caller's decision.
+//
+// Format 4 is format 3 with "exclude": the exclude patterns the tree was
+// built with. A host must not delete (nor compare) what they match, so a
+// manifest with excludes exists in format 4 only: minions that predate it
+// refuse it (unknown field, and the generation's newer protocol) rather
+// than delete excluded files.
 const (
 	Format1 = 1
 	Format2 = 2
 	Format3 = 3
+	Format4 = 4
 )
 
 // Encode returns the canonical encoding of m as it is: the bytes that are
@@ -62,6 +70,9 @@ func (m *Manifest) Encode() ([]byte, error) {
 // format 3 manifest gives formats 2 and 1 only if Build computed whole-file
 // hashes (Options.WholeHash).
 func (m *Manifest) EncodeFormat(format int) ([]byte, error) {
+	if len(m.Exclude) > 0 && format != Format4 {
+		return nil, fmt.Errorf("encode manifest in format %d: it has exclude patterns, which only format 4 carries (hosts of an older format would delete excluded files)", format)
+	}
 	switch format {
 	case Format1, Format2:
 		w, err := m.WithoutChunks()
@@ -72,13 +83,16 @@ func (m *Manifest) EncodeFormat(format int) ([]byte, error) {
 			w = w.WithoutOwners()
 		}
 		return w.Encode()
-	case Format3:
+	case Format3, Format4:
 		if m.Chunking == nil {
-			return nil, errors.New("encode manifest in format 3: it has no chunk lists (build it with Options.Chunking)")
+			return nil, fmt.Errorf("encode manifest in format %d: it has no chunk lists (build it with Options.Chunking)", format)
+		}
+		if format == Format4 && len(m.Exclude) == 0 {
+			return nil, errors.New("encode manifest in format 4: it has no exclude patterns (format 3 describes it)")
 		}
 		return m.Encode()
 	}
-	return nil, fmt.Errorf("encode manifest: unknown format %d (want %d, %d or %d)", format, Format1, Format2, Format3)
+	return nil, fmt.Errorf("encode manifest: unknown format %d (want %d to %d)", format, Format1, Format4)
 }
 
 // WithoutOwners returns a copy of m whose entries carry no owner: the
@@ -89,7 +103,7 @@ func (m *Manifest) WithoutOwners() *Manifest {
 		e.User, e.Group, e.UID, e.GID = "", "", OwnerID{}, OwnerID{}
 		es[i] = e
 	}
-	return &Manifest{Chunking: m.Chunking, Entries: es}
+	return &Manifest{Chunking: m.Chunking, Exclude: m.Exclude, Entries: es}
 }
 
 // WithoutChunks returns a copy of m as format 2 describes it: no chunking,
@@ -109,12 +123,15 @@ func (m *Manifest) WithoutChunks() (*Manifest, error) {
 		e.whole = ""
 		es[i] = e
 	}
-	return &Manifest{Entries: es}, nil
+	return &Manifest{Exclude: m.Exclude, Entries: es}, nil
 }
 
-// Format returns Format3 when m has chunking, else Format2 when any entry
-// carries an owner, else Format1.
+// Format returns Format4 when m has exclude patterns, else Format3 when m
+// has chunking, else Format2 when any entry carries an owner, else Format1.
 func (m *Manifest) Format() int {
+	if len(m.Exclude) > 0 {
+		return Format4
+	}
 	if m.Chunking != nil {
 		return Format3
 	}
@@ -194,7 +211,8 @@ const modeBits = fs.ModePerm | fs.ModeSetuid | fs.ModeSetgid | fs.ModeSticky
 // symlink), and sane types, modes, sizes, hashes, targets and owners (ids in
 // 0..2^31-1, names of 1..64 bytes without NUL, '/' or newline). In format 3
 // it checks the chunking parameters and every chunk list (see
-// validateChunks).
+// validateChunks); in format 4 the exclude patterns, and that no entry
+// matches them.
 func (m *Manifest) Validate(lim Limits) error {
 	if len(m.Entries) > lim.MaxEntries {
 		return fmt.Errorf("manifest has %d entries, more than the limit of %d", len(m.Entries), lim.MaxEntries)
@@ -202,6 +220,16 @@ func (m *Manifest) Validate(lim Limits) error {
 	if m.Chunking != nil {
 		if err := m.Chunking.Validate(); err != nil {
 			return fmt.Errorf("manifest chunking: %w", err)
+		}
+	}
+	var ex *exclude.List
+	if len(m.Exclude) > 0 {
+		if m.Chunking == nil {
+			return errors.New("manifest has exclude patterns without chunking (format 4 is format 3 with excludes)")
+		}
+		var err error
+		if ex, err = exclude.Parse(m.Exclude); err != nil {
+			return fmt.Errorf("manifest: %w", err)
 		}
 	}
 	chunks := 0
@@ -239,6 +267,9 @@ func (m *Manifest) Validate(lim Limits) error {
 		}
 		if err := validateOwner(e); err != nil {
 			return bad("%v", err)
+		}
+		if ex.Match(e.Path, e.Type == Dir) {
+			return bad("matched by the manifest's own exclude patterns")
 		}
 		if e.Mode&^modeBits != 0 {
 			return bad("mode %#o has bits outside 07777 (permissions, setuid, setgid, sticky as fs.FileMode bits)", uint32(e.Mode))

@@ -132,7 +132,12 @@ type Manifest struct {
 	// chunks with. A host that hashes its own files to compare them with
 	// this manifest cuts them with the same (see FillHashes).
 	Chunking *chunk.Params `json:"chunking,omitempty"`
-	Entries  []Entry       `json:"entries"`
+	// Exclude, in format 4 only, lists the exclude patterns (rsync's
+	// rules, see package exclude) the tree was built with: no entry
+	// matches them, and a host neither fetches, compares nor deletes a
+	// path they match (see Options.Exclude and DiffOptions.Protected).
+	Exclude []string `json:"exclude,omitempty"`
+	Entries []Entry  `json:"entries"`
 }
 
 // TempPrefix starts the name of every temporary file fanout writes while a

@@ -14,6 +14,7 @@ import (
 
 	"github.com/fanout/fanout/internal/chunk"
 	"github.com/fanout/fanout/internal/coord"
+	"github.com/fanout/fanout/internal/exclude"
 	"github.com/fanout/fanout/internal/manifest"
 	"github.com/fanout/fanout/internal/metrics"
 	"github.com/fanout/fanout/internal/peer"
@@ -40,6 +41,13 @@ type Config struct {
 	// zone indexes (coord.Config.Zone), which the command line sets to the
 	// same.
 	Zone string
+	// Exclude lists rsync exclude patterns (package exclude) left out of
+	// every task's manifest, on top of the task's own (fanout-master
+	// publish --exclude); run --exclude and --exclude-from.
+	Exclude []string
+	// Watch, when set, watches the tree of the current task and publishes
+	// a new generation when it changes (see WatchConfig).
+	Watch *WatchConfig
 }
 
 // Coordinator is the part of the Redis protocol the master uses.
@@ -63,6 +71,8 @@ type Coordinator interface {
 	Subscribe(ctx context.Context, channels ...string) (*coord.Notifications, error)
 	TaskKeyspaceChannel() string
 	EnableKeyspaceEvents(ctx context.Context) error
+	SetWatch(ctx context.Context, st coord.WatchState) error
+	Now() time.Time
 }
 
 // Master is the origin daemon.
@@ -77,6 +87,11 @@ type Master struct {
 	// without persistence) and shows an older generation, the master
 	// publishes the task again, and never reuses an id.
 	last *published
+	// watch is watch mode's state; nil when it is off.
+	watch *watchState
+	// changed receives paths the peer server found changed on disk while
+	// serving them (see peer.Server.VerifyServed).
+	changed chan string
 }
 
 // published is a generation this master published.
@@ -87,12 +102,20 @@ type published struct {
 	Delete bool   `json:"delete"`
 	// Compress is the task's compress option.
 	Compress bool `json:"compress,omitempty"`
-	Failed   bool `json:"failed,omitempty"`
+	// Exclude is the task's own exclude patterns (from task_options), not
+	// those of Config.Exclude.
+	Exclude []string `json:"exclude,omitempty"`
+	Failed  bool     `json:"failed,omitempty"`
 	// Format is the manifest format it was published in (0: unknown).
 	Format int `json:"format,omitempty"`
 }
 
 func (p *published) ref() coord.Ref { return coord.Ref{ID: p.Gen, Digest: p.Digest} }
+
+// opts returns the options the task was published with.
+func (p *published) opts() coord.TaskOptions {
+	return coord.TaskOptions{Delete: p.Delete, Compress: p.Compress, Exclude: p.Exclude}
+}
 
 const (
 	cacheFile     = "hashes.cache"
@@ -120,12 +143,37 @@ func New(cfg Config, co Coordinator, server *peer.Server) (*Master, error) {
 	if err != nil {
 		return nil, err
 	}
-	m := &Master{cfg: cfg, coord: co, server: server, cache: cache}
+	m := &Master{cfg: cfg, coord: co, server: server, cache: cache, changed: make(chan string, 1)}
+	if server != nil {
+		// The origin serves the operator's tree, which may change under a
+		// generation: every chunk is checked against what was published
+		// as it is served, and a change makes a new generation rather
+		// than bad bytes (which would get the origin barred).
+		server.VerifyServed(func(p string) {
+			select {
+			case m.changed <- p:
+			default: // one is pending already
+			}
+		})
+	}
 	if m.last, err = loadPublished(filepath.Join(cfg.StateDir, publishedFile)); err != nil {
 		return nil, err
 	}
+	if _, err := exclude.Parse(cfg.Exclude); err != nil {
+		return nil, fmt.Errorf("master: %w", err)
+	}
+	if cfg.Watch != nil {
+		t, err := newTreeWatcher(*cfg.Watch, cfg.Log)
+		if err != nil {
+			return nil, err
+		}
+		m.watch = &watchState{t: t}
+	}
 	return m, nil
 }
+
+// now is this host's clock corrected to Redis time.
+func (m *Master) now() time.Time { return m.coord.Now() }
 
 // Run watches the task key until ctx is cancelled. A failing tick (Redis
 // down, say) is logged and retried on the next one.
@@ -177,10 +225,41 @@ func (m *Master) Run(ctx context.Context) error {
 	lastTask := ""
 	tick := time.NewTimer(0)
 	defer tick.Stop()
+	// Watch mode: the tree watcher's batches, and the periodic full walk.
+	var ready <-chan struct{}
+	var fullTick <-chan time.Time
+	if w := m.watch; w != nil {
+		wctx, stop := context.WithCancel(ctx)
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			w.t.run(wctx)
+		}()
+		defer func() { stop(); <-done }()
+		ready = w.t.ready
+		full := time.NewTicker(w.t.cfg.FullEvery)
+		defer full.Stop()
+		fullTick = full.C
+	}
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
+		case <-ready:
+			if err := m.watchPublish(ctx, false); err != nil && ctx.Err() == nil {
+				m.cfg.Log.WithError(err).Warn("publishing the changes of the watched tree failed; retrying at the next change or --full-every")
+			}
+			continue
+		case p := <-m.changed:
+			if err := m.servedChanged(ctx, p); err != nil && ctx.Err() == nil {
+				m.cfg.Log.WithError(err).Warn("publishing the changed tree failed")
+			}
+			continue
+		case <-fullTick:
+			if err := m.watchPublish(ctx, true); err != nil && ctx.Err() == nil {
+				m.cfg.Log.WithError(err).Warn("periodic full walk of the watched tree failed")
+			}
+			continue
 		case <-tick.C:
 		case <-recheck.C:
 			// CONFIG SET is lost with a node; a failover promotes one
@@ -249,7 +328,7 @@ func (m *Master) Tick(ctx context.Context) error {
 		// transfer; the id stays above the lost one.
 		m.cfg.Log.WithFields(logrus.Fields{"path": m.last.Path, "lost_gen": m.last.Gen, "redis_gen": g.ID}).
 			Warn("Redis lost the last generation this master published; publishing the task again")
-		return m.coord.SetTask(ctx, m.last.Path, coord.TaskOptions{Delete: m.last.Delete, Compress: m.last.Compress})
+		return m.coord.SetTask(ctx, m.last.Path, m.last.opts())
 	case value == "":
 		// No task, or an operator deleted the key: keep serving what we have.
 	case !names(value, g):
@@ -281,10 +360,15 @@ func (m *Master) Tick(ctx context.Context) error {
 	if err := m.forgetSilent(ctx); err != nil {
 		return err
 	}
-	if g.State != coord.StateRunning {
-		return nil // done or failed: nothing to complete
+	if g.State == coord.StateRunning {
+		if err := m.checkDone(ctx); err != nil {
+			return err
+		}
+		if g, err = m.coord.Current(ctx); err != nil {
+			return fmt.Errorf("read generation: %w", err)
+		}
 	}
-	return m.checkDone(ctx)
+	return m.watchTick(ctx, g)
 }
 
 // forgetSilent forgets up to forgetBatch hosts silent for longer than
@@ -341,7 +425,7 @@ func (m *Master) publish(ctx context.Context, value string, opts coord.TaskOptio
 	clean, osPath, err := ResolveTask(m.cfg.Root, value)
 	if err == nil {
 		var snap *peer.Snapshot
-		snap, err = m.build(ctx, osPath)
+		snap, err = m.build(ctx, osPath, opts.Exclude)
 		if err == nil {
 			return m.offer(ctx, clean, opts, snap)
 		}
@@ -383,6 +467,7 @@ func (m *Master) remember(p *published) error {
 
 func (m *Master) offer(ctx context.Context, clean string, opts coord.TaskOptions, snap *peer.Snapshot) error {
 	files, bytes := snap.Manifest.Totals()
+	old := m.active
 	g, err := m.coord.Publish(ctx, coord.Generation{
 		ID: m.floor(), Path: clean, Delete: opts.Delete, Compress: opts.Compress, Digest: snap.Digest,
 		Origin: m.cfg.ID, OriginAddr: m.cfg.Advertise, OriginZone: m.cfg.Zone, Files: int64(files), Bytes: bytes,
@@ -394,7 +479,8 @@ func (m *Master) offer(ctx context.Context, clean string, opts coord.TaskOptions
 	// find it serving this generation.
 	snap.Gen = g.ID
 	m.server.Set(snap)
-	m.active = &published{Gen: g.ID, Digest: g.Digest, Path: clean, Delete: opts.Delete, Compress: opts.Compress, Format: snap.Manifest.Format()}
+	m.active = &published{Gen: g.ID, Digest: g.Digest, Path: clean, Delete: opts.Delete, Compress: opts.Compress, Exclude: opts.Exclude, Format: snap.Manifest.Format()}
+	m.watchPublished(old == nil || old.ref() != g.Ref(), g, snap)
 	m.cfg.Metrics.Published.Inc()
 	m.cfg.Metrics.Generation.Set(float64(g.ID))
 	if err := m.remember(m.active); err != nil {
@@ -404,7 +490,7 @@ func (m *Master) offer(ctx context.Context, clean string, opts coord.TaskOptions
 		return fmt.Errorf("offer origin slots: %w", err)
 	}
 	m.cfg.Log.WithFields(logrus.Fields{
-		"gen": g.ID, "path": clean, "files": files, "bytes": bytes, "delete": opts.Delete, "compress": opts.Compress, "digest": snap.Digest[:16],
+		"gen": g.ID, "path": clean, "files": files, "bytes": bytes, "delete": opts.Delete, "compress": opts.Compress, "exclude": len(snap.Manifest.Exclude), "digest": snap.Digest[:16],
 	}).Info("published generation")
 	return nil
 }
@@ -412,25 +498,30 @@ func (m *Master) offer(ctx context.Context, clean string, opts coord.TaskOptions
 // resume serves a generation this master published before a restart. If the
 // tree changed meanwhile, the changed tree is published as a new generation.
 func (m *Master) resume(ctx context.Context, g coord.Generation) error {
+	opts := coord.TaskOptions{Delete: g.Delete, Compress: g.Compress}
+	if l := m.last; l != nil && l.Gen == g.ID && l.Digest == g.Digest {
+		opts = l.opts() // the excludes are not in the generation key
+	}
 	_, osPath, err := ResolveTask(m.cfg.Root, g.Path)
 	if err != nil {
-		return m.publish(ctx, g.Path, coord.TaskOptions{Delete: g.Delete, Compress: g.Compress})
+		return m.publish(ctx, g.Path, opts)
 	}
 	format := m.format(ctx)
 	if l := m.last; l != nil && l.Gen == g.ID && l.Format != 0 {
 		format = l.Format // as it was published
 	}
-	snap, err := m.buildFormat(ctx, osPath, format)
+	snap, err := m.buildFormat(ctx, osPath, format, opts.Exclude)
 	if err != nil {
-		return m.publish(ctx, g.Path, coord.TaskOptions{Delete: g.Delete, Compress: g.Compress})
+		return m.publish(ctx, g.Path, opts)
 	}
 	if snap.Digest != g.Digest {
 		m.cfg.Log.WithField("gen", g.ID).Warn("task tree changed since it was published; publishing a new generation")
-		return m.offer(ctx, g.Path, coord.TaskOptions{Delete: g.Delete, Compress: g.Compress}, snap)
+		return m.offer(ctx, g.Path, opts, snap)
 	}
 	snap.Gen = g.ID
 	m.server.Set(snap)
-	m.active = &published{Gen: g.ID, Digest: g.Digest, Path: g.Path, Delete: g.Delete, Compress: g.Compress, Format: snap.Manifest.Format()}
+	m.active = &published{Gen: g.ID, Digest: g.Digest, Path: g.Path, Delete: g.Delete, Compress: g.Compress, Exclude: opts.Exclude, Format: snap.Manifest.Format()}
+	m.watchPublished(false, g, snap)
 	m.cfg.Metrics.Generation.Set(float64(g.ID))
 	if m.last == nil || m.last.Gen < g.ID {
 		if err := m.remember(m.active); err != nil {
@@ -445,32 +536,65 @@ func (m *Master) resume(ctx context.Context, g coord.Generation) error {
 }
 
 // build walks and hashes the tree at osPath into a snapshot, in the
-// manifest format the fleet reads (see format).
-func (m *Master) build(ctx context.Context, osPath string) (*peer.Snapshot, error) {
-	return m.buildFormat(ctx, osPath, m.format(ctx))
+// manifest format the fleet reads (see format), leaving out what the
+// task's excludes and Config.Exclude match.
+func (m *Master) build(ctx context.Context, osPath string, taskExclude []string) (*peer.Snapshot, error) {
+	return m.buildFormat(ctx, osPath, m.format(ctx), taskExclude)
+}
+
+// excludes compiles the task's exclude patterns and Config.Exclude, which
+// add up; a bad pattern is an error naming it (the task then fails).
+func (m *Master) excludes(taskExclude []string) (*exclude.List, error) {
+	l, err := exclude.Parse(exclude.Merge(taskExclude, m.cfg.Exclude))
+	if err != nil {
+		return nil, fmt.Errorf("task options: %w", err)
+	}
+	return l, nil
+}
+
+// buildOptions are the manifest.Options of a build in format with
+// excludes ex.
+func (m *Master) buildOptions(format int, ex *exclude.List) manifest.Options {
+	opts := manifest.Options{
+		Hash:    true,
+		Cache:   m.cache,
+		Exclude: ex,
+		Warn:    func(p string, err error) { m.cfg.Log.WithField("path", p).WithError(err).Warn("skipped entry") },
+	}
+	if format >= manifest.Format3 {
+		p := chunk.DefaultParams()
+		opts.Chunking = &p
+	}
+	return opts
 }
 
 // buildFormat is build in the given format: format 3 cuts files into
 // content-defined chunks (chunk.DefaultParams), which costs more hashing
-// than the whole-file hash of formats 1 and 2.
-func (m *Master) buildFormat(ctx context.Context, osPath string, format int) (*peer.Snapshot, error) {
-	opts := manifest.Options{
-		Hash:  true,
-		Cache: m.cache,
-		Warn:  func(p string, err error) { m.cfg.Log.WithField("path", p).WithError(err).Warn("skipped entry") },
+// than the whole-file hash of formats 1 and 2. With exclude patterns the
+// manifest is of format 4 (format 3 with its excludes), whatever format
+// says: an older format cannot carry them, and minions that predate them
+// refuse the generation (its protocol) rather than delete excluded files.
+func (m *Master) buildFormat(ctx context.Context, osPath string, format int, taskExclude []string) (*peer.Snapshot, error) {
+	ex, err := m.excludes(taskExclude)
+	if err != nil {
+		return nil, err
 	}
-	if format == manifest.Format3 {
-		p := chunk.DefaultParams()
-		opts.Chunking = &p
+	if !ex.Empty() {
+		format = manifest.Format4
 	}
-	man, err := manifest.Build(ctx, osPath, opts)
+	man, err := manifest.Build(ctx, osPath, m.buildOptions(format, ex))
 	if err != nil {
 		return nil, fmt.Errorf("build manifest: %w", err)
 	}
+	m.saveCache()
+	return encodeSnapshot(man, osPath, format)
+}
+
+// saveCache writes the hash cache to the state directory.
+func (m *Master) saveCache() {
 	if err := m.cache.Save(filepath.Join(m.cfg.StateDir, cacheFile)); err != nil {
 		m.cfg.Log.WithError(err).Warn("could not save the hash cache")
 	}
-	return encodeSnapshot(man, osPath, format)
 }
 
 // encodeSnapshot encodes man in format as the snapshot of the tree at root.

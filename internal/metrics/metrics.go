@@ -39,6 +39,13 @@ type Metrics struct {
 	// CrossZoneBytes counts file bytes received from sources in another
 	// zone (minion; both hosts with a --zone).
 	CrossZoneBytes prometheus.Counter
+	// Watch mode (master run --watch).
+	WatchEvents      prometheus.Counter
+	WatchGenerations prometheus.Counter
+	WatchFullResyncs prometheus.Counter
+	WatchLastPublish prometheus.Gauge
+	WatchLag         prometheus.Gauge
+	WatchUnwatched   prometheus.Gauge
 }
 
 // New registers every metric, plus the Go runtime and process collectors.
@@ -67,6 +74,18 @@ func New() *Metrics {
 		LeasesRecreated:    f("leases_recreated_total", "Leases Redis lost while this host pulled, re-created from the claim record."),
 		FinishesReasserted: f("finishes_reasserted_total", "Finishes Redis lost, announced again by a heartbeat."),
 		CrossZoneBytes:     f("cross_zone_bytes_received_total", "File bytes received from sources in another zone (both hosts with a --zone)."),
+		WatchEvents:        f("watch_events_total", "Changes inotify reported in the watched task tree (master --watch)."),
+		WatchGenerations:   f("watch_generations_total", "Generations published because the watched task tree changed (master --watch)."),
+		WatchFullResyncs:   f("watch_full_resyncs_total", "Periodic full walks of the watched task tree, --full-every (master --watch)."),
+		WatchLastPublish: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: "fanout", Name: "watch_last_publish_timestamp_seconds", Help: "Redis time of the last generation watch mode published (master --watch).",
+		}),
+		WatchLag: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: "fanout", Name: "watch_lag_seconds", Help: "How long the slowest host has not held the newest content: since the first generation some host has not caught up to; 0 when every host holds the newest (master --watch).",
+		}),
+		WatchUnwatched: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: "fanout", Name: "watch_unwatched_directories", Help: "Directories of the watched task tree inotify cannot watch (the watch limit), walked every --scan-every instead (master --watch).",
+		}),
 		VerifyDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Namespace: "fanout", Name: "verify_duration_seconds", Help: "Time of one verification pass of the held tree.",
 			Buckets: prometheus.ExponentialBuckets(0.001, 4, 10),
@@ -85,7 +104,7 @@ func New() *Metrics {
 			Namespace: "fanout", Name: "generation", Help: "Generation this host holds (minion) or published (master).",
 		}),
 	}
-	reg.MustRegister(m.PullDuration, m.Failures, m.Generation, m.VerifyDuration, m.WatchedDirs)
+	reg.MustRegister(m.PullDuration, m.Failures, m.Generation, m.VerifyDuration, m.WatchedDirs, m.WatchLastPublish, m.WatchLag, m.WatchUnwatched)
 	for _, v := range []string{"ok", "dead", "bad"} {
 		m.Failures.WithLabelValues(v)
 	}

@@ -253,10 +253,15 @@ const (
 	Waiting                 // no source is free yet, or the pull or repair failed
 	Pulled                  // this host pulled the current generation in this step
 	Repaired                // this host repaired drift of the generation it holds
+	// Superseded: a newer generation was published while this host
+	// pulled; what it verified and renamed into place is kept, and it
+	// goes on to the newest at once (a live-mirroring master publishes
+	// often).
+	Superseded
 )
 
 func (o Outcome) String() string {
-	return [...]string{"idle", "holding", "waiting", "pulled", "repaired"}[o]
+	return [...]string{"idle", "holding", "waiting", "pulled", "repaired", "superseded"}[o]
 }
 
 // Run heartbeats and polls until ctx is cancelled. Errors of a single poll
@@ -291,7 +296,7 @@ func (m *Minion) Run(ctx context.Context) error {
 		}
 		wait := jitter(m.cfg.Poll)
 		switch {
-		case out == Pulled || out == Repaired:
+		case out == Pulled || out == Repaired || out == Superseded:
 			failures = 0
 			wait = 0 // look again at once: a newer generation may be waiting
 		case err != nil && out == Waiting:
@@ -530,6 +535,14 @@ func (m *Minion) claimAndPull(ctx context.Context, g coord.Generation, repair bo
 		return Waiting, fmt.Errorf("claim source: %w", err)
 	}
 	if err := m.pull(ctx, g, cl); err != nil {
+		if now, cerr := m.coord.Current(ctx); cerr == nil && now.ID != 0 && now.Ref() != g.Ref() && ctx.Err() == nil {
+			// Not a failure: the master published again (watch mode).
+			// Files verified so far stay in place; the next Step diffs
+			// against the newest generation, not the ones in between.
+			m.cfg.Log.WithFields(logrus.Fields{"gen": g.ID, "newest": now.ID}).WithError(err).
+				Info("generation superseded while pulling; keeping what was verified and going on to the newest")
+			return Superseded, nil
+		}
 		return Waiting, err
 	}
 	return done, nil

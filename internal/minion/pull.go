@@ -13,6 +13,7 @@ import (
 
 	"github.com/fanout/fanout/internal/apply"
 	"github.com/fanout/fanout/internal/coord"
+	"github.com/fanout/fanout/internal/exclude"
 	"github.com/fanout/fanout/internal/manifest"
 	"github.com/fanout/fanout/internal/peer"
 )
@@ -209,9 +210,16 @@ func (m *Minion) transfer(ctx context.Context, g coord.Generation, src *source) 
 	if err := m.sweepAbandoned(ctx, root); err != nil {
 		return apply.Stats{}, err
 	}
+	ex, err := exclude.Parse(remote.Exclude)
+	if err != nil {
+		return apply.Stats{}, fmt.Errorf("manifest of generation %d: %w", g.ID, err)
+	}
+	var protected []string // excluded here: neither fetched nor deleted
 	local, err := manifest.Build(ctx, root, manifest.Options{
 		Cache:    m.cache,
 		Chunking: remote.Chunking, // hashes compare within one format
+		Exclude:  ex,
+		Excluded: func(p string) { protected = append(protected, p) },
 		Warn:     func(p string, err error) { m.cfg.Log.WithField("path", p).WithError(err).Warn("skipped local entry") },
 	})
 	if err != nil {
@@ -220,7 +228,7 @@ func (m *Minion) transfer(ctx context.Context, g coord.Generation, src *source) 
 	if err := manifest.FillHashes(ctx, root, local, remote, m.cache); err != nil {
 		return apply.Stats{}, fmt.Errorf("hash local tree: %w", err)
 	}
-	plan := manifest.Diff(local, remote, manifest.DiffOptions{Delete: g.Delete, Owner: m.owner})
+	plan := manifest.Diff(local, remote, manifest.DiffOptions{Delete: g.Delete, Owner: m.owner, Protected: protected})
 	// Temporary files of an interrupted pull go, but for the part files of
 	// the files this plan fetches: they are resumed (see resume.go).
 	parts := resumable(remote, plan)

@@ -12,6 +12,7 @@ import (
 
 	"github.com/fanout/fanout/internal/apply"
 	"github.com/fanout/fanout/internal/coord"
+	"github.com/fanout/fanout/internal/exclude"
 	"github.com/fanout/fanout/internal/manifest"
 	"github.com/fanout/fanout/internal/peer"
 )
@@ -53,9 +54,16 @@ func (m *Minion) verify(ctx context.Context) (*manifest.Plan, error) {
 	start := time.Now()
 	root := taskRoot(m.cfg.Root, h.Path)
 	temps := 0
+	ex, err := exclude.Parse(man.Exclude)
+	if err != nil {
+		return nil, fmt.Errorf("held manifest: %w", err)
+	}
+	var protected []string // excluded: not part of the held tree
 	local, err := manifest.Build(ctx, root, manifest.Options{
 		Cache:    m.cache,
 		Chunking: man.Chunking,
+		Exclude:  ex,
+		Excluded: func(p string) { protected = append(protected, p) },
 		Warn:     func(p string, err error) { m.cfg.Log.WithField("path", p).WithError(err).Debug("skipped local entry") },
 		Temp:     func(string) { temps++ },
 	})
@@ -75,7 +83,7 @@ func (m *Minion) verify(ctx context.Context) (*manifest.Plan, error) {
 	if m.cache.Len() != before {
 		m.saveCache()
 	}
-	plan := manifest.Diff(local, man, manifest.DiffOptions{Delete: h.Delete, Owner: m.owner})
+	plan := manifest.Diff(local, man, manifest.DiffOptions{Delete: h.Delete, Owner: m.owner, Protected: protected})
 	m.cfg.Metrics.Verifications.Inc()
 	m.cfg.Metrics.VerifyDuration.Observe(time.Since(start).Seconds())
 	m.mu.Lock()

@@ -1,6 +1,7 @@
 package peer
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -142,7 +143,11 @@ func (s *Server) sendWhole(w io.Writer, r *http.Request, snap *Snapshot, e manif
 	defer body.Close()
 	var n int64
 	var err error
-	if f, ok := body.(*os.File); ok {
+	if f, ok := body.(*os.File); ok && s.verifier() != nil && verifiable(e, 0, e.Size) {
+		if n, err = copyVerified(w, f, e, 0, e.Size, nil); errors.Is(err, errChanged) {
+			s.verifier()(e.Path)
+		}
+	} else if f, ok := body.(*os.File); ok {
 		n, err = io.CopyN(w, f, e.Size) // from disk: sendfile
 	} else {
 		n, err = io.CopyBuffer(writerOnly{w}, io.LimitReader(body, e.Size), make([]byte, min(max(e.Size, 4<<10), copyBuffer)))

@@ -67,6 +67,9 @@ type ServerConfig struct {
 type Server struct {
 	cfg ServerConfig
 	cur atomic.Pointer[served]
+	// verify, when set, checks served bytes against the manifest (see
+	// VerifyServed) and is told of a file that changed on disk.
+	verify atomic.Pointer[func(string)]
 	// conns caps the connections the server holds (see Serve).
 	conns *connTracker
 	// refused and connErrors limit the warnings about refused signatures
@@ -277,7 +280,47 @@ func (s *Server) serveFile(w http.ResponseWriter, r *http.Request) error {
 		}
 	}
 	if chunks := s.framedChunks(q, e, start, end, partial); chunks != nil {
-		return s.serveFrames(w, r, sv.snap.Gen, e, start, end, chunks, f)
+		var src io.Reader = f
+		if changed := s.verifier(); changed != nil && r.Method != http.MethodHead && verifiable(e, start, end) {
+			// The origin checks each chunk before it is framed: a chunk
+			// changed on disk cuts the frames off, never sends bad bytes.
+			pr, pw := io.Pipe()
+			var wg sync.WaitGroup
+			var verr error
+			wg.Go(func() {
+				_, verr = copyVerified(pw, f, e, start, end, nil)
+				pw.CloseWithError(verr)
+			})
+			defer func() {
+				pr.Close()
+				wg.Wait()
+				if errors.Is(verr, errChanged) {
+					changed(p)
+				}
+			}()
+			src = pr
+		}
+		return s.serveFrames(w, r, sv.snap.Gen, e, start, end, chunks, src)
+	}
+	if changed := s.verifier(); changed != nil && r.Method != http.MethodHead && verifiable(e, start, end) {
+		sent := false
+		n, err := copyVerified(s.bodyWriter(w, r), f, e, start, end, func() {
+			sent = true
+			writeFileHeader(w, sv.snap.Gen, start, end, e.Size, partial)
+		})
+		if err == nil {
+			return nil
+		}
+		if errors.Is(err, errChanged) {
+			changed(p)
+			if !sent {
+				return errorf(http.StatusConflict, "%s changed on disk since generation %d was published", quote(p), sv.snap.Gen)
+			}
+		}
+		if r.Context().Err() == nil {
+			s.cfg.Log.WithError(err).WithField("path", p).Warnf("sending a file broke off after %d of %d bytes", n, end-start)
+		}
+		panic(http.ErrAbortHandler)
 	}
 	writeFileHeader(w, sv.snap.Gen, start, end, e.Size, partial)
 	if r.Method == http.MethodHead {

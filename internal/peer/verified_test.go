@@ -1,0 +1,77 @@
+package peer
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+
+	"github.com/fanout/fanout/internal/chunk"
+	"github.com/fanout/fanout/internal/manifest"
+)
+
+// TestVerifyServed: a server that verifies what it serves (the origin)
+// sends a file's published bytes while they match, answers 409 (ErrStale,
+// never bad bytes) for a chunk edited in place with the size kept, breaks
+// off a whole-file answer before the edited chunk, and names the file to
+// its changed callback; chunks before the edit still serve.
+func TestVerifyServed(t *testing.T) {
+	root := filepath.Join(t.TempDir(), "task")
+	mustMkdir(t, root)
+	big := make([]byte, 6<<20)
+	rng := rand.New(rand.NewPCG(3, 4))
+	for i := range big {
+		big[i] = byte(rng.Uint32())
+	}
+	mustWrite(t, filepath.Join(root, "big"), big)
+	mustWrite(t, filepath.Join(root, "small"), []byte("small and unchanged"))
+	p := chunk.DefaultParams()
+	m, err := manifest.Build(context.Background(), root, manifest.Options{Hash: true, Chunking: &p})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := startPeer(t, snapshotOf(t, 1, root, m))
+	var mu sync.Mutex
+	var changed []string
+	e.server.VerifyServed(func(p string) { mu.Lock(); changed = append(changed, p); mu.Unlock() })
+
+	got, err := fetch(t, e.client, e.addr, 1, "big", 0)
+	if err != nil || !bytes.Equal(got, big) {
+		t.Fatalf("unchanged big file: %d bytes, %v", len(got), err)
+	}
+	ent, _ := m.Lookup("big")
+	if len(ent.Chunks) < 3 {
+		t.Fatalf("want a file of several chunks, got %d", len(ent.Chunks))
+	}
+	// Edit one byte of the third chunk in place: same size.
+	c2 := ent.Chunks[2]
+	f, err := os.OpenFile(filepath.Join(root, "big"), os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.WriteAt([]byte{big[c2.Off+10] ^ 0xff}, c2.Off+10)
+	f.Close()
+
+	if got, err := fetch(t, e.client, e.addr, 1, "small", 0); err != nil || string(got) != "small and unchanged" {
+		t.Fatalf("small file: %q, %v", got, err)
+	}
+	// A range inside the edited chunk: a clean 409.
+	if got, err := fetch(t, e.client, e.addr, 1, "big", c2.Off+5); !errors.Is(err, ErrStale) || len(got) != 0 {
+		t.Fatalf("range in the edited chunk: %d bytes, %v; want none and ErrStale", len(got), err)
+	}
+	// The whole file: what arrives is the published bytes only, up to the
+	// edited chunk, then the answer breaks.
+	got, err = fetch(t, e.client, e.addr, 1, "big", 0)
+	if err == nil || int64(len(got)) > c2.Off || !bytes.Equal(got, big[:len(got)]) {
+		t.Fatalf("whole edited file: %d bytes (edit at %d), %v; want a prefix of the published bytes and an error", len(got), c2.Off, err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(changed) < 2 || changed[0] != "big" {
+		t.Fatalf("changed told %q, want big", changed)
+	}
+}
