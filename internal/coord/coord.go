@@ -285,7 +285,7 @@ type TaskOptions struct {
 func (c *Client) SetTask(ctx context.Context, path string, opts TaskOptions) error {
 	_, err := c.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
 		p.Set(ctx, c.keys.Task(), path, 0)
-		if !opts.Delete && len(opts.Exclude) == 0 {
+		if !opts.Delete && !opts.Compress && len(opts.Exclude) == 0 {
 			p.Del(ctx, c.keys.TaskOptions())
 		} else {
 			b, _ := json.Marshal(opts)

@@ -282,16 +282,28 @@ func (j *job) untake(i, k int) {
 // source, or a failure of this host, ends the file with the error.
 func (a *assembler) fetchAll(ctx context.Context, j *job) error {
 	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
 	var wg sync.WaitGroup
-	defer wg.Wait()
+	defer func() {
+		cancel() // requests still in flight (the endgame's doubles) end
+		wg.Wait()
+	}()
 	errc := make(chan error, 1)
+	// working: the sources a worker fetches from now. A worker that ends
+	// leaves it, so a source claimed again under the same slot (the pull's
+	// own source back after a restart) gets a new worker.
 	working := map[*feed]bool{}
+	exited := make(chan *feed)
 	start := func() {
 		for _, p := range a.sw.peers() {
 			if !working[p] {
 				working[p] = true
-				wg.Go(func() { a.work(ctx, j, p, errc) })
+				wg.Go(func() {
+					a.work(ctx, j, p, errc)
+					select {
+					case exited <- p:
+					case <-ctx.Done():
+					}
+				})
 			}
 		}
 	}
@@ -307,6 +319,8 @@ func (a *assembler) fetchAll(ctx context.Context, j *job) error {
 			return ctx.Err()
 		case err := <-errc:
 			return err
+		case p := <-exited:
+			delete(working, p)
 		case <-j.changed:
 		case <-a.sw.wake:
 		case <-tick.C:
