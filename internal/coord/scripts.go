@@ -440,16 +440,17 @@ local function pulling()
   end
   return false
 end
+-- waiting: how many hosts wait for a source (discovered the generation,
+-- neither pulling nor finished): waiting hosts space their claims by it.
+local function waiting()
+  local n = tonumber(redis.call('GET', K.lookup) or '0') - redis.call('SCARD', K.running) - redis.call('SCARD', K.finished)
+  return tostring(math.max(n, 0))
+end
 if not slot and not (zoned and ARGV[12] == '1') then
-  if zoned and pulling() then return {'nosource'} end
+  if zoned and pulling() then return {'nosource', waiting()} end
   slot = pick(K.full, false) or pick(K.part, true) or pick(K.sync, true)
 end
-if not slot then
-  -- How many hosts wait for a source (discovered the generation, neither
-  -- pulling nor finished): waiting hosts space their polls by it.
-  local waiting = tonumber(redis.call('GET', K.lookup) or '0') - redis.call('SCARD', K.running) - redis.call('SCARD', K.finished)
-  return {'nosource', tostring(math.max(waiting, 0))}
-end
+if not slot then return {'nosource', waiting()} end
 local src = slotSource(slot)
 takeSlot(slot)
 if zoned then

@@ -333,20 +333,26 @@ func (m *Minion) Run(ctx context.Context) error {
 }
 
 // fleetClaims is how many claims a second the waiting hosts of a fleet
-// make together, at the default --poll of 1s, once more than that many
-// wait: each then waits a poll times waiting/fleetClaims between claims
-// (see waitingPoll). Below it a waiting host claims every poll.
+// make together at the default --poll of 1s: each waiting host claims
+// again after a poll times waiting/fleetClaims (see waitingPoll).
 const fleetClaims = 1000
 
+// minWaitingPoll is the shortest wait between two claims of a waiting
+// host (unless --poll is shorter).
+const minWaitingPoll = 50 * time.Millisecond
+
 // waitingPoll is how long a host waits before it claims again after a
-// claim found no source while waiting hosts were waiting: a poll, or,
-// when more than fleetClaims hosts wait, a poll times waiting/fleetClaims
-// (up to 30 polls). 10,000 waiting hosts then cost Redis what 1,000 do
-// (a claim and a generation read each poll), and a slot that comes free
-// is still taken within about a millisecond by one of them.
+// claim found no source: a poll times waiting/fleetClaims, at least
+// minWaitingPoll and at most 30 polls. The waiting hosts of a fleet then
+// claim about fleetClaims times a poll together, whatever their number:
+// 10,000 waiting hosts cost Redis what 1,000 do, and in a small fleet a
+// slot offered by a host that just began to pull (the next link of a
+// pipelined chain) is taken within milliseconds, not the second a poll
+// would leave it free (16 hosts joining a chain one poll apart added
+// 3.9 s to a 2 s transfer on shaped links).
 func waitingPoll(poll time.Duration, waiting int64) time.Duration {
-	f := min(max(float64(waiting)/fleetClaims, 1), 30)
-	return time.Duration(float64(poll) * f)
+	d := time.Duration(float64(poll) * float64(waiting) / fleetClaims)
+	return min(max(d, min(minWaitingPoll, poll)), 30*poll)
 }
 
 // settle is how long a burst of changes in the held tree may go on before

@@ -117,8 +117,10 @@ func TestWaitingPoll(t *testing.T) {
 		waiting int64
 		want    time.Duration
 	}{
-		{0, time.Second},
-		{999, time.Second},
+		{0, 50 * time.Millisecond},
+		{20, 50 * time.Millisecond},
+		{100, 100 * time.Millisecond},
+		{999, 999 * time.Millisecond},
 		{1000, time.Second},
 		{10000, 10 * time.Second},
 		{20000, 20 * time.Second},
@@ -130,5 +132,8 @@ func TestWaitingPoll(t *testing.T) {
 	}
 	if got := waitingPoll(100*time.Millisecond, 5000); got != 500*time.Millisecond {
 		t.Errorf("waitingPoll(100ms, 5000) = %s, want 500ms", got)
+	}
+	if got := waitingPoll(10*time.Millisecond, 0); got != 10*time.Millisecond {
+		t.Errorf("waitingPoll(10ms, 0) = %s, want the poll, 10ms", got)
 	}
 }
