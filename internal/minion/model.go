@@ -58,13 +58,7 @@ func (m *Minion) transferModel(ctx context.Context, g coord.Generation, src *sou
 		return apply.Stats{}, err
 	}
 	src.setManifest(remote)
-	m.server.Set(nil)
-	if m.watch != nil {
-		m.watch.disarm()
-	}
-	m.mu.Lock()
-	m.held, m.verified, m.armed = nil, false, ""
-	m.mu.Unlock()
+	m.forgetHeld()
 	m.received.Store(0)
 	m.planned.Store(0)
 	m.pullGen.Store(g.ID)

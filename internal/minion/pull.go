@@ -92,6 +92,20 @@ func (m *Minion) pull(ctx context.Context, g coord.Generation, cl coord.Claim) e
 	return nil
 }
 
+// forgetHeld stops serving and watching the held copy and drops the
+// in-memory state that vouches for it: a pull is about to change the tree
+// (the model's pulls take the same step). The state directory's record is
+// the caller's to clear.
+func (m *Minion) forgetHeld() {
+	m.server.Set(nil)
+	if m.watch != nil {
+		m.watch.disarm()
+	}
+	m.mu.Lock()
+	m.held, m.verified, m.armed = nil, false, ""
+	m.mu.Unlock()
+}
+
 // mixedMismatch reports whether err is a bad hash on a file whose bytes came
 // from more than one source: it proves no single source bad.
 func mixedMismatch(err error, src *source) bool {
@@ -190,15 +204,9 @@ func (m *Minion) transfer(ctx context.Context, g coord.Generation, src *source) 
 	}
 	src.setManifest(remote)
 
-	// From here on the tree changes: stop serving and watching the old
-	// copy, and keep no state that vouches for it.
-	m.server.Set(nil)
-	if m.watch != nil {
-		m.watch.disarm()
-	}
-	m.mu.Lock()
-	m.held, m.verified, m.armed = nil, false, ""
-	m.mu.Unlock()
+	// From here on the tree changes: keep no state that vouches for the
+	// old copy.
+	m.forgetHeld()
 	if err := clearHeld(m.cfg.StateDir); err != nil {
 		return apply.Stats{}, err
 	}
