@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"path/filepath"
 	"testing"
 	"time"
@@ -50,12 +51,19 @@ func TestMixedFleetManifestFormat(t *testing.T) {
 			gen = g.ID
 			return g.ID > after
 		})
+		// The generation key is written before the master serves it (its
+		// slots, which minions claim, are offered after): ask until it does.
 		c := peer.NewClient(peer.ClientConfig{Secrets: [][]byte{l.Secret()}})
 		defer c.CloseIdleConnections()
-		enc, err := c.Manifest(ctx, l.Master.Addr, gen)
-		if err != nil {
-			t.Fatal(err)
-		}
+		var enc []byte
+		waitFor(ctx, t, "the master serving the generation", func() bool {
+			var err error
+			enc, err = c.Manifest(ctx, l.Master.Addr, gen)
+			if err != nil && !errors.Is(err, peer.ErrStale) {
+				t.Fatal(err)
+			}
+			return err == nil
+		})
 		return gen, enc
 	}
 	if err := l.Set(ctx, task); err != nil {
