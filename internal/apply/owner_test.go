@@ -25,7 +25,11 @@ func diffTree(t *testing.T, root string, remote *manifest.Manifest, pol manifest
 	if err := manifest.FillHashes(ctx, root, local, remote, nil); err != nil {
 		t.Fatal(err)
 	}
-	return manifest.Diff(local, remote, manifest.DiffOptions{Owner: pol})
+	plan, err := manifest.Diff(local, remote, manifest.DiffOptions{Owner: pol})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return plan
 }
 
 // applyTree brings root to remote under pol and checks that the result

@@ -77,7 +77,9 @@ func (d dryRun) run(ctx context.Context, co *coord.Client, path string, del bool
 	if err != nil {
 		return fmt.Errorf("build the manifest of %s: %w", osPath, err)
 	}
-	out.Preview = preview.Compare(base, next, del)
+	if out.Preview, err = preview.Compare(base, next, del); err != nil {
+		return err
+	}
 	finished, repairing := set(st.Finished), set(st.Repairing)
 	for _, h := range st.Expected {
 		if base != nil && finished[h] && !repairing[h] {

@@ -1,6 +1,7 @@
 package manifest
 
 import (
+	"fmt"
 	"sort"
 	"strings"
 )
@@ -102,6 +103,41 @@ type DiffOptions struct {
 	Owner OwnerPolicy
 }
 
+// ConflictError is Diff's refusal to replace local entries that hold paths
+// this host keeps: a directory holding an excluded path where the remote
+// tree has a file or a symlink, or an excluded local entry at a path the
+// remote tree uses (a pattern such as "cache/" excludes a directory, not a
+// file of that name). Replacing them would delete what the excludes
+// promise to keep, so the pull fails and names them instead.
+type ConflictError struct {
+	// Paths are the local entries in the way, in tree order.
+	Paths []string
+	// Kept are, for each of Paths, the first excluded path it holds (the
+	// entry itself when it is excluded).
+	Kept []string
+}
+
+func (e *ConflictError) Error() string {
+	const shown = 3
+	var b strings.Builder
+	for i, p := range e.Paths {
+		if i == shown {
+			fmt.Fprintf(&b, " and %d more", len(e.Paths)-shown)
+			break
+		}
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		if e.Kept[i] == p {
+			fmt.Fprintf(&b, "%q is excluded here", p)
+		} else {
+			fmt.Fprintf(&b, "%q holds excluded %q", p, e.Kept[i])
+		}
+	}
+	return fmt.Sprintf("the task has another type of entry where this host keeps excluded paths (%s): "+
+		"nothing was replaced; move them aside, or change the task or its excludes", b.String())
+}
+
 // Diff compares a local scan (with hashes filled by FillHashes) against the
 // remote manifest and returns the plan that makes them equal. Files are
 // equal when their hashes are, and hashes compare only within one manifest
@@ -120,7 +156,10 @@ type DiffOptions struct {
 // is), and owners, symlinks' included, only with opts.Owner.Chown. The plan's
 // entries are the remote ones, unchanged: apply works out the same
 // expectation.
-func Diff(local, remote *Manifest, opts DiffOptions) *Plan {
+//
+// Diff fails with a *ConflictError, and no plan, when realising the remote
+// tree would remove a path in opts.Protected.
+func Diff(local, remote *Manifest, opts DiffOptions) (*Plan, error) {
 	expect := opts.Owner.Expecter()
 	chown := opts.Owner.Chown
 	// metaDiffers reports whether local entry l needs an OpMeta to match
@@ -154,6 +193,18 @@ func Diff(local, remote *Manifest, opts DiffOptions) *Plan {
 		}
 		return false
 	}
+	protected := make(map[string]bool, len(opts.Protected))
+	holds := map[string]string{} // directory → first protected path under it
+	for _, p := range opts.Protected {
+		protected[p] = true
+		for q := p; q != "."; {
+			q = parent(q)
+			if _, ok := holds[q]; !ok {
+				holds[q] = p
+			}
+		}
+	}
+	conflict := &ConflictError{}
 	create := func(r Entry) {
 		switch r.Type {
 		case Dir:
@@ -173,8 +224,14 @@ func Diff(local, remote *Manifest, opts DiffOptions) *Plan {
 			ok = false // its parent goes, and it with it
 		}
 		switch {
+		case !ok && protected[r.Path]:
+			conflict.Paths = append(conflict.Paths, r.Path)
+			conflict.Kept = append(conflict.Kept, r.Path)
 		case !ok:
 			create(r)
+		case l.Type != r.Type && holds[l.Path] != "":
+			conflict.Paths = append(conflict.Paths, l.Path)
+			conflict.Kept = append(conflict.Kept, holds[l.Path])
 		case l.Type != r.Type:
 			removes = append(removes, Action{OpRemove, l})
 			if l.Type == Dir {
@@ -199,16 +256,12 @@ func Diff(local, remote *Manifest, opts DiffOptions) *Plan {
 			}
 		}
 	}
+	if len(conflict.Paths) > 0 {
+		return nil, conflict
+	}
 	if opts.Delete {
-		holds := map[string]bool{} // directories holding a protected path
-		for _, p := range opts.Protected {
-			for q := p; q != "."; {
-				q = parent(q)
-				holds[q] = true
-			}
-		}
 		for _, l := range local.Entries {
-			if _, ok := remoteIdx[l.Path]; ok || under(l.Path) || holds[l.Path] {
+			if _, ok := remoteIdx[l.Path]; ok || under(l.Path) || holds[l.Path] != "" {
 				continue
 			}
 			prunes = append(prunes, Action{OpRemove, l})
@@ -256,5 +309,5 @@ func Diff(local, remote *Manifest, opts DiffOptions) *Plan {
 	for _, group := range [][]Action{removes, mkdirs, links, fetches, fileMeta, prunes, dirMeta} {
 		p.Actions = append(p.Actions, group...)
 	}
-	return p
+	return p, nil
 }

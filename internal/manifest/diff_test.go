@@ -108,7 +108,7 @@ func TestDiffActions(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			p := Diff(&Manifest{Entries: tt.local}, &Manifest{Entries: tt.remote}, DiffOptions{Delete: tt.del})
+			p := mustDiff(t, &Manifest{Entries: tt.local}, &Manifest{Entries: tt.remote}, DiffOptions{Delete: tt.del})
 			if !slices.EqualFunc(p.Actions, tt.want, Action.equal) {
 				t.Errorf("plan:\n%s\nwant:\n%s", planString(p.Actions), planString(tt.want))
 			}
@@ -266,14 +266,14 @@ func TestDiffConverges(t *testing.T) {
 		}
 		return local
 	}
-	plan := Diff(scan(), remote, DiffOptions{Delete: true})
+	plan := mustDiff(t, scan(), remote, DiffOptions{Delete: true})
 	// Fetched: the changed file, the new one, and one under each type
 	// conflict ("todir" is a file in the source, "tofile" a directory).
 	if plan.Count(OpFetch) != 4 || plan.Count(OpRemove) != 3 {
 		t.Errorf("plan fetches %d and removes %d, want 4 and 3:\n%s", plan.Count(OpFetch), plan.Count(OpRemove), planString(plan.Actions))
 	}
 	applyForTest(t, src, dst, plan)
-	if again := Diff(scan(), remote, DiffOptions{Delete: true}); !again.Empty() {
+	if again := mustDiff(t, scan(), remote, DiffOptions{Delete: true}); !again.Empty() {
 		t.Fatalf("second pass is not empty:\n%s", planString(again.Actions))
 	}
 	got, err := Build(ctx, dst, Options{Hash: true})
@@ -355,3 +355,13 @@ func TestFillHashesOnlySameSizeFiles(t *testing.T) {
 
 // equal reports whether a and b are the same action on the same entry.
 func (a Action) equal(b Action) bool { return a.Op == b.Op && a.Entry.Equal(b.Entry) }
+
+// mustDiff is Diff for plans that must not conflict.
+func mustDiff(t testing.TB, local, remote *Manifest, opts DiffOptions) *Plan {
+	t.Helper()
+	p, err := Diff(local, remote, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}

@@ -2,9 +2,11 @@ package manifest
 
 import (
 	"context"
+	"errors"
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -92,7 +94,7 @@ func TestDiffProtectsExcluded(t *testing.T) {
 	remote := &Manifest{Entries: []Entry{dir("."), file("keep")}}
 	// Local scan with "*.log" excluded: old/x.log was left out of it.
 	local := &Manifest{Entries: []Entry{dir("."), file("keep"), dir("old"), file("old/extra"), file("stray")}}
-	plan := Diff(local, remote, DiffOptions{Delete: true, Protected: []string{"old/x.log"}})
+	plan := mustDiff(t, local, remote, DiffOptions{Delete: true, Protected: []string{"old/x.log"}})
 	var removed []string
 	for _, a := range plan.Actions {
 		if a.Op == OpRemove {
@@ -106,8 +108,64 @@ func TestDiffProtectsExcluded(t *testing.T) {
 	if !slices.Equal(removed, []string{"old/extra", "stray"}) {
 		t.Fatalf("removes %q, want old/extra and stray (old holds an excluded file)", removed)
 	}
-	plan = Diff(local, remote, DiffOptions{Delete: true})
+	plan = mustDiff(t, local, remote, DiffOptions{Delete: true})
 	if plan.Count(OpRemove) != 2 { // old (with its subtree) and stray
 		t.Fatalf("without protection: %d removals, want 2", plan.Count(OpRemove))
+	}
+}
+
+// TestDiffRefusesToReplaceExcluded: where the remote tree has a file, a
+// local directory holding an excluded path is not removed, with or
+// without delete, and neither is a local entry that is itself excluded
+// (a directory-only pattern such as "cache/" does not exclude a file of
+// that name): Diff names them in a *ConflictError and plans nothing.
+func TestDiffRefusesToReplaceExcluded(t *testing.T) {
+	dir := func(p string) Entry { return Entry{Path: p, Type: Dir, Mode: 0o755} }
+	file := func(p string) Entry {
+		return Entry{Path: p, Type: File, Mode: 0o644, Size: 1, Hash: strings.Repeat("a", 64)}
+	}
+	link := func(p string) Entry { return Entry{Path: p, Type: Symlink, Mode: 0o777, Target: "x"} }
+	for _, tt := range []struct {
+		name          string
+		local, remote []Entry
+		protected     []string
+		want          []string // conflicting paths; nil: a plan
+		kept          []string
+	}{
+		{"dir holding an excluded file becomes a file",
+			[]Entry{dir("."), dir("a"), file("a/b")}, []Entry{dir("."), file("a")},
+			[]string{"a/x.log"}, []string{"a"}, []string{"a/x.log"}},
+		{"deeper: the excluded path is two levels down",
+			[]Entry{dir("."), dir("a"), dir("a/b")}, []Entry{dir("."), link("a")},
+			[]string{"a/b/c/x.log"}, []string{"a"}, []string{"a/b/c/x.log"}},
+		{"an excluded directory where the task has a file",
+			[]Entry{dir(".")}, []Entry{dir("."), file("cache")},
+			[]string{"cache"}, []string{"cache"}, []string{"cache"}},
+		{"two conflicts, both named",
+			[]Entry{dir("."), dir("a"), dir("b")}, []Entry{dir("."), file("a"), file("b")},
+			[]string{"a/1.log", "b/2.log"}, []string{"a", "b"}, []string{"a/1.log", "b/2.log"}},
+		{"a directory with nothing excluded is replaced",
+			[]Entry{dir("."), dir("a"), file("a/b")}, []Entry{dir("."), file("a")},
+			[]string{"other/x.log"}, nil, nil},
+	} {
+		for _, del := range []bool{false, true} {
+			plan, err := Diff(&Manifest{Entries: tt.local}, &Manifest{Entries: tt.remote}, DiffOptions{Delete: del, Protected: tt.protected})
+			if tt.want == nil {
+				if err != nil || plan.Count(OpRemove) == 0 {
+					t.Errorf("%s (delete %v): %v, plan %v; want the directory replaced", tt.name, del, err, plan)
+				}
+				continue
+			}
+			var c *ConflictError
+			if !errors.As(err, &c) || plan != nil {
+				t.Fatalf("%s (delete %v): %v, plan %v; want a conflict", tt.name, del, err, plan)
+			}
+			if !slices.Equal(c.Paths, tt.want) || !slices.Equal(c.Kept, tt.kept) {
+				t.Errorf("%s (delete %v): conflict %q holding %q, want %q holding %q", tt.name, del, c.Paths, c.Kept, tt.want, tt.kept)
+			}
+			if msg := err.Error(); !strings.Contains(msg, strconv.Quote(tt.want[0])) || !strings.Contains(msg, "move them aside") {
+				t.Errorf("%s: the message does not name the path or what to do: %s", tt.name, msg)
+			}
+		}
 	}
 }

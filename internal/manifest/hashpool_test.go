@@ -155,7 +155,7 @@ func TestFillHashesFormat3(t *testing.T) {
 		}
 	}
 	// Modes and times may differ between the trees; content does not.
-	if n := Diff(local, remote, DiffOptions{}).Count(OpFetch); n != 0 {
+	if n := mustDiff(t, local, remote, DiffOptions{}).Count(OpFetch); n != 0 {
 		t.Errorf("%d fetches between trees of the same content", n)
 	}
 	// A byte changed in the middle of a big file, size kept: fetched.
@@ -169,7 +169,7 @@ func TestFillHashesFormat3(t *testing.T) {
 	if err := FillHashes(ctx, dst, local, remote, cache); err != nil {
 		t.Fatal(err)
 	}
-	fetches := Diff(local, remote, DiffOptions{}).Entries(OpFetch)
+	fetches := mustDiff(t, local, remote, DiffOptions{}).Entries(OpFetch)
 	if len(fetches) != 1 || fetches[0].Path != "b/big" {
 		t.Fatalf("fetches %v, want b/big only", fetches)
 	}
@@ -192,7 +192,7 @@ func TestFillHashesFormat3(t *testing.T) {
 	if local.Format() == Format3 {
 		t.Error("local scan still in format 3")
 	}
-	if n := Diff(local, remote2, DiffOptions{}).Count(OpFetch); n != 1 {
+	if n := mustDiff(t, local, remote2, DiffOptions{}).Count(OpFetch); n != 1 {
 		t.Errorf("%d fetches against format 2, want 1", n)
 	}
 }

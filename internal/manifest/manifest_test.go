@@ -351,7 +351,7 @@ func TestDiff(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			p := Diff(&Manifest{Entries: tt.local}, &Manifest{Entries: tt.remote}, DiffOptions{Delete: tt.del})
+			p := mustDiff(t, &Manifest{Entries: tt.local}, &Manifest{Entries: tt.remote}, DiffOptions{Delete: tt.del})
 			var got []step
 			for _, a := range p.Actions {
 				got = append(got, step{a.Op, a.Entry.Path})
@@ -361,7 +361,7 @@ func TestDiff(t *testing.T) {
 			}
 		})
 	}
-	p := Diff(&Manifest{}, &Manifest{Entries: []Entry{root, file("a", h1, 0o644, 1), file("b", h2, 0o644, 1)}}, DiffOptions{})
+	p := mustDiff(t, &Manifest{}, &Manifest{Entries: []Entry{root, file("a", h1, 0o644, 1), file("b", h2, 0o644, 1)}}, DiffOptions{})
 	if p.FetchBytes() != 10 || p.Count(OpFetch) != 2 || p.Empty() {
 		t.Errorf("FetchBytes %d Count %d", p.FetchBytes(), p.Count(OpFetch))
 	}

@@ -253,14 +253,14 @@ func TestDiffOwners(t *testing.T) {
 
 	// As this host would hold it with Chown: every owner, setuid kept.
 	same := &Manifest{Entries: []Entry{root, f, l, s}}
-	if p := Diff(same, remote, DiffOptions{Owner: chown}); !p.Empty() {
+	if p := mustDiff(t, same, remote, DiffOptions{Owner: chown}); !p.Empty() {
 		t.Errorf("identical tree: %q", paths(p))
 	}
 	// Owners differ: with Chown each entry (the symlink too) gets an
 	// OpMeta carrying the remote entry; without Chown owners are ignored.
 	theirs := &Manifest{Entries: []Entry{own(root, 1, 1), own(f, 1, 1), own(l, 1, 1), own(s, 1, 1)}}
 	theirs.Entries[3].Mode = 0o755 // a chown cleared the setuid bit
-	p := Diff(theirs, remote, DiffOptions{Owner: chown})
+	p := mustDiff(t, theirs, remote, DiffOptions{Owner: chown})
 	if want := []string{"meta f", "meta l", "meta s", "meta ."}; !slices.Equal(paths(p), want) {
 		t.Errorf("owners differ, Chown: %q, want %q", paths(p), want)
 	}
@@ -269,16 +269,16 @@ func TestDiffOwners(t *testing.T) {
 	}
 	// Without Chown, the local owner (1:1) is not the manifest's: the
 	// setuid bit is not expected, and owners are not compared.
-	if p := Diff(theirs, remote, DiffOptions{}); !p.Empty() {
+	if p := mustDiff(t, theirs, remote, DiffOptions{}); !p.Empty() {
 		t.Errorf("owners differ, no Chown: %q", paths(p))
 	}
 	// A format 1 manifest: the setuid bit is never expected.
-	if p := Diff(theirs.WithoutOwners(), remote.WithoutOwners(), DiffOptions{Owner: chown}); !p.Empty() {
+	if p := mustDiff(t, theirs.WithoutOwners(), remote.WithoutOwners(), DiffOptions{Owner: chown}); !p.Empty() {
 		t.Errorf("format 1: %q", paths(p))
 	}
 	// ...and a local setuid bit is taken away.
 	local := remote.WithoutOwners()
-	if p := Diff(local, remote.WithoutOwners(), DiffOptions{Owner: chown}); !slices.Equal(paths(p), []string{"meta s"}) {
+	if p := mustDiff(t, local, remote.WithoutOwners(), DiffOptions{Owner: chown}); !slices.Equal(paths(p), []string{"meta s"}) {
 		t.Errorf("format 1, local setuid: %q", paths(p))
 	}
 }

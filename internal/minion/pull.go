@@ -236,7 +236,10 @@ func (m *Minion) transfer(ctx context.Context, g coord.Generation, src *source) 
 	if err := manifest.FillHashes(ctx, root, local, remote, m.cache); err != nil {
 		return apply.Stats{}, fmt.Errorf("hash local tree: %w", err)
 	}
-	plan := manifest.Diff(local, remote, manifest.DiffOptions{Delete: g.Delete, Owner: m.owner, Protected: protected})
+	plan, err := manifest.Diff(local, remote, manifest.DiffOptions{Delete: g.Delete, Owner: m.owner, Protected: protected})
+	if err != nil {
+		return apply.Stats{}, fmt.Errorf("diff %s against generation %d: %w", root, g.ID, err)
+	}
 	// Temporary files of an interrupted pull go, but for the part files of
 	// the files this plan fetches: they are resumed (see resume.go).
 	parts := resumable(remote, plan)

@@ -83,7 +83,10 @@ func (m *Minion) verify(ctx context.Context) (*manifest.Plan, error) {
 	if m.cache.Len() != before {
 		m.saveCache()
 	}
-	plan := manifest.Diff(local, man, manifest.DiffOptions{Delete: h.Delete, Owner: m.owner, Protected: protected})
+	plan, err := manifest.Diff(local, man, manifest.DiffOptions{Delete: h.Delete, Owner: m.owner, Protected: protected})
+	if err != nil {
+		return nil, fmt.Errorf("verify %s: %w", root, err)
+	}
 	m.cfg.Metrics.Verifications.Inc()
 	m.cfg.Metrics.VerifyDuration.Observe(time.Since(start).Seconds())
 	m.mu.Lock()

@@ -5,6 +5,8 @@
 package preview
 
 import (
+	"fmt"
+
 	"github.com/fanout/fanout/internal/manifest"
 )
 
@@ -47,7 +49,7 @@ func (p Preview) Empty() bool { return len(p.Changes) == 0 }
 // compared (each host maps them by its own policy); modes, times, sizes,
 // link targets and hashes are. base and next must be of one format
 // (hashes compare within one).
-func Compare(base, next *manifest.Manifest, del bool) Preview {
+func Compare(base, next *manifest.Manifest, del bool) (Preview, error) {
 	var p Preview
 	for _, e := range next.Entries {
 		switch e.Type {
@@ -63,7 +65,10 @@ func Compare(base, next *manifest.Manifest, del bool) Preview {
 	if base == nil {
 		base = &manifest.Manifest{}
 	}
-	plan := manifest.Diff(base, next, manifest.DiffOptions{Delete: del})
+	plan, err := manifest.Diff(base, next, manifest.DiffOptions{Delete: del})
+	if err != nil {
+		return Preview{}, fmt.Errorf("compare with the held generation: %w", err)
+	}
 	have := map[string]bool{}
 	for _, e := range base.Entries {
 		for _, c := range e.Chunks {
@@ -98,5 +103,5 @@ func Compare(base, next *manifest.Manifest, del bool) Preview {
 		}
 		p.Changes = append(p.Changes, c)
 	}
-	return p
+	return p, nil
 }

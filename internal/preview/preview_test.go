@@ -44,7 +44,7 @@ func TestCompare(t *testing.T) {
 	write(t, filepath.Join(root, "old.txt"), []byte("old"))
 	base := build(t, root)
 
-	if p := Compare(base, base, true); !p.Empty() || p.Files != 3 || p.Bytes != int64(len(big))+5+3 || p.MoveBytes != 0 {
+	if p := compare(t, base, base, true); !p.Empty() || p.Files != 3 || p.Bytes != int64(len(big))+5+3 || p.MoveBytes != 0 {
 		t.Fatalf("identical: %+v", p)
 	}
 	big[4<<20] ^= 0xff
@@ -58,7 +58,7 @@ func TestCompare(t *testing.T) {
 	}
 	next := build(t, root)
 
-	kept := Compare(base, next, false)
+	kept := compare(t, base, next, false)
 	if kept.Fetch != 2 || kept.FetchBytes != int64(len(big))+6 || kept.Remove != 0 {
 		t.Fatalf("without delete: %+v", kept)
 	}
@@ -76,13 +76,22 @@ func TestCompare(t *testing.T) {
 	if ops["weights/model.bin"] != "fetch" || ops["config/b.yaml"] != "fetch" || ops["config/a.yaml"] != "meta" || ops["old.txt"] != "" {
 		t.Errorf("changes %+v", kept.Changes)
 	}
-	del := Compare(base, next, true)
+	del := compare(t, base, next, true)
 	if del.Remove != 1 {
 		t.Errorf("with delete: %+v", del)
 	}
 	// Hosts that hold nothing get everything.
-	fresh := Compare(nil, next, false)
+	fresh := compare(t, nil, next, false)
 	if fresh.Fetch != 3 || fresh.MoveBytes != fresh.FetchBytes || fresh.Mkdir < 3 {
 		t.Errorf("from nothing: %+v", fresh)
 	}
+}
+
+func compare(t *testing.T, base, next *manifest.Manifest, del bool) Preview {
+	t.Helper()
+	p, err := Compare(base, next, del)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
 }

@@ -179,6 +179,34 @@ func TestExcludes(t *testing.T) {
 	if m.Format() != manifest.Format4 || !slices.Equal(m.Exclude, all) || st.Generation.Proto < 4 {
 		t.Fatalf("manifest format %d, excludes %q, generation proto %d; want 4, %q, 4", m.Format(), m.Exclude, st.Generation.Proto, all)
 	}
+	// The task turns old/ into a file, but minion 1's old/ holds the
+	// excluded old/x.log: its pull fails, naming both, and deletes
+	// nothing; minion 2 takes the file.
+	writeFile(t, filepath.Join(src, "old"), "master old")
+	if err := l.Coord.SetTask(ctx, task, coord.TaskOptions{Delete: true, Exclude: patterns}); err != nil {
+		t.Fatal(err)
+	}
+	var failure coord.Failure
+	waitFor(ctx, t, "minion 1 to fail on the conflict, and minion 2 to take the file", func() bool {
+		now, err := l.Coord.Status(ctx)
+		if err != nil || now.Generation.ID <= st.Generation.ID {
+			return false
+		}
+		failure = now.Failures[l.Minions[0].ID]
+		return failure.Error != "" && slices.Contains(now.Finished, l.Minions[1].ID)
+	})
+	if !strings.Contains(failure.Error, `"old" holds excluded "old/x.log"`) {
+		t.Errorf("the failure does not name the conflict: %s", failure.Error)
+	}
+	if b, err := os.ReadFile(filepath.Join(dst, "old/x.log")); err != nil || string(b) != "minion old/x.log" {
+		t.Errorf("excluded old/x.log after the conflicting pull: %q, %v", b, err)
+	}
+	if b, err := os.ReadFile(filepath.Join(l.Minions[1].Root, task, "old")); err != nil || string(b) != "master old" {
+		t.Errorf("minion 2's old: %q, %v", b, err)
+	}
+	if err := os.Remove(filepath.Join(src, "old")); err != nil {
+		t.Fatal(err)
+	}
 	// A bad pattern in the task's options fails the generation, naming it.
 	if err := l.Coord.SetTask(ctx, task, coord.TaskOptions{Exclude: []string{"a["}}); err != nil {
 		t.Fatal(err)
