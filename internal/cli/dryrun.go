@@ -5,10 +5,13 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"slices"
+	"strings"
 	"text/tabwriter"
 
 	"github.com/fanout/fanout/internal/chunk"
 	"github.com/fanout/fanout/internal/coord"
+	"github.com/fanout/fanout/internal/exclude"
 	"github.com/fanout/fanout/internal/manifest"
 	"github.com/fanout/fanout/internal/master"
 	"github.com/fanout/fanout/internal/peer"
@@ -31,6 +34,12 @@ const dryRunChangesShown = 20
 type dryRunJSON struct {
 	Task   string `json:"task"`
 	Delete bool   `json:"delete"`
+	// Exclude are the patterns the preview applies: the publish's own.
+	Exclude []string `json:"exclude"`
+	// BaseExclude are the patterns of the base generation's manifest that
+	// the preview does not apply (the master's own --exclude, or an earlier
+	// publish's): the dry run cannot tell which.
+	BaseExclude []string `json:"base_exclude_not_applied,omitempty"`
 	// Base is the generation the hosts hold that the tree is compared
 	// with; 0 when none is (no generation, a failed one, another path).
 	Base     int64    `json:"base_generation"`
@@ -44,9 +53,19 @@ type dryRunJSON struct {
 	Preview   preview.Preview `json:"preview"`
 }
 
-// run previews publishing path (as publish would, with delete) and prints
-// it; nothing is published.
-func (d dryRun) run(ctx context.Context, co *coord.Client, path string, del bool, e env) error {
+// run previews publishing path (as publish would, with delete and the
+// exclude patterns excludes) and prints it; nothing is published.
+//
+// The master adds its own run --exclude patterns to a task's, and those are
+// not known here: the preview applies excludes alone, and lists the base
+// manifest's other patterns. Entries of the base that excludes match are
+// left out of the comparison, as a minion leaves them out of its scan:
+// they are neither fetched nor deleted.
+func (d dryRun) run(ctx context.Context, co *coord.Client, path string, del bool, excludes []string, e env) error {
+	ex, err := exclude.Parse(excludes)
+	if err != nil {
+		return usageError("%v", err)
+	}
 	clean, osPath, err := master.ResolveTask(d.root, path)
 	if err != nil {
 		return fmt.Errorf("publish --dry-run reads the tree here, under --root %s (run it on the master's host): %w", d.root, err)
@@ -55,7 +74,7 @@ func (d dryRun) run(ctx context.Context, co *coord.Client, path string, del bool
 	if err != nil {
 		return err
 	}
-	out := dryRunJSON{Task: clean, Delete: del, Expected: len(st.Expected), Holding: []string{}, Others: []string{}}
+	out := dryRunJSON{Task: clean, Delete: del, Exclude: ex.Patterns(), Expected: len(st.Expected), Holding: []string{}, Others: []string{}}
 	g := st.Generation
 	var base *manifest.Manifest
 	if g.ID > 0 && g.State != coord.StateFailed && g.Path == clean && g.Digest != "" {
@@ -63,10 +82,16 @@ func (d dryRun) run(ctx context.Context, co *coord.Client, path string, del bool
 			return err
 		}
 		out.Base, out.BasePath = g.ID, g.Path
+		for _, p := range base.Exclude {
+			if !slices.Contains(out.Exclude, p) {
+				out.BaseExclude = append(out.BaseExclude, p)
+			}
+		}
+		base = withoutExcluded(base, ex)
 	}
 	// The new tree in the base's format, so hashes compare; format 3
 	// (chunks) with no base, as a fleet of current minions gets.
-	opts := manifest.Options{Hash: true}
+	opts := manifest.Options{Hash: true, Exclude: ex}
 	if base == nil {
 		p := chunk.DefaultParams()
 		opts.Chunking = &p
@@ -97,6 +122,22 @@ func (d dryRun) run(ctx context.Context, co *coord.Client, path string, del bool
 	}
 	writeDryRun(e.stdout, out)
 	return nil
+}
+
+// withoutExcluded is m without the entries ex excludes (an entry under an
+// excluded directory included), as a minion scanning with ex sees its tree.
+func withoutExcluded(m *manifest.Manifest, ex *exclude.List) *manifest.Manifest {
+	if ex.Empty() {
+		return m
+	}
+	out := *m
+	out.Entries = nil
+	for _, e := range m.Entries {
+		if e.Path == "." || !ex.Excluded(e.Path, e.Type == manifest.Dir) {
+			out.Entries = append(out.Entries, e)
+		}
+	}
+	return &out
 }
 
 // baseManifest fetches the manifest of generation g from its origin and
@@ -132,6 +173,13 @@ func writeDryRun(w io.Writer, d dryRunJSON) {
 	fmt.Fprintln(w, "dry run: nothing was published")
 	fmt.Fprintf(w, "task:       %s (delete=%v): %d files, %s, %d directories, %d symlinks\n",
 		printable(d.Task, maxLine), d.Delete, p.Files, humanBytes(p.Bytes), p.Dirs, p.Symlinks)
+	if len(d.Exclude) > 0 {
+		fmt.Fprintf(w, "excluding:  %s (neither sent nor deleted)\n", printable(strings.Join(d.Exclude, " "), maxLine))
+	}
+	if len(d.BaseExclude) > 0 {
+		fmt.Fprintf(w, "not applied: %s, which the held generation also excluded (the master's own --exclude, or the last publish's): pass them with --exclude to preview with them\n",
+			printable(strings.Join(d.BaseExclude, " "), maxLine))
+	}
 	if d.Base == 0 {
 		fmt.Fprintln(w, "against:    no generation of this path is current: every host pulls what it lacks, up to the whole tree")
 	} else {

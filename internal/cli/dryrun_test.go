@@ -81,7 +81,29 @@ func TestPublishDryRun(t *testing.T) {
 	if !fetched["weights/model.bin"] || !fetched["added.txt"] {
 		t.Errorf("changes %+v", p.Changes)
 	}
-	code, text, stderr := run(t, masterMain, vars, "publish", "--dry-run", task)
+	// With --exclude: the changed big file is neither fetched nor, even
+	// with --delete, removed; the new small file still moves.
+	code, out, stderr = run(t, masterMain, vars, "publish", "--dry-run", "--json", "--delete", "--exclude", "*.bin", task)
+	if code != exitOK {
+		t.Fatalf("publish --dry-run --exclude: code %d: %s", code, stderr)
+	}
+	var exc dryRunJSON
+	if err := json.Unmarshal([]byte(out), &exc); err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	if p := exc.Preview; p.Fetch != 1 || p.FetchBytes != 3 || p.Remove != 0 || len(exc.Exclude) != 1 || exc.Exclude[0] != "*.bin" {
+		t.Errorf("dry run excluding *.bin: %+v", exc)
+	}
+	for _, c := range exc.Preview.Changes {
+		if strings.HasSuffix(c.Path, ".bin") {
+			t.Errorf("excluded %s in the changes: %s", c.Path, c.Op)
+		}
+	}
+	code, text, stderr := run(t, masterMain, vars, "publish", "--dry-run", "--exclude", "*.bin", task)
+	if code != exitOK || !strings.Contains(text, "excluding:  *.bin") || !strings.Contains(text, "fetch 1 files") {
+		t.Errorf("text with --exclude: code %d %s\n%s", code, stderr, text)
+	}
+	code, text, stderr = run(t, masterMain, vars, "publish", "--dry-run", task)
 	if code != exitOK || !strings.Contains(text, "dry run: nothing was published") ||
 		!strings.Contains(text, "held by 2 of 2 expected hosts") || !strings.Contains(text, "fetch 2 files") || !strings.Contains(text, "  fetch  weights/model.bin") {
 		t.Errorf("text: code %d %s\n%s", code, stderr, text)

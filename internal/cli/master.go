@@ -226,10 +226,7 @@ func masterPublish(ctx context.Context, args []string, e env) error {
 	defer rdb.Close()
 	co := c.coord(rdb, 0)
 	if dry {
-		if len(excludes) > 0 {
-			return usageError("--dry-run does not apply --exclude patterns yet: preview without them, or publish")
-		}
-		return d.run(ctx, co, path, del, e)
+		return d.run(ctx, co, path, del, excludes, e)
 	}
 	before, err := co.Current(ctx)
 	if err != nil {
