@@ -17,15 +17,18 @@ import (
 // bytes it lacks a share of that source's upload (divided equally among
 // the source's pullers), capped by its own download, and never more than
 // the best of those sources holds: a source still pulling (pipelining)
-// serves only what it has received, so it delivers no faster than its own
-// source. The model moves the files' bytes as one prefix (a chunk a
-// partial source has is a chunk of its prefix).
+// serves only what it has received, less the chunk it is receiving (lag),
+// so it delivers no faster than its own source. Within a tick a chain is
+// solved source first, so a relay adds one chunk's delay, as a real one
+// does, not a tick's. The model moves the files' bytes as one prefix (a
+// chunk a partial source has is a chunk of its prefix).
 type network struct {
 	size  int64         // S: bytes every pull receives
 	rate  float64       // B: bytes a second, each host's upload and download
 	hop   time.Duration // a manifest request's latency (round trip, diff of the host's tree)
 	stall time.Duration // a pull that receives nothing this long fails (--stall-timeout)
 	tick  time.Duration
+	lag   float64 // bytes a relay holds back: the chunk it is receiving
 
 	mu      sync.Mutex
 	servers map[string]*peer.Server // by advertised address: what each host serves
@@ -152,6 +155,24 @@ func (nw *network) step(now time.Time, dt float64) {
 		}
 	}
 	size := float64(nw.size)
+	pullOf := make(map[*node]int, len(pulls))
+	for i, pl := range pulls {
+		if nw.pulls[pl] {
+			pullOf[pl.n] = i
+		}
+	}
+	// solve computes pull i's amount after the step from its sources'
+	// (a source still pulling is solved first: source first along a
+	// chain; a cycle, possible among extra sources, uses the amounts
+	// before the step).
+	next := make([]float64, len(pulls))
+	const (
+		unsolved = iota
+		solving
+		solved
+	)
+	state := make([]int, len(pulls))
+	var solve func(i int) float64
 	avail := func(host string) float64 {
 		if host == nw.origin {
 			return size
@@ -163,13 +184,26 @@ func (nw *network) step(now time.Time, dt float64) {
 		case n.whole:
 			return size
 		case n.pulling:
-			return n.received
+			got := n.received
+			if j, ok := pullOf[n]; ok {
+				got = solve(j)
+			}
+			if got >= size {
+				return size
+			}
+			return max(got-nw.lag, 0)
 		}
 		return 0
 	}
-	next := make([]float64, len(pulls))
-	for i, pl := range pulls {
-		have := pl.n.received
+	solve = func(i int) float64 {
+		switch state[i] {
+		case solved:
+			return next[i]
+		case solving:
+			return pulls[i].n.received
+		}
+		state[i] = solving
+		have := pulls[i].n.received
 		rate, best := 0.0, have
 		for _, s := range srcs[i] {
 			if a := avail(s); a > have {
@@ -178,6 +212,11 @@ func (nw *network) step(now time.Time, dt float64) {
 			}
 		}
 		next[i] = min(have+min(rate, nw.rate)*dt, best)
+		state[i] = solved
+		return next[i]
+	}
+	for i := range pulls {
+		solve(i)
 	}
 	for i, pl := range pulls {
 		if !nw.pulls[pl] {

@@ -122,3 +122,19 @@ func TestNetworkManifest(t *testing.T) {
 		t.Fatalf("unknown host: %v, want peer.ErrUnavailable", err)
 	}
 }
+
+// A chain within one tick: each relay serves what its source holds after
+// the step, less the chunk it is receiving, so a relay adds a chunk's
+// delay, not a tick's.
+func TestNetworkChainInOneTick(t *testing.T) {
+	nw := newNetwork(1000, 10*time.Second, 0, time.Minute) // B = 100 bytes/s
+	nw.origin = "origin"
+	nw.lag = 10
+	_, aGot := startPull(t, nw, "a", "origin")
+	_, bGot := startPull(t, nw, "b", "a")
+	_, cGot := startPull(t, nw, "c", "b")
+	nw.step(time.Now(), 1)
+	if a, b, c := aGot(), bGot(), cGot(); a != 100 || b != 90 || c != 80 {
+		t.Fatalf("after 1 s: a %d, b %d, c %d; want 100, 90, 80 (a chunk of 10 bytes behind each source)", a, b, c)
+	}
+}

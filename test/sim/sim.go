@@ -17,6 +17,7 @@ import (
 	"github.com/redis/go-redis/v9"
 	"github.com/sirupsen/logrus"
 
+	"github.com/fanout/fanout/internal/chunk"
 	"github.com/fanout/fanout/internal/coord"
 	"github.com/fanout/fanout/internal/master"
 	"github.com/fanout/fanout/internal/metrics"
@@ -134,6 +135,7 @@ func simulate(ctx context.Context, cfg config, n int, progress io.Writer) (res r
 	ccfg := coord.Config{LeaseTTL: cfg.Lease, HostGrace: cfg.HostGrace}
 	nw := newNetwork(cfg.Size, cfg.SB, cfg.Hop, cfg.Stall)
 	nw.origin = "origin"
+	nw.lag = float64(chunk.DefaultParams().Avg) // a relay serves the chunks it verified
 	wg.Go(func() { nw.run(ctx) })
 
 	mco := coord.New(clients[0], ccfg)
