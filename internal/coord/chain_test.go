@@ -70,6 +70,55 @@ func TestClaimWithdrawsSlotOfChainTooLong(t *testing.T) {
 	})
 }
 
+// TestClaimAloneTakesEndOfLongChain: a host none of whose slots is claimed
+// (Slots) has nothing downstream, so it takes the end of a chain longer
+// than the walk's bound, and the slot it takes was not withdrawn; a host
+// with a claimed slot (a puller switching sources) still may not, since
+// the walk cannot rule out a cycle.
+func TestClaimAloneTakesEndOfLongChain(t *testing.T) {
+	each(t, 30*time.Second, func(t *testing.T, f *fixture) {
+		ctx := context.Background()
+		g := f.publish(1)
+		const n = 100
+		for i := range n {
+			h := fmt.Sprintf("h%03d", i)
+			f.heartbeat(h)
+			cl, err := f.c.Claim(ctx, h, g.Ref(), ClaimOptions{Slots: 2})
+			if err != nil {
+				t.Fatalf("claim %d of the chain: %v", i, err)
+			}
+			if want := fmt.Sprintf("h%03d#0", i-1); i > 0 && cl.Slot != want {
+				t.Fatalf("claim %d: %s, want %s (the end of the chain)", i, cl.Slot, want)
+			}
+			if err := f.c.OfferSlots(ctx, h, g.Ref(), 1, false); err != nil {
+				t.Fatal(err)
+			}
+		}
+		// "busy" takes the end (h099#0) too, offers its slot, and "down"
+		// pulls from it.
+		f.heartbeat("busy", "down")
+		busy, err := f.c.Claim(ctx, "busy", g.Ref(), ClaimOptions{Slots: 1})
+		if err != nil || busy.Slot != fmt.Sprintf("h%03d#0", n-1) {
+			t.Fatalf("busy: %+v, %v; want the end of the chain", busy, err)
+		}
+		if err := f.c.OfferSlots(ctx, "busy", g.Ref(), 1, false); err != nil {
+			t.Fatal(err)
+		}
+		if cl, err := f.c.Claim(ctx, "down", g.Ref(), ClaimOptions{Slots: 1}); err != nil || cl.Slot != "busy#0" {
+			t.Fatalf("down: %+v, %v; want busy#0", cl, err)
+		}
+		// busy gives its source back and claims again (switching): with
+		// down pulling from it, the chain above h099 is walked, found too
+		// long to rule out a cycle, and refused.
+		if err := f.c.Release(ctx, busy); err != nil {
+			t.Fatal(err)
+		}
+		if cl, err := f.c.Claim(ctx, "busy", g.Ref(), ClaimOptions{Slots: 1}); !errors.Is(err, ErrNoSource) {
+			t.Fatalf("a host with a puller downstream claimed %+v, %v; want ErrNoSource", cl, err)
+		}
+	})
+}
+
 // A claim that finds no source says how many hosts wait for one: those
 // that counted their discovery in lookup, less the running and the
 // finished.
@@ -100,6 +149,40 @@ func TestNoSourceCountsWaiting(t *testing.T) {
 		}
 		if _, err = f.c.Claim(ctx, "c", g.Ref(), ClaimOptions{}); !errors.As(err, &none) || none.Waiting != 2 {
 			t.Fatalf("claim with one running and one finished of 4: %v, want 2 waiting", err)
+		}
+	})
+}
+
+// TestExtraClaimYieldsToWaiting: a swarm's extra claim (Index > 0) takes
+// no slot while a host waits for its first source, even a free one; once
+// none waits, it does.
+func TestExtraClaimYieldsToWaiting(t *testing.T) {
+	each(t, 15*time.Second, func(t *testing.T, f *fixture) {
+		ctx := context.Background()
+		g := f.publish(2)
+		f.heartbeat("a", "b")
+		for range 2 {
+			if err := f.c.Lookup(ctx); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if _, err := f.c.Claim(ctx, "a", g.Ref(), ClaimOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		var none *NoSourceError
+		_, err := f.c.Claim(ctx, "a", g.Ref(), ClaimOptions{Index: 1, Acyclic: true})
+		if !errors.As(err, &none) || none.Waiting != 1 {
+			t.Fatalf("extra claim with b waiting and a master slot free: %v, want ErrNoSource with 1 waiting", err)
+		}
+		if _, err := f.c.Claim(ctx, "b", g.Ref(), ClaimOptions{}); err != nil {
+			t.Fatalf("b's first claim: %v (the free slot went to the extra claim?)", err)
+		}
+		if err := f.c.OfferSlots(ctx, "b", g.Ref(), 1, false); err != nil {
+			t.Fatal(err)
+		}
+		cl, err := f.c.Claim(ctx, "a", g.Ref(), ClaimOptions{Index: 1, Acyclic: true})
+		if err != nil || cl.Slot != "b#0" {
+			t.Fatalf("extra claim with none waiting: %+v, %v; want b#0", cl, err)
 		}
 	})
 }

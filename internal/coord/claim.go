@@ -51,7 +51,9 @@ type ClaimOptions struct {
 	// Claim.Repair).
 	Repair bool
 	// Index is which of the host's claims held at once this is (0: the
-	// first; each index has its own lease).
+	// first; each index has its own lease). A claim of Index > 0 (a
+	// swarm's extra source) gets ErrNoSource while any host waits for its
+	// first source: a slot starts a pull before it speeds one up.
 	Index int
 	// Acyclic takes a partial source even if it pulls from this host: for
 	// chunked generations, whose partial sources serve only verified
@@ -68,6 +70,12 @@ type ClaimOptions struct {
 	// zone that finds no source of the zone free waits for its slots
 	// (ErrNoSource) rather than take a source of another zone.
 	Serves bool
+	// Slots is how many slots the host offers at most (host#0 ..
+	// host#Slots-1; 0: not known). While none of them is claimed, nothing
+	// pulls from the host, so no partial source can close a cycle and the
+	// claim walks no chain: a host's first claim of a generation takes the
+	// end of a chain of any length. At most 64.
+	Slots int
 }
 
 // NoSourceError is a claim that found no free source slot (errors.Is
@@ -97,7 +105,7 @@ func (c *Client) Claim(ctx context.Context, host string, gen Ref, o ClaimOptions
 	cid := claimID(host, o.Index)
 	res, err := c.run(ctx, claimScript, cid,
 		host, gen.ID, gen.Digest, c.cfg.LeaseTTL.Milliseconds(), rand.Uint32(), eventsMax, flag(o.Repair),
-		cid, flag(o.Acyclic), strings.Join(o.Avoid, ","), c.cfg.HostGrace.Milliseconds(), flag(o.SameZone), flag(o.Serves)).StringSlice()
+		cid, flag(o.Acyclic), strings.Join(o.Avoid, ","), c.cfg.HostGrace.Milliseconds(), flag(o.SameZone), flag(o.Serves), o.Slots).StringSlice()
 	if err != nil {
 		return Claim{}, fmt.Errorf("claim source: %w", err)
 	}

@@ -304,7 +304,8 @@ return {id, now}
 `)
 
 // claimScript takes a free slot for claim cid of host (a host may hold
-// several claims at once, "host/1", "host/2"..., each with its own lease).
+// several claims at once, "host/1", "host/2"..., each with its own lease;
+// those extra claims take nothing while a host waits for its first).
 // Its cost does not grow with the fleet: it samples the index of free
 // slots of whole sources (the origin and finished hosts) first, then that
 // of partial sources (hosts still pulling, pipelining), then the seed's
@@ -322,7 +323,9 @@ return {id, now}
 // finished host may claim only to repair (ARGV repair): it stays in
 // finished_queue and enters repairing instead of running_queue. With no
 // source, it returns how many hosts wait for one (lookup minus the
-// running and the finished), three O(1) reads.
+// running and the finished), three O(1) reads. A host with no downstream
+// (none of its ARGV slots slots is claimed: K.holders) walks no chain: nothing pulls from it, so no slot
+// closes a cycle, and it takes the end of a chain of any length.
 //
 // Zones: a host with a zone (K.zfull, K.zpart are its zone's indexes, not
 // the global ones) samples its zone's indexes first, whole then partial
@@ -338,7 +341,7 @@ return {id, now}
 // zone (at once when pipelining), rather than bring the content across
 // once more. So one host of a zone crosses, and the zone chains from it.
 // ARGV: host, gen, digest, lease_ms, rand, maxlen, repair, cid, acyclic,
-// avoid, grace_ms, same_zone, serves.
+// avoid, grace_ms, same_zone, serves, slots.
 // Returns {'ok', slot, source addr, 'whole' or 'partial', source zone}.
 var claimScript = newScript(
 	[]string{"generation", "finished", "lease", "sync", "full", "part", "zfull", "zpart", "zpull", "bad", "running", "claims", "leases", "hosts", "heartbeats", "events", "holders", "repairing", "lookup"}, `
@@ -391,6 +394,15 @@ local function usable(slot)
   end
   return src
 end
+-- alone: nothing pulls from host (see above), so no cycle can close.
+local alone = false
+local slots = tonumber(ARGV[14] or '0') or 0
+if slots > 0 and slots <= 64 then
+  alone = true
+  for i = 0, slots - 1 do
+    if redis.call('HEXISTS', K.holders, host .. '#' .. i) == 1 then alone = false break end
+  end
+end
 local r = tonumber(ARGV[5])
 -- pick samples set; a zone index names the global index (of) its entries
 -- must be in.
@@ -407,7 +419,7 @@ local function pick(set, checkCycle, of)
         redis.call('SREM', set, m) -- a stale index entry
       else
         local src = usable(m)
-        if src and checkCycle and not acyclic and not whole(src) then
+        if src and checkCycle and not acyclic and not alone and not whole(src) then
           local cycle, long = downstream(src)
           -- A slot at the end of a chain too long to follow is withdrawn:
           -- no claimer may take it, and every waiting host would walk the
@@ -424,6 +436,19 @@ local function pick(set, checkCycle, of)
   end
   return nil
 end
+-- waiting: how many hosts wait for a source (discovered the generation,
+-- neither pulling nor finished): waiting hosts space their claims by it.
+local function waiting()
+  local n = tonumber(redis.call('GET', K.lookup) or '0') - redis.call('SCARD', K.running) - redis.call('SCARD', K.finished)
+  return tostring(math.max(n, 0))
+end
+-- An extra claim (a swarm's second source, cid "host/n") takes nothing
+-- while hosts wait for their first: a slot is worth more starting a pull
+-- (or the next link of a chain) than speeding one up.
+if string.find(cid, '/', 1, true) then
+  local w = waiting()
+  if w ~= '0' then return {'nosource', w} end
+end
 local zoned = K.zfull ~= K.full
 local slot
 if zoned then slot = pick(K.zfull, false, K.full) or pick(K.zpart, true, K.part) end
@@ -439,12 +464,6 @@ local function pulling()
     end
   end
   return false
-end
--- waiting: how many hosts wait for a source (discovered the generation,
--- neither pulling nor finished): waiting hosts space their claims by it.
-local function waiting()
-  local n = tonumber(redis.call('GET', K.lookup) or '0') - redis.call('SCARD', K.running) - redis.call('SCARD', K.finished)
-  return tostring(math.max(n, 0))
 end
 if not slot and not (zoned and ARGV[12] == '1') then
   if zoned and pulling() then return {'nosource', waiting()} end

@@ -190,7 +190,7 @@ func (s *source) switchFrom(ctx context.Context, failed coord.Claim, cause error
 	// source whose puller died returns when its lease expires.
 	deadline := time.Now().Add(max(4*failed.Lease, 4*m.cfg.Poll, 10*time.Second))
 	for {
-		o := coord.ClaimOptions{Repair: failed.Repair, Serves: m.uploads() > 0}
+		o := coord.ClaimOptions{Repair: failed.Repair, Serves: m.uploads() > 0, Slots: m.heldUploads()}
 		if s.sw.active.Load() {
 			// A chunked pull: not a source it holds already. The pull's
 			// own source streams chunks it has yet to receive (see
