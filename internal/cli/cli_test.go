@@ -44,6 +44,8 @@ func TestUsageErrors(t *testing.T) {
 		{"publish bad exclude", masterMain, []string{"publish", "--exclude", "a[", "/data/m42"}, `"a["`},
 		{"publish include rule", masterMain, []string{"publish", "--exclude", "+ keep", "/data/m42"}, "include rules"},
 		{"publish missing exclude-from", masterMain, []string{"publish", "--exclude-from", "/does/not/exist", "/data/m42"}, "--exclude-from"},
+		{"publish relative dest", masterMain, []string{"publish", "--dest", "srv/app", "/data/m42"}, "--dest"},
+		{"publish dest with ..", masterMain, []string{"publish", "--dest", "/srv/../etc", "/data/m42"}, "'..'"},
 		{"watch flag without --watch", masterMain, []string{"run", "--delay", "2s"}, "need --watch"},
 		{"watch max-delay below delay", masterMain, []string{"run", "--watch", "--delay", "5s", "--max-delay", "1s"}, "--max-delay"},
 		{"minion unknown", minionMain, []string{"frob"}, `unknown command "frob"`},
@@ -145,6 +147,10 @@ func TestPublishAndStatus(t *testing.T) {
 	}
 	if st["task"] != "/data/m42//" || st["state"] != coord.StateIdle {
 		t.Errorf("status task %v state %v", st["task"], st["state"])
+	}
+	code, out, stderr = run(t, masterMain, vars, "publish", "--dest", "/srv/app/", "/data/m42")
+	if opts, _ := mr.Get("{f}:task_options"); code != exitOK || !strings.Contains(out, "dest /srv/app") || !strings.Contains(opts, `"dest":"/srv/app"`) {
+		t.Errorf("publish --dest: code %d, %q, %q; task_options %s", code, out, stderr, opts)
 	}
 }
 

@@ -23,7 +23,7 @@ Usage:
   fanout-master run [flags]                 watch the task key, publish generations, serve as origin
   fanout-master run --watch [--delay D] [--max-delay D] [--full-every D] [--exclude P]...
                                             also publish each change of the task tree (live mirroring)
-  fanout-master publish PATH [--delete] [--exclude P]... [--exclude-from F] [--compress] [--wait] [--timeout D] [--dry-run]
+  fanout-master publish PATH [--delete] [--exclude P]... [--exclude-from F] [--compress] [--dest DIR] [--wait] [--timeout D] [--dry-run]
                                             set the task (same as: redis-cli set task PATH)
   fanout-master status [--json|--follow]    show the task, its generation and every host
   fanout-master hosts [--json]              list registered hosts, last heartbeat, version
@@ -186,6 +186,7 @@ func masterRun(ctx context.Context, args []string, e env) error {
 func masterPublish(ctx context.Context, args []string, e env) error {
 	var c common
 	var del, compress, wait, dry bool
+	var dest string
 	var timeout time.Duration
 	var ex excludeFlags
 	var d dryRun
@@ -199,6 +200,7 @@ func masterPublish(ctx context.Context, args []string, e env) error {
 	d.tls.register(fs)
 	fs.BoolVar(&d.asJSON, "json", false, "with --dry-run: print JSON")
 	fs.BoolVar(&compress, "compress", false, "hosts ask their sources for zstd-compressed chunks (format 3 generations; chunks that do not shrink go raw): for text-like trees on slow links. A minion's own --compress asks too")
+	fs.StringVar(&dest, "dest", "", "write the tree to this absolute path under each host's --root instead of PATH (as gosync's -dst); minions before protocol 5 refuse such a generation")
 	fs.BoolVar(&wait, "wait", false, "wait until every expected host holds the task (exit 1 if it fails)")
 	fs.DurationVar(&timeout, "timeout", 30*time.Minute, "with --wait, give up after this long")
 	if err := parse(fs, args, e); err != nil {
@@ -213,6 +215,15 @@ func masterPublish(ctx context.Context, args []string, e env) error {
 	path := fs.Arg(0)
 	if _, err := master.CleanTask(path); err != nil {
 		return usageError("publish PATH: %v", err)
+	}
+	if dest != "" {
+		var err error
+		if dest, err = master.CleanTask(dest); err != nil {
+			return usageError("--dest: %v", err)
+		}
+		if dry {
+			return usageError("--dry-run compares with the tree the hosts hold at PATH: drop --dest to preview")
+		}
 	}
 	excludes, err := ex.patterns()
 	if err != nil {
@@ -232,10 +243,13 @@ func masterPublish(ctx context.Context, args []string, e env) error {
 	if err != nil {
 		return err
 	}
-	if err := co.SetTask(ctx, path, coord.TaskOptions{Delete: del, Compress: compress, Exclude: excludes}); err != nil {
+	if err := co.SetTask(ctx, path, coord.TaskOptions{Delete: del, Compress: compress, Exclude: excludes, Dest: dest}); err != nil {
 		return fmt.Errorf("set task: %w", err)
 	}
 	fmt.Fprintf(e.stdout, "task set to %s (delete=%v, compress=%v", printable(path, maxLine), del, compress)
+	if dest != "" {
+		fmt.Fprintf(e.stdout, ", dest %s", printable(dest, maxLine))
+	}
 	if len(excludes) > 0 {
 		fmt.Fprintf(e.stdout, ", %d exclude patterns", len(excludes))
 	}

@@ -17,6 +17,7 @@ type statusJSON struct {
 	Task       string                   `json:"task"`
 	Generation int64                    `json:"generation"`
 	Path       string                   `json:"path"`
+	Dest       string                   `json:"dest,omitempty"`
 	Digest     string                   `json:"digest"`
 	State      string                   `json:"state"`
 	Error      string                   `json:"error,omitempty"`
@@ -114,7 +115,7 @@ type hostJSON struct {
 func toJSON(st coord.Status, now time.Time) statusJSON {
 	g := st.Generation
 	out := statusJSON{
-		Task: st.Task, Generation: g.ID, Path: g.Path, Digest: g.Digest, State: st.State, Error: g.Error,
+		Task: st.Task, Generation: g.ID, Path: g.Path, Dest: g.Dest, Digest: g.Digest, State: st.State, Error: g.Error,
 		Delete: g.Delete, Compress: g.Compress, Files: g.Files, Bytes: g.Bytes,
 		Expected: len(st.Expected), Finished: len(st.Finished), Running: len(st.Running), Repairing: len(st.Repairing),
 		Lookup: st.Lookup, Sources: st.Sources, Failures: st.Failures,
@@ -225,7 +226,11 @@ func writeStatusText(w io.Writer, st coord.Status, now time.Time) {
 	if s.Generation == 0 {
 		fmt.Fprintf(w, "state:      %s\n", state)
 	} else {
-		fmt.Fprintf(w, "generation: %d  path %s  state %s", s.Generation, printable(s.Path, maxLine), state)
+		fmt.Fprintf(w, "generation: %d  path %s", s.Generation, printable(s.Path, maxLine))
+		if s.Dest != "" {
+			fmt.Fprintf(w, "  dest %s", printable(s.Dest, maxLine))
+		}
+		fmt.Fprintf(w, "  state %s", state)
 		if s.Published != nil {
 			fmt.Fprintf(w, "  published %s ago", now.Sub(*s.Published).Round(time.Second))
 		}

@@ -54,6 +54,11 @@ const MaxClaims = 16
 //	   a minion of protocol 3 would delete what a generation excludes, so
 //	   it refuses (with the upgrade message) rather than pull it; the watch
 //	   key (the master's watch mode).
+//	5: a destination (publish --dest) in task_options and in the
+//	   generation ("dest"): a minion of protocol 4 would write the tree at
+//	   the task path, so a generation with a destination is published as
+//	   protocol 5 and such a minion refuses it; a generation without one
+//	   is still published as protocol 4, which those minions pull.
 //
 // Additions that hosts of the same protocol built before them ignore
 // safely keep the number: zones (per-zone claim indexes, a "zone" in the
@@ -65,7 +70,10 @@ const MaxClaims = 16
 // it: the hooks hash (hook results, see HookFormat) is read and written
 // only by hosts that know it, and its records carry their own format. Compression is another (see
 // TaskOptions.Compress).
-const Proto = 4
+const Proto = ProtoDest
+
+// ProtoDest is the protocol that added Generation.Dest.
+const ProtoDest = 5
 
 // Config configures a Client.
 type Config struct {
@@ -177,6 +185,20 @@ type Generation struct {
 	DoneAt     time.Time // Redis time
 	// Proto is the protocol version the generation was published with.
 	Proto int
+	// Dest is where hosts write the tree (publish --dest): an absolute
+	// path under each host's --root, as Path is on the master; "" for
+	// Path itself. Read only from generations of protocol ProtoDest or
+	// later (an older master leaves the field of a newer one behind).
+	Dest string
+}
+
+// LocalPath is where hosts hold the generation's tree, under their --root:
+// Dest, or Path when it has none.
+func (g Generation) LocalPath() string {
+	if g.Dest != "" {
+		return g.Dest
+	}
+	return g.Path
 }
 
 // Ref returns g's id and digest.
@@ -230,11 +252,15 @@ func parseGeneration(key string, h map[string]string) (Generation, error) {
 	default:
 		return Generation{}, fmt.Errorf("Redis key %s field \"state\" is %q, not running, done or failed: it is corrupt; delete it (redis-cli del %s) and set the task again", key, st, key)
 	}
-	return Generation{
+	g := Generation{
 		ID: id, Path: h["path"], Delete: h["delete"] == "1", Compress: h["compress"] == "1", Digest: h["digest"], State: h["state"],
 		Error: h["error"], Origin: h["origin"], OriginAddr: h["origin_addr"], OriginZone: h["origin_zone"], Published: fromMS(h["published"]),
 		Files: files, Bytes: bytes, DoneAt: fromMS(h["done_at"]), Proto: max(int(proto), 1),
-	}, nil
+	}
+	if g.Proto >= ProtoDest {
+		g.Dest = h["dest"]
+	}
+	return g, nil
 }
 
 // Current returns the current generation; ID 0 when there is none. A
@@ -279,13 +305,16 @@ type TaskOptions struct {
 	// leaves what they match out of the manifest, and minions neither
 	// fetch nor delete it. Protocol 4.
 	Exclude []string `json:"exclude,omitempty"`
+	// Dest is where hosts write the tree (see Generation.Dest): an
+	// absolute path under their --root; "" for the task path. Protocol 5.
+	Dest string `json:"dest,omitempty"`
 }
 
 // SetTask sets the task and its options in one transaction.
 func (c *Client) SetTask(ctx context.Context, path string, opts TaskOptions) error {
 	_, err := c.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
 		p.Set(ctx, c.keys.Task(), path, 0)
-		if !opts.Delete && !opts.Compress && len(opts.Exclude) == 0 {
+		if !opts.Delete && !opts.Compress && len(opts.Exclude) == 0 && opts.Dest == "" {
 			p.Del(ctx, c.keys.TaskOptions())
 		} else {
 			b, _ := json.Marshal(opts)
@@ -344,13 +373,19 @@ func (c *Client) publish(ctx context.Context, g Generation, uploads int) (Genera
 		}
 		return "0"
 	}
+	// The lowest protocol that reads the generation: hosts of protocol 4
+	// pull one without a destination.
+	proto := Proto
+	if g.Dest == "" {
+		proto = ProtoDest - 1
+	}
 	res, err := c.run(ctx, publishScript, g.Origin,
 		g.Path, flag(g.Delete), g.Digest, g.State, g.Error, g.Origin, g.OriginAddr,
-		g.Files, g.Bytes, uploads, eventsMax, g.ID, Proto, g.OriginZone, flag(g.Compress)).Int64Slice()
+		g.Files, g.Bytes, uploads, eventsMax, g.ID, proto, g.OriginZone, flag(g.Compress), g.Dest).Int64Slice()
 	if err != nil {
 		return Generation{}, fmt.Errorf("publish generation: %w", err)
 	}
-	g.ID, g.Published, g.Proto = res[0], time.UnixMilli(res[1]), Proto
+	g.ID, g.Published, g.Proto = res[0], time.UnixMilli(res[1]), proto
 	return g, nil
 }
 

@@ -60,7 +60,7 @@ func TestPublishFloor(t *testing.T) {
 			t.Fatalf("publish above floor %d: id %d, %v", g.ID+5, g2.ID, err)
 		}
 		cur, err := f.c.Current(ctx)
-		if err != nil || cur.ID != g2.ID || cur.Proto != Proto || cur.Published.IsZero() {
+		if err != nil || cur.ID != g2.ID || cur.Proto != ProtoDest-1 || cur.Published.IsZero() { // no destination: readable by protocol 4
 			t.Fatalf("current %+v, %v", cur, err)
 		}
 		g3 := f.publish(1)
@@ -393,6 +393,35 @@ func TestSeveralClaims(t *testing.T) {
 		}
 		if !slices.Contains(f.members(k.Sync()), short.Slot) || !slices.Contains(f.members(k.Running()), "a") {
 			t.Errorf("after the extra claim expired: sync %v running %v", f.members(k.Sync()), f.members(k.Running()))
+		}
+	})
+}
+
+// A generation with a destination is of protocol 5 and reads back with
+// it; one published after it without a destination is of protocol 4 and
+// has none, and a dest field left in the key by a master that predates
+// destinations (protocol 4) is not read.
+func TestGenerationDest(t *testing.T) {
+	each(t, 15*time.Second, func(t *testing.T, f *fixture) {
+		ctx := context.Background()
+		g, err := f.c.Publish(ctx, Generation{Path: "/data/m42", Dest: "/srv/app", Digest: strings.Repeat("d", 64), Origin: "master"}, 1)
+		if err != nil || g.Proto != ProtoDest {
+			t.Fatalf("publish with a destination: %+v, %v", g, err)
+		}
+		cur, err := f.c.Current(ctx)
+		if err != nil || cur.Dest != "/srv/app" || cur.LocalPath() != "/srv/app" || cur.Proto != ProtoDest {
+			t.Fatalf("current %+v, %v", cur, err)
+		}
+		if _, err := f.c.Publish(ctx, Generation{Path: "/data/m42", Digest: strings.Repeat("d", 64), Origin: "master"}, 1); err != nil {
+			t.Fatal(err)
+		}
+		if cur, err = f.c.Current(ctx); err != nil || cur.Dest != "" || cur.LocalPath() != "/data/m42" || cur.Proto != ProtoDest-1 {
+			t.Fatalf("after a publish without a destination: %+v, %v", cur, err)
+		}
+		// An older master's publish leaves the field as it was.
+		f.rdb.HSet(ctx, f.c.Keys().Generation(), "dest", "/srv/stale")
+		if cur, err = f.c.Current(ctx); err != nil || cur.Dest != "" {
+			t.Fatalf("a dest field in a protocol-4 generation was read: %+v, %v", cur, err)
 		}
 	})
 }

@@ -105,7 +105,9 @@ type published struct {
 	// Exclude is the task's own exclude patterns (from task_options), not
 	// those of Config.Exclude.
 	Exclude []string `json:"exclude,omitempty"`
-	Failed  bool     `json:"failed,omitempty"`
+	// Dest is the task's destination on the hosts ("" for its path).
+	Dest   string `json:"dest,omitempty"`
+	Failed bool   `json:"failed,omitempty"`
 	// Format is the manifest format it was published in (0: unknown).
 	Format int `json:"format,omitempty"`
 }
@@ -114,7 +116,7 @@ func (p *published) ref() coord.Ref { return coord.Ref{ID: p.Gen, Digest: p.Dige
 
 // opts returns the options the task was published with.
 func (p *published) opts() coord.TaskOptions {
-	return coord.TaskOptions{Delete: p.Delete, Compress: p.Compress, Exclude: p.Exclude}
+	return coord.TaskOptions{Delete: p.Delete, Compress: p.Compress, Exclude: p.Exclude, Dest: p.Dest}
 }
 
 const (
@@ -423,6 +425,13 @@ func (m *Master) adopt(ctx context.Context, value string) error {
 func (m *Master) publish(ctx context.Context, value string, opts coord.TaskOptions) error {
 	log := m.cfg.Log.WithField("task", value)
 	clean, osPath, err := ResolveTask(m.cfg.Root, value)
+	if err == nil && opts.Dest != "" {
+		var dest string
+		if dest, err = CleanTask(opts.Dest); err != nil {
+			err = fmt.Errorf("task option dest: %w", err)
+		}
+		opts.Dest = dest
+	}
 	if err == nil {
 		var snap *peer.Snapshot
 		snap, err = m.build(ctx, osPath, opts.Exclude)
@@ -469,7 +478,7 @@ func (m *Master) offer(ctx context.Context, clean string, opts coord.TaskOptions
 	files, bytes := snap.Manifest.Totals()
 	old := m.active
 	g, err := m.coord.Publish(ctx, coord.Generation{
-		ID: m.floor(), Path: clean, Delete: opts.Delete, Compress: opts.Compress, Digest: snap.Digest,
+		ID: m.floor(), Path: clean, Dest: opts.Dest, Delete: opts.Delete, Compress: opts.Compress, Digest: snap.Digest,
 		Origin: m.cfg.ID, OriginAddr: m.cfg.Advertise, OriginZone: m.cfg.Zone, Files: int64(files), Bytes: bytes,
 	}, 0)
 	if err != nil {
@@ -479,7 +488,7 @@ func (m *Master) offer(ctx context.Context, clean string, opts coord.TaskOptions
 	// find it serving this generation.
 	snap.Gen = g.ID
 	m.server.Set(snap)
-	m.active = &published{Gen: g.ID, Digest: g.Digest, Path: clean, Delete: opts.Delete, Compress: opts.Compress, Exclude: opts.Exclude, Format: snap.Manifest.Format()}
+	m.active = &published{Gen: g.ID, Digest: g.Digest, Path: clean, Dest: g.Dest, Delete: opts.Delete, Compress: opts.Compress, Exclude: opts.Exclude, Format: snap.Manifest.Format()}
 	m.watchPublished(old == nil || old.ref() != g.Ref(), g, snap)
 	m.cfg.Metrics.Published.Inc()
 	m.cfg.Metrics.Generation.Set(float64(g.ID))
@@ -490,7 +499,7 @@ func (m *Master) offer(ctx context.Context, clean string, opts coord.TaskOptions
 		return fmt.Errorf("offer origin slots: %w", err)
 	}
 	m.cfg.Log.WithFields(logrus.Fields{
-		"gen": g.ID, "path": clean, "files": files, "bytes": bytes, "delete": opts.Delete, "compress": opts.Compress, "exclude": len(snap.Manifest.Exclude), "digest": snap.Digest[:16],
+		"gen": g.ID, "path": clean, "dest": g.Dest, "files": files, "bytes": bytes, "delete": opts.Delete, "compress": opts.Compress, "exclude": len(snap.Manifest.Exclude), "digest": snap.Digest[:16],
 	}).Info("published generation")
 	return nil
 }
@@ -498,7 +507,7 @@ func (m *Master) offer(ctx context.Context, clean string, opts coord.TaskOptions
 // resume serves a generation this master published before a restart. If the
 // tree changed meanwhile, the changed tree is published as a new generation.
 func (m *Master) resume(ctx context.Context, g coord.Generation) error {
-	opts := coord.TaskOptions{Delete: g.Delete, Compress: g.Compress}
+	opts := coord.TaskOptions{Delete: g.Delete, Compress: g.Compress, Dest: g.Dest}
 	if l := m.last; l != nil && l.Gen == g.ID && l.Digest == g.Digest {
 		opts = l.opts() // the excludes are not in the generation key
 	}
@@ -520,7 +529,7 @@ func (m *Master) resume(ctx context.Context, g coord.Generation) error {
 	}
 	snap.Gen = g.ID
 	m.server.Set(snap)
-	m.active = &published{Gen: g.ID, Digest: g.Digest, Path: g.Path, Delete: g.Delete, Compress: g.Compress, Exclude: opts.Exclude, Format: snap.Manifest.Format()}
+	m.active = &published{Gen: g.ID, Digest: g.Digest, Path: g.Path, Dest: g.Dest, Delete: g.Delete, Compress: g.Compress, Exclude: opts.Exclude, Format: snap.Manifest.Format()}
 	m.watchPublished(false, g, snap)
 	m.cfg.Metrics.Generation.Set(float64(g.ID))
 	if m.last == nil || m.last.Gen < g.ID {

@@ -120,7 +120,7 @@ func (m *Minion) prepareHook(ctx context.Context, g coord.Generation, changed []
 	}
 	p := &pendingHook{cmd: cmd, lookup: lerr, in: hook.Input{
 		Task: task, Host: m.cfg.ID, Generation: g.ID, Digest: g.Digest,
-		Path: taskRoot(m.cfg.Root, g.Path), TaskPath: g.Path, Changed: changed,
+		Path: taskRoot(m.cfg.Root, g.LocalPath()), TaskPath: g.Path, Changed: changed,
 	}}
 	rec := coord.HookRecord{Gen: g.ID, Digest: g.Digest, Task: task, Changed: len(changed), Started: time.Now().UTC()}
 	if err := m.coord.HookStarted(ctx, m.cfg.ID, rec); err != nil {

@@ -504,7 +504,11 @@ func (m *Minion) Step(ctx context.Context) (Outcome, error) {
 		return Idle, nil
 	}
 	if g.Proto > coord.Proto {
-		return Idle, m.refuse(ctx, g)
+		return Idle, m.refuse(ctx, g, fmt.Sprintf("generation %d was published with protocol %d; this fanout-minion (%s) speaks %d: upgrade fanout on this host",
+			g.ID, g.Proto, m.cfg.Version, coord.Proto))
+	}
+	if err := checkPath(g.LocalPath()); err != nil {
+		return Idle, m.refuse(ctx, g, fmt.Sprintf("generation %d: %v: refused, nothing written (was the generation key written by hand? publish with fanout-master)", g.ID, err))
 	}
 	m.mu.Lock()
 	h := m.held
@@ -517,7 +521,7 @@ func (m *Minion) Step(ctx context.Context) (Outcome, error) {
 			return Idle, fmt.Errorf("count lookup: %w", err)
 		}
 		m.looked = genKey(g)
-		m.cfg.Log.WithFields(logrus.Fields{"gen": g.ID, "path": g.Path}).Info("new generation")
+		m.cfg.Log.WithFields(logrus.Fields{"gen": g.ID, "path": g.Path, "dest": g.Dest}).Info("new generation")
 	}
 	return m.claimAndPull(ctx, g, false, Pulled)
 }
@@ -581,14 +585,13 @@ func (m *Minion) claimAndPull(ctx context.Context, g coord.Generation, repair bo
 	return done, nil
 }
 
-// refuse reports, once per generation, a generation published by a newer
-// fanout than this one: it is never pulled half-understood.
-func (m *Minion) refuse(ctx context.Context, g coord.Generation) error {
+// refuse reports, once per generation, a generation this host will not
+// pull, for reason: one published by a newer fanout (it is never pulled
+// half-understood), or one whose path is not one the master publishes.
+func (m *Minion) refuse(ctx context.Context, g coord.Generation, reason string) error {
 	if m.refused == genKey(g) {
 		return nil
 	}
-	reason := fmt.Sprintf("generation %d was published with protocol %d; this fanout-minion (%s) speaks %d: upgrade fanout on this host",
-		g.ID, g.Proto, m.cfg.Version, coord.Proto)
 	if err := m.coord.Refuse(ctx, m.cfg.ID, g.Ref(), reason); err != nil {
 		return err
 	}

@@ -137,3 +137,18 @@ func TestWaitingPoll(t *testing.T) {
 		t.Errorf("waitingPoll(10ms, 0) = %s, want the poll, 10ms", got)
 	}
 }
+
+// checkPath lets through what the master publishes and nothing that could
+// name a place outside --root once joined to it.
+func TestCheckPath(t *testing.T) {
+	for _, p := range []string{"/data/m42", "/a", "/srv/app/current", "/a b/ü"} {
+		if err := checkPath(p); err != nil {
+			t.Errorf("checkPath(%q) = %v, want nil", p, err)
+		}
+	}
+	for _, p := range []string{"", "data/m42", "/", "/..", "/../etc", "/data/../../etc", "/data/./x", "//data", "/data/", "/a\x00b"} {
+		if err := checkPath(p); err == nil {
+			t.Errorf("checkPath(%q) = nil, want an error", p)
+		}
+	}
+}

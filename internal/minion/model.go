@@ -68,7 +68,7 @@ func (m *Minion) transferModel(ctx context.Context, g coord.Generation, src *sou
 	}
 	pipelined := m.cfg.Pipeline && m.uploads() > 0
 	if pipelined {
-		m.server.Set(&peer.Snapshot{Gen: g.ID, Digest: g.Digest, Encoded: enc, Manifest: remote, Root: taskRoot(m.cfg.Root, g.Path)})
+		m.server.Set(&peer.Snapshot{Gen: g.ID, Digest: g.Digest, Encoded: enc, Manifest: remote, Root: taskRoot(m.cfg.Root, g.LocalPath())})
 		if err := m.coord.OfferSlots(ctx, m.cfg.ID, g.Ref(), m.uploads(), false); err != nil {
 			m.cfg.Log.WithError(err).Warn("could not offer this host as a partial source")
 		}
@@ -89,7 +89,7 @@ func (m *Minion) transferModel(ctx context.Context, g coord.Generation, src *sou
 			files++
 		}
 	}
-	h := held{Gen: g.ID, Digest: g.Digest, Path: g.Path, Delete: g.Delete}
+	h := held{Gen: g.ID, Digest: g.Digest, Path: g.LocalPath(), Delete: g.Delete}
 	m.mu.Lock()
 	m.held, m.heldEnc, m.heldMan = &h, enc, remote
 	m.mu.Unlock()

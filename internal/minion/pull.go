@@ -214,7 +214,7 @@ func (m *Minion) transfer(ctx context.Context, g coord.Generation, src *source) 
 		return apply.Stats{}, err
 	}
 
-	root := taskRoot(m.cfg.Root, g.Path)
+	root := taskRoot(m.cfg.Root, g.LocalPath())
 	if err := os.MkdirAll(filepath.Dir(root), 0o755); err != nil {
 		return apply.Stats{}, fmt.Errorf("create parent of %s: %w", root, err)
 	}
@@ -332,7 +332,7 @@ func (m *Minion) transfer(ctx context.Context, g coord.Generation, src *source) 
 			return st, err
 		}
 	}
-	h := held{Gen: g.ID, Digest: g.Digest, Path: g.Path, Delete: g.Delete}
+	h := held{Gen: g.ID, Digest: g.Digest, Path: g.LocalPath(), Delete: g.Delete}
 	if err := saveHeld(m.cfg.StateDir, h, enc); err != nil {
 		return st, err
 	}

@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path"
 	"path/filepath"
+	"strings"
 
 	"github.com/fanout/fanout/internal/coord"
 	"github.com/fanout/fanout/internal/manifest"
@@ -19,7 +21,7 @@ import (
 type held struct {
 	Gen    int64  `json:"gen"`
 	Digest string `json:"digest"`
-	Path   string `json:"path"` // the task path as published (absolute, under --root)
+	Path   string `json:"path"` // where the tree is: the generation's LocalPath (absolute, under --root)
 	// Delete records that extras were removed: a copy made without delete
 	// does not satisfy a generation published with it.
 	Delete bool `json:"delete"`
@@ -27,7 +29,7 @@ type held struct {
 
 // satisfies reports whether holding h means holding generation g.
 func (h *held) satisfies(g coord.Generation) bool {
-	return h != nil && h.Digest == g.Digest && h.Path == g.Path && (h.Delete || !g.Delete)
+	return h != nil && h.Digest == g.Digest && h.Path == g.LocalPath() && (h.Delete || !g.Delete)
 }
 
 const (
@@ -99,4 +101,24 @@ func snapshot(root string, h *held, enc []byte, m *manifest.Manifest) *peer.Snap
 // taskRoot maps a published task path to this host's OS path under root.
 func taskRoot(root, taskPath string) string {
 	return filepath.Join(root, filepath.FromSlash(taskPath))
+}
+
+// checkPath refuses a tree path read from Redis (a generation's path or
+// destination) that is not what the master publishes: an absolute path,
+// clean (no "..", no "." and no doubled or trailing slash), and not the
+// root itself. Joined to --root, any other could name a place outside it,
+// and anyone able to write the generation key could make the fleet write
+// (and, with delete, remove) files there.
+func checkPath(p string) error {
+	switch {
+	case p == "" || p[0] != '/':
+		return fmt.Errorf("path %.100q is not absolute", p)
+	case strings.ContainsRune(p, 0):
+		return fmt.Errorf("path %.100q contains a NUL byte", p)
+	case path.Clean(p) != p:
+		return fmt.Errorf("path %.100q is not clean (\"..\", \".\", doubled or trailing slashes)", p)
+	case p == "/":
+		return errors.New("path is the whole root")
+	}
+	return nil
 }

@@ -1,0 +1,132 @@
+package integration
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/fanout/fanout/internal/coord"
+	"github.com/fanout/fanout/internal/lab"
+)
+
+// TestDest: a task published with a destination (publish --dest) lands
+// at that path under each minion's --root, identical, and nothing at the
+// task path; the generation records it and is of protocol 5. A bad
+// destination fails the generation, naming it.
+func TestDest(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	l, err := lab.Start(ctx, lab.Config{Dir: t.TempDir(), Minions: 3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Stop()
+	src := filepath.Join(l.Master.Root, task)
+	mustMkdir(t, src)
+	if err := lab.SampleTree(src, 1<<20, 5); err != nil {
+		t.Fatal(err)
+	}
+	const dest = "/srv/app/current"
+	if err := l.Coord.SetTask(ctx, task, coord.TaskOptions{Dest: dest, Delete: true}); err != nil {
+		t.Fatal(err)
+	}
+	st, err := l.WaitGeneration(ctx, 0, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if g := st.Generation; g.Dest != dest || g.Path != task || g.Proto != coord.ProtoDest || g.LocalPath() != dest {
+		t.Fatalf("generation %+v: want path %s, dest %s, protocol %d", g, task, dest, coord.ProtoDest)
+	}
+	for _, h := range l.Minions {
+		if err := lab.Compare(src, filepath.Join(h.Root, dest)); err != nil {
+			t.Fatalf("%s: %v", h.ID, err)
+		}
+		if _, err := os.Lstat(filepath.Join(h.Root, task)); err == nil {
+			t.Errorf("%s: something was written at the task path %s", h.ID, task)
+		}
+	}
+	// Without a destination the next generation goes to the task path,
+	// published as protocol 4, which minions before --dest pull.
+	if err := l.Set(ctx, task); err != nil {
+		t.Fatal(err)
+	}
+	st2, err := l.WaitGeneration(ctx, st.Generation.ID, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if g := st2.Generation; g.Dest != "" || g.Proto != coord.ProtoDest-1 {
+		t.Fatalf("generation without a destination: %+v", g)
+	}
+	for _, h := range l.Minions {
+		if err := lab.Compare(src, filepath.Join(h.Root, task)); err != nil {
+			t.Fatalf("%s: %v", h.ID, err)
+		}
+	}
+	// A destination that is not a clean absolute path fails the
+	// generation and names the option.
+	if err := l.Coord.SetTask(ctx, task, coord.TaskOptions{Dest: "srv/../../etc"}); err != nil {
+		t.Fatal(err)
+	}
+	fst, err := waitFailed(ctx, l, st2.Generation.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(fst.Generation.Error, "dest") {
+		t.Fatalf("failed generation error %q does not name the destination", fst.Generation.Error)
+	}
+}
+
+// TestHostileGenerationPath: a generation key written by hand (anyone who
+// can write to Redis) with a path that climbs out of --root is refused by
+// every minion, which writes nothing outside its root and says why.
+func TestHostileGenerationPath(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	l, err := lab.Start(ctx, lab.Config{Dir: t.TempDir(), Minions: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Stop()
+	src := filepath.Join(l.Master.Root, task)
+	mustMkdir(t, src)
+	if err := lab.SampleTree(src, 1<<10, 3); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Set(ctx, task); err != nil {
+		t.Fatal(err)
+	}
+	st, err := l.WaitGeneration(ctx, 0, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The same content, under a path that climbs out of the minions'
+	// roots, written straight into the generation key: a running
+	// generation of protocol 5 whose destination is "/../escaped".
+	k := l.Coord.Keys()
+	if err := l.Redis.HSet(ctx, k.Generation(), "id", st.Generation.ID+1, "state", coord.StateRunning, "dest", "/../escaped", "proto", coord.ProtoDest).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Redis.Publish(ctx, k.GenerationsChannel(), st.Generation.ID+1).Err(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(ctx, t, "every minion to refuse the generation, naming the path", func() bool {
+		now, err := l.Coord.Status(ctx)
+		if err != nil {
+			return false
+		}
+		for _, h := range l.Minions {
+			if f := now.Failures[h.ID]; !strings.Contains(f.Error, `"/../escaped"`) {
+				return false
+			}
+		}
+		return true
+	})
+	for _, h := range l.Minions {
+		if _, err := os.Lstat(filepath.Join(filepath.Dir(h.Root), "escaped")); err == nil {
+			t.Errorf("%s wrote outside its root", h.ID)
+		}
+	}
+}
