@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/spf13/pflag"
@@ -23,7 +24,7 @@ Usage:
   fanout-master run [flags]                 watch the task key, publish generations, serve as origin
   fanout-master run --watch [--delay D] [--max-delay D] [--full-every D] [--exclude P]...
                                             also publish each change of the task tree (live mirroring)
-  fanout-master publish PATH [--delete] [--exclude P]... [--exclude-from F] [--compress] [--dest DIR] [--wait] [--timeout D] [--dry-run]
+  fanout-master publish PATH [--delete] [--exclude P]... [--exclude-from F] [--compress] [--dest DIR] [--group G]... [--wait] [--timeout D] [--dry-run]
                                             set the task (same as: redis-cli set task PATH)
   fanout-master status [--json|--follow]    show the task, its generation and every host
   fanout-master hosts [--json]              list registered hosts, last heartbeat, version
@@ -187,6 +188,7 @@ func masterPublish(ctx context.Context, args []string, e env) error {
 	var c common
 	var del, compress, wait, dry bool
 	var dest string
+	var groups []string
 	var timeout time.Duration
 	var ex excludeFlags
 	var d dryRun
@@ -201,6 +203,7 @@ func masterPublish(ctx context.Context, args []string, e env) error {
 	fs.BoolVar(&d.asJSON, "json", false, "with --dry-run: print JSON")
 	fs.BoolVar(&compress, "compress", false, "hosts ask their sources for zstd-compressed chunks (format 3 generations; chunks that do not shrink go raw): for text-like trees on slow links. A minion's own --compress asks too")
 	fs.StringVar(&dest, "dest", "", "write the tree to this absolute path under each host's --root instead of PATH (as gosync's -dst); minions before protocol 5 refuse such a generation")
+	fs.StringArrayVar(&groups, "group", nil, "send the task to the hosts of this group only (a minion's --group; repeatable: any of them): only they pull it and only they are expected; minions before protocol 5 refuse such a generation")
 	fs.BoolVar(&wait, "wait", false, "wait until every expected host holds the task (exit 1 if it fails)")
 	fs.DurationVar(&timeout, "timeout", 30*time.Minute, "with --wait, give up after this long")
 	if err := parse(fs, args, e); err != nil {
@@ -215,6 +218,12 @@ func masterPublish(ctx context.Context, args []string, e env) error {
 	path := fs.Arg(0)
 	if _, err := master.CleanTask(path); err != nil {
 		return usageError("publish PATH: %v", err)
+	}
+	if err := coord.ValidGroups("--group", groups); err != nil {
+		return usageError("%v", err)
+	}
+	if dry && len(groups) > 0 {
+		return usageError("--dry-run counts every expected host: drop --group to preview")
 	}
 	if dest != "" {
 		var err error
@@ -243,12 +252,15 @@ func masterPublish(ctx context.Context, args []string, e env) error {
 	if err != nil {
 		return err
 	}
-	if err := co.SetTask(ctx, path, coord.TaskOptions{Delete: del, Compress: compress, Exclude: excludes, Dest: dest}); err != nil {
+	if err := co.SetTask(ctx, path, coord.TaskOptions{Delete: del, Compress: compress, Exclude: excludes, Dest: dest, Groups: groups}); err != nil {
 		return fmt.Errorf("set task: %w", err)
 	}
 	fmt.Fprintf(e.stdout, "task set to %s (delete=%v, compress=%v", printable(path, maxLine), del, compress)
 	if dest != "" {
 		fmt.Fprintf(e.stdout, ", dest %s", printable(dest, maxLine))
+	}
+	if len(groups) > 0 {
+		fmt.Fprintf(e.stdout, ", groups %s", strings.Join(groups, ","))
 	}
 	if len(excludes) > 0 {
 		fmt.Fprintf(e.stdout, ", %d exclude patterns", len(excludes))

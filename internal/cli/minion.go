@@ -10,6 +10,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/fanout/fanout/internal/bwlimit"
+	"github.com/fanout/fanout/internal/coord"
 	"github.com/fanout/fanout/internal/hook"
 	"github.com/fanout/fanout/internal/metrics"
 	"github.com/fanout/fanout/internal/minion"
@@ -72,7 +73,7 @@ func minionCommand(ctx context.Context, cmd string, args []string, e env) error 
 	var heartbeat, timeout time.Duration
 	var pipeline, watch, numericIDs, compress bool
 	var connectTimeout, stallTimeout, verifyEvery, scanEvery time.Duration
-	var onSync []string
+	var onSync, groups []string
 	var hookDir string
 	var hookTimeout time.Duration
 	fs := newFlags(e, cmd, minionHelp[cmd])
@@ -81,6 +82,7 @@ func minionCommand(ctx context.Context, cmd string, args []string, e env) error 
 	fs.IntVar(&sources, "sources", 3, "sources one pull takes chunks from at once (format 3 generations), each claimed with its own lease")
 	if cmd != "serve" {
 		fs.BoolVar(&compress, "compress", false, "ask sources for zstd-compressed chunks (format 3 generations; a chunk that does not shrink comes raw, a source too old to compress sends all raw): for text-like trees on slow links. A task published with --compress asks for it whatever this says")
+		fs.StringArrayVar(&groups, "group", nil, "a host group this host is in (repeatable): a task published with --group is pulled only by the hosts of its groups; a task without one by every host. 1-64 letters, digits, '.', '_', '-'")
 		fs.BoolVar(&numericIDs, "numeric-ids", false, "when running as root, give files the uid and gid the manifest carries, not the local ids of its user and group names (as rsync --numeric-ids)")
 	}
 	fs.DurationVar(&connectTimeout, "connect-timeout", peer.DefaultDialTimeout, "give up on a peer that does not connect, or answer a request's headers, within this")
@@ -108,6 +110,9 @@ func minionCommand(ctx context.Context, cmd string, args []string, e env) error 
 	}
 	if err := n.check(cmd != "serve"); err != nil {
 		return err
+	}
+	if err := coord.ValidGroups("--group", groups); err != nil {
+		return usageError("%v", err)
 	}
 	if verifyEvery < 0 || scanEvery < 0 {
 		return usageError("--verify-every and --scan-every must be positive durations such as 10m")
@@ -162,6 +167,7 @@ func minionCommand(ctx context.Context, cmd string, args []string, e env) error 
 		Version: Version, Log: log.WithField("host", n.id), Metrics: mx,
 		Download: bwlimit.New(n.rate), NoWatch: cmd == "run" && !watch, VerifyEvery: verifyEvery, ScanEvery: scanEvery, NumericIDs: numericIDs, Sources: sources,
 		Zone:     n.zone,
+		Groups:   groups,
 		Compress: compress,
 	}
 	if !hooks.Empty() {

@@ -18,6 +18,7 @@ type statusJSON struct {
 	Generation int64                    `json:"generation"`
 	Path       string                   `json:"path"`
 	Dest       string                   `json:"dest,omitempty"`
+	Groups     []string                 `json:"groups,omitempty"`
 	Digest     string                   `json:"digest"`
 	State      string                   `json:"state"`
 	Error      string                   `json:"error,omitempty"`
@@ -115,7 +116,7 @@ type hostJSON struct {
 func toJSON(st coord.Status, now time.Time) statusJSON {
 	g := st.Generation
 	out := statusJSON{
-		Task: st.Task, Generation: g.ID, Path: g.Path, Dest: g.Dest, Digest: g.Digest, State: st.State, Error: g.Error,
+		Task: st.Task, Generation: g.ID, Path: g.Path, Dest: g.Dest, Groups: g.Groups, Digest: g.Digest, State: st.State, Error: g.Error,
 		Delete: g.Delete, Compress: g.Compress, Files: g.Files, Bytes: g.Bytes,
 		Expected: len(st.Expected), Finished: len(st.Finished), Running: len(st.Running), Repairing: len(st.Repairing),
 		Lookup: st.Lookup, Sources: st.Sources, Failures: st.Failures,
@@ -229,6 +230,9 @@ func writeStatusText(w io.Writer, st coord.Status, now time.Time) {
 		fmt.Fprintf(w, "generation: %d  path %s", s.Generation, printable(s.Path, maxLine))
 		if s.Dest != "" {
 			fmt.Fprintf(w, "  dest %s", printable(s.Dest, maxLine))
+		}
+		if len(s.Groups) > 0 {
+			fmt.Fprintf(w, "  groups %s", printable(strings.Join(s.Groups, ","), maxLine))
 		}
 		fmt.Fprintf(w, "  state %s", state)
 		if s.Published != nil {

@@ -190,6 +190,10 @@ type Generation struct {
 	// Path itself. Read only from generations of protocol ProtoDest or
 	// later (an older master leaves the field of a newer one behind).
 	Dest string
+	// Groups limits the generation to hosts in one of these groups
+	// (publish --group): only they pull it and only they are expected;
+	// none: every host. Protocol ProtoDest, read as Dest is.
+	Groups []string
 }
 
 // LocalPath is where hosts hold the generation's tree, under their --root:
@@ -259,6 +263,7 @@ func parseGeneration(key string, h map[string]string) (Generation, error) {
 	}
 	if g.Proto >= ProtoDest {
 		g.Dest = h["dest"]
+		g.Groups = splitGroups(h["groups"])
 	}
 	return g, nil
 }
@@ -308,13 +313,16 @@ type TaskOptions struct {
 	// Dest is where hosts write the tree (see Generation.Dest): an
 	// absolute path under their --root; "" for the task path. Protocol 5.
 	Dest string `json:"dest,omitempty"`
+	// Groups limits the task to hosts in one of them (see
+	// Generation.Groups). Protocol 5.
+	Groups []string `json:"groups,omitempty"`
 }
 
 // SetTask sets the task and its options in one transaction.
 func (c *Client) SetTask(ctx context.Context, path string, opts TaskOptions) error {
 	_, err := c.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
 		p.Set(ctx, c.keys.Task(), path, 0)
-		if !opts.Delete && !opts.Compress && len(opts.Exclude) == 0 && opts.Dest == "" {
+		if !opts.Delete && !opts.Compress && len(opts.Exclude) == 0 && opts.Dest == "" && len(opts.Groups) == 0 {
 			p.Del(ctx, c.keys.TaskOptions())
 		} else {
 			b, _ := json.Marshal(opts)
@@ -374,14 +382,14 @@ func (c *Client) publish(ctx context.Context, g Generation, uploads int) (Genera
 		return "0"
 	}
 	// The lowest protocol that reads the generation: hosts of protocol 4
-	// pull one without a destination.
+	// pull one without a destination or groups.
 	proto := Proto
-	if g.Dest == "" {
+	if g.Dest == "" && len(g.Groups) == 0 {
 		proto = ProtoDest - 1
 	}
 	res, err := c.run(ctx, publishScript, g.Origin,
 		g.Path, flag(g.Delete), g.Digest, g.State, g.Error, g.Origin, g.OriginAddr,
-		g.Files, g.Bytes, uploads, eventsMax, g.ID, proto, g.OriginZone, flag(g.Compress), g.Dest).Int64Slice()
+		g.Files, g.Bytes, uploads, eventsMax, g.ID, proto, g.OriginZone, flag(g.Compress), g.Dest, joinGroups(g.Groups)).Int64Slice()
 	if err != nil {
 		return Generation{}, fmt.Errorf("publish generation: %w", err)
 	}
@@ -455,6 +463,7 @@ type Host struct {
 	Proto    int       `json:"proto,omitempty"`   // absent: 1
 	Uploads  int       `json:"uploads,omitempty"` // source slots it offers
 	Zone     string    `json:"zone,omitempty"`    // its --zone; empty: none (or a fanout before zones)
+	Groups   []string  `json:"groups,omitempty"`  // its --group names (protocol 5)
 	Role     string    `json:"role"`
 	Started  time.Time `json:"started"`
 	LastSeen time.Time `json:"-"` // Redis time
@@ -505,7 +514,12 @@ func (c *Client) Heartbeat(ctx context.Context, h Host, b Beat) (Pulse, error) {
 		gen = strconv.FormatInt(b.Held.ID, 10)
 	}
 	sent := c.cfg.Now()
-	res, err := c.run(ctx, heartbeatScript, h.ID, h.ID, info, gen, b.Held.Digest, b.Uploads, eventsMax, flag(b.Offer)).Slice()
+	kc := keyCtx{host: h.ID, zone: c.cfg.Zone}
+	extra := make([]string, len(h.Groups))
+	for i, g := range h.Groups {
+		extra[i] = c.keys.GroupHeartbeats(g)
+	}
+	res, err := c.runExtra(ctx, heartbeatScript, kc, extra, h.ID, info, gen, b.Held.Digest, b.Uploads, eventsMax, flag(b.Offer)).Slice()
 	if err != nil {
 		return Pulse{}, fmt.Errorf("heartbeat: %w", err)
 	}
@@ -581,6 +595,19 @@ func (c *Client) Forget(ctx context.Context, host string) error {
 	var h Host
 	if info != "" && json.Unmarshal([]byte(info), &h) == nil && ValidZone("zone", h.Zone) == nil {
 		zone = h.Zone
+	}
+	// Its groups' heartbeat indexes, as its registration names them
+	// (first: the script deletes the registration).
+	if ValidGroups("groups", h.Groups) == nil && len(h.Groups) > 0 {
+		_, err := c.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+			for _, g := range h.Groups {
+				p.ZRem(ctx, c.keys.GroupHeartbeats(g), host)
+			}
+			return nil
+		})
+		if err != nil {
+			return fmt.Errorf("forget %s: its groups' heartbeats: %w", host, err)
+		}
 	}
 	if err := c.runAt(ctx, forgetScript, keyCtx{host: host, zone: zone}, host, MaxClaims).Err(); err != nil {
 		return fmt.Errorf("forget %s: %w", host, err)

@@ -74,6 +74,10 @@ func (k Keys) Hosts() string { return k.Prefix + "hosts" }
 // Heartbeats maps a host id to its last heartbeat (Unix ms).
 func (k Keys) Heartbeats() string { return k.Prefix + "heartbeats" }
 
+// GroupHeartbeats maps the ids of the hosts of group to their last
+// heartbeat (Redis ms), as Heartbeats does for every host.
+func (k Keys) GroupHeartbeats(group string) string { return k.Prefix + "heartbeats_group:" + group }
+
 // Failures maps a host id to its last failure (JSON).
 func (k Keys) Failures() string { return k.Prefix + "failures" }
 

@@ -22,7 +22,7 @@ func newScript(keys []string, body string) *script {
 	var b strings.Builder
 	// Redis 5 and 6 need this before writes that follow TIME; on 7 it is
 	// a no-op.
-	b.WriteString("redis.replicate_commands()\nlocal K = {")
+	fmt.Fprintf(&b, "redis.replicate_commands()\nlocal NAMED = %d\nlocal K = {", len(keys))
 	for i, k := range keys {
 		fmt.Fprintf(&b, "%s = KEYS[%d], ", k, i+1)
 	}
@@ -49,11 +49,18 @@ func (c *Client) run(ctx context.Context, s *script, host string, args ...any) *
 
 // runAt runs s with the keys kc names.
 func (c *Client) runAt(ctx context.Context, s *script, kc keyCtx, args ...any) *redis.Cmd {
-	keys := make([]string, len(s.keys))
+	return c.runExtra(ctx, s, kc, nil, args...)
+}
+
+// runExtra runs s with the keys kc names and then extra, a variable
+// number of keys the script reads as KEYS[#s.keys+1 ...] (every key a
+// script touches is in KEYS, as Cluster requires).
+func (c *Client) runExtra(ctx context.Context, s *script, kc keyCtx, extra []string, args ...any) *redis.Cmd {
+	keys := make([]string, len(s.keys), len(s.keys)+len(extra))
 	for i, name := range s.keys {
 		keys[i] = c.keys.named(name, kc)
 	}
-	return s.lua.Run(ctx, c.rdb, keys, args...)
+	return s.lua.Run(ctx, c.rdb, append(keys, extra...), args...)
 }
 
 // named maps a script key name to the key. A zone index of no zone is the
@@ -290,7 +297,7 @@ end
 redis.call('HSET', K.generation, 'path', ARGV[1], 'delete', ARGV[2], 'digest', ARGV[3],
   'state', ARGV[4], 'error', ARGV[5], 'origin', ARGV[6], 'origin_addr', ARGV[7],
   'published', now, 'files', ARGV[8], 'bytes', ARGV[9], 'done_at', '0', 'proto', ARGV[13],
-  'origin_zone', ARGV[14] or '', 'compress', ARGV[15] or '0', 'dest', ARGV[16] or '')
+  'origin_zone', ARGV[14] or '', 'compress', ARGV[15] or '0', 'dest', ARGV[16] or '', 'groups', ARGV[17] or '')
 redis.call('DEL', K.sync, K.full, K.part, K.running, K.finished, K.claims, K.leases, K.failures,
   K.bad, K.lookup, K.progress, K.holders, K.dead, K.strikes, K.repairing, K.repairs, K.zbytes, K.hooks)
 if K.zfull ~= K.full then redis.call('DEL', K.zfull, K.zpart) end
@@ -709,6 +716,8 @@ local host = ARGV[1]
 local now = nowMS()
 if ARGV[2] ~= '' then redis.call('HSET', K.hosts, host, ARGV[2]) end
 redis.call('ZADD', K.heartbeats, now, host)
+-- The host's groups' heartbeat indexes follow the named keys.
+for i = NAMED + 1, #KEYS do redis.call('ZADD', KEYS[i], now, host) end
 local g = redis.call('HMGET', K.generation, 'id', 'digest', 'state')
 local res = 0
 if ARGV[3] ~= '' and g[1] == ARGV[3] and g[2] == ARGV[4] and g[3] ~= 'failed' then

@@ -20,7 +20,7 @@ type Status struct {
 	// State is idle (no generation), failed, done (the generation is done,
 	// or every expected host holds it), or running.
 	State    string
-	Expected []string // hosts alive in the registry
+	Expected []string // hosts alive in the registry (of the generation's groups, if it has any)
 	Finished []string
 	Running  []string
 	Sources  []string // free slots
@@ -156,8 +156,10 @@ func (c *Client) Status(ctx context.Context) (Status, error) {
 	alive := map[string]bool{st.Generation.Origin: true}
 	for _, h := range st.Hosts {
 		if h.Alive {
-			st.Expected = append(st.Expected, h.ID)
 			alive[h.ID] = true
+			if InGroups(h.Groups, st.Generation.Groups) {
+				st.Expected = append(st.Expected, h.ID)
+			}
 		}
 	}
 	// Slots of silent hosts stay in the set until a claim meets them (a
@@ -223,22 +225,33 @@ type Counts struct {
 // Count reads the counts of finished, alive (heartbeat within HostGrace,
 // judged by this host's clock corrected to Redis time) and repairing
 // hosts. Completion is possible only when Finished >= Alive and Repairing
-// is 0; Status then tells for sure.
-func (c *Client) Count(ctx context.Context) (Counts, error) {
+// is 0; Status then tells for sure. For a generation of groups, Alive is
+// the alive hosts of its largest group (a host may be in several: the
+// union is not counted, and the largest group is a lower bound of it).
+func (c *Client) Count(ctx context.Context, groups []string) (Counts, error) {
 	k := c.keys
 	var fin, rep *redis.IntCmd
-	var alive *redis.IntCmd
-	cutoff := c.Now().Add(-c.cfg.HostGrace).UnixMilli()
+	var alive []*redis.IntCmd
+	cutoff := strconv.FormatInt(c.Now().Add(-c.cfg.HostGrace).UnixMilli(), 10)
 	_, err := c.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 		fin = p.SCard(ctx, k.Finished())
 		rep = p.SCard(ctx, k.Repairing())
-		alive = p.ZCount(ctx, k.Heartbeats(), strconv.FormatInt(cutoff, 10), "+inf")
+		if len(groups) == 0 {
+			alive = append(alive, p.ZCount(ctx, k.Heartbeats(), cutoff, "+inf"))
+		}
+		for _, g := range groups {
+			alive = append(alive, p.ZCount(ctx, k.GroupHeartbeats(g), cutoff, "+inf"))
+		}
 		return nil
 	})
 	if err != nil {
 		return Counts{}, fmt.Errorf("count hosts: %w", err)
 	}
-	return Counts{Finished: fin.Val(), Alive: alive.Val(), Repairing: rep.Val()}, nil
+	n := Counts{Finished: fin.Val(), Repairing: rep.Val()}
+	for _, a := range alive {
+		n.Alive = max(n.Alive, a.Val())
+	}
+	return n, nil
 }
 
 // CrossZoneTotal is the sum of CrossZone: the bytes of this generation

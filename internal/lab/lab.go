@@ -92,6 +92,8 @@ type Host struct {
 	// returns the slots it held to those only, as its scripts knew no
 	// zone keys.
 	PreZones bool
+	// Groups are this minion's --group names (set before StartMinion).
+	Groups []string
 	// Hooks are this minion's hooks (set before StartMinion); nil: none.
 	Hooks minion.Hooks
 	// Served counts the body bytes its peer server sent: what crossed
@@ -233,7 +235,7 @@ func (l *Lab) StartMinion(ctx context.Context, h *Host) error {
 			Log: l.cfg.Log.WithField("host", h.ID), Version: "lab",
 			Download: bwlimit.New(l.cfg.BWLimit),
 			NoWatch:  l.cfg.NoWatch, VerifyEvery: l.cfg.VerifyEvery, ScanEvery: 2 * time.Second,
-			Zone: zone, Hooks: h.Hooks, Compress: l.cfg.Compress,
+			Zone: zone, Groups: h.Groups, Hooks: h.Hooks, Compress: l.cfg.Compress,
 		}, mc, server, client)
 		if err != nil {
 			return nil, err

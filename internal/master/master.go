@@ -63,7 +63,7 @@ type Coordinator interface {
 	Complete(ctx context.Context, g coord.Generation, hosts int) (coord.Completion, bool, error)
 	Reap(ctx context.Context) (int, error)
 	Status(ctx context.Context) (coord.Status, error)
-	Count(ctx context.Context) (coord.Counts, error)
+	Count(ctx context.Context, groups []string) (coord.Counts, error)
 	Hosts(ctx context.Context) ([]coord.Host, error)
 	Silent(ctx context.Context, age time.Duration, limit int) ([]string, error)
 	Forget(ctx context.Context, host string) error
@@ -106,8 +106,10 @@ type published struct {
 	// those of Config.Exclude.
 	Exclude []string `json:"exclude,omitempty"`
 	// Dest is the task's destination on the hosts ("" for its path).
-	Dest   string `json:"dest,omitempty"`
-	Failed bool   `json:"failed,omitempty"`
+	Dest string `json:"dest,omitempty"`
+	// Groups are the host groups the task is for (none: every host).
+	Groups []string `json:"groups,omitempty"`
+	Failed bool     `json:"failed,omitempty"`
 	// Format is the manifest format it was published in (0: unknown).
 	Format int `json:"format,omitempty"`
 }
@@ -116,7 +118,7 @@ func (p *published) ref() coord.Ref { return coord.Ref{ID: p.Gen, Digest: p.Dige
 
 // opts returns the options the task was published with.
 func (p *published) opts() coord.TaskOptions {
-	return coord.TaskOptions{Delete: p.Delete, Compress: p.Compress, Exclude: p.Exclude, Dest: p.Dest}
+	return coord.TaskOptions{Delete: p.Delete, Compress: p.Compress, Exclude: p.Exclude, Dest: p.Dest, Groups: p.Groups}
 }
 
 const (
@@ -433,6 +435,11 @@ func (m *Master) publish(ctx context.Context, value string, opts coord.TaskOptio
 		opts.Dest = dest
 	}
 	if err == nil {
+		if gerr := coord.ValidGroups("task option groups", opts.Groups); gerr != nil {
+			err = gerr
+		}
+	}
+	if err == nil {
 		var snap *peer.Snapshot
 		snap, err = m.build(ctx, osPath, opts.Exclude)
 		if err == nil {
@@ -478,7 +485,7 @@ func (m *Master) offer(ctx context.Context, clean string, opts coord.TaskOptions
 	files, bytes := snap.Manifest.Totals()
 	old := m.active
 	g, err := m.coord.Publish(ctx, coord.Generation{
-		ID: m.floor(), Path: clean, Dest: opts.Dest, Delete: opts.Delete, Compress: opts.Compress, Digest: snap.Digest,
+		ID: m.floor(), Path: clean, Dest: opts.Dest, Groups: opts.Groups, Delete: opts.Delete, Compress: opts.Compress, Digest: snap.Digest,
 		Origin: m.cfg.ID, OriginAddr: m.cfg.Advertise, OriginZone: m.cfg.Zone, Files: int64(files), Bytes: bytes,
 	}, 0)
 	if err != nil {
@@ -488,7 +495,7 @@ func (m *Master) offer(ctx context.Context, clean string, opts coord.TaskOptions
 	// find it serving this generation.
 	snap.Gen = g.ID
 	m.server.Set(snap)
-	m.active = &published{Gen: g.ID, Digest: g.Digest, Path: clean, Dest: g.Dest, Delete: opts.Delete, Compress: opts.Compress, Exclude: opts.Exclude, Format: snap.Manifest.Format()}
+	m.active = &published{Gen: g.ID, Digest: g.Digest, Path: clean, Dest: g.Dest, Groups: g.Groups, Delete: opts.Delete, Compress: opts.Compress, Exclude: opts.Exclude, Format: snap.Manifest.Format()}
 	m.watchPublished(old == nil || old.ref() != g.Ref(), g, snap)
 	m.cfg.Metrics.Published.Inc()
 	m.cfg.Metrics.Generation.Set(float64(g.ID))
@@ -499,7 +506,7 @@ func (m *Master) offer(ctx context.Context, clean string, opts coord.TaskOptions
 		return fmt.Errorf("offer origin slots: %w", err)
 	}
 	m.cfg.Log.WithFields(logrus.Fields{
-		"gen": g.ID, "path": clean, "dest": g.Dest, "files": files, "bytes": bytes, "delete": opts.Delete, "compress": opts.Compress, "exclude": len(snap.Manifest.Exclude), "digest": snap.Digest[:16],
+		"gen": g.ID, "path": clean, "dest": g.Dest, "groups": g.Groups, "files": files, "bytes": bytes, "delete": opts.Delete, "compress": opts.Compress, "exclude": len(snap.Manifest.Exclude), "digest": snap.Digest[:16],
 	}).Info("published generation")
 	return nil
 }
@@ -507,7 +514,7 @@ func (m *Master) offer(ctx context.Context, clean string, opts coord.TaskOptions
 // resume serves a generation this master published before a restart. If the
 // tree changed meanwhile, the changed tree is published as a new generation.
 func (m *Master) resume(ctx context.Context, g coord.Generation) error {
-	opts := coord.TaskOptions{Delete: g.Delete, Compress: g.Compress, Dest: g.Dest}
+	opts := coord.TaskOptions{Delete: g.Delete, Compress: g.Compress, Dest: g.Dest, Groups: g.Groups}
 	if l := m.last; l != nil && l.Gen == g.ID && l.Digest == g.Digest {
 		opts = l.opts() // the excludes are not in the generation key
 	}
@@ -529,7 +536,7 @@ func (m *Master) resume(ctx context.Context, g coord.Generation) error {
 	}
 	snap.Gen = g.ID
 	m.server.Set(snap)
-	m.active = &published{Gen: g.ID, Digest: g.Digest, Path: g.Path, Dest: g.Dest, Delete: g.Delete, Compress: g.Compress, Exclude: opts.Exclude, Format: snap.Manifest.Format()}
+	m.active = &published{Gen: g.ID, Digest: g.Digest, Path: g.Path, Dest: g.Dest, Groups: g.Groups, Delete: g.Delete, Compress: g.Compress, Exclude: opts.Exclude, Format: snap.Manifest.Format()}
 	m.watchPublished(false, g, snap)
 	m.cfg.Metrics.Generation.Set(float64(g.ID))
 	if m.last == nil || m.last.Gen < g.ID {
@@ -657,7 +664,7 @@ func (m *Master) checkDone(ctx context.Context) error {
 	}
 	// Cheap counts first: the full status (O(hosts)) is read only when
 	// every alive host may have finished.
-	n, err := m.coord.Count(ctx)
+	n, err := m.coord.Count(ctx, m.active.Groups)
 	if err != nil {
 		return fmt.Errorf("count hosts: %w", err)
 	}

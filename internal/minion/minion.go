@@ -83,6 +83,10 @@ type Config struct {
 	// try first is the Coordinator's zone (coord.Config.Zone), which the
 	// command line sets to the same.
 	Zone string
+	// Groups are this host's groups (--group): a generation published for
+	// groups is pulled only by hosts in one of them. Registered with each
+	// heartbeat.
+	Groups []string
 	// Hooks runs the command configured for a task once this host holds
 	// a new generation of it, verified in place (and its finish is
 	// recorded); nil: no hooks.
@@ -263,10 +267,13 @@ const (
 	// goes on to the newest at once (a live-mirroring master publishes
 	// often).
 	Superseded
+	// NotOurs: the current generation is for host groups this host is
+	// not in (publish --group): it neither pulls it nor is expected.
+	NotOurs
 )
 
 func (o Outcome) String() string {
-	return [...]string{"idle", "holding", "waiting", "pulled", "repaired", "superseded"}[o]
+	return [...]string{"idle", "holding", "waiting", "pulled", "repaired", "superseded", "not ours"}[o]
 }
 
 // Run heartbeats and polls until ctx is cancelled. Errors of a single poll
@@ -309,7 +316,7 @@ func (m *Minion) Run(ctx context.Context) error {
 			// whose disk is full does not download again every poll.
 			failures++
 			wait = min(wait<<min(failures, 10), max(time.Minute, m.cfg.Poll))
-		case (out == Holding || out == Idle) && published != nil && err == nil:
+		case (out == Holding || out == Idle || out == NotOurs) && published != nil && err == nil:
 			failures = 0
 			wait = jitter(max(m.cfg.Poll, idlePoll))
 		case out == Waiting && err == nil:
@@ -372,7 +379,8 @@ const settle = 300 * time.Millisecond
 // idle host costs Redis about 0.12 requests a second.
 const idlePoll = time.Minute
 
-// Sync runs until this host holds the current generation (nil), the task is
+// Sync runs until this host holds the current generation (nil) or is not in
+// its host groups (nil: nothing for it to hold), the task is
 // absent or failed, or ctx ends; it is the one-shot mode for cron and
 // systemd timers.
 func (m *Minion) Sync(ctx context.Context) error {
@@ -391,7 +399,7 @@ func (m *Minion) Sync(ctx context.Context) error {
 	for {
 		out, err := m.Step(ctx)
 		switch {
-		case err == nil && (out == Holding || out == Pulled || out == Repaired):
+		case err == nil && (out == Holding || out == Pulled || out == Repaired || out == NotOurs):
 			return nil
 		case err == nil && out == Idle:
 			if pending, perr := m.taskPending(ctx); perr != nil {
@@ -466,7 +474,7 @@ func (m *Minion) heartbeat(ctx context.Context) error {
 	m.mu.Unlock()
 	p, err := m.coord.Heartbeat(ctx, coord.Host{
 		ID: m.cfg.ID, Addr: m.cfg.Advertise, Version: m.cfg.Version, Role: "minion", Started: m.started,
-		Uploads: m.uploads(), Zone: m.cfg.Zone,
+		Uploads: m.uploads(), Zone: m.cfg.Zone, Groups: m.cfg.Groups,
 	}, b)
 	if err != nil {
 		return fmt.Errorf("heartbeat: %w", err)
@@ -506,6 +514,15 @@ func (m *Minion) Step(ctx context.Context) (Outcome, error) {
 	if g.Proto > coord.Proto {
 		return Idle, m.refuse(ctx, g, fmt.Sprintf("generation %d was published with protocol %d; this fanout-minion (%s) speaks %d: upgrade fanout on this host",
 			g.ID, g.Proto, m.cfg.Version, coord.Proto))
+	}
+	if !coord.InGroups(m.cfg.Groups, g.Groups) {
+		// Not for this host: it neither pulls nor counts (the master
+		// expects only the groups' hosts). What it holds stays.
+		if m.looked != genKey(g) {
+			m.looked = genKey(g)
+			m.cfg.Log.WithFields(logrus.Fields{"gen": g.ID, "groups": g.Groups}).Info("generation is for other host groups; not pulling it")
+		}
+		return NotOurs, nil
 	}
 	if err := checkPath(g.LocalPath()); err != nil {
 		return Idle, m.refuse(ctx, g, fmt.Sprintf("generation %d: %v: refused, nothing written (was the generation key written by hand? publish with fanout-master)", g.ID, err))

@@ -2,8 +2,10 @@ package integration
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -128,5 +130,77 @@ func TestHostileGenerationPath(t *testing.T) {
 		if _, err := os.Lstat(filepath.Join(filepath.Dir(h.Root), "escaped")); err == nil {
 			t.Errorf("%s wrote outside its root", h.ID)
 		}
+	}
+}
+
+// TestGroups: a task published for a group reaches only the minions of
+// that group, and the generation completes without the others, which hold
+// nothing of it and are not expected; the next task without a group
+// reaches every minion.
+func TestGroups(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	l, err := lab.Start(ctx, lab.Config{Dir: t.TempDir(), Minions: 3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Stop()
+	web := l.Minions[:2]
+	other := l.Minions[2]
+	for i, h := range web {
+		must(t, h.Stop())
+		h.Groups = []string{"web", fmt.Sprintf("rack-%d", i)}
+		must(t, l.StartMinion(ctx, h))
+	}
+	src := filepath.Join(l.Master.Root, task)
+	mustMkdir(t, src)
+	if err := lab.SampleTree(src, 1<<20, 5); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Coord.SetTask(ctx, task, coord.TaskOptions{Groups: []string{"web"}}); err != nil {
+		t.Fatal(err)
+	}
+	st, err := l.WaitGeneration(ctx, 0, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if g := st.Generation; !slices.Equal(g.Groups, []string{"web"}) || g.Proto != coord.ProtoDest {
+		t.Fatalf("generation %+v: want groups [web], protocol %d", g, coord.ProtoDest)
+	}
+	if !slices.Equal(st.Expected, []string{web[0].ID, web[1].ID}) || slices.Contains(st.Finished, other.ID) {
+		t.Fatalf("expected %v, finished %v: want only the web hosts", st.Expected, st.Finished)
+	}
+	for _, h := range web {
+		if err := lab.Compare(src, filepath.Join(h.Root, task)); err != nil {
+			t.Fatalf("%s: %v", h.ID, err)
+		}
+	}
+	if _, err := os.Lstat(filepath.Join(other.Root, task)); err == nil {
+		t.Errorf("%s, not in group web, received the task", other.ID)
+	}
+	// A group by another of its names: one host only.
+	if err := l.Coord.SetTask(ctx, task, coord.TaskOptions{Groups: []string{"rack-1"}}); err != nil {
+		t.Fatal(err)
+	}
+	st2, err := l.WaitGeneration(ctx, st.Generation.ID, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(st2.Expected, []string{web[1].ID}) {
+		t.Fatalf("rack-1: expected %v, want only %s", st2.Expected, web[1].ID)
+	}
+	// No group: every host.
+	if err := l.Set(ctx, task); err != nil {
+		t.Fatal(err)
+	}
+	st3, err := l.WaitGeneration(ctx, st2.Generation.ID, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(st3.Expected) != 3 {
+		t.Fatalf("without a group: expected %v, want all 3", st3.Expected)
+	}
+	if err := lab.Compare(src, filepath.Join(other.Root, task)); err != nil {
+		t.Fatalf("%s: %v", other.ID, err)
 	}
 }
