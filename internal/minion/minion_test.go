@@ -152,3 +152,14 @@ func TestCheckPath(t *testing.T) {
 		}
 	}
 }
+
+func TestGrowBackoff(t *testing.T) {
+	for _, tc := range []struct {
+		misses int
+		want   time.Duration
+	}{{0, 0}, {1, 0}, {3, 0}, {4, 4 * time.Second}, {5, 8 * time.Second}, {6, 16 * time.Second}, {20, 16 * time.Second}, {200, 16 * time.Second}} {
+		if got := growBackoff(tc.misses); got != tc.want {
+			t.Errorf("growBackoff(%d) = %s, want %s", tc.misses, got, tc.want)
+		}
+	}
+}

@@ -64,7 +64,29 @@ type swarm struct {
 	// replaces) for its rate.
 	primary *feed
 	wake    chan struct{} // a source was added
+
+	// misses counts the grows in a row that found no free slot while no
+	// host waited; grow is not tried again before nextGrow (see
+	// growBackoff).
+	misses   int
+	nextGrow time.Time
 }
+
+// growBackoff is how long grow waits after misses attempts in a row found
+// no free slot: nothing for the first three (a slow source is replaced
+// within seconds, as finished hosts offer their spare slots), then
+// doubling from balanceEvery up to maxGrowWait. In a fleet whose slots are
+// all taken, a long pull's extra claims were a third of its Redis
+// requests, every one finding nothing.
+func growBackoff(misses int) time.Duration {
+	if misses <= 3 {
+		return 0
+	}
+	return min(balanceEvery<<min(misses-3, 8), maxGrowWait)
+}
+
+// maxGrowWait bounds growBackoff.
+const maxGrowWait = 16 * time.Second
 
 func newSwarm(m *Minion, src *source, want int) *swarm {
 	return &swarm{m: m, src: src, want: max(want, 1), extras: map[int]*feed{}, wake: make(chan struct{}, 1)}
@@ -112,6 +134,12 @@ func (s *swarm) sources() []string {
 // grow claims sources for the free indexes, one attempt each, avoiding the
 // sources held already; a missing source is tried again at the next grow.
 func (s *swarm) grow(ctx context.Context) {
+	s.mu.Lock()
+	wait := time.Now().Before(s.nextGrow)
+	s.mu.Unlock()
+	if wait {
+		return
+	}
 	for i := 1; i < s.want; i++ {
 		s.mu.Lock()
 		p := s.extras[i]
@@ -133,11 +161,19 @@ func (s *swarm) grow(ctx context.Context) {
 			if !errors.Is(err, coord.ErrNoSource) && !errors.Is(err, coord.ErrBusy) && ctx.Err() == nil {
 				s.m.cfg.Log.WithError(err).Debug("claim an extra source")
 			}
+			var none *coord.NoSourceError
+			if errors.As(err, &none) && none.Waiting == 0 {
+				s.mu.Lock()
+				s.misses++
+				s.nextGrow = time.Now().Add(growBackoff(s.misses))
+				s.mu.Unlock()
+			}
 			return // nothing free now: the next grow tries again
 		}
 		s.m.cfg.Metrics.Claims.Inc()
 		s.mu.Lock()
 		s.extras[i] = &feed{cl: ncl, since: time.Now()}
+		s.misses, s.nextGrow = 0, time.Time{}
 		s.mu.Unlock()
 		s.m.cfg.Log.WithFields(logrus.Fields{"source": ncl.Source, "slot": ncl.Slot, "partial": ncl.Partial}).Debug("claimed an extra source")
 		select {
@@ -157,6 +193,7 @@ func (s *swarm) drop(ctx context.Context, p *feed, v coord.Verdict, reason strin
 		return
 	}
 	p.dropped = true
+	s.misses, s.nextGrow = 0, time.Time{} // its replacement is wanted now
 	s.mu.Unlock()
 	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer cancel()
