@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/alicebob/miniredis/v2"
+	"github.com/redis/go-redis/v9"
 
 	"github.com/fanout/fanout/internal/coord"
 	"github.com/fanout/fanout/internal/master"
@@ -147,6 +148,16 @@ func TestPublishAndStatus(t *testing.T) {
 	}
 	if st["task"] != "/data/m42//" || st["state"] != coord.StateIdle {
 		t.Errorf("status task %v state %v", st["task"], st["state"])
+	}
+	// --dest needs a master that knows it: none is running yet.
+	if code, _, stderr := run(t, masterMain, vars, "publish", "--dest", "/srv/app/", "/data/m42"); code != exitFailure || !strings.Contains(stderr, "start the master first") {
+		t.Errorf("publish --dest with no master: code %d, %q", code, stderr)
+	}
+	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
+	defer rdb.Close()
+	co := coord.New(rdb, coord.Config{Prefix: "{f}:"})
+	if _, err := co.Heartbeat(context.Background(), coord.Host{ID: "master", Addr: "10.0.0.1:7070", Role: "master"}, coord.Beat{Register: true}); err != nil {
+		t.Fatal(err)
 	}
 	code, out, stderr = run(t, masterMain, vars, "publish", "--dest", "/srv/app/", "/data/m42")
 	if opts, _ := mr.Get("{f}:task_options"); code != exitOK || !strings.Contains(out, "dest /srv/app") || !strings.Contains(opts, `"dest":"/srv/app"`) {

@@ -74,10 +74,19 @@ func (d dryRun) run(ctx context.Context, co *coord.Client, path string, del bool
 	if err != nil {
 		return err
 	}
-	out := dryRunJSON{Task: clean, Delete: del, Exclude: ex.Patterns(), Expected: len(st.Expected), Holding: []string{}, Others: []string{}}
+	// The publish previewed has no --dest and no --group: every alive host
+	// is expected, and the hosts hold the current generation where this
+	// one goes only if it has neither.
+	var expected []string
+	for _, h := range st.Hosts {
+		if h.Alive {
+			expected = append(expected, h.ID)
+		}
+	}
+	out := dryRunJSON{Task: clean, Delete: del, Exclude: ex.Patterns(), Expected: len(expected), Holding: []string{}, Others: []string{}}
 	g := st.Generation
 	var base *manifest.Manifest
-	if g.ID > 0 && g.State != coord.StateFailed && g.Path == clean && g.Digest != "" {
+	if g.ID > 0 && g.State != coord.StateFailed && g.Path == clean && g.Dest == "" && len(g.Groups) == 0 && g.Digest != "" {
 		if base, err = d.baseManifest(ctx, co, g); err != nil {
 			return err
 		}
@@ -106,7 +115,7 @@ func (d dryRun) run(ctx context.Context, co *coord.Client, path string, del bool
 		return err
 	}
 	finished, repairing := set(st.Finished), set(st.Repairing)
-	for _, h := range st.Expected {
+	for _, h := range expected {
 		if base != nil && finished[h] && !repairing[h] {
 			out.Holding = append(out.Holding, h)
 			out.MoveBytes += out.Preview.MoveBytes

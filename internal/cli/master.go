@@ -184,6 +184,31 @@ func masterRun(ctx context.Context, args []string, e env) error {
 	return runAll(ctx, func(ctx context.Context) error { return server.Serve(ctx, ln) }, m.Run)
 }
 
+// masterSpeaks checks that an alive master is registered and speaks
+// protocol proto or later before publish sets options that need it: a
+// master that predates them would drop them and publish the task as
+// plain (with --group, to every host; with --dest, at the task path).
+func masterSpeaks(ctx context.Context, co *coord.Client, proto int, what string) error {
+	hosts, err := co.Hosts(ctx)
+	if err != nil {
+		return err
+	}
+	var old []string
+	for _, h := range hosts {
+		if h.Role != "master" || !h.Alive {
+			continue
+		}
+		if h.Proto >= proto {
+			return nil
+		}
+		old = append(old, fmt.Sprintf("%s (protocol %d)", h.ID, h.Proto))
+	}
+	if len(old) > 0 {
+		return fmt.Errorf("%s need a fanout-master of protocol %d, and the running master is %s: upgrade it first, or publish without them", what, proto, strings.Join(old, ", "))
+	}
+	return fmt.Errorf("%s need a running fanout-master of protocol %d, and none has a fresh heartbeat: start the master first (an older one would publish the task without them)", what, proto)
+}
+
 func masterPublish(ctx context.Context, args []string, e env) error {
 	var c common
 	var del, compress, wait, dry bool
@@ -247,6 +272,11 @@ func masterPublish(ctx context.Context, args []string, e env) error {
 	co := c.coord(rdb, 0)
 	if dry {
 		return d.run(ctx, co, path, del, excludes, e)
+	}
+	if dest != "" || len(groups) > 0 {
+		if err := masterSpeaks(ctx, co, coord.ProtoDest, "--dest and --group"); err != nil {
+			return err
+		}
 	}
 	before, err := co.Current(ctx)
 	if err != nil {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/redis/go-redis/v9"
 	"slices"
 	"testing"
 	"time"
@@ -154,35 +155,46 @@ func TestNoSourceCountsWaiting(t *testing.T) {
 }
 
 // TestExtraClaimYieldsToWaiting: a swarm's extra claim (Index > 0) takes
-// no slot while a host waits for its first source, even a free one; once
-// none waits, it does.
+// no slot while a host waits for its first source (its last first claim
+// found none), even a free one; once that host has a source, or its entry
+// is old (a host that died waiting), it does.
 func TestExtraClaimYieldsToWaiting(t *testing.T) {
 	each(t, 15*time.Second, func(t *testing.T, f *fixture) {
 		ctx := context.Background()
 		g := f.publish(2)
-		f.heartbeat("a", "b")
-		for range 2 {
-			if err := f.c.Lookup(ctx); err != nil {
-				t.Fatal(err)
+		f.heartbeat("a", "b", "c")
+		for _, h := range []string{"a", "c"} {
+			if _, err := f.c.Claim(ctx, h, g.Ref(), ClaimOptions{}); err != nil {
+				t.Fatalf("%s: %v", h, err)
 			}
 		}
-		if _, err := f.c.Claim(ctx, "a", g.Ref(), ClaimOptions{}); err != nil {
+		if _, err := f.c.Claim(ctx, "b", g.Ref(), ClaimOptions{}); !errors.Is(err, ErrNoSource) {
+			t.Fatalf("b with both master slots taken: %v, want ErrNoSource", err)
+		}
+		if err := f.c.OfferSlots(ctx, "a", g.Ref(), 1, false); err != nil {
 			t.Fatal(err)
 		}
-		var none *NoSourceError
-		_, err := f.c.Claim(ctx, "a", g.Ref(), ClaimOptions{Index: 1, Acyclic: true})
-		if !errors.As(err, &none) || none.Waiting != 1 {
-			t.Fatalf("extra claim with b waiting and a master slot free: %v, want ErrNoSource with 1 waiting", err)
+		if cl, err := f.c.Claim(ctx, "c", g.Ref(), ClaimOptions{Index: 1, Acyclic: true}); !errors.Is(err, ErrNoSource) {
+			t.Fatalf("extra claim with b waiting and a#0 free: %+v, %v; want ErrNoSource", cl, err)
 		}
-		if _, err := f.c.Claim(ctx, "b", g.Ref(), ClaimOptions{}); err != nil {
-			t.Fatalf("b's first claim: %v (the free slot went to the extra claim?)", err)
+		if cl, err := f.c.Claim(ctx, "b", g.Ref(), ClaimOptions{}); err != nil || cl.Slot != "a#0" {
+			t.Fatalf("b's claim: %+v, %v; want a#0 (the free slot went to the extra claim?)", cl, err)
 		}
 		if err := f.c.OfferSlots(ctx, "b", g.Ref(), 1, false); err != nil {
 			t.Fatal(err)
 		}
-		cl, err := f.c.Claim(ctx, "a", g.Ref(), ClaimOptions{Index: 1, Acyclic: true})
+		cl, err := f.c.Claim(ctx, "c", g.Ref(), ClaimOptions{Index: 1, Acyclic: true})
 		if err != nil || cl.Slot != "b#0" {
 			t.Fatalf("extra claim with none waiting: %+v, %v; want b#0", cl, err)
+		}
+		// A host that waited long ago and went silent does not hold
+		// extras back.
+		f.rdb.ZAdd(ctx, f.c.Keys().Starved(), redis.Z{Score: 1, Member: "dead"})
+		if err := f.c.OfferSlots(ctx, "c", g.Ref(), 1, false); err != nil {
+			t.Fatal(err)
+		}
+		if cl, err := f.c.Claim(ctx, "a", g.Ref(), ClaimOptions{Index: 1, Acyclic: true}); err != nil || cl.Slot != "c#0" {
+			t.Fatalf("extra claim with only an old starved entry: %+v, %v; want c#0", cl, err)
 		}
 	})
 }

@@ -74,6 +74,14 @@ func (k Keys) Hosts() string { return k.Prefix + "hosts" }
 // Heartbeats maps a host id to its last heartbeat (Unix ms).
 func (k Keys) Heartbeats() string { return k.Prefix + "heartbeats" }
 
+// Starved scores each host whose last first claim of the current
+// generation found no source by that claim's Redis time (ms); a host's
+// later first claim that succeeds removes it. A swarm's extra claims take
+// nothing while it holds a recent entry (see claimScript): a dead host's
+// entry ages out, where a count of hosts that looked the generation up
+// never comes down. Reset by each publish.
+func (k Keys) Starved() string { return k.Prefix + "starved" }
+
 // GroupHeartbeats maps the ids of the hosts of group to their last
 // heartbeat (Redis ms), as Heartbeats does for every host.
 func (k Keys) GroupHeartbeats(group string) string { return k.Prefix + "heartbeats_group:" + group }

@@ -117,6 +117,8 @@ func (k Keys) named(name string, kc keyCtx) string {
 		return k.Progress()
 	case "lookup":
 		return k.Lookup()
+	case "starved":
+		return k.Starved()
 	case "holders":
 		return k.Holders()
 	case "dead":
@@ -286,7 +288,7 @@ end
 // cleared: their entries of the last generation are no longer in the
 // global indexes, and claims drop them when they sample them.
 var publishScript = newScript(
-	[]string{"generation", "sync", "full", "part", "zfull", "zpart", "running", "finished", "claims", "leases", "failures", "bad", "lookup", "events", "progress", "holders", "dead", "strikes", "repairing", "repairs", "zbytes", "hooks"}, `
+	[]string{"generation", "sync", "full", "part", "zfull", "zpart", "running", "finished", "claims", "leases", "failures", "bad", "lookup", "events", "progress", "holders", "dead", "strikes", "repairing", "repairs", "zbytes", "hooks", "starved"}, `
 local now = nowMS()
 local id = redis.call('HINCRBY', K.generation, 'id', 1)
 local floor = tonumber(ARGV[12])
@@ -299,7 +301,7 @@ redis.call('HSET', K.generation, 'path', ARGV[1], 'delete', ARGV[2], 'digest', A
   'published', now, 'files', ARGV[8], 'bytes', ARGV[9], 'done_at', '0', 'proto', ARGV[13],
   'origin_zone', ARGV[14] or '', 'compress', ARGV[15] or '0', 'dest', ARGV[16] or '', 'groups', ARGV[17] or '')
 redis.call('DEL', K.sync, K.full, K.part, K.running, K.finished, K.claims, K.leases, K.failures,
-  K.bad, K.lookup, K.progress, K.holders, K.dead, K.strikes, K.repairing, K.repairs, K.zbytes, K.hooks)
+  K.bad, K.lookup, K.progress, K.holders, K.dead, K.strikes, K.repairing, K.repairs, K.zbytes, K.hooks, K.starved)
 if K.zfull ~= K.full then redis.call('DEL', K.zfull, K.zpart) end
 for i = 0, tonumber(ARGV[10]) - 1 do
   freeSlot(ARGV[6] .. '#' .. i, true, K.zfull, K.zpart)
@@ -351,8 +353,12 @@ return {id, now}
 // avoid, grace_ms, same_zone, serves, slots.
 // Returns {'ok', slot, source addr, 'whole' or 'partial', source zone}.
 var claimScript = newScript(
-	[]string{"generation", "finished", "lease", "sync", "full", "part", "zfull", "zpart", "zpull", "bad", "running", "claims", "leases", "hosts", "heartbeats", "events", "holders", "repairing", "lookup"}, `
+	[]string{"generation", "finished", "lease", "sync", "full", "part", "zfull", "zpart", "zpull", "bad", "running", "claims", "leases", "hosts", "heartbeats", "events", "holders", "repairing", "lookup", "starved"}, `
 local host, gen, digest, cid = ARGV[1], ARGV[2], ARGV[3], ARGV[8]
+-- STARVED_MS: how long a first claim that found no source counts as a
+-- host waiting (a waiting host claims again within 30 polls at most).
+-- ALONE_SLOTS: the fewest of a host's slots checked for a puller.
+local STARVED_MS, ALONE_SLOTS = 35000, 9
 local acyclic = ARGV[9] == '1'
 local avoid = {}
 for src in string.gmatch(ARGV[10], '[^,]+') do avoid[src] = true end
@@ -406,7 +412,9 @@ local alone = false
 local slots = tonumber(ARGV[14] or '0') or 0
 if slots > 0 and slots <= 64 then
   alone = true
-  for i = 0, slots - 1 do
+  -- At least aloneSlots: a host restarted mid-generation with fewer
+  -- upload slots may still have a puller on a higher one.
+  for i = 0, math.max(slots, ALONE_SLOTS) - 1 do
     if redis.call('HEXISTS', K.holders, host .. '#' .. i) == 1 then alone = false break end
   end
 end
@@ -450,11 +458,14 @@ local function waiting()
   return tostring(math.max(n, 0))
 end
 -- An extra claim (a swarm's second source, cid "host/n") takes nothing
--- while hosts wait for their first: a slot is worth more starting a pull
--- (or the next link of a chain) than speeding one up.
-if string.find(cid, '/', 1, true) then
-  local w = waiting()
-  if w ~= '0' then return {'nosource', w} end
+-- while a host waits for its first (its last first claim found no source
+-- within starvedMS): a slot is worth more starting a pull (or the next
+-- link of a chain) than speeding one up. Entries of hosts that stopped
+-- claiming (dead, gone) age out.
+local extra = string.find(cid, '/', 1, true) ~= nil
+if extra then
+  redis.call('ZREMRANGEBYSCORE', K.starved, '-inf', '(' .. (now - STARVED_MS))
+  if redis.call('ZCARD', K.starved) > 0 then return {'nosource', waiting()} end
 end
 local zoned = K.zfull ~= K.full
 local slot
@@ -476,7 +487,11 @@ if not slot and not (zoned and ARGV[12] == '1') then
   if zoned and pulling() then return {'nosource', waiting()} end
   slot = pick(K.full, false) or pick(K.part, true) or pick(K.sync, true)
 end
-if not slot then return {'nosource', waiting()} end
+if not slot then
+  if not extra then redis.call('ZADD', K.starved, now, host) end
+  return {'nosource', waiting()}
+end
+if not extra then redis.call('ZREM', K.starved, host) end
 local src = slotSource(slot)
 takeSlot(slot)
 if zoned then

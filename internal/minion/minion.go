@@ -629,6 +629,16 @@ func (m *Minion) hold(ctx context.Context, g coord.Generation) (Outcome, error) 
 			// none of it until it can.
 			m.setUnverified()
 			m.server.Set(nil)
+			var conflict *manifest.ConflictError
+			if errors.As(err, &conflict) && m.drifting != genKey(g) {
+				// Drift this host will not repair by itself (it would
+				// delete excluded paths): listed as repairing, so the
+				// generation is not said done of it, with the reason.
+				m.drifting = genKey(g)
+				if derr := m.coord.Drift(ctx, m.cfg.ID, g.Ref(), conflict.Error()); derr != nil {
+					m.cfg.Log.WithError(derr).Warn("could not report the drift")
+				}
+			}
 			return Waiting, err
 		}
 		if !plan.Empty() {

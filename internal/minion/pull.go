@@ -192,7 +192,14 @@ func (m *Minion) watchLoop(ctx context.Context, src *source, cancel context.Canc
 
 // transfer does the pull itself: manifest, diff, apply, then records and
 // serves the new copy.
-func (m *Minion) transfer(ctx context.Context, g coord.Generation, src *source) (apply.Stats, error) {
+//
+// A pipelining host serves the generation from the moment it has the
+// manifest: the manifest at once, each file once the plan says it is in
+// place or as its chunks land (peer.Incoming, settled when the plan is
+// known), and it offers its slots then. So the next host of a chain
+// claims it and scans its own tree while this one scans: a hop of the
+// chain costs a manifest request, not a scan of the tree.
+func (m *Minion) transfer(ctx context.Context, g coord.Generation, src *source) (_ apply.Stats, err error) {
 	if m.cfg.Model != nil {
 		return m.transferModel(ctx, g, src)
 	}
@@ -215,6 +222,26 @@ func (m *Minion) transfer(ctx context.Context, g coord.Generation, src *source) 
 	}
 
 	root := taskRoot(m.cfg.Root, g.LocalPath())
+	var incoming *peer.Incoming
+	if m.cfg.Pipeline && m.uploads() > 0 {
+		var files []manifest.Entry
+		for _, e := range remote.Entries {
+			if e.Type == manifest.File {
+				files = append(files, e)
+			}
+		}
+		incoming = peer.NewIncoming(files, m.cfg.ArrivalWait)
+		defer func() {
+			if err != nil {
+				incoming.Abort(err) // readers waiting on this pull fail now
+				m.server.Set(nil)
+			}
+		}()
+		m.server.Set(&peer.Snapshot{Gen: g.ID, Digest: g.Digest, Encoded: enc, Manifest: remote, Root: root, Incoming: incoming})
+		if err := m.coord.OfferSlots(ctx, m.cfg.ID, g.Ref(), m.uploads(), false); err != nil {
+			m.cfg.Log.WithError(err).Warn("could not offer this host as a partial source")
+		}
+	}
 	if err := os.MkdirAll(filepath.Dir(root), 0o755); err != nil {
 		return apply.Stats{}, fmt.Errorf("create parent of %s: %w", root, err)
 	}
@@ -295,16 +322,11 @@ func (m *Minion) transfer(ctx context.Context, g coord.Generation, src *source) 
 		}
 		opts.Assembler = asm
 	}
-	var incoming *peer.Incoming
-	if m.cfg.Pipeline && m.uploads() > 0 {
-		// Serve the tree while it arrives, and say so in Redis: hosts
-		// behind this one stream each file as its bytes land.
-		incoming = peer.NewIncoming(plan.Entries(manifest.OpFetch), m.cfg.ArrivalWait)
+	if incoming != nil {
+		// The plan is known: what it does not fetch is in place; hosts
+		// behind this one stream the rest as its bytes land.
+		incoming.Settle(plan.Entries(manifest.OpFetch))
 		opts.Observer = incoming
-		m.server.Set(&peer.Snapshot{Gen: g.ID, Digest: g.Digest, Encoded: enc, Manifest: remote, Root: root, Incoming: incoming})
-		if err := m.coord.OfferSlots(ctx, m.cfg.ID, g.Ref(), m.uploads(), false); err != nil {
-			m.cfg.Log.WithError(err).Warn("could not offer this host as a partial source")
-		}
 	}
 	m.pulled = nil
 	st, err := apply.Apply(ctx, root, plan, opts)
@@ -318,11 +340,7 @@ func (m *Minion) transfer(ctx context.Context, g coord.Generation, src *source) 
 		m.cfg.Log.WithError(serr).Warn("could not save the hash cache")
 	}
 	if err != nil {
-		if incoming != nil {
-			incoming.Abort(err)
-			m.server.Set(nil)
-		}
-		return st, err
+		return st, err // the deferred Abort stops the readers
 	}
 	// Every file is durable (Apply fsyncs files and their directories)
 	// before the state records the tree as held; so are the renames of an

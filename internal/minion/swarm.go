@@ -65,9 +65,9 @@ type swarm struct {
 	primary *feed
 	wake    chan struct{} // a source was added
 
-	// misses counts the grows in a row that found no free slot while no
-	// host waited; grow is not tried again before nextGrow (see
-	// growBackoff).
+	// misses counts the grows in a row that found no free slot (or were
+	// refused while a host waits for its first); grow is not tried again
+	// before nextGrow (see growBackoff).
 	misses   int
 	nextGrow time.Time
 }
@@ -143,8 +143,9 @@ func (s *swarm) grow(ctx context.Context) {
 	for i := 1; i < s.want; i++ {
 		s.mu.Lock()
 		p := s.extras[i]
+		held := p != nil && !p.dropped
 		s.mu.Unlock()
-		if p != nil && !p.dropped {
+		if held {
 			continue
 		}
 		cl := s.src.claim()
@@ -161,8 +162,7 @@ func (s *swarm) grow(ctx context.Context) {
 			if !errors.Is(err, coord.ErrNoSource) && !errors.Is(err, coord.ErrBusy) && ctx.Err() == nil {
 				s.m.cfg.Log.WithError(err).Debug("claim an extra source")
 			}
-			var none *coord.NoSourceError
-			if errors.As(err, &none) && none.Waiting == 0 {
+			if errors.Is(err, coord.ErrNoSource) {
 				s.mu.Lock()
 				s.misses++
 				s.nextGrow = time.Now().Add(growBackoff(s.misses))

@@ -97,6 +97,28 @@ func NewIncoming(entries []manifest.Entry, wait time.Duration) *Incoming {
 	return in
 }
 
+// Settle ends the preparing of an Incoming made, before its pull's plan
+// was known, with every file of the manifest: the files the plan does not
+// fetch are in place already (the scan found their content) and are served
+// from disk from now on; those it fetches stay incoming. Until Settle, a
+// reader of any file waits, as for bytes not yet arrived: a pulling host
+// serves its manifest, and takes its place in a chain, before it has
+// scanned its own tree.
+func (in *Incoming) Settle(fetch []manifest.Entry) {
+	keep := make(map[string]bool, len(fetch))
+	for _, e := range fetch {
+		keep[e.Path] = true
+	}
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	for p, a := range in.files {
+		if !keep[p] && !a.done && !a.failed {
+			a.done = true
+			a.changed()
+		}
+	}
+}
+
 // changed wakes the readers of a. The caller holds in.mu.
 func (a *arrival) changed() {
 	close(a.wake)

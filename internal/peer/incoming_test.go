@@ -448,3 +448,60 @@ func TestIncomingDiscardThenRetry(t *testing.T) {
 	}
 	g.land()
 }
+
+// Made before the plan with every file, an Incoming holds back readers of
+// any file until Settle: the files the plan does not fetch are then read
+// from disk, the others stay incoming.
+func TestIncomingSettle(t *testing.T) {
+	root := t.TempDir()
+	kept, fetched := []byte("already in place"), randomBytes(8<<10)
+	if err := os.WriteFile(filepath.Join(root, "kept"), kept, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	ek := manifest.Entry{Path: "kept", Type: manifest.File, Size: int64(len(kept))}
+	ef := manifest.Entry{Path: "fetched", Type: manifest.File, Size: int64(len(fetched))}
+	in := NewIncoming([]manifest.Entry{ek, ef}, 5*time.Second)
+	if !in.Pending("kept") || !in.Pending("fetched") {
+		t.Fatal("before Settle every file must be pending")
+	}
+	r, err := in.Open(context.Background(), "kept", ek.Size, 0, func() (*os.File, error) { return os.Open(filepath.Join(root, "kept")) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	got := make(chan []byte, 1)
+	go func() {
+		b, _ := io.ReadAll(r)
+		got <- b
+	}()
+	select {
+	case b := <-got:
+		t.Fatalf("read %q before Settle", b)
+	case <-time.After(100 * time.Millisecond):
+	}
+	in.Settle([]manifest.Entry{ef})
+	select {
+	case b := <-got:
+		if !bytes.Equal(b, kept) {
+			t.Fatalf("after Settle read %q, want %q", b, kept)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the reader of a file in place still waits after Settle")
+	}
+	if in.Pending("kept") || !in.Pending("fetched") {
+		t.Fatalf("after Settle: kept pending %v (want false), fetched pending %v (want true)", in.Pending("kept"), in.Pending("fetched"))
+	}
+	g := newGrowing(t, in, root, "fetched", fetched)
+	g.e = ef
+	fr, err := in.Open(context.Background(), "fetched", ef.Size, 0, g.onDisk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fr.Close()
+	g.begin()
+	g.write(len(fetched))
+	g.land()
+	if b, err := io.ReadAll(fr); err != nil || !bytes.Equal(b, fetched) {
+		t.Fatalf("fetched file: %d bytes, %v", len(b), err)
+	}
+}

@@ -204,3 +204,46 @@ func TestGroups(t *testing.T) {
 		t.Fatalf("%s: %v", other.ID, err)
 	}
 }
+
+// TestDriftConflictWithExcluded: a held file replaced by hand with a
+// directory that holds an excluded file is drift the minion will not
+// repair by deleting the excluded file: the host is listed as repairing
+// (its tree is not vouched for), the excluded file stays, and
+// once the directory is moved aside the host repairs its tree.
+func TestDriftConflictWithExcluded(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	l, err := lab.Start(ctx, lab.Config{Dir: t.TempDir(), Minions: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Stop()
+	src := filepath.Join(l.Master.Root, task)
+	mustMkdir(t, src)
+	writeFile(t, filepath.Join(src, "conf"), "master conf")
+	writeFile(t, filepath.Join(src, "keep"), "master keep")
+	if err := l.Coord.SetTask(ctx, task, coord.TaskOptions{Exclude: []string{"*.log"}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := l.WaitGeneration(ctx, 0, nil); err != nil {
+		t.Fatal(err)
+	}
+	h := l.Minions[0]
+	dst := filepath.Join(h.Root, task)
+	must(t, os.Remove(filepath.Join(dst, "conf")))
+	mustMkdir(t, filepath.Join(dst, "conf"))
+	writeFile(t, filepath.Join(dst, "conf", "local.log"), "minion log")
+	waitFor(ctx, t, "the host listed as repairing", func() bool {
+		st, err := l.Coord.Status(ctx)
+		return err == nil && slices.Contains(st.Repairing, h.ID)
+	})
+	if b, err := os.ReadFile(filepath.Join(dst, "conf", "local.log")); err != nil || string(b) != "minion log" {
+		t.Fatalf("the excluded file after the conflict: %q, %v", b, err)
+	}
+	// Moved aside by the operator: the tree is repaired.
+	must(t, os.Rename(filepath.Join(dst, "conf"), filepath.Join(h.Root, "conf.aside")))
+	waitFor(ctx, t, "the tree repaired", func() bool {
+		st, err := l.Coord.Status(ctx)
+		return err == nil && len(st.Repairing) == 0 && slices.Contains(st.Finished, h.ID) && lab.Compare(src, dst) == nil
+	})
+}
