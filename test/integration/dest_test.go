@@ -21,16 +21,7 @@ import (
 func TestDest(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	l, err := lab.Start(ctx, lab.Config{Dir: t.TempDir(), Minions: 3})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Stop()
-	src := filepath.Join(l.Master.Root, task)
-	mustMkdir(t, src)
-	if err := lab.SampleTree(src, 1<<20, 5); err != nil {
-		t.Fatal(err)
-	}
+	l, src := startTree(ctx, t, lab.Config{Minions: 3})
 	const dest = "/srv/app/current"
 	if err := l.Coord.SetTask(ctx, task, coord.TaskOptions{Dest: dest, Delete: true}); err != nil {
 		t.Fatal(err)
@@ -87,19 +78,7 @@ func TestDest(t *testing.T) {
 func TestHostileGenerationPath(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	l, err := lab.Start(ctx, lab.Config{Dir: t.TempDir(), Minions: 2})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Stop()
-	src := filepath.Join(l.Master.Root, task)
-	mustMkdir(t, src)
-	if err := lab.SampleTree(src, 1<<10, 3); err != nil {
-		t.Fatal(err)
-	}
-	if err := l.Set(ctx, task); err != nil {
-		t.Fatal(err)
-	}
+	l, _ := startWithTree(ctx, t, 2)
 	st, err := l.WaitGeneration(ctx, 0, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -140,22 +119,13 @@ func TestHostileGenerationPath(t *testing.T) {
 func TestGroups(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	l, err := lab.Start(ctx, lab.Config{Dir: t.TempDir(), Minions: 3})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Stop()
+	l, src := startTree(ctx, t, lab.Config{Minions: 3})
 	web := l.Minions[:2]
 	other := l.Minions[2]
 	for i, h := range web {
 		must(t, h.Stop())
 		h.Groups = []string{"web", fmt.Sprintf("rack-%d", i)}
 		must(t, l.StartMinion(ctx, h))
-	}
-	src := filepath.Join(l.Master.Root, task)
-	mustMkdir(t, src)
-	if err := lab.SampleTree(src, 1<<20, 5); err != nil {
-		t.Fatal(err)
 	}
 	if err := l.Coord.SetTask(ctx, task, coord.TaskOptions{Groups: []string{"web"}}); err != nil {
 		t.Fatal(err)

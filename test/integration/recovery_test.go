@@ -98,6 +98,17 @@ func startWithTree(ctx context.Context, t *testing.T, n int) (*lab.Lab, string) 
 // sample tree on the master and sets the task.
 func startLab(ctx context.Context, t *testing.T, cfg lab.Config) (*lab.Lab, string) {
 	t.Helper()
+	l, src := startTree(ctx, t, cfg)
+	if err := l.Set(ctx, task); err != nil {
+		t.Fatal(err)
+	}
+	return l, src
+}
+
+// startTree is startLab without setting the task: the test sets it, with
+// the options it is about.
+func startTree(ctx context.Context, t *testing.T, cfg lab.Config) (*lab.Lab, string) {
+	t.Helper()
 	cfg.Dir = t.TempDir()
 	l, err := lab.Start(ctx, cfg)
 	if err != nil {
@@ -107,9 +118,6 @@ func startLab(ctx context.Context, t *testing.T, cfg lab.Config) (*lab.Lab, stri
 	src := filepath.Join(l.Master.Root, task)
 	mustMkdir(t, src)
 	if err := lab.SampleTree(src, 1<<20, 20); err != nil {
-		t.Fatal(err)
-	}
-	if err := l.Set(ctx, task); err != nil {
 		t.Fatal(err)
 	}
 	return l, src
