@@ -206,10 +206,15 @@ func TestHashErrors(t *testing.T) {
 	p := tiny
 	for _, opts := range []Options{{Hash: true}, {Hash: true, Chunking: &p, WholeHash: true}} {
 		pool := newHashPool(context.Background(), opts.Chunking, opts.WholeHash, nil)
-		fi, _ := os.Lstat(filepath.Join(root, "b", "big"))
+		// Each file with its own listing, so the missing one is the only
+		// error whichever worker reports first (with big's listing for
+		// all, a/several also "shrank", and could be reported instead).
+		big, several := filepath.Join(root, "b", "big"), filepath.Join(root, "a", "several")
+		bigFI, _ := os.Lstat(big)
+		severalFI, _ := os.Lstat(several)
 		missing := filepath.Join(root, "missing")
-		for _, path := range []string{filepath.Join(root, "b", "big"), missing, filepath.Join(root, "a", "several")} {
-			if err := pool.submit(&hashJob{osPath: path, fi: fi}); err != nil {
+		for _, j := range []*hashJob{{osPath: big, fi: bigFI}, {osPath: missing, fi: bigFI}, {osPath: several, fi: severalFI}} {
+			if err := pool.submit(j); err != nil {
 				break
 			}
 		}
