@@ -156,6 +156,19 @@ func TestPublishAndStatus(t *testing.T) {
 	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
 	defer rdb.Close()
 	co := coord.New(rdb, coord.Config{Prefix: "{f}:"})
+	// A master of protocol 4 is running: it would publish the task at its
+	// path, for every host, so --dest and --group are refused, naming it.
+	if _, err := co.Heartbeat(context.Background(), coord.Host{ID: "old-master", Addr: "10.0.0.2:7070", Role: "master"}, coord.Beat{Register: true}); err != nil {
+		t.Fatal(err)
+	}
+	mr.HSet("{f}:hosts", "old-master", `{"addr":"10.0.0.2:7070","version":"v4","proto":4,"role":"master"}`)
+	for _, args := range [][]string{{"--dest", "/srv/app"}, {"--group", "web"}} {
+		code, _, stderr := run(t, masterMain, vars, append([]string{"publish"}, append(args, "/data/m42")...)...)
+		if code != exitFailure || !strings.Contains(stderr, "old-master (protocol 4)") {
+			t.Errorf("publish %v with a protocol-4 master: code %d, %q", args, code, stderr)
+		}
+	}
+	mr.HDel("{f}:hosts", "old-master")
 	if _, err := co.Heartbeat(context.Background(), coord.Host{ID: "master", Addr: "10.0.0.1:7070", Role: "master"}, coord.Beat{Register: true}); err != nil {
 		t.Fatal(err)
 	}

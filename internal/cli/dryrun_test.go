@@ -117,6 +117,19 @@ func TestPublishDryRun(t *testing.T) {
 	if g, err := l.Coord.Current(ctx); err != nil || g.ID != done.Generation.ID || g.State != coord.StateDone {
 		t.Errorf("after the dry runs: generation %+v, %v", g, err)
 	}
+	// A generation held at another place (--dest) is no base: the hosts
+	// would pull the whole tree to PATH.
+	if err := l.Coord.SetTask(ctx, task, coord.TaskOptions{Dest: "/srv/m42"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := l.WaitGeneration(ctx, done.Generation.ID, nil); err != nil {
+		t.Fatal(err)
+	}
+	code, out, stderr = run(t, masterMain, vars, "publish", "--dry-run", "--json", task)
+	var elsewhere dryRunJSON
+	if err := json.Unmarshal([]byte(out), &elsewhere); code != exitOK || err != nil || elsewhere.Base != 0 || len(elsewhere.Others) != 2 || elsewhere.MoveBytes != 2*elsewhere.Preview.Bytes {
+		t.Errorf("dry run against a generation held at --dest: code %d, %v, %+v (%s)", code, err, elsewhere, stderr)
+	}
 	// Bad input: a path that is not under --root, --wait with it.
 	if code, _, stderr := run(t, masterMain, vars, "publish", "--dry-run", "/data/missing"); code != exitFailure || !strings.Contains(stderr, "does not exist under --root") {
 		t.Errorf("missing path: %d %s", code, stderr)

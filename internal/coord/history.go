@@ -122,8 +122,8 @@ type Progress struct {
 	Updated time.Time `json:"updated"`
 }
 
-// ReportProgress records host's pull progress (one HSET, sent about once a
-// second while a host pulls).
+// ReportProgress records host's pull progress (one HSET, sent when a pull
+// starts, with each lease renewal, and when it ends).
 func (c *Client) ReportProgress(ctx context.Context, host string, p Progress) error {
 	p.Updated = c.Now()
 	b, err := json.Marshal(p)
