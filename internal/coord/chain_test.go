@@ -198,3 +198,102 @@ func TestExtraClaimYieldsToWaiting(t *testing.T) {
 		}
 	})
 }
+
+// TestRescueSlot: a partial source's rescue slot (OfferPartial) is taken
+// only by the rescue claim of a host two links below it in the chain, even
+// while others wait; first claims never see it; it returns to the rescue
+// set when released, and its source offers none once whole.
+func TestRescueSlot(t *testing.T) {
+	each(t, 15*time.Second, func(t *testing.T, f *fixture) {
+		ctx := context.Background()
+		k := f.c.Keys()
+		g := f.publish(1)
+		claims := map[string]Claim{}
+		for _, h := range []string{"a", "b", "c"} {
+			f.heartbeat(h)
+			cl, err := f.c.Claim(ctx, h, g.Ref(), ClaimOptions{})
+			if err != nil {
+				t.Fatalf("claim of %s: %v", h, err)
+			}
+			claims[h] = cl
+			if err := f.c.OfferPartial(ctx, h, g.Ref(), 1); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if got := f.members(k.Rescue()); !slices.Equal(got, []string{"a#64", "b#64", "c#64"}) {
+			t.Fatalf("rescue slots on offer: %v", got)
+		}
+		rescueIn := func(key string) bool {
+			return slices.ContainsFunc(f.members(key), func(s string) bool { return s[len(s)-3:] == "#64" })
+		}
+		for _, key := range []string{k.Sync(), k.SyncPartial(), k.SyncFull()} {
+			if rescueIn(key) {
+				t.Fatalf("%s offers a rescue slot: %v", key, f.members(key))
+			}
+		}
+		f.heartbeat("d")
+		d, err := f.c.Claim(ctx, "d", g.Ref(), ClaimOptions{})
+		if err != nil || d.Slot != "c#0" {
+			t.Fatalf("d's first claim: %+v, %v; want c#0, the end of the chain", d, err)
+		}
+		f.heartbeat("e")
+		if _, err := f.c.Claim(ctx, "e", g.Ref(), ClaimOptions{}); !errors.Is(err, ErrNoSource) {
+			t.Fatalf("e's first claim with only rescue slots free: %v, want ErrNoSource", err)
+		}
+		// b's grandparent is the origin, which offers no rescue slot.
+		if err := f.c.OfferSlots(ctx, "master", g.Ref(), 1, true); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := f.c.Claim(ctx, "b", g.Ref(), ClaimOptions{Index: 1, Rescue: true}); !errors.Is(err, ErrNoSource) {
+			t.Fatalf("b's rescue claim: %v, want ErrNoSource", err)
+		}
+		// c (a → b → c) takes a's, though e waits for a first source.
+		r, err := f.c.Claim(ctx, "c", g.Ref(), ClaimOptions{Index: 1, Rescue: true, Avoid: []string{"b"}})
+		if err != nil || r.Slot != "a#64" || !r.Partial || r.Source != "a" {
+			t.Fatalf("c's rescue claim: %+v, %v; want partial a#64", r, err)
+		}
+		rd, err := f.c.Claim(ctx, "d", g.Ref(), ClaimOptions{Index: 1, Rescue: true})
+		if err != nil || rd.Slot != "b#64" {
+			t.Fatalf("d's rescue claim: %+v, %v; want b#64", rd, err)
+		}
+		if _, err := f.c.Claim(ctx, "c", g.Ref(), ClaimOptions{Index: 2, Rescue: true}); !errors.Is(err, ErrNoSource) {
+			t.Fatalf("c's second rescue claim: %v, want ErrNoSource (a#64 is held)", err)
+		}
+		// A rescue claim is an extra one: never a first claim.
+		if _, err := f.c.Claim(ctx, "e", g.Ref(), ClaimOptions{Rescue: true}); !errors.Is(err, ErrNoSource) {
+			t.Fatalf("a first claim asking for rescue: %v, want ErrNoSource", err)
+		}
+		if err := f.c.Release(ctx, r); err != nil {
+			t.Fatal(err)
+		}
+		if got := f.members(k.Rescue()); !slices.Contains(got, "a#64") {
+			t.Fatalf("a#64 released is not on offer again: %v", got)
+		}
+		if rescueIn(k.Sync()) {
+			t.Fatalf("a released rescue slot went to synchronize_queue: %v", f.members(k.Sync()))
+		}
+		if err := f.c.Finish(ctx, claims["a"], 2); err != nil {
+			t.Fatal(err)
+		}
+		if got := f.members(k.Rescue()); slices.Contains(got, "a#64") {
+			t.Fatalf("a holds the generation whole and still offers a rescue slot: %v", got)
+		}
+		if _, err := f.c.Claim(ctx, "c", g.Ref(), ClaimOptions{Index: 1, Rescue: true}); !errors.Is(err, ErrNoSource) {
+			t.Fatalf("c's rescue claim once a finished: %v, want ErrNoSource", err)
+		}
+		// b finishes while d pulls through its rescue slot; when d lets
+		// go, the whole host's rescue slot is not offered again.
+		if err := f.c.Finish(ctx, claims["b"], 2); err != nil {
+			t.Fatal(err)
+		}
+		if err := f.c.Release(ctx, rd); err != nil {
+			t.Fatal(err)
+		}
+		if got := f.members(k.Rescue()); slices.Contains(got, "b#64") {
+			t.Fatalf("whole b's rescue slot offered again: %v", got)
+		}
+		if rescueIn(k.Sync()) {
+			t.Fatalf("a rescue slot went to synchronize_queue: %v", f.members(k.Sync()))
+		}
+	})
+}

@@ -76,7 +76,19 @@ type ClaimOptions struct {
 	// claim walks no chain: a host's first claim of a generation takes the
 	// end of a chain of any length. At most 64.
 	Slots int
+	// Rescue takes only the rescue slot (RescueSlot) of the source of the
+	// host's own source, its grandparent in the chain, for an extra claim
+	// (Index > 0), even while hosts wait for their first source. When the
+	// host's source is slow (a slow link in the chain), the grandparent,
+	// which serves that source, has uplink to spare and the data ahead.
+	Rescue bool
 }
+
+// RescueSlot numbers the rescue slot a partial source offers besides its
+// upload slots (OfferPartial): "host#64", past the 64 upload slots a host
+// may have. It is never in synchronize_queue: the original scripts and
+// the claims that form chains do not see it. A whole source offers none.
+const RescueSlot = 64
 
 // NoSourceError is a claim that found no free source slot (errors.Is
 // ErrNoSource); Waiting is how many hosts wait for one, as Redis counts
@@ -105,7 +117,7 @@ func (c *Client) Claim(ctx context.Context, host string, gen Ref, o ClaimOptions
 	cid := claimID(host, o.Index)
 	res, err := c.run(ctx, claimScript, cid,
 		host, gen.ID, gen.Digest, c.cfg.LeaseTTL.Milliseconds(), rand.Uint32(), eventsMax, flag(o.Repair),
-		cid, flag(o.Acyclic), strings.Join(o.Avoid, ","), c.cfg.HostGrace.Milliseconds(), flag(o.SameZone), flag(o.Serves), o.Slots).StringSlice()
+		cid, flag(o.Acyclic), strings.Join(o.Avoid, ","), c.cfg.HostGrace.Milliseconds(), flag(o.SameZone), flag(o.Serves), o.Slots, flag(o.Rescue)).StringSlice()
 	if err != nil {
 		return Claim{}, fmt.Errorf("claim source: %w", err)
 	}

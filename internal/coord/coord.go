@@ -421,18 +421,26 @@ func (c *Client) markDone(ctx context.Context, r Ref) (time.Time, error) {
 // claimed right now; nothing when r is not current or host is bad. force
 // (the origin, which knows it is alive) also ends a dead slot's back-off.
 func (c *Client) OfferSlots(ctx context.Context, host string, r Ref, uploads int, force bool) error {
-	return c.offer(ctx, host, r, uploads, force, false)
+	return c.offer(ctx, host, r, uploads, force, false, false)
+}
+
+// OfferPartial offers the slots of host, which pulls generation r and
+// serves it as its chunks land (pipelining), and its rescue slot
+// (RescueSlot), which only the rescue claims of the hosts that pull from
+// its pullers take (ClaimOptions.Rescue).
+func (c *Client) OfferPartial(ctx context.Context, host string, r Ref, uploads int) error {
+	return c.offer(ctx, host, r, uploads, false, false, true)
 }
 
 // Announce offers the origin's slots for generation r (as OfferSlots with
 // force) and then tells every subscribed minion of r, so the hosts it
 // wakes find a source on offer.
 func (c *Client) Announce(ctx context.Context, origin string, r Ref, uploads int) error {
-	return c.offer(ctx, origin, r, uploads, true, true)
+	return c.offer(ctx, origin, r, uploads, true, true, false)
 }
 
-func (c *Client) offer(ctx context.Context, host string, r Ref, uploads int, force, announce bool) error {
-	if err := c.run(ctx, offerScript, host, host, r.ID, r.Digest, uploads, flag(force), flag(announce)).Err(); err != nil {
+func (c *Client) offer(ctx context.Context, host string, r Ref, uploads int, force, announce, rescue bool) error {
+	if err := c.run(ctx, offerScript, host, host, r.ID, r.Digest, uploads, flag(force), flag(announce), flag(rescue)).Err(); err != nil {
 		return fmt.Errorf("offer slots: %w", err)
 	}
 	return nil

@@ -82,6 +82,11 @@ func (k Keys) Heartbeats() string { return k.Prefix + "heartbeats" }
 // never comes down. Reset by each publish.
 func (k Keys) Starved() string { return k.Prefix + "starved" }
 
+// Rescue is the set of free rescue slots ("host#64", see RescueSlot) of
+// partial sources: never in synchronize_queue, taken only by rescue claims
+// (see ClaimOptions.Rescue). Reset by each publish.
+func (k Keys) Rescue() string { return k.Prefix + "rescue_slots" }
+
 // GroupHeartbeats maps the ids of the hosts of group to their last
 // heartbeat (Redis ms), as Heartbeats does for every host.
 func (k Keys) GroupHeartbeats(group string) string { return k.Prefix + "heartbeats_group:" + group }

@@ -119,6 +119,8 @@ func (k Keys) named(name string, kc keyCtx) string {
 		return k.Lookup()
 	case "starved":
 		return k.Starved()
+	case "rescue":
+		return k.Rescue()
 	case "holders":
 		return k.Holders()
 	case "dead":
@@ -155,6 +157,15 @@ local function slotSource(slot)
   return string.match(slot, '^(.*)#%d+$')
 end
 
+-- RESCUE numbers a partial source's rescue slot, "host#64" (see
+-- RescueSlot): it is never in synchronize_queue nor in the indexes the
+-- claims of a chain sample; the source offers it in K.rescue, where only
+-- its grandchildren's rescue claims take it.
+local RESCUE = 64
+local function isRescue(slot)
+  return tonumber(string.match(slot, '#(%d+)$')) == RESCUE
+end
+
 -- zoneOf returns z when it is a valid zone name (see ValidZone), else ''.
 local function zoneOf(z)
   if type(z) == 'string' and #z <= 64 and string.match(z, '^[%w][%w._-]*$') then return z end
@@ -177,7 +188,13 @@ end
 -- and the index of free slots of whole or of partial sources, which claims
 -- sample in O(1); and the same index of the source's zone, zf and zp (the
 -- global ones when the source has no zone). K.sync, K.full, K.part
+-- A rescue slot returns to K.rescue (when the script declares it) while its
+-- source is partial; a whole source offers none.
 local function freeSlot(slot, whole, zf, zp)
+  if isRescue(slot) then
+    if K.rescue and not whole then redis.call('SADD', K.rescue, slot) end
+    return
+  end
   redis.call('SADD', K.sync, slot)
   if whole then
     redis.call('SADD', K.full, slot)
@@ -198,7 +215,9 @@ local function freeSlot(slot, whole, zf, zp)
 end
 
 -- takeSlot withdraws slot from every free set. K.sync, K.full, K.part
+-- (and K.rescue, when declared)
 local function takeSlot(slot)
+  if K.rescue then redis.call('SREM', K.rescue, slot) end
   redis.call('SREM', K.full, slot)
   redis.call('SREM', K.part, slot)
   return redis.call('SREM', K.sync, slot)
@@ -219,9 +238,14 @@ end
 -- never doubled) and, unless force, slots backing off after a dead
 -- verdict. host is the caller, whose zone's indexes are K.zfull, K.zpart.
 -- K.sync, K.full, K.part, K.zfull, K.zpart, K.holders, K.claims, K.dead,
--- K.generation, K.finished
-local function offer(host, uploads, force)
+-- K.generation, K.finished. With rescue (K.rescue declared), a partial
+-- source also offers its rescue slot.
+local function offer(host, uploads, force, rescue)
   local whole = isWhole(host)
+  if rescue and K.rescue and not whole then
+    local slot = host .. '#' .. RESCUE
+    if not claimed(slot) then redis.call('SADD', K.rescue, slot) end
+  end
   for i = 0, uploads - 1 do
     local slot = host .. '#' .. i
     if not claimed(slot) then
@@ -288,7 +312,7 @@ end
 // cleared: their entries of the last generation are no longer in the
 // global indexes, and claims drop them when they sample them.
 var publishScript = newScript(
-	[]string{"generation", "sync", "full", "part", "zfull", "zpart", "running", "finished", "claims", "leases", "failures", "bad", "lookup", "events", "progress", "holders", "dead", "strikes", "repairing", "repairs", "zbytes", "hooks", "starved"}, `
+	[]string{"generation", "sync", "full", "part", "zfull", "zpart", "running", "finished", "claims", "leases", "failures", "bad", "lookup", "events", "progress", "holders", "dead", "strikes", "repairing", "repairs", "zbytes", "hooks", "starved", "rescue"}, `
 local now = nowMS()
 local id = redis.call('HINCRBY', K.generation, 'id', 1)
 local floor = tonumber(ARGV[12])
@@ -301,7 +325,7 @@ redis.call('HSET', K.generation, 'path', ARGV[1], 'delete', ARGV[2], 'digest', A
   'published', now, 'files', ARGV[8], 'bytes', ARGV[9], 'done_at', '0', 'proto', ARGV[13],
   'origin_zone', ARGV[14] or '', 'compress', ARGV[15] or '0', 'dest', ARGV[16] or '', 'groups', ARGV[17] or '')
 redis.call('DEL', K.sync, K.full, K.part, K.running, K.finished, K.claims, K.leases, K.failures,
-  K.bad, K.lookup, K.progress, K.holders, K.dead, K.strikes, K.repairing, K.repairs, K.zbytes, K.hooks, K.starved)
+  K.bad, K.lookup, K.progress, K.holders, K.dead, K.strikes, K.repairing, K.repairs, K.zbytes, K.hooks, K.starved, K.rescue)
 if K.zfull ~= K.full then redis.call('DEL', K.zfull, K.zpart) end
 for i = 0, tonumber(ARGV[10]) - 1 do
   freeSlot(ARGV[6] .. '#' .. i, true, K.zfull, K.zpart)
@@ -350,10 +374,10 @@ return {id, now}
 // zone (at once when pipelining), rather than bring the content across
 // once more. So one host of a zone crosses, and the zone chains from it.
 // ARGV: host, gen, digest, lease_ms, rand, maxlen, repair, cid, acyclic,
-// avoid, grace_ms, same_zone, serves, slots.
+// avoid, grace_ms, same_zone, serves, slots, rescue.
 // Returns {'ok', slot, source addr, 'whole' or 'partial', source zone}.
 var claimScript = newScript(
-	[]string{"generation", "finished", "lease", "sync", "full", "part", "zfull", "zpart", "zpull", "bad", "running", "claims", "leases", "hosts", "heartbeats", "events", "holders", "repairing", "lookup", "starved"}, `
+	[]string{"generation", "finished", "lease", "sync", "full", "part", "zfull", "zpart", "zpull", "bad", "running", "claims", "leases", "hosts", "heartbeats", "events", "holders", "repairing", "lookup", "starved", "rescue"}, `
 local host, gen, digest, cid = ARGV[1], ARGV[2], ARGV[3], ARGV[8]
 -- STARVED_MS: how long a first claim that found no source counts as a
 -- host waiting (a waiting host claims again within 30 polls at most).
@@ -417,6 +441,7 @@ if slots > 0 and slots <= 64 then
   for i = 0, math.max(slots, ALONE_SLOTS) - 1 do
     if redis.call('HEXISTS', K.holders, host .. '#' .. i) == 1 then alone = false break end
   end
+  if redis.call('HEXISTS', K.holders, host .. '#' .. RESCUE) == 1 then alone = false end
 end
 local r = tonumber(ARGV[5])
 -- pick samples set; a zone index names the global index (of) its entries
@@ -463,13 +488,29 @@ end
 -- link of a chain) than speeding one up. Entries of hosts that stopped
 -- claiming (dead, gone) age out.
 local extra = string.find(cid, '/', 1, true) ~= nil
-if extra then
+local zoned = K.zfull ~= K.full
+local slot
+-- A rescue claim (ARGV rescue = 1, an extra one) takes only the rescue
+-- slot of host's grandparent: the source of its first claim's source, a
+-- host that is ahead of both. When that source link is slow (a slow host
+-- in the chain), the grandparent's uplink is what it leaves idle; when it
+-- is not, the rescue source has nothing host's own source does not bring
+-- as soon. O(1): two claim records and a set member.
+if ARGV[15] == '1' then
+  if not extra then return {'nosource', waiting()} end
+  local up1 = upstream(host)
+  local up2 = up1 and not whole(up1) and upstream(up1)
+  if up2 then
+    local s = up2 .. '#' .. RESCUE
+    if redis.call('SISMEMBER', K.rescue, s) == 1 and not claimed(s) and usable(s) then slot = s end
+  end
+  if not slot then return {'nosource', waiting()} end
+end
+if extra and not slot then
   redis.call('ZREMRANGEBYSCORE', K.starved, '-inf', '(' .. (now - STARVED_MS))
   if redis.call('ZCARD', K.starved) > 0 then return {'nosource', waiting()} end
 end
-local zoned = K.zfull ~= K.full
-local slot
-if zoned then slot = pick(K.zfull, false, K.full) or pick(K.zpart, true, K.part) end
+if zoned and not slot then slot = pick(K.zfull, false, K.full) or pick(K.zpart, true, K.part) end
 -- pulling: another serving host of this zone pulls this generation now
 -- (entries of ended claims are dropped on the way).
 local function pulling()
@@ -574,10 +615,11 @@ return res
 // repairing.
 // ARGV: host, gen, digest, slot, uploads, maxlen, repaired, cid
 var finishScript = newScript(
-	[]string{"lease", "claims", "leases", "holders", "sync", "full", "part", "zfull", "zpart", "szfull", "szpart", "zpull", "bad", "generation", "running", "finished", "failures", "events", "dead", "strikes", "repairing", "repairs"}, `
+	[]string{"lease", "claims", "leases", "holders", "sync", "full", "part", "zfull", "zpart", "szfull", "szpart", "zpull", "bad", "generation", "running", "finished", "failures", "events", "dead", "strikes", "repairing", "repairs", "rescue"}, `
 local host, gen, digest, slot = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 release(ARGV[8], gen, digest, slot, true)
 if not isCurrent(gen, digest) then return 0 end
+redis.call('SREM', K.rescue, host .. '#' .. RESCUE) -- a whole source offers none
 local src = slotSource(slot)
 if src then redis.call('HDEL', K.strikes, src) end
 redis.call('SREM', K.running, host)
@@ -614,7 +656,7 @@ return 1
 // ARGV: host, gen, digest, slot, verdict, failure_json, maxlen, reason,
 // switch, uploads, backoff_ms, backoff_max_ms, cid
 var failScript = newScript(
-	[]string{"lease", "claims", "leases", "holders", "sync", "full", "part", "zfull", "szfull", "szpart", "zpull", "bad", "generation", "running", "finished", "failures", "events", "dead", "strikes", "hosts"}, `
+	[]string{"lease", "claims", "leases", "holders", "sync", "full", "part", "zfull", "szfull", "szpart", "zpull", "bad", "generation", "running", "finished", "failures", "events", "dead", "strikes", "hosts", "rescue"}, `
 local host, gen, digest, slot = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local src = slotSource(slot) or ''
 local verdict = tonumber(ARGV[5])
@@ -642,6 +684,7 @@ if ARGV[9] ~= '1' and redis.call('SISMEMBER', K.finished, host) == 0 then
     takeSlot(host .. '#' .. i)
     redis.call('ZREM', K.dead, host .. '#' .. i)
   end
+  takeSlot(host .. '#' .. RESCUE)
 end
 redis.call('SREM', K.running, host)
 redis.call('HSET', K.failures, host, ARGV[6])
@@ -661,7 +704,7 @@ return 1
 // ARGV: batch, grace_ms. Returns {claim ids due, the zone of each one's
 // source ("" for none)}: the reaper returns each slot to its zone's index.
 var dueScript = newScript(
-	[]string{"leases", "dead", "sync", "full", "part", "bad", "generation", "finished", "heartbeats", "holders", "claims"}, `
+	[]string{"leases", "dead", "sync", "full", "part", "bad", "generation", "finished", "heartbeats", "holders", "claims", "rescue"}, `
 local now = nowMS()
 local cutoff = now - tonumber(ARGV[2])
 local origin = redis.call('HGET', K.generation, 'origin')
@@ -689,7 +732,7 @@ return {due, zones}
 // K.szfull, K.szpart are the indexes of the zone the claim record names.
 // ARGV: cid, grace_ms, maxlen. Returns 1 when it expired the claim.
 var expireScript = newScript(
-	[]string{"lease", "claims", "leases", "running", "sync", "full", "part", "szfull", "szpart", "bad", "generation", "finished", "heartbeats", "holders", "events"}, `
+	[]string{"lease", "claims", "leases", "running", "sync", "full", "part", "szfull", "szpart", "bad", "generation", "finished", "heartbeats", "holders", "events", "rescue"}, `
 local cid = ARGV[1]
 local now = nowMS()
 local ttl = redis.call('PTTL', K.lease)
@@ -765,11 +808,12 @@ return now
 // minions of the generation ("gen <id> <digest>" on the generations
 // channel): the master announces a generation once its slots are on offer,
 // so the hosts it wakes find a source.
-// ARGV: host, gen, digest, uploads, force, announce
-var offerScript = newScript([]string{"generation", "finished", "sync", "full", "part", "zfull", "zpart", "holders", "claims", "dead", "bad"}, `
+// With rescue, a partial source also offers its rescue slot.
+// ARGV: host, gen, digest, uploads, force, announce, rescue
+var offerScript = newScript([]string{"generation", "finished", "sync", "full", "part", "zfull", "zpart", "holders", "claims", "dead", "bad", "rescue"}, `
 if not isCurrent(ARGV[2], ARGV[3]) then return 0 end
 if redis.call('SISMEMBER', K.bad, ARGV[1]) == 1 then return 0 end
-offer(ARGV[1], tonumber(ARGV[4]), ARGV[5] == '1')
+offer(ARGV[1], tonumber(ARGV[4]), ARGV[5] == '1', ARGV[7] == '1')
 if ARGV[6] == '1' then notify('generations', 'gen ' .. ARGV[2] .. ' ' .. ARGV[3]) end
 return 1
 `)
@@ -837,7 +881,7 @@ return 1
 // needs (a slow source replaced, an extra source after the endgame): the
 // slot returns, nothing is recorded against the source.
 // ARGV: host, gen, digest, slot, maxlen, cid
-var releaseScript = newScript([]string{"lease", "claims", "leases", "holders", "sync", "full", "part", "zfull", "szfull", "szpart", "zpull", "bad", "generation", "finished", "events"}, `
+var releaseScript = newScript([]string{"lease", "claims", "leases", "holders", "sync", "full", "part", "zfull", "szfull", "szpart", "zpull", "bad", "generation", "finished", "events", "rescue"}, `
 release(ARGV[6], ARGV[2], ARGV[3], ARGV[4], true)
 event(ARGV[5], 'release', ARGV[1], ARGV[2], ARGV[4], '')
 return 1

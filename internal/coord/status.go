@@ -27,7 +27,7 @@ type Status struct {
 	Failures map[string]Failure
 	Hosts    []Host
 	Lookup   int64
-	Claims   map[string]string // host → slot(s) it pulls from, comma-separated
+	Claims   map[string]string // host → slot(s) it pulls from, comma-separated, its own claim's first
 	Progress map[string]Progress
 	// Repairing lists finished hosts repairing drift on their disk;
 	// Repairs counts each host's repairs in this generation.
@@ -146,11 +146,14 @@ func (c *Client) Status(ctx context.Context) (Status, error) {
 		if len(f) < 2 {
 			continue
 		}
-		h, _, _ := strings.Cut(cid, "/")
-		if st.Claims[h] == "" {
+		h, _, extra := strings.Cut(cid, "/")
+		switch {
+		case st.Claims[h] == "":
 			st.Claims[h] = f[1]
-		} else {
+		case extra:
 			st.Claims[h] += "," + f[1]
+		default: // the host's own claim comes first
+			st.Claims[h] = f[1] + "," + st.Claims[h]
 		}
 	}
 	alive := map[string]bool{st.Generation.Origin: true}

@@ -24,6 +24,7 @@ import (
 	"github.com/fanout/fanout/internal/bwlimit"
 	"github.com/fanout/fanout/internal/coord"
 	"github.com/fanout/fanout/internal/master"
+	"github.com/fanout/fanout/internal/metrics"
 	"github.com/fanout/fanout/internal/minion"
 	"github.com/fanout/fanout/internal/peer"
 	"github.com/fanout/fanout/internal/statedir"
@@ -94,6 +95,11 @@ type Host struct {
 	PreZones bool
 	// Groups are this minion's --group names (set before StartMinion).
 	Groups []string
+	// BWLimit caps this host's upload and download, bytes/s, in place of
+	// the lab's (set before starting it; 0: the lab's).
+	BWLimit int64
+	// Metrics are a minion's metrics (set by StartMinion).
+	Metrics *metrics.Metrics
 	// Hooks are this minion's hooks (set before StartMinion); nil: none.
 	Hooks minion.Hooks
 	// Served counts the body bytes its peer server sent: what crossed
@@ -226,6 +232,7 @@ func (l *Lab) StartMinion(ctx context.Context, h *Host) error {
 	if h.PreZones {
 		mc = preZones{co}
 	}
+	h.Metrics = metrics.New()
 	return h.start(ctx, l, co, func(ctx context.Context, ln net.Listener, server *peer.Server) (func(context.Context) error, error) {
 		client := peer.NewClient(peer.ClientConfig{Secrets: [][]byte{l.secret}, DialTimeout: 2 * time.Second, StallTimeout: 2 * time.Second, Now: co.Now})
 		m, err := minion.New(minion.Config{
@@ -233,8 +240,8 @@ func (l *Lab) StartMinion(ctx context.Context, h *Host) error {
 			Uploads: l.cfg.Uploads, Source: true, Poll: l.cfg.Poll, Heartbeat: time.Second,
 			Pipeline: !l.cfg.WholeFile, ArrivalWait: 2 * time.Second,
 			Log: l.cfg.Log.WithField("host", h.ID), Version: "lab",
-			Download: bwlimit.New(l.cfg.BWLimit),
-			NoWatch:  l.cfg.NoWatch, VerifyEvery: l.cfg.VerifyEvery, ScanEvery: 2 * time.Second,
+			Download: bwlimit.New(h.bwLimit(l)), Metrics: h.Metrics,
+			NoWatch: l.cfg.NoWatch, VerifyEvery: l.cfg.VerifyEvery, ScanEvery: 2 * time.Second,
 			Zone: zone, Groups: h.Groups, Hooks: h.Hooks, Compress: l.cfg.Compress,
 		}, mc, server, client)
 		if err != nil {
@@ -243,6 +250,14 @@ func (l *Lab) StartMinion(ctx context.Context, h *Host) error {
 		h.Minion = m
 		return m.Run, nil
 	})
+}
+
+// bwLimit is h's upload and download cap in l.
+func (h *Host) bwLimit(l *Lab) int64 {
+	if h.BWLimit > 0 {
+		return h.BWLimit
+	}
+	return l.cfg.BWLimit
 }
 
 // preZones is the protocol client of a minion built before zones: its
@@ -280,7 +295,7 @@ func (h *Host) start(ctx context.Context, l *Lab, co *coord.Client, build runner
 		return fmt.Errorf("listen for %s: %w", h.ID, err)
 	}
 	h.Addr = ln.Addr().String()
-	server := peer.NewServer(peer.ServerConfig{Secrets: [][]byte{l.secret}, Log: l.cfg.Log.WithField("host", h.ID), Upload: bwlimit.New(l.cfg.BWLimit), Now: co.Now,
+	server := peer.NewServer(peer.ServerConfig{Secrets: [][]byte{l.secret}, Log: l.cfg.Log.WithField("host", h.ID), Upload: bwlimit.New(h.bwLimit(l)), Now: co.Now,
 		Served: func(n int64) { h.Served.Add(n) },
 		Compressed: func(raw, sent int64) {
 			h.CompressedRaw.Add(raw)

@@ -8,6 +8,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	dto "github.com/prometheus/client_model/go"
 )
 
 // Metrics are one host's counters, gauges and histograms.
@@ -22,6 +23,11 @@ type Metrics struct {
 	FilesReceived prometheus.Counter
 	PullDuration  prometheus.Histogram
 	Claims        prometheus.Counter
+	// RescueClaims counts rescue slots claimed (see coord.RescueSlot) and
+	// LeadChanges the times another source took the lead of a pull from a
+	// slower one (minion).
+	RescueClaims  prometheus.Counter
+	LeadChanges   prometheus.Counter
 	Failures      *prometheus.CounterVec // by verdict: ok, dead, bad
 	LeaseExpiries prometheus.Counter
 	Generation    prometheus.Gauge // the generation this host holds or published
@@ -64,6 +70,8 @@ func New() *Metrics {
 		BytesResumed:       f("bytes_resumed_total", "File bytes an interrupted pull had written, verified again and kept by a later pull instead of fetched."),
 		FilesReceived:      f("files_received_total", "Files received, verified and renamed into place."),
 		Claims:             f("claims_total", "Source slots claimed by this host."),
+		RescueClaims:       f("rescue_claims_total", "Rescue slots claimed: the source of this host's source, a partial one, as an extra source."),
+		LeadChanges:        f("lead_changes_total", "Times another source of a pull, at least twice as fast, took the lead from a slower one (a slow relay bypassed)."),
 		LeaseExpiries:      f("lease_expiries_total", "Expired leases reaped (master only)."),
 		Published:          f("generations_published_total", "Generations published (master only)."),
 		RejectedTasks:      f("tasks_rejected_total", "Task values rejected as bad input (master only)."),
@@ -114,4 +122,13 @@ func New() *Metrics {
 // Handler serves the registry in the Prometheus text format.
 func (m *Metrics) Handler() http.Handler {
 	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{Registry: m.reg})
+}
+
+// Value reads a counter's value (0 when it cannot be read).
+func Value(c prometheus.Counter) float64 {
+	var m dto.Metric
+	if err := c.Write(&m); err != nil {
+		return 0
+	}
+	return m.GetCounter().GetValue()
 }

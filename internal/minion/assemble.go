@@ -216,6 +216,20 @@ func (j *job) land(i int) bool {
 	return true
 }
 
+// prefix is how many bytes from the start of the file have landed (or are
+// repeats, copied at the end) without a gap.
+func (j *job) prefix() int64 {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	for j.low < len(j.chunks) && (j.done[j.low] || j.first[j.low] != j.low) {
+		j.low++
+	}
+	if j.low == len(j.chunks) {
+		return j.e.Size
+	}
+	return j.chunks[j.low].Off
+}
+
 func (j *job) isDone(i int) bool {
 	j.mu.Lock()
 	defer j.mu.Unlock()
@@ -229,12 +243,12 @@ func (j *job) signal() {
 	}
 }
 
-// take picks the next run of consecutive chunks for a source that has the
-// chunks have marks (nil: all): chunks neither landed nor asked of
-// another source. With none left it doubles a request in flight (the
+// take picks the next run of consecutive chunks, of limit bytes at most
+// (one chunk at least), for a source that has the chunks have marks (nil:
+// all): chunks neither landed nor asked of another source. With none left it doubles a request in flight (the
 // endgame: the last chunks come from whichever source is faster). It
 // returns the run [i, k), or i == k when there is nothing for this source.
-func (j *job) take(have []bool, mine map[int]bool) (int, int) {
+func (j *job) take(have []bool, mine map[int]bool, limit int64) (int, int) {
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	ok := func(i int, endgame bool) bool {
@@ -255,7 +269,7 @@ func (j *job) take(have []bool, mine map[int]bool) (int, int) {
 				continue
 			}
 			k, n := i, int64(0)
-			for k < len(j.chunks) && ok(k, endgame) && (k == i || n+j.chunks[k].Len <= runBytes) {
+			for k < len(j.chunks) && ok(k, endgame) && (k == i || n+j.chunks[k].Len <= limit) {
 				n += j.chunks[k].Len
 				j.inflight[k]++
 				k++
@@ -339,18 +353,25 @@ func (a *assembler) work(ctx context.Context, j *job, p *feed, errc chan<- error
 	}
 	var have []bool
 	var haveAt time.Time
+	var gate rescueGate
 	mine := map[int]bool{} // chunks asked of p already (not twice in the endgame)
 	for ctx.Err() == nil && !j.complete() {
 		if !a.sw.holds(p) {
 			return
 		}
-		// The pull's own source is asked for the next chunks in file
+		// The leading source (the pull's own, unless another is much
+		// faster: see swarm.lead) is asked for the next chunks in file
 		// order whether it has them yet or not: a partial source streams a
 		// range as its chunks land (peer.Incoming), so each relay in a
-		// chain adds one chunk's time, not a have-poll's. Extra sources
-		// are asked only for chunks they have, so no request waits on a
-		// source that may never get them.
-		if p.cl.Partial && p.cl.Index > 0 && time.Since(haveAt) > 250*time.Millisecond {
+		// chain adds one chunk's time, not a have-poll's. The other
+		// sources are asked only for chunks they have, so no request
+		// waits on a source that may never get them.
+		lead := a.sw.lead() == p
+		poll := 250 * time.Millisecond
+		if p.rescue && !gate.open {
+			poll = 100 * time.Millisecond // a slow parent is noticed soon
+		}
+		if p.cl.Partial && !lead && time.Since(haveAt) > poll {
 			all, h, err := a.m.client.Have(ctx, p.cl.SourceAddr, a.sw.src.gen, j.e.Path, len(j.chunks))
 			if err != nil {
 				a.lose(ctx, p, err, fail)
@@ -360,8 +381,24 @@ func (a *assembler) work(ctx context.Context, j *job, p *feed, errc chan<- error
 			if all {
 				have = nil
 			}
+			if p.rescue {
+				gate.update(prefixBytes(j.chunks, all, h), a.parentBytes(j), time.Now())
+			}
 		}
-		i, k := j.take(have, mine)
+		if p.rescue && !lead && !gate.open {
+			select { // the pull's own source is not slow: nothing to take
+			case <-ctx.Done():
+			case <-time.After(poll):
+			}
+			continue
+		}
+		// The leader takes runs of runBytes in file order; the others
+		// runs sized to their rate.
+		marks, limit := have, p.runLimit()
+		if lead {
+			marks, limit = nil, runBytes
+		}
+		i, k := j.take(marks, mine, limit)
 		if i == k {
 			select { // nothing this source has: wait for a change
 			case <-ctx.Done():
@@ -375,15 +412,21 @@ func (a *assembler) work(ctx context.Context, j *job, p *feed, errc chan<- error
 		for x := i; x < k; x++ {
 			mine[x] = true
 		}
-		w := &chunkWriter{j: j, chunks: j.chunks[i:k], first: i, fetched: &a.fetched, progress: a.m.progress}
-		t0 := time.Now()
-		got, err := a.m.client.FetchChunks(ctx, p.cl.SourceAddr, a.sw.src.gen, j.e.Path, j.chunks[i].Off, chunkLens(j.chunks[i:k]), a.fetchOptions(ctx), w)
+		w := &chunkWriter{j: j, chunks: j.chunks[i:k], first: i, fetched: &a.fetched, progress: a.m.progress, feed: p}
+		rctx, rcancel := context.WithCancel(ctx)
+		req := p.begin(rcancel)
+		got, err := a.m.client.FetchChunks(rctx, p.cl.SourceAddr, a.sw.src.gen, j.e.Path, j.chunks[i].Off, chunkLens(j.chunks[i:k]), a.fetchOptions(ctx), w)
+		p.end(req)
+		demoted := rctx.Err() != nil && ctx.Err() == nil
+		rcancel()
 		a.wire.Add(got.Wire)
-		p.account(w.bytes, time.Since(t0))
 		a.sw.src.count(p.cl, w.bytes)
 		j.untake(i, k)
 		var mismatch *apply.HashMismatchError
 		switch {
+		case demoted && !errors.As(w.err, &mismatch):
+			// Another source leads now (see swarm.lead): the chunks
+			// this request did not bring are for the others to take.
 		case errors.As(w.err, &mismatch):
 			if p.cl.Index == 0 {
 				fail(w.err) // the pull fails; its own source is barred
@@ -399,6 +442,81 @@ func (a *assembler) work(ctx context.Context, j *job, p *feed, errc chan<- error
 			return
 		}
 	}
+}
+
+// rescueGate decides whether a rescue source (the pull's grandparent, see
+// swarm.rescue) is asked for chunks: only while the prefix of the file it
+// holds (the bytes from the start, without a gap) grows several times as
+// fast as that of the pull's own source, a partial one. Then the link into
+// that source is what is slow (its downlink, or the grandparent's uplink,
+// which the rescue then finds out), and the grandparent's uplink has room.
+// Otherwise the parent is as fast as the data reaches the grandparent, and
+// a rescue stream would only take the grandparent's uplink from the parent
+// and the chain behind it. Prefixes, not counts: chunks a host fetched
+// out of order (from its own rescue source) say nothing of how fast the
+// chain below it is fed.
+type rescueGate struct {
+	open       bool
+	known      bool
+	gp, parent int64     // prefixes at the start of the window
+	at         time.Time // when the window began
+}
+
+// update takes the grandparent's and the parent's prefixes at now (parent
+// < 0: not known, or the parent is not partial: closed). It judges the
+// growth over windows of gateWindow at least, from the sample that began
+// the window: a parent that stalls for a moment (a pause, a busy core)
+// does not open it; gateFactor times and gateMin bytes at least do.
+func (g *rescueGate) update(gp, parent int64, now time.Time) {
+	if parent < 0 {
+		g.open, g.known = false, false
+		return
+	}
+	if !g.known {
+		g.known, g.gp, g.parent, g.at = true, gp, parent, now
+		return
+	}
+	if now.Sub(g.at) < gateWindow {
+		return
+	}
+	dgp, dpar := gp-g.gp, parent-g.parent
+	g.open = dgp >= gateMin && dgp >= gateFactor*dpar
+	g.gp, g.parent, g.at = gp, parent, now
+}
+
+// gateWindow, gateFactor and gateMin: see rescueGate.update. A slow link
+// of B/8 in a chain makes the factor 8.
+const (
+	gateWindow = 300 * time.Millisecond
+	gateFactor = 3
+	gateMin    = 1 << 20
+)
+
+// prefixBytes is how many bytes from the start of a file with chunks a
+// have-bitmap (all: every one) marks without a gap.
+func prefixBytes(chunks []manifest.Chunk, all bool, have []bool) int64 {
+	var n int64
+	for i, c := range chunks {
+		if !all && (i >= len(have) || !have[i]) {
+			break
+		}
+		n += c.Len
+	}
+	return n
+}
+
+// parentBytes stands for the prefix of j's file the pull's own source
+// holds, or is -1 when that source is not a partial one: the prefix this
+// host has landed, which the source, asked for the file in order whether
+// it has the chunks yet or not, streams as they reach it (a chunk or two
+// behind its own). Asking the source would cost a request over the very
+// link that may be slow.
+func (a *assembler) parentBytes(j *job) int64 {
+	cl := a.sw.src.claim()
+	if cl == nil || !cl.Partial {
+		return -1
+	}
+	return j.prefix()
 }
 
 // fetchOptions are how runs of chunks are asked for: compressed if this
@@ -487,6 +605,7 @@ type chunkWriter struct {
 	first    int // index of chunks[0] in the file
 	fetched  *atomic.Int64
 	progress func(int64)
+	feed     *feed // the source, whose rate each verified chunk counts for
 
 	k     int    // chunk being received
 	buf   []byte // its bytes so far
@@ -518,6 +637,9 @@ func (w *chunkWriter) Write(p []byte) (int, error) {
 			return n, w.err
 		}
 		i := w.first + w.k
+		if w.feed != nil {
+			w.feed.got(c.Len)
+		}
 		if !w.j.isDone(i) {
 			if _, err := w.j.f.WriteAt(w.buf, c.Off); err != nil {
 				w.err = fmt.Errorf("write %s: %w", w.j.e.Path, err)

@@ -140,6 +140,7 @@ type Coordinator interface {
 	Switch(ctx context.Context, cl coord.Claim, v coord.Verdict, reason string) error
 	Release(ctx context.Context, cl coord.Claim) error
 	OfferSlots(ctx context.Context, host string, gen coord.Ref, uploads int, force bool) error
+	OfferPartial(ctx context.Context, host string, gen coord.Ref, uploads int) error
 	ReportProgress(ctx context.Context, host string, p coord.Progress) error
 	AddCrossZone(ctx context.Context, host string, gen coord.Ref, n int64) error
 	Drift(ctx context.Context, host string, gen coord.Ref, msg string) error

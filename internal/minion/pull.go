@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 
 	"github.com/sirupsen/logrus"
@@ -52,7 +53,8 @@ func (m *Minion) pull(ctx context.Context, g coord.Generation, cl coord.Claim) e
 	sctx, scancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer scancel()
 	src.sw.close(sctx)
-	last := coord.Claim{Host: m.cfg.ID, Gen: g.Ref(), Repair: cl.Repair} // no slot to release
+	// No slot to release: a switch gave it back, and found no other.
+	last := coord.Claim{Host: m.cfg.ID, Gen: g.Ref(), Repair: cl.Repair, Source: src.leftSource()}
 	if c := src.claim(); c != nil {
 		last = *c
 	}
@@ -204,7 +206,7 @@ func (m *Minion) transfer(ctx context.Context, g coord.Generation, src *source) 
 		return m.transferModel(ctx, g, src)
 	}
 	cl := src.claim()
-	enc, err := m.client.Manifest(ctx, cl.SourceAddr, g.ID)
+	enc, err := m.fetchManifest(ctx, g, *cl)
 	if err != nil {
 		return apply.Stats{}, fmt.Errorf("fetch manifest: %w", err)
 	}
@@ -238,8 +240,16 @@ func (m *Minion) transfer(ctx context.Context, g coord.Generation, src *source) 
 			}
 		}()
 		m.server.Set(&peer.Snapshot{Gen: g.ID, Digest: g.Digest, Encoded: enc, Manifest: remote, Root: root, Incoming: incoming})
-		if err := m.coord.OfferSlots(ctx, m.cfg.ID, g.Ref(), m.uploads(), false); err != nil {
-			m.cfg.Log.WithError(err).Warn("could not offer this host as a partial source")
+		var oerr error
+		if remote.Chunking != nil && m.cfg.Sources > 1 {
+			// Chunked pulls take several sources: the hosts two links
+			// below this one may claim its rescue slot (swarm.rescue).
+			oerr = m.coord.OfferPartial(ctx, m.cfg.ID, g.Ref(), m.uploads())
+		} else {
+			oerr = m.coord.OfferSlots(ctx, m.cfg.ID, g.Ref(), m.uploads(), false)
+		}
+		if oerr != nil {
+			m.cfg.Log.WithError(oerr).Warn("could not offer this host as a partial source")
 		}
 	}
 	if err := os.MkdirAll(filepath.Dir(root), 0o755); err != nil {
@@ -307,6 +317,7 @@ func (m *Minion) transfer(ctx context.Context, g coord.Generation, src *source) 
 		// Format 3: files of several chunks are built from the chunks
 		// this host has already and the rest fetched as ranges.
 		src.sw.active.Store(true)
+		src.sw.rescue(ctx)
 		src.sw.grow(ctx)
 		asm = newAssembler(m, src.sw, root)
 		// Compression is asked for by the host (--compress) or by the
@@ -363,6 +374,71 @@ func (m *Minion) transfer(ctx context.Context, g coord.Generation, src *source) 
 	m.mu.Unlock()
 	m.setVerified(true)
 	return st, nil
+}
+
+// fetchManifest fetches generation g's manifest from the source of cl. A
+// source behind a slow or congested link may take a second to answer, and
+// the hosts behind this one in the chain wait for it (this host offers its
+// slots once it has the manifest): when the source has not answered within
+// manifestHedge and the manifest is small (smallManifest), the origin is
+// asked too, and the first answer that matches the published digest wins.
+func (m *Minion) fetchManifest(ctx context.Context, g coord.Generation, cl coord.Claim) ([]byte, error) {
+	if g.OriginAddr == "" || cl.SourceAddr == g.OriginAddr || !smallManifest(g) {
+		return m.client.Manifest(ctx, cl.SourceAddr, g.ID)
+	}
+	type answer struct {
+		enc []byte
+		err error
+	}
+	answers := make(chan answer, 2)
+	var wg sync.WaitGroup
+	defer wg.Wait() // after the cancel below: the request left ends at once
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	ask := func(addr string) {
+		wg.Go(func() {
+			enc, err := m.client.Manifest(ctx, addr, g.ID)
+			if err == nil && manifest.Digest(enc) != g.Digest {
+				err = fmt.Errorf("%w: from %s", errBadManifest, addr)
+			}
+			answers <- answer{enc, err}
+		})
+	}
+	ask(cl.SourceAddr)
+	pending := 1
+	hedge := time.NewTimer(manifestHedge)
+	defer hedge.Stop()
+	var first error
+	for {
+		select {
+		case <-hedge.C:
+			ask(g.OriginAddr)
+			pending++
+		case a := <-answers:
+			pending--
+			if a.err == nil {
+				return a.enc, nil
+			}
+			if first == nil {
+				first = a.err
+			}
+			if pending == 0 {
+				// Both failed, or the source failed before the hedge:
+				// its error, as without one.
+				return nil, first
+			}
+		}
+	}
+}
+
+// manifestHedge: see fetchManifest.
+const manifestHedge = 300 * time.Millisecond
+
+// smallManifest: g's manifest is a few hundred KiB at most (about 100
+// bytes a file and 50 a chunk), so asking the origin for it as well costs
+// the origin's uplink little.
+func smallManifest(g coord.Generation) bool {
+	return g.Files <= 1000 && g.Bytes <= 4<<30
 }
 
 // decodeManifest checks a manifest a source sent against g's published

@@ -36,6 +36,9 @@ type source struct {
 	switchMu sync.Mutex
 	mu       sync.Mutex
 	cl       *coord.Claim // nil while switching, or after a switch failed
+	// left is the source the last switch moved off (its slot given
+	// back): a pull that then finds no other one fails naming it.
+	left     string
 	switches int
 	// index maps each manifest path to its index, for batch requests; set
 	// before the first fetch, read-only after.
@@ -58,6 +61,13 @@ func (s *source) claim() *coord.Claim {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.cl
+}
+
+// leftSource returns the source the last switch moved off, or "".
+func (s *source) leftSource() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.left
 }
 
 // wasMixed reports whether the file at p came from more than one source.
@@ -175,6 +185,7 @@ func (s *source) switchFrom(ctx context.Context, failed coord.Claim, cause error
 	}
 	s.switches++
 	s.cl = nil
+	s.left = failed.Source
 	s.mu.Unlock()
 
 	m := s.m

@@ -3,6 +3,7 @@ package minion
 import (
 	"context"
 	"errors"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -22,31 +23,127 @@ import (
 // feed is one source a swarm pull fetches from.
 type feed struct {
 	cl coord.Claim
+	// rescue: claimed with coord.ClaimOptions.Rescue (the grandparent's
+	// rescue slot).
+	rescue bool
 
 	mu      sync.Mutex
 	since   time.Time // claimed
 	bytes   int64     // received from it
 	busy    time.Duration
 	dropped bool
+	// Requests in flight: how many, since when busy was last brought up
+	// to date, and how to cancel each (a demoted lead's, see swarm.lead).
+	active   int
+	activeAt time.Time
+	cancels  map[int]context.CancelFunc
+	nextReq  int
 }
 
 // rate is the bytes a second this source delivered while a request to it
 // was in flight; ok once it has delivered enough to judge.
 func (p *feed) rate() (float64, bool) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.busy < time.Second || p.bytes < 1<<20 {
+	r, busy, bytes := p.measure()
+	if busy < time.Second || bytes < 1<<20 {
 		return 0, false
 	}
-	return float64(p.bytes) / p.busy.Seconds(), true
+	return r, true
 }
 
-func (p *feed) account(n int64, d time.Duration) {
+// quick is rate judged sooner: after quickBusy of requests in
+// flight, whatever they brought (a source that sends nothing is at 0).
+func (p *feed) quick() (float64, bool) {
+	r, busy, _ := p.measure()
+	return r, busy >= quickBusy
+}
+
+// quickBusy is how long requests must have been in flight to a source
+// before quick judges its rate.
+const quickBusy = 150 * time.Millisecond
+
+// measure returns the rate, the time requests were in flight (up to now)
+// and the bytes received.
+func (p *feed) measure() (float64, time.Duration, int64) {
 	p.mu.Lock()
+	defer p.mu.Unlock()
+	busy := p.busy
+	if p.active > 0 {
+		busy += time.Since(p.activeAt)
+	}
+	if busy <= 0 {
+		return 0, 0, p.bytes
+	}
+	return float64(p.bytes) / busy.Seconds(), busy, p.bytes
+}
+
+// accrue brings busy up to now. Callers hold p.mu.
+func (p *feed) accrue(now time.Time) {
+	if p.active > 0 {
+		p.busy += now.Sub(p.activeAt)
+	}
+	p.activeAt = now
+}
+
+// begin records a request to p in flight, cancelled by cancel if p is
+// demoted meanwhile; end(id) records its end.
+func (p *feed) begin(cancel context.CancelFunc) int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.accrue(time.Now())
+	p.active++
+	if p.cancels == nil {
+		p.cancels = map[int]context.CancelFunc{}
+	}
+	p.nextReq++
+	p.cancels[p.nextReq] = cancel
+	return p.nextReq
+}
+
+func (p *feed) end(id int) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.accrue(time.Now())
+	p.active--
+	delete(p.cancels, id)
+}
+
+// got counts n bytes received from p (a chunk verified).
+func (p *feed) got(n int64) {
+	p.mu.Lock()
+	p.accrue(time.Now())
 	p.bytes += n
-	p.busy += d
 	p.mu.Unlock()
 }
+
+// cancelRequests ends p's requests in flight: the chunks they were to
+// bring go back to be taken by the other sources.
+func (p *feed) cancelRequests() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, c := range p.cancels {
+		c()
+	}
+}
+
+// runLimit bounds the bytes of one request to p when it does not lead the
+// pull (see swarm.lead): about a quarter of a second of its rate, so a
+// slow source holds few chunks at a time (and the file's next bytes do not
+// wait on it), between minRun and maxRun (a source that comes to lead
+// turns to the chunks its predecessor was cancelled on within one such
+// run); a source not yet measured gets firstRun.
+func (p *feed) runLimit() int64 {
+	r, ok := p.quick()
+	if !ok {
+		return firstRun
+	}
+	return min(max(int64(r/4), minRun), maxRun)
+}
+
+const (
+	firstRun = 1 << 20
+	minRun   = 128 << 10
+	maxRun   = 1 << 20
+)
 
 // swarm holds a pull's extra claims.
 type swarm struct {
@@ -63,7 +160,14 @@ type swarm struct {
 	// primary tracks the pull's own claim (src.claim(), which switching
 	// replaces) for its rate.
 	primary *feed
-	wake    chan struct{} // a source was added
+	// leader is the source asked for the file's next chunks whether it has
+	// them or not (see lead); nil: the primary.
+	leader *feed
+	wake   chan struct{} // a source was added
+	// rescued: a rescue claim was tried this pull; nextRescue: not again
+	// before then.
+	rescueTries int
+	nextRescue  time.Time
 
 	// misses counts the grows in a row that found no free slot (or were
 	// refused while a host waits for its first); grow is not tried again
@@ -183,6 +287,108 @@ func (s *swarm) grow(ctx context.Context) {
 	}
 }
 
+// lead returns the source asked for a file's next chunks whether it has
+// them yet or not; the others are asked only for chunks they have. It is
+// the pull's own source until another of its sources, measured, delivers
+// leadFactor times its rate: then that one leads, and the old leader's
+// requests in flight are cancelled so their chunks go to the new one. A
+// slow relay in the chain then sets the pace of neither this host nor the
+// hosts behind it, and a host's chain stays fed in file order.
+func (s *swarm) lead() *feed {
+	ps := s.peers()
+	if len(ps) == 0 {
+		return nil
+	}
+	s.mu.Lock()
+	cur := s.leader
+	s.mu.Unlock()
+	if cur == nil || !slices.Contains(ps, cur) {
+		cur = ps[0]
+	}
+	curRate, ok := cur.quick()
+	if !ok {
+		return cur
+	}
+	best, bestRate := cur, curRate
+	for _, p := range ps {
+		r, ok := p.quick()
+		_, _, bytes := p.measure()
+		if p != cur && ok && bytes >= minRun && r >= leadFactor*curRate && r > bestRate {
+			best, bestRate = p, r
+		}
+	}
+	s.mu.Lock()
+	s.leader = best
+	s.mu.Unlock()
+	if best != cur {
+		s.m.cfg.Metrics.LeadChanges.Inc()
+		cur.cancelRequests()
+		s.m.cfg.Log.WithFields(logrus.Fields{"source": best.cl.Source, "rate": int64(bestRate), "was": cur.cl.Source, "was_rate": int64(curRate)}).Info("a faster source leads the pull")
+	}
+	return best
+}
+
+// leadFactor: another source leads once it delivers this many times the
+// leader's rate.
+const leadFactor = 2
+
+// rescue claims the rescue slot of the pull's grandparent (the source of
+// its source, see coord.ClaimOptions.Rescue) as an extra source, when its
+// source is partial: if that source is slow, the grandparent's idle uplink
+// carries the data this host and the hosts behind it need (see lead); if
+// not, the rescue source finds nothing to send (it is asked only for
+// chunks it has that no other source was asked for) and costs nothing but
+// the claim. Tried when the pull starts and at each rebalance while none
+// is held, with a doubling pause after a miss.
+func (s *swarm) rescue(ctx context.Context) {
+	cl := s.src.claim()
+	if !s.active.Load() || cl == nil || !cl.Partial {
+		return
+	}
+	s.mu.Lock()
+	idx := 0
+	for i := s.want - 1; i >= 1; i-- {
+		if p := s.extras[i]; p == nil || p.dropped {
+			idx = i
+		}
+	}
+	for _, p := range s.extras {
+		if p.rescue && !p.dropped {
+			idx = 0
+		}
+	}
+	if time.Now().Before(s.nextRescue) {
+		idx = 0
+	}
+	s.mu.Unlock()
+	if idx == 0 {
+		return
+	}
+	ncl, err := s.m.coord.Claim(ctx, s.m.cfg.ID, cl.Gen, coord.ClaimOptions{
+		Repair: cl.Repair, Index: idx, Rescue: true, Acyclic: true, Avoid: s.sources(),
+	})
+	if err != nil {
+		if !errors.Is(err, coord.ErrNoSource) && !errors.Is(err, coord.ErrBusy) && ctx.Err() == nil {
+			s.m.cfg.Log.WithError(err).Debug("claim a rescue source")
+		}
+		s.mu.Lock()
+		s.rescueTries++
+		s.nextRescue = time.Now().Add(balanceEvery << min(s.rescueTries-1, 3))
+		s.mu.Unlock()
+		return
+	}
+	s.m.cfg.Metrics.Claims.Inc()
+	s.m.cfg.Metrics.RescueClaims.Inc()
+	s.mu.Lock()
+	s.extras[idx] = &feed{cl: ncl, since: time.Now(), rescue: true}
+	s.mu.Unlock()
+	s.m.cfg.Log.WithFields(logrus.Fields{"source": ncl.Source, "slot": ncl.Slot}).Debug("claimed a rescue source")
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
+}
+
 // drop ends an extra claim: released (a slow source: its slot returns as
 // it was) or, with a verdict, failed over (dead: the slot backs off; bad:
 // the source is barred).
@@ -255,6 +461,7 @@ func (s *swarm) rebalance(ctx context.Context) {
 			s.drop(ctx, p, coord.SourceOK, "")
 		}
 	}
+	s.rescue(ctx)
 	s.grow(ctx)
 }
 

@@ -231,9 +231,9 @@ func counter(t *testing.T, h *fleet.Proc, name string) int64 {
 	return 0
 }
 
-// upstream returns the host h pulls from now, or "".
+// upstream returns the source of h's own claim (its first slot in status).
 func upstream(st coord.Status, h string) string {
-	slot := st.Claims[h]
+	slot, _, _ := strings.Cut(st.Claims[h], ",")
 	if i := strings.LastIndexByte(slot, '#'); i > 0 {
 		return slot[:i]
 	}

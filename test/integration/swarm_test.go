@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/fanout/fanout/internal/lab"
+	"github.com/fanout/fanout/internal/metrics"
 )
 
 // TestSwarm: in a format 3 generation a puller takes chunks from several
@@ -24,15 +25,7 @@ func TestSwarm(t *testing.T) {
 	}
 	defer l.Stop()
 	src := filepath.Join(l.Master.Root, task)
-	mustMkdir(t, src)
-	r := rand.New(rand.NewPCG(3, 4))
-	data := make([]byte, 24<<20)
-	for i := range data {
-		data[i] = byte(r.Uint32())
-	}
-	if err := os.WriteFile(filepath.Join(src, "model.bin"), data, 0o644); err != nil {
-		t.Fatal(err)
-	}
+	writeRandomModel(t, src, 3, 24<<20)
 	if err := l.Set(ctx, task); err != nil {
 		t.Fatal(err)
 	}
@@ -77,5 +70,106 @@ func TestSwarm(t *testing.T) {
 	}
 	if n, _ := l.Redis.HLen(ctx, l.Coord.Keys().Claims()).Result(); n != 0 {
 		t.Errorf("%d claims left after the generation", n)
+	}
+}
+
+// TestRescueBypassesSlowRelay: in a chain master → a → b → c whose middle
+// host b has a slow link, c claims the rescue slot of its grandparent a
+// (coord.ClaimOptions.Rescue), and a's stream, much faster than b's, takes
+// the lead of c's pull: c holds the generation, identical, while b is
+// still pulling (at its rate b would need a minute and a half).
+func TestRescueBypassesSlowRelay(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	l, err := lab.Start(ctx, lab.Config{Dir: t.TempDir(), Uploads: 1, BWLimit: 2 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Stop()
+	src := filepath.Join(l.Master.Root, task)
+	writeRandomModel(t, src, 5, 6<<20)
+	if err := l.Set(ctx, task); err != nil {
+		t.Fatal(err)
+	}
+	// Each host started after the one before claimed: its only free
+	// slot is the end of the chain.
+	claimed := func(host, slot string) {
+		t.Helper()
+		for ctx.Err() == nil {
+			evs, err := l.Coord.Events(ctx, "0", 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, e := range evs {
+				if e.Type == "claim" && e.Host == host {
+					if e.Slot != slot {
+						t.Fatalf("%s claimed %s, want %s", host, e.Slot, slot)
+					}
+					return
+				}
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		t.Fatalf("%s never claimed %s", host, slot)
+	}
+	start := func(bw int64) *lab.Host {
+		t.Helper()
+		h := l.NewHost()
+		h.BWLimit = bw
+		if err := l.StartMinion(ctx, h); err != nil {
+			t.Fatal(err)
+		}
+		return h
+	}
+	a := start(0)
+	claimed(a.ID, l.Master.ID+"#0")
+	grand := a.ID
+	b := start(64 << 10)
+	claimed(b.ID, grand+"#0")
+	c := start(0)
+	claimed(c.ID, b.ID+"#0")
+	k := l.Coord.Keys()
+	for ctx.Err() == nil {
+		if ok, _ := l.Redis.SIsMember(ctx, k.Finished(), c.ID).Result(); ok {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if ok, _ := l.Redis.SIsMember(ctx, k.Finished(), b.ID).Result(); ok {
+		t.Fatalf("slow %s finished before %s: the test proves nothing", b.ID, c.ID)
+	}
+	if err := lab.Compare(src, filepath.Join(c.Root, task)); err != nil {
+		t.Fatal(err)
+	}
+	evs, err := l.Coord.Events(ctx, "0", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rescued := false
+	for _, e := range evs {
+		rescued = rescued || (e.Type == "claim" && e.Host == c.ID && e.Slot == grand+"#64")
+	}
+	if !rescued {
+		t.Errorf("%s never claimed %s's rescue slot", c.ID, grand)
+	}
+	if n := metrics.Value(c.Metrics.LeadChanges); n < 1 {
+		t.Errorf("%s: %v lead changes, want the rescue source to lead", c.ID, n)
+	}
+	if n := metrics.Value(b.Metrics.LeadChanges); n != 0 {
+		t.Errorf("slow %s changed leads %v times: its own source is not slow", b.ID, n)
+	}
+}
+
+// writeRandomModel writes dir/model.bin: size pseudo-random bytes from seed.
+func writeRandomModel(t *testing.T, dir string, seed uint64, size int) {
+	t.Helper()
+	mustMkdir(t, dir)
+	r := rand.New(rand.NewPCG(seed, seed+1))
+	data := make([]byte, size)
+	for i := range data {
+		data[i] = byte(r.Uint32())
+	}
+	if err := os.WriteFile(filepath.Join(dir, "model.bin"), data, 0o644); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -1,0 +1,214 @@
+package minion
+
+import (
+	"context"
+	"errors"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/fanout/fanout/internal/coord"
+	"github.com/fanout/fanout/internal/manifest"
+	"github.com/fanout/fanout/internal/metrics"
+	"github.com/fanout/fanout/internal/peer"
+)
+
+// The rescue gate opens when, over a window of gateWindow or more, the
+// grandparent's prefix of the file grows gateFactor times as fast as the
+// parent's (and by gateMin at least), and closes when the parent keeps up
+// or cannot be asked; a shorter window judges nothing.
+func TestRescueGate(t *testing.T) {
+	const mib = 1 << 20
+	t0 := time.Now()
+	at := func(ms int) time.Time { return t0.Add(time.Duration(ms) * time.Millisecond) }
+	var g rescueGate
+	g.update(8*mib, 0, at(0))
+	if g.open {
+		t.Fatal("open at the first poll")
+	}
+	g.update(12*mib, mib/4, at(100)) // 16 times as fast, but within the window
+	if g.open {
+		t.Fatal("judged before a window passed")
+	}
+	g.update(13*mib, mib/2, at(300)) // +5 MiB against +0.5 MiB
+	if !g.open {
+		t.Fatal("closed while the grandparent gains 10 times as fast as the parent")
+	}
+	g.update(17*mib, mib/2+3*mib, at(600)) // +4 MiB against +3 MiB: keeping up
+	if g.open {
+		t.Fatal("open while the parent keeps up with the grandparent")
+	}
+	g.update(17*mib+mib/2, mib/2+3*mib, at(900)) // a stall, but under gateMin
+	if g.open {
+		t.Fatal("open on less than gateMin of growth")
+	}
+	g.update(30*mib, 4*mib, at(1200))
+	if !g.open {
+		t.Fatal("closed while the parent stalls")
+	}
+	g.update(31*mib, -1, at(1300))
+	if g.open || g.known {
+		t.Fatal("a parent that cannot be asked leaves the gate open")
+	}
+
+}
+
+// prefixBytes counts the bytes before the first chunk missing.
+func TestPrefixBytes(t *testing.T) {
+	cs := []manifest.Chunk{{Off: 0, Len: 10}, {Off: 10, Len: 20}, {Off: 30, Len: 30}, {Off: 60, Len: 40}}
+	for _, c := range []struct {
+		all  bool
+		have []bool
+		want int64
+	}{
+		{true, nil, 100},
+		{false, nil, 0},
+		{false, []bool{true, true, false, true}, 30},
+		{false, []bool{false, true, true, true}, 0},
+		{false, []bool{true, true, true}, 60}, // a short bitmap: the rest missing
+	} {
+		if got := prefixBytes(cs, c.all, c.have); got != c.want {
+			t.Errorf("prefixBytes(all %v, %v) = %d, want %d", c.all, c.have, got, c.want)
+		}
+	}
+}
+
+// A source leads a pull once it delivers leadFactor times the leader's
+// rate: the old leader's requests in flight are cancelled and the change
+// counted; a source not yet measured, or not fast enough, does not.
+func TestLead(t *testing.T) {
+	m := testMinion(t, t.TempDir())
+	src := &source{m: m, cl: &coord.Claim{Host: "h", Slot: "p#0", Source: "p", Partial: true}}
+	sw := newSwarm(m, src, 3)
+	src.sw = sw
+	primary := sw.peers()[0]
+	cancelled := false
+	req := primary.begin(func() { cancelled = true })
+	primary.mu.Lock()
+	primary.busy, primary.bytes = time.Second, 1<<20 // 1 MiB/s
+	primary.mu.Unlock()
+	rescue := &feed{cl: coord.Claim{Host: "h", Index: 1, Slot: "g#64", Source: "g", Partial: true}, rescue: true}
+	sw.extras[1] = rescue
+	if got := sw.lead(); got != primary {
+		t.Fatalf("lead = %s before the rescue source was measured, want the primary", got.cl.Source)
+	}
+	rescue.busy, rescue.bytes = time.Second, 3<<19 // 1.5 MiB/s: not twice as fast
+	if got := sw.lead(); got != primary {
+		t.Fatalf("lead = %s at 1.5 times the primary's rate, want the primary", got.cl.Source)
+	}
+	if cancelled {
+		t.Fatal("the primary's request was cancelled with no new leader")
+	}
+	rescue.busy, rescue.bytes = 500*time.Millisecond, 4<<20 // 8 MiB/s
+	if got := sw.lead(); got != rescue {
+		t.Fatalf("lead = %s at 8 times the primary's rate, want the rescue source", got.cl.Source)
+	}
+	if !cancelled {
+		t.Fatal("the old leader's request in flight was not cancelled")
+	}
+	primary.end(req)
+	if got := sw.lead(); got != rescue {
+		t.Fatalf("lead went back to %s", got.cl.Source)
+	}
+	if n := metrics.Value(m.cfg.Metrics.LeadChanges); n != 1 {
+		t.Fatalf("%v lead changes counted, want 1", n)
+	}
+}
+
+// runLimit sizes a source's requests to a quarter second of its rate,
+// within minRun and maxRun; take never makes a run longer than the limit
+// but always takes one chunk.
+func TestRunLimitAndTake(t *testing.T) {
+	var p feed
+	if got := p.runLimit(); got != firstRun {
+		t.Fatalf("runLimit unmeasured = %d, want %d", got, firstRun)
+	}
+	for _, c := range []struct {
+		bytes int64
+		want  int64
+	}{{2 << 20, 512 << 10}, {100 << 20, maxRun}, {1 << 10, minRun}} {
+		p.busy, p.bytes = time.Second, c.bytes
+		if got := p.runLimit(); got != c.want {
+			t.Errorf("runLimit at %d B/s = %d, want %d", c.bytes, got, c.want)
+		}
+	}
+	chunks := make([]manifest.Chunk, 10)
+	for i := range chunks {
+		chunks[i] = manifest.Chunk{Off: int64(i) * 100 << 10, Len: 100 << 10}
+	}
+	j := &job{chunks: chunks, done: make([]bool, 10), inflight: make([]int, 10), first: []int{0, 1, 2, 3, 4, 5, 6, 7, 8, 9}, changed: make(chan struct{}, 1)}
+	if i, k := j.take(nil, nil, 250<<10); i != 0 || k != 2 {
+		t.Fatalf("take(limit 250 KiB) = [%d, %d), want [0, 2)", i, k)
+	}
+	if i, k := j.take(nil, nil, 1); i != 2 || k != 3 {
+		t.Fatalf("take(limit 1 B) = [%d, %d), want one chunk, [2, 3)", i, k)
+	}
+}
+
+// A source that does not answer for the manifest is not waited for: after
+// manifestHedge the origin is asked too, and its manifest (the published
+// one) is taken; the source's request is cancelled, nothing left behind.
+// A source that answers at once with a manifest other than the published
+// one fails the fetch (it is a bad source), as without the hedge.
+func TestFetchManifestHedges(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	secret := [][]byte{[]byte("hedge-secret-0123456789")}
+	m := testMinion(t, t.TempDir())
+	serve := func(man *manifest.Manifest) (string, string) {
+		t.Helper()
+		enc, err := man.Encode()
+		if err != nil {
+			t.Fatal(err)
+		}
+		s := peer.NewServer(peer.ServerConfig{Secrets: secret, Log: m.cfg.Log})
+		s.Set(&peer.Snapshot{Gen: 7, Digest: manifest.Digest(enc), Encoded: enc, Manifest: man, Root: t.TempDir()})
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		done := make(chan error, 1)
+		sctx, stop := context.WithCancel(ctx)
+		go func() { done <- s.Serve(sctx, ln) }()
+		t.Cleanup(func() { stop(); <-done })
+		return ln.Addr().String(), manifest.Digest(enc)
+	}
+	published := &manifest.Manifest{Entries: []manifest.Entry{{Path: ".", Type: manifest.Dir, Mode: 0o755}}}
+	origin, digest := serve(published)
+	other, _ := serve(&manifest.Manifest{Entries: []manifest.Entry{{Path: ".", Type: manifest.Dir, Mode: 0o700}}})
+
+	// A source that accepts and never answers.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			defer c.Close()
+		}
+	}()
+
+	m.client = peer.NewClient(peer.ClientConfig{Secrets: secret, DialTimeout: 10 * time.Second})
+	g := coord.Generation{ID: 7, Digest: digest, OriginAddr: origin, Files: 1}
+	enc, err := m.fetchManifest(ctx, g, coord.Claim{SourceAddr: ln.Addr().String()})
+	if err != nil || manifest.Digest(enc) != digest {
+		t.Fatalf("silent source: fetchManifest = %v; want the origin's manifest", err)
+	}
+	if _, err := m.fetchManifest(ctx, g, coord.Claim{SourceAddr: other}); !errors.Is(err, errBadManifest) {
+		t.Fatalf("source with another manifest: fetchManifest = %v; want %v", err, errBadManifest)
+	}
+	// A large generation is asked of its source only: the silent one
+	// fails at the context's end, not with the origin's answer.
+	big := g
+	big.Files = 1 << 20
+	sctx, scancel := context.WithTimeout(ctx, 2*manifestHedge)
+	defer scancel()
+	if _, err := m.fetchManifest(sctx, big, coord.Claim{SourceAddr: ln.Addr().String()}); err == nil {
+		t.Fatal("a large manifest was fetched from the origin, not only from the source")
+	}
+}
