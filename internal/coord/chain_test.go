@@ -295,5 +295,15 @@ func TestRescueSlot(t *testing.T) {
 		if rescueIn(k.Sync()) {
 			t.Fatalf("a rescue slot went to synchronize_queue: %v", f.members(k.Sync()))
 		}
+		// A forgotten host's rescue slot goes with it.
+		if !slices.Contains(f.members(k.Rescue()), "c#64") {
+			t.Fatalf("c#64 not on offer before c is forgotten: %v", f.members(k.Rescue()))
+		}
+		if err := f.c.Forget(ctx, "c"); err != nil {
+			t.Fatal(err)
+		}
+		if got := f.members(k.Rescue()); slices.Contains(got, "c#64") {
+			t.Fatalf("forgotten c's rescue slot still on offer: %v", got)
+		}
 	})
 }

@@ -604,20 +604,14 @@ func (c *Client) Forget(ctx context.Context, host string) error {
 	if info != "" && json.Unmarshal([]byte(info), &h) == nil && ValidZone("zone", h.Zone) == nil {
 		zone = h.Zone
 	}
-	// Its groups' heartbeat indexes, as its registration names them
-	// (first: the script deletes the registration).
-	if ValidGroups("groups", h.Groups) == nil && len(h.Groups) > 0 {
-		_, err := c.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-			for _, g := range h.Groups {
-				p.ZRem(ctx, c.keys.GroupHeartbeats(g), host)
-			}
-			return nil
-		})
-		if err != nil {
-			return fmt.Errorf("forget %s: its groups' heartbeats: %w", host, err)
+	// Its groups' heartbeat indexes, as its registration names them.
+	var groups []string
+	if ValidGroups("groups", h.Groups) == nil {
+		for _, g := range h.Groups {
+			groups = append(groups, c.keys.GroupHeartbeats(g))
 		}
 	}
-	if err := c.runAt(ctx, forgetScript, keyCtx{host: host, zone: zone}, host, MaxClaims).Err(); err != nil {
+	if err := c.runExtra(ctx, forgetScript, keyCtx{host: host, zone: zone}, groups, host, MaxClaims).Err(); err != nil {
 		return fmt.Errorf("forget %s: %w", host, err)
 	}
 	return nil

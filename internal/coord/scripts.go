@@ -830,12 +830,13 @@ return 1
 `)
 
 // forgetScript removes a host from the registry and every set: its slots
-// (as many as it registered, 16 if unknown), their holders and back-offs,
-// and its claims (up to maxClaims at once); K.zfull, K.zpart are the
-// indexes of its zone.
+// (as many as it registered, 16 if unknown, and its rescue slot), their
+// holders and back-offs, and its claims (up to maxClaims at once); K.zfull,
+// K.zpart are the indexes of its zone; the keys after the named ones are
+// its groups' heartbeat indexes.
 // ARGV: host, maxClaims
 var forgetScript = newScript(
-	[]string{"hosts", "heartbeats", "finished", "running", "sync", "full", "part", "zfull", "zpart", "claims", "leases", "lease", "holders", "dead", "repairing", "repairs", "strikes", "zbytes", "hooks"}, `
+	[]string{"hosts", "heartbeats", "finished", "running", "sync", "full", "part", "zfull", "zpart", "claims", "leases", "lease", "holders", "dead", "repairing", "repairs", "strikes", "zbytes", "hooks", "rescue"}, `
 local host = ARGV[1]
 local uploads = 16
 local info = redis.call('HGET', K.hosts, host)
@@ -862,6 +863,9 @@ for i = 0, uploads - 1 do
   redis.call('ZREM', K.dead, slot)
   redis.call('HDEL', K.holders, slot)
 end
+takeSlot(host .. '#' .. RESCUE)
+-- Its groups' heartbeat indexes follow the named keys.
+for i = NAMED + 1, #KEYS do redis.call('ZREM', KEYS[i], host) end
 for n = 0, tonumber(ARGV[2]) do
   local cid = host
   if n > 0 then cid = host .. '/' .. n end

@@ -369,7 +369,7 @@ func (a *assembler) work(ctx context.Context, j *job, p *feed, errc chan<- error
 		lead := a.sw.lead() == p
 		poll := 250 * time.Millisecond
 		if p.rescue && !gate.open {
-			poll = 100 * time.Millisecond // a slow parent is noticed soon
+			poll = gateWindow // what the gate judges by (see rescueGate.update)
 		}
 		if p.cl.Partial && !lead && time.Since(haveAt) > poll {
 			all, h, err := a.m.client.Have(ctx, p.cl.SourceAddr, a.sw.src.gen, j.e.Path, len(j.chunks))

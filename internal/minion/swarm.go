@@ -28,8 +28,7 @@ type feed struct {
 	rescue bool
 
 	mu      sync.Mutex
-	since   time.Time // claimed
-	bytes   int64     // received from it
+	bytes   int64 // received from it
 	busy    time.Duration
 	dropped bool
 	// Requests in flight: how many, since when busy was last brought up
@@ -164,8 +163,8 @@ type swarm struct {
 	// them or not (see lead); nil: the primary.
 	leader *feed
 	wake   chan struct{} // a source was added
-	// rescued: a rescue claim was tried this pull; nextRescue: not again
-	// before then.
+	// rescueTries counts the rescue claims in a row that found nothing;
+	// nextRescue: not tried again before then.
 	rescueTries int
 	nextRescue  time.Time
 
@@ -203,7 +202,7 @@ func (s *swarm) peers() []*feed {
 	var out []*feed
 	if cl := s.src.claim(); cl != nil {
 		if s.primary == nil || s.primary.cl.Slot != cl.Slot {
-			s.primary = &feed{cl: *cl, since: time.Now()}
+			s.primary = &feed{cl: *cl}
 		}
 		out = append(out, s.primary)
 	}
@@ -274,16 +273,27 @@ func (s *swarm) grow(ctx context.Context) {
 			}
 			return // nothing free now: the next grow tries again
 		}
-		s.m.cfg.Metrics.Claims.Inc()
 		s.mu.Lock()
-		s.extras[i] = &feed{cl: ncl, since: time.Now()}
 		s.misses, s.nextGrow = 0, time.Time{}
 		s.mu.Unlock()
-		s.m.cfg.Log.WithFields(logrus.Fields{"source": ncl.Source, "slot": ncl.Slot, "partial": ncl.Partial}).Debug("claimed an extra source")
-		select {
-		case s.wake <- struct{}{}:
-		default:
-		}
+		s.add(i, ncl, false)
+	}
+}
+
+// add holds ncl as the extra source at index i (a rescue source with
+// rescue) and wakes the fetches, which start a worker on it.
+func (s *swarm) add(i int, ncl coord.Claim, rescue bool) {
+	s.m.cfg.Metrics.Claims.Inc()
+	if rescue {
+		s.m.cfg.Metrics.RescueClaims.Inc()
+	}
+	s.mu.Lock()
+	s.extras[i] = &feed{cl: ncl, rescue: rescue}
+	s.mu.Unlock()
+	s.m.cfg.Log.WithFields(logrus.Fields{"source": ncl.Source, "slot": ncl.Slot, "partial": ncl.Partial, "rescue": rescue}).Debug("claimed an extra source")
+	select {
+	case s.wake <- struct{}{}:
+	default:
 	}
 }
 
@@ -311,9 +321,8 @@ func (s *swarm) lead() *feed {
 	}
 	best, bestRate := cur, curRate
 	for _, p := range ps {
-		r, ok := p.quick()
-		_, _, bytes := p.measure()
-		if p != cur && ok && bytes >= minRun && r >= leadFactor*curRate && r > bestRate {
+		r, busy, bytes := p.measure()
+		if p != cur && busy >= quickBusy && bytes >= minRun && r >= leadFactor*curRate && r > bestRate {
 			best, bestRate = p, r
 		}
 	}
@@ -345,22 +354,7 @@ func (s *swarm) rescue(ctx context.Context) {
 	if !s.active.Load() || cl == nil || !cl.Partial {
 		return
 	}
-	s.mu.Lock()
-	idx := 0
-	for i := s.want - 1; i >= 1; i-- {
-		if p := s.extras[i]; p == nil || p.dropped {
-			idx = i
-		}
-	}
-	for _, p := range s.extras {
-		if p.rescue && !p.dropped {
-			idx = 0
-		}
-	}
-	if time.Now().Before(s.nextRescue) {
-		idx = 0
-	}
-	s.mu.Unlock()
+	idx := s.rescueIndex()
 	if idx == 0 {
 		return
 	}
@@ -377,16 +371,28 @@ func (s *swarm) rescue(ctx context.Context) {
 		s.mu.Unlock()
 		return
 	}
-	s.m.cfg.Metrics.Claims.Inc()
-	s.m.cfg.Metrics.RescueClaims.Inc()
+	s.add(idx, ncl, true)
+}
+
+// rescueIndex is the first free extra index for a rescue claim, or 0 when
+// none is free, a rescue source is held already, or a miss's pause runs.
+func (s *swarm) rescueIndex() int {
 	s.mu.Lock()
-	s.extras[idx] = &feed{cl: ncl, since: time.Now(), rescue: true}
-	s.mu.Unlock()
-	s.m.cfg.Log.WithFields(logrus.Fields{"source": ncl.Source, "slot": ncl.Slot}).Debug("claimed a rescue source")
-	select {
-	case s.wake <- struct{}{}:
-	default:
+	defer s.mu.Unlock()
+	if time.Now().Before(s.nextRescue) {
+		return 0
 	}
+	free := 0
+	for i := 1; i < s.want; i++ {
+		p := s.extras[i]
+		switch {
+		case p != nil && !p.dropped && p.rescue:
+			return 0
+		case (p == nil || p.dropped) && free == 0:
+			free = i
+		}
+	}
+	return free
 }
 
 // drop ends an extra claim: released (a slow source: its slot returns as
