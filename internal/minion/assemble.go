@@ -36,6 +36,8 @@ type assembler struct {
 	// the generation's).
 	compress bool
 
+	bufs sync.Pool // of *[]byte: chunk buffers of the chunkWriters
+
 	copied, fetched atomic.Int64 // bytes copied locally, and received
 	wire            atomic.Int64 // bytes the fetches carried on the network
 	resumed         atomic.Int64 // of copied: kept in place from a part file (see resume.go)
@@ -412,11 +414,12 @@ func (a *assembler) work(ctx context.Context, j *job, p *feed, errc chan<- error
 		for x := i; x < k; x++ {
 			mine[x] = true
 		}
-		w := &chunkWriter{j: j, chunks: j.chunks[i:k], first: i, fetched: &a.fetched, progress: a.m.progress, feed: p}
+		w := a.newChunkWriter(j, i, j.chunks[i:k], p)
 		rctx, rcancel := context.WithCancel(ctx)
 		req := p.begin(rcancel)
 		got, err := a.m.client.FetchChunks(rctx, p.cl.SourceAddr, a.sw.src.gen, j.e.Path, j.chunks[i].Off, chunkLens(j.chunks[i:k]), a.fetchOptions(ctx), w)
 		p.end(req)
+		w.close()
 		demoted := rctx.Err() != nil && ctx.Err() == nil
 		rcancel()
 		a.wire.Add(got.Wire)
@@ -599,21 +602,65 @@ func maxChunk(chunks []manifest.Chunk) int64 {
 // chunk's hash: an unverified byte never reaches the file. A bad chunk
 // stops the stream with *apply.HashMismatchError. A chunk that landed
 // meanwhile from another source (the endgame) is checked and dropped.
+//
+// A run of several chunks is hashed and written off the socket path: Write
+// copies each chunk's bytes into a buffer and hands the full chunk to a
+// lander goroutine, so receiving the next chunk overlaps hashing and
+// writing the last one (on a loopback copy of a big file the three would
+// otherwise take turns on one core). close must be called once the stream
+// ends: it waits for the lander and gives the run's outcome.
 type chunkWriter struct {
 	j        *job
 	chunks   []manifest.Chunk
 	first    int // index of chunks[0] in the file
 	fetched  *atomic.Int64
 	progress func(int64)
-	feed     *feed // the source, whose rate each verified chunk counts for
+	feed     *feed      // the source, whose rate each verified chunk counts for
+	pool     *sync.Pool // of *[]byte chunk buffers, shared by a pull's writers
 
 	k     int    // chunk being received
 	buf   []byte // its bytes so far
 	bytes int64  // received in all
-	err   error
+	err   error  // the first error, Write's or (once seen) the lander's
+
+	// With more than one chunk in the run: full chunks go to the lander
+	// through ready, and their buffers come back on free; done is closed
+	// when the lander exits, and landErr holds its first error.
+	ready   chan landing
+	free    chan []byte
+	done    chan struct{}
+	bufs    int // buffers taken from the pool
+	closed  bool
+	landErr atomic.Pointer[error]
+}
+
+// landing is a received chunk waiting to be verified and written.
+type landing struct {
+	k   int
+	buf []byte
+}
+
+// writerBuffers bounds the chunk buffers of one run: one being received,
+// one being hashed and written, one waiting between them.
+const writerBuffers = 3
+
+// newChunkWriter returns the writer of chunks (chunks[0] being chunk first
+// of j's file), starting its lander when there are several.
+func (a *assembler) newChunkWriter(j *job, first int, chunks []manifest.Chunk, p *feed) *chunkWriter {
+	w := &chunkWriter{j: j, chunks: chunks, first: first, fetched: &a.fetched, progress: a.m.progress, feed: p, pool: &a.bufs}
+	if len(chunks) > 1 {
+		w.ready = make(chan landing, writerBuffers-2)
+		w.free = make(chan []byte, writerBuffers)
+		w.done = make(chan struct{})
+		go w.lander()
+	}
+	return w
 }
 
 func (w *chunkWriter) Write(p []byte) (int, error) {
+	if w.err == nil {
+		w.err = w.landed()
+	}
 	if w.err != nil {
 		return 0, w.err
 	}
@@ -624,6 +671,9 @@ func (w *chunkWriter) Write(p []byte) (int, error) {
 			return n, w.err
 		}
 		c := w.chunks[w.k]
+		if w.buf == nil {
+			w.buf = w.buffer(c.Len)
+		}
 		take := min(int64(len(p)), c.Len-int64(len(w.buf)))
 		w.buf = append(w.buf, p[:take]...)
 		p = p[take:]
@@ -632,30 +682,125 @@ func (w *chunkWriter) Write(p []byte) (int, error) {
 		if int64(len(w.buf)) < c.Len {
 			continue
 		}
-		if got := chunk.Hash(w.buf).String(); got != c.Hash {
-			w.err = &apply.HashMismatchError{Path: w.j.e.Path, Want: c.Hash, Got: got, WantSize: c.Len, GotSize: c.Len}
-			return n, w.err
-		}
-		i := w.first + w.k
-		if w.feed != nil {
-			w.feed.got(c.Len)
-		}
-		if !w.j.isDone(i) {
-			if _, err := w.j.f.WriteAt(w.buf, c.Off); err != nil {
-				w.err = fmt.Errorf("write %s: %w", w.j.e.Path, err)
-				return n, w.err
+		if w.ready == nil {
+			if err := w.land(w.k, w.buf); err != nil {
+				w.err = err
+				return n, err
 			}
-			if w.j.land(i) {
-				w.fetched.Add(c.Len)
-				if w.progress != nil {
-					w.progress(c.Len)
-				}
+			w.buf = w.buf[:0]
+		} else {
+			w.ready <- landing{k: w.k, buf: w.buf}
+			w.buf = nil
+			if err := w.landed(); err != nil {
+				w.err = err
+				return n, err
 			}
 		}
 		w.k++
-		w.buf = w.buf[:0]
 	}
 	return n, nil
+}
+
+// buffer returns an empty buffer for a chunk of n bytes: one the lander
+// gave back, or one from the pool while the run holds fewer than
+// writerBuffers, or else the next one the lander gives back.
+func (w *chunkWriter) buffer(n int64) []byte {
+	var b []byte
+	select {
+	case b = <-w.free:
+	default:
+		if w.free == nil || w.bufs < writerBuffers {
+			w.bufs++
+			if bp, ok := w.pool.Get().(*[]byte); ok {
+				b = *bp
+			}
+		} else {
+			b = <-w.free
+		}
+	}
+	if int64(cap(b)) < n {
+		b = make([]byte, 0, n)
+	}
+	return b[:0]
+}
+
+// land verifies chunk k of the run, held in b, and writes it into the file
+// unless it landed from another source meanwhile.
+func (w *chunkWriter) land(k int, b []byte) error {
+	c := w.chunks[k]
+	if got := chunk.Hash(b).String(); got != c.Hash {
+		return &apply.HashMismatchError{Path: w.j.e.Path, Want: c.Hash, Got: got, WantSize: c.Len, GotSize: c.Len}
+	}
+	i := w.first + k
+	if w.feed != nil {
+		w.feed.got(c.Len)
+	}
+	if w.j.isDone(i) {
+		return nil
+	}
+	if _, err := w.j.f.WriteAt(b, c.Off); err != nil {
+		return fmt.Errorf("write %s: %w", w.j.e.Path, err)
+	}
+	if w.j.land(i) {
+		w.fetched.Add(c.Len)
+		if w.progress != nil {
+			w.progress(c.Len)
+		}
+	}
+	return nil
+}
+
+// lander verifies and writes the chunks Write hands over, in order, until
+// close; after an error it only gives the buffers back.
+func (w *chunkWriter) lander() {
+	defer close(w.done)
+	for l := range w.ready {
+		if w.landErr.Load() == nil {
+			if err := w.land(l.k, l.buf); err != nil {
+				w.landErr.Store(&err)
+			}
+		}
+		w.free <- l.buf
+	}
+}
+
+// landed returns the lander's first error, nil if none (or no lander).
+func (w *chunkWriter) landed() error {
+	if e := w.landErr.Load(); e != nil {
+		return *e
+	}
+	return nil
+}
+
+// close waits until every chunk received is verified and written (or
+// dropped after an error), gives the buffers back to the pool and returns
+// the run's first error: a bad chunk (*apply.HashMismatchError), a write
+// that failed, or more bytes than the chunks.
+func (w *chunkWriter) close() error {
+	if !w.closed {
+		w.closed = true
+		if w.ready != nil {
+			close(w.ready)
+			<-w.done
+			close(w.free)
+			for b := range w.free {
+				w.put(b)
+			}
+		}
+		if w.buf != nil {
+			w.put(w.buf)
+			w.buf = nil
+		}
+		if w.err == nil {
+			w.err = w.landed()
+		}
+	}
+	return w.err
+}
+
+func (w *chunkWriter) put(b []byte) {
+	b = b[:0]
+	w.pool.Put(&b)
 }
 
 var _ io.Writer = (*chunkWriter)(nil)

@@ -1,0 +1,126 @@
+package minion
+
+import (
+	"bytes"
+	"errors"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/fanout/fanout/internal/apply"
+	"github.com/fanout/fanout/internal/chunk"
+	"github.com/fanout/fanout/internal/manifest"
+	"github.com/fanout/fanout/internal/metrics"
+)
+
+// writerJob returns a job of a file of the given chunk sizes (random
+// bytes), open for writing in a temporary directory, and the file's
+// content.
+func writerJob(t *testing.T, lens ...int) (*job, []byte) {
+	t.Helper()
+	rng := rand.New(rand.NewPCG(1, uint64(len(lens))))
+	var data []byte
+	var chunks []manifest.Chunk
+	for _, l := range lens {
+		b := make([]byte, l)
+		for i := range b {
+			b[i] = byte(rng.Uint32())
+		}
+		chunks = append(chunks, manifest.Chunk{Off: int64(len(data)), Len: int64(l), Hash: chunk.Hash(b).String()})
+		data = append(data, b...)
+	}
+	f, err := os.Create(filepath.Join(t.TempDir(), "f"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	n := len(chunks)
+	j := &job{e: manifest.Entry{Path: "f"}, f: f, chunks: chunks, done: make([]bool, n), inflight: make([]int, n),
+		first: make([]int, n), landed: func(int) {}, changed: make(chan struct{}, 1)}
+	for i := range j.first {
+		j.first[i] = i
+	}
+	return j, data
+}
+
+// write feeds data to w in pieces of the sizes given, cycling, and
+// returns Write's first error.
+func write(w *chunkWriter, data []byte, sizes ...int) error {
+	for k := 0; len(data) > 0; k++ {
+		n := min(sizes[k%len(sizes)], len(data))
+		if _, err := w.Write(data[:n]); err != nil {
+			return err
+		}
+		data = data[n:]
+	}
+	return nil
+}
+
+// A chunkWriter lands every chunk of a good stream, whatever the sizes of
+// the writes that bring it, and only the chunks it was asked for.
+func TestChunkWriterLands(t *testing.T) {
+	for _, lens := range [][]int{{1000}, {700, 1, 5000, 64 << 10, 3}, {300 << 10, 200 << 10, 100 << 10, 50 << 10, 10}} {
+		j, data := writerJob(t, lens...)
+		a := &assembler{m: &Minion{cfg: Config{Metrics: metrics.New()}}}
+		w := a.newChunkWriter(j, 0, j.chunks, nil)
+		if err := write(w, data, 1, 4093, 65536, 7); err != nil {
+			t.Fatalf("chunks %v: write: %v", lens, err)
+		}
+		if err := w.close(); err != nil {
+			t.Fatalf("chunks %v: close: %v", lens, err)
+		}
+		if !j.complete() {
+			t.Fatalf("chunks %v: not every chunk landed: %v", lens, j.done)
+		}
+		got, err := os.ReadFile(j.f.Name())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(got, data) {
+			t.Fatalf("chunks %v: the file differs from the stream", lens)
+		}
+		if a.fetched.Load() != int64(len(data)) || w.bytes != int64(len(data)) {
+			t.Fatalf("chunks %v: fetched %d, received %d, want %d", lens, a.fetched.Load(), w.bytes, len(data))
+		}
+	}
+}
+
+// A bad chunk stops the run with a HashMismatchError: the chunks before
+// it land, neither it nor any after it reaches the file, and a stream
+// longer than its chunks is refused.
+func TestChunkWriterBadChunk(t *testing.T) {
+	lens := []int{100 << 10, 100 << 10, 100 << 10, 100 << 10, 100 << 10, 100 << 10}
+	j, data := writerJob(t, lens...)
+	bad := bytes.Clone(data)
+	bad[2*100<<10+5] ^= 1 // chunk 2
+	a := &assembler{m: &Minion{cfg: Config{Metrics: metrics.New()}}}
+	w := a.newChunkWriter(j, 0, j.chunks, nil)
+	werr := write(w, bad, 32<<10)
+	err := w.close()
+	var mismatch *apply.HashMismatchError
+	if !errors.As(err, &mismatch) {
+		t.Fatalf("close: %v, want a hash mismatch", err)
+	}
+	if werr != nil && !errors.As(werr, &mismatch) {
+		t.Fatalf("write: %v, want nil or the mismatch", werr)
+	}
+	for i, d := range j.done {
+		if d != (i < 2) {
+			t.Fatalf("landed %v: want chunks 0 and 1 only", j.done)
+		}
+	}
+	got, _ := os.ReadFile(j.f.Name())
+	if len(got) != 2*100<<10 || !bytes.Equal(got, data[:len(got)]) {
+		t.Fatalf("the file holds %d bytes, want the first two chunks only", len(got))
+	}
+
+	j, data = writerJob(t, 1000, 2000)
+	w = a.newChunkWriter(j, 0, j.chunks, nil)
+	if err := write(w, append(bytes.Clone(data), 'x'), 4096); err == nil {
+		t.Fatal("a stream longer than its chunks was taken")
+	}
+	if err := w.close(); err == nil {
+		t.Fatal("close after too many bytes: nil error")
+	}
+}
