@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"iter"
 	"os"
 
 	"github.com/fanout/fanout/internal/chunk"
@@ -58,43 +59,130 @@ func verifiable(e manifest.Entry, start, end int64) bool {
 // in range. before, when set, is called once before the first write (to
 // send headers). A chunk that does not match is an error wrapping
 // errChanged, returned before anything of it is written.
+//
+// Over several chunks, reading and hashing run on a goroutine of their own,
+// a chunk or two ahead of the writes, so the disk, the hash and the socket
+// overlap instead of taking turns.
 func copyVerified(w io.Writer, f *os.File, e manifest.Entry, start, end int64, before func()) (int64, error) {
-	var written int64
-	var buf []byte
+	var touched []manifest.Chunk
 	for _, c := range e.ChunkList() {
-		if c.Off+c.Len <= start || c.Off >= end {
-			continue
+		if c.Off+c.Len > start && c.Off < end {
+			touched = append(touched, c)
 		}
-		want, err := chunk.ParseSum(c.Hash)
-		if err != nil {
-			return written, err
-		}
-		if int64(cap(buf)) < c.Len {
-			buf = make([]byte, c.Len)
-		}
-		b := buf[:c.Len]
-		if _, err := f.ReadAt(b, c.Off); err != nil {
-			if errors.Is(err, io.EOF) {
-				return written, fmt.Errorf("%s: %w (it shrank)", e.Path, errChanged)
+	}
+	if len(touched) < 2 {
+		var buf []byte
+		return sendChunks(w, start, end, before, func(yield func(readChunk) bool) {
+			for _, c := range touched {
+				if !yield(readVerified(f, e, c, &buf)) {
+					return
+				}
 			}
-			return written, fmt.Errorf("read %s: %w", e.Path, err)
+		})
+	}
+	ahead := make(chan readChunk, 1)
+	free := make(chan []byte, 3) // one being read, one waiting, one being written
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		defer close(ahead)
+		bufs := 0
+		for _, c := range touched {
+			var buf []byte
+			select {
+			case buf = <-free:
+			case <-stop:
+				return
+			default:
+				if bufs < cap(free) {
+					bufs++
+				} else {
+					select {
+					case buf = <-free:
+					case <-stop:
+						return
+					}
+				}
+			}
+			r := readVerified(f, e, c, &buf)
+			select {
+			case ahead <- r:
+			case <-stop:
+				return
+			}
+			if r.err != nil {
+				return
+			}
 		}
-		if chunk.Hash(b) != want {
-			return written, fmt.Errorf("%s: chunk at %d: %w", e.Path, c.Off, errChanged)
+	}()
+	defer func() {
+		close(stop)
+		<-done
+	}()
+	return sendChunks(w, start, end, before, func(yield func(readChunk) bool) {
+		for r := range ahead {
+			if !yield(r) {
+				return
+			}
+			free <- r.buf
 		}
-		lo, hi := max(start-c.Off, 0), min(end-c.Off, c.Len)
+	})
+}
+
+// readChunk is a chunk read and verified (or the error that stopped it):
+// buf holds its bytes, from offset off of the file.
+type readChunk struct {
+	buf []byte
+	off int64
+	err error
+}
+
+// readVerified reads chunk c of e from f into *buf (grown as needed) and
+// checks its hash.
+func readVerified(f *os.File, e manifest.Entry, c manifest.Chunk, buf *[]byte) readChunk {
+	want, err := chunk.ParseSum(c.Hash)
+	if err != nil {
+		return readChunk{err: err}
+	}
+	if int64(cap(*buf)) < c.Len {
+		*buf = make([]byte, c.Len)
+	}
+	b := (*buf)[:c.Len]
+	if _, err := f.ReadAt(b, c.Off); err != nil {
+		if errors.Is(err, io.EOF) {
+			return readChunk{err: fmt.Errorf("%s: %w (it shrank)", e.Path, errChanged)}
+		}
+		return readChunk{err: fmt.Errorf("read %s: %w", e.Path, err)}
+	}
+	if chunk.Hash(b) != want {
+		return readChunk{err: fmt.Errorf("%s: chunk at %d: %w", e.Path, c.Off, errChanged)}
+	}
+	return readChunk{buf: b, off: c.Off}
+}
+
+// sendChunks writes to w the bytes in [start, end) of the verified chunks
+// seq yields, in file order, and stops at the first error.
+func sendChunks(w io.Writer, start, end int64, before func(), seq iter.Seq[readChunk]) (int64, error) {
+	var written int64
+	var err error
+	seq(func(r readChunk) bool {
+		if r.err != nil {
+			err = r.err
+			return false
+		}
+		lo, hi := max(start-r.off, 0), min(end-r.off, int64(len(r.buf)))
 		if before != nil {
 			before()
 			before = nil
 		}
-		n, err := w.Write(b[lo:hi])
+		var n int
+		n, err = w.Write(r.buf[lo:hi])
 		written += int64(n)
-		if err != nil {
-			return written, err
-		}
-	}
-	if before != nil {
+		return err == nil
+	})
+	if err == nil && before != nil {
 		before() // an empty range
 	}
-	return written, nil
+	return written, err
 }

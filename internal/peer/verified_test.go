@@ -75,3 +75,63 @@ func TestVerifyServed(t *testing.T) {
 		t.Fatalf("changed told %q, want big", changed)
 	}
 }
+
+// copyVerified sends exactly bytes [start, end) of a file of many chunks,
+// for ranges that start and end inside chunks, on chunk boundaries, or are
+// empty, and stops at the first write that fails.
+func TestCopyVerifiedRanges(t *testing.T) {
+	root := t.TempDir()
+	data := make([]byte, 3<<20)
+	rng := rand.New(rand.NewPCG(5, 6))
+	for i := range data {
+		data[i] = byte(rng.Uint32())
+	}
+	mustWrite(t, filepath.Join(root, "f"), data)
+	p := chunk.Params{Min: 16 << 10, Avg: 64 << 10, Max: 256 << 10}
+	m, err := manifest.Build(context.Background(), root, manifest.Options{Hash: true, Chunking: &p})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, _ := m.Lookup("f")
+	if len(e.Chunks) < 10 {
+		t.Fatalf("want many chunks, got %d", len(e.Chunks))
+	}
+	f, err := os.Open(filepath.Join(root, "f"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	c3 := e.Chunks[3]
+	ranges := [][2]int64{{0, int64(len(data))}, {1, int64(len(data)) - 1}, {c3.Off, c3.Off + c3.Len}, {c3.Off + 1, c3.Off + 2}, {c3.Off, c3.Off}, {c3.Off - 7, int64(len(data))}}
+	for k := 0; k < 20; k++ {
+		a := rng.Int64N(int64(len(data)))
+		ranges = append(ranges, [2]int64{a, a + rng.Int64N(int64(len(data))-a+1)})
+	}
+	for _, r := range ranges {
+		var buf bytes.Buffer
+		called := 0
+		n, err := copyVerified(&buf, f, e, r[0], r[1], func() { called++ })
+		if err != nil || n != r[1]-r[0] || !bytes.Equal(buf.Bytes(), data[r[0]:r[1]]) || called != 1 {
+			t.Fatalf("range %v: %d bytes, %v, before called %d times; want the range's bytes", r, n, err, called)
+		}
+	}
+	w := &failAfter{n: 200 << 10}
+	if n, err := copyVerified(w, f, e, 0, int64(len(data)), nil); !errors.Is(err, errFull) || n > 200<<10 {
+		t.Fatalf("a writer that fails: %d bytes written, %v", n, err)
+	}
+}
+
+var errFull = errors.New("full")
+
+// failAfter takes n bytes, then fails every write.
+type failAfter struct{ n int }
+
+func (w *failAfter) Write(p []byte) (int, error) {
+	if len(p) > w.n {
+		k := w.n
+		w.n = 0
+		return k, errFull
+	}
+	w.n -= len(p)
+	return len(p), nil
+}
