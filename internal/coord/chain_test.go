@@ -240,12 +240,30 @@ func TestRescueSlot(t *testing.T) {
 		if _, err := f.c.Claim(ctx, "e", g.Ref(), ClaimOptions{}); !errors.Is(err, ErrNoSource) {
 			t.Fatalf("e's first claim with only rescue slots free: %v, want ErrNoSource", err)
 		}
-		// b's grandparent is the origin, which offers no rescue slot.
+		// b's grandparent is the origin: OfferSlots offers no rescue
+		// slot, OfferOrigin does, and it returns on release though the
+		// origin is whole.
 		if err := f.c.OfferSlots(ctx, "master", g.Ref(), 1, true); err != nil {
 			t.Fatal(err)
 		}
 		if _, err := f.c.Claim(ctx, "b", g.Ref(), ClaimOptions{Index: 1, Rescue: true}); !errors.Is(err, ErrNoSource) {
 			t.Fatalf("b's rescue claim: %v, want ErrNoSource", err)
+		}
+		if err := f.c.OfferOrigin(ctx, "master", g.Ref(), 1); err != nil {
+			t.Fatal(err)
+		}
+		if rescueIn(k.Sync()) {
+			t.Fatalf("the origin's rescue slot is in synchronize_queue: %v", f.members(k.Sync()))
+		}
+		ro, err := f.c.Claim(ctx, "b", g.Ref(), ClaimOptions{Index: 1, Rescue: true, Avoid: []string{"a"}})
+		if err != nil || ro.Slot != "master#64" || ro.Partial {
+			t.Fatalf("b's rescue claim: %+v, %v; want whole master#64", ro, err)
+		}
+		if err := f.c.Release(ctx, ro); err != nil {
+			t.Fatal(err)
+		}
+		if got := f.members(k.Rescue()); !slices.Contains(got, "master#64") {
+			t.Fatalf("the origin's rescue slot released is not on offer again: %v", got)
 		}
 		// c (a → b → c) takes a's, though e waits for a first source.
 		r, err := f.c.Claim(ctx, "c", g.Ref(), ClaimOptions{Index: 1, Rescue: true, Avoid: []string{"b"}})

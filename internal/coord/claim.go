@@ -81,13 +81,17 @@ type ClaimOptions struct {
 	// (Index > 0), even while hosts wait for their first source. When the
 	// host's source is slow (a slow link in the chain), the grandparent,
 	// which serves that source, has uplink to spare and the data ahead.
+	// Not when the grandparent is in another zone than the source: a
+	// rescue brings nothing across zones that the chain did not.
 	Rescue bool
 }
 
 // RescueSlot numbers the rescue slot a partial source offers besides its
 // upload slots (OfferPartial): "host#64", past the 64 upload slots a host
 // may have. It is never in synchronize_queue: the original scripts and
-// the claims that form chains do not see it. A whole source offers none.
+// the claims that form chains do not see it. The origin offers one too
+// (OfferOrigin), for the hosts behind the first of a chain; a finished
+// host offers none.
 const RescueSlot = 64
 
 // NoSourceError is a claim that found no free source slot (errors.Is

@@ -432,11 +432,19 @@ func (c *Client) OfferPartial(ctx context.Context, host string, r Ref, uploads i
 	return c.offer(ctx, host, r, uploads, false, false, true)
 }
 
-// Announce offers the origin's slots for generation r (as OfferSlots with
-// force) and then tells every subscribed minion of r, so the hosts it
-// wakes find a source on offer.
+// OfferOrigin offers the slots of the origin of generation r, as
+// OfferSlots with force, and its rescue slot (RescueSlot): when the first
+// host of a chain is slow, the hosts that pull from it take the data from
+// the origin through it.
+func (c *Client) OfferOrigin(ctx context.Context, origin string, r Ref, uploads int) error {
+	return c.offer(ctx, origin, r, uploads, true, false, true)
+}
+
+// Announce offers the origin's slots for generation r (as OfferOrigin)
+// and then tells every subscribed minion of r, so the hosts it wakes find
+// a source on offer.
 func (c *Client) Announce(ctx context.Context, origin string, r Ref, uploads int) error {
-	return c.offer(ctx, origin, r, uploads, true, true, false)
+	return c.offer(ctx, origin, r, uploads, true, true, true)
 }
 
 func (c *Client) offer(ctx context.Context, host string, r Ref, uploads int, force, announce, rescue bool) error {

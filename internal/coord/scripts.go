@@ -157,10 +157,10 @@ local function slotSource(slot)
   return string.match(slot, '^(.*)#%d+$')
 end
 
--- RESCUE numbers a partial source's rescue slot, "host#64" (see
--- RescueSlot): it is never in synchronize_queue nor in the indexes the
--- claims of a chain sample; the source offers it in K.rescue, where only
--- its grandchildren's rescue claims take it.
+-- RESCUE numbers a partial source's (or the origin's) rescue slot,
+-- "host#64" (see RescueSlot): it is never in synchronize_queue nor in the
+-- indexes the claims of a chain sample; the source offers it in K.rescue,
+-- where only its grandchildren's rescue claims take it.
 local RESCUE = 64
 local function isRescue(slot)
   return tonumber(string.match(slot, '#(%d+)$')) == RESCUE
@@ -189,10 +189,12 @@ end
 -- sample in O(1); and the same index of the source's zone, zf and zp (the
 -- global ones when the source has no zone). K.sync, K.full, K.part
 -- A rescue slot returns to K.rescue (when the script declares it) while its
--- source is partial; a whole source offers none.
+-- source is partial, or is the origin; a finished host offers none.
 local function freeSlot(slot, whole, zf, zp)
   if isRescue(slot) then
-    if K.rescue and not whole then redis.call('SADD', K.rescue, slot) end
+    if K.rescue and (not whole or (K.generation and slotSource(slot) == redis.call('HGET', K.generation, 'origin'))) then
+      redis.call('SADD', K.rescue, slot)
+    end
     return
   end
   redis.call('SADD', K.sync, slot)
@@ -239,10 +241,11 @@ end
 -- verdict. host is the caller, whose zone's indexes are K.zfull, K.zpart.
 -- K.sync, K.full, K.part, K.zfull, K.zpart, K.holders, K.claims, K.dead,
 -- K.generation, K.finished. With rescue (K.rescue declared), a partial
--- source also offers its rescue slot.
+-- source or the origin also offers its rescue slot.
 local function offer(host, uploads, force, rescue)
-  local whole = isWhole(host)
-  if rescue and K.rescue and not whole then
+  local origin = host == redis.call('HGET', K.generation, 'origin')
+  local whole = origin or redis.call('SISMEMBER', K.finished, host) == 1
+  if rescue and K.rescue and (origin or not whole) then
     local slot = host .. '#' .. RESCUE
     if not claimed(slot) then redis.call('SADD', K.rescue, slot) end
   end
@@ -495,12 +498,19 @@ local slot
 -- host that is ahead of both. When that source link is slow (a slow host
 -- in the chain), the grandparent's uplink is what it leaves idle; when it
 -- is not, the rescue source has nothing host's own source does not bring
--- as soon. O(1): two claim records and a set member.
+-- as soon. Only where the grandparent is in the parent's zone (the claim
+-- records name their sources' zones): a rescue never brings content across
+-- zones that the chain did not bring across already. O(1): two claim
+-- records and a set member.
+local function sourceZone(h)
+  local c = redis.call('HGET', K.claims, h)
+  return c and string.match(c, '^%S+ %S+ %S+ %S+ (%S+)') or ''
+end
 if ARGV[15] == '1' then
   if not extra then return {'nosource', waiting()} end
   local up1 = upstream(host)
   local up2 = up1 and not whole(up1) and upstream(up1)
-  if up2 then
+  if up2 and sourceZone(host) == sourceZone(up1) then
     local s = up2 .. '#' .. RESCUE
     if redis.call('SISMEMBER', K.rescue, s) == 1 and not claimed(s) and usable(s) then slot = s end
   end
@@ -808,7 +818,7 @@ return now
 // minions of the generation ("gen <id> <digest>" on the generations
 // channel): the master announces a generation once its slots are on offer,
 // so the hosts it wakes find a source.
-// With rescue, a partial source also offers its rescue slot.
+// With rescue, a partial source or the origin also offers its rescue slot.
 // ARGV: host, gen, digest, uploads, force, announce, rescue
 var offerScript = newScript([]string{"generation", "finished", "sync", "full", "part", "zfull", "zpart", "holders", "claims", "dead", "bad", "rescue"}, `
 if not isCurrent(ARGV[2], ARGV[3]) then return 0 end

@@ -58,7 +58,7 @@ type Coordinator interface {
 	Current(ctx context.Context) (coord.Generation, error)
 	Publish(ctx context.Context, g coord.Generation, uploads int) (coord.Generation, error)
 	PublishFailed(ctx context.Context, path, reason, origin string, floor int64) (coord.Generation, error)
-	OfferSlots(ctx context.Context, host string, r coord.Ref, uploads int, force bool) error
+	OfferOrigin(ctx context.Context, origin string, r coord.Ref, uploads int) error
 	Announce(ctx context.Context, origin string, r coord.Ref, uploads int) error
 	Complete(ctx context.Context, g coord.Generation, hosts int) (coord.Completion, bool, error)
 	Reap(ctx context.Context) (int, error)
@@ -351,7 +351,7 @@ func (m *Master) Tick(ctx context.Context) error {
 		// Offer the origin's slots again every tick: a slot a puller judged
 		// dead after one transient error, or a write Redis lost, must never
 		// leave the generation without its origin. Claimed slots are skipped.
-		if err := m.coord.OfferSlots(ctx, m.cfg.ID, g.Ref(), m.cfg.Uploads, true); err != nil {
+		if err := m.coord.OfferOrigin(ctx, m.cfg.ID, g.Ref(), m.cfg.Uploads); err != nil {
 			return fmt.Errorf("offer origin slots: %w", err)
 		}
 	}
@@ -544,7 +544,7 @@ func (m *Master) resume(ctx context.Context, g coord.Generation) error {
 			return err
 		}
 	}
-	if err := m.coord.OfferSlots(ctx, m.cfg.ID, g.Ref(), m.cfg.Uploads, true); err != nil {
+	if err := m.coord.OfferOrigin(ctx, m.cfg.ID, g.Ref(), m.cfg.Uploads); err != nil {
 		return fmt.Errorf("offer origin slots: %w", err)
 	}
 	m.cfg.Log.WithField("gen", g.ID).Info("resumed serving generation")

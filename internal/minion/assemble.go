@@ -356,6 +356,10 @@ func (a *assembler) work(ctx context.Context, j *job, p *feed, errc chan<- error
 	var have []bool
 	var haveAt time.Time
 	var gate rescueGate
+	// whole: p holds the whole file (the origin, or a source that
+	// finished), so its prefix does not grow and a rescue gate judges it
+	// by probes (see rescueGate.judge).
+	whole := !p.cl.Partial
 	mine := map[int]bool{} // chunks asked of p already (not twice in the endgame)
 	for ctx.Err() == nil && !j.complete() {
 		if !a.sw.holds(p) {
@@ -381,24 +385,36 @@ func (a *assembler) work(ctx context.Context, j *job, p *feed, errc chan<- error
 			}
 			have, haveAt = h, time.Now()
 			if all {
-				have = nil
+				have, whole = nil, true
 			}
-			if p.rescue {
+			if p.rescue && !whole {
 				gate.update(prefixBytes(j.chunks, all, h), a.parentBytes(j), time.Now())
 			}
 		}
+		if p.rescue && whole && !lead {
+			gate.judge(a.parentBytes(j), time.Now())
+		}
+		probe, probeLimit := false, int64(0)
 		if p.rescue && !lead && !gate.open {
-			select { // the pull's own source is not slow: nothing to take
-			case <-ctx.Done():
-			case <-time.After(poll):
+			if whole {
+				probeLimit, probe = gate.probe(time.Now())
 			}
-			continue
+			if !probe {
+				select { // the pull's own source is not slow: nothing to take
+				case <-ctx.Done():
+				case <-time.After(poll):
+				}
+				continue
+			}
 		}
 		// The leader takes runs of runBytes in file order; the others
-		// runs sized to their rate.
+		// runs sized to their rate, a probe as rescueGate.probe sizes it.
 		marks, limit := have, p.runLimit()
-		if lead {
+		switch {
+		case lead:
 			marks, limit = nil, runBytes
+		case probe:
+			limit = probeLimit
 		}
 		i, k := j.take(marks, mine, limit)
 		if i == k {
@@ -414,12 +430,31 @@ func (a *assembler) work(ctx context.Context, j *job, p *feed, errc chan<- error
 		for x := i; x < k; x++ {
 			mine[x] = true
 		}
-		w := a.newChunkWriter(j, i, j.chunks[i:k], p)
+		// A probe is measured by the gate alone: the source's rate, which
+		// decides the lead (swarm.lead), counts it only if it opens the
+		// gate.
+		counted := p
+		if probe {
+			counted = nil
+		}
+		w := a.newChunkWriter(j, i, j.chunks[i:k], counted)
 		rctx, rcancel := context.WithCancel(ctx)
-		req := p.begin(rcancel)
+		req := 0
+		if counted != nil {
+			req = p.begin(rcancel)
+		}
+		began := time.Now()
 		got, err := a.m.client.FetchChunks(rctx, p.cl.SourceAddr, a.sw.src.gen, j.e.Path, j.chunks[i].Off, chunkLens(j.chunks[i:k]), a.fetchOptions(ctx), w)
-		p.end(req)
+		if counted != nil {
+			p.end(req)
+		}
 		w.close()
+		if probe {
+			took := time.Since(began)
+			if gate.probed(w.bytes, took, time.Now()) {
+				p.credit(w.bytes, took)
+			}
+		}
 		demoted := rctx.Err() != nil && ctx.Err() == nil
 		rcancel()
 		a.wire.Add(got.Wire)
@@ -463,7 +498,82 @@ type rescueGate struct {
 	known      bool
 	gp, parent int64     // prefixes at the start of the window
 	at         time.Time // when the window began
+
+	// A whole source's (see judge): the parent's growth in the last
+	// window, bytes/s (grown: measured since the last probe), when the
+	// next probe is due, and until when a probe opened the gate.
+	growth      float64
+	grown       bool
+	next, until time.Time
 }
+
+// judge is update for a rescue source that holds the whole file (the
+// origin, behind the first host of a chain, or a grandparent that
+// finished), whose prefix does not grow: it measures only how fast the
+// parent's prefix grows (parent < 0: not known or not partial: closed),
+// over windows of gateWindow or more, and ends an opening that probed
+// expired. The rate of the source itself is measured on probes.
+func (g *rescueGate) judge(parent int64, now time.Time) {
+	if parent < 0 {
+		g.open, g.known, g.grown = false, false, false
+		return
+	}
+	if g.open && now.After(g.until) {
+		g.open = false
+	}
+	if !g.known {
+		g.known, g.parent, g.at = true, parent, now
+		return
+	}
+	// A window ends after gateWindow once it saw probeBytes/2 land (the
+	// prefix grows a chunk at a time: a short window of a slow stream
+	// may see none), or after 4 gateWindows whatever it saw.
+	dt, dp := now.Sub(g.at), parent-g.parent
+	if dt < gateWindow || (dp < probeBytes/2 && dt < 4*gateWindow) {
+		return
+	}
+	g.growth, g.grown = float64(dp)/dt.Seconds(), true
+	g.parent, g.at = parent, now
+}
+
+// probe reports whether a whole rescue source is to be probed now, and
+// with how many bytes: while the gate is closed, once a window measured the
+// parent's growth, every probeEvery; about half a second of that growth,
+// between minRun and probeBytes, so a probe of a host whose own link is
+// slow does not take it for long.
+func (g *rescueGate) probe(now time.Time) (int64, bool) {
+	if g.open || !g.grown || now.Before(g.next) {
+		return 0, false
+	}
+	g.next = now.Add(probeEvery)
+	return min(max(int64(g.growth/2), minRun), probeBytes), true
+}
+
+// probed takes a probe's outcome: n bytes in d. Its rate is compared with
+// the parent's growth in the window before it, which did not share this
+// host's downlink with the probe: when that downlink is what is slow, the
+// probe can take no more than the parent brought; when the parent is slow
+// (the first host of a chain, on a slow link), it brings gateFactor times
+// as much, and the gate opens for probeEvery (probed reports whether it
+// did). The next window starts after the probe.
+func (g *rescueGate) probed(n int64, d time.Duration, now time.Time) bool {
+	g.known, g.grown = false, false
+	if d <= 0 || n < minRun {
+		return false
+	}
+	if float64(n)/d.Seconds() >= gateFactor*g.growth {
+		g.open, g.until = true, now.Add(probeEvery)
+	}
+	return g.open
+}
+
+// probeBytes and probeEvery: see rescueGate.probe. Probes of the origin
+// from the host behind a healthy first host take at most a 16th of the
+// origin's uplink.
+const (
+	probeBytes = 1 << 20
+	probeEvery = time.Second
+)
 
 // update takes the grandparent's and the parent's prefixes at now (parent
 // < 0: not known, or the parent is not partial: closed). It judges the

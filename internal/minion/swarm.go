@@ -106,6 +106,16 @@ func (p *feed) end(id int) {
 	delete(p.cancels, id)
 }
 
+// credit counts a request that was not recorded as it ran (a probe that
+// opened the rescue gate): n bytes received in d.
+func (p *feed) credit(n int64, d time.Duration) {
+	p.mu.Lock()
+	p.accrue(time.Now())
+	p.busy += d
+	p.bytes += n
+	p.mu.Unlock()
+}
+
 // got counts n bytes received from p (a chunk verified).
 func (p *feed) got(n int64) {
 	p.mu.Lock()
