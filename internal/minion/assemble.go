@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/sirupsen/logrus"
 	"io"
 	"os"
 	"sync"
@@ -384,8 +385,12 @@ func (a *assembler) work(ctx context.Context, j *job, p *feed, errc chan<- error
 				return
 			}
 			have, haveAt = h, time.Now()
-			if all {
+			if all && !whole {
 				have, whole = nil, true
+				gate.keep(time.Now())
+			}
+			if all {
+				have = nil
 			}
 			if p.rescue && !whole {
 				gate.update(prefixBytes(j.chunks, all, h), a.parentBytes(j), time.Now())
@@ -394,10 +399,10 @@ func (a *assembler) work(ctx context.Context, j *job, p *feed, errc chan<- error
 		if p.rescue && whole && !lead {
 			gate.judge(a.parentBytes(j), time.Now())
 		}
-		probe, probeLimit := false, int64(0)
+		probe := false
 		if p.rescue && !lead && !gate.open {
 			if whole {
-				probeLimit, probe = gate.probe(time.Now())
+				probe = gate.probe(time.Now())
 			}
 			if !probe {
 				select { // the pull's own source is not slow: nothing to take
@@ -408,13 +413,13 @@ func (a *assembler) work(ctx context.Context, j *job, p *feed, errc chan<- error
 			}
 		}
 		// The leader takes runs of runBytes in file order; the others
-		// runs sized to their rate, a probe as rescueGate.probe sizes it.
+		// runs sized to their rate, a probe one of probeBytes.
 		marks, limit := have, p.runLimit()
 		switch {
 		case lead:
 			marks, limit = nil, runBytes
 		case probe:
-			limit = probeLimit
+			limit = probeBytes
 		}
 		i, k := j.take(marks, mine, limit)
 		if i == k {
@@ -439,6 +444,10 @@ func (a *assembler) work(ctx context.Context, j *job, p *feed, errc chan<- error
 		}
 		w := a.newChunkWriter(j, i, j.chunks[i:k], counted)
 		rctx, rcancel := context.WithCancel(ctx)
+		if probe {
+			rcancel()
+			rctx, rcancel = context.WithTimeout(ctx, probeTime)
+		}
 		req := 0
 		if counted != nil {
 			req = p.begin(rcancel)
@@ -451,9 +460,13 @@ func (a *assembler) work(ctx context.Context, j *job, p *feed, errc chan<- error
 		w.close()
 		if probe {
 			took := time.Since(began)
-			if gate.probed(w.bytes, took, time.Now()) {
+			growth := gate.growth
+			open := gate.probed(w.bytes, took, time.Now())
+			if open {
 				p.credit(w.bytes, took)
 			}
+			a.m.cfg.Log.WithFields(logrus.Fields{"source": p.cl.Source, "bytes": w.bytes, "took": took.Round(time.Millisecond),
+				"parent_rate": int64(growth), "open": open}).Debug("probed a rescue source")
 		}
 		demoted := rctx.Err() != nil && ctx.Err() == nil
 		rcancel()
@@ -501,10 +514,12 @@ type rescueGate struct {
 
 	// A whole source's (see judge): the parent's growth in the last
 	// window, bytes/s (grown: measured since the last probe), when the
-	// next probe is due, and until when a probe opened the gate.
+	// next probe is due and the pause before it, and until when a probe
+	// opened the gate.
 	growth      float64
 	grown       bool
 	next, until time.Time
+	pause       time.Duration
 }
 
 // judge is update for a rescue source that holds the whole file (the
@@ -536,17 +551,18 @@ func (g *rescueGate) judge(parent int64, now time.Time) {
 	g.parent, g.at = parent, now
 }
 
-// probe reports whether a whole rescue source is to be probed now, and
-// with how many bytes: while the gate is closed, once a window measured the
-// parent's growth, every probeEvery; about half a second of that growth,
-// between minRun and probeBytes, so a probe of a host whose own link is
-// slow does not take it for long.
-func (g *rescueGate) probe(now time.Time) (int64, bool) {
+// probe reports whether a whole rescue source is to be probed now: while
+// the gate is closed, once a window measured the parent's growth, and no
+// sooner than the pause after the last probe (probeEvery, doubling after
+// each probe that left the gate closed, up to maxProbePause: a healthy
+// chain pays for a few probes, not one a second). A probe asks for
+// probeBytes and is cut off after probeTime (see probed).
+func (g *rescueGate) probe(now time.Time) bool {
 	if g.open || !g.grown || now.Before(g.next) {
-		return 0, false
+		return false
 	}
-	g.next = now.Add(probeEvery)
-	return min(max(int64(g.growth/2), minRun), probeBytes), true
+	g.next = now.Add(probeEvery) // until probed says how long to pause
+	return true
 }
 
 // probed takes a probe's outcome: n bytes in d. Its rate is compared with
@@ -555,24 +571,40 @@ func (g *rescueGate) probe(now time.Time) (int64, bool) {
 // probe can take no more than the parent brought; when the parent is slow
 // (the first host of a chain, on a slow link), it brings gateFactor times
 // as much, and the gate opens for probeEvery (probed reports whether it
-// did). The next window starts after the probe.
+// did). A probe is large enough (probeBytes) that a link's burst (a token
+// bucket's, tc's) does not decide it, and short (probeTime) when the
+// source, or this host's link, is slow. The next window starts after it.
 func (g *rescueGate) probed(n int64, d time.Duration, now time.Time) bool {
 	g.known, g.grown = false, false
-	if d <= 0 || n < minRun {
-		return false
+	if d > 0 && n >= minRun && float64(n)/d.Seconds() >= gateFactor*g.growth {
+		g.open, g.until, g.pause = true, now.Add(probeEvery), 0
+		g.next = g.until
+		return true
 	}
-	if float64(n)/d.Seconds() >= gateFactor*g.growth {
-		g.open, g.until = true, now.Add(probeEvery)
-	}
-	return g.open
+	g.pause = min(max(2*g.pause, probeEvery), maxProbePause)
+	g.next = now.Add(g.pause)
+	return false
 }
 
-// probeBytes and probeEvery: see rescueGate.probe. Probes of the origin
-// from the host behind a healthy first host take at most a 16th of the
-// origin's uplink.
+// keep carries an opening of the prefix gate (see update) over to the
+// probes, when the rescue source turns out to hold the whole file (it
+// finished): the gate stays open for probeEvery.
+func (g *rescueGate) keep(now time.Time) {
+	if g.open {
+		g.until, g.next = now.Add(probeEvery), now.Add(probeEvery)
+	}
+	g.known = false
+}
+
+// probeBytes, probeTime, probeEvery, maxProbePause: see rescueGate.probe
+// and probed. A probe of the origin from the host behind a healthy first
+// host takes a sixteenth of a second of the origin's uplink at 16 MiB/s,
+// at 0.3, 1.3, 3.3, 7.3, 15.3... seconds into the pull.
 const (
-	probeBytes = 1 << 20
-	probeEvery = time.Second
+	probeBytes    = 1 << 20
+	probeTime     = 300 * time.Millisecond
+	probeEvery    = time.Second
+	maxProbePause = 8 * time.Second
 )
 
 // update takes the grandparent's and the parent's prefixes at now (parent

@@ -215,44 +215,42 @@ func TestFetchManifestHedges(t *testing.T) {
 
 // A rescue source that holds the whole file is judged by probes: one is
 // due once a window measured the parent's growth (a window closes after
-// gateWindow once probeBytes/2 landed, or after 4 gateWindows), sized to
-// half a second of that growth; a probe that brings gateFactor times the
-// parent's growth opens the gate for probeEvery, a slower one does not,
-// and no probe is due again before probeEvery.
+// gateWindow once probeBytes/2 landed, or after 4 gateWindows); a probe
+// that brings gateFactor times the parent's growth opens the gate for
+// probeEvery, a slower one does not, and the pause before the next probe
+// doubles after each that left the gate closed.
 func TestRescueGateWhole(t *testing.T) {
 	const kib = 1 << 10
 	t0 := time.Now()
 	at := func(ms int) time.Time { return t0.Add(time.Duration(ms) * time.Millisecond) }
 	var g rescueGate
 	g.judge(0, at(0))
-	if _, ok := g.probe(at(0)); ok {
+	if g.probe(at(0)) {
 		t.Fatal("a probe due before the parent's growth was measured")
 	}
 	g.judge(100*kib, at(300)) // a slow chunk at a time: the window goes on
-	if _, ok := g.probe(at(300)); ok {
+	if g.probe(at(300)) {
 		t.Fatal("a window of 100 KiB judged")
 	}
 	g.judge(1536*kib, at(600)) // 1.5 MiB in 0.6 s: 2.5 MiB/s
-	n, ok := g.probe(at(600))
-	if !ok || n != probeBytes {
-		t.Fatalf("probe at a parent growth of 2.5 MiB/s: %d bytes, %v; want %d", n, ok, probeBytes)
+	if !g.probe(at(600)) {
+		t.Fatal("no probe due at a parent growth of 2.5 MiB/s")
 	}
-	if _, ok := g.probe(at(700)); ok {
-		t.Fatal("a second probe due within probeEvery")
+	if g.probe(at(700)) {
+		t.Fatal("a second probe due before the first ended")
 	}
 	// The probe brings 1 MiB in 0.25 s: 4 MiB/s, 1.6 times the parent's: a
 	// healthy parent sharing the uplink.
 	if g.probed(probeBytes, 250*time.Millisecond, at(850)) || g.open {
 		t.Fatal("opened on a probe 1.6 times as fast as the parent")
 	}
-	if _, ok := g.probe(at(1700)); ok {
+	if g.probe(at(1700)) {
 		t.Fatal("a probe due before a new window measured the parent")
 	}
 	g.judge(1636*kib, at(1700))
 	g.judge(1736*kib, at(2900)) // 100 KiB in 4 windows: it closes anyway
-	n, ok = g.probe(at(2900))
-	if !ok || n != minRun {
-		t.Fatalf("probe at a parent growth of 83 KiB/s: %d bytes, %v; want minRun", n, ok)
+	if !g.probe(at(2900)) {
+		t.Fatal("no probe due at a parent growth of 83 KiB/s")
 	}
 	if !g.probed(minRun, 100*time.Millisecond, at(3000)) || !g.open {
 		t.Fatal("closed after a probe 15 times as fast as the parent")
@@ -265,10 +263,30 @@ func TestRescueGateWhole(t *testing.T) {
 	if g.open {
 		t.Fatal("still open probeEvery after the probe")
 	}
-	if g.probed(minRun/2, time.Millisecond, at(4200)) {
+	if g.probed(minRun/2, 50*time.Millisecond, at(4200)) {
 		t.Fatal("a probe of less than minRun opened the gate")
 	}
-	g.judge(-1, at(4300))
+	// Closed probes pause longer each time: 1 s, then 2 s.
+	g.judge(2000*kib, at(4300))
+	g.judge(2600*kib, at(4700))
+	if g.probe(at(4700)) {
+		t.Fatal("a probe due within a second of the last")
+	}
+	if !g.probe(at(5200)) {
+		t.Fatal("no probe due a second after the last")
+	}
+	if g.probed(minRun, 300*time.Millisecond, at(5500)) {
+		t.Fatal("a probe slower than the parent opened the gate")
+	}
+	g.judge(2700*kib, at(5600))
+	g.judge(3300*kib, at(6000))
+	if g.probe(at(7400)) {
+		t.Fatal("a probe due within 2 s of the second closed one")
+	}
+	if !g.probe(at(7600)) {
+		t.Fatal("no probe due 2 s after the second closed one")
+	}
+	g.judge(-1, at(7700))
 	if g.open || g.known || g.grown {
 		t.Fatal("a parent that is not partial leaves the gate judging")
 	}
