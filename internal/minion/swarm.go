@@ -244,6 +244,20 @@ func (s *swarm) sources() []string {
 	return out
 }
 
+// ownAvoid is what the pull's own claim, switching sources, must not
+// take: the sources held already, but for a rescue claim's. Behind a dead
+// first host of a chain, the origin is the rescue source and often the
+// only one left: avoiding it, the switch found none until the pull failed.
+func (s *swarm) ownAvoid() []string {
+	var out []string
+	for _, p := range s.peers() {
+		if !p.rescue {
+			out = append(out, p.cl.Source)
+		}
+	}
+	return out
+}
+
 // grow claims sources for the free indexes, one attempt each, avoiding the
 // sources held already; a missing source is tried again at the next grow.
 func (s *swarm) grow(ctx context.Context) {
