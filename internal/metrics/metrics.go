@@ -70,7 +70,7 @@ func New() *Metrics {
 		BytesResumed:       f("bytes_resumed_total", "File bytes an interrupted pull had written, verified again and kept by a later pull instead of fetched."),
 		FilesReceived:      f("files_received_total", "Files received, verified and renamed into place."),
 		Claims:             f("claims_total", "Source slots claimed by this host."),
-		RescueClaims:       f("rescue_claims_total", "Rescue slots claimed: the source of this host's source, a partial one, as an extra source."),
+		RescueClaims:       f("rescue_claims_total", "Rescue slots claimed: the source of this host's source (a partial host or the origin), as an extra source."),
 		LeadChanges:        f("lead_changes_total", "Times another source of a pull, at least twice as fast, took the lead from a slower one (a slow relay bypassed)."),
 		LeaseExpiries:      f("lease_expiries_total", "Expired leases reaped (master only)."),
 		Published:          f("generations_published_total", "Generations published (master only)."),
