@@ -359,8 +359,10 @@ func (a *assembler) work(ctx context.Context, j *job, p *feed, errc chan<- error
 	var gate rescueGate
 	// whole: p holds the whole file (the origin, or a source that
 	// finished), so its prefix does not grow and a rescue gate judges it
-	// by probes (see rescueGate.judge).
+	// by probes (see rescueGate.judge); silent counts the probes in a row
+	// that brought nothing.
 	whole := !p.cl.Partial
+	silent := 0
 	mine := map[int]bool{} // chunks asked of p already (not twice in the endgame)
 	for ctx.Err() == nil && !j.complete() {
 		if !a.sw.holds(p) {
@@ -378,7 +380,7 @@ func (a *assembler) work(ctx context.Context, j *job, p *feed, errc chan<- error
 		if p.rescue && !gate.open {
 			poll = gateWindow // what the gate judges by (see rescueGate.update)
 		}
-		if p.cl.Partial && !lead && time.Since(haveAt) > poll {
+		if p.cl.Partial && !whole && !lead && time.Since(haveAt) > poll {
 			all, h, err := a.m.client.Have(ctx, p.cl.SourceAddr, a.sw.src.gen, j.e.Path, len(j.chunks))
 			if err != nil {
 				a.lose(ctx, p, err, fail)
@@ -394,6 +396,15 @@ func (a *assembler) work(ctx context.Context, j *job, p *feed, errc chan<- error
 			}
 			if p.rescue && !whole {
 				gate.update(prefixBytes(j.chunks, all, h), a.parentBytes(j), time.Now())
+			}
+		}
+		if p.rescue {
+			if own := a.sw.src.claim(); own != nil && !own.Partial {
+				// The pull's own source is whole now (it switched to
+				// one, maybe to this very source): no relay to step
+				// around, and the rescue slot is for another host.
+				a.sw.drop(ctx, p, coord.SourceOK, "the pull's own source holds the generation whole")
+				return
 			}
 		}
 		if p.rescue && whole && !lead {
@@ -454,10 +465,10 @@ func (a *assembler) work(ctx context.Context, j *job, p *feed, errc chan<- error
 		}
 		began := time.Now()
 		got, err := a.m.client.FetchChunks(rctx, p.cl.SourceAddr, a.sw.src.gen, j.e.Path, j.chunks[i].Off, chunkLens(j.chunks[i:k]), a.fetchOptions(ctx), w)
+		w.close() // the last chunks land (and count) while the request does
 		if counted != nil {
 			p.end(req)
 		}
-		w.close()
 		if probe {
 			took := time.Since(began)
 			growth := gate.growth
@@ -467,6 +478,20 @@ func (a *assembler) work(ctx context.Context, j *job, p *feed, errc chan<- error
 			}
 			a.m.cfg.Log.WithFields(logrus.Fields{"source": p.cl.Source, "bytes": w.bytes, "took": took.Round(time.Millisecond),
 				"parent_rate": int64(growth), "open": open}).Debug("probed a rescue source")
+			if w.bytes == 0 && ctx.Err() == nil {
+				silent++
+			} else {
+				silent = 0
+			}
+			if silent >= maxSilentProbes {
+				// A rescue source that answers no probe (unreachable,
+				// stalled) gives its slot back: the slot is the only one
+				// of its kind the source has.
+				rcancel()
+				j.untake(i, k)
+				a.sw.drop(ctx, p, coord.SourceOK, fmt.Sprintf("rescue source %s sent nothing to %d probes", p.cl.Source, silent))
+				return
+			}
 		}
 		demoted := rctx.Err() != nil && ctx.Err() == nil
 		rcancel()
@@ -533,8 +558,14 @@ func (g *rescueGate) judge(parent int64, now time.Time) {
 		g.open, g.known, g.grown = false, false, false
 		return
 	}
-	if g.open && now.After(g.until) {
-		g.open = false
+	if g.open {
+		// While open, this host's prefix grows with the rescue's chunks
+		// too: no window is measured, and the next starts when the
+		// opening ends.
+		if now.After(g.until) {
+			g.open, g.known, g.grown = false, false, false
+		}
+		return
 	}
 	if !g.known {
 		g.known, g.parent, g.at = true, parent, now
@@ -605,6 +636,9 @@ const (
 	probeTime     = 300 * time.Millisecond
 	probeEvery    = time.Second
 	maxProbePause = 8 * time.Second
+	// maxSilentProbes probes in a row that bring nothing give the
+	// rescue slot back.
+	maxSilentProbes = 3
 )
 
 // update takes the grandparent's and the parent's prefixes at now (parent
