@@ -4,13 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/sirupsen/logrus"
 	"io"
 	"os"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/sirupsen/logrus"
 
 	"github.com/fanout/fanout/internal/apply"
 	"github.com/fanout/fanout/internal/chunk"
@@ -387,12 +388,9 @@ func (a *assembler) work(ctx context.Context, j *job, p *feed, errc chan<- error
 				return
 			}
 			have, haveAt = h, time.Now()
-			if all && !whole {
+			if all { // it finished: no more have-polls
 				have, whole = nil, true
 				gate.keep(time.Now())
-			}
-			if all {
-				have = nil
 			}
 			if p.rescue && !whole {
 				gate.update(prefixBytes(j.chunks, all, h), a.parentBytes(j), time.Now())
@@ -469,29 +467,10 @@ func (a *assembler) work(ctx context.Context, j *job, p *feed, errc chan<- error
 		if counted != nil {
 			p.end(req)
 		}
-		if probe {
-			took := time.Since(began)
-			growth := gate.growth
-			open := gate.probed(w.bytes, took, time.Now())
-			if open {
-				p.credit(w.bytes, took)
-			}
-			a.m.cfg.Log.WithFields(logrus.Fields{"source": p.cl.Source, "bytes": w.bytes, "took": took.Round(time.Millisecond),
-				"parent_rate": int64(growth), "open": open}).Debug("probed a rescue source")
-			if w.bytes == 0 && ctx.Err() == nil {
-				silent++
-			} else {
-				silent = 0
-			}
-			if silent >= maxSilentProbes {
-				// A rescue source that answers no probe (unreachable,
-				// stalled) gives its slot back: the slot is the only one
-				// of its kind the source has.
-				rcancel()
-				j.untake(i, k)
-				a.sw.drop(ctx, p, coord.SourceOK, fmt.Sprintf("rescue source %s sent nothing to %d probes", p.cl.Source, silent))
-				return
-			}
+		if probe && !a.probed(ctx, p, &gate, w.bytes, time.Since(began), &silent) {
+			rcancel()
+			j.untake(i, k)
+			return
 		}
 		demoted := rctx.Err() != nil && ctx.Err() == nil
 		rcancel()
@@ -518,6 +497,31 @@ func (a *assembler) work(ctx context.Context, j *job, p *feed, errc chan<- error
 			return
 		}
 	}
+}
+
+// probed takes the outcome of a probe of rescue source p (n bytes in d, see
+// rescueGate.probed), counting it in p's rate if it opened the gate. It
+// reports false when p was given back: a rescue source that answered
+// maxSilentProbes probes in a row with nothing (unreachable, stalled)
+// would otherwise hold the slot, the only one of its kind its source has,
+// for the whole pull.
+func (a *assembler) probed(ctx context.Context, p *feed, gate *rescueGate, n int64, d time.Duration, silent *int) bool {
+	growth := gate.growth
+	open := gate.probed(n, d, time.Now())
+	if open {
+		p.credit(n, d)
+	}
+	a.m.cfg.Log.WithFields(logrus.Fields{"source": p.cl.Source, "bytes": n, "took": d.Round(time.Millisecond),
+		"parent_rate": int64(growth), "open": open}).Debug("probed a rescue source")
+	*silent++
+	if n > 0 || ctx.Err() != nil {
+		*silent = 0
+	}
+	if *silent < maxSilentProbes {
+		return true
+	}
+	a.sw.drop(ctx, p, coord.SourceOK, fmt.Sprintf("rescue source %s sent nothing to %d probes", p.cl.Source, *silent))
+	return false
 }
 
 // rescueGate decides whether a rescue source (the pull's grandparent, see
