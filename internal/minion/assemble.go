@@ -396,15 +396,6 @@ func (a *assembler) work(ctx context.Context, j *job, p *feed, errc chan<- error
 				gate.update(prefixBytes(j.chunks, all, h), a.parentBytes(j), time.Now())
 			}
 		}
-		if p.rescue {
-			if own := a.sw.src.claim(); own != nil && !own.Partial {
-				// The pull's own source is whole now (it switched to
-				// one, maybe to this very source): no relay to step
-				// around, and the rescue slot is for another host.
-				a.sw.drop(ctx, p, coord.SourceOK, "the pull's own source holds the generation whole")
-				return
-			}
-		}
 		if p.rescue && whole && !lead {
 			gate.judge(a.parentBytes(j), time.Now())
 		}

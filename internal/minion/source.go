@@ -218,6 +218,9 @@ func (s *source) switchFrom(ctx context.Context, failed coord.Claim, cause error
 			s.mu.Unlock()
 			m.cfg.Metrics.Claims.Inc()
 			s.log.WithFields(logrus.Fields{"source": cl.Source, "slot": cl.Slot, "partial": cl.Partial}).Info("claimed another source")
+			if !cl.Partial && s.sw.active.Load() {
+				s.sw.dropRescue(ctx)
+			}
 			return nil
 		case !errors.Is(err, coord.ErrNoSource) && !errors.Is(err, coord.ErrBusy):
 			return fmt.Errorf("claim another source: %w", err)

@@ -419,6 +419,25 @@ func (s *swarm) rescueIndex() int {
 	return free
 }
 
+// dropRescue gives back the rescue claims, their requests in flight
+// cancelled: the pull's own source is whole now (it switched to one,
+// maybe to the rescue source itself), so there is no relay left to step
+// around, and the slot is for another host.
+func (s *swarm) dropRescue(ctx context.Context) {
+	s.mu.Lock()
+	var rescues []*feed
+	for _, p := range s.extras {
+		if p != nil && p.rescue && !p.dropped {
+			rescues = append(rescues, p)
+		}
+	}
+	s.mu.Unlock()
+	for _, p := range rescues {
+		p.cancelRequests()
+		s.drop(ctx, p, coord.SourceOK, "the pull's own source holds the generation whole")
+	}
+}
+
 // drop ends an extra claim: released (a slow source: its slot returns as
 // it was) or, with a verdict, failed over (dead: the slot backs off; bad:
 // the source is barred).

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/fanout/fanout/internal/coord"
 	"github.com/fanout/fanout/internal/lab"
 	"github.com/fanout/fanout/internal/manifest"
 )
@@ -16,7 +17,10 @@ import (
 // itself still pulling, so a chain origin -> A -> B forms before A holds
 // the file. When A is stopped mid-file, B releases it, claims another
 // source and resumes the file from the byte it has: one pull, a "switch"
-// event, no failure, and every copy verified.
+// event, no failure, and every copy verified. B also holds the origin's
+// rescue slot (its grandparent's); once its own source is the whole
+// origin there is no relay left to step around, and it gives that slot
+// back while still pulling.
 func TestPipelineResume(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
@@ -71,7 +75,7 @@ func TestPipelineResume(t *testing.T) {
 			return false
 		}
 		got, _ := b.Minion.Progress()
-		return got > 1<<20
+		return got > 1<<20 && rescueHeld(claims, b.ID, l.Master.ID)
 	})
 	st, err := l.Coord.Status(ctx)
 	if err != nil {
@@ -83,6 +87,21 @@ func TestPipelineResume(t *testing.T) {
 			t.Fatalf("%s already holds the generation: B did not stream from a partial source", a.ID)
 		}
 	}
+	// B's progress when its rescue claim is gone, sampled from now on (a
+	// stop may take a while to return).
+	released := make(chan int64, 1)
+	go func() {
+		defer close(released)
+		for ctx.Err() == nil {
+			got, planned := b.Minion.Progress()
+			claims, err := l.Redis.HGetAll(ctx, l.Coord.Keys().Claims()).Result()
+			if err == nil && (!rescueHeld(claims, b.ID, l.Master.ID) || got == planned) {
+				released <- got
+				return
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}()
 	if err := a.Stop(); err != nil {
 		t.Logf("stopping %s: %v", a.ID, err)
 	}
@@ -116,8 +135,12 @@ func TestPipelineResume(t *testing.T) {
 		t.Errorf("events of %s: %v; want a switch, no fail, one finish", b.ID, kinds)
 	}
 	// The resumed pull received each byte once.
-	if got, planned := b.Minion.Progress(); got != planned {
+	got, planned := b.Minion.Progress()
+	if got != planned {
 		t.Errorf("%s received %d bytes for a plan of %d", b.ID, got, planned)
+	}
+	if releasedAt, ok := <-released; !ok || releasedAt >= planned {
+		t.Errorf("%s gave the origin's rescue slot back at %d bytes of %d: want it given back while pulling from the whole origin", b.ID, releasedAt, planned)
 	}
 	if temps, err := lab.TempFiles(b.Root, manifest.IsTemp); err != nil || len(temps) > 0 {
 		t.Errorf("temporary files left on %s: %v %v", b.ID, temps, err)
@@ -134,4 +157,17 @@ func count(kinds []string, k string) int {
 		}
 	}
 	return n
+}
+
+// rescueHeld reports whether host holds an extra claim ("host/n") on
+// origin's rescue slot in claims (the claims hash: claim id → "gen slot
+// ...").
+func rescueHeld(claims map[string]string, host, origin string) bool {
+	slot := fmt.Sprintf("%s#%d", origin, coord.RescueSlot)
+	for cid, rec := range claims {
+		if f := strings.Fields(rec); strings.HasPrefix(cid, host+"/") && len(f) > 1 && f[1] == slot {
+			return true
+		}
+	}
+	return false
 }
