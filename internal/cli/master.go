@@ -24,8 +24,12 @@ Usage:
   fanout-master run [flags]                 watch the task key, publish generations, serve as origin
   fanout-master run --watch [--delay D] [--max-delay D] [--full-every D] [--exclude P]...
                                             also publish each change of the task tree (live mirroring)
-  fanout-master publish PATH [--delete] [--exclude P]... [--exclude-from F] [--compress] [--dest DIR] [--group G]... [--wait] [--timeout D] [--dry-run]
+  fanout-master publish PATH [--delete] [--exclude P]... [--exclude-from F] [--compress] [--dest DIR] [--group G]... [--atomic [--keep N]] [--wait] [--timeout D] [--dry-run]
                                             set the task (same as: redis-cli set task PATH)
+  fanout-master rollback [GENERATION] [--wait]
+                                            switch every host back to the release of an earlier
+                                            generation published with --atomic (default: the one
+                                            before the current release)
   fanout-master status [--json|--follow]    show the task, its generation and every host
   fanout-master hosts [--json]              list registered hosts, last heartbeat, version
   fanout-master forget HOST                 remove a host from the registry and every queue
@@ -55,6 +59,8 @@ func masterMain(ctx context.Context, args []string, e env) int {
 		err = masterRun(ctx, args[1:], e)
 	case "publish":
 		err = masterPublish(ctx, args[1:], e)
+	case "rollback":
+		err = masterRollback(ctx, args[1:], e)
 	case "status":
 		err = masterStatus(ctx, args[1:], e)
 	case "hosts", "forget", "history":
@@ -64,7 +70,7 @@ func masterMain(ctx context.Context, args []string, e env) int {
 	case "-h", "--help", "help":
 		fmt.Fprint(e.stdout, masterUsage)
 	default:
-		err = usageError("unknown command %q (want run, publish, status, hosts, forget or history)", args[0])
+		err = usageError("unknown command %q (want run, publish, rollback, status, hosts, forget or history)", args[0])
 	}
 	if errors.Is(err, pflag.ErrHelp) {
 		return exitOK
@@ -211,7 +217,8 @@ func masterSpeaks(ctx context.Context, co *coord.Client, proto int, what string)
 
 func masterPublish(ctx context.Context, args []string, e env) error {
 	var c common
-	var del, compress, wait, dry bool
+	var del, compress, wait, dry, atomic bool
+	var keep int
 	var dest string
 	var groups []string
 	var timeout time.Duration
@@ -229,6 +236,8 @@ func masterPublish(ctx context.Context, args []string, e env) error {
 	fs.BoolVar(&compress, "compress", false, "hosts ask their sources for zstd-compressed chunks (format 3 generations; chunks that do not shrink go raw): for text-like trees on slow links. A minion's own --compress asks too")
 	fs.StringVar(&dest, "dest", "", "write the tree to this absolute path under each host's --root instead of PATH (as gosync's -dst); minions before protocol 5 refuse such a generation")
 	fs.StringArrayVar(&groups, "group", nil, "send the task to the hosts of this group only (a minion's --group; repeatable: any of them): only they pull it and only they are expected; minions before protocol 5 refuse such a generation")
+	fs.BoolVar(&atomic, "atomic", false, "hosts build each generation as a release beside the live tree (unchanged files hard-linked from the current release), verify it, then switch the destination to it at once (a symlink replaced by rename); the destination becomes a symlink to DEST/../.NAME.releases/ID. Minions before protocol 6 refuse such a generation")
+	fs.IntVar(&keep, "keep", coord.DefaultKeep, fmt.Sprintf("with --atomic: releases each host keeps, the live one included (1 to %d); fanout-master rollback switches back to a kept one without moving its bytes", coord.MaxKeep))
 	fs.BoolVar(&wait, "wait", false, "wait until every expected host holds the task (exit 1 if it fails)")
 	fs.DurationVar(&timeout, "timeout", 30*time.Minute, "with --wait, give up after this long")
 	if err := parse(fs, args, e); err != nil {
@@ -236,6 +245,18 @@ func masterPublish(ctx context.Context, args []string, e env) error {
 	}
 	if fs.NArg() != 1 {
 		return usageError("publish takes exactly one PATH, got %d arguments", fs.NArg())
+	}
+	if fs.Changed("keep") && !atomic {
+		return usageError("--keep counts the releases of --atomic: add --atomic")
+	}
+	if keep < 1 || keep > coord.MaxKeep {
+		return usageError("--keep %d: want 1 to %d releases (the live one included)", keep, coord.MaxKeep)
+	}
+	if !atomic {
+		keep = 0
+	}
+	if dry && atomic {
+		return usageError("--dry-run compares with the tree the hosts hold: drop --atomic to preview")
 	}
 	if dry && wait {
 		return usageError("--dry-run publishes nothing to --wait for: give one of them")
@@ -273,7 +294,11 @@ func masterPublish(ctx context.Context, args []string, e env) error {
 	if dry {
 		return d.run(ctx, co, path, del, excludes, e)
 	}
-	if dest != "" || len(groups) > 0 {
+	if atomic {
+		if err := masterSpeaks(ctx, co, coord.ProtoAtomic, "--atomic"); err != nil {
+			return err
+		}
+	} else if dest != "" || len(groups) > 0 {
 		if err := masterSpeaks(ctx, co, coord.ProtoDest, "--dest and --group"); err != nil {
 			return err
 		}
@@ -282,10 +307,13 @@ func masterPublish(ctx context.Context, args []string, e env) error {
 	if err != nil {
 		return err
 	}
-	if err := co.SetTask(ctx, path, coord.TaskOptions{Delete: del, Compress: compress, Exclude: excludes, Dest: dest, Groups: groups}); err != nil {
+	if err := co.SetTask(ctx, path, coord.TaskOptions{Delete: del, Compress: compress, Exclude: excludes, Dest: dest, Groups: groups, Atomic: keep}); err != nil {
 		return fmt.Errorf("set task: %w", err)
 	}
 	fmt.Fprintf(e.stdout, "task set to %s (delete=%v, compress=%v", printable(path, maxLine), del, compress)
+	if atomic {
+		fmt.Fprintf(e.stdout, ", atomic, keep %d", keep)
+	}
 	if dest != "" {
 		fmt.Fprintf(e.stdout, ", dest %s", printable(dest, maxLine))
 	}

@@ -59,6 +59,11 @@ const MaxClaims = 16
 //	   the task path, so a generation with a destination is published as
 //	   protocol 5 and such a minion refuses it; a generation without one
 //	   is still published as protocol 4, which those minions pull.
+//	6: releases (publish --atomic): "atomic" (releases kept) and
+//	   "rollback" (the generation a rollback returns to) in task_options
+//	   and the generation. A minion of protocol 5 would write such a tree
+//	   in place, so it refuses the generation; others are published as
+//	   before (protocol 4 or 5).
 //
 // Additions that hosts of the same protocol built before them ignore
 // safely keep the number: zones (per-zone claim indexes, a "zone" in the
@@ -70,10 +75,14 @@ const MaxClaims = 16
 // it: the hooks hash (hook results, see HookFormat) is read and written
 // only by hosts that know it, and its records carry their own format. Compression is another (see
 // TaskOptions.Compress).
-const Proto = ProtoDest
+const Proto = ProtoAtomic
 
 // ProtoDest is the protocol that added Generation.Dest.
 const ProtoDest = 5
+
+// ProtoAtomic is the protocol that added Generation.Atomic and
+// Generation.Rollback.
+const ProtoAtomic = 6
 
 // Config configures a Client.
 type Config struct {
@@ -194,6 +203,15 @@ type Generation struct {
 	// (publish --group): only they pull it and only they are expected;
 	// none: every host. Protocol ProtoDest, read as Dest is.
 	Groups []string
+	// Atomic is how many releases hosts keep of the task (publish
+	// --atomic, --keep): each generation is built beside the live tree
+	// and switched to at once; 0: written in place. Protocol ProtoAtomic.
+	Atomic int
+	// Rollback is the generation whose release this one switches back to
+	// (fanout-master rollback); 0 for a generation of a new tree. The
+	// master serves no content of a rollback: hosts that kept the release
+	// switch to it, the others pull it from them. Protocol ProtoAtomic.
+	Rollback int64
 }
 
 // LocalPath is where hosts hold the generation's tree, under their --root:
@@ -265,6 +283,17 @@ func parseGeneration(key string, h map[string]string) (Generation, error) {
 		g.Dest = h["dest"]
 		g.Groups = splitGroups(h["groups"])
 	}
+	if g.Proto >= ProtoAtomic {
+		keep, err := num("atomic", 0)
+		if err != nil {
+			return Generation{}, err
+		}
+		back, err := num("rollback", 0)
+		if err != nil {
+			return Generation{}, err
+		}
+		g.Atomic, g.Rollback = int(min(keep, MaxKeep)), back
+	}
 	return g, nil
 }
 
@@ -316,13 +345,29 @@ type TaskOptions struct {
 	// Groups limits the task to hosts in one of them (see
 	// Generation.Groups). Protocol 5.
 	Groups []string `json:"groups,omitempty"`
+	// Atomic is the releases hosts keep (see Generation.Atomic); 0: the
+	// tree is written in place. Protocol 6.
+	Atomic int `json:"atomic,omitempty"`
+	// Rollback asks the master to publish, without reading any tree, the
+	// release of this completed generation again (fanout-master
+	// rollback); Digest, Files and Bytes are that generation's. Protocol 6.
+	Rollback int64  `json:"rollback,omitempty"`
+	Digest   string `json:"digest,omitempty"`
+	Files    int64  `json:"files,omitempty"`
+	Bytes    int64  `json:"bytes,omitempty"`
 }
+
+// MaxKeep bounds the releases a host keeps of an atomic task.
+const MaxKeep = 100
+
+// DefaultKeep is the releases kept when publish --atomic names no --keep.
+const DefaultKeep = 3
 
 // SetTask sets the task and its options in one transaction.
 func (c *Client) SetTask(ctx context.Context, path string, opts TaskOptions) error {
 	_, err := c.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
 		p.Set(ctx, c.keys.Task(), path, 0)
-		if !opts.Delete && !opts.Compress && len(opts.Exclude) == 0 && opts.Dest == "" && len(opts.Groups) == 0 {
+		if !opts.Delete && !opts.Compress && len(opts.Exclude) == 0 && opts.Dest == "" && len(opts.Groups) == 0 && opts.Atomic == 0 && opts.Rollback == 0 {
 			p.Del(ctx, c.keys.TaskOptions())
 		} else {
 			b, _ := json.Marshal(opts)
@@ -382,14 +427,19 @@ func (c *Client) publish(ctx context.Context, g Generation, uploads int) (Genera
 		return "0"
 	}
 	// The lowest protocol that reads the generation: hosts of protocol 4
-	// pull one without a destination or groups.
-	proto := Proto
-	if g.Dest == "" && len(g.Groups) == 0 {
-		proto = ProtoDest - 1
+	// pull one without a destination or groups, hosts of protocol 5 one
+	// that is not atomic.
+	proto := ProtoDest - 1
+	switch {
+	case g.Atomic > 0 || g.Rollback > 0:
+		proto = ProtoAtomic
+	case g.Dest != "" || len(g.Groups) > 0:
+		proto = ProtoDest
 	}
 	res, err := c.run(ctx, publishScript, g.Origin,
 		g.Path, flag(g.Delete), g.Digest, g.State, g.Error, g.Origin, g.OriginAddr,
-		g.Files, g.Bytes, uploads, eventsMax, g.ID, proto, g.OriginZone, flag(g.Compress), g.Dest, joinGroups(g.Groups)).Int64Slice()
+		g.Files, g.Bytes, uploads, eventsMax, g.ID, proto, g.OriginZone, flag(g.Compress), g.Dest, joinGroups(g.Groups),
+		g.Atomic, g.Rollback).Int64Slice()
 	if err != nil {
 		return Generation{}, fmt.Errorf("publish generation: %w", err)
 	}

@@ -31,6 +31,16 @@ type Completion struct {
 	HooksOK         int      `json:"hooks_ok,omitempty"`
 	HooksFailed     int      `json:"hooks_failed,omitempty"`
 	HookFailedHosts []string `json:"hook_failed_hosts,omitempty"`
+	// What a rollback to the generation publishes again (absent in
+	// records of a fanout before releases): its destination, groups,
+	// delete option, the releases kept (0: not atomic, so hosts kept no
+	// release of it) and, for a rollback itself, the generation it
+	// returned to.
+	Dest     string   `json:"dest,omitempty"`
+	Groups   []string `json:"groups,omitempty"`
+	Delete   bool     `json:"delete,omitempty"`
+	Atomic   int      `json:"atomic,omitempty"`
+	Rollback int64    `json:"rollback,omitempty"`
 }
 
 // History returns the last n completions, newest first.
@@ -83,6 +93,7 @@ func (c *Client) Complete(ctx context.Context, g Generation, hosts int) (Complet
 	rec := Completion{
 		Gen: g.ID, Path: g.Path, Digest: g.Digest, Hosts: hosts, Files: g.Files, Bytes: g.Bytes,
 		Rounds: rounds, Published: g.Published, Done: now, Elapsed: now.Sub(g.Published),
+		Dest: g.Dest, Groups: g.Groups, Delete: g.Delete, Atomic: g.Atomic, Rollback: g.Rollback,
 	}
 	rec.HooksOK, rec.HooksFailed, _, rec.HookFailedHosts = HookCounts(hooks, hookFailedHostsMax)
 	return rec, true, c.recordCompletion(ctx, rec)

@@ -149,6 +149,20 @@ func Digest(b []byte) string {
 	return hex.EncodeToString(sum[:])
 }
 
+// ValidDigest reports whether s has the form of a Digest: 64 lowercase
+// hex digits.
+func ValidDigest(s string) bool {
+	if len(s) != 64 {
+		return false
+	}
+	for _, c := range []byte(s) {
+		if (c < '0' || c > '9') && (c < 'a' || c > 'f') {
+			return false
+		}
+	}
+	return true
+}
+
 // Limits bound what a decoded manifest may claim, so a malicious or broken
 // peer cannot exhaust memory or disk.
 type Limits struct {

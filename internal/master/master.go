@@ -112,13 +112,33 @@ type published struct {
 	Failed bool     `json:"failed,omitempty"`
 	// Format is the manifest format it was published in (0: unknown).
 	Format int `json:"format,omitempty"`
+	// Atomic is the releases hosts keep (publish --atomic; 0: in place).
+	Atomic int `json:"atomic,omitempty"`
+	// Rollback is the generation whose release this one returns to
+	// (fanout-master rollback): the master serves none of it. Files and
+	// Bytes are kept for a rollback only, to publish it again.
+	Rollback int64 `json:"rollback,omitempty"`
+	Files    int64 `json:"files,omitempty"`
+	Bytes    int64 `json:"bytes,omitempty"`
 }
 
 func (p *published) ref() coord.Ref { return coord.Ref{ID: p.Gen, Digest: p.Digest} }
 
-// opts returns the options the task was published with.
+// opts returns the options the task's tree was published with: a tree
+// read again (a change seen by watch mode, a file changed while served) is
+// published with them, as a new tree even after a rollback.
 func (p *published) opts() coord.TaskOptions {
-	return coord.TaskOptions{Delete: p.Delete, Compress: p.Compress, Exclude: p.Exclude, Dest: p.Dest, Groups: p.Groups}
+	return coord.TaskOptions{Delete: p.Delete, Compress: p.Compress, Exclude: p.Exclude, Dest: p.Dest, Groups: p.Groups, Atomic: p.Atomic}
+}
+
+// again returns the options that publish p again as it was, a rollback
+// as the same rollback (Redis lost it).
+func (p *published) again() coord.TaskOptions {
+	o := p.opts()
+	if p.Rollback > 0 {
+		o.Rollback, o.Digest, o.Files, o.Bytes = p.Rollback, p.Digest, p.Files, p.Bytes
+	}
+	return o
 }
 
 const (
@@ -332,7 +352,7 @@ func (m *Master) Tick(ctx context.Context) error {
 		// transfer; the id stays above the lost one.
 		m.cfg.Log.WithFields(logrus.Fields{"path": m.last.Path, "lost_gen": m.last.Gen, "redis_gen": g.ID}).
 			Warn("Redis lost the last generation this master published; publishing the task again")
-		return m.coord.SetTask(ctx, m.last.Path, m.last.opts())
+		return m.coord.SetTask(ctx, m.last.Path, m.last.again())
 	case value == "":
 		// No task, or an operator deleted the key: keep serving what we have.
 	case !names(value, g):
@@ -347,7 +367,7 @@ func (m *Master) Tick(ctx context.Context) error {
 			return err
 		}
 	}
-	if a := m.active; a != nil && a.ref() == g.Ref() && g.State != coord.StateFailed {
+	if a := m.active; a != nil && a.ref() == g.Ref() && g.State != coord.StateFailed && a.Rollback == 0 {
 		// Offer the origin's slots again every tick: a slot a puller judged
 		// dead after one transient error, or a write Redis lost, must never
 		// leave the generation without its origin. Claimed slots are skipped.
@@ -425,7 +445,9 @@ func (m *Master) adopt(ctx context.Context, value string) error {
 // new generation; a bad value becomes a failed generation and changes
 // nothing on any disk.
 func (m *Master) publish(ctx context.Context, value string, opts coord.TaskOptions) error {
-	log := m.cfg.Log.WithField("task", value)
+	if opts.Rollback > 0 {
+		return m.rollback(ctx, value, opts)
+	}
 	clean, osPath, err := ResolveTask(m.cfg.Root, value)
 	if err == nil && opts.Dest != "" {
 		var dest string
@@ -446,7 +468,13 @@ func (m *Master) publish(ctx context.Context, value string, opts coord.TaskOptio
 			return m.offer(ctx, clean, opts, snap)
 		}
 	}
-	log.WithError(err).Error("task rejected; nothing was changed on any host")
+	return m.reject(ctx, value, err)
+}
+
+// reject records task value, refused for err, as a failed generation:
+// hosts leave their trees alone and status shows why.
+func (m *Master) reject(ctx context.Context, value string, err error) error {
+	m.cfg.Log.WithField("task", value).WithError(err).Error("task rejected; nothing was changed on any host")
 	m.cfg.Metrics.RejectedTasks.Inc()
 	m.server.Set(nil)
 	m.active = nil
@@ -486,7 +514,7 @@ func (m *Master) offer(ctx context.Context, clean string, opts coord.TaskOptions
 	old := m.active
 	g, err := m.coord.Publish(ctx, coord.Generation{
 		ID: m.floor(), Path: clean, Dest: opts.Dest, Groups: opts.Groups, Delete: opts.Delete, Compress: opts.Compress, Digest: snap.Digest,
-		Origin: m.cfg.ID, OriginAddr: m.cfg.Advertise, OriginZone: m.cfg.Zone, Files: int64(files), Bytes: bytes,
+		Origin: m.cfg.ID, OriginAddr: m.cfg.Advertise, OriginZone: m.cfg.Zone, Files: int64(files), Bytes: bytes, Atomic: opts.Atomic,
 	}, 0)
 	if err != nil {
 		return fmt.Errorf("publish generation: %w", err)
@@ -495,7 +523,7 @@ func (m *Master) offer(ctx context.Context, clean string, opts coord.TaskOptions
 	// find it serving this generation.
 	snap.Gen = g.ID
 	m.server.Set(snap)
-	m.active = &published{Gen: g.ID, Digest: g.Digest, Path: clean, Dest: g.Dest, Groups: g.Groups, Delete: opts.Delete, Compress: opts.Compress, Exclude: opts.Exclude, Format: snap.Manifest.Format()}
+	m.active = &published{Gen: g.ID, Digest: g.Digest, Path: clean, Dest: g.Dest, Groups: g.Groups, Delete: opts.Delete, Compress: opts.Compress, Exclude: opts.Exclude, Format: snap.Manifest.Format(), Atomic: g.Atomic}
 	m.watchPublished(old == nil || old.ref() != g.Ref(), g, snap)
 	m.cfg.Metrics.Published.Inc()
 	m.cfg.Metrics.Generation.Set(float64(g.ID))
@@ -514,7 +542,14 @@ func (m *Master) offer(ctx context.Context, clean string, opts coord.TaskOptions
 // resume serves a generation this master published before a restart. If the
 // tree changed meanwhile, the changed tree is published as a new generation.
 func (m *Master) resume(ctx context.Context, g coord.Generation) error {
-	opts := coord.TaskOptions{Delete: g.Delete, Compress: g.Compress, Dest: g.Dest, Groups: g.Groups}
+	if g.Rollback > 0 {
+		// Its release is on the hosts, not under this master's root.
+		m.server.Set(nil)
+		m.active = rolledBack(g)
+		m.cfg.Log.WithFields(logrus.Fields{"gen": g.ID, "rollback": g.Rollback}).Info("resumed a rollback: the hosts serve it")
+		return nil
+	}
+	opts := coord.TaskOptions{Delete: g.Delete, Compress: g.Compress, Dest: g.Dest, Groups: g.Groups, Atomic: g.Atomic}
 	if l := m.last; l != nil && l.Gen == g.ID && l.Digest == g.Digest {
 		opts = l.opts() // the excludes are not in the generation key
 	}
@@ -536,7 +571,7 @@ func (m *Master) resume(ctx context.Context, g coord.Generation) error {
 	}
 	snap.Gen = g.ID
 	m.server.Set(snap)
-	m.active = &published{Gen: g.ID, Digest: g.Digest, Path: g.Path, Dest: g.Dest, Groups: g.Groups, Delete: g.Delete, Compress: g.Compress, Exclude: opts.Exclude, Format: snap.Manifest.Format()}
+	m.active = &published{Gen: g.ID, Digest: g.Digest, Path: g.Path, Dest: g.Dest, Groups: g.Groups, Delete: g.Delete, Compress: g.Compress, Exclude: opts.Exclude, Format: snap.Manifest.Format(), Atomic: g.Atomic}
 	m.watchPublished(false, g, snap)
 	m.cfg.Metrics.Generation.Set(float64(g.ID))
 	if m.last == nil || m.last.Gen < g.ID {
@@ -652,7 +687,7 @@ func (m *Master) format(ctx context.Context) int {
 	case oldest < 3:
 		format = manifest.Format2
 	}
-	if len(old) > 0 {
+	if len(old) > 0 && format < manifest.Format3 {
 		m.cfg.Log.WithFields(logrus.Fields{"hosts": old, "format": format}).Warn("minions of an older protocol are registered: publishing a manifest they read; upgrade them")
 	}
 	return format
@@ -689,4 +724,56 @@ func (m *Master) checkDone(ctx context.Context) error {
 		}).Info("generation done: every expected host holds it")
 	}
 	return nil
+}
+
+// rollback publishes again the release of the completed generation
+// opts.Rollback (fanout-master rollback), from the digest, counts and
+// options the rollback command read in the history: no tree is read, and
+// the master serves nothing of it and offers no slot, since its own tree
+// may have changed since. Hosts that keep the release switch back to it
+// and become its sources; the others pull it from them.
+func (m *Master) rollback(ctx context.Context, value string, opts coord.TaskOptions) error {
+	clean, err := CleanTask(value)
+	if err == nil && opts.Dest != "" {
+		if opts.Dest, err = CleanTask(opts.Dest); err != nil {
+			err = fmt.Errorf("task option dest: %w", err)
+		}
+	}
+	switch {
+	case err != nil:
+	case !manifest.ValidDigest(opts.Digest):
+		err = fmt.Errorf("rollback to generation %d: task option digest %.80q is not a manifest digest (use fanout-master rollback)", opts.Rollback, opts.Digest)
+	case opts.Atomic < 1 || opts.Atomic > coord.MaxKeep:
+		err = fmt.Errorf("rollback to generation %d: task option atomic is %d, want 1 to %d releases kept (use fanout-master rollback)", opts.Rollback, opts.Atomic, coord.MaxKeep)
+	default:
+		err = coord.ValidGroups("task option groups", opts.Groups)
+	}
+	if err != nil {
+		return m.reject(ctx, value, err)
+	}
+	g, err := m.coord.Publish(ctx, coord.Generation{
+		ID: m.floor(), Path: clean, Dest: opts.Dest, Groups: opts.Groups, Delete: opts.Delete, Digest: opts.Digest,
+		Origin: m.cfg.ID, OriginAddr: m.cfg.Advertise, OriginZone: m.cfg.Zone, Files: opts.Files, Bytes: opts.Bytes,
+		Atomic: opts.Atomic, Rollback: opts.Rollback,
+	}, 0)
+	if err != nil {
+		return fmt.Errorf("publish rollback: %w", err)
+	}
+	m.server.Set(nil)
+	m.active = rolledBack(g)
+	m.cfg.Metrics.Published.Inc()
+	m.cfg.Metrics.Generation.Set(float64(g.ID))
+	if err := m.remember(m.active); err != nil {
+		return err
+	}
+	m.cfg.Log.WithFields(logrus.Fields{
+		"gen": g.ID, "rollback": g.Rollback, "path": clean, "dest": g.Dest, "digest": g.Digest[:16], "files": g.Files, "bytes": g.Bytes,
+	}).Info("published a rollback: hosts that keep the release switch back to it, the others pull it from them")
+	return nil
+}
+
+// rolledBack is the record of rollback generation g.
+func rolledBack(g coord.Generation) *published {
+	return &published{Gen: g.ID, Digest: g.Digest, Path: g.Path, Dest: g.Dest, Groups: g.Groups, Delete: g.Delete,
+		Atomic: g.Atomic, Rollback: g.Rollback, Files: g.Files, Bytes: g.Bytes}
 }

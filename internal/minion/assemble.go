@@ -110,6 +110,28 @@ func (a *assembler) index(ctx context.Context, local, remote *manifest.Manifest,
 	return nil
 }
 
+// indexTree learns the chunks of man's files in the tree at root (the
+// live release beside the one a pull builds), where the index of the
+// pull's own tree has none: a changed file is built from its older
+// version there. A copy verifies each chunk's hash, so a file changed
+// since costs a fetch, never a bad byte.
+func (a *assembler) indexTree(root string, man *manifest.Manifest, p *chunk.Params) {
+	if man == nil || man.Chunking == nil || p == nil || *man.Chunking != *p {
+		return
+	}
+	for _, e := range man.Entries {
+		if e.Type != manifest.File || e.Size == 0 {
+			continue
+		}
+		p := osPath(root, e.Path)
+		for _, c := range e.ChunkList() {
+			if _, ok := a.local[c.Hash]; !ok {
+				a.local[c.Hash] = chunkAt{path: p, off: c.Off, len: c.Len}
+			}
+		}
+	}
+}
+
 func (a *assembler) osPath(p string) string { return osPath(a.root, p) }
 
 // Assemble implements apply.Assembler: chunks already on this host are

@@ -541,6 +541,11 @@ func (m *Minion) Step(ctx context.Context) (Outcome, error) {
 		m.looked = genKey(g)
 		m.cfg.Log.WithFields(logrus.Fields{"gen": g.ID, "path": g.Path, "dest": g.Dest}).Info("new generation")
 	}
+	if m.adoptKept(ctx, g) {
+		// A release of g's tree is kept here (a rollback): verified, it
+		// is switched to and announced, with no source and no transfer.
+		return m.hold(ctx, g)
+	}
 	return m.claimAndPull(ctx, g, false, Pulled)
 }
 
@@ -670,6 +675,11 @@ func (m *Minion) announce(ctx context.Context, g coord.Generation) error {
 		m.mu.Unlock()
 		m.server.Set(snapshot(m.cfg.Root, &h, enc, man))
 		m.cfg.Metrics.Generation.Set(float64(g.ID))
+	}
+	// A released tree is switched to before it is said held (a restart
+	// between a pull's verification and its switch, a rollback).
+	if err := m.switchHeld(g); err != nil {
+		return err
 	}
 	// A hook that has not run for g on this host (a republish of content
 	// it held, a restart that interrupted the hook) runs after the finish.

@@ -216,6 +216,9 @@ func (m *Minion) transfer(ctx context.Context, g coord.Generation, src *source) 
 	}
 	src.setManifest(remote)
 
+	m.mu.Lock()
+	prev, prevMan := m.held, m.heldMan
+	m.mu.Unlock()
 	// From here on the tree changes: keep no state that vouches for the
 	// old copy.
 	m.forgetHeld()
@@ -224,6 +227,17 @@ func (m *Minion) transfer(ctx context.Context, g coord.Generation, src *source) 
 	}
 
 	root := taskRoot(m.cfg.Root, g.LocalPath())
+	// A released task (publish --atomic, or a path that is a release
+	// already) is built in a release beside the live tree, which changes
+	// only at the switch (release.go).
+	var release, from string
+	var linked map[string]bool
+	if g.Atomic > 0 || newLayout(root).released() {
+		if root, from, linked, err = m.releaseRoot(g, remote); err != nil {
+			return apply.Stats{}, fmt.Errorf("prepare the release of generation %d: %w", g.ID, err)
+		}
+		release = releaseName(g.Digest)
+	}
 	var incoming *peer.Incoming
 	if m.cfg.Pipeline && m.uploads() > 0 {
 		var files []manifest.Entry
@@ -280,6 +294,9 @@ func (m *Minion) transfer(ctx context.Context, g coord.Generation, src *source) 
 	if err != nil {
 		return apply.Stats{}, fmt.Errorf("diff %s against generation %d: %w", root, g.ID, err)
 	}
+	if err := unshare(root, plan, linked); err != nil {
+		return apply.Stats{}, err
+	}
 	// Temporary files of an interrupted pull go, but for the part files of
 	// the files this plan fetches: they are resumed (see resume.go).
 	parts := resumable(remote, plan)
@@ -326,6 +343,9 @@ func (m *Minion) transfer(ctx context.Context, g coord.Generation, src *source) 
 		if err := asm.index(ctx, local, remote, plan); err != nil {
 			return apply.Stats{}, fmt.Errorf("index local chunks: %w", err)
 		}
+		if from != "" && prev != nil && prev.root(m.cfg.Root) == from {
+			asm.indexTree(from, prevMan, remote.Chunking) // the live release: changed files are built from it
+		}
 		if n, b, err := asm.indexParts(ctx, swept.Kept, parts); err != nil {
 			return apply.Stats{}, fmt.Errorf("index kept part files: %w", err)
 		} else if n > 0 {
@@ -361,7 +381,7 @@ func (m *Minion) transfer(ctx context.Context, g coord.Generation, src *source) 
 			return st, err
 		}
 	}
-	h := held{Gen: g.ID, Digest: g.Digest, Path: g.LocalPath(), Delete: g.Delete}
+	h := held{Gen: g.ID, Digest: g.Digest, Path: g.LocalPath(), Delete: g.Delete, Release: release}
 	if err := saveHeld(m.cfg.StateDir, h, enc); err != nil {
 		return st, err
 	}
@@ -373,6 +393,9 @@ func (m *Minion) transfer(ctx context.Context, g coord.Generation, src *source) 
 	m.held, m.heldEnc, m.heldMan = &h, enc, remote
 	m.mu.Unlock()
 	m.setVerified(true)
+	if err := m.switchHeld(g); err != nil {
+		return st, err
+	}
 	return st, nil
 }
 

@@ -25,11 +25,25 @@ type held struct {
 	// Delete records that extras were removed: a copy made without delete
 	// does not satisfy a generation published with it.
 	Delete bool `json:"delete"`
+	// Release names the release the tree is in when the task is released
+	// (publish --atomic, see release.go): the tree is then under the
+	// releases beside Path, and Path is a symlink to it once switched.
+	Release string `json:"release,omitempty"`
 }
 
-// satisfies reports whether holding h means holding generation g.
+// satisfies reports whether holding h means holding generation g: an
+// atomic generation is held only in a release.
 func (h *held) satisfies(g coord.Generation) bool {
-	return h != nil && h.Digest == g.Digest && h.Path == g.LocalPath() && (h.Delete || !g.Delete)
+	return h != nil && h.Digest == g.Digest && h.Path == g.LocalPath() && (h.Delete || !g.Delete) && (g.Atomic == 0 || h.Release != "")
+}
+
+// root is where the held tree is on this host, under base (--root).
+func (h *held) root(base string) string {
+	r := taskRoot(base, h.Path)
+	if h.Release != "" {
+		return newLayout(r).path(h.Release)
+	}
+	return r
 }
 
 const (
@@ -95,7 +109,7 @@ func clearHeld(dir string) error {
 
 // snapshot turns a held state into what the peer server serves.
 func snapshot(root string, h *held, enc []byte, m *manifest.Manifest) *peer.Snapshot {
-	return &peer.Snapshot{Gen: h.Gen, Digest: h.Digest, Encoded: enc, Manifest: m, Root: taskRoot(root, h.Path)}
+	return &peer.Snapshot{Gen: h.Gen, Digest: h.Digest, Encoded: enc, Manifest: m, Root: h.root(root)}
 }
 
 // taskRoot maps a published task path to this host's OS path under root.

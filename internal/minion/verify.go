@@ -52,7 +52,7 @@ func (m *Minion) verify(ctx context.Context) (*manifest.Plan, error) {
 	h, man := m.held, m.heldMan
 	m.mu.Unlock()
 	start := time.Now()
-	root := taskRoot(m.cfg.Root, h.Path)
+	root := h.root(m.cfg.Root)
 	temps := 0
 	ex, err := exclude.Parse(man.Exclude)
 	if err != nil {
@@ -113,7 +113,7 @@ func (m *Minion) setVerified(rearm bool) {
 		m.cfg.Metrics.Generation.Set(float64(h.Gen))
 	}
 	if m.watch != nil && rearm {
-		m.watch.arm(taskRoot(m.cfg.Root, h.Path), man)
+		m.watch.arm(h.root(m.cfg.Root), man)
 		m.watch.take() // events of our own writes
 	}
 }
@@ -147,7 +147,7 @@ func (m *Minion) repair(ctx context.Context, g coord.Generation, plan *manifest.
 			m.cfg.Log.WithError(err).Warn("could not report the drift")
 		}
 	}
-	root := taskRoot(m.cfg.Root, h.Path)
+	root := h.root(m.cfg.Root)
 	if plan.Count(manifest.OpFetch) == 0 {
 		if _, err := apply.Apply(ctx, root, plan, apply.Options{Cache: m.cache, Log: m.cfg.Log, Owner: m.owner, Chunking: man.Chunking}); err != nil {
 			return Waiting, fmt.Errorf("repair drift: %w", err)
@@ -208,7 +208,7 @@ func (m *Minion) serveWithout(gone []manifest.Entry) {
 			kept.Entries = append(kept.Entries, e)
 		}
 	}
-	m.server.Set(&peer.Snapshot{Gen: h.Gen, Digest: h.Digest, Encoded: enc, Manifest: kept, Root: taskRoot(m.cfg.Root, h.Path)})
+	m.server.Set(&peer.Snapshot{Gen: h.Gen, Digest: h.Digest, Encoded: enc, Manifest: kept, Root: h.root(m.cfg.Root)})
 }
 
 // describe sums up a repair plan for logs and events: counts per action

@@ -1,0 +1,507 @@
+package minion
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/fanout/fanout/internal/coord"
+	"github.com/fanout/fanout/internal/manifest"
+	"github.com/fanout/fanout/internal/statedir"
+)
+
+// Releases (publish --atomic). The task path is a symlink to the live
+// release, a directory beside it named by its tree's digest:
+//
+//	/data/web -> .web.releases/3f2a9c0d1e2b4a5c
+//	/data/.web.releases/3f2a9c0d1e2b4a5c/...   (live)
+//	/data/.web.releases/9b8c7d6e5f4a3b2c/...   (kept: rollback switches back)
+//
+// A pull builds the new release in its own directory: files whose content
+// this host holds already are hard-linked from the live release (a link
+// that a metadata change would touch is copied first, so nothing of the
+// live tree ever changes), the rest is fetched as any pull does; the
+// release is verified, then the symlink is replaced by rename(2), which is
+// atomic: a reader resolves the path to the old tree or the new one, never
+// a mix. A plain tree (the task before its first atomic generation) is
+// exchanged for the symlink with renameat2(RENAME_EXCHANGE) and kept as a
+// release itself. Once a task's path is released, every generation of it
+// is, published with --atomic or not.
+//
+// The state directory keeps the switch order (releasesFile) and the
+// manifest of each kept release (keptDir), so a rollback to a kept release
+// verifies it against its own manifest and switches without a source.
+
+const (
+	// releasesFile records, per releases directory, the releases this
+	// host switched to, oldest first.
+	releasesFile = "releases.json"
+	// keptDir holds the encoded manifest of each kept release.
+	keptDir = "releases"
+	// switchName is the symlink made beside the releases and renamed
+	// over the task path.
+	switchName = ".switch"
+	// plainPrefix names a plain tree kept as a release at its first
+	// switch.
+	plainPrefix = "plain-"
+)
+
+// layout is where a released task lives on this host.
+type layout struct {
+	live string // the task path: a symlink to the live release
+	dir  string // the releases, beside it
+}
+
+func newLayout(live string) layout {
+	return layout{live: live, dir: filepath.Join(filepath.Dir(live), "."+filepath.Base(live)+".releases")}
+}
+
+// releaseName names the release of the tree whose manifest digest is
+// digest.
+func releaseName(digest string) string { return digest[:16] }
+
+func (l layout) path(name string) string { return filepath.Join(l.dir, name) }
+
+// target is the symlink text for release name: relative to the task
+// path's directory, so it resolves through any mount of it.
+func (l layout) target(name string) string { return filepath.Base(l.dir) + "/" + name }
+
+// errForeignLink refuses a task path that is a symlink fanout did not
+// make: replacing it would throw away where the operator pointed it.
+var errForeignLink = errors.New("is a symlink fanout did not make")
+
+// current returns the release the task path points at; "" when it is not
+// a symlink (a plain tree, or nothing yet). A symlink elsewhere is
+// errForeignLink.
+func (l layout) current() (string, error) {
+	t, err := os.Readlink(l.live)
+	switch {
+	case errors.Is(err, fs.ErrNotExist), errors.Is(err, syscall.EINVAL):
+		return "", nil
+	case err != nil:
+		return "", err
+	}
+	name, ok := strings.CutPrefix(t, filepath.Base(l.dir)+"/")
+	if !ok || name == "" || strings.Contains(name, "/") || name == "." || name == ".." {
+		return "", fmt.Errorf("%s -> %s %w: remove it, or publish without --atomic", l.live, t, errForeignLink)
+	}
+	return name, nil
+}
+
+// released reports whether the task path is a symlink to a release.
+func (l layout) released() bool {
+	name, err := l.current()
+	return err == nil && name != ""
+}
+
+// ensureDir makes the releases directory, and refuses one that is not a
+// directory of this user's (a symlink planted there would make fanout
+// build the tree elsewhere).
+func (l layout) ensureDir() error {
+	if err := os.Mkdir(l.dir, 0o755); err != nil && !errors.Is(err, fs.ErrExist) {
+		return fmt.Errorf("create %s: %w", l.dir, err)
+	}
+	return ownDir(l.dir)
+}
+
+// ownDir checks that p is a directory (not a symlink) owned by this
+// process's user.
+func ownDir(p string) error {
+	fi, err := os.Lstat(p)
+	if err != nil {
+		return err
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !fi.IsDir() || !ok || int(st.Uid) != os.Geteuid() {
+		return fmt.Errorf("%s is not a directory of this user's: move it away so fanout can keep its releases there", p)
+	}
+	return nil
+}
+
+// switchTo points the task path at release name, atomically; a plain
+// tree at the task path is kept as a release (its name returned as
+// plain). It reports whether anything changed.
+func (l layout) switchTo(name string, now time.Time) (changed bool, plain string, err error) {
+	want := l.target(name)
+	if t, err := os.Readlink(l.live); err == nil && t == want {
+		return false, "", nil
+	}
+	tmp := l.path(switchName)
+	if err := os.Remove(tmp); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return false, "", err
+	}
+	if err := os.Symlink(want, tmp); err != nil {
+		return false, "", err
+	}
+	fi, err := os.Lstat(l.live)
+	switch {
+	case errors.Is(err, fs.ErrNotExist), err == nil && fi.Mode()&fs.ModeSymlink != 0:
+		// Nothing there, or our symlink (current() refused any other).
+		err = os.Rename(tmp, l.live)
+	case err != nil:
+	default:
+		plain = plainPrefix + strconv.FormatInt(now.UnixNano(), 10)
+		err = unix.Renameat2(unix.AT_FDCWD, tmp, unix.AT_FDCWD, l.live, unix.RENAME_EXCHANGE)
+		if errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOSYS) {
+			// No exchange on this file system: the path is missing for
+			// the moment between two renames.
+			if err = os.Rename(l.live, l.path(plain)); err == nil {
+				err = os.Rename(tmp, l.live)
+			}
+		} else if err == nil {
+			err = os.Rename(tmp, l.path(plain)) // tmp is the old tree now
+		}
+	}
+	if err != nil {
+		return false, "", err
+	}
+	for _, d := range []string{filepath.Dir(l.live), l.dir} {
+		if err := syncDir(d); err != nil {
+			return true, plain, err
+		}
+	}
+	return true, plain, nil
+}
+
+func syncDir(p string) error {
+	d, err := os.Open(p)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}
+
+// releaseRecord is one release this host switched to.
+type releaseRecord struct {
+	Name     string    `json:"name"`
+	Digest   string    `json:"digest,omitempty"` // "" for a plain tree
+	Gen      int64     `json:"gen,omitempty"`
+	Switched time.Time `json:"switched"`
+}
+
+// releaseLog is releasesFile: per releases directory, oldest first.
+type releaseLog map[string][]releaseRecord
+
+func (m *Minion) loadReleases() releaseLog {
+	out := releaseLog{}
+	b, err := os.ReadFile(filepath.Join(m.cfg.StateDir, releasesFile))
+	if err == nil {
+		if err := json.Unmarshal(b, &out); err != nil {
+			m.cfg.Log.WithError(err).Warn("release record unreadable; releases are pruned as if none was kept")
+			out = releaseLog{}
+		}
+	}
+	return out
+}
+
+func (m *Minion) saveReleases(rl releaseLog) error {
+	b, err := json.Marshal(rl)
+	if err != nil {
+		return err
+	}
+	return statedir.WriteFile(filepath.Join(m.cfg.StateDir, releasesFile), b, manifest.TempPrefix)
+}
+
+// keptPath is where the manifest of release name is kept.
+func (m *Minion) keptPath(name string) string {
+	return filepath.Join(m.cfg.StateDir, keptDir, name+".manifest")
+}
+
+// keptManifest returns the kept manifest of the release of digest, if
+// this host keeps that release.
+func (m *Minion) keptManifest(l layout, digest string) ([]byte, *manifest.Manifest, bool) {
+	name := releaseName(digest)
+	enc, err := os.ReadFile(m.keptPath(name))
+	if err != nil || manifest.Digest(enc) != digest {
+		return nil, nil, false
+	}
+	if _, err := os.Lstat(l.path(name)); err != nil {
+		return nil, nil, false
+	}
+	man, err := manifest.Decode(enc, manifest.DefaultLimits())
+	if err != nil {
+		return nil, nil, false
+	}
+	return enc, man, true
+}
+
+// releaseRoot prepares the directory a pull of g builds its release in
+// (see the package comment above): the release of g's tree, created and
+// filled with hard links from the tree live now when it does not exist
+// yet. It returns the release's path and the live tree's, the latter ""
+// when there is none to take chunks from.
+func (m *Minion) releaseRoot(g coord.Generation, remote *manifest.Manifest) (root, from string, linked map[string]bool, err error) {
+	l := newLayout(taskRoot(m.cfg.Root, g.LocalPath()))
+	cur, err := l.current()
+	if err != nil {
+		return "", "", nil, err
+	}
+	if err := os.MkdirAll(filepath.Dir(l.live), 0o755); err != nil {
+		return "", "", nil, fmt.Errorf("create parent of %s: %w", l.live, err)
+	}
+	if err := l.ensureDir(); err != nil {
+		return "", "", nil, err
+	}
+	name := releaseName(g.Digest)
+	root = l.path(name)
+	switch {
+	case cur != "" && cur != name:
+		from = l.path(cur)
+	case cur == "":
+		if _, err := os.Lstat(l.live); err == nil {
+			from = l.live // a plain tree, before its first switch
+		}
+	}
+	fi, err := os.Lstat(root)
+	switch {
+	case err == nil:
+		// Kept, or left by an interrupted pull: the diff tells what is
+		// missing. It must be ours.
+		if fi.IsDir() {
+			err = ownDir(root)
+		} else if !fi.Mode().IsRegular() {
+			err = fmt.Errorf("%s is neither a directory nor a file: move it away", root)
+		}
+		return root, from, nil, err
+	case !errors.Is(err, fs.ErrNotExist):
+		return "", "", nil, err
+	}
+	if e, ok := remote.Lookup("."); ok && e.Type == manifest.Dir {
+		// Nobody else may write in it while it is built: its mode is
+		// the manifest's once the pull applies it.
+		if err := os.Mkdir(root, 0o700); err != nil {
+			return "", "", nil, fmt.Errorf("create release %s: %w", root, err)
+		}
+	}
+	if from != "" {
+		linked = m.linkRelease(from, root, remote)
+	}
+	return root, from, linked, nil
+}
+
+// linkRelease hard-links into the new release at root every file of
+// remote whose content the tree at from holds at the same path, as the
+// hash cache vouches (the file was not touched since it was hashed). The
+// links' cache entries are carried over (a link moves the inode's ctime),
+// so the pull's scan does not read them again. It returns the paths
+// linked.
+func (m *Minion) linkRelease(from, root string, remote *manifest.Manifest) map[string]bool {
+	linked := map[string]bool{}
+	var bytes int64
+	for _, e := range remote.Entries {
+		if e.Type != manifest.File {
+			continue
+		}
+		src, dst := osPath(from, e.Path), osPath(root, e.Path)
+		fi, err := os.Lstat(src)
+		if err != nil || !fi.Mode().IsRegular() || fi.Size() != e.Size {
+			continue
+		}
+		hash, chunks, ok := m.cachedHash(src, fi, remote)
+		if !ok || hash != e.Hash {
+			continue
+		}
+		if err := os.MkdirAll(filepath.Dir(dst), 0o700); err != nil {
+			continue
+		}
+		if err := os.Link(src, dst); err != nil {
+			continue // another file system, a link limit: fetched or built from chunks instead
+		}
+		after, err := os.Lstat(dst)
+		if err == nil && os.SameFile(fi, after) && after.Size() == fi.Size() && after.ModTime().Equal(fi.ModTime()) {
+			m.putHash(dst, after, remote, hash, chunks)
+			m.putHash(src, after, remote, hash, chunks)
+		}
+		linked[e.Path] = true
+		bytes += e.Size
+	}
+	if len(linked) > 0 {
+		m.cfg.Log.WithFields(map[string]any{"files": len(linked), "bytes": bytes, "from": from}).Info("release: hard-linked unchanged files from the live tree")
+	}
+	return linked
+}
+
+// cachedHash is the content hash (and, in format 3, the chunk list) of
+// the file at p (stat fi) as the hash cache knows it, in remote's format.
+func (m *Minion) cachedHash(p string, fi fs.FileInfo, remote *manifest.Manifest) (string, []manifest.Chunk, bool) {
+	if remote.Chunking != nil {
+		return m.cache.GetChunks(p, fi, *remote.Chunking)
+	}
+	hash, ok := m.cache.Get(p, fi)
+	return hash, nil, ok
+}
+
+func (m *Minion) putHash(p string, fi fs.FileInfo, remote *manifest.Manifest, hash string, chunks []manifest.Chunk) {
+	if remote.Chunking != nil {
+		m.cache.PutChunks(p, fi, *remote.Chunking, hash, chunks)
+		return
+	}
+	m.cache.Put(p, fi, hash)
+}
+
+// unshare gives each file of the plan that was hard-linked from the live
+// tree and whose metadata the plan changes an inode of its own, so the
+// change does not reach the live tree.
+func unshare(root string, plan *manifest.Plan, linked map[string]bool) error {
+	for _, e := range plan.Entries(manifest.OpMeta) {
+		if e.Type != manifest.File || !linked[e.Path] {
+			continue
+		}
+		if err := copyOver(osPath(root, e.Path)); err != nil {
+			return fmt.Errorf("release: copy %s before changing its metadata: %w", e.Path, err)
+		}
+	}
+	return nil
+}
+
+// copyOver replaces the file at p by a copy of it (a new inode).
+func copyOver(p string) error {
+	src, err := os.OpenFile(p, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
+	if err != nil {
+		return err
+	}
+	defer src.Close()
+	tmp, err := os.CreateTemp(filepath.Dir(p), manifest.TempPrefix+"unshare-")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name()) // after the rename: nothing
+	if _, err := io.Copy(tmp, src); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	return os.Rename(tmp.Name(), p)
+}
+
+// switchHeld points the task path at the release this host holds (when
+// it holds one), records the switch and prunes the releases beyond keep.
+// The held release is verified: a pull verified it, or a verification
+// pass found it equal to its manifest.
+func (m *Minion) switchHeld(g coord.Generation) error {
+	m.mu.Lock()
+	h, enc := m.held, m.heldEnc
+	m.mu.Unlock()
+	if h == nil || h.Release == "" {
+		return nil
+	}
+	l := newLayout(taskRoot(m.cfg.Root, h.Path))
+	if _, err := l.current(); err != nil {
+		return err
+	}
+	start := time.Now()
+	changed, plain, err := l.switchTo(h.Release, start)
+	if err != nil {
+		return fmt.Errorf("switch %s to release %s: %w", l.live, h.Release, err)
+	}
+	if !changed {
+		return nil
+	}
+	m.cfg.Log.WithFields(map[string]any{"gen": h.Gen, "path": l.live, "release": h.Release, "elapsed": time.Since(start).Round(time.Microsecond).String()}).
+		Info("switched to the new release")
+	if err := os.MkdirAll(filepath.Join(m.cfg.StateDir, keptDir), 0o700); err != nil {
+		return err
+	}
+	if err := statedir.WriteFile(m.keptPath(h.Release), enc, manifest.TempPrefix); err != nil {
+		return fmt.Errorf("keep the release's manifest: %w", err)
+	}
+	rl := m.loadReleases()
+	recs := slices.DeleteFunc(rl[l.dir], func(r releaseRecord) bool { return r.Name == h.Release })
+	if plain != "" {
+		recs = append(recs, releaseRecord{Name: plain, Switched: start})
+		m.cfg.Log.WithFields(map[string]any{"path": l.live, "kept": l.path(plain)}).
+			Info("the tree in place before the first release is kept as a release")
+	}
+	rl[l.dir] = append(recs, releaseRecord{Name: h.Release, Digest: h.Digest, Gen: h.Gen, Switched: start})
+	keep := g.Atomic
+	if keep <= 0 {
+		keep = coord.DefaultKeep
+	}
+	m.pruneReleases(l, rl, keep, h.Release)
+	return m.saveReleases(rl)
+}
+
+// pruneReleases removes every release of l but the live one and the
+// keep-1 switched to last before it, and whatever else is in the releases
+// directory (builds of generations never switched to).
+func (m *Minion) pruneReleases(l layout, rl releaseLog, keep int, live string) {
+	recs := rl[l.dir]
+	kept := map[string]bool{live: true, switchName: true}
+	for i := len(recs) - 1; i >= 0 && len(kept) < keep+1; i-- {
+		kept[recs[i].Name] = true
+	}
+	rl[l.dir] = slices.DeleteFunc(recs, func(r releaseRecord) bool { return !kept[r.Name] })
+	entries, err := os.ReadDir(l.dir)
+	if err != nil {
+		m.cfg.Log.WithError(err).Warn("cannot list the releases to prune")
+		return
+	}
+	for _, e := range entries {
+		if kept[e.Name()] {
+			continue
+		}
+		if err := os.RemoveAll(l.path(e.Name())); err != nil {
+			m.cfg.Log.WithError(err).WithField("release", l.path(e.Name())).Warn("cannot prune a release")
+			continue
+		}
+		os.Remove(m.keptPath(e.Name()))
+		m.cfg.Log.WithFields(map[string]any{"release": l.path(e.Name()), "keep": keep}).Info("pruned a release")
+	}
+}
+
+// adoptKept makes a kept release of g's tree the held tree when a
+// verification pass finds it equal to its manifest, so the announce
+// switches to it: a rollback, or a republish of a tree this host kept,
+// moves no bytes. A kept release that drifted is left to the pull, which
+// builds in it and fetches only what differs.
+func (m *Minion) adoptKept(ctx context.Context, g coord.Generation) bool {
+	l := newLayout(taskRoot(m.cfg.Root, g.LocalPath()))
+	if g.Atomic == 0 && !l.released() {
+		return false
+	}
+	enc, man, ok := m.keptManifest(l, g.Digest)
+	if !ok {
+		return false
+	}
+	h := held{Gen: g.ID, Digest: g.Digest, Path: g.LocalPath(), Delete: g.Delete, Release: releaseName(g.Digest)}
+	log := m.cfg.Log.WithFields(map[string]any{"gen": g.ID, "release": h.Release, "rollback": g.Rollback})
+	m.forgetHeld()
+	m.mu.Lock()
+	m.held, m.heldEnc, m.heldMan = &h, enc, man
+	m.mu.Unlock()
+	plan, err := m.verify(ctx)
+	if err == nil && plan.Empty() {
+		err = saveHeld(m.cfg.StateDir, h, enc)
+	} else if err == nil {
+		err = fmt.Errorf("it differs from its manifest: %s", describe(plan))
+	}
+	if err != nil {
+		m.mu.Lock()
+		m.held, m.heldEnc, m.heldMan = nil, nil, nil
+		m.mu.Unlock()
+		log.WithError(err).Info("kept release of the generation not usable as it is; pulling what differs")
+		return false
+	}
+	m.setVerified(true)
+	log.Info("this host keeps the release of the generation, verified: switching back to it without a transfer")
+	return true
+}
