@@ -113,12 +113,24 @@ func writeHosts(w io.Writer, hosts []coord.Host, now time.Time) error {
 // through printable.
 func writeHistory(w io.Writer, recs []coord.Completion) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "GEN\tDONE\tPATH\tHOSTS\tFILES\tBYTES\tROUNDS\tTOOK\tHOOKS")
+	fmt.Fprintln(tw, "GEN\tDONE\tPATH\tRELEASE\tHOSTS\tFILES\tBYTES\tROUNDS\tTOOK\tHOOKS")
 	for _, r := range recs {
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%d\t%d\t%s\t%d\t%s\t%s\n", r.Gen, r.Done.Local().Format(time.DateTime), printable(r.Path, maxLine),
-			r.Hosts, r.Files, humanBytes(r.Bytes), r.Rounds, r.Elapsed.Round(time.Millisecond), historyHooks(r))
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%d\t%d\t%s\t%d\t%s\t%s\n", r.Gen, r.Done.Local().Format(time.DateTime), printable(r.Path, maxLine),
+			release(r.Atomic, r.Rollback), r.Hosts, r.Files, humanBytes(r.Bytes), r.Rounds, r.Elapsed.Round(time.Millisecond), historyHooks(r))
 	}
 	return tw.Flush()
+}
+
+// release describes how a generation was switched to: "-" in place,
+// "atomic, keep N", or "rollback to GEN".
+func release(atomic int, rollback int64) string {
+	switch {
+	case rollback > 0:
+		return fmt.Sprintf("rollback to %d", rollback)
+	case atomic > 0:
+		return fmt.Sprintf("atomic, keep %d", atomic)
+	}
+	return "-"
 }
 
 // historyHooks is a completion's HOOKS column: "-" when no host ran a

@@ -14,27 +14,31 @@ import (
 
 // statusJSON is the stable JSON form of `fanout-master status --json`.
 type statusJSON struct {
-	Task       string                   `json:"task"`
-	Generation int64                    `json:"generation"`
-	Path       string                   `json:"path"`
-	Dest       string                   `json:"dest,omitempty"`
-	Groups     []string                 `json:"groups,omitempty"`
-	Digest     string                   `json:"digest"`
-	State      string                   `json:"state"`
-	Error      string                   `json:"error,omitempty"`
-	Delete     bool                     `json:"delete"`
-	Compress   bool                     `json:"compress"`
-	Published  *time.Time               `json:"published,omitempty"`
-	DoneAt     *time.Time               `json:"done_at,omitempty"`
-	Files      int64                    `json:"files"`
-	Bytes      int64                    `json:"bytes"`
-	Expected   int                      `json:"expected"`
-	Finished   int                      `json:"finished"`
-	Running    int                      `json:"running"`
-	Repairing  int                      `json:"repairing"`
-	Lookup     int64                    `json:"lookup"`
-	Sources    []string                 `json:"sources"`
-	Failures   map[string]coord.Failure `json:"failures"`
+	Task       string   `json:"task"`
+	Generation int64    `json:"generation"`
+	Path       string   `json:"path"`
+	Dest       string   `json:"dest,omitempty"`
+	Groups     []string `json:"groups,omitempty"`
+	Digest     string   `json:"digest"`
+	State      string   `json:"state"`
+	Error      string   `json:"error,omitempty"`
+	Delete     bool     `json:"delete"`
+	Compress   bool     `json:"compress"`
+	// Atomic is the releases hosts keep (publish --atomic); Rollback the
+	// generation a rollback returns to.
+	Atomic    int                      `json:"atomic,omitempty"`
+	Rollback  int64                    `json:"rollback,omitempty"`
+	Published *time.Time               `json:"published,omitempty"`
+	DoneAt    *time.Time               `json:"done_at,omitempty"`
+	Files     int64                    `json:"files"`
+	Bytes     int64                    `json:"bytes"`
+	Expected  int                      `json:"expected"`
+	Finished  int                      `json:"finished"`
+	Running   int                      `json:"running"`
+	Repairing int                      `json:"repairing"`
+	Lookup    int64                    `json:"lookup"`
+	Sources   []string                 `json:"sources"`
+	Failures  map[string]coord.Failure `json:"failures"`
 	// Hooks counts the hosts' hook runs of this generation; absent when
 	// no host ran a hook for it.
 	Hooks *hookCountsJSON `json:"hooks,omitempty"`
@@ -117,7 +121,7 @@ func toJSON(st coord.Status, now time.Time) statusJSON {
 	g := st.Generation
 	out := statusJSON{
 		Task: st.Task, Generation: g.ID, Path: g.Path, Dest: g.Dest, Groups: g.Groups, Digest: g.Digest, State: st.State, Error: g.Error,
-		Delete: g.Delete, Compress: g.Compress, Files: g.Files, Bytes: g.Bytes,
+		Delete: g.Delete, Compress: g.Compress, Atomic: g.Atomic, Rollback: g.Rollback, Files: g.Files, Bytes: g.Bytes,
 		Expected: len(st.Expected), Finished: len(st.Finished), Running: len(st.Running), Repairing: len(st.Repairing),
 		Lookup: st.Lookup, Sources: st.Sources, Failures: st.Failures,
 		OriginZone: g.OriginZone, CrossZone: st.CrossZoneTotal(),
@@ -233,6 +237,9 @@ func writeStatusText(w io.Writer, st coord.Status, now time.Time) {
 		}
 		if len(s.Groups) > 0 {
 			fmt.Fprintf(w, "  groups %s", printable(strings.Join(s.Groups, ","), maxLine))
+		}
+		if r := release(s.Atomic, s.Rollback); r != "-" {
+			fmt.Fprintf(w, "  (%s)", r)
 		}
 		fmt.Fprintf(w, "  state %s", state)
 		if s.Published != nil {

@@ -652,6 +652,11 @@ func (m *Minion) hold(ctx context.Context, g coord.Generation) (Outcome, error) 
 		}
 		m.setVerified(false)
 	}
+	// A released task path pointed elsewhere by hand is pointed back at
+	// the verified release (a readlink when nothing changed).
+	if err := m.switchHeld(g); err != nil {
+		return Waiting, err
+	}
 	return Holding, m.announce(ctx, g)
 }
 
