@@ -24,7 +24,7 @@ Usage:
   fanout-master run [flags]                 watch the task key, publish generations, serve as origin
   fanout-master run --watch [--delay D] [--max-delay D] [--full-every D] [--exclude P]...
                                             also publish each change of the task tree (live mirroring)
-  fanout-master publish PATH [--delete] [--exclude P]... [--exclude-from F] [--compress] [--dest DIR] [--group G]... [--atomic [--keep N]] [--wait] [--timeout D] [--dry-run]
+  fanout-master publish PATH [--delete] [--exclude P]... [--exclude-from F] [--compress] [--dest DIR] [--group G]... [--atomic [--keep N] [--switch host|fleet]] [--wait] [--timeout D] [--dry-run]
                                             set the task (same as: redis-cli set task PATH)
   fanout-master rollback [GENERATION] [--wait]
                                             switch every host back to the release of an earlier
@@ -219,7 +219,7 @@ func masterPublish(ctx context.Context, args []string, e env) error {
 	var c common
 	var del, compress, wait, dry, atomic bool
 	var keep int
-	var dest string
+	var dest, switchMode string
 	var groups []string
 	var timeout time.Duration
 	var ex excludeFlags
@@ -238,6 +238,7 @@ func masterPublish(ctx context.Context, args []string, e env) error {
 	fs.StringArrayVar(&groups, "group", nil, "send the task to the hosts of this group only (a minion's --group; repeatable: any of them): only they pull it and only they are expected; minions before protocol 5 refuse such a generation")
 	fs.BoolVar(&atomic, "atomic", false, "hosts build each generation as a release beside the live tree (unchanged files hard-linked from the current release), verify it, then switch the destination to it at once (a symlink replaced by rename); the destination becomes a symlink to DEST/../.NAME.releases/ID. Minions before protocol 6 refuse such a generation")
 	fs.IntVar(&keep, "keep", coord.DefaultKeep, fmt.Sprintf("with --atomic: releases each host keeps, the live one included (1 to %d); fanout-master rollback switches back to a kept one without moving its bytes", coord.MaxKeep))
+	fs.StringVar(&switchMode, "switch", "host", "with --atomic: when hosts switch to the new release: host (each as soon as its release verifies) or fleet (every host once the last one holds its release, on the master's order; hooks run after the switch)")
 	fs.BoolVar(&wait, "wait", false, "wait until every expected host holds the task (exit 1 if it fails)")
 	fs.DurationVar(&timeout, "timeout", 30*time.Minute, "with --wait, give up after this long")
 	if err := parse(fs, args, e); err != nil {
@@ -245,6 +246,14 @@ func masterPublish(ctx context.Context, args []string, e env) error {
 	}
 	if fs.NArg() != 1 {
 		return usageError("publish takes exactly one PATH, got %d arguments", fs.NArg())
+	}
+	switch {
+	case switchMode != "host" && switchMode != coord.SwitchFleet:
+		return usageError("--switch %q: want host or fleet", switchMode)
+	case fs.Changed("switch") && !atomic:
+		return usageError("--switch says when hosts switch releases: add --atomic")
+	case switchMode == "host":
+		switchMode = coord.SwitchHost
 	}
 	if fs.Changed("keep") && !atomic {
 		return usageError("--keep counts the releases of --atomic: add --atomic")
@@ -307,12 +316,15 @@ func masterPublish(ctx context.Context, args []string, e env) error {
 	if err != nil {
 		return err
 	}
-	if err := co.SetTask(ctx, path, coord.TaskOptions{Delete: del, Compress: compress, Exclude: excludes, Dest: dest, Groups: groups, Atomic: keep}); err != nil {
+	if err := co.SetTask(ctx, path, coord.TaskOptions{Delete: del, Compress: compress, Exclude: excludes, Dest: dest, Groups: groups, Atomic: keep, Switch: switchMode}); err != nil {
 		return fmt.Errorf("set task: %w", err)
 	}
 	fmt.Fprintf(e.stdout, "task set to %s (delete=%v, compress=%v", printable(path, maxLine), del, compress)
 	if atomic {
 		fmt.Fprintf(e.stdout, ", atomic, keep %d", keep)
+		if switchMode == coord.SwitchFleet {
+			fmt.Fprint(e.stdout, ", switch fleet")
+		}
 	}
 	if dest != "" {
 		fmt.Fprintf(e.stdout, ", dest %s", printable(dest, maxLine))

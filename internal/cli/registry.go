@@ -116,21 +116,25 @@ func writeHistory(w io.Writer, recs []coord.Completion) error {
 	fmt.Fprintln(tw, "GEN\tDONE\tPATH\tRELEASE\tHOSTS\tFILES\tBYTES\tROUNDS\tTOOK\tHOOKS")
 	for _, r := range recs {
 		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%d\t%d\t%s\t%d\t%s\t%s\n", r.Gen, r.Done.Local().Format(time.DateTime), printable(r.Path, maxLine),
-			release(r.Atomic, r.Rollback), r.Hosts, r.Files, humanBytes(r.Bytes), r.Rounds, r.Elapsed.Round(time.Millisecond), historyHooks(r))
+			release(r.Atomic, r.Rollback, r.Switch), r.Hosts, r.Files, humanBytes(r.Bytes), r.Rounds, r.Elapsed.Round(time.Millisecond), historyHooks(r))
 	}
 	return tw.Flush()
 }
 
 // release describes how a generation was switched to: "-" in place,
-// "atomic, keep N", or "rollback to GEN".
-func release(atomic int, rollback int64) string {
+// "atomic, keep N", or "rollback to GEN", and ", fleet switch".
+func release(atomic int, rollback int64, switchMode string) string {
+	s := "-"
 	switch {
 	case rollback > 0:
-		return fmt.Sprintf("rollback to %d", rollback)
+		s = fmt.Sprintf("rollback to %d", rollback)
 	case atomic > 0:
-		return fmt.Sprintf("atomic, keep %d", atomic)
+		s = fmt.Sprintf("atomic, keep %d", atomic)
 	}
-	return "-"
+	if switchMode == coord.SwitchFleet {
+		s += ", fleet switch"
+	}
+	return s
 }
 
 // historyHooks is a completion's HOOKS column: "-" when no host ran a

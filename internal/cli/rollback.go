@@ -68,7 +68,7 @@ from the current one.`)
 	}
 	opts := coord.TaskOptions{
 		Delete: target.Delete, Dest: target.Dest, Groups: target.Groups, Atomic: max(target.Atomic, cur.Atomic),
-		Rollback: target.Gen, Digest: target.Digest, Files: target.Files, Bytes: target.Bytes,
+		Switch: target.Switch, Rollback: target.Gen, Digest: target.Digest, Files: target.Files, Bytes: target.Bytes,
 	}
 	if err := co.SetTask(ctx, target.Path, opts); err != nil {
 		return fmt.Errorf("set task: %w", err)

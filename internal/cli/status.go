@@ -25,9 +25,14 @@ type statusJSON struct {
 	Delete     bool     `json:"delete"`
 	Compress   bool     `json:"compress"`
 	// Atomic is the releases hosts keep (publish --atomic); Rollback the
-	// generation a rollback returns to.
+	// generation a rollback returns to; Switch "fleet" for a generation
+	// whose hosts switch at once, SwitchAt the master's order, Switched
+	// the hosts that switched.
 	Atomic    int                      `json:"atomic,omitempty"`
 	Rollback  int64                    `json:"rollback,omitempty"`
+	Switch    string                   `json:"switch,omitempty"`
+	SwitchAt  *time.Time               `json:"switch_at,omitempty"`
+	Switched  *int                     `json:"switched,omitempty"`
 	Published *time.Time               `json:"published,omitempty"`
 	DoneAt    *time.Time               `json:"done_at,omitempty"`
 	Files     int64                    `json:"files"`
@@ -121,13 +126,20 @@ func toJSON(st coord.Status, now time.Time) statusJSON {
 	g := st.Generation
 	out := statusJSON{
 		Task: st.Task, Generation: g.ID, Path: g.Path, Dest: g.Dest, Groups: g.Groups, Digest: g.Digest, State: st.State, Error: g.Error,
-		Delete: g.Delete, Compress: g.Compress, Atomic: g.Atomic, Rollback: g.Rollback, Files: g.Files, Bytes: g.Bytes,
+		Delete: g.Delete, Compress: g.Compress, Atomic: g.Atomic, Rollback: g.Rollback, Switch: g.Switch, Files: g.Files, Bytes: g.Bytes,
 		Expected: len(st.Expected), Finished: len(st.Finished), Running: len(st.Running), Repairing: len(st.Repairing),
 		Lookup: st.Lookup, Sources: st.Sources, Failures: st.Failures,
 		OriginZone: g.OriginZone, CrossZone: st.CrossZoneTotal(),
 	}
 	if !g.Published.IsZero() {
 		out.Published = &g.Published
+	}
+	if g.Switch == coord.SwitchFleet {
+		n := len(st.Switched)
+		out.Switched = &n
+		if !g.SwitchAt.IsZero() {
+			out.SwitchAt = &g.SwitchAt
+		}
 	}
 	if w := st.Watch; w != nil {
 		out.Watch = &watchJSON{
@@ -238,8 +250,16 @@ func writeStatusText(w io.Writer, st coord.Status, now time.Time) {
 		if len(s.Groups) > 0 {
 			fmt.Fprintf(w, "  groups %s", printable(strings.Join(s.Groups, ","), maxLine))
 		}
-		if r := release(s.Atomic, s.Rollback); r != "-" {
-			fmt.Fprintf(w, "  (%s)", r)
+		if r := release(s.Atomic, s.Rollback, s.Switch); r != "-" {
+			fmt.Fprintf(w, "  (%s", r)
+			switch {
+			case s.Switched == nil:
+			case s.SwitchAt == nil:
+				fmt.Fprint(w, ": waiting for every host to hold the release")
+			default:
+				fmt.Fprintf(w, ": ordered %s ago, %d switched", now.Sub(*s.SwitchAt).Round(time.Second), *s.Switched)
+			}
+			fmt.Fprint(w, ")")
 		}
 		fmt.Fprintf(w, "  state %s", state)
 		if s.Published != nil {

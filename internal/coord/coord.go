@@ -212,7 +212,23 @@ type Generation struct {
 	// master serves no content of a rollback: hosts that kept the release
 	// switch to it, the others pull it from them. Protocol ProtoAtomic.
 	Rollback int64
+	// Switch is when hosts switch to an atomic generation's release:
+	// SwitchHost ("") each as soon as its release verifies, SwitchFleet
+	// all once every expected host holds it (SwitchAt, Redis time, set
+	// by the master's order). Protocol ProtoAtomic.
+	Switch   string
+	SwitchAt time.Time
 }
+
+// Switch modes of an atomic generation (publish --switch).
+const (
+	SwitchHost  = ""
+	SwitchFleet = "fleet"
+)
+
+// SwitchPending reports whether hosts that hold g's release wait for the
+// master's order to switch to it.
+func (g Generation) SwitchPending() bool { return g.Switch == SwitchFleet && g.SwitchAt.IsZero() }
 
 // LocalPath is where hosts hold the generation's tree, under their --root:
 // Dest, or Path when it has none.
@@ -293,6 +309,13 @@ func parseGeneration(key string, h map[string]string) (Generation, error) {
 			return Generation{}, err
 		}
 		g.Atomic, g.Rollback = int(min(keep, MaxKeep)), back
+		switch sw := h["switch"]; sw {
+		case SwitchHost, SwitchFleet:
+			g.Switch = sw
+		default:
+			return Generation{}, fmt.Errorf("Redis key %s field \"switch\" is %q, not \"\" or %q: it is corrupt; delete it (redis-cli del %s) and set the task again", key, sw, SwitchFleet, key)
+		}
+		g.SwitchAt = fromMS(h["switch_at"])
 	}
 	return g, nil
 }
@@ -351,10 +374,13 @@ type TaskOptions struct {
 	// Rollback asks the master to publish, without reading any tree, the
 	// release of this completed generation again (fanout-master
 	// rollback); Digest, Files and Bytes are that generation's. Protocol 6.
-	Rollback int64  `json:"rollback,omitempty"`
-	Digest   string `json:"digest,omitempty"`
-	Files    int64  `json:"files,omitempty"`
-	Bytes    int64  `json:"bytes,omitempty"`
+	Rollback int64 `json:"rollback,omitempty"`
+	// Switch is SwitchFleet to switch every host at once (see
+	// Generation.Switch). Protocol 6.
+	Switch string `json:"switch,omitempty"`
+	Digest string `json:"digest,omitempty"`
+	Files  int64  `json:"files,omitempty"`
+	Bytes  int64  `json:"bytes,omitempty"`
 }
 
 // MaxKeep bounds the releases a host keeps of an atomic task.
@@ -367,7 +393,7 @@ const DefaultKeep = 3
 func (c *Client) SetTask(ctx context.Context, path string, opts TaskOptions) error {
 	_, err := c.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
 		p.Set(ctx, c.keys.Task(), path, 0)
-		if !opts.Delete && !opts.Compress && len(opts.Exclude) == 0 && opts.Dest == "" && len(opts.Groups) == 0 && opts.Atomic == 0 && opts.Rollback == 0 {
+		if !opts.Delete && !opts.Compress && len(opts.Exclude) == 0 && opts.Dest == "" && len(opts.Groups) == 0 && opts.Atomic == 0 && opts.Rollback == 0 && opts.Switch == "" {
 			p.Del(ctx, c.keys.TaskOptions())
 		} else {
 			b, _ := json.Marshal(opts)
@@ -439,7 +465,7 @@ func (c *Client) publish(ctx context.Context, g Generation, uploads int) (Genera
 	res, err := c.run(ctx, publishScript, g.Origin,
 		g.Path, flag(g.Delete), g.Digest, g.State, g.Error, g.Origin, g.OriginAddr,
 		g.Files, g.Bytes, uploads, eventsMax, g.ID, proto, g.OriginZone, flag(g.Compress), g.Dest, joinGroups(g.Groups),
-		g.Atomic, g.Rollback).Int64Slice()
+		g.Atomic, g.Rollback, g.Switch).Int64Slice()
 	if err != nil {
 		return Generation{}, fmt.Errorf("publish generation: %w", err)
 	}
@@ -465,6 +491,34 @@ func (c *Client) markDone(ctx context.Context, r Ref) (time.Time, error) {
 		return time.Time{}, nil
 	}
 	return time.UnixMilli(n), nil
+}
+
+// OrderSwitch orders the hosts of generation r, switched fleet-wide, to
+// switch to its release: once, while it runs. It returns the order's
+// Redis time, zero when no order was given (given already, or r is not
+// current).
+func (c *Client) OrderSwitch(ctx context.Context, r Ref) (time.Time, error) {
+	n, err := c.run(ctx, switchScript, "", r.ID, r.Digest, eventsMax).Int64()
+	if err != nil {
+		return time.Time{}, fmt.Errorf("order the switch: %w", err)
+	}
+	if n == 0 {
+		return time.Time{}, nil
+	}
+	return time.UnixMilli(n), nil
+}
+
+// Switched records that host switched to the release of generation r
+// (switched fleet-wide); ErrStale when r is not current.
+func (c *Client) Switched(ctx context.Context, host string, r Ref) error {
+	n, err := c.run(ctx, switchedScript, host, host, r.ID, r.Digest).Int64()
+	if err != nil {
+		return fmt.Errorf("record the switch: %w", err)
+	}
+	if n == 0 {
+		return ErrStale
+	}
+	return nil
 }
 
 // OfferSlots offers host's slots for generation r, skipping slots that are

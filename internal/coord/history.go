@@ -41,6 +41,7 @@ type Completion struct {
 	Delete   bool     `json:"delete,omitempty"`
 	Atomic   int      `json:"atomic,omitempty"`
 	Rollback int64    `json:"rollback,omitempty"`
+	Switch   string   `json:"switch,omitempty"`
 }
 
 // History returns the last n completions, newest first.
@@ -93,7 +94,7 @@ func (c *Client) Complete(ctx context.Context, g Generation, hosts int) (Complet
 	rec := Completion{
 		Gen: g.ID, Path: g.Path, Digest: g.Digest, Hosts: hosts, Files: g.Files, Bytes: g.Bytes,
 		Rounds: rounds, Published: g.Published, Done: now, Elapsed: now.Sub(g.Published),
-		Dest: g.Dest, Groups: g.Groups, Delete: g.Delete, Atomic: g.Atomic, Rollback: g.Rollback,
+		Dest: g.Dest, Groups: g.Groups, Delete: g.Delete, Atomic: g.Atomic, Rollback: g.Rollback, Switch: g.Switch,
 	}
 	rec.HooksOK, rec.HooksFailed, _, rec.HookFailedHosts = HookCounts(hooks, hookFailedHostsMax)
 	return rec, true, c.recordCompletion(ctx, rec)

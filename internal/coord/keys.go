@@ -129,6 +129,11 @@ func (k Keys) Repairs() string { return k.Prefix + "repairs" }
 // see HookRecord); reset by each publish.
 func (k Keys) Hooks() string { return k.Prefix + "hooks" }
 
+// Switched is the set of hosts that switched to the release of the
+// current generation when it is switched fleet-wide (publish --switch
+// fleet); reset by each publish.
+func (k Keys) Switched() string { return k.Prefix + "switched" }
+
 // Pub/sub channels (not keys: they take no hash slot).
 
 // GenerationsChannel carries "gen <id> <digest>" each time a generation is

@@ -95,6 +95,8 @@ func (k Keys) named(name string, kc keyCtx) string {
 		return k.Lease(kc.host)
 	case "generation":
 		return k.Generation()
+	case "switched":
+		return k.Switched()
 	case "sync":
 		return k.Sync()
 	case "running":
@@ -315,7 +317,7 @@ end
 // cleared: their entries of the last generation are no longer in the
 // global indexes, and claims drop them when they sample them.
 var publishScript = newScript(
-	[]string{"generation", "sync", "full", "part", "zfull", "zpart", "running", "finished", "claims", "leases", "failures", "bad", "lookup", "events", "progress", "holders", "dead", "strikes", "repairing", "repairs", "zbytes", "hooks", "starved", "rescue"}, `
+	[]string{"generation", "sync", "full", "part", "zfull", "zpart", "running", "finished", "claims", "leases", "failures", "bad", "lookup", "events", "progress", "holders", "dead", "strikes", "repairing", "repairs", "zbytes", "hooks", "starved", "rescue", "switched"}, `
 local now = nowMS()
 local id = redis.call('HINCRBY', K.generation, 'id', 1)
 local floor = tonumber(ARGV[12])
@@ -327,9 +329,9 @@ redis.call('HSET', K.generation, 'path', ARGV[1], 'delete', ARGV[2], 'digest', A
   'state', ARGV[4], 'error', ARGV[5], 'origin', ARGV[6], 'origin_addr', ARGV[7],
   'published', now, 'files', ARGV[8], 'bytes', ARGV[9], 'done_at', '0', 'proto', ARGV[13],
   'origin_zone', ARGV[14] or '', 'compress', ARGV[15] or '0', 'dest', ARGV[16] or '', 'groups', ARGV[17] or '',
-  'atomic', ARGV[18] or '0', 'rollback', ARGV[19] or '0')
+  'atomic', ARGV[18] or '0', 'rollback', ARGV[19] or '0', 'switch', ARGV[20] or '', 'switch_at', '0')
 redis.call('DEL', K.sync, K.full, K.part, K.running, K.finished, K.claims, K.leases, K.failures,
-  K.bad, K.lookup, K.progress, K.holders, K.dead, K.strikes, K.repairing, K.repairs, K.zbytes, K.hooks, K.starved, K.rescue)
+  K.bad, K.lookup, K.progress, K.holders, K.dead, K.strikes, K.repairing, K.repairs, K.zbytes, K.hooks, K.starved, K.rescue, K.switched)
 if K.zfull ~= K.full then redis.call('DEL', K.zfull, K.zpart) end
 for i = 0, tonumber(ARGV[10]) - 1 do
   freeSlot(ARGV[6] .. '#' .. i, true, K.zfull, K.zpart)
@@ -812,6 +814,29 @@ local now = nowMS()
 redis.call('HSET', K.generation, 'state', 'done', 'done_at', now)
 event(ARGV[3], 'done', '', ARGV[1], '', '')
 return now
+`)
+
+// switchScript orders the hosts of a generation switched fleet-wide
+// (publish --switch fleet) to switch: once, while it runs. ARGV: gen,
+// digest, maxlen. Returns the order's Redis time (ms), 0 when not given.
+var switchScript = newScript([]string{"generation", "events"}, `
+local g = redis.call('HMGET', K.generation, 'id', 'state', 'digest', 'switch', 'switch_at')
+if g[1] ~= ARGV[1] or g[3] ~= ARGV[2] or g[2] ~= 'running' or g[4] ~= 'fleet' or (g[5] or '0') ~= '0' then return 0 end
+local now = nowMS()
+redis.call('HSET', K.generation, 'switch_at', now)
+event(ARGV[3], 'switch', '', ARGV[1], '', 'every expected host holds the release: switch')
+notify('generations', 'switch ' .. ARGV[1] .. ' ' .. ARGV[2])
+return now
+`)
+
+// switchedScript records that host switched to the release of the
+// current generation (publish --switch fleet), and wakes the master.
+// ARGV: host, gen, digest. 1 when recorded.
+var switchedScript = newScript([]string{"generation", "switched"}, `
+if not isCurrent(ARGV[2], ARGV[3]) then return 0 end
+redis.call('SADD', K.switched, ARGV[1])
+notify('master', 'finish ' .. ARGV[1])
+return 1
 `)
 
 // offerScript offers host's slots for a generation; force (the origin) also

@@ -33,6 +33,10 @@ type Status struct {
 	// Repairs counts each host's repairs in this generation.
 	Repairing []string
 	Repairs   map[string]int64
+	// Switched lists the hosts that switched to the release of a
+	// generation switched fleet-wide (Generation.Switch); until every
+	// expected host did, it is not done.
+	Switched []string
 	// CrossZone maps a host to the bytes it received in this generation
 	// from sources in another zone (see CrossZone); hosts without a zone
 	// are not counted.
@@ -60,7 +64,7 @@ func (c *Client) Status(ctx context.Context) (Status, error) {
 		fin, run, src                    *redis.StringSliceCmd
 		beats                            *redis.ZSliceCmd
 		lookup                           *redis.StringCmd
-		repairing                        *redis.StringSliceCmd
+		repairing, switched              *redis.StringSliceCmd
 		repairs, zoneBytes, hooks, watch *redis.MapStringStringCmd
 		now                              *redis.TimeCmd
 	)
@@ -78,6 +82,7 @@ func (c *Client) Status(ctx context.Context) (Status, error) {
 		lookup = p.Get(ctx, k.Lookup())
 		progress = p.HGetAll(ctx, k.Progress())
 		repairing = p.SMembers(ctx, k.Repairing())
+		switched = p.SMembers(ctx, k.Switched())
 		repairs = p.HGetAll(ctx, k.Repairs())
 		zoneBytes = p.HGetAll(ctx, k.ZoneBytes())
 		hooks = p.HGetAll(ctx, k.Hooks())
@@ -92,6 +97,7 @@ func (c *Client) Status(ctx context.Context) (Status, error) {
 	st := Status{
 		Now:       now.Val(),
 		Repairing: sorted(repairing.Val()),
+		Switched:  sorted(switched.Val()),
 		Repairs:   map[string]int64{},
 		CrossZone: map[string]int64{},
 		Task:      task.Val(),
@@ -203,12 +209,45 @@ func state(st Status) string {
 			delete(finished, h) // its hook still runs: not done yet
 		}
 	}
+	if st.Generation.Switch == SwitchFleet {
+		switched := make(map[string]bool, len(st.Switched))
+		for _, h := range st.Switched {
+			switched[h] = true
+		}
+		for h := range finished {
+			if !switched[h] {
+				delete(finished, h) // holds the release, not switched yet
+			}
+		}
+	}
 	for _, h := range st.Expected {
 		if !finished[h] {
 			return StateRunning
 		}
 	}
 	return StateDone
+}
+
+// Ready reports whether every expected host holds the generation and
+// none repairs it: for a generation switched fleet-wide, the moment the
+// master orders the switch.
+func (st Status) Ready() bool {
+	if len(st.Expected) == 0 || st.Generation.State != StateRunning {
+		return false
+	}
+	finished := make(map[string]bool, len(st.Finished))
+	for _, h := range st.Finished {
+		finished[h] = true
+	}
+	for _, h := range st.Repairing {
+		delete(finished, h)
+	}
+	for _, h := range st.Expected {
+		if !finished[h] {
+			return false
+		}
+	}
+	return true
 }
 
 func sorted(s []string) []string {

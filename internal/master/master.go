@@ -61,6 +61,7 @@ type Coordinator interface {
 	OfferOrigin(ctx context.Context, origin string, r coord.Ref, uploads int) error
 	Announce(ctx context.Context, origin string, r coord.Ref, uploads int) error
 	Complete(ctx context.Context, g coord.Generation, hosts int) (coord.Completion, bool, error)
+	OrderSwitch(ctx context.Context, r coord.Ref) (time.Time, error)
 	Reap(ctx context.Context) (int, error)
 	Status(ctx context.Context) (coord.Status, error)
 	Count(ctx context.Context, groups []string) (coord.Counts, error)
@@ -118,8 +119,10 @@ type published struct {
 	// (fanout-master rollback): the master serves none of it. Files and
 	// Bytes are kept for a rollback only, to publish it again.
 	Rollback int64 `json:"rollback,omitempty"`
-	Files    int64 `json:"files,omitempty"`
-	Bytes    int64 `json:"bytes,omitempty"`
+	// Switch is the task's switch mode (coord.SwitchFleet or "").
+	Switch string `json:"switch,omitempty"`
+	Files  int64  `json:"files,omitempty"`
+	Bytes  int64  `json:"bytes,omitempty"`
 }
 
 func (p *published) ref() coord.Ref { return coord.Ref{ID: p.Gen, Digest: p.Digest} }
@@ -128,7 +131,7 @@ func (p *published) ref() coord.Ref { return coord.Ref{ID: p.Gen, Digest: p.Dige
 // read again (a change seen by watch mode, a file changed while served) is
 // published with them, as a new tree even after a rollback.
 func (p *published) opts() coord.TaskOptions {
-	return coord.TaskOptions{Delete: p.Delete, Compress: p.Compress, Exclude: p.Exclude, Dest: p.Dest, Groups: p.Groups, Atomic: p.Atomic}
+	return coord.TaskOptions{Delete: p.Delete, Compress: p.Compress, Exclude: p.Exclude, Dest: p.Dest, Groups: p.Groups, Atomic: p.Atomic, Switch: p.Switch}
 }
 
 // again returns the options that publish p again as it was, a rollback
@@ -514,7 +517,7 @@ func (m *Master) offer(ctx context.Context, clean string, opts coord.TaskOptions
 	old := m.active
 	g, err := m.coord.Publish(ctx, coord.Generation{
 		ID: m.floor(), Path: clean, Dest: opts.Dest, Groups: opts.Groups, Delete: opts.Delete, Compress: opts.Compress, Digest: snap.Digest,
-		Origin: m.cfg.ID, OriginAddr: m.cfg.Advertise, OriginZone: m.cfg.Zone, Files: int64(files), Bytes: bytes, Atomic: opts.Atomic,
+		Origin: m.cfg.ID, OriginAddr: m.cfg.Advertise, OriginZone: m.cfg.Zone, Files: int64(files), Bytes: bytes, Atomic: opts.Atomic, Switch: opts.Switch,
 	}, 0)
 	if err != nil {
 		return fmt.Errorf("publish generation: %w", err)
@@ -523,7 +526,7 @@ func (m *Master) offer(ctx context.Context, clean string, opts coord.TaskOptions
 	// find it serving this generation.
 	snap.Gen = g.ID
 	m.server.Set(snap)
-	m.active = &published{Gen: g.ID, Digest: g.Digest, Path: clean, Dest: g.Dest, Groups: g.Groups, Delete: opts.Delete, Compress: opts.Compress, Exclude: opts.Exclude, Format: snap.Manifest.Format(), Atomic: g.Atomic}
+	m.active = &published{Gen: g.ID, Digest: g.Digest, Path: clean, Dest: g.Dest, Groups: g.Groups, Delete: opts.Delete, Compress: opts.Compress, Exclude: opts.Exclude, Format: snap.Manifest.Format(), Atomic: g.Atomic, Switch: g.Switch}
 	m.watchPublished(old == nil || old.ref() != g.Ref(), g, snap)
 	m.cfg.Metrics.Published.Inc()
 	m.cfg.Metrics.Generation.Set(float64(g.ID))
@@ -549,7 +552,7 @@ func (m *Master) resume(ctx context.Context, g coord.Generation) error {
 		m.cfg.Log.WithFields(logrus.Fields{"gen": g.ID, "rollback": g.Rollback}).Info("resumed a rollback: the hosts serve it")
 		return nil
 	}
-	opts := coord.TaskOptions{Delete: g.Delete, Compress: g.Compress, Dest: g.Dest, Groups: g.Groups, Atomic: g.Atomic}
+	opts := coord.TaskOptions{Delete: g.Delete, Compress: g.Compress, Dest: g.Dest, Groups: g.Groups, Atomic: g.Atomic, Switch: g.Switch}
 	if l := m.last; l != nil && l.Gen == g.ID && l.Digest == g.Digest {
 		opts = l.opts() // the excludes are not in the generation key
 	}
@@ -571,7 +574,7 @@ func (m *Master) resume(ctx context.Context, g coord.Generation) error {
 	}
 	snap.Gen = g.ID
 	m.server.Set(snap)
-	m.active = &published{Gen: g.ID, Digest: g.Digest, Path: g.Path, Dest: g.Dest, Groups: g.Groups, Delete: g.Delete, Compress: g.Compress, Exclude: opts.Exclude, Format: snap.Manifest.Format(), Atomic: g.Atomic}
+	m.active = &published{Gen: g.ID, Digest: g.Digest, Path: g.Path, Dest: g.Dest, Groups: g.Groups, Delete: g.Delete, Compress: g.Compress, Exclude: opts.Exclude, Format: snap.Manifest.Format(), Atomic: g.Atomic, Switch: g.Switch}
 	m.watchPublished(false, g, snap)
 	m.cfg.Metrics.Generation.Set(float64(g.ID))
 	if m.last == nil || m.last.Gen < g.ID {
@@ -710,6 +713,18 @@ func (m *Master) checkDone(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("read status: %w", err)
 	}
+	if g := st.Generation; g.Ref() == m.active.ref() && g.SwitchPending() && st.Ready() {
+		// Every expected host holds the release: all switch now.
+		at, err := m.coord.OrderSwitch(ctx, g.Ref())
+		if err != nil {
+			return err
+		}
+		if !at.IsZero() {
+			m.cfg.Log.WithFields(logrus.Fields{"gen": g.ID, "hosts": len(st.Expected), "ready_after": at.Sub(g.Published).Round(time.Millisecond).String()}).
+				Info("every expected host holds the release: ordered the fleet to switch")
+		}
+		return nil
+	}
 	if st.Generation.Ref() != m.active.ref() || st.Generation.State != coord.StateRunning || st.State != coord.StateDone {
 		return nil
 	}
@@ -754,7 +769,7 @@ func (m *Master) rollback(ctx context.Context, value string, opts coord.TaskOpti
 	g, err := m.coord.Publish(ctx, coord.Generation{
 		ID: m.floor(), Path: clean, Dest: opts.Dest, Groups: opts.Groups, Delete: opts.Delete, Digest: opts.Digest,
 		Origin: m.cfg.ID, OriginAddr: m.cfg.Advertise, OriginZone: m.cfg.Zone, Files: opts.Files, Bytes: opts.Bytes,
-		Atomic: opts.Atomic, Rollback: opts.Rollback,
+		Atomic: opts.Atomic, Rollback: opts.Rollback, Switch: opts.Switch,
 	}, 0)
 	if err != nil {
 		return fmt.Errorf("publish rollback: %w", err)
@@ -775,5 +790,5 @@ func (m *Master) rollback(ctx context.Context, value string, opts coord.TaskOpti
 // rolledBack is the record of rollback generation g.
 func rolledBack(g coord.Generation) *published {
 	return &published{Gen: g.ID, Digest: g.Digest, Path: g.Path, Dest: g.Dest, Groups: g.Groups, Delete: g.Delete,
-		Atomic: g.Atomic, Rollback: g.Rollback, Files: g.Files, Bytes: g.Bytes}
+		Atomic: g.Atomic, Rollback: g.Rollback, Switch: g.Switch, Files: g.Files, Bytes: g.Bytes}
 }

@@ -147,6 +147,7 @@ type Coordinator interface {
 	Refuse(ctx context.Context, host string, gen coord.Ref, reason string) error
 	HookStarted(ctx context.Context, host string, rec coord.HookRecord) error
 	HookDone(ctx context.Context, host string, rec coord.HookRecord) error
+	Switched(ctx context.Context, host string, gen coord.Ref) error
 	Keys() coord.Keys
 	Subscribe(ctx context.Context, channels ...string) (*coord.Notifications, error)
 }
@@ -192,6 +193,11 @@ type Minion struct {
 	// until a repair pull goes through, the tree is not verified again.
 	needSource string
 	refused    string // generation refused for its protocol version
+	// switched is the generation switched fleet-wide whose switch this
+	// host recorded; awaitSwitch says it holds a verified release that
+	// waits for the master's order (both Step goroutine only).
+	switched    string
+	awaitSwitch bool
 	// pulled lists the paths the last successful transfer changed (set
 	// and read by the Step goroutine only): the hook is told them.
 	pulled []string
@@ -317,6 +323,10 @@ func (m *Minion) Run(ctx context.Context) error {
 			// whose disk is full does not download again every poll.
 			failures++
 			wait = min(wait<<min(failures, 10), max(time.Minute, m.cfg.Poll))
+		case out == Holding && m.awaitSwitch:
+			// Ready for a fleet switch: the order comes by pub/sub; look
+			// every poll too.
+			failures = 0
 		case (out == Holding || out == Idle || out == NotOurs) && published != nil && err == nil:
 			failures = 0
 			wait = jitter(max(m.cfg.Poll, idlePoll))
@@ -400,8 +410,11 @@ func (m *Minion) Sync(ctx context.Context) error {
 	for {
 		out, err := m.Step(ctx)
 		switch {
-		case err == nil && (out == Holding || out == Pulled || out == Repaired || out == NotOurs):
+		case err == nil && (out == Holding || out == Pulled || out == Repaired || out == NotOurs) && !m.awaitSwitch:
 			return nil
+		case err == nil && m.awaitSwitch:
+			// Holds the release of a generation switched fleet-wide: a
+			// one-shot sync ends once it switched too.
 		case err == nil && out == Idle:
 			if pending, perr := m.taskPending(ctx); perr != nil {
 				last = perr
@@ -657,7 +670,10 @@ func (m *Minion) hold(ctx context.Context, g coord.Generation) (Outcome, error) 
 	if err := m.switchHeld(g); err != nil {
 		return Waiting, err
 	}
-	return Holding, m.announce(ctx, g)
+	if err := m.announce(ctx, g); err != nil {
+		return Holding, err
+	}
+	return Holding, m.fleetSwitch(ctx, g)
 }
 
 // announce makes sure Redis lists this host as finished (and as a source)
@@ -687,8 +703,12 @@ func (m *Minion) announce(ctx context.Context, g coord.Generation) error {
 		return err
 	}
 	// A hook that has not run for g on this host (a republish of content
-	// it held, a restart that interrupted the hook) runs after the finish.
-	hk := m.prepareHook(ctx, g, nil)
+	// it held, a restart that interrupted the hook) runs after the finish
+	// (after the switch, for a generation switched fleet-wide).
+	var hk *pendingHook
+	if g.Switch != coord.SwitchFleet {
+		hk = m.prepareHook(ctx, g, nil)
+	}
 	if err := m.coord.Finish(ctx, coord.Claim{Host: m.cfg.ID, Gen: g.Ref()}, m.heldUploads()); err != nil {
 		if errors.Is(err, coord.ErrStale) {
 			return nil

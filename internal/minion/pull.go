@@ -70,8 +70,13 @@ func (m *Minion) pull(ctx context.Context, g coord.Generation, cl coord.Claim) e
 	// verified it: it repaired nothing.
 	last.Repair = cl.Repair && st.Files+st.Dirs+st.Symlinks+st.Removed+st.Meta > 0
 	// The hook, if one is due for g, is recorded as running before the
-	// finish and runs after it.
-	hk := m.prepareHook(sctx, g, m.pulled)
+	// finish and runs after it; for a generation switched fleet-wide,
+	// after the switch (fleetSwitch).
+	var hk *pendingHook
+	if g.Switch != coord.SwitchFleet {
+		hk = m.prepareHook(sctx, g, m.pulled)
+	}
+	m.awaitSwitch = g.SwitchPending()
 	ferr := m.coord.Finish(sctx, last, m.heldUploads())
 	if ferr != nil && !errors.Is(ferr, coord.ErrStale) {
 		return fmt.Errorf("finish generation %d: %w", g.ID, ferr)

@@ -401,8 +401,8 @@ func (m *Minion) switchHeld(g coord.Generation) error {
 	m.mu.Lock()
 	h, enc := m.held, m.heldEnc
 	m.mu.Unlock()
-	if h == nil || h.Release == "" {
-		return nil
+	if h == nil || h.Release == "" || g.SwitchPending() {
+		return nil // nothing released, or the fleet's switch is not ordered yet
 	}
 	l := newLayout(taskRoot(m.cfg.Root, h.Path))
 	if _, err := l.current(); err != nil {
@@ -504,4 +504,23 @@ func (m *Minion) adoptKept(ctx context.Context, g coord.Generation) bool {
 	m.setVerified(true)
 	log.Info("this host keeps the release of the generation, verified: switching back to it without a transfer")
 	return true
+}
+
+// fleetSwitch finishes the switch of a generation switched fleet-wide
+// (publish --switch fleet), which hold switched to once the master ordered
+// it: records the switch (the master calls the generation done once every
+// expected host did) and runs the hook, which waits for the switch. Until
+// the order, it notes that this host waits for it.
+func (m *Minion) fleetSwitch(ctx context.Context, g coord.Generation) error {
+	m.awaitSwitch = g.SwitchPending()
+	if g.Switch != coord.SwitchFleet || m.awaitSwitch || m.switched == genKey(g) {
+		return nil
+	}
+	hk := m.prepareHook(ctx, g, m.pulled)
+	if err := m.coord.Switched(ctx, m.cfg.ID, g.Ref()); err != nil && !errors.Is(err, coord.ErrStale) {
+		return err
+	}
+	m.switched = genKey(g)
+	m.runHook(ctx, g, hk)
+	return nil
 }

@@ -23,7 +23,7 @@ const releaseFiles = 8
 
 // writeRelease writes version v of a tree into dir: releaseFiles small
 // files naming v (a reader checks they agree), sub/cfg naming v, and
-// same.bin, whose 2 MiB are the same in every version (hard-linked from
+// same.bin, whose 1 MiB are the same in every version (hard-linked from
 // release to release). Version 2 drops f7; version 3 adds new.txt.
 func writeRelease(t *testing.T, dir string, v int) {
 	t.Helper()
@@ -37,7 +37,7 @@ func writeRelease(t *testing.T, dir string, v int) {
 		must(t, os.WriteFile(p, []byte(fmt.Sprintf("version %d file %d\n", v, i)), 0o644))
 	}
 	must(t, os.WriteFile(filepath.Join(dir, "sub", "cfg"), []byte(fmt.Sprintf("v=%d\n", v)), 0o600))
-	must(t, os.WriteFile(filepath.Join(dir, "same.bin"), bytes.Repeat([]byte("unchanged "), 2<<20/10), 0o644))
+	must(t, os.WriteFile(filepath.Join(dir, "same.bin"), bytes.Repeat([]byte("unchanged "), 1<<20/10), 0o644))
 	if v == 3 {
 		must(t, os.WriteFile(filepath.Join(dir, "new.txt"), []byte("new in 3\n"), 0o644))
 	}
@@ -254,4 +254,90 @@ func sameSet(a, b []string) bool {
 	slices.Sort(a)
 	slices.Sort(b)
 	return slices.Equal(a, b)
+}
+
+// TestFleetSwitch: with --switch fleet, hosts that hold the new release
+// keep the old one live until every expected host holds it; then the
+// master orders the switch and every host switches; the generation is
+// done once all did. One host is slow (its link at 256 KiB/s), so the
+// others are ready seconds before it.
+func TestFleetSwitch(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	l, err := lab.Start(ctx, lab.Config{Minions: 2, Dir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(l.Stop)
+	slow := l.NewHost()
+	slow.BWLimit = 256 << 10
+	if err := l.StartMinion(ctx, slow); err != nil {
+		t.Fatal(err)
+	}
+	src := filepath.Join(l.Master.Root, task)
+	writeRelease(t, src, 1)
+	if err := l.Coord.SetTask(ctx, task, coord.TaskOptions{Atomic: 2}); err != nil {
+		t.Fatal(err)
+	}
+	st, err := l.WaitGeneration(ctx, 0, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g1 := st.Generation
+	writeRelease(t, src, 2)
+	writeRandomModel(t, src, 7, 1<<20)
+	if err := l.Coord.SetTask(ctx, task, coord.TaskOptions{Atomic: 2, Switch: coord.SwitchFleet}); err != nil {
+		t.Fatal(err)
+	}
+	// onRelease lists the hosts whose task path points at release name.
+	onRelease := func(name string) []string {
+		var out []string
+		for _, h := range l.Minions {
+			if t, err := os.Readlink(filepath.Join(h.Root, task)); err == nil && t == ".m42.releases/"+name {
+				out = append(out, h.ID)
+			}
+		}
+		return out
+	}
+	var g2 coord.Generation
+	readyUnswitched := false
+	st, err = l.WaitGeneration(ctx, g1.ID, func(st coord.Status) {
+		g2 = st.Generation
+		if g2.Switch != coord.SwitchFleet {
+			t.Fatalf("generation %+v: want switch fleet", g2)
+		}
+		on := onRelease(g2.Digest[:16])
+		if g2.SwitchAt.IsZero() && len(on) > 0 {
+			t.Fatalf("hosts %v switched to the new release before the master's order (finished: %v)", on, st.Finished)
+		}
+		if g2.SwitchAt.IsZero() && len(st.Finished) > 0 && !slices.Contains(st.Finished, slow.ID) {
+			// Hosts hold the new release, verified, and still run the old.
+			if old := onRelease(g1.Digest[:16]); len(old) == len(l.Minions) {
+				readyUnswitched = true
+			}
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !readyUnswitched {
+		t.Error("no moment seen where a host held the new release and still ran the old one: the test did not catch the wait")
+	}
+	g2 = st.Generation
+	if g2.SwitchAt.IsZero() || len(st.Switched) != len(l.Minions) {
+		t.Fatalf("done without the switch: %+v, switched %v", g2, st.Switched)
+	}
+	if on := onRelease(g2.Digest[:16]); len(on) != len(l.Minions) {
+		t.Fatalf("after done only %v run the new release", on)
+	}
+	for _, h := range l.Minions {
+		resolved, err := filepath.EvalSymlinks(filepath.Join(h.Root, task))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := lab.Compare(src, resolved); err != nil {
+			t.Fatalf("%s: %v", h.ID, err)
+		}
+	}
+	t.Logf("ready after %v, all switched and done %v after the order", g2.SwitchAt.Sub(g2.Published), g2.DoneAt.Sub(g2.SwitchAt))
 }
