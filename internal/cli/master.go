@@ -30,6 +30,8 @@ Usage:
                                             switch every host back to the release of an earlier
                                             generation published with --atomic (default: the one
                                             before the current release)
+  fanout-master cancel [--reason TEXT]     stop the running generation everywhere; hosts keep
+                                            what they verified
   fanout-master status [--json|--follow]    show the task, its generation and every host
   fanout-master hosts [--json]              list registered hosts, last heartbeat, version
   fanout-master forget HOST                 remove a host from the registry and every queue
@@ -61,6 +63,8 @@ func masterMain(ctx context.Context, args []string, e env) int {
 		err = masterPublish(ctx, args[1:], e)
 	case "rollback":
 		err = masterRollback(ctx, args[1:], e)
+	case "cancel":
+		err = masterCancel(ctx, args[1:], e)
 	case "status":
 		err = masterStatus(ctx, args[1:], e)
 	case "hosts", "forget", "history":
@@ -70,7 +74,7 @@ func masterMain(ctx context.Context, args []string, e env) int {
 	case "-h", "--help", "help":
 		fmt.Fprint(e.stdout, masterUsage)
 	default:
-		err = usageError("unknown command %q (want run, publish, rollback, status, hosts, forget or history)", args[0])
+		err = usageError("unknown command %q (want run, publish, rollback, cancel, status, hosts, forget or history)", args[0])
 	}
 	if errors.Is(err, pflag.ErrHelp) {
 		return exitOK

@@ -89,3 +89,24 @@ func TestRollbackSetsTask(t *testing.T) {
 		t.Fatalf("task %q, options %+v, %v", task, opts, err)
 	}
 }
+
+// TestCancelCommand: cancel refuses when nothing runs, and marks the
+// running generation failed with its reason.
+func TestCancelCommand(t *testing.T) {
+	mr := miniredis.RunT(t)
+	vars := map[string]string{"FANOUT_REDIS": "redis://" + mr.Addr(), "FANOUT_KEY_PREFIX": "{f}:"}
+	if code, _, stderr := run(t, masterMain, vars, "cancel"); code != exitFailure || !strings.Contains(stderr, "nothing to cancel") {
+		t.Fatalf("cancel with no generation: code %d, %q", code, stderr)
+	}
+	mr.HSet("{f}:generation", "id", "5", "state", "running", "path", "/srv/app", "digest", strings.Repeat("c", 64), "proto", "4")
+	code, out, stderr := run(t, masterMain, vars, "cancel", "--reason", "bad build")
+	if code != exitOK || !strings.Contains(out, "cancelled generation 5") {
+		t.Fatalf("cancel: code %d, %q, %q", code, out, stderr)
+	}
+	if st, msg := mr.HGet("{f}:generation", "state"), mr.HGet("{f}:generation", "error"); st != "failed" || !strings.Contains(msg, "bad build") {
+		t.Fatalf("generation state %q, error %q", st, msg)
+	}
+	if code, _, stderr := run(t, masterMain, vars, "cancel"); code != exitFailure || !strings.Contains(stderr, "is failed") {
+		t.Fatalf("cancel twice: code %d, %q", code, stderr)
+	}
+}

@@ -493,6 +493,21 @@ func (c *Client) markDone(ctx context.Context, r Ref) (time.Time, error) {
 	return time.UnixMilli(n), nil
 }
 
+// Cancel stops generation r while it runs: it becomes failed with
+// reason, no source slot stays on offer, and every pull of it stops at
+// its next lease renewal (within a third of the lease) keeping the files
+// it verified. ErrStale when r is not the current running generation.
+func (c *Client) Cancel(ctx context.Context, r Ref, reason string) error {
+	n, err := c.run(ctx, cancelScript, "", r.ID, r.Digest, reason, eventsMax).Int64()
+	if err != nil {
+		return fmt.Errorf("cancel generation %s: %w", r, err)
+	}
+	if n == 0 {
+		return fmt.Errorf("cancel generation %s: %w", r, ErrStale)
+	}
+	return nil
+}
+
 // OrderSwitch orders the hosts of generation r, switched fleet-wide, to
 // switch to its release: once, while it runs. It returns the order's
 // Redis time, zero when no order was given (given already, or r is not

@@ -586,7 +586,8 @@ if whole(src) then kind = 'whole' end
 return {'ok', slot, addr, kind, zone}
 `)
 
-// renewScript extends host's lease on slot. A lease that vanished while
+// renewScript extends host's lease on slot, unless the generation was
+// cancelled (failed while it ran): then the lease is lost. A lease that vanished while
 // the claims record still matches (Redis lost writes, or a renewal came
 // late) is re-created (2); a claim lost with its record takes the slot again
 // if it is still free (3). 1: renewed; 0: lost.
@@ -596,6 +597,8 @@ var renewScript = newScript(
 local host, gen, digest, slot, cid = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[8]
 local want = gen .. ' ' .. slot
 local expiry = nowMS() + tonumber(ARGV[5])
+local g = redis.call('HMGET', K.generation, 'id', 'state')
+if g[1] == gen and g[2] == 'failed' then return 0 end -- cancelled: the pull stops
 if redis.call('GET', K.lease) == want then
   redis.call('PEXPIRE', K.lease, ARGV[5])
   redis.call('ZADD', K.leases, expiry, cid)
@@ -814,6 +817,21 @@ local now = nowMS()
 redis.call('HSET', K.generation, 'state', 'done', 'done_at', now)
 event(ARGV[3], 'done', '', ARGV[1], '', '')
 return now
+`)
+
+// cancelScript cancels generation gen while it runs (fanout-master
+// cancel): it is marked failed with reason, its free slots are withdrawn,
+// and idle hosts are woken to read it. Pulls stop at their next renewal,
+// which renewScript refuses. ARGV: gen, digest, reason, maxlen. 1 when
+// cancelled.
+var cancelScript = newScript([]string{"generation", "sync", "full", "part", "rescue", "events"}, `
+local g = redis.call('HMGET', K.generation, 'id', 'state', 'digest')
+if g[1] ~= ARGV[1] or g[3] ~= ARGV[2] or g[2] ~= 'running' then return 0 end
+redis.call('HSET', K.generation, 'state', 'failed', 'error', ARGV[3])
+redis.call('DEL', K.sync, K.full, K.part, K.rescue)
+event(ARGV[4], 'cancel', '', ARGV[1], '', ARGV[3])
+notify('generations', 'gen ' .. ARGV[1] .. ' ' .. ARGV[2])
+return 1
 `)
 
 // switchScript orders the hosts of a generation switched fleet-wide

@@ -608,7 +608,13 @@ func (m *Minion) claimAndPull(ctx context.Context, g coord.Generation, repair bo
 		return Waiting, fmt.Errorf("claim source: %w", err)
 	}
 	if err := m.pull(ctx, g, cl); err != nil {
-		if now, cerr := m.coord.Current(ctx); cerr == nil && now.ID != 0 && now.Ref() != g.Ref() && ctx.Err() == nil {
+		now, cerr := m.coord.Current(ctx)
+		if cerr == nil && now.Ref() == g.Ref() && now.State == coord.StateFailed && ctx.Err() == nil {
+			m.cfg.Log.WithFields(logrus.Fields{"gen": g.ID, "reason": now.Error}).
+				Info("generation cancelled while pulling; keeping the files verified so far")
+			return Idle, nil
+		}
+		if cerr == nil && now.ID != 0 && now.Ref() != g.Ref() && ctx.Err() == nil {
 			// Not a failure: the master published again (watch mode).
 			// Files verified so far stay in place; the next Step diffs
 			// against the newest generation, not the ones in between.
