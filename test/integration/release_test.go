@@ -15,6 +15,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/fanout/fanout/internal/coord"
+	"github.com/fanout/fanout/internal/hook"
 	"github.com/fanout/fanout/internal/lab"
 )
 
@@ -271,6 +272,13 @@ func TestFleetSwitch(t *testing.T) {
 	t.Cleanup(l.Stop)
 	slow := l.NewHost()
 	slow.BWLimit = 256 << 10
+	// The hook reads the task path: it must run after the switch.
+	seenByHook := filepath.Join(t.TempDir(), "seen")
+	hooks, err := hook.NewSet([]string{`default=cat "$FANOUT_PATH/f0" >> ` + seenByHook}, "", time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	slow.Hooks = hooks
 	if err := l.StartMinion(ctx, slow); err != nil {
 		t.Fatal(err)
 	}
@@ -338,6 +346,9 @@ func TestFleetSwitch(t *testing.T) {
 		if err := lab.Compare(src, resolved); err != nil {
 			t.Fatalf("%s: %v", h.ID, err)
 		}
+	}
+	if got := readLines(t, seenByHook); !slices.Equal(got, []string{"version 1 file 0", "version 2 file 0"}) {
+		t.Errorf("the hook read %q through the task path, want version 1 then 2: it ran before its switch", got)
 	}
 	t.Logf("ready after %v, all switched and done %v after the order", g2.SwitchAt.Sub(g2.Published), g2.DoneAt.Sub(g2.SwitchAt))
 }
