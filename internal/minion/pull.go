@@ -238,7 +238,7 @@ func (m *Minion) transfer(ctx context.Context, g coord.Generation, src *source) 
 	var release, from string
 	var linked map[string]bool
 	if g.Atomic > 0 || newLayout(root).released() {
-		if root, from, linked, err = m.releaseRoot(g, remote); err != nil {
+		if root, from, linked, err = m.releaseRoot(ctx, g, remote); err != nil {
 			return apply.Stats{}, fmt.Errorf("prepare the release of generation %d: %w", g.ID, err)
 		}
 		release = releaseName(g.Digest)

@@ -243,7 +243,7 @@ func (m *Minion) keptManifest(l layout, digest string) ([]byte, *manifest.Manife
 // filled with hard links from the tree live now when it does not exist
 // yet. It returns the release's path and the live tree's, the latter ""
 // when there is none to take chunks from.
-func (m *Minion) releaseRoot(g coord.Generation, remote *manifest.Manifest) (root, from string, linked map[string]bool, err error) {
+func (m *Minion) releaseRoot(ctx context.Context, g coord.Generation, remote *manifest.Manifest) (root, from string, linked map[string]bool, err error) {
 	l := newLayout(taskRoot(m.cfg.Root, g.LocalPath()))
 	cur, err := l.current()
 	if err != nil {
@@ -287,18 +287,19 @@ func (m *Minion) releaseRoot(g coord.Generation, remote *manifest.Manifest) (roo
 		}
 	}
 	if from != "" {
-		linked = m.linkRelease(from, root, remote)
+		linked = m.linkRelease(ctx, from, root, remote)
 	}
 	return root, from, linked, nil
 }
 
 // linkRelease hard-links into the new release at root every file of
 // remote whose content the tree at from holds at the same path, as the
-// hash cache vouches (the file was not touched since it was hashed). The
+// hash cache vouches (the file was not touched since it was hashed) or,
+// when it has no entry, as hashing the file now shows. The
 // links' cache entries are carried over (a link moves the inode's ctime),
 // so the pull's scan does not read them again. It returns the paths
 // linked.
-func (m *Minion) linkRelease(from, root string, remote *manifest.Manifest) map[string]bool {
+func (m *Minion) linkRelease(ctx context.Context, from, root string, remote *manifest.Manifest) map[string]bool {
 	linked := map[string]bool{}
 	var bytes int64
 	for _, e := range remote.Entries {
@@ -311,7 +312,21 @@ func (m *Minion) linkRelease(from, root string, remote *manifest.Manifest) map[s
 			continue
 		}
 		hash, chunks, ok := m.cachedHash(src, fi, remote)
-		if !ok || hash != e.Hash {
+		if !ok {
+			// Not cached (a restart lost the cache, or the file is too
+			// recent to trust a cached hash): reading it costs less than
+			// the copy the pull would make of it.
+			var err error
+			if remote.Chunking != nil {
+				hash, chunks, err = manifest.HashChunks(ctx, src, *remote.Chunking)
+			} else {
+				hash, err = manifest.HashFile(ctx, src)
+			}
+			if err != nil {
+				continue
+			}
+		}
+		if hash != e.Hash {
 			continue
 		}
 		if err := os.MkdirAll(filepath.Dir(dst), 0o700); err != nil {

@@ -2,8 +2,9 @@
 // master and several minions on loopback sockets, each with its own root
 // under a temporary directory. It distributes a generated sample tree,
 // prints live progress and a summary, checks every copy entry by entry, then
-// changes one file and shows that only that file moves. Run it with
-// "make demo".
+// changes one file and shows that only that file moves, repairs a
+// host's drift, and deploys the tree as releases: an atomic switch, a
+// second release and a rollback. Run it with "make demo".
 package main
 
 import (
@@ -15,6 +16,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
@@ -109,7 +111,86 @@ func run(ctx context.Context, cfg lab.Config, big int64, small int, keep bool) e
 	if err := check(l, src); err != nil {
 		return err
 	}
-	return drift(ctx, l, src)
+	if err := drift(ctx, l, src); err != nil {
+		return err
+	}
+	return releases(ctx, l, src)
+}
+
+// releases deploys the tree as releases (publish --atomic): the first
+// switch turns each host's tree into a symlink to a release, a change
+// builds a second release beside it and switches, and a rollback switches
+// every host back without moving a byte.
+func releases(ctx context.Context, l *lab.Lab, src string) error {
+	cur, err := l.Coord.Current(ctx)
+	if err != nil {
+		return err
+	}
+	atomic := coord.TaskOptions{Atomic: 3}
+	fmt.Printf("\n$ fanout-master publish --atomic --keep 3 %s   # deploy as releases\n", task)
+	st, err := distributeWith(ctx, l, cur.ID, func() error { return l.Coord.SetTask(ctx, task, atomic) })
+	if err != nil {
+		return err
+	}
+	first := st.Generation
+	if err := checkReleases(l, src, first); err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(src, "config/run.sh"), []byte("#!/bin/sh\necho serving m42, build 3\n"), 0o755); err != nil {
+		return err
+	}
+	fmt.Printf("\n$ echo 'build 3' > %s/config/run.sh; fanout-master publish --atomic --keep 3 %s\n", task, task)
+	if st, err = distributeWith(ctx, l, first.ID, func() error { return l.Coord.SetTask(ctx, task, atomic) }); err != nil {
+		return err
+	}
+	if err := checkReleases(l, src, st.Generation); err != nil {
+		return err
+	}
+	hist, err := l.Coord.History(ctx, 10)
+	if err != nil {
+		return err
+	}
+	var back coord.Completion
+	for _, r := range hist {
+		if r.Gen == first.ID {
+			back = r
+		}
+	}
+	fmt.Printf("\n$ fanout-master rollback %d\n", first.ID)
+	opts := coord.TaskOptions{Atomic: back.Atomic, Rollback: back.Gen, Digest: back.Digest, Files: back.Files, Bytes: back.Bytes, Delete: back.Delete}
+	if st, err = distributeWith(ctx, l, st.Generation.ID, func() error { return l.Coord.SetTask(ctx, back.Path, opts) }); err != nil {
+		return err
+	}
+	for _, h := range l.Minions {
+		if t, err := os.Readlink(filepath.Join(h.Root, task)); err != nil || !strings.HasSuffix(t, "/"+first.Digest[:16]) {
+			return fmt.Errorf("%s: after the rollback %s -> %q (%v), want the release of generation %d", h.ID, task, t, err, first.ID)
+		}
+	}
+	fmt.Printf("  rolled back: every host's %s points at the release of generation %d again (verified against its kept manifest, nothing fetched)\n", task, first.ID)
+	return nil
+}
+
+// checkReleases checks that every host's task path is a symlink to the
+// release of g, identical to src.
+func checkReleases(l *lab.Lab, src string, g coord.Generation) error {
+	var target string
+	for _, h := range l.Minions {
+		p := filepath.Join(h.Root, task)
+		t, err := os.Readlink(p)
+		if err != nil || !strings.HasSuffix(t, "/"+g.Digest[:16]) {
+			return fmt.Errorf("%s: %s -> %q (%v), want the release of generation %d", h.ID, task, t, err, g.ID)
+		}
+		target = t
+		resolved, err := filepath.EvalSymlinks(p)
+		if err != nil {
+			return err
+		}
+		if err := lab.Compare(src, resolved); err != nil {
+			return fmt.Errorf("%s: %w", h.ID, err)
+		}
+	}
+	fmt.Printf("  switched: on every host %s -> %s, identical to the source\n", task, target)
+	return nil
 }
 
 // drift changes a finished host's tree by hand, no new task: its daemon
@@ -144,8 +225,13 @@ func drift(ctx context.Context, l *lab.Lab, src string) error {
 
 // distribute sets the task and follows the generation to the end.
 func distribute(ctx context.Context, l *lab.Lab, after int64) (coord.Status, error) {
+	return distributeWith(ctx, l, after, func() error { return l.Set(ctx, task) })
+}
+
+// distributeWith is distribute with set setting the task.
+func distributeWith(ctx context.Context, l *lab.Lab, after int64, set func() error) (coord.Status, error) {
 	start := time.Now()
-	if err := l.Set(ctx, task); err != nil {
+	if err := set(); err != nil {
 		return coord.Status{}, err
 	}
 	wctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
