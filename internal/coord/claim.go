@@ -153,8 +153,29 @@ func (c *Client) Claim(ctx context.Context, host string, gen Ref, o ClaimOptions
 // it, or the renewal came late and nobody took the slot) is re-created.
 // restored reports that.
 func (c *Client) Renew(ctx context.Context, cl Claim) (restored bool, err error) {
-	n, err := c.run(ctx, renewScript, cl.id(),
-		cl.Host, cl.Gen.ID, cl.Gen.Digest, cl.Slot, c.cfg.LeaseTTL.Milliseconds(), eventsMax, flag(cl.Repair), cl.id()).Int()
+	return c.renew(ctx, cl, "", nil)
+}
+
+// RenewReport is Renew that also records p, the pull's progress, and a
+// heartbeat of cl.Host (in the heartbeat indexes of groups too), in the
+// same script: a pulling host renews every third of its lease, so it
+// needs no progress write and no heartbeat of its own meanwhile.
+func (c *Client) RenewReport(ctx context.Context, cl Claim, p Progress, groups []string) (restored bool, err error) {
+	p.Updated = c.Now()
+	b, err := json.Marshal(p)
+	if err != nil {
+		return false, err
+	}
+	extra := make([]string, len(groups))
+	for i, g := range groups {
+		extra[i] = c.keys.GroupHeartbeats(g)
+	}
+	return c.renew(ctx, cl, string(b), extra)
+}
+
+func (c *Client) renew(ctx context.Context, cl Claim, progress string, extra []string) (restored bool, err error) {
+	n, err := c.runExtra(ctx, renewScript, keyCtx{host: cl.id(), zone: c.cfg.Zone}, extra,
+		cl.Host, cl.Gen.ID, cl.Gen.Digest, cl.Slot, c.cfg.LeaseTTL.Milliseconds(), eventsMax, flag(cl.Repair), cl.id(), progress).Int()
 	if err != nil {
 		return false, fmt.Errorf("renew lease: %w", err)
 	}

@@ -591,12 +591,21 @@ return {'ok', slot, addr, kind, zone}
 // the claims record still matches (Redis lost writes, or a renewal came
 // late) is re-created (2); a claim lost with its record takes the slot again
 // if it is still free (3). 1: renewed; 0: lost.
-// ARGV: host, gen, digest, slot, lease_ms, maxlen, repair, cid
+// With ARGV progress (JSON, see Progress) it also records the pull's
+// progress and the host's heartbeat (and its groups' heartbeat indexes,
+// the extra KEYS): a pulling host needs no write of either of its own.
+// ARGV: host, gen, digest, slot, lease_ms, maxlen, repair, cid, progress
 var renewScript = newScript(
-	[]string{"lease", "claims", "leases", "generation", "sync", "full", "part", "holders", "running", "repairing", "events"}, `
+	[]string{"lease", "claims", "leases", "generation", "sync", "full", "part", "holders", "running", "repairing", "events", "progress", "heartbeats"}, `
 local host, gen, digest, slot, cid = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[8]
 local want = gen .. ' ' .. slot
-local expiry = nowMS() + tonumber(ARGV[5])
+local now = nowMS()
+local expiry = now + tonumber(ARGV[5])
+if (ARGV[9] or '') ~= '' then
+  redis.call('HSET', K.progress, host, ARGV[9])
+  redis.call('ZADD', K.heartbeats, now, host)
+  for i = NAMED + 1, #KEYS do redis.call('ZADD', KEYS[i], now, host) end
+end
 local g = redis.call('HMGET', K.generation, 'id', 'state')
 if g[1] == gen and g[2] == 'failed' then return 0 end -- cancelled: the pull stops
 if redis.call('GET', K.lease) == want then

@@ -135,6 +135,7 @@ type Coordinator interface {
 	Lookup(ctx context.Context) error
 	Claim(ctx context.Context, host string, gen coord.Ref, o coord.ClaimOptions) (coord.Claim, error)
 	Renew(ctx context.Context, cl coord.Claim) (bool, error)
+	RenewReport(ctx context.Context, cl coord.Claim, p coord.Progress, groups []string) (bool, error)
 	Finish(ctx context.Context, cl coord.Claim, uploads int) error
 	Fail(ctx context.Context, cl coord.Claim, v coord.Verdict, reason string, uploads int) error
 	Switch(ctx context.Context, cl coord.Claim, v coord.Verdict, reason string) error
@@ -198,6 +199,9 @@ type Minion struct {
 	// waits for the master's order (both Step goroutine only).
 	switched    string
 	awaitSwitch bool
+	// renewBeat is when (Unix ns) a lease renewal last recorded this
+	// host's heartbeat.
+	renewBeat atomic.Int64
 	// pulled lists the paths the last successful transfer changed (set
 	// and read by the Step goroutine only): the hook is told them.
 	pulled []string
@@ -458,8 +462,13 @@ func (m *Minion) taskPending(ctx context.Context) (bool, error) {
 
 func (m *Minion) heartbeatLoop(ctx context.Context) {
 	for {
-		if err := m.heartbeat(ctx); err != nil && ctx.Err() == nil {
-			m.cfg.Log.WithError(err).Warn("heartbeat failed")
+		// Skipped while a pull's lease renewals beat for this host (one
+		// within half an interval): beats stay at most 1.5 intervals
+		// apart when the pull ends.
+		if last := m.renewBeat.Load(); last == 0 || time.Since(time.Unix(0, last)) >= m.cfg.Heartbeat/2 {
+			if err := m.heartbeat(ctx); err != nil && ctx.Err() == nil {
+				m.cfg.Log.WithError(err).Warn("heartbeat failed")
+			}
 		}
 		select {
 		case <-ctx.Done():

@@ -123,8 +123,11 @@ func mixedMismatch(err error, src *source) bool {
 // watchLoop renews the pull's lease every third of its TTL and reports
 // progress with each renewal (and once at the start and the end) until
 // done is closed. A lost lease cancels the pull. Progress rides on the
-// renewals' rhythm, not a second's: at 10,000 hosts a report a second was
-// a fifth of a task's Redis requests.
+// renewals, in the same script, and so does the host's heartbeat (the
+// heartbeat loop skips its beats meanwhile): at 10,000 hosts a report a
+// second was a fifth of a task's Redis requests, and the separate
+// progress writes and heartbeats of pulling hosts two fifths at a report
+// a renewal.
 func (m *Minion) watchLoop(ctx context.Context, src *source, cancel context.CancelCauseFunc, done <-chan struct{}) {
 	lease := src.claim().Lease
 	renewEvery := lease / 3
@@ -171,13 +174,19 @@ func (m *Minion) watchLoop(ctx context.Context, src *source, cancel context.Canc
 		if time.Since(lastRenew) < renewEvery-tick/2 {
 			continue
 		}
-		report(ctx)
 		src.sw.renew(ctx)
 		cl := src.claim()
 		if cl == nil {
+			report(ctx)
 			continue // switching sources: the new claim starts a new lease
 		}
-		restored, err := m.coord.Renew(ctx, *cl)
+		// The renewal carries the progress and the heartbeat.
+		got, total := m.ProgressOf(src.gen)
+		restored, err := m.coord.RenewReport(ctx, *cl, coord.Progress{Gen: src.gen, Source: cl.Slot, Done: got, Total: total, Started: started}, m.cfg.Groups)
+		src.flushCrossZone(ctx)
+		if err == nil {
+			m.renewBeat.Store(time.Now().UnixNano())
+		}
 		if restored {
 			m.cfg.Metrics.LeasesRecreated.Inc()
 			m.cfg.Log.WithField("slot", cl.Slot).Warn("Redis had lost this host's lease; re-created it from its claim")

@@ -1,0 +1,132 @@
+package coord
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"slices"
+	"testing"
+	"time"
+)
+
+// TestRenewReport: a renewal that carries progress records it and beats
+// for the host (and its groups), in one script; a plain renewal does not.
+func TestRenewReport(t *testing.T) {
+	each(t, 15*time.Second, func(t *testing.T, f *fixture) {
+		ctx := context.Background()
+		k := f.c.Keys()
+		g := f.publish(1)
+		f.heartbeat("a")
+		cl, err := f.c.Claim(ctx, "a", g.Ref(), ClaimOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		before := f.rdb.ZScore(ctx, k.Heartbeats(), "a").Val()
+		f.advance(3 * time.Second)
+		if _, err := f.c.Renew(ctx, cl); err != nil {
+			t.Fatal(err)
+		}
+		if f.rdb.HExists(ctx, k.Progress(), "a").Val() {
+			t.Fatal("a plain renewal wrote progress")
+		}
+		time.Sleep(5 * time.Millisecond) // Redis TIME moves on
+		if _, err := f.c.RenewReport(ctx, cl, Progress{Gen: g.ID, Source: cl.Slot, Done: 5, Total: 10}, []string{"web"}); err != nil {
+			t.Fatal(err)
+		}
+		var p Progress
+		if err := json.Unmarshal([]byte(f.rdb.HGet(ctx, k.Progress(), "a").Val()), &p); err != nil || p.Done != 5 || p.Total != 10 || p.Gen != g.ID {
+			t.Fatalf("progress %+v, %v", p, err)
+		}
+		if after := f.rdb.ZScore(ctx, k.Heartbeats(), "a").Val(); after <= before {
+			t.Errorf("heartbeat score %v, was %v: the renewal did not beat", after, before)
+		}
+		if _, err := f.rdb.ZScore(ctx, k.GroupHeartbeats("web"), "a").Result(); err != nil {
+			t.Errorf("group heartbeat index: %v", err)
+		}
+	})
+}
+
+// TestCancelScript: cancel fails the running generation with its reason,
+// withdraws its free slots, and the renewal of a claim of it is refused;
+// a generation not running cannot be cancelled.
+func TestCancelScript(t *testing.T) {
+	each(t, 15*time.Second, func(t *testing.T, f *fixture) {
+		ctx := context.Background()
+		k := f.c.Keys()
+		g := f.publish(2)
+		f.heartbeat("a")
+		cl, err := f.c.Claim(ctx, "a", g.Ref(), ClaimOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := f.c.Cancel(ctx, Ref{ID: g.ID, Digest: "other"}, "x"); !errors.Is(err, ErrStale) {
+			t.Fatalf("cancel of another digest: %v", err)
+		}
+		if err := f.c.Cancel(ctx, g.Ref(), "bad build"); err != nil {
+			t.Fatal(err)
+		}
+		cur, _ := f.c.Current(ctx)
+		if cur.State != StateFailed || cur.Error != "bad build" || len(f.members(k.Sync())) != 0 {
+			t.Fatalf("after cancel: %+v, sync %v", cur, f.members(k.Sync()))
+		}
+		if _, err := f.c.Renew(ctx, cl); !errors.Is(err, ErrLeaseLost) {
+			t.Fatalf("renewal of a cancelled generation: %v", err)
+		}
+		if err := f.c.Cancel(ctx, g.Ref(), "again"); !errors.Is(err, ErrStale) {
+			t.Fatalf("cancel of a failed generation: %v", err)
+		}
+	})
+}
+
+// TestFleetSwitchScripts: the switch is ordered once, only for a running
+// generation switched fleet-wide; a switch is recorded only for the
+// current generation; status is done only once every expected host
+// switched, and ready before.
+func TestFleetSwitchScripts(t *testing.T) {
+	each(t, 15*time.Second, func(t *testing.T, f *fixture) {
+		ctx := context.Background()
+		plain := f.publish(1)
+		if at, err := f.c.OrderSwitch(ctx, plain.Ref()); err != nil || !at.IsZero() {
+			t.Fatalf("order for a generation switched per host: %v, %v", at, err)
+		}
+		g, err := f.c.Publish(ctx, Generation{ID: plain.ID, Path: "/data/m42", Digest: "d2", Origin: "master", OriginAddr: "10.0.0.1:7070", Atomic: 2, Switch: SwitchFleet}, 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		f.heartbeat("a", "b")
+		for _, h := range []string{"a", "b"} {
+			if err := f.c.Finish(ctx, Claim{Host: h, Gen: g.Ref()}, 1); err != nil {
+				t.Fatal(err)
+			}
+		}
+		st, err := f.c.Status(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !st.Generation.SwitchPending() || st.State != StateRunning || !st.Ready() {
+			t.Fatalf("all finished, no order: pending %v state %s ready %v", st.Generation.SwitchPending(), st.State, st.Ready())
+		}
+		at, err := f.c.OrderSwitch(ctx, g.Ref())
+		if err != nil || at.IsZero() {
+			t.Fatalf("order: %v, %v", at, err)
+		}
+		if again, err := f.c.OrderSwitch(ctx, g.Ref()); err != nil || !again.IsZero() {
+			t.Fatalf("second order: %v, %v", again, err)
+		}
+		if err := f.c.Switched(ctx, "a", Ref{ID: g.ID, Digest: "old"}); !errors.Is(err, ErrStale) {
+			t.Fatalf("switch of another generation: %v", err)
+		}
+		if err := f.c.Switched(ctx, "a", g.Ref()); err != nil {
+			t.Fatal(err)
+		}
+		if st, _ = f.c.Status(ctx); st.State != StateRunning || st.Generation.SwitchAt.IsZero() || !slices.Equal(st.Switched, []string{"a"}) {
+			t.Fatalf("one of two switched: state %s, %+v, switched %v", st.State, st.Generation, st.Switched)
+		}
+		if err := f.c.Switched(ctx, "b", g.Ref()); err != nil {
+			t.Fatal(err)
+		}
+		if st, _ = f.c.Status(ctx); st.State != StateDone {
+			t.Fatalf("both switched: state %s", st.State)
+		}
+	})
+}
