@@ -91,7 +91,7 @@ from the current one.`)
 func rollbackTarget(cur coord.Generation, hist []coord.Completion, want int64) (coord.Completion, error) {
 	idx := -1
 	for i, rec := range hist {
-		if want != 0 && rec.Gen == want || want == 0 && rec.Digest != cur.Digest && rec.Gen < cur.ID {
+		if want != 0 && rec.Gen == want || want == 0 && rec.Digest != cur.Digest && rec.Gen < cur.ID && localPath(rec) == cur.LocalPath() {
 			idx = i
 			break
 		}
@@ -127,4 +127,13 @@ func rollbackTarget(cur coord.Generation, hist []coord.Completion, want int64) (
 		return coord.Completion{}, fmt.Errorf("generation %d's release is older than the %d releases hosts keep (%d newer trees were switched to since): it was pruned; publish its tree again", target.Gen, keep, len(newer))
 	}
 	return target, nil
+}
+
+// localPath is where hosts held the tree of rec: its destination, or its
+// path.
+func localPath(rec coord.Completion) string {
+	if rec.Dest != "" {
+		return rec.Dest
+	}
+	return rec.Path
 }

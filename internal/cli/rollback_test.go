@@ -56,6 +56,12 @@ func TestRollbackTarget(t *testing.T) {
 			}
 		})
 	}
+	// The default stays at the current tree's place: a generation
+	// published elsewhere (another path or destination) is skipped.
+	mixed := []coord.Completion{{Gen: 3, Path: "/srv/other", Digest: "o", Atomic: 3}, {Gen: 2, Path: "/srv/app", Digest: "a", Atomic: 3}}
+	if rec, err := rollbackTarget(coord.Generation{ID: 4, Path: "/srv/app", Digest: "b", Atomic: 3}, mixed, 0); err != nil || rec.Gen != 2 {
+		t.Errorf("default among paths: %+v, %v; want generation 2", rec, err)
+	}
 	if _, err := rollbackTarget(cur, nil, 0); err == nil || !strings.Contains(err.Error(), "nothing to roll back") {
 		t.Errorf("empty history: %v", err)
 	}
@@ -69,7 +75,7 @@ func TestRollbackSetsTask(t *testing.T) {
 	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
 	defer rdb.Close()
 	ctx := context.Background()
-	mr.HSet("{f}:generation", "id", "4", "state", "done", "path", "/srv/app", "digest", strings.Repeat("b", 64), "proto", "6", "atomic", "2")
+	mr.HSet("{f}:generation", "id", "4", "state", "done", "path", "/srv/app", "dest", "/opt/app", "digest", strings.Repeat("b", 64), "proto", "6", "atomic", "2")
 	mr.Lpush("{f}:history", `{"gen":3,"path":"/srv/app","digest":"`+strings.Repeat("a", 64)+`","files":12,"bytes":4096,"atomic":2,"dest":"/opt/app","delete":true}`)
 	if code, _, stderr := run(t, masterMain, vars, "rollback"); code != exitFailure || !strings.Contains(stderr, "start the master first") {
 		t.Fatalf("rollback with no master: code %d, %q", code, stderr)

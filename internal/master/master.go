@@ -775,7 +775,13 @@ func (m *Master) rollback(ctx context.Context, value string, opts coord.TaskOpti
 		return fmt.Errorf("publish rollback: %w", err)
 	}
 	m.server.Set(nil)
+	old := m.active
 	m.active = rolledBack(g)
+	if old != nil && old.Path == clean {
+		// A tree published after the rollback keeps the task's own
+		// options that the generation does not record.
+		m.active.Exclude, m.active.Compress = old.Exclude, old.Compress
+	}
 	m.cfg.Metrics.Published.Inc()
 	m.cfg.Metrics.Generation.Set(float64(g.ID))
 	if err := m.remember(m.active); err != nil {

@@ -443,7 +443,9 @@ func (m *Master) watchPublish(ctx context.Context, forceFull bool) error {
 	if a == nil || w.built == nil {
 		return nil // nothing served (no task, or a failed one)
 	}
-	if len(changed) == 0 && !forceFull {
+	if len(changed) == 0 && (!forceFull || a.Rollback > 0) {
+		// A rollback serves a release the hosts kept, not this tree: only
+		// a change of the tree publishes it again, not a periodic walk.
 		return nil
 	}
 	_, osPath, err := ResolveTask(m.cfg.Root, a.Path)

@@ -199,6 +199,9 @@ type Minion struct {
 	// waits for the master's order (both Step goroutine only).
 	switched    string
 	awaitSwitch bool
+	// adoptFailed is the generation whose kept release verification
+	// found different (it is pulled into, not verified at every step).
+	adoptFailed string
 	// renewBeat is when (Unix ns) a lease renewal last recorded this
 	// host's heartbeat.
 	renewBeat atomic.Int64
@@ -328,9 +331,12 @@ func (m *Minion) Run(ctx context.Context) error {
 			failures++
 			wait = min(wait<<min(failures, 10), max(time.Minute, m.cfg.Poll))
 		case out == Holding && m.awaitSwitch:
-			// Ready for a fleet switch: the order comes by pub/sub; look
-			// every poll too.
+			// Ready for a fleet switch: the order comes by pub/sub (and
+			// is a generation field: a lost message costs ten polls).
 			failures = 0
+			if published != nil {
+				wait = jitter(10 * m.cfg.Poll)
+			}
 		case (out == Holding || out == Idle || out == NotOurs) && published != nil && err == nil:
 			failures = 0
 			wait = jitter(max(m.cfg.Poll, idlePoll))
@@ -524,6 +530,7 @@ const registerEvery = 6
 // periodically) and repairs drift; when it does not, it claims a source and
 // pulls.
 func (m *Minion) Step(ctx context.Context) (Outcome, error) {
+	m.awaitSwitch = false // hold and pull say again when it still waits
 	g, err := m.current(ctx)
 	if err != nil {
 		return Idle, fmt.Errorf("read generation: %w", err)
@@ -537,6 +544,9 @@ func (m *Minion) Step(ctx context.Context) (Outcome, error) {
 	if g.Proto > coord.Proto {
 		return Idle, m.refuse(ctx, g, fmt.Sprintf("generation %d was published with protocol %d; this fanout-minion (%s) speaks %d: upgrade fanout on this host",
 			g.ID, g.Proto, m.cfg.Version, coord.Proto))
+	}
+	if !manifest.ValidDigest(g.Digest) {
+		return Idle, m.refuse(ctx, g, fmt.Sprintf("generation %d has digest %.80q, not a manifest digest: refused, nothing written (was the generation key written by hand? publish with fanout-master)", g.ID, g.Digest))
 	}
 	if !coord.InGroups(m.cfg.Groups, g.Groups) {
 		// Not for this host: it neither pulls nor counts (the master

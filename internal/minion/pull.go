@@ -95,6 +95,14 @@ func (m *Minion) pull(ctx context.Context, g coord.Generation, cl coord.Claim) e
 	}).Info("holds generation; offered as a source")
 	if ferr == nil {
 		m.runHook(ctx, g, hk) // not for a generation superseded meanwhile
+		if g.Switch == coord.SwitchFleet && !g.SwitchPending() {
+			// Ordered before this pull began (a late host): it switched
+			// as its release verified; record it and run its hook now,
+			// as a one-shot sync returns.
+			if err := m.fleetSwitch(ctx, g); err != nil {
+				log.WithError(err).Warn("could not record the switch; the next step does")
+			}
+		}
 	}
 	return nil
 }
@@ -245,9 +253,8 @@ func (m *Minion) transfer(ctx context.Context, g coord.Generation, src *source) 
 	// already) is built in a release beside the live tree, which changes
 	// only at the switch (release.go).
 	var release, from string
-	var linked map[string]bool
 	if g.Atomic > 0 || newLayout(root).released() {
-		if root, from, linked, err = m.releaseRoot(ctx, g, remote); err != nil {
+		if root, from, err = m.releaseRoot(ctx, g, remote); err != nil {
 			return apply.Stats{}, fmt.Errorf("prepare the release of generation %d: %w", g.ID, err)
 		}
 		release = releaseName(g.Digest)
@@ -308,7 +315,7 @@ func (m *Minion) transfer(ctx context.Context, g coord.Generation, src *source) 
 	if err != nil {
 		return apply.Stats{}, fmt.Errorf("diff %s against generation %d: %w", root, g.ID, err)
 	}
-	if err := unshare(root, plan, linked); err != nil {
+	if err := unshare(root, plan); err != nil {
 		return apply.Stats{}, err
 	}
 	// Temporary files of an interrupted pull go, but for the part files of

@@ -8,6 +8,7 @@ import (
 	"io"
 	"io/fs"
 	"os"
+	"path"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -18,6 +19,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/fanout/fanout/internal/coord"
+	"github.com/fanout/fanout/internal/exclude"
 	"github.com/fanout/fanout/internal/manifest"
 	"github.com/fanout/fanout/internal/statedir"
 )
@@ -139,6 +141,13 @@ func (l layout) switchTo(name string, now time.Time) (changed bool, plain string
 		return false, "", nil
 	}
 	tmp := l.path(switchName)
+	if fi, err := os.Lstat(tmp); err == nil && fi.Mode()&fs.ModeSymlink == 0 {
+		// The plain tree a crash left here between its exchange and its
+		// rename: kept as the release it was becoming.
+		if err := os.Rename(tmp, l.path(plainPrefix+strconv.FormatInt(now.UnixNano()-1, 10))); err != nil {
+			return false, "", err
+		}
+	}
 	if err := os.Remove(tmp); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return false, "", err
 	}
@@ -243,17 +252,17 @@ func (m *Minion) keptManifest(l layout, digest string) ([]byte, *manifest.Manife
 // filled with hard links from the tree live now when it does not exist
 // yet. It returns the release's path and the live tree's, the latter ""
 // when there is none to take chunks from.
-func (m *Minion) releaseRoot(ctx context.Context, g coord.Generation, remote *manifest.Manifest) (root, from string, linked map[string]bool, err error) {
+func (m *Minion) releaseRoot(ctx context.Context, g coord.Generation, remote *manifest.Manifest) (root, from string, err error) {
 	l := newLayout(taskRoot(m.cfg.Root, g.LocalPath()))
 	cur, err := l.current()
 	if err != nil {
-		return "", "", nil, err
+		return "", "", err
 	}
 	if err := os.MkdirAll(filepath.Dir(l.live), 0o755); err != nil {
-		return "", "", nil, fmt.Errorf("create parent of %s: %w", l.live, err)
+		return "", "", fmt.Errorf("create parent of %s: %w", l.live, err)
 	}
 	if err := l.ensureDir(); err != nil {
-		return "", "", nil, err
+		return "", "", err
 	}
 	name := releaseName(g.Digest)
 	root = l.path(name)
@@ -275,21 +284,24 @@ func (m *Minion) releaseRoot(ctx context.Context, g coord.Generation, remote *ma
 		} else if !fi.Mode().IsRegular() {
 			err = fmt.Errorf("%s is neither a directory nor a file: move it away", root)
 		}
-		return root, from, nil, err
+		return root, from, err
 	case !errors.Is(err, fs.ErrNotExist):
-		return "", "", nil, err
+		return "", "", err
 	}
 	if e, ok := remote.Lookup("."); ok && e.Type == manifest.Dir {
 		// Nobody else may write in it while it is built: its mode is
 		// the manifest's once the pull applies it.
 		if err := os.Mkdir(root, 0o700); err != nil {
-			return "", "", nil, fmt.Errorf("create release %s: %w", root, err)
+			return "", "", fmt.Errorf("create release %s: %w", root, err)
 		}
 	}
 	if from != "" {
-		linked = m.linkRelease(ctx, from, root, remote)
+		m.linkRelease(ctx, from, root, remote)
+		if err := m.carry(ctx, from, root, remote, g.Delete); err != nil {
+			return "", "", fmt.Errorf("carry what the task leaves alone into the release: %w", err)
+		}
 	}
-	return root, from, linked, nil
+	return root, from, nil
 }
 
 // linkRelease hard-links into the new release at root every file of
@@ -297,13 +309,13 @@ func (m *Minion) releaseRoot(ctx context.Context, g coord.Generation, remote *ma
 // hash cache vouches (the file was not touched since it was hashed) or,
 // when it has no entry, as hashing the file now shows. The
 // links' cache entries are carried over (a link moves the inode's ctime),
-// so the pull's scan does not read them again. It returns the paths
-// linked.
-func (m *Minion) linkRelease(ctx context.Context, from, root string, remote *manifest.Manifest) map[string]bool {
-	linked := map[string]bool{}
+// so the pull's scan does not read them again.
+func (m *Minion) linkRelease(ctx context.Context, from, root string, remote *manifest.Manifest) {
+	linked := 0
 	var bytes int64
+	dirs := map[string]bool{} // parents in from known to be directories, not symlinks
 	for _, e := range remote.Entries {
-		if e.Type != manifest.File {
+		if e.Type != manifest.File || !realParents(from, e.Path, dirs) {
 			continue
 		}
 		src, dst := osPath(from, e.Path), osPath(root, e.Path)
@@ -340,13 +352,121 @@ func (m *Minion) linkRelease(ctx context.Context, from, root string, remote *man
 			m.putHash(dst, after, remote, hash, chunks)
 			m.putHash(src, after, remote, hash, chunks)
 		}
-		linked[e.Path] = true
+		linked++
 		bytes += e.Size
 	}
-	if len(linked) > 0 {
-		m.cfg.Log.WithFields(map[string]any{"files": len(linked), "bytes": bytes, "from": from}).Info("release: hard-linked unchanged files from the live tree")
+	if linked > 0 {
+		m.cfg.Log.WithFields(map[string]any{"files": linked, "bytes": bytes, "from": from}).Info("release: hard-linked unchanged files from the live tree")
 	}
-	return linked
+}
+
+// carry brings into the new release at root what a pull in place leaves
+// alone in the tree at from: the paths remote excludes and, without
+// delete, the entries beyond remote (host-local files). Files are hard
+// links (the pull never changes them: excluded paths are protected from
+// the plan, and extras are not in it), directories and symlinks are made
+// anew. So an atomic switch loses no file a pull in place would keep.
+func (m *Minion) carry(ctx context.Context, from, root string, remote *manifest.Manifest, del bool) error {
+	ex, err := exclude.Parse(remote.Exclude)
+	if err != nil {
+		return err
+	}
+	var excluded []string
+	live, err := manifest.Build(ctx, from, manifest.Options{
+		Chunking: remote.Chunking,
+		Exclude:  ex,
+		Excluded: func(p string) { excluded = append(excluded, p) },
+		Warn:     func(p string, err error) { m.cfg.Log.WithField("path", p).WithError(err).Debug("skipped live entry") },
+	})
+	if err != nil {
+		return err
+	}
+	dirs := map[string]bool{}
+	n := 0
+	place := func(rel string, src string, fi fs.FileInfo) error {
+		dst := osPath(root, rel)
+		if _, err := os.Lstat(dst); err == nil {
+			return nil // the release has it already
+		}
+		if err := os.MkdirAll(filepath.Dir(dst), 0o700); err != nil {
+			return err
+		}
+		var err error
+		switch {
+		case fi.IsDir():
+			err = os.Mkdir(dst, fi.Mode().Perm())
+		case fi.Mode().IsRegular():
+			err = os.Link(src, dst)
+		case fi.Mode()&fs.ModeSymlink != 0:
+			var t string
+			if t, err = os.Readlink(src); err == nil {
+				err = os.Symlink(t, dst)
+			}
+		default:
+			return nil // never part of a tree
+		}
+		if err == nil {
+			n++
+		}
+		return err
+	}
+	for _, p := range excluded {
+		if !realParents(from, p, dirs) {
+			continue
+		}
+		top := osPath(from, p)
+		err := filepath.WalkDir(top, func(q string, d fs.DirEntry, err error) error {
+			if err != nil {
+				return nil // vanished or unreadable: not carried
+			}
+			fi, err := d.Info()
+			if err != nil {
+				return nil
+			}
+			rel, _ := filepath.Rel(top, q)
+			return place(path.Join(p, filepath.ToSlash(rel)), q, fi)
+		})
+		if err != nil {
+			return err
+		}
+	}
+	if !del {
+		for _, e := range live.Entries {
+			if _, ok := remote.Lookup(e.Path); ok || e.Path == "." || !realParents(from, e.Path, dirs) {
+				continue
+			}
+			src := osPath(from, e.Path)
+			fi, err := os.Lstat(src)
+			if err != nil {
+				continue
+			}
+			if err := place(e.Path, src, fi); err != nil {
+				return err
+			}
+		}
+	}
+	if n > 0 {
+		m.cfg.Log.WithFields(map[string]any{"entries": n, "from": from}).Info("release: carried excluded paths and files the task does not list (without --delete) from the live tree")
+	}
+	return nil
+}
+
+// realParents reports whether every parent directory of manifest path p
+// under root is a directory, not a symlink (a link to a file reached
+// through one could be a file outside the root); dirs caches the answers.
+func realParents(root, p string, dirs map[string]bool) bool {
+	for d := path.Dir(p); d != "." && d != "/"; d = path.Dir(d) {
+		ok, seen := dirs[d]
+		if !seen {
+			fi, err := os.Lstat(osPath(root, d))
+			ok = err == nil && fi.IsDir()
+			dirs[d] = ok
+		}
+		if !ok {
+			return false
+		}
+	}
+	return true
 }
 
 // cachedHash is the content hash (and, in format 3, the chunk list) of
@@ -367,15 +487,24 @@ func (m *Minion) putHash(p string, fi fs.FileInfo, remote *manifest.Manifest, ha
 	m.cache.Put(p, fi, hash)
 }
 
-// unshare gives each file of the plan that was hard-linked from the live
-// tree and whose metadata the plan changes an inode of its own, so the
+// unshare gives each file of the plan whose metadata the plan changes and
+// that shares its inode (a hard link from the live release, made by this
+// build or by an earlier attempt of it) an inode of its own first, so the
 // change does not reach the live tree.
-func unshare(root string, plan *manifest.Plan, linked map[string]bool) error {
+func unshare(root string, plan *manifest.Plan) error {
 	for _, e := range plan.Entries(manifest.OpMeta) {
-		if e.Type != manifest.File || !linked[e.Path] {
+		if e.Type != manifest.File {
 			continue
 		}
-		if err := copyOver(osPath(root, e.Path)); err != nil {
+		p := osPath(root, e.Path)
+		fi, err := os.Lstat(p)
+		if err != nil || !fi.Mode().IsRegular() {
+			continue // the plan's apply reports it
+		}
+		if st, ok := fi.Sys().(*syscall.Stat_t); !ok || st.Nlink < 2 {
+			continue
+		}
+		if err := copyOver(p); err != nil {
 			return fmt.Errorf("release: copy %s before changing its metadata: %w", e.Path, err)
 		}
 	}
@@ -429,10 +558,16 @@ func (m *Minion) switchHeld(g coord.Generation) error {
 		return fmt.Errorf("switch %s to release %s: %w", l.live, h.Release, err)
 	}
 	if !changed {
-		return nil
+		if _, err := os.Stat(m.keptPath(h.Release)); err == nil {
+			return nil
+		}
+		// Switched before a crash that left the record unwritten: write
+		// it now, so the release can be returned to and is pruned in
+		// order.
+	} else {
+		m.cfg.Log.WithFields(map[string]any{"gen": h.Gen, "path": l.live, "release": h.Release, "elapsed": time.Since(start).Round(time.Microsecond).String()}).
+			Info("switched to the new release")
 	}
-	m.cfg.Log.WithFields(map[string]any{"gen": h.Gen, "path": l.live, "release": h.Release, "elapsed": time.Since(start).Round(time.Microsecond).String()}).
-		Info("switched to the new release")
 	if err := os.MkdirAll(filepath.Join(m.cfg.StateDir, keptDir), 0o700); err != nil {
 		return err
 	}
@@ -493,6 +628,9 @@ func (m *Minion) adoptKept(ctx context.Context, g coord.Generation) bool {
 	if g.Atomic == 0 && !l.released() {
 		return false
 	}
+	if m.adoptFailed == genKey(g) {
+		return false // verified once and found different: the pull repairs it
+	}
 	enc, man, ok := m.keptManifest(l, g.Digest)
 	if !ok {
 		return false
@@ -513,6 +651,7 @@ func (m *Minion) adoptKept(ctx context.Context, g coord.Generation) bool {
 		m.mu.Lock()
 		m.held, m.heldEnc, m.heldMan = nil, nil, nil
 		m.mu.Unlock()
+		m.adoptFailed = genKey(g)
 		log.WithError(err).Info("kept release of the generation not usable as it is; pulling what differs")
 		return false
 	}
@@ -526,16 +665,24 @@ func (m *Minion) adoptKept(ctx context.Context, g coord.Generation) bool {
 // it: records the switch (the master calls the generation done once every
 // expected host did) and runs the hook, which waits for the switch. Until
 // the order, it notes that this host waits for it.
+//
+// The record is sent again at each hold step while the generation runs
+// (a write Redis lost would keep it from done); the hook runs once.
 func (m *Minion) fleetSwitch(ctx context.Context, g coord.Generation) error {
 	m.awaitSwitch = g.SwitchPending()
-	if g.Switch != coord.SwitchFleet || m.awaitSwitch || m.switched == genKey(g) {
+	if g.Switch != coord.SwitchFleet || m.awaitSwitch || (m.switched == genKey(g) && g.State != coord.StateRunning) {
 		return nil
 	}
-	hk := m.prepareHook(ctx, g, m.pulled)
+	var hk *pendingHook
+	if m.switched != genKey(g) {
+		hk = m.prepareHook(ctx, g, m.pulled)
+	}
 	if err := m.coord.Switched(ctx, m.cfg.ID, g.Ref()); err != nil && !errors.Is(err, coord.ErrStale) {
 		return err
 	}
-	m.switched = genKey(g)
-	m.runHook(ctx, g, hk)
+	if m.switched != genKey(g) {
+		m.switched = genKey(g)
+		m.runHook(ctx, g, hk)
+	}
 	return nil
 }

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/fanout/fanout/internal/coord"
+	"github.com/fanout/fanout/internal/exclude"
 	"github.com/fanout/fanout/internal/manifest"
 )
 
@@ -76,6 +77,22 @@ func TestSwitchTo(t *testing.T) {
 	}
 	if slices.Contains(readDirNames(t, l.dir), switchName) {
 		t.Errorf("the switch left %s behind", switchName)
+	}
+	// A crash between the exchange and the rename left the plain tree at
+	// the switch name: kept as a release, and the switch goes on.
+	must(os.Mkdir(l.path(switchName), 0o755))
+	must(os.WriteFile(filepath.Join(l.path(switchName), "orphan"), []byte("x"), 0o644))
+	if changed, _, err := l.switchTo("r1", time.Now()); !changed || err != nil {
+		t.Fatalf("switch over a leftover tree: %v %v", changed, err)
+	}
+	kept := 0
+	for _, n := range readDirNames(t, l.dir) {
+		if b, err := os.ReadFile(filepath.Join(l.path(n), "orphan")); err == nil && string(b) == "x" && strings.HasPrefix(n, plainPrefix) {
+			kept++
+		}
+	}
+	if kept != 1 {
+		t.Fatalf("the leftover tree was not kept as a release: %v", readDirNames(t, l.dir))
 	}
 	// The operator's own symlink.
 	other := newLayout(filepath.Join(dir, "linked"))
@@ -152,8 +169,8 @@ func TestHeldRelease(t *testing.T) {
 }
 
 // TestUnshare: a hard-linked file whose metadata the plan changes gets
-// its own inode, so the change does not reach the live tree; others stay
-// linked.
+// its own inode (whoever linked it: this build or an earlier attempt), so
+// the change does not reach the live tree; others stay linked.
 func TestUnshare(t *testing.T) {
 	dir := t.TempDir()
 	live, rel := filepath.Join(dir, "live"), filepath.Join(dir, "rel")
@@ -171,7 +188,7 @@ func TestUnshare(t *testing.T) {
 		}
 	}
 	plan := &manifest.Plan{Actions: []manifest.Action{{Op: manifest.OpMeta, Entry: manifest.Entry{Path: "a", Type: manifest.File}}}}
-	if err := unshare(rel, plan, map[string]bool{"a": true, "b": true}); err != nil {
+	if err := unshare(rel, plan); err != nil {
 		t.Fatal(err)
 	}
 	same := func(f string) bool {
@@ -187,5 +204,78 @@ func TestUnshare(t *testing.T) {
 	}
 	if names := readDirNames(t, rel); !slices.Equal(names, []string{"a", "b"}) {
 		t.Fatalf("left behind: %v", names)
+	}
+}
+
+// TestCarryAndLink: building a release from the live tree hard-links the
+// files the new tree holds unchanged, never through a symlinked parent
+// (it could reach a file outside the root), and carries what a pull in
+// place would keep: excluded paths, and without delete the files the task
+// does not list.
+func TestCarryAndLink(t *testing.T) {
+	dir := t.TempDir()
+	m := testMinion(t, dir)
+	m.cache = manifest.NewCache()
+	write := func(p, s string) {
+		t.Helper()
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, []byte(s), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pub, live, outside, rel := filepath.Join(dir, "pub"), filepath.Join(dir, "live"), filepath.Join(dir, "outside"), filepath.Join(dir, "rel")
+	write(filepath.Join(pub, "a/f1"), "same")
+	write(filepath.Join(pub, "certs/ca.pem"), "cert")
+	write(filepath.Join(live, "a/f1"), "same")
+	write(filepath.Join(live, "local.txt"), "host-local")
+	write(filepath.Join(live, "logs/app.log"), "log line")
+	write(filepath.Join(outside, "ca.pem"), "cert")
+	if err := os.Symlink(outside, filepath.Join(live, "certs")); err != nil {
+		t.Fatal(err)
+	}
+	ex, err := exclude.Parse([]string{"/logs/"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	remote, err := manifest.Build(t.Context(), pub, manifest.Options{Hash: true, Exclude: ex})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Mkdir(rel, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	m.linkRelease(t.Context(), live, rel, remote)
+	if err := m.carry(t.Context(), live, rel, remote, false); err != nil {
+		t.Fatal(err)
+	}
+	same := func(a, b string) bool {
+		x, err1 := os.Lstat(a)
+		y, err2 := os.Lstat(b)
+		return err1 == nil && err2 == nil && os.SameFile(x, y)
+	}
+	if !same(filepath.Join(live, "a/f1"), filepath.Join(rel, "a/f1")) {
+		t.Error("a/f1 was not hard-linked from the live tree")
+	}
+	if _, err := os.Lstat(filepath.Join(rel, "certs/ca.pem")); !os.IsNotExist(err) {
+		t.Errorf("certs/ca.pem was linked through the live tree's symlinked parent: %v", err)
+	}
+	if !same(filepath.Join(live, "logs/app.log"), filepath.Join(rel, "logs/app.log")) || !same(filepath.Join(live, "local.txt"), filepath.Join(rel, "local.txt")) {
+		t.Error("the excluded path or the host-local file was not carried")
+	}
+	if _, err := os.Lstat(filepath.Join(rel, "certs")); !os.IsNotExist(err) {
+		t.Errorf("the live tree's symlink certs, which the task lists as a directory, was carried: %v", err)
+	}
+	// With delete, host-local files are not carried; excluded paths are.
+	rel2 := filepath.Join(dir, "rel2")
+	if err := os.Mkdir(rel2, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.carry(t.Context(), live, rel2, remote, true); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Lstat(filepath.Join(rel2, "local.txt")); !os.IsNotExist(err) || !same(filepath.Join(live, "logs/app.log"), filepath.Join(rel2, "logs/app.log")) {
+		t.Errorf("with delete: local.txt %v, excluded log carried %v", err, same(filepath.Join(live, "logs/app.log"), filepath.Join(rel2, "logs/app.log")))
 	}
 }

@@ -284,7 +284,7 @@ func TestFleetSwitch(t *testing.T) {
 	}
 	src := filepath.Join(l.Master.Root, task)
 	writeRelease(t, src, 1)
-	if err := l.Coord.SetTask(ctx, task, coord.TaskOptions{Atomic: 2}); err != nil {
+	if err := l.Coord.SetTask(ctx, task, coord.TaskOptions{Atomic: 2, Delete: true}); err != nil {
 		t.Fatal(err)
 	}
 	st, err := l.WaitGeneration(ctx, 0, nil)
@@ -294,7 +294,7 @@ func TestFleetSwitch(t *testing.T) {
 	g1 := st.Generation
 	writeRelease(t, src, 2)
 	writeRandomModel(t, src, 7, 1<<20)
-	if err := l.Coord.SetTask(ctx, task, coord.TaskOptions{Atomic: 2, Switch: coord.SwitchFleet}); err != nil {
+	if err := l.Coord.SetTask(ctx, task, coord.TaskOptions{Atomic: 2, Delete: true, Switch: coord.SwitchFleet}); err != nil {
 		t.Fatal(err)
 	}
 	// onRelease lists the hosts whose task path points at release name.
