@@ -74,7 +74,7 @@ func (m *Minion) transferModel(ctx context.Context, g coord.Generation, src *sou
 		}
 	}
 	err = m.cfg.Model.Pull(ctx, ModelPull{
-		Host: m.cfg.ID, Gen: g, Sources: src.sw.sources,
+		Host: m.cfg.ID, Gen: g, Sources: src.sw.plainSources,
 		Planned: m.planned.Store, Received: m.progress,
 	})
 	if err != nil {

@@ -204,11 +204,11 @@ func (s *source) switchFrom(ctx context.Context, failed coord.Claim, cause error
 		o := coord.ClaimOptions{Repair: failed.Repair, Serves: m.uploads() > 0, Slots: m.heldUploads()}
 		if s.sw.active.Load() {
 			// A chunked pull: not a source it holds already (but for a
-			// rescue source, see swarm.ownAvoid). The pull's own source
+			// rescue source, see swarm.plainSources). The pull's own source
 			// streams chunks it has yet to receive (see assembler.work),
 			// so it must not pull from this host: the claim still
 			// refuses cycles.
-			o.Avoid = s.sw.ownAvoid()
+			o.Avoid = s.sw.plainSources()
 		}
 		cl, err := m.coord.Claim(ctx, m.cfg.ID, failed.Gen, o)
 		switch {
