@@ -566,6 +566,15 @@ func (c *Client) Announce(ctx context.Context, origin string, r Ref, uploads int
 	return c.offer(ctx, origin, r, uploads, true, true, true)
 }
 
+// Wake tells every subscribed minion of generation r without offering a
+// slot: a rollback, whose release the hosts serve, not the origin.
+func (c *Client) Wake(ctx context.Context, r Ref) error {
+	if err := c.rdb.Publish(ctx, c.keys.GenerationsChannel(), fmt.Sprintf("gen %d %s", r.ID, r.Digest)).Err(); err != nil {
+		return fmt.Errorf("wake the minions: %w", err)
+	}
+	return nil
+}
+
 func (c *Client) offer(ctx context.Context, host string, r Ref, uploads int, force, announce, rescue bool) error {
 	if err := c.run(ctx, offerScript, host, host, r.ID, r.Digest, uploads, flag(force), flag(announce), flag(rescue)).Err(); err != nil {
 		return fmt.Errorf("offer slots: %w", err)

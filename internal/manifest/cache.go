@@ -176,6 +176,40 @@ func (c *Cache) Put(path string, fi fs.FileInfo, hash string) {
 	c.entries[path] = k
 }
 
+// Rekey moves the hashes cached for the file at path to fi's ctime when
+// only the ctime changed, and changed at or after after: what a link or
+// an unlink of another name of the same inode does (the releases of
+// package minion share inodes between trees, and pruning one moves the
+// ctime of the others). The size, mtime and inode must be the cached
+// ones, so a write since, which moves the mtime, is not carried over. It
+// reports whether it moved anything.
+func (c *Cache) Rekey(path string, fi fs.FileInfo, after time.Time) bool {
+	k := key(fi)
+	// The kernel stamps ctime from a coarse clock, a tick behind the
+	// clock time.Now reads.
+	if k.CTime < after.Add(-ctimeSlack).UnixNano() {
+		return false
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	moved := false
+	if e, ok := c.entries[path]; ok && e.Size == k.Size && e.MTime == k.MTime && e.Ino == k.Ino && e.CTime != k.CTime {
+		e.CTime = k.CTime
+		c.entries[path] = e
+		moved = true
+	}
+	if e, ok := c.chunks[path]; ok && e.Size == k.Size && e.MTime == k.MTime && e.Ino == k.Ino && e.CTime != k.CTime {
+		e.CTime = k.CTime
+		c.chunks[path] = e
+		moved = true
+	}
+	return moved
+}
+
+// ctimeSlack is how far behind the clock a ctime the kernel stamps may be
+// (its coarse clock ticks at most every 10 ms).
+const ctimeSlack = 20 * time.Millisecond
+
 // GetChunks returns the format 3 Hash and chunk list (nil for a file of
 // one chunk) of the file at path, cut with p, if fi still matches what the
 // cache holds.

@@ -225,3 +225,46 @@ func TestLoadCacheOldFormat(t *testing.T) {
 		t.Errorf("reloaded Get = %q, %v", h, ok)
 	}
 }
+
+// TestCacheRekey: a link of another name moves only the ctime, and Rekey
+// carries the cached hash over; a write since is not carried over, nor a
+// ctime older than the given time.
+func TestCacheRekey(t *testing.T) {
+	dir := t.TempDir()
+	p := filepath.Join(dir, "f")
+	if err := os.WriteFile(p, []byte("content"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	old := time.Now().Add(-time.Hour)
+	if err := os.Chtimes(p, old, old); err != nil {
+		t.Fatal(err)
+	}
+	c := NewCache()
+	fi, _ := os.Lstat(p)
+	c.Put(p, fi, "h")
+	time.Sleep(10 * time.Millisecond)
+	before := time.Now()
+	if err := os.Link(p, filepath.Join(dir, "g")); err != nil {
+		t.Fatal(err)
+	}
+	fi2, _ := os.Lstat(p)
+	if _, ok := c.Get(p, fi2); ok {
+		t.Fatal("a link did not move the ctime: the test proves nothing")
+	}
+	if c.Rekey(p, fi2, time.Now().Add(time.Hour)) {
+		t.Fatal("rekeyed a ctime older than the given time")
+	}
+	if !c.Rekey(p, fi2, before) {
+		t.Fatal("did not rekey a ctime moved by a link")
+	}
+	if h, ok := c.Get(p, fi2); !ok || h != "h" {
+		t.Fatalf("after rekey: %q %v", h, ok)
+	}
+	if err := os.WriteFile(p, []byte("CONTENT"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	fi3, _ := os.Lstat(p)
+	if c.Rekey(p, fi3, before) {
+		t.Fatal("rekeyed a file written since")
+	}
+}

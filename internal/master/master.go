@@ -60,6 +60,7 @@ type Coordinator interface {
 	PublishFailed(ctx context.Context, path, reason, origin string, floor int64) (coord.Generation, error)
 	OfferOrigin(ctx context.Context, origin string, r coord.Ref, uploads int) error
 	Announce(ctx context.Context, origin string, r coord.Ref, uploads int) error
+	Wake(ctx context.Context, r coord.Ref) error
 	Complete(ctx context.Context, g coord.Generation, hosts int) (coord.Completion, bool, error)
 	OrderSwitch(ctx context.Context, r coord.Ref) (time.Time, error)
 	Reap(ctx context.Context) (int, error)
@@ -786,6 +787,11 @@ func (m *Master) rollback(ctx context.Context, value string, opts coord.TaskOpti
 	m.cfg.Metrics.Generation.Set(float64(g.ID))
 	if err := m.remember(m.active); err != nil {
 		return err
+	}
+	// Idle hosts learn of it at once (a publish's announce does this,
+	// with the origin's slots, which a rollback does not offer).
+	if err := m.coord.Wake(ctx, g.Ref()); err != nil {
+		m.cfg.Log.WithError(err).Warn("could not wake the minions; they see the rollback at their next heartbeat")
 	}
 	m.cfg.Log.WithFields(logrus.Fields{
 		"gen": g.ID, "rollback": g.Rollback, "path": clean, "dest": g.Dest, "digest": g.Digest[:16], "files": g.Files, "bytes": g.Bytes,

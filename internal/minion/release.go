@@ -586,14 +586,51 @@ func (m *Minion) switchHeld(g coord.Generation) error {
 	if keep <= 0 {
 		keep = coord.DefaultKeep
 	}
-	m.pruneReleases(l, rl, keep, h.Release)
+	pruned := time.Now()
+	if m.pruneReleases(l, rl, keep, h.Release) > 0 {
+		m.rekeyReleases(l, rl, pruned)
+	}
 	return m.saveReleases(rl)
+}
+
+// rekeyReleases carries the hash cache entries of the kept releases of l
+// (the live one first) over the ctime moves that pruning made: an unlink
+// of a pruned release's name for an inode the kept ones share moves its
+// ctime, part of the cache's key, and the next verification pass (or a
+// rollback's) would otherwise read the whole tree again after every
+// deploy.
+func (m *Minion) rekeyReleases(l layout, rl releaseLog, since time.Time) {
+	n := 0
+	for _, r := range rl[l.dir] {
+		enc, err := os.ReadFile(m.keptPath(r.Name))
+		if err != nil {
+			continue // a plain tree: no manifest, nothing cached of it
+		}
+		man, err := manifest.Decode(enc, manifest.DefaultLimits())
+		if err != nil {
+			continue
+		}
+		for _, e := range man.Entries {
+			if e.Type != manifest.File {
+				continue
+			}
+			p := osPath(l.path(r.Name), e.Path)
+			if fi, err := os.Lstat(p); err == nil && m.cache.Rekey(p, fi, since) {
+				n++
+			}
+		}
+	}
+	if n > 0 {
+		m.cfg.Log.WithField("files", n).Debug("release: hash cache carried over the prune's ctime moves")
+		m.saveCache()
+	}
 }
 
 // pruneReleases removes every release of l but the live one and the
 // keep-1 switched to last before it, and whatever else is in the releases
-// directory (builds of generations never switched to).
-func (m *Minion) pruneReleases(l layout, rl releaseLog, keep int, live string) {
+// directory (builds of generations never switched to). It returns how
+// many it removed.
+func (m *Minion) pruneReleases(l layout, rl releaseLog, keep int, live string) int {
 	recs := rl[l.dir]
 	kept := map[string]bool{live: true, switchName: true}
 	for i := len(recs) - 1; i >= 0 && len(kept) < keep+1; i-- {
@@ -603,8 +640,9 @@ func (m *Minion) pruneReleases(l layout, rl releaseLog, keep int, live string) {
 	entries, err := os.ReadDir(l.dir)
 	if err != nil {
 		m.cfg.Log.WithError(err).Warn("cannot list the releases to prune")
-		return
+		return 0
 	}
+	removed := 0
 	for _, e := range entries {
 		if kept[e.Name()] {
 			continue
@@ -614,8 +652,10 @@ func (m *Minion) pruneReleases(l layout, rl releaseLog, keep int, live string) {
 			continue
 		}
 		os.Remove(m.keptPath(e.Name()))
+		removed++
 		m.cfg.Log.WithFields(map[string]any{"release": l.path(e.Name()), "keep": keep}).Info("pruned a release")
 	}
+	return removed
 }
 
 // adoptKept makes a kept release of g's tree the held tree when a
