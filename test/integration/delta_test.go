@@ -51,13 +51,7 @@ func TestDeltaRenameDedup(t *testing.T) {
 	}
 	gen := func(after int64, opts coord.TaskOptions) coord.Status {
 		t.Helper()
-		if err := l.Coord.SetTask(ctx, task, opts); err != nil {
-			t.Fatal(err)
-		}
-		st, err := l.WaitGeneration(ctx, after, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
+		st := setTask(ctx, t, l, after, opts)
 		for _, h := range l.Minions {
 			if err := lab.Compare(src, filepath.Join(h.Root, task)); err != nil {
 				t.Fatalf("generation %d: %v", st.Generation.ID, err)

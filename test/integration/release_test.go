@@ -107,14 +107,7 @@ func TestAtomicReleases(t *testing.T) {
 	opts := coord.TaskOptions{Delete: true, Atomic: 2}
 	publish := func(after int64) coord.Generation {
 		t.Helper()
-		if err := l.Coord.SetTask(ctx, task, opts); err != nil {
-			t.Fatal(err)
-		}
-		st, err := l.WaitGeneration(ctx, after, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return st.Generation
+		return setTask(ctx, t, l, after, opts).Generation
 	}
 	// live checks that every minion's task path is a symlink to the
 	// release of g and holds version v.
@@ -284,14 +277,7 @@ func TestFleetSwitch(t *testing.T) {
 	}
 	src := filepath.Join(l.Master.Root, task)
 	writeRelease(t, src, 1)
-	if err := l.Coord.SetTask(ctx, task, coord.TaskOptions{Atomic: 2, Delete: true}); err != nil {
-		t.Fatal(err)
-	}
-	st, err := l.WaitGeneration(ctx, 0, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	g1 := st.Generation
+	g1 := setTask(ctx, t, l, 0, coord.TaskOptions{Atomic: 2, Delete: true}).Generation
 	writeRelease(t, src, 2)
 	writeRandomModel(t, src, 7, 1<<20)
 	if err := l.Coord.SetTask(ctx, task, coord.TaskOptions{Atomic: 2, Delete: true, Switch: coord.SwitchFleet}); err != nil {
@@ -309,7 +295,7 @@ func TestFleetSwitch(t *testing.T) {
 	}
 	var g2 coord.Generation
 	readyUnswitched := false
-	st, err = l.WaitGeneration(ctx, g1.ID, func(st coord.Status) {
+	st, err := l.WaitGeneration(ctx, g1.ID, func(st coord.Status) {
 		g2 = st.Generation
 		if g2.Switch != coord.SwitchFleet {
 			t.Fatalf("generation %+v: want switch fleet", g2)
@@ -351,4 +337,18 @@ func TestFleetSwitch(t *testing.T) {
 		t.Errorf("the hook read %q through the task path, want version 1 then 2: it ran before its switch", got)
 	}
 	t.Logf("ready after %v, all switched and done %v after the order", g2.SwitchAt.Sub(g2.Published), g2.DoneAt.Sub(g2.SwitchAt))
+}
+
+// setTask sets the task with opts and waits for the generation after
+// after to be done.
+func setTask(ctx context.Context, t *testing.T, l *lab.Lab, after int64, opts coord.TaskOptions) coord.Status {
+	t.Helper()
+	if err := l.Coord.SetTask(ctx, task, opts); err != nil {
+		t.Fatal(err)
+	}
+	st, err := l.WaitGeneration(ctx, after, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st
 }
