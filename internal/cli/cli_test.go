@@ -161,21 +161,18 @@ func TestPublishAndStatus(t *testing.T) {
 	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
 	defer rdb.Close()
 	co := coord.New(rdb, coord.Config{Prefix: "{f}:"})
-	// A master of protocol 4 is running: it would publish the task at its
-	// path, for every host, so --dest and --group are refused, naming it.
-	if _, err := co.Heartbeat(context.Background(), coord.Host{ID: "old-master", Addr: "10.0.0.2:7070", Role: "master"}, coord.Beat{Register: true}); err != nil {
+	// A master of protocol 5 is registered: --dest and --group it knows,
+	// --atomic it would drop, so that is refused, naming it.
+	mr.Set("{f}:master", `{"id":"old-master","addr":"10.0.0.2:7070","proto":5}`)
+	if code, _, stderr := run(t, masterMain, vars, "publish", "--atomic", "/data/m42"); code != exitFailure || !strings.Contains(stderr, "old-master (protocol 5)") {
+		t.Errorf("publish --atomic with a protocol-5 master: code %d, %q", code, stderr)
+	}
+	// The running master registers itself (with a TTL it renews).
+	if err := co.RegisterMaster(context.Background(), coord.MasterInfo{ID: "master", Addr: "10.0.0.1:7070"}, time.Minute); err != nil {
 		t.Fatal(err)
 	}
-	mr.HSet("{f}:hosts", "old-master", `{"addr":"10.0.0.2:7070","version":"v4","proto":4,"role":"master"}`)
-	for _, args := range [][]string{{"--dest", "/srv/app"}, {"--group", "web"}} {
-		code, _, stderr := run(t, masterMain, vars, append([]string{"publish"}, append(args, "/data/m42")...)...)
-		if code != exitFailure || !strings.Contains(stderr, "old-master (protocol 4)") {
-			t.Errorf("publish %v with a protocol-4 master: code %d, %q", args, code, stderr)
-		}
-	}
-	mr.HDel("{f}:hosts", "old-master")
-	if _, err := co.Heartbeat(context.Background(), coord.Host{ID: "master", Addr: "10.0.0.1:7070", Role: "master"}, coord.Beat{Register: true}); err != nil {
-		t.Fatal(err)
+	if ttl := mr.TTL("{f}:master"); ttl <= 0 {
+		t.Errorf("master registration without a TTL: %v", ttl)
 	}
 	code, out, stderr = run(t, masterMain, vars, "publish", "--dest", "/srv/app/", "/data/m42")
 	if opts, _ := mr.Get("{f}:task_options"); code != exitOK || !strings.Contains(out, "dest /srv/app") || !strings.Contains(opts, `"dest":"/srv/app"`) {

@@ -181,7 +181,7 @@ func masterRun(ctx context.Context, args []string, e env) error {
 	m, err := master.New(master.Config{
 		ID: n.id, Advertise: n.advertise, Root: n.root, StateDir: n.stateDir,
 		Uploads: n.uploads, Poll: n.poll, ForgetAfter: forgetAfter, Log: log, Metrics: mx, Zone: n.zone,
-		Exclude: excludes, Watch: watchCfg,
+		Exclude: excludes, Watch: watchCfg, Version: Version,
 	}, co, server)
 	if err != nil {
 		ln.Close()
@@ -194,29 +194,23 @@ func masterRun(ctx context.Context, args []string, e env) error {
 	return runAll(ctx, func(ctx context.Context) error { return server.Serve(ctx, ln) }, m.Run)
 }
 
-// masterSpeaks checks that an alive master is registered and speaks
-// protocol proto or later before publish sets options that need it: a
-// master that predates them would drop them and publish the task as
-// plain (with --group, to every host; with --dest, at the task path).
+// masterSpeaks checks that a running master speaks protocol proto or
+// later (its registration, the master key) before publish sets options
+// that need it: a master that predates them would drop them and publish
+// the task as plain (with --group, to every host; with --dest, at the
+// task path; with --atomic, in place).
 func masterSpeaks(ctx context.Context, co *coord.Client, proto int, what string) error {
-	hosts, err := co.Hosts(ctx)
+	m, ok, err := co.Master(ctx)
 	if err != nil {
 		return err
 	}
-	var old []string
-	for _, h := range hosts {
-		if h.Role != "master" || !h.Alive {
-			continue
-		}
-		if h.Proto >= proto {
-			return nil
-		}
-		old = append(old, fmt.Sprintf("%s (protocol %d)", h.ID, h.Proto))
+	if !ok {
+		return fmt.Errorf("%s need a running fanout-master of protocol %d, and none is registered: start the master first, or upgrade it (a master before protocol 6 does not register, and would publish the task without them)", what, proto)
 	}
-	if len(old) > 0 {
-		return fmt.Errorf("%s need a fanout-master of protocol %d, and the running master is %s: upgrade it first, or publish without them", what, proto, strings.Join(old, ", "))
+	if m.Proto < proto {
+		return fmt.Errorf("%s need a fanout-master of protocol %d, and the running master is %s (protocol %d): upgrade it first, or publish without them", what, proto, m.ID, m.Proto)
 	}
-	return fmt.Errorf("%s need a running fanout-master of protocol %d, and none has a fresh heartbeat: start the master first (an older one would publish the task without them)", what, proto)
+	return nil
 }
 
 func masterPublish(ctx context.Context, args []string, e env) error {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/alicebob/miniredis/v2"
 	"github.com/redis/go-redis/v9"
@@ -81,7 +82,7 @@ func TestRollbackSetsTask(t *testing.T) {
 		t.Fatalf("rollback with no master: code %d, %q", code, stderr)
 	}
 	co := coord.New(rdb, coord.Config{Prefix: "{f}:"})
-	if _, err := co.Heartbeat(ctx, coord.Host{ID: "master", Addr: "10.0.0.1:7070", Role: "master"}, coord.Beat{Register: true}); err != nil {
+	if err := co.RegisterMaster(ctx, coord.MasterInfo{ID: "master", Addr: "10.0.0.1:7070"}, time.Minute); err != nil {
 		t.Fatal(err)
 	}
 	code, out, stderr := run(t, masterMain, vars, "rollback")

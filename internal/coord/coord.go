@@ -566,6 +566,47 @@ func (c *Client) Announce(ctx context.Context, origin string, r Ref, uploads int
 	return c.offer(ctx, origin, r, uploads, true, true, true)
 }
 
+// MasterInfo is a running master's registration (the master key).
+type MasterInfo struct {
+	ID      string    `json:"id"`
+	Addr    string    `json:"addr"`
+	Version string    `json:"version,omitempty"`
+	Proto   int       `json:"proto"`
+	Started time.Time `json:"started"`
+}
+
+// RegisterMaster records m as the running master for ttl (it renews it
+// well within). Proto is this build's.
+func (c *Client) RegisterMaster(ctx context.Context, m MasterInfo, ttl time.Duration) error {
+	m.Proto = Proto
+	b, err := json.Marshal(m)
+	if err != nil {
+		return err
+	}
+	if err := c.rdb.Set(ctx, c.keys.Master(), b, ttl).Err(); err != nil {
+		return fmt.Errorf("register the master: %w", err)
+	}
+	return nil
+}
+
+// Master returns the running master's registration; false when none is
+// registered (none runs, or one older than protocol 6, which does not
+// register).
+func (c *Client) Master(ctx context.Context) (MasterInfo, bool, error) {
+	v, err := c.rdb.Get(ctx, c.keys.Master()).Result()
+	if errors.Is(err, redis.Nil) {
+		return MasterInfo{}, false, nil
+	}
+	if err != nil {
+		return MasterInfo{}, false, fmt.Errorf("read the master's registration: %w", err)
+	}
+	var m MasterInfo
+	if err := json.Unmarshal([]byte(v), &m); err != nil {
+		return MasterInfo{}, false, fmt.Errorf("Redis key %s is %.80q, not a master's registration: %w", c.keys.Master(), v, err)
+	}
+	return m, true, nil
+}
+
 // Wake tells every subscribed minion of generation r without offering a
 // slot: a rollback, whose release the hosts serve, not the origin.
 func (c *Client) Wake(ctx context.Context, r Ref) error {

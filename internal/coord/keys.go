@@ -71,6 +71,11 @@ func (k Keys) Claims() string { return k.Prefix + "claims" }
 // Hosts maps a host id to its JSON registration.
 func (k Keys) Hosts() string { return k.Prefix + "hosts" }
 
+// Master holds the running master's registration (JSON, see MasterInfo),
+// with a TTL it renews: publish reads it before it sets options an older
+// master would drop.
+func (k Keys) Master() string { return k.Prefix + "master" }
+
 // Heartbeats maps a host id to its last heartbeat (Unix ms).
 func (k Keys) Heartbeats() string { return k.Prefix + "heartbeats" }
 

@@ -48,6 +48,8 @@ type Config struct {
 	// Watch, when set, watches the tree of the current task and publishes
 	// a new generation when it changes (see WatchConfig).
 	Watch *WatchConfig
+	// Version is the build's version, in the master's registration.
+	Version string
 }
 
 // Coordinator is the part of the Redis protocol the master uses.
@@ -63,6 +65,7 @@ type Coordinator interface {
 	Wake(ctx context.Context, r coord.Ref) error
 	Complete(ctx context.Context, g coord.Generation, hosts int) (coord.Completion, bool, error)
 	OrderSwitch(ctx context.Context, r coord.Ref) (time.Time, error)
+	RegisterMaster(ctx context.Context, m coord.MasterInfo, ttl time.Duration) error
 	Reap(ctx context.Context) (int, error)
 	Status(ctx context.Context) (coord.Status, error)
 	Count(ctx context.Context, groups []string) (coord.Counts, error)
@@ -91,6 +94,9 @@ type Master struct {
 	last *published
 	// watch is watch mode's state; nil when it is off.
 	watch *watchState
+	// started is when New ran; registered when the master key was last
+	// renewed (see register).
+	started, registered time.Time
 	// changed receives paths the peer server found changed on disk while
 	// serving them (see peer.Server.VerifyServed).
 	changed chan string
@@ -171,7 +177,7 @@ func New(cfg Config, co Coordinator, server *peer.Server) (*Master, error) {
 	if err != nil {
 		return nil, err
 	}
-	m := &Master{cfg: cfg, coord: co, server: server, cache: cache, changed: make(chan string, 1)}
+	m := &Master{cfg: cfg, coord: co, server: server, cache: cache, changed: make(chan string, 1), started: time.Now()}
 	if server != nil {
 		// The origin serves the operator's tree, which may change under a
 		// generation: every chunk is checked against what was published
@@ -334,8 +340,31 @@ const keyspaceRecheck = 10 * time.Second
 // forgetBatch bounds the hosts forgotten in one tick (see forgetSilent).
 const forgetBatch = 100
 
+// registerEvery is how often the master renews its registration;
+// registerTTL how long one lasts.
+const (
+	registerEvery = 10 * time.Second
+	registerTTL   = 30 * time.Second
+)
+
+// register renews the master's registration (the master key) every
+// registerEvery: publish --dest, --group, --atomic and rollback check it,
+// since a master that predates those options would drop them.
+func (m *Master) register(ctx context.Context) {
+	if time.Since(m.registered) < registerEvery {
+		return
+	}
+	info := coord.MasterInfo{ID: m.cfg.ID, Addr: m.cfg.Advertise, Version: m.cfg.Version, Started: m.started}
+	if err := m.coord.RegisterMaster(ctx, info, registerTTL); err != nil {
+		m.cfg.Log.WithError(err).Warn("could not register the master")
+		return
+	}
+	m.registered = time.Now()
+}
+
 // Tick does one round of the master's work.
 func (m *Master) Tick(ctx context.Context) error {
+	m.register(ctx)
 	value, fresh, err := m.coord.TaskKey(ctx)
 	if err != nil {
 		return fmt.Errorf("read task: %w", err)

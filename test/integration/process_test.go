@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -220,6 +221,63 @@ func TestProcesses(t *testing.T) {
 	var hist []struct{ Gen, Hosts, Rounds int }
 	if err != nil || json.Unmarshal([]byte(out), &hist) != nil || len(hist) != 1 || hist[0].Hosts != 2 || hist[0].Rounds < 1 {
 		t.Errorf("history after completion: %v\n%s", err, out)
+	}
+	// Deploy as releases, change a file, deploy again, roll back: the
+	// commands as an operator types them.
+	releaseOf := func() []string {
+		var out []string
+		for _, root := range roots {
+			target, err := os.Readlink(filepath.Join(root, task))
+			if err != nil {
+				t.Fatalf("%s is not a release symlink: %v", filepath.Join(root, task), err)
+			}
+			resolved, err := filepath.EvalSymlinks(filepath.Join(root, task))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := lab.Compare(src, resolved); err != nil {
+				t.Error(err)
+			}
+			out = append(out, target)
+		}
+		return out
+	}
+	if out, err := run("publish", "--atomic", "--keep", "2", "--wait", "--timeout", "90s", task); err != nil || !strings.Contains(out, "atomic, keep 2") {
+		t.Fatalf("publish --atomic: %v\n%s", err, out)
+	}
+	first := releaseOf()
+	runSh := filepath.Join(src, "config/run.sh")
+	before, err := os.ReadFile(runSh)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stamp, _ := os.Lstat(runSh)
+	if err := os.WriteFile(runSh, []byte("#!/bin/sh\necho build 2\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := run("publish", "--atomic", "--keep", "2", "--wait", "--timeout", "90s", task); err != nil {
+		t.Fatalf("second publish --atomic: %v\n%s", err, out)
+	}
+	if second := releaseOf(); slices.Equal(second, first) {
+		t.Fatalf("the second release did not switch: %v", second)
+	}
+	if err := os.WriteFile(runSh, before, 0o755); err != nil { // the source as it was, to compare
+		t.Fatal(err)
+	}
+	if err := os.Chtimes(runSh, stamp.ModTime(), stamp.ModTime()); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := run("rollback", "--wait", "--timeout", "90s"); err != nil || !strings.Contains(out, "rollback to generation") {
+		t.Fatalf("rollback: %v\n%s", err, out)
+	}
+	if back := releaseOf(); !slices.Equal(back, first) {
+		t.Fatalf("after rollback the hosts point at %v, want %v", back, first)
+	}
+	if text, err := run("history"); err != nil || !strings.Contains(text, "rollback to") {
+		t.Errorf("history after rollback: %v\n%s", err, text)
+	}
+	if out, err := run("cancel"); err == nil || !strings.Contains(out, "nothing to cancel") {
+		t.Errorf("cancel with nothing running: %v\n%s", err, out)
 	}
 	// SIGTERM stops a minion cleanly (exit 0).
 	minions[0].Process.Signal(syscall.SIGTERM)
