@@ -24,8 +24,8 @@ that keep its release (publish --keep) switch back to it without moving its
 bytes; hosts that do not (they joined since, or pruned it) pull it from
 those that do: the master serves none of it, its tree may have changed. A
 rollback is a new generation: history and status show which one it returns
-to. Without GENERATION: the newest completed generation whose tree differs
-from the current one.`)
+to. Without GENERATION: the newest completed generation at the current
+tree's place (path or --dest) whose tree differs from the current one.`)
 	c.register(fs)
 	fs.BoolVar(&wait, "wait", false, "wait until every expected host holds the release (exit 1 if it fails)")
 	fs.DurationVar(&timeout, "timeout", 30*time.Minute, "with --wait, give up after this long")

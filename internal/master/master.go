@@ -95,8 +95,9 @@ type Master struct {
 	// watch is watch mode's state; nil when it is off.
 	watch *watchState
 	// started is when New ran; registered when the master key was last
-	// renewed (see register).
-	started, registered time.Time
+	// renewed (see register); rollbackAt when this master published the
+	// rollback it serves, rollbackWarned when it last said it was stuck.
+	started, registered, rollbackAt, rollbackWarned time.Time
 	// changed receives paths the peer server found changed on disk while
 	// serving them (see peer.Server.VerifyServed).
 	changed chan string
@@ -736,6 +737,7 @@ func (m *Master) checkDone(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("count hosts: %w", err)
 	}
+	m.rollbackStuck(n)
 	if n.Finished < n.Alive || n.Repairing > 0 || n.Alive == 0 {
 		return nil
 	}
@@ -807,6 +809,7 @@ func (m *Master) rollback(ctx context.Context, value string, opts coord.TaskOpti
 	m.server.Set(nil)
 	old := m.active
 	m.active = rolledBack(g)
+	m.rollbackAt = time.Now()
 	if old != nil && old.Path == clean {
 		// A tree published after the rollback keeps the task's own
 		// options that the generation does not record.
@@ -826,6 +829,27 @@ func (m *Master) rollback(ctx context.Context, value string, opts coord.TaskOpti
 		"gen": g.ID, "rollback": g.Rollback, "path": clean, "dest": g.Dest, "digest": g.Digest[:16], "files": g.Files, "bytes": g.Bytes,
 	}).Info("published a rollback: hosts that keep the release switch back to it, the others pull it from them")
 	return nil
+}
+
+// rollbackPatience is how long a rollback may go without any host
+// holding its release before the master says what to do.
+const rollbackPatience = 2 * time.Minute
+
+// rollbackStuck warns, once a minute, when a rollback this master
+// published has no host holding the release after rollbackPatience: the
+// master serves none of it, so if no host kept it, nothing will.
+func (m *Master) rollbackStuck(n coord.Counts) {
+	a := m.active
+	if a == nil || a.Rollback == 0 || n.Finished > 0 || n.Alive == 0 {
+		return
+	}
+	since := time.Since(m.rollbackAt)
+	if m.rollbackAt.IsZero() || since < rollbackPatience || time.Since(m.rollbackWarned) < time.Minute {
+		return
+	}
+	m.rollbackWarned = time.Now()
+	m.cfg.Log.WithFields(logrus.Fields{"gen": a.Gen, "rollback": a.Rollback, "waiting": since.Round(time.Second).String(), "hosts": n.Alive}).
+		Warn("no host holds the rolled-back release yet: if none kept it (pruned, drifted), nothing will serve it; fanout-master cancel, then publish its tree again")
 }
 
 // rolledBack is the record of rollback generation g.
