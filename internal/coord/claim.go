@@ -175,7 +175,7 @@ func (c *Client) RenewReport(ctx context.Context, cl Claim, p Progress, groups [
 
 func (c *Client) renew(ctx context.Context, cl Claim, progress string, extra []string) (restored bool, err error) {
 	n, err := c.runExtra(ctx, renewScript, keyCtx{host: cl.id(), zone: c.cfg.Zone}, extra,
-		cl.Host, cl.Gen.ID, cl.Gen.Digest, cl.Slot, c.cfg.LeaseTTL.Milliseconds(), eventsMax, flag(cl.Repair), cl.id(), progress).Int()
+		cl.Host, cl.Gen.ID, cl.Gen.Digest, cl.Slot, c.cfg.LeaseTTL.Milliseconds(), eventsMax, flag(cl.Repair), cl.id(), progress, cl.SourceZone).Int()
 	if err != nil {
 		return false, fmt.Errorf("renew lease: %w", err)
 	}

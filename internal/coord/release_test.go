@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 )
@@ -127,6 +128,32 @@ func TestFleetSwitchScripts(t *testing.T) {
 		}
 		if st, _ = f.c.Status(ctx); st.State != StateDone {
 			t.Fatalf("both switched: state %s", st.State)
+		}
+	})
+}
+
+// TestRestoredClaimKeepsZone: a claim record re-created by a renewal (Redis
+// lost it) ends with the source's zone, as the claim wrote it: the reaper
+// and the rescue rule read it there.
+func TestRestoredClaimKeepsZone(t *testing.T) {
+	each(t, 15*time.Second, func(t *testing.T, f *fixture) {
+		ctx := context.Background()
+		k := f.c.Keys()
+		g := f.publish(1)
+		f.heartbeat("a")
+		cl, err := f.c.Claim(ctx, "a", g.Ref(), ClaimOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		cl.SourceZone = "rack-1"
+		f.rdb.HDel(ctx, k.Claims(), "a")
+		f.rdb.Del(ctx, k.Lease("a"))
+		f.rdb.SAdd(ctx, k.Sync(), cl.Slot) // the slot came back free meanwhile
+		if restored, err := f.c.Renew(ctx, cl); !restored || err != nil {
+			t.Fatalf("renew: %v, %v", restored, err)
+		}
+		if rec := f.rdb.HGet(ctx, k.Claims(), "a").Val(); !strings.HasSuffix(rec, " rack-1") {
+			t.Fatalf("restored claim record %q lacks the source's zone", rec)
 		}
 	})
 }

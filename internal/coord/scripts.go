@@ -594,7 +594,8 @@ return {'ok', slot, addr, kind, zone}
 // With ARGV progress (JSON, see Progress) it also records the pull's
 // progress and the host's heartbeat (and its groups' heartbeat indexes,
 // the extra KEYS): a pulling host needs no write of either of its own.
-// ARGV: host, gen, digest, slot, lease_ms, maxlen, repair, cid, progress
+// ARGV: host, gen, digest, slot, lease_ms, maxlen, repair, cid, progress,
+// source_zone
 var renewScript = newScript(
 	[]string{"lease", "claims", "leases", "generation", "sync", "full", "part", "holders", "running", "repairing", "events", "progress", "heartbeats"}, `
 local host, gen, digest, slot, cid = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[8]
@@ -618,7 +619,9 @@ local c = redis.call('HGET', K.claims, cid)
 local res, typ = 2, 'lease_recreated'
 if not (c and string.sub(c, 1, #want + 1) == want .. ' ') then
   if takeSlot(slot) == 0 then return 0 end
-  redis.call('HSET', K.claims, cid, want .. ' ' .. nowMS() .. ' ' .. digest)
+  local record = want .. ' ' .. now .. ' ' .. digest
+  if (ARGV[10] or '') ~= '' then record = record .. ' ' .. ARGV[10] end -- the source's zone, as the claim wrote it
+  redis.call('HSET', K.claims, cid, record)
   res, typ = 3, 'claim_restored'
 end
 redis.call('SET', K.lease, want, 'PX', ARGV[5])
