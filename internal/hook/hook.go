@@ -201,6 +201,9 @@ type Input struct {
 	Digest     string
 	Path       string // the tree on this host (--root joined with the task path)
 	TaskPath   string // the task path as published
+	// Release is the release directory Path points at when the task is
+	// released (publish --atomic); "" when the tree is in place.
+	Release string
 	// Changed lists the paths the pull changed, relative to Path
 	// ("." is Path itself): written, created, removed or given new
 	// metadata. Empty when the host already held the content.
@@ -217,6 +220,7 @@ func (in Input) Env() []string {
 		"FANOUT_PATH=" + in.Path,
 		"FANOUT_TASK_PATH=" + in.TaskPath,
 		"FANOUT_CHANGED=" + strconv.Itoa(len(in.Changed)),
+		"FANOUT_RELEASE=" + in.Release,
 	}
 }
 

@@ -118,10 +118,16 @@ func (m *Minion) prepareHook(ctx context.Context, g coord.Generation, changed []
 	if err := saveHookState(m.cfg.StateDir, hookState{Task: task, Gen: g.ID, Digest: g.Digest, Changed: changed}); err != nil {
 		log.WithError(err).Warn("cannot record the pending hook; a restart now would not run it again")
 	}
-	p := &pendingHook{cmd: cmd, lookup: lerr, in: hook.Input{
+	in := hook.Input{
 		Task: task, Host: m.cfg.ID, Generation: g.ID, Digest: g.Digest,
 		Path: taskRoot(m.cfg.Root, g.LocalPath()), TaskPath: g.Path, Changed: changed,
-	}}
+	}
+	m.mu.Lock()
+	if h := m.held; h != nil && h.Release != "" && h.Digest == g.Digest {
+		in.Release = h.root(m.cfg.Root)
+	}
+	m.mu.Unlock()
+	p := &pendingHook{cmd: cmd, lookup: lerr, in: in}
 	rec := coord.HookRecord{Gen: g.ID, Digest: g.Digest, Task: task, Changed: len(changed), Started: time.Now().UTC()}
 	if err := m.coord.HookStarted(ctx, m.cfg.ID, rec); err != nil {
 		p.redisErr = err

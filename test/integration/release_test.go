@@ -267,7 +267,8 @@ func TestFleetSwitch(t *testing.T) {
 	slow.BWLimit = 256 << 10
 	// The hook reads the task path: it must run after the switch.
 	seenByHook := filepath.Join(t.TempDir(), "seen")
-	hooks, err := hook.NewSet([]string{`default=cat "$FANOUT_PATH/f0" >> ` + seenByHook}, "", time.Minute)
+	releaseOfHook := seenByHook + ".release"
+	hooks, err := hook.NewSet([]string{`default=cat "$FANOUT_PATH/f0" >> ` + seenByHook + ` && echo "$FANOUT_RELEASE" >> ` + releaseOfHook}, "", time.Minute)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -335,6 +336,9 @@ func TestFleetSwitch(t *testing.T) {
 	}
 	if got := readLines(t, seenByHook); !slices.Equal(got, []string{"version 1 file 0", "version 2 file 0"}) {
 		t.Errorf("the hook read %q through the task path, want version 1 then 2: it ran before its switch", got)
+	}
+	if got := readLines(t, releaseOfHook); len(got) != 2 || !strings.HasSuffix(got[1], "/.m42.releases/"+g2.Digest[:16]) {
+		t.Errorf("FANOUT_RELEASE was %q, want the second release last", got)
 	}
 	t.Logf("ready after %v, all switched and done %v after the order", g2.SwitchAt.Sub(g2.Published), g2.DoneAt.Sub(g2.SwitchAt))
 }
