@@ -87,9 +87,12 @@ func TestRedisLosesAFinish(t *testing.T) {
 	}
 	e.set(task)
 	// Snapshots every 100ms until a host has finished: the last one taken
-	// before that finish is restored.
+	// before a status that showed no host finished is restored. (Taken
+	// after that status read, a snapshot could hold a finish that came in
+	// between, and then nothing would be lost.)
 	var restore func(testing.TB)
 	err := fleet.Poll(e.ctx, "a host to finish", func() (bool, error) {
+		snap := srv.Snapshot(t)
 		st, err := e.Coord.Status(e.ctx)
 		if err != nil {
 			return false, err
@@ -97,7 +100,7 @@ func TestRedisLosesAFinish(t *testing.T) {
 		if len(st.Finished) > 0 {
 			return true, nil
 		}
-		restore = srv.Snapshot(t)
+		restore = snap
 		return false, nil
 	})
 	if err != nil || restore == nil {
