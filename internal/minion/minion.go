@@ -690,8 +690,10 @@ func (m *Minion) hold(ctx context.Context, g coord.Generation) (Outcome, error) 
 		}
 		m.setVerified(false)
 	}
-	// A released task path pointed elsewhere by hand is pointed back at
-	// the verified release (a readlink when nothing changed).
+	// A released tree is switched to before announce says it is held (a
+	// restart between a pull's verification and its switch, a rollback
+	// to a kept release), and a task path pointed elsewhere by hand is
+	// pointed back at it (a readlink when nothing changed).
 	if err := m.switchHeld(g); err != nil {
 		return Waiting, err
 	}
@@ -702,7 +704,8 @@ func (m *Minion) hold(ctx context.Context, g coord.Generation) (Outcome, error) 
 }
 
 // announce makes sure Redis lists this host as finished (and as a source)
-// for g, which it holds verified: after a restart, a Redis data loss, or a
+// for g, which it holds verified (and switched to, when released: hold
+// calls switchHeld first): after a restart, a Redis data loss, or a
 // republish of identical content.
 func (m *Minion) announce(ctx context.Context, g coord.Generation) error {
 	if m.finished == genKey(g) {
@@ -721,11 +724,6 @@ func (m *Minion) announce(ctx context.Context, g coord.Generation) error {
 		m.mu.Unlock()
 		m.server.Set(snapshot(m.cfg.Root, &h, enc, man))
 		m.cfg.Metrics.Generation.Set(float64(g.ID))
-	}
-	// A released tree is switched to before it is said held (a restart
-	// between a pull's verification and its switch, a rollback).
-	if err := m.switchHeld(g); err != nil {
-		return err
 	}
 	// A hook that has not run for g on this host (a republish of content
 	// it held, a restart that interrupted the hook) runs after the finish

@@ -315,8 +315,10 @@ func (m *Minion) transfer(ctx context.Context, g coord.Generation, src *source) 
 	if err != nil {
 		return apply.Stats{}, fmt.Errorf("diff %s against generation %d: %w", root, g.ID, err)
 	}
-	if err := unshare(root, plan); err != nil {
-		return apply.Stats{}, err
+	if release != "" {
+		if err := unshare(root, plan); err != nil {
+			return apply.Stats{}, err
+		}
 	}
 	// Temporary files of an interrupted pull go, but for the part files of
 	// the files this plan fetches: they are resumed (see resume.go).
