@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/fanout/fanout/internal/coord"
@@ -12,7 +13,8 @@ import (
 func masterCancel(ctx context.Context, args []string, e env) error {
 	var c common
 	var reason string
-	fs := newFlags(e, "cancel", `fanout-master cancel: stop the running generation everywhere.
+	fs := newFlags(e, "cancel", `fanout-master cancel [NAME]: stop the running generation of a task (default: the
+plain task) everywhere.
 
 The generation is marked failed ("cancelled"), its source slots are
 withdrawn, and every host pulling it stops at its next lease renewal
@@ -27,8 +29,12 @@ go on.`)
 	if err := parse(fs, args, e); err != nil {
 		return err
 	}
-	if fs.NArg() != 0 {
-		return usageError("cancel takes no arguments, got %d (named tasks are not built yet: it cancels the task)", fs.NArg())
+	if fs.NArg() > 1 {
+		return usageError("cancel takes at most one task NAME, got %d arguments", fs.NArg())
+	}
+	c.task = fs.Arg(0)
+	if err := c.checkTask(); err != nil {
+		return err
 	}
 	c.clientName = clientName("fanout-master-cancel", "")
 	rdb, err := c.redis(ctx)
@@ -43,7 +49,7 @@ go on.`)
 	}
 	g := st.Generation
 	if g.ID == 0 || g.State != coord.StateRunning {
-		return fmt.Errorf("no generation is running (the current one, %d, is %s): nothing to cancel", g.ID, dash(g.State))
+		return fmt.Errorf("no generation is running%s (the current one, %d, is %s): nothing to cancel", taskLabel(c.task), g.ID, dash(g.State))
 	}
 	msg := "cancelled by fanout-master cancel at " + st.Now.UTC().Format(time.RFC3339)
 	if reason != "" {
@@ -55,7 +61,54 @@ go on.`)
 		}
 		return err
 	}
-	fmt.Fprintf(e.stdout, "cancelled generation %d (%s): %d of %d expected hosts had finished it and keep it; %d were pulling and stop within a few seconds, keeping what they verified\n",
-		g.ID, printable(g.LocalPath(), maxLine), len(st.Finished), len(st.Expected), len(st.Running))
+	fmt.Fprintf(e.stdout, "cancelled generation %d%s (%s): %d of %d expected hosts had finished it and keep it; %d were pulling and stop within a few seconds, keeping what they verified\n",
+		g.ID, taskLabel(c.task), printable(g.LocalPath(), maxLine), len(st.Finished), len(st.Expected), len(st.Running))
+	return nil
+}
+
+func masterRetire(ctx context.Context, args []string, e env) error {
+	var c common
+	var reason string
+	fs := newFlags(e, "retire", `fanout-master retire NAME: end the named task NAME.
+
+The task leaves the task list: the master stops publishing and serving it,
+and every minion stops pulling, serving and verifying it. Hosts keep the
+tree they hold (nothing is deleted), and a generation still running is
+failed with the reason. The task's history and events stay (history --name
+NAME); publish --name NAME starts it again. The plain task cannot be
+retired: cancel it, or delete the task key.`)
+	c.register(fs)
+	fs.StringVar(&reason, "reason", "", "why, shown in the events")
+	if err := parse(fs, args, e); err != nil {
+		return err
+	}
+	if fs.NArg() != 1 {
+		return usageError("retire takes exactly one task NAME, got %d arguments", fs.NArg())
+	}
+	c.task = fs.Arg(0)
+	if c.task == coord.DefaultTask {
+		return usageError("retire %s: the plain task cannot be retired; fanout-master cancel stops its generation", c.task)
+	}
+	if err := c.checkTask(); err != nil {
+		return err
+	}
+	c.clientName = clientName("fanout-master-retire", "")
+	rdb, err := c.redis(ctx)
+	if err != nil {
+		return err
+	}
+	defer rdb.Close()
+	co := c.coord(rdb, 0)
+	if reason == "" {
+		reason = "retired by fanout-master retire"
+	}
+	if err := co.Retire(ctx, reason); err != nil {
+		if errors.Is(err, coord.ErrNoTask) {
+			names, _ := co.TaskNames(ctx)
+			return fmt.Errorf("no task named %s to retire (named tasks: %s)", c.task, dash(strings.Join(names, ", ")))
+		}
+		return err
+	}
+	fmt.Fprintf(e.stdout, "retired task %s: hosts stop pulling and serving it and keep its tree\n", c.task)
 	return nil
 }

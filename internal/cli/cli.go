@@ -91,6 +91,10 @@ type common struct {
 	clientName string // CLIENT SETNAME of every connection; empty: none
 
 	target redisurl.Target // the parsed --redis, set by redis()
+
+	// task is the task the command is about (--name; "": the plain
+	// task), for commands that registerTask.
+	task string
 }
 
 // clusterPrefix is --key-prefix's default on Redis Cluster: every key in
@@ -205,7 +209,33 @@ func clientName(prog, id string) string {
 }
 
 func (c *common) coord(rdb redis.UniversalClient, grace time.Duration) *coord.Client {
-	return coord.New(rdb, coord.Config{Prefix: c.prefix, DB: c.target.DB(), HostGrace: grace})
+	return coord.New(rdb, coord.Config{Prefix: c.prefix, DB: c.target.DB(), HostGrace: grace}).ForTask(c.task)
+}
+
+// registerTask adds --name, the task a command is about.
+func (c *common) registerTask(fs *pflag.FlagSet, what string) {
+	fs.StringVar(&c.task, "name", "", what+" (default: the plain task, the task key; see publish --name)")
+}
+
+// checkTask validates --name.
+func (c *common) checkTask() error {
+	if c.task == "" || c.task == coord.DefaultTask {
+		c.task = ""
+		return nil
+	}
+	if err := coord.ValidTaskName("--name", c.task); err != nil {
+		return usageError("%v", err)
+	}
+	return nil
+}
+
+// taskLabel names task name for messages: "" for the plain task, " (task
+// NAME)" for a named one.
+func taskLabel(name string) string {
+	if name == "" || name == coord.DefaultTask {
+		return ""
+	}
+	return " (task " + name + ")"
 }
 
 // quietRedis silences go-redis's own log lines ("connection pool: failed

@@ -160,7 +160,7 @@ func (d dryRun) baseManifest(ctx context.Context, co *coord.Client, g coord.Gene
 	if err != nil {
 		return nil, err
 	}
-	client := peer.NewClient(peer.ClientConfig{Secrets: secrets, TLS: clientTLS, Now: co.Now})
+	client := peer.NewClient(peer.ClientConfig{Secrets: secrets, TLS: clientTLS, Now: co.Now}).ForTask(co.Task())
 	enc, err := client.Manifest(ctx, g.OriginAddr, g.ID)
 	if err != nil {
 		return nil, fmt.Errorf("read the manifest of generation %d from its origin %s (is fanout-master running?): %w", g.ID, printable(g.OriginAddr, maxCell), err)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"strings"
 	"time"
@@ -24,18 +25,24 @@ Usage:
   fanout-master run [flags]                 watch the task key, publish generations, serve as origin
   fanout-master run --watch [--delay D] [--max-delay D] [--full-every D] [--exclude P]...
                                             also publish each change of the task tree (live mirroring)
-  fanout-master publish PATH [--delete] [--exclude P]... [--exclude-from F] [--compress] [--dest DIR] [--group G]... [--atomic [--keep N] [--switch host|fleet]] [--wait] [--timeout D] [--dry-run]
+  fanout-master publish PATH [--name NAME] [--delete] [--exclude P]... [--exclude-from F] [--compress] [--dest DIR] [--group G]... [--atomic [--keep N] [--switch host|fleet]] [--wait] [--timeout D] [--dry-run]
                                             set the task (same as: redis-cli set task PATH)
-  fanout-master rollback [GENERATION] [--wait]
+  fanout-master rollback [NAME] [GENERATION] [--wait]
                                             switch every host back to the release of an earlier
                                             generation published with --atomic (default: the one
                                             before the current release)
-  fanout-master cancel [--reason TEXT]     stop the running generation everywhere; hosts keep
+  fanout-master cancel [NAME] [--reason TEXT]
+                                            stop the running generation everywhere; hosts keep
                                             what they verified
-  fanout-master status [--json|--follow]    show the task, its generation and every host
+  fanout-master retire NAME [--reason TEXT] end a named task: hosts stop pulling and serving it
+                                            and keep its tree
+  fanout-master status [NAME] [--json|--follow]
+                                            show every task (or task NAME), its generation and
+                                            every host
   fanout-master hosts [--json]              list registered hosts, last heartbeat, version
   fanout-master forget HOST                 remove a host from the registry and every queue
-  fanout-master history [--json] [-n N]     completed generations, newest first
+  fanout-master history [--name NAME] [--json] [-n N]
+                                            completed generations, newest first
   fanout-master --version
 
 Every flag can also be set in the environment as FANOUT_<FLAG>, e.g.
@@ -65,6 +72,8 @@ func masterMain(ctx context.Context, args []string, e env) int {
 		err = masterRollback(ctx, args[1:], e)
 	case "cancel":
 		err = masterCancel(ctx, args[1:], e)
+	case "retire":
+		err = masterRetire(ctx, args[1:], e)
 	case "status":
 		err = masterStatus(ctx, args[1:], e)
 	case "hosts", "forget", "history":
@@ -74,7 +83,7 @@ func masterMain(ctx context.Context, args []string, e env) int {
 	case "-h", "--help", "help":
 		fmt.Fprint(e.stdout, masterUsage)
 	default:
-		err = usageError("unknown command %q (want run, publish, rollback, cancel, status, hosts, forget or history)", args[0])
+		err = usageError("unknown command %q (want run, publish, rollback, cancel, retire, status, hosts, forget or history)", args[0])
 	}
 	if errors.Is(err, pflag.ErrHelp) {
 		return exitOK
@@ -178,20 +187,19 @@ func masterRun(ctx context.Context, args []string, e env) error {
 	mx := metrics.New()
 	co := n.coordClient(rdb)
 	server := newPeerServer(secrets, log, mx, bwlimit.New(n.rate), co.Now, n.compressWorkers)
-	m, err := master.New(master.Config{
+	// The plain task's master, and one for each named task of the task
+	// list, all served by one peer server.
+	tasks := master.NewTasks(master.Config{
 		ID: n.id, Advertise: n.advertise, Root: n.root, StateDir: n.stateDir,
 		Uploads: n.uploads, Poll: n.poll, ForgetAfter: forgetAfter, Log: log, Metrics: mx, Zone: n.zone,
 		Exclude: excludes, Watch: watchCfg, Version: Version,
-	}, co, server)
-	if err != nil {
-		ln.Close()
-		return err
-	}
+	}, co, func(name string) master.Coordinator { return co.ForTask(name) }, server)
+
 	log.WithField("listen", ln.Addr().String()).WithField("advertise", n.advertise).Info("fanout-master running")
 	if err := sdnotify.Notify(e.getenv("NOTIFY_SOCKET"), "READY=1"); err != nil {
 		log.WithError(err).Warn("could not tell systemd we are ready")
 	}
-	return runAll(ctx, func(ctx context.Context) error { return server.Serve(ctx, ln) }, m.Run)
+	return runAll(ctx, func(ctx context.Context) error { return server.Serve(ctx, ln) }, tasks.Run)
 }
 
 // masterSpeaks checks that a running master speaks protocol proto or
@@ -224,6 +232,7 @@ func masterPublish(ctx context.Context, args []string, e env) error {
 	var d dryRun
 	fs := newFlags(e, "publish", "fanout-master publish PATH: set the task to PATH (absolute, under the hosts' --root); a running master publishes it as a new generation.")
 	c.register(fs)
+	c.registerTask(fs, "publish the named task NAME (1-64 letters, digits, '.', '_', '-'), which every host holds beside the plain task and the other named ones, each with its own generation, queues, status and history; the plain task is named default")
 	fs.BoolVar(&del, "delete", false, "remove files on the hosts that are not in the task tree")
 	ex.register(fs, "leave paths matching PATTERN (rsync rules: /anchored, dir/, *, **, ?, [a-z]) out of the task: neither sent to nor deleted on the hosts")
 	fs.BoolVar(&dry, "dry-run", false, "publish nothing: print what would move (files, bytes, per host and in all) against the generation the hosts hold. Run it on the master's host: it reads PATH under --root and asks the origin for the current manifest (--secret-file)")
@@ -244,6 +253,9 @@ func masterPublish(ctx context.Context, args []string, e env) error {
 	}
 	if fs.NArg() != 1 {
 		return usageError("publish takes exactly one PATH, got %d arguments", fs.NArg())
+	}
+	if err := c.checkTask(); err != nil {
+		return err
 	}
 	switch {
 	case switchMode != "host" && switchMode != coord.SwitchFleet:
@@ -301,6 +313,11 @@ func masterPublish(ctx context.Context, args []string, e env) error {
 	if dry {
 		return d.run(ctx, co, path, del, excludes, e)
 	}
+	if c.task != "" {
+		if err := masterSpeaks(ctx, co, coord.ProtoTasks, "--name"); err != nil {
+			return err
+		}
+	}
 	if atomic {
 		if err := masterSpeaks(ctx, co, coord.ProtoAtomic, "--atomic"); err != nil {
 			return err
@@ -317,7 +334,14 @@ func masterPublish(ctx context.Context, args []string, e env) error {
 	if err := co.SetTask(ctx, path, coord.TaskOptions{Delete: del, Compress: compress, Exclude: excludes, Dest: dest, Groups: groups, Atomic: keep, Switch: switchMode}); err != nil {
 		return fmt.Errorf("set task: %w", err)
 	}
-	fmt.Fprintf(e.stdout, "task set to %s (delete=%v, compress=%v", printable(path, maxLine), del, compress)
+	if err := co.AddTask(ctx); err != nil {
+		return err
+	}
+	what := "task"
+	if c.task != "" {
+		what = "task " + c.task
+	}
+	fmt.Fprintf(e.stdout, "%s set to %s (delete=%v, compress=%v", what, printable(path, maxLine), del, compress)
 	if atomic {
 		fmt.Fprintf(e.stdout, ", atomic, keep %d", keep)
 		if switchMode == coord.SwitchFleet {
@@ -377,14 +401,23 @@ func masterStatus(ctx context.Context, args []string, e env) error {
 	var c common
 	var asJSON, follow, watch bool
 	var grace, interval time.Duration
-	fs := newFlags(e, "status", "fanout-master status: show the task, its generation, and where every host stands.")
+	fs := newFlags(e, "status", `fanout-master status [NAME]: show every task (or task NAME: the plain task is
+named default), its generation, and where every host stands.`)
 	c.register(fs)
-	fs.BoolVar(&asJSON, "json", false, "print one JSON object instead of a table")
+	fs.BoolVar(&asJSON, "json", false, "print one JSON object instead of a table: task NAME's, or the plain task's, which lists the named tasks in \"tasks\"")
 	fs.BoolVar(&watch, "watch", false, "redraw the status and a progress bar for the whole task until interrupted")
 	fs.DurationVar(&interval, "interval", time.Second, "with --watch, how often to redraw")
-	fs.BoolVar(&follow, "follow", false, "after the status, print protocol events as they happen (claims, finishes, failures, lease expiries) until interrupted")
+	fs.BoolVar(&follow, "follow", false, "after the status, print protocol events as they happen (claims, finishes, failures, lease expiries) until interrupted: of task NAME, or of the plain task")
 	fs.DurationVar(&grace, "host-grace", 30*time.Second, "a host whose last heartbeat is older than this is no longer expected")
 	if err := parse(fs, args, e); err != nil {
+		return err
+	}
+	if fs.NArg() > 1 {
+		return usageError("status takes at most one task NAME, got %d arguments", fs.NArg())
+	}
+	c.task = fs.Arg(0)
+	one := c.task != ""
+	if err := c.checkTask(); err != nil {
 		return err
 	}
 	c.clientName = clientName("fanout-master-status", "")
@@ -395,18 +428,18 @@ func masterStatus(ctx context.Context, args []string, e env) error {
 	defer rdb.Close()
 	co := c.coord(rdb, grace)
 	if watch {
-		return watchStatus(ctx, co, interval, e)
+		return watchStatus(ctx, co, one, interval, e)
 	}
-	st, err := co.Status(ctx)
+	sts, err := readStatuses(ctx, co, one)
 	if err != nil {
-		return fmt.Errorf("read status: %w", err)
+		return err
 	}
 	if asJSON {
-		if err := writeStatusJSON(e.stdout, st, st.Now); err != nil {
+		if err := writeStatusJSON(e.stdout, sts[0].st, sts[0].st.Now, sts[0].named...); err != nil {
 			return err
 		}
 	} else {
-		writeStatusText(e.stdout, st, st.Now)
+		writeStatuses(e.stdout, sts, time.Time{})
 	}
 	if follow {
 		return followEvents(ctx, co, e)
@@ -414,23 +447,87 @@ func masterStatus(ctx context.Context, args []string, e env) error {
 	return nil
 }
 
-// watchStatus redraws the status table under a progress bar until ctx ends.
-func watchStatus(ctx context.Context, co *coord.Client, every time.Duration, e env) error {
-	for {
+// taskStatus is one task's status, as status shows it.
+type taskStatus struct {
+	name  string
+	st    coord.Status
+	named []string // the named tasks, with the plain task's status
+}
+
+// readStatuses reads the status of co's task (one), or of the plain task
+// and then every named task.
+func readStatuses(ctx context.Context, co *coord.Client, one bool) ([]taskStatus, error) {
+	if one {
 		st, err := co.Status(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("read status of task %s: %w", co.Task(), err)
+		}
+		return []taskStatus{{name: co.Task(), st: st}}, nil
+	}
+	names, err := co.TaskNames(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]taskStatus, 0, 1+len(names))
+	for i, name := range append([]string{coord.DefaultTask}, names...) {
+		st, err := co.ForTask(name).Status(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("read status of task %s: %w", name, err)
+		}
+		ts := taskStatus{name: name, st: st}
+		if i == 0 {
+			ts.named = names
+		}
+		out = append(out, ts)
+	}
+	return out, nil
+}
+
+// writeStatuses prints each task's status; a header names each task when
+// there are named ones. now, when not zero, is the time to measure to
+// (else each status's Redis time).
+func writeStatuses(w io.Writer, sts []taskStatus, now time.Time) {
+	headers := len(sts) > 1 || (len(sts) == 1 && sts[0].name != coord.DefaultTask)
+	for i, ts := range sts {
+		if headers {
+			if i > 0 {
+				fmt.Fprintln(w)
+			}
+			fmt.Fprintf(w, "== task %s ==\n", ts.name)
+		}
+		at := now
+		if at.IsZero() {
+			at = ts.st.Now
+		}
+		writeStatusText(w, ts.st, at)
+	}
+}
+
+// watchStatus redraws the status table under a progress bar until ctx ends.
+func watchStatus(ctx context.Context, co *coord.Client, one bool, every time.Duration, e env) error {
+	for {
+		sts, err := readStatuses(ctx, co, one)
 		if ctx.Err() != nil {
 			return nil
 		}
-		now := st.Now
-		if now.IsZero() {
-			now = time.Now() // Redis unreachable: the error is shown
+		now := time.Now() // Redis unreachable: the error is shown
+		if err == nil {
+			now = sts[0].st.Now
 		}
 		fmt.Fprint(e.stdout, "\033[H\033[2J") // home, clear screen
 		if err != nil {
 			fmt.Fprintf(e.stdout, "%s  %s\n", now.Format(time.TimeOnly), printable(err.Error(), maxLine))
 		} else {
-			fmt.Fprintf(e.stdout, "%s  %s\n\n", now.Format(time.TimeOnly), progressLine(toJSON(st, now), 40))
-			writeStatusText(e.stdout, st, now)
+			fmt.Fprintf(e.stdout, "%s", now.Format(time.TimeOnly))
+			for _, ts := range sts {
+				label := ""
+				if len(sts) > 1 {
+					label = ts.name + " "
+				}
+				fmt.Fprintf(e.stdout, "  %s%s", label, progressLine(toJSON(ts.st, now), 40))
+			}
+			fmt.Fprint(e.stdout, "\n\n")
+			writeStatuses(e.stdout, sts, now)
 		}
 		select {
 		case <-ctx.Done():

@@ -173,26 +173,28 @@ func minionCommand(ctx context.Context, cmd string, args []string, e env) error 
 	if !hooks.Empty() {
 		cfg.Hooks = hooks
 	}
+	// Every task: the plain one and each named one of the task list.
+	forTask := func(name string) minion.Coordinator { return co.ForTask(name) }
 	if cmd == "sync" {
 		if cfg.Advertise == "" {
 			return usageError("sync needs --advertise: the address of this host's serve daemon")
 		}
 		cfg.Source = n.uploads > 0 && minion.PeerAnswers(ctx, cfg.Advertise, n.clientTLS)
-		m, err := minion.New(cfg, co, server, client)
-		if err != nil {
-			return err
-		}
 		sctx, cancel := context.WithTimeout(ctx, timeout)
 		defer cancel()
-		return m.Sync(sctx)
+		tasks := minion.NewTasks(cfg, co, forTask, server, client)
+		if _, err := tasks.Default(); err != nil {
+			return err
+		}
+		return tasks.Sync(sctx)
 	}
 	ln, err := n.listenPeer()
 	if err != nil {
 		return err
 	}
 	cfg.Advertise = n.advertise
-	m, err := minion.New(cfg, co, server, client)
-	if err != nil {
+	tasks := minion.NewTasks(cfg, co, forTask, server, client)
+	if _, err := tasks.Default(); err != nil {
 		ln.Close()
 		return err
 	}
@@ -202,7 +204,7 @@ func minionCommand(ctx context.Context, cmd string, args []string, e env) error 
 	}
 	serve := func(ctx context.Context) error { return server.Serve(ctx, ln) }
 	if cmd == "serve" {
-		return runAll(ctx, serve, m.Serve)
+		return runAll(ctx, serve, tasks.Serve)
 	}
-	return runAll(ctx, serve, m.Run)
+	return runAll(ctx, serve, tasks.Run)
 }

@@ -15,7 +15,7 @@ import (
 var registryHelp = map[string]string{
 	"hosts":   "fanout-master hosts: list registered minions with their last heartbeat, address and version.",
 	"forget":  "fanout-master forget HOST: remove a host from the registry, the queues and the source slots (for a decommissioned host).",
-	"history": "fanout-master history: completed generations, newest first (time, hosts, bytes, rounds).",
+	"history": "fanout-master history [--name NAME]: completed generations of a task, newest first (time, hosts, bytes, rounds).",
 }
 
 func masterRegistry(ctx context.Context, cmd string, args []string, e env) error {
@@ -33,8 +33,12 @@ func masterRegistry(ctx context.Context, cmd string, args []string, e env) error
 	}
 	if cmd == "history" {
 		fs.IntVarP(&n, "number", "n", 20, "how many generations to show")
+		c.registerTask(fs, "the task whose history to show")
 	}
 	if err := parse(fs, args, e); err != nil {
+		return err
+	}
+	if err := c.checkTask(); err != nil {
 		return err
 	}
 	want := 0
@@ -54,8 +58,15 @@ func masterRegistry(ctx context.Context, cmd string, args []string, e env) error
 	now := time.Now()
 	switch cmd {
 	case "forget":
-		if err := co.Forget(ctx, fs.Arg(0)); err != nil {
+		// Every task keeps its own queues and heartbeats.
+		names, err := co.TaskNames(ctx)
+		if err != nil {
 			return err
+		}
+		for _, name := range append([]string{coord.DefaultTask}, names...) {
+			if err := co.ForTask(name).Forget(ctx, fs.Arg(0)); err != nil {
+				return err
+			}
 		}
 		fmt.Fprintf(e.stdout, "forgot %s\n", printable(fs.Arg(0), maxCell))
 		return nil

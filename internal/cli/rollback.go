@@ -17,7 +17,8 @@ func masterRollback(ctx context.Context, args []string, e env) error {
 	var c common
 	var wait bool
 	var timeout time.Duration
-	fs := newFlags(e, "rollback", `fanout-master rollback [GENERATION]: publish the release of an earlier generation again.
+	fs := newFlags(e, "rollback", `fanout-master rollback [NAME] [GENERATION]: publish the release of an earlier generation
+of task NAME (default: the plain task) again.
 
 The generation must have completed and been published with --atomic. Hosts
 that keep its release (publish --keep) switch back to it without moving its
@@ -33,16 +34,24 @@ tree's place (path or --dest) whose tree differs from the current one.`)
 		return err
 	}
 	var want int64
-	switch fs.NArg() {
-	case 0:
-	case 1:
-		n, err := strconv.ParseInt(fs.Arg(0), 10, 64)
+	args = fs.Args()
+	if len(args) > 2 {
+		return usageError("rollback takes a task NAME and a GENERATION at most, got %d arguments", len(args))
+	}
+	if len(args) > 0 {
+		if _, err := strconv.ParseInt(args[0], 10, 64); err != nil || len(args) == 2 {
+			c.task, args = args[0], args[1:]
+		}
+	}
+	if err := c.checkTask(); err != nil {
+		return err
+	}
+	if len(args) == 1 {
+		n, err := strconv.ParseInt(args[0], 10, 64)
 		if err != nil || n < 1 {
-			return usageError("rollback GENERATION: %q is not a generation id (fanout-master history lists them)", fs.Arg(0))
+			return usageError("rollback GENERATION: %q is not a generation id (fanout-master history lists them)", args[0])
 		}
 		want = n
-	default:
-		return usageError("rollback takes at most one GENERATION, got %d arguments", fs.NArg())
 	}
 	c.clientName = clientName("fanout-master-rollback", "")
 	rdb, err := c.redis(ctx)
@@ -73,8 +82,8 @@ tree's place (path or --dest) whose tree differs from the current one.`)
 	if err := co.SetTask(ctx, target.Path, opts); err != nil {
 		return fmt.Errorf("set task: %w", err)
 	}
-	fmt.Fprintf(e.stdout, "rollback to generation %d set (%s, digest %.16s, %d files, %s): hosts that keep its release switch back to it; the others pull it from them\n",
-		target.Gen, printable(target.Path, maxLine), target.Digest, target.Files, humanBytes(target.Bytes))
+	fmt.Fprintf(e.stdout, "rollback to generation %d%s set (%s, digest %.16s, %d files, %s): hosts that keep its release switch back to it; the others pull it from them\n",
+		target.Gen, taskLabel(c.task), printable(target.Path, maxLine), target.Digest, target.Files, humanBytes(target.Bytes))
 	if !wait {
 		return nil
 	}

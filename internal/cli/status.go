@@ -14,6 +14,12 @@ import (
 
 // statusJSON is the stable JSON form of `fanout-master status --json`.
 type statusJSON struct {
+	// Name is the task's name (default for the plain task); Task is its
+	// task key's value.
+	Name string `json:"name"`
+	// Tasks lists the named tasks, in the plain task's status when no
+	// task was asked for (status NAME shows one).
+	Tasks      []string `json:"tasks,omitempty"`
 	Task       string   `json:"task"`
 	Generation int64    `json:"generation"`
 	Path       string   `json:"path"`
@@ -125,7 +131,7 @@ type hostJSON struct {
 func toJSON(st coord.Status, now time.Time) statusJSON {
 	g := st.Generation
 	out := statusJSON{
-		Task: st.Task, Generation: g.ID, Path: g.Path, Dest: g.Dest, Groups: g.Groups, Digest: g.Digest, State: st.State, Error: g.Error,
+		Name: st.Name, Task: st.Task, Generation: g.ID, Path: g.Path, Dest: g.Dest, Groups: g.Groups, Digest: g.Digest, State: st.State, Error: g.Error,
 		Delete: g.Delete, Compress: g.Compress, Atomic: g.Atomic, Rollback: g.Rollback, Switch: g.Switch, Files: g.Files, Bytes: g.Bytes,
 		Expected: len(st.Expected), Finished: len(st.Finished), Running: len(st.Running), Repairing: len(st.Repairing),
 		Lookup: st.Lookup, Sources: st.Sources, Failures: st.Failures,
@@ -223,10 +229,12 @@ func set(ss []string) map[string]bool {
 // encoding/json escapes the C0 controls, ESC included, but passes DEL, the
 // C1 controls and the bidi overrides through as UTF-8: a program reads
 // them as data; a terminal needs the text output.
-func writeStatusJSON(w io.Writer, st coord.Status, now time.Time) error {
+func writeStatusJSON(w io.Writer, st coord.Status, now time.Time, named ...string) error {
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
-	return enc.Encode(toJSON(st, now))
+	s := toJSON(st, now)
+	s.Tasks = named
+	return enc.Encode(s)
 }
 
 // writeStatusText prints the status for an operator's terminal. Every

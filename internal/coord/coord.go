@@ -64,6 +64,9 @@ const MaxClaims = 16
 //	   and the generation. A minion of protocol 5 would write such a tree
 //	   in place, so it refuses the generation; others are published as
 //	   before (protocol 4 or 5).
+//	7: named tasks: each task's keys under PREFIX t:NAME: and the tasks
+//	   set (see Keys). Hosts of protocol 6 never read them: they hold the
+//	   plain task alone and are not expected by named ones.
 //
 // Additions that hosts of the same protocol built before them ignore
 // safely keep the number: zones (per-zone claim indexes, a "zone" in the
@@ -75,7 +78,15 @@ const MaxClaims = 16
 // it: the hooks hash (hook results, see HookFormat) is read and written
 // only by hosts that know it, and its records carry their own format. Compression is another (see
 // TaskOptions.Compress).
-const Proto = ProtoAtomic
+const Proto = ProtoTasks
+
+// ProtoTasks is the protocol that added named tasks (keys under
+// PREFIX t:NAME:, the tasks set). Their generations are published as
+// before: a host of an older protocol never reads a named task's keys, so
+// it neither pulls one nor is expected by it (a task's hosts are those
+// that heartbeat in its own index); publish --name needs a master of this
+// protocol.
+const ProtoTasks = 7
 
 // ProtoDest is the protocol that added Generation.Dest.
 const ProtoDest = 5
@@ -117,7 +128,11 @@ type Client struct {
 	rdb  redis.UniversalClient
 	cfg  Config
 	keys Keys
+	clk  *clock // shared by the clients of every task (see ForTask)
+}
 
+// clock is the offset of Redis TIME from this host's clock.
+type clock struct {
 	mu     sync.Mutex
 	offset time.Duration // Redis TIME minus this host's clock
 }
@@ -139,7 +154,7 @@ func New(rdb redis.UniversalClient, cfg Config) *Client {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	return &Client{rdb: rdb, cfg: cfg, keys: Keys{Prefix: cfg.Prefix}}
+	return &Client{rdb: rdb, cfg: cfg, keys: Keys{Prefix: cfg.Prefix}, clk: &clock{}}
 }
 
 // Keys returns the key names in use.
@@ -149,17 +164,17 @@ func (c *Client) Keys() Keys { return c.keys }
 // heartbeat or a status read: hosts whose clocks disagree agree on it (to
 // within a round trip), so peers sign and check requests with it.
 func (c *Client) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.cfg.Now().Add(c.offset)
+	c.clk.mu.Lock()
+	defer c.clk.mu.Unlock()
+	return c.cfg.Now().Add(c.clk.offset)
 }
 
 // observe records Redis's clock, read between sent and received.
 func (c *Client) observe(redisNow, sent, received time.Time) {
 	mid := sent.Add(received.Sub(sent) / 2)
-	c.mu.Lock()
-	c.offset = redisNow.Sub(mid)
-	c.mu.Unlock()
+	c.clk.mu.Lock()
+	c.clk.offset = redisNow.Sub(mid)
+	c.clk.mu.Unlock()
 }
 
 // Ref names a generation: ids restart when Redis loses its data, so the

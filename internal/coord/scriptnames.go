@@ -16,6 +16,7 @@ var scriptNames = map[string]*script{
 	"drift":     driftScript,
 	"forget":    forgetScript,
 	"release":   releaseScript,
+	"retire":    retireScript,
 }
 
 // ScriptName names the protocol script whose SHA1 is sha ("claim",

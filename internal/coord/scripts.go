@@ -141,6 +141,12 @@ func (k Keys) named(name string, kc keyCtx) string {
 		return k.LeaseIndex()
 	case "hooks":
 		return k.Hooks()
+	case "tasks":
+		return k.Tasks()
+	case "task":
+		return k.Task()
+	case "taskopts":
+		return k.TaskOptions()
 	}
 	panic("coord: unknown script key " + name)
 }

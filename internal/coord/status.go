@@ -15,6 +15,9 @@ import (
 
 // Status is everything `fanout-master status` shows.
 type Status struct {
+	// Name is the task's name (DefaultTask for the plain task); Task the
+	// task key's value.
+	Name       string
 	Task       string
 	Generation Generation
 	// State is idle (no generation), failed, done (the generation is done,
@@ -100,6 +103,7 @@ func (c *Client) Status(ctx context.Context) (Status, error) {
 		Switched:  sorted(switched.Val()),
 		Repairs:   map[string]int64{},
 		CrossZone: map[string]int64{},
+		Name:      c.keys.TaskName(),
 		Task:      task.Val(),
 		Finished:  sorted(fin.Val()),
 		Running:   sorted(run.Val()),

@@ -209,15 +209,13 @@ func (l *Lab) StartMaster(ctx context.Context) error {
 	h := l.Master
 	co := l.hostCoord(h)
 	return h.start(ctx, l, co, func(ctx context.Context, ln net.Listener, server *peer.Server) (func(context.Context) error, error) {
-		m, err := master.New(master.Config{
+		// As fanout-master run does: the plain task and every named one.
+		tasks := master.NewTasks(master.Config{
 			ID: h.ID, Advertise: ln.Addr().String(), Root: h.Root, StateDir: h.StateDir,
 			Uploads: l.cfg.Uploads, Poll: l.cfg.Poll, Log: l.cfg.Log.WithField("host", h.ID), Zone: h.Zone,
 			Exclude: l.cfg.MasterExclude, Watch: l.cfg.Watch,
-		}, co, server)
-		if err != nil {
-			return nil, err
-		}
-		return m.Run, nil
+		}, co, func(name string) master.Coordinator { return co.ForTask(name) }, server)
+		return tasks.Run, nil
 	})
 }
 
@@ -228,14 +226,17 @@ func (l *Lab) StartMinion(ctx context.Context, h *Host) error {
 		zone = ""
 	}
 	co := l.hostCoord(&Host{Skew: h.Skew, Zone: zone})
-	var mc minion.Coordinator = co
-	if h.PreZones {
-		mc = preZones{co}
-	}
 	h.Metrics = metrics.New()
+	forTask := func(name string) minion.Coordinator {
+		if h.PreZones {
+			return preZones{co.ForTask(name)}
+		}
+		return co.ForTask(name)
+	}
 	return h.start(ctx, l, co, func(ctx context.Context, ln net.Listener, server *peer.Server) (func(context.Context) error, error) {
 		client := peer.NewClient(peer.ClientConfig{Secrets: [][]byte{l.secret}, DialTimeout: 2 * time.Second, StallTimeout: 2 * time.Second, Now: co.Now})
-		m, err := minion.New(minion.Config{
+		// As fanout-minion run does: the plain task and every named one.
+		tasks := minion.NewTasks(minion.Config{
 			ID: h.ID, Advertise: ln.Addr().String(), Root: h.Root, StateDir: h.StateDir,
 			Uploads: l.cfg.Uploads, Source: true, Poll: l.cfg.Poll, Heartbeat: time.Second,
 			Pipeline: !l.cfg.WholeFile, ArrivalWait: 2 * time.Second,
@@ -243,12 +244,13 @@ func (l *Lab) StartMinion(ctx context.Context, h *Host) error {
 			Download: bwlimit.New(h.bwLimit(l)), Metrics: h.Metrics,
 			NoWatch: l.cfg.NoWatch, VerifyEvery: l.cfg.VerifyEvery, ScanEvery: 2 * time.Second,
 			Zone: zone, Groups: h.Groups, Hooks: h.Hooks, Compress: l.cfg.Compress,
-		}, mc, server, client)
+		}, co, forTask, server, client)
+		m, err := tasks.Default()
 		if err != nil {
 			return nil, err
 		}
 		h.Minion = m
-		return m.Run, nil
+		return tasks.Run, nil
 	})
 }
 
@@ -344,10 +346,26 @@ func (l *Lab) Set(ctx context.Context, task string) error {
 // WaitGeneration waits until a generation newer than after is done (or
 // failed) and returns its final status.
 func (l *Lab) WaitGeneration(ctx context.Context, after int64, progress func(coord.Status)) (coord.Status, error) {
+	return l.WaitTask(ctx, coord.DefaultTask, after, progress)
+}
+
+// Publish sets named task name to path with opts, as fanout-master
+// publish --name does: the task key, then the task list.
+func (l *Lab) Publish(ctx context.Context, name, path string, opts coord.TaskOptions) error {
+	co := l.Coord.ForTask(name)
+	if err := co.SetTask(ctx, path, opts); err != nil {
+		return err
+	}
+	return co.AddTask(ctx)
+}
+
+// WaitTask is WaitGeneration for task name.
+func (l *Lab) WaitTask(ctx context.Context, name string, after int64, progress func(coord.Status)) (coord.Status, error) {
+	co := l.Coord.ForTask(name)
 	t := time.NewTicker(50 * time.Millisecond)
 	defer t.Stop()
 	for {
-		st, err := l.Coord.Status(ctx)
+		st, err := co.Status(ctx)
 		if err == nil && st.Generation.ID > after {
 			if progress != nil {
 				progress(st)
@@ -361,8 +379,8 @@ func (l *Lab) WaitGeneration(ctx context.Context, after int64, progress func(coo
 		}
 		select {
 		case <-ctx.Done():
-			return st, fmt.Errorf("waiting for generation after %d: %w (last state %q, %d/%d finished)",
-				after, ctx.Err(), st.State, len(st.Finished), len(st.Expected))
+			return st, fmt.Errorf("waiting for generation after %d of task %s: %w (last state %q, %d/%d finished)",
+				after, name, ctx.Err(), st.State, len(st.Finished), len(st.Expected))
 		case <-t.C:
 		}
 	}

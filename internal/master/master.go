@@ -50,6 +50,21 @@ type Config struct {
 	Watch *WatchConfig
 	// Version is the build's version, in the master's registration.
 	Version string
+	// Task is the name of the task this master publishes (coord.DefaultTask
+	// when empty). Only the plain task's master registers the master
+	// and forgets silent hosts from the registry; Tasks sets it for each.
+	Task string
+	// Overlap, when set, checks that a task writing to path on the hosts
+	// would not write into another task's tree (see Tasks): such a task
+	// is rejected with its error.
+	Overlap func(ctx context.Context, path string) error
+}
+
+// Snapshots serves what the master publishes: a peer.Server (the plain
+// task), or its view of a named task (peer.Task).
+type Snapshots interface {
+	Set(snap *peer.Snapshot)
+	VerifyServed(changed func(path string))
 }
 
 // Coordinator is the part of the Redis protocol the master uses.
@@ -84,7 +99,7 @@ type Coordinator interface {
 type Master struct {
 	cfg    Config
 	coord  Coordinator
-	server *peer.Server
+	server Snapshots
 	cache  *manifest.Cache
 	active *published // the generation this master serves now
 	// last is the last generation this master published, kept in the
@@ -158,7 +173,7 @@ const (
 )
 
 // New builds a master.
-func New(cfg Config, co Coordinator, server *peer.Server) (*Master, error) {
+func New(cfg Config, co Coordinator, server Snapshots) (*Master, error) {
 	if cfg.Uploads <= 0 {
 		cfg.Uploads = 1
 	}
@@ -173,6 +188,9 @@ func New(cfg Config, co Coordinator, server *peer.Server) (*Master, error) {
 	}
 	if cfg.ID == "" {
 		return nil, errors.New("master: empty id (set --id)")
+	}
+	if cfg.Task == "" {
+		cfg.Task = coord.DefaultTask
 	}
 	cache, err := manifest.LoadCache(filepath.Join(cfg.StateDir, cacheFile))
 	if err != nil {
@@ -352,7 +370,7 @@ const (
 // registerEvery: publish --dest, --group, --atomic and rollback check it,
 // since a master that predates those options would drop them.
 func (m *Master) register(ctx context.Context) {
-	if time.Since(m.registered) < registerEvery {
+	if m.cfg.Task != coord.DefaultTask || time.Since(m.registered) < registerEvery {
 		return
 	}
 	info := coord.MasterInfo{ID: m.cfg.ID, Addr: m.cfg.Advertise, Version: m.cfg.Version, Started: m.started}
@@ -494,6 +512,13 @@ func (m *Master) publish(ctx context.Context, value string, opts coord.TaskOptio
 		if gerr := coord.ValidGroups("task option groups", opts.Groups); gerr != nil {
 			err = gerr
 		}
+	}
+	if err == nil && m.cfg.Overlap != nil {
+		local := clean
+		if opts.Dest != "" {
+			local = opts.Dest
+		}
+		err = m.cfg.Overlap(ctx, local)
 	}
 	if err == nil {
 		var snap *peer.Snapshot

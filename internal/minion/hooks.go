@@ -96,7 +96,7 @@ func (m *Minion) prepareHook(ctx context.Context, g coord.Generation, changed []
 	if m.cfg.Hooks == nil {
 		return nil
 	}
-	task := coord.DefaultTask
+	task := m.cfg.Task
 	log := m.cfg.Log.WithFields(logrus.Fields{"gen": g.ID, "task": task})
 	cmd, ok, lerr := m.cfg.Hooks.Lookup(task)
 	if !ok {

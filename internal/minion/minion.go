@@ -94,6 +94,10 @@ type Config struct {
 	// Model, when set, stands in for the pull's data plane (see Model):
 	// the simulator's minions. Nil in every real daemon.
 	Model Model
+	// Task is the name of the task this minion holds (coord.DefaultTask
+	// when empty): its hook is the task's, and its log lines name it.
+	// Tasks sets it for each task it runs.
+	Task string
 }
 
 func (c *Config) setDefaults() {
@@ -121,6 +125,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.Log == nil {
 		c.Log = logrus.New()
+	}
+	if c.Task == "" {
+		c.Task = coord.DefaultTask
 	}
 	if c.Metrics == nil {
 		c.Metrics = metrics.New()
@@ -153,11 +160,18 @@ type Coordinator interface {
 	Subscribe(ctx context.Context, channels ...string) (*coord.Notifications, error)
 }
 
-// Minion is one host's fanout daemon.
+// Snapshots serves what a minion holds of its task to other hosts: a
+// peer.Server (the plain task), or its view of a named task (peer.Task).
+type Snapshots interface {
+	Set(snap *peer.Snapshot)
+	Current() *peer.Snapshot
+}
+
+// Minion is one host's fanout daemon for one task.
 type Minion struct {
 	cfg     Config
 	coord   Coordinator
-	server  *peer.Server
+	server  Snapshots
 	client  *peer.Client
 	cache   *manifest.Cache
 	owner   manifest.OwnerPolicy // how owners and setuid bits are applied
@@ -240,7 +254,7 @@ func (m *Minion) ProgressOf(gen int64) (received, planned int64) {
 // New builds a minion and loads what it held before a restart. Nothing is
 // served or announced until the tree on disk is verified against it (the
 // first Step does that).
-func New(cfg Config, co Coordinator, server *peer.Server, client *peer.Client) (*Minion, error) {
+func New(cfg Config, co Coordinator, server Snapshots, client *peer.Client) (*Minion, error) {
 	cfg.setDefaults()
 	if cfg.ID == "" {
 		return nil, errors.New("minion: empty host id (set --id)")
@@ -429,7 +443,7 @@ func (m *Minion) Sync(ctx context.Context) error {
 			if pending, perr := m.taskPending(ctx); perr != nil {
 				last = perr
 			} else if !pending {
-				return errors.New("no task to sync: the task key is empty or its generation failed (see fanout-master status)")
+				return errNoTask
 			}
 		case err != nil:
 			last = err
@@ -445,6 +459,9 @@ func (m *Minion) Sync(ctx context.Context) error {
 		}
 	}
 }
+
+// errNoTask is Sync's answer when its task has nothing to sync.
+var errNoTask = errors.New("no task to sync: the task key is empty or its generation failed (see fanout-master status)")
 
 // taskPending reports whether a task is set that the master has not
 // published yet, or has published since Step looked (a sync started right

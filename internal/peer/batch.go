@@ -77,8 +77,8 @@ func ParseIndices(spec string, n, max int) ([]int, error) {
 // regular files at the manifest indices SPEC lists, concatenated in that
 // order. The client splits the stream by the manifest's sizes and verifies
 // each file. A file that cannot be sent whole breaks the response.
-func (s *Server) serveBatch(w http.ResponseWriter, r *http.Request) error {
-	q, sv, err := s.request(r)
+func (s *Server) serveBatch(w http.ResponseWriter, r *http.Request, v *view) error {
+	q, sv, err := s.request(r, v)
 	if err != nil {
 		return err
 	}
@@ -105,7 +105,7 @@ func (s *Server) serveBatch(w http.ResponseWriter, r *http.Request) error {
 	body := s.bodyWriter(w, r)
 	for _, i := range idx {
 		e := entries[i]
-		if err := s.sendWhole(body, r, sv.snap, e); err != nil {
+		if err := s.sendWhole(body, r, sv, e); err != nil {
 			if r.Context().Err() == nil {
 				s.cfg.Log.WithError(err).WithField("path", e.Path).Warn("batch broken off")
 			}
@@ -117,7 +117,8 @@ func (s *Server) serveBatch(w http.ResponseWriter, r *http.Request) error {
 
 // sendWhole writes the whole content of file e to w: from disk, or as it
 // lands when it is still being received.
-func (s *Server) sendWhole(w io.Writer, r *http.Request, snap *Snapshot, e manifest.Entry) error {
+func (s *Server) sendWhole(w io.Writer, r *http.Request, sv *served, e manifest.Entry) error {
+	snap := sv.snap
 	var body io.ReadCloser
 	if in := snap.Incoming; in != nil && in.Pending(e.Path) {
 		rc, err := in.Open(r.Context(), e.Path, e.Size, 0, func() (*os.File, error) { return openEntry(snap.Root, e.Path) })
@@ -143,9 +144,9 @@ func (s *Server) sendWhole(w io.Writer, r *http.Request, snap *Snapshot, e manif
 	defer body.Close()
 	var n int64
 	var err error
-	if f, ok := body.(*os.File); ok && s.verifier() != nil && verifiable(e, 0, e.Size) {
+	if f, ok := body.(*os.File); ok && sv.verifier() != nil && verifiable(e, 0, e.Size) {
 		if n, err = copyVerified(w, f, e, 0, e.Size, nil); errors.Is(err, errChanged) {
-			s.verifier()(e.Path)
+			sv.verifier()(e.Path)
 		}
 	} else if f, ok := body.(*os.File); ok {
 		n, err = io.CopyN(w, f, e.Size) // from disk: sendfile

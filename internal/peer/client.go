@@ -55,8 +55,31 @@ type Client struct {
 	hc     *http.Client
 	scheme string
 
-	decOnce sync.Once
-	dec     *zstd.Decoder // for zstd frames, made on first use
+	dec *lazyDecoder // shared by the clients of every task (see ForTask)
+	// task is the named task the client asks for ("": the plain task).
+	task string
+}
+
+// lazyDecoder is a zstd decoder made on first use.
+type lazyDecoder struct {
+	once sync.Once
+	dec  *zstd.Decoder
+}
+
+func (d *lazyDecoder) get() *zstd.Decoder {
+	d.once.Do(func() { d.dec = newDecoder() })
+	return d.dec
+}
+
+// ForTask returns a client sharing c's connections that asks peers for
+// the named task name (/v1/t/NAME/...; "" or "default": the plain task).
+// A peer that predates named tasks answers 404, one that does not serve
+// the task 409.
+func (c *Client) ForTask(name string) *Client {
+	if name == defaultTask {
+		name = ""
+	}
+	return &Client{cfg: c.cfg, hc: c.hc, scheme: c.scheme, dec: c.dec, task: name}
 }
 
 // NewClient returns a Client.
@@ -86,7 +109,7 @@ func NewClient(cfg ClientConfig) *Client {
 	if cfg.TLS != nil {
 		scheme = "https"
 	}
-	return &Client{cfg: cfg, hc: &http.Client{Transport: tr}, scheme: scheme}
+	return &Client{cfg: cfg, hc: &http.Client{Transport: tr}, scheme: scheme, dec: &lazyDecoder{}}
 }
 
 // CloseIdleConnections closes the connections kept alive to peers.
@@ -270,7 +293,6 @@ func (c *Client) FetchChunks(ctx context.Context, addr string, gen int64, path s
 // of copyBody, and gives every body byte to tap (if not nil) once read. It
 // returns the chunk bytes written and the body bytes read.
 func (c *Client) copyFrames(ctx, reqCtx context.Context, cancel context.CancelCauseFunc, what string, w io.Writer, body io.Reader, lens []int64, tap io.Writer) (int64, int64, error) {
-	c.decOnce.Do(func() { c.dec = newDecoder() })
 	stalled := fmt.Errorf("no data for %v: stalled", c.cfg.StallTimeout)
 	timer := time.AfterFunc(c.cfg.StallTimeout, func() { cancel(stalled) })
 	timer.Stop()
@@ -282,7 +304,7 @@ func (c *Client) copyFrames(ctx, reqCtx context.Context, cancel context.CancelCa
 	if tap != nil {
 		r = io.TeeReader(wire, tap)
 	}
-	n, err := readFrames(r, c.dec, lens, w)
+	n, err := readFrames(r, c.dec.get(), lens, w)
 	var we *writeError
 	switch {
 	case err == nil:
@@ -357,6 +379,9 @@ func checkRange(resp *http.Response, offset int64) error {
 }
 
 func (c *Client) url(addr, route string, q url.Values) string {
+	if c.task != "" {
+		route = "/v1/t/" + c.task + strings.TrimPrefix(route, "/v1")
+	}
 	u := url.URL{Scheme: c.scheme, Host: addr, Path: route, RawQuery: q.Encode()}
 	return u.String()
 }

@@ -25,8 +25,8 @@ type haveReply struct {
 // manifest path P this host can serve, so a puller with several sources
 // asks each only for what it has. A host still receiving the file has only
 // the chunks it verified.
-func (s *Server) serveHave(w http.ResponseWriter, r *http.Request) error {
-	q, sv, err := s.request(r)
+func (s *Server) serveHave(w http.ResponseWriter, r *http.Request, v *view) error {
+	q, sv, err := s.request(r, v)
 	if err != nil {
 		return err
 	}

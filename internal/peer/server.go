@@ -66,10 +66,11 @@ type ServerConfig struct {
 // http.Handler; Set may be called at any time, concurrently with requests.
 type Server struct {
 	cfg ServerConfig
-	cur atomic.Pointer[served]
-	// verify, when set, checks served bytes against the manifest (see
-	// VerifyServed) and is told of a file that changed on disk.
-	verify atomic.Pointer[func(string)]
+	// def is the plain task's view (/v1/...); tasks are the named tasks'
+	// (/v1/t/NAME/..., see Task), guarded by mu.
+	def   *view
+	mu    sync.Mutex
+	tasks map[string]*view
 	// conns caps the connections the server holds (see Serve).
 	conns *connTracker
 	// refused and connErrors limit the warnings about refused signatures
@@ -79,10 +80,19 @@ type Server struct {
 	comp *compressor
 }
 
+// view is what the server serves of one task.
+type view struct {
+	cur atomic.Pointer[served]
+	// verify, when set, checks served bytes against the manifest (see
+	// VerifyServed) and is told of a file that changed on disk.
+	verify atomic.Pointer[func(string)]
+}
+
 // served is a snapshot prepared for serving.
 type served struct {
 	snap    *Snapshot
 	entries map[string]manifest.Entry
+	view    *view
 }
 
 // NewServer returns a Server that serves nothing until Set is called.
@@ -101,7 +111,7 @@ func NewServer(cfg ServerConfig) *Server {
 	if cfg.MaxConns <= 0 {
 		cfg.MaxConns = DefaultMaxConns
 	}
-	s := &Server{cfg: cfg, conns: newConnTracker(cfg.MaxConns)}
+	s := &Server{cfg: cfg, conns: newConnTracker(cfg.MaxConns), def: &view{}, tasks: make(map[string]*view)}
 	if cfg.CompressWorkers >= 0 {
 		n := cfg.CompressWorkers
 		if n == 0 {
@@ -112,29 +122,113 @@ func NewServer(cfg ServerConfig) *Server {
 	return s
 }
 
-// Set atomically replaces what the server serves; nil serves nothing.
-// Requests in flight finish with the snapshot they started with. The server
-// keeps snap: the caller must not modify it afterwards.
-func (s *Server) Set(snap *Snapshot) {
+// Set atomically replaces what the server serves of the plain task; nil
+// serves nothing. Requests in flight finish with the snapshot they
+// started with. The server keeps snap: the caller must not modify it
+// afterwards.
+func (s *Server) Set(snap *Snapshot) { s.def.set(snap) }
+
+// Current returns the plain task's snapshot being served, or nil.
+func (s *Server) Current() *Snapshot { return s.def.current() }
+
+// Task is what a Server serves of one task: the plain task's at /v1/...,
+// a named task's at /v1/t/NAME/... (see Client.ForTask). Its methods are
+// the Server's, for that task.
+type Task struct{ v *view }
+
+// Task returns the view of the task called name ("" or "default": the
+// plain task's, which Set and Current reach too), made on first use.
+func (s *Server) Task(name string) *Task {
+	if name == "" || name == defaultTask {
+		return &Task{v: s.def}
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	v, ok := s.tasks[name]
+	if !ok {
+		v = &view{}
+		s.tasks[name] = v
+	}
+	return &Task{v: v}
+}
+
+// Drop ends serving the named task name: its requests are answered 409,
+// as for a task this host never held.
+func (s *Server) Drop(name string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if v, ok := s.tasks[name]; ok {
+		v.set(nil)
+		delete(s.tasks, name)
+	}
+}
+
+// defaultTask is the plain task's name (coord.DefaultTask).
+const defaultTask = "default"
+
+// Set is Server.Set for this task.
+func (t *Task) Set(snap *Snapshot) { t.v.set(snap) }
+
+// Current is Server.Current for this task.
+func (t *Task) Current() *Snapshot { return t.v.current() }
+
+// VerifyServed is Server.VerifyServed for this task.
+func (t *Task) VerifyServed(changed func(path string)) { t.v.verifyServed(changed) }
+
+func (v *view) set(snap *Snapshot) {
 	if snap == nil {
-		s.cur.Store(nil)
+		v.cur.Store(nil)
 		return
 	}
-	sv := &served{snap: snap, entries: make(map[string]manifest.Entry)}
+	sv := &served{snap: snap, entries: make(map[string]manifest.Entry), view: v}
 	if snap.Manifest != nil {
 		for _, e := range snap.Manifest.Entries {
 			sv.entries[e.Path] = e
 		}
 	}
-	s.cur.Store(sv)
+	v.cur.Store(sv)
 }
 
-// Current returns the snapshot being served, or nil.
-func (s *Server) Current() *Snapshot {
-	if sv := s.cur.Load(); sv != nil {
+func (v *view) current() *Snapshot {
+	if sv := v.cur.Load(); sv != nil {
 		return sv.snap
 	}
 	return nil
+}
+
+// resolve maps a request path to the view it asks for and the route
+// within it: /v1/t/NAME/ROUTE is the named task's /v1/ROUTE.
+func (s *Server) resolve(path string) (*view, string, error) {
+	rest, ok := strings.CutPrefix(path, "/v1/t/")
+	if !ok {
+		return s.def, path, nil
+	}
+	name, route, ok := strings.Cut(rest, "/")
+	if !ok || !validTaskName(name) {
+		return nil, "", errorf(http.StatusNotFound, "no route %s", quote(path))
+	}
+	s.mu.Lock()
+	v := s.tasks[name]
+	s.mu.Unlock()
+	if v == nil {
+		return nil, "", errorf(http.StatusConflict, "task %s not served here", quote(name))
+	}
+	return v, "/v1/" + route, nil
+}
+
+// validTaskName is coord.ValidTaskName's syntax (peer does not import
+// coord).
+func validTaskName(name string) bool {
+	if name == "" || len(name) > 64 {
+		return false
+	}
+	for i, r := range name {
+		ok := r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || i > 0 && (r >= '0' && r <= '9' || r == '.' || r == '_' || r == '-')
+		if !ok {
+			return false
+		}
+	}
+	return true
 }
 
 // ServeHTTP answers one peer request:
@@ -146,6 +240,7 @@ func (s *Server) Current() *Snapshot {
 //	    &enc=zstd                   a range of whole chunks as frames, zstd where it shrinks (see FramesVersion)
 //	GET /v1/batch?gen=N&files=I     the files at manifest indices I ("3-10,12"), concatenated
 //	GET /v1/have?gen=N&path=P       which chunks of file P this host can serve (all, or a bitmap of the verified ones)
+//	GET /v1/t/NAME/...              the same, of the named task NAME (see Task)
 //
 // Every request but /healthz and /metrics must carry a valid signature (see
 // Verify). Unauthenticated and refused requests end their connection, and
@@ -180,38 +275,42 @@ func (s *Server) route(w http.ResponseWriter, r *http.Request) error {
 		}
 		return &httpError{code: http.StatusUnauthorized, msg: "unauthorized: " + err.Error()}
 	}
-	switch r.URL.Path {
+	v, route, err := s.resolve(r.URL.Path)
+	if err != nil {
+		return err
+	}
+	switch route {
 	case "/v1/manifest":
-		return s.serveManifest(w, r)
+		return s.serveManifest(w, r, v)
 	case "/v1/file":
-		return s.serveFile(w, r)
+		return s.serveFile(w, r, v)
 	case "/v1/batch":
-		return s.serveBatch(w, r)
+		return s.serveBatch(w, r, v)
 	case "/v1/have":
-		return s.serveHave(w, r)
+		return s.serveHave(w, r, v)
 	}
 	return errorf(http.StatusNotFound, "no route %s", quote(r.URL.Path))
 }
 
 // request parses r's query and returns it with the prepared snapshot, if
 // that is of the generation the "gen" parameter names.
-func (s *Server) request(r *http.Request) (url.Values, *served, error) {
+func (s *Server) request(r *http.Request, v *view) (url.Values, *served, error) {
 	q, err := url.ParseQuery(r.URL.RawQuery)
 	if err != nil {
 		return nil, nil, errorf(http.StatusBadRequest, "bad query: %s", clip(err.Error()))
 	}
-	sv, err := s.snapshotFor(q)
+	sv, err := snapshotFor(v, q)
 	return q, sv, err
 }
 
 // snapshotFor returns the prepared snapshot if it is of the generation the
 // request's "gen" parameter names.
-func (s *Server) snapshotFor(q url.Values) (*served, error) {
+func snapshotFor(v *view, q url.Values) (*served, error) {
 	gen, err := strconv.ParseInt(q.Get("gen"), 10, 64)
 	if err != nil {
 		return nil, errorf(http.StatusBadRequest, "bad gen %s", quote(q.Get("gen")))
 	}
-	sv := s.cur.Load()
+	sv := v.cur.Load()
 	switch {
 	case sv == nil:
 		return nil, errorf(http.StatusConflict, "generation %d not served: serving nothing", gen)
@@ -221,8 +320,8 @@ func (s *Server) snapshotFor(q url.Values) (*served, error) {
 	return sv, nil
 }
 
-func (s *Server) serveManifest(w http.ResponseWriter, r *http.Request) error {
-	_, sv, err := s.request(r)
+func (s *Server) serveManifest(w http.ResponseWriter, r *http.Request, v *view) error {
+	_, sv, err := s.request(r, v)
 	if err != nil {
 		return err
 	}
@@ -237,8 +336,8 @@ func (s *Server) serveManifest(w http.ResponseWriter, r *http.Request) error {
 	return nil
 }
 
-func (s *Server) serveFile(w http.ResponseWriter, r *http.Request) error {
-	q, sv, err := s.request(r)
+func (s *Server) serveFile(w http.ResponseWriter, r *http.Request, v *view) error {
+	q, sv, err := s.request(r, v)
 	if err != nil {
 		return err
 	}
@@ -281,7 +380,7 @@ func (s *Server) serveFile(w http.ResponseWriter, r *http.Request) error {
 	}
 	if chunks := s.framedChunks(q, e, start, end, partial); chunks != nil {
 		var src io.Reader = f
-		if changed := s.verifier(); changed != nil && r.Method != http.MethodHead && verifiable(e, start, end) {
+		if changed := sv.verifier(); changed != nil && r.Method != http.MethodHead && verifiable(e, start, end) {
 			// The origin checks each chunk before it is framed: a chunk
 			// changed on disk cuts the frames off, never sends bad bytes.
 			pr, pw := io.Pipe()
@@ -302,7 +401,7 @@ func (s *Server) serveFile(w http.ResponseWriter, r *http.Request) error {
 		}
 		return s.serveFrames(w, r, sv.snap.Gen, e, start, end, chunks, src)
 	}
-	if changed := s.verifier(); changed != nil && r.Method != http.MethodHead && verifiable(e, start, end) {
+	if changed := sv.verifier(); changed != nil && r.Method != http.MethodHead && verifiable(e, start, end) {
 		sent := false
 		n, err := copyVerified(s.bodyWriter(w, r), f, e, start, end, func() {
 			sent = true

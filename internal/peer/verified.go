@@ -21,16 +21,21 @@ import (
 // whose chunks are larger than maxVerifiedChunk (whole-file hashes of
 // formats 1 and 2 on big files) are sent as before: the size check only.
 // Call it before Serve.
-func (s *Server) VerifyServed(changed func(path string)) {
+//
+// It applies to the plain task; Task.VerifyServed to a named one.
+func (s *Server) VerifyServed(changed func(path string)) { s.def.verifyServed(changed) }
+
+func (v *view) verifyServed(changed func(path string)) {
 	if changed == nil {
 		changed = func(string) {}
 	}
-	s.verify.Store(&changed)
+	v.verify.Store(&changed)
 }
 
-// verifier returns the callback of VerifyServed, or nil when off.
-func (s *Server) verifier() func(string) {
-	if p := s.verify.Load(); p != nil {
+// verifier returns the callback of VerifyServed of the snapshot's task,
+// or nil when off.
+func (sv *served) verifier() func(string) {
+	if p := sv.view.verify.Load(); p != nil {
 		return *p
 	}
 	return nil

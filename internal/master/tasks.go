@@ -1,0 +1,207 @@
+package master
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/sirupsen/logrus"
+
+	"github.com/fanout/fanout/internal/coord"
+	"github.com/fanout/fanout/internal/peer"
+)
+
+// TaskList is the part of the protocol that lists the named tasks.
+type TaskList interface {
+	TaskNames(ctx context.Context) ([]string, error)
+	SubscribeTasks(ctx context.Context) (*coord.TaskEvents, error)
+}
+
+// Tasks runs one Master for every task: the plain task always (with
+// Config.Watch, and the registry upkeep), and each named task of the task
+// list, started when it is listed and stopped when it is retired. The
+// plain task keeps the state directory itself; a named task NAME keeps
+// STATE/tasks/NAME. One peer server serves them all, a named task at
+// /v1/t/NAME/.
+type Tasks struct {
+	cfg     Config
+	list    TaskList
+	forTask func(name string) Coordinator
+	server  *peer.Server
+}
+
+// NewTasks returns the runner of every task: forTask gives the protocol
+// of one task.
+func NewTasks(cfg Config, list TaskList, forTask func(name string) Coordinator, server *peer.Server) *Tasks {
+	if cfg.Poll <= 0 {
+		cfg.Poll = time.Second
+	}
+	if cfg.Log == nil {
+		cfg.Log = logrus.New()
+	}
+	return &Tasks{cfg: cfg, list: list, forTask: forTask, server: server}
+}
+
+// TaskStateDir is where the master keeps the state of task name under its
+// state directory dir.
+func TaskStateDir(dir, name string) string {
+	if name == "" || name == coord.DefaultTask {
+		return dir
+	}
+	return filepath.Join(dir, "tasks", name)
+}
+
+// New builds the master of task name.
+func (t *Tasks) New(name string) (*Master, error) {
+	cfg := t.cfg
+	cfg.Task = name
+	cfg.StateDir = TaskStateDir(t.cfg.StateDir, name)
+	cfg.Overlap = func(ctx context.Context, path string) error { return t.overlap(ctx, name, path) }
+	if name != coord.DefaultTask {
+		cfg.Watch = nil // live mirroring is the plain task's
+		cfg.Log = cfg.Log.WithField("task", name)
+	}
+	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
+		return nil, fmt.Errorf("task %s: state directory: %w", name, err)
+	}
+	return New(cfg, t.forTask(name), t.server.Task(name))
+}
+
+// overlap refuses a path for task name on the hosts that is, or is under
+// or above, the path of another task's current generation: the two tasks
+// would write (and delete) each other's files, and each would repair the
+// other's writes as drift.
+func (t *Tasks) overlap(ctx context.Context, name, path string) error {
+	names, err := t.list.TaskNames(ctx)
+	if err != nil {
+		return err
+	}
+	for _, other := range append([]string{coord.DefaultTask}, names...) {
+		if other == name {
+			continue
+		}
+		g, err := t.forTask(other).Current(ctx)
+		if err != nil {
+			return err
+		}
+		if g.ID == 0 || g.State == coord.StateFailed || g.Path == "" {
+			continue
+		}
+		if p := g.LocalPath(); within(path, p) || within(p, path) {
+			return fmt.Errorf("path %s on the hosts overlaps task %s, which holds %s: two tasks would write each other's files; publish to another place (--dest), or retire task %s first", path, other, p, other)
+		}
+	}
+	return nil
+}
+
+// within reports whether path p is dir or under it (both clean and
+// absolute).
+func within(p, dir string) bool {
+	return p == dir || dir == "/" || strings.HasPrefix(p, dir+"/")
+}
+
+// runner is one task's master running under Run.
+type runner struct {
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+// Run runs the master of every listed task until ctx ends, reading the
+// task list every Poll and when told it changed.
+func (t *Tasks) Run(ctx context.Context) error {
+	var events <-chan string
+	if ev, err := t.list.SubscribeTasks(ctx); err != nil {
+		t.log().WithError(err).Warn("cannot subscribe to the task list; reading it every --poll")
+	} else {
+		defer ev.Close()
+		events = ev.C
+	}
+	runners := make(map[string]*runner)
+	stop := func(name string, r *runner) {
+		r.cancel()
+		<-r.done
+		delete(runners, name)
+		if name != coord.DefaultTask {
+			t.server.Drop(name)
+		}
+	}
+	defer func() {
+		for name, r := range runners {
+			stop(name, r)
+		}
+	}()
+	start := func(name string) error {
+		m, err := t.New(name)
+		if err != nil {
+			return err
+		}
+		rctx, cancel := context.WithCancel(ctx)
+		r := &runner{cancel: cancel, done: make(chan struct{})}
+		runners[name] = r
+		go func() {
+			defer close(r.done)
+			if err := m.Run(rctx); err != nil && rctx.Err() == nil {
+				t.log().WithError(err).WithField("task", name).Warn("task master ended")
+			}
+		}()
+		if name != coord.DefaultTask {
+			t.log().WithField("task", name).Info("publishing named task")
+		}
+		return nil
+	}
+	// The plain task's master runs whatever the task list says.
+	if err := start(coord.DefaultTask); err != nil {
+		return err
+	}
+	reconcile := func() {
+		names, err := t.list.TaskNames(ctx)
+		if err != nil {
+			if ctx.Err() == nil {
+				t.log().WithError(err).Warn("cannot read the task list; running the tasks it named before")
+			}
+			return
+		}
+		if len(names) > coord.MaxTasks {
+			t.log().WithField("tasks", len(names)).Warnf("more named tasks than the limit of %d; running the first %d by name", coord.MaxTasks, coord.MaxTasks)
+			names = names[:coord.MaxTasks]
+		}
+		want := map[string]bool{coord.DefaultTask: true}
+		for _, name := range names {
+			want[name] = true
+			if _, ok := runners[name]; !ok {
+				if err := start(name); err != nil {
+					t.log().WithError(err).WithField("task", name).Warn("cannot run the task; trying again at the next read of the task list")
+				}
+			}
+		}
+		for name, r := range runners {
+			if !want[name] {
+				stop(name, r)
+				t.log().WithField("task", name).Info("task retired; stopped publishing and serving it")
+			}
+		}
+	}
+	reconcile()
+	tick := time.NewTicker(t.cfg.Poll)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case name := <-events:
+			if name != "" {
+				if _, ok := runners[name]; ok {
+					continue // a generation of a task it runs
+				}
+			}
+			reconcile()
+		case <-tick.C:
+			reconcile()
+		}
+	}
+}
+
+func (t *Tasks) log() logrus.FieldLogger { return t.cfg.Log }
