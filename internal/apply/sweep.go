@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -26,7 +27,9 @@ type Swept struct {
 // is true) left under root by an interrupted Apply, but for the part files
 // (see PartPath) of the entries in keep: those an Apply about to run will
 // resume. It also sweeps root's parent directory itself (not its other
-// subdirectories), where a file task's temporary files live. Sweep never
+// subdirectories), where a file task's temporary files live: there only
+// those not modified for parentMinAge, as the directory may hold other
+// tasks' roots and their transfers. Sweep never
 // follows a symlink (it walks the tree as Apply does, one directory handle
 // at a time, and removes with unlinkat) and never removes a directory. A
 // missing root is not an error.
@@ -107,6 +110,12 @@ func (sw *sweeper) dir(fd int, osPath string, deep bool) error {
 			sw.out.Kept[p] = true // openPart checks it further
 			continue
 		}
+		if !deep && !stale(fd, name) {
+			// Root's parent is shared with other tasks' roots (named
+			// tasks side by side, file tasks in one directory): a
+			// temporary file there may be another task's, in flight.
+			continue
+		}
 		// unlinkat without AT_REMOVEDIR never removes a directory, even
 		// one swapped in since the lstat.
 		err = ignoringEINTR(func() error { return unix.Unlinkat(fd, name, 0) })
@@ -119,6 +128,21 @@ func (sw *sweeper) dir(fd int, osPath string, deep bool) error {
 		sw.out.Removed++
 	}
 	return nil
+}
+
+// parentMinAge is how old a temporary file in a root's parent directory
+// must be (not modified since) before Sweep removes it: one that is
+// younger may be another task's transfer in flight.
+const parentMinAge = time.Hour
+
+// stale reports whether the file name in the directory open as fd was
+// last modified more than parentMinAge ago (false when it cannot tell).
+func stale(fd int, name string) bool {
+	var st unix.Stat_t
+	if err := unix.Fstatat(fd, name, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		return false
+	}
+	return time.Since(time.Unix(st.Mtim.Unix())) > parentMinAge
 }
 
 // SyncFS flushes the file system that holds root (or, when root does not

@@ -100,3 +100,36 @@ func TestSweepCancelled(t *testing.T) {
 		t.Errorf("err = %v, want context.Canceled", err)
 	}
 }
+
+// TestSweepSparesSiblingsInFlight: in the root's parent, shared with other
+// tasks' roots, a temporary file modified within parentMinAge (another
+// task's transfer in flight) is kept; an older one is removed.
+func TestSweepSparesSiblingsInFlight(t *testing.T) {
+	base := t.TempDir()
+	root := filepath.Join(base, "app")
+	if err := os.Mkdir(root, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	fresh := filepath.Join(base, manifest.TempPrefix+"sibling-in-flight")
+	if err := os.WriteFile(fresh, []byte("being written"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	old := filepath.Join(base, manifest.TempPrefix+"left-by-a-crash")
+	writeFile(t, old, "stale", 0o600) // an mtime of 2001
+	inRoot := filepath.Join(root, manifest.TempPrefix+"mine")
+	if err := os.WriteFile(inRoot, []byte("fresh but under the root"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	sw, err := Sweep(context.Background(), root, nil)
+	if err != nil || sw.Removed != 2 {
+		t.Fatalf("Sweep = %+v, %v; want 2 removed", sw, err)
+	}
+	if _, err := os.Lstat(fresh); err != nil {
+		t.Errorf("a fresh temporary file beside the root was removed: %v", err)
+	}
+	for _, p := range []string{old, inRoot} {
+		if _, err := os.Lstat(p); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("%s not removed: %v", p, err)
+		}
+	}
+}

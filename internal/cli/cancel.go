@@ -33,7 +33,7 @@ go on.`)
 		return usageError("cancel takes at most one task NAME, got %d arguments", fs.NArg())
 	}
 	c.task = fs.Arg(0)
-	if err := c.checkTask(); err != nil {
+	if err := c.checkTask("cancel NAME"); err != nil {
 		return err
 	}
 	c.clientName = clientName("fanout-master-cancel", "")
@@ -89,7 +89,7 @@ retired: cancel it, or delete the task key.`)
 	if c.task == coord.DefaultTask {
 		return usageError("retire %s: the plain task cannot be retired; fanout-master cancel stops its generation", c.task)
 	}
-	if err := c.checkTask(); err != nil {
+	if err := c.checkTask("retire NAME"); err != nil {
 		return err
 	}
 	c.clientName = clientName("fanout-master-retire", "")

@@ -217,13 +217,14 @@ func (c *common) registerTask(fs *pflag.FlagSet, what string) {
 	fs.StringVar(&c.task, "name", "", what+" (default: the plain task, the task key; see publish --name)")
 }
 
-// checkTask validates --name.
-func (c *common) checkTask() error {
+// checkTask validates the task name, given as what (--name, or NAME for
+// an argument).
+func (c *common) checkTask(what string) error {
 	if c.task == "" || c.task == coord.DefaultTask {
 		c.task = ""
 		return nil
 	}
-	if err := coord.ValidTaskName("--name", c.task); err != nil {
+	if err := coord.ValidTaskName(what, c.task); err != nil {
 		return usageError("%v", err)
 	}
 	return nil

@@ -254,7 +254,7 @@ func masterPublish(ctx context.Context, args []string, e env) error {
 	if fs.NArg() != 1 {
 		return usageError("publish takes exactly one PATH, got %d arguments", fs.NArg())
 	}
-	if err := c.checkTask(); err != nil {
+	if err := c.checkTask("--name"); err != nil {
 		return err
 	}
 	switch {
@@ -331,11 +331,13 @@ func masterPublish(ctx context.Context, args []string, e env) error {
 	if err != nil {
 		return err
 	}
-	if err := co.SetTask(ctx, path, coord.TaskOptions{Delete: del, Compress: compress, Exclude: excludes, Dest: dest, Groups: groups, Atomic: keep, Switch: switchMode}); err != nil {
-		return fmt.Errorf("set task: %w", err)
-	}
+	// Listed first: a full task list refuses before any key is written
+	// (the master's runner of a new task reads the key when it starts).
 	if err := co.AddTask(ctx); err != nil {
 		return err
+	}
+	if err := co.SetTask(ctx, path, coord.TaskOptions{Delete: del, Compress: compress, Exclude: excludes, Dest: dest, Groups: groups, Atomic: keep, Switch: switchMode}); err != nil {
+		return fmt.Errorf("set task: %w", err)
 	}
 	what := "task"
 	if c.task != "" {
@@ -417,7 +419,7 @@ named default), its generation, and where every host stands.`)
 	}
 	c.task = fs.Arg(0)
 	one := c.task != ""
-	if err := c.checkTask(); err != nil {
+	if err := c.checkTask("status NAME"); err != nil {
 		return err
 	}
 	c.clientName = clientName("fanout-master-status", "")

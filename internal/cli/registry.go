@@ -38,7 +38,7 @@ func masterRegistry(ctx context.Context, cmd string, args []string, e env) error
 	if err := parse(fs, args, e); err != nil {
 		return err
 	}
-	if err := c.checkTask(); err != nil {
+	if err := c.checkTask("--name"); err != nil {
 		return err
 	}
 	want := 0
@@ -58,12 +58,14 @@ func masterRegistry(ctx context.Context, cmd string, args []string, e env) error
 	now := time.Now()
 	switch cmd {
 	case "forget":
-		// Every task keeps its own queues and heartbeats.
+		// Every task keeps its own queues and heartbeats; the named ones
+		// first, while the registry (the plain task's forget removes
+		// it) still says which zone and groups to clean.
 		names, err := co.TaskNames(ctx)
 		if err != nil {
 			return err
 		}
-		for _, name := range append([]string{coord.DefaultTask}, names...) {
+		for _, name := range append(names, coord.DefaultTask) {
 			if err := co.ForTask(name).Forget(ctx, fs.Arg(0)); err != nil {
 				return err
 			}

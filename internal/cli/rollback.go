@@ -3,7 +3,9 @@ package cli
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/fanout/fanout/internal/coord"
@@ -43,7 +45,7 @@ tree's place (path or --dest) whose tree differs from the current one.`)
 			c.task, args = args[0], args[1:]
 		}
 	}
-	if err := c.checkTask(); err != nil {
+	if err := c.checkTask("rollback NAME"); err != nil {
 		return err
 	}
 	if len(args) == 1 {
@@ -74,6 +76,16 @@ tree's place (path or --dest) whose tree differs from the current one.`)
 	}
 	if err := masterSpeaks(ctx, co, coord.ProtoAtomic, "rollback"); err != nil {
 		return err
+	}
+	if c.task != "" {
+		if err := masterSpeaks(ctx, co, coord.ProtoTasks, "rollback of a named task"); err != nil {
+			return err
+		}
+		if names, err := co.TaskNames(ctx); err != nil {
+			return err
+		} else if !slices.Contains(names, c.task) {
+			return fmt.Errorf("no task named %s (retired, or never published; named tasks: %s): publish --name %s first", c.task, dash(strings.Join(names, ", ")), c.task)
+		}
 	}
 	opts := coord.TaskOptions{
 		Delete: target.Delete, Dest: target.Dest, Groups: target.Groups, Atomic: max(target.Atomic, cur.Atomic),

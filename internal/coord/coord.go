@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"sort"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -480,8 +481,11 @@ func (c *Client) publish(ctx context.Context, g Generation, uploads int) (Genera
 	res, err := c.run(ctx, publishScript, g.Origin,
 		g.Path, flag(g.Delete), g.Digest, g.State, g.Error, g.Origin, g.OriginAddr,
 		g.Files, g.Bytes, uploads, eventsMax, g.ID, proto, g.OriginZone, flag(g.Compress), g.Dest, joinGroups(g.Groups),
-		g.Atomic, g.Rollback, g.Switch).Int64Slice()
+		g.Atomic, g.Rollback, g.Switch, c.keys.Name).Int64Slice()
 	if err != nil {
+		if strings.HasPrefix(err.Error(), "NOTASK ") {
+			return Generation{}, fmt.Errorf("publish generation of task %s: %w", c.keys.Name, ErrNoTask)
+		}
 		return Generation{}, fmt.Errorf("publish generation: %w", err)
 	}
 	g.ID, g.Published, g.Proto = res[0], time.UnixMilli(res[1]), proto
@@ -776,6 +780,10 @@ func (c *Client) hosts(info map[string]string, beats []redis.Z, now time.Time) [
 		}
 		h.ID = id
 		h.Proto = max(h.Proto, 1)
+		if c.keys.Name != "" && h.Proto < ProtoTasks && seen[id].IsZero() {
+			// A host too old for named tasks never runs this one.
+			continue
+		}
 		h.LastSeen = seen[id]
 		h.Alive = !h.LastSeen.IsZero() && h.LastSeen.After(cutoff)
 		out = append(out, h)

@@ -44,6 +44,15 @@ type Completion struct {
 	Switch   string   `json:"switch,omitempty"`
 }
 
+// LocalPath is where hosts wrote the generation: its destination, or its
+// path.
+func (c Completion) LocalPath() string {
+	if c.Dest != "" {
+		return c.Dest
+	}
+	return c.Path
+}
+
 // History returns the last n completions, newest first.
 func (c *Client) History(ctx context.Context, n int) ([]Completion, error) {
 	vals, err := c.rdb.LRange(ctx, c.keys.History(), 0, int64(n)-1).Result()

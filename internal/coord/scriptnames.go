@@ -17,6 +17,7 @@ var scriptNames = map[string]*script{
 	"forget":    forgetScript,
 	"release":   releaseScript,
 	"retire":    retireScript,
+	"addtask":   addTaskScript,
 }
 
 // ScriptName names the protocol script whose SHA1 is sha ("claim",

@@ -323,8 +323,15 @@ end
 // cleared: their entries of the last generation are no longer in the
 // global indexes, and claims drop them when they sample them.
 var publishScript = newScript(
-	[]string{"generation", "sync", "full", "part", "zfull", "zpart", "running", "finished", "claims", "leases", "failures", "bad", "lookup", "events", "progress", "holders", "dead", "strikes", "repairing", "repairs", "zbytes", "hooks", "starved", "rescue", "switched"}, `
+	[]string{"generation", "sync", "full", "part", "zfull", "zpart", "running", "finished", "claims", "leases", "failures", "bad", "lookup", "events", "progress", "holders", "dead", "strikes", "repairing", "repairs", "zbytes", "hooks", "starved", "rescue", "switched", "tasks"}, `
+-- A named task (ARGV[21]) is published only while it is in the task
+-- list: a master that was building it when it was retired publishes
+-- nothing.
+if (ARGV[21] or '') ~= '' and redis.call('SISMEMBER', K.tasks, ARGV[21]) == 0 then
+  return redis.error_reply('NOTASK task ' .. ARGV[21] .. ' is not in the task list (retired)')
+end
 local now = nowMS()
+redis.call('HDEL', K.generation, 'retired')
 local id = redis.call('HINCRBY', K.generation, 'id', 1)
 local floor = tonumber(ARGV[12])
 if id <= floor then

@@ -65,22 +65,36 @@ func (c *Client) TaskNames(ctx context.Context) ([]string, error) {
 	return names, nil
 }
 
+// ErrTooManyTasks says the task list holds MaxTasks names already.
+var ErrTooManyTasks = fmt.Errorf("the task list holds %d named tasks, the most daemons run: retire one first", MaxTasks)
+
 // AddTask lists this client's task in the tasks set and tells the daemons
-// (the plain task is always there: a no-op).
+// (the plain task is always there: a no-op). ErrTooManyTasks when the
+// list is full: a task past the limit would stop another on every host.
 func (c *Client) AddTask(ctx context.Context) error {
 	if c.keys.Name == "" {
 		return nil
 	}
-	_, err := c.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-		p.SAdd(ctx, c.keys.Tasks(), c.keys.Name)
-		p.Publish(ctx, c.keys.TasksChannel(), "add "+c.keys.Name)
-		return nil
-	})
+	n, err := c.runAt(ctx, addTaskScript, keyCtx{}, c.keys.Name, MaxTasks).Int64()
 	if err != nil {
 		return fmt.Errorf("add task %s to the task list: %w", c.keys.Name, err)
 	}
+	if n == 0 {
+		return fmt.Errorf("add task %s: %w", c.keys.Name, ErrTooManyTasks)
+	}
 	return nil
 }
+
+// addTaskScript adds a name to the task list unless it is full, and
+// tells the daemons. ARGV: name, max. 1 when listed.
+var addTaskScript = newScript([]string{"tasks"}, `
+if redis.call('SISMEMBER', K.tasks, ARGV[1]) == 0 then
+  if redis.call('SCARD', K.tasks) >= tonumber(ARGV[2]) then return 0 end
+  redis.call('SADD', K.tasks, ARGV[1])
+end
+redis.call('PUBLISH', K.tasks, 'add ' .. ARGV[1])
+return 1
+`)
 
 // ErrNoTask says a task named is not in the task list.
 var ErrNoTask = errors.New("no such task")
@@ -123,12 +137,14 @@ return 1
 
 // TaskEvents tells a daemon that runs every task which task's generation
 // may have changed, over one subscription: C receives the task's name
-// (DefaultTask for the plain task), or "" when the task list changed.
-// Like Notifications, messages may be lost: daemons still read now and
-// then.
+// (DefaultTask for the plain task), Changed (coalesced, never dropped
+// while the subscription lives) that the task list changed. Like
+// Notifications, messages may be lost in Redis: daemons still read now
+// and then.
 type TaskEvents struct {
-	C     <-chan string
-	close func() error
+	C       <-chan string
+	Changed <-chan struct{}
+	close   func() error
 }
 
 // Close ends the subscription.
@@ -150,6 +166,7 @@ func (c *Client) SubscribeTasks(ctx context.Context) (*TaskEvents, error) {
 		return nil, fmt.Errorf("subscribe to %s: %w", k.TasksChannel(), err)
 	}
 	out := make(chan string, 64)
+	changed := make(chan struct{}, 1)
 	msgs := ps.Channel(redis.WithChannelHealthCheckInterval(time.Minute))
 	go func() {
 		for {
@@ -162,21 +179,27 @@ func (c *Client) SubscribeTasks(ctx context.Context) (*TaskEvents, error) {
 					return
 				}
 				name, ok := k.channelTask(m.Channel)
-				if !ok {
-					continue
-				}
-				select {
-				case out <- name:
-				default: // full: the daemon reads everything soon anyway
+				switch {
+				case !ok:
+				case name == "":
+					select {
+					case changed <- struct{}{}:
+					default: // one is pending: it reads the whole list
+					}
+				default:
+					select {
+					case out <- name:
+					default: // full: each task's minion polls too
+					}
 				}
 			}
 		}
 	}()
-	return &TaskEvents{C: out, close: ps.Close}, nil
+	return &TaskEvents{C: out, Changed: changed, close: ps.Close}, nil
 }
 
 // channelTask maps a channel to the task it is about: a generations
-// channel to its task, the task list's channel to "".
+// channel to its task, the task list's channel to "" (see TaskEvents).
 func (k Keys) channelTask(ch string) (string, bool) {
 	if ch == k.TasksChannel() {
 		return "", true

@@ -350,13 +350,13 @@ func (l *Lab) WaitGeneration(ctx context.Context, after int64, progress func(coo
 }
 
 // Publish sets named task name to path with opts, as fanout-master
-// publish --name does: the task key, then the task list.
+// publish --name does: the task list, then the task key.
 func (l *Lab) Publish(ctx context.Context, name, path string, opts coord.TaskOptions) error {
 	co := l.Coord.ForTask(name)
-	if err := co.SetTask(ctx, path, opts); err != nil {
+	if err := co.AddTask(ctx); err != nil {
 		return err
 	}
-	return co.AddTask(ctx)
+	return co.SetTask(ctx, path, opts)
 }
 
 // WaitTask is WaitGeneration for task name.

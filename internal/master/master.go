@@ -55,9 +55,15 @@ type Config struct {
 	// and forgets silent hosts from the registry; Tasks sets it for each.
 	Task string
 	// Overlap, when set, checks that a task writing to path on the hosts
-	// would not write into another task's tree (see Tasks): such a task
-	// is rejected with its error.
-	Overlap func(ctx context.Context, path string) error
+	// would not write into another task's tree (see Tasks): a task it
+	// refuses (an *OverlapError) is rejected; another error (Redis) is
+	// retried at the next tick. done ends the check's reservation of
+	// path, once the task is published or rejected.
+	Overlap func(ctx context.Context, path string) (done func(), err error)
+	// ForgetTasks, when set, forgets a silent host from the other tasks
+	// (their heartbeats, queues and slots) before the plain task's master
+	// forgets it from the registry (see ForgetAfter).
+	ForgetTasks func(ctx context.Context, host string) error
 }
 
 // Snapshots serves what the master publishes: a peer.Server (the plain
@@ -79,6 +85,7 @@ type Coordinator interface {
 	Announce(ctx context.Context, origin string, r coord.Ref, uploads int) error
 	Wake(ctx context.Context, r coord.Ref) error
 	Complete(ctx context.Context, g coord.Generation, hosts int) (coord.Completion, bool, error)
+	History(ctx context.Context, n int) ([]coord.Completion, error)
 	OrderSwitch(ctx context.Context, r coord.Ref) (time.Time, error)
 	RegisterMaster(ctx context.Context, m coord.MasterInfo, ttl time.Duration) error
 	Reap(ctx context.Context) (int, error)
@@ -459,6 +466,11 @@ func (m *Master) forgetSilent(ctx context.Context) error {
 		return fmt.Errorf("find hosts to forget: %w", err)
 	}
 	for _, h := range hosts {
+		if m.cfg.ForgetTasks != nil {
+			if err := m.cfg.ForgetTasks(ctx, h); err != nil {
+				return err
+			}
+		}
 		if err := m.coord.Forget(ctx, h); err != nil {
 			return err
 		}
@@ -518,7 +530,16 @@ func (m *Master) publish(ctx context.Context, value string, opts coord.TaskOptio
 		if opts.Dest != "" {
 			local = opts.Dest
 		}
-		err = m.cfg.Overlap(ctx, local)
+		done, oerr := m.cfg.Overlap(ctx, local)
+		var overlap *OverlapError
+		switch {
+		case errors.As(oerr, &overlap):
+			err = oerr
+		case oerr != nil:
+			return fmt.Errorf("check the task's place against the other tasks: %w", oerr)
+		default:
+			defer done()
+		}
 	}
 	if err == nil {
 		var snap *peer.Snapshot
@@ -585,7 +606,9 @@ func (m *Master) offer(ctx context.Context, clean string, opts coord.TaskOptions
 	m.active = &published{Gen: g.ID, Digest: g.Digest, Path: clean, Dest: g.Dest, Groups: g.Groups, Delete: opts.Delete, Compress: opts.Compress, Exclude: opts.Exclude, Format: snap.Manifest.Format(), Atomic: g.Atomic, Switch: g.Switch}
 	m.watchPublished(old == nil || old.ref() != g.Ref(), g, snap)
 	m.cfg.Metrics.Published.Inc()
-	m.cfg.Metrics.Generation.Set(float64(g.ID))
+	if m.cfg.Task == coord.DefaultTask { // the gauge is the plain task's
+		m.cfg.Metrics.Generation.Set(float64(g.ID))
+	}
 	if err := m.remember(m.active); err != nil {
 		return err
 	}
@@ -632,7 +655,9 @@ func (m *Master) resume(ctx context.Context, g coord.Generation) error {
 	m.server.Set(snap)
 	m.active = &published{Gen: g.ID, Digest: g.Digest, Path: g.Path, Dest: g.Dest, Groups: g.Groups, Delete: g.Delete, Compress: g.Compress, Exclude: opts.Exclude, Format: snap.Manifest.Format(), Atomic: g.Atomic, Switch: g.Switch}
 	m.watchPublished(false, g, snap)
-	m.cfg.Metrics.Generation.Set(float64(g.ID))
+	if m.cfg.Task == coord.DefaultTask { // the gauge is the plain task's
+		m.cfg.Metrics.Generation.Set(float64(g.ID))
+	}
 	if m.last == nil || m.last.Gen < g.ID {
 		if err := m.remember(m.active); err != nil {
 			return err
@@ -841,7 +866,9 @@ func (m *Master) rollback(ctx context.Context, value string, opts coord.TaskOpti
 		m.active.Exclude, m.active.Compress = old.Exclude, old.Compress
 	}
 	m.cfg.Metrics.Published.Inc()
-	m.cfg.Metrics.Generation.Set(float64(g.ID))
+	if m.cfg.Task == coord.DefaultTask { // the gauge is the plain task's
+		m.cfg.Metrics.Generation.Set(float64(g.ID))
+	}
 	if err := m.remember(m.active); err != nil {
 		return err
 	}

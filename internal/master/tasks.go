@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/sirupsen/logrus"
@@ -31,6 +32,21 @@ type Tasks struct {
 	list    TaskList
 	forTask func(name string) Coordinator
 	server  *peer.Server
+
+	// pending maps a task to the place on the hosts its master is
+	// building a generation for, between the overlap check and the
+	// publish (guarded by mu): two tasks checked at once see each other.
+	mu      sync.Mutex
+	pending map[string]string
+}
+
+// OverlapError says a task's place on the hosts overlaps another task's.
+type OverlapError struct {
+	Path, Other, OtherPath string
+}
+
+func (e *OverlapError) Error() string {
+	return fmt.Sprintf("path %s on the hosts overlaps task %s, which holds %s: two tasks would write each other's files; publish to another place (--dest), or retire task %s first", e.Path, e.Other, e.OtherPath, e.Other)
 }
 
 // NewTasks returns the runner of every task: forTask gives the protocol
@@ -42,7 +58,7 @@ func NewTasks(cfg Config, list TaskList, forTask func(name string) Coordinator, 
 	if cfg.Log == nil {
 		cfg.Log = logrus.New()
 	}
-	return &Tasks{cfg: cfg, list: list, forTask: forTask, server: server}
+	return &Tasks{cfg: cfg, list: list, forTask: forTask, server: server, pending: make(map[string]string)}
 }
 
 // TaskStateDir is where the master keeps the state of task name under its
@@ -59,9 +75,12 @@ func (t *Tasks) New(name string) (*Master, error) {
 	cfg := t.cfg
 	cfg.Task = name
 	cfg.StateDir = TaskStateDir(t.cfg.StateDir, name)
-	cfg.Overlap = func(ctx context.Context, path string) error { return t.overlap(ctx, name, path) }
-	if name != coord.DefaultTask {
-		cfg.Watch = nil // live mirroring is the plain task's
+	cfg.Overlap = func(ctx context.Context, path string) (func(), error) { return t.overlap(ctx, name, path) }
+	if name == coord.DefaultTask {
+		cfg.ForgetTasks = t.forgetNamed
+	} else {
+		cfg.Watch = nil     // live mirroring is the plain task's
+		cfg.ForgetAfter = 0 // the plain task's master forgets for all
 		cfg.Log = cfg.Log.WithField("task", name)
 	}
 	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
@@ -71,27 +90,68 @@ func (t *Tasks) New(name string) (*Master, error) {
 }
 
 // overlap refuses a path for task name on the hosts that is, or is under
-// or above, the path of another task's current generation: the two tasks
+// or above, another task's place: that of its current generation (even a
+// failed one: hosts still hold the tree before it), of its last completed
+// one, or of the generation its master is building now. The two tasks
 // would write (and delete) each other's files, and each would repair the
-// other's writes as drift.
-func (t *Tasks) overlap(ctx context.Context, name, path string) error {
+// other's writes as drift. Unless refused, path is reserved for name
+// until done is called.
+func (t *Tasks) overlap(ctx context.Context, name, path string) (done func(), err error) {
 	names, err := t.list.TaskNames(ctx)
 	if err != nil {
-		return err
+		return nil, err
 	}
+	t.mu.Lock()
+	pending := make(map[string]string, len(t.pending))
+	for k, v := range t.pending {
+		pending[k] = v
+	}
+	t.mu.Unlock()
 	for _, other := range append([]string{coord.DefaultTask}, names...) {
 		if other == name {
 			continue
 		}
-		g, err := t.forTask(other).Current(ctx)
+		co := t.forTask(other)
+		g, err := co.Current(ctx)
 		if err != nil {
-			return err
+			return nil, err
 		}
-		if g.ID == 0 || g.State == coord.StateFailed || g.Path == "" {
-			continue
+		places := []string{g.LocalPath(), pending[other]}
+		if hist, err := co.History(ctx, 1); err != nil {
+			return nil, err
+		} else if len(hist) > 0 {
+			places = append(places, hist[0].LocalPath())
 		}
-		if p := g.LocalPath(); within(path, p) || within(p, path) {
-			return fmt.Errorf("path %s on the hosts overlaps task %s, which holds %s: two tasks would write each other's files; publish to another place (--dest), or retire task %s first", path, other, p, other)
+		for _, p := range places {
+			if p == "" || !filepath.IsAbs(p) || filepath.Clean(p) != p {
+				continue // none, or a rejected task's value as written
+			}
+			if within(path, p) || within(p, path) {
+				return nil, &OverlapError{Path: path, Other: other, OtherPath: p}
+			}
+		}
+	}
+	t.mu.Lock()
+	t.pending[name] = path
+	t.mu.Unlock()
+	return func() {
+		t.mu.Lock()
+		delete(t.pending, name)
+		t.mu.Unlock()
+	}, nil
+}
+
+// forgetNamed forgets host from every named task (its heartbeats, queues
+// and slots there), before the plain task's master forgets it from the
+// registry, whose record of the host's zone and groups those need.
+func (t *Tasks) forgetNamed(ctx context.Context, host string) error {
+	names, err := t.list.TaskNames(ctx)
+	if err != nil {
+		return err
+	}
+	for _, name := range names {
+		if err := t.forTask(name).Forget(ctx, host); err != nil {
+			return fmt.Errorf("forget %s from task %s: %w", host, name, err)
 		}
 	}
 	return nil
@@ -112,12 +172,12 @@ type runner struct {
 // Run runs the master of every listed task until ctx ends, reading the
 // task list every Poll and when told it changed.
 func (t *Tasks) Run(ctx context.Context) error {
-	var events <-chan string
+	var listChanged <-chan struct{}
 	if ev, err := t.list.SubscribeTasks(ctx); err != nil {
 		t.log().WithError(err).Warn("cannot subscribe to the task list; reading it every --poll")
 	} else {
 		defer ev.Close()
-		events = ev.C
+		listChanged = ev.Changed
 	}
 	runners := make(map[string]*runner)
 	stop := func(name string, r *runner) {
@@ -191,12 +251,7 @@ func (t *Tasks) Run(ctx context.Context) error {
 		select {
 		case <-ctx.Done():
 			return nil
-		case name := <-events:
-			if name != "" {
-				if _, ok := runners[name]; ok {
-					continue // a generation of a task it runs
-				}
-			}
+		case <-listChanged:
 			reconcile()
 		case <-tick.C:
 			reconcile()

@@ -307,7 +307,11 @@ func (o Outcome) String() string {
 // Run heartbeats and polls until ctx is cancelled. Errors of a single poll
 // are logged and retried; Run returns nil once ctx is done.
 func (m *Minion) Run(ctx context.Context) error {
-	m.watch = newTreeWatch(m.cfg.Log, !m.cfg.NoWatch, func(n int) { m.cfg.Metrics.WatchedDirs.Set(float64(n)) })
+	m.watch = newTreeWatch(m.cfg.Log, !m.cfg.NoWatch, func(n int) {
+		if m.cfg.Task == coord.DefaultTask { // the gauge is the plain task's
+			m.cfg.Metrics.WatchedDirs.Set(float64(n))
+		}
+	})
 	var wg sync.WaitGroup
 	wg.Add(2)
 	go func() {
@@ -740,7 +744,9 @@ func (m *Minion) announce(ctx context.Context, g coord.Generation) error {
 		m.held = &h
 		m.mu.Unlock()
 		m.server.Set(snapshot(m.cfg.Root, &h, enc, man))
-		m.cfg.Metrics.Generation.Set(float64(g.ID))
+		if m.cfg.Task == coord.DefaultTask { // the gauge is the plain task's
+			m.cfg.Metrics.Generation.Set(float64(g.ID))
+		}
 	}
 	// A hook that has not run for g on this host (a republish of content
 	// it held, a restart that interrupted the hook) runs after the finish

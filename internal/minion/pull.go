@@ -88,7 +88,9 @@ func (m *Minion) pull(ctx context.Context, g coord.Generation, cl coord.Claim) e
 	}
 	m.cfg.Metrics.PullDuration.Observe(time.Since(start).Seconds())
 	m.cfg.Metrics.FilesReceived.Add(float64(st.Files))
-	m.cfg.Metrics.Generation.Set(float64(g.ID))
+	if m.cfg.Task == coord.DefaultTask { // the gauge is the plain task's
+		m.cfg.Metrics.Generation.Set(float64(g.ID))
+	}
 	log.WithFields(logrus.Fields{
 		"files": st.Files, "bytes": st.Bytes, "removed": st.Removed,
 		"elapsed": time.Since(start).Round(time.Millisecond).String(),

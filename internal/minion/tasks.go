@@ -145,11 +145,12 @@ type runner struct {
 // cannot be built is logged and tried again at the next read of the list.
 func (t *Tasks) each(ctx context.Context, fn func(*Minion, context.Context) error) error {
 	var events <-chan string
+	var listChanged <-chan struct{}
 	if ev, err := t.list.SubscribeTasks(ctx); err != nil {
 		t.cfg.Log.WithError(err).Warn("cannot subscribe to the task list; reading it every minute, each task subscribing on its own")
 	} else {
 		defer ev.Close()
-		events = ev.C
+		events, listChanged = ev.C, ev.Changed
 		t.subscribed.Store(true)
 		defer t.subscribed.Store(false)
 	}
@@ -221,15 +222,19 @@ func (t *Tasks) each(ctx context.Context, fn func(*Minion, context.Context) erro
 		}
 	}
 	reconcile()
+	// The list is read again every idlePoll whatever the events: a lost
+	// retire message must not leave a task served for ever.
+	tick := time.NewTicker(jitter(max(t.cfg.Poll, idlePoll)))
+	defer tick.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
+		case <-listChanged:
+			reconcile()
+		case <-tick.C:
+			reconcile()
 		case name := <-events:
-			if name == "" {
-				reconcile()
-				continue
-			}
 			r, ok := runners[name]
 			if !ok {
 				// A generation of a task not run yet: read the list.
@@ -240,8 +245,6 @@ func (t *Tasks) each(ctx context.Context, fn func(*Minion, context.Context) erro
 			case r.wake <- struct{}{}:
 			default:
 			}
-		case <-time.After(jitter(max(t.cfg.Poll, idlePoll))):
-			reconcile()
 		}
 	}
 }

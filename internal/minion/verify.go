@@ -110,7 +110,9 @@ func (m *Minion) setVerified(rearm bool) {
 	m.mu.Unlock()
 	if cur := m.server.Current(); !wasVerified || cur == nil || cur.Gen != h.Gen || cur.Digest != h.Digest || cur.Incoming != nil {
 		m.server.Set(snapshot(m.cfg.Root, h, enc, man))
-		m.cfg.Metrics.Generation.Set(float64(h.Gen))
+		if m.cfg.Task == coord.DefaultTask { // the gauge is the plain task's
+			m.cfg.Metrics.Generation.Set(float64(h.Gen))
+		}
 	}
 	if m.watch != nil && rearm {
 		m.watch.arm(h.root(m.cfg.Root), man)

@@ -3,8 +3,9 @@
 // under a temporary directory. It distributes a generated sample tree,
 // prints live progress and a summary, checks every copy entry by entry, then
 // changes one file and shows that only that file moves, repairs a
-// host's drift, and deploys the tree as releases: an atomic switch, a
-// second release and a rollback. Run it with "make demo".
+// host's drift, deploys the tree as releases (an atomic switch, a second
+// release and a rollback), and runs two named tasks beside it, one for a
+// host group. Run it with "make demo".
 package main
 
 import (
@@ -114,7 +115,101 @@ func run(ctx context.Context, cfg lab.Config, big int64, small int, keep bool) e
 	if err := drift(ctx, l, src); err != nil {
 		return err
 	}
-	return releases(ctx, l, src)
+	if err := releases(ctx, l, src); err != nil {
+		return err
+	}
+	return tasks(ctx, l)
+}
+
+// tasks runs named tasks beside the plain one: a configuration tree for
+// every host and a site for the hosts of group web only, published at
+// once; it prints every task's progress until all are done, then checks
+// the copies.
+func tasks(ctx context.Context, l *lab.Lab) error {
+	web := l.Minions[:len(l.Minions)/2]
+	fmt.Printf("\n# minions 01-%02d restart with --group web\n", len(web))
+	for _, h := range web {
+		if err := h.Stop(); err != nil {
+			return err
+		}
+		h.Groups = []string{"web"}
+		if err := l.StartMinion(ctx, h); err != nil {
+			return err
+		}
+	}
+	trees := []struct {
+		name, path string
+		groups     []string
+		big        int64
+		small      int
+	}{
+		{"config", "/etc/app", nil, 0, 200},
+		{"site", "/srv/site", []string{"web"}, 8 << 20, 100},
+	}
+	for _, tr := range trees {
+		if err := lab.SampleTree(filepath.Join(l.Master.Root, tr.path), tr.big, tr.small); err != nil {
+			return err
+		}
+	}
+	start := time.Now()
+	for _, tr := range trees {
+		group := ""
+		if len(tr.groups) > 0 {
+			group = " --group " + strings.Join(tr.groups, ",")
+		}
+		fmt.Printf("$ fanout-master publish --name %s%s %s\n", tr.name, group, tr.path)
+		if err := l.Publish(ctx, tr.name, tr.path, coord.TaskOptions{Groups: tr.groups}); err != nil {
+			return err
+		}
+	}
+	names := []string{coord.DefaultTask, "config", "site"}
+	for last := ""; ; {
+		var lines []string
+		done := 0
+		for _, name := range names {
+			st, err := l.Coord.ForTask(name).Status(ctx)
+			if err != nil {
+				return err
+			}
+			groups := "every host"
+			if g := st.Generation.Groups; len(g) > 0 {
+				groups = "group " + strings.Join(g, ",")
+			}
+			lines = append(lines, fmt.Sprintf("  %-8s generation %d  %-7s  finished %d/%d  running %d  (%s)",
+				name, st.Generation.ID, st.State, len(st.Finished), len(st.Expected), len(st.Running), groups))
+			if st.Generation.ID > 0 && st.Generation.State == coord.StateDone {
+				done++
+			}
+		}
+		if out := strings.Join(lines, "\n"); out != last {
+			fmt.Printf("  %.1fs\n%s\n", time.Since(start).Seconds(), out)
+			last = out
+		}
+		if done == len(names) {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+	for _, h := range l.Minions {
+		for _, tr := range trees {
+			dst := filepath.Join(h.Root, tr.path)
+			if len(tr.groups) > 0 && len(h.Groups) == 0 {
+				if _, err := os.Lstat(dst); err == nil {
+					return fmt.Errorf("%s, not in group web, received task %s", h.ID, tr.name)
+				}
+				continue
+			}
+			if err := lab.Compare(filepath.Join(l.Master.Root, tr.path), dst); err != nil {
+				return fmt.Errorf("%s, task %s: %w", h.ID, tr.name, err)
+			}
+		}
+	}
+	fmt.Printf("  verified: config on all %d hosts, site on the %d hosts of group web only, each task with its own generation, queues and status\n", len(l.Minions), len(web))
+	return nil
 }
 
 // releases deploys the tree as releases (publish --atomic): the first

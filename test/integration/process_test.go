@@ -279,6 +279,39 @@ func TestProcesses(t *testing.T) {
 	if out, err := run("cancel"); err == nil || !strings.Contains(out, "nothing to cancel") {
 		t.Errorf("cancel with nothing running: %v\n%s", err, out)
 	}
+	// A named task beside the plain one, through the daemons' task
+	// runners and the peer servers' /v1/t/NAME/ routes.
+	cfgSrc := filepath.Join(mroot, "/etc/app")
+	mustMkdir(t, cfgSrc)
+	if err := lab.SampleTree(cfgSrc, 64<<10, 8); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := run("publish", "--name", "appcfg", "--wait", "--timeout", "90s", "/etc/app"); err != nil || !strings.Contains(out, "task appcfg set to /etc/app") {
+		t.Fatalf("publish --name: %v\n%s", err, out)
+	}
+	for _, root := range roots {
+		if err := lab.Compare(cfgSrc, filepath.Join(root, "/etc/app")); err != nil {
+			t.Fatalf("named task on %s: %v", root, err)
+		}
+	}
+	if text, err := run("status"); err != nil || !strings.Contains(text, "== task default ==") || !strings.Contains(text, "== task appcfg ==") {
+		t.Errorf("status with a named task: %v\n%s", err, text)
+	}
+	out, err = run("status", "--json", "appcfg")
+	var named struct {
+		Name     string `json:"name"`
+		State    string `json:"state"`
+		Finished int    `json:"finished"`
+	}
+	if err != nil || json.Unmarshal([]byte(out), &named) != nil || named.Name != "appcfg" || named.State != "done" || named.Finished != 2 {
+		t.Errorf("status --json appcfg: %v\n%s", err, out)
+	}
+	if out, err := run("retire", "appcfg"); err != nil || !strings.Contains(out, "retired task appcfg") {
+		t.Fatalf("retire: %v\n%s", err, out)
+	}
+	if text, err := run("status"); err != nil || strings.Contains(text, "appcfg") {
+		t.Errorf("status after retire still names the task: %v\n%s", err, text)
+	}
 	// SIGTERM stops a minion cleanly (exit 0).
 	minions[0].Process.Signal(syscall.SIGTERM)
 	done := make(chan error, 1)
