@@ -522,3 +522,29 @@ func TestForgetAfterFlag(t *testing.T) {
 		}
 	}
 }
+
+// TestStatusHostsOutsideGroups: a host outside a generation's groups is
+// shown as not in the group, not as waiting; with no generation, hosts
+// are idle.
+func TestStatusHostsOutsideGroups(t *testing.T) {
+	now := time.Now()
+	hosts := []coord.Host{
+		{ID: "w1", Alive: true, LastSeen: now, Groups: []string{"web"}},
+		{ID: "x1", Alive: true, LastSeen: now},
+	}
+	st := coord.Status{Name: "site", Task: "/srv/site", State: coord.StateRunning, Now: now, Hosts: hosts,
+		Generation: coord.Generation{ID: 3, Path: "/srv/site", Groups: []string{"web"}, State: coord.StateRunning, Digest: strings.Repeat("a", 64)}}
+	got := map[string]string{}
+	for _, h := range toJSON(st, now).Hosts {
+		got[h.ID] = h.State
+	}
+	if got["w1"] != "waiting" || got["x1"] != "not in group" {
+		t.Errorf("host states %v", got)
+	}
+	idle := coord.Status{Name: "site", State: "idle", Now: now, Hosts: hosts}
+	for _, h := range toJSON(idle, now).Hosts {
+		if h.State != "idle" {
+			t.Errorf("no generation: %s is %s", h.ID, h.State)
+		}
+	}
+}
