@@ -524,7 +524,7 @@ func TestForgetAfterFlag(t *testing.T) {
 }
 
 // TestStatusHostsOutsideGroups: a host outside a generation's groups is
-// shown as not in the group, not as waiting; with no generation, hosts
+// shown as other-group, not as waiting; with no generation, hosts
 // are idle.
 func TestStatusHostsOutsideGroups(t *testing.T) {
 	now := time.Now()
@@ -538,7 +538,7 @@ func TestStatusHostsOutsideGroups(t *testing.T) {
 	for _, h := range toJSON(st, now).Hosts {
 		got[h.ID] = h.State
 	}
-	if got["w1"] != "waiting" || got["x1"] != "not in group" {
+	if got["w1"] != "waiting" || got["x1"] != "other-group" {
 		t.Errorf("host states %v", got)
 	}
 	idle := coord.Status{Name: "site", State: "idle", Now: now, Hosts: hosts}

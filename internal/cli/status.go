@@ -104,7 +104,7 @@ type watchJSON struct {
 type hostJSON struct {
 	ID       string    `json:"id"`
 	Addr     string    `json:"addr"`
-	State    string    `json:"state"` // finished, repairing, running, waiting, lost, idle (no generation), "not in group" (of the generation's groups)
+	State    string    `json:"state"` // finished, repairing, running, waiting, lost, idle (no generation), "other-group" (of the generation's groups)
 	Source   string    `json:"source,omitempty"`
 	LastSeen time.Time `json:"last_seen"`
 	Version  string    `json:"version,omitempty"`
@@ -190,7 +190,7 @@ func toJSON(st coord.Status, now time.Time) statusJSON {
 		case g.ID == 0:
 			hj.State = "idle" // no generation to wait for
 		case !coord.InGroups(h.Groups, g.Groups):
-			hj.State = "not in group" // neither pulls it nor is expected
+			hj.State = "other-group" // neither pulls it nor is expected
 		}
 		if f, ok := st.Failures[h.ID]; ok {
 			hj.Error = f.Error
