@@ -103,9 +103,21 @@ func (s *Server) serveBatch(w http.ResponseWriter, r *http.Request, v *view) err
 		return nil
 	}
 	body := s.bodyWriter(w, r)
+	rc := http.NewResponseController(w)
 	for _, i := range idx {
 		e := entries[i]
-		if err := s.sendWhole(body, r, sv, e); err != nil {
+		var out io.Writer = body
+		if in := sv.snap.Incoming; in != nil && in.Pending(e.Path) {
+			// This host is still receiving e: what the batch holds so
+			// far goes out before it waits, and e's bytes as they land.
+			// Left in the response's buffers, the files before e would
+			// wait for it, and a relay of small files would pass them on
+			// a batch at a time (each hop of a chain adding a batch's
+			// whole time) instead of file by file.
+			rc.Flush()
+			out = flushWriter{w: body, rc: rc}
+		}
+		if err := s.sendWhole(out, r, sv, e); err != nil {
 			if r.Context().Err() == nil {
 				s.cfg.Log.WithError(err).WithField("path", e.Path).Warn("batch broken off")
 			}

@@ -5,7 +5,11 @@ import (
 	"context"
 	"errors"
 	"slices"
+	"sync"
 	"testing"
+	"time"
+
+	"github.com/fanout/fanout/internal/manifest"
 )
 
 func TestIndices(t *testing.T) {
@@ -73,5 +77,62 @@ func TestBatch(t *testing.T) {
 	}
 	if _, err := env.client.Batch(context.Background(), env.addr, 7, []int{1}, &buf); !errors.Is(err, ErrStale) {
 		t.Errorf("batch of another generation: %v, want ErrStale", err)
+	}
+}
+
+// arrivedWriter collects what it is written and says when it holds n
+// bytes.
+type arrivedWriter struct {
+	mu   sync.Mutex
+	buf  bytes.Buffer
+	n    int
+	done chan struct{}
+}
+
+func (w *arrivedWriter) Write(b []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.buf.Write(b)
+	if w.buf.Len() >= w.n && w.done != nil {
+		close(w.done)
+		w.done = nil
+	}
+	return len(b), nil
+}
+
+// TestBatchRelaysFileByFile: a partial source answering a batch sends the
+// files it holds before it waits for one it is still receiving: a small
+// file ahead of a pending one reaches the puller before the pending one
+// lands (it used to wait in the response's buffer for the whole batch, so
+// each relay of a chain added a batch's time).
+func TestBatchRelaysFileByFile(t *testing.T) {
+	tr := newTree(t, 2)
+	m := tr.snap.Manifest
+	a, b := m.Entries[1], m.Entries[5] // a.txt (13 bytes), sub/b.bin
+	in := NewIncoming([]manifest.Entry{a, b}, time.Minute)
+	in.Settle([]manifest.Entry{b}) // a.txt is in place; b.bin still arriving
+	snap := *tr.snap
+	snap.Incoming = in
+	env := startPeer(t, &snap)
+	w := &arrivedWriter{n: len(tr.files["a.txt"]), done: make(chan struct{})}
+	first := w.done
+	errc := make(chan error, 1)
+	go func() {
+		_, err := env.client.Batch(context.Background(), env.addr, 2, []int{1, 5}, w)
+		errc <- err
+	}()
+	select {
+	case <-first:
+	case err := <-errc:
+		t.Fatalf("batch ended before b.bin landed: %v", err)
+	case <-time.After(20 * time.Second):
+		t.Fatal("a.txt, held by the source, did not reach the puller while b.bin was still arriving")
+	}
+	in.End(b, nil) // b.bin lands (its bytes are on disk already)
+	if err := <-errc; err != nil {
+		t.Fatal(err)
+	}
+	if want := slices.Concat(tr.files["a.txt"], tr.files["sub/b.bin"]); !bytes.Equal(w.buf.Bytes(), want) {
+		t.Fatalf("batch body: %d bytes, want %d", w.buf.Len(), len(want))
 	}
 }
