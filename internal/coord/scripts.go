@@ -450,17 +450,25 @@ local function usable(slot)
   end
   return src
 end
--- alone: nothing pulls from host (see above), so no cycle can close.
-local alone = false
-local slots = tonumber(ARGV[14] or '0') or 0
-if slots > 0 and slots <= 64 then
-  alone = true
-  -- At least aloneSlots: a host restarted mid-generation with fewer
+-- isAlone: nothing pulls from host (see above), so no cycle can close.
+-- Read once, when a candidate first needs a cycle check (a claim that
+-- finds no candidate, or only whole sources, never reads it), in one
+-- HMGET of the host's slots.
+local aloneKnown, aloneVal = false, false
+local function isAlone()
+  if aloneKnown then return aloneVal end
+  aloneKnown = true
+  local slots = tonumber(ARGV[14] or '0') or 0
+  if slots <= 0 or slots > 64 then return false end
+  -- At least ALONE_SLOTS: a host restarted mid-generation with fewer
   -- upload slots may still have a puller on a higher one.
-  for i = 0, math.max(slots, ALONE_SLOTS) - 1 do
-    if redis.call('HEXISTS', K.holders, host .. '#' .. i) == 1 then alone = false break end
+  local fields = {host .. '#' .. RESCUE}
+  for i = 0, math.max(slots, ALONE_SLOTS) - 1 do fields[#fields + 1] = host .. '#' .. i end
+  for _, v in ipairs(redis.call('HMGET', K.holders, unpack(fields))) do
+    if v then return false end
   end
-  if redis.call('HEXISTS', K.holders, host .. '#' .. RESCUE) == 1 then alone = false end
+  aloneVal = true
+  return true
 end
 local r = tonumber(ARGV[5])
 -- pick samples set; a zone index names the global index (of) its entries
@@ -478,7 +486,7 @@ local function pick(set, checkCycle, of)
         redis.call('SREM', set, m) -- a stale index entry
       else
         local src = usable(m)
-        if src and checkCycle and not acyclic and not alone and not whole(src) then
+        if src and checkCycle and not acyclic and not whole(src) and not isAlone() then
           local cycle, long = downstream(src)
           -- A slot at the end of a chain too long to follow is withdrawn:
           -- no claimer may take it, and every waiting host would walk the
