@@ -486,7 +486,7 @@ local function pick(set, checkCycle, of)
         redis.call('SREM', set, m) -- a stale index entry
       else
         local src = usable(m)
-        if src and checkCycle and not acyclic and not whole(src) and not isAlone() then
+        if src and checkCycle and not acyclic and not isAlone() and not whole(src) then
           local cycle, long = downstream(src)
           -- A slot at the end of a chain too long to follow is withdrawn:
           -- no claimer may take it, and every waiting host would walk the
