@@ -13,6 +13,7 @@ import (
 
 	"github.com/fanout/fanout/internal/coord"
 	"github.com/fanout/fanout/internal/peer"
+	"github.com/fanout/fanout/internal/statedir"
 )
 
 // TaskList is the part of the protocol that lists the named tasks.
@@ -61,20 +62,11 @@ func NewTasks(cfg Config, list TaskList, forTask func(name string) Coordinator, 
 	return &Tasks{cfg: cfg, list: list, forTask: forTask, server: server, pending: make(map[string]string)}
 }
 
-// TaskStateDir is where the master keeps the state of task name under its
-// state directory dir.
-func TaskStateDir(dir, name string) string {
-	if name == "" || name == coord.DefaultTask {
-		return dir
-	}
-	return filepath.Join(dir, "tasks", name)
-}
-
 // New builds the master of task name.
 func (t *Tasks) New(name string) (*Master, error) {
 	cfg := t.cfg
 	cfg.Task = name
-	cfg.StateDir = TaskStateDir(t.cfg.StateDir, name)
+	cfg.StateDir = statedir.ForTask(t.cfg.StateDir, name)
 	cfg.Overlap = func(ctx context.Context, path string) (func(), error) { return t.overlap(ctx, name, path) }
 	if name == coord.DefaultTask {
 		cfg.ForgetTasks = t.forgetNamed

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -14,6 +13,7 @@ import (
 
 	"github.com/fanout/fanout/internal/coord"
 	"github.com/fanout/fanout/internal/peer"
+	"github.com/fanout/fanout/internal/statedir"
 )
 
 // TaskList is the part of the protocol that lists the named tasks.
@@ -50,15 +50,6 @@ func NewTasks(cfg Config, list TaskList, forTask func(name string) Coordinator, 
 	return &Tasks{cfg: cfg, list: list, forTask: forTask, server: server, client: client}
 }
 
-// TaskStateDir is where a host keeps the state of task name under its
-// state directory dir.
-func TaskStateDir(dir, name string) string {
-	if name == "" || name == coord.DefaultTask {
-		return dir
-	}
-	return filepath.Join(dir, "tasks", name)
-}
-
 // Default builds the plain task's minion, which Run and Sync then run
 // (once: later calls return the same): the caller learns of a bad state
 // directory at once, and may watch the minion's progress.
@@ -81,7 +72,7 @@ func (t *Tasks) Default() (*Minion, error) {
 func (t *Tasks) New(name string, wake <-chan struct{}) (*Minion, error) {
 	cfg := t.cfg
 	cfg.Task = name
-	cfg.StateDir = TaskStateDir(t.cfg.StateDir, name)
+	cfg.StateDir = statedir.ForTask(t.cfg.StateDir, name)
 	cfg.Log = logFor(t.cfg.Log, name)
 	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
 		return nil, fmt.Errorf("task %s: state directory: %w", name, err)

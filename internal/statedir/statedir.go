@@ -169,3 +169,15 @@ func SyncDir(dir string) error {
 	}
 	return nil
 }
+
+// ForTask is where a daemon whose state directory is dir keeps the state
+// of task name: dir itself for the plain task ("" or "default", so a host
+// that upgrades to named tasks moves nothing), dir/tasks/NAME for a named
+// one. name must be a valid task name (coord.ValidTaskName): no separator,
+// no leading dot.
+func ForTask(dir, name string) string {
+	if name == "" || name == "default" {
+		return dir
+	}
+	return filepath.Join(dir, "tasks", name)
+}

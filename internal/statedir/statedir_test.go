@@ -109,3 +109,15 @@ func TestWriteFileAndRemove(t *testing.T) {
 		t.Errorf("left behind: %v", des)
 	}
 }
+
+func TestForTask(t *testing.T) {
+	for _, c := range []struct{ name, want string }{
+		{"", "/var/lib/fanout"},
+		{"default", "/var/lib/fanout"},
+		{"models", "/var/lib/fanout/tasks/models"},
+	} {
+		if got := ForTask("/var/lib/fanout", c.name); got != c.want {
+			t.Errorf("ForTask(%q) = %q, want %q", c.name, got, c.want)
+		}
+	}
+}
