@@ -165,9 +165,6 @@ type Coordinator interface {
 type Snapshots interface {
 	Set(snap *peer.Snapshot)
 	Current() *peer.Snapshot
-	// Expect makes requests for a generation wait for its Set (see
-	// peer.Server.Expect); 0 ends it.
-	Expect(gen int64)
 }
 
 // Minion is one host's fanout daemon for one task.
@@ -362,13 +359,9 @@ func (m *Minion) Run(ctx context.Context) error {
 			failures = 0
 			wait = jitter(max(m.cfg.Poll, idlePoll))
 		case out == Waiting && err == nil:
-			// No free source: in a large fleet, space the polls, spread
-			// over the whole interval. The hosts of a fleet learn of a
-			// generation at once and claim together; waiting within ±20%
-			// of 10 s, 10,000 of them claimed again together too, and
-			// left the slots offered meanwhile free for seconds.
+			// No free source: in a large fleet, space the polls.
 			failures = 0
-			wait = spread(waitingPoll(m.cfg.Poll, m.waiting.Load()))
+			wait = jitter(waitingPoll(m.cfg.Poll, m.waiting.Load()))
 		default:
 			failures = 0
 		}
@@ -832,12 +825,6 @@ func genKey(g coord.Generation) string {
 
 func jitter(d time.Duration) time.Duration {
 	return d*8/10 + rand.N(d*4/10+1)
-}
-
-// spread is a wait of d on average, drawn evenly from 0 to 2d: waits of
-// hosts that start together do not stay together.
-func spread(d time.Duration) time.Duration {
-	return rand.N(2*d + 1)
 }
 
 // Serve is the serve-only mode: it heartbeats and serves what this host

@@ -66,9 +66,12 @@ func (m *Minion) transferModel(ctx context.Context, g coord.Generation, src *sou
 		src.sw.active.Store(true)
 		src.sw.grow(ctx)
 	}
-	pipelined := m.pipelines()
-	if pipelined { // offered already (transfer)
+	pipelined := m.cfg.Pipeline && m.uploads() > 0
+	if pipelined {
 		m.server.Set(&peer.Snapshot{Gen: g.ID, Digest: g.Digest, Encoded: enc, Manifest: remote, Root: taskRoot(m.cfg.Root, g.LocalPath())})
+		if err := m.coord.OfferSlots(ctx, m.cfg.ID, g.Ref(), m.uploads(), false); err != nil {
+			m.cfg.Log.WithError(err).Warn("could not offer this host as a partial source")
+		}
 	}
 	err = m.cfg.Model.Pull(ctx, ModelPull{
 		Host: m.cfg.ID, Gen: g, Sources: src.sw.plainSources,

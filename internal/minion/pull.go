@@ -219,23 +219,13 @@ func (m *Minion) watchLoop(ctx context.Context, src *source, cancel context.Canc
 // transfer does the pull itself: manifest, diff, apply, then records and
 // serves the new copy.
 //
-// A pipelining host offers its slots as soon as it claimed its source,
-// and serves the generation from the moment it has the manifest: the
-// manifest at once (a request that came earlier waits for it, see
-// peer.Server.Expect), each file once the plan says it is in place or as
-// its chunks land (peer.Incoming, settled when the plan is known). So the
-// next host of a chain claims it while this one fetches the manifest,
-// and scans its own tree while this one scans: a hop of the chain costs
-// a claim, not a manifest request and a scan of the tree.
+// A pipelining host serves the generation from the moment it has the
+// manifest: the manifest at once, each file once the plan says it is in
+// place or as its chunks land (peer.Incoming, settled when the plan is
+// known), and it offers its slots then. So the next host of a chain
+// claims it and scans its own tree while this one scans: a hop of the
+// chain costs a manifest request, not a scan of the tree.
 func (m *Minion) transfer(ctx context.Context, g coord.Generation, src *source) (_ apply.Stats, err error) {
-	if m.pipelines() {
-		m.offerEarly(ctx, g)
-		defer func() {
-			if err != nil {
-				m.server.Expect(0) // requests waiting for the manifest fail now
-			}
-		}()
-	}
 	if m.cfg.Model != nil {
 		return m.transferModel(ctx, g, src)
 	}
@@ -272,7 +262,7 @@ func (m *Minion) transfer(ctx context.Context, g coord.Generation, src *source) 
 		release = releaseName(g.Digest)
 	}
 	var incoming *peer.Incoming
-	if m.pipelines() {
+	if m.cfg.Pipeline && m.uploads() > 0 {
 		var files []manifest.Entry
 		for _, e := range remote.Entries {
 			if e.Type == manifest.File {
@@ -287,6 +277,17 @@ func (m *Minion) transfer(ctx context.Context, g coord.Generation, src *source) 
 			}
 		}()
 		m.server.Set(&peer.Snapshot{Gen: g.ID, Digest: g.Digest, Encoded: enc, Manifest: remote, Root: root, Incoming: incoming})
+		var oerr error
+		if remote.Chunking != nil && m.cfg.Sources > 1 {
+			// Chunked pulls take several sources: the hosts two links
+			// below this one may claim its rescue slot (swarm.rescue).
+			oerr = m.coord.OfferPartial(ctx, m.cfg.ID, g.Ref(), m.uploads())
+		} else {
+			oerr = m.coord.OfferSlots(ctx, m.cfg.ID, g.Ref(), m.uploads(), false)
+		}
+		if oerr != nil {
+			m.cfg.Log.WithError(oerr).Warn("could not offer this host as a partial source")
+		}
 	}
 	if err := os.MkdirAll(filepath.Dir(root), 0o755); err != nil {
 		return apply.Stats{}, fmt.Errorf("create parent of %s: %w", root, err)
@@ -421,30 +422,6 @@ func (m *Minion) transfer(ctx context.Context, g coord.Generation, src *source) 
 		return st, err
 	}
 	return st, nil
-}
-
-// pipelines reports whether this host serves a generation while it pulls
-// it (pipelining, with upload slots).
-func (m *Minion) pipelines() bool { return m.cfg.Pipeline && m.uploads() > 0 }
-
-// offerEarly offers this host's slots for g, which it has just claimed a
-// source of, before it holds g's manifest: its peer server makes a
-// request for g wait for the manifest (Expect). With several sources a
-// pull is chunked (format 3): the hosts two links below this one may
-// claim its rescue slot too (swarm.rescue); a generation of an older
-// format never uses it. (The simulator's model offers no rescue slot,
-// as before.)
-func (m *Minion) offerEarly(ctx context.Context, g coord.Generation) {
-	m.server.Expect(g.ID)
-	var err error
-	if m.cfg.Sources > 1 && m.cfg.Model == nil {
-		err = m.coord.OfferPartial(ctx, m.cfg.ID, g.Ref(), m.uploads())
-	} else {
-		err = m.coord.OfferSlots(ctx, m.cfg.ID, g.Ref(), m.uploads(), false)
-	}
-	if err != nil {
-		m.cfg.Log.WithError(err).Warn("could not offer this host as a partial source")
-	}
 }
 
 // fetchManifest fetches generation g's manifest from the source of cl. A

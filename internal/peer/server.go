@@ -1,7 +1,6 @@
 package peer
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -87,18 +86,7 @@ type view struct {
 	// verify, when set, checks served bytes against the manifest (see
 	// VerifyServed) and is told of a file that changed on disk.
 	verify atomic.Pointer[func(string)]
-
-	mu sync.Mutex
-	// expect is a generation this host offered itself as a source of
-	// before it holds its manifest (see Expect); 0: none.
-	expect int64
-	// wake is closed (and replaced) when cur or expect changes.
-	wake chan struct{}
 }
-
-// ExpectWait bounds how long a request for a generation the server
-// expects (Expect) waits for its snapshot.
-const ExpectWait = 5 * time.Second
 
 // served is a snapshot prepared for serving.
 type served struct {
@@ -181,85 +169,6 @@ const defaultTask = "default"
 // Set is Server.Set for this task.
 func (t *Task) Set(snap *Snapshot) { t.v.set(snap) }
 
-// Expect is Server.Expect for this task.
-func (t *Task) Expect(gen int64) { t.v.setExpect(gen) }
-
-// Await is Server.Await for this task.
-func (t *Task) Await(ctx context.Context, gen int64) *Snapshot {
-	return t.v.await(ctx, gen).snapOrNil()
-}
-
-// Expect says this host offered itself as a source of generation gen of
-// the plain task before it holds its manifest: a request for gen waits up
-// to ExpectWait for Set to bring it, rather than being refused, so a host
-// takes its place in a chain without waiting for its own manifest (the
-// host behind it asks while it is fetched). Expect(0), or a Set of gen,
-// ends it.
-func (s *Server) Expect(gen int64) { s.def.setExpect(gen) }
-
-// Await returns the plain task's snapshot of generation gen: at once, or,
-// while gen is expected (Expect), once Set brings it, up to ExpectWait;
-// nil when it is not served.
-func (s *Server) Await(ctx context.Context, gen int64) *Snapshot {
-	return s.def.await(ctx, gen).snapOrNil()
-}
-
-func (sv *served) snapOrNil() *Snapshot {
-	if sv == nil {
-		return nil
-	}
-	return sv.snap
-}
-
-func (v *view) setExpect(gen int64) {
-	v.mu.Lock()
-	defer v.mu.Unlock()
-	v.expect = gen
-	v.changedLocked()
-}
-
-// changedLocked wakes the requests waiting on v. The caller holds v.mu.
-func (v *view) changedLocked() {
-	if v.wake != nil {
-		close(v.wake)
-	}
-	v.wake = make(chan struct{})
-}
-
-// await returns the served snapshot of generation gen, waiting while gen
-// is expected, up to ExpectWait; the current one (or nil) otherwise.
-func (v *view) await(ctx context.Context, gen int64) *served {
-	var timeout <-chan time.Time
-	for {
-		sv := v.cur.Load()
-		if sv != nil && sv.snap.Gen == gen {
-			return sv
-		}
-		v.mu.Lock()
-		if v.expect != gen || gen == 0 {
-			v.mu.Unlock()
-			return sv
-		}
-		if v.wake == nil {
-			v.wake = make(chan struct{})
-		}
-		wake := v.wake
-		v.mu.Unlock()
-		if timeout == nil {
-			t := time.NewTimer(ExpectWait)
-			defer t.Stop()
-			timeout = t.C
-		}
-		select {
-		case <-ctx.Done():
-			return sv
-		case <-timeout:
-			return v.cur.Load()
-		case <-wake:
-		}
-	}
-}
-
 // Current is Server.Current for this task.
 func (t *Task) Current() *Snapshot { return t.v.current() }
 
@@ -267,14 +176,6 @@ func (t *Task) Current() *Snapshot { return t.v.current() }
 func (t *Task) VerifyServed(changed func(path string)) { t.v.verifyServed(changed) }
 
 func (v *view) set(snap *Snapshot) {
-	defer func() {
-		v.mu.Lock()
-		if snap != nil && snap.Gen == v.expect {
-			v.expect = 0
-		}
-		v.changedLocked()
-		v.mu.Unlock()
-	}()
 	if snap == nil {
 		v.cur.Store(nil)
 		return
@@ -398,18 +299,18 @@ func (s *Server) request(r *http.Request, v *view) (url.Values, *served, error) 
 	if err != nil {
 		return nil, nil, errorf(http.StatusBadRequest, "bad query: %s", clip(err.Error()))
 	}
-	sv, err := snapshotFor(r.Context(), v, q)
+	sv, err := snapshotFor(v, q)
 	return q, sv, err
 }
 
 // snapshotFor returns the prepared snapshot if it is of the generation the
 // request's "gen" parameter names.
-func snapshotFor(ctx context.Context, v *view, q url.Values) (*served, error) {
+func snapshotFor(v *view, q url.Values) (*served, error) {
 	gen, err := strconv.ParseInt(q.Get("gen"), 10, 64)
 	if err != nil {
 		return nil, errorf(http.StatusBadRequest, "bad gen %s", quote(q.Get("gen")))
 	}
-	sv := v.await(ctx, gen)
+	sv := v.cur.Load()
 	switch {
 	case sv == nil:
 		return nil, errorf(http.StatusConflict, "generation %d not served: serving nothing", gen)

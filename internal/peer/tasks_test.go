@@ -3,11 +3,9 @@ package peer
 import (
 	"bytes"
 	"context"
-	"errors"
 	"net/http"
 	"strings"
 	"testing"
-	"time"
 )
 
 // TestNamedTaskRoutes: a named task's snapshot is served at /v1/t/NAME/
@@ -52,55 +50,5 @@ func TestNamedTaskRoutes(t *testing.T) {
 	}
 	if e.server.Current() != plain.snap {
 		t.Fatal("dropping a named task touched the plain one")
-	}
-}
-
-// TestExpectedGeneration: a request for a generation the server expects
-// (a host that offered itself as a source before it holds the manifest)
-// waits for Set and is answered with it; Expect(0) makes the waiting
-// requests fail at once; a generation not expected fails at once; and
-// Await sees what a request would.
-func TestExpectedGeneration(t *testing.T) {
-	tr := newTree(t, 4)
-	e := startPeer(t, nil)
-	ctx := context.Background()
-	e.server.Expect(4)
-	got := make(chan error, 1)
-	go func() {
-		b, err := e.client.Manifest(ctx, e.addr, 4)
-		if err == nil && !bytes.Equal(b, tr.snap.Encoded) {
-			err = errors.New("another manifest")
-		}
-		got <- err
-	}()
-	if _, err := e.client.Manifest(ctx, e.addr, 5); err == nil {
-		t.Fatal("a generation not expected was answered")
-	}
-	select {
-	case err := <-got:
-		t.Fatalf("the request for the expected generation returned before Set: %v", err)
-	case <-time.After(200 * time.Millisecond):
-	}
-	e.server.Set(nil) // dropping the old snapshot does not end the wait
-	e.server.Set(tr.snap)
-	if err := <-got; err != nil {
-		t.Fatalf("the waiting request: %v", err)
-	}
-	if s := e.server.Await(ctx, 4); s != tr.snap {
-		t.Fatal("Await does not return the snapshot Set")
-	}
-
-	e.server.Expect(6)
-	go func() {
-		_, err := e.client.Manifest(ctx, e.addr, 6)
-		got <- err
-	}()
-	time.Sleep(50 * time.Millisecond)
-	e.server.Expect(0) // the pull failed before it had the manifest
-	if err := <-got; err == nil {
-		t.Fatal("a request for a generation no longer expected was answered")
-	}
-	if s := e.server.Await(ctx, 6); s != tr.snap {
-		t.Fatalf("Await of a generation not served returns %v, want the current snapshot", s)
 	}
 }
