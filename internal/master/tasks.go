@@ -16,10 +16,12 @@ import (
 	"github.com/fanout/fanout/internal/statedir"
 )
 
-// TaskList is the part of the protocol that lists the named tasks.
+// TaskList is the part of the protocol that lists the named tasks; the
+// task list's channel (Keys.TasksChannel) says when it changed.
 type TaskList interface {
 	TaskNames(ctx context.Context) ([]string, error)
-	SubscribeTasks(ctx context.Context) (*coord.TaskEvents, error)
+	Subscribe(ctx context.Context, channels ...string) (*coord.Notifications, error)
+	Keys() coord.Keys
 }
 
 // Tasks runs one Master for every task: the plain task always (with
@@ -164,12 +166,14 @@ type runner struct {
 // Run runs the master of every listed task until ctx ends, reading the
 // task list every Poll and when told it changed.
 func (t *Tasks) Run(ctx context.Context) error {
+	// Only the task list's channel: each task's master subscribes to
+	// what it acts on itself.
 	var listChanged <-chan struct{}
-	if ev, err := t.list.SubscribeTasks(ctx); err != nil {
+	if n, err := t.list.Subscribe(ctx, t.list.Keys().TasksChannel()); err != nil {
 		t.log().WithError(err).Warn("cannot subscribe to the task list; reading it every --poll")
 	} else {
-		defer ev.Close()
-		listChanged = ev.Changed
+		defer n.Close()
+		listChanged = n.C
 	}
 	runners := make(map[string]*runner)
 	stop := func(name string, r *runner) {

@@ -306,6 +306,12 @@ func TestProcesses(t *testing.T) {
 	if err != nil || json.Unmarshal([]byte(out), &named) != nil || named.Name != "appcfg" || named.State != "done" || named.Finished != 2 {
 		t.Errorf("status --json appcfg: %v\n%s", err, out)
 	}
+	if out, err := run("cancel", "appcfg"); err == nil || !strings.Contains(out, "nothing to cancel") || !strings.Contains(out, "task appcfg") {
+		t.Errorf("cancel of a named task with nothing running: %v\n%s", err, out)
+	}
+	if out, err := run("rollback", "appcfg"); err == nil || !strings.Contains(out, "nothing to roll back") {
+		t.Errorf("rollback of a named task with one generation (the plain task has releases to go back to): %v\n%s", err, out)
+	}
 	if out, err := run("retire", "appcfg"); err != nil || !strings.Contains(out, "retired task appcfg") {
 		t.Fatalf("retire: %v\n%s", err, out)
 	}

@@ -19,7 +19,8 @@ import (
 // TestNamedTasks: three named tasks beside the plain one, one of them for
 // a host group, run at once; each completes with its own hosts (the
 // grouped one without the others), every copy identical. A host that
-// joins later receives all of them. A task whose path overlaps another's
+// joins later receives all of them. A task set with redis-cli alone is
+// found and reaches every host. A task whose path overlaps another's
 // is refused, naming it. A retired task stops: its hosts keep its tree,
 // the peer servers stop serving it, a new task key for it publishes
 // nothing, and status and the task list no longer name it.
@@ -106,6 +107,36 @@ func TestNamedTasks(t *testing.T) {
 				})
 			}
 			check(late)
+
+			// A task set with redis-cli alone (SADD tasks NAME, SET
+			// t:NAME:task PATH: no message on the tasks channel) is found
+			// by the master's read of the list, and the minions start it
+			// when its first generation is announced.
+			docs := filepath.Join(l.Master.Root, "/srv/docs")
+			mustMkdir(t, docs)
+			if err := lab.SampleTree(docs, 64<<10, 5); err != nil {
+				t.Fatal(err)
+			}
+			must(t, l.Redis.SAdd(ctx, l.Coord.Keys().Tasks(), "docs").Err())
+			must(t, l.Redis.Set(ctx, l.Coord.ForTask("docs").Keys().Task(), "/srv/docs", 0).Err())
+			all := append([]*lab.Host{late}, l.Minions...)
+			waitFor(ctx, t, "every host holds task docs, set with redis-cli", func() bool {
+				st, err := l.Coord.ForTask("docs").Status(ctx)
+				if err != nil {
+					return false
+				}
+				for _, h := range all {
+					if !slices.Contains(st.Finished, h.ID) {
+						return false
+					}
+				}
+				return true
+			})
+			for _, h := range all {
+				if err := lab.Compare(docs, filepath.Join(h.Root, "/srv/docs")); err != nil {
+					t.Fatalf("%s, task docs: %v", h.ID, err)
+				}
+			}
 
 			// Overlap: a task writing into another task's tree is refused.
 			src := filepath.Join(l.Master.Root, "/data/models/big/sub")
