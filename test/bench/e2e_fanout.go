@@ -47,7 +47,7 @@ func (b *bench) e2eFanout(ctx context.Context, env *e2eEnv) (toolRun, error) {
 		return run, notApplicable{"--bwlimit caps a host's upload and download together: no upload-only slow host without the testbed"}
 	}
 	dir := env.runDir
-	f, err := fleet.New(fleet.Config{Dir: dir, Bin: b.cfg.Bin, RedisURL: env.redis.URL})
+	f, err := fleet.New(fleet.Config{Dir: dir, Bin: b.cfg.Bin, RedisURL: env.redis.URL, Args: b.cfg.FanoutArgs})
 	if err != nil {
 		return run, err
 	}
@@ -68,9 +68,9 @@ func (b *bench) e2eFanout(ctx context.Context, env *e2eEnv) (toolRun, error) {
 		run.Command = fmt.Sprintf("netbed.sh up %d %d; redis-server --bind %s --protected-mode no; "+
 			"ip netns exec fb0 fanout-master run --redis %s --listen %s --advertise %s --secret-file %s --root R0 --state-dir S0; "+
 			"for I in 1..%d: ip netns exec fbI fanout-minion run --redis %s --listen 10.250.0.(I+2)%s --advertise 10.250.0.(I+2)%s --secret-file %s --root RI --state-dir SI; "+
-			"redis-cli SET task %s (MULTI with TIME)",
+			"redis-cli SET task %s (MULTI with TIME)%s",
 			row.N, row.Rate>>20, netbedRootIP, env.redis.URL, netbedIP(0)+port, netbedIP(0)+port, secret,
-			row.N, env.redis.URL, port, port, secret, e2eTask)
+			row.N, env.redis.URL, port, port, secret, e2eTask, extraArgs(b.cfg.FanoutArgs))
 	} else {
 		limit := func(i int) string {
 			if row.Slow == SlowBoth && i == env.slowHost {
@@ -86,8 +86,8 @@ func (b *bench) e2eFanout(ctx context.Context, env *e2eEnv) (toolRun, error) {
 				return run, err
 			}
 		}
-		run.Command = fmt.Sprintf("fanout-master run --bwlimit %s; %d × fanout-minion run --bwlimit %s (KiB/s; host %d: %s when slow), loopback; redis-cli SET task %s",
-			limit(0), row.N, limit(1), env.slowHost, limit(env.slowHost), e2eTask)
+		run.Command = fmt.Sprintf("fanout-master run --bwlimit %s; %d × fanout-minion run --bwlimit %s (KiB/s; host %d: %s when slow), loopback; redis-cli SET task %s%s",
+			limit(0), row.N, limit(1), env.slowHost, limit(env.slowHost), e2eTask, extraArgs(b.cfg.FanoutArgs))
 	}
 	rctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
@@ -287,4 +287,13 @@ func (p *perfRecord) stop(log io.Writer) {
 		<-p.done
 	}
 	fmt.Fprintf(log, "bench: perf profile of the fanout processes in %s (perf report -i %s --no-children --sort dso,sym)\n", p.out, p.out)
+}
+
+// extraArgs names the extra flags of every fanout process (-fanout-args)
+// in a row's command, or nothing.
+func extraArgs(args []string) string {
+	if len(args) == 0 {
+		return ""
+	}
+	return "; every fanout process with " + strings.Join(args, " ")
 }

@@ -74,6 +74,7 @@ type config struct {
 	QuietWait  time.Duration // benchmark 1: how long to wait for the machine to be quiet before each measurement
 	Repeat     int           // benchmark 1: runs of each measurement; the table gives the median and the range
 	Perf       string        // benchmark 1: perf record the fanout processes from SET to done into files with this prefix
+	FanoutArgs []string      // benchmark 1: extra flags of every fanout process (a diagnosis, e.g. --log-level debug)
 }
 
 // allParts are the benchmarks in the order they run.
@@ -116,6 +117,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.DurationVar(&cfg.QuietWait, "quiet-wait", 5*time.Minute, "e2e: wait up to this long for the machine's cores to be idle before each measurement (a shared machine)")
 	fs.IntVar(&cfg.Repeat, "repeat", 3, "e2e: runs of each tool in each row; the table gives the median run and the range")
 	fs.StringVar(&cfg.Perf, "perf", "", "e2e: perf record the fanout processes (kernel included) from SET to done, into PREFIX-ROW-RUN.data")
+	fanoutArgs := fs.String("fanout-args", "", "e2e: extra flags of every fanout process, space-separated (a diagnosis, e.g. \"--log-level debug\"; the figures then measure those flags)")
 	hosts := fs.String("hosts", "8,16,32", "fanout: minion counts")
 	modes := fs.String("modes", strings.Join([]string{ModeCentral, ModeDoubling, ModePipelined}, ","), "fanout: modes")
 	fanSize := fs.String("size", "64M", "fanout: data size S (rsync units: 64M = 64 MiB)")
@@ -138,6 +140,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	if fs.NArg() > 0 {
 		return cfg, fmt.Errorf("unexpected arguments %q", fs.Args())
 	}
+	cfg.FanoutArgs = strings.Fields(*fanoutArgs)
 	cfg.Parts = map[string]bool{}
 	for _, p := range splitList(*parts) {
 		if !contains(allParts, p) {
