@@ -271,10 +271,14 @@ func (j *job) signal() {
 
 // take picks the next run of consecutive chunks, of limit bytes at most
 // (one chunk at least), for a source that has the chunks have marks (nil:
-// all): chunks neither landed nor asked of another source. With none left it doubles a request in flight (the
-// endgame: the last chunks come from whichever source is faster). It
-// returns the run [i, k), or i == k when there is nothing for this source.
-func (j *job) take(have []bool, mine map[int]bool, limit int64) (int, int) {
+// all): chunks neither landed nor asked of another source. With none left
+// it doubles a request in flight (the endgame: the last chunks come from
+// whichever source is faster). It returns the run [i, k), or i == k when
+// there is nothing for this source. From the back (back), it takes the
+// run that ends at the last such chunk instead: a request that may be cut
+// off (a probe) then leaves no hole just ahead of the stream, which this
+// host's own pullers wait on (they stream the file in order).
+func (j *job) take(have []bool, mine map[int]bool, limit int64, back bool) (int, int) {
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	ok := func(i int, endgame bool) bool {
@@ -290,6 +294,23 @@ func (j *job) take(have []bool, mine map[int]bool, limit int64) (int, int) {
 		j.low++
 	}
 	for _, endgame := range []bool{false, true} {
+		if back {
+			for k := len(j.chunks) - 1; k >= j.low; k-- {
+				if !ok(k, endgame) {
+					continue
+				}
+				i, n := k, j.chunks[k].Len
+				for i > j.low && ok(i-1, endgame) && n+j.chunks[i-1].Len <= limit {
+					i--
+					n += j.chunks[i].Len
+				}
+				for x := i; x <= k; x++ {
+					j.inflight[x]++
+				}
+				return i, k + 1
+			}
+			continue
+		}
 		for i := j.low; i < len(j.chunks); i++ {
 			if !ok(i, endgame) {
 				continue
@@ -386,6 +407,12 @@ func (a *assembler) work(ctx context.Context, j *job, p *feed, errc chan<- error
 	// that brought nothing.
 	whole := !p.cl.Partial
 	silent := 0
+	var fetched, probes int64
+	opened := 0
+	defer func() {
+		a.m.cfg.Log.WithFields(logrus.Fields{"source": p.cl.Source, "slot": p.cl.Slot, "path": j.e.Path,
+			"bytes": fetched, "probes": probes, "gate_opened": opened}).Debug("done with a source for a file")
+	}()
 	mine := map[int]bool{} // chunks asked of p already (not twice in the endgame)
 	for ctx.Err() == nil && !j.complete() {
 		if !a.sw.holds(p) {
@@ -415,7 +442,11 @@ func (a *assembler) work(ctx context.Context, j *job, p *feed, errc chan<- error
 				gate.keep(time.Now())
 			}
 			if p.rescue && !whole {
+				was := gate.open
 				gate.update(prefixBytes(j.chunks, all, h), a.parentBytes(j), time.Now())
+				if gate.open && !was {
+					opened++
+				}
 			}
 		}
 		if p.rescue && whole && !lead {
@@ -443,7 +474,10 @@ func (a *assembler) work(ctx context.Context, j *job, p *feed, errc chan<- error
 		case probe:
 			limit = probeBytes
 		}
-		i, k := j.take(marks, mine, limit)
+		// A probe takes its run from the back of the file: cut off at
+		// probeTime, it leaves its chunks for later, and taken from just
+		// ahead of the stream it would stall every host behind this one.
+		i, k := j.take(marks, mine, limit, probe)
 		if i == k {
 			select { // nothing this source has: wait for a change
 			case <-ctx.Done():
@@ -477,6 +511,10 @@ func (a *assembler) work(ctx context.Context, j *job, p *feed, errc chan<- error
 		began := time.Now()
 		got, err := a.m.client.FetchChunks(rctx, p.cl.SourceAddr, a.sw.src.gen, j.e.Path, j.chunks[i].Off, chunkLens(j.chunks[i:k]), a.fetchOptions(ctx), w)
 		w.close() // the last chunks land (and count) while the request does
+		fetched += w.bytes
+		if probe {
+			probes++
+		}
 		if counted != nil {
 			p.end(req)
 		}

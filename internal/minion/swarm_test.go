@@ -137,11 +137,23 @@ func TestRunLimitAndTake(t *testing.T) {
 		chunks[i] = manifest.Chunk{Off: int64(i) * 100 << 10, Len: 100 << 10}
 	}
 	j := &job{chunks: chunks, done: make([]bool, 10), inflight: make([]int, 10), first: []int{0, 1, 2, 3, 4, 5, 6, 7, 8, 9}, changed: make(chan struct{}, 1)}
-	if i, k := j.take(nil, nil, 250<<10); i != 0 || k != 2 {
+	if i, k := j.take(nil, nil, 250<<10, false); i != 0 || k != 2 {
 		t.Fatalf("take(limit 250 KiB) = [%d, %d), want [0, 2)", i, k)
 	}
-	if i, k := j.take(nil, nil, 1); i != 2 || k != 3 {
+	if i, k := j.take(nil, nil, 1, false); i != 2 || k != 3 {
 		t.Fatalf("take(limit 1 B) = [%d, %d), want one chunk, [2, 3)", i, k)
+	}
+	// From the back (a probe): the run ending at the last free chunk,
+	// then the one before it; chunks a source does not have are skipped.
+	if i, k := j.take(nil, nil, 250<<10, true); i != 8 || k != 10 {
+		t.Fatalf("take(back, limit 250 KiB) = [%d, %d), want [8, 10)", i, k)
+	}
+	have := []bool{true, true, true, true, true, true, false, true, false, false}
+	if i, k := j.take(have, nil, 250<<10, true); i != 7 || k != 8 {
+		t.Fatalf("take(back, have) = [%d, %d), want [7, 8)", i, k)
+	}
+	if i, k := j.take(nil, nil, 1<<20, true); i != 3 || k != 7 {
+		t.Fatalf("take(back, limit 1 MiB) = [%d, %d), want the free run [3, 7)", i, k)
 	}
 }
 
