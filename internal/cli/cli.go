@@ -118,11 +118,14 @@ func (c *common) logger(w io.Writer) (*logrus.Logger, error) {
 		return nil, usageError("--log-level %q: use debug, info, warn or error", c.logLevel)
 	}
 	log.SetLevel(lvl)
+	// Milliseconds: a pull, a claim, a lead change happen within one
+	// second of each other, and Redis's events are in milliseconds too.
+	const stamp = "2006-01-02T15:04:05.000Z07:00"
 	switch c.logFormat {
 	case "text":
-		log.SetFormatter(&logrus.TextFormatter{FullTimestamp: true})
+		log.SetFormatter(&logrus.TextFormatter{FullTimestamp: true, TimestampFormat: stamp})
 	case "json":
-		log.SetFormatter(&logrus.JSONFormatter{})
+		log.SetFormatter(&logrus.JSONFormatter{TimestampFormat: stamp})
 	default:
 		return nil, usageError("--log-format %q: use text or json", c.logFormat)
 	}

@@ -446,6 +446,7 @@ func (a *assembler) work(ctx context.Context, j *job, p *feed, errc chan<- error
 				gate.update(prefixBytes(j.chunks, all, h), a.parentBytes(j), time.Now())
 				if gate.open && !was {
 					opened++
+					a.m.cfg.Log.WithFields(logrus.Fields{"source": p.cl.Source, "path": j.e.Path}).Debug("rescue gate opened: the grandparent's prefix grows several times as fast as the parent's")
 				}
 			}
 		}
