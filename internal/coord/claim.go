@@ -84,6 +84,14 @@ type ClaimOptions struct {
 	// Not when the grandparent is in another zone than the source: a
 	// rescue brings nothing across zones that the chain did not.
 	Rescue bool
+	// Queue: when no source is free, a first claim (not a repair) of a
+	// host from which nothing pulls enters its zone's waiting queue, and
+	// the next slot freed in the zone is handed to it (claimed in its
+	// name, NoSourceError.Queued): the host, told on its wake channel
+	// (Keys.WakeChannel), claims again to take it up. Only for a host
+	// that listens on that channel; it still claims now and then, for
+	// slots of other zones and of sources built before hand-offs.
+	Queue bool
 }
 
 // RescueSlot numbers the rescue slot a partial source offers besides its
@@ -98,7 +106,11 @@ const RescueSlot = 64
 // ErrNoSource); Waiting is how many hosts wait for one, as Redis counts
 // them (discovered the generation, neither pulling nor finished), so a
 // large fleet's waiting hosts can space their polls.
-type NoSourceError struct{ Waiting int64 }
+type NoSourceError struct {
+	Waiting int64
+	// Queued: the host is in its zone's waiting queue (ClaimOptions.Queue).
+	Queued bool
+}
 
 // Error says that no slot was free and how many hosts wait.
 func (e *NoSourceError) Error() string {
@@ -121,7 +133,7 @@ func (c *Client) Claim(ctx context.Context, host string, gen Ref, o ClaimOptions
 	cid := claimID(host, o.Index)
 	res, err := c.run(ctx, claimScript, cid,
 		host, gen.ID, gen.Digest, c.cfg.LeaseTTL.Milliseconds(), rand.Uint32(), eventsMax, flag(o.Repair),
-		cid, flag(o.Acyclic), strings.Join(o.Avoid, ","), c.cfg.HostGrace.Milliseconds(), flag(o.SameZone), flag(o.Serves), o.Slots, flag(o.Rescue)).StringSlice()
+		cid, flag(o.Acyclic), strings.Join(o.Avoid, ","), c.cfg.HostGrace.Milliseconds(), flag(o.SameZone), flag(o.Serves), o.Slots, flag(o.Rescue), flag(o.Queue)).StringSlice()
 	if err != nil {
 		return Claim{}, fmt.Errorf("claim source: %w", err)
 	}
@@ -137,6 +149,7 @@ func (c *Client) Claim(ctx context.Context, host string, gen Ref, o ClaimOptions
 		if len(res) > 1 {
 			e.Waiting, _ = strconv.ParseInt(res[1], 10, 64)
 		}
+		e.Queued = len(res) > 2 && res[2] == "queued"
 		return Claim{}, e
 	}
 	src := res[1][:max(strings.LastIndexByte(res[1], '#'), 0)]

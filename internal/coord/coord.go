@@ -78,7 +78,10 @@ const MaxClaims = 16
 // Keys that no host must understand to work with the others do not raise
 // it: the hooks hash (hook results, see HookFormat) is read and written
 // only by hosts that know it, and its records carry their own format. Compression is another (see
-// TaskOptions.Compress).
+// TaskOptions.Compress). Hand-offs are another (the waiting queues and
+// wake channels, see ClaimOptions.Queue): a handed slot is an ordinary
+// claim record, which every script of protocol 7 reads as before, and a
+// host that does not queue finds free slots as before.
 const Proto = ProtoTasks
 
 // ProtoTasks is the protocol that added named tasks (keys under

@@ -226,6 +226,29 @@ func (k Keys) SyncPartialZone(zone string) string { return k.scope() + "sync_par
 // waits for theirs rather than bring the content across once more.
 func (k Keys) ZonePulling(zone string) string { return k.scope() + "zone_pulling:" + zone }
 
+// Waiting is the queue (sorted set, by Redis time of the last claim) of
+// hosts without a zone that wait for a source and listen on their wake
+// channel: a slot of a source without a zone, freed, is handed to the
+// first of them. Protocol 8.
+func (k Keys) Waiting() string { return k.scope() + "waiting" }
+
+// WaitingZone is Waiting for the hosts of zone: slots of that zone's
+// sources are handed to them.
+func (k Keys) WaitingZone(zone string) string { return k.scope() + "waiting:" + zone }
+
+// waiting is the waiting queue of zone ("" for none).
+func (k Keys) waiting(zone string) string {
+	if zone == "" {
+		return k.Waiting()
+	}
+	return k.WaitingZone(zone)
+}
+
+// WakeChannel is the pub/sub channel on which host is told that a slot
+// was handed to it (message "GEN SLOT"); it claims to take it up.
+// Protocol 8.
+func (k Keys) WakeChannel(host string) string { return k.scope() + "wake:" + host }
+
 // ZoneBytes maps a host id to the bytes it received in the current
 // generation from sources in another zone (both hosts with a zone, the
 // zones different); reset by each publish.

@@ -22,7 +22,7 @@ func newScript(keys []string, body string) *script {
 	var b strings.Builder
 	// Redis 5 and 6 need this before writes that follow TIME; on 7 it is
 	// a no-op.
-	fmt.Fprintf(&b, "redis.replicate_commands()\nlocal NAMED = %d\nlocal K = {", len(keys))
+	fmt.Fprintf(&b, "redis.replicate_commands()\nlocal NAMED, EVENTS_MAX = %d, %d\nlocal K = {", len(keys), eventsMax)
 	for i, k := range keys {
 		fmt.Fprintf(&b, "%s = KEYS[%d], ", k, i+1)
 	}
@@ -87,6 +87,12 @@ func (k Keys) named(name string, kc keyCtx) string {
 		return zoneKey(kc.srcZone, true)
 	case "szpart":
 		return zoneKey(kc.srcZone, false)
+	case "wait":
+		return k.Waiting()
+	case "zwait":
+		return k.waiting(kc.zone)
+	case "szwait":
+		return k.waiting(kc.srcZone)
 	case "zbytes":
 		return k.ZoneBytes()
 	case "zpull":
@@ -192,19 +198,96 @@ local function isWhole(src)
   return src == redis.call('HGET', K.generation, 'origin') or redis.call('SISMEMBER', K.finished, src) == 1
 end
 
+-- takeSlot withdraws slot from every free set. K.sync, K.full, K.part
+-- (and K.rescue, when declared)
+local function takeSlot(slot)
+  if K.rescue then redis.call('SREM', K.rescue, slot) end
+  redis.call('SREM', K.full, slot)
+  redis.call('SREM', K.part, slot)
+  return redis.call('SREM', K.sync, slot)
+end
+
+-- notify publishes msg on the channel prefix..name: the prefix is the
+-- generation key's (every script that notifies declares K.generation).
+local function notify(name, msg)
+  local prefix = string.sub(K.generation, 1, #K.generation - #'generation')
+  redis.call('PUBLISH', prefix .. name, msg)
+end
+
+-- event appends to the capped events stream. K.events
+local function event(maxlen, typ, host, gen, slot, msg)
+  redis.call('XADD', K.events, 'MAXLEN', '~', maxlen, '*',
+    'type', typ, 'host', host, 'gen', gen, 'slot', slot, 'msg', msg)
+end
+
+-- WAIT_MS: how long a waiting host's entry in a waiting queue (see
+-- handoff) stands after its last claim; it claims again within 30 polls.
+-- HANDOFF_MS: how long a slot handed to a waiting host is held for it
+-- before it takes the claim up; then the reaper ends the claim like an
+-- expired lease, and the slot goes to the next host waiting.
+local WAIT_MS, HANDOFF_MS = 35000, 5000
+
+-- handoff gives slot, just freed, to the host that has waited longest in
+-- the waiting queue wait (K.waiting, or a zone's, K.zwait or K.szwait: the
+-- zone of slot's source): it writes that host's claim (record, holder,
+-- running_queue, an expiry of HANDOFF_MS in the lease index) and tells it
+-- on its wake channel; the host's next claim takes it up (claimScript),
+-- with no search. So hosts that wait do not poll for slots, and a slot
+-- offered by the last link of a chain is the next link's at once. A queue
+-- entry that is stale, or names a host that found a source meanwhile, holds
+-- the generation, or is this slot's source, is dropped (a few at most per
+-- call: the rest age out). A host queues only while nothing pulls from it
+-- (see claimScript), so no slot handed to it closes a cycle; its slot #0
+-- is checked again here. Reports whether slot was handed.
+-- K.generation, K.claims, K.holders, K.running, K.finished, K.leases,
+-- K.events, K.sync, K.full, K.part
+local function handoff(slot, wait)
+  local g = redis.call('HMGET', K.generation, 'id', 'digest', 'state')
+  if not g[1] or not g[2] or g[3] == 'failed' then return false end
+  local src = slotSource(slot)
+  local now = nowMS()
+  for _ = 1, 4 do
+    local p = redis.call('ZPOPMIN', wait)
+    if #p == 0 then return false end
+    local w = p[1]
+    if tonumber(p[2]) >= now - WAIT_MS and w ~= src
+      and redis.call('HEXISTS', K.claims, w) == 0
+      and redis.call('SISMEMBER', K.finished, w) == 0
+      and not redis.call('HGET', K.holders, w .. '#0') then
+      local record = g[1] .. ' ' .. slot .. ' ' .. now .. ' ' .. g[2]
+      -- The queue's zone is the source's: "waiting:ZONE" in the task's scope.
+      local scope = string.sub(K.generation, 1, #K.generation - #'generation')
+      local zone = string.match(string.sub(wait, #scope + 1), '^waiting:(.+)$')
+      if zone then record = record .. ' ' .. zone end
+      takeSlot(slot)
+      redis.call('HSET', K.holders, slot, w)
+      redis.call('HSET', K.claims, w, record)
+      redis.call('SADD', K.running, w)
+      redis.call('ZADD', K.leases, now + HANDOFF_MS, w)
+      event(EVENTS_MAX, 'claim', w, g[1], slot, 'handed')
+      notify('wake:' .. w, g[1] .. ' ' .. slot)
+      return true
+    end
+  end
+  return false
+end
+
 -- freeSlot offers slot: synchronize_queue (the seed's set of free slots)
 -- and the index of free slots of whole or of partial sources, which claims
 -- sample in O(1); and the same index of the source's zone, zf and zp (the
 -- global ones when the source has no zone). K.sync, K.full, K.part
 -- A rescue slot returns to K.rescue (when the script declares it) while its
--- source is partial, or is the origin; a finished host offers none.
-local function freeSlot(slot, whole, zf, zp)
+-- source is partial, or is the origin; a finished host offers none. With
+-- wait (a waiting queue, see handoff), any other slot goes to the host
+-- that waited longest, if one waits.
+local function freeSlot(slot, whole, zf, zp, wait)
   if isRescue(slot) then
     if K.rescue and (not whole or (K.generation and slotSource(slot) == redis.call('HGET', K.generation, 'origin'))) then
       redis.call('SADD', K.rescue, slot)
     end
     return
   end
+  if wait and handoff(slot, wait) then return end
   redis.call('SADD', K.sync, slot)
   if whole then
     redis.call('SADD', K.full, slot)
@@ -222,15 +305,6 @@ local function freeSlot(slot, whole, zf, zp)
       redis.call('SREM', zf, slot)
     end
   end
-end
-
--- takeSlot withdraws slot from every free set. K.sync, K.full, K.part
--- (and K.rescue, when declared)
-local function takeSlot(slot)
-  if K.rescue then redis.call('SREM', K.rescue, slot) end
-  redis.call('SREM', K.full, slot)
-  redis.call('SREM', K.part, slot)
-  return redis.call('SREM', K.sync, slot)
 end
 
 -- claimed: slot is held by a claim whose record names it; a stale holder
@@ -262,9 +336,9 @@ local function offer(host, uploads, force, rescue)
     if not claimed(slot) then
       if force then
         redis.call('ZREM', K.dead, slot)
-        freeSlot(slot, whole, K.zfull, K.zpart)
+        freeSlot(slot, whole, K.zfull, K.zpart, K.zwait)
       elseif not redis.call('ZSCORE', K.dead, slot) then
-        freeSlot(slot, whole, K.zfull, K.zpart)
+        freeSlot(slot, whole, K.zfull, K.zpart, K.zwait)
       end
     end
   end
@@ -295,22 +369,10 @@ local function release(cid, id, digest, slot, giveBack)
   redis.call('ZREM', K.leases, cid)
   local src = slotSource(slot)
   if giveBack and src and isCurrent(id, digest) and redis.call('SISMEMBER', K.bad, src) == 0 then
-    freeSlot(slot, isWhole(src), K.szfull, K.szpart)
+    freeSlot(slot, isWhole(src), K.szfull, K.szpart, K.szwait)
   end
 end
 
--- notify publishes msg on the channel prefix..name: the prefix is the
--- generation key's (every script that notifies declares K.generation).
-local function notify(name, msg)
-  local prefix = string.sub(K.generation, 1, #K.generation - #'generation')
-  redis.call('PUBLISH', prefix .. name, msg)
-end
-
--- event appends to the capped events stream. K.events
-local function event(maxlen, typ, host, gen, slot, msg)
-  redis.call('XADD', K.events, 'MAXLEN', '~', maxlen, '*',
-    'type', typ, 'host', host, 'gen', gen, 'slot', slot, 'msg', msg)
-end
 `
 
 // publishScript starts a generation. Its id is one more than the last,
@@ -323,7 +385,7 @@ end
 // cleared: their entries of the last generation are no longer in the
 // global indexes, and claims drop them when they sample them.
 var publishScript = newScript(
-	[]string{"generation", "sync", "full", "part", "zfull", "zpart", "running", "finished", "claims", "leases", "failures", "bad", "lookup", "events", "progress", "holders", "dead", "strikes", "repairing", "repairs", "zbytes", "hooks", "starved", "rescue", "switched", "tasks"}, `
+	[]string{"generation", "sync", "full", "part", "zfull", "zpart", "running", "finished", "claims", "leases", "failures", "bad", "lookup", "events", "progress", "holders", "dead", "strikes", "repairing", "repairs", "zbytes", "hooks", "starved", "rescue", "switched", "tasks", "wait", "zwait"}, `
 -- A named task (ARGV[21]) is published only while it is in the task
 -- list: a master that was building it when it was retired publishes
 -- nothing.
@@ -344,7 +406,8 @@ redis.call('HSET', K.generation, 'path', ARGV[1], 'delete', ARGV[2], 'digest', A
   'origin_zone', ARGV[14] or '', 'compress', ARGV[15] or '0', 'dest', ARGV[16] or '', 'groups', ARGV[17] or '',
   'atomic', ARGV[18] or '0', 'rollback', ARGV[19] or '0', 'switch', ARGV[20] or '', 'switch_at', '0')
 redis.call('DEL', K.sync, K.full, K.part, K.running, K.finished, K.claims, K.leases, K.failures,
-  K.bad, K.lookup, K.progress, K.holders, K.dead, K.strikes, K.repairing, K.repairs, K.zbytes, K.hooks, K.starved, K.rescue, K.switched)
+  K.bad, K.lookup, K.progress, K.holders, K.dead, K.strikes, K.repairing, K.repairs, K.zbytes, K.hooks, K.starved, K.rescue, K.switched,
+  K.wait, K.zwait)
 if K.zfull ~= K.full then redis.call('DEL', K.zfull, K.zpart) end
 for i = 0, tonumber(ARGV[10]) - 1 do
   freeSlot(ARGV[6] .. '#' .. i, true, K.zfull, K.zpart)
@@ -392,11 +455,14 @@ return {id, now}
 // in its zone waits (nosource) for that host to offer its slots in the
 // zone (at once when pipelining), rather than bring the content across
 // once more. So one host of a zone crosses, and the zone chains from it.
+// Hand-offs: a claim that finds no source queues the host (ARGV queue = 1,
+// see none and handoff), and a claim that finds a slot handed to the host
+// takes it up, before any search.
 // ARGV: host, gen, digest, lease_ms, rand, maxlen, repair, cid, acyclic,
-// avoid, grace_ms, same_zone, serves, slots, rescue.
+// avoid, grace_ms, same_zone, serves, slots, rescue, queue.
 // Returns {'ok', slot, source addr, 'whole' or 'partial', source zone}.
 var claimScript = newScript(
-	[]string{"generation", "finished", "lease", "sync", "full", "part", "zfull", "zpart", "zpull", "bad", "running", "claims", "leases", "hosts", "heartbeats", "events", "holders", "repairing", "lookup", "starved", "rescue"}, `
+	[]string{"generation", "finished", "lease", "sync", "full", "part", "zfull", "zpart", "zpull", "bad", "running", "claims", "leases", "hosts", "heartbeats", "events", "holders", "repairing", "lookup", "starved", "rescue", "zwait"}, `
 local host, gen, digest, cid = ARGV[1], ARGV[2], ARGV[3], ARGV[8]
 -- STARVED_MS: how long a first claim that found no source counts as a
 -- host waiting (a waiting host claims again within 30 polls at most).
@@ -414,6 +480,42 @@ local now = nowMS()
 local cutoff = now - tonumber(ARGV[11])
 local function whole(src)
   return src == g[3] or redis.call('SISMEMBER', K.finished, src) == 1
+end
+-- answer is the reply for a claim of slot, whose source is src: the
+-- source's address and zone (the origin's are in the generation, every
+-- other host's in its registration) and whether it holds the whole
+-- generation.
+local function answer(slot, src)
+  local addr, zone = '', ''
+  if src == g[3] then addr, zone = g[4] or '', zoneOf(g[6]) end
+  if addr == '' or src ~= g[3] then
+    local info = redis.call('HGET', K.hosts, src)
+    if info then
+      local ok, h = pcall(cjson.decode, info)
+      if ok and type(h) == 'table' then
+        if addr == '' and type(h.addr) == 'string' then addr = h.addr end
+        if src ~= g[3] then zone = zoneOf(h.zone) end
+      end
+    end
+  end
+  local kind = 'partial'
+  if whole(src) then kind = 'whole' end
+  return {'ok', slot, addr, kind, zone}
+end
+local extra = string.find(cid, '/', 1, true) ~= nil
+-- A slot handed to this host while it waited (see handoff): its claim is
+-- written, its lease not yet; taking it up starts the lease.
+if not extra and ARGV[7] ~= '1' then
+  local c = redis.call('HGET', K.claims, cid)
+  if c then
+    local cg, cslot, _, cd = string.match(c, '^(%S+) (%S+) (%S+) (%S+)')
+    if cg == gen and cd == digest and redis.call('HGET', K.holders, cslot) == cid then
+      redis.call('SET', K.lease, gen .. ' ' .. cslot, 'PX', ARGV[4])
+      redis.call('ZADD', K.leases, now + tonumber(ARGV[4]), cid)
+      redis.call('ZREM', K.starved, host)
+      return answer(cslot, slotSource(cslot))
+    end
+  end
 end
 -- upstream returns the source h pulls from (its first claim) for this
 -- generation, if any.
@@ -509,12 +611,26 @@ local function waiting()
   local n = tonumber(redis.call('GET', K.lookup) or '0') - redis.call('SCARD', K.running) - redis.call('SCARD', K.finished)
   return tostring(math.max(n, 0))
 end
+-- none is the reply when there is no source for this claim. A first
+-- claim (not a repair) of a host that listens on its wake channel (ARGV
+-- queue = 1) and from which nothing pulls enters its zone's waiting
+-- queue: the next slot freed in the zone is handed to it (see handoff),
+-- and the reply says so ('queued'): it need not poll for one.
+local function none()
+  if extra then return {'nosource', waiting()} end
+  redis.call('ZADD', K.starved, now, host)
+  if ARGV[16] == '1' and ARGV[7] ~= '1' and isAlone() then
+    redis.call('ZREMRANGEBYSCORE', K.zwait, '-inf', '(' .. (now - WAIT_MS))
+    redis.call('ZADD', K.zwait, now, host)
+    return {'nosource', waiting(), 'queued'}
+  end
+  return {'nosource', waiting()}
+end
 -- An extra claim (a swarm's second source, cid "host/n") takes nothing
 -- while a host waits for its first (its last first claim found no source
 -- within starvedMS): a slot is worth more starting a pull (or the next
 -- link of a chain) than speeding one up. Entries of hosts that stopped
 -- claiming (dead, gone) age out.
-local extra = string.find(cid, '/', 1, true) ~= nil
 local zoned = K.zfull ~= K.full
 local slot
 -- A rescue claim (ARGV rescue = 1, an extra one) takes only the rescue
@@ -559,34 +675,22 @@ local function pulling()
   return false
 end
 if not slot and not (zoned and ARGV[12] == '1') then
-  if zoned and pulling() then return {'nosource', waiting()} end
+  if zoned and pulling() then return none() end
   slot = pick(K.full, false) or pick(K.part, true) or pick(K.sync, true)
 end
-if not slot then
-  if not extra then redis.call('ZADD', K.starved, now, host) end
-  return {'nosource', waiting()}
+if not slot then return none() end
+if not extra then
+  redis.call('ZREM', K.starved, host)
+  redis.call('ZREM', K.zwait, host)
 end
-if not extra then redis.call('ZREM', K.starved, host) end
 local src = slotSource(slot)
 takeSlot(slot)
 if zoned then
   redis.call('SREM', K.zfull, slot)
   redis.call('SREM', K.zpart, slot)
 end
--- The source's address and zone: the origin's are in the generation,
--- every other host's in its registration.
-local addr, zone = '', ''
-if src == g[3] then addr, zone = g[4] or '', zoneOf(g[6]) end
-if addr == '' or src ~= g[3] then
-  local info = redis.call('HGET', K.hosts, src)
-  if info then
-    local ok, h = pcall(cjson.decode, info)
-    if ok and type(h) == 'table' then
-      if addr == '' and type(h.addr) == 'string' then addr = h.addr end
-      if src ~= g[3] then zone = zoneOf(h.zone) end
-    end
-  end
-end
+local reply = answer(slot, src)
+local zone = reply[5]
 redis.call('HSET', K.holders, slot, cid)
 local typ = 'claim'
 if fin then
@@ -602,9 +706,7 @@ if zone ~= '' then record = record .. ' ' .. zone end
 redis.call('HSET', K.claims, cid, record)
 redis.call('ZADD', K.leases, now + tonumber(ARGV[4]), cid)
 event(ARGV[6], typ, host, gen, slot, '')
-local kind = 'partial'
-if whole(src) then kind = 'whole' end
-return {'ok', slot, addr, kind, zone}
+return reply
 `)
 
 // renewScript extends host's lease on slot, unless the generation was
@@ -664,7 +766,7 @@ return res
 // repairing.
 // ARGV: host, gen, digest, slot, uploads, maxlen, repaired, cid
 var finishScript = newScript(
-	[]string{"lease", "claims", "leases", "holders", "sync", "full", "part", "zfull", "zpart", "szfull", "szpart", "zpull", "bad", "generation", "running", "finished", "failures", "events", "dead", "strikes", "repairing", "repairs", "rescue"}, `
+	[]string{"lease", "claims", "leases", "holders", "sync", "full", "part", "zfull", "zpart", "szfull", "szpart", "zpull", "bad", "generation", "running", "finished", "failures", "events", "dead", "strikes", "repairing", "repairs", "rescue", "zwait", "szwait"}, `
 local host, gen, digest, slot = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 release(ARGV[8], gen, digest, slot, true)
 if not isCurrent(gen, digest) then return 0 end
@@ -705,7 +807,7 @@ return 1
 // ARGV: host, gen, digest, slot, verdict, failure_json, maxlen, reason,
 // switch, uploads, backoff_ms, backoff_max_ms, cid
 var failScript = newScript(
-	[]string{"lease", "claims", "leases", "holders", "sync", "full", "part", "zfull", "szfull", "szpart", "zpull", "bad", "generation", "running", "finished", "failures", "events", "dead", "strikes", "hosts", "rescue"}, `
+	[]string{"lease", "claims", "leases", "holders", "sync", "full", "part", "zfull", "szfull", "szpart", "zpull", "bad", "generation", "running", "finished", "failures", "events", "dead", "strikes", "hosts", "rescue", "szwait"}, `
 local host, gen, digest, slot = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local src = slotSource(slot) or ''
 local verdict = tonumber(ARGV[5])
@@ -781,7 +883,7 @@ return {due, zones}
 // K.szfull, K.szpart are the indexes of the zone the claim record names.
 // ARGV: cid, grace_ms, maxlen. Returns 1 when it expired the claim.
 var expireScript = newScript(
-	[]string{"lease", "claims", "leases", "running", "sync", "full", "part", "szfull", "szpart", "bad", "generation", "finished", "heartbeats", "holders", "events", "rescue"}, `
+	[]string{"lease", "claims", "leases", "running", "sync", "full", "part", "szfull", "szpart", "bad", "generation", "finished", "heartbeats", "holders", "events", "rescue", "szwait"}, `
 local cid = ARGV[1]
 local now = nowMS()
 local ttl = redis.call('PTTL', K.lease)
@@ -801,7 +903,7 @@ local cur = redis.call('HMGET', K.generation, 'id', 'origin', 'digest')
 local src = slot and slotSource(slot)
 if gen == cur[1] and (digest == '' or digest == cur[3]) and src and redis.call('SISMEMBER', K.bad, src) == 0 then
   local s = redis.call('ZSCORE', K.heartbeats, src)
-  if src == cur[2] or (s and tonumber(s) >= now - tonumber(ARGV[2])) then freeSlot(slot, isWhole(src), K.szfull, K.szpart) end
+  if src == cur[2] or (s and tonumber(s) >= now - tonumber(ARGV[2])) then freeSlot(slot, isWhole(src), K.szfull, K.szpart, K.szwait) end
 end
 event(ARGV[3], 'lease_expired', host, gen or '', slot or '', '')
 return 1
@@ -818,7 +920,7 @@ return 1
 // ARGV: host, info_json, gen, digest, uploads, maxlen, offer.
 // Returns {now_ms, 1 if it re-asserted a lost finish, id, digest, state}.
 var heartbeatScript = newScript(
-	[]string{"hosts", "heartbeats", "generation", "finished", "running", "sync", "full", "part", "zfull", "zpart", "holders", "claims", "dead", "bad", "events"}, `
+	[]string{"hosts", "heartbeats", "generation", "finished", "running", "sync", "full", "part", "zfull", "zpart", "holders", "claims", "dead", "bad", "events", "leases", "zwait"}, `
 local host = ARGV[1]
 local now = nowMS()
 if ARGV[2] ~= '' then redis.call('HSET', K.hosts, host, ARGV[2]) end
@@ -897,7 +999,7 @@ return 1
 // so the hosts it wakes find a source.
 // With rescue, a partial source or the origin also offers its rescue slot.
 // ARGV: host, gen, digest, uploads, force, announce, rescue
-var offerScript = newScript([]string{"generation", "finished", "sync", "full", "part", "zfull", "zpart", "holders", "claims", "dead", "bad", "rescue"}, `
+var offerScript = newScript([]string{"generation", "finished", "sync", "full", "part", "zfull", "zpart", "holders", "claims", "dead", "bad", "rescue", "running", "leases", "events", "zwait"}, `
 if not isCurrent(ARGV[2], ARGV[3]) then return 0 end
 if redis.call('SISMEMBER', K.bad, ARGV[1]) == 1 then return 0 end
 offer(ARGV[1], tonumber(ARGV[4]), ARGV[5] == '1', ARGV[7] == '1')
@@ -972,7 +1074,7 @@ return 1
 // needs (a slow source replaced, an extra source after the endgame): the
 // slot returns, nothing is recorded against the source.
 // ARGV: host, gen, digest, slot, maxlen, cid
-var releaseScript = newScript([]string{"lease", "claims", "leases", "holders", "sync", "full", "part", "zfull", "szfull", "szpart", "zpull", "bad", "generation", "finished", "events", "rescue"}, `
+var releaseScript = newScript([]string{"lease", "claims", "leases", "holders", "sync", "full", "part", "zfull", "szfull", "szpart", "zpull", "bad", "generation", "finished", "events", "rescue", "running", "szwait"}, `
 release(ARGV[6], ARGV[2], ARGV[3], ARGV[4], true)
 event(ARGV[5], 'release', ARGV[1], ARGV[2], ARGV[4], '')
 return 1

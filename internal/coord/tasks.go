@@ -145,15 +145,38 @@ type TaskEvents struct {
 	C       <-chan string
 	Changed <-chan struct{}
 	close   func() error
+
+	ps   *redis.PubSub
+	keys Keys
+	host string
 }
 
 // Close ends the subscription.
 func (t *TaskEvents) Close() error { return t.close() }
 
+// Wake adds task's wake channel for the host (Keys.WakeChannel) to the
+// subscription: a slot handed to the host for task arrives on C as the
+// task's name. An exact channel, not a pattern: Redis matches every
+// PUBLISH against every distinct pattern subscribed, and with one pattern
+// a host, 10,000 hosts made each PUBLISH cost milliseconds.
+func (t *TaskEvents) Wake(ctx context.Context, task string) error {
+	ch := t.keys.ForTask(task).WakeChannel(t.host)
+	if err := t.ps.Subscribe(ctx, ch); err != nil {
+		return fmt.Errorf("subscribe to %s: %w", ch, err)
+	}
+	return nil
+}
+
+// Unwake removes task's wake channel from the subscription.
+func (t *TaskEvents) Unwake(ctx context.Context, task string) error {
+	return t.ps.Unsubscribe(ctx, t.keys.ForTask(task).WakeChannel(t.host))
+}
+
 // SubscribeTasks subscribes, on one connection, to every task's
-// generations channel (a pattern) and to the task list's channel. It lives
-// until ctx ends or Close.
-func (c *Client) SubscribeTasks(ctx context.Context) (*TaskEvents, error) {
+// generations channel (a pattern, the same for every host) and to the task
+// list's channel; host's wake channels are added per task (Wake). It
+// lives until ctx ends or Close.
+func (c *Client) SubscribeTasks(ctx context.Context, host string) (*TaskEvents, error) {
 	k := c.keys.ForTask("")
 	pattern := globEscape(k.Prefix) + "*generations"
 	ps := c.rdb.PSubscribe(ctx, pattern)
@@ -178,7 +201,7 @@ func (c *Client) SubscribeTasks(ctx context.Context) (*TaskEvents, error) {
 				if !ok {
 					return
 				}
-				name, ok := k.channelTask(m.Channel)
+				name, ok := k.channelTask(m.Channel, host)
 				switch {
 				case !ok:
 				case name == "":
@@ -195,16 +218,17 @@ func (c *Client) SubscribeTasks(ctx context.Context) (*TaskEvents, error) {
 			}
 		}
 	}()
-	return &TaskEvents{C: out, Changed: changed, close: ps.Close}, nil
+	return &TaskEvents{C: out, Changed: changed, close: ps.Close, ps: ps, keys: k, host: host}, nil
 }
 
 // channelTask maps a channel to the task it is about: a generations
-// channel to its task, the task list's channel to "" (see TaskEvents).
-func (k Keys) channelTask(ch string) (string, bool) {
+// channel, or host's wake channel, to its task, the task list's channel
+// to "" (see TaskEvents).
+func (k Keys) channelTask(ch, host string) (string, bool) {
 	if ch == k.TasksChannel() {
 		return "", true
 	}
-	if ch == k.GenerationsChannel() {
+	if ch == k.GenerationsChannel() || ch == k.WakeChannel(host) {
 		return DefaultTask, true
 	}
 	rest, ok := strings.CutPrefix(ch, k.Prefix+"t:")
@@ -212,6 +236,9 @@ func (k Keys) channelTask(ch string) (string, bool) {
 		return "", false
 	}
 	name, ok := strings.CutSuffix(rest, ":generations")
+	if !ok {
+		name, ok = strings.CutSuffix(rest, ":wake:"+host)
+	}
 	if !ok || ValidTaskName("", name) != nil {
 		return "", false
 	}

@@ -47,8 +47,12 @@ func TestTaskKeys(t *testing.T) {
 		"{fanout}:t:a:b:generations":      "-",
 		"{fanout}:t:9lives:generations":   "-",
 		"{fanout}:t:web.v2_x:generations": "web.v2_x",
+		"{fanout}:wake:h1":                DefaultTask,
+		"{fanout}:t:models:wake:h1":       "models",
+		"{fanout}:wake:h2":                "-", // another host's
+		"{fanout}:t:models:wake:h2":       "-",
 	} {
-		got, ok := k.channelTask(ch)
+		got, ok := k.channelTask(ch, "h1")
 		if !ok {
 			got = "-"
 		}

@@ -229,6 +229,10 @@ type Minion struct {
 	// waiting is how many hosts waited for a source, as Redis counted
 	// them when this host's last claim found none (0 after a claim).
 	waiting atomic.Int64
+	// listens: Run holds this host's wake channel, so its claims may
+	// queue it for a slot (coord.ClaimOptions.Queue); queued: the last
+	// claim did (Step goroutine only).
+	listens, queued bool
 	// waitGen is the generation this host waits for a source for (nil
 	// when it does not), read from Redis at waitAt (Step goroutine only):
 	// see current.
@@ -325,12 +329,17 @@ func (m *Minion) Run(ctx context.Context) error {
 	defer wg.Wait()
 	// Told of each new generation at once (pub/sub), an idle host need not
 	// poll for it: it looks every idlePoll, for what a lost message hid.
+	// A slot handed to this host while it waits for a source comes on its
+	// wake channel, on the same subscription.
 	var published <-chan struct{}
-	if n, err := m.coord.Subscribe(ctx, m.coord.Keys().GenerationsChannel()); err != nil {
+	k := m.coord.Keys()
+	if n, err := m.coord.Subscribe(ctx, k.GenerationsChannel(), k.WakeChannel(m.cfg.ID)); err != nil {
 		m.cfg.Log.WithError(err).Warn("cannot subscribe to new generations; polling every --poll")
 	} else {
 		defer n.Close()
 		published = n.C
+		m.listens = true
+		defer func() { m.listens = false }()
 	}
 	failures := 0
 	for {
@@ -358,6 +367,12 @@ func (m *Minion) Run(ctx context.Context) error {
 		case (out == Holding || out == Idle || out == NotOurs) && published != nil && err == nil:
 			failures = 0
 			wait = jitter(max(m.cfg.Poll, idlePoll))
+		case out == Waiting && err == nil && m.queued && published != nil:
+			// Queued: the next slot freed is handed to this host and it
+			// is told (published). It still claims now and then, for a
+			// slot of another zone or of an older fanout.
+			failures = 0
+			wait = jitter(queuedPoll(m.cfg.Poll, m.waiting.Load()))
 		case out == Waiting && err == nil:
 			// No free source: in a large fleet, space the polls.
 			failures = 0
@@ -406,6 +421,16 @@ const minWaitingPoll = 50 * time.Millisecond
 func waitingPoll(poll time.Duration, waiting int64) time.Duration {
 	d := time.Duration(float64(poll) * float64(waiting) / fleetClaims)
 	return min(max(d, min(minWaitingPoll, poll)), 30*poll)
+}
+
+// queuedPoll is how long a queued host (see coord.ClaimOptions.Queue)
+// waits before it claims again, unless told of a slot: four times
+// waitingPoll, at least a poll and at most 30. It does not wait on that
+// claim for a slot (the queue hands it one): it claims for slots no queue
+// hands out (another zone's, an older fanout's, a hand-off whose message
+// was lost, which its next claim takes up).
+func queuedPoll(poll time.Duration, waiting int64) time.Duration {
+	return min(max(4*waitingPoll(poll, waiting), poll), 30*poll)
 }
 
 // settle is how long a burst of changes in the held tree may go on before
@@ -621,7 +646,7 @@ func (m *Minion) current(ctx context.Context) (coord.Generation, error) {
 // and repairs drift: it stays finished) and pulls through it; done is the
 // outcome of a pull that went through.
 func (m *Minion) claimAndPull(ctx context.Context, g coord.Generation, repair bool, done Outcome) (Outcome, error) {
-	cl, err := m.coord.Claim(ctx, m.cfg.ID, g.Ref(), coord.ClaimOptions{Repair: repair, Serves: m.uploads() > 0, Slots: m.heldUploads()})
+	cl, err := m.coord.Claim(ctx, m.cfg.ID, g.Ref(), coord.ClaimOptions{Repair: repair, Serves: m.uploads() > 0, Slots: m.heldUploads(), Queue: m.listens})
 	if errors.Is(err, coord.ErrFinished) {
 		// Redis lists this host as holding the generation, but its state
 		// does not (the state directory was wiped): verify the tree by
@@ -629,8 +654,10 @@ func (m *Minion) claimAndPull(ctx context.Context, g coord.Generation, repair bo
 		cl, err = m.coord.Claim(ctx, m.cfg.ID, g.Ref(), coord.ClaimOptions{Repair: true, Serves: m.uploads() > 0, Slots: m.heldUploads()})
 	}
 	var none *coord.NoSourceError
+	m.queued = false
 	if errors.As(err, &none) {
 		m.waiting.Store(none.Waiting)
+		m.queued = none.Queued
 	} else {
 		m.waiting.Store(0)
 	}

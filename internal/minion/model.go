@@ -69,7 +69,13 @@ func (m *Minion) transferModel(ctx context.Context, g coord.Generation, src *sou
 	pipelined := m.cfg.Pipeline && m.uploads() > 0
 	if pipelined {
 		m.server.Set(&peer.Snapshot{Gen: g.ID, Digest: g.Digest, Encoded: enc, Manifest: remote, Root: taskRoot(m.cfg.Root, g.LocalPath())})
-		if err := m.coord.OfferSlots(ctx, m.cfg.ID, g.Ref(), m.uploads(), false); err != nil {
+		var err error
+		if remote.Chunking != nil && m.cfg.Sources > 1 {
+			err = m.coord.OfferPartial(ctx, m.cfg.ID, g.Ref(), m.uploads()) // and its rescue slot, as transfer does
+		} else {
+			err = m.coord.OfferSlots(ctx, m.cfg.ID, g.Ref(), m.uploads(), false)
+		}
+		if err != nil {
 			m.cfg.Log.WithError(err).Warn("could not offer this host as a partial source")
 		}
 	}

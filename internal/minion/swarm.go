@@ -298,10 +298,18 @@ func (s *swarm) grow(ctx context.Context) {
 			if !errors.Is(err, coord.ErrNoSource) && !errors.Is(err, coord.ErrBusy) && ctx.Err() == nil {
 				s.m.cfg.Log.WithError(err).Debug("claim an extra source")
 			}
-			if errors.Is(err, coord.ErrNoSource) {
+			var none *coord.NoSourceError
+			if errors.As(err, &none) {
+				wait := growBackoff(s.misses + 1)
+				if none.Waiting > 0 {
+					// Extra claims take nothing while hosts wait for
+					// their first source (see coord.ClaimOptions.Index):
+					// ask again about when the waiting hosts would.
+					wait = max(wait, queuedPoll(s.m.cfg.Poll, none.Waiting))
+				}
 				s.mu.Lock()
 				s.misses++
-				s.nextGrow = time.Now().Add(growBackoff(s.misses))
+				s.nextGrow = time.Now().Add(wait)
 				s.mu.Unlock()
 			}
 			return // nothing free now: the next grow tries again

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -19,7 +20,7 @@ import (
 // TaskList is the part of the protocol that lists the named tasks.
 type TaskList interface {
 	TaskNames(ctx context.Context) ([]string, error)
-	SubscribeTasks(ctx context.Context) (*coord.TaskEvents, error)
+	SubscribeTasks(ctx context.Context, host string) (*coord.TaskEvents, error)
 }
 
 // Tasks runs one Minion for every task a host holds: the plain task
@@ -37,10 +38,13 @@ type Tasks struct {
 
 	// def is the plain task's minion once built (Default), woken by
 	// defWake; subscribed says Run holds the one subscription that wakes
-	// every task's minion.
+	// every task's minion, and listening names the tasks whose wake
+	// channel it holds too (see coord.TaskEvents.Wake).
 	def        *Minion
 	defWake    chan struct{}
 	subscribed atomic.Bool
+	mu         sync.Mutex
+	listening  map[string]bool
 }
 
 // NewTasks returns the runner of every task: forTask gives the protocol
@@ -79,25 +83,52 @@ func (t *Tasks) New(name string, wake <-chan struct{}) (*Minion, error) {
 	}
 	var co Coordinator = t.forTask(name)
 	if wake != nil {
-		co = notified{Coordinator: co, wake: wake, shared: &t.subscribed}
+		co = notified{Coordinator: co, wake: wake, shared: &t.subscribed,
+			wakeChannel: co.Keys().WakeChannel(cfg.ID), listening: func() bool { return t.isListening(name) }}
 	}
 	return New(cfg, co, t.server.Task(name), t.client.ForTask(name))
 }
 
 // notified is a task's Coordinator whose subscription is a share of one
 // subscription for every task (see Tasks.Run), or its own when that one
-// failed.
+// failed, or does not hold the task's wake channel (wakeChannel) that the
+// minion asks for.
 type notified struct {
 	Coordinator
-	wake   <-chan struct{}
-	shared *atomic.Bool
+	wake        <-chan struct{}
+	shared      *atomic.Bool
+	wakeChannel string
+	listening   func() bool
 }
 
 func (n notified) Subscribe(ctx context.Context, channels ...string) (*coord.Notifications, error) {
-	if !n.shared.Load() {
+	if !n.shared.Load() || (slices.Contains(channels, n.wakeChannel) && !n.listening()) {
 		return n.Coordinator.Subscribe(ctx, channels...)
 	}
 	return coord.SharedNotifications(n.wake, func() error { return nil }), nil
+}
+
+// isListening reports whether the shared subscription holds task name's
+// wake channel.
+func (t *Tasks) isListening(name string) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.listening[name]
+}
+
+// setListening records whether the shared subscription holds task name's
+// wake channel.
+func (t *Tasks) setListening(name string, on bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.listening == nil {
+		t.listening = map[string]bool{}
+	}
+	if on {
+		t.listening[name] = true
+	} else {
+		delete(t.listening, name)
+	}
 }
 
 // names lists the tasks to run: the plain task first, then the named
@@ -137,7 +168,8 @@ type runner struct {
 func (t *Tasks) each(ctx context.Context, fn func(*Minion, context.Context) error) error {
 	var events <-chan string
 	var listChanged <-chan struct{}
-	if ev, err := t.list.SubscribeTasks(ctx); err != nil {
+	ev, err := t.list.SubscribeTasks(ctx, t.cfg.ID)
+	if err != nil {
 		t.cfg.Log.WithError(err).Warn("cannot subscribe to the task list; reading it every minute, each task subscribing on its own")
 	} else {
 		defer ev.Close()
@@ -150,6 +182,12 @@ func (t *Tasks) each(ctx context.Context, fn func(*Minion, context.Context) erro
 		r.cancel()
 		<-r.done
 		delete(runners, name)
+		if ev != nil && t.isListening(name) {
+			t.setListening(name, false)
+			if err := ev.Unwake(ctx, name); err != nil && ctx.Err() == nil {
+				t.cfg.Log.WithError(err).WithField("task", name).Debug("unsubscribe from the wake channel")
+			}
+		}
 		if name != coord.DefaultTask {
 			t.server.Drop(name)
 		}
@@ -173,6 +211,16 @@ func (t *Tasks) each(ctx context.Context, fn func(*Minion, context.Context) erro
 		if err != nil {
 			t.cfg.Log.WithError(err).WithField("task", name).Warn("cannot run the task; trying again at the next read of the task list")
 			return
+		}
+		if ev != nil {
+			// Slots handed to this host for the task come on its wake
+			// channel; without it, the task's minion subscribes on its
+			// own (see notified).
+			if err := ev.Wake(ctx, name); err != nil {
+				t.cfg.Log.WithError(err).WithField("task", name).Warn("cannot listen for slots handed to this host on the shared subscription; the task subscribes on its own")
+			} else {
+				t.setListening(name, true)
+			}
 		}
 		rctx, cancel := context.WithCancel(ctx)
 		r := &runner{wake: wake, cancel: cancel, done: make(chan struct{})}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -24,30 +25,74 @@ import (
 // once a minute (coord.Subscribe), so the hub sends one PING a minute per
 // subscriber over the shared pool. Redis's PUBLISH writes to one socket
 // instead of N, once per generation: that the simulation leaves out.
+//
+// Each minion's wake channel (slots handed to it) is served by one
+// pattern subscription of the hub (runWakes), which wakes that minion
+// alone. Real minions subscribe to their wake channel by name; the one
+// pattern costs Redis a match per PUBLISH, about what a name lookup does.
 type hub struct {
 	channel string
+	wakes   func(host string) string // a host's wake channel
 
 	mu   sync.Mutex
 	subs map[chan struct{}]bool
+	wake map[string]chan struct{} // by wake channel
 }
 
-func newHub(channel string) *hub { return &hub{channel: channel, subs: map[chan struct{}]bool{}} }
+func newHub(channel string, wakes func(host string) string) *hub {
+	return &hub{channel: channel, wakes: wakes, subs: map[chan struct{}]bool{}, wake: map[string]chan struct{}{}}
+}
 
-// subscribe gives a minion its share of the subscription.
+// subscribe gives a minion its share of the subscription: the generations
+// channel, and its wake channel if it asks.
 func (h *hub) subscribe(channels ...string) (*coord.Notifications, error) {
-	if len(channels) != 1 || channels[0] != h.channel {
-		return nil, fmt.Errorf("simulated subscription: only %s is shared, not %v", h.channel, channels)
+	if len(channels) == 0 || channels[0] != h.channel || len(channels) > 2 ||
+		(len(channels) == 2 && !strings.HasPrefix(channels[1], h.wakes(""))) {
+		return nil, fmt.Errorf("simulated subscription: only %s and wake channels are shared, not %v", h.channel, channels)
 	}
 	c := make(chan struct{}, 1)
 	h.mu.Lock()
 	h.subs[c] = true
+	if len(channels) == 2 {
+		h.wake[channels[1]] = c
+	}
 	h.mu.Unlock()
 	return coord.SharedNotifications(c, func() error {
 		h.mu.Lock()
 		delete(h.subs, c)
+		if len(channels) == 2 {
+			delete(h.wake, channels[1])
+		}
 		h.mu.Unlock()
 		return nil
 	}), nil
+}
+
+// runWakes wakes the minion whose wake channel a message of ps came on,
+// until ctx ends.
+func (h *hub) runWakes(ctx context.Context, ps *redis.PubSub) {
+	defer ps.Close()
+	msgs := ps.Channel()
+	for {
+		var m *redis.Message
+		select {
+		case <-ctx.Done():
+			return
+		case m = <-msgs:
+		}
+		if m == nil {
+			return
+		}
+		h.mu.Lock()
+		c := h.wake[m.Channel]
+		h.mu.Unlock()
+		if c != nil {
+			select {
+			case c <- struct{}{}:
+			default:
+			}
+		}
+	}
 }
 
 // run wakes every subscriber on each message of n until ctx ends.
@@ -125,12 +170,34 @@ func (c *counter) add(cmds ...redis.Cmder) {
 		if name == "evalsha" || name == "eval" {
 			if args := cmd.Args(); len(args) > 1 {
 				if s := coord.ScriptName(fmt.Sprint(args[1])); s != "" {
-					name += " " + s
+					name += " " + s + claimKind(s, args)
 				}
 			}
 		}
 		c.calls[name]++
 	}
+}
+
+// claimKind tells a claim script call's kind apart, from its arguments
+// (see coord.Client.Claim: ARGV cid is the 8th, rescue the 15th): "" for a
+// host's first claim, " extra" for a swarm's extra source, " rescue" for
+// a rescue claim.
+func claimKind(script string, args []any) string {
+	if script != "claim" || len(args) < 3 {
+		return ""
+	}
+	nkeys, err := strconv.Atoi(fmt.Sprint(args[2]))
+	if err != nil {
+		return ""
+	}
+	argv := args[3+nkeys:]
+	switch {
+	case len(argv) >= 15 && fmt.Sprint(argv[14]) == "1":
+		return " rescue"
+	case len(argv) >= 8 && strings.Contains(fmt.Sprint(argv[7]), "/"):
+		return " extra"
+	}
+	return ""
 }
 
 // take returns the counts since the last take and starts again.

@@ -151,12 +151,17 @@ func simulate(ctx context.Context, cfg config, n int, progress io.Writer) (res r
 	wg.Go(func() { m.Run(ctx) })
 
 	keys := mco.Keys()
-	h := newHub(keys.GenerationsChannel())
+	h := newHub(keys.GenerationsChannel(), keys.WakeChannel)
 	sub, err := coord.New(clients[0], ccfg).Subscribe(ctx, keys.GenerationsChannel())
 	if err != nil {
 		return res, err
 	}
 	wg.Go(func() { h.run(ctx, sub) })
+	wakes := clients[0].PSubscribe(ctx, keys.WakeChannel("*"))
+	if _, err := wakes.Receive(ctx); err != nil {
+		return res, fmt.Errorf("subscribe to wake channels: %w", err)
+	}
+	wg.Go(func() { h.runWakes(ctx, wakes) })
 	wg.Go(func() { h.keepAlive(ctx, clients[len(clients)-1]) })
 
 	pc := peer.NewClient(peer.ClientConfig{})

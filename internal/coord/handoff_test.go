@@ -1,0 +1,216 @@
+package coord
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// claimQueued is a first claim of host that may queue (ClaimOptions.Queue)
+// and must find no source: it reports whether the host was queued.
+func (f *fixture) claimQueued(c *Client, host string, g Generation) bool {
+	f.t.Helper()
+	_, err := c.Claim(context.Background(), host, g.Ref(), ClaimOptions{Queue: true, Slots: 1})
+	var none *NoSourceError
+	if !errors.As(err, &none) {
+		f.t.Fatalf("claim of %s: %v, want no source", host, err)
+	}
+	return none.Queued
+}
+
+// TestHandoff: a host that finds no source and listens on its wake channel
+// is queued; the next slot freed is written as its claim (no other host's
+// claim takes it, the free sets never list it) and it is told on its wake
+// channel; its next claim takes the slot up and starts the lease. Hosts
+// are served in the order they queued. A handed slot not taken up is ended
+// by the reaper like an expired lease and goes to the next host waiting.
+// A host that found a source otherwise leaves the queue; one from which
+// a host pulls never enters it.
+func TestHandoff(t *testing.T) {
+	each(t, 15*time.Second, func(t *testing.T, f *fixture) {
+		ctx := context.Background()
+		k := f.c.Keys()
+		g := f.publish(1)
+		f.heartbeat("h1", "h2", "h3", "h4")
+		first, err := f.c.Claim(ctx, "h1", g.Ref(), ClaimOptions{Queue: true, Slots: 1})
+		if err != nil || first.Slot != "master#0" {
+			t.Fatalf("first claim: %+v, %v; want master#0", first, err)
+		}
+		if !f.claimQueued(f.c, "h2", g) {
+			t.Fatal("h2 found no source but was not queued")
+		}
+		f.advance(time.Millisecond)
+		if !f.claimQueued(f.c, "h3", g) {
+			t.Fatal("h3 found no source but was not queued")
+		}
+		// Without Queue a claim is not queued (a host that does not listen).
+		if _, err := f.c.Claim(ctx, "h4", g.Ref(), ClaimOptions{Slots: 1}); !errors.Is(err, ErrNoSource) {
+			t.Fatalf("claim of h4: %v, want ErrNoSource", err)
+		}
+		if got, _ := f.rdb.ZRange(ctx, k.Waiting(), 0, -1).Result(); !slices.Equal(got, []string{"h2", "h3"}) {
+			t.Fatalf("waiting queue = %v, want [h2 h3]", got)
+		}
+		wake, err := f.c.Subscribe(ctx, k.WakeChannel("h2"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer wake.Close()
+
+		// h1 pulls and offers its slot: it is h2's, not anyone's to claim.
+		if err := f.c.OfferPartial(ctx, "h1", g.Ref(), 1); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case <-wake.C:
+		case <-time.After(5 * time.Second):
+			t.Fatal("h2 was not told on its wake channel")
+		}
+		if rec, _ := f.rdb.HGet(ctx, k.Claims(), "h2").Result(); rec == "" || !slices.Contains(f.members(k.Running()), "h2") {
+			t.Fatalf("h2's claim record %q, running %v: the slot was not handed", rec, f.members(k.Running()))
+		}
+		for _, key := range []string{k.Sync(), k.SyncPartial()} {
+			if slices.Contains(f.members(key), "h1#0") {
+				t.Fatalf("%s lists h1#0, handed to h2", key)
+			}
+		}
+		if _, err := f.c.Claim(ctx, "h4", g.Ref(), ClaimOptions{Slots: 1}); !errors.Is(err, ErrNoSource) {
+			t.Fatalf("h4 claimed with the only slot handed to h2: %v", err)
+		}
+		cl, err := f.c.Claim(ctx, "h2", g.Ref(), ClaimOptions{Queue: true, Slots: 1})
+		if err != nil || cl.Slot != "h1#0" || !cl.Partial || cl.SourceAddr != "h1:7070" {
+			t.Fatalf("h2 taking the slot up: %+v, %v; want partial h1#0 at h1:7070", cl, err)
+		}
+		if v, _ := f.rdb.Get(ctx, k.Lease("h2")).Result(); v != fmt.Sprintf("%d h1#0", g.ID) {
+			t.Fatalf("h2's lease = %q after taking the slot up", v)
+		}
+		if _, err := f.c.Renew(ctx, cl); err != nil {
+			t.Fatalf("renewing a handed claim: %v", err)
+		}
+		if _, err := f.c.Claim(ctx, "h2", g.Ref(), ClaimOptions{Queue: true, Slots: 1}); !errors.Is(err, ErrBusy) {
+			t.Fatalf("a second claim of h2: %v, want ErrBusy", err)
+		}
+
+		// h2's slot goes to h3, which never takes it up: once its time
+		// is over (the lease index says so), the reaper ends the claim
+		// and hands the slot to the next host waiting, h4.
+		if err := f.c.OfferPartial(ctx, "h2", g.Ref(), 1); err != nil {
+			t.Fatal(err)
+		}
+		if rec, _ := f.rdb.HGet(ctx, k.Claims(), "h3").Result(); rec == "" {
+			t.Fatal("h2's slot was not handed to h3")
+		}
+		if !f.claimQueued(f.c, "h4", g) {
+			t.Fatal("h4 not queued")
+		}
+		if err := f.rdb.ZAdd(ctx, k.LeaseIndex(), redis.Z{Score: 1, Member: "h3"}).Err(); err != nil {
+			t.Fatal(err)
+		}
+		if n, err := f.c.Reap(ctx); err != nil || n != 1 {
+			t.Fatalf("reap: %d, %v; want the handed claim of h3 ended", n, err)
+		}
+		if rec, _ := f.rdb.HGet(ctx, k.Claims(), "h3").Result(); rec != "" {
+			t.Fatalf("h3's untaken claim still there: %q", rec)
+		}
+		cl, err = f.c.Claim(ctx, "h4", g.Ref(), ClaimOptions{Queue: true, Slots: 1})
+		if err != nil || cl.Slot != "h2#0" {
+			t.Fatalf("h4 after the reaper: %+v, %v; want h2#0 handed on", cl, err)
+		}
+
+		// A host that found a source otherwise leaves the queue; a host
+		// from which another pulls never enters it.
+		f.heartbeat("h5", "old")
+		if !f.claimQueued(f.c, "h5", g) {
+			t.Fatal("h5 not queued")
+		}
+		// A slot offered by a fanout built before hand-offs (no index, no
+		// queue): h5's next claim finds it, and h5 leaves the queue.
+		if err := f.rdb.SAdd(ctx, k.Sync(), "old#0").Err(); err != nil {
+			t.Fatal(err)
+		}
+		if cl, err := f.c.Claim(ctx, "h5", g.Ref(), ClaimOptions{Queue: true, Slots: 1}); err != nil || cl.Slot != "old#0" {
+			t.Fatalf("h5's claim: %+v, %v; want old#0", cl, err)
+		}
+		if got, _ := f.rdb.ZRange(ctx, k.Waiting(), 0, -1).Result(); len(got) != 0 {
+			t.Fatalf("waiting queue = %v, want empty", got)
+		}
+		f.heartbeat("h6")
+		if _, err := f.rdb.HSet(ctx, k.Holders(), "h6#0", "h7").Result(); err != nil {
+			t.Fatal(err)
+		}
+		if err := f.rdb.HSet(ctx, k.Claims(), "h7", fmt.Sprintf("%d h6#0 0 %s", g.ID, g.Digest)).Err(); err != nil {
+			t.Fatal(err)
+		}
+		if f.claimQueued(f.c, "h6", g) {
+			t.Fatal("h6, from which h7 pulls, was queued")
+		}
+		// With nobody waiting, a slot given back is free for any claim.
+		if err := f.c.Release(ctx, first); err != nil {
+			t.Fatal(err)
+		}
+		if !slices.Contains(f.members(k.SyncFull()), "master#0") {
+			t.Fatalf("master#0 not free after its release with nobody waiting: %v", f.members(k.SyncFull()))
+		}
+	})
+}
+
+// A zone's waiting hosts are handed slots of that zone's sources only:
+// a slot of another zone's source stays free for any claim.
+func TestHandoffByZone(t *testing.T) {
+	each(t, 15*time.Second, func(t *testing.T, f *fixture) {
+		ctx := context.Background()
+		k := f.c.Keys()
+		za, zb := f.zoned("a", 15*time.Second), f.zoned("b", 15*time.Second)
+		g, err := za.Publish(ctx, Generation{Path: "/data/m42", Digest: strings.Repeat("d", 64), Origin: "master", OriginAddr: "10.0.0.1:7070", OriginZone: "a"}, 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		f.register(za, "a1", "a", 1)
+		f.register(za, "a2", "a", 1)
+		f.register(zb, "b1", "b", 1)
+		if _, err := za.Claim(ctx, "a1", g.Ref(), ClaimOptions{Queue: true, Slots: 1}); err != nil {
+			t.Fatal(err)
+		}
+		if !f.claimQueued(zb, "b1", g) || !f.claimQueued(za, "a2", g) {
+			t.Fatal("not queued")
+		}
+		if got, _ := f.rdb.ZRange(ctx, k.WaitingZone("b"), 0, -1).Result(); !slices.Equal(got, []string{"b1"}) {
+			t.Fatalf("zone b's queue = %v, want [b1]", got)
+		}
+		if err := za.OfferPartial(ctx, "a1", g.Ref(), 1); err != nil {
+			t.Fatal(err)
+		}
+		rec, _ := f.rdb.HGet(ctx, k.Claims(), "a2").Result()
+		if rec == "" {
+			t.Fatal("a1's slot was not handed to a2, waiting in zone a")
+		}
+		if want := " a"; rec[len(rec)-2:] != want {
+			t.Fatalf("handed claim record %q does not name the source's zone a", rec)
+		}
+		if rec, _ := f.rdb.HGet(ctx, k.Claims(), "b1").Result(); rec != "" {
+			t.Fatalf("b1, waiting in zone b, was handed a slot of zone a: %q", rec)
+		}
+	})
+}
+
+// A script that may hand a slot off (it declares a waiting queue: the
+// freeSlot calls it makes pass it) declares every key handoff writes, so
+// it never fails on a missing key in the middle of a hand-off.
+func TestHandoffScriptsDeclareKeys(t *testing.T) {
+	need := []string{"generation", "claims", "holders", "running", "finished", "leases", "events", "sync", "full", "part"}
+	for name, s := range scriptNames {
+		if !slices.Contains(s.keys, "zwait") && !slices.Contains(s.keys, "szwait") {
+			continue
+		}
+		for _, k := range need {
+			if !slices.Contains(s.keys, k) {
+				t.Errorf("script %s declares a waiting queue but not %q, which a hand-off writes", name, k)
+			}
+		}
+	}
+}
