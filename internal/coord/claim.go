@@ -110,6 +110,9 @@ type NoSourceError struct {
 	Waiting int64
 	// Queued: the host is in its zone's waiting queue (ClaimOptions.Queue).
 	Queued bool
+	// Yielded: an extra claim (ClaimOptions.Index > 0) took nothing
+	// because hosts wait for their first source.
+	Yielded bool
 }
 
 // Error says that no slot was free and how many hosts wait.
@@ -150,6 +153,7 @@ func (c *Client) Claim(ctx context.Context, host string, gen Ref, o ClaimOptions
 			e.Waiting, _ = strconv.ParseInt(res[1], 10, 64)
 		}
 		e.Queued = len(res) > 2 && res[2] == "queued"
+		e.Yielded = len(res) > 2 && res[2] == "yield"
 		return Claim{}, e
 	}
 	src := res[1][:max(strings.LastIndexByte(res[1], '#'), 0)]

@@ -159,8 +159,9 @@ func TestHandoff(t *testing.T) {
 	})
 }
 
-// A zone's waiting hosts are handed slots of that zone's sources only:
-// a slot of another zone's source stays free for any claim.
+// A zone's waiting hosts are handed slots of that zone's sources only,
+// and queue only while a host of their zone pulls (its slots are coming);
+// a host whose zone has none polls, to cross into the zone.
 func TestHandoffByZone(t *testing.T) {
 	each(t, 15*time.Second, func(t *testing.T, f *fixture) {
 		ctx := context.Background()
@@ -173,38 +174,112 @@ func TestHandoffByZone(t *testing.T) {
 		f.register(za, "a1", "a", 1)
 		f.register(za, "a2", "a", 1)
 		f.register(zb, "b1", "b", 1)
-		if _, err := za.Claim(ctx, "a1", g.Ref(), ClaimOptions{Queue: true, Slots: 1}); err != nil {
+		if _, err := za.Claim(ctx, "a1", g.Ref(), ClaimOptions{Queue: true, Slots: 1, Serves: true}); err != nil {
 			t.Fatal(err)
 		}
-		if !f.claimQueued(zb, "b1", g) || !f.claimQueued(za, "a2", g) {
-			t.Fatal("not queued")
+		if f.claimQueued(zb, "b1", g) {
+			t.Fatal("b1 queued with no host of zone b pulling: it would wait for zone a's queue to empty")
 		}
-		if got, _ := f.rdb.ZRange(ctx, k.WaitingZone("b"), 0, -1).Result(); !slices.Equal(got, []string{"b1"}) {
-			t.Fatalf("zone b's queue = %v, want [b1]", got)
+		if !f.claimQueued(za, "a2", g) {
+			t.Fatal("a2 not queued while a1, of its zone, pulls")
 		}
 		if err := za.OfferPartial(ctx, "a1", g.Ref(), 1); err != nil {
 			t.Fatal(err)
 		}
 		rec, _ := f.rdb.HGet(ctx, k.Claims(), "a2").Result()
-		if rec == "" {
-			t.Fatal("a1's slot was not handed to a2, waiting in zone a")
-		}
-		if want := " a"; rec[len(rec)-2:] != want {
-			t.Fatalf("handed claim record %q does not name the source's zone a", rec)
+		if !strings.HasSuffix(rec, " a") {
+			t.Fatalf("a2's handed claim record %q: want a1's slot, naming the source's zone a", rec)
 		}
 		if rec, _ := f.rdb.HGet(ctx, k.Claims(), "b1").Result(); rec != "" {
-			t.Fatalf("b1, waiting in zone b, was handed a slot of zone a: %q", rec)
+			t.Fatalf("b1 was handed a slot: %q", rec)
+		}
+		cl, err := za.Claim(ctx, "a2", g.Ref(), ClaimOptions{Queue: true, Slots: 1, Serves: true})
+		if err != nil || cl.Slot != "a1#0" || cl.SourceZone != "a" {
+			t.Fatalf("a2 taking its slot up: %+v, %v", cl, err)
+		}
+		if !slices.Contains(f.members(k.ZonePulling("a")), "a2") {
+			t.Fatalf("a2's taken-up claim is not listed as pulling in zone a: %v", f.members(k.ZonePulling("a")))
 		}
 	})
 }
 
-// A script that may hand a slot off (it declares a waiting queue: the
-// freeSlot calls it makes pass it) declares every key handoff writes, so
-// it never fails on a missing key in the middle of a hand-off.
+// A hand-off never closes a cycle: a queued host on any of whose slots a
+// host pulls meanwhile is passed over. A handed slot whose source went
+// bad before it was taken up is not taken up: the claim ends and the
+// search goes on. A queued host that has not claimed for 35 s (dead) is
+// passed over.
+func TestHandoffRefusals(t *testing.T) {
+	each(t, 15*time.Second, func(t *testing.T, f *fixture) {
+		ctx := context.Background()
+		k := f.c.Keys()
+		g := f.publish(1)
+		f.heartbeat("h1", "w", "x", "y", "z")
+		if _, err := f.c.Claim(ctx, "h1", g.Ref(), ClaimOptions{Queue: true, Slots: 2}); err != nil {
+			t.Fatal(err)
+		}
+		if !f.claimQueued(f.c, "w", g) || !f.claimQueued(f.c, "y", g) {
+			t.Fatal("not queued")
+		}
+		// x pulls from w's second slot (w switched away from a dead
+		// source and kept its slots on offer).
+		if err := f.rdb.HSet(ctx, k.Holders(), "w#1", "x").Err(); err != nil {
+			t.Fatal(err)
+		}
+		if err := f.rdb.HSet(ctx, k.Claims(), "x", fmt.Sprintf("%d w#1 0 %s", g.ID, g.Digest)).Err(); err != nil {
+			t.Fatal(err)
+		}
+		if err := f.c.OfferPartial(ctx, "h1", g.Ref(), 1); err != nil {
+			t.Fatal(err)
+		}
+		if rec, _ := f.rdb.HGet(ctx, k.Claims(), "w").Result(); rec != "" {
+			t.Fatalf("h1's slot handed to w, which x pulls from: %q", rec)
+		}
+		if rec, _ := f.rdb.HGet(ctx, k.Claims(), "y").Result(); rec == "" {
+			t.Fatal("h1's slot not handed to y, next in the queue")
+		}
+		// h1 is found bad before y takes its slot up.
+		if err := f.rdb.SAdd(ctx, k.BadSources(), "h1").Err(); err != nil {
+			t.Fatal(err)
+		}
+		_, err := f.c.Claim(ctx, "y", g.Ref(), ClaimOptions{Queue: true, Slots: 1})
+		if !errors.Is(err, ErrNoSource) {
+			t.Fatalf("y taking up a slot of a bad source: %v, want no source", err)
+		}
+		if rec, _ := f.rdb.HGet(ctx, k.Claims(), "y").Result(); rec != "" || slices.Contains(f.members(k.Running()), "y") {
+			t.Fatalf("y's claim on the bad source's slot stays: record %q, running %v", rec, f.members(k.Running()))
+		}
+		// z queued, then silent for 35 s (its last claim's mark ages out):
+		// a slot freed now is not handed to it.
+		if !f.claimQueued(f.c, "z", g) {
+			t.Fatal("z not queued")
+		}
+		if err := f.rdb.ZAdd(ctx, k.Starved(), redis.Z{Score: 1, Member: "z"}).Err(); err != nil {
+			t.Fatal(err)
+		}
+		if err := f.rdb.ZRem(ctx, k.Waiting(), "y").Err(); err != nil {
+			t.Fatal(err)
+		}
+		if err := f.c.OfferSlots(ctx, "master", g.Ref(), 2, true); err != nil {
+			t.Fatal(err)
+		}
+		if rec, _ := f.rdb.HGet(ctx, k.Claims(), "z").Result(); rec != "" {
+			t.Fatalf("a slot handed to z, silent for 35 s: %q", rec)
+		}
+		if !slices.Contains(f.members(k.SyncFull()), "master#1") {
+			t.Fatalf("master#1, handed to nobody, is not free: %v", f.members(k.SyncFull()))
+		}
+	})
+}
+
+// A script that may hand a slot off (its own text offers, releases or
+// frees a slot, and it declares a waiting queue that those calls pass)
+// declares every key handoff writes, so it never fails on a missing key
+// in the middle of a hand-off.
 func TestHandoffScriptsDeclareKeys(t *testing.T) {
-	need := []string{"generation", "claims", "holders", "running", "finished", "leases", "events", "sync", "full", "part"}
+	need := []string{"generation", "claims", "holders", "running", "finished", "leases", "events", "starved", "sync", "full", "part"}
 	for name, s := range scriptNames {
-		if !slices.Contains(s.keys, "zwait") && !slices.Contains(s.keys, "szwait") {
+		frees := strings.Contains(s.body, "offer(") || strings.Contains(s.body, "release(") || strings.Contains(s.body, "freeSlot(")
+		if !frees || (!slices.Contains(s.keys, "zwait") && !slices.Contains(s.keys, "szwait")) {
 			continue
 		}
 		for _, k := range need {

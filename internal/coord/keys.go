@@ -229,7 +229,7 @@ func (k Keys) ZonePulling(zone string) string { return k.scope() + "zone_pulling
 // Waiting is the queue (sorted set, by Redis time of the last claim) of
 // hosts without a zone that wait for a source and listen on their wake
 // channel: a slot of a source without a zone, freed, is handed to the
-// first of them. Protocol 8.
+// first of them (see ClaimOptions.Queue).
 func (k Keys) Waiting() string { return k.scope() + "waiting" }
 
 // WaitingZone is Waiting for the hosts of zone: slots of that zone's
@@ -246,7 +246,6 @@ func (k Keys) waiting(zone string) string {
 
 // WakeChannel is the pub/sub channel on which host is told that a slot
 // was handed to it (message "GEN SLOT"); it claims to take it up.
-// Protocol 8.
 func (k Keys) WakeChannel(host string) string { return k.scope() + "wake:" + host }
 
 // ZoneBytes maps a host id to the bytes it received in the current

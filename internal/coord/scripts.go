@@ -14,6 +14,7 @@ import (
 // position, and the Go side passes them in the declared order.
 type script struct {
 	keys []string
+	body string // the script's own text, after the helpers
 	lua  *redis.Script
 }
 
@@ -29,7 +30,7 @@ func newScript(keys []string, body string) *script {
 	b.WriteString("}\n")
 	b.WriteString(luaHelpers)
 	b.WriteString(body)
-	return &script{keys: keys, lua: redis.NewScript(b.String())}
+	return &script{keys: keys, body: body, lua: redis.NewScript(b.String())}
 }
 
 // keyCtx is what a script's key names depend on: the host (or claim id)
@@ -220,40 +221,52 @@ local function event(maxlen, typ, host, gen, slot, msg)
     'type', typ, 'host', host, 'gen', gen, 'slot', slot, 'msg', msg)
 end
 
--- WAIT_MS: how long a waiting host's entry in a waiting queue (see
--- handoff) stands after its last claim; it claims again within 30 polls.
--- HANDOFF_MS: how long a slot handed to a waiting host is held for it
--- before it takes the claim up; then the reaper ends the claim like an
--- expired lease, and the slot goes to the next host waiting.
-local WAIT_MS, HANDOFF_MS = 35000, 5000
+-- WAIT_MS: a queued host (see handoff) counts as waiting while its last
+-- first claim that found no source (K.starved) is this recent; it claims
+-- again within 30 s (queuedPoll). HANDOFF_MS: how long a slot handed to a
+-- waiting host is held for it before it takes the claim up; then the
+-- reaper ends the claim like an expired lease, and the slot goes to the
+-- next host waiting. UPLOADS: a host's upload slots are host#0 ..
+-- host#63, and host#64 its rescue slot.
+local WAIT_MS, HANDOFF_MS, UPLOADS = 35000, 5000, 64
 
 -- handoff gives slot, just freed, to the host that has waited longest in
 -- the waiting queue wait (K.waiting, or a zone's, K.zwait or K.szwait: the
--- zone of slot's source): it writes that host's claim (record, holder,
--- running_queue, an expiry of HANDOFF_MS in the lease index) and tells it
--- on its wake channel; the host's next claim takes it up (claimScript),
--- with no search. So hosts that wait do not poll for slots, and a slot
--- offered by the last link of a chain is the next link's at once. A queue
--- entry that is stale, or names a host that found a source meanwhile, holds
--- the generation, or is this slot's source, is dropped (a few at most per
--- call: the rest age out). A host queues only while nothing pulls from it
--- (see claimScript), so no slot handed to it closes a cycle; its slot #0
--- is checked again here. Reports whether slot was handed.
+-- zone of slot's source), in the order the hosts entered it: it writes
+-- that host's claim (record, holder, running_queue, an expiry of
+-- HANDOFF_MS in the lease index) and tells it on its wake channel; the
+-- host's next claim takes it up (claimScript), with no search. So hosts
+-- that wait do not poll for slots, and a slot offered by the last link of
+-- a chain is the next link's at once. An entry is dropped when its host
+-- has not claimed in WAIT_MS (dead, or pulling or idle since: a publish
+-- empties K.starved), found a source meanwhile, holds the generation, is
+-- this slot's source, or has a puller on any of its slots (a handed slot
+-- would close a cycle); a few at most per call, the rest age out. Reports
+-- whether slot was handed.
 -- K.generation, K.claims, K.holders, K.running, K.finished, K.leases,
--- K.events, K.sync, K.full, K.part
+-- K.events, K.starved, K.sync, K.full, K.part
 local function handoff(slot, wait)
   local g = redis.call('HMGET', K.generation, 'id', 'digest', 'state')
   if not g[1] or not g[2] or g[3] == 'failed' then return false end
   local src = slotSource(slot)
   local now = nowMS()
+  local function pulledFrom(w)
+    local fields = {}
+    for i = 0, UPLOADS do fields[#fields + 1] = w .. '#' .. i end
+    for _, v in ipairs(redis.call('HMGET', K.holders, unpack(fields))) do
+      if v then return true end
+    end
+    return false
+  end
   for _ = 1, 4 do
     local p = redis.call('ZPOPMIN', wait)
     if #p == 0 then return false end
     local w = p[1]
-    if tonumber(p[2]) >= now - WAIT_MS and w ~= src
+    local seen = tonumber(redis.call('ZSCORE', K.starved, w) or '0')
+    if seen >= now - WAIT_MS and w ~= src
       and redis.call('HEXISTS', K.claims, w) == 0
       and redis.call('SISMEMBER', K.finished, w) == 0
-      and not redis.call('HGET', K.holders, w .. '#0') then
+      and not pulledFrom(w) then
       local record = g[1] .. ' ' .. slot .. ' ' .. now .. ' ' .. g[2]
       -- The queue's zone is the source's: "waiting:ZONE" in the task's scope.
       local scope = string.sub(K.generation, 1, #K.generation - #'generation')
@@ -504,16 +517,28 @@ local function answer(slot, src)
 end
 local extra = string.find(cid, '/', 1, true) ~= nil
 -- A slot handed to this host while it waited (see handoff): its claim is
--- written, its lease not yet; taking it up starts the lease.
+-- written, its lease not yet; taking it up starts the lease, if its
+-- source is still neither bad nor silent. Otherwise the claim ends here
+-- and the search below looks for another. (A claim whose lease expired
+-- and that the reaper has not ended yet is taken up the same way.)
 if not extra and ARGV[7] ~= '1' then
   local c = redis.call('HGET', K.claims, cid)
   if c then
     local cg, cslot, _, cd = string.match(c, '^(%S+) (%S+) (%S+) (%S+)')
     if cg == gen and cd == digest and redis.call('HGET', K.holders, cslot) == cid then
-      redis.call('SET', K.lease, gen .. ' ' .. cslot, 'PX', ARGV[4])
-      redis.call('ZADD', K.leases, now + tonumber(ARGV[4]), cid)
-      redis.call('ZREM', K.starved, host)
-      return answer(cslot, slotSource(cslot))
+      local csrc = slotSource(cslot)
+      local s = csrc and redis.call('ZSCORE', K.heartbeats, csrc)
+      if csrc and redis.call('SISMEMBER', K.bad, csrc) == 0 and (csrc == g[3] or (s and tonumber(s) >= cutoff)) then
+        redis.call('SET', K.lease, gen .. ' ' .. cslot, 'PX', ARGV[4])
+        redis.call('ZADD', K.leases, now + tonumber(ARGV[4]), cid)
+        redis.call('ZREM', K.starved, host)
+        if K.zfull ~= K.full and ARGV[13] == '1' then redis.call('SADD', K.zpull, cid) end
+        return answer(cslot, csrc)
+      end
+      redis.call('HDEL', K.holders, cslot)
+      redis.call('HDEL', K.claims, cid)
+      redis.call('ZREM', K.leases, cid)
+      redis.call('SREM', K.running, host)
     end
   end
 end
@@ -613,15 +638,17 @@ local function waiting()
 end
 -- none is the reply when there is no source for this claim. A first
 -- claim (not a repair) of a host that listens on its wake channel (ARGV
--- queue = 1) and from which nothing pulls enters its zone's waiting
--- queue: the next slot freed in the zone is handed to it (see handoff),
--- and the reply says so ('queued'): it need not poll for one.
-local function none()
+-- queue = 1) and from which nothing pulls enters its zone's waiting queue
+-- (queue: for a host with a zone, only while a host of its zone pulls, so
+-- its zone's slots are coming; before, it polls, to cross into the zone):
+-- the next slot freed in the zone is handed to it (see handoff), and the
+-- reply says so ('queued'): it need not poll for one. It keeps its place
+-- (NX) while it claims again.
+local function none(queue)
   if extra then return {'nosource', waiting()} end
   redis.call('ZADD', K.starved, now, host)
-  if ARGV[16] == '1' and ARGV[7] ~= '1' and isAlone() then
-    redis.call('ZREMRANGEBYSCORE', K.zwait, '-inf', '(' .. (now - WAIT_MS))
-    redis.call('ZADD', K.zwait, now, host)
+  if queue and ARGV[16] == '1' and ARGV[7] ~= '1' and isAlone() then
+    redis.call('ZADD', K.zwait, 'NX', now, host)
     return {'nosource', waiting(), 'queued'}
   end
   return {'nosource', waiting()}
@@ -658,7 +685,7 @@ if ARGV[15] == '1' then
 end
 if extra and not slot then
   redis.call('ZREMRANGEBYSCORE', K.starved, '-inf', '(' .. (now - STARVED_MS))
-  if redis.call('ZCARD', K.starved) > 0 then return {'nosource', waiting()} end
+  if redis.call('ZCARD', K.starved) > 0 then return {'nosource', waiting(), 'yield'} end
 end
 if zoned and not slot then slot = pick(K.zfull, false, K.full) or pick(K.zpart, true, K.part) end
 -- pulling: another serving host of this zone pulls this generation now
@@ -675,10 +702,10 @@ local function pulling()
   return false
 end
 if not slot and not (zoned and ARGV[12] == '1') then
-  if zoned and pulling() then return none() end
+  if zoned and pulling() then return none(true) end
   slot = pick(K.full, false) or pick(K.part, true) or pick(K.sync, true)
 end
-if not slot then return none() end
+if not slot then return none(not zoned or pulling()) end
 if not extra then
   redis.call('ZREM', K.starved, host)
   redis.call('ZREM', K.zwait, host)
@@ -766,7 +793,7 @@ return res
 // repairing.
 // ARGV: host, gen, digest, slot, uploads, maxlen, repaired, cid
 var finishScript = newScript(
-	[]string{"lease", "claims", "leases", "holders", "sync", "full", "part", "zfull", "zpart", "szfull", "szpart", "zpull", "bad", "generation", "running", "finished", "failures", "events", "dead", "strikes", "repairing", "repairs", "rescue", "zwait", "szwait"}, `
+	[]string{"lease", "claims", "leases", "holders", "sync", "full", "part", "zfull", "zpart", "szfull", "szpart", "zpull", "bad", "generation", "running", "finished", "failures", "events", "dead", "strikes", "repairing", "repairs", "rescue", "zwait", "szwait", "starved"}, `
 local host, gen, digest, slot = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 release(ARGV[8], gen, digest, slot, true)
 if not isCurrent(gen, digest) then return 0 end
@@ -807,7 +834,7 @@ return 1
 // ARGV: host, gen, digest, slot, verdict, failure_json, maxlen, reason,
 // switch, uploads, backoff_ms, backoff_max_ms, cid
 var failScript = newScript(
-	[]string{"lease", "claims", "leases", "holders", "sync", "full", "part", "zfull", "szfull", "szpart", "zpull", "bad", "generation", "running", "finished", "failures", "events", "dead", "strikes", "hosts", "rescue", "szwait"}, `
+	[]string{"lease", "claims", "leases", "holders", "sync", "full", "part", "zfull", "szfull", "szpart", "zpull", "bad", "generation", "running", "finished", "failures", "events", "dead", "strikes", "hosts", "rescue", "szwait", "starved"}, `
 local host, gen, digest, slot = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local src = slotSource(slot) or ''
 local verdict = tonumber(ARGV[5])
@@ -883,7 +910,7 @@ return {due, zones}
 // K.szfull, K.szpart are the indexes of the zone the claim record names.
 // ARGV: cid, grace_ms, maxlen. Returns 1 when it expired the claim.
 var expireScript = newScript(
-	[]string{"lease", "claims", "leases", "running", "sync", "full", "part", "szfull", "szpart", "bad", "generation", "finished", "heartbeats", "holders", "events", "rescue", "szwait"}, `
+	[]string{"lease", "claims", "leases", "running", "sync", "full", "part", "szfull", "szpart", "bad", "generation", "finished", "heartbeats", "holders", "events", "rescue", "szwait", "starved"}, `
 local cid = ARGV[1]
 local now = nowMS()
 local ttl = redis.call('PTTL', K.lease)
@@ -920,7 +947,7 @@ return 1
 // ARGV: host, info_json, gen, digest, uploads, maxlen, offer.
 // Returns {now_ms, 1 if it re-asserted a lost finish, id, digest, state}.
 var heartbeatScript = newScript(
-	[]string{"hosts", "heartbeats", "generation", "finished", "running", "sync", "full", "part", "zfull", "zpart", "holders", "claims", "dead", "bad", "events", "leases", "zwait"}, `
+	[]string{"hosts", "heartbeats", "generation", "finished", "running", "sync", "full", "part", "zfull", "zpart", "holders", "claims", "dead", "bad", "events", "leases", "zwait", "starved"}, `
 local host = ARGV[1]
 local now = nowMS()
 if ARGV[2] ~= '' then redis.call('HSET', K.hosts, host, ARGV[2]) end
@@ -999,7 +1026,7 @@ return 1
 // so the hosts it wakes find a source.
 // With rescue, a partial source or the origin also offers its rescue slot.
 // ARGV: host, gen, digest, uploads, force, announce, rescue
-var offerScript = newScript([]string{"generation", "finished", "sync", "full", "part", "zfull", "zpart", "holders", "claims", "dead", "bad", "rescue", "running", "leases", "events", "zwait"}, `
+var offerScript = newScript([]string{"generation", "finished", "sync", "full", "part", "zfull", "zpart", "holders", "claims", "dead", "bad", "rescue", "running", "leases", "events", "zwait", "starved"}, `
 if not isCurrent(ARGV[2], ARGV[3]) then return 0 end
 if redis.call('SISMEMBER', K.bad, ARGV[1]) == 1 then return 0 end
 offer(ARGV[1], tonumber(ARGV[4]), ARGV[5] == '1', ARGV[7] == '1')
@@ -1025,8 +1052,10 @@ return 1
 // its groups' heartbeat indexes.
 // ARGV: host, maxClaims
 var forgetScript = newScript(
-	[]string{"hosts", "heartbeats", "finished", "running", "sync", "full", "part", "zfull", "zpart", "claims", "leases", "lease", "holders", "dead", "repairing", "repairs", "strikes", "zbytes", "hooks", "rescue"}, `
+	[]string{"hosts", "heartbeats", "finished", "running", "sync", "full", "part", "zfull", "zpart", "claims", "leases", "lease", "holders", "dead", "repairing", "repairs", "strikes", "zbytes", "hooks", "rescue", "wait", "zwait"}, `
 local host = ARGV[1]
+redis.call('ZREM', K.wait, host)
+redis.call('ZREM', K.zwait, host)
 local uploads = 16
 local info = redis.call('HGET', K.hosts, host)
 if info then
@@ -1074,7 +1103,7 @@ return 1
 // needs (a slow source replaced, an extra source after the endgame): the
 // slot returns, nothing is recorded against the source.
 // ARGV: host, gen, digest, slot, maxlen, cid
-var releaseScript = newScript([]string{"lease", "claims", "leases", "holders", "sync", "full", "part", "zfull", "szfull", "szpart", "zpull", "bad", "generation", "finished", "events", "rescue", "running", "szwait"}, `
+var releaseScript = newScript([]string{"lease", "claims", "leases", "holders", "sync", "full", "part", "zfull", "szfull", "szpart", "zpull", "bad", "generation", "finished", "events", "rescue", "running", "szwait", "starved"}, `
 release(ARGV[6], ARGV[2], ARGV[3], ARGV[4], true)
 event(ARGV[5], 'release', ARGV[1], ARGV[2], ARGV[4], '')
 return 1

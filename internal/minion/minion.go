@@ -425,13 +425,18 @@ func waitingPoll(poll time.Duration, waiting int64) time.Duration {
 
 // queuedPoll is how long a queued host (see coord.ClaimOptions.Queue)
 // waits before it claims again, unless told of a slot: four times
-// waitingPoll, at least a poll and at most 30. It does not wait on that
-// claim for a slot (the queue hands it one): it claims for slots no queue
-// hands out (another zone's, an older fanout's, a hand-off whose message
-// was lost, which its next claim takes up).
+// waitingPoll, at least a poll, at most 30 polls and maxQueuedPoll. It
+// does not wait on that claim for a slot (the queue hands it one): it
+// claims for slots no queue hands out (another zone's, an older fanout's,
+// a hand-off whose message was lost, which its next claim takes up), and
+// to stay in the queue, which drops a host that has not claimed for 35 s.
 func queuedPoll(poll time.Duration, waiting int64) time.Duration {
-	return min(max(4*waitingPoll(poll, waiting), poll), 30*poll)
+	return min(max(4*waitingPoll(poll, waiting), poll), 30*poll, maxQueuedPoll)
 }
+
+// maxQueuedPoll bounds queuedPoll: with jitter's 20 %, within the 35 s a
+// queue entry stands after its host's last claim.
+const maxQueuedPoll = 25 * time.Second
 
 // settle is how long a burst of changes in the held tree may go on before
 // the tree is verified.

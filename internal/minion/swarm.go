@@ -301,7 +301,7 @@ func (s *swarm) grow(ctx context.Context) {
 			var none *coord.NoSourceError
 			if errors.As(err, &none) {
 				wait := growBackoff(s.misses + 1)
-				if none.Waiting > 0 {
+				if none.Yielded {
 					// Extra claims take nothing while hosts wait for
 					// their first source (see coord.ClaimOptions.Index):
 					// ask again about when the waiting hosts would.

@@ -64,7 +64,9 @@ func TestHandoffs(t *testing.T) {
 			if handed < n/2 {
 				t.Errorf("%d claims were hand-offs, want at least %d of the chain's %d links", handed, n/2, n-1)
 			}
-			if expired != 0 {
+			// A hand-off not taken up in 5 s is reaped (a lease_expired
+			// event); one on a loaded machine is tolerated, not more.
+			if expired > 1 {
 				t.Errorf("%d leases expired (hand-offs not taken up?)", expired)
 			}
 		})
