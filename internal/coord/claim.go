@@ -170,36 +170,60 @@ func (c *Client) Claim(ctx context.Context, host string, gen Ref, o ClaimOptions
 // it, or the renewal came late and nobody took the slot) is re-created.
 // restored reports that.
 func (c *Client) Renew(ctx context.Context, cl Claim) (restored bool, err error) {
-	return c.renew(ctx, cl, "", nil)
-}
-
-// RenewReport is Renew that also records p, the pull's progress, and a
-// heartbeat of cl.Host (in the heartbeat indexes of groups too), in the
-// same script: a pulling host renews every third of its lease, so it
-// needs no progress write and no heartbeat of its own meanwhile.
-func (c *Client) RenewReport(ctx context.Context, cl Claim, p Progress, groups []string) (restored bool, err error) {
-	p.Updated = c.Now()
-	b, err := json.Marshal(p)
+	res, err := c.renew(ctx, cl, "", nil, nil)
 	if err != nil {
 		return false, err
 	}
-	extra := make([]string, len(groups))
-	for i, g := range groups {
-		extra[i] = c.keys.GroupHeartbeats(g)
-	}
-	return c.renew(ctx, cl, string(b), extra)
+	return res[0].Restored, res[0].Err
 }
 
-func (c *Client) renew(ctx context.Context, cl Claim, progress string, extra []string) (restored bool, err error) {
-	n, err := c.runExtra(ctx, renewScript, keyCtx{host: cl.id(), zone: c.cfg.Zone}, extra,
-		cl.Host, cl.Gen.ID, cl.Gen.Digest, cl.Slot, c.cfg.LeaseTTL.Milliseconds(), eventsMax, flag(cl.Repair), cl.id(), progress, cl.SourceZone).Int()
+// Renewal is the outcome of one claim's renewal (see RenewReport).
+type Renewal struct {
+	Restored bool  // its lease, or its claim record, was re-created
+	Err      error // ErrLeaseLost: lost
+}
+
+// RenewReport is Renew that also records p, the pull's progress, and a
+// heartbeat of cl.Host (in the heartbeat indexes of groups too), and
+// renews others, the host's other claims (a swarm's extra and rescue
+// sources), all in one script call: a pulling host renews every third of
+// its lease, so it needs no progress write, no heartbeat of its own and
+// no call per claim meanwhile. It returns cl's renewal and then each of
+// others', in order; err is a failure of the call itself.
+func (c *Client) RenewReport(ctx context.Context, cl Claim, p Progress, groups []string, others []Claim) ([]Renewal, error) {
+	p.Updated = c.Now()
+	b, err := json.Marshal(p)
 	if err != nil {
-		return false, fmt.Errorf("renew lease: %w", err)
+		return nil, err
 	}
-	if n == 0 {
-		return false, ErrLeaseLost
+	return c.renew(ctx, cl, string(b), groups, others)
+}
+
+func (c *Client) renew(ctx context.Context, cl Claim, progress string, groups []string, others []Claim) ([]Renewal, error) {
+	extra := make([]string, 0, len(groups)+len(others))
+	for _, g := range groups {
+		extra = append(extra, c.keys.GroupHeartbeats(g))
 	}
-	return n > 1, nil
+	args := []any{cl.Host, cl.Gen.ID, cl.Gen.Digest, cl.Slot, c.cfg.LeaseTTL.Milliseconds(), eventsMax, flag(cl.Repair), cl.id(), progress, cl.SourceZone, len(groups)}
+	for _, o := range others {
+		extra = append(extra, c.keys.Lease(o.id()))
+		args = append(args, o.id(), o.Slot, o.SourceZone)
+	}
+	ns, err := c.runExtra(ctx, renewScript, keyCtx{host: cl.id(), zone: c.cfg.Zone}, extra, args...).Int64Slice()
+	if err != nil {
+		return nil, fmt.Errorf("renew lease: %w", err)
+	}
+	if len(ns) != 1+len(others) {
+		return nil, fmt.Errorf("renew lease: %d results for %d claims", len(ns), 1+len(others))
+	}
+	out := make([]Renewal, len(ns))
+	for i, n := range ns {
+		out[i].Restored = n > 1
+		if n == 0 {
+			out[i].Err = ErrLeaseLost
+		}
+	}
+	return out, nil
 }
 
 // Finish releases cl (its slot returns) and records cl.Host as holding the

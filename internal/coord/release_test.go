@@ -31,7 +31,7 @@ func TestRenewReport(t *testing.T) {
 			t.Fatal("a plain renewal wrote progress")
 		}
 		time.Sleep(5 * time.Millisecond) // Redis TIME moves on
-		if _, err := f.c.RenewReport(ctx, cl, Progress{Gen: g.ID, Source: cl.Slot, Done: 5, Total: 10}, []string{"web"}); err != nil {
+		if _, err := f.c.RenewReport(ctx, cl, Progress{Gen: g.ID, Source: cl.Slot, Done: 5, Total: 10}, []string{"web"}, nil); err != nil {
 			t.Fatal(err)
 		}
 		var p Progress
@@ -43,6 +43,57 @@ func TestRenewReport(t *testing.T) {
 		}
 		if _, err := f.rdb.ZScore(ctx, k.GroupHeartbeats("web"), "a").Result(); err != nil {
 			t.Errorf("group heartbeat index: %v", err)
+		}
+	})
+}
+
+// TestRenewReportOthers: one call renews the host's other claims too,
+// each with its own lease, and says of each whether it was kept: a lease
+// that vanished is re-created from its record, and a claim whose record
+// and slot went to another host is lost, while the others are renewed.
+func TestRenewReportOthers(t *testing.T) {
+	each(t, 15*time.Second, func(t *testing.T, f *fixture) {
+		ctx := context.Background()
+		k := f.c.Keys()
+		g := f.publish(3)
+		f.heartbeat("a", "b")
+		first, err := f.c.Claim(ctx, "a", g.Ref(), ClaimOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var others []Claim
+		for i := 1; i <= 2; i++ {
+			cl, err := f.c.Claim(ctx, "a", g.Ref(), ClaimOptions{Index: i, Avoid: []string{"a"}})
+			if err != nil {
+				t.Fatalf("extra claim %d: %v", i, err)
+			}
+			others = append(others, cl)
+		}
+		// Extra 1's lease vanishes (Redis lost it); extra 2's claim ends
+		// and its slot goes to b.
+		if err := f.rdb.Del(ctx, k.Lease(others[0].id())).Err(); err != nil {
+			t.Fatal(err)
+		}
+		if err := f.c.Release(ctx, others[1]); err != nil {
+			t.Fatal(err)
+		}
+		if cl, err := f.c.Claim(ctx, "b", g.Ref(), ClaimOptions{}); err != nil || cl.Slot != others[1].Slot {
+			t.Fatalf("b's claim: %+v, %v; want %s", cl, err, others[1].Slot)
+		}
+		if err := f.rdb.PExpire(ctx, k.Lease(first.id()), time.Second).Err(); err != nil {
+			t.Fatal(err)
+		}
+		res, err := f.c.RenewReport(ctx, first, Progress{Gen: g.ID, Source: first.Slot}, nil, others)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(res) != 3 || res[0].Err != nil || res[0].Restored || res[1].Err != nil || !res[1].Restored || !errors.Is(res[2].Err, ErrLeaseLost) {
+			t.Fatalf("renewals %+v; want the first renewed, extra 1 re-created, extra 2 lost", res)
+		}
+		for _, cl := range []Claim{first, others[0]} {
+			if ttl := f.rdb.PTTL(ctx, k.Lease(cl.id())).Val(); ttl < 10*time.Second {
+				t.Errorf("lease of %s: %v left after the renewal", cl.id(), ttl)
+			}
 		}
 	})
 }

@@ -743,47 +743,63 @@ return reply
 // if it is still free (3). 1: renewed; 0: lost.
 // With ARGV progress (JSON, see Progress) it also records the pull's
 // progress and the host's heartbeat (and its groups' heartbeat indexes,
-// the extra KEYS): a pulling host needs no write of either of its own.
+// the ngroups KEYS after the named ones): a pulling host needs no write
+// of either of its own. The host's other claims (a swarm's extra and
+// rescue sources) are renewed in the same call: each is a triple of ARGV
+// after the eleventh (cid, slot, source zone) and its lease key follows
+// the groups' in KEYS. Returns one result per claim, the first claim's
+// first.
 // ARGV: host, gen, digest, slot, lease_ms, maxlen, repair, cid, progress,
-// source_zone
+// source_zone, ngroups, [cid, slot, source_zone]...
 var renewScript = newScript(
 	[]string{"lease", "claims", "leases", "generation", "sync", "full", "part", "holders", "running", "repairing", "events", "progress", "heartbeats"}, `
-local host, gen, digest, slot, cid = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[8]
-local want = gen .. ' ' .. slot
+local host, gen, digest = ARGV[1], ARGV[2], ARGV[3]
 local now = nowMS()
 local expiry = now + tonumber(ARGV[5])
+local ngroups = tonumber(ARGV[11] or '0')
 if (ARGV[9] or '') ~= '' then
   redis.call('HSET', K.progress, host, ARGV[9])
   redis.call('ZADD', K.heartbeats, now, host)
-  for i = NAMED + 1, #KEYS do redis.call('ZADD', KEYS[i], now, host) end
+  for i = NAMED + 1, NAMED + ngroups do redis.call('ZADD', KEYS[i], now, host) end
 end
 local g = redis.call('HMGET', K.generation, 'id', 'state')
-if g[1] == gen and g[2] == 'failed' then return 0 end -- cancelled: the pull stops
-if redis.call('GET', K.lease) == want then
-  redis.call('PEXPIRE', K.lease, ARGV[5])
+local current = isCurrent(gen, digest)
+local function renew(lease, slot, cid, zone)
+  local want = gen .. ' ' .. slot
+  if g[1] == gen and g[2] == 'failed' then return 0 end -- cancelled: the pull stops
+  if redis.call('GET', lease) == want then
+    redis.call('PEXPIRE', lease, ARGV[5])
+    redis.call('ZADD', K.leases, expiry, cid)
+    return 1
+  end
+  if not current then return 0 end
+  local c = redis.call('HGET', K.claims, cid)
+  local res, typ = 2, 'lease_recreated'
+  if not (c and string.sub(c, 1, #want + 1) == want .. ' ') then
+    if takeSlot(slot) == 0 then return 0 end
+    local record = want .. ' ' .. now .. ' ' .. digest
+    if (zone or '') ~= '' then record = record .. ' ' .. zone end -- the source's zone, as the claim wrote it
+    redis.call('HSET', K.claims, cid, record)
+    res, typ = 3, 'claim_restored'
+  end
+  redis.call('SET', lease, want, 'PX', ARGV[5])
   redis.call('ZADD', K.leases, expiry, cid)
-  return 1
+  redis.call('HSET', K.holders, slot, cid)
+  if ARGV[7] == '1' then
+    redis.call('SADD', K.repairing, host)
+  else
+    redis.call('SADD', K.running, host)
+  end
+  event(ARGV[6], typ, host, gen, slot, '')
+  return res
 end
-if not isCurrent(gen, digest) then return 0 end
-local c = redis.call('HGET', K.claims, cid)
-local res, typ = 2, 'lease_recreated'
-if not (c and string.sub(c, 1, #want + 1) == want .. ' ') then
-  if takeSlot(slot) == 0 then return 0 end
-  local record = want .. ' ' .. now .. ' ' .. digest
-  if (ARGV[10] or '') ~= '' then record = record .. ' ' .. ARGV[10] end -- the source's zone, as the claim wrote it
-  redis.call('HSET', K.claims, cid, record)
-  res, typ = 3, 'claim_restored'
+local out = {renew(K.lease, ARGV[4], ARGV[8], ARGV[10])}
+local n = 0
+for i = 12, #ARGV - 2, 3 do
+  n = n + 1
+  out[#out + 1] = renew(KEYS[NAMED + ngroups + n], ARGV[i + 1], ARGV[i], ARGV[i + 2])
 end
-redis.call('SET', K.lease, want, 'PX', ARGV[5])
-redis.call('ZADD', K.leases, expiry, cid)
-redis.call('HSET', K.holders, slot, cid)
-if ARGV[7] == '1' then
-  redis.call('SADD', K.repairing, host)
-else
-  redis.call('SADD', K.running, host)
-end
-event(ARGV[6], typ, host, gen, slot, '')
-return res
+return out
 `)
 
 // finishScript releases a claim and records host as holding the generation

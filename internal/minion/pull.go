@@ -184,18 +184,27 @@ func (m *Minion) watchLoop(ctx context.Context, src *source, cancel context.Canc
 		if time.Since(lastRenew) < renewEvery-tick/2 {
 			continue
 		}
-		src.sw.renew(ctx)
 		cl := src.claim()
 		if cl == nil {
+			src.sw.renew(ctx)
 			report(ctx)
 			continue // switching sources: the new claim starts a new lease
 		}
-		// The renewal carries the progress and the heartbeat.
+		// One call renews every claim and carries the progress and the
+		// heartbeat.
 		got, total := m.ProgressOf(src.gen)
-		restored, err := m.coord.RenewReport(ctx, *cl, coord.Progress{Gen: src.gen, Source: cl.Slot, Done: got, Total: total, Started: started}, m.cfg.Groups)
+		extras := src.sw.renewable()
+		others := make([]coord.Claim, len(extras))
+		for i, p := range extras {
+			others[i] = p.cl
+		}
+		res, err := m.coord.RenewReport(ctx, *cl, coord.Progress{Gen: src.gen, Source: cl.Slot, Done: got, Total: total, Started: started}, m.cfg.Groups, others)
 		src.flushCrossZone(ctx)
+		restored := false
 		if err == nil {
 			m.renewBeat.Store(time.Now().UnixNano())
+			restored, err = res[0].Restored, res[0].Err
+			src.sw.renewed(extras, res[1:])
 		}
 		if restored {
 			m.cfg.Metrics.LeasesRecreated.Inc()

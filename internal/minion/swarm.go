@@ -480,26 +480,44 @@ func (s *swarm) drop(ctx context.Context, p *feed, v coord.Verdict, reason strin
 	}
 }
 
-// renew renews the extra claims' leases; a lost one is dropped.
-func (s *swarm) renew(ctx context.Context) {
+// renewable lists the extra claims whose leases are to be renewed (none
+// before the swarm is active).
+func (s *swarm) renewable() []*feed {
 	if !s.active.Load() {
-		return
+		return nil
 	}
 	s.mu.Lock()
+	defer s.mu.Unlock()
 	var ps []*feed
 	for _, p := range s.extras {
 		if !p.dropped {
 			ps = append(ps, p)
 		}
 	}
-	s.mu.Unlock()
-	for _, p := range ps {
-		if _, err := s.m.coord.Renew(ctx, p.cl); errors.Is(err, coord.ErrLeaseLost) || errors.Is(err, coord.ErrStale) {
-			s.mu.Lock()
+	return ps
+}
+
+// renewed takes the renewals of ps (renewable's, in order): a lost lease
+// drops its source.
+func (s *swarm) renewed(ps []*feed, res []coord.Renewal) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for i, p := range ps {
+		if i < len(res) && (errors.Is(res[i].Err, coord.ErrLeaseLost) || errors.Is(res[i].Err, coord.ErrStale)) {
 			p.dropped = true
-			s.mu.Unlock()
 		}
 	}
+}
+
+// renew renews the extra claims' leases one by one (while the pull's own
+// claim switches, it renews none of them); a lost one is dropped.
+func (s *swarm) renew(ctx context.Context) {
+	ps := s.renewable()
+	res := make([]coord.Renewal, len(ps))
+	for i, p := range ps {
+		_, res[i].Err = s.m.coord.Renew(ctx, p.cl)
+	}
+	s.renewed(ps, res)
 }
 
 // balanceEvery is how often a pull looks at its sources' rates and claims
