@@ -208,11 +208,16 @@ local function takeSlot(slot)
   return redis.call('SREM', K.sync, slot)
 end
 
--- notify publishes msg on the channel prefix..name: the prefix is the
--- generation key's (every script that notifies declares K.generation).
+-- scope is the prefix of the task's keys (the plain task's or a named
+-- one's): the generation key's. K.generation
+local function scope()
+  return string.sub(K.generation, 1, #K.generation - #'generation')
+end
+
+-- notify publishes msg on the channel scope..name (every script that
+-- notifies declares K.generation).
 local function notify(name, msg)
-  local prefix = string.sub(K.generation, 1, #K.generation - #'generation')
-  redis.call('PUBLISH', prefix .. name, msg)
+  redis.call('PUBLISH', scope() .. name, msg)
 end
 
 -- event appends to the capped events stream. K.events
@@ -269,8 +274,7 @@ local function handoff(slot, wait)
       and not pulledFrom(w) then
       local record = g[1] .. ' ' .. slot .. ' ' .. now .. ' ' .. g[2]
       -- The queue's zone is the source's: "waiting:ZONE" in the task's scope.
-      local scope = string.sub(K.generation, 1, #K.generation - #'generation')
-      local zone = string.match(string.sub(wait, #scope + 1), '^waiting:(.+)$')
+      local zone = string.match(string.sub(wait, #scope() + 1), '^waiting:(.+)$')
       if zone then record = record .. ' ' .. zone end
       takeSlot(slot)
       redis.call('HSET', K.holders, slot, w)

@@ -153,6 +153,29 @@ func TestCheckPath(t *testing.T) {
 	}
 }
 
+// A queued host claims again four spaced polls later, at least a poll
+// apart and never so late (25 s, 30 s with jitter) that its queue entry
+// ages out (35 s after its last claim).
+func TestQueuedPoll(t *testing.T) {
+	for _, tc := range []struct {
+		poll    time.Duration
+		waiting int64
+		want    time.Duration
+	}{
+		{time.Second, 10, time.Second},                    // small fleet: a poll
+		{time.Second, 1000, 4 * time.Second},              // 4 × a poll × 1000/1000
+		{time.Second, 10000, 25 * time.Second},            // capped below the queue's 35 s
+		{100 * time.Millisecond, 100000, 3 * time.Second}, // 30 polls
+	} {
+		if got := queuedPoll(tc.poll, tc.waiting); got != tc.want {
+			t.Errorf("queuedPoll(%s, %d) = %s, want %s", tc.poll, tc.waiting, got, tc.want)
+		}
+		if max := time.Duration(float64(queuedPoll(tc.poll, tc.waiting)) * 1.2); max >= 35*time.Second {
+			t.Errorf("queuedPoll(%s, %d) with jitter reaches %s: the queue drops the host", tc.poll, tc.waiting, max)
+		}
+	}
+}
+
 func TestGrowBackoff(t *testing.T) {
 	for _, tc := range []struct {
 		misses int
