@@ -16,7 +16,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -28,6 +27,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/fanout/fanout/internal/coord"
+	"github.com/fanout/fanout/internal/freeport"
 	"github.com/fanout/fanout/internal/redisurl"
 )
 
@@ -138,7 +138,7 @@ func (f *Fleet) start(ctx context.Context, name, prog string, wrapper []string, 
 	}
 	if addr == "" {
 		var err error
-		if addr, err = freeAddr(); err != nil {
+		if addr, err = freeport.Addr(); err != nil {
 			return nil, err
 		}
 	}
@@ -402,13 +402,4 @@ func Poll(ctx context.Context, what string, ok func() (bool, error)) error {
 		case <-t.C:
 		}
 	}
-}
-
-func freeAddr() (string, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", fmt.Errorf("find a free port: %w", err)
-	}
-	defer ln.Close()
-	return ln.Addr().String(), nil
 }

@@ -18,6 +18,7 @@ import (
 	"github.com/alicebob/miniredis/v2"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/fanout/fanout/internal/freeport"
 	"github.com/fanout/fanout/internal/testtool"
 )
 
@@ -151,14 +152,7 @@ func copyFile(from, to string) error {
 	return os.WriteFile(to, b, 0o600)
 }
 
-func freePort() (int, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port, nil
-}
+func freePort() (int, error) { return freeport.Port("127.0.0.1") }
 
 func waitPing(addr string) error {
 	rdb := redis.NewClient(&redis.Options{Addr: addr})

@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/fanout/fanout/internal/freeport"
 )
 
 // redisServer is a real redis-server on a free loopback port, without
@@ -202,14 +204,7 @@ func dieWithParent() *syscall.SysProcAttr {
 func freePort() (int, error) { return freePortOn("127.0.0.1") }
 
 // freePortOn finds a TCP port free on host.
-func freePortOn(host string) (int, error) {
-	ln, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
-	if err != nil {
-		return 0, fmt.Errorf("find a free port: %w", err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port, nil
-}
+func freePortOn(host string) (int, error) { return freeport.Port(host) }
 
 // waitFor retries check until it succeeds or limit passes.
 func waitFor(ctx context.Context, limit time.Duration, check func(context.Context) error) error {

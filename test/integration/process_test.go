@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"io"
 	"io/fs"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -19,6 +18,7 @@ import (
 	"time"
 
 	"github.com/fanout/fanout/internal/fleet"
+	"github.com/fanout/fanout/internal/freeport"
 	"github.com/fanout/fanout/internal/lab"
 	"github.com/fanout/fanout/internal/redistest"
 )
@@ -98,14 +98,14 @@ func startDaemon(t *testing.T, logPath string, env []string, bin string, args ..
 	return cmd
 }
 
+// freeAddr returns a loopback address for a process the test starts.
 func freeAddr(t *testing.T) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	addr, err := freeport.Addr()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ln.Close()
-	return ln.Addr().String()
+	return addr
 }
 
 // TestProcesses runs the real binaries: a master and two minions as

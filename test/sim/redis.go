@@ -16,6 +16,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/fanout/fanout/internal/coord"
+	"github.com/fanout/fanout/internal/freeport"
 )
 
 // server is the real redis-server a simulation runs against: on a free
@@ -33,12 +34,10 @@ func startServer(ctx context.Context, dir string, maxclients, slowUS int) (*serv
 	if err != nil {
 		return nil, fmt.Errorf("the simulator needs redis-server on PATH (apt-get install redis-server): %w", err)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	port, err := freeport.Port("127.0.0.1")
 	if err != nil {
-		return nil, fmt.Errorf("find a free port: %w", err)
+		return nil, err
 	}
-	port := ln.Addr().(*net.TCPAddr).Port
-	ln.Close()
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("redis-server directory: %w", err)
 	}
