@@ -38,6 +38,7 @@ func TestScenariosOnCluster(t *testing.T) {
 		{"GenerationNamedByIDAndDigest", TestGenerationNamedByIDAndDigest},
 		{"PublishFloor", TestPublishFloor},
 		{"HeartbeatReasserts", TestHeartbeatReasserts},
+		{"LightHeartbeat", TestLightHeartbeat},
 		{"LeaseRecreated", TestLeaseRecreated},
 		{"DeadSlotBackoff", TestDeadSlotBackoff},
 		{"RepairClaimAndDrift", TestRepairClaimAndDrift},

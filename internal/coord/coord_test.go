@@ -429,6 +429,132 @@ func TestNewGenerationSupersedes(t *testing.T) {
 	})
 }
 
+// sentNames is a go-redis hook that records the name of every command a
+// client sends, pipelined or not.
+type sentNames struct {
+	mu    sync.Mutex
+	names []string
+}
+
+func (s *sentNames) add(cmds ...redis.Cmder) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, c := range cmds {
+		s.names = append(s.names, strings.ToLower(c.Name()))
+	}
+}
+
+// take returns the names sent since the last take.
+func (s *sentNames) take() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := s.names
+	s.names = nil
+	return out
+}
+
+func (s *sentNames) DialHook(next redis.DialHook) redis.DialHook { return next }
+
+func (s *sentNames) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		s.add(cmd)
+		return next(ctx, cmd)
+	}
+}
+
+func (s *sentNames) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		s.add(cmds...)
+		return next(ctx, cmds)
+	}
+}
+
+// Between registrations a heartbeat is light: plain commands, no script,
+// scored by this host's clock corrected to Redis TIME (here three hours
+// off); a finish Redis lost still calls the script, which re-asserts it.
+func TestLightHeartbeat(t *testing.T) {
+	each(t, 15*time.Second, func(t *testing.T, f *fixture) {
+		ctx := context.Background()
+		k := f.c.Keys()
+		g := f.publish(1)
+		f.mu.Lock()
+		f.now = time.Now().Add(-3 * time.Hour)
+		f.mu.Unlock()
+		sent := &sentNames{}
+		f.rdb.AddHook(sent)
+		c := New(f.rdb, Config{Prefix: "{fanout}:", Now: f.clock})
+		h := Host{ID: "a", Addr: "a:7070", Groups: []string{"gpu"}}
+		score := func(key string) float64 {
+			t.Helper()
+			s, err := f.rdb.ZScore(ctx, key, "a").Result()
+			if err != nil {
+				t.Fatalf("%s: %v", key, err)
+			}
+			return s
+		}
+
+		// The clock offset is not known yet: the script beats and measures it.
+		if _, err := c.Heartbeat(ctx, h, Beat{}); err != nil {
+			t.Fatal(err)
+		}
+		if names := sent.take(); !slices.Contains(names, "evalsha") && !slices.Contains(names, "eval") {
+			t.Fatalf("first beat sent %v, want the script", names)
+		}
+		first := score(k.Heartbeats())
+
+		f.advance(2 * time.Second)
+		p, err := c.Heartbeat(ctx, h, Beat{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		names := sent.take()
+		if slices.Contains(names, "evalsha") || slices.Contains(names, "eval") {
+			t.Fatalf("light beat sent %v, want no script", names)
+		}
+		if got := score(k.Heartbeats()); got != first+2000 {
+			t.Fatalf("light beat scored %.0f, want %.0f: the first beat's Redis time plus the 2 s this host's clock moved", got, first+2000)
+		}
+		if got := score(k.GroupHeartbeats("gpu")); got != first+2000 {
+			t.Fatalf("group heartbeat scored %.0f, want %.0f", got, first+2000)
+		}
+		if p.Current != g.Ref() || p.State != StateRunning || p.Reasserted {
+			t.Fatalf("light beat's pulse %+v, want generation %v running", p, g.Ref())
+		}
+
+		// Registration and offers go through the script.
+		if _, err := c.Heartbeat(ctx, h, Beat{Register: true}); err != nil {
+			t.Fatal(err)
+		}
+		if names := sent.take(); !slices.Contains(names, "evalsha") && !slices.Contains(names, "eval") {
+			t.Fatalf("registering beat sent %v, want the script", names)
+		}
+
+		cl, err := c.Claim(ctx, "a", g.Ref(), ClaimOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := c.Finish(ctx, cl, 1); err != nil {
+			t.Fatal(err)
+		}
+		sent.take()
+		if p, err := c.Heartbeat(ctx, h, Beat{Held: g.Ref(), Uploads: 1}); err != nil || p.Reasserted {
+			t.Fatalf("beat of a listed finish: %+v %v", p, err)
+		}
+		if names := sent.take(); slices.Contains(names, "evalsha") || slices.Contains(names, "eval") {
+			t.Fatalf("beat of a listed finish sent %v, want no script", names)
+		}
+		// Redis loses the finish: the light beat sees it and the script
+		// re-asserts it.
+		f.rdb.SRem(ctx, k.Finished(), "a")
+		if p, err := c.Heartbeat(ctx, h, Beat{Held: g.Ref(), Uploads: 1}); err != nil || !p.Reasserted {
+			t.Fatalf("beat of a lost finish: %+v %v", p, err)
+		}
+		if !slices.Contains(f.members(k.Finished()), "a") {
+			t.Fatal("lost finish not re-asserted")
+		}
+	})
+}
+
 func TestHeartbeatsAndStatus(t *testing.T) {
 	each(t, 15*time.Second, func(t *testing.T, f *fixture) {
 		ctx := context.Background()

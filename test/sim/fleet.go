@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -154,7 +155,8 @@ func (c simCoord) Subscribe(_ context.Context, channels ...string) (*coord.Notif
 
 // counter is a go-redis hook counting the requests a client sends, by
 // command; a script call is counted under the script's name ("evalsha
-// claim").
+// claim"), and a pipeline, one round trip, as one request named by its
+// commands ("pipeline zadd+hmget").
 type counter struct {
 	mu    sync.Mutex
 	calls map[string]int64
@@ -163,9 +165,8 @@ type counter struct {
 func newCounter() *counter { return &counter{calls: map[string]int64{}} }
 
 func (c *counter) add(cmds ...redis.Cmder) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	for _, cmd := range cmds {
+	names := make([]string, len(cmds))
+	for i, cmd := range cmds {
 		name := strings.ToLower(cmd.Name())
 		if name == "evalsha" || name == "eval" {
 			if args := cmd.Args(); len(args) > 1 {
@@ -174,8 +175,15 @@ func (c *counter) add(cmds ...redis.Cmder) {
 				}
 			}
 		}
-		c.calls[name]++
+		names[i] = name
 	}
+	name := names[0]
+	if len(names) > 1 {
+		name = "pipeline " + strings.Join(slices.Compact(names), "+")
+	}
+	c.mu.Lock()
+	c.calls[name]++
+	c.mu.Unlock()
 }
 
 // claimKind tells a claim script call's kind apart, from its arguments
@@ -223,7 +231,9 @@ func (c *counter) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 // ProcessPipelineHook is part of redis.Hook.
 func (c *counter) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
 	return func(ctx context.Context, cmds []redis.Cmder) error {
-		c.add(cmds...)
+		if len(cmds) > 0 {
+			c.add(cmds...)
+		}
 		return next(ctx, cmds)
 	}
 }

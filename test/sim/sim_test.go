@@ -43,10 +43,14 @@ func TestSimulateSmoke(t *testing.T) {
 	if r.Events["finish"] != 200 || r.Events["claim"] < 200 || r.Events["lease_expired"] != 0 {
 		t.Fatalf("events %v: want 200 finishes, a claim a host at least, no lease expired", r.Events)
 	}
-	for _, script := range []string{"evalsha claim", "evalsha finish", "evalsha heartbeat", "evalsha offer"} {
+	for _, script := range []string{"evalsha claim", "evalsha finish", "evalsha offer"} {
 		if r.Requests[script] == 0 {
 			t.Fatalf("no %s among the requests of the task: %v", script, r.Requests)
 		}
+	}
+	// Between registrations hosts beat light: a pipeline, no script.
+	if r.Requests["pipeline zadd+hmget"] == 0 {
+		t.Fatalf("no light heartbeat among the requests of the task: %v", r.Requests)
 	}
 	if r.Requests["evalsha finish"] < 200 || r.Executed["evalsha"] < r.Requests["evalsha finish"] {
 		t.Fatalf("%d finish scripts sent, %d EVALSHA executed: want 200 or more of each", r.Requests["evalsha finish"], r.Executed["evalsha"])
@@ -57,7 +61,7 @@ func TestSimulateSmoke(t *testing.T) {
 	if len(r.Warnings) > 0 {
 		t.Fatalf("the simulated daemons logged: %v", r.Warnings)
 	}
-	if r.IdleWindow < cfg.IdleWindow || r.IdleReqs["evalsha heartbeat"] == 0 {
+	if r.IdleWindow < cfg.IdleWindow || r.IdleReqs["evalsha heartbeat"]+r.IdleReqs["pipeline zadd+hmget"] == 0 {
 		t.Fatalf("idle window %s, requests %v: want the hosts' heartbeats", r.IdleWindow, r.IdleReqs)
 	}
 	text := table(cfg, []result{r}, time.Minute)
