@@ -297,6 +297,40 @@ func (c *Client) Release(ctx context.Context, cl Claim) error {
 	return nil
 }
 
+// Bypass moves main, a host's first claim, off its source, a partial host
+// that relays too slowly (the relay), onto the relay's own claim: the slot
+// of the grandparent, whose rescue slot the host holds with rescue (see
+// ClaimOptions.Rescue). It returns the host's first claim now. The relay's
+// claim and the rescue claim end; the relay is told on its wake channel
+// and finds its lease lost, so it claims again, and, as nothing but
+// rescue claims pulls from it now, it may take the end of a chain; its
+// slots are not offered again for the generation (Keys.SlowRelays). So a
+// slow uplink in a chain stops setting the pace of every host behind it,
+// and the grandparent's uplink stops being split between the relay and
+// the host. ErrMoved when the claims are no longer as main and rescue say.
+func (c *Client) Bypass(ctx context.Context, main, rescue Claim) (Claim, error) {
+	if main.Index != 0 || rescue.Index == 0 || main.Host != rescue.Host {
+		return Claim{}, fmt.Errorf("bypass %s: needs the host's first claim and one of its rescue claims", main.Source)
+	}
+	kc := keyCtx{host: main.Host, zone: c.cfg.Zone}
+	extra := []string{c.keys.Lease(main.Source), c.keys.Lease(rescue.id())}
+	res, err := c.runExtra(ctx, bypassScript, kc, extra, main.Host, main.Gen.ID, main.Gen.Digest, main.Slot,
+		rescue.id(), rescue.Slot, c.cfg.LeaseTTL.Milliseconds(), eventsMax).StringSlice()
+	if err != nil {
+		return Claim{}, fmt.Errorf("bypass %s: %w", main.Source, err)
+	}
+	switch {
+	case len(res) > 0 && res[0] == "stale":
+		return Claim{}, fmt.Errorf("bypass %s: generation %s: %w", main.Source, main.Gen, ErrStale)
+	case len(res) > 0 && res[0] == "moved":
+		return Claim{}, fmt.Errorf("bypass %s: %w", main.Source, ErrMoved)
+	case len(res) != 4 || res[0] != "ok":
+		return Claim{}, fmt.Errorf("bypass %s: unexpected reply %v", main.Source, res)
+	}
+	return Claim{Host: main.Host, Gen: main.Gen, Slot: res[1], Source: rescue.Source, SourceAddr: rescue.SourceAddr,
+		SourceZone: res[3], Partial: res[2] == "partial", Repair: main.Repair, Lease: c.cfg.LeaseTTL}, nil
+}
+
 // reapBatch bounds the claims expired, and the dead slots offered again,
 // by one Reap call.
 const reapBatch = 100

@@ -39,6 +39,8 @@ func TestScenariosOnCluster(t *testing.T) {
 		{"PublishFloor", TestPublishFloor},
 		{"HeartbeatReasserts", TestHeartbeatReasserts},
 		{"LightHeartbeat", TestLightHeartbeat},
+		{"Bypass", TestBypass},
+		{"BypassRefusesWholeRelay", TestBypassRefusesWholeRelay},
 		{"LeaseRecreated", TestLeaseRecreated},
 		{"DeadSlotBackoff", TestDeadSlotBackoff},
 		{"RepairClaimAndDrift", TestRepairClaimAndDrift},

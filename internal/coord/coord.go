@@ -29,6 +29,8 @@ var (
 	ErrFinished  = errors.New("host already holds the generation")
 	ErrBusy      = errors.New("host already holds a live lease")
 	ErrLeaseLost = errors.New("lease lost")
+	// ErrMoved: claims are no longer as the caller saw them (see Bypass).
+	ErrMoved = errors.New("the claims moved meanwhile")
 )
 
 // adoptedTTL marks a task key the master has adopted (see TaskKey).

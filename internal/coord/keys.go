@@ -134,6 +134,12 @@ func (k Keys) Heartbeats() string { return k.scope() + "heartbeats" }
 // never comes down. Reset by each publish.
 func (k Keys) Starved() string { return k.scope() + "starved" }
 
+// SlowRelays is the set of the current generation's hosts that relayed
+// too slowly for the host behind them, which then pulled from their own
+// source instead (see Client.Bypass): their slots are not offered again
+// for the generation.
+func (k Keys) SlowRelays() string { return k.scope() + "slow_relays" }
+
 // Rescue is the set of free rescue slots ("host#64", see RescueSlot) of
 // partial sources: never in synchronize_queue, taken only by rescue claims
 // (see ClaimOptions.Rescue). Reset by each publish.

@@ -16,6 +16,7 @@ var scriptNames = map[string]*script{
 	"drift":     driftScript,
 	"forget":    forgetScript,
 	"release":   releaseScript,
+	"bypass":    bypassScript,
 	"retire":    retireScript,
 	"addtask":   addTaskScript,
 }

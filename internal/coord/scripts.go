@@ -130,6 +130,8 @@ func (k Keys) named(name string, kc keyCtx) string {
 		return k.Starved()
 	case "rescue":
 		return k.Rescue()
+	case "slow":
+		return k.SlowRelays()
 	case "holders":
 		return k.Holders()
 	case "dead":
@@ -289,7 +291,8 @@ local function handoff(slot, wait)
   return false
 end
 
--- freeSlot offers slot: synchronize_queue (the seed's set of free slots)
+-- freeSlot offers slot (unless its source relayed too slowly for this
+-- generation, K.slow when declared: see bypassScript): synchronize_queue (the seed's set of free slots)
 -- and the index of free slots of whole or of partial sources, which claims
 -- sample in O(1); and the same index of the source's zone, zf and zp (the
 -- global ones when the source has no zone). K.sync, K.full, K.part
@@ -298,6 +301,7 @@ end
 -- wait (a waiting queue, see handoff), any other slot goes to the host
 -- that waited longest, if one waits.
 local function freeSlot(slot, whole, zf, zp, wait)
+  if K.slow and redis.call('SISMEMBER', K.slow, slotSource(slot) or '') == 1 then return end
   if isRescue(slot) then
     if K.rescue and (not whole or (K.generation and slotSource(slot) == redis.call('HGET', K.generation, 'origin'))) then
       redis.call('SADD', K.rescue, slot)
@@ -342,6 +346,7 @@ end
 -- K.generation, K.finished. With rescue (K.rescue declared), a partial
 -- source or the origin also offers its rescue slot.
 local function offer(host, uploads, force, rescue)
+  if K.slow and redis.call('SISMEMBER', K.slow, host) == 1 then return end
   local origin = host == redis.call('HGET', K.generation, 'origin')
   local whole = origin or redis.call('SISMEMBER', K.finished, host) == 1
   if rescue and K.rescue and (origin or not whole) then
@@ -402,7 +407,7 @@ end
 // cleared: their entries of the last generation are no longer in the
 // global indexes, and claims drop them when they sample them.
 var publishScript = newScript(
-	[]string{"generation", "sync", "full", "part", "zfull", "zpart", "running", "finished", "claims", "leases", "failures", "bad", "lookup", "events", "progress", "holders", "dead", "strikes", "repairing", "repairs", "zbytes", "hooks", "starved", "rescue", "switched", "tasks", "wait", "zwait"}, `
+	[]string{"generation", "sync", "full", "part", "zfull", "zpart", "running", "finished", "claims", "leases", "failures", "bad", "lookup", "events", "progress", "holders", "dead", "strikes", "repairing", "repairs", "zbytes", "hooks", "starved", "rescue", "switched", "tasks", "wait", "zwait", "slow"}, `
 -- A named task (ARGV[21]) is published only while it is in the task
 -- list: a master that was building it when it was retired publishes
 -- nothing.
@@ -424,7 +429,7 @@ redis.call('HSET', K.generation, 'path', ARGV[1], 'delete', ARGV[2], 'digest', A
   'atomic', ARGV[18] or '0', 'rollback', ARGV[19] or '0', 'switch', ARGV[20] or '', 'switch_at', '0')
 redis.call('DEL', K.sync, K.full, K.part, K.running, K.finished, K.claims, K.leases, K.failures,
   K.bad, K.lookup, K.progress, K.holders, K.dead, K.strikes, K.repairing, K.repairs, K.zbytes, K.hooks, K.starved, K.rescue, K.switched,
-  K.wait, K.zwait)
+  K.wait, K.zwait, K.slow)
 if K.zfull ~= K.full then redis.call('DEL', K.zfull, K.zpart) end
 for i = 0, tonumber(ARGV[10]) - 1 do
   freeSlot(ARGV[6] .. '#' .. i, true, K.zfull, K.zpart)
@@ -813,7 +818,7 @@ return out
 // repairing.
 // ARGV: host, gen, digest, slot, uploads, maxlen, repaired, cid
 var finishScript = newScript(
-	[]string{"lease", "claims", "leases", "holders", "sync", "full", "part", "zfull", "zpart", "szfull", "szpart", "zpull", "bad", "generation", "running", "finished", "failures", "events", "dead", "strikes", "repairing", "repairs", "rescue", "zwait", "szwait", "starved"}, `
+	[]string{"lease", "claims", "leases", "holders", "sync", "full", "part", "zfull", "zpart", "szfull", "szpart", "zpull", "bad", "generation", "running", "finished", "failures", "events", "dead", "strikes", "repairing", "repairs", "rescue", "zwait", "szwait", "starved", "slow"}, `
 local host, gen, digest, slot = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 release(ARGV[8], gen, digest, slot, true)
 if not isCurrent(gen, digest) then return 0 end
@@ -854,7 +859,7 @@ return 1
 // ARGV: host, gen, digest, slot, verdict, failure_json, maxlen, reason,
 // switch, uploads, backoff_ms, backoff_max_ms, cid
 var failScript = newScript(
-	[]string{"lease", "claims", "leases", "holders", "sync", "full", "part", "zfull", "szfull", "szpart", "zpull", "bad", "generation", "running", "finished", "failures", "events", "dead", "strikes", "hosts", "rescue", "szwait", "starved"}, `
+	[]string{"lease", "claims", "leases", "holders", "sync", "full", "part", "zfull", "szfull", "szpart", "zpull", "bad", "generation", "running", "finished", "failures", "events", "dead", "strikes", "hosts", "rescue", "szwait", "starved", "slow"}, `
 local host, gen, digest, slot = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local src = slotSource(slot) or ''
 local verdict = tonumber(ARGV[5])
@@ -902,7 +907,7 @@ return 1
 // ARGV: batch, grace_ms. Returns {claim ids due, the zone of each one's
 // source ("" for none)}: the reaper returns each slot to its zone's index.
 var dueScript = newScript(
-	[]string{"leases", "dead", "sync", "full", "part", "bad", "generation", "finished", "heartbeats", "holders", "claims", "rescue"}, `
+	[]string{"leases", "dead", "sync", "full", "part", "bad", "generation", "finished", "heartbeats", "holders", "claims", "rescue", "slow"}, `
 local now = nowMS()
 local cutoff = now - tonumber(ARGV[2])
 local origin = redis.call('HGET', K.generation, 'origin')
@@ -930,7 +935,7 @@ return {due, zones}
 // K.szfull, K.szpart are the indexes of the zone the claim record names.
 // ARGV: cid, grace_ms, maxlen. Returns 1 when it expired the claim.
 var expireScript = newScript(
-	[]string{"lease", "claims", "leases", "running", "sync", "full", "part", "szfull", "szpart", "bad", "generation", "finished", "heartbeats", "holders", "events", "rescue", "szwait", "starved"}, `
+	[]string{"lease", "claims", "leases", "running", "sync", "full", "part", "szfull", "szpart", "bad", "generation", "finished", "heartbeats", "holders", "events", "rescue", "szwait", "starved", "slow"}, `
 local cid = ARGV[1]
 local now = nowMS()
 local ttl = redis.call('PTTL', K.lease)
@@ -967,7 +972,7 @@ return 1
 // ARGV: host, info_json, gen, digest, uploads, maxlen, offer.
 // Returns {now_ms, 1 if it re-asserted a lost finish, id, digest, state}.
 var heartbeatScript = newScript(
-	[]string{"hosts", "heartbeats", "generation", "finished", "running", "sync", "full", "part", "zfull", "zpart", "holders", "claims", "dead", "bad", "events", "leases", "zwait", "starved"}, `
+	[]string{"hosts", "heartbeats", "generation", "finished", "running", "sync", "full", "part", "zfull", "zpart", "holders", "claims", "dead", "bad", "events", "leases", "zwait", "starved", "slow"}, `
 local host = ARGV[1]
 local now = nowMS()
 if ARGV[2] ~= '' then redis.call('HSET', K.hosts, host, ARGV[2]) end
@@ -1046,7 +1051,7 @@ return 1
 // so the hosts it wakes find a source.
 // With rescue, a partial source or the origin also offers its rescue slot.
 // ARGV: host, gen, digest, uploads, force, announce, rescue
-var offerScript = newScript([]string{"generation", "finished", "sync", "full", "part", "zfull", "zpart", "holders", "claims", "dead", "bad", "rescue", "running", "leases", "events", "zwait", "starved"}, `
+var offerScript = newScript([]string{"generation", "finished", "sync", "full", "part", "zfull", "zpart", "holders", "claims", "dead", "bad", "rescue", "running", "leases", "events", "zwait", "starved", "slow"}, `
 if not isCurrent(ARGV[2], ARGV[3]) then return 0 end
 if redis.call('SISMEMBER', K.bad, ARGV[1]) == 1 then return 0 end
 offer(ARGV[1], tonumber(ARGV[4]), ARGV[5] == '1', ARGV[7] == '1')
@@ -1123,10 +1128,73 @@ return 1
 // needs (a slow source replaced, an extra source after the endgame): the
 // slot returns, nothing is recorded against the source.
 // ARGV: host, gen, digest, slot, maxlen, cid
-var releaseScript = newScript([]string{"lease", "claims", "leases", "holders", "sync", "full", "part", "zfull", "szfull", "szpart", "zpull", "bad", "generation", "finished", "events", "rescue", "running", "szwait", "starved"}, `
+var releaseScript = newScript([]string{"lease", "claims", "leases", "holders", "sync", "full", "part", "zfull", "szfull", "szpart", "zpull", "bad", "generation", "finished", "events", "rescue", "running", "szwait", "starved", "slow"}, `
 release(ARGV[6], ARGV[2], ARGV[3], ARGV[4], true)
 event(ARGV[5], 'release', ARGV[1], ARGV[2], ARGV[4], '')
 return 1
+`)
+
+// bypassScript moves host's first claim off its source, a partial host
+// (the relay) that relays too slowly, onto the relay's own claim: the slot
+// of the grandparent, whose rescue slot host holds with claim rcid. The
+// relay's claim ends (its lease key deleted, so its next renewal finds it
+// lost, and it is told on its wake channel to claim again now); host's
+// rescue claim ends and the rescue slot returns; the relay's slots are
+// withdrawn and not offered again for the generation (K.slow): a slow
+// uplink serves nobody, and the relay, with nothing pulling from it but
+// rescue claims, takes the end of a chain. Nothing happens unless the
+// claims are still as host saw them: the relay's first claim is on the
+// rescue slot's source, and each slot's holder is the claim named.
+// KEYS after the named ones: the relay's lease key, the rescue claim's.
+// ARGV: host, gen, digest, slot (host's first claim's), rescue cid,
+// rescue slot, lease_ms, maxlen.
+// Returns {'ok', slot, 'whole' or 'partial', source zone} or {'moved'} or
+// {'stale'}.
+var bypassScript = newScript([]string{"lease", "generation", "finished", "claims", "holders", "leases", "sync", "full", "part", "rescue", "slow", "events"}, `
+local host, gen, digest, mslot, rcid, rslot = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+local relayLease, rescueLease = KEYS[NAMED + 1], KEYS[NAMED + 2]
+if not isCurrent(gen, digest) then return {'stale'} end
+-- record returns the slot and source zone of claim cid's record for this
+-- generation, held by cid.
+local function record(cid)
+  local c = redis.call('HGET', K.claims, cid)
+  if not c then return nil end
+  local cg, slot, _, cd, zone = string.match(c, '^(%S+) (%S+) (%S+) (%S+) ?(%S*)')
+  if cg ~= gen or cd ~= digest or redis.call('HGET', K.holders, slot) ~= cid then return nil end
+  return slot, zone or ''
+end
+local relay, gp = slotSource(mslot), slotSource(rslot)
+if not relay or not gp or not isRescue(rslot) or record(host) ~= mslot or record(rcid) ~= rslot then return {'moved'} end
+if isWhole(relay) then return {'moved'} end
+local up, zone = record(relay)
+if not up or isRescue(up) or slotSource(up) ~= gp then return {'moved'} end
+local now = nowMS()
+-- The relay's claim is host's now.
+redis.call('DEL', relayLease)
+redis.call('HDEL', K.claims, relay)
+redis.call('ZREM', K.leases, relay)
+local rec = gen .. ' ' .. up .. ' ' .. now .. ' ' .. digest
+if zone ~= '' then rec = rec .. ' ' .. zone end
+redis.call('HSET', K.claims, host, rec)
+redis.call('HSET', K.holders, up, host)
+redis.call('SET', K.lease, gen .. ' ' .. up, 'PX', ARGV[7])
+redis.call('ZADD', K.leases, now + tonumber(ARGV[7]), host)
+redis.call('HDEL', K.holders, mslot)
+-- The rescue claim ends; its slot returns for others.
+redis.call('DEL', rescueLease)
+redis.call('HDEL', K.claims, rcid)
+redis.call('ZREM', K.leases, rcid)
+redis.call('HDEL', K.holders, rslot)
+local whole = isWhole(gp)
+freeSlot(rslot, whole)
+-- The relay serves nobody new this generation.
+redis.call('SADD', K.slow, relay)
+for i = 0, UPLOADS do takeSlot(relay .. '#' .. i) end
+event(ARGV[8], 'bypass', host, gen, up, relay .. ' relayed too slowly: pulling from its source ' .. gp)
+notify('wake:' .. relay, 'slow ' .. gen)
+local kind = 'partial'
+if whole then kind = 'whole' end
+return {'ok', up, kind, zone}
 `)
 
 // zoneBytesScript adds to host's count of bytes received from sources in
