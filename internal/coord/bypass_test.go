@@ -145,3 +145,34 @@ func TestBypassRefusesWholeRelay(t *testing.T) {
 		}
 	})
 }
+
+// An extra claim never takes the slot of the claimer's own puller: what
+// that puller has came from the claimer, and its slot is the end of the
+// chain, the next newcomer's. Another host's extra claim may take it.
+func TestExtraClaimSkipsOwnPuller(t *testing.T) {
+	each(t, 15*time.Second, func(t *testing.T, f *fixture) {
+		ctx := context.Background()
+		g := f.publish(1)
+		f.heartbeat("P", "S", "X")
+		o := ClaimOptions{Serves: true, Slots: 1}
+		if _, err := f.c.Claim(ctx, "P", g.Ref(), o); err != nil {
+			t.Fatal(err)
+		}
+		if err := f.c.OfferSlots(ctx, "P", g.Ref(), 1, false); err != nil {
+			t.Fatal(err)
+		}
+		if cl, err := f.c.Claim(ctx, "S", g.Ref(), o); err != nil || cl.Slot != "P#0" {
+			t.Fatalf("S claims %+v, %v", cl, err)
+		}
+		if err := f.c.OfferSlots(ctx, "S", g.Ref(), 1, false); err != nil {
+			t.Fatal(err)
+		}
+		extra := ClaimOptions{Index: 1, Acyclic: true}
+		if cl, err := f.c.Claim(ctx, "P", g.Ref(), extra); !errors.Is(err, ErrNoSource) {
+			t.Fatalf("P's extra claim took %s, its own puller's slot (%v)", cl.Slot, err)
+		}
+		if cl, err := f.c.Claim(ctx, "X", g.Ref(), extra); err != nil || cl.Slot != "S#0" {
+			t.Fatalf("X's extra claim: %+v, %v; want S#0", cl, err)
+		}
+	})
+}

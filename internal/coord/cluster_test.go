@@ -41,6 +41,7 @@ func TestScenariosOnCluster(t *testing.T) {
 		{"LightHeartbeat", TestLightHeartbeat},
 		{"Bypass", TestBypass},
 		{"BypassRefusesWholeRelay", TestBypassRefusesWholeRelay},
+		{"ExtraClaimSkipsOwnPuller", TestExtraClaimSkipsOwnPuller},
 		{"LeaseRecreated", TestLeaseRecreated},
 		{"DeadSlotBackoff", TestDeadSlotBackoff},
 		{"RepairClaimAndDrift", TestRepairClaimAndDrift},

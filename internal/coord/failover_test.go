@@ -334,13 +334,15 @@ func TestClockSkewIrrelevant(t *testing.T) {
 // takes a second slot of a source it pulls from already, an extra claim
 // released gives its slot back and leaves the first alone, an extra claim
 // expires on its own, and an acyclic claim (chunked generations) may take a
-// partial source that pulls from the host itself, which a plain one may not.
+// partial source that pulls from the host through another, which a plain
+// one may not (nor, see TestExtraClaimSkipsOwnPuller, one that pulls from
+// the host directly).
 func TestSeveralClaims(t *testing.T) {
 	each(t, 15*time.Second, func(t *testing.T, f *fixture) {
 		ctx := context.Background()
 		k := f.c.Keys()
 		g := f.publish(1)
-		f.heartbeat("a", "b")
+		f.heartbeat("a", "b", "c")
 		first, err := f.c.Claim(ctx, "a", g.Ref(), ClaimOptions{})
 		if err != nil {
 			t.Fatal(err)
@@ -349,21 +351,24 @@ func TestSeveralClaims(t *testing.T) {
 		if _, err := f.c.Claim(ctx, "a", g.Ref(), ClaimOptions{Index: 1, Avoid: []string{first.Source}}); !errors.Is(err, ErrNoSource) {
 			t.Fatalf("second claim on the same source: %v", err)
 		}
-		// b streams from a (partial), and offers its own slot.
+		// b streams from a (partial), c from b, and each offers its own
+		// slot.
 		if err := f.c.OfferSlots(ctx, "a", g.Ref(), 1, false); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := f.c.Claim(ctx, "b", g.Ref(), ClaimOptions{Avoid: []string{"master"}}); err != nil {
-			t.Fatal(err)
-		}
-		if err := f.c.OfferSlots(ctx, "b", g.Ref(), 1, false); err != nil {
-			t.Fatal(err)
+		for _, h := range []string{"b", "c"} {
+			if _, err := f.c.Claim(ctx, h, g.Ref(), ClaimOptions{Avoid: []string{"master"}}); err != nil {
+				t.Fatal(err)
+			}
+			if err := f.c.OfferSlots(ctx, h, g.Ref(), 1, false); err != nil {
+				t.Fatal(err)
+			}
 		}
 		if _, err := f.c.Claim(ctx, "a", g.Ref(), ClaimOptions{Index: 1, Avoid: []string{"master"}}); !errors.Is(err, ErrNoSource) {
-			t.Fatalf("a took b's slot, and b pulls from a: %v", err)
+			t.Fatalf("a took c's slot, and c pulls from a through b: %v", err)
 		}
 		extra, err := f.c.Claim(ctx, "a", g.Ref(), ClaimOptions{Index: 1, Avoid: []string{"master"}, Acyclic: true})
-		if err != nil || extra.Source != "b" || extra.Index != 1 {
+		if err != nil || extra.Source != "c" || extra.Index != 1 {
 			t.Fatalf("acyclic extra claim: %+v, %v", extra, err)
 		}
 		if ttl := f.rdb.PTTL(ctx, k.Lease("a/1")).Val(); ttl <= 0 {
@@ -375,7 +380,7 @@ func TestSeveralClaims(t *testing.T) {
 		if err := f.c.Release(ctx, extra); err != nil {
 			t.Fatal(err)
 		}
-		if !slices.Contains(f.members(k.Sync()), "b#0") || !slices.Contains(f.members(k.Running()), "a") {
+		if !slices.Contains(f.members(k.Sync()), "c#0") || !slices.Contains(f.members(k.Running()), "a") {
 			t.Fatalf("after release: sync %v running %v", f.members(k.Sync()), f.members(k.Running()))
 		}
 		if _, err := f.c.Renew(ctx, first); err != nil {

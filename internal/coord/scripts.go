@@ -574,11 +574,15 @@ local function downstream(src)
   return h ~= nil, h ~= nil
 end
 -- usable returns slot's source when host may take it, dropping the slots
--- of bad or silent sources for good.
+-- of bad or silent sources for good; an extra claim takes no slot of a
+-- host whose first claim is on host (one HGET).
 local function usable(slot)
   local src = slotSource(slot)
   if not src then takeSlot(slot) return nil end
   if src == host or avoid[src] then return nil end
+  -- An extra source is never host's own puller: what it has came from
+  -- host, and its slot is the end of a chain, a newcomer's.
+  if extra and upstream(src) == host then return nil end
   if redis.call('SISMEMBER', K.bad, src) == 1 then takeSlot(slot) return nil end
   if src ~= g[3] then
     local s = redis.call('ZSCORE', K.heartbeats, src)

@@ -23,11 +23,13 @@ type Metrics struct {
 	FilesReceived prometheus.Counter
 	PullDuration  prometheus.Histogram
 	Claims        prometheus.Counter
-	// RescueClaims counts rescue slots claimed (see coord.RescueSlot) and
+	// RescueClaims counts rescue slots claimed (see coord.RescueSlot),
 	// LeadChanges the times another source took the lead of a pull from a
-	// slower one (minion).
+	// slower one, and Bypasses the times a pull took its slow relay's
+	// place on the relay's source (minion).
 	RescueClaims  prometheus.Counter
 	LeadChanges   prometheus.Counter
+	Bypasses      prometheus.Counter
 	Failures      *prometheus.CounterVec // by verdict: ok, dead, bad
 	LeaseExpiries prometheus.Counter
 	Generation    prometheus.Gauge // the generation this host holds or published
@@ -71,7 +73,8 @@ func New() *Metrics {
 		FilesReceived:      f("files_received_total", "Files received, verified and renamed into place."),
 		Claims:             f("claims_total", "Source slots claimed by this host."),
 		RescueClaims:       f("rescue_claims_total", "Rescue slots claimed: the source of this host's source (a partial host or the origin), as an extra source."),
-		LeadChanges:        f("lead_changes_total", "Times another source of a pull, at least twice as fast, took the lead from a slower one (a slow relay bypassed)."),
+		LeadChanges:        f("lead_changes_total", "Times another source of a pull, at least twice as fast, took the lead from a slower one (a slow relay stepped around)."),
+		Bypasses:           f("bypasses_total", "Times a pull took the place of its slow relay on the relay's own source; the relay moved to the end of a chain."),
 		LeaseExpiries:      f("lease_expiries_total", "Expired leases reaped (master only)."),
 		Published:          f("generations_published_total", "Generations published (master only)."),
 		RejectedTasks:      f("tasks_rejected_total", "Task values rejected as bad input (master only)."),

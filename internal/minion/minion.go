@@ -147,6 +147,7 @@ type Coordinator interface {
 	Fail(ctx context.Context, cl coord.Claim, v coord.Verdict, reason string, uploads int) error
 	Switch(ctx context.Context, cl coord.Claim, v coord.Verdict, reason string) error
 	Release(ctx context.Context, cl coord.Claim) error
+	Bypass(ctx context.Context, main, rescue coord.Claim) (coord.Claim, error)
 	OfferSlots(ctx context.Context, host string, gen coord.Ref, uploads int, force bool) error
 	OfferPartial(ctx context.Context, host string, gen coord.Ref, uploads int) error
 	ReportProgress(ctx context.Context, host string, p coord.Progress) error
@@ -233,6 +234,9 @@ type Minion struct {
 	// queue it for a slot (coord.ClaimOptions.Queue); queued: the last
 	// claim did (Step goroutine only).
 	listens, queued bool
+	// notes receives a (coalesced) message on the subscription Run holds:
+	// a pull's watch loop renews at once on one (nil outside Run).
+	notes <-chan struct{}
 	// waitGen is the generation this host waits for a source for (nil
 	// when it does not), read from Redis at waitAt (Step goroutine only):
 	// see current.
@@ -338,8 +342,8 @@ func (m *Minion) Run(ctx context.Context) error {
 	} else {
 		defer n.Close()
 		published = n.C
-		m.listens = true
-		defer func() { m.listens = false }()
+		m.listens, m.notes = true, n.C
+		defer func() { m.listens, m.notes = false, nil }()
 	}
 	failures := 0
 	for {

@@ -163,6 +163,7 @@ func (m *Minion) watchLoop(ctx context.Context, src *source, cancel context.Canc
 	}
 	report(ctx) // status shows the source at once
 	for {
+		nudged := false
 		select {
 		case <-done:
 			// The final figures, so status shows what the pull moved.
@@ -172,6 +173,15 @@ func (m *Minion) watchLoop(ctx context.Context, src *source, cancel context.Canc
 			return
 		case <-ctx.Done():
 			return
+		case rescue := <-src.sw.bypass:
+			src.bypass(ctx, rescue)
+			continue
+		case <-m.notes:
+			// A message on this host's channels while it pulls: a new
+			// generation, or the host behind it took its place (see
+			// source.bypass). The renewal tells which, now rather than at
+			// its time.
+			nudged = true
 		case <-t.C:
 		}
 		if time.Since(lastBalance) >= balanceEvery {
@@ -181,7 +191,7 @@ func (m *Minion) watchLoop(ctx context.Context, src *source, cancel context.Canc
 		// Half a tick of slack: the ticker fires every renewEvery (or
 		// less), and a tick a hair early must not push the renewal to the
 		// next one, two thirds into the lease.
-		if time.Since(lastRenew) < renewEvery-tick/2 {
+		if !nudged && time.Since(lastRenew) < renewEvery-tick/2 {
 			continue
 		}
 		cl := src.claim()
@@ -213,6 +223,16 @@ func (m *Minion) watchLoop(ctx context.Context, src *source, cancel context.Canc
 		if errors.Is(err, coord.ErrLeaseLost) || errors.Is(err, coord.ErrStale) {
 			if now := src.claim(); now != nil && now.Slot != cl.Slot {
 				continue // the pull moved to another source meanwhile
+			}
+			if errors.Is(err, coord.ErrLeaseLost) {
+				// Within a third of a lease, before the extra claims'
+				// leases (renewed by this loop) run out.
+				if rerr := src.replaceLost(ctx, *cl, renewEvery); rerr == nil {
+					lastRenew = time.Now()
+					continue
+				} else if ctx.Err() == nil {
+					m.cfg.Log.WithError(rerr).Warn("lease lost and no other source; the pull stops")
+				}
 			}
 			cancel(errLeaseLost)
 			return

@@ -197,18 +197,49 @@ func (s *source) switchFrom(ctx context.Context, failed coord.Claim, cause error
 	}
 	m.cfg.Metrics.Failures.WithLabelValues("dead").Inc()
 	s.log.WithError(cause).WithField("source", failed.Source).Warn("source failed; resuming from another")
-	// Wait for a free source as a pull does, up to a few lease periods: a
-	// source whose puller died returns when its lease expires.
-	deadline := time.Now().Add(max(4*failed.Lease, 4*m.cfg.Poll, 10*time.Second))
+	return s.claimAnother(ctx, failed, nil, max(4*failed.Lease, 4*m.cfg.Poll, 10*time.Second))
+}
+
+// replaceLost moves the pull off lost, its own claim, which Redis ended
+// (a lease lost: reaped under load, or taken by the host behind this one
+// when this host relayed too slowly, see bypass), to a newly claimed
+// source other than lost's, keeping what the pull has. Its rescue claims
+// go too: they were for the place in the chain it leaves. An error when
+// no other source is found within wait (or the generation was cancelled:
+// the claim finds it stale).
+func (s *source) replaceLost(ctx context.Context, lost coord.Claim, wait time.Duration) error {
+	s.switchMu.Lock()
+	defer s.switchMu.Unlock()
+	s.mu.Lock()
+	if cur := s.cl; cur == nil || cur.Slot != lost.Slot || s.switches >= maxSwitches {
+		s.mu.Unlock()
+		return errors.New("the pull's claim changed meanwhile, or it switched too often")
+	}
+	s.switches++
+	s.cl = nil
+	s.left = lost.Source
+	s.mu.Unlock()
+	s.sw.dropRescue(ctx)
+	s.log.WithField("source", lost.Source).Info("lease lost; resuming from another source")
+	return s.claimAnother(ctx, lost, []string{lost.Source}, wait)
+}
+
+// claimAnother claims a source for the pull after its claim on failed
+// ended, avoiding the sources in avoid, and waiting for a free one as a
+// pull does, up to wait (a source whose puller died returns when its
+// lease expires). Callers hold switchMu, with s.cl nil.
+func (s *source) claimAnother(ctx context.Context, failed coord.Claim, avoid []string, wait time.Duration) error {
+	m := s.m
+	deadline := time.Now().Add(wait)
 	for {
-		o := coord.ClaimOptions{Repair: failed.Repair, Serves: m.uploads() > 0, Slots: m.heldUploads()}
+		o := coord.ClaimOptions{Repair: failed.Repair, Serves: m.uploads() > 0, Slots: m.heldUploads(), Avoid: avoid}
 		if s.sw.active.Load() {
 			// A chunked pull: not a source it holds already (but for a
 			// rescue source, see swarm.plainSources). The pull's own source
 			// streams chunks it has yet to receive (see assembler.work),
 			// so it must not pull from this host: the claim still
 			// refuses cycles.
-			o.Avoid = s.sw.plainSources()
+			o.Avoid = append(o.Avoid, s.sw.plainSources()...)
 		}
 		cl, err := m.coord.Claim(ctx, m.cfg.ID, failed.Gen, o)
 		switch {
@@ -233,4 +264,30 @@ func (s *source) switchFrom(ctx context.Context, failed coord.Claim, cause error
 		case <-time.After(jitter(min(m.cfg.Poll, time.Second))):
 		}
 	}
+}
+
+// bypass moves the pull's own claim off its source, a partial relay that
+// rescue, a rescue source leading the pull, outruns many times, onto the
+// relay's own source (see coord.Client.Bypass): the relay is told to claim
+// again elsewhere. Nothing changes when the claims moved meanwhile.
+func (s *source) bypass(ctx context.Context, rescue *feed) {
+	s.switchMu.Lock()
+	defer s.switchMu.Unlock()
+	cur := s.claim()
+	if cur == nil || !cur.Partial || !s.sw.holds(rescue) {
+		return
+	}
+	ncl, err := s.m.coord.Bypass(ctx, *cur, rescue.cl)
+	if err != nil {
+		if ctx.Err() == nil {
+			s.log.WithError(err).WithField("relay", cur.Source).Debug("could not bypass a slow relay")
+		}
+		return
+	}
+	s.sw.forget(rescue)
+	s.mu.Lock()
+	s.cl = &ncl
+	s.mu.Unlock()
+	s.m.cfg.Metrics.Bypasses.Inc()
+	s.log.WithFields(logrus.Fields{"relay": cur.Source, "source": ncl.Source, "slot": ncl.Slot}).Info("bypassed a slow relay: pulling from its source")
 }

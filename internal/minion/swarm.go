@@ -178,6 +178,13 @@ type swarm struct {
 	rescueTries int
 	nextRescue  time.Time
 
+	// bypass receives the rescue feed that came to lead the pull many times
+	// faster than the pull's own source, a partial relay: the watch loop
+	// then moves the pull's own claim off the relay (source.bypass). Asked
+	// once a pull.
+	bypass      chan *feed
+	bypassAsked bool
+
 	// misses counts the grows in a row that found no free slot (or were
 	// refused while a host waits for its first); grow is not tried again
 	// before nextGrow (see growBackoff).
@@ -202,7 +209,7 @@ func growBackoff(misses int) time.Duration {
 const maxGrowWait = 16 * time.Second
 
 func newSwarm(m *Minion, src *source, want int) *swarm {
-	return &swarm{m: m, src: src, want: max(want, 1), extras: map[int]*feed{}, wake: make(chan struct{}, 1)}
+	return &swarm{m: m, src: src, want: max(want, 1), extras: map[int]*feed{}, wake: make(chan struct{}, 1), bypass: make(chan *feed, 1)}
 }
 
 // peers returns the sources to fetch from now: the pull's own claim first.
@@ -374,6 +381,9 @@ func (s *swarm) lead() *feed {
 		s.m.cfg.Metrics.LeadChanges.Inc()
 		cur.cancelRequests()
 		s.m.cfg.Log.WithFields(logrus.Fields{"source": best.cl.Source, "rate": int64(bestRate), "was": cur.cl.Source, "was_rate": int64(curRate)}).Info("a faster source leads the pull")
+		if best.rescue && cur.cl.Index == 0 && cur.cl.Partial && bestRate >= bypassFactor*curRate {
+			s.askBypass(best)
+		}
 	}
 	return best
 }
@@ -381,6 +391,37 @@ func (s *swarm) lead() *feed {
 // leadFactor: another source leads once it delivers this many times the
 // leader's rate.
 const leadFactor = 2
+
+// bypassFactor: a rescue source that comes to lead delivering this many
+// times the rate of the pull's own source, a partial relay, takes the
+// relay's place (see coord.Client.Bypass): the relay's uplink is what is
+// slow, and the grandparent's, split between the two, is what it leaves
+// to the hosts behind.
+const bypassFactor = 3
+
+// askBypass asks the watch loop, once a pull, to bypass the pull's own
+// source in favour of rescue.
+func (s *swarm) askBypass(rescue *feed) {
+	s.mu.Lock()
+	asked := s.bypassAsked
+	s.bypassAsked = true
+	s.mu.Unlock()
+	if asked {
+		return
+	}
+	select {
+	case s.bypass <- rescue:
+	default:
+	}
+}
+
+// forget stops using p, a claim that Redis ended already (see
+// source.bypass): nothing to give back. Its requests in flight finish.
+func (s *swarm) forget(p *feed) {
+	s.mu.Lock()
+	p.dropped = true
+	s.mu.Unlock()
+}
 
 // rescue claims the rescue slot of the pull's grandparent (the source of
 // its source, see coord.ClaimOptions.Rescue) as an extra source, when its

@@ -113,6 +113,64 @@ func TestLead(t *testing.T) {
 	if n := metrics.Value(m.cfg.Metrics.LeadChanges); n != 1 {
 		t.Fatalf("%v lead changes counted, want 1", n)
 	}
+	// At 8 times the rate of a partial relay, the rescue source takes its
+	// place: the watch loop is asked to bypass it, once.
+	select {
+	case got := <-sw.bypass:
+		if got != rescue {
+			t.Fatalf("bypass asked for %s, want the rescue source", got.cl.Source)
+		}
+	default:
+		t.Fatal("no bypass asked of a relay outrun 8 times")
+	}
+	sw.askBypass(rescue)
+	select {
+	case <-sw.bypass:
+		t.Fatal("bypass asked twice in one pull")
+	default:
+	}
+}
+
+// A lead change asks for a bypass only when the new leader is a rescue
+// source at bypassFactor times the rate of the pull's own source, a
+// partial relay: not a faster extra source, not a whole source's claim,
+// not at 2.5 times.
+func TestBypassAsked(t *testing.T) {
+	for _, c := range []struct {
+		name            string
+		partial, rescue bool
+		bytes           int64 // the new leader's in a second, against 1 MiB
+		want            bool
+	}{
+		{"rescue at 8x of a relay", true, true, 8 << 20, true},
+		{"rescue at 2.5x", true, true, 5 << 19, false},
+		{"extra source at 8x", true, false, 8 << 20, false},
+		{"rescue at 8x of a whole source", false, true, 8 << 20, false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			m := testMinion(t, t.TempDir())
+			src := &source{m: m, cl: &coord.Claim{Host: "h", Slot: "p#0", Source: "p", Partial: c.partial}}
+			sw := newSwarm(m, src, 3)
+			src.sw = sw
+			primary := sw.peers()[0]
+			primary.busy, primary.bytes = time.Second, 1<<20
+			other := &feed{cl: coord.Claim{Host: "h", Index: 1, Slot: "g#0", Source: "g", Partial: true}, rescue: c.rescue}
+			other.busy, other.bytes = time.Second, c.bytes
+			sw.extras[1] = other
+			if got := sw.lead(); got != other {
+				t.Fatalf("lead = %s, want the faster source", got.cl.Source)
+			}
+			asked := false
+			select {
+			case <-sw.bypass:
+				asked = true
+			default:
+			}
+			if asked != c.want {
+				t.Fatalf("bypass asked %v, want %v", asked, c.want)
+			}
+		})
+	}
 }
 
 // runLimit sizes a source's requests to a quarter second of its rate,
