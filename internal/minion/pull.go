@@ -231,7 +231,7 @@ func (m *Minion) watchLoop(ctx context.Context, src *source, cancel context.Canc
 					lastRenew = time.Now()
 					continue
 				} else if ctx.Err() == nil {
-					m.cfg.Log.WithError(rerr).Warn("lease lost and no other source; the pull stops")
+					m.cfg.Log.WithError(rerr).Warn("lease lost and no other source claimed; the pull stops")
 				}
 			}
 			cancel(errLeaseLost)
