@@ -75,6 +75,9 @@ func TestBypass(t *testing.T) {
 		if slices.Contains(f.members(k.Sync()), "S#0") || slices.Contains(f.members(k.Rescue()), "S#64") {
 			t.Errorf("S's slots still offered: sync %v rescue %v", f.members(k.Sync()), f.members(k.Rescue()))
 		}
+		if run := f.members(k.Running()); slices.Contains(run, "S") || !slices.Contains(run, "C") {
+			t.Errorf("running %v: want C, and S only once it claims again", run)
+		}
 		if !slices.Equal(f.members(k.SlowRelays()), []string{"S"}) || !hasEvent(t, f, "bypass", "C") {
 			t.Errorf("slow relays %v, or no bypass event", f.members(k.SlowRelays()))
 		}
@@ -94,6 +97,9 @@ func TestBypass(t *testing.T) {
 		// no cycle closes since C no longer pulls from S.
 		if again := claim("S", ClaimOptions{Avoid: []string{"P"}}); again.Slot != "C#0" {
 			t.Fatalf("S claimed %s again, want C#0", again.Slot)
+		}
+		if !slices.Contains(f.members(k.Running()), "S") {
+			t.Error("S not running after its claim")
 		}
 		offer("S")
 		if slices.Contains(f.members(k.Sync()), "S#0") {

@@ -142,6 +142,9 @@ type clock struct {
 	mu     sync.Mutex
 	offset time.Duration // Redis TIME minus this host's clock
 	known  bool          // offset was measured
+	// redis is Redis TIME at the last measurement, and local this host's
+	// clock then (with its monotonic reading, when it has one).
+	redis, local time.Time
 }
 
 // New returns a Client.
@@ -182,6 +185,7 @@ func (c *Client) observe(redisNow, sent, received time.Time) {
 	c.clk.mu.Lock()
 	c.clk.offset = redisNow.Sub(mid)
 	c.clk.known = true
+	c.clk.redis, c.clk.local = redisNow, mid
 	c.clk.mu.Unlock()
 }
 
@@ -718,8 +722,8 @@ type Pulse struct {
 // clock offset again (see Now), so the light beats' scores never drift
 // more than one registration interval from it.
 func (c *Client) Heartbeat(ctx context.Context, h Host, b Beat) (Pulse, error) {
-	if !b.Register && !b.Offer && c.clockKnown() {
-		p, done, err := c.lightBeat(ctx, h, b)
+	if at, ok := c.beatTime(); ok && !b.Register && !b.Offer {
+		p, done, err := c.lightBeat(ctx, h, b, at)
 		if err != nil || done {
 			return p, err
 		}
@@ -727,18 +731,32 @@ func (c *Client) Heartbeat(ctx context.Context, h Host, b Beat) (Pulse, error) {
 	return c.scriptBeat(ctx, h, b)
 }
 
-func (c *Client) clockKnown() bool {
+// beatTime is Redis time now for a light heartbeat: Redis TIME at the last
+// measurement plus the time elapsed since on this host's monotonic clock.
+// Not ok before a measurement, or when that disagrees by more than a
+// second with this host's wall clock corrected by the measured offset (the
+// wall clock was stepped, or the host slept): the script beat then
+// measures again.
+func (c *Client) beatTime() (time.Time, bool) {
+	now := c.cfg.Now()
 	c.clk.mu.Lock()
 	defer c.clk.mu.Unlock()
-	return c.clk.known
+	if !c.clk.known {
+		return time.Time{}, false
+	}
+	at := c.clk.redis.Add(now.Sub(c.clk.local))
+	if d := now.Add(c.clk.offset).Sub(at); d > time.Second || d < -time.Second {
+		return time.Time{}, false
+	}
+	return at, true
 }
 
-// lightBeat records the heartbeat with ZADD at Now and reads the current
-// generation, in one round trip. done is false when the host holds the
-// current generation but finished_queue does not list it: the script must
-// re-assert the finish.
-func (c *Client) lightBeat(ctx context.Context, h Host, b Beat) (p Pulse, done bool, err error) {
-	z := redis.Z{Score: float64(c.Now().UnixMilli()), Member: h.ID}
+// lightBeat records the heartbeat with ZADD at Redis time at (see
+// beatTime) and reads the current generation, in one round trip. done is
+// false when the host holds the current generation but finished_queue
+// does not list it: the script must re-assert the finish.
+func (c *Client) lightBeat(ctx context.Context, h Host, b Beat, at time.Time) (p Pulse, done bool, err error) {
+	z := redis.Z{Score: float64(at.UnixMilli()), Member: h.ID}
 	var gen *redis.SliceCmd
 	var listed *redis.BoolCmd
 	_, err = c.rdb.Pipelined(ctx, func(pl redis.Pipeliner) error {

@@ -528,6 +528,24 @@ func TestLightHeartbeat(t *testing.T) {
 		if names := sent.take(); !slices.Contains(names, "evalsha") && !slices.Contains(names, "eval") {
 			t.Fatalf("registering beat sent %v, want the script", names)
 		}
+		// The wall clock disagrees by more than a second with the time
+		// elapsed since the last measurement (stepped, or the host slept):
+		// the script beats, and measures again.
+		c.clk.mu.Lock()
+		c.clk.offset += 5 * time.Second
+		c.clk.mu.Unlock()
+		if _, err := c.Heartbeat(ctx, h, Beat{}); err != nil {
+			t.Fatal(err)
+		}
+		if names := sent.take(); !slices.Contains(names, "evalsha") && !slices.Contains(names, "eval") {
+			t.Fatalf("beat after a clock step sent %v, want the script", names)
+		}
+		if _, err := c.Heartbeat(ctx, h, Beat{}); err != nil {
+			t.Fatal(err)
+		}
+		if names := sent.take(); slices.Contains(names, "evalsha") || slices.Contains(names, "eval") {
+			t.Fatalf("beat after the new measurement sent %v, want no script", names)
+		}
 
 		cl, err := c.Claim(ctx, "a", g.Ref(), ClaimOptions{})
 		if err != nil {

@@ -1154,7 +1154,7 @@ return 1
 // rescue slot, lease_ms, maxlen.
 // Returns {'ok', slot, 'whole' or 'partial', source zone} or {'moved'} or
 // {'stale'}.
-var bypassScript = newScript([]string{"lease", "generation", "finished", "claims", "holders", "leases", "sync", "full", "part", "rescue", "slow", "events"}, `
+var bypassScript = newScript([]string{"lease", "generation", "finished", "claims", "holders", "leases", "running", "sync", "full", "part", "rescue", "slow", "events"}, `
 local host, gen, digest, mslot, rcid, rslot = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
 local relayLease, rescueLease = KEYS[NAMED + 1], KEYS[NAMED + 2]
 if not isCurrent(gen, digest) then return {'stale'} end
@@ -1173,10 +1173,12 @@ if isWhole(relay) then return {'moved'} end
 local up, zone = record(relay)
 if not up or isRescue(up) or slotSource(up) ~= gp then return {'moved'} end
 local now = nowMS()
--- The relay's claim is host's now.
+-- The relay's claim is host's now; the relay is running again once it
+-- claims another source.
 redis.call('DEL', relayLease)
 redis.call('HDEL', K.claims, relay)
 redis.call('ZREM', K.leases, relay)
+redis.call('SREM', K.running, relay)
 local rec = gen .. ' ' .. up .. ' ' .. now .. ' ' .. digest
 if zone ~= '' then rec = rec .. ' ' .. zone end
 redis.call('HSET', K.claims, host, rec)

@@ -173,8 +173,8 @@ func (m *Minion) watchLoop(ctx context.Context, src *source, cancel context.Canc
 			return
 		case <-ctx.Done():
 			return
-		case rescue := <-src.sw.bypass:
-			src.bypass(ctx, rescue)
+		case ask := <-src.sw.bypass:
+			src.bypass(ctx, ask.rescue, ask.relay)
 			continue
 		case <-m.notes:
 			// A message on this host's channels while it pulls: a new
@@ -227,10 +227,12 @@ func (m *Minion) watchLoop(ctx context.Context, src *source, cancel context.Canc
 			if errors.Is(err, coord.ErrLeaseLost) {
 				// Within a third of a lease, before the extra claims'
 				// leases (renewed by this loop) run out.
-				if rerr := src.replaceLost(ctx, *cl, renewEvery); rerr == nil {
+				rerr := src.replaceLost(ctx, *cl, renewEvery)
+				if rerr == nil {
 					lastRenew = time.Now()
 					continue
-				} else if ctx.Err() == nil {
+				}
+				if ctx.Err() == nil && !errors.Is(rerr, coord.ErrStale) { // stale: cancelled or superseded
 					m.cfg.Log.WithError(rerr).Warn("lease lost and no other source claimed; the pull stops")
 				}
 			}

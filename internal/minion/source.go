@@ -203,11 +203,15 @@ func (s *source) switchFrom(ctx context.Context, failed coord.Claim, cause error
 // replaceLost moves the pull off lost, its own claim, which Redis ended
 // (a lease lost: reaped under load, or taken by the host behind this one
 // when this host relayed too slowly, see bypass), to a newly claimed
-// source other than lost's, keeping what the pull has. Its rescue claims
-// go too: they were for the place in the chain it leaves. An error when
-// no other source is found within wait (or the generation was cancelled:
-// the claim finds it stale).
-func (s *source) replaceLost(ctx context.Context, lost coord.Claim, wait time.Duration) error {
+// source, keeping what the pull has: other than lost's at the first
+// attempt (after a bypass, a second slot of the same source would split
+// its uplink again), any after. Its rescue claims go too: they were for
+// the place in the chain it leaves. An error when no source is found
+// within wait, or the generation was cancelled or superseded (the claim
+// finds it stale, and so does a renewal of a cancelled generation, which
+// reports the lease lost): the pull then settles with lost, which releases
+// whatever of it Redis still holds (its lease key, after a cancel).
+func (s *source) replaceLost(ctx context.Context, lost coord.Claim, wait time.Duration) (err error) {
 	s.switchMu.Lock()
 	defer s.switchMu.Unlock()
 	s.mu.Lock()
@@ -219,20 +223,32 @@ func (s *source) replaceLost(ctx context.Context, lost coord.Claim, wait time.Du
 	s.cl = nil
 	s.left = lost.Source
 	s.mu.Unlock()
+	defer func() {
+		if err != nil {
+			s.mu.Lock()
+			if s.cl == nil {
+				s.cl = &lost
+			}
+			s.mu.Unlock()
+		}
+	}()
 	s.sw.dropRescue(ctx)
 	s.log.WithField("source", lost.Source).Info("lease lost; resuming from another source")
 	return s.claimAnother(ctx, lost, []string{lost.Source}, wait)
 }
 
 // claimAnother claims a source for the pull after its claim on failed
-// ended, avoiding the sources in avoid, and waiting for a free one as a
-// pull does, up to wait (a source whose puller died returns when its
-// lease expires). Callers hold switchMu, with s.cl nil.
+// ended, avoiding the sources in avoid at the first attempt, and waiting
+// for a free one as a pull does, up to wait (a source whose puller died
+// returns when its lease expires). Callers hold switchMu, with s.cl nil.
 func (s *source) claimAnother(ctx context.Context, failed coord.Claim, avoid []string, wait time.Duration) error {
 	m := s.m
 	deadline := time.Now().Add(wait)
-	for {
-		o := coord.ClaimOptions{Repair: failed.Repair, Serves: m.uploads() > 0, Slots: m.heldUploads(), Avoid: avoid}
+	for first := true; ; first = false {
+		o := coord.ClaimOptions{Repair: failed.Repair, Serves: m.uploads() > 0, Slots: m.heldUploads()}
+		if first {
+			o.Avoid = avoid
+		}
 		if s.sw.active.Load() {
 			// A chunked pull: not a source it holds already (but for a
 			// rescue source, see swarm.plainSources). The pull's own source
@@ -266,15 +282,16 @@ func (s *source) claimAnother(ctx context.Context, failed coord.Claim, avoid []s
 	}
 }
 
-// bypass moves the pull's own claim off its source, a partial relay that
-// rescue, a rescue source leading the pull, outruns many times, onto the
+// bypass moves the pull's own claim off relay, a partial source that
+// rescue, a rescue source leading the pull, outran many times, onto the
 // relay's own source (see coord.Client.Bypass): the relay is told to claim
-// again elsewhere. Nothing changes when the claims moved meanwhile.
-func (s *source) bypass(ctx context.Context, rescue *feed) {
+// again elsewhere. Nothing changes when the pull's claim is no longer the
+// one measured (it switched meanwhile) or the claims moved in Redis.
+func (s *source) bypass(ctx context.Context, rescue *feed, relay coord.Claim) {
 	s.switchMu.Lock()
 	defer s.switchMu.Unlock()
 	cur := s.claim()
-	if cur == nil || !cur.Partial || !s.sw.holds(rescue) {
+	if cur == nil || cur.Slot != relay.Slot || !cur.Partial || !s.sw.holds(rescue) {
 		return
 	}
 	ncl, err := s.m.coord.Bypass(ctx, *cur, rescue.cl)

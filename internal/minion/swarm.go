@@ -179,10 +179,10 @@ type swarm struct {
 	nextRescue  time.Time
 
 	// bypass receives the rescue feed that came to lead the pull many times
-	// faster than the pull's own source, a partial relay: the watch loop
-	// then moves the pull's own claim off the relay (source.bypass). Asked
-	// once a pull.
-	bypass      chan *feed
+	// faster than the pull's own source, a partial relay, with the claim
+	// on the relay it outran: the watch loop then moves the pull's own
+	// claim off the relay (source.bypass). Asked once a pull.
+	bypass      chan bypassAsk
 	bypassAsked bool
 
 	// misses counts the grows in a row that found no free slot (or were
@@ -209,7 +209,7 @@ func growBackoff(misses int) time.Duration {
 const maxGrowWait = 16 * time.Second
 
 func newSwarm(m *Minion, src *source, want int) *swarm {
-	return &swarm{m: m, src: src, want: max(want, 1), extras: map[int]*feed{}, wake: make(chan struct{}, 1), bypass: make(chan *feed, 1)}
+	return &swarm{m: m, src: src, want: max(want, 1), extras: map[int]*feed{}, wake: make(chan struct{}, 1), bypass: make(chan bypassAsk, 1)}
 }
 
 // peers returns the sources to fetch from now: the pull's own claim first.
@@ -382,7 +382,7 @@ func (s *swarm) lead() *feed {
 		cur.cancelRequests()
 		s.m.cfg.Log.WithFields(logrus.Fields{"source": best.cl.Source, "rate": int64(bestRate), "was": cur.cl.Source, "was_rate": int64(curRate)}).Info("a faster source leads the pull")
 		if best.rescue && cur.cl.Index == 0 && cur.cl.Partial && bestRate >= bypassFactor*curRate {
-			s.askBypass(best)
+			s.askBypass(best, cur.cl)
 		}
 	}
 	return best
@@ -399,9 +399,16 @@ const leadFactor = 2
 // to the hosts behind.
 const bypassFactor = 3
 
-// askBypass asks the watch loop, once a pull, to bypass the pull's own
-// source in favour of rescue.
-func (s *swarm) askBypass(rescue *feed) {
+// bypassAsk is a request to bypass relay, the pull's own claim as it was
+// measured, in favour of rescue.
+type bypassAsk struct {
+	rescue *feed
+	relay  coord.Claim
+}
+
+// askBypass asks the watch loop, once a pull, to bypass relay, the pull's
+// own claim, in favour of rescue.
+func (s *swarm) askBypass(rescue *feed, relay coord.Claim) {
 	s.mu.Lock()
 	asked := s.bypassAsked
 	s.bypassAsked = true
@@ -410,7 +417,7 @@ func (s *swarm) askBypass(rescue *feed) {
 		return
 	}
 	select {
-	case s.bypass <- rescue:
+	case s.bypass <- bypassAsk{rescue: rescue, relay: relay}:
 	default:
 	}
 }

@@ -117,13 +117,13 @@ func TestLead(t *testing.T) {
 	// place: the watch loop is asked to bypass it, once.
 	select {
 	case got := <-sw.bypass:
-		if got != rescue {
-			t.Fatalf("bypass asked for %s, want the rescue source", got.cl.Source)
+		if got.rescue != rescue || got.relay.Slot != "p#0" {
+			t.Fatalf("bypass asked for %s in favour of %s, want p#0 in favour of the rescue source", got.relay.Slot, got.rescue.cl.Source)
 		}
 	default:
 		t.Fatal("no bypass asked of a relay outrun 8 times")
 	}
-	sw.askBypass(rescue)
+	sw.askBypass(rescue, primary.cl)
 	select {
 	case <-sw.bypass:
 		t.Fatal("bypass asked twice in one pull")

@@ -1,0 +1,99 @@
+package minion
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/fanout/fanout/internal/coord"
+	"github.com/fanout/fanout/internal/redistest"
+)
+
+// A pull whose own claim Redis ended resumes from another source: first
+// avoiding the one it lost (after a bypass, a second slot there would
+// split that uplink again), then any, the lost one's included. When none
+// can be claimed (the generation was cancelled), the pull keeps the lost
+// claim to settle with, so the lease key Redis still holds is released.
+func TestReplaceLost(t *testing.T) {
+	ctx := context.Background()
+	_, srv := redistest.Mini(t)
+	rdb := redis.NewClient(&redis.Options{Addr: strings.TrimPrefix(srv.URL, "redis://")})
+	t.Cleanup(func() { rdb.Close() })
+	co := coord.New(rdb, coord.Config{Prefix: "{fanout}:"})
+	k := co.Keys()
+	m := testMinion(t, t.TempDir())
+	m.cfg.ID, m.cfg.Poll, m.coord = "h", 10*time.Millisecond, co
+	for _, h := range []string{"h", "q"} {
+		if _, err := co.Heartbeat(ctx, coord.Host{ID: h, Addr: h + ":7070", Role: "minion"}, coord.Beat{Register: true}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	g, err := co.Publish(ctx, coord.Generation{Path: "/data/m42", Digest: strings.Repeat("d", 64), Origin: "master", OriginAddr: "10.0.0.1:7070"}, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cl, err := co.Claim(ctx, "h", g.Ref(), coord.ClaimOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := co.Claim(ctx, "q", g.Ref(), coord.ClaimOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := co.OfferSlots(ctx, "q", g.Ref(), 1, false); err != nil {
+		t.Fatal(err)
+	}
+	// Redis ends h's claim (as a bypass does) and frees its slot (as the
+	// reaper would): both master#0 and q#0 are free.
+	lose := func(cl coord.Claim) {
+		t.Helper()
+		rdb.Del(ctx, k.Lease("h"))
+		rdb.HDel(ctx, k.Claims(), "h")
+		rdb.HDel(ctx, k.Holders(), cl.Slot)
+		rdb.SAdd(ctx, k.Sync(), cl.Slot)
+	}
+	lose(cl)
+	src := newSource(m, g.ID, cl)
+	if err := src.replaceLost(ctx, cl, time.Second); err != nil {
+		t.Fatal(err)
+	}
+	now := src.claim()
+	if now == nil || now.Source != "q" {
+		t.Fatalf("resumed from %+v, want q (not the source it lost)", now)
+	}
+	// Lost again with only its lost source's slot free: it takes that at
+	// the second attempt.
+	lose(*now)
+	rdb.SRem(ctx, k.Sync(), cl.Slot) // the master's slot h first lost
+	rdb.SRem(ctx, k.SyncFull(), cl.Slot)
+	if err := src.replaceLost(ctx, *now, time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if again := src.claim(); again == nil || again.Source != "q" {
+		t.Fatalf("resumed from %+v, want q, the only source free", again)
+	}
+
+	// A cancelled generation: no claim; the lost claim stays to settle.
+	last := *src.claim()
+	if err := co.Cancel(ctx, g.Ref(), "test"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := co.Renew(ctx, last); !errors.Is(err, coord.ErrLeaseLost) {
+		t.Fatalf("renewal in a cancelled generation: %v, want ErrLeaseLost", err)
+	}
+	if err := src.replaceLost(ctx, last, 200*time.Millisecond); !errors.Is(err, coord.ErrStale) {
+		t.Fatalf("replace in a cancelled generation: %v, want ErrStale", err)
+	}
+	if c := src.claim(); c == nil || c.Slot != last.Slot {
+		t.Fatalf("claim after a failed replace: %+v, want the lost one, %s", c, last.Slot)
+	}
+	if err := co.Fail(ctx, *src.claim(), coord.SourceOK, "cancelled", 0); err != nil {
+		t.Fatal(err)
+	}
+	if n := rdb.Exists(ctx, k.Lease("h")).Val(); n != 0 {
+		t.Fatal("the lease key outlived the pull's settling")
+	}
+}
