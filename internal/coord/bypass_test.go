@@ -47,6 +47,12 @@ func TestBypass(t *testing.T) {
 		if clS.Slot != "P#0" || clC.Slot != "S#0" || rescue.Slot != "P#64" {
 			t.Fatalf("chain: S on %s, C on %s, C's rescue on %s", clS.Slot, clC.Slot, rescue.Slot)
 		}
+		// A host that was bypassed itself never bypasses.
+		f.rdb.SAdd(ctx, k.SlowRelays(), "C")
+		if _, err := f.c.Bypass(ctx, clC, rescue); !errors.Is(err, ErrMoved) {
+			t.Fatalf("bypass by a slow relay: %v, want ErrMoved", err)
+		}
+		f.rdb.SRem(ctx, k.SlowRelays(), "C")
 		woken, err := f.c.Subscribe(ctx, k.WakeChannel("S"))
 		if err != nil {
 			t.Fatal(err)

@@ -1148,7 +1148,8 @@ return 1
 // uplink serves nobody, and the relay, with nothing pulling from it but
 // rescue claims, takes the end of a chain. Nothing happens unless the
 // claims are still as host saw them: the relay's first claim is on the
-// rescue slot's source, and each slot's holder is the claim named.
+// rescue slot's source, and each slot's holder is the claim named; and
+// never for a host that was bypassed itself (its own link is slow).
 // KEYS after the named ones: the relay's lease key, the rescue claim's.
 // ARGV: host, gen, digest, slot (host's first claim's), rescue cid,
 // rescue slot, lease_ms, maxlen.
@@ -1169,6 +1170,9 @@ local function record(cid)
 end
 local relay, gp = slotSource(mslot), slotSource(rslot)
 if not relay or not gp or not isRescue(rslot) or record(host) ~= mslot or record(rcid) ~= rslot then return {'moved'} end
+-- A host bypassed itself never bypasses: its own link is what is slow, and
+-- through it two sources' rates say nothing of theirs.
+if redis.call('SISMEMBER', K.slow, host) == 1 then return {'moved'} end
 if isWhole(relay) then return {'moved'} end
 local up, zone = record(relay)
 if not up or isRescue(up) or slotSource(up) ~= gp then return {'moved'} end

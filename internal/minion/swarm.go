@@ -593,8 +593,27 @@ func (s *swarm) rebalance(ctx context.Context) {
 			s.drop(ctx, p, coord.SourceOK, "")
 		}
 	}
+	s.checkBypass()
 	s.rescue(ctx)
 	s.grow(ctx)
+}
+
+// checkBypass asks for a bypass when a rescue source that leads the pull
+// (it took the lead at less than bypassFactor times the rate of the pull's
+// own source, a partial relay) has come to deliver that much more since,
+// both measured over a second at least.
+func (s *swarm) checkBypass() {
+	s.mu.Lock()
+	ld, prim := s.leader, s.primary
+	s.mu.Unlock()
+	if ld == nil || prim == nil || !ld.rescue || !s.holds(ld) || !s.holds(prim) || !prim.cl.Partial {
+		return
+	}
+	lr, ok1 := ld.rate()
+	pr, ok2 := prim.rate()
+	if ok1 && ok2 && lr >= bypassFactor*pr {
+		s.askBypass(ld, prim.cl)
+	}
 }
 
 // slowFactor: a source delivering less than the best one's rate divided by

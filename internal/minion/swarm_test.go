@@ -169,6 +169,26 @@ func TestBypassAsked(t *testing.T) {
 			if asked != c.want {
 				t.Fatalf("bypass asked %v, want %v", asked, c.want)
 			}
+			// A rescue source that took the lead below bypassFactor and
+			// runs far ahead since is bypassed for at the next rebalance.
+			if c.partial && c.rescue && !c.want {
+				sw.checkBypass()
+				select {
+				case <-sw.bypass:
+					t.Fatal("bypass asked at 2.5 times")
+				default:
+				}
+				other.busy, other.bytes = 2*time.Second, 16<<20
+				sw.checkBypass()
+				select {
+				case got := <-sw.bypass:
+					if got.rescue != other || got.relay.Slot != "p#0" {
+						t.Fatalf("bypass of %s for %s", got.relay.Slot, got.rescue.cl.Source)
+					}
+				default:
+					t.Fatal("no bypass asked once the leading rescue source ran 8 times as fast")
+				}
+			}
 		})
 	}
 }

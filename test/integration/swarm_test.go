@@ -213,11 +213,14 @@ func (r *rescueLab) rescued(c, slow *lab.Host, grand string) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	if err := lab.Compare(r.src, filepath.Join(slow.Root, task)); err != nil {
-		t.Fatalf("slow %s: %v", slow.ID, err)
-	}
-	if evs, err = r.l.Coord.Events(ctx, "0", 0); err != nil {
+	if evs, err = r.l.Coord.Events(context.Background(), "0", 0); err != nil {
 		t.Fatal(err)
+	}
+	if err := lab.Compare(r.src, filepath.Join(slow.Root, task)); err != nil {
+		for _, e := range evs {
+			t.Logf("event %s %s %s %s", e.Type, e.Host, e.Slot, e.Msg)
+		}
+		t.Fatalf("slow %s: %v", slow.ID, err)
 	}
 	moved := false
 	for _, e := range evs {
