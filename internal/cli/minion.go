@@ -71,7 +71,7 @@ func minionCommand(ctx context.Context, cmd string, args []string, e env) error 
 	var n node
 	var workers, sources int
 	var heartbeat, timeout time.Duration
-	var pipeline, watch, numericIDs, compress bool
+	var pipeline, watch, numericIDs, compress, bypass bool
 	var connectTimeout, stallTimeout, verifyEvery, scanEvery time.Duration
 	var onSync, groups []string
 	var hookDir string
@@ -80,6 +80,7 @@ func minionCommand(ctx context.Context, cmd string, args []string, e env) error 
 	n.register(fs, "/var/lib/fanout/minion")
 	fs.IntVar(&workers, "workers", 4, "files fetched at once")
 	fs.IntVar(&sources, "sources", 3, "sources one pull takes chunks from at once (format 3 generations), each claimed with its own lease")
+	fs.BoolVar(&bypass, "bypass-slow-relays", false, "experimental: when a rescue source outruns this host's source, a partial relay, three times, take the relay's place on its source and move the relay to the end of a chain (off by default: loaded test runs showed pulls that stalled after a bypass, not yet explained)")
 	if cmd != "serve" {
 		fs.BoolVar(&compress, "compress", false, "ask sources for zstd-compressed chunks (format 3 generations; a chunk that does not shrink comes raw, a source too old to compress sends all raw): for text-like trees on slow links. A task published with --compress asks for it whatever this says")
 		fs.StringArrayVar(&groups, "group", nil, "a host group this host is in (repeatable): a task published with --group is pulled only by the hosts of its groups; a task without one by every host. 1-64 letters, digits, '.', '_', '-'")
@@ -165,7 +166,7 @@ func minionCommand(ctx context.Context, cmd string, args []string, e env) error 
 		ID: n.id, Advertise: n.advertise, Root: n.root, StateDir: n.stateDir, Uploads: n.uploads,
 		Source: cmd == "run" && n.uploads > 0, Pipeline: pipeline, Poll: n.poll, Heartbeat: heartbeat, Workers: workers,
 		Version: Version, Log: log.WithField("host", n.id), Metrics: mx,
-		Download: bwlimit.New(n.rate), NoWatch: cmd == "run" && !watch, VerifyEvery: verifyEvery, ScanEvery: scanEvery, NumericIDs: numericIDs, Sources: sources,
+		Download: bwlimit.New(n.rate), NoWatch: cmd == "run" && !watch, VerifyEvery: verifyEvery, ScanEvery: scanEvery, NumericIDs: numericIDs, Sources: sources, Bypass: bypass,
 		Zone:     n.zone,
 		Groups:   groups,
 		Compress: compress,

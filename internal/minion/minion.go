@@ -67,6 +67,10 @@ type Config struct {
 	// Sources is how many sources a pull of a format 3 generation takes
 	// chunks from at once, each claimed through its own lease; default 3.
 	Sources int
+	// Bypass lets a pull take the place of its source, a partial relay,
+	// on the relay's own source when a rescue source outruns the relay
+	// bypassFactor times (see source.bypass); experimental, off by default.
+	Bypass bool
 	// Compress makes pulls of format 3 generations ask sources for
 	// zstd-compressed chunks (a source sends raw what does not shrink, and
 	// one that predates compression sends everything raw). A generation

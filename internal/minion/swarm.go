@@ -381,7 +381,7 @@ func (s *swarm) lead() *feed {
 		s.m.cfg.Metrics.LeadChanges.Inc()
 		cur.cancelRequests()
 		s.m.cfg.Log.WithFields(logrus.Fields{"source": best.cl.Source, "rate": int64(bestRate), "was": cur.cl.Source, "was_rate": int64(curRate)}).Info("a faster source leads the pull")
-		if best.rescue && cur.cl.Index == 0 && cur.cl.Partial && bestRate >= bypassFactor*curRate {
+		if s.m.cfg.Bypass && best.rescue && cur.cl.Index == 0 && cur.cl.Partial && bestRate >= bypassFactor*curRate {
 			s.askBypass(best, cur.cl)
 		}
 	}
@@ -603,6 +603,9 @@ func (s *swarm) rebalance(ctx context.Context) {
 // own source, a partial relay) has come to deliver that much more since,
 // both measured over a second at least.
 func (s *swarm) checkBypass() {
+	if !s.m.cfg.Bypass {
+		return
+	}
 	s.mu.Lock()
 	ld, prim := s.leader, s.primary
 	s.mu.Unlock()

@@ -78,6 +78,7 @@ func TestPrefixBytes(t *testing.T) {
 // counted; a source not yet measured, or not fast enough, does not.
 func TestLead(t *testing.T) {
 	m := testMinion(t, t.TempDir())
+	m.cfg.Bypass = true
 	src := &source{m: m, cl: &coord.Claim{Host: "h", Slot: "p#0", Source: "p", Partial: true}}
 	sw := newSwarm(m, src, 3)
 	src.sw = sw
@@ -131,10 +132,10 @@ func TestLead(t *testing.T) {
 	}
 }
 
-// A lead change asks for a bypass only when the new leader is a rescue
-// source at bypassFactor times the rate of the pull's own source, a
-// partial relay: not a faster extra source, not a whole source's claim,
-// not at 2.5 times.
+// With Bypass on, a lead change asks for a bypass only when the new leader
+// is a rescue source at bypassFactor times the rate of the pull's own
+// source, a partial relay: not a faster extra source, not a whole source's
+// claim, not at 2.5 times; with it off (the default), never.
 func TestBypassAsked(t *testing.T) {
 	for _, c := range []struct {
 		name            string
@@ -149,6 +150,7 @@ func TestBypassAsked(t *testing.T) {
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			m := testMinion(t, t.TempDir())
+			m.cfg.Bypass = true
 			src := &source{m: m, cl: &coord.Claim{Host: "h", Slot: "p#0", Source: "p", Partial: c.partial}}
 			sw := newSwarm(m, src, 3)
 			src.sw = sw
@@ -168,6 +170,23 @@ func TestBypassAsked(t *testing.T) {
 			}
 			if asked != c.want {
 				t.Fatalf("bypass asked %v, want %v", asked, c.want)
+			}
+			if c.want {
+				// Off (the default): the same lead change asks nothing.
+				m.cfg.Bypass = false
+				sw2 := newSwarm(m, src, 3)
+				src.sw = sw2
+				p2 := sw2.peers()[0]
+				p2.busy, p2.bytes = time.Second, 1<<20
+				sw2.extras[1] = &feed{cl: other.cl, rescue: true, busy: time.Second, bytes: c.bytes}
+				sw2.lead()
+				sw2.checkBypass()
+				select {
+				case <-sw2.bypass:
+					t.Fatal("bypass asked with Bypass off")
+				default:
+				}
+				m.cfg.Bypass = true
 			}
 			// A rescue source that took the lead below bypassFactor and
 			// runs far ahead since is bypassed for at the next rebalance.
