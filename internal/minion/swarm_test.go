@@ -135,22 +135,33 @@ func TestLead(t *testing.T) {
 // With Bypass on, a lead change asks for a bypass only when the new leader
 // is a rescue source at bypassFactor times the rate of the pull's own
 // source, a partial relay: not a faster extra source, not a whole source's
-// claim, not at 2.5 times; with it off (the default), never.
+// claim, not at 2.5 times (then at the next rebalance, once it runs 8
+// times as fast); with it off (the default), never.
 func TestBypassAsked(t *testing.T) {
+	// asked takes the request the swarm made, if any.
+	asked := func(sw *swarm) (bypassAsk, bool) {
+		select {
+		case a := <-sw.bypass:
+			return a, true
+		default:
+			return bypassAsk{}, false
+		}
+	}
 	for _, c := range []struct {
-		name            string
-		partial, rescue bool
-		bytes           int64 // the new leader's in a second, against 1 MiB
-		want            bool
+		name                 string
+		partial, rescue, off bool
+		bytes                int64 // the new leader's in a second, against 1 MiB
+		want                 bool
 	}{
-		{"rescue at 8x of a relay", true, true, 8 << 20, true},
-		{"rescue at 2.5x", true, true, 5 << 19, false},
-		{"extra source at 8x", true, false, 8 << 20, false},
-		{"rescue at 8x of a whole source", false, true, 8 << 20, false},
+		{"rescue at 8x of a relay", true, true, false, 8 << 20, true},
+		{"rescue at 8x of a relay, bypass off", true, true, true, 8 << 20, false},
+		{"rescue at 2.5x", true, true, false, 5 << 19, false},
+		{"extra source at 8x", true, false, false, 8 << 20, false},
+		{"rescue at 8x of a whole source", false, true, false, 8 << 20, false},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			m := testMinion(t, t.TempDir())
-			m.cfg.Bypass = true
+			m.cfg.Bypass = !c.off
 			src := &source{m: m, cl: &coord.Claim{Host: "h", Slot: "p#0", Source: "p", Partial: c.partial}}
 			sw := newSwarm(m, src, 3)
 			src.sw = sw
@@ -162,50 +173,25 @@ func TestBypassAsked(t *testing.T) {
 			if got := sw.lead(); got != other {
 				t.Fatalf("lead = %s, want the faster source", got.cl.Source)
 			}
-			asked := false
-			select {
-			case <-sw.bypass:
-				asked = true
-			default:
+			if _, ok := asked(sw); ok != c.want {
+				t.Fatalf("bypass asked %v, want %v", ok, c.want)
 			}
-			if asked != c.want {
-				t.Fatalf("bypass asked %v, want %v", asked, c.want)
-			}
-			if c.want {
-				// Off (the default): the same lead change asks nothing.
-				m.cfg.Bypass = false
-				sw2 := newSwarm(m, src, 3)
-				src.sw = sw2
-				p2 := sw2.peers()[0]
-				p2.busy, p2.bytes = time.Second, 1<<20
-				sw2.extras[1] = &feed{cl: other.cl, rescue: true, busy: time.Second, bytes: c.bytes}
-				sw2.lead()
-				sw2.checkBypass()
-				select {
-				case <-sw2.bypass:
-					t.Fatal("bypass asked with Bypass off")
-				default:
-				}
-				m.cfg.Bypass = true
+			sw.checkBypass() // the next rebalance
+			if a, ok := asked(sw); ok {
+				t.Fatalf("bypass of %s asked again at the rebalance", a.relay.Slot)
 			}
 			// A rescue source that took the lead below bypassFactor and
-			// runs far ahead since is bypassed for at the next rebalance.
+			// runs far ahead since is bypassed for at the next rebalance
+			// (with Bypass on).
 			if c.partial && c.rescue && !c.want {
-				sw.checkBypass()
-				select {
-				case <-sw.bypass:
-					t.Fatal("bypass asked at 2.5 times")
-				default:
-				}
 				other.busy, other.bytes = 2*time.Second, 16<<20
 				sw.checkBypass()
-				select {
-				case got := <-sw.bypass:
-					if got.rescue != other || got.relay.Slot != "p#0" {
-						t.Fatalf("bypass of %s for %s", got.relay.Slot, got.rescue.cl.Source)
-					}
-				default:
-					t.Fatal("no bypass asked once the leading rescue source ran 8 times as fast")
+				a, ok := asked(sw)
+				if ok != !c.off {
+					t.Fatalf("bypass asked %v once the leading rescue source ran 8 times as fast, want %v", ok, !c.off)
+				}
+				if ok && (a.rescue != other || a.relay.Slot != "p#0") {
+					t.Fatalf("bypass of %s for %s", a.relay.Slot, a.rescue.cl.Source)
 				}
 			}
 		})
