@@ -107,12 +107,15 @@ func TestIncomingStreamsAsBytesLand(t *testing.T) {
 	got := readAll(r)
 	g.begin()
 	for g.written < len(content) {
-		g.write(32 << 10)
+		// The reader may end once the last byte is written (it asked
+		// for e.Size bytes), so check before each write, never after
+		// the last.
 		select {
 		case res := <-got:
 			t.Fatalf("reader ended after %d of %d bytes: %v", len(res.b), len(content), res.err)
 		default:
 		}
+		g.write(32 << 10)
 	}
 	g.land()
 	res := <-got
