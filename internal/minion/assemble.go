@@ -413,7 +413,7 @@ func (a *assembler) work(ctx context.Context, j *job, p *feed, errc chan<- error
 		a.m.cfg.Log.WithFields(logrus.Fields{"source": p.cl.Source, "slot": p.cl.Slot, "path": j.e.Path,
 			"bytes": fetched, "probes": probes, "gate_opened": opened}).Debug("done with a source for a file")
 	}()
-	mine := map[int]bool{} // chunks asked of p already (not twice in the endgame)
+	mine := map[int]bool{} // chunks asked of p already (see skipMine)
 	for ctx.Err() == nil && !j.complete() {
 		if !a.sw.holds(p) {
 			return
@@ -478,7 +478,7 @@ func (a *assembler) work(ctx context.Context, j *job, p *feed, errc chan<- error
 		// A probe takes its run from the back of the file: cut off at
 		// probeTime, it leaves its chunks for later, and taken from just
 		// ahead of the stream it would stall every host behind this one.
-		i, k := j.take(marks, mine, limit, probe)
+		i, k := j.take(marks, skipMine(mine, lead), limit, probe)
 		if i == k {
 			select { // nothing this source has: wait for a change
 			case <-ctx.Done():
@@ -549,6 +549,22 @@ func (a *assembler) work(ctx context.Context, j *job, p *feed, errc chan<- error
 			return
 		}
 	}
+}
+
+// skipMine returns the chunks a source's worker must not take: those it
+// asked the source for already (mine), unless the source leads the pull.
+// A source that is not leading takes back nothing it was asked for and did
+// not bring (a demoted leader's chunks are the new leader's to take) and
+// never doubles its own request in the endgame. The leader takes any
+// chunk still missing: otherwise a chunk each source had once been asked
+// for, as the lead moved between them, was asked of none again, and the
+// pull waited for it for good (three sources of a pull that lost its lease
+// under load did that).
+func skipMine(mine map[int]bool, lead bool) map[int]bool {
+	if lead {
+		return nil
+	}
+	return mine
 }
 
 // probed takes the outcome of a probe of rescue source p (n bytes in d, see

@@ -240,6 +240,37 @@ func TestRunLimitAndTake(t *testing.T) {
 	}
 }
 
+// The lead moving between three sources, each demoted while the same run
+// was in flight, leaves that run asked of all three: the source that leads
+// takes it again (skipMine), the others do not. Before, none did, and the
+// pull waited for it for good.
+func TestLeaderTakesWhatAllWereAsked(t *testing.T) {
+	chunks := make([]manifest.Chunk, 4)
+	for i := range chunks {
+		chunks[i] = manifest.Chunk{Off: int64(i) * 100 << 10, Len: 100 << 10}
+	}
+	j := &job{chunks: chunks, done: make([]bool, 4), inflight: make([]int, 4), first: []int{0, 1, 2, 3}, changed: make(chan struct{}, 1)}
+	mines := []map[int]bool{{}, {}, {}}
+	for n, mine := range mines {
+		i, k := j.take(nil, skipMine(mine, true), runBytes, false)
+		if i != 0 || k != 4 {
+			t.Fatalf("source %d leading took [%d, %d), want [0, 4)", n, i, k)
+		}
+		for x := i; x < k; x++ {
+			mine[x] = true
+		}
+		j.untake(i, k) // demoted: its request cancelled, nothing landed
+	}
+	for n, mine := range mines {
+		if i, k := j.take(nil, skipMine(mine, false), runBytes, false); i != k {
+			t.Errorf("source %d, not leading, took [%d, %d) back", n, i, k)
+		}
+	}
+	if i, k := j.take(nil, skipMine(mines[1], true), runBytes, false); i != 0 || k != 4 {
+		t.Fatalf("the leader took [%d, %d), want the run every source was asked for, [0, 4)", i, k)
+	}
+}
+
 // A source that does not answer for the manifest is not waited for: after
 // manifestHedge the origin is asked too, and its manifest (the published
 // one) is taken; the source's request is cancelled, nothing left behind.
