@@ -55,7 +55,10 @@ type Config struct {
 	// Compress makes every minion ask its sources for compressed chunks
 	// (fanout-minion --compress).
 	Compress bool
-	Log      logrus.FieldLogger
+	// Bypass lets minions take the place of a slow relay
+	// (fanout-minion --bypass-slow-relays).
+	Bypass bool
+	Log    logrus.FieldLogger
 	// MasterExclude is the master's own exclude patterns (run --exclude).
 	MasterExclude []string
 	// Watch runs the master in watch mode (run --watch) with this
@@ -244,6 +247,7 @@ func (l *Lab) StartMinion(ctx context.Context, h *Host) error {
 			Download: bwlimit.New(h.bwLimit(l)), Metrics: h.Metrics,
 			NoWatch: l.cfg.NoWatch, VerifyEvery: l.cfg.VerifyEvery, ScanEvery: 2 * time.Second,
 			Zone: zone, Groups: h.Groups, Hooks: h.Hooks, Compress: l.cfg.Compress,
+			Bypass: l.cfg.Bypass,
 		}, co, forTask, server, client)
 		m, err := tasks.Default()
 		if err != nil {

@@ -10,6 +10,7 @@ import (
 
 	"github.com/fanout/fanout/internal/lab"
 	"github.com/fanout/fanout/internal/metrics"
+	"github.com/redis/go-redis/v9"
 )
 
 // TestSwarm: in a format 3 generation a puller takes chunks from several
@@ -69,6 +70,80 @@ func TestSwarm(t *testing.T) {
 		t.Error("no extra claim was given back")
 	}
 	if n, _ := l.Redis.HLen(ctx, l.Coord.Keys().Claims()).Result(); n != 0 {
+		t.Errorf("%d claims left after the generation", n)
+	}
+}
+
+// TestSwarmLosesLeases: Redis ends the claims of pulling hosts mid-pull
+// (their leases deleted and due, as when renewals come late under load,
+// and the master's reaper ends them), one every 300 ms until the six-host
+// swarm is done.
+// Each such host claims another source and goes on with what it has
+// (source.replaceLost), and the moves of the lead between its sources
+// leave no chunk unasked: every host finishes, identical, and no claim is
+// left. Its longer version (debug logs, killing until a 90 s deadline)
+// found a pull that waited for good, a few hundred KB short: the stall
+// TestLeaderTakesWhatAllWereAsked (internal/minion) pins down.
+func TestSwarmLosesLeases(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	l, err := lab.Start(ctx, lab.Config{Dir: t.TempDir(), Minions: 6, Uploads: 2, BWLimit: 8 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Stop()
+	src := filepath.Join(l.Master.Root, task)
+	writeRandomModel(t, src, 3, 24<<20)
+	if err := l.Set(ctx, task); err != nil {
+		t.Fatal(err)
+	}
+	k := l.Coord.Keys()
+	killed := make(chan int)
+	kctx, kcancel := context.WithCancel(ctx)
+	go func() {
+		n := 0
+		defer func() { killed <- n }()
+		for {
+			select {
+			case <-kctx.Done():
+				return
+			case <-time.After(300 * time.Millisecond):
+			}
+			h, err := l.Redis.SRandMember(kctx, k.Running()).Result()
+			if err != nil || h == "" {
+				continue
+			}
+			l.Redis.Del(kctx, k.Lease(h))
+			l.Redis.ZAdd(kctx, k.LeaseIndex(), redis.Z{Score: 0, Member: h})
+			n++
+		}
+	}()
+	_, err = l.WaitGeneration(ctx, 0, nil)
+	kcancel()
+	n := <-killed
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, h := range l.Minions {
+		if err := lab.Compare(src, filepath.Join(h.Root, task)); err != nil {
+			t.Error(err)
+		}
+	}
+	evs, err := l.Coord.Events(ctx, "0", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	expired := 0
+	for _, e := range evs {
+		if e.Type == "lease_expired" {
+			expired++
+		}
+	}
+	t.Logf("%d leases killed, %d expired by the reaper (the others were renewed first)", n, expired)
+	if expired == 0 {
+		t.Error("no lease expired: the test proves nothing")
+	}
+	if n, _ := l.Redis.HLen(ctx, k.Claims()).Result(); n != 0 {
 		t.Errorf("%d claims left after the generation", n)
 	}
 }
