@@ -184,6 +184,13 @@ type swarm struct {
 	// claim off the relay (source.bypass). Asked once a pull.
 	bypass      chan bypassAsk
 	bypassAsked bool
+	// outrun is the pull's own source as a rescue source took the lead
+	// from it, and outrunRate its rate then: what checkBypass judges the
+	// rescue source against. Its rate since says nothing: demoted, it
+	// shares this host's downlink with the leader, and when that downlink
+	// is what is slow its rate falls as the leader's rises.
+	outrun     *feed
+	outrunRate float64
 
 	// misses counts the grows in a row that found no free slot (or were
 	// refused while a host waits for its first); grow is not tried again
@@ -381,6 +388,11 @@ func (s *swarm) lead() *feed {
 		s.m.cfg.Metrics.LeadChanges.Inc()
 		cur.cancelRequests()
 		s.m.cfg.Log.WithFields(logrus.Fields{"source": best.cl.Source, "rate": int64(bestRate), "was": cur.cl.Source, "was_rate": int64(curRate)}).Info("a faster source leads the pull")
+		if best.rescue && cur.cl.Index == 0 {
+			s.mu.Lock()
+			s.outrun, s.outrunRate = cur, curRate
+			s.mu.Unlock()
+		}
 		if s.m.cfg.Bypass && best.rescue && cur.cl.Index == 0 && cur.cl.Partial && bestRate >= bypassFactor*curRate {
 			s.askBypass(best, cur.cl)
 		}
@@ -600,21 +612,22 @@ func (s *swarm) rebalance(ctx context.Context) {
 
 // checkBypass asks for a bypass when a rescue source that leads the pull
 // (it took the lead at less than bypassFactor times the rate of the pull's
-// own source, a partial relay) has come to deliver that much more since,
-// both measured over a second at least.
+// own source, a partial relay) has come to deliver that much more than the
+// relay delivered when it lost the lead, measured over a second at least.
+// Not than the relay's rate since: a host whose own downlink is slow would
+// bypass its healthy parent, whose rate falls as the rescue's stream takes
+// the link.
 func (s *swarm) checkBypass() {
 	if !s.m.cfg.Bypass {
 		return
 	}
 	s.mu.Lock()
-	ld, prim := s.leader, s.primary
+	ld, prim, was, wasRate := s.leader, s.primary, s.outrun, s.outrunRate
 	s.mu.Unlock()
-	if ld == nil || prim == nil || !ld.rescue || !s.holds(ld) || !s.holds(prim) || !prim.cl.Partial {
+	if ld == nil || prim == nil || prim != was || wasRate <= 0 || !ld.rescue || !s.holds(ld) || !s.holds(prim) || !prim.cl.Partial {
 		return
 	}
-	lr, ok1 := ld.rate()
-	pr, ok2 := prim.rate()
-	if ok1 && ok2 && lr >= bypassFactor*pr {
+	if lr, ok := ld.rate(); ok && lr >= bypassFactor*wasRate {
 		s.askBypass(ld, prim.cl)
 	}
 }
