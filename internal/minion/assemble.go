@@ -40,6 +40,9 @@ type assembler struct {
 
 	bufs sync.Pool // of *[]byte: chunk buffers of the chunkWriters
 
+	// noProgress is noProgressAfter (tests shorten it).
+	noProgress time.Duration
+
 	copied, fetched atomic.Int64 // bytes copied locally, and received
 	wire            atomic.Int64 // bytes the fetches carried on the network
 	resumed         atomic.Int64 // of copied: kept in place from a part file (see resume.go)
@@ -52,8 +55,20 @@ type chunkAt struct {
 }
 
 func newAssembler(m *Minion, sw *swarm, root string) *assembler {
-	return &assembler{m: m, sw: sw, root: root, local: map[string]chunkAt{}}
+	return &assembler{m: m, sw: sw, root: root, local: map[string]chunkAt{}, noProgress: noProgressAfter}
 }
+
+// noProgressAfter: a file of a chunked pull that waits for chunks while
+// none lands for this long fails the pull (errNoProgress), which starts
+// again and keeps the chunks it verified (resume.go). A backstop for a
+// stall that no request's own timeout sees (a chunk asked of no source:
+// see skipMine); longer than any wait the protocol has, a relay upstream
+// switching sources waits four leases (a minute by default) at most.
+const noProgressAfter = 5 * time.Minute
+
+// errNoProgress fails a pull whose file saw no chunk land for
+// noProgressAfter.
+var errNoProgress = errors.New("the pull stalled")
 
 // index learns the chunks of the local files a plan may reuse: the older
 // versions of the files it fetches, the files it does not keep (renamed or
@@ -214,6 +229,31 @@ type job struct {
 	low      int // chunks before it are all done (or repeats): take starts there
 	inflight []int
 	changed  chan struct{} // a chunk landed or a request ended
+	lastLand time.Time     // when a chunk last landed (or fetchAll began)
+}
+
+// missing reports how many distinct chunks have yet to land, and the
+// offset of the first.
+func (j *job) missing() (n int, first int64) {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	first = -1
+	for i, d := range j.done {
+		if !d && j.first[i] == i {
+			if n == 0 {
+				first = j.chunks[i].Off
+			}
+			n++
+		}
+	}
+	return n, first
+}
+
+// sinceLanded is how long ago a chunk last landed.
+func (j *job) sinceLanded(now time.Time) time.Duration {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	return now.Sub(j.lastLand)
 }
 
 func (j *job) complete() bool {
@@ -236,6 +276,7 @@ func (j *job) land(i int) bool {
 		return false
 	}
 	j.done[i] = true
+	j.lastLand = time.Now()
 	j.mu.Unlock()
 	j.landed(i)
 	j.signal()
@@ -370,10 +411,23 @@ func (a *assembler) fetchAll(ctx context.Context, j *job) error {
 	}
 	tick := time.NewTicker(250 * time.Millisecond)
 	defer tick.Stop()
+	j.mu.Lock()
+	j.lastLand = time.Now()
+	j.mu.Unlock()
 	for {
 		start()
 		if j.complete() {
 			return nil
+		}
+		if d := j.sinceLanded(time.Now()); d > a.noProgress {
+			n, first := j.missing()
+			var srcs []string
+			for _, p := range a.sw.peers() {
+				srcs = append(srcs, p.cl.Slot)
+			}
+			a.m.cfg.Log.WithFields(logrus.Fields{"path": j.e.Path, "missing": n, "first_missing": first, "sources": srcs}).
+				Warn("no chunk landed for " + d.Round(time.Second).String() + "; the pull starts again, keeping what it verified")
+			return fmt.Errorf("%s: %w: %d chunks missing from byte %d, none landed for %v from %v", j.e.Path, errNoProgress, n, first, d.Round(time.Second), srcs)
 		}
 		select {
 		case <-ctx.Done():

@@ -2,11 +2,14 @@ package minion
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/fanout/fanout/internal/apply"
 	"github.com/fanout/fanout/internal/chunk"
@@ -122,5 +125,49 @@ func TestChunkWriterBadChunk(t *testing.T) {
 	}
 	if err := w.close(); err == nil {
 		t.Fatal("close after too many bytes: nil error")
+	}
+}
+
+// A file of a chunked pull that no chunk reaches (here: no source at all)
+// fails with errNoProgress once none landed for noProgress, naming what
+// is missing, rather than waiting for good; one whose chunks keep landing
+// does not, however long it takes in all.
+func TestFetchAllGivesUpWithoutProgress(t *testing.T) {
+	newJob := func(n int) *job {
+		chunks := make([]manifest.Chunk, n)
+		first := make([]int, n)
+		for i := range chunks {
+			chunks[i] = manifest.Chunk{Off: int64(i) << 10, Len: 1 << 10}
+			first[i] = i
+		}
+		return &job{e: manifest.Entry{Path: "f", Size: int64(n) << 10}, chunks: chunks, first: first,
+			done: make([]bool, n), inflight: make([]int, n), changed: make(chan struct{}, 1), landed: func(int) {}}
+	}
+	m := testMinion(t, t.TempDir())
+	src := &source{m: m} // no claim: nothing to fetch from
+	sw := newSwarm(m, src, 1)
+	src.sw = sw
+	a := newAssembler(m, sw, t.TempDir())
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+
+	a.noProgress = 300 * time.Millisecond
+	j := newJob(3)
+	j.land(1)
+	err := a.fetchAll(ctx, j)
+	if !errors.Is(err, errNoProgress) || !strings.Contains(err.Error(), "2 chunks missing from byte 0") {
+		t.Fatalf("fetchAll with no source: %v, want errNoProgress naming 2 chunks missing from byte 0", err)
+	}
+
+	a.noProgress = 2 * time.Second
+	j = newJob(30)
+	go func() {
+		for i := range 30 {
+			time.Sleep(100 * time.Millisecond)
+			j.land(i)
+		}
+	}()
+	if err := a.fetchAll(ctx, j); err != nil {
+		t.Fatalf("fetchAll whose chunks land every 100 ms for 3 s: %v", err)
 	}
 }
