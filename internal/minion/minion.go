@@ -170,6 +170,9 @@ type Coordinator interface {
 type Snapshots interface {
 	Set(snap *peer.Snapshot)
 	Current() *peer.Snapshot
+	// Expect makes requests for generation gen wait for its snapshot
+	// (see peer.Server.Expect).
+	Expect(gen int64, wait time.Duration) (cancel func())
 }
 
 // Minion is one host's fanout daemon for one task.

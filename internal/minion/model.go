@@ -48,6 +48,8 @@ type ModelPull struct {
 // held state once every byte is in), with no disk and no peer. Keep it in
 // step with transfer.
 func (m *Minion) transferModel(ctx context.Context, g coord.Generation, src *source) (apply.Stats, error) {
+	offered, unexpect := m.offerEarly(ctx, g)
+	defer unexpect()
 	cl := src.claim()
 	enc, err := m.cfg.Model.Manifest(ctx, cl.SourceAddr, g.ID)
 	if err != nil {
@@ -69,14 +71,8 @@ func (m *Minion) transferModel(ctx context.Context, g coord.Generation, src *sou
 	pipelined := m.cfg.Pipeline && m.uploads() > 0
 	if pipelined {
 		m.server.Set(&peer.Snapshot{Gen: g.ID, Digest: g.Digest, Encoded: enc, Manifest: remote, Root: taskRoot(m.cfg.Root, g.LocalPath())})
-		var err error
-		if remote.Chunking != nil && m.cfg.Sources > 1 {
-			err = m.coord.OfferPartial(ctx, m.cfg.ID, g.Ref(), m.uploads()) // and its rescue slot, as transfer does
-		} else {
-			err = m.coord.OfferSlots(ctx, m.cfg.ID, g.Ref(), m.uploads(), false)
-		}
-		if err != nil {
-			m.cfg.Log.WithError(err).Warn("could not offer this host as a partial source")
+		if !offered {
+			m.offer(ctx, g, remote.Chunking != nil)
 		}
 	}
 	err = m.cfg.Model.Pull(ctx, ModelPull{

@@ -262,6 +262,62 @@ func TestNoSnapshotYet(t *testing.T) {
 	}
 }
 
+// A generation the server expects (Expect: the host offered itself before
+// its pull had the manifest) is waited for: a request that came before the
+// snapshot is answered from it once it is set, a Set(nil) meanwhile (the
+// pull dropping the old snapshot) does not end the wait; a request for
+// another generation is refused at once; the expectation's cancel, or its
+// wait running out, answers as a server that serves nothing (ErrStale).
+func TestExpectedGenerationWaits(t *testing.T) {
+	tr := newTree(t, 3)
+	e := startPeer(t, nil)
+	ctx := context.Background()
+	cancel := e.server.Expect(3, time.Minute)
+	type result struct {
+		b   []byte
+		err error
+	}
+	got := make(chan result, 1)
+	go func() {
+		b, err := e.client.Manifest(ctx, e.addr, 3)
+		got <- result{b, err}
+	}()
+	if _, err := e.client.Manifest(ctx, e.addr, 2); !errors.Is(err, ErrStale) {
+		t.Fatalf("Manifest of generation 2 while 3 is expected: %v, want ErrStale at once", err)
+	}
+	e.server.Set(nil)
+	select {
+	case r := <-got:
+		t.Fatalf("the request for the expected generation ended before its snapshot: %q, %v", r.b, r.err)
+	case <-time.After(200 * time.Millisecond):
+	}
+	e.server.Set(tr.snap)
+	if r := <-got; r.err != nil || !bytes.Equal(r.b, tr.snap.Encoded) {
+		t.Fatalf("Manifest once the expected snapshot was set: %q, %v", r.b, r.err)
+	}
+	cancel() // after the Set: nothing left to end
+
+	e.server.Set(nil)
+	cancel = e.server.Expect(4, time.Minute)
+	go func() {
+		b, err := e.client.Manifest(ctx, e.addr, 4)
+		got <- result{b, err}
+	}()
+	time.Sleep(100 * time.Millisecond)
+	cancel()
+	if r := <-got; !errors.Is(r.err, ErrStale) {
+		t.Fatalf("Manifest after the expectation was cancelled: %v, want ErrStale", r.err)
+	}
+
+	e.server.Expect(5, 50*time.Millisecond)
+	if _, err := e.client.Manifest(ctx, e.addr, 5); !errors.Is(err, ErrStale) {
+		t.Fatalf("Manifest once the expectation's wait ran out: %v, want ErrStale", err)
+	}
+	if s := e.server.Await(ctx, 6); s != nil {
+		t.Fatalf("Await of a generation not expected = %v, want nil at once", s)
+	}
+}
+
 func TestSetSwapsGeneration(t *testing.T) {
 	old := newTree(t, 1)
 	e := startPeer(t, old.snap)

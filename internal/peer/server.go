@@ -1,6 +1,7 @@
 package peer
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -83,9 +84,21 @@ type Server struct {
 // view is what the server serves of one task.
 type view struct {
 	cur atomic.Pointer[served]
+	// exp is the generation whose snapshot is being prepared (see
+	// Server.Expect), nil if none: requests for it wait for the next set.
+	exp atomic.Pointer[expected]
 	// verify, when set, checks served bytes against the manifest (see
 	// VerifyServed) and is told of a file that changed on disk.
 	verify atomic.Pointer[func(string)]
+}
+
+// expected is a generation a view is about to serve. ready is closed
+// when the expectation ends: by the next set, or by its cancel. Whoever
+// swaps it out of view.exp closes it, so it is closed once.
+type expected struct {
+	gen   int64
+	wait  time.Duration
+	ready chan struct{}
 }
 
 // served is a snapshot prepared for serving.
@@ -131,6 +144,32 @@ func (s *Server) Set(snap *Snapshot) { s.def.set(snap) }
 // Current returns the plain task's snapshot being served, or nil.
 func (s *Server) Current() *Snapshot { return s.def.current() }
 
+// Expect tells the server that a snapshot of generation gen is being
+// prepared: this host offered itself as a source as soon as it claimed
+// its own, before its pull had the manifest, so the next host of a chain
+// claims it meanwhile. Requests for gen then wait for the next Set of a
+// snapshot (Set(nil) does not end the wait), up to
+// wait each (shorter than the pullers' header timeout, so a host whose
+// manifest is late is refused, 409, as one that serves nothing, and not
+// taken for a stalled peer), until cancel is called.
+func (s *Server) Expect(gen int64, wait time.Duration) (cancel func()) {
+	return s.def.expect(gen, wait)
+}
+
+// Await returns the plain task's snapshot being served once it is of
+// generation gen, or once the wait for an expected one (Expect) or ctx
+// ends: what a request for gen would be answered from.
+func (s *Server) Await(ctx context.Context, gen int64) *Snapshot {
+	return snapOf(s.def.await(ctx, gen))
+}
+
+func snapOf(sv *served) *Snapshot {
+	if sv == nil {
+		return nil
+	}
+	return sv.snap
+}
+
 // Task is what a Server serves of one task: the plain task's at /v1/...,
 // a named task's at /v1/t/NAME/... (see Client.ForTask). Its methods are
 // the Server's, for that task.
@@ -169,6 +208,12 @@ const defaultTask = "default"
 // Set is Server.Set for this task.
 func (t *Task) Set(snap *Snapshot) { t.v.set(snap) }
 
+// Expect is Server.Expect for this task.
+func (t *Task) Expect(gen int64, wait time.Duration) (cancel func()) { return t.v.expect(gen, wait) }
+
+// Await is Server.Await for this task.
+func (t *Task) Await(ctx context.Context, gen int64) *Snapshot { return snapOf(t.v.await(ctx, gen)) }
+
 // Current is Server.Current for this task.
 func (t *Task) Current() *Snapshot { return t.v.current() }
 
@@ -177,9 +222,12 @@ func (t *Task) VerifyServed(changed func(path string)) { t.v.verifyServed(change
 
 func (v *view) set(snap *Snapshot) {
 	if snap == nil {
+		// Not the end of an expectation: a pull drops the old snapshot
+		// before it sets the new one.
 		v.cur.Store(nil)
 		return
 	}
+	defer v.endExpect(nil)
 	sv := &served{snap: snap, entries: make(map[string]manifest.Entry), view: v}
 	if snap.Manifest != nil {
 		for _, e := range snap.Manifest.Entries {
@@ -187,6 +235,49 @@ func (v *view) set(snap *Snapshot) {
 		}
 	}
 	v.cur.Store(sv)
+}
+
+// expect makes requests for generation gen wait, up to wait each, for the
+// next set, until the returned cancel is called.
+func (v *view) expect(gen int64, wait time.Duration) (cancel func()) {
+	e := &expected{gen: gen, wait: wait, ready: make(chan struct{})}
+	if old := v.exp.Swap(e); old != nil {
+		close(old.ready)
+	}
+	return func() { v.endExpect(e) }
+}
+
+// endExpect ends the expectation e (any, when e is nil), if it is the
+// current one, releasing its waiting requests.
+func (v *view) endExpect(e *expected) {
+	cur := v.exp.Load()
+	if cur == nil || (e != nil && cur != e) {
+		return
+	}
+	if v.exp.CompareAndSwap(cur, nil) {
+		close(cur.ready)
+	}
+}
+
+// await returns what the view serves once it serves generation gen, or
+// the wait for an expected one ends (Expect), or ctx ends.
+func (v *view) await(ctx context.Context, gen int64) *served {
+	sv := v.cur.Load()
+	if sv != nil && sv.snap.Gen == gen {
+		return sv
+	}
+	e := v.exp.Load()
+	if e == nil || e.gen != gen {
+		return sv
+	}
+	t := time.NewTimer(e.wait)
+	defer t.Stop()
+	select {
+	case <-e.ready:
+	case <-t.C:
+	case <-ctx.Done():
+	}
+	return v.cur.Load()
 }
 
 func (v *view) current() *Snapshot {
@@ -299,18 +390,19 @@ func (s *Server) request(r *http.Request, v *view) (url.Values, *served, error) 
 	if err != nil {
 		return nil, nil, errorf(http.StatusBadRequest, "bad query: %s", clip(err.Error()))
 	}
-	sv, err := snapshotFor(v, q)
+	sv, err := snapshotFor(r.Context(), v, q)
 	return q, sv, err
 }
 
 // snapshotFor returns the prepared snapshot if it is of the generation the
-// request's "gen" parameter names.
-func snapshotFor(v *view, q url.Values) (*served, error) {
+// request's "gen" parameter names (waiting for it if it is expected, see
+// Server.Expect).
+func snapshotFor(ctx context.Context, v *view, q url.Values) (*served, error) {
 	gen, err := strconv.ParseInt(q.Get("gen"), 10, 64)
 	if err != nil {
 		return nil, errorf(http.StatusBadRequest, "bad gen %s", quote(q.Get("gen")))
 	}
-	sv := v.cur.Load()
+	sv := v.await(ctx, gen)
 	switch {
 	case sv == nil:
 		return nil, errorf(http.StatusConflict, "generation %d not served: serving nothing", gen)

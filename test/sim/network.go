@@ -68,7 +68,8 @@ func (nw *network) addServer(addr string, s *peer.Server) {
 }
 
 // Manifest answers as the host at addr would: the manifest of the
-// generation it serves, after a request's latency; a host that does not
+// generation it serves (waiting for it if the host expects it, see
+// peer.Server.Expect), after a request's latency; a host that does not
 // serve gen answers as a real peer does (ErrStale).
 func (nw *network) Manifest(ctx context.Context, addr string, gen int64) ([]byte, error) {
 	select {
@@ -82,7 +83,7 @@ func (nw *network) Manifest(ctx context.Context, addr string, gen int64) ([]byte
 	if s == nil {
 		return nil, fmt.Errorf("manifest from %s: %w", addr, peer.ErrUnavailable)
 	}
-	snap := s.Current()
+	snap := s.Await(ctx, gen)
 	if snap == nil || snap.Gen != gen {
 		return nil, fmt.Errorf("manifest of generation %d from %s: %w", gen, addr, peer.ErrStale)
 	}
