@@ -720,13 +720,17 @@ type Pulse struct {
 // fleet's load is nearly all heartbeats). The script runs for the others,
 // and when the light beat finds the host's finish lost; it measures the
 // clock offset again (see Now), so the light beats' scores never drift
-// more than one registration interval from it.
+// more than one registration interval from it. A light beat that finds
+// the host's registration gone (Redis lost it) registers it through the
+// script at once: a host alive with no registration has no known protocol,
+// and the master publishes for the oldest one it sees.
 func (c *Client) Heartbeat(ctx context.Context, h Host, b Beat) (Pulse, error) {
 	if at, ok := c.beatTime(); ok && !b.Register && !b.Offer {
-		p, done, err := c.lightBeat(ctx, h, b, at)
-		if err != nil || done {
+		p, done, registered, err := c.lightBeat(ctx, h, b, at)
+		if err != nil || (done && registered) {
 			return p, err
 		}
+		b.Register = !registered
 	}
 	return c.scriptBeat(ctx, h, b)
 }
@@ -754,12 +758,15 @@ func (c *Client) beatTime() (time.Time, bool) {
 // lightBeat records the heartbeat with ZADD at Redis time at (see
 // beatTime) and reads the current generation, in one round trip. done is
 // false when the host holds the current generation but finished_queue
-// does not list it: the script must re-assert the finish.
-func (c *Client) lightBeat(ctx context.Context, h Host, b Beat, at time.Time) (p Pulse, done bool, err error) {
+// does not list it: the script must re-assert the finish. registered is
+// false when the host's registration is gone: the script must register
+// it again.
+func (c *Client) lightBeat(ctx context.Context, h Host, b Beat, at time.Time) (p Pulse, done, registered bool, err error) {
 	z := redis.Z{Score: float64(at.UnixMilli()), Member: h.ID}
 	var gen *redis.SliceCmd
-	var listed *redis.BoolCmd
+	var listed, reg *redis.BoolCmd
 	_, err = c.rdb.Pipelined(ctx, func(pl redis.Pipeliner) error {
+		reg = pl.HExists(ctx, c.keys.Hosts(), h.ID)
 		pl.ZAdd(ctx, c.keys.Heartbeats(), z)
 		for _, g := range h.Groups {
 			pl.ZAdd(ctx, c.keys.GroupHeartbeats(g), z)
@@ -771,7 +778,7 @@ func (c *Client) lightBeat(ctx context.Context, h Host, b Beat, at time.Time) (p
 		return nil
 	})
 	if err != nil {
-		return Pulse{}, false, fmt.Errorf("heartbeat: %w", err)
+		return Pulse{}, false, false, fmt.Errorf("heartbeat: %w", err)
 	}
 	v := gen.Val()
 	str := func(i int) string {
@@ -783,9 +790,9 @@ func (c *Client) lightBeat(ctx context.Context, h Host, b Beat, at time.Time) (p
 	p.Current.ID, _ = strconv.ParseInt(str(0), 10, 64)
 	p.Current.Digest, p.State = str(1), str(2)
 	if listed != nil && !listed.Val() && p.Current == b.Held && p.State != StateFailed {
-		return p, false, nil
+		return p, false, reg.Val(), nil
 	}
-	return p, true, nil
+	return p, true, reg.Val(), nil
 }
 
 // scriptBeat is the heartbeat script: registration, offer and re-assertion

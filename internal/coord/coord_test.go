@@ -493,8 +493,9 @@ func TestLightHeartbeat(t *testing.T) {
 			return s
 		}
 
-		// The clock offset is not known yet: the script beats and measures it.
-		if _, err := c.Heartbeat(ctx, h, Beat{}); err != nil {
+		// The clock offset is not known yet: the script beats (registering,
+		// as a host's first beat does) and measures it.
+		if _, err := c.Heartbeat(ctx, h, Beat{Register: true}); err != nil {
 			t.Fatal(err)
 		}
 		if names := sent.take(); !slices.Contains(names, "evalsha") && !slices.Contains(names, "eval") {
@@ -569,6 +570,24 @@ func TestLightHeartbeat(t *testing.T) {
 		}
 		if !slices.Contains(f.members(k.Finished()), "a") {
 			t.Fatal("lost finish not re-asserted")
+		}
+		// Redis loses the registration: the light beat sees it and the
+		// script registers the host again, with its protocol (the master
+		// publishes for the oldest protocol among the hosts alive).
+		f.rdb.HDel(ctx, k.Hosts(), "a")
+		sent.take()
+		if _, err := c.Heartbeat(ctx, h, Beat{Held: g.Ref(), Uploads: 1}); err != nil {
+			t.Fatal(err)
+		}
+		if names := sent.take(); !slices.Contains(names, "evalsha") && !slices.Contains(names, "eval") {
+			t.Fatalf("beat of a lost registration sent %v, want the script", names)
+		}
+		hosts, err := c.Hosts(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if i := slices.IndexFunc(hosts, func(x Host) bool { return x.ID == "a" }); i < 0 || hosts[i].Proto != Proto {
+			t.Fatalf("hosts after the lost registration: %+v, want a registered with protocol %d", hosts, Proto)
 		}
 	})
 }
