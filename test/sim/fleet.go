@@ -156,7 +156,7 @@ func (c simCoord) Subscribe(_ context.Context, channels ...string) (*coord.Notif
 // counter is a go-redis hook counting the requests a client sends, by
 // command; a script call is counted under the script's name ("evalsha
 // claim"), and a pipeline, one round trip, as one request named by its
-// commands ("pipeline zadd+hmget").
+// commands ("pipeline hexists+zadd+hmget").
 type counter struct {
 	mu    sync.Mutex
 	calls map[string]int64

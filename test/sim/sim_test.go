@@ -49,7 +49,7 @@ func TestSimulateSmoke(t *testing.T) {
 		}
 	}
 	// Between registrations hosts beat light: a pipeline, no script.
-	if r.Requests["pipeline zadd+hmget"] == 0 {
+	if r.Requests["pipeline hexists+zadd+hmget"] == 0 {
 		t.Fatalf("no light heartbeat among the requests of the task: %v", r.Requests)
 	}
 	if r.Requests["evalsha finish"] < 200 || r.Executed["evalsha"] < r.Requests["evalsha finish"] {
@@ -61,7 +61,7 @@ func TestSimulateSmoke(t *testing.T) {
 	if len(r.Warnings) > 0 {
 		t.Fatalf("the simulated daemons logged: %v", r.Warnings)
 	}
-	if r.IdleWindow < cfg.IdleWindow || r.IdleReqs["evalsha heartbeat"]+r.IdleReqs["pipeline zadd+hmget"] == 0 {
+	if r.IdleWindow < cfg.IdleWindow || r.IdleReqs["evalsha heartbeat"]+r.IdleReqs["pipeline hexists+zadd+hmget"] == 0 {
 		t.Fatalf("idle window %s, requests %v: want the hosts' heartbeats", r.IdleWindow, r.IdleReqs)
 	}
 	text := table(cfg, []result{r}, time.Minute)
