@@ -51,7 +51,7 @@ func (m *Minion) transferModel(ctx context.Context, g coord.Generation, src *sou
 	offered, unexpect := m.offerEarly(ctx, g)
 	defer unexpect()
 	cl := src.claim()
-	enc, err := m.cfg.Model.Manifest(ctx, cl.SourceAddr, g.ID)
+	enc, err := askManifest(ctx, m.cfg.Model.Manifest, *cl, g.ID)
 	if err != nil {
 		return apply.Stats{}, fmt.Errorf("fetch manifest: %w", err)
 	}

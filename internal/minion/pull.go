@@ -501,7 +501,7 @@ func (m *Minion) transfer(ctx context.Context, g coord.Generation, src *source) 
 // asked too, and the first answer that matches the published digest wins.
 func (m *Minion) fetchManifest(ctx context.Context, g coord.Generation, cl coord.Claim) ([]byte, error) {
 	if g.OriginAddr == "" || cl.SourceAddr == g.OriginAddr || !smallManifest(g) {
-		return m.client.Manifest(ctx, cl.SourceAddr, g.ID)
+		return askManifest(ctx, m.client.Manifest, cl, g.ID)
 	}
 	type answer struct {
 		enc []byte
@@ -521,7 +521,13 @@ func (m *Minion) fetchManifest(ctx context.Context, g coord.Generation, cl coord
 			answers <- answer{enc, err}
 		})
 	}
-	ask(cl.SourceAddr)
+	wg.Go(func() {
+		enc, err := askManifest(ctx, m.client.Manifest, cl, g.ID)
+		if err == nil && manifest.Digest(enc) != g.Digest {
+			err = fmt.Errorf("%w: from %s", errBadManifest, cl.SourceAddr)
+		}
+		answers <- answer{enc, err}
+	})
 	pending := 1
 	hedge := time.NewTimer(manifestHedge)
 	defer hedge.Stop()
@@ -547,6 +553,36 @@ func (m *Minion) fetchManifest(ctx context.Context, g coord.Generation, cl coord
 		}
 	}
 }
+
+// askManifest asks cl's source for the manifest of generation gen with
+// get. A partial source offers itself as soon as it claimed its own, before
+// it has the manifest (see offerEarly), and answers ErrStale until it has
+// it (after waiting up to its expectWait): in a chain formed faster than
+// manifests travel down it, that is seconds. Such a source is asked
+// again, up to partialManifestWait in all, rather than taken for dead.
+func askManifest(ctx context.Context, get func(context.Context, string, int64) ([]byte, error), cl coord.Claim, gen int64) ([]byte, error) {
+	deadline := time.Now().Add(partialManifestWait)
+	for {
+		enc, err := get(ctx, cl.SourceAddr, gen)
+		if err == nil || !cl.Partial || !errors.Is(err, peer.ErrStale) || time.Now().After(deadline) {
+			return enc, err
+		}
+		select {
+		case <-ctx.Done():
+			return nil, err
+		case <-time.After(manifestRetry):
+		}
+	}
+}
+
+// partialManifestWait bounds how long a partial source that does not have
+// the manifest yet is asked again (askManifest); manifestRetry is the
+// pause between two asks (the source's own wait comes before each
+// answer).
+const (
+	partialManifestWait = 15 * time.Second
+	manifestRetry       = 50 * time.Millisecond
+)
 
 // manifestHedge: see fetchManifest.
 const manifestHedge = 300 * time.Millisecond

@@ -3,6 +3,7 @@ package minion
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -10,6 +11,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/fanout/fanout/internal/coord"
+	"github.com/fanout/fanout/internal/peer"
 	"github.com/fanout/fanout/internal/redistest"
 )
 
@@ -95,5 +97,33 @@ func TestReplaceLost(t *testing.T) {
 	}
 	if n := rdb.Exists(ctx, k.Lease("h")).Val(); n != 0 {
 		t.Fatal("the lease key outlived the pull's settling")
+	}
+}
+
+// A partial source that does not have the manifest yet (it offered itself
+// as soon as it claimed its own source) is asked again until it has it; a
+// whole source's ErrStale, and any other error, is returned at once.
+func TestAskManifestWaitsForAPartialSource(t *testing.T) {
+	ctx := context.Background()
+	calls := 0
+	get := func(_ context.Context, addr string, gen int64) ([]byte, error) {
+		calls++
+		if calls < 3 {
+			return nil, fmt.Errorf("manifest of generation %d from %s: %w", gen, addr, peer.ErrStale)
+		}
+		return []byte("manifest"), nil
+	}
+	enc, err := askManifest(ctx, get, coord.Claim{SourceAddr: "p:7070", Partial: true}, 4)
+	if err != nil || string(enc) != "manifest" || calls != 3 {
+		t.Fatalf("askManifest of a partial source: %q, %v after %d asks; want the manifest at the third", enc, err, calls)
+	}
+	calls = 0
+	if _, err := askManifest(ctx, get, coord.Claim{SourceAddr: "w:7070"}, 4); !errors.Is(err, peer.ErrStale) || calls != 1 {
+		t.Fatalf("askManifest of a whole source: %v after %d asks; want ErrStale at once", err, calls)
+	}
+	calls = 0
+	dead := func(context.Context, string, int64) ([]byte, error) { calls++; return nil, peer.ErrUnavailable }
+	if _, err := askManifest(ctx, dead, coord.Claim{SourceAddr: "p:7070", Partial: true}, 4); !errors.Is(err, peer.ErrUnavailable) || calls != 1 {
+		t.Fatalf("askManifest of an unreachable partial source: %v after %d asks; want ErrUnavailable at once", err, calls)
 	}
 }
