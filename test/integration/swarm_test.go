@@ -18,18 +18,7 @@ import (
 // one claim during the pull, every copy is identical, and the extra claims
 // are given back.
 func TestSwarm(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
-	l, err := lab.Start(ctx, lab.Config{Dir: t.TempDir(), Minions: 6, Uploads: 2, BWLimit: 8 << 20})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Stop()
-	src := filepath.Join(l.Master.Root, task)
-	writeRandomModel(t, src, 3, 24<<20)
-	if err := l.Set(ctx, task); err != nil {
-		t.Fatal(err)
-	}
+	ctx, l, src := startSwarm(t)
 	st, err := l.WaitGeneration(ctx, 0, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -74,6 +63,26 @@ func TestSwarm(t *testing.T) {
 	}
 }
 
+// startSwarm starts a lab of six minions with two upload slots each and
+// 8 MiB/s links, and sets the task on a 24 MiB file: the swarm tests'
+// fleet. The context ends with the test, 3 minutes at most.
+func startSwarm(t *testing.T) (context.Context, *lab.Lab, string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	t.Cleanup(cancel)
+	l, err := lab.Start(ctx, lab.Config{Dir: t.TempDir(), Minions: 6, Uploads: 2, BWLimit: 8 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(l.Stop)
+	src := filepath.Join(l.Master.Root, task)
+	writeRandomModel(t, src, 3, 24<<20)
+	if err := l.Set(ctx, task); err != nil {
+		t.Fatal(err)
+	}
+	return ctx, l, src
+}
+
 // TestSwarmLosesLeases: Redis ends the claims of pulling hosts mid-pull
 // (their leases deleted and due, as when renewals come late under load,
 // and the master's reaper ends them), one every 300 ms until the six-host
@@ -85,18 +94,7 @@ func TestSwarm(t *testing.T) {
 // found a pull that waited for good, a few hundred KB short: the stall
 // TestLeaderTakesWhatAllWereAsked (internal/minion) pins down.
 func TestSwarmLosesLeases(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
-	l, err := lab.Start(ctx, lab.Config{Dir: t.TempDir(), Minions: 6, Uploads: 2, BWLimit: 8 << 20})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Stop()
-	src := filepath.Join(l.Master.Root, task)
-	writeRandomModel(t, src, 3, 24<<20)
-	if err := l.Set(ctx, task); err != nil {
-		t.Fatal(err)
-	}
+	ctx, l, src := startSwarm(t)
 	k := l.Coord.Keys()
 	killed := make(chan int)
 	kctx, kcancel := context.WithCancel(ctx)
@@ -118,7 +116,7 @@ func TestSwarmLosesLeases(t *testing.T) {
 			n++
 		}
 	}()
-	_, err = l.WaitGeneration(ctx, 0, nil)
+	_, err := l.WaitGeneration(ctx, 0, nil)
 	kcancel()
 	n := <-killed
 	if err != nil {
