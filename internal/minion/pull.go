@@ -512,22 +512,16 @@ func (m *Minion) fetchManifest(ctx context.Context, g coord.Generation, cl coord
 	defer wg.Wait() // after the cancel below: the request left ends at once
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	ask := func(addr string) {
+	ask := func(src coord.Claim) {
 		wg.Go(func() {
-			enc, err := m.client.Manifest(ctx, addr, g.ID)
+			enc, err := askManifest(ctx, m.client.Manifest, src, g.ID)
 			if err == nil && manifest.Digest(enc) != g.Digest {
-				err = fmt.Errorf("%w: from %s", errBadManifest, addr)
+				err = fmt.Errorf("%w: from %s", errBadManifest, src.SourceAddr)
 			}
 			answers <- answer{enc, err}
 		})
 	}
-	wg.Go(func() {
-		enc, err := askManifest(ctx, m.client.Manifest, cl, g.ID)
-		if err == nil && manifest.Digest(enc) != g.Digest {
-			err = fmt.Errorf("%w: from %s", errBadManifest, cl.SourceAddr)
-		}
-		answers <- answer{enc, err}
-	})
+	ask(cl)
 	pending := 1
 	hedge := time.NewTimer(manifestHedge)
 	defer hedge.Stop()
@@ -535,7 +529,7 @@ func (m *Minion) fetchManifest(ctx context.Context, g coord.Generation, cl coord
 	for {
 		select {
 		case <-hedge.C:
-			ask(g.OriginAddr)
+			ask(coord.Claim{SourceAddr: g.OriginAddr}) // whole: asked once
 			pending++
 		case a := <-answers:
 			pending--
