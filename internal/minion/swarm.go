@@ -392,9 +392,9 @@ func (s *swarm) lead() *feed {
 			s.mu.Lock()
 			s.outrun, s.outrunRate = cur, curRate
 			s.mu.Unlock()
-		}
-		if s.m.cfg.Bypass && best.rescue && cur.cl.Index == 0 && cur.cl.Partial && bestRate >= bypassFactor*curRate {
-			s.askBypass(best, cur.cl)
+			if s.m.cfg.Bypass && cur.cl.Partial && bestRate >= bypassFactor*curRate {
+				s.askBypass(best, cur.cl)
+			}
 		}
 	}
 	return best

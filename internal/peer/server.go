@@ -148,10 +148,10 @@ func (s *Server) Current() *Snapshot { return s.def.current() }
 // prepared: this host offered itself as a source as soon as it claimed
 // its own, before its pull had the manifest, so the next host of a chain
 // claims it meanwhile. Requests for gen then wait for the next Set of a
-// snapshot (Set(nil) does not end the wait), up to
-// wait each (shorter than the pullers' header timeout, so a host whose
-// manifest is late is refused, 409, as one that serves nothing, and not
-// taken for a stalled peer), until cancel is called.
+// snapshot (Set(nil) does not end the wait), up to wait each (shorter
+// than the pullers' header timeout, so a host whose manifest is late is
+// refused, 409, as one that serves nothing, and not taken for a stalled
+// peer), until cancel is called.
 func (s *Server) Expect(gen int64, wait time.Duration) (cancel func()) {
 	return s.def.expect(gen, wait)
 }
@@ -268,7 +268,9 @@ func (v *view) await(ctx context.Context, gen int64) *served {
 	}
 	e := v.exp.Load()
 	if e == nil || e.gen != gen {
-		return sv
+		// Loaded again: a Set between the two loads ends the expectation
+		// after storing its snapshot.
+		return v.cur.Load()
 	}
 	t := time.NewTimer(e.wait)
 	defer t.Stop()

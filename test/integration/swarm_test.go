@@ -23,11 +23,7 @@ func TestSwarm(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, h := range l.Minions {
-		if err := lab.Compare(src, filepath.Join(h.Root, task)); err != nil {
-			t.Error(err)
-		}
-	}
+	checkCopies(t, l, src, -1)
 	evs, err := l.Coord.Events(ctx, "0", 0)
 	if err != nil {
 		t.Fatal(err)
@@ -122,11 +118,7 @@ func TestSwarmLosesLeases(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, h := range l.Minions {
-		if err := lab.Compare(src, filepath.Join(h.Root, task)); err != nil {
-			t.Error(err)
-		}
-	}
+	checkCopies(t, l, src, -1)
 	evs, err := l.Coord.Events(ctx, "0", 0)
 	if err != nil {
 		t.Fatal(err)
