@@ -245,6 +245,14 @@ type Generation struct {
 	// by the master's order). Protocol ProtoAtomic.
 	Switch   string
 	SwitchAt time.Time
+	// Task is the task key's value the generation answers (the value
+	// the master adopted), given to Publish and never stored. When Redis
+	// lost the adoption (the key holds another adopted value: a publish
+	// retried after its reply was lost with the server, or run after a
+	// failover to a replica that missed the adoption), publish writes
+	// it back, so the key and the generation agree. A key written or
+	// deleted since stays as it is. "": the key is not checked.
+	Task string
 }
 
 // Switch modes of an atomic generation (publish --switch).
@@ -408,6 +416,9 @@ type TaskOptions struct {
 	Digest string `json:"digest,omitempty"`
 	Files  int64  `json:"files,omitempty"`
 	Bytes  int64  `json:"bytes,omitempty"`
+	// Task is the task key's value these options came with (set by
+	// Adopt, never stored with the options).
+	Task string `json:"-"`
 }
 
 // MaxKeep bounds the releases a host keeps of an atomic task.
@@ -434,10 +445,14 @@ func (c *Client) SetTask(ctx context.Context, path string, opts TaskOptions) err
 	return nil
 }
 
-// Adopt marks the task key as seen and consumes its options.
+// Adopt marks the task key as seen and consumes its options. It returns
+// the value it marked in opts.Task, read in the same transaction: a value
+// an operator wrote after the caller's read is the one adopted, and the
+// one to publish.
 func (c *Client) Adopt(ctx context.Context) (TaskOptions, error) {
-	var get *redis.StringCmd
+	var get, task *redis.StringCmd
 	_, err := c.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
+		task = p.Get(ctx, c.keys.Task())
 		p.PExpire(ctx, c.keys.Task(), adoptedTTL)
 		get = p.Get(ctx, c.keys.TaskOptions())
 		p.Del(ctx, c.keys.TaskOptions())
@@ -452,6 +467,7 @@ func (c *Client) Adopt(ctx context.Context) (TaskOptions, error) {
 			return TaskOptions{}, fmt.Errorf("task options %q: %w", v, err)
 		}
 	}
+	opts.Task = task.Val()
 	return opts, nil
 }
 
@@ -467,9 +483,9 @@ func (c *Client) Publish(ctx context.Context, g Generation, uploads int) (Genera
 
 // PublishFailed records a bad task as a new failed generation: status shows
 // the reason and minions leave their trees alone. floor is as g.ID for
-// Publish.
-func (c *Client) PublishFailed(ctx context.Context, path, reason, origin string, floor int64) (Generation, error) {
-	return c.publish(ctx, Generation{ID: floor, Path: path, State: StateFailed, Error: reason, Origin: origin}, 0)
+// Publish, task as g.Task.
+func (c *Client) PublishFailed(ctx context.Context, path, task, reason, origin string, floor int64) (Generation, error) {
+	return c.publish(ctx, Generation{ID: floor, Path: path, Task: task, State: StateFailed, Error: reason, Origin: origin}, 0)
 }
 
 func (c *Client) publish(ctx context.Context, g Generation, uploads int) (Generation, error) {
@@ -492,7 +508,7 @@ func (c *Client) publish(ctx context.Context, g Generation, uploads int) (Genera
 	res, err := c.run(ctx, publishScript, g.Origin,
 		g.Path, flag(g.Delete), g.Digest, g.State, g.Error, g.Origin, g.OriginAddr,
 		g.Files, g.Bytes, uploads, eventsMax, g.ID, proto, g.OriginZone, flag(g.Compress), g.Dest, joinGroups(g.Groups),
-		g.Atomic, g.Rollback, g.Switch, c.keys.Name).Int64Slice()
+		g.Atomic, g.Rollback, g.Switch, c.keys.Name, g.Task, adoptedTTL.Milliseconds()).Int64Slice()
 	if err != nil {
 		if strings.HasPrefix(err.Error(), "NOTASK ") {
 			return Generation{}, fmt.Errorf("publish generation of task %s: %w", c.keys.Name, ErrNoTask)

@@ -143,7 +143,7 @@ func TestPublishAndTaskKey(t *testing.T) {
 		if err != nil || cur.ID != g2.ID || cur.State != StateRunning || cur.Path != "/data/m42" || cur.OriginAddr != "10.0.0.1:7070" || cur.Bytes != 300 {
 			t.Fatalf("Current = %+v, %v", cur, err)
 		}
-		fg, err := f.c.PublishFailed(ctx, "relative", "task is relative", "master", 0)
+		fg, err := f.c.PublishFailed(ctx, "relative", "relative", "task is relative", "master", 0)
 		if err != nil || fg.ID != g2.ID+1 {
 			t.Fatal(err)
 		}
@@ -153,6 +153,84 @@ func TestPublishAndTaskKey(t *testing.T) {
 		}
 		if _, err := f.c.Claim(ctx, "a", cur.Ref(), ClaimOptions{}); !errors.Is(err, ErrStale) {
 			t.Errorf("claim on a failed generation: %v", err)
+		}
+	})
+}
+
+// A publish that finds the task key as it was before its adoption (Redis
+// lost the adoption: the publish was retried on a restarted server after
+// its reply was lost, or runs after a failover) writes the adopted value
+// back, still marked adopted; a key written or deleted since is left as
+// it is. Adopt reports the value it marked.
+func TestPublishRestoresALostAdoption(t *testing.T) {
+	each(t, 15*time.Second, func(t *testing.T, f *fixture) {
+		ctx := context.Background()
+		k := f.c.Keys()
+		adopt := func(value string) TaskOptions {
+			t.Helper()
+			if err := f.c.SetTask(ctx, value, TaskOptions{}); err != nil {
+				t.Fatal(err)
+			}
+			opts, err := f.c.Adopt(ctx)
+			if err != nil || opts.Task != value {
+				t.Fatalf("Adopt = %+v, %v; want task %q", opts, err, value)
+			}
+			return opts
+		}
+		publish := func(path, task string) {
+			t.Helper()
+			if _, err := f.c.Publish(ctx, Generation{Path: path, Task: task, Digest: strings.Repeat("d", 64), Origin: "master"}, 1); err != nil {
+				t.Fatal(err)
+			}
+		}
+		task := func() (string, bool) {
+			t.Helper()
+			v, fresh, err := f.c.TaskKey(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return v, fresh
+		}
+		adopt("/data/m42")
+		publish("/data/m42", "/data/m42")
+		// The next task is adopted, then Redis loses that write: the key
+		// holds the older adopted value again when the publish runs.
+		opts := adopt("/data/m42-v2/")
+		f.rdb.Set(ctx, k.Task(), "/data/m42", time.Hour)
+		publish("/data/m42-v2", opts.Task)
+		if v, fresh := task(); v != "/data/m42-v2/" || fresh {
+			t.Errorf("after a publish over a lost adoption the task key is %q (fresh %v), want %q adopted", v, fresh, "/data/m42-v2/")
+		}
+		// A failed generation restores it too.
+		opts = adopt("relative")
+		f.rdb.Set(ctx, k.Task(), "/data/m42-v2/", time.Hour)
+		if _, err := f.c.PublishFailed(ctx, "relative", opts.Task, "task is relative", "master", 0); err != nil {
+			t.Fatal(err)
+		}
+		if v, fresh := task(); v != "relative" || fresh {
+			t.Errorf("after a failed publish over a lost adoption the task key is %q (fresh %v)", v, fresh)
+		}
+		// An operator's newer write stays, fresh: the master publishes it next.
+		opts = adopt("/data/m43")
+		f.rdb.Set(ctx, k.Task(), "/data/m44", 0)
+		publish("/data/m43", opts.Task)
+		if v, fresh := task(); v != "/data/m44" || !fresh {
+			t.Errorf("an operator's write since the adoption became %q (fresh %v)", v, fresh)
+		}
+		// A deleted key stays deleted: no task, the master serves what it has.
+		opts = adopt("/data/m45")
+		f.rdb.Del(ctx, k.Task())
+		publish("/data/m45", opts.Task)
+		if n, _ := f.rdb.Exists(ctx, k.Task()).Result(); n != 0 {
+			t.Error("a deleted task key was written back")
+		}
+		// No task given (a republish of the tree being served): the key is
+		// not checked.
+		adopt("/data/m46")
+		f.rdb.Set(ctx, k.Task(), "/data/m46/", time.Hour)
+		publish("/data/m46", "")
+		if v, _ := task(); v != "/data/m46/" {
+			t.Errorf("a publish without a task value rewrote the key to %q", v)
 		}
 	})
 }

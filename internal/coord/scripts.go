@@ -401,18 +401,29 @@ end
 // and above ARGV floor (the last id the publishing master knows it used),
 // so ids never repeat even when Redis lost the counter.
 // ARGV: path, delete, digest, state, error, origin, origin_addr, files,
-// bytes, uploads, maxlen, floor, proto, origin_zone, compress. Returns {id,
-// published_ms}. The origin's slots go to its zone's indexes too (the
+// bytes, uploads, maxlen, floor, proto, origin_zone, compress, dest,
+// groups, atomic, rollback, switch, name, task, adopted_ttl_ms. Returns {id,
+// published_ms}. The task key is put back to ARGV task (see
+// Generation.Task) when it holds another adopted value. The origin's slots go to its zone's indexes too (the
 // client's zone's, K.zfull and K.zpart). Other zones' indexes are not
 // cleared: their entries of the last generation are no longer in the
 // global indexes, and claims drop them when they sample them.
 var publishScript = newScript(
-	[]string{"generation", "sync", "full", "part", "zfull", "zpart", "running", "finished", "claims", "leases", "failures", "bad", "lookup", "events", "progress", "holders", "dead", "strikes", "repairing", "repairs", "zbytes", "hooks", "starved", "rescue", "switched", "tasks", "wait", "zwait", "slow"}, `
+	[]string{"task", "generation", "sync", "full", "part", "zfull", "zpart", "running", "finished", "claims", "leases", "failures", "bad", "lookup", "events", "progress", "holders", "dead", "strikes", "repairing", "repairs", "zbytes", "hooks", "starved", "rescue", "switched", "tasks", "wait", "zwait", "slow"}, `
 -- A named task (ARGV[21]) is published only while it is in the task
 -- list: a master that was building it when it was retired publishes
 -- nothing.
 if (ARGV[21] or '') ~= '' and redis.call('SISMEMBER', K.tasks, ARGV[21]) == 0 then
   return redis.error_reply('NOTASK task ' .. ARGV[21] .. ' is not in the task list (retired)')
+end
+-- Redis lost this master's adoption of ARGV[22] (a publish retried on a
+-- restarted server after its reply was lost, or run after a failover to a
+-- replica that missed the adoption): the key holds an older adopted value
+-- (a TTL marks adoption). Write the value back, marked adopted, so the
+-- master does not take the older value for a task to publish again. A key
+-- an operator wrote since (no TTL) or deleted is left alone.
+if (ARGV[22] or '') ~= '' and redis.call('PTTL', K.task) > 0 and redis.call('GET', K.task) ~= ARGV[22] then
+  redis.call('SET', K.task, ARGV[22], 'PX', ARGV[23])
 end
 local now = nowMS()
 redis.call('HDEL', K.generation, 'retired')

@@ -96,6 +96,10 @@ type Host struct {
 	// returns the slots it held to those only, as its scripts knew no
 	// zone keys.
 	PreZones bool
+	// WrapMaster, when set on the master (before StartMaster), wraps
+	// the coordinator of each of its tasks: a test puts faults between
+	// the master and Redis.
+	WrapMaster func(master.Coordinator) master.Coordinator
 	// Groups are this minion's --group names (set before StartMinion).
 	Groups []string
 	// BWLimit caps this host's upload and download, bytes/s, in place of
@@ -217,7 +221,12 @@ func (l *Lab) StartMaster(ctx context.Context) error {
 			ID: h.ID, Advertise: ln.Addr().String(), Root: h.Root, StateDir: h.StateDir,
 			Uploads: l.cfg.Uploads, Poll: l.cfg.Poll, Log: l.cfg.Log.WithField("host", h.ID), Zone: h.Zone,
 			Exclude: l.cfg.MasterExclude, Watch: l.cfg.Watch,
-		}, co, func(name string) master.Coordinator { return co.ForTask(name) }, server)
+		}, co, func(name string) master.Coordinator {
+			if h.WrapMaster != nil {
+				return h.WrapMaster(co.ForTask(name))
+			}
+			return co.ForTask(name)
+		}, server)
 		return tasks.Run, nil
 	})
 }

@@ -80,7 +80,7 @@ type Coordinator interface {
 	SetTask(ctx context.Context, path string, opts coord.TaskOptions) error
 	Current(ctx context.Context) (coord.Generation, error)
 	Publish(ctx context.Context, g coord.Generation, uploads int) (coord.Generation, error)
-	PublishFailed(ctx context.Context, path, reason, origin string, floor int64) (coord.Generation, error)
+	PublishFailed(ctx context.Context, path, task, reason, origin string, floor int64) (coord.Generation, error)
 	OfferOrigin(ctx context.Context, origin string, r coord.Ref, uploads int) error
 	Announce(ctx context.Context, origin string, r coord.Ref, uploads int) error
 	Wake(ctx context.Context, r coord.Ref) error
@@ -502,6 +502,9 @@ func (m *Master) adopt(ctx context.Context, value string) error {
 	if err != nil {
 		return fmt.Errorf("adopt task: %w", err)
 	}
+	if opts.Task != "" {
+		value = opts.Task // an operator wrote the key again since the read
+	}
 	return m.publish(ctx, value, opts)
 }
 
@@ -548,12 +551,13 @@ func (m *Master) publish(ctx context.Context, value string, opts coord.TaskOptio
 			return m.offer(ctx, clean, opts, snap)
 		}
 	}
-	return m.reject(ctx, value, err)
+	return m.reject(ctx, value, opts.Task, err)
 }
 
 // reject records task value, refused for err, as a failed generation:
-// hosts leave their trees alone and status shows why.
-func (m *Master) reject(ctx context.Context, value string, err error) error {
+// hosts leave their trees alone and status shows why. task is the task
+// key's value when value was adopted from it (see coord.Generation.Task).
+func (m *Master) reject(ctx context.Context, value, task string, err error) error {
 	m.cfg.Log.WithField("task", value).WithError(err).Error("task rejected; nothing was changed on any host")
 	m.cfg.Metrics.RejectedTasks.Inc()
 	m.server.Set(nil)
@@ -561,7 +565,7 @@ func (m *Master) reject(ctx context.Context, value string, err error) error {
 	if len(value) > maxStoredTask {
 		value = value[:maxStoredTask] + "..."
 	}
-	g, perr := m.coord.PublishFailed(ctx, value, err.Error(), m.cfg.ID, m.floor())
+	g, perr := m.coord.PublishFailed(ctx, value, task, err.Error(), m.cfg.ID, m.floor())
 	if perr != nil {
 		return fmt.Errorf("record failed task: %w", perr)
 	}
@@ -595,6 +599,7 @@ func (m *Master) offer(ctx context.Context, clean string, opts coord.TaskOptions
 	g, err := m.coord.Publish(ctx, coord.Generation{
 		ID: m.floor(), Path: clean, Dest: opts.Dest, Groups: opts.Groups, Delete: opts.Delete, Compress: opts.Compress, Digest: snap.Digest,
 		Origin: m.cfg.ID, OriginAddr: m.cfg.Advertise, OriginZone: m.cfg.Zone, Files: int64(files), Bytes: bytes, Atomic: opts.Atomic, Switch: opts.Switch,
+		Task: opts.Task,
 	}, 0)
 	if err != nil {
 		return fmt.Errorf("publish generation: %w", err)
@@ -846,12 +851,12 @@ func (m *Master) rollback(ctx context.Context, value string, opts coord.TaskOpti
 		err = coord.ValidGroups("task option groups", opts.Groups)
 	}
 	if err != nil {
-		return m.reject(ctx, value, err)
+		return m.reject(ctx, value, opts.Task, err)
 	}
 	g, err := m.coord.Publish(ctx, coord.Generation{
 		ID: m.floor(), Path: clean, Dest: opts.Dest, Groups: opts.Groups, Delete: opts.Delete, Digest: opts.Digest,
 		Origin: m.cfg.ID, OriginAddr: m.cfg.Advertise, OriginZone: m.cfg.Zone, Files: opts.Files, Bytes: opts.Bytes,
-		Atomic: opts.Atomic, Rollback: opts.Rollback, Switch: opts.Switch,
+		Atomic: opts.Atomic, Rollback: opts.Rollback, Switch: opts.Switch, Task: opts.Task,
 	}, 0)
 	if err != nil {
 		return fmt.Errorf("publish rollback: %w", err)

@@ -4,11 +4,15 @@ import (
 	"context"
 	"path/filepath"
 	"slices"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
 	"github.com/fanout/fanout/internal/coord"
 	"github.com/fanout/fanout/internal/lab"
+	"github.com/fanout/fanout/internal/master"
 )
 
 // TestMasterRestartResumes stops the master after a generation is done and
@@ -187,6 +191,80 @@ func TestResumeOnlyWhatTheTaskNames(t *testing.T) {
 	}
 	if st.Generation.Path != next {
 		t.Fatalf("restarted master resumed %s, but the task names %s", st.Generation.Path, next)
+	}
+	for _, h := range l.Minions {
+		if err := lab.Compare(nextSrc, filepath.Join(h.Root, next)); err != nil {
+			t.Error(err)
+		}
+	}
+}
+
+// lostAdoption is a master's coordinator whose first publish of path finds
+// the task key as it was before the master adopted it: what a master sees
+// when go-redis retries its publish on a server restarted from a snapshot
+// older than the adoption (the first reply lost in the kill), or when a
+// failover promotes a replica that missed the adoption only.
+type lostAdoption struct {
+	master.Coordinator
+	rdb       *redis.Client
+	path, old string
+	once      sync.Once
+}
+
+func (c *lostAdoption) Publish(ctx context.Context, g coord.Generation, uploads int) (coord.Generation, error) {
+	if g.Path == c.path {
+		c.once.Do(func() { c.rdb.Set(ctx, c.Keys().Task(), c.old, 100*365*24*time.Hour) })
+	}
+	return c.Coordinator.Publish(ctx, g, uploads)
+}
+
+// TestPublishOverALostAdoption: the new task's publish runs where the task
+// key names the previous task, adopted. The generation and the key must
+// agree again: the master never takes the older value for a new task and
+// publishes the old tree over the newer one.
+func TestPublishOverALostAdoption(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	l, _ := startWithTree(ctx, t, 2)
+	first, err := l.WaitGeneration(ctx, 0, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	next := task + "-next"
+	nextSrc := filepath.Join(l.Master.Root, next)
+	mustMkdir(t, nextSrc)
+	if err := lab.SampleTree(nextSrc, 1<<10, 3); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Master.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	l.Master.WrapMaster = func(co master.Coordinator) master.Coordinator {
+		return &lostAdoption{Coordinator: co, rdb: l.Redis, path: next, old: task}
+	}
+	if err := l.StartMaster(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Set(ctx, next); err != nil {
+		t.Fatal(err)
+	}
+	st, err := l.WaitGeneration(ctx, first.Generation.ID, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The master ticks every 100 ms: give it ten to act on a key that
+	// disagrees with the generation.
+	time.Sleep(time.Second)
+	k := l.Coord.Keys()
+	if v, _ := l.Redis.Get(ctx, k.Task()).Result(); v != next {
+		t.Errorf("task key %q after the publish of %s, want %q", v, next, next)
+	}
+	cur, err := l.Coord.Current(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cur.Ref() != st.Generation.Ref() || cur.Path != next {
+		t.Fatalf("generation %s of %s after %s of %s: the master published the older task again", cur.Ref(), cur.Path, st.Generation.Ref(), st.Generation.Path)
 	}
 	for _, h := range l.Minions {
 		if err := lab.Compare(nextSrc, filepath.Join(h.Root, next)); err != nil {
