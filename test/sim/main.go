@@ -17,6 +17,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"flag"
@@ -25,6 +26,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -249,6 +251,18 @@ func table(cfg config, rs []result, took time.Duration) string {
 		}
 		if len(slow) > 0 {
 			fmt.Fprintf(&b, "  SLOWLOG: %s.\n", strings.Join(slow, "; "))
+			// With -slowlog-us 0 every call is logged: where Redis spends
+			// its time, by script.
+			byTotal := slices.Clone(r.Slow)
+			slices.SortFunc(byTotal, func(a, b slowEntry) int { return cmp.Compare(b.Total, a.Total) })
+			var tot []string
+			for i, s := range byTotal {
+				if i == 8 {
+					break
+				}
+				tot = append(tot, fmt.Sprintf("%s %s µs (%s calls)", s.Name, short(float64(s.Total.Microseconds())/n), short(float64(s.Count)/n)))
+			}
+			fmt.Fprintf(&b, "  SLOWLOG time per host, calls ≥ %d µs: %s.\n", cfg.SlowUS, strings.Join(tot, "; "))
 		}
 		if e := r.noise(); e.Name != "" {
 			fmt.Fprintf(&b, "  Slowest call that is not a script: %s, %s ms (SLOWLOG times are wall time: a loaded machine stretches them).\n",

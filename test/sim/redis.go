@@ -43,7 +43,7 @@ func startServer(ctx context.Context, dir string, maxclients, slowUS int) (*serv
 	}
 	cmd := exec.Command(bin, "--port", strconv.Itoa(port), "--bind", "127.0.0.1",
 		"--save", "", "--appendonly", "no", "--dir", dir, "--maxclients", strconv.Itoa(maxclients),
-		"--slowlog-log-slower-than", strconv.Itoa(slowUS), "--slowlog-max-len", "1024")
+		"--slowlog-log-slower-than", strconv.Itoa(slowUS), "--slowlog-max-len", "100000")
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start redis-server: %w", err)
@@ -136,7 +136,8 @@ func own(cmd string) bool {
 type slowEntry struct {
 	Name  string // script name (coord.ScriptName) or command
 	Max   time.Duration
-	Count int // entries of it in the slow log
+	Count int           // entries of it in the slow log
+	Total time.Duration // their durations summed
 }
 
 // slowLog collects the slow log (every call slower than the threshold the
@@ -177,6 +178,7 @@ func (l *slowLog) drain(ctx context.Context, rdb *redis.Client) error {
 		}
 		s.Count++
 		s.Max = max(s.Max, e.Duration)
+		s.Total += e.Duration
 	}
 	return nil
 }
