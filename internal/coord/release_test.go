@@ -87,8 +87,20 @@ func TestRenewReportOthers(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if len(res) != 3 || res[0].Err != nil || res[0].Restored || res[1].Err != nil || !res[1].Restored || !errors.Is(res[2].Err, ErrLeaseLost) {
-			t.Fatalf("renewals %+v; want the first renewed, extra 1 re-created, extra 2 lost", res)
+		if c := res.Claims; len(c) != 3 || c[0].Err != nil || c[0].Restored || c[1].Err != nil || !c[1].Restored || !errors.Is(c[2].Err, ErrLeaseLost) {
+			t.Fatalf("renewals %+v; want the first renewed, extra 1 re-created, extra 2 lost", c)
+		}
+		// The origin's three slots are held (a's two, b's one): none is
+		// free for an extra claim; b's release frees one.
+		if res.Free != 0 {
+			t.Errorf("renewal found %d slots free, want 0", res.Free)
+		}
+		bcl := Claim{Host: "b", Gen: g.Ref(), Slot: others[1].Slot, Lease: 15 * time.Second}
+		if err := f.c.Release(ctx, bcl); err != nil {
+			t.Fatal(err)
+		}
+		if res, err := f.c.RenewReport(ctx, first, Progress{Gen: g.ID, Source: first.Slot}, nil, others[:1]); err != nil || res.Free != 1 {
+			t.Errorf("renewal after a release: %d slots free (%v), want 1", res.Free, err)
 		}
 		for _, cl := range []Claim{first, others[0]} {
 			if ttl := f.rdb.PTTL(ctx, k.Lease(cl.id())).Val(); ttl < 10*time.Second {

@@ -772,11 +772,12 @@ return reply
 // rescue sources) are renewed in the same call: each is a triple of ARGV
 // after the eleventh (cid, slot, source zone) and its lease key follows
 // the groups' in KEYS. Returns one result per claim, the first claim's
-// first.
+// first, and then the free slots the host's extra claims could take
+// (see Renewals.Free).
 // ARGV: host, gen, digest, slot, lease_ms, maxlen, repair, cid, progress,
 // source_zone, ngroups, [cid, slot, source_zone]...
 var renewScript = newScript(
-	[]string{"lease", "claims", "leases", "generation", "sync", "full", "part", "holders", "running", "repairing", "events", "progress", "heartbeats"}, `
+	[]string{"lease", "claims", "leases", "generation", "sync", "full", "part", "holders", "running", "repairing", "events", "progress", "heartbeats", "zfull", "zpart"}, `
 local host, gen, digest = ARGV[1], ARGV[2], ARGV[3]
 local now = nowMS()
 local expiry = now + tonumber(ARGV[5])
@@ -822,6 +823,13 @@ local n = 0
 for i = 12, #ARGV - 2, 3 do
   n = n + 1
   out[#out + 1] = renew(KEYS[NAMED + ngroups + n], ARGV[i + 1], ARGV[i], ARGV[i + 2])
+end
+-- The slots an extra claim (same zone) could take: its zone's indexes, or
+-- every free slot.
+if K.zfull ~= K.full then
+  out[#out + 1] = redis.call('SCARD', K.zfull) + redis.call('SCARD', K.zpart)
+else
+  out[#out + 1] = redis.call('SCARD', K.sync)
 end
 return out
 `)

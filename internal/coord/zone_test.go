@@ -391,3 +391,51 @@ func TestZoneCrossesOnce(t *testing.T) {
 		}
 	})
 }
+
+// TestRenewFreeCountsTheZone: a renewal counts the slots free for the
+// host's extra claims, which take only sources of its zone: a zoned host
+// counts its zone's, a host of no zone every free slot.
+func TestRenewFreeCountsTheZone(t *testing.T) {
+	each(t, 15*time.Second, func(t *testing.T, f *fixture) {
+		ctx := context.Background()
+		za, zb := f.zoned("a", 15*time.Second), f.zoned("b", 15*time.Second)
+		g, err := za.Publish(ctx, Generation{Path: "/data/m42", Digest: strings.Repeat("d", 64), Origin: "master", OriginAddr: "10.0.0.1:7070", OriginZone: "a"}, 3)
+		if err != nil {
+			t.Fatal(err)
+		}
+		f.register(za, "a1", "a", 1)
+		f.register(zb, "b1", "b", 1)
+		f.heartbeat("n1")
+		var claims []Claim
+		for _, c := range []struct {
+			co   *Client
+			host string
+		}{{za, "a1"}, {zb, "b1"}} {
+			cl, err := c.co.Claim(ctx, c.host, g.Ref(), ClaimOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			claims = append(claims, cl)
+		}
+		// One origin slot is free, in zone a. Zone a's index still holds
+		// the one b1 took (a claim clears only its own zone's index; the
+		// next claim that samples the entry drops it), so a1 may count 2.
+		if res, err := za.RenewReport(ctx, claims[0], Progress{Gen: g.ID}, nil, nil); err != nil || res.Free < 1 || res.Free > 2 {
+			t.Errorf("a1's renewal: %d slots free (%v), want 1 (2 with the stale entry)", res.Free, err)
+		}
+		if res, err := zb.RenewReport(ctx, claims[1], Progress{Gen: g.ID}, nil, nil); err != nil || res.Free != 0 {
+			t.Errorf("b1's renewal: %d slots free (%v), want 0: zone b has none", res.Free, err)
+		}
+		n1, err := f.c.Claim(ctx, "n1", g.Ref(), ClaimOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		// a1 became a partial source with its one slot free.
+		if err := za.OfferPartial(ctx, "a1", g.Ref(), 1); err != nil {
+			t.Fatal(err)
+		}
+		if res, err := f.c.RenewReport(ctx, n1, Progress{Gen: g.ID}, nil, nil); err != nil || res.Free != 1 {
+			t.Errorf("a zone-less host's renewal: %d slots free (%v), want 1 (a1's)", res.Free, err)
+		}
+	})
+}

@@ -146,7 +146,7 @@ type Coordinator interface {
 	Lookup(ctx context.Context) error
 	Claim(ctx context.Context, host string, gen coord.Ref, o coord.ClaimOptions) (coord.Claim, error)
 	Renew(ctx context.Context, cl coord.Claim) (bool, error)
-	RenewReport(ctx context.Context, cl coord.Claim, p coord.Progress, groups []string, others []coord.Claim) ([]coord.Renewal, error)
+	RenewReport(ctx context.Context, cl coord.Claim, p coord.Progress, groups []string, others []coord.Claim) (coord.Renewals, error)
 	Finish(ctx context.Context, cl coord.Claim, uploads int) error
 	Fail(ctx context.Context, cl coord.Claim, v coord.Verdict, reason string, uploads int) error
 	Switch(ctx context.Context, cl coord.Claim, v coord.Verdict, reason string) error

@@ -213,8 +213,9 @@ func (m *Minion) watchLoop(ctx context.Context, src *source, cancel context.Canc
 		restored := false
 		if err == nil {
 			m.renewBeat.Store(time.Now().UnixNano())
-			restored, err = res[0].Restored, res[0].Err
-			src.sw.renewed(extras, res[1:])
+			restored, err = res.Claims[0].Restored, res.Claims[0].Err
+			src.sw.renewed(extras, res.Claims[1:])
+			src.sw.slotsFree(res.Free)
 		}
 		if restored {
 			m.cfg.Metrics.LeasesRecreated.Inc()

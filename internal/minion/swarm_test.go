@@ -424,3 +424,60 @@ func TestRescueGateWhole(t *testing.T) {
 		t.Fatal("a parent that is not partial leaves the gate judging")
 	}
 }
+
+// claimCounter is a coordinator whose claims find no source; only Claim
+// may be called.
+type claimCounter struct {
+	Coordinator
+	claims int
+}
+
+func (c *claimCounter) Claim(context.Context, string, coord.Ref, coord.ClaimOptions) (coord.Claim, error) {
+	c.claims++
+	return coord.Claim{}, &coord.NoSourceError{}
+}
+
+// An extra claim is not tried while no slot is free for one (a renewal
+// counted none, or the last claim found none); when a renewal counts more
+// than there were at the last miss, the next grow tries at once whatever
+// its back-off; while the count stays, the back-off holds.
+func TestGrowWaitsForFreeSlots(t *testing.T) {
+	ctx := context.Background()
+	m := testMinion(t, t.TempDir())
+	co := &claimCounter{}
+	m.coord = co
+	src := &source{m: m, cl: &coord.Claim{Host: "h", Slot: "p#0", Source: "p", Partial: true}}
+	sw := newSwarm(m, src, 2)
+	src.sw = sw
+	sw.grow(ctx)
+	if co.claims != 1 {
+		t.Fatalf("%d claims before any renewal, want 1", co.claims)
+	}
+	sw.grow(ctx)
+	if co.claims != 1 {
+		t.Fatalf("%d claims after a claim found nothing and before a renewal, want still 1", co.claims)
+	}
+	sw.slotsFree(0)
+	sw.grow(ctx)
+	if co.claims != 1 {
+		t.Fatalf("%d claims after a renewal counted no slot free, want still 1", co.claims)
+	}
+	sw.mu.Lock()
+	sw.misses, sw.nextGrow = 5, time.Now().Add(time.Hour) // backed off far
+	sw.mu.Unlock()
+	sw.slotsFree(2)
+	sw.grow(ctx)
+	if co.claims != 2 {
+		t.Fatalf("%d claims after a renewal counted slots free, want 2: tried at once", co.claims)
+	}
+	sw.slotsFree(2) // the same two, which this host may not take
+	sw.grow(ctx)
+	if co.claims != 2 {
+		t.Fatalf("%d claims: with no more slots free than at the miss, the back-off must hold", co.claims)
+	}
+	sw.slotsFree(3)
+	sw.grow(ctx)
+	if co.claims != 3 {
+		t.Fatalf("%d claims after a renewal counted one more slot free, want 3", co.claims)
+	}
+}
