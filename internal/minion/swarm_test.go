@@ -13,10 +13,11 @@ import (
 	"github.com/fanout/fanout/internal/peer"
 )
 
-// The rescue gate opens when, over a window of gateWindow or more, the
-// grandparent's prefix of the file grows gateFactor times as fast as the
-// parent's (and by gateMin at least), and closes when the parent keeps up
-// or cannot be asked; a shorter window judges nothing.
+// The rescue gate opens when, over a window of gateWindow or more
+// (firstGateWindow for the first), the grandparent's prefix of the file
+// grows gateFactor times as fast as the parent's (and by gateMin at
+// least), and closes when the parent keeps up or cannot be asked; a
+// shorter window judges nothing.
 func TestRescueGate(t *testing.T) {
 	const mib = 1 << 20
 	t0 := time.Now()
@@ -30,27 +31,35 @@ func TestRescueGate(t *testing.T) {
 	if g.open {
 		t.Fatal("judged before a window passed")
 	}
-	g.update(13*mib, mib/2, at(300)) // +5 MiB against +0.5 MiB
+	g.update(13*mib, mib/2, at(150)) // +5 MiB against +0.5 MiB
 	if !g.open {
 		t.Fatal("closed while the grandparent gains 10 times as fast as the parent")
 	}
-	g.update(17*mib, mib/2+3*mib, at(600)) // +4 MiB against +3 MiB: keeping up
+	g.update(17*mib, mib/2+4*mib, at(300)) // keeping up, 150 ms on
+	if !g.open {
+		t.Fatal("judged a second window of 150 ms: only the first is that short")
+	}
+	g.update(17*mib, mib/2+3*mib, at(450)) // +4 MiB against +3 MiB: keeping up
 	if g.open {
 		t.Fatal("open while the parent keeps up with the grandparent")
 	}
-	g.update(17*mib+mib/2, mib/2+3*mib, at(900)) // a stall, but under gateMin
+	g.update(17*mib+mib/2, mib/2+3*mib, at(750)) // a stall, but under gateMin
 	if g.open {
 		t.Fatal("open on less than gateMin of growth")
 	}
-	g.update(30*mib, 4*mib, at(1200))
+	g.update(30*mib, 4*mib, at(1050))
 	if !g.open {
 		t.Fatal("closed while the parent stalls")
 	}
-	g.update(31*mib, -1, at(1300))
+	g.update(31*mib, -1, at(1150))
 	if g.open || g.known {
 		t.Fatal("a parent that cannot be asked leaves the gate open")
 	}
-
+	g.update(31*mib, 4*mib, at(1200))
+	g.update(35*mib, 4*mib, at(1350))
+	if !g.open {
+		t.Fatal("a gate started again judges its first window after firstGateWindow too")
+	}
 }
 
 // prefixBytes counts the bytes before the first chunk missing.
