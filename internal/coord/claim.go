@@ -247,10 +247,25 @@ func (c *Client) renew(ctx context.Context, cl Claim, progress string, groups []
 // generation and as a source with uploads slots (0: not a source). With an
 // empty Slot it only records the host. A repair (cl.Repair) is counted in
 // the host's repairs. ErrStale when the generation moved on meanwhile (the
-// claim is released all the same).
-func (c *Client) Finish(ctx context.Context, cl Claim, uploads int) error {
-	n, err := c.runAt(ctx, finishScript, c.claimKeys(cl),
-		cl.Host, cl.Gen.ID, cl.Gen.Digest, cl.Slot, uploads, eventsMax, flag(cl.Repair), cl.id()).Int()
+// claim is released all the same). others, the host's other claims (a
+// swarm's extra and rescue sources), are released first, as Release
+// would: those of sources in cl's source's zone in the same call (so a
+// pull ends with one script call, not one a claim: at 10,000 simulated
+// hosts their releases were 1.8 calls a host), the others one by one.
+func (c *Client) Finish(ctx context.Context, cl Claim, uploads int, others ...Claim) error {
+	var extra []string
+	args := []any{cl.Host, cl.Gen.ID, cl.Gen.Digest, cl.Slot, uploads, eventsMax, flag(cl.Repair), cl.id()}
+	for _, o := range others {
+		if o.SourceZone != cl.SourceZone {
+			if err := c.Release(ctx, o); err != nil {
+				return fmt.Errorf("finish: %w", err)
+			}
+			continue
+		}
+		extra = append(extra, c.keys.Lease(o.id()))
+		args = append(args, o.id(), o.Slot)
+	}
+	n, err := c.runExtra(ctx, finishScript, c.claimKeys(cl), extra, args...).Int()
 	if err != nil {
 		return fmt.Errorf("finish: %w", err)
 	}

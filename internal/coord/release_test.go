@@ -220,3 +220,67 @@ func TestRestoredClaimKeepsZone(t *testing.T) {
 		}
 	})
 }
+
+// TestFinishReleasesOthers: a finish given the host's other claims ends
+// them in the same call, as Release would (lease, record and holder gone,
+// the slot free again, a release event each); one of a source in another
+// zone is released on its own; the host is then a whole source.
+func TestFinishReleasesOthers(t *testing.T) {
+	each(t, 15*time.Second, func(t *testing.T, f *fixture) {
+		ctx := context.Background()
+		k := f.c.Keys()
+		g := f.publish(3)
+		f.heartbeat("a")
+		first, err := f.c.Claim(ctx, "a", g.Ref(), ClaimOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var others []Claim
+		for i := 1; i <= 2; i++ {
+			cl, err := f.c.Claim(ctx, "a", g.Ref(), ClaimOptions{Index: i, Avoid: []string{"a"}})
+			if err != nil {
+				t.Fatalf("extra claim %d: %v", i, err)
+			}
+			others = append(others, cl)
+		}
+		if n := len(f.members(k.Sync())); n != 0 {
+			t.Fatalf("%d slots free with the origin's three claimed", n)
+		}
+		// The second extra names a source zone of its own (as a claim
+		// across zones would): Finish releases it apart.
+		others[1].SourceZone = "elsewhere"
+		if err := f.c.Finish(ctx, first, 1, others...); err != nil {
+			t.Fatal(err)
+		}
+		for _, cl := range append([]Claim{first}, others...) {
+			if n, _ := f.rdb.Exists(ctx, k.Lease(cl.id())).Result(); n != 0 {
+				t.Errorf("lease of %s left after the finish", cl.id())
+			}
+			if v, _ := f.rdb.HGet(ctx, k.Claims(), cl.id()).Result(); v != "" {
+				t.Errorf("claim record of %s left: %q", cl.id(), v)
+			}
+			if v, _ := f.rdb.HGet(ctx, k.Holders(), cl.Slot).Result(); v != "" {
+				t.Errorf("slot %s still held by %q", cl.Slot, v)
+			}
+		}
+		if got := f.members(k.Sync()); !slices.Equal(got, []string{"a#0", "master#0", "master#1", "master#2"}) {
+			t.Errorf("free slots after the finish: %v, want the origin's three and a's", got)
+		}
+		events, err := f.rdb.XRange(ctx, k.Events(), "-", "+").Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		releases := 0
+		for _, e := range events {
+			if e.Values["type"] == "release" && e.Values["host"] == "a" {
+				releases++
+			}
+		}
+		if releases != 2 {
+			t.Errorf("%d release events, want one per extra claim", releases)
+		}
+		if !slices.Contains(f.members(k.Finished()), "a") {
+			t.Error("a is not listed finished")
+		}
+	})
+}

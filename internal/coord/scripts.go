@@ -838,11 +838,24 @@ return out
 // and as a source with uploads slots (its free slots move to the index of
 // whole sources). ARGV repaired = 1 (the host changed its tree to repair
 // drift) counts one repair; either way the host is no longer listed as
-// repairing.
-// ARGV: host, gen, digest, slot, uploads, maxlen, repaired, cid
+// repairing. The host's other claims listed after cid end first.
+// ARGV: host, gen, digest, slot, uploads, maxlen, repaired, cid, [cid,
+// slot]...
 var finishScript = newScript(
 	[]string{"lease", "claims", "leases", "holders", "sync", "full", "part", "zfull", "zpart", "szfull", "szpart", "zpull", "bad", "generation", "running", "finished", "failures", "events", "dead", "strikes", "repairing", "repairs", "rescue", "zwait", "szwait", "starved", "slow"}, `
 local host, gen, digest, slot = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+-- The host's other claims (a swarm's extra and rescue sources; pairs of
+-- cid and slot after the eighth ARGV, each with its lease key after the
+-- named KEYS, their sources in the zone of the first claim's) end first,
+-- as the release script would end them.
+local lease, n = K.lease, 0
+for i = 9, #ARGV - 1, 2 do
+  n = n + 1
+  K.lease = KEYS[NAMED + n]
+  release(ARGV[i], gen, digest, ARGV[i + 1], true)
+  event(ARGV[6], 'release', host, gen, ARGV[i + 1], '')
+end
+K.lease = lease
 release(ARGV[8], gen, digest, slot, true)
 if not isCurrent(gen, digest) then return 0 end
 redis.call('SREM', K.rescue, host .. '#' .. RESCUE) -- a whole source offers none

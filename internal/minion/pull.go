@@ -52,6 +52,10 @@ func (m *Minion) pull(ctx context.Context, g coord.Generation, cl coord.Claim) e
 	// go back and running_queue must not keep this host.
 	sctx, scancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer scancel()
+	var others []coord.Claim // released by the finish
+	if err == nil {
+		others = src.sw.handOver()
+	}
 	src.sw.close(sctx)
 	// No slot to release: a switch gave it back, and found no other.
 	last := coord.Claim{Host: m.cfg.ID, Gen: g.Ref(), Repair: cl.Repair, Source: src.leftSource()}
@@ -77,7 +81,7 @@ func (m *Minion) pull(ctx context.Context, g coord.Generation, cl coord.Claim) e
 		hk = m.prepareHook(sctx, g, m.pulled)
 	}
 	m.awaitSwitch = g.SwitchPending()
-	ferr := m.coord.Finish(sctx, last, m.heldUploads())
+	ferr := m.coord.Finish(sctx, last, m.heldUploads(), others...)
 	if ferr != nil && !errors.Is(ferr, coord.ErrStale) {
 		return fmt.Errorf("finish generation %d: %w", g.ID, ferr)
 	}

@@ -675,6 +675,22 @@ func (s *swarm) checkBypass() {
 // it is replaced.
 const slowFactor = 4
 
+// handOver marks every extra claim given back and returns them, for the
+// finish call to release (see coord.Client.Finish): a pull that ends well
+// ends in one call.
+func (s *swarm) handOver() []coord.Claim {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []coord.Claim
+	for _, p := range s.extras {
+		if p != nil && !p.dropped && p.cl.Index != 0 {
+			p.dropped = true
+			out = append(out, p.cl)
+		}
+	}
+	return out
+}
+
 // close gives back every extra claim.
 func (s *swarm) close(ctx context.Context) {
 	s.mu.Lock()
