@@ -61,7 +61,7 @@ func (b *bench) e2eFanout(ctx context.Context, env *e2eEnv) (toolRun, error) {
 			return run, err
 		}
 		for i := 1; i <= row.N; i++ {
-			if minions[i], err = f.StartAt(ctx, fmt.Sprintf("minion-%02d", i), "fanout-minion", netnsExec(i), netbedIP(i)+port); err != nil {
+			if minions[i], err = f.StartAt(ctx, fmt.Sprintf("minion-%02d", i), "fanout-minion", netnsExec(i), netbedIP(i)+port, b.cfg.MinionArgs...); err != nil {
 				return run, err
 			}
 		}
@@ -70,7 +70,7 @@ func (b *bench) e2eFanout(ctx context.Context, env *e2eEnv) (toolRun, error) {
 			"for I in 1..%d: ip netns exec fbI fanout-minion run --redis %s --listen 10.250.0.(I+2)%s --advertise 10.250.0.(I+2)%s --secret-file %s --root RI --state-dir SI; "+
 			"redis-cli SET task %s (MULTI with TIME)%s",
 			row.N, row.Rate>>20, netbedRootIP, env.redis.URL, netbedIP(0)+port, netbedIP(0)+port, secret,
-			row.N, env.redis.URL, port, port, secret, e2eTask, extraArgs(b.cfg.FanoutArgs))
+			row.N, env.redis.URL, port, port, secret, e2eTask, extraArgs(b.cfg.FanoutArgs)+minionExtra(b.cfg.MinionArgs))
 	} else {
 		limit := func(i int) string {
 			if row.Slow == SlowBoth && i == env.slowHost {
@@ -82,12 +82,12 @@ func (b *bench) e2eFanout(ctx context.Context, env *e2eEnv) (toolRun, error) {
 			return run, err
 		}
 		for i := 1; i <= row.N; i++ {
-			if minions[i], err = f.StartMinion(ctx, fmt.Sprintf("minion-%02d", i), "--bwlimit", limit(i)); err != nil {
+			if minions[i], err = f.StartMinion(ctx, fmt.Sprintf("minion-%02d", i), append([]string{"--bwlimit", limit(i)}, b.cfg.MinionArgs...)...); err != nil {
 				return run, err
 			}
 		}
 		run.Command = fmt.Sprintf("fanout-master run --bwlimit %s; %d × fanout-minion run --bwlimit %s (KiB/s; host %d: %s when slow), loopback; redis-cli SET task %s%s",
-			limit(0), row.N, limit(1), env.slowHost, limit(env.slowHost), e2eTask, extraArgs(b.cfg.FanoutArgs))
+			limit(0), row.N, limit(1), env.slowHost, limit(env.slowHost), e2eTask, extraArgs(b.cfg.FanoutArgs)+minionExtra(b.cfg.MinionArgs))
 	}
 	rctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
@@ -296,4 +296,13 @@ func extraArgs(args []string) string {
 		return ""
 	}
 	return "; every fanout process with " + strings.Join(args, " ")
+}
+
+// minionExtra says, for the row's command, which extra flags every minion
+// ran with (-minion-args).
+func minionExtra(args []string) string {
+	if len(args) == 0 {
+		return ""
+	}
+	return "; every fanout-minion with " + strings.Join(args, " ")
 }

@@ -75,6 +75,7 @@ type config struct {
 	Repeat     int           // benchmark 1: runs of each measurement; the table gives the median and the range
 	Perf       string        // benchmark 1: perf record the fanout processes from SET to done into files with this prefix
 	FanoutArgs []string      // benchmark 1: extra flags of every fanout process (a diagnosis, e.g. --log-level debug)
+	MinionArgs []string      // benchmark 1: extra flags of every minion (a minion-only flag, e.g. --bypass-slow-relays)
 }
 
 // allParts are the benchmarks in the order they run.
@@ -117,6 +118,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.DurationVar(&cfg.QuietWait, "quiet-wait", 5*time.Minute, "e2e: wait up to this long for the machine's cores to be idle before each measurement (a shared machine)")
 	fs.IntVar(&cfg.Repeat, "repeat", 3, "e2e: runs of each tool in each row; the table gives the median run and the range")
 	fs.StringVar(&cfg.Perf, "perf", "", "e2e: perf record the fanout processes (kernel included) from SET to done, into PREFIX-ROW-RUN.data")
+	minionArgs := fs.String("minion-args", "", "e2e: extra flags of every fanout-minion, space-separated (a minion-only flag, e.g. --bypass-slow-relays; the figures then measure those flags)")
 	fanoutArgs := fs.String("fanout-args", "", "e2e: extra flags of every fanout process, space-separated (a diagnosis, e.g. \"--log-level debug\"; the figures then measure those flags)")
 	hosts := fs.String("hosts", "8,16,32", "fanout: minion counts")
 	modes := fs.String("modes", strings.Join([]string{ModeCentral, ModeDoubling, ModePipelined}, ","), "fanout: modes")
@@ -141,6 +143,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 		return cfg, fmt.Errorf("unexpected arguments %q", fs.Args())
 	}
 	cfg.FanoutArgs = strings.Fields(*fanoutArgs)
+	cfg.MinionArgs = strings.Fields(*minionArgs)
 	cfg.Parts = map[string]bool{}
 	for _, p := range splitList(*parts) {
 		if !contains(allParts, p) {
