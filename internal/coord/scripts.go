@@ -402,10 +402,11 @@ end
 // so ids never repeat even when Redis lost the counter.
 // ARGV: path, delete, digest, state, error, origin, origin_addr, files,
 // bytes, uploads, maxlen, floor, proto, origin_zone, compress, dest,
-// groups, atomic, rollback, switch, name, task, adopted_ttl_ms. Returns {id,
-// published_ms}. The task key is put back to ARGV task (see
-// Generation.Task) when it holds another adopted value. The origin's slots go to its zone's indexes too (the
-// client's zone's, K.zfull and K.zpart). Other zones' indexes are not
+// groups, atomic, rollback, switch, name, task, adopted_ttl_ms. Returns
+// {id, published_ms}. The task key is put back to ARGV task (see
+// Generation.Task) when it holds another adopted value. The origin's
+// slots go to its zone's indexes too (the client's zone's, K.zfull and
+// K.zpart). Other zones' indexes are not
 // cleared: their entries of the last generation are no longer in the
 // global indexes, and claims drop them when they sample them.
 var publishScript = newScript(
