@@ -57,18 +57,7 @@ func TestRenewReportOthers(t *testing.T) {
 		k := f.c.Keys()
 		g := f.publish(3)
 		f.heartbeat("a", "b")
-		first, err := f.c.Claim(ctx, "a", g.Ref(), ClaimOptions{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		var others []Claim
-		for i := 1; i <= 2; i++ {
-			cl, err := f.c.Claim(ctx, "a", g.Ref(), ClaimOptions{Index: i, Avoid: []string{"a"}})
-			if err != nil {
-				t.Fatalf("extra claim %d: %v", i, err)
-			}
-			others = append(others, cl)
-		}
+		first, others := f.claimSeveral("a", g, 2)
 		// Extra 1's lease vanishes (Redis lost it); extra 2's claim ends
 		// and its slot goes to b.
 		if err := f.rdb.Del(ctx, k.Lease(others[0].id())).Err(); err != nil {
@@ -231,18 +220,7 @@ func TestFinishReleasesOthers(t *testing.T) {
 		k := f.c.Keys()
 		g := f.publish(3)
 		f.heartbeat("a")
-		first, err := f.c.Claim(ctx, "a", g.Ref(), ClaimOptions{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		var others []Claim
-		for i := 1; i <= 2; i++ {
-			cl, err := f.c.Claim(ctx, "a", g.Ref(), ClaimOptions{Index: i, Avoid: []string{"a"}})
-			if err != nil {
-				t.Fatalf("extra claim %d: %v", i, err)
-			}
-			others = append(others, cl)
-		}
+		first, others := f.claimSeveral("a", g, 2)
 		if n := len(f.members(k.Sync())); n != 0 {
 			t.Fatalf("%d slots free with the origin's three claimed", n)
 		}
@@ -283,4 +261,23 @@ func TestFinishReleasesOthers(t *testing.T) {
 			t.Error("a is not listed finished")
 		}
 	})
+}
+
+// claimSeveral makes host's first claim of g and then n extra claims.
+func (f *fixture) claimSeveral(host string, g Generation, n int) (Claim, []Claim) {
+	f.t.Helper()
+	ctx := context.Background()
+	first, err := f.c.Claim(ctx, host, g.Ref(), ClaimOptions{})
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	var others []Claim
+	for i := 1; i <= n; i++ {
+		cl, err := f.c.Claim(ctx, host, g.Ref(), ClaimOptions{Index: i, Avoid: []string{host}})
+		if err != nil {
+			f.t.Fatalf("extra claim %d: %v", i, err)
+		}
+		others = append(others, cl)
+	}
+	return first, others
 }

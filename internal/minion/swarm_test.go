@@ -458,35 +458,29 @@ func TestGrowWaitsForFreeSlots(t *testing.T) {
 	src := &source{m: m, cl: &coord.Claim{Host: "h", Slot: "p#0", Source: "p", Partial: true}}
 	sw := newSwarm(m, src, 2)
 	src.sw = sw
-	sw.grow(ctx)
-	if co.claims != 1 {
-		t.Fatalf("%d claims before any renewal, want 1", co.claims)
-	}
-	sw.grow(ctx)
-	if co.claims != 1 {
-		t.Fatalf("%d claims after a claim found nothing and before a renewal, want still 1", co.claims)
-	}
-	sw.slotsFree(0)
-	sw.grow(ctx)
-	if co.claims != 1 {
-		t.Fatalf("%d claims after a renewal counted no slot free, want still 1", co.claims)
-	}
-	sw.mu.Lock()
-	sw.misses, sw.nextGrow = 5, time.Now().Add(time.Hour) // backed off far
-	sw.mu.Unlock()
-	sw.slotsFree(2)
-	sw.grow(ctx)
-	if co.claims != 2 {
-		t.Fatalf("%d claims after a renewal counted slots free, want 2: tried at once", co.claims)
-	}
-	sw.slotsFree(2) // the same two, which this host may not take
-	sw.grow(ctx)
-	if co.claims != 2 {
-		t.Fatalf("%d claims: with no more slots free than at the miss, the back-off must hold", co.claims)
-	}
-	sw.slotsFree(3)
-	sw.grow(ctx)
-	if co.claims != 3 {
-		t.Fatalf("%d claims after a renewal counted one more slot free, want 3", co.claims)
+	for _, step := range []struct {
+		free   int64 // what a renewal counts before the grow; -1: no renewal
+		claims int   // claims made so far, after the grow
+		what   string
+	}{
+		{-1, 1, "before any renewal: tried"},
+		{-1, 1, "after a claim found nothing, before a renewal: not tried"},
+		{0, 1, "after a renewal counted no slot free: not tried"},
+		{2, 2, "after a renewal counted slots free, backed off far: tried at once"},
+		{2, 2, "with no more slots free than at the miss: the back-off holds"},
+		{3, 3, "after a renewal counted one more slot free: tried"},
+	} {
+		if step.free >= 0 {
+			sw.slotsFree(step.free)
+		}
+		if step.claims == 2 {
+			sw.mu.Lock()
+			sw.misses, sw.nextGrow = 5, time.Now().Add(time.Hour)
+			sw.mu.Unlock()
+		}
+		sw.grow(ctx)
+		if co.claims != step.claims {
+			t.Fatalf("%s: %d claims, want %d", step.what, co.claims, step.claims)
+		}
 	}
 }
