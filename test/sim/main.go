@@ -53,6 +53,7 @@ type config struct {
 	Clients    int           // shared go-redis clients
 	Pool       int           // connections of each
 	SlowUS     int           // slowlog-log-slower-than, µs
+	RedisCPUs  string        // taskset CPU list for redis-server ("": any)
 	IdleWindow time.Duration
 	Settle     time.Duration
 	Task       bool // distribute a generation (false: measure the fleet idle only)
@@ -99,6 +100,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.DurationVar(&cfg.Spread, "spread", -1, "hosts start at random moments over this long (default: one --heartbeat, so heartbeats are spread evenly)")
 	fs.IntVar(&cfg.Clients, "clients", 8, "go-redis clients the hosts share")
 	fs.IntVar(&cfg.Pool, "pool", 16, "connections of each shared client (redis-server's clients count against the open-file limit)")
+	fs.StringVar(&cfg.RedisCPUs, "redis-cpus", "", "run redis-server on these CPUs only (taskset -c LIST, e.g. 0), and the simulator on the others (taskset -c 1- go run ./test/sim ...): SLOWLOG's wall times then measure the scripts, not the simulator's load")
 	fs.IntVar(&cfg.SlowUS, "slowlog-us", 100, "slowlog-log-slower-than, µs: SLOWLOG keeps every call slower than this")
 	fs.DurationVar(&cfg.IdleWindow, "idle-window", time.Minute, "window over which idle Redis CPU is measured after the task (0: not measured)")
 	fs.DurationVar(&cfg.Settle, "settle", -1, "wait after done before the idle window (default: two --heartbeat)")

@@ -28,11 +28,20 @@ type server struct {
 }
 
 // startServer starts redis-server with its files under dir. maxclients
-// counts against the machine's open-file limit.
-func startServer(ctx context.Context, dir string, maxclients, slowUS int) (*server, error) {
+// counts against the machine's open-file limit. cpus, when set, is the
+// taskset CPU list redis-server runs on.
+func startServer(ctx context.Context, dir string, maxclients, slowUS int, cpus string) (*server, error) {
 	bin, err := exec.LookPath("redis-server")
 	if err != nil {
 		return nil, fmt.Errorf("the simulator needs redis-server on PATH (apt-get install redis-server): %w", err)
+	}
+	var wrap []string
+	if cpus != "" {
+		taskset, err := exec.LookPath("taskset")
+		if err != nil {
+			return nil, fmt.Errorf("-redis-cpus needs taskset on PATH (util-linux): %w", err)
+		}
+		wrap = []string{taskset, "-c", cpus} // it execs redis-server: the pid stays redis-server's
 	}
 	port, err := freeport.Port("127.0.0.1")
 	if err != nil {
@@ -41,9 +50,10 @@ func startServer(ctx context.Context, dir string, maxclients, slowUS int) (*serv
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("redis-server directory: %w", err)
 	}
-	cmd := exec.Command(bin, "--port", strconv.Itoa(port), "--bind", "127.0.0.1",
+	argv := append(wrap, bin, "--port", strconv.Itoa(port), "--bind", "127.0.0.1",
 		"--save", "", "--appendonly", "no", "--dir", dir, "--maxclients", strconv.Itoa(maxclients),
 		"--slowlog-log-slower-than", strconv.Itoa(slowUS), "--slowlog-max-len", "100000")
+	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start redis-server: %w", err)

@@ -94,7 +94,7 @@ func simulate(ctx context.Context, cfg config, n int, progress io.Writer) (res r
 		return res, fmt.Errorf("simulation directory: %w", err)
 	}
 	defer os.RemoveAll(dir)
-	srv, err := startServer(ctx, filepath.Join(dir, "redis"), cfg.Clients*cfg.Pool+64, cfg.SlowUS)
+	srv, err := startServer(ctx, filepath.Join(dir, "redis"), cfg.Clients*cfg.Pool+64, cfg.SlowUS, cfg.RedisCPUs)
 	if err != nil {
 		return res, err
 	}
