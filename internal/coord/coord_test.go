@@ -976,3 +976,43 @@ func (f *fixture) allKeys(ctx context.Context) ([]string, error) {
 	})
 	return all, err
 }
+
+// Hosts reads registries larger than a scan page whole: every host once,
+// its registration joined with its heartbeat.
+func TestHostsScansPages(t *testing.T) {
+	each(t, 15*time.Second, func(t *testing.T, f *fixture) {
+		ctx := context.Background()
+		k := f.c.Keys()
+		now, err := f.rdb.Time(ctx).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		const n = 2*scanPage + 301
+		_, err = f.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+			for i := range n {
+				id := fmt.Sprintf("h%05d", i)
+				p.HSet(ctx, k.Hosts(), id, fmt.Sprintf(`{"addr":"%s:7070","proto":3}`, id))
+				if i%2 == 0 { // half of them beat
+					p.ZAdd(ctx, k.Heartbeats(), redis.Z{Member: id, Score: float64(now.UnixMilli())})
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		hosts, err := f.c.Hosts(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(hosts) != n {
+			t.Fatalf("%d hosts listed, want %d", len(hosts), n)
+		}
+		for i, h := range hosts {
+			id := fmt.Sprintf("h%05d", i)
+			if h.ID != id || h.Addr != id+":7070" || h.Alive != (i%2 == 0) {
+				t.Fatalf("host %d = %+v; want %s at %s:7070, alive %v", i, h, id, id, i%2 == 0)
+			}
+		}
+	})
+}

@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"math"
+	"strconv"
 	"strings"
 	"time"
 
@@ -113,24 +115,64 @@ func (c *Client) Complete(ctx context.Context, g Generation, hosts int) (Complet
 // claim events: a host that pulled from the origin is round 1, from a
 // round-1 host round 2, and so on.
 func (c *Client) Rounds(ctx context.Context, gen int64) (int, error) {
-	msgs, err := c.rdb.XRange(ctx, c.keys.Events(), "-", "+").Result()
-	if err != nil {
-		return 0, fmt.Errorf("read events: %w", err)
-	}
 	want := fmt.Sprint(gen)
 	depth := map[string]int{}
 	deepest := 0
-	for _, m := range msgs {
+	err := c.eachEvent(ctx, func(m redis.XMessage) {
 		if m.Values["type"] != "claim" || fmt.Sprint(m.Values["gen"]) != want {
-			continue
+			return
 		}
 		slot := fmt.Sprint(m.Values["slot"])
 		source := slot[:max(strings.LastIndexByte(slot, '#'), 0)]
 		d := depth[source] + 1
 		depth[fmt.Sprint(m.Values["host"])] = d
 		deepest = max(deepest, d)
+	})
+	return deepest, err
+}
+
+// eventsPage is how many events one XRANGE of eachEvent reads: the whole
+// stream (10,000 events) in one command held Redis for 7.8 ms in make sim
+// at 10,000 hosts, every other client waiting.
+const eventsPage = 1000
+
+// eachEvent calls fn for each event of the stream, oldest first, reading
+// it eventsPage at a time.
+func (c *Client) eachEvent(ctx context.Context, fn func(redis.XMessage)) error {
+	start := "-"
+	for {
+		msgs, err := c.rdb.XRangeN(ctx, c.keys.Events(), start, "+", eventsPage).Result()
+		if err != nil {
+			return fmt.Errorf("read events: %w", err)
+		}
+		for _, m := range msgs {
+			fn(m)
+		}
+		if len(msgs) < eventsPage {
+			return nil
+		}
+		next, err := afterID(msgs[len(msgs)-1].ID)
+		if err != nil {
+			return fmt.Errorf("read events: %w", err)
+		}
+		start = next
 	}
-	return deepest, nil
+}
+
+// afterID returns the smallest stream entry id after id ("ms-seq"): an
+// inclusive start for the next page that works on every Redis version
+// (exclusive ranges need 6.2).
+func afterID(id string) (string, error) {
+	ms, seq, ok := strings.Cut(id, "-")
+	m, merr := strconv.ParseUint(ms, 10, 64)
+	n, serr := strconv.ParseUint(seq, 10, 64)
+	if !ok || merr != nil || serr != nil {
+		return "", fmt.Errorf("stream entry id %q is not ms-seq", id)
+	}
+	if n == math.MaxUint64 {
+		return strconv.FormatUint(m+1, 10) + "-0", nil
+	}
+	return ms + "-" + strconv.FormatUint(n+1, 10), nil
 }
 
 // Progress is a host's pull in flight, as status shows it.

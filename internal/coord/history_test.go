@@ -2,8 +2,11 @@ package coord
 
 import (
 	"context"
+	"fmt"
 	"testing"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 )
 
 func TestCompleteHistoryRoundsProgressEvents(t *testing.T) {
@@ -78,4 +81,54 @@ func TestCompleteHistoryRoundsProgressEvents(t *testing.T) {
 			t.Errorf("followed events: %+v, %v", more, err)
 		}
 	})
+}
+
+// eachEvent reads the whole stream a page at a time, in order, each event
+// once, across page boundaries and ids with the same millisecond.
+func TestEachEventPages(t *testing.T) {
+	each(t, 15*time.Second, func(t *testing.T, f *fixture) {
+		ctx := context.Background()
+		k := f.c.Keys()
+		const n = 2*eventsPage + 17
+		_, err := f.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+			for i := range n {
+				// Explicit ids: several in one millisecond, so a page can
+				// end mid-millisecond.
+				p.XAdd(ctx, &redis.XAddArgs{Stream: k.Events(), ID: fmt.Sprintf("%d-%d", 1+i/3, i%3), Values: []any{"i", i}})
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		next := 0
+		if err := f.c.eachEvent(ctx, func(m redis.XMessage) {
+			if got := fmt.Sprint(m.Values["i"]); got != fmt.Sprint(next) {
+				t.Fatalf("event %d read as %s", next, got)
+			}
+			next++
+		}); err != nil {
+			t.Fatal(err)
+		}
+		if next != n {
+			t.Fatalf("read %d events of %d", next, n)
+		}
+	})
+}
+
+func TestAfterID(t *testing.T) {
+	for _, c := range []struct{ id, want string }{
+		{"5-0", "5-1"},
+		{"1700000000000-41", "1700000000000-42"},
+		{"7-18446744073709551615", "8-0"},
+	} {
+		if got, err := afterID(c.id); err != nil || got != c.want {
+			t.Errorf("afterID(%q) = %q, %v; want %q", c.id, got, err, c.want)
+		}
+	}
+	for _, bad := range []string{"", "5", "x-1", "5-y"} {
+		if _, err := afterID(bad); err == nil {
+			t.Errorf("afterID(%q) accepted", bad)
+		}
+	}
 }
