@@ -251,15 +251,16 @@ func (c *Client) renew(ctx context.Context, cl Claim, progress string, groups []
 // swarm's extra and rescue sources), are released first, as Release
 // would: those of sources in cl's source's zone in the same call (so a
 // pull ends with one script call, not one a claim: at 10,000 simulated
-// hosts their releases were 1.8 calls a host), the others one by one.
+// hosts their releases were 1.8 calls a host), the others one by one, at
+// best effort (one that fails ends with its lease; the finish runs all
+// the same). When Finish fails with another error than ErrStale, whether
+// the others were released is not known: the caller releases them.
 func (c *Client) Finish(ctx context.Context, cl Claim, uploads int, others ...Claim) error {
 	var extra []string
 	args := []any{cl.Host, cl.Gen.ID, cl.Gen.Digest, cl.Slot, uploads, eventsMax, flag(cl.Repair), cl.id()}
 	for _, o := range others {
 		if o.SourceZone != cl.SourceZone {
-			if err := c.Release(ctx, o); err != nil {
-				return fmt.Errorf("finish: %w", err)
-			}
+			_ = c.Release(ctx, o) // best effort: its lease ends it otherwise
 			continue
 		}
 		extra = append(extra, c.keys.Lease(o.id()))

@@ -83,6 +83,13 @@ func (m *Minion) pull(ctx context.Context, g coord.Generation, cl coord.Claim) e
 	m.awaitSwitch = g.SwitchPending()
 	ferr := m.coord.Finish(sctx, last, m.heldUploads(), others...)
 	if ferr != nil && !errors.Is(ferr, coord.ErrStale) {
+		// Whether the finish released the extra claims is not known:
+		// release them one by one (a claim released already is left).
+		for _, o := range others {
+			if err := m.coord.Release(sctx, o); err != nil {
+				log.WithError(err).Warn("could not give back an extra source")
+			}
+		}
 		return fmt.Errorf("finish generation %d: %w", g.ID, ferr)
 	}
 	m.setFinished(g)
