@@ -251,8 +251,13 @@ type Generation struct {
 	// retried after its reply was lost with the server, or run after a
 	// failover to a replica that missed the adoption), publish writes
 	// it back, so the key and the generation agree. A key written or
-	// deleted since stays as it is. "": the key is not checked.
+	// deleted since stays as it is, and so does one adopted by another
+	// master that published since (the current id above TaskGen): its
+	// task stands. "": the key is not checked.
 	Task string
+	// TaskGen is the id of the generation that was current when the
+	// master adopted Task (see Task).
+	TaskGen int64
 }
 
 // Switch modes of an atomic generation (publish --switch).
@@ -417,8 +422,10 @@ type TaskOptions struct {
 	Files  int64  `json:"files,omitempty"`
 	Bytes  int64  `json:"bytes,omitempty"`
 	// Task is the task key's value these options came with (set by
-	// Adopt, never stored with the options).
-	Task string `json:"-"`
+	// Adopt, never stored with the options), and TaskGen the id of the
+	// generation current when it was adopted (set by the master).
+	Task    string `json:"-"`
+	TaskGen int64  `json:"-"`
 }
 
 // MaxKeep bounds the releases a host keeps of an atomic task.
@@ -483,9 +490,9 @@ func (c *Client) Publish(ctx context.Context, g Generation, uploads int) (Genera
 
 // PublishFailed records a bad task as a new failed generation: status shows
 // the reason and minions leave their trees alone. floor is as g.ID for
-// Publish, task as g.Task.
-func (c *Client) PublishFailed(ctx context.Context, path, task, reason, origin string, floor int64) (Generation, error) {
-	return c.publish(ctx, Generation{ID: floor, Path: path, Task: task, State: StateFailed, Error: reason, Origin: origin}, 0)
+// Publish, task's Task and TaskGen as g's.
+func (c *Client) PublishFailed(ctx context.Context, path string, task TaskOptions, reason, origin string, floor int64) (Generation, error) {
+	return c.publish(ctx, Generation{ID: floor, Path: path, Task: task.Task, TaskGen: task.TaskGen, State: StateFailed, Error: reason, Origin: origin}, 0)
 }
 
 func (c *Client) publish(ctx context.Context, g Generation, uploads int) (Generation, error) {
@@ -508,7 +515,7 @@ func (c *Client) publish(ctx context.Context, g Generation, uploads int) (Genera
 	res, err := c.run(ctx, publishScript, g.Origin,
 		g.Path, flag(g.Delete), g.Digest, g.State, g.Error, g.Origin, g.OriginAddr,
 		g.Files, g.Bytes, uploads, eventsMax, g.ID, proto, g.OriginZone, flag(g.Compress), g.Dest, joinGroups(g.Groups),
-		g.Atomic, g.Rollback, g.Switch, c.keys.Name, g.Task, adoptedTTL.Milliseconds()).Int64Slice()
+		g.Atomic, g.Rollback, g.Switch, c.keys.Name, g.Task, adoptedTTL.Milliseconds(), g.TaskGen).Int64Slice()
 	if err != nil {
 		if strings.HasPrefix(err.Error(), "NOTASK ") {
 			return Generation{}, fmt.Errorf("publish generation of task %s: %w", c.keys.Name, ErrNoTask)

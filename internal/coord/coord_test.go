@@ -143,7 +143,7 @@ func TestPublishAndTaskKey(t *testing.T) {
 		if err != nil || cur.ID != g2.ID || cur.State != StateRunning || cur.Path != "/data/m42" || cur.OriginAddr != "10.0.0.1:7070" || cur.Bytes != 300 {
 			t.Fatalf("Current = %+v, %v", cur, err)
 		}
-		fg, err := f.c.PublishFailed(ctx, "relative", "relative", "task is relative", "master", 0)
+		fg, err := f.c.PublishFailed(ctx, "relative", TaskOptions{}, "task is relative", "master", 0)
 		if err != nil || fg.ID != g2.ID+1 {
 			t.Fatal(err)
 		}
@@ -171,15 +171,20 @@ func TestPublishRestoresALostAdoption(t *testing.T) {
 			if err := f.c.SetTask(ctx, value, TaskOptions{}); err != nil {
 				t.Fatal(err)
 			}
+			cur, err := f.c.Current(ctx) // as the master's tick reads it
+			if err != nil {
+				t.Fatal(err)
+			}
 			opts, err := f.c.Adopt(ctx)
 			if err != nil || opts.Task != value {
 				t.Fatalf("Adopt = %+v, %v; want task %q", opts, err, value)
 			}
+			opts.TaskGen = cur.ID
 			return opts
 		}
-		publish := func(path, task string) {
+		publish := func(path string, opts TaskOptions) {
 			t.Helper()
-			if _, err := f.c.Publish(ctx, Generation{Path: path, Task: task, Digest: strings.Repeat("d", 64), Origin: "master"}, 1); err != nil {
+			if _, err := f.c.Publish(ctx, Generation{Path: path, Task: opts.Task, TaskGen: opts.TaskGen, Digest: strings.Repeat("d", 64), Origin: "master"}, 1); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -191,20 +196,19 @@ func TestPublishRestoresALostAdoption(t *testing.T) {
 			}
 			return v, fresh
 		}
-		adopt("/data/m42")
-		publish("/data/m42", "/data/m42")
+		publish("/data/m42", adopt("/data/m42"))
 		// The next task is adopted, then Redis loses that write: the key
 		// holds the older adopted value again when the publish runs.
 		opts := adopt("/data/m42-v2/")
 		f.rdb.Set(ctx, k.Task(), "/data/m42", time.Hour)
-		publish("/data/m42-v2", opts.Task)
+		publish("/data/m42-v2", opts)
 		if v, fresh := task(); v != "/data/m42-v2/" || fresh {
 			t.Errorf("after a publish over a lost adoption the task key is %q (fresh %v), want %q adopted", v, fresh, "/data/m42-v2/")
 		}
 		// A failed generation restores it too.
 		opts = adopt("relative")
 		f.rdb.Set(ctx, k.Task(), "/data/m42-v2/", time.Hour)
-		if _, err := f.c.PublishFailed(ctx, "relative", opts.Task, "task is relative", "master", 0); err != nil {
+		if _, err := f.c.PublishFailed(ctx, "relative", opts, "task is relative", "master", 0); err != nil {
 			t.Fatal(err)
 		}
 		if v, fresh := task(); v != "relative" || fresh {
@@ -213,14 +217,14 @@ func TestPublishRestoresALostAdoption(t *testing.T) {
 		// An operator's newer write stays, fresh: the master publishes it next.
 		opts = adopt("/data/m43")
 		f.rdb.Set(ctx, k.Task(), "/data/m44", 0)
-		publish("/data/m43", opts.Task)
+		publish("/data/m43", opts)
 		if v, fresh := task(); v != "/data/m44" || !fresh {
 			t.Errorf("an operator's write since the adoption became %q (fresh %v)", v, fresh)
 		}
 		// A deleted key stays deleted: no task, the master serves what it has.
 		opts = adopt("/data/m45")
 		f.rdb.Del(ctx, k.Task())
-		publish("/data/m45", opts.Task)
+		publish("/data/m45", opts)
 		if n, _ := f.rdb.Exists(ctx, k.Task()).Result(); n != 0 {
 			t.Error("a deleted task key was written back")
 		}
@@ -228,9 +232,19 @@ func TestPublishRestoresALostAdoption(t *testing.T) {
 		// not checked.
 		adopt("/data/m46")
 		f.rdb.Set(ctx, k.Task(), "/data/m46/", time.Hour)
-		publish("/data/m46", "")
+		publish("/data/m46", TaskOptions{})
 		if v, _ := task(); v != "/data/m46/" {
 			t.Errorf("a publish without a task value rewrote the key to %q", v)
+		}
+		// Another master adopted the key since and published it: its task
+		// stands, and the key goes on disagreeing with this publish, so a
+		// master publishes it again.
+		opts = adopt("/data/m47")
+		other := adopt("/data/m48")
+		publish("/data/m48", other)
+		publish("/data/m47", opts)
+		if v, _ := task(); v != "/data/m48" {
+			t.Errorf("a publish rewrote the key another master adopted and published since to %q", v)
 		}
 	})
 }

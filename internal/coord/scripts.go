@@ -402,7 +402,8 @@ end
 // so ids never repeat even when Redis lost the counter.
 // ARGV: path, delete, digest, state, error, origin, origin_addr, files,
 // bytes, uploads, maxlen, floor, proto, origin_zone, compress, dest,
-// groups, atomic, rollback, switch, name, task, adopted_ttl_ms. Returns
+// groups, atomic, rollback, switch, name, task, adopted_ttl_ms, task_gen.
+// Returns
 // {id, published_ms}. The task key is put back to ARGV task (see
 // Generation.Task) when it holds another adopted value. The origin's
 // slots go to its zone's indexes too (the client's zone's, K.zfull and
@@ -422,8 +423,11 @@ end
 -- replica that missed the adoption): the key holds an older adopted value
 -- (a TTL marks adoption). Write the value back, marked adopted, so the
 -- master does not take the older value for a task to publish again. A key
--- an operator wrote since (no TTL) or deleted is left alone.
-if (ARGV[22] or '') ~= '' and redis.call('PTTL', K.task) > 0 and redis.call('GET', K.task) ~= ARGV[22] then
+-- an operator wrote since (no TTL) or deleted is left alone, and so is one
+-- another master adopted and published since (the id moved past ARGV[24],
+-- the id current at this master's adoption).
+if (ARGV[22] or '') ~= '' and redis.call('PTTL', K.task) > 0 and redis.call('GET', K.task) ~= ARGV[22]
+    and tonumber(redis.call('HGET', K.generation, 'id') or '0') <= tonumber(ARGV[24] or '0') then
   redis.call('SET', K.task, ARGV[22], 'PX', ARGV[23])
 end
 local now = nowMS()

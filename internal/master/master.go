@@ -80,7 +80,7 @@ type Coordinator interface {
 	SetTask(ctx context.Context, path string, opts coord.TaskOptions) error
 	Current(ctx context.Context) (coord.Generation, error)
 	Publish(ctx context.Context, g coord.Generation, uploads int) (coord.Generation, error)
-	PublishFailed(ctx context.Context, path, task, reason, origin string, floor int64) (coord.Generation, error)
+	PublishFailed(ctx context.Context, path string, task coord.TaskOptions, reason, origin string, floor int64) (coord.Generation, error)
 	OfferOrigin(ctx context.Context, origin string, r coord.Ref, uploads int) error
 	Announce(ctx context.Context, origin string, r coord.Ref, uploads int) error
 	Wake(ctx context.Context, r coord.Ref) error
@@ -403,7 +403,7 @@ func (m *Master) Tick(ctx context.Context) error {
 	case fresh || (value != "" && g.ID == 0):
 		// An operator (or publish) wrote the key since we adopted it, even
 		// with the same path or an empty value: that is a new task.
-		return m.adopt(ctx, value)
+		return m.adopt(ctx, value, g.ID)
 	case m.lost(g):
 		// Redis went back in time (a failover promoted a replica that had
 		// not seen our publish, or it restarted empty): publish the last
@@ -419,7 +419,7 @@ func (m *Master) Tick(ctx context.Context) error {
 		// that task was lost. Publish it now.
 		m.cfg.Log.WithFields(logrus.Fields{"task": value, "gen": g.ID, "gen_path": g.Path}).
 			Warn("task does not name the current generation; publishing it")
-		return m.adopt(ctx, value)
+		return m.adopt(ctx, value, g.ID)
 	case g.Origin == m.cfg.ID && g.State != coord.StateFailed && (m.active == nil || m.active.ref() != g.Ref()):
 		// Restarted master: serve the generation it published before.
 		if err := m.resume(ctx, g); err != nil {
@@ -493,15 +493,17 @@ func names(value string, g coord.Generation) bool {
 	if clean, err := CleanTask(value); err == nil {
 		return clean == g.Path
 	}
-	return value == g.Path // a failed generation records the value as written
+	return storedTask(value) == g.Path // a failed generation records the value as written (cut)
 }
 
-// adopt marks the task key seen, takes its options and publishes it.
-func (m *Master) adopt(ctx context.Context, value string) error {
+// adopt marks the task key seen, takes its options and publishes it; cur
+// is the id of the generation current as it was read.
+func (m *Master) adopt(ctx context.Context, value string, cur int64) error {
 	opts, err := m.coord.Adopt(ctx)
 	if err != nil {
 		return fmt.Errorf("adopt task: %w", err)
 	}
+	opts.TaskGen = cur
 	if opts.Task != "" {
 		value = opts.Task // an operator wrote the key again since the read
 	}
@@ -551,21 +553,20 @@ func (m *Master) publish(ctx context.Context, value string, opts coord.TaskOptio
 			return m.offer(ctx, clean, opts, snap)
 		}
 	}
-	return m.reject(ctx, value, opts.Task, err)
+	return m.reject(ctx, value, opts, err)
 }
 
 // reject records task value, refused for err, as a failed generation:
-// hosts leave their trees alone and status shows why. task is the task
-// key's value when value was adopted from it (see coord.Generation.Task).
-func (m *Master) reject(ctx context.Context, value, task string, err error) error {
+// hosts leave their trees alone and status shows why. opts carry the
+// task key's value when value was adopted from it (see
+// coord.Generation.Task).
+func (m *Master) reject(ctx context.Context, value string, opts coord.TaskOptions, err error) error {
 	m.cfg.Log.WithField("task", value).WithError(err).Error("task rejected; nothing was changed on any host")
 	m.cfg.Metrics.RejectedTasks.Inc()
 	m.server.Set(nil)
 	m.active = nil
-	if len(value) > maxStoredTask {
-		value = value[:maxStoredTask] + "..."
-	}
-	g, perr := m.coord.PublishFailed(ctx, value, task, err.Error(), m.cfg.ID, m.floor())
+	value = storedTask(value)
+	g, perr := m.coord.PublishFailed(ctx, value, opts, err.Error(), m.cfg.ID, m.floor())
 	if perr != nil {
 		return fmt.Errorf("record failed task: %w", perr)
 	}
@@ -574,6 +575,15 @@ func (m *Master) reject(ctx context.Context, value, task string, err error) erro
 
 // maxStoredTask bounds the task value recorded in a failed generation.
 const maxStoredTask = 4096
+
+// storedTask is task value as a failed generation records it: cut to
+// maxStoredTask bytes.
+func storedTask(value string) string {
+	if len(value) > maxStoredTask {
+		return value[:maxStoredTask] + "..."
+	}
+	return value
+}
 
 // floor is the last id this master published (0 if none).
 func (m *Master) floor() int64 {
@@ -599,7 +609,7 @@ func (m *Master) offer(ctx context.Context, clean string, opts coord.TaskOptions
 	g, err := m.coord.Publish(ctx, coord.Generation{
 		ID: m.floor(), Path: clean, Dest: opts.Dest, Groups: opts.Groups, Delete: opts.Delete, Compress: opts.Compress, Digest: snap.Digest,
 		Origin: m.cfg.ID, OriginAddr: m.cfg.Advertise, OriginZone: m.cfg.Zone, Files: int64(files), Bytes: bytes, Atomic: opts.Atomic, Switch: opts.Switch,
-		Task: opts.Task,
+		Task: opts.Task, TaskGen: opts.TaskGen,
 	}, 0)
 	if err != nil {
 		return fmt.Errorf("publish generation: %w", err)
@@ -851,12 +861,12 @@ func (m *Master) rollback(ctx context.Context, value string, opts coord.TaskOpti
 		err = coord.ValidGroups("task option groups", opts.Groups)
 	}
 	if err != nil {
-		return m.reject(ctx, value, opts.Task, err)
+		return m.reject(ctx, value, opts, err)
 	}
 	g, err := m.coord.Publish(ctx, coord.Generation{
 		ID: m.floor(), Path: clean, Dest: opts.Dest, Groups: opts.Groups, Delete: opts.Delete, Digest: opts.Digest,
 		Origin: m.cfg.ID, OriginAddr: m.cfg.Advertise, OriginZone: m.cfg.Zone, Files: opts.Files, Bytes: opts.Bytes,
-		Atomic: opts.Atomic, Rollback: opts.Rollback, Switch: opts.Switch, Task: opts.Task,
+		Atomic: opts.Atomic, Rollback: opts.Rollback, Switch: opts.Switch, Task: opts.Task, TaskGen: opts.TaskGen,
 	}, 0)
 	if err != nil {
 		return fmt.Errorf("publish rollback: %w", err)
