@@ -8,6 +8,8 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+
+	"github.com/fanout/fanout/internal/coord"
 )
 
 func TestResolveTask(t *testing.T) {
@@ -119,5 +121,19 @@ func TestCleanTaskLength(t *testing.T) {
 	_, err := CleanTask("/a" + strings.Repeat("日", 2000))
 	if err == nil || !strings.Contains(err.Error(), `begins "/a`+strings.Repeat("日", 32)+`"`) {
 		t.Errorf("error %v: want it to quote \"/a\" and 32 whole runes", err)
+	}
+}
+
+// A task value too long to record whole still names the failed generation
+// that records it cut: the master does not take it for a new task at
+// every tick and publish a failed generation each time.
+func TestNamesALongRejectedTask(t *testing.T) {
+	long := "relative/" + strings.Repeat("x", maxStoredTask)
+	g := coord.Generation{Path: storedTask(long), State: coord.StateFailed}
+	if !names(long, g) {
+		t.Fatalf("a %d-byte rejected task does not name its failed generation", len(long))
+	}
+	if names("relative/x", g) {
+		t.Fatal("another value names the failed generation of a long one")
 	}
 }
