@@ -454,7 +454,7 @@ func (a *assembler) work(ctx context.Context, j *job, p *feed, errc chan<- error
 	}
 	var have []bool
 	var haveAt time.Time
-	var gate rescueGate
+	gate := rescueGate{judged: p.judged.Load()} // a source's first window is short once
 	// whole: p holds the whole file (the origin, or a source that
 	// finished), so its prefix does not grow and a rescue gate judges it
 	// by probes (see rescueGate.judge); silent counts the probes in a row
@@ -498,6 +498,9 @@ func (a *assembler) work(ctx context.Context, j *job, p *feed, errc chan<- error
 			if p.rescue && !whole {
 				was := gate.open
 				gate.update(prefixBytes(j.chunks, all, h), a.parentBytes(j), time.Now())
+				if gate.judged {
+					p.judged.Store(true)
+				}
 				if gate.open && !was {
 					opened++
 					a.m.cfg.Log.WithFields(logrus.Fields{"source": p.cl.Source, "path": j.e.Path}).Debug("rescue gate opened: the grandparent's prefix grows several times as fast as the parent's")
@@ -775,7 +778,7 @@ const (
 // does not open it; gateFactor times and gateMin bytes at least do.
 func (g *rescueGate) update(gp, parent int64, now time.Time) {
 	if parent < 0 {
-		g.open, g.known, g.judged = false, false, false
+		g.open, g.known = false, false
 		return
 	}
 	if !g.known {
@@ -791,7 +794,8 @@ func (g *rescueGate) update(gp, parent int64, now time.Time) {
 }
 
 // window is the shortest window update judges: firstGateWindow for the
-// first, gateWindow after. The first decides how soon a host behind a
+// first of a rescue source (of its first file: the gates of its later
+// files start judged, see feed.judged), gateWindow after. The first decides how soon a host behind a
 // slow link in the chain takes its rescue source, which is most of what
 // that link costs the hosts behind it (on the netbed, with one host at
 // B/8 among 16, the other 15 took 1.38-1.50 x S/B in 6 of 7 runs with a

@@ -27,6 +27,10 @@ type feed struct {
 	// rescue slot).
 	rescue bool
 
+	// judged: a rescue gate judged a window of this source (see
+	// rescueGate.window): only its first file's first window is short.
+	judged atomic.Bool
+
 	mu      sync.Mutex
 	bytes   int64 // received from it
 	busy    time.Duration
@@ -564,7 +568,9 @@ func (s *swarm) drop(ctx context.Context, p *feed, v coord.Verdict, reason strin
 		return
 	}
 	p.dropped = true
-	s.misses, s.nextGrow = 0, time.Time{} // its replacement is wanted now
+	// Its replacement is wanted now, and its slot just went back: the
+	// count of free slots is not known.
+	s.misses, s.nextGrow, s.freeSeen = 0, time.Time{}, false
 	s.mu.Unlock()
 	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer cancel()

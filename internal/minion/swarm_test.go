@@ -57,8 +57,12 @@ func TestRescueGate(t *testing.T) {
 	}
 	g.update(31*mib, 4*mib, at(1200))
 	g.update(35*mib, 4*mib, at(1350))
+	if g.open {
+		t.Fatal("a gate started again judged a window of 150 ms: only a source's first is that short")
+	}
+	g.update(36*mib, 4*mib, at(1500))
 	if !g.open {
-		t.Fatal("a gate started again judges its first window after firstGateWindow too")
+		t.Fatal("closed while the parent stalls, after a whole window")
 	}
 }
 
