@@ -281,3 +281,27 @@ func (f *fixture) claimSeveral(host string, g Generation, n int) (Claim, []Claim
 	}
 	return first, others
 }
+
+// A lease that vanished is re-created only while its generation is
+// current: after a publish, the renewal of a claim of the old one is lost.
+func TestRenewRecreatesOnlyForTheCurrentGeneration(t *testing.T) {
+	each(t, 15*time.Second, func(t *testing.T, f *fixture) {
+		ctx := context.Background()
+		k := f.c.Keys()
+		g := f.publish(1)
+		f.heartbeat("a")
+		cl, err := f.c.Claim(ctx, "a", g.Ref(), ClaimOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		f.rdb.Del(ctx, k.Lease(cl.id()))
+		if restored, err := f.c.Renew(ctx, cl); !restored || err != nil {
+			t.Fatalf("renewal of a vanished lease of the current generation: %v, %v; want re-created", restored, err)
+		}
+		f.rdb.Del(ctx, k.Lease(cl.id()))
+		f.publish(1)
+		if _, err := f.c.Renew(ctx, cl); !errors.Is(err, ErrLeaseLost) {
+			t.Fatalf("renewal of a vanished lease of a superseded generation: %v; want ErrLeaseLost", err)
+		}
+	})
+}

@@ -792,8 +792,8 @@ if (ARGV[9] or '') ~= '' then
   redis.call('ZADD', K.heartbeats, now, host)
   for i = NAMED + 1, NAMED + ngroups do redis.call('ZADD', KEYS[i], now, host) end
 end
-local g = redis.call('HMGET', K.generation, 'id', 'state')
-local current = isCurrent(gen, digest)
+local g = redis.call('HMGET', K.generation, 'id', 'state', 'digest')
+local current = g[1] == gen and g[3] == digest -- isCurrent, from the same read
 local function renew(lease, slot, cid, zone)
   local want = gen .. ' ' .. slot
   if g[1] == gen and g[2] == 'failed' then return 0 end -- cancelled: the pull stops
