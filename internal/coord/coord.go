@@ -859,23 +859,31 @@ func (c *Client) scriptBeat(ctx context.Context, h Host, b Beat) (Pulse, error) 
 // and the heartbeats by scans of scanPage entries, not in one command
 // each: the master lists hosts at each publish, and at 10,000 hosts
 // HGETALL and ZRANGE held Redis for 7 and 10 ms, every other client
-// waiting. Alive is judged at the Redis time read first (a beat read
-// later is only newer).
+// waiting. The first page of each comes with the Redis time in one round
+// trip (a fleet of a page or less needs no other); alive is judged at
+// that time (a beat read later is only newer).
 func (c *Client) Hosts(ctx context.Context) ([]Host, error) {
+	var now *redis.TimeCmd
+	var hpage, zpage *redis.ScanCmd
 	sent := c.cfg.Now()
-	now, err := c.rdb.Time(ctx).Result()
+	_, err := c.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		now = p.Time(ctx)
+		hpage = p.HScan(ctx, c.keys.Hosts(), 0, "", scanPage)
+		zpage = p.ZScan(ctx, c.keys.Heartbeats(), 0, "", scanPage)
+		return nil
+	})
 	if err != nil {
 		return nil, fmt.Errorf("read hosts: %w", err)
 	}
-	c.observe(now, sent, c.cfg.Now())
+	c.observe(now.Val(), sent, c.cfg.Now())
 	info := map[string]string{}
-	if err := scanPairs(func(cursor uint64) *redis.ScanCmd {
+	if err := scanPairs(hpage, func(cursor uint64) *redis.ScanCmd {
 		return c.rdb.HScan(ctx, c.keys.Hosts(), cursor, "", scanPage)
 	}, func(k, v string) { info[k] = v }); err != nil {
 		return nil, fmt.Errorf("read hosts: %w", err)
 	}
 	byID := map[string]float64{} // a scan may return a member twice
-	if err := scanPairs(func(cursor uint64) *redis.ScanCmd {
+	if err := scanPairs(zpage, func(cursor uint64) *redis.ScanCmd {
 		return c.rdb.ZScan(ctx, c.keys.Heartbeats(), cursor, "", scanPage)
 	}, func(k, v string) {
 		if score, err := strconv.ParseFloat(v, 64); err == nil {
@@ -888,29 +896,29 @@ func (c *Client) Hosts(ctx context.Context) ([]Host, error) {
 	for id, score := range byID {
 		beats = append(beats, redis.Z{Member: id, Score: score})
 	}
-	return c.hosts(info, beats, now), nil
+	return c.hosts(info, beats, now.Val()), nil
 }
 
 // scanPage is the COUNT hint of the scans that read whole hashes and sets.
 const scanPage = 1000
 
-// scanPairs runs the scan page returns from cursor 0 until the cursor
-// comes back to 0, calling fn for each field and value (or member and
-// score) it returns; an entry may come twice.
-func scanPairs(page func(cursor uint64) *redis.ScanCmd, fn func(k, v string)) error {
-	var cursor uint64
+// scanPairs calls fn for each field and value (or member and score) of
+// a scan, from its first page, read already, through the pages next
+// reads until the cursor comes back to 0; an entry may come twice.
+func scanPairs(first *redis.ScanCmd, next func(cursor uint64) *redis.ScanCmd, fn func(k, v string)) error {
+	page := first
 	for {
-		keys, next, err := page(cursor).Result()
+		keys, cursor, err := page.Result()
 		if err != nil {
 			return err
 		}
 		for i := 0; i+1 < len(keys); i += 2 {
 			fn(keys[i], keys[i+1])
 		}
-		if next == 0 {
+		if cursor == 0 {
 			return nil
 		}
-		cursor = next
+		page = next(cursor)
 	}
 }
 

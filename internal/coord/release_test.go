@@ -263,7 +263,8 @@ func TestFinishReleasesOthers(t *testing.T) {
 	})
 }
 
-// claimSeveral makes host's first claim of g and then n extra claims.
+// claimSeveral makes host's first claim of g and then n extra claims (n
+// may be 0).
 func (f *fixture) claimSeveral(host string, g Generation, n int) (Claim, []Claim) {
 	f.t.Helper()
 	ctx := context.Background()
@@ -288,12 +289,8 @@ func TestRenewRecreatesOnlyForTheCurrentGeneration(t *testing.T) {
 	each(t, 15*time.Second, func(t *testing.T, f *fixture) {
 		ctx := context.Background()
 		k := f.c.Keys()
-		g := f.publish(1)
 		f.heartbeat("a")
-		cl, err := f.c.Claim(ctx, "a", g.Ref(), ClaimOptions{})
-		if err != nil {
-			t.Fatal(err)
-		}
+		cl, _ := f.claimSeveral("a", f.publish(1), 0)
 		f.rdb.Del(ctx, k.Lease(cl.id()))
 		if restored, err := f.c.Renew(ctx, cl); !restored || err != nil {
 			t.Fatalf("renewal of a vanished lease of the current generation: %v, %v; want re-created", restored, err)

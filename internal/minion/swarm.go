@@ -203,20 +203,22 @@ type swarm struct {
 	nextGrow time.Time
 	// free is how many slots are free for an extra claim, as the last
 	// renewal counted them (coord.Renewals.Free), 0 after a claim found
-	// none; freeAtMiss what it was when the last claim found none (not
-	// counting refusals while hosts wait: yielded). Unknown (freeSeen
-	// false) until a renewal or a miss tells.
+	// none, freeUnknown until a renewal or a miss tells; freeAtMiss what
+	// it was when the last claim found none (not counting refusals while
+	// hosts wait: yielded).
 	free, freeAtMiss int64
-	freeSeen         bool
 	yielded          bool
 }
+
+// freeUnknown is swarm.free before anything counted the free slots.
+const freeUnknown = -1
 
 // slotsFree records what a renewal counted of the slots free for extra
 // claims (coord.Renewals.Free).
 func (s *swarm) slotsFree(n int64) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.free, s.freeSeen = n, true
+	s.free = n
 }
 
 // growWaits reports whether grow claims nothing now (s.mu held). With no
@@ -227,9 +229,9 @@ func (s *swarm) slotsFree(n int64) {
 // within a renewal. Otherwise the back-off (growBackoff) decides.
 func (s *swarm) growWaits(now time.Time) bool {
 	switch {
-	case s.freeSeen && s.free <= 0:
+	case s.free == 0:
 		return true
-	case s.freeSeen && !s.yielded && s.free > s.freeAtMiss:
+	case !s.yielded && s.free > s.freeAtMiss: // never while unknown
 		return false
 	}
 	return now.Before(s.nextGrow)
@@ -252,7 +254,7 @@ func growBackoff(misses int) time.Duration {
 const maxGrowWait = 16 * time.Second
 
 func newSwarm(m *Minion, src *source, want int) *swarm {
-	return &swarm{m: m, src: src, want: max(want, 1), extras: map[int]*feed{}, wake: make(chan struct{}, 1), bypass: make(chan bypassAsk, 1)}
+	return &swarm{m: m, src: src, want: max(want, 1), extras: map[int]*feed{}, wake: make(chan struct{}, 1), bypass: make(chan bypassAsk, 1), free: freeUnknown}
 }
 
 // peers returns the sources to fetch from now: the pull's own claim first.
@@ -365,7 +367,7 @@ func (s *swarm) grow(ctx context.Context) {
 				if !none.Yielded {
 					// Nothing this host may take: none until a
 					// renewal counts more than there were now.
-					s.freeAtMiss, s.free, s.freeSeen = s.free, 0, true
+					s.freeAtMiss, s.free = max(s.free, 0), 0
 				}
 				s.mu.Unlock()
 			}
@@ -570,7 +572,7 @@ func (s *swarm) drop(ctx context.Context, p *feed, v coord.Verdict, reason strin
 	p.dropped = true
 	// Its replacement is wanted now, and its slot just went back: the
 	// count of free slots is not known.
-	s.misses, s.nextGrow, s.freeSeen = 0, time.Time{}, false
+	s.misses, s.nextGrow, s.free = 0, time.Time{}, freeUnknown
 	s.mu.Unlock()
 	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer cancel()

@@ -64,15 +64,24 @@ func TestSwarm(t *testing.T) {
 // fleet. The context ends with the test, 3 minutes at most.
 func startSwarm(t *testing.T) (context.Context, *lab.Lab, string) {
 	t.Helper()
+	return startModel(t, lab.Config{Minions: 6, Uploads: 2, BWLimit: 8 << 20}, 3, 24<<20)
+}
+
+// startModel starts a lab as cfg says (in a temporary directory), writes
+// a random model of size bytes from seed as the task and sets it. The
+// context ends with the test, 3 minutes at most.
+func startModel(t *testing.T, cfg lab.Config, seed uint64, size int) (context.Context, *lab.Lab, string) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	t.Cleanup(cancel)
-	l, err := lab.Start(ctx, lab.Config{Dir: t.TempDir(), Minions: 6, Uploads: 2, BWLimit: 8 << 20})
+	cfg.Dir = t.TempDir()
+	l, err := lab.Start(ctx, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(l.Stop)
 	src := filepath.Join(l.Master.Root, task)
-	writeRandomModel(t, src, 3, 24<<20)
+	writeRandomModel(t, src, seed, size)
 	if err := l.Set(ctx, task); err != nil {
 		t.Fatal(err)
 	}
@@ -178,18 +187,7 @@ type rescueLab struct {
 }
 
 func startRescue(t *testing.T) *rescueLab {
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	t.Cleanup(cancel)
-	l, err := lab.Start(ctx, lab.Config{Dir: t.TempDir(), Uploads: 1, BWLimit: 4 << 20})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(l.Stop)
-	src := filepath.Join(l.Master.Root, task)
-	writeRandomModel(t, src, 5, 16<<20)
-	if err := l.Set(ctx, task); err != nil {
-		t.Fatal(err)
-	}
+	ctx, l, src := startModel(t, lab.Config{Uploads: 1, BWLimit: 4 << 20}, 5, 16<<20)
 	return &rescueLab{t: t, ctx: ctx, l: l, src: src}
 }
 
