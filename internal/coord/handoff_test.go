@@ -213,26 +213,31 @@ func TestHandoffRefusals(t *testing.T) {
 		ctx := context.Background()
 		k := f.c.Keys()
 		g := f.publish(1)
-		f.heartbeat("h1", "w", "x", "y", "z")
+		f.heartbeat("h1", "v", "w", "x", "y", "z")
 		if _, err := f.c.Claim(ctx, "h1", g.Ref(), ClaimOptions{Queue: true, Slots: 2}); err != nil {
 			t.Fatal(err)
 		}
-		if !f.claimQueued(f.c, "w", g) || !f.claimQueued(f.c, "y", g) {
+		if !f.claimQueued(f.c, "v", g) || !f.claimQueued(f.c, "w", g) || !f.claimQueued(f.c, "y", g) {
 			t.Fatal("not queued")
 		}
 		// x pulls from w's second slot (w switched away from a dead
-		// source and kept its slots on offer).
-		if err := f.rdb.HSet(ctx, k.Holders(), "w#1", "x").Err(); err != nil {
-			t.Fatal(err)
-		}
-		if err := f.rdb.HSet(ctx, k.Claims(), "x", fmt.Sprintf("%d w#1 0 %s", g.ID, g.Digest)).Err(); err != nil {
-			t.Fatal(err)
+		// source and kept its slots on offer), and a rescue claim of x
+		// from v's rescue slot.
+		for slot, cid := range map[string]string{"w#1": "x", "v#64": "x/1"} {
+			if err := f.rdb.HSet(ctx, k.Holders(), slot, cid).Err(); err != nil {
+				t.Fatal(err)
+			}
+			if err := f.rdb.HSet(ctx, k.Claims(), cid, fmt.Sprintf("%d %s 0 %s", g.ID, slot, g.Digest)).Err(); err != nil {
+				t.Fatal(err)
+			}
 		}
 		if err := f.c.OfferPartial(ctx, "h1", g.Ref(), 1); err != nil {
 			t.Fatal(err)
 		}
-		if rec, _ := f.rdb.HGet(ctx, k.Claims(), "w").Result(); rec != "" {
-			t.Fatalf("h1's slot handed to w, which x pulls from: %q", rec)
+		for _, h := range []string{"v", "w"} {
+			if rec, _ := f.rdb.HGet(ctx, k.Claims(), h).Result(); rec != "" {
+				t.Fatalf("h1's slot handed to %s, which x pulls from: %q", h, rec)
+			}
 		}
 		if rec, _ := f.rdb.HGet(ctx, k.Claims(), "y").Result(); rec == "" {
 			t.Fatal("h1's slot not handed to y, next in the queue")
