@@ -1,7 +1,13 @@
 package coord
 
-// scriptNames names the protocol's scripts, for ScriptName. A script that
-// is missing here is reported by its SHA1 alone.
+import (
+	"context"
+	"fmt"
+	"slices"
+)
+
+// scriptNames names the protocol's scripts, for ScriptName and
+// LoadScripts: every script the package runs.
 var scriptNames = map[string]*script{
 	"publish":   publishScript,
 	"claim":     claimScript,
@@ -19,6 +25,11 @@ var scriptNames = map[string]*script{
 	"bypass":    bypassScript,
 	"retire":    retireScript,
 	"addtask":   addTaskScript,
+	"cancel":    cancelScript,
+	"switch":    switchScript,
+	"switched":  switchedScript,
+	"zonebytes": zoneBytesScript,
+	"hook":      hookScript,
 }
 
 // ScriptName names the protocol script whose SHA1 is sha ("claim",
@@ -31,4 +42,37 @@ func ScriptName(sha string) string {
 		}
 	}
 	return ""
+}
+
+// LoadScripts loads into Redis's script cache every script of this build
+// that it does not hold (one SCRIPT EXISTS, then a SCRIPT LOAD of each
+// missing one; on Cluster, on every primary). A script call finds its
+// script by SHA1 and sends the whole text only when Redis lacks it
+// (NOSCRIPT): without this, the first use of each script after Redis
+// started (or failed over to a replica that never loaded it) is a herd,
+// every host sending 20-25 KB of Lua at once. The master loads them
+// before it publishes a generation, so the hosts it wakes find them.
+func (c *Client) LoadScripts(ctx context.Context) error {
+	names := make([]string, 0, len(scriptNames))
+	for name := range scriptNames {
+		names = append(names, name)
+	}
+	slices.Sort(names)
+	shas := make([]string, len(names))
+	for i, name := range names {
+		shas[i] = scriptNames[name].lua.Hash()
+	}
+	have, err := c.rdb.ScriptExists(ctx, shas...).Result()
+	if err != nil {
+		return fmt.Errorf("load scripts: %w", err)
+	}
+	for i, name := range names {
+		if i < len(have) && have[i] {
+			continue
+		}
+		if err := scriptNames[name].lua.Load(ctx, c.rdb).Err(); err != nil {
+			return fmt.Errorf("load script %s: %w", name, err)
+		}
+	}
+	return nil
 }

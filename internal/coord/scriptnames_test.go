@@ -2,6 +2,9 @@ package coord
 
 import (
 	"context"
+	"os"
+	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 )
@@ -12,10 +15,10 @@ import (
 func TestScriptName(t *testing.T) {
 	each(t, 15*time.Second, func(t *testing.T, f *fixture) {
 		ctx := context.Background()
+		g := f.publish(1)
 		if err := f.rdb.ScriptFlush(ctx).Err(); err != nil {
 			t.Fatal(err)
 		}
-		g := f.publish(1)
 		f.heartbeat("a")
 		if _, err := f.c.Claim(ctx, "a", g.Ref(), ClaimOptions{}); err != nil {
 			t.Fatal(err)
@@ -43,6 +46,46 @@ func TestScriptName(t *testing.T) {
 			if got := ScriptName(s.lua.Hash()); got != name {
 				t.Fatalf("ScriptName(%s's sha) = %q", name, got)
 			}
+		}
+	})
+}
+
+// A publish leaves every script in Redis's cache, also after the cache
+// was flushed (a restart), so the hosts it wakes never send a script's
+// text; the scripts loaded are the ones the calls run.
+func TestPublishLoadsScripts(t *testing.T) {
+	each(t, 15*time.Second, func(t *testing.T, f *fixture) {
+		ctx := context.Background()
+		for range 2 {
+			if err := f.rdb.ScriptFlush(ctx).Err(); err != nil {
+				t.Fatal(err)
+			}
+			f.publish(1)
+			for name, s := range scriptNames {
+				loaded, err := f.rdb.ScriptExists(ctx, s.lua.Hash()).Result()
+				if err != nil || !loaded[0] {
+					t.Fatalf("script %s not loaded after a publish: %v, %v", name, loaded, err)
+				}
+			}
+		}
+		// Every script the package declares is named (and so loaded).
+		files, err := filepath.Glob("*.go")
+		if err != nil {
+			t.Fatal(err)
+		}
+		declared := 0
+		for _, name := range files {
+			if strings.HasSuffix(name, "_test.go") {
+				continue
+			}
+			b, err := os.ReadFile(name)
+			if err != nil {
+				t.Fatal(err)
+			}
+			declared += strings.Count(string(b), "Script = newScript(")
+		}
+		if declared != len(scriptNames) {
+			t.Fatalf("%d scripts declared, %d named in scriptNames", declared, len(scriptNames))
 		}
 	})
 }
