@@ -3,6 +3,7 @@ package coord
 import (
 	"context"
 	"fmt"
+	"maps"
 	"slices"
 )
 
@@ -53,11 +54,7 @@ func ScriptName(sha string) string {
 // every host sending 20-25 KB of Lua at once. The master loads them
 // before it publishes a generation, so the hosts it wakes find them.
 func (c *Client) LoadScripts(ctx context.Context) error {
-	names := make([]string, 0, len(scriptNames))
-	for name := range scriptNames {
-		names = append(names, name)
-	}
-	slices.Sort(names)
+	names := slices.Sorted(maps.Keys(scriptNames))
 	shas := make([]string, len(names))
 	for i, name := range names {
 		shas[i] = scriptNames[name].lua.Hash()
