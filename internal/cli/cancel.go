@@ -18,7 +18,8 @@ plain task) everywhere.
 
 The generation is marked failed ("cancelled"), its source slots are
 withdrawn, and every host pulling it stops at its next lease renewal
-(within a third of the lease, 5 s by default). Hosts keep what they
+(at once on a daemon, which the cancel's announcement wakes; within half
+the lease, 7.5 s by default, for a one-shot run). Hosts keep what they
 verified: files written so far are whole and verified (a file is renamed
 into place only once verified), part files of big files are kept for the
 next pull to resume, and an --atomic release that was being built is never

@@ -286,7 +286,7 @@ func (n *node) register(fs *pflag.FlagSet, defaultState string) {
 	fs.DurationVar(&n.poll, "poll", time.Second, "how often to look at Redis")
 	fs.IntVar(&n.uploads, "max-uploads", 1, "pullers this host serves at once (1 makes chains and doubles the sources each round; 0: a minion that never serves)")
 	fs.DurationVar(&n.grace, "host-grace", 30*time.Second, "a host whose last heartbeat is older than this is no longer expected")
-	fs.DurationVar(&n.lease, "lease", 15*time.Second, "lease on a claimed source, renewed every third of it while pulling; a crashed puller's source returns after it")
+	fs.DurationVar(&n.lease, "lease", 15*time.Second, "lease on a claimed source, renewed while pulling every half of it (so that at least 7.5 s, or two thirds of a shorter lease, remain); a crashed puller's source returns after it")
 	fs.StringVar(&n.zone, "zone", "", "this host's zone (a rack, a room, a site): claims take a source of the same zone when one is free, and status counts the bytes that cross zones; 1-64 letters, digits, '.', '_', '-' (empty: no zone)")
 	fs.StringVar(&n.bwlimit, "bwlimit", "0", "cap on this host's upload and download rate, each (rsync style: 16M = 16 MiB/s, a bare number is KiB/s; 0 = no cap)")
 	fs.IntVar(&n.compressWorkers, "compress-workers", 0, "chunks this host compresses at once for peers that ask (--compress); a chunk that finds all busy goes raw (0: half the cores, at least 1; -1: never compress)")

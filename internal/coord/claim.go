@@ -203,8 +203,8 @@ type Renewals struct {
 // RenewReport is Renew that also records p, the pull's progress, and a
 // heartbeat of cl.Host (in the heartbeat indexes of groups too), and
 // renews others, the host's other claims (a swarm's extra and rescue
-// sources), all in one script call: a pulling host renews every third of
-// its lease, so it needs no progress write, no heartbeat of its own and
+// sources), all in one script call: a pulling host renews every half of
+// its lease (less for a short one), so it needs no progress write, no heartbeat of its own and
 // no call per claim meanwhile. Claims holds cl's renewal and then each of
 // others', in order; err is a failure of the call itself.
 func (c *Client) RenewReport(ctx context.Context, cl Claim, p Progress, groups []string, others []Claim) (Renewals, error) {

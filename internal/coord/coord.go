@@ -551,7 +551,8 @@ func (c *Client) markDone(ctx context.Context, r Ref) (time.Time, error) {
 
 // Cancel stops generation r while it runs: it becomes failed with
 // reason, no source slot stays on offer, and every pull of it stops at
-// its next lease renewal (within a third of the lease) keeping the files
+// its next lease renewal (at once where the announcement on the
+// generations channel wakes it; within half the lease) keeping the files
 // it verified. ErrStale when r is not the current running generation.
 func (c *Client) Cancel(ctx context.Context, r Ref, reason string) error {
 	n, err := c.run(ctx, cancelScript, "", r.ID, r.Digest, reason, eventsMax).Int64()

@@ -186,3 +186,26 @@ func TestGrowBackoff(t *testing.T) {
 		}
 	}
 }
+
+// Renewals are half a lease apart when that leaves 7.5 s in hand, and
+// closer for shorter leases: never less than two thirds of a lease nor
+// 7.5 s (whichever is less) remains when a renewal is due.
+func TestRenewInterval(t *testing.T) {
+	for _, c := range []struct{ lease, want time.Duration }{
+		{15 * time.Second, 7500 * time.Millisecond},
+		{60 * time.Second, 30 * time.Second},
+		{12 * time.Second, 4500 * time.Millisecond},
+		{9 * time.Second, 3 * time.Second},
+		{3 * time.Second, time.Second},
+	} {
+		if got := renewInterval(c.lease); got != c.want {
+			t.Errorf("renewInterval(%v) = %v, want %v", c.lease, got, c.want)
+		}
+	}
+	for lease := 300 * time.Millisecond; lease <= 2*time.Minute; lease += 300 * time.Millisecond {
+		every := renewInterval(lease)
+		if left := lease - every; left < min(renewSlack, lease*2/3) || every > lease/2 {
+			t.Fatalf("lease %v renewed every %v: %v left", lease, every, left)
+		}
+	}
+}

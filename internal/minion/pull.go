@@ -141,17 +141,35 @@ func mixedMismatch(err error, src *source) bool {
 	return errors.As(err, &mismatch) && src.wasMixed(mismatch.Path)
 }
 
-// watchLoop renews the pull's lease every third of its TTL and reports
+// renewInterval is how far apart a pull's lease renewals are: half the
+// lease, but never so far apart that less than renewSlack (or, for a
+// short lease, two thirds of it) remains when a renewal is due: 7.5 s
+// for the default 15 s lease, 1 s for the tests' 3 s one.
+func renewInterval(lease time.Duration) time.Duration {
+	return min(lease/2, max(lease/3, lease-renewSlack))
+}
+
+// renewSlack is what remains of a lease when its renewal is due, for a
+// lease of 11.25 s or more (see renewInterval).
+const renewSlack = 7500 * time.Millisecond
+
+// watchLoop renews the pull's lease (see renewInterval) and reports
 // progress with each renewal (and once at the start and the end) until
 // done is closed. A lost lease cancels the pull. Progress rides on the
 // renewals, in the same script, and so does the host's heartbeat (the
 // heartbeat loop skips its beats meanwhile): at 10,000 hosts a report a
 // second was a fifth of a task's Redis requests, and the separate
 // progress writes and heartbeats of pulling hosts two fifths at a report
-// a renewal.
+// a renewal. Renewals were a third of the TTL apart until 2026-11-30;
+// they were then a third of the script calls of a 10,000-host task. A
+// renewal that fails is retried every tick (a second) until the lease
+// runs out, and a lease that ran out is re-created
+// from its claim record (renewScript) until the reaper ends the claim; a
+// cancel or a new generation reaches the pull through its subscription,
+// not the renewal's timing.
 func (m *Minion) watchLoop(ctx context.Context, src *source, cancel context.CancelCauseFunc, done <-chan struct{}) {
 	lease := src.claim().Lease
-	renewEvery := lease / 3
+	renewEvery := renewInterval(lease)
 	if renewEvery <= 0 {
 		renewEvery = time.Second
 	}
@@ -201,7 +219,7 @@ func (m *Minion) watchLoop(ctx context.Context, src *source, cancel context.Canc
 		}
 		// Half a tick of slack: the ticker fires every renewEvery (or
 		// less), and a tick a hair early must not push the renewal to the
-		// next one, two thirds into the lease.
+		// next one, when the lease runs out.
 		if !nudged && time.Since(lastRenew) < renewEvery-tick/2 {
 			continue
 		}
@@ -238,8 +256,9 @@ func (m *Minion) watchLoop(ctx context.Context, src *source, cancel context.Canc
 			}
 			if errors.Is(err, coord.ErrLeaseLost) {
 				// Within a third of a lease, before the extra claims'
-				// leases (renewed by this loop) run out.
-				rerr := src.replaceLost(ctx, *cl, renewEvery)
+				// leases (renewed by this loop, half a lease ago) run
+				// out.
+				rerr := src.replaceLost(ctx, *cl, lease/3)
 				if rerr == nil {
 					lastRenew = time.Now()
 					continue
