@@ -860,78 +860,42 @@ func (c *Client) scriptBeat(ctx context.Context, h Host, b Beat) (Pulse, error) 
 }
 
 // Hosts lists the registered hosts, sorted by id. It reads the registry
-// and the heartbeats by scans of scanPage entries, not in one command
-// each: the master lists hosts at each publish, and at 10,000 hosts
-// HGETALL and ZRANGE held Redis for 7 and 10 ms, every other client
-// waiting. The first page of each comes with the Redis time in one round
-// trip (a fleet of a page or less needs no other); alive is judged at
-// that time (a beat read later is only newer).
+// and the heartbeats by scans (see pages): the master lists hosts at each
+// publish. The first page of each comes with the Redis time in one round
+// trip; alive is judged at that time (a beat read later is only newer).
 func (c *Client) Hosts(ctx context.Context) ([]Host, error) {
 	var now *redis.TimeCmd
-	var hpage, zpage *redis.ScanCmd
+	var hpages, zpages pages
 	sent := c.cfg.Now()
 	_, err := c.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 		now = p.Time(ctx)
-		hpage = p.HScan(ctx, c.keys.Hosts(), 0, "", scanPage)
-		zpage = p.ZScan(ctx, c.keys.Heartbeats(), 0, "", scanPage)
+		hpages = hashPages(ctx, p, c.rdb, c.keys.Hosts())
+		zpages = zsetPages(ctx, p, c.rdb, c.keys.Heartbeats())
 		return nil
 	})
 	if err != nil {
 		return nil, fmt.Errorf("read hosts: %w", err)
 	}
 	c.observe(now.Val(), sent, c.cfg.Now())
-	info := map[string]string{}
-	if err := scanPairs(hpage, func(cursor uint64) *redis.ScanCmd {
-		return c.rdb.HScan(ctx, c.keys.Hosts(), cursor, "", scanPage)
-	}, func(k, v string) { info[k] = v }); err != nil {
+	info, err := hpages.pairs()
+	if err != nil {
 		return nil, fmt.Errorf("read hosts: %w", err)
 	}
-	byID := map[string]float64{} // a scan may return a member twice
-	if err := scanPairs(zpage, func(cursor uint64) *redis.ScanCmd {
-		return c.rdb.ZScan(ctx, c.keys.Heartbeats(), cursor, "", scanPage)
-	}, func(k, v string) {
-		if score, err := strconv.ParseFloat(v, 64); err == nil {
-			byID[k] = score
-		}
-	}); err != nil {
+	beats, err := zpages.pairs()
+	if err != nil {
 		return nil, fmt.Errorf("read heartbeats: %w", err)
-	}
-	beats := make([]redis.Z, 0, len(byID))
-	for id, score := range byID {
-		beats = append(beats, redis.Z{Member: id, Score: score})
 	}
 	return c.hosts(info, beats, now.Val()), nil
 }
 
-// scanPage is the COUNT hint of the scans that read whole hashes and sets.
-const scanPage = 1000
-
-// scanPairs calls fn for each field and value (or member and score) of
-// a scan, from its first page, read already, through the pages next
-// reads until the cursor comes back to 0; an entry may come twice.
-func scanPairs(first *redis.ScanCmd, next func(cursor uint64) *redis.ScanCmd, fn func(k, v string)) error {
-	page := first
-	for {
-		keys, cursor, err := page.Result()
-		if err != nil {
-			return err
-		}
-		for i := 0; i+1 < len(keys); i += 2 {
-			fn(keys[i], keys[i+1])
-		}
-		if cursor == 0 {
-			return nil
-		}
-		page = next(cursor)
-	}
-}
-
 // hosts joins registrations and heartbeats; alive is judged at now, a
 // Redis time.
-func (c *Client) hosts(info map[string]string, beats []redis.Z, now time.Time) []Host {
+func (c *Client) hosts(info, beats map[string]string, now time.Time) []Host {
 	seen := map[string]time.Time{}
-	for _, z := range beats {
-		seen[fmt.Sprint(z.Member)] = time.UnixMilli(int64(z.Score))
+	for id, score := range beats { // member → score, a Redis time in ms
+		if ms, err := strconv.ParseFloat(score, 64); err == nil {
+			seen[id] = time.UnixMilli(int64(ms))
+		}
 	}
 	ids := map[string]bool{}
 	for id := range info {

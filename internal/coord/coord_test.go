@@ -1030,3 +1030,74 @@ func TestHostsScansPages(t *testing.T) {
 		}
 	})
 }
+
+// Status reads a fleet larger than a scan page whole, with scans: no
+// command reads a key with an entry per host at once.
+func TestStatusScansPages(t *testing.T) {
+	each(t, 15*time.Second, func(t *testing.T, f *fixture) {
+		ctx := context.Background()
+		k := f.c.Keys()
+		g := f.publish(1)
+		now, err := f.rdb.Time(ctx).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		const n = 2*scanPage + 301
+		_, err = f.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+			for i := range n {
+				id := fmt.Sprintf("h%05d", i)
+				p.HSet(ctx, k.Hosts(), id, fmt.Sprintf(`{"addr":"%s:7070","proto":3}`, id))
+				p.ZAdd(ctx, k.Heartbeats(), redis.Z{Member: id, Score: float64(now.UnixMilli())})
+				if i%2 == 0 {
+					p.SAdd(ctx, k.Finished(), id)
+				} else {
+					p.SAdd(ctx, k.Running(), id)
+					p.HSet(ctx, k.Claims(), id, fmt.Sprintf("%d h%05d#0 0 %s", g.ID, i-1, g.Digest))
+					p.HSet(ctx, k.Progress(), id, fmt.Sprintf(`{"gen":%d,"done":%d,"total":100}`, g.ID, i%100))
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		sent := &sentNames{}
+		f.rdb.AddHook(sent)
+		st, err := f.c.Status(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(st.Hosts) != n || len(st.Expected) != n || len(st.Finished) != (n+1)/2 || len(st.Running) != n/2 || len(st.Claims) != n/2 || len(st.Progress) != n/2 {
+			t.Fatalf("status of %d hosts: %d hosts, %d expected, %d finished, %d running, %d claims, %d progress",
+				n, len(st.Hosts), len(st.Expected), len(st.Finished), len(st.Running), len(st.Claims), len(st.Progress))
+		}
+		if !slices.IsSorted(st.Finished) || st.Finished[1] != "h00002" || st.Claims["h00003"] != "h00002#0" || st.Progress["h00099"].Done != 99 {
+			t.Fatalf("status content: finished %v..., claim of h00003 %q, progress of h00099 %+v", st.Finished[:3], st.Claims["h00003"], st.Progress["h00099"])
+		}
+		if st.State != StateRunning {
+			t.Fatalf("state %s with half the hosts running, want running", st.State)
+		}
+		names := sent.take()
+		for _, whole := range []string{"smembers", "zrange", "zrangebyscore"} {
+			if slices.Contains(names, whole) {
+				t.Fatalf("status sent %s: %v", whole, names)
+			}
+		}
+		if c := countOf(names, "hgetall"); c > 2 { // the generation and the watch state
+			t.Fatalf("status sent %d HGETALL: %v", c, names)
+		}
+		if countOf(names, "hscan") < 4 || countOf(names, "sscan") < 3 {
+			t.Fatalf("status read no pages: %v", names)
+		}
+	})
+}
+
+func countOf(names []string, name string) int {
+	n := 0
+	for _, s := range names {
+		if s == name {
+			n++
+		}
+	}
+	return n
+}

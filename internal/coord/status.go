@@ -1,6 +1,7 @@
 package coord
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -57,88 +58,103 @@ type Status struct {
 	Now time.Time
 }
 
-// Status reads the whole protocol state in one round trip.
+// Status reads the whole protocol state: in one round trip for a fleet
+// of up to scanPage hosts, and by scans for a larger one (see pages), so
+// that neither the master's completion check nor an operator's status
+// holds Redis for milliseconds with a whole read of 10,000 entries.
 func (c *Client) Status(ctx context.Context) (Status, error) {
 	k := c.keys
 	var (
-		task                             *redis.StringCmd
-		gen, fails, claims, hostsIn      *redis.MapStringStringCmd
-		progress                         *redis.MapStringStringCmd
-		fin, run, src                    *redis.StringSliceCmd
-		beats                            *redis.ZSliceCmd
-		lookup                           *redis.StringCmd
-		repairing, switched              *redis.StringSliceCmd
-		repairs, zoneBytes, hooks, watch *redis.MapStringStringCmd
-		now                              *redis.TimeCmd
+		task, lookup *redis.StringCmd
+		gen, watch   *redis.MapStringStringCmd
+		now          *redis.TimeCmd
+		// Keys with an entry per host (or per slot) are scanned.
+		fin, run, src, repairing, switched                        pages
+		fails, claims, hostsIn, beats, progress, repairs, zb, hks pages
 	)
 	sent := c.cfg.Now()
 	_, err := c.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 		task = p.Get(ctx, k.Task())
 		gen = p.HGetAll(ctx, k.Generation())
-		fin = p.SMembers(ctx, k.Finished())
-		run = p.SMembers(ctx, k.Running())
-		src = p.SMembers(ctx, k.Sync())
-		fails = p.HGetAll(ctx, k.Failures())
-		claims = p.HGetAll(ctx, k.Claims())
-		hostsIn = p.HGetAll(ctx, k.Hosts())
-		beats = p.ZRangeWithScores(ctx, k.Heartbeats(), 0, -1)
 		lookup = p.Get(ctx, k.Lookup())
-		progress = p.HGetAll(ctx, k.Progress())
-		repairing = p.SMembers(ctx, k.Repairing())
-		switched = p.SMembers(ctx, k.Switched())
-		repairs = p.HGetAll(ctx, k.Repairs())
-		zoneBytes = p.HGetAll(ctx, k.ZoneBytes())
-		hooks = p.HGetAll(ctx, k.Hooks())
 		watch = p.HGetAll(ctx, k.Watch())
 		now = p.Time(ctx)
+		fin = setPages(ctx, p, c.rdb, k.Finished())
+		run = setPages(ctx, p, c.rdb, k.Running())
+		src = setPages(ctx, p, c.rdb, k.Sync())
+		repairing = setPages(ctx, p, c.rdb, k.Repairing())
+		switched = setPages(ctx, p, c.rdb, k.Switched())
+		fails = hashPages(ctx, p, c.rdb, k.Failures())
+		claims = hashPages(ctx, p, c.rdb, k.Claims())
+		hostsIn = hashPages(ctx, p, c.rdb, k.Hosts())
+		beats = zsetPages(ctx, p, c.rdb, k.Heartbeats())
+		progress = hashPages(ctx, p, c.rdb, k.Progress())
+		repairs = hashPages(ctx, p, c.rdb, k.Repairs())
+		zb = hashPages(ctx, p, c.rdb, k.ZoneBytes())
+		hks = hashPages(ctx, p, c.rdb, k.Hooks())
 		return nil
 	})
 	if err != nil && !errors.Is(err, redis.Nil) {
 		return Status{}, fmt.Errorf("read status: %w", err)
 	}
 	c.observe(now.Val(), sent, c.cfg.Now())
+	var rerr error // the first failed scan
+	set := func(pg pages) []string {
+		m, err := pg.members()
+		rerr = cmp.Or(rerr, err)
+		return m
+	}
+	hash := func(pg pages) map[string]string {
+		m, err := pg.pairs()
+		rerr = cmp.Or(rerr, err)
+		return m
+	}
 	st := Status{
 		Now:       now.Val(),
-		Repairing: sorted(repairing.Val()),
-		Switched:  sorted(switched.Val()),
+		Repairing: set(repairing),
+		Switched:  set(switched),
 		Repairs:   map[string]int64{},
 		CrossZone: map[string]int64{},
 		Name:      c.keys.TaskName(),
 		Task:      task.Val(),
-		Finished:  sorted(fin.Val()),
-		Running:   sorted(run.Val()),
-		Sources:   sorted(src.Val()),
+		Finished:  set(fin),
+		Running:   set(run),
+		Sources:   set(src),
 		Failures:  map[string]Failure{},
 		Claims:    map[string]string{},
 		Progress:  map[string]Progress{},
-		Hosts:     c.hosts(hostsIn.Val(), beats.Val(), now.Val()),
+		Hosts:     c.hosts(hash(hostsIn), hash(beats), now.Val()),
 		Expected:  []string{},
+	}
+	failsIn, claimsIn, progressIn, repairsIn, zoneBytes, hooks := hash(fails), hash(claims), hash(progress), hash(repairs), hash(zb), hash(hks)
+	if rerr != nil {
+		return Status{}, fmt.Errorf("read status: %w", rerr)
 	}
 	if g := gen.Val(); g["state"] != "" || g["id"] != "" {
 		if st.Generation, err = parseGeneration(k.Generation(), g); err != nil {
 			return Status{}, err
 		}
 	}
-	st.Hooks = hookRecords(hooks.Val(), st.Generation.Ref())
+	st.Hooks = hookRecords(hooks, st.Generation.Ref())
 	if st.Watch, err = parseWatch(k.Watch(), watch.Val()); err != nil {
 		return Status{}, err
 	}
-	for h, v := range repairs.Val() {
+	for h, v := range repairsIn {
 		st.Repairs[h], _ = strconv.ParseInt(v, 10, 64)
 	}
-	for h, v := range zoneBytes.Val() {
+	for h, v := range zoneBytes {
 		if n, err := strconv.ParseInt(v, 10, 64); err == nil && n > 0 {
 			st.CrossZone[h] = n
 		}
 	}
 	st.Lookup, _ = strconv.ParseInt(lookup.Val(), 10, 64)
-	for h, v := range fails.Val() {
+	for h, v := range failsIn {
 		var f Failure
 		if json.Unmarshal([]byte(v), &f) == nil {
 			st.Failures[h] = f
 		}
 	}
-	for h, v := range progress.Val() {
+	for h, v := range progressIn {
 		var p Progress
 		if json.Unmarshal([]byte(v), &p) == nil && p.Gen == st.Generation.ID {
 			st.Progress[h] = p
@@ -146,13 +162,13 @@ func (c *Client) Status(ctx context.Context) (Status, error) {
 	}
 	// A host's extra claims ("host/n") are listed with its first, in
 	// claim order.
-	cids := make([]string, 0, len(claims.Val()))
-	for cid := range claims.Val() {
+	cids := make([]string, 0, len(claimsIn))
+	for cid := range claimsIn {
 		cids = append(cids, cid)
 	}
 	slices.Sort(cids)
 	for _, cid := range cids {
-		f := strings.Fields(claims.Val()[cid])
+		f := strings.Fields(claimsIn[cid])
 		if len(f) < 2 {
 			continue
 		}
@@ -252,14 +268,6 @@ func (st Status) Ready() bool {
 		}
 	}
 	return true
-}
-
-func sorted(s []string) []string {
-	if s == nil {
-		return []string{}
-	}
-	slices.Sort(s)
-	return s
 }
 
 // Counts are the sizes the master checks each tick: O(log N) to read,
