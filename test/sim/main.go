@@ -251,6 +251,14 @@ func table(cfg config, rs []result, took time.Duration) string {
 			}
 			slow = append(slow, fmt.Sprintf("%s max %s ms (%d calls ≥ %d µs)", s.Name, short(float64(s.Max.Microseconds())/1000), s.Count, cfg.SlowUS))
 		}
+		quantile := func(d time.Duration) string {
+			if d < 0 {
+				return fmt.Sprintf("< %d µs", cfg.SlowUS)
+			}
+			return fmt.Sprintf("%d µs", d.Microseconds())
+		}
+		fmt.Fprintf(&b, "  Script calls (SLOWLOG over INFO commandstats): p99 %s, p99.9 %s; the slowest (a stall of the machine as often as a script's own cost) in the table.\n",
+			quantile(r.ScriptP99), quantile(r.ScriptP999))
 		if len(slow) > 0 {
 			fmt.Fprintf(&b, "  SLOWLOG: %s.\n", strings.Join(slow, "; "))
 			// With -slowlog-us 0 every call is logged: where Redis spends

@@ -2,12 +2,15 @@ package main
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"net"
 	"os"
 	"os/exec"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -156,6 +159,9 @@ type slowEntry struct {
 // every second.
 type slowLog struct {
 	byName map[string]*slowEntry
+	// scripts holds the duration of every script call logged (those at
+	// or above the threshold), for the quantiles of scriptQuantile.
+	scripts []time.Duration
 }
 
 func newSlowLog() *slowLog { return &slowLog{byName: map[string]*slowEntry{}} }
@@ -189,8 +195,26 @@ func (l *slowLog) drain(ctx context.Context, rdb *redis.Client) error {
 		s.Count++
 		s.Max = max(s.Max, e.Duration)
 		s.Total += e.Duration
+		if name == "evalsha" || name == "eval" || strings.HasSuffix(name, " script") {
+			l.scripts = append(l.scripts, e.Duration)
+		}
 	}
 	return nil
+}
+
+// scriptQuantile is the duration that a fraction 1-q of calls exceeded,
+// out of calls script calls in all (q 0.999: the 99.9th percentile): the
+// slow log holds every call at or above its threshold, so the quantile
+// is known when more than that fraction was logged; ok is false when it
+// lies below the threshold.
+func (l *slowLog) scriptQuantile(q float64, calls int64) (d time.Duration, ok bool) {
+	k := int(math.Ceil(float64(calls)*(1-q) - 1e-6)) // the k-th slowest (1-q is inexact)
+	if k < 1 || k > len(l.scripts) {
+		return 0, false
+	}
+	sorted := slices.Clone(l.scripts)
+	slices.SortFunc(sorted, func(a, b time.Duration) int { return cmp.Compare(b, a) })
+	return sorted[k-1], true
 }
 
 // slowest returns the entries, slowest first.

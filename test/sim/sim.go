@@ -36,10 +36,14 @@ type result struct {
 	Executed   map[string]int64 // INFO commandstats from SET to done
 	Requests   map[string]int64 // requests the hosts and the master sent, SET to done
 	Slow       []slowEntry      // the slow log from SET to done, slowest first
-	Events     map[string]int   // events of the generation, by type
-	Finished   int              // hosts in finished_queue at done
-	Short      int              // hosts whose model received less than S (none, in a sound run)
-	NotDone    bool             // the generation was not done within -timeout: figures so far
+	// ScriptP99 and ScriptP999 are the 99th and 99.9th percentiles of
+	// script call times (SLOWLOG over INFO commandstats' count); -1 when
+	// below the slow log's threshold.
+	ScriptP99, ScriptP999 time.Duration
+	Events                map[string]int // events of the generation, by type
+	Finished              int            // hosts in finished_queue at done
+	Short                 int            // hosts whose model received less than S (none, in a sound run)
+	NotDone               bool           // the generation was not done within -timeout: figures so far
 	// Lag is how late a 100 ms timer of the simulator fired, at most and
 	// on average, from SET to done: a starved simulator (a loaded
 	// machine) runs every host late, and its figures with it.
@@ -328,6 +332,14 @@ func measureTask(ctx context.Context, cfg config, n int, srv *server, obs *redis
 		return err
 	}
 	res.Slow = slow.slowest()
+	calls := res.Executed["evalsha"] + res.Executed["eval"]
+	res.ScriptP99, res.ScriptP999 = -1, -1
+	if d, ok := slow.scriptQuantile(0.99, calls); ok {
+		res.ScriptP99 = d
+	}
+	if d, ok := slow.scriptQuantile(0.999, calls); ok {
+		res.ScriptP999 = d
+	}
 	res.Events = events[g["id"]]
 	published, _ := strconv.ParseInt(g["published"], 10, 64)
 	done, _ := strconv.ParseInt(g["done_at"], 10, 64)

@@ -114,3 +114,22 @@ func TestTableIdleOnly(t *testing.T) {
 		t.Fatalf("idle-only row:\n%s", text)
 	}
 }
+
+// The quantiles of script times come from the slow log's entries over the
+// count of all calls: known when enough calls were logged, below the
+// threshold otherwise.
+func TestScriptQuantile(t *testing.T) {
+	l := newSlowLog()
+	for i := 1; i <= 20; i++ { // 20 calls logged, 100 µs to 2 ms
+		l.scripts = append(l.scripts, time.Duration(i)*100*time.Microsecond)
+	}
+	if d, ok := l.scriptQuantile(0.99, 1000); !ok || d != 1100*time.Microsecond {
+		t.Errorf("p99 of 1,000 calls = %v, %v; want the 10th slowest, 1.1 ms", d, ok)
+	}
+	if d, ok := l.scriptQuantile(0.999, 1000); !ok || d != 2*time.Millisecond {
+		t.Errorf("p99.9 of 1,000 calls = %v, %v; want the slowest, 2 ms", d, ok)
+	}
+	if _, ok := l.scriptQuantile(0.99, 10000); ok {
+		t.Error("p99 of 10,000 calls known from 20 logged ones; want below the threshold")
+	}
+}
