@@ -530,7 +530,7 @@ func (a *assembler) work(ctx context.Context, j *job, p *feed, errc chan<- error
 		case lead:
 			marks, limit = nil, runBytes
 		case probe:
-			limit = probeBytes
+			limit = gate.probeSize()
 		}
 		// A probe takes its run from the back of the file: cut off at
 		// probeTime, it leaves its chunks for later, and taken from just
@@ -675,6 +675,9 @@ type rescueGate struct {
 	grown       bool
 	next, until time.Time
 	pause       time.Duration
+	// confirm: the last probe was fast enough to open the gate, and the
+	// next, due at once and of confirmBytes, decides (see probed).
+	confirm bool
 }
 
 // judge is update for a rescue source that holds the whole file (the
@@ -732,15 +735,24 @@ func (g *rescueGate) probe(now time.Time) bool {
 // probe can take no more than the parent brought; when the parent is slow
 // (the first host of a chain, on a slow link), it brings gateFactor times
 // as much, and the gate opens for probeEvery (probed reports whether it
-// did). A probe is meant to be large enough (probeBytes) that a link's
-// burst (a token bucket's, tc's) does not decide it, but on the netbed
-// at 16 MiB/s the burst is 2 MiB and a probe of the origin came in 9 ms,
-// opening the gate beside a parent at the full rate (docs/PERFORMANCE.md,
-// tenth session); it is short (probeTime) when the source, or this
-// host's link, is slow. The next window starts after it.
+// did). A probe that is fast enough is confirmed before the gate opens:
+// the next probe is due at once and asks for confirmBytes, and only if it
+// is fast enough too does the gate open. A link's burst (a token
+// bucket's: tc's on the netbed, a cloud NIC's credits) can decide one
+// probe: at 16 MiB/s on the netbed the burst is 2 MiB, and a 1 MiB probe
+// of the origin came in 9 ms, opening the gate beside a parent at the
+// full rate (docs/PERFORMANCE.md, tenth session); the two together ask
+// for more than such a burst. A probe is cut off at probeTime when the
+// source, or this host's link, is slow. The next window starts after the
+// probe that decides.
 func (g *rescueGate) probed(n int64, d time.Duration, now time.Time) bool {
-	g.known, g.grown = false, false
-	if d > 0 && n >= minRun && float64(n)/d.Seconds() >= gateFactor*g.growth {
+	fast := d > 0 && n >= minRun && float64(n)/d.Seconds() >= gateFactor*g.growth
+	if fast && !g.confirm {
+		g.confirm, g.next = true, now
+		return false
+	}
+	g.known, g.grown, g.confirm = false, false, false
+	if fast {
 		g.open, g.until, g.pause = true, now.Add(probeEvery), 0
 		g.next = g.until
 		return true
@@ -748,6 +760,15 @@ func (g *rescueGate) probed(n int64, d time.Duration, now time.Time) bool {
 	g.pause = min(max(2*g.pause, probeEvery), maxProbePause)
 	g.next = now.Add(g.pause)
 	return false
+}
+
+// probeSize is how much the due probe asks for: probeBytes, or
+// confirmBytes for a probe that confirms another (see probed).
+func (g *rescueGate) probeSize() int64 {
+	if g.confirm {
+		return confirmBytes
+	}
+	return probeBytes
 }
 
 // keep carries an opening of the prefix gate (see update) over to the
@@ -760,12 +781,15 @@ func (g *rescueGate) keep(now time.Time) {
 	g.known = false
 }
 
-// probeBytes, probeTime, probeEvery, maxProbePause: see rescueGate.probe
-// and probed. A probe of the origin from the host behind a healthy first
-// host takes a sixteenth of a second of the origin's uplink at 16 MiB/s,
-// at 0.3, 1.3, 3.3, 7.3, 15.3... seconds into the pull.
+// probeBytes, confirmBytes, probeTime, probeEvery, maxProbePause: see
+// rescueGate.probe and probed. A probe of the origin from the host behind
+// a healthy first host takes a sixteenth of a second of the origin's
+// uplink at 16 MiB/s (three sixteenths when a burst made it look fast and
+// a confirmation follows), at 0.3, 1.3, 3.3, 7.3, 15.3... seconds into
+// the pull.
 const (
 	probeBytes    = 1 << 20
+	confirmBytes  = 2 << 20
 	probeTime     = 300 * time.Millisecond
 	probeEvery    = time.Second
 	maxProbePause = 8 * time.Second

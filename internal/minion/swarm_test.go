@@ -362,8 +362,8 @@ func TestFetchManifestHedges(t *testing.T) {
 // A rescue source that holds the whole file is judged by probes: one is
 // due once a window measured the parent's growth (a window closes after
 // gateWindow once probeBytes/2 landed, or after 4 gateWindows); a probe
-// that brings gateFactor times the parent's growth opens the gate for
-// probeEvery, a slower one does not, and the pause before the next probe
+// that brings gateFactor times the parent's growth, confirmed at once by
+// a larger one, opens the gate for probeEvery, a slower one does not, and the pause before the next probe
 // doubles after each that left the gate closed.
 func TestRescueGateWhole(t *testing.T) {
 	const kib = 1 << 10
@@ -398,41 +398,52 @@ func TestRescueGateWhole(t *testing.T) {
 	if !g.probe(at(2900)) {
 		t.Fatal("no probe due at a parent growth of 83 KiB/s")
 	}
-	if !g.probed(minRun, 100*time.Millisecond, at(3000)) || !g.open {
-		t.Fatal("closed after a probe 15 times as fast as the parent")
+	// A probe fast enough is confirmed at once by a larger one before
+	// the gate opens.
+	if g.probed(minRun, 100*time.Millisecond, at(3000)) || g.open {
+		t.Fatal("opened on one probe 15 times as fast as the parent, unconfirmed")
 	}
-	g.judge(1836*kib, at(3500))
+	if !g.probe(at(3000)) || g.probeSize() != confirmBytes {
+		t.Fatalf("no confirming probe of %d bytes due at once (size %d)", confirmBytes, g.probeSize())
+	}
+	if !g.probed(confirmBytes, 200*time.Millisecond, at(3200)) || !g.open {
+		t.Fatal("closed after two probes 15 and 120 times as fast as the parent")
+	}
+	if g.probeSize() != probeBytes {
+		t.Fatal("the probe after a confirmation is not the plain size")
+	}
+	g.judge(1836*kib, at(3700))
 	if !g.open {
 		t.Fatal("closed within probeEvery of the probe that opened it")
 	}
-	g.judge(1936*kib, at(4100))
+	g.judge(1936*kib, at(4300))
 	if g.open {
 		t.Fatal("still open probeEvery after the probe")
 	}
-	if g.probed(minRun/2, 50*time.Millisecond, at(4200)) {
-		t.Fatal("a probe of less than minRun opened the gate")
+	if g.probed(minRun/2, 50*time.Millisecond, at(4400)) || g.confirm {
+		t.Fatal("a probe of less than minRun opened the gate, or asked a confirmation")
 	}
 	// Closed probes pause longer each time: 1 s, then 2 s.
-	g.judge(2000*kib, at(4300))
-	g.judge(2600*kib, at(4700))
-	if g.probe(at(4700)) {
+	g.judge(2000*kib, at(4500))
+	g.judge(2600*kib, at(4900))
+	if g.probe(at(4900)) {
 		t.Fatal("a probe due within a second of the last")
 	}
-	if !g.probe(at(5200)) {
+	if !g.probe(at(5400)) {
 		t.Fatal("no probe due a second after the last")
 	}
-	if g.probed(minRun, 300*time.Millisecond, at(5500)) {
+	if g.probed(minRun, 300*time.Millisecond, at(5700)) {
 		t.Fatal("a probe slower than the parent opened the gate")
 	}
-	g.judge(2700*kib, at(5600))
-	g.judge(3300*kib, at(6000))
-	if g.probe(at(7400)) {
+	g.judge(2700*kib, at(5800))
+	g.judge(3300*kib, at(6200))
+	if g.probe(at(7600)) {
 		t.Fatal("a probe due within 2 s of the second closed one")
 	}
-	if !g.probe(at(7600)) {
+	if !g.probe(at(7800)) {
 		t.Fatal("no probe due 2 s after the second closed one")
 	}
-	g.judge(-1, at(7700))
+	g.judge(-1, at(7900))
 	if g.open || g.known || g.grown {
 		t.Fatal("a parent that is not partial leaves the gate judging")
 	}
@@ -486,5 +497,33 @@ func TestGrowWaitsForFreeSlots(t *testing.T) {
 		if co.claims != step.claims {
 			t.Fatalf("%s: %d claims, want %d", step.what, co.claims, step.claims)
 		}
+	}
+}
+
+// A probe that came in a link's burst (1 MiB in 9 ms beside a parent at
+// the full rate, on the netbed) asks for a confirmation, which the link's
+// sustained rate answers: the gate stays closed, and the next probe waits
+// its pause.
+func TestRescueGateBurstProbe(t *testing.T) {
+	t0 := time.Now()
+	at := func(ms int) time.Time { return t0.Add(time.Duration(ms) * time.Millisecond) }
+	var g rescueGate
+	g.judge(0, at(0))
+	g.judge(5<<20, at(300)) // the parent grows at ~17 MiB/s: the full link
+	if !g.probe(at(300)) {
+		t.Fatal("no probe due after a window")
+	}
+	if g.probed(probeBytes, 9*time.Millisecond, at(310)) || g.open {
+		t.Fatal("a burst-fast probe opened the gate")
+	}
+	if !g.probe(at(310)) {
+		t.Fatal("no confirming probe due at once")
+	}
+	// 2 MiB at the link's 16 MiB/s (half of it still in the burst).
+	if g.probed(confirmBytes, 65*time.Millisecond, at(375)) || g.open {
+		t.Fatal("the confirmation at the link's own rate opened the gate")
+	}
+	if g.probe(at(400)) || g.confirm {
+		t.Fatal("a probe due again at once after a confirmation said no")
 	}
 }
