@@ -214,16 +214,21 @@ func TestHandoffRefusals(t *testing.T) {
 		k := f.c.Keys()
 		g := f.publish(1)
 		f.heartbeat("h1", "v", "w", "x", "y", "z")
+		// u serves 16 slots (registered so).
+		if _, err := f.c.Heartbeat(ctx, Host{ID: "u", Addr: "u:7070", Uploads: 16}, Beat{Register: true}); err != nil {
+			t.Fatal(err)
+		}
 		if _, err := f.c.Claim(ctx, "h1", g.Ref(), ClaimOptions{Queue: true, Slots: 2}); err != nil {
 			t.Fatal(err)
 		}
-		if !f.claimQueued(f.c, "v", g) || !f.claimQueued(f.c, "w", g) || !f.claimQueued(f.c, "y", g) {
+		if !f.claimQueued(f.c, "u", g) || !f.claimQueued(f.c, "v", g) || !f.claimQueued(f.c, "w", g) || !f.claimQueued(f.c, "y", g) {
 			t.Fatal("not queued")
 		}
-		// x pulls from w's second slot (w switched away from a dead
-		// source and kept its slots on offer), and a rescue claim of x
-		// from v's rescue slot.
-		for slot, cid := range map[string]string{"w#1": "x", "v#64": "x/1"} {
+		// Since they queued, x pulls from w's second slot (w switched
+		// away from a dead source and kept its slots on offer), a rescue
+		// claim of x from v's rescue slot, and a newcomer n from u's
+		// thirteenth slot.
+		for slot, cid := range map[string]string{"w#1": "x", "v#64": "x/1", "u#12": "n"} {
 			if err := f.rdb.HSet(ctx, k.Holders(), slot, cid).Err(); err != nil {
 				t.Fatal(err)
 			}
@@ -234,7 +239,7 @@ func TestHandoffRefusals(t *testing.T) {
 		if err := f.c.OfferPartial(ctx, "h1", g.Ref(), 1); err != nil {
 			t.Fatal(err)
 		}
-		for _, h := range []string{"v", "w"} {
+		for _, h := range []string{"u", "v", "w"} {
 			if rec, _ := f.rdb.HGet(ctx, k.Claims(), h).Result(); rec != "" {
 				t.Fatalf("h1's slot handed to %s, which x pulls from: %q", h, rec)
 			}

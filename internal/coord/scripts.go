@@ -250,24 +250,31 @@ local WAIT_MS, HANDOFF_MS, UPLOADS, ALONE_SLOTS = 35000, 5000, 64, 9
 -- a chain is the next link's at once. An entry is dropped when its host
 -- has not claimed in WAIT_MS (dead, or pulling or idle since: a publish
 -- empties K.starved), found a source meanwhile, holds the generation, is
--- this slot's source, or has a puller on its rescue slot or one of its
--- first ALONE_SLOTS upload slots (a handed slot would close a cycle); a
--- few at most per call, the rest age out. Reports whether slot was
--- handed. (A host enters the queue only when nothing pulls from any of
--- its slots, as many as it has, and every way it gains a puller — its
--- own claim, a slot handed to it — takes it off the queue; the check here
--- is the backstop, and reads 10 fields rather than 65: at 1,000 hosts
--- the full read cost a tenth of Redis's time for a task.)
+-- this slot's source, or has a puller on any of its slots (a handed slot
+-- would close a cycle: a newcomer may claim a queued host's slot); a few
+-- at most per call, the rest age out. Reports whether slot was handed.
+-- The slots read are the rescue slot and as many upload slots as the
+-- host registered (K.hosts, when the script declares it), at least
+-- ALONE_SLOTS as the claim's own check reads, else all 65: at 1,000 hosts
+-- reading all 65 cost a tenth of Redis's time for a task.
 -- K.generation, K.claims, K.holders, K.running, K.finished, K.leases,
--- K.events, K.starved, K.sync, K.full, K.part
+-- K.events, K.starved, K.sync, K.full, K.part (and K.hosts, when declared)
 local function handoff(slot, wait)
   local g = redis.call('HMGET', K.generation, 'id', 'digest', 'state')
   if not g[1] or not g[2] or g[3] == 'failed' then return false end
   local src = slotSource(slot)
   local now = nowMS()
   local function pulledFrom(w)
+    local n = UPLOADS
+    local info = K.hosts and redis.call('HGET', K.hosts, w)
+    if info then
+      local ok, h = pcall(cjson.decode, info)
+      if ok and type(h) == 'table' then
+        n = math.min(math.max(tonumber(h.uploads) or 0, ALONE_SLOTS), UPLOADS)
+      end
+    end
     local fields = {w .. '#' .. RESCUE}
-    for i = 0, ALONE_SLOTS - 1 do fields[#fields + 1] = w .. '#' .. i end
+    for i = 0, n - 1 do fields[#fields + 1] = w .. '#' .. i end
     for _, v in ipairs(redis.call('HMGET', K.holders, unpack(fields))) do
       if v then return true end
     end
@@ -853,7 +860,7 @@ return out
 // ARGV: host, gen, digest, slot, uploads, maxlen, repaired, cid, [cid,
 // slot]...
 var finishScript = newScript(
-	[]string{"lease", "claims", "leases", "holders", "sync", "full", "part", "zfull", "zpart", "szfull", "szpart", "zpull", "bad", "generation", "running", "finished", "failures", "events", "dead", "strikes", "repairing", "repairs", "rescue", "zwait", "szwait", "starved", "slow"}, `
+	[]string{"lease", "claims", "leases", "holders", "sync", "full", "part", "zfull", "zpart", "szfull", "szpart", "zpull", "bad", "generation", "running", "finished", "failures", "events", "dead", "strikes", "repairing", "repairs", "rescue", "zwait", "szwait", "starved", "slow", "hosts"}, `
 local host, gen, digest, slot = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 -- The host's other claims (a swarm's extra and rescue sources; pairs of
 -- cid and slot after the eighth ARGV, each with its lease key after the
@@ -982,7 +989,7 @@ return {due, zones}
 // K.szfull, K.szpart are the indexes of the zone the claim record names.
 // ARGV: cid, grace_ms, maxlen. Returns 1 when it expired the claim.
 var expireScript = newScript(
-	[]string{"lease", "claims", "leases", "running", "sync", "full", "part", "szfull", "szpart", "bad", "generation", "finished", "heartbeats", "holders", "events", "rescue", "szwait", "starved", "slow"}, `
+	[]string{"lease", "claims", "leases", "running", "sync", "full", "part", "szfull", "szpart", "bad", "generation", "finished", "heartbeats", "holders", "events", "rescue", "szwait", "starved", "slow", "hosts"}, `
 local cid = ARGV[1]
 local now = nowMS()
 local ttl = redis.call('PTTL', K.lease)
@@ -1098,7 +1105,7 @@ return 1
 // so the hosts it wakes find a source.
 // With rescue, a partial source or the origin also offers its rescue slot.
 // ARGV: host, gen, digest, uploads, force, announce, rescue
-var offerScript = newScript([]string{"generation", "finished", "sync", "full", "part", "zfull", "zpart", "holders", "claims", "dead", "bad", "rescue", "running", "leases", "events", "zwait", "starved", "slow"}, `
+var offerScript = newScript([]string{"generation", "finished", "sync", "full", "part", "zfull", "zpart", "holders", "claims", "dead", "bad", "rescue", "running", "leases", "events", "zwait", "starved", "slow", "hosts"}, `
 if not isCurrent(ARGV[2], ARGV[3]) then return 0 end
 if redis.call('SISMEMBER', K.bad, ARGV[1]) == 1 then return 0 end
 offer(ARGV[1], tonumber(ARGV[4]), ARGV[5] == '1', ARGV[7] == '1')
@@ -1175,7 +1182,7 @@ return 1
 // needs (a slow source replaced, an extra source after the endgame): the
 // slot returns, nothing is recorded against the source.
 // ARGV: host, gen, digest, slot, maxlen, cid
-var releaseScript = newScript([]string{"lease", "claims", "leases", "holders", "sync", "full", "part", "zfull", "szfull", "szpart", "zpull", "bad", "generation", "finished", "events", "rescue", "running", "szwait", "starved", "slow"}, `
+var releaseScript = newScript([]string{"lease", "claims", "leases", "holders", "sync", "full", "part", "zfull", "szfull", "szpart", "zpull", "bad", "generation", "finished", "events", "rescue", "running", "szwait", "starved", "slow", "hosts"}, `
 release(ARGV[6], ARGV[2], ARGV[3], ARGV[4], true)
 event(ARGV[5], 'release', ARGV[1], ARGV[2], ARGV[4], '')
 return 1
