@@ -512,9 +512,6 @@ func (c *Client) publish(ctx context.Context, g Generation, uploads int) (Genera
 	case g.Dest != "" || len(g.Groups) > 0:
 		proto = ProtoDest
 	}
-	if err := c.LoadScripts(ctx); err != nil {
-		return Generation{}, fmt.Errorf("publish generation: %w", err)
-	}
 	res, err := c.run(ctx, publishScript, g.Origin,
 		g.Path, flag(g.Delete), g.Digest, g.State, g.Error, g.Origin, g.OriginAddr,
 		g.Files, g.Bytes, uploads, eventsMax, g.ID, proto, g.OriginZone, flag(g.Compress), g.Dest, joinGroups(g.Groups),

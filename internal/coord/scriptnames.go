@@ -47,12 +47,13 @@ func ScriptName(sha string) string {
 
 // LoadScripts loads into Redis's script cache every script of this build
 // that it does not hold (one SCRIPT EXISTS, then a SCRIPT LOAD of each
-// missing one; on Cluster, on every primary). A script call finds its
-// script by SHA1 and sends the whole text only when Redis lacks it
-// (NOSCRIPT): without this, the first use of each script after Redis
-// started (or failed over to a replica that never loaded it) is a herd,
-// every host sending 20-25 KB of Lua at once. The master loads them
-// before it publishes a generation, so the hosts it wakes find them.
+// missing one; on Cluster, go-redis sends both to every node, replicas
+// too, and fails if one does not answer). A script call finds its script
+// by SHA1 and sends the whole text only when Redis lacks it (NOSCRIPT):
+// without this, the first use of each script after Redis started (or
+// failed over to a replica that never loaded it) is a herd, every host
+// sending 20-25 KB of Lua at once. The master loads them before it
+// publishes a generation, so the hosts it wakes find them.
 func (c *Client) LoadScripts(ctx context.Context) error {
 	names := slices.Sorted(maps.Keys(scriptNames))
 	shas := make([]string, len(names))

@@ -80,6 +80,7 @@ type Coordinator interface {
 	SetTask(ctx context.Context, path string, opts coord.TaskOptions) error
 	Current(ctx context.Context) (coord.Generation, error)
 	Publish(ctx context.Context, g coord.Generation, uploads int) (coord.Generation, error)
+	LoadScripts(ctx context.Context) error
 	PublishFailed(ctx context.Context, path string, task coord.TaskOptions, reason, origin string, floor int64) (coord.Generation, error)
 	OfferOrigin(ctx context.Context, origin string, r coord.Ref, uploads int) error
 	Announce(ctx context.Context, origin string, r coord.Ref, uploads int) error
@@ -603,9 +604,21 @@ func (m *Master) remember(p *published) error {
 	return nil
 }
 
+// loadScripts loads the protocol's scripts that Redis lacks before a
+// publish wakes the fleet (coord.Client.LoadScripts), so the hosts never
+// all send a script's text at once. A failure (an ACL without SCRIPT, a
+// Cluster node down) costs only that herd: each script still loads on its
+// first call.
+func (m *Master) loadScripts(ctx context.Context) {
+	if err := m.coord.LoadScripts(ctx); err != nil && ctx.Err() == nil {
+		m.cfg.Log.WithError(err).Warn("could not load the Lua scripts into Redis before the publish; hosts send each on its first use")
+	}
+}
+
 func (m *Master) offer(ctx context.Context, clean string, opts coord.TaskOptions, snap *peer.Snapshot) error {
 	files, bytes := snap.Manifest.Totals()
 	old := m.active
+	m.loadScripts(ctx)
 	g, err := m.coord.Publish(ctx, coord.Generation{
 		ID: m.floor(), Path: clean, Dest: opts.Dest, Groups: opts.Groups, Delete: opts.Delete, Compress: opts.Compress, Digest: snap.Digest,
 		Origin: m.cfg.ID, OriginAddr: m.cfg.Advertise, OriginZone: m.cfg.Zone, Files: int64(files), Bytes: bytes, Atomic: opts.Atomic, Switch: opts.Switch,
@@ -863,6 +876,7 @@ func (m *Master) rollback(ctx context.Context, value string, opts coord.TaskOpti
 	if err != nil {
 		return m.reject(ctx, value, opts, err)
 	}
+	m.loadScripts(ctx)
 	g, err := m.coord.Publish(ctx, coord.Generation{
 		ID: m.floor(), Path: clean, Dest: opts.Dest, Groups: opts.Groups, Delete: opts.Delete, Digest: opts.Digest,
 		Origin: m.cfg.ID, OriginAddr: m.cfg.Advertise, OriginZone: m.cfg.Zone, Files: opts.Files, Bytes: opts.Bytes,
