@@ -688,7 +688,7 @@ type rescueGate struct {
 // expired. The rate of the source itself is measured on probes.
 func (g *rescueGate) judge(parent int64, now time.Time) {
 	if parent < 0 {
-		g.open, g.known, g.grown = false, false, false
+		g.open, g.known, g.grown, g.confirm = false, false, false, false
 		return
 	}
 	if g.open {
@@ -696,7 +696,7 @@ func (g *rescueGate) judge(parent int64, now time.Time) {
 		// too: no window is measured, and the next starts when the
 		// opening ends.
 		if now.After(g.until) {
-			g.open, g.known, g.grown = false, false, false
+			g.open, g.known, g.grown, g.confirm = false, false, false, false
 		}
 		return
 	}
@@ -724,6 +724,9 @@ func (g *rescueGate) judge(parent int64, now time.Time) {
 func (g *rescueGate) probe(now time.Time) bool {
 	if g.open || !g.grown || now.Before(g.next) {
 		return false
+	}
+	if g.confirm && now.Sub(g.next) > probeEvery {
+		g.confirm = false // not taken at once (the source led meanwhile): start over
 	}
 	g.next = now.Add(probeEvery) // until probed says how long to pause
 	return true
@@ -778,7 +781,7 @@ func (g *rescueGate) keep(now time.Time) {
 	if g.open {
 		g.until, g.next = now.Add(probeEvery), now.Add(probeEvery)
 	}
-	g.known = false
+	g.known, g.confirm = false, false
 }
 
 // probeBytes, confirmBytes, probeTime, probeEvery, maxProbePause: see
@@ -805,7 +808,7 @@ const (
 // does not open it; gateFactor times and gateMin bytes at least do.
 func (g *rescueGate) update(gp, parent int64, now time.Time) {
 	if parent < 0 {
-		g.open, g.known = false, false
+		g.open, g.known, g.confirm = false, false, false
 		return
 	}
 	if !g.known {

@@ -527,3 +527,39 @@ func TestRescueGateBurstProbe(t *testing.T) {
 		t.Fatal("a probe due again at once after a confirmation said no")
 	}
 }
+
+// A confirmation due is forgotten when the gate starts over (the parent is
+// no longer partial) or when it was not taken at once: the next probe is
+// a plain one again, which alone never opens the gate.
+func TestRescueGateConfirmationForgotten(t *testing.T) {
+	t0 := time.Now()
+	at := func(ms int) time.Time { return t0.Add(time.Duration(ms) * time.Millisecond) }
+	slowParent := func(g *rescueGate, from int) {
+		g.judge(0, at(from))
+		g.judge(1<<20, at(from+600)) // 1.7 MiB/s
+	}
+	for _, c := range []struct {
+		what  string
+		reset func(g *rescueGate, now int) int // returns when the next window starts
+	}{
+		{"the parent not partial for a while", func(g *rescueGate, now int) int { g.judge(-1, at(now)); return now + 100 }},
+		{"the confirmation not taken at once", func(g *rescueGate, now int) int { return now + 2000 }},
+	} {
+		var g rescueGate
+		slowParent(&g, 0)
+		if !g.probe(at(600)) || g.probed(probeBytes, 10*time.Millisecond, at(610)) {
+			t.Fatalf("%s: no probe, or one probe opened the gate", c.what)
+		}
+		next := c.reset(&g, 610)
+		if !g.grown {
+			slowParent(&g, next)
+			next += 600
+		}
+		if !g.probe(at(next)) || g.probeSize() != probeBytes {
+			t.Fatalf("%s: the next probe is not a plain one (size %d)", c.what, g.probeSize())
+		}
+		if g.probed(probeBytes, 10*time.Millisecond, at(next+10)) || g.open {
+			t.Fatalf("%s: a single fast probe opened the gate", c.what)
+		}
+	}
+}
