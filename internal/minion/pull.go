@@ -144,7 +144,8 @@ func mixedMismatch(err error, src *source) bool {
 // renewInterval is how far apart a pull's lease renewals are: half the
 // lease, but never so far apart that less than renewSlack (or, for a
 // short lease, two thirds of it) remains when a renewal is due: 7.5 s
-// for the default 15 s lease, 1 s for the tests' 3 s one.
+// for the default 15 s lease, 1 s for the tests' 3 s one. The watch loop
+// renews at the last tick (a second) within it: every 7 s by default.
 func renewInterval(lease time.Duration) time.Duration {
 	return min(lease/2, max(lease/3, lease-renewSlack))
 }
@@ -174,10 +175,15 @@ func (m *Minion) watchLoop(ctx context.Context, src *source, cancel context.Canc
 		renewEvery = time.Second
 	}
 	tick := min(time.Second, renewEvery)
+	// Renewals are counted in ticks, not measured in time: a renewal
+	// returns a moment after its tick, so "7.5 s since the last" would
+	// fall between two ticks and wait for the later one.
+	renewTicks := max(1, int(renewEvery/tick))
+	ticks := 0
 	t := time.NewTicker(tick)
 	defer t.Stop()
 	started := time.Now()
-	lastRenew, lastBalance := started, started
+	lastBalance := started
 	report := func(ctx context.Context) {
 		slot := ""
 		if cl := src.claim(); cl != nil {
@@ -212,15 +218,13 @@ func (m *Minion) watchLoop(ctx context.Context, src *source, cancel context.Canc
 			// its time.
 			nudged = true
 		case <-t.C:
+			ticks++
 		}
 		if time.Since(lastBalance) >= balanceEvery {
 			src.sw.rebalance(ctx) // replace a slow source, claim missing ones
 			lastBalance = time.Now()
 		}
-		// Half a tick of slack: the ticker fires every renewEvery (or
-		// less), and a tick a hair early must not push the renewal to the
-		// next one, when the lease runs out.
-		if !nudged && time.Since(lastRenew) < renewEvery-tick/2 {
+		if !nudged && ticks < renewTicks {
 			continue
 		}
 		cl := src.claim()
@@ -260,7 +264,7 @@ func (m *Minion) watchLoop(ctx context.Context, src *source, cancel context.Canc
 				// out.
 				rerr := src.replaceLost(ctx, *cl, lease/3)
 				if rerr == nil {
-					lastRenew = time.Now()
+					ticks = 0
 					continue
 				}
 				if ctx.Err() == nil && !errors.Is(rerr, coord.ErrStale) { // stale: cancelled or superseded
@@ -274,7 +278,7 @@ func (m *Minion) watchLoop(ctx context.Context, src *source, cancel context.Canc
 			m.cfg.Log.WithError(err).Warn("lease renewal failed; retrying")
 			continue
 		}
-		lastRenew = time.Now()
+		ticks = 0
 	}
 }
 
