@@ -1086,8 +1086,11 @@ func TestStatusScansPages(t *testing.T) {
 		if c := countOf(names, "hgetall"); c > 2 { // the generation and the watch state
 			t.Fatalf("status sent %d HGETALL: %v", c, names)
 		}
-		if countOf(names, "hscan") < 4 || countOf(names, "sscan") < 3 {
-			t.Fatalf("status read no pages: %v", names)
+		// The first pipeline scans 7 hashes, 5 sets and the heartbeats;
+		// a real Redis pages a key of 2,301 entries (miniredis answers a
+		// scan in one page whatever its COUNT).
+		if f.srv.Name != "miniredis" && (countOf(names, "hscan") <= 7 || countOf(names, "sscan") <= 5 || countOf(names, "zscan") <= 1) {
+			t.Fatalf("status read no second page: %v", names)
 		}
 	})
 }
