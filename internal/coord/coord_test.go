@@ -997,24 +997,12 @@ func TestHostsScansPages(t *testing.T) {
 	each(t, 15*time.Second, func(t *testing.T, f *fixture) {
 		ctx := context.Background()
 		k := f.c.Keys()
-		now, err := f.rdb.Time(ctx).Result()
-		if err != nil {
-			t.Fatal(err)
-		}
 		const n = 2*scanPage + 301
-		_, err = f.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-			for i := range n {
-				id := fmt.Sprintf("h%05d", i)
-				p.HSet(ctx, k.Hosts(), id, fmt.Sprintf(`{"addr":"%s:7070","proto":3}`, id))
-				if i%2 == 0 { // half of them beat
-					p.ZAdd(ctx, k.Heartbeats(), redis.Z{Member: id, Score: float64(now.UnixMilli())})
-				}
+		f.manyHosts(n, func(p redis.Pipeliner, i int, id string, now time.Time) {
+			if i%2 == 0 { // half of them beat
+				p.ZAdd(ctx, k.Heartbeats(), redis.Z{Member: id, Score: float64(now.UnixMilli())})
 			}
-			return nil
 		})
-		if err != nil {
-			t.Fatal(err)
-		}
 		hosts, err := f.c.Hosts(ctx)
 		if err != nil {
 			t.Fatal(err)
@@ -1038,29 +1026,17 @@ func TestStatusScansPages(t *testing.T) {
 		ctx := context.Background()
 		k := f.c.Keys()
 		g := f.publish(1)
-		now, err := f.rdb.Time(ctx).Result()
-		if err != nil {
-			t.Fatal(err)
-		}
 		const n = 2*scanPage + 301
-		_, err = f.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-			for i := range n {
-				id := fmt.Sprintf("h%05d", i)
-				p.HSet(ctx, k.Hosts(), id, fmt.Sprintf(`{"addr":"%s:7070","proto":3}`, id))
-				p.ZAdd(ctx, k.Heartbeats(), redis.Z{Member: id, Score: float64(now.UnixMilli())})
-				if i%2 == 0 {
-					p.SAdd(ctx, k.Finished(), id)
-				} else {
-					p.SAdd(ctx, k.Running(), id)
-					p.HSet(ctx, k.Claims(), id, fmt.Sprintf("%d h%05d#0 0 %s", g.ID, i-1, g.Digest))
-					p.HSet(ctx, k.Progress(), id, fmt.Sprintf(`{"gen":%d,"done":%d,"total":100}`, g.ID, i%100))
-				}
+		f.manyHosts(n, func(p redis.Pipeliner, i int, id string, now time.Time) {
+			p.ZAdd(ctx, k.Heartbeats(), redis.Z{Member: id, Score: float64(now.UnixMilli())})
+			if i%2 == 0 {
+				p.SAdd(ctx, k.Finished(), id)
+			} else {
+				p.SAdd(ctx, k.Running(), id)
+				p.HSet(ctx, k.Claims(), id, fmt.Sprintf("%d h%05d#0 0 %s", g.ID, i-1, g.Digest))
+				p.HSet(ctx, k.Progress(), id, fmt.Sprintf(`{"gen":%d,"done":%d,"total":100}`, g.ID, i%100))
 			}
-			return nil
 		})
-		if err != nil {
-			t.Fatal(err)
-		}
 		sent := &sentNames{}
 		f.rdb.AddHook(sent)
 		st, err := f.c.Status(ctx)
@@ -1103,4 +1079,26 @@ func countOf(names []string, name string) int {
 		}
 	}
 	return n
+}
+
+// manyHosts registers n hosts, h00000 up, in one pipeline, and adds what
+// each writes for host i (id) at now, Redis's time.
+func (f *fixture) manyHosts(n int, each func(p redis.Pipeliner, i int, id string, now time.Time)) {
+	f.t.Helper()
+	ctx := context.Background()
+	now, err := f.rdb.Time(ctx).Result()
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	_, err = f.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for i := range n {
+			id := fmt.Sprintf("h%05d", i)
+			p.HSet(ctx, f.c.Keys().Hosts(), id, fmt.Sprintf(`{"addr":"%s:7070","proto":3}`, id))
+			each(p, i, id, now)
+		}
+		return nil
+	})
+	if err != nil {
+		f.t.Fatal(err)
+	}
 }
