@@ -680,6 +680,12 @@ type rescueGate struct {
 	confirm bool
 }
 
+// restart closes the gate and forgets what it measured and any
+// confirmation due: the next window starts from nothing.
+func (g *rescueGate) restart() {
+	g.open, g.known, g.grown, g.confirm = false, false, false, false
+}
+
 // judge is update for a rescue source that holds the whole file (the
 // origin, behind the first host of a chain, or a grandparent that
 // finished), whose prefix does not grow: it measures only how fast the
@@ -688,7 +694,7 @@ type rescueGate struct {
 // expired. The rate of the source itself is measured on probes.
 func (g *rescueGate) judge(parent int64, now time.Time) {
 	if parent < 0 {
-		g.open, g.known, g.grown, g.confirm = false, false, false, false
+		g.restart()
 		return
 	}
 	if g.open {
@@ -696,7 +702,7 @@ func (g *rescueGate) judge(parent int64, now time.Time) {
 		// too: no window is measured, and the next starts when the
 		// opening ends.
 		if now.After(g.until) {
-			g.open, g.known, g.grown, g.confirm = false, false, false, false
+			g.restart()
 		}
 		return
 	}
@@ -808,7 +814,7 @@ const (
 // does not open it; gateFactor times and gateMin bytes at least do.
 func (g *rescueGate) update(gp, parent int64, now time.Time) {
 	if parent < 0 {
-		g.open, g.known, g.confirm = false, false, false
+		g.restart()
 		return
 	}
 	if !g.known {
