@@ -137,13 +137,17 @@ func startRsyncDaemon(ctx context.Context, dir, confDir string) (*rsyncDaemon, e
 		return nil, fmt.Errorf("rsync conf dir: %w", err)
 	}
 	conf := filepath.Join(confDir, "rsyncd.conf")
+	// A daemon started by root switches to uid nobody by default (rsync
+	// 3.2), which cannot read the benchmark's files: it keeps our ids.
 	text := fmt.Sprintf(`pid file = %s
 log file = %s
 use chroot = no
+uid = %d
+gid = %d
 [src]
 	path = %s
 	read only = yes
-`, filepath.Join(confDir, "rsyncd.pid"), filepath.Join(confDir, "rsyncd.log"), dir)
+`, filepath.Join(confDir, "rsyncd.pid"), filepath.Join(confDir, "rsyncd.log"), os.Geteuid(), os.Getegid(), dir)
 	if err := os.WriteFile(conf, []byte(text), 0o644); err != nil {
 		return nil, fmt.Errorf("write rsyncd.conf: %w", err)
 	}
