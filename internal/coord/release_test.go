@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 )
 
 // TestRenewReport: a renewal that carries progress records it and beats
@@ -95,6 +97,90 @@ func TestRenewReportOthers(t *testing.T) {
 			if ttl := f.rdb.PTTL(ctx, k.Lease(cl.id())).Val(); ttl < 10*time.Second {
 				t.Errorf("lease of %s: %v left after the renewal", cl.id(), ttl)
 			}
+		}
+	})
+}
+
+// TestLightRenewal: once the host's clock offset to Redis is known, a
+// renewal is plain commands, no script: every lease extended by Redis's
+// clock, the lease-expiry index and the heartbeat scored at Redis time,
+// the progress written, the free slots counted. The reaper expires nothing
+// a light renewal keeps, whatever the index says. A cancelled generation,
+// or a lease gone, takes the script, which reports the claims lost or
+// re-creates the lease.
+func TestLightRenewal(t *testing.T) {
+	each(t, 15*time.Second, func(t *testing.T, f *fixture) {
+		ctx := context.Background()
+		k := f.c.Keys()
+		g := f.publish(3)
+		f.heartbeat("a") // measures the clock offset
+		first, others := f.claimSeveral("a", g, 1)
+		sent := &sentNames{}
+		f.rdb.AddHook(sent)
+		scripted := func() bool {
+			names := sent.take()
+			return slices.Contains(names, "evalsha") || slices.Contains(names, "eval")
+		}
+		for _, cl := range []Claim{first, others[0]} {
+			f.rdb.PExpire(ctx, k.Lease(cl.id()), time.Second)
+		}
+		f.advance(5 * time.Second)
+		at, ok := f.c.beatTime()
+		if !ok {
+			t.Fatal("clock offset not known after a heartbeat")
+		}
+		res, err := f.c.RenewReport(ctx, first, Progress{Gen: g.ID, Source: first.Slot, Done: 7, Total: 9}, []string{"web"}, others)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if scripted() {
+			t.Fatal("the renewal ran a script")
+		}
+		if c := res.Claims; len(c) != 2 || c[0] != (Renewal{}) || c[1] != (Renewal{}) || res.Free != 1 {
+			t.Fatalf("renewals %+v, %d free; want both renewed, 1 slot free", c, res.Free)
+		}
+		for _, cl := range []Claim{first, others[0]} {
+			if ttl := f.rdb.PTTL(ctx, k.Lease(cl.id())).Val(); ttl < 14*time.Second {
+				t.Errorf("lease of %s: %v left after the renewal", cl.id(), ttl)
+			}
+			if s := f.rdb.ZScore(ctx, k.LeaseIndex(), cl.id()).Val(); int64(s) != at.Add(15*time.Second).UnixMilli() {
+				t.Errorf("lease index of %s scored %.0f, want %d", cl.id(), s, at.Add(15*time.Second).UnixMilli())
+			}
+		}
+		for _, key := range []string{k.Heartbeats(), k.GroupHeartbeats("web")} {
+			if s := f.rdb.ZScore(ctx, key, "a").Val(); int64(s) != at.UnixMilli() {
+				t.Errorf("%s scored %.0f, want %d", key, s, at.UnixMilli())
+			}
+		}
+		var p Progress
+		if err := json.Unmarshal([]byte(f.rdb.HGet(ctx, k.Progress(), "a").Val()), &p); err != nil || p.Done != 7 {
+			t.Fatalf("progress %+v, %v", p, err)
+		}
+
+		// The index says due (as a host's estimate of Redis time may lag),
+		// the lease says not: the reaper only brings the index up to date.
+		f.rdb.ZAdd(ctx, k.LeaseIndex(), redis.Z{Score: 1, Member: first.id()})
+		if n, err := f.c.Reap(ctx); n != 0 || err != nil {
+			t.Fatalf("reap of a claim kept by light renewals: %d, %v", n, err)
+		}
+		if s := f.rdb.ZScore(ctx, k.LeaseIndex(), first.id()).Val(); s < float64(time.Now().UnixMilli()) {
+			t.Errorf("lease index of %s left at %.0f", first.id(), s)
+		}
+
+		// A lease gone: the script re-creates it.
+		f.rdb.Del(ctx, k.Lease(others[0].id()))
+		sent.take()
+		res, err = f.c.RenewReport(ctx, first, Progress{Gen: g.ID, Source: first.Slot}, nil, others)
+		if err != nil || !scripted() || res.Claims[0] != (Renewal{}) || !res.Claims[1].Restored {
+			t.Fatalf("renewal of a vanished lease: %+v, %v; want the script, the lease re-created", res, err)
+		}
+		// The generation cancelled: the script, and every claim lost.
+		if err := f.c.Cancel(ctx, g.Ref(), "bad build"); err != nil {
+			t.Fatal(err)
+		}
+		res, err = f.c.RenewReport(ctx, first, Progress{Gen: g.ID, Source: first.Slot}, nil, others)
+		if err != nil || !scripted() || !errors.Is(res.Claims[0].Err, ErrLeaseLost) || !errors.Is(res.Claims[1].Err, ErrLeaseLost) {
+			t.Fatalf("renewal in a cancelled generation: %+v, %v; want the script, both claims lost", res, err)
 		}
 	})
 }
