@@ -185,6 +185,56 @@ func TestLightRenewal(t *testing.T) {
 	})
 }
 
+// TestOutlook: what an extra claim would find, counted in plain commands
+// and by every renewal: the free slots, and the hosts waiting for a first
+// source, to which it would yield.
+func TestOutlook(t *testing.T) {
+	each(t, 15*time.Second, func(t *testing.T, f *fixture) {
+		ctx := context.Background()
+		k := f.c.Keys()
+		g := f.publish(1)
+		f.heartbeat("a", "b")
+		a, err := f.c.Claim(ctx, "a", g.Ref(), ClaimOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := f.c.Claim(ctx, "b", g.Ref(), ClaimOptions{}); !errors.Is(err, ErrNoSource) {
+			t.Fatalf("b's claim: %v, want no source", err)
+		}
+		if err := f.c.OfferPartial(ctx, "a", g.Ref(), 2); err != nil {
+			t.Fatal(err)
+		}
+		check := func(what string, got, want Outlook) {
+			t.Helper()
+			if got != want {
+				t.Errorf("%s: %+v, want %+v", what, got, want)
+			}
+		}
+		o, err := f.c.Outlook(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		check("outlook while b waits", o, Outlook{Free: 2, Starved: 1})
+		r, err := f.c.RenewReport(ctx, a, Progress{Gen: g.ID}, nil, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		check("light renewal while b waits", Outlook{r.Free, r.Starved}, Outlook{Free: 2, Starved: 1})
+		if _, err := f.c.Claim(ctx, "b", g.Ref(), ClaimOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		if o, err = f.c.Outlook(ctx); err != nil {
+			t.Fatal(err)
+		}
+		check("outlook once b pulls", o, Outlook{Free: 1})
+		f.rdb.Del(ctx, k.Lease(a.id())) // the renewal takes the script
+		if r, err = f.c.RenewReport(ctx, a, Progress{Gen: g.ID}, nil, nil); err != nil || !r.Claims[0].Restored {
+			t.Fatalf("renewal of a vanished lease: %+v, %v", r, err)
+		}
+		check("scripted renewal once b pulls", Outlook{r.Free, r.Starved}, Outlook{Free: 1})
+	})
+}
+
 // TestCancelScript: cancel fails the running generation with its reason,
 // withdraws its free slots, and the renewal of a claim of it is refused;
 // a generation not running cannot be cancelled.

@@ -147,6 +147,7 @@ type Coordinator interface {
 	Claim(ctx context.Context, host string, gen coord.Ref, o coord.ClaimOptions) (coord.Claim, error)
 	Renew(ctx context.Context, cl coord.Claim) (bool, error)
 	RenewReport(ctx context.Context, cl coord.Claim, p coord.Progress, groups []string, others []coord.Claim) (coord.Renewals, error)
+	Outlook(ctx context.Context) (coord.Outlook, error)
 	Finish(ctx context.Context, cl coord.Claim, uploads int, others ...coord.Claim) error
 	Fail(ctx context.Context, cl coord.Claim, v coord.Verdict, reason string, uploads int) error
 	Switch(ctx context.Context, cl coord.Claim, v coord.Verdict, reason string) error

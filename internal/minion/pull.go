@@ -248,7 +248,7 @@ func (m *Minion) watchLoop(ctx context.Context, src *source, cancel context.Canc
 			m.renewBeat.Store(time.Now().UnixNano())
 			restored, err = res.Claims[0].Restored, res.Claims[0].Err
 			src.sw.renewed(extras, res.Claims[1:])
-			src.sw.slotsFree(res.Free)
+			src.sw.outlook(coord.Outlook{Free: res.Free, Starved: res.Starved}, time.Now())
 		}
 		if restored {
 			m.cfg.Metrics.LeasesRecreated.Inc()

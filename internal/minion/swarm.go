@@ -208,17 +208,27 @@ type swarm struct {
 	// hosts wait: yielded).
 	free, freeAtMiss int64
 	yielded          bool
+	// starved is how many hosts waited for a first source at outlookAt,
+	// when a renewal or an outlook (coord.Client.Outlook) last counted
+	// them and the free slots.
+	starved   int64
+	outlookAt time.Time
 }
+
+// outlookFresh is how long what a renewal or an outlook counted stands
+// before grow asks again, in plain commands, ahead of a claim.
+const outlookFresh = time.Second
 
 // freeUnknown is swarm.free before anything counted the free slots.
 const freeUnknown = -1
 
-// slotsFree records what a renewal counted of the slots free for extra
-// claims (coord.Renewals.Free).
-func (s *swarm) slotsFree(n int64) {
+// outlook records what a renewal or an outlook counted at at: the slots
+// free for extra claims and the hosts waiting for a first source (while
+// any wait, an extra claim would yield to them: see growWaits).
+func (s *swarm) outlook(o coord.Outlook, at time.Time) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.free = n
+	s.free, s.starved, s.outlookAt = o.Free, o.Starved, at
 }
 
 // growWaits reports whether grow claims nothing now (s.mu held). With no
@@ -226,11 +236,15 @@ func (s *swarm) slotsFree(n int64) {
 // script call, and at 1,000 simulated hosts such claims were a quarter of
 // its time. With more slots free than when the last claim missed, it
 // tries at once whatever its back-off: a finished host's slots are taken
-// within a renewal. Otherwise the back-off (growBackoff) decides.
+// within a renewal. While hosts wait for a first source (as counted
+// within outlookFresh) it waits too: the claim would yield to them.
+// Otherwise the back-off (growBackoff) decides.
 func (s *swarm) growWaits(now time.Time) bool {
 	switch {
 	case s.free == 0:
 		return true
+	case s.starved > 0 && now.Sub(s.outlookAt) <= outlookFresh:
+		return true // the claim would yield to them
 	case !s.yielded && s.free > s.freeAtMiss: // never while unknown
 		return false
 	}
@@ -323,11 +337,31 @@ func (s *swarm) plainSources() []string {
 // sources held already; a missing source is tried again at a later grow
 // (see growWaits).
 func (s *swarm) grow(ctx context.Context) {
+	now := time.Now()
 	s.mu.Lock()
-	wait := s.growWaits(time.Now())
+	wait := s.growWaits(now) || !s.needsSource()
+	stale := now.Sub(s.outlookAt) > outlookFresh
 	s.mu.Unlock()
 	if wait {
 		return
+	}
+	if stale {
+		// Ask first, in plain commands: most claims made blind found
+		// nothing.
+		o, err := s.m.coord.Outlook(ctx)
+		if err != nil {
+			if ctx.Err() == nil {
+				s.m.cfg.Log.WithError(err).Debug("count the free slots")
+			}
+			return
+		}
+		s.outlook(o, now)
+		s.mu.Lock()
+		wait = s.growWaits(now)
+		s.mu.Unlock()
+		if wait {
+			return
+		}
 	}
 	for i := 1; i < s.want; i++ {
 		s.mu.Lock()
@@ -378,6 +412,16 @@ func (s *swarm) grow(ctx context.Context) {
 		s.mu.Unlock()
 		s.add(i, ncl, false)
 	}
+}
+
+// needsSource reports whether an extra index is free (s.mu held).
+func (s *swarm) needsSource() bool {
+	for i := 1; i < s.want; i++ {
+		if p := s.extras[i]; p == nil || p.dropped {
+			return true
+		}
+	}
+	return false
 }
 
 // add holds ncl as the extra source at index i (a rescue source with

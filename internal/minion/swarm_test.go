@@ -449,11 +449,12 @@ func TestRescueGateWhole(t *testing.T) {
 	}
 }
 
-// claimCounter is a coordinator whose claims find no source; only Claim
-// may be called.
+// claimCounter is a coordinator whose claims find no source and whose
+// outlook is o; only Claim and Outlook may be called.
 type claimCounter struct {
 	Coordinator
-	claims int
+	o              coord.Outlook
+	claims, probes int
 }
 
 func (c *claimCounter) Claim(context.Context, string, coord.Ref, coord.ClaimOptions) (coord.Claim, error) {
@@ -461,10 +462,18 @@ func (c *claimCounter) Claim(context.Context, string, coord.Ref, coord.ClaimOpti
 	return coord.Claim{}, &coord.NoSourceError{}
 }
 
-// An extra claim is not tried while no slot is free for one (a renewal
-// counted none, or the last claim found none); when a renewal counts more
-// than there were at the last miss, the next grow tries at once whatever
-// its back-off; while the count stays, the back-off holds.
+func (c *claimCounter) Outlook(context.Context) (coord.Outlook, error) {
+	c.probes++
+	return c.o, nil
+}
+
+// An extra claim is not tried while no slot is free for one (a renewal or
+// an outlook counted none, or the last claim found none) or while hosts
+// wait for a first source (the claim would yield to them); when a renewal
+// counts more than there were at the last miss, the next grow tries at
+// once whatever its back-off; while the count stays, the back-off holds.
+// Without a count of the last second, grow asks for one (plain commands)
+// before it claims.
 func TestGrowWaitsForFreeSlots(t *testing.T) {
 	ctx := context.Background()
 	m := testMinion(t, t.TempDir())
@@ -474,28 +483,39 @@ func TestGrowWaitsForFreeSlots(t *testing.T) {
 	sw := newSwarm(m, src, 2)
 	src.sw = sw
 	for _, step := range []struct {
-		free   int64 // what a renewal counts before the grow; -1: no renewal
-		claims int   // claims made so far, after the grow
-		what   string
+		renewal *coord.Outlook // what a renewal counts before the grow
+		stale   bool           // the last count is older than outlookFresh
+		probe   coord.Outlook  // what an outlook would count
+		claims  int            // claims made so far, after the grow
+		probes  int            // outlooks asked so far
+		what    string
 	}{
-		{-1, 1, "before any renewal: tried"},
-		{-1, 1, "after a claim found nothing, before a renewal: not tried"},
-		{0, 1, "after a renewal counted no slot free: not tried"},
-		{2, 2, "after a renewal counted slots free, backed off far: tried at once"},
-		{2, 2, "with no more slots free than at the miss: the back-off holds"},
-		{3, 3, "after a renewal counted one more slot free: tried"},
+		{nil, false, coord.Outlook{Free: 1}, 1, 1, "before any renewal: asked, then tried"},
+		{nil, false, coord.Outlook{Free: 1}, 1, 1, "after a claim found nothing, before a renewal: neither"},
+		{&coord.Outlook{}, false, coord.Outlook{}, 1, 1, "after a renewal counted no slot free: not tried"},
+		{&coord.Outlook{Free: 2}, false, coord.Outlook{}, 2, 1, "after a renewal counted slots free, backed off far: tried at once"},
+		{&coord.Outlook{Free: 2}, false, coord.Outlook{}, 2, 1, "with no more slots free than at the miss: the back-off holds"},
+		{&coord.Outlook{Free: 3}, false, coord.Outlook{}, 3, 1, "after a renewal counted one more slot free: tried"},
+		{&coord.Outlook{Free: 9, Starved: 4}, false, coord.Outlook{}, 3, 1, "while a renewal counts hosts waiting: not tried"},
+		{nil, true, coord.Outlook{Free: 9, Starved: 2}, 3, 2, "an outlook counts hosts waiting: not tried"},
+		{nil, true, coord.Outlook{Free: 9}, 4, 3, "an outlook counts none waiting and slots free: tried"},
 	} {
-		if step.free >= 0 {
-			sw.slotsFree(step.free)
+		if step.renewal != nil {
+			sw.outlook(*step.renewal, time.Now())
 		}
+		co.o = step.probe
+		sw.mu.Lock()
 		if step.claims == 2 {
-			sw.mu.Lock()
 			sw.misses, sw.nextGrow = 5, time.Now().Add(time.Hour)
-			sw.mu.Unlock()
 		}
+		if step.stale {
+			sw.outlookAt = time.Now().Add(-2 * outlookFresh)
+			sw.nextGrow = time.Time{} // the yield's pause is over
+		}
+		sw.mu.Unlock()
 		sw.grow(ctx)
-		if co.claims != step.claims {
-			t.Fatalf("%s: %d claims, want %d", step.what, co.claims, step.claims)
+		if co.claims != step.claims || co.probes != step.probes {
+			t.Fatalf("%s: %d claims, %d outlooks; want %d, %d", step.what, co.claims, co.probes, step.claims, step.probes)
 		}
 	}
 }

@@ -164,6 +164,9 @@ type counter struct {
 
 func newCounter() *counter { return &counter{calls: map[string]int64{}} }
 
+// add counts cmds, sent as one request and answered: a claim that found
+// no source is counted apart ("evalsha claim extra, none"), as a call
+// that bought nothing.
 func (c *counter) add(cmds ...redis.Cmder) {
 	names := make([]string, len(cmds))
 	for i, cmd := range cmds {
@@ -172,6 +175,9 @@ func (c *counter) add(cmds ...redis.Cmder) {
 			if args := cmd.Args(); len(args) > 1 {
 				if s := coord.ScriptName(fmt.Sprint(args[1])); s != "" {
 					name += " " + s + claimKind(s, args)
+					if s == "claim" && claimFound(cmd) == "none" {
+						name += ", none"
+					}
 				}
 			}
 		}
@@ -208,6 +214,19 @@ func claimKind(script string, args []any) string {
 	return ""
 }
 
+// claimFound is "none" when a claim script's reply says it found no
+// source ("nosource"), "" otherwise (a claim, another refusal, an error).
+func claimFound(cmd redis.Cmder) string {
+	c, ok := cmd.(*redis.Cmd)
+	if !ok {
+		return ""
+	}
+	if res, ok := c.Val().([]any); ok && len(res) > 0 && res[0] == "nosource" {
+		return "none"
+	}
+	return ""
+}
+
 // take returns the counts since the last take and starts again.
 func (c *counter) take() map[string]int64 {
 	c.mu.Lock()
@@ -223,18 +242,20 @@ func (c *counter) DialHook(next redis.DialHook) redis.DialHook { return next }
 // ProcessHook is part of redis.Hook.
 func (c *counter) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 	return func(ctx context.Context, cmd redis.Cmder) error {
+		err := next(ctx, cmd)
 		c.add(cmd)
-		return next(ctx, cmd)
+		return err
 	}
 }
 
 // ProcessPipelineHook is part of redis.Hook.
 func (c *counter) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
 	return func(ctx context.Context, cmds []redis.Cmder) error {
+		err := next(ctx, cmds)
 		if len(cmds) > 0 {
 			c.add(cmds...)
 		}
-		return next(ctx, cmds)
+		return err
 	}
 }
 
