@@ -3,6 +3,7 @@ package coord
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"strconv"
@@ -288,33 +289,41 @@ func (c *Client) renew(ctx context.Context, cl Claim, progress string, groups []
 
 // lightRenew is a renewal in plain commands, one round trip and no script:
 // PEXPIRE of each claim's lease key, the lease-expiry index brought up to
-// date (ZADD XX, at Redis time at, see beatTime), the progress and
+// date (at Redis time at, see beatTime), the progress and
 // heartbeat writes, the generation's state and the free-slot count.
 // Renewals were the most frequent script call of a task (about 5 a host
 // at 10,000 simulated hosts), and a script call costs Redis several times
 // its commands. The index is only a hint: the reaper expires a claim only
-// when its lease key's own TTL, kept by Redis's clock, has run out.
+// when its lease key's own TTL, kept by Redis's clock, has run out. Each
+// lease is read (GET) in the same round trip, to be checked after.
 //
 // ok is false, after which the script must run, when a lease key is gone
 // (Redis lost it, or the renewal came late: the script re-creates it or
-// reports the claim lost) or the generation was cancelled (the script
-// reports every claim lost). A lease key holds one claim id's lease, and
-// only this host writes it, so extending it without reading it first
-// extends at worst this host's newer claim under the same id.
+// reports the claim lost), holds another claim's lease than the one
+// renewed (Redis went back to an older state, a failover or a replay: the
+// script re-takes the slot or reports the claim lost), or the generation
+// was cancelled (the script reports every claim lost). The lease keys it
+// extended meanwhile are this host's own, which the script then sets
+// right. The index entry is written whether or not it was there, as the
+// script does: a claim whose entry went missing is reaped all the same
+// once its lease runs out.
 func (c *Client) lightRenew(ctx context.Context, cl Claim, progress string, groups []string, others []Claim, at time.Time) (r Renewals, ok bool, err error) {
 	claims := append([]Claim{cl}, others...)
 	ttl := c.cfg.LeaseTTL
+	held := make([]*redis.StringCmd, len(claims))
 	exp := make([]*redis.BoolCmd, len(claims))
 	index := make([]redis.Z, len(claims))
 	var gen *redis.SliceCmd
 	var free []*redis.IntCmd
 	var starved *redis.IntCmd
-	_, err = c.rdb.Pipelined(ctx, func(pl redis.Pipeliner) error {
+	cmds, err := c.rdb.Pipelined(ctx, func(pl redis.Pipeliner) error {
 		for i, o := range claims {
-			exp[i] = pl.PExpire(ctx, c.keys.Lease(o.id()), ttl)
+			key := c.keys.Lease(o.id())
+			held[i] = pl.Get(ctx, key)
+			exp[i] = pl.PExpire(ctx, key, ttl)
 			index[i] = redis.Z{Score: float64(at.Add(ttl).UnixMilli()), Member: o.id()}
 		}
-		pl.ZAddXX(ctx, c.keys.LeaseIndex(), index...)
+		pl.ZAdd(ctx, c.keys.LeaseIndex(), index...)
 		if progress != "" {
 			beat := redis.Z{Score: float64(at.UnixMilli()), Member: cl.Host}
 			pl.HSet(ctx, c.keys.Progress(), cl.Host, progress)
@@ -328,11 +337,16 @@ func (c *Client) lightRenew(ctx context.Context, cl Claim, progress string, grou
 		starved = c.countStarved(ctx, pl, at)
 		return nil
 	})
-	if err != nil {
+	for _, cmd := range cmds {
+		if e := cmd.Err(); e != nil && !errors.Is(e, redis.Nil) {
+			err = e
+		}
+	}
+	if err != nil && !errors.Is(err, redis.Nil) { // nil: a GET of a gone lease
 		return Renewals{}, false, fmt.Errorf("renew lease: %w", err)
 	}
-	for _, e := range exp {
-		if !e.Val() {
+	for i, o := range claims {
+		if !exp[i].Val() || held[i].Val() != strconv.FormatInt(o.Gen.ID, 10)+" "+o.Slot {
 			return Renewals{}, false, nil
 		}
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"slices"
 	"strings"
 	"testing"
@@ -167,6 +168,26 @@ func TestLightRenewal(t *testing.T) {
 			t.Errorf("lease index of %s left at %.0f", first.id(), s)
 		}
 
+		// An index entry gone: the renewal writes it again, so the reaper
+		// still finds the claim once its lease runs out.
+		f.rdb.ZRem(ctx, k.LeaseIndex(), others[0].id())
+		sent.take()
+		if _, err := f.c.RenewReport(ctx, first, Progress{Gen: g.ID, Source: first.Slot}, nil, others); err != nil || scripted() {
+			t.Fatalf("renewal: %v (or it ran a script)", err)
+		}
+		if _, err := f.rdb.ZScore(ctx, k.LeaseIndex(), others[0].id()).Result(); err != nil {
+			t.Errorf("lease index of %s not written again: %v", others[0].id(), err)
+		}
+		// A lease holding another claim's value (Redis went back to an
+		// older state): the script sets it right from the claim record.
+		f.rdb.Set(ctx, k.Lease(first.id()), fmt.Sprintf("%d other#0", g.ID), 15*time.Second)
+		res, err = f.c.RenewReport(ctx, first, Progress{Gen: g.ID, Source: first.Slot}, nil, others)
+		if err != nil || !scripted() || !res.Claims[0].Restored {
+			t.Fatalf("renewal of a lease holding another claim: %+v, %v; want the script, the lease re-created", res, err)
+		}
+		if v := f.rdb.Get(ctx, k.Lease(first.id())).Val(); v != fmt.Sprintf("%d %s", g.ID, first.Slot) {
+			t.Fatalf("lease after the renewal: %q", v)
+		}
 		// A lease gone: the script re-creates it.
 		f.rdb.Del(ctx, k.Lease(others[0].id()))
 		sent.take()

@@ -213,6 +213,9 @@ type swarm struct {
 	// them and the free slots.
 	starved   int64
 	outlookAt time.Time
+	// askAfter: while hosts wait for a first source, grow asks again no
+	// sooner than this (a queued host's pace, see queuedPoll).
+	askAfter time.Time
 }
 
 // outlookFresh is how long what a renewal or an outlook counted stands
@@ -229,6 +232,12 @@ func (s *swarm) outlook(o coord.Outlook, at time.Time) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.free, s.starved, s.outlookAt = o.Free, o.Starved, at
+	s.askAfter = time.Time{}
+	if o.Starved > 0 {
+		// As a claim that yielded would wait (see grow), so a pull asks
+		// about as often as the waiting hosts claim.
+		s.askAfter = at.Add(queuedPoll(s.m.cfg.Poll, o.Starved))
+	}
 }
 
 // growWaits reports whether grow claims nothing now (s.mu held). With no
@@ -341,6 +350,9 @@ func (s *swarm) grow(ctx context.Context) {
 	s.mu.Lock()
 	wait := s.growWaits(now) || !s.needsSource()
 	stale := now.Sub(s.outlookAt) > outlookFresh
+	if stale && now.Before(s.askAfter) {
+		wait = true // hosts waited at the last count: not yet asked again
+	}
 	s.mu.Unlock()
 	if wait {
 		return

@@ -477,6 +477,7 @@ func (c *claimCounter) Outlook(context.Context) (coord.Outlook, error) {
 func TestGrowWaitsForFreeSlots(t *testing.T) {
 	ctx := context.Background()
 	m := testMinion(t, t.TempDir())
+	m.cfg.Poll = time.Second // a queued host's pace: a second or more
 	co := &claimCounter{}
 	m.coord = co
 	src := &source{m: m, cl: &coord.Claim{Host: "h", Slot: "p#0", Source: "p", Partial: true}}
@@ -484,21 +485,23 @@ func TestGrowWaitsForFreeSlots(t *testing.T) {
 	src.sw = sw
 	for _, step := range []struct {
 		renewal *coord.Outlook // what a renewal counts before the grow
-		stale   bool           // the last count is older than outlookFresh
+		stale   bool           // the last count is older than outlookFresh (and its pause, unless paced, over)
+		paced   bool           // the pause after a count of waiting hosts runs still
 		probe   coord.Outlook  // what an outlook would count
 		claims  int            // claims made so far, after the grow
 		probes  int            // outlooks asked so far
 		what    string
 	}{
-		{nil, false, coord.Outlook{Free: 1}, 1, 1, "before any renewal: asked, then tried"},
-		{nil, false, coord.Outlook{Free: 1}, 1, 1, "after a claim found nothing, before a renewal: neither"},
-		{&coord.Outlook{}, false, coord.Outlook{}, 1, 1, "after a renewal counted no slot free: not tried"},
-		{&coord.Outlook{Free: 2}, false, coord.Outlook{}, 2, 1, "after a renewal counted slots free, backed off far: tried at once"},
-		{&coord.Outlook{Free: 2}, false, coord.Outlook{}, 2, 1, "with no more slots free than at the miss: the back-off holds"},
-		{&coord.Outlook{Free: 3}, false, coord.Outlook{}, 3, 1, "after a renewal counted one more slot free: tried"},
-		{&coord.Outlook{Free: 9, Starved: 4}, false, coord.Outlook{}, 3, 1, "while a renewal counts hosts waiting: not tried"},
-		{nil, true, coord.Outlook{Free: 9, Starved: 2}, 3, 2, "an outlook counts hosts waiting: not tried"},
-		{nil, true, coord.Outlook{Free: 9}, 4, 3, "an outlook counts none waiting and slots free: tried"},
+		{nil, false, false, coord.Outlook{Free: 1}, 1, 1, "before any renewal: asked, then tried"},
+		{nil, false, false, coord.Outlook{Free: 1}, 1, 1, "after a claim found nothing, before a renewal: neither"},
+		{&coord.Outlook{}, false, false, coord.Outlook{}, 1, 1, "after a renewal counted no slot free: not tried"},
+		{&coord.Outlook{Free: 2}, false, false, coord.Outlook{}, 2, 1, "after a renewal counted slots free, backed off far: tried at once"},
+		{&coord.Outlook{Free: 2}, false, false, coord.Outlook{}, 2, 1, "with no more slots free than at the miss: the back-off holds"},
+		{&coord.Outlook{Free: 3}, false, false, coord.Outlook{}, 3, 1, "after a renewal counted one more slot free: tried"},
+		{&coord.Outlook{Free: 9, Starved: 4}, false, false, coord.Outlook{}, 3, 1, "while a renewal counts hosts waiting: not tried"},
+		{nil, true, false, coord.Outlook{Free: 9, Starved: 2}, 3, 2, "an outlook counts hosts waiting: not tried"},
+		{nil, true, true, coord.Outlook{Free: 9}, 3, 2, "hosts waited at the last count, older than outlookFresh: not asked again before a queued host's pace"},
+		{nil, true, false, coord.Outlook{Free: 9}, 4, 3, "an outlook counts none waiting and slots free: tried"},
 	} {
 		if step.renewal != nil {
 			sw.outlook(*step.renewal, time.Now())
@@ -511,6 +514,9 @@ func TestGrowWaitsForFreeSlots(t *testing.T) {
 		if step.stale {
 			sw.outlookAt = time.Now().Add(-2 * outlookFresh)
 			sw.nextGrow = time.Time{} // the yield's pause is over
+			if !step.paced {
+				sw.askAfter = time.Time{}
+			}
 		}
 		sw.mu.Unlock()
 		sw.grow(ctx)
