@@ -316,7 +316,7 @@ func (c *Client) lightRenew(ctx context.Context, cl Claim, progress string, grou
 	var gen *redis.SliceCmd
 	var free []*redis.IntCmd
 	var starved *redis.IntCmd
-	cmds, err := c.rdb.Pipelined(ctx, func(pl redis.Pipeliner) error {
+	cmds, _ := c.rdb.Pipelined(ctx, func(pl redis.Pipeliner) error {
 		for i, o := range claims {
 			key := c.keys.Lease(o.id())
 			held[i] = pl.Get(ctx, key)
@@ -325,25 +325,18 @@ func (c *Client) lightRenew(ctx context.Context, cl Claim, progress string, grou
 		}
 		pl.ZAdd(ctx, c.keys.LeaseIndex(), index...)
 		if progress != "" {
-			beat := redis.Z{Score: float64(at.UnixMilli()), Member: cl.Host}
 			pl.HSet(ctx, c.keys.Progress(), cl.Host, progress)
-			pl.ZAdd(ctx, c.keys.Heartbeats(), beat)
-			for _, g := range groups {
-				pl.ZAdd(ctx, c.keys.GroupHeartbeats(g), beat)
-			}
+			c.queueBeat(ctx, pl, cl.Host, groups, at)
 		}
 		gen = pl.HMGet(ctx, c.keys.Generation(), "id", "state")
 		free = c.countFree(ctx, pl)
 		starved = c.countStarved(ctx, pl, at)
 		return nil
 	})
-	for _, cmd := range cmds {
-		if e := cmd.Err(); e != nil && !errors.Is(e, redis.Nil) {
-			err = e
+	for _, cmd := range cmds { // every command carries the pipeline's failure
+		if err := cmd.Err(); err != nil && !errors.Is(err, redis.Nil) { // nil: a GET of a gone lease
+			return Renewals{}, false, fmt.Errorf("renew lease: %w", err)
 		}
-	}
-	if err != nil && !errors.Is(err, redis.Nil) { // nil: a GET of a gone lease
-		return Renewals{}, false, fmt.Errorf("renew lease: %w", err)
 	}
 	for i, o := range claims {
 		if !exp[i].Val() || held[i].Val() != strconv.FormatInt(o.Gen.ID, 10)+" "+o.Slot {

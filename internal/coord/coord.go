@@ -786,15 +786,11 @@ func (c *Client) beatTime() (time.Time, bool) {
 // false when the host's registration is gone: the script must register
 // it again.
 func (c *Client) lightBeat(ctx context.Context, h Host, b Beat, at time.Time) (p Pulse, done, registered bool, err error) {
-	z := redis.Z{Score: float64(at.UnixMilli()), Member: h.ID}
 	var gen *redis.SliceCmd
 	var listed, reg *redis.BoolCmd
 	_, err = c.rdb.Pipelined(ctx, func(pl redis.Pipeliner) error {
 		reg = pl.HExists(ctx, c.keys.Hosts(), h.ID)
-		pl.ZAdd(ctx, c.keys.Heartbeats(), z)
-		for _, g := range h.Groups {
-			pl.ZAdd(ctx, c.keys.GroupHeartbeats(g), z)
-		}
+		c.queueBeat(ctx, pl, h.ID, h.Groups, at)
 		gen = pl.HMGet(ctx, c.keys.Generation(), "id", "digest", "state")
 		if b.Held.ID > 0 {
 			listed = pl.SIsMember(ctx, c.keys.Finished(), h.ID)
@@ -817,6 +813,17 @@ func (c *Client) lightBeat(ctx context.Context, h Host, b Beat, at time.Time) (p
 		return p, false, reg.Val(), nil
 	}
 	return p, true, reg.Val(), nil
+}
+
+// queueBeat queues host's heartbeat at Redis time at (see beatTime) in
+// the heartbeat index and those of its groups: a light heartbeat's, and
+// a light renewal's, which beats for a pulling host.
+func (c *Client) queueBeat(ctx context.Context, pl redis.Pipeliner, host string, groups []string, at time.Time) {
+	z := redis.Z{Score: float64(at.UnixMilli()), Member: host}
+	pl.ZAdd(ctx, c.keys.Heartbeats(), z)
+	for _, g := range groups {
+		pl.ZAdd(ctx, c.keys.GroupHeartbeats(g), z)
+	}
 }
 
 // scriptBeat is the heartbeat script: registration, offer and re-assertion

@@ -208,14 +208,11 @@ type swarm struct {
 	// hosts wait: yielded).
 	free, freeAtMiss int64
 	yielded          bool
-	// starved is how many hosts waited for a first source at outlookAt,
-	// when a renewal or an outlook (coord.Client.Outlook) last counted
-	// them and the free slots.
-	starved   int64
-	outlookAt time.Time
-	// askAfter: while hosts wait for a first source, grow asks again no
-	// sooner than this (a queued host's pace, see queuedPoll).
-	askAfter time.Time
+	// outlookAt is when a renewal or an outlook (coord.Client.Outlook)
+	// last counted the free slots and the hosts waiting for a first
+	// source; while that count found hosts waiting, grow neither claims
+	// nor asks again before askAfter (a waiting host's pace).
+	outlookAt, askAfter time.Time
 }
 
 // outlookFresh is how long what a renewal or an outlook counted stands
@@ -231,12 +228,12 @@ const freeUnknown = -1
 func (s *swarm) outlook(o coord.Outlook, at time.Time) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.free, s.starved, s.outlookAt = o.Free, o.Starved, at
+	s.free, s.outlookAt = o.Free, at
 	s.askAfter = time.Time{}
 	if o.Starved > 0 {
 		// As a claim that yielded would wait (see grow), so a pull asks
 		// about as often as the waiting hosts claim.
-		s.askAfter = at.Add(queuedPoll(s.m.cfg.Poll, o.Starved))
+		s.askAfter = at.Add(max(queuedPoll(s.m.cfg.Poll, o.Starved), outlookFresh))
 	}
 }
 
@@ -245,15 +242,15 @@ func (s *swarm) outlook(o coord.Outlook, at time.Time) {
 // script call, and at 1,000 simulated hosts such claims were a quarter of
 // its time. With more slots free than when the last claim missed, it
 // tries at once whatever its back-off: a finished host's slots are taken
-// within a renewal. While hosts wait for a first source (as counted
-// within outlookFresh) it waits too: the claim would yield to them.
+// within a renewal. While the last count found hosts waiting for a first
+// source it waits too, until askAfter: the claim would yield to them.
 // Otherwise the back-off (growBackoff) decides.
 func (s *swarm) growWaits(now time.Time) bool {
 	switch {
 	case s.free == 0:
 		return true
-	case s.starved > 0 && now.Sub(s.outlookAt) <= outlookFresh:
-		return true // the claim would yield to them
+	case now.Before(s.askAfter):
+		return true // hosts waited at the last count: the claim would yield to them
 	case !s.yielded && s.free > s.freeAtMiss: // never while unknown
 		return false
 	}
@@ -350,9 +347,6 @@ func (s *swarm) grow(ctx context.Context) {
 	s.mu.Lock()
 	wait := s.growWaits(now) || !s.needsSource()
 	stale := now.Sub(s.outlookAt) > outlookFresh
-	if stale && now.Before(s.askAfter) {
-		wait = true // hosts waited at the last count: not yet asked again
-	}
 	s.mu.Unlock()
 	if wait {
 		return

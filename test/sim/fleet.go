@@ -175,7 +175,7 @@ func (c *counter) add(cmds ...redis.Cmder) {
 			if args := cmd.Args(); len(args) > 1 {
 				if s := coord.ScriptName(fmt.Sprint(args[1])); s != "" {
 					name += " " + s + claimKind(s, args)
-					if s == "claim" && claimFound(cmd) == "none" {
+					if s == "claim" && foundNoSource(cmd) {
 						name += ", none"
 					}
 				}
@@ -214,17 +214,15 @@ func claimKind(script string, args []any) string {
 	return ""
 }
 
-// claimFound is "none" when a claim script's reply says it found no
-// source ("nosource"), "" otherwise (a claim, another refusal, an error).
-func claimFound(cmd redis.Cmder) string {
+// foundNoSource reports whether a claim script's reply says it found no
+// source ("nosource"; not a claim, another refusal or an error).
+func foundNoSource(cmd redis.Cmder) bool {
 	c, ok := cmd.(*redis.Cmd)
 	if !ok {
-		return ""
+		return false
 	}
-	if res, ok := c.Val().([]any); ok && len(res) > 0 && res[0] == "nosource" {
-		return "none"
-	}
-	return ""
+	res, ok := c.Val().([]any)
+	return ok && len(res) > 0 && res[0] == "nosource"
 }
 
 // take returns the counts since the last take and starts again.
