@@ -19,16 +19,16 @@ import (
 	"log"
 	"os"
 
-	"lukechampine.com/blake3"
+	"github.com/zeebo/blake3"
 )
 
 const seed = "fanout chunk gear table v1"
 
 func main() {
 	var raw [256 * 8]byte
-	h := blake3.New(32, nil)
+	h := blake3.New()
 	h.Write([]byte(seed))
-	if _, err := h.XOF().Read(raw[:]); err != nil {
+	if _, err := h.Digest().Read(raw[:]); err != nil {
 		log.Fatal(err)
 	}
 	var b bytes.Buffer

@@ -7,7 +7,7 @@ import (
 	"io"
 	"sync/atomic"
 
-	"lukechampine.com/blake3"
+	"github.com/zeebo/blake3"
 )
 
 // Sum is the BLAKE3-256 hash of a chunk's bytes.
@@ -116,7 +116,7 @@ type piece struct {
 // describe, in order; chunk 0 starts the stream. A chunk may be empty; a
 // negative length is a programming error and panics.
 func NewVerifier(refs []Ref) *Verifier {
-	v := &Verifier{refs: refs, h: blake3.New(32, nil)}
+	v := &Verifier{refs: refs, h: blake3.New()}
 	var total int64
 	for i, r := range refs {
 		if r.Len < 0 {

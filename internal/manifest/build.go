@@ -13,7 +13,7 @@ import (
 	"syscall"
 	"unicode/utf8"
 
-	"lukechampine.com/blake3"
+	"github.com/zeebo/blake3"
 
 	"github.com/fanout/fanout/internal/chunk"
 	"github.com/fanout/fanout/internal/exclude"
@@ -62,7 +62,7 @@ type Options struct {
 }
 
 // NewHash returns the content hash fanout uses: BLAKE3-256.
-func NewHash() hash.Hash { return blake3.New(32, nil) }
+func NewHash() hash.Hash { return blake3.New() }
 
 // Build walks the task at root (a directory or a regular file), never
 // following symlinks, and returns its manifest in tree order; entry "."

@@ -16,7 +16,7 @@ import (
 	"testing"
 	"time"
 
-	"lukechampine.com/blake3"
+	"github.com/zeebo/blake3"
 )
 
 func mustWrite(t *testing.T, p string, data string, mode fs.FileMode, mtime time.Time) {

@@ -9,7 +9,7 @@ import (
 	"io/fs"
 	"strings"
 
-	"lukechampine.com/blake3"
+	"github.com/zeebo/blake3"
 
 	"github.com/fanout/fanout/internal/chunk"
 	"github.com/fanout/fanout/internal/exclude"

@@ -11,7 +11,7 @@ import (
 	"strings"
 	"testing"
 
-	"lukechampine.com/blake3"
+	"github.com/zeebo/blake3"
 
 	"github.com/fanout/fanout/internal/chunk"
 )
@@ -162,8 +162,11 @@ func TestChunkListHash(t *testing.T) {
 	// The definition, as its documentation states it, and pinned: it is
 	// part of format 3.
 	var key [32]byte
-	blake3.DeriveKey(key[:], "fanout 2026-11-28 manifest format 3 chunk list v1", nil)
-	kh := blake3.New(32, key[:])
+	blake3.DeriveKey("fanout 2026-11-28 manifest format 3 chunk list v1", nil, key[:])
+	kh, err := blake3.NewKeyed(key[:])
+	if err != nil {
+		t.Fatal(err)
+	}
 	kh.Write([]byte{3, 0, 0, 0, 0, 0, 0, 0})
 	sa := chunk.Hash([]byte("abc"))
 	kh.Write(sa[:])

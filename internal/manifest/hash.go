@@ -5,7 +5,7 @@ import (
 	"encoding/hex"
 	"fmt"
 
-	"lukechampine.com/blake3"
+	"github.com/zeebo/blake3"
 
 	"github.com/fanout/fanout/internal/chunk"
 )
@@ -42,8 +42,12 @@ type listHasher struct {
 
 func newListHasher() *listHasher {
 	var key [32]byte
-	blake3.DeriveKey(key[:], chunkListContext, nil)
-	return &listHasher{h: blake3.New(32, key[:])}
+	blake3.DeriveKey(chunkListContext, nil, key[:])
+	h, err := blake3.NewKeyed(key[:])
+	if err != nil {
+		panic(err) // a key of 32 bytes is never refused
+	}
+	return &listHasher{h: h}
 }
 
 func (l *listHasher) add(n int64, sum chunk.Sum) {

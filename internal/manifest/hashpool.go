@@ -13,7 +13,7 @@ import (
 	"sync/atomic"
 	"syscall"
 
-	"lukechampine.com/blake3"
+	"github.com/zeebo/blake3"
 
 	"github.com/fanout/fanout/internal/chunk"
 )
@@ -187,7 +187,7 @@ func (p *hashPool) hash(w *hashWorker, j *hashJob) (fileHash, error) {
 // hashChunks is a chunk hasher.
 func (p *hashPool) hashChunks() {
 	defer p.hashers.Done()
-	h := blake3.New(32, nil)
+	h := blake3.New()
 	for t := range p.tasks {
 		sum := sum256(h, t.data)
 		t.res.mu.Lock()
@@ -244,7 +244,7 @@ func (p *hashPool) hashBig(w *hashWorker, osPath string, size int64) (fileHash, 
 	if p.whole {
 		whole = make(chan piece, 64)
 		go func() {
-			h := blake3.New(32, nil)
+			h := blake3.New()
 			for pc := range whole {
 				h.Write(pc.data)
 				p.release(pc.blk)
@@ -328,11 +328,11 @@ type hashWorker struct {
 }
 
 func newHashWorker(ctx context.Context, params *chunk.Params, whole bool) *hashWorker {
-	w := &hashWorker{ctx: ctx, params: params, whole: whole, h: blake3.New(32, nil)}
+	w := &hashWorker{ctx: ctx, params: params, whole: whole, h: blake3.New()}
 	if params != nil {
 		// Params were validated by the caller; New checks them again.
 		w.c, _ = chunk.New(nil, *params)
-		w.wh = blake3.New(32, nil)
+		w.wh = blake3.New()
 	}
 	return w
 }
@@ -395,8 +395,8 @@ func (w *hashWorker) hash(path string, size int64) (fileHash, error) {
 }
 
 // sum256 returns the BLAKE3-256 of data, computed with h. It is
-// chunk.Hash without the copy of a hasher that blake3.Sum256 makes per
-// call, which shows with small files.
+// chunk.Hash without the hasher state (8 KiB) that blake3.Sum256 sets up
+// per call, which shows with small files.
 func sum256(h *blake3.Hasher, data []byte) (sum chunk.Sum) {
 	h.Reset()
 	h.Write(data)

@@ -19,7 +19,7 @@ import (
 	"testing"
 	"time"
 
-	"lukechampine.com/blake3"
+	"github.com/zeebo/blake3"
 
 	"github.com/fanout/fanout/internal/chunk"
 )
@@ -73,7 +73,7 @@ func cutAndHash(t *testing.T, r io.Reader, p chunk.Params, base int64, each func
 	if err != nil {
 		t.Fatal(err)
 	}
-	h := blake3.New(32, nil)
+	h := blake3.New()
 	for {
 		ch, err := c.Next()
 		if errors.Is(err, io.EOF) {
