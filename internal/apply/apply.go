@@ -234,6 +234,10 @@ type applier struct {
 	metaFS   map[uint64]metaFS     // filesystems to sync, by device
 	syncErrs []error               // failures to sync so far
 
+	// hashes holds whole-content hashers (hash.Hash) for reuse: a BLAKE3
+	// hasher is about 10 KiB, allocated per file otherwise.
+	hashes sync.Pool
+
 	// synced, when set (by tests), is told of every sync: "fsync" or
 	// "syncfs", and the directory's OS path.
 	synced func(op, osPath string)

@@ -261,7 +261,7 @@ func (a *applier) begin(e manifest.Entry, part bool) (in *incoming, err error) {
 		}
 		sk.v, sk.want = chunk.NewVerifier(refs), e.Hash
 	} else {
-		sk.h = manifest.NewHash()
+		sk.h = a.newHash()
 	}
 	in = &incoming{a: a, e: e, f: f, l: l, tmp: tmp, sink: sk}
 	if obs := a.opts.Observer; obs != nil {
@@ -269,6 +269,16 @@ func (a *applier) begin(e manifest.Entry, part bool) (in *incoming, err error) {
 		in.sink.wrote = func(n int64) { obs.Wrote(e, n) }
 	}
 	return in, nil
+}
+
+// newHash returns a whole-content hasher, reset: one end gave back or a
+// new one.
+func (a *applier) newHash() hash.Hash {
+	if h, ok := a.hashes.Get().(hash.Hash); ok {
+		h.Reset()
+		return h
+	}
+	return manifest.NewHash()
 }
 
 // end finishes the file once the fetcher returned ferr: it verifies it,
@@ -289,6 +299,10 @@ func (in *incoming) end(ferr error) (err error) {
 		// Fsynced on success, removed on failure: closing loses nothing.
 		in.f.Close()
 		a.release(l.key)
+		if s.h != nil {
+			a.hashes.Put(s.h)
+			s.h = nil
+		}
 	}()
 	got, verr := s.close()
 	switch {

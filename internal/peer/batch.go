@@ -104,6 +104,8 @@ func (s *Server) serveBatch(w http.ResponseWriter, r *http.Request, v *view) err
 	}
 	body := s.bodyWriter(w, r)
 	rc := http.NewResponseController(w)
+	var o opener
+	defer o.close()
 	for _, i := range idx {
 		e := entries[i]
 		var out io.Writer = body
@@ -117,7 +119,7 @@ func (s *Server) serveBatch(w http.ResponseWriter, r *http.Request, v *view) err
 			rc.Flush()
 			out = flushWriter{w: body, rc: rc}
 		}
-		if err := s.sendWhole(out, r, sv, e); err != nil {
+		if err := s.sendWhole(out, r, sv, e, &o); err != nil {
 			if r.Context().Err() == nil {
 				s.cfg.Log.WithError(err).WithField("path", e.Path).Warn("batch broken off")
 			}
@@ -127,9 +129,9 @@ func (s *Server) serveBatch(w http.ResponseWriter, r *http.Request, v *view) err
 	return nil
 }
 
-// sendWhole writes the whole content of file e to w: from disk, or as it
-// lands when it is still being received.
-func (s *Server) sendWhole(w io.Writer, r *http.Request, sv *served, e manifest.Entry) error {
+// sendWhole writes the whole content of file e to w: from disk, opened with
+// o, or as it lands when it is still being received.
+func (s *Server) sendWhole(w io.Writer, r *http.Request, sv *served, e manifest.Entry, o *opener) error {
 	snap := sv.snap
 	var body io.ReadCloser
 	if in := snap.Incoming; in != nil && in.Pending(e.Path) {
@@ -139,7 +141,7 @@ func (s *Server) sendWhole(w io.Writer, r *http.Request, sv *served, e manifest.
 		}
 		body = rc
 	} else {
-		f, err := openEntry(snap.Root, e.Path)
+		f, err := o.open(snap.Root, e.Path)
 		if err != nil {
 			return err
 		}
