@@ -23,14 +23,17 @@ import (
 // hash one file at a time; the caller collects the results once wait has
 // returned and puts them in its own order.
 //
-// A big file in format 3 is read by its worker into blocks and cut there,
-// one chunk after the other, and its chunks are hashed where they lie by
-// chunk hashers, GOMAXPROCS goroutines that do nothing else. At most
-// maxBig big files are read so at once (a worker that finds the others
-// busy hashes its big file alone), and their blocks come from a pool of
-// 2·maxBig+2, so memory stays bounded whatever the file sizes. A chunk
-// hasher only ever waits for work and a reader holds one block while it
-// waits for another, so a reader always gets one.
+// A big file in format 3 is read into blocks and cut there, one chunk
+// after the other, and its chunks are hashed where they lie by chunk
+// hashers, GOMAXPROCS goroutines that do nothing else. Cutting is
+// sequential and slower than hashing, so a file of several segments
+// (segmentSize) is cut by several readers at once, one a segment, and the
+// cuts are then stitched into those a single reader would have made (see
+// stitch). At most maxBig readers run at once (each holds a token of big;
+// a worker that finds none hashes its big file alone), and their blocks
+// come from a pool of 2·maxBig+2, so memory stays bounded whatever the
+// file sizes. A chunk hasher only ever waits for work and a reader holds
+// one block while it waits for another, so a reader always gets one.
 type hashPool struct {
 	ctx    context.Context
 	cancel context.CancelCauseFunc
@@ -68,11 +71,24 @@ type chunkTask struct {
 	done *sync.WaitGroup
 }
 
-// bigResult collects the chunk sums of a big file as they come in.
+// bigResult collects the chunks cut from start on, as they come in:
+// their lengths in order, and their sums as the chunk hashers fill them.
 type bigResult struct {
+	start int64
+	whole chan string // the whole-content hash, when asked for
+
 	mu   sync.Mutex
 	lens []int64
 	sums []chunk.Sum
+}
+
+// end is the offset where the last chunk cut ends.
+func (r *bigResult) end() int64 {
+	end := r.start
+	for _, n := range r.lens {
+		end += n
+	}
+	return end
 }
 
 // block is a piece of a big file as read, shared by its reader, the tasks
@@ -98,9 +114,11 @@ func newHashPool(ctx context.Context, params *chunk.Params, whole bool, cache *C
 	p := &hashPool{ctx: ctx, cancel: cancel, params: params, whole: whole && params != nil, cache: cache,
 		jobs: make(chan *hashJob, 4*n)}
 	if params != nil && n > 1 {
-		// A reader cuts at about a core's worth of BLAKE3, so a big file
-		// keeps about two cores busy: half the cores read, up to 8.
-		maxBig := max(1, min(n/2, 8))
+		// A reader cuts at about half a core's worth of BLAKE3, so a
+		// reader keeps about one and a half cores busy: as many readers
+		// as cores, up to 8, leave no core idle when one big file is
+		// cut in segments.
+		maxBig := max(1, min(n, 8))
 		p.cutter, _ = chunk.NewCutter(*params) // validated by the caller
 		p.big = make(chan struct{}, maxBig)
 		p.maxBlocks = int32(2*maxBig + 2)
@@ -223,40 +241,107 @@ func (p *hashPool) release(b *block) {
 	}
 }
 
-// hashBig hashes a big file in format 3: w reads it into blocks and cuts
-// them, the chunk hashers hash the chunks where they lie, and when the
-// whole-content hash is wanted a goroutine of its own computes it from the
-// same blocks, in order.
+// segmentSize is the least length of the segments a big file is cut in
+// by readers working at once: 128 of the largest chunks (64 MiB with the
+// default sizes), so the chunks cut twice where segments meet (usually
+// one or two) cost under 1 %.
+func segmentSize(p *chunk.Params) int64 { return 128 * int64(p.Max) }
+
+// hashBig hashes a big file in format 3: readers cut its segments into
+// blocks, the chunk hashers hash the chunks where they lie, and stitch
+// joins the segments' cuts. When the whole-content hash is wanted, the
+// file is one segment and a goroutine of its own hashes it from the same
+// blocks, in order. The caller holds one token of p.big.
 func (p *hashPool) hashBig(w *hashWorker, osPath string, size int64) (fileHash, error) {
-	f, r, err := w.open(osPath, size)
+	f, err := openRegular(osPath)
 	if err != nil {
-		return fileHash{}, err
+		return fileHash{}, fmt.Errorf("hash %s: %w", osPath, err)
 	}
 	defer f.Close()
-	res := &bigResult{}
+	// More readers, as tokens allow: a segment each.
+	nseg := 1
+	if !p.whole {
+		for int64(nseg+1)*segmentSize(p.params) <= size {
+			select {
+			case p.big <- struct{}{}:
+				nseg++
+				defer func() { <-p.big }()
+				continue
+			default:
+			}
+			break
+		}
+	}
+	segs := make([]*bigResult, nseg)
+	for k := range segs {
+		// Segments start at multiples of the largest chunk: a run of
+		// bytes with no cut point in it (zeros) is cut at every Max from
+		// the file's start, so those cuts meet at once.
+		start := size * int64(k) / int64(nseg)
+		segs[k] = &bigResult{start: start - start%int64(p.params.Max)}
+	}
 	var pending sync.WaitGroup
+	errs := make([]error, nseg)
+	var readers sync.WaitGroup
+	for k := 1; k < nseg; k++ {
+		readers.Go(func() { errs[k] = p.cutSegment(f, size, segs[k], segs[k+1:], &pending) })
+	}
+	errs[0] = p.cutSegment(f, size, segs[0], segs[1:], &pending)
+	readers.Wait()
+	pending.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return fileHash{}, fmt.Errorf("hash %s: %w", osPath, err)
+	}
+	var wholeHash string
+	if p.whole {
+		wholeHash = <-segs[0].whole
+	}
+	lens, sums, err := stitch(w, f, size, p.params, segs)
+	if err != nil {
+		return fileHash{}, fmt.Errorf("hash %s: %w", osPath, err)
+	}
+	if len(sums) == 0 {
+		return fileHash{hash: chunk.Hash(nil).String()}, nil
+	}
+	return chunked(lens, sums, wholeHash), nil
+}
+
+// cutSegment reads f (size bytes) from res.start on into blocks and cuts
+// them into chunks, recorded in res and handed to the chunk hashers
+// (pending counts them), until a chunk ends at or past the start of the
+// next segment, if any, or at the end of the file. With p.whole (one
+// segment) it also computes the whole-content hash, sent on res.whole.
+func (p *hashPool) cutSegment(f *os.File, size int64, res *bigResult, next []*bigResult, pending *sync.WaitGroup) error {
+	stop := size
+	if len(next) > 0 {
+		stop = next[0].start
+	}
+	r := &sectionReader{ctx: p.ctx, f: f, off: res.start, size: size}
 	type piece struct {
 		data []byte
 		blk  *block
 	}
 	var whole chan piece
-	wholeSum := make(chan string, 1)
 	if p.whole {
 		whole = make(chan piece, 64)
+		res.whole = make(chan string, 1)
 		go func() {
 			h := blake3.New()
 			for pc := range whole {
 				h.Write(pc.data)
 				p.release(pc.blk)
 			}
-			wholeSum <- hex.EncodeToString(h.Sum(nil))
+			res.whole <- hex.EncodeToString(h.Sum(nil))
 		}()
+		defer close(whole)
 	}
 	maxChunk := p.params.Max
 	blk := p.block()
+	defer func() { p.release(blk) }()
 	var start, end int // blk.data[start:end] is read and not yet cut
+	pos := res.start
 	eof := false
-	for {
+	for pos < stop {
 		if end-start < maxChunk && !eof {
 			if len(blk.data)-start < maxChunk {
 				// The next chunk might not fit: carry the tail over.
@@ -266,6 +351,7 @@ func (p *hashPool) hashBig(w *hashWorker, osPath string, size int64) (fileHash, 
 				p.release(blk)
 				blk = next
 			}
+			var err error
 			for end-start < maxChunk && err == nil {
 				var n int
 				n, err = r.Read(blk.data[end:])
@@ -275,7 +361,7 @@ func (p *hashPool) hashBig(w *hashWorker, osPath string, size int64) (fileHash, 
 				eof, err = true, nil
 			}
 			if err != nil {
-				break
+				return err
 			}
 		}
 		if start == end {
@@ -284,6 +370,7 @@ func (p *hashPool) hashBig(w *hashWorker, osPath string, size int64) (fileHash, 
 		n := p.cutter.Cut(blk.data[start:end])
 		data := blk.data[start : start+n]
 		start += n
+		pos += int64(n)
 		res.mu.Lock()
 		i := len(res.sums)
 		res.lens = append(res.lens, int64(n))
@@ -291,26 +378,71 @@ func (p *hashPool) hashBig(w *hashWorker, osPath string, size int64) (fileHash, 
 		res.mu.Unlock()
 		blk.refs.Add(1)
 		pending.Add(1)
-		p.tasks <- chunkTask{data: data, blk: blk, i: i, res: res, done: &pending}
+		p.tasks <- chunkTask{data: data, blk: blk, i: i, res: res, done: pending}
 		if whole != nil {
 			blk.refs.Add(1)
 			whole <- piece{data, blk}
 		}
 	}
-	p.release(blk)
-	pending.Wait()
-	wholeHash := ""
-	if whole != nil {
-		close(whole)
-		wholeHash = <-wholeSum
+	return nil
+}
+
+// stitch joins the chunks cut in segs (in order, the first starting at 0)
+// into those one reader cutting f from its start would have made. A cut
+// point depends only on where its chunk starts and the bytes after it, so
+// once the cuts carried over from one segment reach a point where a chunk
+// of the next starts, the next segment's cuts are the true ones from there
+// on. Until they meet (usually within a chunk or two) stitch cuts and
+// hashes the chunks itself, with w's hasher, reading f; a segment passed
+// over whole is left out.
+func stitch(w *hashWorker, f *os.File, size int64, params *chunk.Params, segs []*bigResult) ([]int64, []chunk.Sum, error) {
+	lens, sums := segs[0].lens, segs[0].sums
+	pos := segs[0].end()
+	cutter, _ := chunk.NewCutter(*params) // validated by the caller
+	var buf []byte
+	bridge := func() error {
+		if buf == nil {
+			buf = make([]byte, params.Max)
+		}
+		m := int(min(int64(params.Max), size-pos))
+		if _, err := f.ReadAt(buf[:m], pos); err != nil {
+			if errors.Is(err, io.EOF) {
+				err = fmt.Errorf("shrank while it was hashed: %d bytes when listed", size)
+			}
+			return err
+		}
+		n := cutter.Cut(buf[:m])
+		lens = append(lens, int64(n))
+		sums = append(sums, sum256(w.h, buf[:n]))
+		pos += int64(n)
+		return nil
 	}
-	if err != nil {
-		return fileHash{}, fmt.Errorf("hash %s: %w", osPath, err)
+	for _, s := range segs[1:] {
+		off, j := s.start, 0
+		for pos < size {
+			for j < len(s.lens) && off < pos {
+				off += s.lens[j]
+				j++
+			}
+			if j == len(s.lens) {
+				break // passed over: the next segment may meet
+			}
+			if off == pos {
+				lens, sums = append(lens, s.lens[j:]...), append(sums, s.sums[j:]...)
+				pos = s.end()
+				break
+			}
+			if err := bridge(); err != nil {
+				return nil, nil, err
+			}
+		}
 	}
-	if len(res.sums) == 0 {
-		return fileHash{hash: chunk.Hash(nil).String()}, nil
+	for pos < size {
+		if err := bridge(); err != nil {
+			return nil, nil, err
+		}
 	}
-	return chunked(res.lens, res.sums, wholeHash), nil
+	return lens, sums, nil
 }
 
 // hashWorker holds what one goroutine needs to hash files one after the
@@ -427,6 +559,35 @@ func (r *sizedReader) Read(p []byte) (int, error) {
 	if errors.Is(err, io.EOF) {
 		if r.left > 0 {
 			return n, fmt.Errorf("shrank while it was hashed: %d bytes, %d when listed", r.size-r.left, r.size)
+		}
+		err = nil
+	}
+	return n, err
+}
+
+// sectionReader reads a file from off up to size, checking ctx before
+// each read; a file that ends sooner is an error, not a short hash.
+type sectionReader struct {
+	ctx       context.Context
+	f         *os.File
+	off, size int64
+}
+
+func (r *sectionReader) Read(p []byte) (int, error) {
+	if r.off >= r.size {
+		return 0, io.EOF
+	}
+	if err := r.ctx.Err(); err != nil {
+		return 0, err
+	}
+	if int64(len(p)) > r.size-r.off {
+		p = p[:r.size-r.off]
+	}
+	n, err := r.f.ReadAt(p, r.off)
+	r.off += int64(n)
+	if errors.Is(err, io.EOF) {
+		if r.off < r.size {
+			return n, fmt.Errorf("shrank while it was hashed: %d bytes, %d when listed", r.off, r.size)
 		}
 		err = nil
 	}
