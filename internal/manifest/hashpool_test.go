@@ -242,3 +242,54 @@ func TestHashErrors(t *testing.T) {
 		t.Errorf("%d goroutines after the builds, %d before", n, before)
 	}
 }
+
+// TestCacheHolds: the cache vouches for a file it hashed, as it is, with
+// the Hash the manifest gave it, in formats 2 and 3; not for another
+// hash, nor once the file was written, even with its mtime given back.
+func TestCacheHolds(t *testing.T) {
+	root, _ := chunkTree(t, sizes3)
+	ctx := context.Background()
+	p := tiny
+	c := NewCache()
+	m3, err := Build(ctx, root, Options{Hash: true, Chunking: &p, Cache: c})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m2, err := Build(ctx, root, Options{Hash: true, Cache: c})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"small", "a/one", "a/several", "b/big"} {
+		path := filepath.Join(root, filepath.FromSlash(name))
+		fi, err := os.Lstat(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		e3, _ := m3.Lookup(name)
+		e2, _ := m2.Lookup(name)
+		if !c.Holds(path, fi, &p, e3.Hash) || !c.Holds(path, fi, nil, e2.Hash) {
+			t.Errorf("%s: the cache does not hold the hashes it was given", name)
+		}
+		if c.Holds(path, fi, &p, strings.Repeat("0f", 32)) {
+			t.Errorf("%s: held with another hash", name)
+		}
+	}
+	path := filepath.Join(root, "b", "big")
+	before, _ := os.Lstat(path)
+	e, _ := m3.Lookup("b/big")
+	time.Sleep(20 * time.Millisecond) // past the kernel's coarse ctime tick
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, data, 0o644); err != nil { // the same bytes
+		t.Fatal(err)
+	}
+	if err := os.Chtimes(path, before.ModTime(), before.ModTime()); err != nil {
+		t.Fatal(err)
+	}
+	after, _ := os.Lstat(path)
+	if c.Holds(path, after, &p, e.Hash) {
+		t.Error("held after a write, mtime given back")
+	}
+}
