@@ -250,23 +250,6 @@ func (c *Cache) getChunks(path string, fi fs.FileInfo, p chunk.Params) (fileHash
 	return chunked(lens, sums, whole), true
 }
 
-// Holds reports whether hash is what the cache holds for the file at path
-// as fi still describes it: its whole-content hash, or its format 3 Hash
-// cut with p (nil: whole-content hashes only). Since the cache keeps only
-// hashes of files whose mtime was older than racyWindow when hashed, and
-// any write moves the mtime and the ctime, a file it holds has the content
-// hashed then.
-func (c *Cache) Holds(path string, fi fs.FileInfo, p *chunk.Params, hash string) bool {
-	if h, ok := c.Get(path, fi); ok && h == hash {
-		return true
-	}
-	if p == nil || fi.Size() <= int64(p.Min) {
-		return false
-	}
-	h, ok := c.getChunks(path, fi, *p)
-	return ok && h.hash == hash
-}
-
 // PutChunks records the format 3 Hash and chunk list of the file at path as
 // described by fi, cut with p, unless its mtime is too recent to trust (see
 // racyWindow): what GetChunks returns. chunks is nil for a file of one

@@ -7,7 +7,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io/fs"
 	"path/filepath"
 	"time"
 
@@ -72,7 +71,6 @@ type Config struct {
 type Snapshots interface {
 	Set(snap *peer.Snapshot)
 	VerifyServed(changed func(path string))
-	TrustUnchanged(held peer.Held)
 }
 
 // Coordinator is the part of the Redis protocol the master uses.
@@ -217,11 +215,6 @@ func New(cfg Config, co Coordinator, server Snapshots) (*Master, error) {
 			case m.changed <- p:
 			default: // one is pending already
 			}
-		})
-		// A file the hash cache holds as it is now was hashed for the
-		// build and not written since: it goes out unchecked.
-		server.TrustUnchanged(func(osPath string, fi fs.FileInfo, e manifest.Entry, p *chunk.Params) bool {
-			return cache.Holds(osPath, fi, p, e.Hash)
 		})
 	}
 	if m.last, err = loadPublished(filepath.Join(cfg.StateDir, publishedFile)); err != nil {

@@ -134,7 +134,6 @@ func (s *Server) serveBatch(w http.ResponseWriter, r *http.Request, v *view) err
 func (s *Server) sendWhole(w io.Writer, r *http.Request, sv *served, e manifest.Entry, o *opener) error {
 	snap := sv.snap
 	var body io.ReadCloser
-	verify := sv.verifier() != nil && verifiable(e, 0, e.Size)
 	if in := snap.Incoming; in != nil && in.Pending(e.Path) {
 		rc, err := in.Open(r.Context(), e.Path, e.Size, 0, func() (*os.File, error) { return openEntry(snap.Root, e.Path) })
 		if err != nil {
@@ -154,13 +153,12 @@ func (s *Server) sendWhole(w io.Writer, r *http.Request, sv *served, e manifest.
 			f.Close()
 			return err
 		}
-		verify = verify && !sv.unchanged(e, fi)
 		body = f
 	}
 	defer body.Close()
 	var n int64
 	var err error
-	if f, ok := body.(*os.File); ok && verify {
+	if f, ok := body.(*os.File); ok && sv.verifier() != nil && verifiable(e, 0, e.Size) {
 		if n, err = copyVerified(w, f, e, 0, e.Size, nil); errors.Is(err, errChanged) {
 			sv.verifier()(e.Path)
 		}

@@ -90,8 +90,6 @@ type view struct {
 	// verify, when set, checks served bytes against the manifest (see
 	// VerifyServed) and is told of a file that changed on disk.
 	verify atomic.Pointer[func(string)]
-	// trust, when set, says which files need no check (TrustUnchanged).
-	trust atomic.Pointer[Held]
 }
 
 // expected is a generation a view is about to serve. ready is closed
@@ -108,9 +106,6 @@ type served struct {
 	snap    *Snapshot
 	entries map[string]manifest.Entry
 	view    *view
-	// held maps the manifest path of a file found unchanged (see
-	// TrustUnchanged) to its statKey then.
-	held sync.Map
 }
 
 // NewServer returns a Server that serves nothing until Set is called.
@@ -224,9 +219,6 @@ func (t *Task) Current() *Snapshot { return t.v.current() }
 
 // VerifyServed is Server.VerifyServed for this task.
 func (t *Task) VerifyServed(changed func(path string)) { t.v.verifyServed(changed) }
-
-// TrustUnchanged is Server.TrustUnchanged for this task.
-func (t *Task) TrustUnchanged(held Held) { t.v.trust.Store(&held) }
 
 func (v *view) set(snap *Snapshot) {
 	if snap == nil {
@@ -480,13 +472,9 @@ func (s *Server) serveFile(w http.ResponseWriter, r *http.Request, v *view) erro
 			return fmt.Errorf("seek %s: %w", f.Name(), err)
 		}
 	}
-	changed := sv.verifier()
-	if changed != nil && (r.Method == http.MethodHead || !verifiable(e, start, end) || sv.unchanged(e, fi)) {
-		changed = nil // nothing to check
-	}
 	if chunks := s.framedChunks(q, e, start, end, partial); chunks != nil {
 		var src io.Reader = f
-		if changed != nil {
+		if changed := sv.verifier(); changed != nil && r.Method != http.MethodHead && verifiable(e, start, end) {
 			// The origin checks each chunk before it is framed: a chunk
 			// changed on disk cuts the frames off, never sends bad bytes.
 			pr, pw := io.Pipe()
@@ -507,7 +495,7 @@ func (s *Server) serveFile(w http.ResponseWriter, r *http.Request, v *view) erro
 		}
 		return s.serveFrames(w, r, sv.snap.Gen, e, start, end, chunks, src)
 	}
-	if changed != nil {
+	if changed := sv.verifier(); changed != nil && r.Method != http.MethodHead && verifiable(e, start, end) {
 		sent := false
 		n, err := copyVerified(s.bodyWriter(w, r), f, e, start, end, func() {
 			sent = true

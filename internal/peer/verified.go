@@ -4,11 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
 	"iter"
 	"os"
-	"path/filepath"
-	"syscall"
 
 	"github.com/fanout/fanout/internal/chunk"
 	"github.com/fanout/fanout/internal/manifest"
@@ -33,53 +30,6 @@ func (v *view) verifyServed(changed func(path string)) {
 		changed = func(string) {}
 	}
 	v.verify.Store(&changed)
-}
-
-// Held reports whether the file at osPath, as fi describes it, is the one
-// whose content was hashed to e.Hash (cut with chunking, nil for a
-// whole-content hash) and has not changed since: a hash cache keyed by
-// size, mtime, inode and ctime (manifest.Cache.Holds), which a write
-// always moves.
-type Held func(osPath string, fi fs.FileInfo, e manifest.Entry, chunking *chunk.Params) bool
-
-// TrustUnchanged lets a server that verifies what it serves
-// (VerifyServed) send a file unchecked, from disk by sendfile, when held
-// says the file, as its open handle stats now, is the one hashed for the
-// manifest and unchanged since. The origin then hashes a file once, to
-// publish it, not again for every puller. held is asked once a file per
-// snapshot while the file's stat stays the same. Call it before Serve.
-//
-// It applies to the plain task; Task.TrustUnchanged to a named one.
-func (s *Server) TrustUnchanged(held Held) { s.def.trust.Store(&held) }
-
-// unchanged reports whether file e, whose open handle stats fi, may be
-// sent unchecked (see TrustUnchanged).
-func (sv *served) unchanged(e manifest.Entry, fi fs.FileInfo) bool {
-	held := sv.view.trust.Load()
-	st, ok := fi.Sys().(*syscall.Stat_t)
-	if held == nil || !ok {
-		return false
-	}
-	k := statKey{dev: uint64(st.Dev), ino: st.Ino, size: st.Size, mtime: st.Mtim.Nano(), ctime: st.Ctim.Nano()}
-	if v, ok := sv.held.Load(e.Path); ok && v.(statKey) == k {
-		return true
-	}
-	osPath := sv.snap.Root
-	if e.Path != "." {
-		osPath = filepath.Join(sv.snap.Root, filepath.FromSlash(e.Path))
-	}
-	if !(*held)(osPath, fi, e, sv.snap.Manifest.Chunking) {
-		return false
-	}
-	sv.held.Store(e.Path, k)
-	return true
-}
-
-// statKey identifies a file's content as far as its stat tells.
-type statKey struct {
-	dev, ino     uint64
-	size         int64
-	mtime, ctime int64
 }
 
 // verifier returns the callback of VerifyServed of the snapshot's task,

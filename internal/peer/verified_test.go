@@ -4,13 +4,11 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"io/fs"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"sync"
 	"testing"
-	"time"
 
 	"github.com/fanout/fanout/internal/chunk"
 	"github.com/fanout/fanout/internal/manifest"
@@ -136,101 +134,4 @@ func (w *failAfter) Write(p []byte) (int, error) {
 	}
 	w.n -= len(p)
 	return len(p), nil
-}
-
-// TestTrustUnchanged: a verifying server sends a file that its Held func
-// vouches for without checking it (asked once while the file's stat stays
-// the same), and checks it again as soon as its stat moves; with the
-// master's Held, a hash cache, an edit in place moves the stat, so it is
-// caught whatever mtime the file is given back.
-func TestTrustUnchanged(t *testing.T) {
-	root := filepath.Join(t.TempDir(), "task")
-	mustMkdir(t, root)
-	big := make([]byte, 3<<20)
-	rng := rand.New(rand.NewPCG(7, 8))
-	for i := range big {
-		big[i] = byte(rng.Uint32())
-	}
-	bigPath := filepath.Join(root, "big")
-	mustWrite(t, bigPath, big)
-	old := time.Now().Add(-time.Hour)
-	if err := os.Chtimes(bigPath, old, old); err != nil {
-		t.Fatal(err)
-	}
-	p := chunk.Params{Min: 16 << 10, Avg: 64 << 10, Max: 256 << 10}
-	cache := manifest.NewCache()
-	m, err := manifest.Build(context.Background(), root, manifest.Options{Hash: true, Chunking: &p, Cache: cache})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ent, _ := m.Lookup("big")
-	e := startPeer(t, snapshotOf(t, 1, root, m))
-	var mu sync.Mutex
-	var changed []string
-	e.server.VerifyServed(func(p string) { mu.Lock(); changed = append(changed, p); mu.Unlock() })
-	asked := 0
-	vouch := true // what the stub Held says, while it stands in for the cache
-	stub := true
-	e.server.TrustUnchanged(func(osPath string, fi fs.FileInfo, e manifest.Entry, chunking *chunk.Params) bool {
-		mu.Lock()
-		defer mu.Unlock()
-		asked++
-		if osPath != bigPath || *chunking != p || e.Path != "big" {
-			t.Errorf("Held asked of %s (%s), chunking %v", osPath, e.Path, chunking)
-		}
-		if stub {
-			return vouch
-		}
-		return cache.Holds(osPath, fi, chunking, e.Hash)
-	})
-	for range 3 {
-		if got, err := fetch(t, e.client, e.addr, 1, "big", 0); err != nil || !bytes.Equal(got, big) {
-			t.Fatalf("unchanged file: %d bytes, %v", len(got), err)
-		}
-	}
-	if asked != 1 {
-		t.Errorf("Held asked %d times for one file of unchanged stat, want 1", asked)
-	}
-	// An edit in place, size and mtime given back: the stat's ctime moves,
-	// so Held is asked again. Vouched for, the edited bytes go out
-	// unchecked: proof the check is skipped.
-	c1 := ent.Chunks[1]
-	edit := func(at int64) {
-		t.Helper()
-		f, err := os.OpenFile(bigPath, os.O_WRONLY, 0)
-		if err != nil {
-			t.Fatal(err)
-		}
-		big[at] ^= 0xff
-		if _, err := f.WriteAt(big[at:at+1], at); err != nil {
-			t.Fatal(err)
-		}
-		f.Close()
-		if err := os.Chtimes(bigPath, old, old); err != nil {
-			t.Fatal(err)
-		}
-	}
-	time.Sleep(20 * time.Millisecond) // past the kernel's coarse ctime tick
-	edit(c1.Off + 3)
-	if got, err := fetch(t, e.client, e.addr, 1, "big", 0); err != nil || !bytes.Equal(got, big) {
-		t.Fatalf("edited file vouched for: %d bytes, %v; want the edited bytes, unchecked", len(got), err)
-	}
-	if asked != 2 {
-		t.Errorf("Held asked %d times after the stat moved, want 2", asked)
-	}
-	// The cache (the master's Held) does not hold the edited file: it is
-	// checked, and the edit caught.
-	mu.Lock()
-	stub = false
-	mu.Unlock()
-	time.Sleep(20 * time.Millisecond)
-	edit(c1.Off + 4)
-	if got, err := fetch(t, e.client, e.addr, 1, "big", c1.Off); !errors.Is(err, ErrStale) || len(got) != 0 {
-		t.Fatalf("edited file, cache as Held: %d bytes, %v; want none and ErrStale", len(got), err)
-	}
-	mu.Lock()
-	defer mu.Unlock()
-	if len(changed) != 1 || changed[0] != "big" {
-		t.Fatalf("changed told %q, want big", changed)
-	}
 }
