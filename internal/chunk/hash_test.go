@@ -5,9 +5,11 @@ import "testing"
 // TestHashVectors pins Hash to BLAKE3-256 as the reference implementation
 // defines it, whatever library computes it: manifests published by any
 // version must verify on every other. The input of length n is bytes
-// i%251, as in the BLAKE3 test vectors; lengths 0 to 102400 are taken from
-// those, the others straddle the lengths where implementations change
-// strategy (a chunk, the SIMD width, a subtree).
+// i%251, as in the BLAKE3 test vectors; lengths 0, 1, 64, 1023, 1024,
+// 1025, 8192 and 102400 are taken from those. The others straddle lengths
+// where implementations change strategy (the SIMD width, a subtree) and
+// were computed with lukechampine.com/blake3, the library fanout used
+// before github.com/zeebo/blake3.
 func TestHashVectors(t *testing.T) {
 	for _, tc := range []struct {
 		n    int

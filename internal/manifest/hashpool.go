@@ -394,13 +394,21 @@ func (p *hashPool) cutSegment(f *os.File, size int64, res *bigResult, next []*bi
 // of the next starts, the next segment's cuts are the true ones from there
 // on. Until they meet (usually within a chunk or two) stitch cuts and
 // hashes the chunks itself, with w's hasher, reading f; a segment passed
-// over whole is left out.
+// over whole is left out. Cuts meet at the first content-defined cut
+// point, so where there is none for long (a run of zeros, whose cuts are
+// all Max apart, from wherever the run's first chunk started), stitch
+// cuts the whole run on one core: at worst the file costs what one reader
+// would have, plus the segments' wasted work. It checks w's context
+// between chunks.
 func stitch(w *hashWorker, f *os.File, size int64, params *chunk.Params, segs []*bigResult) ([]int64, []chunk.Sum, error) {
 	lens, sums := segs[0].lens, segs[0].sums
 	pos := segs[0].end()
 	cutter, _ := chunk.NewCutter(*params) // validated by the caller
 	var buf []byte
 	bridge := func() error {
+		if err := w.ctx.Err(); err != nil {
+			return err
+		}
 		if buf == nil {
 			buf = make([]byte, params.Max)
 		}

@@ -30,9 +30,13 @@ func openEntry(root, p string) (*os.File, error) {
 // last one open: the files of a batch mostly share a directory, and
 // checking the way there once is most of the cost of opening a small file
 // (a handful of system calls a component). The directory handle was
-// checked when it was opened; a directory renamed since keeps serving what
-// it holds, as a file opened before the rename would. The zero value is
-// ready; close releases the handle.
+// checked when it was opened; a directory renamed or swapped for a symlink
+// since keeps serving what it holds until the batch moves on to another
+// directory (a batch lasts about a second), as a file opened before the
+// rename would. Only regular files that are not symlinks are opened from
+// it, and what is served is checked as before: by the origin against its
+// manifest (VerifyServed), by every puller against the chunk hashes. The
+// zero value is ready; close releases the handle.
 type opener struct {
 	root, dir string   // the task root and the manifest path of dirRoot
 	dirRoot   *os.Root // nil: none open
@@ -93,6 +97,15 @@ func openTaskDir(root, p, dir string) (*os.Root, error) {
 	rt, err := os.OpenRoot(root)
 	if err != nil {
 		return nil, openError(p, err)
+	}
+	// OpenRoot follows a symlink: the root opened must be the directory
+	// just seen, not one swapped in since.
+	if rfi, err := rt.Stat("."); err != nil || !os.SameFile(fi, rfi) {
+		rt.Close()
+		if err != nil {
+			return nil, openError(p, err)
+		}
+		return nil, errorf(http.StatusConflict, "%s changed on disk while being opened", quote(p))
 	}
 	if dir == "" {
 		return rt, nil

@@ -135,3 +135,53 @@ func (w *failAfter) Write(p []byte) (int, error) {
 	w.n -= len(p)
 	return len(p), nil
 }
+
+// TestVerifyServedBatch: the origin checks each file of a batch as it
+// sends it: a file edited in place (size kept) breaks the batch off after
+// the files before it, sends none of its new bytes, and is named to the
+// changed callback.
+func TestVerifyServedBatch(t *testing.T) {
+	root := filepath.Join(t.TempDir(), "task")
+	mustMkdir(t, filepath.Join(root, "d"))
+	files := map[string][]byte{}
+	for i, name := range []string{"d/a", "d/b", "d/c"} {
+		b := make([]byte, 3000+i)
+		for k := range b {
+			b[k] = byte(k*7 + i)
+		}
+		files[name] = b
+		mustWrite(t, filepath.Join(root, name), b)
+	}
+	p := chunk.DefaultParams()
+	m, err := manifest.Build(context.Background(), root, manifest.Options{Hash: true, Chunking: &p})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Entries: 0 ".", 1 "d", 2 "d/a", 3 "d/b", 4 "d/c".
+	e := startPeer(t, snapshotOf(t, 1, root, m))
+	var mu sync.Mutex
+	var changed []string
+	e.server.VerifyServed(func(p string) { mu.Lock(); changed = append(changed, p); mu.Unlock() })
+
+	var buf bytes.Buffer
+	want := bytes.Join([][]byte{files["d/a"], files["d/b"], files["d/c"]}, nil)
+	if _, err := e.client.Batch(context.Background(), e.addr, 1, []int{2, 3, 4}, &buf); err != nil || !bytes.Equal(buf.Bytes(), want) {
+		t.Fatalf("unchanged batch: %d bytes, %v", buf.Len(), err)
+	}
+	f, err := os.OpenFile(filepath.Join(root, "d", "b"), os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.WriteAt([]byte{files["d/b"][100] ^ 0xff}, 100)
+	f.Close()
+	buf.Reset()
+	_, err = e.client.Batch(context.Background(), e.addr, 1, []int{2, 3, 4}, &buf)
+	if err == nil || buf.Len() > len(files["d/a"]) || !bytes.Equal(buf.Bytes(), files["d/a"][:buf.Len()]) {
+		t.Fatalf("batch with an edited file: %d bytes, %v; want at most the file before it, and an error", buf.Len(), err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(changed) != 1 || changed[0] != "d/b" {
+		t.Fatalf("changed told %q, want d/b", changed)
+	}
+}
