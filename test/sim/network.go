@@ -164,9 +164,21 @@ func (nw *network) step(now time.Time, dt float64) {
 	}
 	// solve computes pull i's amount after the step from its sources'
 	// (a source still pulling is solved first: source first along a
-	// chain; a cycle, possible among extra sources, uses the amounts
-	// before the step).
+	// chain). A cycle, possible among extra sources (a host holding a
+	// claim on one of its own descendants), is cut where solve meets a
+	// pull it is still solving: that pull counts with its amount from the
+	// pass before (the amount before the step in the first). A
+	// descendant never holds more than its ancestor, so the link that
+	// closes a cycle carries nothing, and a second pass gives every pull
+	// of the cycle what a chain without that link would: in one pass, the
+	// pulls solved inside the cycle's recursion would see their ancestor's
+	// amount from before the step and stall for the step, an artifact
+	// that depends on the order of the pulls.
 	next := make([]float64, len(pulls))
+	prev := make([]float64, len(pulls))
+	for i, pl := range pulls {
+		prev[i] = pl.n.received
+	}
 	const (
 		unsolved = iota
 		solving
@@ -201,7 +213,7 @@ func (nw *network) step(now time.Time, dt float64) {
 		case solved:
 			return next[i]
 		case solving:
-			return pulls[i].n.received
+			return prev[i]
 		}
 		state[i] = solving
 		have := pulls[i].n.received
@@ -216,8 +228,14 @@ func (nw *network) step(now time.Time, dt float64) {
 		state[i] = solved
 		return next[i]
 	}
-	for i := range pulls {
-		solve(i)
+	for pass := range 2 {
+		if pass > 0 {
+			copy(prev, next)
+			clear(state)
+		}
+		for i := range pulls {
+			solve(i)
+		}
 	}
 	for i, pl := range pulls {
 		if !nw.pulls[pl] {

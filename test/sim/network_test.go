@@ -138,3 +138,22 @@ func TestNetworkChainInOneTick(t *testing.T) {
 		t.Fatalf("after 1 s: a %d, b %d, c %d; want 100, 90, 80 (a chunk of 10 bytes behind each source)", a, b, c)
 	}
 }
+
+// A cycle through an extra source: a pulls from the origin and from c, a
+// descendant of its own (b pulls from a, c from b). The link c → a carries
+// nothing, and in whatever order the step meets the pulls, b and c move as
+// they would in a chain: one chunk behind their source each.
+func TestNetworkCycle(t *testing.T) {
+	for range 20 { // the step's order of pulls is a map's
+		nw := newNetwork(1000, 10*time.Second, 0, time.Minute) // B = 100 bytes/s
+		nw.origin = "origin"
+		nw.lag = 10
+		_, aGot := startPull(t, nw, "a", "origin", "c")
+		_, bGot := startPull(t, nw, "b", "a")
+		_, cGot := startPull(t, nw, "c", "b")
+		nw.step(time.Now(), 1)
+		if a, b, c := aGot(), bGot(), cGot(); a != 100 || b != 90 || c != 80 {
+			t.Fatalf("after 1 s: a %d, b %d, c %d; want 100, 90, 80", a, b, c)
+		}
+	}
+}
