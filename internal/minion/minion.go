@@ -143,7 +143,7 @@ type Coordinator interface {
 	Current(ctx context.Context) (coord.Generation, error)
 	TaskKey(ctx context.Context) (string, bool, error)
 	Heartbeat(ctx context.Context, h coord.Host, b coord.Beat) (coord.Pulse, error)
-	Lookup(ctx context.Context) error
+	Lookup(ctx context.Context, host string) error
 	Claim(ctx context.Context, host string, gen coord.Ref, o coord.ClaimOptions) (coord.Claim, error)
 	Renew(ctx context.Context, cl coord.Claim) (bool, error)
 	RenewReport(ctx context.Context, cl coord.Claim, p coord.Progress, groups []string, others []coord.Claim) (coord.Renewals, error)
@@ -631,16 +631,24 @@ func (m *Minion) Step(ctx context.Context) (Outcome, error) {
 	if h.satisfies(g) {
 		return m.hold(ctx, g)
 	}
+	// A release of g's tree kept here (a rollback) is verified, switched
+	// to and announced, with no source and no transfer.
+	kept := m.adoptKept(ctx, g)
 	if m.looked != genKey(g) {
-		if err := m.coord.Lookup(ctx); err != nil {
+		// A host about to claim is listed as waiting for a first
+		// source too (see coord.Client.Lookup); one that adopted a kept
+		// release never claims.
+		waiter := m.cfg.ID
+		if kept {
+			waiter = ""
+		}
+		if err := m.coord.Lookup(ctx, waiter); err != nil {
 			return Idle, fmt.Errorf("count lookup: %w", err)
 		}
 		m.looked = genKey(g)
 		m.cfg.Log.WithFields(logrus.Fields{"gen": g.ID, "path": g.Path, "dest": g.Dest}).Info("new generation")
 	}
-	if m.adoptKept(ctx, g) {
-		// A release of g's tree is kept here (a rollback): verified, it
-		// is switched to and announced, with no source and no transfer.
+	if kept {
 		return m.hold(ctx, g)
 	}
 	return m.claimAndPull(ctx, g, false, Pulled)
@@ -665,12 +673,27 @@ func (m *Minion) current(ctx context.Context) (coord.Generation, error) {
 // and repairs drift: it stays finished) and pulls through it; done is the
 // outcome of a pull that went through.
 func (m *Minion) claimAndPull(ctx context.Context, g coord.Generation, repair bool, done Outcome) (Outcome, error) {
-	cl, err := m.coord.Claim(ctx, m.cfg.ID, g.Ref(), coord.ClaimOptions{Repair: repair, Serves: m.uploads() > 0, Slots: m.heldUploads(), Queue: m.listens})
+	o := coord.ClaimOptions{Repair: repair, Serves: m.uploads() > 0, Slots: m.heldUploads(), Queue: m.listens}
+	unexpect := func() {}
+	if m.offersEarly() {
+		// The claim offers this host as a partial source (see offerEarly):
+		// requests for g wait for its snapshot from now on.
+		unexpect = m.server.Expect(g.ID, expectWait)
+		o.Offer, o.OfferRescue = m.uploads(), m.cfg.Sources > 1
+	}
+	defer func() { unexpect() }()
+	cl, err := m.coord.Claim(ctx, m.cfg.ID, g.Ref(), o)
 	if errors.Is(err, coord.ErrFinished) {
 		// Redis lists this host as holding the generation, but its state
 		// does not (the state directory was wiped): verify the tree by
 		// pulling its difference, as a repair.
-		cl, err = m.coord.Claim(ctx, m.cfg.ID, g.Ref(), coord.ClaimOptions{Repair: true, Serves: m.uploads() > 0, Slots: m.heldUploads()})
+		o.Repair, o.Queue = true, false
+		cl, err = m.coord.Claim(ctx, m.cfg.ID, g.Ref(), o)
+	}
+	if err != nil || !cl.Offered {
+		// Nothing offered: requests for g are answered as before.
+		unexpect()
+		unexpect = func() {}
 	}
 	var none *coord.NoSourceError
 	m.queued = false
