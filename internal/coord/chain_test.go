@@ -128,8 +128,8 @@ func TestNoSourceCountsWaiting(t *testing.T) {
 		ctx := context.Background()
 		g := f.publish(1)
 		f.heartbeat("a", "b", "c", "d")
-		for _, h := range []string{"a", "b", "c", "d"} {
-			if err := f.c.Lookup(ctx, h); err != nil {
+		for range 4 {
+			if err := f.c.Lookup(ctx); err != nil {
 				t.Fatal(err)
 			}
 		}

@@ -35,8 +35,6 @@ type Claim struct {
 	// one running_queue and status follow), 1... its extra sources.
 	Index int
 	Lease time.Duration
-	// Offered: the claim offered the host's slots (ClaimOptions.Offer).
-	Offered bool
 }
 
 // id names the claim in Redis: the host for its first claim, "host/n" for
@@ -97,15 +95,6 @@ type ClaimOptions struct {
 	// that listens on that channel; it still claims now and then, for
 	// slots of other zones and of sources built before hand-offs.
 	Queue bool
-	// Offer, when above 0, offers the host's first Offer upload slots as
-	// those of a partial source of the generation in the same call, once
-	// the claim is made (as OfferSlots, or OfferPartial with
-	// OfferRescue): a pipelining host offers itself as soon as it claimed
-	// its source, and one script call instead of two is what a link of a
-	// chain costs (Claim.Offered says it was done). Not for an extra
-	// claim.
-	Offer       int
-	OfferRescue bool
 }
 
 // RescueSlot numbers the rescue slot a partial source offers besides its
@@ -150,7 +139,7 @@ func (c *Client) Claim(ctx context.Context, host string, gen Ref, o ClaimOptions
 	cid := claimID(host, o.Index)
 	res, err := c.run(ctx, claimScript, cid,
 		host, gen.ID, gen.Digest, c.cfg.LeaseTTL.Milliseconds(), rand.Uint32(), eventsMax, flag(o.Repair),
-		cid, flag(o.Acyclic), strings.Join(o.Avoid, ","), c.cfg.HostGrace.Milliseconds(), flag(o.SameZone), flag(o.Serves), o.Slots, flag(o.Rescue), flag(o.Queue), o.Offer, flag(o.OfferRescue)).StringSlice()
+		cid, flag(o.Acyclic), strings.Join(o.Avoid, ","), c.cfg.HostGrace.Milliseconds(), flag(o.SameZone), flag(o.Serves), o.Slots, flag(o.Rescue), flag(o.Queue)).StringSlice()
 	if err != nil {
 		return Claim{}, fmt.Errorf("claim source: %w", err)
 	}
@@ -176,8 +165,7 @@ func (c *Client) Claim(ctx context.Context, host string, gen Ref, o ClaimOptions
 	if len(res) > 4 && ValidZone("zone", res[4]) == nil {
 		zone = res[4]
 	}
-	offered := len(res) > 5 && res[5] == "1"
-	return Claim{Host: host, Gen: gen, Slot: res[1], Source: src, SourceAddr: res[2], SourceZone: zone, Partial: partial, Repair: o.Repair, Index: o.Index, Lease: c.cfg.LeaseTTL, Offered: offered}, nil
+	return Claim{Host: host, Gen: gen, Slot: res[1], Source: src, SourceAddr: res[2], SourceZone: zone, Partial: partial, Repair: o.Repair, Index: o.Index, Lease: c.cfg.LeaseTTL}, nil
 }
 
 // Renew extends cl's lease; ErrLeaseLost when it expired and the slot was

@@ -977,28 +977,8 @@ func (c *Client) Silent(ctx context.Context, age time.Duration, limit int) ([]st
 }
 
 // Lookup counts one more minion that discovered the current generation.
-// With host set (a host about to claim its first source), it also lists
-// host among the hosts waiting for a first source (the starved index)
-// until that claim: extra claims yield to it from the moment it knows of
-// the generation, not only once a first claim of it found nothing. A
-// chain that forms at one script call a link would otherwise be quicker
-// than the fleet's first claims, and an extra claim could take the slot
-// of its last link, the one the waiting hosts need. The entry is scored
-// at Redis time as a light heartbeat estimates it, so it is written only
-// once this client has measured its clock against Redis's (a heartbeat):
-// a score from a fast local clock would outlive the index's 35 s window.
-// A host that lists itself and never claims (it died) holds extra claims
-// back for those 35 s at most.
-func (c *Client) Lookup(ctx context.Context, host string) error {
-	at, ok := c.beatTime()
-	_, err := c.rdb.Pipelined(ctx, func(pl redis.Pipeliner) error {
-		pl.Incr(ctx, c.keys.Lookup())
-		if host != "" && ok {
-			pl.ZAdd(ctx, c.keys.Starved(), redis.Z{Score: float64(at.UnixMilli()), Member: host})
-		}
-		return nil
-	})
-	if err != nil {
+func (c *Client) Lookup(ctx context.Context) error {
+	if err := c.rdb.Incr(ctx, c.keys.Lookup()).Err(); err != nil {
 		return fmt.Errorf("count lookup: %w", err)
 	}
 	return nil

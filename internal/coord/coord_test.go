@@ -738,7 +738,7 @@ func TestHeartbeatsAndStatus(t *testing.T) {
 		// than the 700 ms grace, and the check below is about completion,
 		// not liveness.
 		f.heartbeat("b", "c")
-		f.c.Lookup(ctx, "b")
+		f.c.Lookup(ctx)
 		st, err = f.c.Status(ctx)
 		if err != nil {
 			t.Fatal(err)
@@ -792,7 +792,7 @@ func TestPrefixIsolates(t *testing.T) {
 		f.c.Adopt(ctx)
 		g := f.publish(1)
 		f.heartbeat("a", "b")
-		f.c.Lookup(ctx, "a")
+		f.c.Lookup(ctx)
 		cl, _ := f.c.Claim(ctx, "a", g.Ref(), ClaimOptions{})
 		f.c.Fail(ctx, cl, SourceBad, "x", 1)
 		cl, _ = f.c.Claim(ctx, "b", g.Ref(), ClaimOptions{})

@@ -73,7 +73,7 @@ func TestCompleteHistoryRoundsProgressEvents(t *testing.T) {
 		last := evs[len(evs)-1].ID
 		go func() {
 			time.Sleep(100 * time.Millisecond)
-			f.c.Lookup(ctx, "z")
+			f.c.Lookup(ctx)
 			f.c.Claim(ctx, "z", g2.Ref(), ClaimOptions{})
 		}()
 		more, err := f.c.Events(ctx, last, 3*time.Second)

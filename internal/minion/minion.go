@@ -143,7 +143,7 @@ type Coordinator interface {
 	Current(ctx context.Context) (coord.Generation, error)
 	TaskKey(ctx context.Context) (string, bool, error)
 	Heartbeat(ctx context.Context, h coord.Host, b coord.Beat) (coord.Pulse, error)
-	Lookup(ctx context.Context, host string) error
+	Lookup(ctx context.Context) error
 	Claim(ctx context.Context, host string, gen coord.Ref, o coord.ClaimOptions) (coord.Claim, error)
 	Renew(ctx context.Context, cl coord.Claim) (bool, error)
 	RenewReport(ctx context.Context, cl coord.Claim, p coord.Progress, groups []string, others []coord.Claim) (coord.Renewals, error)
@@ -631,24 +631,16 @@ func (m *Minion) Step(ctx context.Context) (Outcome, error) {
 	if h.satisfies(g) {
 		return m.hold(ctx, g)
 	}
-	// A release of g's tree kept here (a rollback) is verified, switched
-	// to and announced, with no source and no transfer.
-	kept := m.adoptKept(ctx, g)
 	if m.looked != genKey(g) {
-		// A host about to claim is listed as waiting for a first
-		// source too (see coord.Client.Lookup); one that adopted a kept
-		// release never claims.
-		waiter := m.cfg.ID
-		if kept {
-			waiter = ""
-		}
-		if err := m.coord.Lookup(ctx, waiter); err != nil {
+		if err := m.coord.Lookup(ctx); err != nil {
 			return Idle, fmt.Errorf("count lookup: %w", err)
 		}
 		m.looked = genKey(g)
 		m.cfg.Log.WithFields(logrus.Fields{"gen": g.ID, "path": g.Path, "dest": g.Dest}).Info("new generation")
 	}
-	if kept {
+	if m.adoptKept(ctx, g) {
+		// A release of g's tree is kept here (a rollback): verified, it
+		// is switched to and announced, with no source and no transfer.
 		return m.hold(ctx, g)
 	}
 	return m.claimAndPull(ctx, g, false, Pulled)
@@ -673,27 +665,12 @@ func (m *Minion) current(ctx context.Context) (coord.Generation, error) {
 // and repairs drift: it stays finished) and pulls through it; done is the
 // outcome of a pull that went through.
 func (m *Minion) claimAndPull(ctx context.Context, g coord.Generation, repair bool, done Outcome) (Outcome, error) {
-	o := coord.ClaimOptions{Repair: repair, Serves: m.uploads() > 0, Slots: m.heldUploads(), Queue: m.listens}
-	unexpect := func() {}
-	if m.offersEarly() {
-		// The claim offers this host as a partial source (see offerEarly):
-		// requests for g wait for its snapshot from now on.
-		unexpect = m.server.Expect(g.ID, expectWait)
-		o.Offer, o.OfferRescue = m.uploads(), m.cfg.Sources > 1
-	}
-	defer func() { unexpect() }()
-	cl, err := m.coord.Claim(ctx, m.cfg.ID, g.Ref(), o)
+	cl, err := m.coord.Claim(ctx, m.cfg.ID, g.Ref(), coord.ClaimOptions{Repair: repair, Serves: m.uploads() > 0, Slots: m.heldUploads(), Queue: m.listens})
 	if errors.Is(err, coord.ErrFinished) {
 		// Redis lists this host as holding the generation, but its state
 		// does not (the state directory was wiped): verify the tree by
 		// pulling its difference, as a repair.
-		o.Repair, o.Queue = true, false
-		cl, err = m.coord.Claim(ctx, m.cfg.ID, g.Ref(), o)
-	}
-	if err != nil || !cl.Offered {
-		// Nothing offered: requests for g are answered as before.
-		unexpect()
-		unexpect = func() {}
+		cl, err = m.coord.Claim(ctx, m.cfg.ID, g.Ref(), coord.ClaimOptions{Repair: true, Serves: m.uploads() > 0, Slots: m.heldUploads()})
 	}
 	var none *coord.NoSourceError
 	m.queued = false
