@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"testing"
 
@@ -29,15 +30,7 @@ func TestVerifyServed(t *testing.T) {
 	}
 	mustWrite(t, filepath.Join(root, "big"), big)
 	mustWrite(t, filepath.Join(root, "small"), []byte("small and unchanged"))
-	p := chunk.DefaultParams()
-	m, err := manifest.Build(context.Background(), root, manifest.Options{Hash: true, Chunking: &p})
-	if err != nil {
-		t.Fatal(err)
-	}
-	e := startPeer(t, snapshotOf(t, 1, root, m))
-	var mu sync.Mutex
-	var changed []string
-	e.server.VerifyServed(func(p string) { mu.Lock(); changed = append(changed, p); mu.Unlock() })
+	e, m, changedPaths := startVerifying(t, root)
 
 	got, err := fetch(t, e.client, e.addr, 1, "big", 0)
 	if err != nil || !bytes.Equal(got, big) {
@@ -69,11 +62,26 @@ func TestVerifyServed(t *testing.T) {
 	if err == nil || int64(len(got)) > c2.Off || !bytes.Equal(got, big[:len(got)]) {
 		t.Fatalf("whole edited file: %d bytes (edit at %d), %v; want a prefix of the published bytes and an error", len(got), c2.Off, err)
 	}
-	mu.Lock()
-	defer mu.Unlock()
-	if len(changed) < 2 || changed[0] != "big" {
+	if changed := changedPaths(); len(changed) < 2 || changed[0] != "big" {
 		t.Fatalf("changed told %q, want big", changed)
 	}
+}
+
+// startVerifying builds the manifest of the tree at root (format 3) and
+// serves it as generation 1 from a server that verifies what it serves;
+// changed returns the paths told to VerifyServed's callback so far.
+func startVerifying(t *testing.T, root string) (e *peerEnv, m *manifest.Manifest, changed func() []string) {
+	t.Helper()
+	p := chunk.DefaultParams()
+	m, err := manifest.Build(context.Background(), root, manifest.Options{Hash: true, Chunking: &p})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e = startPeer(t, snapshotOf(t, 1, root, m))
+	var mu sync.Mutex
+	var paths []string
+	e.server.VerifyServed(func(p string) { mu.Lock(); paths = append(paths, p); mu.Unlock() })
+	return e, m, func() []string { mu.Lock(); defer mu.Unlock(); return slices.Clone(paths) }
 }
 
 // copyVerified sends exactly bytes [start, end) of a file of many chunks,
@@ -152,16 +160,8 @@ func TestVerifyServedBatch(t *testing.T) {
 		files[name] = b
 		mustWrite(t, filepath.Join(root, name), b)
 	}
-	p := chunk.DefaultParams()
-	m, err := manifest.Build(context.Background(), root, manifest.Options{Hash: true, Chunking: &p})
-	if err != nil {
-		t.Fatal(err)
-	}
 	// Entries: 0 ".", 1 "d", 2 "d/a", 3 "d/b", 4 "d/c".
-	e := startPeer(t, snapshotOf(t, 1, root, m))
-	var mu sync.Mutex
-	var changed []string
-	e.server.VerifyServed(func(p string) { mu.Lock(); changed = append(changed, p); mu.Unlock() })
+	e, _, changedPaths := startVerifying(t, root)
 
 	var buf bytes.Buffer
 	want := bytes.Join([][]byte{files["d/a"], files["d/b"], files["d/c"]}, nil)
@@ -179,9 +179,7 @@ func TestVerifyServedBatch(t *testing.T) {
 	if err == nil || buf.Len() > len(files["d/a"]) || !bytes.Equal(buf.Bytes(), files["d/a"][:buf.Len()]) {
 		t.Fatalf("batch with an edited file: %d bytes, %v; want at most the file before it, and an error", buf.Len(), err)
 	}
-	mu.Lock()
-	defer mu.Unlock()
-	if len(changed) != 1 || changed[0] != "d/b" {
+	if changed := changedPaths(); len(changed) != 1 || changed[0] != "d/b" {
 		t.Fatalf("changed told %q, want d/b", changed)
 	}
 }
