@@ -199,6 +199,57 @@ func TestExtraClaimYieldsToWaiting(t *testing.T) {
 	})
 }
 
+// TestExtraClaimSkipsDescendants: an extra claim (acyclic) takes no slot
+// of a host below it in its chain: the end of a chain goes to a host with
+// no source (as a relay bypassed for its slow uplink is, which must take
+// the end of a chain), not to an ancestor's extra claim that would bring
+// nothing. A host outside the chain still takes it as an extra source.
+func TestExtraClaimSkipsDescendants(t *testing.T) {
+	each(t, 15*time.Second, func(t *testing.T, f *fixture) {
+		ctx := context.Background()
+		g := f.publish(1)
+		chain := []string{"a", "b", "c", "d"}
+		for i, h := range chain {
+			f.heartbeat(h)
+			cl, err := f.c.Claim(ctx, h, g.Ref(), ClaimOptions{})
+			if err != nil {
+				t.Fatalf("%s: %v", h, err)
+			}
+			if want := "master#0"; i > 0 {
+				want = chain[i-1] + "#0"
+				if cl.Slot != want {
+					t.Fatalf("%s claimed %s, want %s", h, cl.Slot, want)
+				}
+			}
+			if err := f.c.OfferSlots(ctx, h, g.Ref(), 1, false); err != nil {
+				t.Fatal(err)
+			}
+		}
+		// d#0, the end of the chain, is the only free slot; a, b and c are
+		// d's ancestors.
+		for _, h := range []string{"a", "b", "c"} {
+			if cl, err := f.c.Claim(ctx, h, g.Ref(), ClaimOptions{Index: 1, Acyclic: true}); !errors.Is(err, ErrNoSource) {
+				t.Fatalf("%s's extra claim with only its descendant's slot free: %+v, %v; want ErrNoSource", h, cl, err)
+			}
+		}
+		f.heartbeat("e", "x")
+		if cl, err := f.c.Claim(ctx, "e", g.Ref(), ClaimOptions{}); err != nil || cl.Slot != "d#0" {
+			t.Fatalf("e's first claim: %+v, %v; want d#0, left free by the extra claims", cl, err)
+		}
+		// A host pulling from the origin, outside the chain, takes e's
+		// slot as an extra source.
+		if err := f.c.OfferSlots(ctx, "e", g.Ref(), 1, false); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := f.rdb.Del(ctx, f.c.Keys().Starved()).Result(); err != nil {
+			t.Fatal(err)
+		}
+		if cl, err := f.c.Claim(ctx, "x", g.Ref(), ClaimOptions{Index: 1, Acyclic: true}); err != nil || cl.Slot != "e#0" {
+			t.Fatalf("x's extra claim: %+v, %v; want e#0 (x is not above e)", cl, err)
+		}
+	})
+}
+
 // TestRescueSlot: a partial source's rescue slot (OfferPartial) is taken
 // only by the rescue claim of a host two links below it in the chain, even
 // while others wait; first claims never see it; it returns to the rescue

@@ -60,7 +60,9 @@ type ClaimOptions struct {
 	Index int
 	// Acyclic takes a partial source even if it pulls from this host: for
 	// chunked generations, whose partial sources serve only verified
-	// chunks.
+	// chunks. Not one at most 16 links below this host in its chain: what
+	// such a descendant has came through this host, and its slot is the
+	// end of a chain, which a host without a source needs.
 	Acyclic bool
 	// Avoid lists sources not to take (the ones this host already pulls
 	// from).

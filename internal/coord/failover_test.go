@@ -333,10 +333,9 @@ func TestClockSkewIrrelevant(t *testing.T) {
 // A host holds several claims at once, each with its own lease: it never
 // takes a second slot of a source it pulls from already, an extra claim
 // released gives its slot back and leaves the first alone, an extra claim
-// expires on its own, and an acyclic claim (chunked generations) may take a
-// partial source that pulls from the host through another, which a plain
-// one may not (nor, see TestExtraClaimSkipsOwnPuller, one that pulls from
-// the host directly).
+// expires on its own, and neither a plain nor an acyclic claim (chunked
+// generations) takes a partial source that pulls from the host through
+// another (see TestExtraClaimSkipsDescendants, TestExtraClaimSkipsOwnPuller).
 func TestSeveralClaims(t *testing.T) {
 	each(t, 15*time.Second, func(t *testing.T, f *fixture) {
 		ctx := context.Background()
@@ -367,8 +366,19 @@ func TestSeveralClaims(t *testing.T) {
 		if _, err := f.c.Claim(ctx, "a", g.Ref(), ClaimOptions{Index: 1, Avoid: []string{"master"}}); !errors.Is(err, ErrNoSource) {
 			t.Fatalf("a took c's slot, and c pulls from a through b: %v", err)
 		}
+		if cl, err := f.c.Claim(ctx, "a", g.Ref(), ClaimOptions{Index: 1, Avoid: []string{"master"}, Acyclic: true}); !errors.Is(err, ErrNoSource) {
+			t.Fatalf("a's acyclic claim took %s, and c pulls from a through b: %v", cl.Slot, err)
+		}
+		// d pulls from the origin and is no descendant of a.
+		f.heartbeat("d")
+		if cl, err := f.c.Claim(ctx, "d", g.Ref(), ClaimOptions{}); err != nil || cl.Slot != "master#1" {
+			t.Fatalf("d's claim: %+v, %v; want master#1", cl, err)
+		}
+		if err := f.c.OfferSlots(ctx, "d", g.Ref(), 1, false); err != nil {
+			t.Fatal(err)
+		}
 		extra, err := f.c.Claim(ctx, "a", g.Ref(), ClaimOptions{Index: 1, Avoid: []string{"master"}, Acyclic: true})
-		if err != nil || extra.Source != "c" || extra.Index != 1 {
+		if err != nil || extra.Source != "d" || extra.Index != 1 {
 			t.Fatalf("acyclic extra claim: %+v, %v", extra, err)
 		}
 		if ttl := f.rdb.PTTL(ctx, k.Lease("a/1")).Val(); ttl <= 0 {
@@ -380,7 +390,7 @@ func TestSeveralClaims(t *testing.T) {
 		if err := f.c.Release(ctx, extra); err != nil {
 			t.Fatal(err)
 		}
-		if !slices.Contains(f.members(k.Sync()), "c#0") || !slices.Contains(f.members(k.Running()), "a") {
+		if !slices.Contains(f.members(k.Sync()), "d#0") || !slices.Contains(f.members(k.Running()), "a") {
 			t.Fatalf("after release: sync %v running %v", f.members(k.Sync()), f.members(k.Running()))
 		}
 		if _, err := f.c.Renew(ctx, first); err != nil {

@@ -483,7 +483,8 @@ return {id, now}
 // way. A partial source is taken only if it does not pull, directly or
 // through others (a bounded walk), from host: data never flows in a cycle;
 // unless acyclic (chunked generations: a partial source serves only chunks
-// it verified, so a cycle is harmless). A slot whose chain is too long to
+// it verified, so a cycle is harmless), which still skips a source at most
+// 16 links below host (see below): it would bring nothing. A slot whose chain is too long to
 // follow is withdrawn from the free sets when met (its source offers it
 // again at its finish or its next offering heartbeat), so waiting hosts do
 // not walk the same chains at every poll. Sources named in avoid
@@ -603,6 +604,24 @@ local function downstream(src)
   end
   return h ~= nil, h ~= nil
 end
+-- below reports whether src pulls from host through at most NEAR_STEPS
+-- first claims: a descendant near host in its chain. An extra claim
+-- (acyclic) takes no slot of one: what a descendant has came through host
+-- (its own rescue sources are host's ancestors), so its slot would bring
+-- nothing and hold the end of a chain that a host without a source needs,
+-- such as a relay bypassed for its slow uplink (see bypassScript). O(1):
+-- at most NEAR_STEPS HGETs; a descendant farther down is taken, as any
+-- acyclic claim took one before.
+local NEAR_STEPS = 16
+local function below(src)
+  local h = src
+  for _ = 1, NEAR_STEPS do
+    h = upstream(h)
+    if not h then return false end
+    if h == host then return true end
+  end
+  return false
+end
 -- usable returns slot's source when host may take it, dropping the slots
 -- of bad or silent sources for good; an extra claim takes no slot of a
 -- host whose first claim is on host (one HGET).
@@ -658,7 +677,9 @@ local function pick(set, checkCycle, of)
         redis.call('SREM', set, m) -- a stale index entry
       else
         local src = usable(m)
-        if src and checkCycle and not acyclic and not isAlone() and not whole(src) then
+        if src and checkCycle and acyclic and not whole(src) and below(src) then
+          src = nil
+        elseif src and checkCycle and not acyclic and not isAlone() and not whole(src) then
           local cycle, long = downstream(src)
           -- A slot at the end of a chain too long to follow is withdrawn:
           -- no claimer may take it, and every waiting host would walk the
