@@ -551,6 +551,7 @@ func (m *Master) publish(ctx context.Context, value string, opts coord.TaskOptio
 		var snap *peer.Snapshot
 		snap, err = m.build(ctx, osPath, opts.Exclude)
 		if err == nil {
+			defer m.saveCache() // once published: hosts pull meanwhile
 			return m.offer(ctx, clean, opts, snap)
 		}
 	}
@@ -675,6 +676,7 @@ func (m *Master) resume(ctx context.Context, g coord.Generation) error {
 	if err != nil {
 		return m.publish(ctx, g.Path, opts)
 	}
+	defer m.saveCache()
 	if snap.Digest != g.Digest {
 		m.cfg.Log.WithField("gen", g.ID).Warn("task tree changed since it was published; publishing a new generation")
 		return m.offer(ctx, g.Path, opts, snap)
@@ -700,7 +702,9 @@ func (m *Master) resume(ctx context.Context, g coord.Generation) error {
 
 // build walks and hashes the tree at osPath into a snapshot, in the
 // manifest format the fleet reads (see format), leaving out what the
-// task's excludes and Config.Exclude match.
+// task's excludes and Config.Exclude match. It does not save the hash
+// cache: callers do once the snapshot is published (saveCache), since the
+// save of 100,000 entries took 0.3-0.6 s between the walk and the publish.
 func (m *Master) build(ctx context.Context, osPath string, taskExclude []string) (*peer.Snapshot, error) {
 	return m.buildFormat(ctx, osPath, m.format(ctx), taskExclude)
 }
@@ -749,7 +753,6 @@ func (m *Master) buildFormat(ctx context.Context, osPath string, format int, tas
 	if err != nil {
 		return nil, fmt.Errorf("build manifest: %w", err)
 	}
-	m.saveCache()
 	return encodeSnapshot(man, osPath, format)
 }
 

@@ -559,6 +559,7 @@ func (m *Master) servedChanged(ctx context.Context, p string) error {
 	if err != nil {
 		return m.publish(ctx, a.Path, a.opts())
 	}
+	defer m.saveCache()
 	if snap.Digest == a.Digest {
 		return nil // changed back meanwhile
 	}
