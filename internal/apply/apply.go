@@ -216,11 +216,27 @@ func check(plan *manifest.Plan, opts Options) error {
 	return nil
 }
 
+// debugEnabled reports whether log writes debug entries, when it can
+// tell (a logrus Entry or Logger): a debug line per file costs its fields'
+// allocations even when its level drops it (0.19 s of CPU for 100,000
+// files).
+func debugEnabled(log logrus.FieldLogger) bool {
+	switch l := log.(type) {
+	case *logrus.Entry:
+		return l.Logger.IsLevelEnabled(logrus.DebugLevel)
+	case *logrus.Logger:
+		return l.IsLevelEnabled(logrus.DebugLevel)
+	}
+	return true
+}
+
 // applier is the state of one Apply call.
 type applier struct {
-	root   string // OS path of the task root
-	opts   Options
-	log    logrus.FieldLogger
+	root string // OS path of the task root
+	opts Options
+	log  logrus.FieldLogger
+	// debug: log writes debug entries (see debugEnabled).
+	debug  bool
 	expect func(manifest.Entry) manifest.Entry // Options.Owner's Expecter
 	// maxDirs is how many directory handles stay open; maxOpenDirs but
 	// in tests.
@@ -257,6 +273,7 @@ func newApplier(root string, opts Options) *applier {
 		root:    filepath.Clean(root),
 		opts:    opts,
 		log:     log,
+		debug:   debugEnabled(log),
 		expect:  opts.Owner.Expecter(),
 		maxDirs: maxOpenDirs,
 		dirs:    map[string]*dirHandle{},

@@ -13,6 +13,7 @@ import (
 	"sync"
 	"syscall"
 
+	"github.com/sirupsen/logrus"
 	"golang.org/x/sys/unix"
 
 	"github.com/fanout/fanout/internal/chunk"
@@ -343,7 +344,9 @@ func (in *incoming) end(ferr error) (err error) {
 		a.remember(in, got)
 	}
 	a.done(manifest.OpFetch, s.n)
-	a.log.WithField("path", e.Path).WithField("bytes", s.n).Debug("fetched")
+	if a.debug {
+		a.log.WithFields(logrus.Fields{"path": e.Path, "bytes": s.n}).Debug("fetched")
+	}
 	return nil
 }
 
