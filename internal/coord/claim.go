@@ -58,11 +58,12 @@ type ClaimOptions struct {
 	// swarm's extra source) gets ErrNoSource while any host waits for its
 	// first source: a slot starts a pull before it speeds one up.
 	Index int
-	// Acyclic takes a partial source even if it pulls from this host: for
-	// chunked generations, whose partial sources serve only verified
-	// chunks. Not one at most 16 links below this host in its chain: what
-	// such a descendant has came through this host, and its slot is the
-	// end of a chain, which a host without a source needs.
+	// Acyclic takes a partial source even if it pulls from this host
+	// through more than 16 links of first claims, or through extra
+	// claims: for chunked generations, whose partial sources serve only
+	// verified chunks. Not one at most 16 links below this host in its
+	// chain: what such a descendant has came mostly through this host, and
+	// its slot is the end of a chain, which a host without a source needs.
 	Acyclic bool
 	// Avoid lists sources not to take (the ones this host already pulls
 	// from).

@@ -335,7 +335,8 @@ func TestClockSkewIrrelevant(t *testing.T) {
 // released gives its slot back and leaves the first alone, an extra claim
 // expires on its own, and neither a plain nor an acyclic claim (chunked
 // generations) takes a partial source that pulls from the host through
-// another (see TestExtraClaimSkipsDescendants, TestExtraClaimSkipsOwnPuller).
+// another, within 16 links (see TestExtraClaimSkipsDescendants,
+// TestExtraClaimSkipsOwnPuller).
 func TestSeveralClaims(t *testing.T) {
 	each(t, 15*time.Second, func(t *testing.T, f *fixture) {
 		ctx := context.Background()

@@ -484,11 +484,12 @@ return {id, now}
 // through others (a bounded walk), from host: data never flows in a cycle;
 // unless acyclic (chunked generations: a partial source serves only chunks
 // it verified, so a cycle is harmless), which still skips a source at most
-// 16 links below host (see below): it would bring nothing. A slot whose chain is too long to
-// follow is withdrawn from the free sets when met (its source offers it
-// again at its finish or its next offering heartbeat), so waiting hosts do
-// not walk the same chains at every poll. Sources named in avoid
-// (comma-separated: the ones host pulls from already) are skipped. A
+// 16 links below host (see below): it would bring little. A slot whose
+// chain is too long to follow is withdrawn from the free sets when met
+// (its source offers it again at its finish or its next offering
+// heartbeat), so waiting hosts do not walk the same chains at every poll.
+// Sources named in avoid (comma-separated: the ones host pulls from
+// already) are skipped. A
 // finished host may claim only to repair (ARGV repair): it stays in
 // finished_queue and enters repairing instead of running_queue. With no
 // source, it returns how many hosts wait for one (lookup minus the
@@ -606,9 +607,10 @@ local function downstream(src)
 end
 -- below reports whether src pulls from host through at most NEAR_STEPS
 -- first claims: a descendant near host in its chain. An extra claim
--- (acyclic) takes no slot of one: what a descendant has came through host
--- (its own rescue sources are host's ancestors), so its slot would bring
--- nothing and hold the end of a chain that a host without a source needs,
+-- (acyclic) takes no slot of one: what a descendant has came mostly
+-- through host (its rescue sources are host's ancestors; only its own
+-- extra sources bring other chunks), so its slot would bring little and
+-- hold the end of a chain that a host without a source needs,
 -- such as a relay bypassed for its slow uplink (see bypassScript). O(1):
 -- at most NEAR_STEPS HGETs; a descendant farther down is taken, as any
 -- acyclic claim took one before.
@@ -677,7 +679,7 @@ local function pick(set, checkCycle, of)
         redis.call('SREM', set, m) -- a stale index entry
       else
         local src = usable(m)
-        if src and checkCycle and acyclic and not whole(src) and below(src) then
+        if src and checkCycle and acyclic and not isAlone() and not whole(src) and below(src) then
           src = nil
         elseif src and checkCycle and not acyclic and not isAlone() and not whole(src) then
           local cycle, long = downstream(src)

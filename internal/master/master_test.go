@@ -14,18 +14,19 @@ import (
 	"github.com/fanout/fanout/internal/peer"
 )
 
-// snapshotsAt records, for each snapshot set, whether the hash cache file
+// announcedAt records, for each generation announced (the origin's slots
+// offered, the last step of a publish), whether the hash cache file
 // existed then.
-type snapshotsAt struct {
-	*peer.Server
+type announcedAt struct {
+	*coord.Client
 	cache   string
 	existed []bool
 }
 
-func (s *snapshotsAt) Set(snap *peer.Snapshot) {
-	_, err := os.Stat(s.cache)
-	s.existed = append(s.existed, err == nil)
-	s.Server.Set(snap)
+func (c *announcedAt) Announce(ctx context.Context, origin string, r coord.Ref, uploads int) error {
+	_, err := os.Stat(c.cache)
+	c.existed = append(c.existed, err == nil)
+	return c.Client.Announce(ctx, origin, r, uploads)
 }
 
 // TestHashCacheSavedOncePublished: the master saves its hash cache in its
@@ -47,9 +48,8 @@ func TestHashCacheSavedOncePublished(t *testing.T) {
 	log := logrus.New()
 	log.SetOutput(os.Stderr)
 	log.SetLevel(logrus.WarnLevel)
-	co := coord.New(rdb, coord.Config{})
-	srv := &snapshotsAt{Server: peer.NewServer(peer.ServerConfig{Log: log}), cache: filepath.Join(state, cacheFile)}
-	m, err := New(Config{ID: "master", Advertise: "127.0.0.1:1", Root: root, StateDir: state, Log: log}, co, srv)
+	co := &announcedAt{Client: coord.New(rdb, coord.Config{}), cache: filepath.Join(state, cacheFile)}
+	m, err := New(Config{ID: "master", Advertise: "127.0.0.1:1", Root: root, StateDir: state, Log: log}, co, peer.NewServer(peer.ServerConfig{Log: log}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -63,10 +63,10 @@ func TestHashCacheSavedOncePublished(t *testing.T) {
 	if err != nil || g.ID == 0 || g.Path != "/t" {
 		t.Fatalf("generation after the tick: %+v, %v; want /t published", g, err)
 	}
-	if len(srv.existed) == 0 || srv.existed[0] {
-		t.Fatalf("snapshots set with the cache file present: %v; want the first set before the save", srv.existed)
+	if len(co.existed) == 0 || co.existed[0] {
+		t.Fatalf("generations announced with the cache file present: %v; want the first announced before the save", co.existed)
 	}
-	if fi, err := os.Stat(srv.cache); err != nil || fi.Size() == 0 {
+	if fi, err := os.Stat(co.cache); err != nil || fi.Size() == 0 {
 		t.Fatalf("hash cache after the publish: %v, %v; want it saved", fi, err)
 	}
 }

@@ -475,7 +475,7 @@ func (m *Master) watchPublish(ctx context.Context, forceFull bool) error {
 	if err != nil {
 		return fmt.Errorf("watch: walk the changed tree: %w", err)
 	}
-	m.saveCache()
+	defer m.saveCache() // once published
 	snap, err := encodeSnapshot(man, osPath, format)
 	if err != nil {
 		return fmt.Errorf("watch: %w", err)
