@@ -13,6 +13,8 @@ import (
 	"syscall"
 	"testing"
 
+	"github.com/sirupsen/logrus"
+
 	"github.com/fanout/fanout/internal/manifest"
 )
 
@@ -633,4 +635,22 @@ func TestRemoveRoot(t *testing.T) {
 		t.Errorf("stats %+v", st)
 	}
 	checkEntry(t, root, e, data)
+}
+
+// TestDebugEnabled: per-file debug lines are built only for a logger at
+// debug level, and for loggers whose level cannot be told.
+func TestDebugEnabled(t *testing.T) {
+	l := logrus.New()
+	l.SetLevel(logrus.InfoLevel)
+	if debugEnabled(l) || debugEnabled(l.WithField("k", "v")) {
+		t.Error("debug reported on for a logger at info level")
+	}
+	l.SetLevel(logrus.DebugLevel)
+	if !debugEnabled(l) || !debugEnabled(l.WithField("k", "v")) {
+		t.Error("debug reported off for a logger at debug level")
+	}
+	var other logrus.FieldLogger = struct{ logrus.FieldLogger }{l}
+	if !debugEnabled(other) {
+		t.Error("debug reported off for a logger of unknown type")
+	}
 }
