@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/fanout/fanout/internal/chunk"
 )
 
 func TestEncodeDecodeBuiltTree(t *testing.T) {
@@ -237,4 +239,61 @@ func TestDecodeLimits(t *testing.T) {
 	if m, err := Decode([]byte(b.String()), lim); err != nil || len(m.Entries) != 1001 {
 		t.Errorf("within limits: %v", err)
 	}
+}
+
+// TestDecodeCanonicalTakesEncode: whatever Encode writes, Decode's fast
+// path decodes, to what encoding/json decodes (a fast path that refused
+// every input would pass FuzzDecodeCanonical).
+func TestDecodeCanonicalTakesEncode(t *testing.T) {
+	for name, m := range map[string]*Manifest{"valid": validManifest(), "owned": ownedManifest(), "chunked": chunkedManifest()} {
+		b, err := m.Encode()
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, ok := decodeCanonical(b, 0)
+		if !ok {
+			t.Fatalf("%s: fast path refused Encode's output %s", name, b)
+		}
+		var want Manifest
+		if err := json.Unmarshal(b, &want); err != nil {
+			t.Fatal(err)
+		}
+		if !reflect.DeepEqual(*got, want) {
+			t.Fatalf("%s: fast path decoded\n%#v\nencoding/json\n%#v", name, *got, want)
+		}
+	}
+}
+
+// BenchmarkDecode decodes a manifest of 100,000 small files (100
+// directories of 1,000), with and without Decode's fast path.
+func BenchmarkDecode(b *testing.B) {
+	m := &Manifest{Entries: []Entry{{Path: ".", Type: Dir, Mode: 0o755, MTime: 1}}}
+	for d := range 100 {
+		dir := fmt.Sprintf("d%03d", d)
+		m.Entries = append(m.Entries, Entry{Path: dir, Type: Dir, Mode: 0o755, MTime: 1764480000123456789, User: "root", Group: "root", UID: NewOwnerID(0), GID: NewOwnerID(0)})
+		for f := range 1000 {
+			m.Entries = append(m.Entries, Entry{Path: fmt.Sprintf("%s/file-%04d.txt", dir, f), Type: File, Mode: 0o644, Size: 4400,
+				MTime: 1764480000123456789, Hash: strings.Repeat("3f", 32), User: "root", Group: "root", UID: NewOwnerID(0), GID: NewOwnerID(0)})
+		}
+	}
+	p := chunk.DefaultParams()
+	m.Chunking = &p
+	enc, err := m.Encode()
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Run("fast", func(b *testing.B) {
+		for b.Loop() {
+			if _, err := Decode(enc, DefaultLimits()); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("encoding-json", func(b *testing.B) {
+		for b.Loop() {
+			if _, err := decodeStd(enc, DefaultLimits()); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
 }

@@ -191,22 +191,26 @@ func Decode(b []byte, lim Limits) (*Manifest, error) {
 	// occurs as a key: inside a string a quote is escaped, and a "path"
 	// value is followed by ',' or '}'. Whitespace before the colon evades
 	// the count, but not Validate's exact one, and MaxBytes bounds memory.
-	if n := bytes.Count(b, []byte(`"path":`)); n > lim.MaxEntries {
-		return nil, fmt.Errorf("manifest has about %d entries, more than the limit of %d", n, lim.MaxEntries)
+	entries := bytes.Count(b, []byte(`"path":`))
+	if entries > lim.MaxEntries {
+		return nil, fmt.Errorf("manifest has about %d entries, more than the limit of %d", entries, lim.MaxEntries)
 	}
 	// The same for chunks, whose only key that is also nowhere else a key
 	// is "off".
 	if n := bytes.Count(b, []byte(`"off":`)); n > lim.MaxChunks {
 		return nil, fmt.Errorf("manifest has about %d chunks, more than the limit of %d", n, lim.MaxChunks)
 	}
-	var m Manifest
-	dec := json.NewDecoder(bytes.NewReader(b))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&m); err != nil {
-		return nil, fmt.Errorf("decode manifest: %w", err)
-	}
-	if rest := bytes.Trim(b[dec.InputOffset():], " \t\r\n"); len(rest) > 0 {
-		return nil, fmt.Errorf("decode manifest: %d bytes of trailing data after the manifest", len(rest))
+	m, ok := decodeCanonical(b, entries)
+	if !ok {
+		m = &Manifest{}
+		dec := json.NewDecoder(bytes.NewReader(b))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(m); err != nil {
+			return nil, fmt.Errorf("decode manifest: %w", err)
+		}
+		if rest := bytes.Trim(b[dec.InputOffset():], " \t\r\n"); len(rest) > 0 {
+			return nil, fmt.Errorf("decode manifest: %d bytes of trailing data after the manifest", len(rest))
+		}
 	}
 	if len(m.Entries) == 0 {
 		return nil, errors.New("manifest has no entries (a task always has a root)")
@@ -214,7 +218,7 @@ func Decode(b []byte, lim Limits) (*Manifest, error) {
 	if err := m.Validate(lim); err != nil {
 		return nil, err
 	}
-	return &m, nil
+	return m, nil
 }
 
 const modeBits = fs.ModePerm | fs.ModeSetuid | fs.ModeSetgid | fs.ModeSticky

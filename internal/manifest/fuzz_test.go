@@ -2,6 +2,9 @@ package manifest
 
 import (
 	"bytes"
+	"encoding/json"
+	"errors"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -48,6 +51,74 @@ func FuzzDecode(f *testing.F) {
 			}
 		}
 	})
+}
+
+// FuzzDecodeCanonical checks that decodeCanonical, Decode's fast path,
+// decodes what it accepts exactly as encoding/json does, and that Decode
+// accepts exactly what encoding/json alone would.
+func FuzzDecodeCanonical(f *testing.F) {
+	for _, m := range []*Manifest{validManifest(), ownedManifest(), chunkedManifest()} {
+		b, _ := m.Encode()
+		f.Add(b)
+	}
+	f.Add([]byte(`{"entries":[{"path":".","type":"dir","mode":493,"mtime":1,"Path":"x"}]}`))
+	f.Add([]byte(`{"entries":[{"path":".","type":"dir","mode":493,"mtime":1,"path":"y"}]}`))
+	f.Add([]byte(`{"entries":[{"path":".","type":"dir","mode":493,"mtime":1,"uid":null,"gid":1}]}`))
+	f.Add([]byte(`{"entries":[{"path":".","type":"dir","mode":-1,"mtime":01}]}`))
+	f.Add([]byte(`{"entries":[{"path":".\u0000","type":"dir","mode":1e3,"mtime":-0}]} `))
+	f.Add([]byte("{\"entries\":[{\"path\":\".\",\"type\":\"dir\",\"user\":\"\xff\"}]}"))
+	f.Add([]byte(`{"chunking":{},"exclude":[],"entries":[{"path":".","type":"file","chunks":[]}]}`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		if m, ok := decodeCanonical(b, 0); ok {
+			var want Manifest
+			dec := json.NewDecoder(bytes.NewReader(b))
+			dec.DisallowUnknownFields()
+			if err := dec.Decode(&want); err != nil || dec.InputOffset() != int64(len(b)) {
+				t.Fatalf("fast path accepted what encoding/json refuses (%v, %d of %d bytes)", err, dec.InputOffset(), len(b))
+			}
+			if !reflect.DeepEqual(*m, want) {
+				t.Fatalf("fast path and encoding/json disagree:\n%#v\n%#v", *m, want)
+			}
+		}
+		lim := Limits{MaxEntries: 1000, MaxBytes: 1 << 20, MaxFileSize: 1 << 40, MaxChunks: 1000}
+		m, err := Decode(b, lim)
+		want, werr := decodeStd(b, lim)
+		if (err == nil) != (werr == nil) {
+			t.Fatalf("Decode: %v; encoding/json alone: %v", err, werr)
+		}
+		if err == nil && !reflect.DeepEqual(m, want) {
+			t.Fatalf("Decode and encoding/json alone disagree:\n%#v\n%#v", m, want)
+		}
+	})
+}
+
+// decodeStd is Decode with encoding/json alone.
+func decodeStd(b []byte, lim Limits) (*Manifest, error) {
+	if int64(len(b)) > lim.MaxBytes {
+		return nil, errors.New("too large")
+	}
+	if n := bytes.Count(b, []byte(`"path":`)); n > lim.MaxEntries {
+		return nil, errors.New("too many entries")
+	}
+	if n := bytes.Count(b, []byte(`"off":`)); n > lim.MaxChunks {
+		return nil, errors.New("too many chunks")
+	}
+	var m Manifest
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&m); err != nil {
+		return nil, err
+	}
+	if rest := bytes.Trim(b[dec.InputOffset():], " \t\r\n"); len(rest) > 0 {
+		return nil, errors.New("trailing data")
+	}
+	if len(m.Entries) == 0 {
+		return nil, errors.New("no entries")
+	}
+	if err := m.Validate(lim); err != nil {
+		return nil, err
+	}
+	return &m, nil
 }
 
 // FuzzValidPath checks that nothing ValidPath accepts can climb out of the

@@ -1,0 +1,328 @@
+package manifest
+
+import (
+	"io/fs"
+	"math"
+	"strconv"
+	"unicode/utf8"
+
+	"github.com/fanout/fanout/internal/chunk"
+)
+
+// decodeCanonical decodes b when it is a manifest as Encode writes it
+// (encoding/json's compact form: no whitespace, no escapes in strings, no
+// nulls, each field once and named exactly), and reports false for
+// anything else, which Decode then gives to encoding/json: what this
+// accepts, it decodes exactly as encoding/json would (FuzzDecodeCanonical
+// compares the two), five to ten times faster; on the path from a
+// minion's claim to its first file, encoding/json took 0.57 s for 100,000
+// entries. entries is a capacity hint.
+func decodeCanonical(b []byte, entries int) (*Manifest, bool) {
+	d := canonical{b: b}
+	m := &Manifest{}
+	ok := d.object(func(key string) bool {
+		switch key {
+		case "chunking":
+			if m.Chunking != nil {
+				return false
+			}
+			m.Chunking = &chunk.Params{}
+			return d.params(m.Chunking)
+		case "exclude":
+			if m.Exclude != nil {
+				return false
+			}
+			m.Exclude = []string{}
+			return d.array(func() bool {
+				s, ok := d.str()
+				m.Exclude = append(m.Exclude, s)
+				return ok
+			})
+		case "entries":
+			if m.Entries != nil {
+				return false
+			}
+			m.Entries = make([]Entry, 0, max(entries, 0))
+			return d.array(func() bool {
+				var e Entry
+				ok := d.entry(&e)
+				m.Entries = append(m.Entries, e)
+				return ok
+			})
+		}
+		return false
+	})
+	if !ok || d.i != len(b) {
+		return nil, false
+	}
+	return m, true
+}
+
+// canonical is a reader of the compact JSON Encode writes.
+type canonical struct {
+	b []byte
+	i int
+}
+
+// next reports whether the next byte is c, and takes it if so.
+func (d *canonical) next(c byte) bool {
+	if d.i < len(d.b) && d.b[d.i] == c {
+		d.i++
+		return true
+	}
+	return false
+}
+
+// object reads an object, calling field for each key with the reader at
+// its value; keys must be distinct (field refuses a repeated one).
+func (d *canonical) object(field func(key string) bool) bool {
+	if !d.next('{') {
+		return false
+	}
+	if d.next('}') {
+		return true
+	}
+	for {
+		key, ok := d.str()
+		if !ok || !d.next(':') || !field(key) {
+			return false
+		}
+		if d.next('}') {
+			return true
+		}
+		if !d.next(',') {
+			return false
+		}
+	}
+}
+
+// array reads an array, calling elem at each element.
+func (d *canonical) array(elem func() bool) bool {
+	if !d.next('[') {
+		return false
+	}
+	if d.next(']') {
+		return true
+	}
+	for {
+		if !elem() {
+			return false
+		}
+		if d.next(']') {
+			return true
+		}
+		if !d.next(',') {
+			return false
+		}
+	}
+}
+
+// str reads a string without escapes, of valid UTF-8 and no control
+// characters.
+func (d *canonical) str() (string, bool) {
+	if !d.next('"') {
+		return "", false
+	}
+	start := d.i
+	ascii := true
+	for ; d.i < len(d.b); d.i++ {
+		c := d.b[d.i]
+		switch {
+		case c == '"':
+			s := d.b[start:d.i]
+			d.i++
+			if !ascii && !utf8.Valid(s) {
+				return "", false // encoding/json replaces invalid bytes
+			}
+			return string(s), true
+		case c == '\\' || c < 0x20:
+			return "", false
+		case c >= utf8.RuneSelf:
+			ascii = false
+		}
+	}
+	return "", false
+}
+
+// int reads an integer (JSON's grammar, no fraction or exponent) that
+// fits in an int64; the raw text too, for OwnerID.
+func (d *canonical) int() (int64, []byte, bool) {
+	start := d.i
+	d.next('-')
+	digits := d.i
+	for d.i < len(d.b) && d.b[d.i] >= '0' && d.b[d.i] <= '9' {
+		d.i++
+	}
+	switch {
+	case d.i == digits:
+		return 0, nil, false
+	case d.b[digits] == '0' && d.i > digits+1:
+		return 0, nil, false // a leading zero: not JSON
+	case d.i < len(d.b) && (d.b[d.i] == '.' || d.b[d.i] == 'e' || d.b[d.i] == 'E'):
+		return 0, nil, false
+	}
+	raw := d.b[start:d.i]
+	n, err := strconv.ParseInt(string(raw), 10, 64)
+	return n, raw, err == nil
+}
+
+// params reads chunking parameters.
+func (d *canonical) params(p *chunk.Params) bool {
+	var seen [3]bool
+	return d.object(func(key string) bool {
+		var f *int
+		var k int
+		switch key {
+		case "min":
+			f, k = &p.Min, 0
+		case "avg":
+			f, k = &p.Avg, 1
+		case "max":
+			f, k = &p.Max, 2
+		default:
+			return false
+		}
+		if seen[k] {
+			return false
+		}
+		seen[k] = true
+		n, _, ok := d.int()
+		if !ok || n < math.MinInt || n > math.MaxInt {
+			return false
+		}
+		*f = int(n)
+		return true
+	})
+}
+
+// Entry fields, as bits of a set of those seen.
+const (
+	fPath = 1 << iota
+	fType
+	fMode
+	fSize
+	fMTime
+	fHash
+	fTarget
+	fUser
+	fGroup
+	fUID
+	fGID
+	fChunks
+)
+
+// entry reads one entry.
+func (d *canonical) entry(e *Entry) bool {
+	seen := 0
+	return d.object(func(key string) bool {
+		var bit int
+		var s *string
+		var n *int64
+		switch key {
+		case "path":
+			bit, s = fPath, &e.Path
+		case "type":
+			if seen&fType != 0 {
+				return false
+			}
+			seen |= fType
+			t, ok := d.str()
+			e.Type = Type(t)
+			return ok
+		case "mode":
+			if seen&fMode != 0 {
+				return false
+			}
+			seen |= fMode
+			v, _, ok := d.int()
+			if !ok || v < 0 || v > math.MaxUint32 {
+				return false
+			}
+			e.Mode = fs.FileMode(v)
+			return true
+		case "size":
+			bit, n = fSize, &e.Size
+		case "mtime":
+			bit, n = fMTime, &e.MTime
+		case "hash":
+			bit, s = fHash, &e.Hash
+		case "target":
+			bit, s = fTarget, &e.Target
+		case "user":
+			bit, s = fUser, &e.User
+		case "group":
+			bit, s = fGroup, &e.Group
+		case "uid", "gid":
+			bit = fUID
+			id := &e.UID
+			if key == "gid" {
+				bit, id = fGID, &e.GID
+			}
+			if seen&bit != 0 {
+				return false
+			}
+			seen |= bit
+			_, raw, ok := d.int()
+			return ok && id.UnmarshalJSON(raw) == nil
+		case "chunks":
+			if seen&fChunks != 0 {
+				return false
+			}
+			seen |= fChunks
+			e.Chunks = []Chunk{}
+			return d.array(func() bool {
+				var c Chunk
+				ok := d.chunk(&c)
+				e.Chunks = append(e.Chunks, c)
+				return ok
+			})
+		default:
+			return false
+		}
+		if seen&bit != 0 {
+			return false
+		}
+		seen |= bit
+		var ok bool
+		if s != nil {
+			*s, ok = d.str()
+		} else {
+			*n, _, ok = d.int()
+		}
+		return ok
+	})
+}
+
+// chunk reads one chunk of a list.
+func (d *canonical) chunk(c *Chunk) bool {
+	seen := 0
+	return d.object(func(key string) bool {
+		var bit int
+		switch key {
+		case "off":
+			bit = 1
+		case "len":
+			bit = 2
+		case "hash":
+			bit = 4
+		default:
+			return false
+		}
+		if seen&bit != 0 {
+			return false
+		}
+		seen |= bit
+		if bit == 4 {
+			var ok bool
+			c.Hash, ok = d.str()
+			return ok
+		}
+		n, _, ok := d.int()
+		if bit == 1 {
+			c.Off = n
+		} else {
+			c.Len = n
+		}
+		return ok
+	})
+}
