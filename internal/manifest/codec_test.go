@@ -245,7 +245,12 @@ func TestDecodeLimits(t *testing.T) {
 // path decodes, to what encoding/json decodes (a fast path that refused
 // every input would pass FuzzDecodeCanonical).
 func TestDecodeCanonicalTakesEncode(t *testing.T) {
-	for name, m := range map[string]*Manifest{"valid": validManifest(), "owned": ownedManifest(), "chunked": chunkedManifest()} {
+	escaped := &Manifest{Entries: []Entry{
+		{Path: ".", Type: Dir, Mode: 0o755, MTime: 1},
+		{Path: "R&D <x> \u2028\ufffd é", Type: File, Mode: 0o644, MTime: 2, Size: 1, Hash: strings.Repeat("a", 64)},
+		{Path: "link", Type: Symlink, Mode: 0o777, MTime: 3, Target: "../a\tb\"c\\d"},
+	}}
+	for name, m := range map[string]*Manifest{"valid": validManifest(), "owned": ownedManifest(), "chunked": chunkedManifest(), "escaped": escaped} {
 		b, err := m.Encode()
 		if err != nil {
 			t.Fatal(err)

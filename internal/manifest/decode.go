@@ -42,7 +42,10 @@ func decodeCanonical(b []byte, entries int) (*Manifest, bool) {
 			if m.Entries != nil {
 				return false
 			}
-			m.Entries = make([]Entry, 0, max(entries, 0))
+			// The hint is a count of `"path":` in b, so capped by what b
+			// can hold (an entry Encode writes takes 44 bytes at least):
+			// a forged count does not allocate past b's own size.
+			m.Entries = make([]Entry, 0, min(max(entries, 0), len(b)/44))
 			return d.array(func() bool {
 				var e Entry
 				ok := d.entry(&e)
@@ -117,8 +120,11 @@ func (d *canonical) array(elem func() bool) bool {
 	}
 }
 
-// str reads a string without escapes, of valid UTF-8 and no control
-// characters.
+// str reads a string of valid UTF-8 without control characters. Its
+// escapes are those json.Marshal writes (\u003c, \u003e, \u0026,
+// \u2028, \u2029, \ufffd and the like, \" and \\, \n, \r, \t) and JSON's
+// other one-letter ones; a \u escape of a surrogate is not (encoding/json
+// pairs or replaces those).
 func (d *canonical) str() (string, bool) {
 	if !d.next('"') {
 		return "", false
@@ -135,11 +141,76 @@ func (d *canonical) str() (string, bool) {
 				return "", false // encoding/json replaces invalid bytes
 			}
 			return string(s), true
-		case c == '\\' || c < 0x20:
+		case c == '\\':
+			return d.escaped(start, ascii)
+		case c < 0x20:
 			return "", false
 		case c >= utf8.RuneSelf:
 			ascii = false
 		}
+	}
+	return "", false
+}
+
+// escaped finishes str from its first backslash at d.i, the string having
+// begun at start.
+func (d *canonical) escaped(start int, ascii bool) (string, bool) {
+	if !ascii && !utf8.Valid(d.b[start:d.i]) {
+		return "", false
+	}
+	buf := append([]byte(nil), d.b[start:d.i]...)
+	for d.i < len(d.b) {
+		c := d.b[d.i]
+		switch {
+		case c == '"':
+			d.i++
+			return string(buf), true
+		case c < 0x20:
+			return "", false
+		case c != '\\':
+			// A run of plain bytes, checked as UTF-8 where it ends.
+			j := d.i
+			for j < len(d.b) && d.b[j] != '"' && d.b[j] != '\\' && d.b[j] >= 0x20 {
+				j++
+			}
+			if !utf8.Valid(d.b[d.i:j]) {
+				return "", false
+			}
+			buf = append(buf, d.b[d.i:j]...)
+			d.i = j
+			continue
+		}
+		if d.i+1 >= len(d.b) {
+			return "", false
+		}
+		switch e := d.b[d.i+1]; e {
+		case '"', '\\', '/':
+			buf = append(buf, e)
+		case 'b':
+			buf = append(buf, '\b')
+		case 'f':
+			buf = append(buf, '\f')
+		case 'n':
+			buf = append(buf, '\n')
+		case 'r':
+			buf = append(buf, '\r')
+		case 't':
+			buf = append(buf, '\t')
+		case 'u':
+			if d.i+6 > len(d.b) {
+				return "", false
+			}
+			r, err := strconv.ParseUint(string(d.b[d.i+2:d.i+6]), 16, 16)
+			if err != nil || (r >= 0xd800 && r < 0xe000) {
+				return "", false
+			}
+			buf = utf8.AppendRune(buf, rune(r))
+			d.i += 6
+			continue
+		default:
+			return "", false
+		}
+		d.i += 2
 	}
 	return "", false
 }
@@ -234,9 +305,9 @@ func (d *canonical) entry(e *Entry) bool {
 				return false
 			}
 			seen |= fMode
-			v, _, ok := d.int()
-			if !ok || v < 0 || v > math.MaxUint32 {
-				return false
+			v, raw, ok := d.int()
+			if !ok || raw[0] == '-' || v > math.MaxUint32 {
+				return false // encoding/json refuses "-0" for a uint32 too
 			}
 			e.Mode = fs.FileMode(v)
 			return true

@@ -68,6 +68,8 @@ func FuzzDecodeCanonical(f *testing.F) {
 	f.Add([]byte(`{"entries":[{"path":".\u0000","type":"dir","mode":1e3,"mtime":-0}]} `))
 	f.Add([]byte("{\"entries\":[{\"path\":\".\",\"type\":\"dir\",\"user\":\"\xff\"}]}"))
 	f.Add([]byte(`{"chunking":{},"exclude":[],"entries":[{"path":".","type":"file","chunks":[]}]}`))
+	f.Add([]byte(`{"entries":[{"path":".","type":"dir","mode":-0,"mtime":1}]}`))
+	f.Add([]byte(`{"entries":[{"path":".","type":"dir","mode":493,"mtime":1},{"path":"R\u0026D \u003cx\u003e\t\u2028\ufffd\ud800\/","type":"file"}]}`))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		if m, ok := decodeCanonical(b, 0); ok {
 			var want Manifest
