@@ -266,99 +266,87 @@ func (d *canonical) params(p *chunk.Params) bool {
 	})
 }
 
-// Entry fields, as bits of a set of those seen.
-const (
-	fPath = 1 << iota
-	fType
-	fMode
-	fSize
-	fMTime
-	fHash
-	fTarget
-	fUser
-	fGroup
-	fUID
-	fGID
-	fChunks
-)
+// entryField returns the bit of an entry's key in a set of the keys
+// seen, 0 for a key that is not one.
+func entryField(key string) int {
+	switch key {
+	case "path":
+		return 1 << 0
+	case "type":
+		return 1 << 1
+	case "mode":
+		return 1 << 2
+	case "size":
+		return 1 << 3
+	case "mtime":
+		return 1 << 4
+	case "hash":
+		return 1 << 5
+	case "target":
+		return 1 << 6
+	case "user":
+		return 1 << 7
+	case "group":
+		return 1 << 8
+	case "uid":
+		return 1 << 9
+	case "gid":
+		return 1 << 10
+	case "chunks":
+		return 1 << 11
+	}
+	return 0
+}
 
 // entry reads one entry.
 func (d *canonical) entry(e *Entry) bool {
 	seen := 0
 	return d.object(func(key string) bool {
-		var bit int
-		var s *string
-		var n *int64
+		bit := entryField(key)
+		if bit == 0 || seen&bit != 0 {
+			return false
+		}
+		seen |= bit
+		var ok bool
 		switch key {
 		case "path":
-			bit, s = fPath, &e.Path
+			e.Path, ok = d.str()
 		case "type":
-			if seen&fType != 0 {
-				return false
-			}
-			seen |= fType
-			t, ok := d.str()
+			var t string
+			t, ok = d.str()
 			e.Type = Type(t)
-			return ok
-		case "mode":
-			if seen&fMode != 0 {
-				return false
-			}
-			seen |= fMode
-			v, raw, ok := d.int()
-			if !ok || raw[0] == '-' || v > math.MaxUint32 {
-				return false // encoding/json refuses "-0" for a uint32 too
-			}
-			e.Mode = fs.FileMode(v)
-			return true
-		case "size":
-			bit, n = fSize, &e.Size
-		case "mtime":
-			bit, n = fMTime, &e.MTime
 		case "hash":
-			bit, s = fHash, &e.Hash
+			e.Hash, ok = d.str()
 		case "target":
-			bit, s = fTarget, &e.Target
+			e.Target, ok = d.str()
 		case "user":
-			bit, s = fUser, &e.User
+			e.User, ok = d.str()
 		case "group":
-			bit, s = fGroup, &e.Group
+			e.Group, ok = d.str()
+		case "size":
+			e.Size, _, ok = d.int()
+		case "mtime":
+			e.MTime, _, ok = d.int()
+		case "mode":
+			v, raw, iok := d.int()
+			// encoding/json refuses "-0" for a uint32 too.
+			ok = iok && raw[0] != '-' && v <= math.MaxUint32
+			e.Mode = fs.FileMode(v)
 		case "uid", "gid":
-			bit = fUID
 			id := &e.UID
 			if key == "gid" {
-				bit, id = fGID, &e.GID
+				id = &e.GID
 			}
-			if seen&bit != 0 {
-				return false
-			}
-			seen |= bit
-			_, raw, ok := d.int()
-			return ok && id.UnmarshalJSON(raw) == nil
+			_, raw, iok := d.int()
+			ok = iok && id.UnmarshalJSON(raw) == nil
 		case "chunks":
-			if seen&fChunks != 0 {
-				return false
-			}
-			seen |= fChunks
 			e.Chunks = []Chunk{}
-			return d.array(func() bool {
+			ok = d.array(func() bool {
 				var c Chunk
 				ok := d.chunk(&c)
 				e.Chunks = append(e.Chunks, c)
 				return ok
 			})
-		default:
-			return false
-		}
-		if seen&bit != 0 {
-			return false
-		}
-		seen |= bit
-		var ok bool
-		if s != nil {
-			*s, ok = d.str()
-		} else {
-			*n, _, ok = d.int()
 		}
 		return ok
 	})
