@@ -679,16 +679,19 @@ local function pick(set, checkCycle, of)
         redis.call('SREM', set, m) -- a stale index entry
       else
         local src = usable(m)
-        if src and checkCycle and acyclic and not isAlone() and not whole(src) and below(src) then
-          src = nil
-        elseif src and checkCycle and not acyclic and not isAlone() and not whole(src) then
-          local cycle, long = downstream(src)
-          -- A slot at the end of a chain too long to follow is withdrawn:
-          -- no claimer may take it, and every waiting host would walk the
-          -- chain again at each poll. Its source offers it again when it
-          -- finishes, or with its next offering heartbeat.
-          if long then takeSlot(m) end
-          if cycle then src = nil end
+        if src and checkCycle and not isAlone() and not whole(src) then
+          if acyclic then
+            if below(src) then src = nil end
+          else
+            local cycle, long = downstream(src)
+            -- A slot at the end of a chain too long to follow is
+            -- withdrawn: no claimer may take it, and every waiting host
+            -- would walk the chain again at each poll. Its source offers
+            -- it again when it finishes, or with its next offering
+            -- heartbeat.
+            if long then takeSlot(m) end
+            if cycle then src = nil end
+          end
         end
         if src then return m end
       end
