@@ -35,6 +35,11 @@ type Claim struct {
 	// one running_queue and status follow), 1... its extra sources.
 	Index int
 	Lease time.Duration
+	// Outlook is what an extra claim would have found as the claim was
+	// made (see Outlook), counted by the claim itself so that the pull's
+	// swarm starts without asking; nil when not counted (a claim not
+	// made by Claim).
+	Outlook *Outlook
 }
 
 // id names the claim in Redis: the host for its first claim, "host/n" for
@@ -98,6 +103,12 @@ type ClaimOptions struct {
 	// that listens on that channel; it still claims now and then, for
 	// slots of other zones and of sources built before hand-offs.
 	Queue bool
+	// Lookup counts the host in the lookup key (Keys.Lookup: the hosts
+	// that discovered the generation, as the original scripts count
+	// them) in the same call, unless the generation is stale: a host's
+	// first claim of a generation, so discovering one costs Redis no
+	// request of its own.
+	Lookup bool
 }
 
 // RescueSlot numbers the rescue slot a partial source offers besides its
@@ -142,7 +153,7 @@ func (c *Client) Claim(ctx context.Context, host string, gen Ref, o ClaimOptions
 	cid := claimID(host, o.Index)
 	res, err := c.run(ctx, claimScript, cid,
 		host, gen.ID, gen.Digest, c.cfg.LeaseTTL.Milliseconds(), rand.Uint32(), eventsMax, flag(o.Repair),
-		cid, flag(o.Acyclic), strings.Join(o.Avoid, ","), c.cfg.HostGrace.Milliseconds(), flag(o.SameZone), flag(o.Serves), o.Slots, flag(o.Rescue), flag(o.Queue)).StringSlice()
+		cid, flag(o.Acyclic), strings.Join(o.Avoid, ","), c.cfg.HostGrace.Milliseconds(), flag(o.SameZone), flag(o.Serves), o.Slots, flag(o.Rescue), flag(o.Queue), flag(o.Lookup)).StringSlice()
 	if err != nil {
 		return Claim{}, fmt.Errorf("claim source: %w", err)
 	}
@@ -168,7 +179,15 @@ func (c *Client) Claim(ctx context.Context, host string, gen Ref, o ClaimOptions
 	if len(res) > 4 && ValidZone("zone", res[4]) == nil {
 		zone = res[4]
 	}
-	return Claim{Host: host, Gen: gen, Slot: res[1], Source: src, SourceAddr: res[2], SourceZone: zone, Partial: partial, Repair: o.Repair, Index: o.Index, Lease: c.cfg.LeaseTTL}, nil
+	cl := Claim{Host: host, Gen: gen, Slot: res[1], Source: src, SourceAddr: res[2], SourceZone: zone, Partial: partial, Repair: o.Repair, Index: o.Index, Lease: c.cfg.LeaseTTL}
+	if len(res) > 6 {
+		free, ferr := strconv.ParseInt(res[5], 10, 64)
+		starved, serr := strconv.ParseInt(res[6], 10, 64)
+		if ferr == nil && serr == nil {
+			cl.Outlook = &Outlook{Free: free, Starved: starved}
+		}
+	}
+	return cl, nil
 }
 
 // Renew extends cl's lease; ErrLeaseLost when it expired and the slot was
@@ -399,8 +418,24 @@ func (c *Client) renewScripted(ctx context.Context, cl Claim, progress string, g
 // the same). When Finish fails with another error than ErrStale, whether
 // the others were released is not known: the caller releases them.
 func (c *Client) Finish(ctx context.Context, cl Claim, uploads int, others ...Claim) error {
+	return c.finish(ctx, cl, uploads, "", others)
+}
+
+// FinishReport is Finish that also records p, the pull's final progress,
+// in the same call (unless the generation moved on): a pull's last report
+// costs Redis no request of its own.
+func (c *Client) FinishReport(ctx context.Context, cl Claim, uploads int, p Progress, others ...Claim) error {
+	p.Updated = c.Now()
+	b, err := json.Marshal(p)
+	if err != nil {
+		return err
+	}
+	return c.finish(ctx, cl, uploads, string(b), others)
+}
+
+func (c *Client) finish(ctx context.Context, cl Claim, uploads int, progress string, others []Claim) error {
 	var extra []string
-	args := []any{cl.Host, cl.Gen.ID, cl.Gen.Digest, cl.Slot, uploads, eventsMax, flag(cl.Repair), cl.id()}
+	args := []any{cl.Host, cl.Gen.ID, cl.Gen.Digest, cl.Slot, uploads, eventsMax, flag(cl.Repair), cl.id(), progress}
 	for _, o := range others {
 		if o.SourceZone != cl.SourceZone {
 			_ = c.Release(ctx, o) // best effort: its lease ends it otherwise

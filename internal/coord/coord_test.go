@@ -318,6 +318,92 @@ func TestClaimLifecycle(t *testing.T) {
 	})
 }
 
+// TestClaimCountsLookup: a host's first claim of a generation counts its
+// discovery in lookup (the original scripts' key, which the claims' count
+// of waiting hosts reads) in the same call; a claim of a stale generation
+// or one not marked first counts nothing.
+func TestClaimCountsLookup(t *testing.T) {
+	each(t, 15*time.Second, func(t *testing.T, f *fixture) {
+		ctx := context.Background()
+		g := f.publish(1)
+		f.heartbeat("a", "b", "c")
+		lookup := func() int64 {
+			t.Helper()
+			n, err := f.rdb.Get(ctx, f.c.Keys().Lookup()).Int64()
+			if err != nil && !errors.Is(err, redis.Nil) {
+				t.Fatal(err)
+			}
+			return n
+		}
+		if _, err := f.c.Claim(ctx, "a", g.Ref(), ClaimOptions{Lookup: true}); err != nil {
+			t.Fatal(err)
+		}
+		if n := lookup(); n != 1 {
+			t.Fatalf("lookup after a's first claim = %d, want 1", n)
+		}
+		// b finds no source; its claim counts it, and it counts itself
+		// among the waiting hosts.
+		var none *NoSourceError
+		if _, err := f.c.Claim(ctx, "b", g.Ref(), ClaimOptions{Lookup: true}); !errors.As(err, &none) || none.Waiting != 1 {
+			t.Fatalf("b's first claim: %v, want no source with 1 host waiting", err)
+		}
+		if _, err := f.c.Claim(ctx, "b", g.Ref(), ClaimOptions{}); !errors.As(err, &none) || none.Waiting != 1 {
+			t.Fatalf("b's second claim: %v, want no source with 1 host waiting", err)
+		}
+		if _, err := f.c.Claim(ctx, "c", Ref{ID: g.ID - 1, Digest: g.Digest}, ClaimOptions{Lookup: true}); !errors.Is(err, ErrStale) {
+			t.Fatalf("claim of an old generation: %v, want stale", err)
+		}
+		if n := lookup(); n != 2 {
+			t.Errorf("lookup = %d, want 2 (a and b, each once)", n)
+		}
+	})
+}
+
+// TestFinishReport: a finish that carries the pull's final progress
+// records it with the host as finished; one of a generation that moved on
+// records neither.
+func TestFinishReport(t *testing.T) {
+	each(t, 15*time.Second, func(t *testing.T, f *fixture) {
+		ctx := context.Background()
+		g := f.publish(1)
+		f.heartbeat("a")
+		cl, err := f.c.Claim(ctx, "a", g.Ref(), ClaimOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		started := f.clock().Add(-time.Minute)
+		if err := f.c.FinishReport(ctx, cl, 1, Progress{Gen: g.ID, Source: cl.Slot, Done: 300, Total: 300, Started: started}); err != nil {
+			t.Fatal(err)
+		}
+		st, err := f.c.Status(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		p := st.Progress["a"]
+		if !slices.Contains(st.Finished, "a") || p.Gen != g.ID || p.Source != "master#0" || p.Done != 300 || p.Total != 300 || !p.Started.Equal(started) || p.Updated.IsZero() {
+			t.Fatalf("after the finish: finished %v, progress %+v", st.Finished, p)
+		}
+		// A pull of a superseded generation: its finish is refused, and
+		// the new generation's progress stays empty.
+		g2 := f.publish(1)
+		f.heartbeat("a")
+		cl, err = f.c.Claim(ctx, "a", g2.Ref(), ClaimOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		f.publish(1)
+		if err := f.c.FinishReport(ctx, cl, 1, Progress{Gen: g2.ID, Source: cl.Slot, Done: 300, Total: 300}); !errors.Is(err, ErrStale) {
+			t.Fatalf("finish of a superseded generation: %v, want stale", err)
+		}
+		if st, err = f.c.Status(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if p, ok := st.Progress["a"]; ok || slices.Contains(st.Finished, "a") {
+			t.Errorf("a stale finish recorded: finished %v, progress %+v", st.Finished, p)
+		}
+	})
+}
+
 // TestConcurrentClaimsNeverShareASlot races 50 claimers for k slots.
 func TestConcurrentClaimsNeverShareASlot(t *testing.T) {
 	for _, slots := range []int{1, 3} {

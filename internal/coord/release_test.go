@@ -206,8 +206,8 @@ func TestLightRenewal(t *testing.T) {
 	})
 }
 
-// TestOutlook: what an extra claim would find, counted in plain commands
-// and by every renewal: the free slots, and the hosts waiting for a first
+// TestOutlook: what an extra claim would find, counted in plain commands,
+// by every renewal and by every claim that takes a slot: the free slots, and the hosts waiting for a first
 // source, to which it would yield.
 func TestOutlook(t *testing.T) {
 	each(t, 15*time.Second, func(t *testing.T, f *fixture) {
@@ -236,14 +236,23 @@ func TestOutlook(t *testing.T) {
 			t.Fatal(err)
 		}
 		check("outlook while b waits", o, Outlook{Free: 2, Starved: 1})
+		if a.Outlook == nil {
+			t.Fatal("a's claim counted no outlook")
+		}
+		check("a's claim, of the origin's only slot", *a.Outlook, Outlook{})
 		r, err := f.c.RenewReport(ctx, a, Progress{Gen: g.ID}, nil, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
 		check("light renewal while b waits", Outlook{r.Free, r.Starved}, Outlook{Free: 2, Starved: 1})
-		if _, err := f.c.Claim(ctx, "b", g.Ref(), ClaimOptions{}); err != nil {
+		b, err := f.c.Claim(ctx, "b", g.Ref(), ClaimOptions{})
+		if err != nil {
 			t.Fatal(err)
 		}
+		if b.Outlook == nil {
+			t.Fatal("b's claim counted no outlook")
+		}
+		check("b's claim, of one of a's two slots", *b.Outlook, Outlook{Free: 1})
 		if o, err = f.c.Outlook(ctx); err != nil {
 			t.Fatal(err)
 		}

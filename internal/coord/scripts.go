@@ -514,8 +514,9 @@ return {id, now}
 // see none and handoff), and a claim that finds a slot handed to the host
 // takes it up, before any search.
 // ARGV: host, gen, digest, lease_ms, rand, maxlen, repair, cid, acyclic,
-// avoid, grace_ms, same_zone, serves, slots, rescue, queue.
-// Returns {'ok', slot, source addr, 'whole' or 'partial', source zone}.
+// avoid, grace_ms, same_zone, serves, slots, rescue, queue, lookup.
+// Returns {'ok', slot, source addr, 'whole' or 'partial', source zone,
+// free slots, starved hosts}.
 var claimScript = newScript(
 	[]string{"generation", "finished", "lease", "sync", "full", "part", "zfull", "zpart", "zpull", "bad", "running", "claims", "leases", "hosts", "heartbeats", "events", "holders", "repairing", "lookup", "starved", "rescue", "zwait"}, `
 local host, gen, digest, cid = ARGV[1], ARGV[2], ARGV[3], ARGV[8]
@@ -527,6 +528,9 @@ local avoid = {}
 for src in string.gmatch(ARGV[10], '[^,]+') do avoid[src] = true end
 local g = redis.call('HMGET', K.generation, 'id', 'state', 'origin', 'origin_addr', 'digest', 'origin_zone')
 if g[1] ~= gen or g[5] ~= digest or g[2] == 'failed' then return {'stale'} end
+-- ARGV lookup = 1: the host's first claim of the generation counts its
+-- discovery (see ClaimOptions.Lookup).
+if ARGV[17] == '1' then redis.call('INCR', K.lookup) end
 local fin = redis.call('SISMEMBER', K.finished, host) == 1
 if fin and ARGV[7] ~= '1' then return {'finished'} end
 if redis.call('EXISTS', K.lease) == 1 then return {'busy'} end
@@ -554,7 +558,13 @@ local function answer(slot, src)
   end
   local kind = 'partial'
   if whole(src) then kind = 'whole' end
-  return {'ok', slot, addr, kind, zone}
+  -- What an extra claim would find now (see Outlook), so the pull's swarm
+  -- need not ask: the free slots of this host's zone (every free one
+  -- without a zone) and the hosts waiting for a first source.
+  local free = redis.call('SCARD', K.sync)
+  if K.zfull ~= K.full then free = redis.call('SCARD', K.zfull) + redis.call('SCARD', K.zpart) end
+  local starved = redis.call('ZCOUNT', K.starved, now - STARVED_MS, '+inf')
+  return {'ok', slot, addr, kind, zone, tostring(free), tostring(starved)}
 end
 local extra = string.find(cid, '/', 1, true) ~= nil
 -- A slot handed to this host while it waited (see handoff): its claim is
@@ -886,18 +896,19 @@ return out
 // and as a source with uploads slots (its free slots move to the index of
 // whole sources). ARGV repaired = 1 (the host changed its tree to repair
 // drift) counts one repair; either way the host is no longer listed as
-// repairing. The host's other claims listed after cid end first.
-// ARGV: host, gen, digest, slot, uploads, maxlen, repaired, cid, [cid,
-// slot]...
+// repairing. The host's other claims listed after progress end first.
+// A progress (JSON, see Progress) is recorded as the host's.
+// ARGV: host, gen, digest, slot, uploads, maxlen, repaired, cid,
+// progress, [cid, slot]...
 var finishScript = newScript(
-	[]string{"lease", "claims", "leases", "holders", "sync", "full", "part", "zfull", "zpart", "szfull", "szpart", "zpull", "bad", "generation", "running", "finished", "failures", "events", "dead", "strikes", "repairing", "repairs", "rescue", "zwait", "szwait", "starved", "slow", "hosts"}, `
+	[]string{"lease", "claims", "leases", "holders", "sync", "full", "part", "zfull", "zpart", "szfull", "szpart", "zpull", "bad", "generation", "running", "finished", "failures", "events", "dead", "strikes", "repairing", "repairs", "rescue", "zwait", "szwait", "starved", "slow", "hosts", "progress"}, `
 local host, gen, digest, slot = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 -- The host's other claims (a swarm's extra and rescue sources; pairs of
--- cid and slot after the eighth ARGV, each with its lease key after the
+-- cid and slot after the ninth ARGV, each with its lease key after the
 -- named KEYS, their sources in the zone of the first claim's) end first,
 -- as the release script would end them.
 local lease, n = K.lease, 0
-for i = 9, #ARGV - 1, 2 do
+for i = 10, #ARGV - 1, 2 do
   n = n + 1
   K.lease = KEYS[NAMED + n]
   release(ARGV[i], gen, digest, ARGV[i + 1], true)
@@ -906,6 +917,7 @@ end
 K.lease = lease
 release(ARGV[8], gen, digest, slot, true)
 if not isCurrent(gen, digest) then return 0 end
+if ARGV[9] ~= '' then redis.call('HSET', K.progress, host, ARGV[9]) end
 redis.call('SREM', K.rescue, host .. '#' .. RESCUE) -- a whole source offers none
 local src = slotSource(slot)
 if src then redis.call('HDEL', K.strikes, src) end

@@ -149,6 +149,7 @@ type Coordinator interface {
 	RenewReport(ctx context.Context, cl coord.Claim, p coord.Progress, groups []string, others []coord.Claim) (coord.Renewals, error)
 	Outlook(ctx context.Context) (coord.Outlook, error)
 	Finish(ctx context.Context, cl coord.Claim, uploads int, others ...coord.Claim) error
+	FinishReport(ctx context.Context, cl coord.Claim, uploads int, p coord.Progress, others ...coord.Claim) error
 	Fail(ctx context.Context, cl coord.Claim, v coord.Verdict, reason string, uploads int) error
 	Switch(ctx context.Context, cl coord.Claim, v coord.Verdict, reason string) error
 	Release(ctx context.Context, cl coord.Claim) error
@@ -631,19 +632,26 @@ func (m *Minion) Step(ctx context.Context) (Outcome, error) {
 	if h.satisfies(g) {
 		return m.hold(ctx, g)
 	}
-	if m.looked != genKey(g) {
-		if err := m.coord.Lookup(ctx); err != nil {
-			return Idle, fmt.Errorf("count lookup: %w", err)
-		}
-		m.looked = genKey(g)
-		m.cfg.Log.WithFields(logrus.Fields{"gen": g.ID, "path": g.Path, "dest": g.Dest}).Info("new generation")
-	}
 	if m.adoptKept(ctx, g) {
 		// A release of g's tree is kept here (a rollback): verified, it
 		// is switched to and announced, with no source and no transfer.
+		if m.looked != genKey(g) {
+			if err := m.coord.Lookup(ctx); err != nil {
+				return Idle, fmt.Errorf("count lookup: %w", err)
+			}
+			m.discovered(g)
+		}
 		return m.hold(ctx, g)
 	}
 	return m.claimAndPull(ctx, g, false, Pulled)
+}
+
+// discovered records that this host's discovery of g was counted in
+// lookup: by its first claim of g (coord.ClaimOptions.Lookup), or, for a
+// generation adopted from a kept release, on its own.
+func (m *Minion) discovered(g coord.Generation) {
+	m.looked = genKey(g)
+	m.cfg.Log.WithFields(logrus.Fields{"gen": g.ID, "path": g.Path, "dest": g.Dest}).Info("new generation")
 }
 
 // current is the current generation: read from Redis, or, while this host
@@ -665,7 +673,11 @@ func (m *Minion) current(ctx context.Context) (coord.Generation, error) {
 // and repairs drift: it stays finished) and pulls through it; done is the
 // outcome of a pull that went through.
 func (m *Minion) claimAndPull(ctx context.Context, g coord.Generation, repair bool, done Outcome) (Outcome, error) {
-	cl, err := m.coord.Claim(ctx, m.cfg.ID, g.Ref(), coord.ClaimOptions{Repair: repair, Serves: m.uploads() > 0, Slots: m.heldUploads(), Queue: m.listens})
+	lookup := !repair && m.looked != genKey(g)
+	cl, err := m.coord.Claim(ctx, m.cfg.ID, g.Ref(), coord.ClaimOptions{Repair: repair, Serves: m.uploads() > 0, Slots: m.heldUploads(), Queue: m.listens, Lookup: lookup})
+	if lookup && (err == nil || errors.Is(err, coord.ErrFinished) || errors.Is(err, coord.ErrNoSource) || errors.Is(err, coord.ErrBusy)) {
+		m.discovered(g) // the claim counted it (not when stale, or not answered)
+	}
 	if errors.Is(err, coord.ErrFinished) {
 		// Redis lists this host as holding the generation, but its state
 		// does not (the state directory was wiped): verify the tree by

@@ -35,15 +35,15 @@ func (m *Minion) pull(ctx context.Context, g coord.Generation, cl coord.Claim) e
 	src := newSource(m, g.ID, cl)
 	pctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
-	done := make(chan struct{})
+	done := make(chan error, 1)
 	renewed := make(chan struct{})
+	start := time.Now()
 	go func() {
 		defer close(renewed)
-		m.watchLoop(pctx, src, cancel, done)
+		m.watchLoop(pctx, src, cancel, done, start)
 	}()
-	start := time.Now()
 	st, err := m.transfer(pctx, g, src)
-	close(done)
+	done <- err
 	<-renewed
 	if cause := context.Cause(pctx); err != nil && errors.Is(cause, errLeaseLost) {
 		err = fmt.Errorf("%w: %w", cause, err)
@@ -81,7 +81,11 @@ func (m *Minion) pull(ctx context.Context, g coord.Generation, cl coord.Claim) e
 		hk = m.prepareHook(sctx, g, m.pulled)
 	}
 	m.awaitSwitch = g.SwitchPending()
-	ferr := m.coord.Finish(sctx, last, m.heldUploads(), others...)
+	// The pull's final figures, so status shows what it moved, ride on
+	// the finish.
+	got, total := m.ProgressOf(g.ID)
+	final := coord.Progress{Gen: g.ID, Source: last.Slot, Done: got, Total: total, Started: start}
+	ferr := m.coord.FinishReport(sctx, last, m.heldUploads(), final, others...)
 	if ferr != nil && !errors.Is(ferr, coord.ErrStale) {
 		// Whether the finish released the extra claims is not known:
 		// release them one by one (a claim released already is left).
@@ -155,8 +159,9 @@ func renewInterval(lease time.Duration) time.Duration {
 const renewSlack = 7500 * time.Millisecond
 
 // watchLoop renews the pull's lease (see renewInterval) and reports
-// progress with each renewal (and once at the start and the end) until
-// done is closed. A lost lease cancels the pull. Progress rides on the
+// progress with each renewal (and once at the start, and at the end of a
+// pull that failed: one that went through reports with its finish) until
+// the transfer's outcome comes on done; started is when the pull began. A lost lease cancels the pull. Progress rides on the
 // renewals, in the same script, and so does the host's heartbeat (the
 // heartbeat loop skips its beats meanwhile): at 10,000 hosts a report a
 // second was a fifth of a task's Redis requests, and the separate
@@ -168,7 +173,7 @@ const renewSlack = 7500 * time.Millisecond
 // from its claim record (renewScript) until the reaper ends the claim; a
 // cancel or a new generation reaches the pull through its subscription,
 // not the renewal's timing.
-func (m *Minion) watchLoop(ctx context.Context, src *source, cancel context.CancelCauseFunc, done <-chan struct{}) {
+func (m *Minion) watchLoop(ctx context.Context, src *source, cancel context.CancelCauseFunc, done <-chan error, started time.Time) {
 	lease := src.claim().Lease
 	renewEvery := renewInterval(lease)
 	if renewEvery <= 0 {
@@ -182,8 +187,7 @@ func (m *Minion) watchLoop(ctx context.Context, src *source, cancel context.Canc
 	ticks := 0
 	t := time.NewTicker(tick)
 	defer t.Stop()
-	started := time.Now()
-	lastBalance := started
+	lastBalance := time.Now()
 	report := func(ctx context.Context) {
 		slot := ""
 		if cl := src.claim(); cl != nil {
@@ -200,11 +204,15 @@ func (m *Minion) watchLoop(ctx context.Context, src *source, cancel context.Canc
 	for {
 		nudged := false
 		select {
-		case <-done:
-			// The final figures, so status shows what the pull moved.
-			rctx, rcancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
-			report(rctx)
-			rcancel()
+		case err := <-done:
+			if err != nil {
+				// The final figures, so status shows what the pull
+				// moved (a pull that went through reports them with
+				// its finish).
+				rctx, rcancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+				report(rctx)
+				rcancel()
+			}
 			return
 		case <-ctx.Done():
 			return

@@ -53,6 +53,11 @@ type source struct {
 func newSource(m *Minion, gen int64, cl coord.Claim) *source {
 	s := &source{m: m, gen: gen, ref: cl.Gen, cl: &cl, mixed: map[string]bool{}, log: m.cfg.Log.WithField("gen", gen)}
 	s.sw = newSwarm(m, s, m.cfg.Sources)
+	if o := cl.Outlook; o != nil {
+		// The claim counted what an extra claim would find: the swarm's
+		// first grow need not ask.
+		s.sw.outlook(*o, time.Now())
+	}
 	return s
 }
 

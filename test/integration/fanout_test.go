@@ -120,6 +120,15 @@ func TestFanOut(t *testing.T) {
 				if want := int64(len("#!/bin/sh\necho build 2\n")); got != want || planned != want {
 					t.Errorf("%s moved %d bytes (planned %d) for a one-file change, want %d", h.ID, got, planned, want)
 				}
+				// Status shows each pull's final figures (they came
+				// with its finish), and each host counted once in
+				// lookup (its first claim counted it).
+				if p := st2.Progress[h.ID]; p.Gen != st2.Generation.ID || p.Done != got || p.Total != planned || p.Source == "" {
+					t.Errorf("%s: status progress %+v, want generation %d, %d of %d bytes", h.ID, p, st2.Generation.ID, got, planned)
+				}
+			}
+			if st2.Lookup != int64(len(l.Minions)) {
+				t.Errorf("lookup = %d, want %d (each host once)", st2.Lookup, len(l.Minions))
 			}
 
 			// Generation 3 with delete: the extras go.
