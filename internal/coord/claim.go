@@ -418,22 +418,25 @@ func (c *Client) renewScripted(ctx context.Context, cl Claim, progress string, g
 // the same). When Finish fails with another error than ErrStale, whether
 // the others were released is not known: the caller releases them.
 func (c *Client) Finish(ctx context.Context, cl Claim, uploads int, others ...Claim) error {
-	return c.finish(ctx, cl, uploads, "", others)
+	_, err := c.finish(ctx, cl, uploads, "", others)
+	return err
 }
 
 // FinishReport is Finish that also records p, the pull's final progress,
-// in the same call (unless the generation moved on): a pull's last report
-// costs Redis no request of its own.
-func (c *Client) FinishReport(ctx context.Context, cl Claim, uploads int, p Progress, others ...Claim) error {
+// in the same call (unless the generation moved on), and returns the
+// current generation as the finish found it (ID 0 when it could not be
+// read): a pull's last report and the host's next look at the generation
+// cost Redis no request of their own.
+func (c *Client) FinishReport(ctx context.Context, cl Claim, uploads int, p Progress, others ...Claim) (Generation, error) {
 	p.Updated = c.Now()
 	b, err := json.Marshal(p)
 	if err != nil {
-		return err
+		return Generation{}, err
 	}
 	return c.finish(ctx, cl, uploads, string(b), others)
 }
 
-func (c *Client) finish(ctx context.Context, cl Claim, uploads int, progress string, others []Claim) error {
+func (c *Client) finish(ctx context.Context, cl Claim, uploads int, progress string, others []Claim) (Generation, error) {
 	var extra []string
 	args := []any{cl.Host, cl.Gen.ID, cl.Gen.Digest, cl.Slot, uploads, eventsMax, flag(cl.Repair), cl.id(), progress}
 	for _, o := range others {
@@ -444,14 +447,24 @@ func (c *Client) finish(ctx context.Context, cl Claim, uploads int, progress str
 		extra = append(extra, c.keys.Lease(o.id()))
 		args = append(args, o.id(), o.Slot)
 	}
-	n, err := c.runExtra(ctx, finishScript, c.claimKeys(cl), extra, args...).Int()
+	res, err := c.runExtra(ctx, finishScript, c.claimKeys(cl), extra, args...).StringSlice()
 	if err != nil {
-		return fmt.Errorf("finish: %w", err)
+		return Generation{}, fmt.Errorf("finish: %w", err)
 	}
-	if n == 0 {
-		return fmt.Errorf("finish generation %s: %w", cl.Gen, ErrStale)
+	if len(res) == 0 {
+		return Generation{}, fmt.Errorf("finish generation %s: %w", cl.Gen, ErrStale)
 	}
-	return nil
+	h := make(map[string]string, len(res)/2)
+	for i := 0; i+1 < len(res); i += 2 {
+		h[res[i]] = res[i+1]
+	}
+	g, err := parseGeneration(c.keys.Generation(), h)
+	if err != nil {
+		// The finish went through; the next read of the generation
+		// reports the corruption.
+		return Generation{}, nil
+	}
+	return g, nil
 }
 
 // Verdict is what a failed pull says about its source.

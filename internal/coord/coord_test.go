@@ -360,8 +360,8 @@ func TestClaimCountsLookup(t *testing.T) {
 }
 
 // TestFinishReport: a finish that carries the pull's final progress
-// records it with the host as finished; one of a generation that moved on
-// records neither.
+// records it with the host as finished and returns the generation as it
+// found it; one of a generation that moved on records neither.
 func TestFinishReport(t *testing.T) {
 	each(t, 15*time.Second, func(t *testing.T, f *fixture) {
 		ctx := context.Background()
@@ -372,8 +372,12 @@ func TestFinishReport(t *testing.T) {
 			t.Fatal(err)
 		}
 		started := f.clock().Add(-time.Minute)
-		if err := f.c.FinishReport(ctx, cl, 1, Progress{Gen: g.ID, Source: cl.Slot, Done: 300, Total: 300, Started: started}); err != nil {
+		now, err := f.c.FinishReport(ctx, cl, 1, Progress{Gen: g.ID, Source: cl.Slot, Done: 300, Total: 300, Started: started})
+		if err != nil {
 			t.Fatal(err)
+		}
+		if now.Ref() != g.Ref() || now.Path != g.Path || now.State != StateRunning || now.Origin != "master" {
+			t.Errorf("the finish found generation %+v, want %+v", now, g)
 		}
 		st, err := f.c.Status(ctx)
 		if err != nil {
@@ -392,8 +396,8 @@ func TestFinishReport(t *testing.T) {
 			t.Fatal(err)
 		}
 		f.publish(1)
-		if err := f.c.FinishReport(ctx, cl, 1, Progress{Gen: g2.ID, Source: cl.Slot, Done: 300, Total: 300}); !errors.Is(err, ErrStale) {
-			t.Fatalf("finish of a superseded generation: %v, want stale", err)
+		if now, err := f.c.FinishReport(ctx, cl, 1, Progress{Gen: g2.ID, Source: cl.Slot, Done: 300, Total: 300}); !errors.Is(err, ErrStale) || now.ID != 0 {
+			t.Fatalf("finish of a superseded generation: %+v, %v; want stale", now, err)
 		}
 		if st, err = f.c.Status(ctx); err != nil {
 			t.Fatal(err)

@@ -897,7 +897,9 @@ return out
 // whole sources). ARGV repaired = 1 (the host changed its tree to repair
 // drift) counts one repair; either way the host is no longer listed as
 // repairing. The host's other claims listed after progress end first.
-// A progress (JSON, see Progress) is recorded as the host's.
+// A progress (JSON, see Progress) is recorded as the host's. Returns the
+// generation's fields and values (HGETALL) when it is current, else an
+// empty array.
 // ARGV: host, gen, digest, slot, uploads, maxlen, repaired, cid,
 // progress, [cid, slot]...
 var finishScript = newScript(
@@ -916,7 +918,7 @@ for i = 10, #ARGV - 1, 2 do
 end
 K.lease = lease
 release(ARGV[8], gen, digest, slot, true)
-if not isCurrent(gen, digest) then return 0 end
+if not isCurrent(gen, digest) then return {} end
 if ARGV[9] ~= '' then redis.call('HSET', K.progress, host, ARGV[9]) end
 redis.call('SREM', K.rescue, host .. '#' .. RESCUE) -- a whole source offers none
 local src = slotSource(slot)
@@ -942,7 +944,7 @@ else
   event(ARGV[6], 'finish', host, gen, slot, '')
 end
 notify('master', 'finish ' .. host)
-return 1
+return redis.call('HGETALL', K.generation)
 `)
 
 // failScript releases a claim after a failed pull, per the verdict on the

@@ -149,7 +149,7 @@ type Coordinator interface {
 	RenewReport(ctx context.Context, cl coord.Claim, p coord.Progress, groups []string, others []coord.Claim) (coord.Renewals, error)
 	Outlook(ctx context.Context) (coord.Outlook, error)
 	Finish(ctx context.Context, cl coord.Claim, uploads int, others ...coord.Claim) error
-	FinishReport(ctx context.Context, cl coord.Claim, uploads int, p coord.Progress, others ...coord.Claim) error
+	FinishReport(ctx context.Context, cl coord.Claim, uploads int, p coord.Progress, others ...coord.Claim) (coord.Generation, error)
 	Fail(ctx context.Context, cl coord.Claim, v coord.Verdict, reason string, uploads int) error
 	Switch(ctx context.Context, cl coord.Claim, v coord.Verdict, reason string) error
 	Release(ctx context.Context, cl coord.Claim) error
@@ -246,11 +246,11 @@ type Minion struct {
 	// notes receives a (coalesced) message on the subscription Run holds:
 	// a pull's watch loop renews at once on one (nil outside Run).
 	notes <-chan struct{}
-	// waitGen is the generation this host waits for a source for (nil
-	// when it does not), read from Redis at waitAt (Step goroutine only):
-	// see current.
-	waitGen *coord.Generation
-	waitAt  time.Time
+	// knownGen is the current generation as Redis told it at knownAt:
+	// the one this host waits for a source for, or the one its finish
+	// found (nil when neither; Step goroutine only): see current.
+	knownGen *coord.Generation
+	knownAt  time.Time
 }
 
 // Progress reports the bytes received and planned by the pull in flight (or
@@ -398,9 +398,9 @@ func (m *Minion) Run(ctx context.Context) error {
 			return nil
 		case <-time.After(wait):
 		case <-published:
-			m.waitGen = nil
+			m.knownGen = nil
 		case <-m.beatWake:
-			m.waitGen = nil
+			m.knownGen = nil
 		case <-m.watch.wake:
 			// The held tree changed on disk: let the burst settle, then
 			// look (the next Step verifies).
@@ -654,18 +654,21 @@ func (m *Minion) discovered(g coord.Generation) {
 	m.cfg.Log.WithFields(logrus.Fields{"gen": g.ID, "path": g.Path, "dest": g.Dest}).Info("new generation")
 }
 
-// current is the current generation: read from Redis, or, while this host
-// waits for a free source, the generation it waits for, read again every
-// idlePoll. A claim of a generation that moved on is refused as stale (and
-// the next Step reads it), and a new generation wakes Run, which forgets
-// the one waited for: so a waiting host costs Redis its claims alone, not a
-// generation read with each (half the requests of a 1,000-host fleet's
-// waiting hosts).
+// current is the current generation: read from Redis, or the one known
+// (knownGen), read again every idlePoll. While this host waits for a free
+// source that is the generation it waits for: a claim of a generation
+// that moved on is refused as stale (and the next Step reads it), and a
+// new generation wakes Run, which forgets the one known, so a waiting
+// host costs Redis its claims alone, not a generation read with each
+// (half the requests of a 1,000-host fleet's waiting hosts). Right after
+// a pull it is the generation its finish found (only under Run, whose
+// subscription tells of any change since): the Step that follows a pull
+// reads nothing.
 func (m *Minion) current(ctx context.Context) (coord.Generation, error) {
-	if g := m.waitGen; g != nil && time.Since(m.waitAt) < idlePoll {
+	if g := m.knownGen; g != nil && time.Since(m.knownAt) < idlePoll {
 		return *g, nil
 	}
-	m.waitGen = nil
+	m.knownGen = nil
 	return m.coord.Current(ctx)
 }
 
@@ -693,12 +696,12 @@ func (m *Minion) claimAndPull(ctx context.Context, g coord.Generation, repair bo
 		m.waiting.Store(0)
 	}
 	if errors.Is(err, coord.ErrNoSource) || errors.Is(err, coord.ErrBusy) {
-		if m.waitGen == nil || m.waitGen.Ref() != g.Ref() {
-			m.waitGen, m.waitAt = &g, time.Now()
+		if m.knownGen == nil || m.knownGen.Ref() != g.Ref() {
+			m.knownGen, m.knownAt = &g, time.Now()
 		}
 		return Waiting, nil
 	}
-	m.waitGen = nil
+	m.knownGen = nil
 	switch {
 	case errors.Is(err, coord.ErrStale):
 		return Idle, nil

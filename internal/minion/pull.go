@@ -85,7 +85,7 @@ func (m *Minion) pull(ctx context.Context, g coord.Generation, cl coord.Claim) e
 	// the finish.
 	got, total := m.ProgressOf(g.ID)
 	final := coord.Progress{Gen: g.ID, Source: last.Slot, Done: got, Total: total, Started: start}
-	ferr := m.coord.FinishReport(sctx, last, m.heldUploads(), final, others...)
+	now, ferr := m.coord.FinishReport(sctx, last, m.heldUploads(), final, others...)
 	if ferr != nil && !errors.Is(ferr, coord.ErrStale) {
 		// Whether the finish released the extra claims is not known:
 		// release them one by one (a claim released already is left).
@@ -97,6 +97,11 @@ func (m *Minion) pull(ctx context.Context, g coord.Generation, cl coord.Claim) e
 		return fmt.Errorf("finish generation %d: %w", g.ID, ferr)
 	}
 	m.setFinished(g)
+	if m.listens && now.Ref() == g.Ref() {
+		// What the finish found is current until a message on Run's
+		// subscription says otherwise: the next Step reads nothing.
+		m.knownGen, m.knownAt = &now, time.Now()
+	}
 	m.drifting, m.needSource = "", "" // whatever drifted, the pull brought back
 	if last.Repair {
 		m.cfg.Metrics.Repairs.Inc()
@@ -205,14 +210,16 @@ func (m *Minion) watchLoop(ctx context.Context, src *source, cancel context.Canc
 		nudged := false
 		select {
 		case err := <-done:
+			// The final figures, so status shows what the pull moved:
+			// a pull that went through reports them with its finish,
+			// and flushes its count of bytes from other zones here.
+			rctx, rcancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
 			if err != nil {
-				// The final figures, so status shows what the pull
-				// moved (a pull that went through reports them with
-				// its finish).
-				rctx, rcancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
 				report(rctx)
-				rcancel()
+			} else {
+				src.flushCrossZone(rctx)
 			}
+			rcancel()
 			return
 		case <-ctx.Done():
 			return
