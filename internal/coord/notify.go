@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -17,18 +19,64 @@ import (
 type Notifications struct {
 	C     <-chan struct{} // receives (coalesced) on every message
 	close func() error
+
+	// came is nil when the notifications do not tell their channels
+	// (SharedNotifications).
+	came *came
+}
+
+// came collects the channels messages came on since Came last took them.
+type came struct {
+	mu       sync.Mutex
+	channels []string
 }
 
 // Close ends the subscription.
 func (n *Notifications) Close() error { return n.close() }
 
+// Came returns the channels messages came on since its last call (a
+// receive on C may stand for several messages, and a message may come
+// between a receive and the call) and forgets them; known is false when
+// the notifications cannot tell (SharedNotifications), and the caller must
+// assume any channel.
+func (n *Notifications) Came() (channels []string, known bool) {
+	if n.came == nil {
+		return nil, false
+	}
+	n.came.mu.Lock()
+	defer n.came.mu.Unlock()
+	channels, n.came.channels = n.came.channels, nil
+	return channels, true
+}
+
 // SharedNotifications returns Notifications fed by c and ended by stop,
-// for a process that hands one subscription to many daemons: the
-// simulator (test/sim) runs thousands of minions over a few Redis
-// connections, and gives each of them its share of one subscription
-// through a Coordinator whose Subscribe returns this.
+// for a process that hands one subscription to many daemons: the minion
+// of a named task gets its share of the daemon's subscription of every
+// task through a Coordinator whose Subscribe returns this. They do not
+// tell their channels (see Came).
 func SharedNotifications(c <-chan struct{}, stop func() error) *Notifications {
 	return &Notifications{C: c, close: stop}
+}
+
+// RelayedNotifications returns Notifications ended by stop and fed by
+// notify: each call records a message on channel (see Came) and wakes C.
+// For a process that hands one subscription to many daemons and can tell
+// each which channel a message came on: the simulator (test/sim) runs
+// thousands of minions over a few Redis connections.
+func RelayedNotifications(stop func() error) (n *Notifications, notify func(channel string)) {
+	wake := make(chan struct{}, 1)
+	n = &Notifications{C: wake, close: stop, came: &came{}}
+	return n, func(channel string) {
+		n.came.mu.Lock()
+		if !slices.Contains(n.came.channels, channel) {
+			n.came.channels = append(n.came.channels, channel)
+		}
+		n.came.mu.Unlock()
+		select {
+		case wake <- struct{}{}:
+		default:
+		}
+	}
 }
 
 // Subscribe subscribes to channels (see Keys.GenerationsChannel,
@@ -41,7 +89,7 @@ func (c *Client) Subscribe(ctx context.Context, channels ...string) (*Notificati
 		ps.Close()
 		return nil, fmt.Errorf("subscribe to %s: %w", strings.Join(channels, ", "), err)
 	}
-	wake := make(chan struct{}, 1)
+	n, notify := RelayedNotifications(ps.Close)
 	// go-redis pings an idle subscription every 3 s by default: 0.33
 	// commands a second per host, more than the rest of an idle minion.
 	msgs := ps.Channel(redis.WithChannelHealthCheckInterval(time.Minute))
@@ -51,18 +99,15 @@ func (c *Client) Subscribe(ctx context.Context, channels ...string) (*Notificati
 			case <-ctx.Done():
 				ps.Close()
 				return
-			case _, ok := <-msgs:
+			case m, ok := <-msgs:
 				if !ok {
 					return
 				}
-				select {
-				case wake <- struct{}{}:
-				default:
-				}
+				notify(m.Channel)
 			}
 		}
 	}()
-	return &Notifications{C: wake, close: ps.Close}, nil
+	return n, nil
 }
 
 // TaskKeyspaceChannel is the keyspace-notification channel of the task key:

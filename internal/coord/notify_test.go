@@ -3,12 +3,14 @@ package coord
 import (
 	"context"
 	"errors"
+	"slices"
 	"testing"
 	"time"
 )
 
 // A generation's announcement (once the origin's slots are offered) wakes
-// minions, a finish wakes the master, and on a
+// minions, a wake message wakes the host it names (and each tells which
+// channel it came on), a finish wakes the master, and on a
 // real redis-server (miniredis has no keyspace events) SET task wakes the
 // master through a keyspace notification once they are on.
 func TestNotifications(t *testing.T) {
@@ -16,7 +18,7 @@ func TestNotifications(t *testing.T) {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		k := f.c.Keys()
-		gens, err := f.c.Subscribe(ctx, k.GenerationsChannel())
+		gens, err := f.c.Subscribe(ctx, k.GenerationsChannel(), k.WakeChannel("a"))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -34,11 +36,28 @@ func TestNotifications(t *testing.T) {
 				t.Fatalf("not woken by %s", what)
 			}
 		}
+		came := func(n *Notifications, want ...string) {
+			t.Helper()
+			got, known := n.Came()
+			slices.Sort(got)
+			slices.Sort(want)
+			if !known || !slices.Equal(got, want) {
+				t.Fatalf("messages came on %v (known %v), want %v", got, known, want)
+			}
+		}
 		g := f.publish(1)
 		if err := f.c.Announce(ctx, "master", g.Ref(), 1); err != nil {
 			t.Fatal(err)
 		}
 		woken(gens, "an announced generation")
+		came(gens, k.GenerationsChannel())
+		came(gens) // taken
+		// A wake (a slot handed to a) tells its channel alone.
+		if err := f.rdb.Publish(ctx, k.WakeChannel("a"), "slot").Err(); err != nil {
+			t.Fatal(err)
+		}
+		woken(gens, "a wake")
+		came(gens, k.WakeChannel("a"))
 		cl, err := f.c.Claim(ctx, "a", g.Ref(), ClaimOptions{})
 		if err != nil {
 			t.Fatal(err)

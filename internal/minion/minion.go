@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -346,13 +347,22 @@ func (m *Minion) Run(ctx context.Context) error {
 	// wake channel, on the same subscription.
 	var published <-chan struct{}
 	k := m.coord.Keys()
-	if n, err := m.coord.Subscribe(ctx, k.GenerationsChannel(), k.WakeChannel(m.cfg.ID)); err != nil {
+	// onlyWakes reports whether the messages since the last call all
+	// came on the wake channel (a slot handed to this host): no news of
+	// the generation, so the one known stands.
+	onlyWakes := func() bool { return false }
+	wake := k.WakeChannel(m.cfg.ID)
+	if n, err := m.coord.Subscribe(ctx, k.GenerationsChannel(), wake); err != nil {
 		m.cfg.Log.WithError(err).Warn("cannot subscribe to new generations; polling every --poll")
 	} else {
 		defer n.Close()
 		published = n.C
 		m.listens, m.notes = true, n.C
 		defer func() { m.listens, m.notes = false, nil }()
+		onlyWakes = func() bool {
+			chs, known := n.Came()
+			return known && !slices.ContainsFunc(chs, func(c string) bool { return c != wake })
+		}
 	}
 	failures := 0
 	for {
@@ -398,7 +408,9 @@ func (m *Minion) Run(ctx context.Context) error {
 			return nil
 		case <-time.After(wait):
 		case <-published:
-			m.knownGen = nil
+			if !onlyWakes() {
+				m.knownGen = nil
+			}
 		case <-m.beatWake:
 			m.knownGen = nil
 		case <-m.watch.wake:

@@ -36,37 +36,43 @@ type hub struct {
 	wakes   func(host string) string // a host's wake channel
 
 	mu   sync.Mutex
-	subs map[chan struct{}]bool
-	wake map[string]chan struct{} // by wake channel
+	next int
+	subs map[int]func(channel string)    // each subscriber's notify, by id
+	wake map[string]func(channel string) // by wake channel
 }
 
 func newHub(channel string, wakes func(host string) string) *hub {
-	return &hub{channel: channel, wakes: wakes, subs: map[chan struct{}]bool{}, wake: map[string]chan struct{}{}}
+	return &hub{channel: channel, wakes: wakes, subs: map[int]func(string){}, wake: map[string]func(string){}}
 }
 
 // subscribe gives a minion its share of the subscription: the generations
-// channel, and its wake channel if it asks.
+// channel, and its wake channel if it asks. Its notifications tell which
+// channel a message came on, as a real subscription's do.
 func (h *hub) subscribe(channels ...string) (*coord.Notifications, error) {
 	if len(channels) == 0 || channels[0] != h.channel || len(channels) > 2 ||
 		(len(channels) == 2 && !strings.HasPrefix(channels[1], h.wakes(""))) {
 		return nil, fmt.Errorf("simulated subscription: only %s and wake channels are shared, not %v", h.channel, channels)
 	}
-	c := make(chan struct{}, 1)
 	h.mu.Lock()
-	h.subs[c] = true
-	if len(channels) == 2 {
-		h.wake[channels[1]] = c
-	}
+	id := h.next
+	h.next++
 	h.mu.Unlock()
-	return coord.SharedNotifications(c, func() error {
+	n, notify := coord.RelayedNotifications(func() error {
 		h.mu.Lock()
-		delete(h.subs, c)
+		delete(h.subs, id)
 		if len(channels) == 2 {
 			delete(h.wake, channels[1])
 		}
 		h.mu.Unlock()
 		return nil
-	}), nil
+	})
+	h.mu.Lock()
+	h.subs[id] = notify
+	if len(channels) == 2 {
+		h.wake[channels[1]] = notify
+	}
+	h.mu.Unlock()
+	return n, nil
 }
 
 // runWakes wakes the minion whose wake channel a message of ps came on,
@@ -85,13 +91,10 @@ func (h *hub) runWakes(ctx context.Context, ps *redis.PubSub) {
 			return
 		}
 		h.mu.Lock()
-		c := h.wake[m.Channel]
+		notify := h.wake[m.Channel]
 		h.mu.Unlock()
-		if c != nil {
-			select {
-			case c <- struct{}{}:
-			default:
-			}
+		if notify != nil {
+			notify(m.Channel)
 		}
 	}
 }
@@ -106,11 +109,8 @@ func (h *hub) run(ctx context.Context, n *coord.Notifications) {
 		case <-n.C:
 		}
 		h.mu.Lock()
-		for c := range h.subs {
-			select {
-			case c <- struct{}{}:
-			default:
-			}
+		for _, notify := range h.subs {
+			notify(h.channel)
 		}
 		h.mu.Unlock()
 	}
