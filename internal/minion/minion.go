@@ -247,11 +247,12 @@ type Minion struct {
 	// notes receives a (coalesced) message on the subscription Run holds:
 	// a pull's watch loop renews at once on one (nil outside Run).
 	notes <-chan struct{}
-	// knownGen is the current generation as Redis told it at knownAt:
-	// the one this host waits for a source for, or the one its finish
-	// found (nil when neither; Step goroutine only): see current.
-	knownGen *coord.Generation
-	knownAt  time.Time
+	// knownGen is the current generation as Redis told it, taken for
+	// current until knownUntil: the one this host waits for a source for,
+	// or the one its finish found (nil when neither; Step goroutine
+	// only): see current.
+	knownGen   *coord.Generation
+	knownUntil time.Time
 }
 
 // Progress reports the bytes received and planned by the pull in flight (or
@@ -358,7 +359,7 @@ func (m *Minion) Run(ctx context.Context) error {
 		defer n.Close()
 		published = n.C
 		m.listens, m.notes = true, n.C
-		defer func() { m.listens, m.notes = false, nil }()
+		defer func() { m.listens, m.notes, m.knownGen = false, nil, nil }()
 		onlyWakes = func() bool {
 			chs, known := n.Came()
 			return known && !slices.ContainsFunc(chs, func(c string) bool { return c != wake })
@@ -648,8 +649,10 @@ func (m *Minion) Step(ctx context.Context) (Outcome, error) {
 		// A release of g's tree is kept here (a rollback): verified, it
 		// is switched to and announced, with no source and no transfer.
 		if m.looked != genKey(g) {
-			if err := m.coord.Lookup(ctx); err != nil {
-				return Idle, fmt.Errorf("count lookup: %w", err)
+			// Best effort: the tree is adopted already, and the Steps
+			// to come hold it without counting.
+			if err := m.coord.Lookup(ctx); err != nil && ctx.Err() == nil {
+				m.cfg.Log.WithError(err).Warn("could not count this host's discovery of the generation")
 			}
 			m.discovered(g)
 		}
@@ -667,22 +670,29 @@ func (m *Minion) discovered(g coord.Generation) {
 }
 
 // current is the current generation: read from Redis, or the one known
-// (knownGen), read again every idlePoll. While this host waits for a free
-// source that is the generation it waits for: a claim of a generation
-// that moved on is refused as stale (and the next Step reads it), and a
-// new generation wakes Run, which forgets the one known, so a waiting
-// host costs Redis its claims alone, not a generation read with each
-// (half the requests of a 1,000-host fleet's waiting hosts). Right after
-// a pull it is the generation its finish found (only under Run, whose
-// subscription tells of any change since): the Step that follows a pull
-// reads nothing.
+// (knownGen) while it stands. While this host waits for a free source
+// that is the generation it waits for, read again every idlePoll: a claim
+// of a generation that moved on is refused as stale (and the next Step
+// reads it), and a new generation wakes Run, which forgets the one known,
+// so a waiting host costs Redis its claims alone, not a generation read
+// with each (half the requests of a 1,000-host fleet's waiting hosts).
+// Right after a pull it is the generation its finish found, for the Step
+// that follows the pull only (finishKnown; under Run, whose subscription
+// tells of any change since): that Step reads nothing, and the idle
+// Steps after it read as before.
 func (m *Minion) current(ctx context.Context) (coord.Generation, error) {
-	if g := m.knownGen; g != nil && time.Since(m.knownAt) < idlePoll {
+	if g := m.knownGen; g != nil && time.Now().Before(m.knownUntil) {
 		return *g, nil
 	}
 	m.knownGen = nil
 	return m.coord.Current(ctx)
 }
+
+// finishKnown is how long the generation a finish found stands (see
+// current): long enough for the Step that follows the pull at once, far
+// shorter than the idle wait, so a lost message is found no later than
+// before.
+const finishKnown = 5 * time.Second
 
 // claimAndPull claims a source for g (with repair, as a host that holds g
 // and repairs drift: it stays finished) and pulls through it; done is the
@@ -709,7 +719,7 @@ func (m *Minion) claimAndPull(ctx context.Context, g coord.Generation, repair bo
 	}
 	if errors.Is(err, coord.ErrNoSource) || errors.Is(err, coord.ErrBusy) {
 		if m.knownGen == nil || m.knownGen.Ref() != g.Ref() {
-			m.knownGen, m.knownAt = &g, time.Now()
+			m.knownGen, m.knownUntil = &g, time.Now().Add(idlePoll)
 		}
 		return Waiting, nil
 	}

@@ -97,10 +97,13 @@ func (m *Minion) pull(ctx context.Context, g coord.Generation, cl coord.Claim) e
 		return fmt.Errorf("finish generation %d: %w", g.ID, ferr)
 	}
 	m.setFinished(g)
-	if m.listens && now.Ref() == g.Ref() {
+	if m.listens && now.Ref() == g.Ref() && now.Switch != coord.SwitchFleet {
 		// What the finish found is current until a message on Run's
-		// subscription says otherwise: the next Step reads nothing.
-		m.knownGen, m.knownAt = &now, time.Now()
+		// subscription says otherwise: the next Step reads nothing. Not
+		// for a generation switched on the master's order, which comes
+		// as one message: a host waiting for it reads the generation
+		// every ten polls, lest a lost message cost more.
+		m.knownGen, m.knownUntil = &now, time.Now().Add(finishKnown)
 	}
 	m.drifting, m.needSource = "", "" // whatever drifted, the pull brought back
 	if last.Repair {
