@@ -87,7 +87,7 @@ func minionCommand(ctx context.Context, cmd string, args []string, e env) error 
 		fs.BoolVar(&numericIDs, "numeric-ids", false, "when running as root, give files the uid and gid the manifest carries, not the local ids of its user and group names (as rsync --numeric-ids)")
 	}
 	fs.DurationVar(&connectTimeout, "connect-timeout", peer.DefaultDialTimeout, "give up on a peer that does not connect, or answer a request's headers, within this")
-	fs.DurationVar(&stallTimeout, "stall-timeout", peer.DefaultStallTimeout, "give up on a peer that sends no byte for this long mid-transfer (then resume from another)")
+	fs.DurationVar(&stallTimeout, "stall-timeout", peer.DefaultStallTimeout, "give up on a peer that sends no byte for this long mid-transfer (then resume from another); a partial source that answers without the chunk asked, waiting for its own deep in a chain, is asked again instead")
 	if cmd == "run" {
 		fs.BoolVar(&pipeline, "pipeline", true, "serve files to other hosts while still receiving them; false: become a source only once the whole generation is held (whole-file doubling)")
 		fs.BoolVar(&watch, "watch", true, "watch the held tree with inotify and repair drift (a file deleted or changed by hand) within seconds; false: find drift by the --verify-every pass only")

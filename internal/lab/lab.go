@@ -105,6 +105,9 @@ type Host struct {
 	// BWLimit caps this host's upload and download, bytes/s, in place of
 	// the lab's (set before starting it; 0: the lab's).
 	BWLimit int64
+	// Sources is this minion's --sources (set before StartMinion; 0: the
+	// default).
+	Sources int
 	// Metrics are a minion's metrics (set by StartMinion).
 	Metrics *metrics.Metrics
 	// Hooks are this minion's hooks (set before StartMinion); nil: none.
@@ -256,7 +259,7 @@ func (l *Lab) StartMinion(ctx context.Context, h *Host) error {
 			Download: bwlimit.New(h.bwLimit(l)), Metrics: h.Metrics,
 			NoWatch: l.cfg.NoWatch, VerifyEvery: l.cfg.VerifyEvery, ScanEvery: 2 * time.Second,
 			Zone: zone, Groups: h.Groups, Hooks: h.Hooks, Compress: l.cfg.Compress,
-			Bypass: l.cfg.Bypass,
+			Bypass: l.cfg.Bypass, Sources: h.Sources,
 		}, co, forTask, server, client)
 		m, err := tasks.Default()
 		if err != nil {

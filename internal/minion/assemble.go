@@ -602,11 +602,56 @@ func (a *assembler) work(ctx context.Context, j *job, p *feed, errc chan<- error
 			fail(w.err) // our own write failed
 			return
 		case err != nil && ctx.Err() == nil:
+			if !whole && a.behind(ctx, p, j, i, k, err, time.Since(began)) {
+				continue // asked again: the source waits for its own
+			}
 			a.lose(ctx, p, err, fail)
 			return
 		}
 	}
 }
+
+// behind reports whether p, a partial source whose request for the chunks
+// [i, k) of j waited d and failed with err without bringing them all, is
+// behind rather than stalled: the request waited (a second or more, not an
+// error at once), p answers a have-poll, and it lacks the first of those
+// chunks that has not landed. p then waits for its own source, as a host
+// deep in a long chain waits for the chain's front: at 3,000 simulated
+// hosts on 36 Mbit/s links the front took longer than the stall timeout
+// to reach the deepest hosts, and every one of them judged its living
+// source dead (3,893 failed pulls in one task). The request is made again,
+// at no cost to Redis. A source that does not answer, that has the chunk
+// and did not send it, or whose own pull ended (it holds the file whole,
+// or serves nothing) is lost as before; a pull whose file sees no chunk
+// land for noProgressAfter still fails.
+func (a *assembler) behind(ctx context.Context, p *feed, j *job, i, k int, err error, d time.Duration) bool {
+	if !p.cl.Partial || !errors.Is(err, peer.ErrUnavailable) || d < behindWait {
+		return false
+	}
+	first := -1
+	for x := i; x < k; x++ {
+		if !j.isDone(x) {
+			first = x
+			break
+		}
+	}
+	if first < 0 {
+		return true // all landed after all: nothing to ask again
+	}
+	all, have, herr := a.m.client.Have(ctx, p.cl.SourceAddr, a.sw.src.gen, j.e.Path, len(j.chunks))
+	if herr != nil || all || have[first] {
+		return false
+	}
+	a.m.cfg.Log.WithFields(logrus.Fields{"source": p.cl.Source, "path": j.e.Path, "chunk": first, "waited": d.Round(time.Millisecond)}).
+		Debug("the source has not received the chunk yet: asking again")
+	return true
+}
+
+// behindWait is how long a failed request to a partial source must have
+// waited for the source to be judged behind rather than stalled (see
+// assembler.behind): a request that fails sooner did not wait for the
+// source's stream, it met an error.
+const behindWait = time.Second
 
 // skipMine returns the chunks a source's worker must not take: those it
 // asked the source for already (mine), unless the source leads the pull.

@@ -5,6 +5,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
 	"time"
 
@@ -154,7 +155,7 @@ func TestSwarmLosesLeases(t *testing.T) {
 // still pulling (at its rate b needs 32 s). b's rate is an eighth of the
 // others', as in the benchmark's row 4, and fast enough that each chunk
 // reaches it within the relay's arrival wait (2 s here): slower, c's
-// stream from b stalls and c switches sources before the rescue can lead.
+// stream from b breaks off and c asks again (see TestChainWaitsForItsFront).
 func TestRescueBypassesSlowRelay(t *testing.T) {
 	r := startRescue(t)
 	a := r.start(0, r.l.Master.ID+"#0")
@@ -176,6 +177,45 @@ func TestRescueBypassesSlowFirstHost(t *testing.T) {
 	r.rescued(c, b, r.l.Master.ID)
 }
 
+// TestChainWaitsForItsFront: in a chain master → a → b whose first link
+// is slow (40 KiB/s: a chunk of the 512 KiB file reaches a every few
+// seconds, longer than the lab's 2 s stall timeout), b's requests to a
+// wait longer than the stall timeout for chunks a has not received yet,
+// as the deepest hosts of a long chain wait for its front. a answers b's
+// have-polls without those chunks, so b asks again rather than judge a
+// dead (minion.assembler.behind): b finishes, identical, through its one
+// claim, with no failure and no switch. b takes one source (--sources 1),
+// so no rescue source feeds it around a.
+func TestChainWaitsForItsFront(t *testing.T) {
+	ctx, l, src := startModel(t, lab.Config{Uploads: 1}, 11, 512<<10)
+	r := &rescueLab{t: t, ctx: ctx, l: l, src: src}
+	a := r.start(40<<10, l.Master.ID+"#0")
+	b := r.startWith(a.ID+"#0", func(h *lab.Host) { h.Sources = 1 })
+	k := l.Coord.Keys()
+	for ctx.Err() == nil {
+		if ok, _ := l.Redis.SIsMember(ctx, k.Finished(), b.ID).Result(); ok {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if err := lab.Compare(src, filepath.Join(b.Root, task)); err != nil {
+		t.Fatal(err)
+	}
+	evs, err := l.Coord.Events(ctx, "0", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mine []string
+	for _, e := range evs {
+		if e.Host == b.ID {
+			mine = append(mine, e.Type+" "+e.Slot)
+		}
+	}
+	if want := []string{"claim " + a.ID + "#0", "finish " + a.ID + "#0"}; !slices.Equal(mine, want) {
+		t.Errorf("b's events %v, want %v: a living source that had not received the chunks yet was judged dead", mine, want)
+	}
+}
+
 // rescueLab is a lab for the rescue tests: one upload slot a host, so
 // each host started claims the end of the chain, 4 MiB/s links, a 16 MiB
 // file.
@@ -195,10 +235,16 @@ func startRescue(t *testing.T) *rescueLab {
 // its first claim, which must take slot: started after the one before it
 // claimed, its only free slot is the end of the chain.
 func (r *rescueLab) start(bw int64, slot string) *lab.Host {
+	r.t.Helper()
+	return r.startWith(slot, func(h *lab.Host) { h.BWLimit = bw })
+}
+
+// startWith is start with the host as set sets it.
+func (r *rescueLab) startWith(slot string, set func(*lab.Host)) *lab.Host {
 	t := r.t
 	t.Helper()
 	h := r.l.NewHost()
-	h.BWLimit = bw
+	set(h)
 	if err := r.l.StartMinion(r.ctx, h); err != nil {
 		t.Fatal(err)
 	}

@@ -185,6 +185,17 @@ func (nw *network) step(now time.Time, dt float64) {
 		solved
 	)
 	state := make([]int, len(pulls))
+	// behind: every source of the pull is alive (the origin, a host that
+	// holds the generation, or one still pulling) and none has a byte it
+	// lacks, so its wait is not a stall: a real puller's request to a
+	// partial source that lacks the chunk is made again
+	// (minion.assembler.behind), and only a source that is gone, or that
+	// has bytes and sends none, fails the pull after the stall time.
+	behind := make([]bool, len(pulls))
+	alive := func(host string) bool {
+		n := nw.hosts[host]
+		return host == nw.origin || (n != nil && (n.whole || n.pulling))
+	}
 	var solve func(i int) float64
 	avail := func(host string) float64 {
 		if host == nw.origin {
@@ -218,10 +229,15 @@ func (nw *network) step(now time.Time, dt float64) {
 		state[i] = solving
 		have := pulls[i].n.received
 		rate, best := 0.0, have
+		behind[i] = len(srcs[i]) > 0
 		for _, s := range srcs[i] {
 			if a := avail(s); a > have {
 				rate += nw.rate / float64(pullers[s])
 				best = max(best, a)
+				behind[i] = false
+			}
+			if !alive(s) {
+				behind[i] = false
 			}
 		}
 		next[i] = min(have+min(rate, nw.rate)*dt, best)
@@ -242,7 +258,7 @@ func (nw *network) step(now time.Time, dt float64) {
 			continue // ended meanwhile
 		}
 		got := next[i]
-		if got > pl.n.received {
+		if got > pl.n.received || behind[i] {
 			pl.progress = now
 		}
 		pl.n.received = got

@@ -101,6 +101,61 @@ func TestNetworkStall(t *testing.T) {
 	}
 }
 
+// A pull behind a source that is alive but has nothing it lacks waits, as
+// a real puller's request to a relay that has not received the chunk is
+// made again: in the chain c ← b ← a, c's own source is gone, so c fails
+// after the stall time; b and a, whose sources pull still, wait. Once c
+// has failed b's source is gone and b fails a stall time later, then a.
+func TestNetworkBehind(t *testing.T) {
+	nw := newNetwork(1000, 10*time.Second, 0, 5*time.Second)
+	nw.origin = "origin"
+	cDone, _ := startPull(t, nw, "c", "gone")
+	bDone, _ := startPull(t, nw, "b", "c")
+	aDone, aGot := startPull(t, nw, "a", "b")
+	now := time.Now()
+	// ended waits for a pull that should have ended (its outcome is passed
+	// on by startPull's goroutine), or gives one that should not a moment
+	// to show it did.
+	ended := func(done <-chan error, what string, want bool) {
+		t.Helper()
+		wait := 50 * time.Millisecond
+		if want {
+			wait = 5 * time.Second
+		}
+		select {
+		case err := <-done:
+			if !want {
+				t.Fatalf("%s ended: %v", what, err)
+			}
+			if !errors.Is(err, peer.ErrUnavailable) {
+				t.Fatalf("%s: %v, want peer.ErrUnavailable", what, err)
+			}
+		case <-time.After(wait):
+			if want {
+				t.Fatalf("%s still pulls", what)
+			}
+		}
+	}
+	for s := 1; s <= 6; s++ {
+		nw.step(now.Add(time.Duration(s)*time.Second), 1)
+	}
+	ended(cDone, "c, whose source is gone, after 6 s", true)
+	ended(bDone, "b, behind c, after 6 s", false)
+	ended(aDone, "a, behind b, after 6 s", false)
+	for s := 7; s <= 12; s++ {
+		nw.step(now.Add(time.Duration(s)*time.Second), 1)
+	}
+	ended(bDone, "b, 6 s after its source c ended", true)
+	ended(aDone, "a, behind b until b ended", false)
+	for s := 13; s <= 18; s++ {
+		nw.step(now.Add(time.Duration(s)*time.Second), 1)
+	}
+	ended(aDone, "a, 6 s after its source b ended", true)
+	if aGot() != 0 {
+		t.Fatalf("a received %d bytes from sources that had none", aGot())
+	}
+}
+
 // Manifest answers with what the host at the address serves, and as a
 // real peer does when it serves another generation or nothing.
 func TestNetworkManifest(t *testing.T) {
