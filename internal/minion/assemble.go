@@ -59,7 +59,8 @@ func newAssembler(m *Minion, sw *swarm, root string) *assembler {
 }
 
 // noProgressAfter: a file of a chunked pull that waits for chunks while
-// none lands for this long fails the pull (errNoProgress), which starts
+// none lands for this long, and no source confirms the next is coming
+// (see assembler.behind), fails the pull (errNoProgress), which starts
 // again and keeps the chunks it verified (resume.go). A backstop for a
 // stall that no request's own timeout sees (a chunk asked of no source:
 // see skipMine); longer than any wait the protocol has, a relay upstream
@@ -249,7 +250,17 @@ func (j *job) missing() (n int, first int64) {
 	return n, first
 }
 
-// sinceLanded is how long ago a chunk last landed.
+// coming records that a source confirmed the chunk a request waited for is
+// still to come to it (see assembler.behind): the file's wait for its next
+// chunk is then the chain's, and noProgressAfter counts from now.
+func (j *job) coming() {
+	j.mu.Lock()
+	j.lastLand = time.Now()
+	j.mu.Unlock()
+}
+
+// sinceLanded is how long ago a chunk last landed (or a source confirmed
+// the next is coming).
 func (j *job) sinceLanded(now time.Time) time.Duration {
 	j.mu.Lock()
 	defer j.mu.Unlock()
@@ -620,10 +631,11 @@ func (a *assembler) work(ctx context.Context, j *job, p *feed, errc chan<- error
 // hosts on 36 Mbit/s links the front took longer than the stall timeout
 // to reach the deepest hosts, and every one of them judged its living
 // source dead (3,893 failed pulls in one task). The request is made again,
-// at no cost to Redis. A source that does not answer, that has the chunk
-// and did not send it, or whose own pull ended (it holds the file whole,
-// or serves nothing) is lost as before; a pull whose file sees no chunk
-// land for noProgressAfter still fails.
+// at no cost to Redis, and the file's no-progress clock starts again (a
+// chain 10,000 deep on such links keeps its tail waiting about 5 minutes,
+// noProgressAfter). A source that does not answer, that has the chunk and
+// did not send it, or whose own pull ended (it holds the file whole, or
+// serves nothing) is lost as before.
 func (a *assembler) behind(ctx context.Context, p *feed, j *job, i, k int, err error, d time.Duration) bool {
 	if !p.cl.Partial || !errors.Is(err, peer.ErrUnavailable) || d < behindWait {
 		return false
@@ -644,6 +656,7 @@ func (a *assembler) behind(ctx context.Context, p *feed, j *job, i, k int, err e
 	}
 	a.m.cfg.Log.WithFields(logrus.Fields{"source": p.cl.Source, "path": j.e.Path, "chunk": first, "waited": d.Round(time.Millisecond)}).
 		Debug("the source has not received the chunk yet: asking again")
+	j.coming()
 	return true
 }
 

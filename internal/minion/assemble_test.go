@@ -130,8 +130,9 @@ func TestChunkWriterBadChunk(t *testing.T) {
 
 // A file of a chunked pull that no chunk reaches (here: no source at all)
 // fails with errNoProgress once none landed for noProgress, naming what
-// is missing, rather than waiting for good; one whose chunks keep landing
-// does not, however long it takes in all.
+// is missing, rather than waiting for good; one whose chunks keep landing,
+// or whose source keeps confirming they are coming, does not, however
+// long it takes in all.
 func TestFetchAllGivesUpWithoutProgress(t *testing.T) {
 	newJob := func(n int) *job {
 		chunks := make([]manifest.Chunk, n)
@@ -169,5 +170,22 @@ func TestFetchAllGivesUpWithoutProgress(t *testing.T) {
 	}()
 	if err := a.fetchAll(ctx, j); err != nil {
 		t.Fatalf("fetchAll whose chunks land every 100 ms for 3 s: %v", err)
+	}
+
+	// A source that confirms the chunks are still coming to it (a relay
+	// deep in a chain: assembler.behind) holds the clock too: the chunks
+	// land after 1.5 s, three times noProgress.
+	a.noProgress = 500 * time.Millisecond
+	j = newJob(2)
+	go func() {
+		for range 15 {
+			time.Sleep(100 * time.Millisecond)
+			j.coming()
+		}
+		j.land(0)
+		j.land(1)
+	}()
+	if err := a.fetchAll(ctx, j); err != nil {
+		t.Fatalf("fetchAll whose source says the chunks are coming: %v", err)
 	}
 }
