@@ -27,9 +27,14 @@ type Metrics struct {
 	// LeadChanges the times another source took the lead of a pull from a
 	// slower one, and Bypasses the times a pull took its slow relay's
 	// place on the relay's source (minion).
-	RescueClaims  prometheus.Counter
-	LeadChanges   prometheus.Counter
-	Bypasses      prometheus.Counter
+	RescueClaims prometheus.Counter
+	LeadChanges  prometheus.Counter
+	Bypasses     prometheus.Counter
+	// SourcesBehind counts requests to a partial source that waited and
+	// failed while the source had not received what was asked, asked again
+	// rather than judged stalled: a host deep in a chain waiting for its
+	// front (minion).
+	SourcesBehind prometheus.Counter
 	Failures      *prometheus.CounterVec // by verdict: ok, dead, bad
 	LeaseExpiries prometheus.Counter
 	Generation    prometheus.Gauge // the generation this host holds or published
@@ -75,6 +80,7 @@ func New() *Metrics {
 		RescueClaims:       f("rescue_claims_total", "Rescue slots claimed: the source of this host's source (a partial host or the origin), as an extra source."),
 		LeadChanges:        f("lead_changes_total", "Times another source of a pull, at least twice as fast, took the lead from a slower one (a slow relay stepped around)."),
 		Bypasses:           f("bypasses_total", "Times a pull took the place of its slow relay on the relay's own source; the relay moved to the end of a chain."),
+		SourcesBehind:      f("sources_behind_total", "Requests to a partial source that waited past a timeout while the source had not received what was asked (deep in a chain, waiting for its front), asked again rather than judged stalled."),
 		LeaseExpiries:      f("lease_expiries_total", "Expired leases reaped (master only)."),
 		Published:          f("generations_published_total", "Generations published (master only)."),
 		RejectedTasks:      f("tasks_rejected_total", "Task values rejected as bad input (master only)."),

@@ -656,6 +656,7 @@ func (a *assembler) behind(ctx context.Context, p *feed, j *job, i, k int, err e
 	}
 	a.m.cfg.Log.WithFields(logrus.Fields{"source": p.cl.Source, "path": j.e.Path, "chunk": first, "waited": d.Round(time.Millisecond)}).
 		Debug("the source has not received the chunk yet: asking again")
+	a.m.cfg.Metrics.SourcesBehind.Inc()
 	j.coming()
 	return true
 }

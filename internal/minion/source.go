@@ -139,6 +139,7 @@ func (s *source) behind(ctx context.Context, cl coord.Claim, e manifest.Entry, o
 	}
 	s.log.WithFields(logrus.Fields{"source": cl.Source, "path": e.Path, "chunk": k, "waited": d.Round(time.Millisecond)}).
 		Debug("the source has not received the chunk yet: asking again")
+	s.m.cfg.Metrics.SourcesBehind.Inc()
 	return true
 }
 

@@ -214,6 +214,9 @@ func TestChainWaitsForItsFront(t *testing.T) {
 	if want := []string{"claim " + a.ID + "#0", "finish " + a.ID + "#0"}; !slices.Equal(mine, want) {
 		t.Errorf("b's events %v, want %v: a living source that had not received the chunks yet was judged dead", mine, want)
 	}
+	if n := metrics.Value(b.Metrics.SourcesBehind); n < 1 {
+		t.Errorf("b counted %v requests to a source behind, want some: the test proves nothing", n)
+	}
 }
 
 // rescueLab is a lab for the rescue tests: one upload slot a host, so
