@@ -96,7 +96,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.IntVar(&cfg.Uploads, "max-uploads", 1, "--max-uploads of every host")
 	fs.BoolVar(&cfg.Pipeline, "pipeline", true, "--pipeline of every minion")
 	fs.DurationVar(&cfg.Hop, "hop", 5*time.Millisecond, "modelled latency of a manifest request to a source (round trip and the diff of the host's tree)")
-	fs.DurationVar(&cfg.Stall, "stall", 30*time.Second, "a modelled pull that receives nothing this long fails (--stall-timeout)")
+	fs.DurationVar(&cfg.Stall, "stall", 30*time.Second, "a modelled pull that receives nothing this long fails (--stall-timeout), unless every source is alive and has nothing it lacks (it waits for its own, as a real relay deep in a chain does)")
 	fs.DurationVar(&cfg.Spread, "spread", -1, "hosts start at random moments over this long (default: one --heartbeat, so heartbeats are spread evenly)")
 	fs.IntVar(&cfg.Clients, "clients", 8, "go-redis clients the hosts share")
 	fs.IntVar(&cfg.Pool, "pool", 16, "connections of each shared client (redis-server's clients count against the open-file limit)")

@@ -26,7 +26,7 @@ type network struct {
 	size  int64         // S: bytes every pull receives
 	rate  float64       // B: bytes a second, each host's upload and download
 	hop   time.Duration // a manifest request's latency (round trip, diff of the host's tree)
-	stall time.Duration // a pull that receives nothing this long fails (--stall-timeout)
+	stall time.Duration // a pull that receives nothing this long fails (--stall-timeout), unless it is behind living sources
 	tick  time.Duration
 	lag   float64 // bytes a relay holds back: the chunk it is receiving
 
