@@ -40,6 +40,8 @@ type Claim struct {
 	// swarm starts without asking; nil when not counted (a claim not
 	// made by Claim).
 	Outlook *Outlook
+	// Offered: the claim offered the host's slots (ClaimOptions.Offer).
+	Offered bool
 }
 
 // id names the claim in Redis: the host for its first claim, "host/n" for
@@ -109,6 +111,15 @@ type ClaimOptions struct {
 	// first claim of a generation, so discovering one costs Redis no
 	// request of its own.
 	Lookup bool
+	// Offer, when above 0, offers the host's first Offer upload slots as
+	// those of a partial source of the generation in the same call, once
+	// the claim is made (as OfferSlots, or OfferPartial with
+	// OfferRescue): a pipelining host offers itself as soon as it claimed
+	// its source, and one script call instead of two is what a link of a
+	// chain costs (Claim.Offered says it was done). Not for an extra
+	// claim.
+	Offer       int
+	OfferRescue bool
 }
 
 // RescueSlot numbers the rescue slot a partial source offers besides its
@@ -153,7 +164,7 @@ func (c *Client) Claim(ctx context.Context, host string, gen Ref, o ClaimOptions
 	cid := claimID(host, o.Index)
 	res, err := c.run(ctx, claimScript, cid,
 		host, gen.ID, gen.Digest, c.cfg.LeaseTTL.Milliseconds(), rand.Uint32(), eventsMax, flag(o.Repair),
-		cid, flag(o.Acyclic), strings.Join(o.Avoid, ","), c.cfg.HostGrace.Milliseconds(), flag(o.SameZone), flag(o.Serves), o.Slots, flag(o.Rescue), flag(o.Queue), flag(o.Lookup)).StringSlice()
+		cid, flag(o.Acyclic), strings.Join(o.Avoid, ","), c.cfg.HostGrace.Milliseconds(), flag(o.SameZone), flag(o.Serves), o.Slots, flag(o.Rescue), flag(o.Queue), flag(o.Lookup), o.Offer, flag(o.OfferRescue)).StringSlice()
 	if err != nil {
 		return Claim{}, fmt.Errorf("claim source: %w", err)
 	}
@@ -180,6 +191,7 @@ func (c *Client) Claim(ctx context.Context, host string, gen Ref, o ClaimOptions
 		zone = res[4]
 	}
 	cl := Claim{Host: host, Gen: gen, Slot: res[1], Source: src, SourceAddr: res[2], SourceZone: zone, Partial: partial, Repair: o.Repair, Index: o.Index, Lease: c.cfg.LeaseTTL}
+	cl.Offered = len(res) > 7 && res[7] == "1"
 	if len(res) > 6 {
 		free, ferr := strconv.ParseInt(res[5], 10, 64)
 		starved, serr := strconv.ParseInt(res[6], 10, 64)

@@ -299,3 +299,70 @@ func TestHandoffScriptsDeclareKeys(t *testing.T) {
 		}
 	}
 }
+
+// TestClaimOffers: a first claim with ClaimOptions.Offer offers the host
+// as a partial source in the same call (its rescue slot with
+// OfferRescue), whether it found a free slot or took up a handed one; its
+// offered slot goes to the host waiting in the queue at once. A claim
+// that finds nothing, an extra claim, and a bad host's claim offer
+// nothing.
+func TestClaimOffers(t *testing.T) {
+	each(t, 15*time.Second, func(t *testing.T, f *fixture) {
+		ctx := context.Background()
+		k := f.c.Keys()
+		g := f.publish(1)
+		f.heartbeat("h1", "h2", "h3")
+		offer := ClaimOptions{Queue: true, Slots: 2, Offer: 2, OfferRescue: true}
+		h1, err := f.c.Claim(ctx, "h1", g.Ref(), offer)
+		if err != nil || !h1.Offered {
+			t.Fatalf("h1's claim: %+v, %v; want offered", h1, err)
+		}
+		if got := f.members(k.SyncPartial()); !slices.Equal(got, []string{"h1#0", "h1#1"}) {
+			t.Fatalf("partial sources %v after h1's claim, want h1#0 h1#1", got)
+		}
+		if !slices.Contains(f.members(k.Rescue()), "h1#64") {
+			t.Fatalf("rescue slots %v, want h1#64", f.members(k.Rescue()))
+		}
+		// An extra claim offers nothing.
+		f.rdb.SRem(ctx, k.Sync(), "h1#0", "h1#1")
+		f.rdb.SRem(ctx, k.SyncPartial(), "h1#0", "h1#1")
+		f.rdb.SAdd(ctx, k.Sync(), "h3#0")
+		f.rdb.SAdd(ctx, k.SyncPartial(), "h3#0")
+		x, err := f.c.Claim(ctx, "h2", g.Ref(), ClaimOptions{Index: 1, Acyclic: true, Offer: 2})
+		if err != nil || x.Offered || slices.Contains(f.members(k.Sync()), "h2#0") {
+			t.Fatalf("extra claim: %+v, %v, free slots %v; want claimed, nothing offered", x, err, f.members(k.Sync()))
+		}
+		if err := f.c.Release(ctx, x); err != nil {
+			t.Fatal(err)
+		}
+		f.rdb.SRem(ctx, k.Sync(), "h3#0")
+		f.rdb.SRem(ctx, k.SyncPartial(), "h3#0")
+		// h2 finds nothing (offering nothing) and queues; h1's slot,
+		// offered again, is handed to it, and h2's take-up offers h2.
+		var none *NoSourceError
+		if nc, err := f.c.Claim(ctx, "h2", g.Ref(), offer); !errors.As(err, &none) || !none.Queued || nc.Offered || slices.Contains(f.members(k.Sync()), "h2#0") {
+			t.Fatalf("h2's claim: %v (offered %v), free slots %v; want queued, nothing offered", err, nc.Offered, f.members(k.Sync()))
+		}
+		if err := f.c.OfferPartial(ctx, "h1", g.Ref(), 1); err != nil {
+			t.Fatal(err)
+		}
+		h2, err := f.c.Claim(ctx, "h2", g.Ref(), offer)
+		if err != nil || h2.Slot != "h1#0" || !h2.Offered || !slices.Contains(f.members(k.Sync()), "h2#0") {
+			t.Fatalf("h2's take-up: %+v, %v, free slots %v; want h1#0, h2 offered", h2, err, f.members(k.Sync()))
+		}
+		// A relay withdrawn as slow (bypassed) stays withdrawn: its claim
+		// does not offer its slots again.
+		f.heartbeat("h4")
+		f.rdb.SAdd(ctx, k.SlowRelays(), "h4")
+		f.rdb.SAdd(ctx, k.Sync(), "h1#1")
+		if _, err := f.c.Claim(ctx, "h4", g.Ref(), offer); err != nil || slices.Contains(f.members(k.Sync()), "h4#0") || slices.Contains(f.members(k.Rescue()), "h4#64") {
+			t.Fatalf("slow relay h4's claim: %v, free slots %v, rescue %v; want claimed, nothing offered", err, f.members(k.Sync()), f.members(k.Rescue()))
+		}
+		// A bad host claims, but offers nothing.
+		f.rdb.SAdd(ctx, k.BadSources(), "h3")
+		h3, err := f.c.Claim(ctx, "h3", g.Ref(), offer)
+		if err != nil || h3.Offered || slices.Contains(f.members(k.Sync()), "h3#0") {
+			t.Fatalf("bad h3's claim: %+v, %v, free slots %v; want claimed, nothing offered", h3, err, f.members(k.Sync()))
+		}
+	})
+}

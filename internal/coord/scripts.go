@@ -514,11 +514,17 @@ return {id, now}
 // see none and handoff), and a claim that finds a slot handed to the host
 // takes it up, before any search.
 // ARGV: host, gen, digest, lease_ms, rand, maxlen, repair, cid, acyclic,
-// avoid, grace_ms, same_zone, serves, slots, rescue, queue, lookup.
+// With ARGV offer > 0, a first claim that succeeds then offers the host's
+// first offer slots (and its rescue slot with offer_rescue = 1), as the
+// offer script would (see ClaimOptions.Offer), unless the host is bad.
+// ARGV: host, gen, digest, lease_ms, rand, maxlen, repair, cid, acyclic,
+// avoid, grace_ms, same_zone, serves, slots, rescue, queue, lookup, offer,
+// offer_rescue.
 // Returns {'ok', slot, source addr, 'whole' or 'partial', source zone,
-// free slots, starved hosts}.
+// free slots, starved hosts, '1' if it offered the host's slots or an
+// empty string}.
 var claimScript = newScript(
-	[]string{"generation", "finished", "lease", "sync", "full", "part", "zfull", "zpart", "zpull", "bad", "running", "claims", "leases", "hosts", "heartbeats", "events", "holders", "repairing", "lookup", "starved", "rescue", "zwait"}, `
+	[]string{"generation", "finished", "lease", "sync", "full", "part", "zfull", "zpart", "zpull", "bad", "running", "claims", "leases", "hosts", "heartbeats", "events", "holders", "repairing", "lookup", "starved", "rescue", "zwait", "dead", "slow"}, `
 local host, gen, digest, cid = ARGV[1], ARGV[2], ARGV[3], ARGV[8]
 -- STARVED_MS: how long a first claim that found no source counts as a
 -- host waiting (a waiting host claims again within 30 polls at most).
@@ -564,7 +570,17 @@ local function answer(slot, src)
   local free = redis.call('SCARD', K.sync)
   if K.zfull ~= K.full then free = redis.call('SCARD', K.zfull) + redis.call('SCARD', K.zpart) end
   local starved = redis.call('ZCOUNT', K.starved, now - STARVED_MS, '+inf')
-  return {'ok', slot, addr, kind, zone, tostring(free), tostring(starved)}
+  return {'ok', slot, addr, kind, zone, tostring(free), tostring(starved), ''}
+end
+-- offered is reply, the claim made, once the host offered itself as a
+-- partial source (ARGV offer > 0: see ClaimOptions.Offer).
+local function offered(reply)
+  local n = tonumber(ARGV[18] or '0') or 0
+  if n > 0 and not string.find(cid, '/', 1, true) and redis.call('SISMEMBER', K.bad, host) == 0 then
+    offer(host, math.min(n, UPLOADS), false, ARGV[19] == '1')
+    reply[8] = '1'
+  end
+  return reply
 end
 local extra = string.find(cid, '/', 1, true) ~= nil
 -- A slot handed to this host while it waited (see handoff): its claim is
@@ -584,7 +600,7 @@ if not extra and ARGV[7] ~= '1' then
         redis.call('ZADD', K.leases, now + tonumber(ARGV[4]), cid)
         redis.call('ZREM', K.starved, host)
         if K.zfull ~= K.full and ARGV[13] == '1' then redis.call('SADD', K.zpull, cid) end
-        return answer(cslot, csrc)
+        return offered(answer(cslot, csrc))
       end
       redis.call('HDEL', K.holders, cslot)
       redis.call('HDEL', K.claims, cid)
@@ -813,7 +829,7 @@ if zone ~= '' then record = record .. ' ' .. zone end
 redis.call('HSET', K.claims, cid, record)
 redis.call('ZADD', K.leases, now + tonumber(ARGV[4]), cid)
 event(ARGV[6], typ, host, gen, slot, '')
-return reply
+return offered(reply)
 `)
 
 // renewScript extends host's lease on slot, unless the generation was

@@ -699,7 +699,16 @@ const finishKnown = 5 * time.Second
 // outcome of a pull that went through.
 func (m *Minion) claimAndPull(ctx context.Context, g coord.Generation, repair bool, done Outcome) (Outcome, error) {
 	lookup := !repair && m.looked != genKey(g)
-	cl, err := m.coord.Claim(ctx, m.cfg.ID, g.Ref(), coord.ClaimOptions{Repair: repair, Serves: m.uploads() > 0, Slots: m.heldUploads(), Queue: m.listens, Lookup: lookup})
+	o := coord.ClaimOptions{Repair: repair, Serves: m.uploads() > 0, Slots: m.heldUploads(), Queue: m.listens, Lookup: lookup}
+	unexpect := func() {}
+	if m.offersEarly() {
+		// The claim offers this host as a partial source (see
+		// offerEarly): requests for g wait for its snapshot from now on.
+		unexpect = m.server.Expect(g.ID, expectWait)
+		o.Offer, o.OfferRescue = m.uploads(), m.cfg.Sources > 1
+	}
+	defer func() { unexpect() }()
+	cl, err := m.coord.Claim(ctx, m.cfg.ID, g.Ref(), o)
 	if lookup && (err == nil || errors.Is(err, coord.ErrFinished) || errors.Is(err, coord.ErrNoSource) || errors.Is(err, coord.ErrBusy)) {
 		m.discovered(g) // the claim counted it (not when stale, or not answered)
 	}
@@ -707,7 +716,13 @@ func (m *Minion) claimAndPull(ctx context.Context, g coord.Generation, repair bo
 		// Redis lists this host as holding the generation, but its state
 		// does not (the state directory was wiped): verify the tree by
 		// pulling its difference, as a repair.
-		cl, err = m.coord.Claim(ctx, m.cfg.ID, g.Ref(), coord.ClaimOptions{Repair: true, Serves: m.uploads() > 0, Slots: m.heldUploads()})
+		o.Repair, o.Queue, o.Lookup = true, false, false
+		cl, err = m.coord.Claim(ctx, m.cfg.ID, g.Ref(), o)
+	}
+	if err != nil || !cl.Offered {
+		// Nothing offered: requests for g are answered as before.
+		unexpect()
+		unexpect = func() {}
 	}
 	var none *coord.NoSourceError
 	m.queued = false

@@ -48,9 +48,9 @@ type ModelPull struct {
 // held state once every byte is in), with no disk and no peer. Keep it in
 // step with transfer.
 func (m *Minion) transferModel(ctx context.Context, g coord.Generation, src *source) (apply.Stats, error) {
-	offered, unexpect := m.offerEarly(ctx, g)
-	defer unexpect()
 	cl := src.claim()
+	offered, unexpect := m.offerEarly(ctx, g, *cl)
+	defer unexpect()
 	enc, err := askManifest(ctx, m.cfg.Model.Manifest, *cl, g.ID)
 	if err != nil {
 		return apply.Stats{}, fmt.Errorf("fetch manifest: %w", err)

@@ -311,14 +311,25 @@ func (m *Minion) watchLoop(ctx context.Context, src *source, cancel context.Canc
 // known yet, and only chunked pulls claim rescue slots. It returns whether
 // it offered, and what ends the server's wait (the pull's Set of the
 // snapshot ends it too).
-func (m *Minion) offerEarly(ctx context.Context, g coord.Generation) (bool, func()) {
-	if !m.cfg.Pipeline || m.uploads() <= 0 {
+//
+// A claim with ClaimOptions.Offer offered in the same call (cl.Offered),
+// and its caller, claimAndPull, holds the server's expectation: then
+// nothing is left to do here.
+func (m *Minion) offerEarly(ctx context.Context, g coord.Generation, cl coord.Claim) (bool, func()) {
+	if !m.offersEarly() {
 		return false, func() {}
+	}
+	if cl.Offered {
+		return true, func() {}
 	}
 	unexpect := m.server.Expect(g.ID, expectWait)
 	m.offer(ctx, g, true)
 	return true, unexpect
 }
+
+// offersEarly: this host offers itself as a partial source as soon as
+// its pull claimed a source (see offerEarly).
+func (m *Minion) offersEarly() bool { return m.cfg.Pipeline && m.uploads() > 0 }
 
 // expectWait bounds how long a request waits for the snapshot of a
 // generation this host offered itself for before it had the manifest:
@@ -357,9 +368,9 @@ func (m *Minion) transfer(ctx context.Context, g coord.Generation, src *source) 
 	if m.cfg.Model != nil {
 		return m.transferModel(ctx, g, src)
 	}
-	offered, unexpect := m.offerEarly(ctx, g)
-	defer unexpect()
 	cl := src.claim()
+	offered, unexpect := m.offerEarly(ctx, g, *cl)
+	defer unexpect()
 	enc, err := m.fetchManifest(ctx, g, *cl)
 	if err != nil {
 		return apply.Stats{}, fmt.Errorf("fetch manifest: %w", err)
