@@ -40,7 +40,8 @@ type Claim struct {
 	// swarm starts without asking; nil when not counted (a claim not
 	// made by Claim).
 	Outlook *Outlook
-	// Offered: the claim offered the host's slots (ClaimOptions.Offer).
+	// Offered: the claim offered the host's slots (ClaimOptions.Offer);
+	// false when it could not (a bad host, a relay bypassed as slow).
 	Offered bool
 }
 

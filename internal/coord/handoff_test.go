@@ -298,6 +298,18 @@ func TestHandoffScriptsDeclareKeys(t *testing.T) {
 			}
 		}
 	}
+	// offer() reads the dead slots and the zone indexes unguarded: a
+	// script missing one would fail halfway, its writes kept.
+	for name, s := range scriptNames {
+		if !strings.Contains(s.body, "offer(host") && !strings.Contains(s.body, "offer(ARGV") {
+			continue
+		}
+		for _, k := range []string{"dead", "zfull", "zpart", "sync", "full", "part", "generation", "finished"} {
+			if !slices.Contains(s.keys, k) {
+				t.Errorf("script %s offers slots but does not declare %q, which offer reads or writes", name, k)
+			}
+		}
+	}
 }
 
 // TestClaimOffers: a first claim with ClaimOptions.Offer offers the host
@@ -346,17 +358,30 @@ func TestClaimOffers(t *testing.T) {
 		if err := f.c.OfferPartial(ctx, "h1", g.Ref(), 1); err != nil {
 			t.Fatal(err)
 		}
+		// h5 queues behind h2; the slot h2's take-up offers is handed to
+		// h5 within that same call.
+		f.heartbeat("h5")
+		if _, err := f.c.Claim(ctx, "h5", g.Ref(), offer); !errors.As(err, &none) || !none.Queued {
+			t.Fatalf("h5's claim: %v, want queued", err)
+		}
 		h2, err := f.c.Claim(ctx, "h2", g.Ref(), offer)
-		if err != nil || h2.Slot != "h1#0" || !h2.Offered || !slices.Contains(f.members(k.Sync()), "h2#0") {
-			t.Fatalf("h2's take-up: %+v, %v, free slots %v; want h1#0, h2 offered", h2, err, f.members(k.Sync()))
+		if err != nil || h2.Slot != "h1#0" || !h2.Offered {
+			t.Fatalf("h2's take-up: %+v, %v; want h1#0, h2 offered", h2, err)
+		}
+		if holder := f.rdb.HGet(ctx, k.Holders(), "h2#0").Val(); holder != "h5" || slices.Contains(f.members(k.Sync()), "h2#0") {
+			t.Fatalf("h2#0 held by %q (free slots %v), want handed to h5 by h2's claim", holder, f.members(k.Sync()))
+		}
+		h5, err := f.c.Claim(ctx, "h5", g.Ref(), offer)
+		if err != nil || h5.Slot != "h2#0" || !h5.Offered || !slices.Contains(f.members(k.Sync()), "h5#0") {
+			t.Fatalf("h5's take-up: %+v, %v, free slots %v; want h2#0, h5 offered", h5, err, f.members(k.Sync()))
 		}
 		// A relay withdrawn as slow (bypassed) stays withdrawn: its claim
 		// does not offer its slots again.
 		f.heartbeat("h4")
 		f.rdb.SAdd(ctx, k.SlowRelays(), "h4")
 		f.rdb.SAdd(ctx, k.Sync(), "h1#1")
-		if _, err := f.c.Claim(ctx, "h4", g.Ref(), offer); err != nil || slices.Contains(f.members(k.Sync()), "h4#0") || slices.Contains(f.members(k.Rescue()), "h4#64") {
-			t.Fatalf("slow relay h4's claim: %v, free slots %v, rescue %v; want claimed, nothing offered", err, f.members(k.Sync()), f.members(k.Rescue()))
+		if h4, err := f.c.Claim(ctx, "h4", g.Ref(), offer); err != nil || h4.Offered || slices.Contains(f.members(k.Sync()), "h4#0") || slices.Contains(f.members(k.Rescue()), "h4#64") {
+			t.Fatalf("slow relay h4's claim: %+v, %v, free slots %v, rescue %v; want claimed, nothing offered", h4, err, f.members(k.Sync()), f.members(k.Rescue()))
 		}
 		// A bad host claims, but offers nothing.
 		f.rdb.SAdd(ctx, k.BadSources(), "h3")

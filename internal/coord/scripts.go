@@ -513,10 +513,10 @@ return {id, now}
 // Hand-offs: a claim that finds no source queues the host (ARGV queue = 1,
 // see none and handoff), and a claim that finds a slot handed to the host
 // takes it up, before any search.
-// ARGV: host, gen, digest, lease_ms, rand, maxlen, repair, cid, acyclic,
 // With ARGV offer > 0, a first claim that succeeds then offers the host's
 // first offer slots (and its rescue slot with offer_rescue = 1), as the
-// offer script would (see ClaimOptions.Offer), unless the host is bad.
+// offer script would (see ClaimOptions.Offer), unless the host is bad or
+// a relay bypassed as slow.
 // ARGV: host, gen, digest, lease_ms, rand, maxlen, repair, cid, acyclic,
 // avoid, grace_ms, same_zone, serves, slots, rescue, queue, lookup, offer,
 // offer_rescue.
@@ -576,7 +576,8 @@ end
 -- partial source (ARGV offer > 0: see ClaimOptions.Offer).
 local function offered(reply)
   local n = tonumber(ARGV[18] or '0') or 0
-  if n > 0 and not string.find(cid, '/', 1, true) and redis.call('SISMEMBER', K.bad, host) == 0 then
+  if n > 0 and not string.find(cid, '/', 1, true) and redis.call('SISMEMBER', K.bad, host) == 0
+    and redis.call('SISMEMBER', K.slow, host) == 0 then
     offer(host, math.min(n, UPLOADS), false, ARGV[19] == '1')
     reply[8] = '1'
   end
