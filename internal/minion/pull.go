@@ -169,8 +169,9 @@ const renewSlack = 7500 * time.Millisecond
 // watchLoop renews the pull's lease (see renewInterval) and reports
 // progress with each renewal (and once at the start, and at the end of a
 // pull that failed: one that went through reports with its finish) until
-// the transfer's outcome comes on done; started is when the pull began. A lost lease cancels the pull. Progress rides on the
-// renewals, in the same script, and so does the host's heartbeat (the
+// the transfer's outcome comes on done; started is when the pull began. A
+// lost lease cancels the pull. Progress rides on the renewals, in the
+// same script, and so does the host's heartbeat (the
 // heartbeat loop skips its beats meanwhile): at 10,000 hosts a report a
 // second was a fifth of a task's Redis requests, and the separate
 // progress writes and heartbeats of pulling hosts two fifths at a report

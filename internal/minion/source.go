@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"sort"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -14,7 +13,6 @@ import (
 
 	"github.com/fanout/fanout/internal/coord"
 	"github.com/fanout/fanout/internal/manifest"
-	"github.com/fanout/fanout/internal/peer"
 )
 
 // maxSwitches bounds how many times one pull moves to another source
@@ -100,7 +98,6 @@ func (s *source) Fetch(ctx context.Context, e manifest.Entry, offset int64, w io
 			s.mixed[e.Path] = true
 			s.mu.Unlock()
 		}
-		began := time.Now()
 		n, err := s.m.client.Fetch(ctx, cl.SourceAddr, s.gen, e.Path, offset+total, s.m.cfg.Download.Writer(ctx, w))
 		s.count(*cl, n)
 		total += n
@@ -110,37 +107,10 @@ func (s *source) Fetch(ctx context.Context, e manifest.Entry, offset int64, w io
 		if err == nil || ctx.Err() != nil || verdict(ctx, err, false) != coord.SourceDead {
 			return total, err
 		}
-		if s.behind(ctx, *cl, e, offset+total, err, time.Since(began)) {
-			continue // asked again: the source waits for its own
-		}
 		if serr := s.switchFrom(ctx, *cl, err); serr != nil {
 			return total, fmt.Errorf("%w (no other source: %w)", err, serr)
 		}
 	}
-}
-
-// behind reports whether the source of cl, whose request for e from byte
-// off waited d and failed with err, is behind rather than stalled, as
-// assembler.behind judges a chunked file's: it is partial, the request
-// waited, and it answers a have-poll without the chunk that holds off. Only
-// for files with a chunk list: of a file without one a relay tells no more
-// than that it is still receiving it.
-func (s *source) behind(ctx context.Context, cl coord.Claim, e manifest.Entry, off int64, err error, d time.Duration) bool {
-	if !cl.Partial || len(e.Chunks) == 0 || !errors.Is(err, peer.ErrUnavailable) || d < behindWait {
-		return false
-	}
-	k := sort.Search(len(e.Chunks), func(i int) bool { return e.Chunks[i].Off+e.Chunks[i].Len > off })
-	if k == len(e.Chunks) {
-		return false
-	}
-	all, have, herr := s.m.client.Have(ctx, cl.SourceAddr, s.gen, e.Path, len(e.Chunks))
-	if herr != nil || all || have[k] {
-		return false
-	}
-	s.log.WithFields(logrus.Fields{"source": cl.Source, "path": e.Path, "chunk": k, "waited": d.Round(time.Millisecond)}).
-		Debug("the source has not received the chunk yet: asking again")
-	s.m.cfg.Metrics.SourcesBehind.Inc()
-	return true
 }
 
 // FetchBatch implements apply.BatchFetcher: it streams several small files
