@@ -243,6 +243,7 @@ func table(cfg config, rs []result, took time.Duration) string {
 			r.N, r.Register.Round(time.Millisecond), r.Published.Round(time.Millisecond), r.Finished, r.Short, eventList(r.Events),
 			r.LagMax.Round(time.Millisecond), r.LagMean.Round(100*time.Microsecond), r.Load)
 		fmt.Fprintf(&b, "  Executed per host (INFO commandstats): %s.\n", perCommand(r.Executed, n, 14))
+		fmt.Fprintf(&b, "  Server µs per host by command (INFO commandstats; EVALSHA includes the commands its scripts ran): %s.\n", perCommand(r.ExecUsec, n, 14))
 		fmt.Fprintf(&b, "  Requests per host: %s.\n", perCommand(r.Requests, n, 14))
 		var slow []string
 		for i, s := range r.Slow {

@@ -107,31 +107,39 @@ func (s *server) cpu() (time.Duration, error) {
 }
 
 // commandStats reads INFO commandstats: calls per command ("evalsha",
-// "hgetall", "slowlog|get"...); Redis counts the commands a script runs
-// as well as the EVALSHA that ran it.
-func commandStats(ctx context.Context, rdb *redis.Client) (map[string]int64, error) {
+// "hgetall", "slowlog|get"...) and the server's time in each, in
+// microseconds. Redis counts the commands a script runs as well as the
+// EVALSHA that ran it, and the EVALSHA's time includes theirs.
+func commandStats(ctx context.Context, rdb *redis.Client) (calls, usec map[string]int64, err error) {
 	info, err := rdb.Info(ctx, "commandstats").Result()
 	if err != nil {
-		return nil, fmt.Errorf("info commandstats: %w", err)
+		return nil, nil, fmt.Errorf("info commandstats: %w", err)
 	}
-	out := map[string]int64{}
+	calls, usec = map[string]int64{}, map[string]int64{}
 	sc := bufio.NewScanner(strings.NewReader(info))
 	for sc.Scan() {
 		name, rest, ok := strings.Cut(strings.TrimSpace(sc.Text()), ":")
 		if !ok || !strings.HasPrefix(name, "cmdstat_") {
 			continue
 		}
+		name = strings.TrimPrefix(name, "cmdstat_")
 		for _, kv := range strings.Split(rest, ",") {
-			if k, v, _ := strings.Cut(kv, "="); k == "calls" {
-				n, err := strconv.ParseInt(v, 10, 64)
-				if err != nil {
-					return nil, fmt.Errorf("commandstats line %q: %w", sc.Text(), err)
-				}
-				out[strings.TrimPrefix(name, "cmdstat_")] = n
+			k, v, _ := strings.Cut(kv, "=")
+			if k != "calls" && k != "usec" {
+				continue
+			}
+			n, err := strconv.ParseInt(v, 10, 64)
+			if err != nil {
+				return nil, nil, fmt.Errorf("commandstats line %q: %w", sc.Text(), err)
+			}
+			if k == "calls" {
+				calls[name] = n
+			} else {
+				usec[name] = n
 			}
 		}
 	}
-	return out, sc.Err()
+	return calls, usec, sc.Err()
 }
 
 // own reports whether a command is the simulator's own measuring, left out

@@ -34,8 +34,12 @@ type result struct {
 	SB         time.Duration
 	CPU        time.Duration    // redis-server's CPU from SET to done
 	Executed   map[string]int64 // INFO commandstats from SET to done
-	Requests   map[string]int64 // requests the hosts and the master sent, SET to done
-	Slow       []slowEntry      // the slow log from SET to done, slowest first
+	// ExecUsec is the server's time in each command from SET to done, in
+	// microseconds (INFO commandstats); a script's commands count in it
+	// and in the EVALSHA that ran them.
+	ExecUsec map[string]int64
+	Requests map[string]int64 // requests the hosts and the master sent, SET to done
+	Slow     []slowEntry      // the slow log from SET to done, slowest first
 	// ScriptP99 and ScriptP999 are the 99th and 99.9th percentiles of
 	// script call times (SLOWLOG over INFO commandstats' count); -1 when
 	// below the slow log's threshold.
@@ -315,7 +319,7 @@ func measureTask(ctx context.Context, cfg config, n int, srv *server, obs *redis
 	if err != nil {
 		return err
 	}
-	stats, err := commandStats(ctx, obs)
+	stats, usec, err := commandStats(ctx, obs)
 	if err != nil {
 		return err
 	}
@@ -328,6 +332,7 @@ func measureTask(ctx context.Context, cfg config, n int, srv *server, obs *redis
 	res.CPU = cpu1 - cpu0
 	res.Requests = minus(hosts.take(), nil)
 	res.Executed = minus(stats, mine.take())
+	res.ExecUsec = minus(usec, nil)
 	if err := slow.drain(ctx, obs); err != nil {
 		return err
 	}
@@ -396,7 +401,7 @@ func measureIdle(ctx context.Context, cfg config, srv *server, obs *redis.Client
 		return err
 	}
 	res.IdleWindow = time.Since(start)
-	stats, err := commandStats(ctx, obs)
+	stats, _, err := commandStats(ctx, obs)
 	if err != nil {
 		return err
 	}
