@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"github.com/redis/go-redis/v9"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 )
@@ -371,6 +372,115 @@ func TestRescueSlot(t *testing.T) {
 		}
 		if got := f.members(k.Rescue()); slices.Contains(got, "c#64") {
 			t.Fatalf("forgotten c's rescue slot still on offer: %v", got)
+		}
+	})
+}
+
+// TestRescueWithFirstClaim: a first claim with RescueIndex that takes a
+// partial source makes the host's rescue claim in the same call, exactly
+// as a rescue claim made after it would (the same slot, lease, record and
+// event), and none when the source is whole, the grandparent offers no
+// rescue slot, or the index is held already; the rescue claim renews,
+// and the finish that names it gives its slot back.
+func TestRescueWithFirstClaim(t *testing.T) {
+	each(t, 15*time.Second, func(t *testing.T, f *fixture) {
+		ctx := context.Background()
+		k := f.c.Keys()
+		g := f.publish(1)
+		if err := f.c.OfferOrigin(ctx, "master", g.Ref(), 1); err != nil {
+			t.Fatal(err)
+		}
+		chain := func(h string, o ClaimOptions) Claim {
+			t.Helper()
+			f.heartbeat(h)
+			o.Offer, o.OfferRescue = 1, true
+			cl, err := f.c.Claim(ctx, h, g.Ref(), o)
+			if err != nil || !cl.Offered {
+				t.Fatalf("claim of %s: %+v, %v", h, cl, err)
+			}
+			return cl
+		}
+		// a's source is whole: no rescue, though asked.
+		a := chain("a", ClaimOptions{RescueIndex: 1})
+		if a.Slot != "master#0" || a.Rescue != nil {
+			t.Fatalf("a's claim: slot %s, rescue %+v; want master#0 and none", a.Slot, a.Rescue)
+		}
+		// b's source a is partial, and a's source, the origin, offers its
+		// rescue slot.
+		b := chain("b", ClaimOptions{RescueIndex: 1})
+		if b.Slot != "a#0" || b.Rescue == nil {
+			t.Fatalf("b's claim: %+v; want a#0 with a rescue claim", b)
+		}
+		if r := *b.Rescue; r.Slot != "master#64" || r.Source != "master" || r.Partial || r.Index != 1 || r.Host != "b" {
+			t.Fatalf("b's rescue claim: %+v; want whole master#64 at index 1", r)
+		}
+		c := chain("c", ClaimOptions{RescueIndex: 2})
+		if c.Slot != "b#0" || c.Rescue == nil || c.Rescue.Slot != "a#64" || !c.Rescue.Partial || c.Rescue.Index != 2 {
+			t.Fatalf("c's claim: %+v, rescue %+v; want b#0 with partial a#64 at index 2", c, c.Rescue)
+		}
+		// What a rescue claim writes, the one made with the first claim
+		// wrote: holder, lease, claim record, lease index.
+		if h, _ := f.rdb.HGet(ctx, k.Holders(), "a#64").Result(); h != "c/2" {
+			t.Fatalf("holder of a#64: %q, want c/2", h)
+		}
+		if v, _ := f.rdb.Get(ctx, k.Lease("c/2")).Result(); v != "1 a#64" {
+			t.Fatalf("lease of c/2: %q, want %q", v, "1 a#64")
+		}
+		if rec, _ := f.rdb.HGet(ctx, k.Claims(), "c/2").Result(); !strings.HasPrefix(rec, "1 a#64 ") {
+			t.Fatalf("claim record of c/2: %q", rec)
+		}
+		if _, err := f.rdb.ZScore(ctx, k.LeaseIndex(), "c/2").Result(); err != nil {
+			t.Fatalf("c/2 not in the lease index: %v", err)
+		}
+		if got := f.members(k.Rescue()); slices.Contains(got, "a#64") {
+			t.Fatalf("a#64 still on offer once claimed: %v", got)
+		}
+		if _, err := f.c.Renew(ctx, *c.Rescue); err != nil {
+			t.Fatalf("renew the rescue claim: %v", err)
+		}
+		// d's grandparent b offers its rescue slot, but d's index 1 is
+		// held (a claim left by an earlier pull): no rescue.
+		if err := f.rdb.Set(ctx, k.Lease("d/1"), "1 x#0", 0).Err(); err != nil {
+			t.Fatal(err)
+		}
+		d := chain("d", ClaimOptions{RescueIndex: 1})
+		if d.Slot != "c#0" || d.Rescue != nil {
+			t.Fatalf("d's claim: %+v, rescue %+v; want c#0 and no rescue (index 1 held)", d, d.Rescue)
+		}
+		if !slices.Contains(f.members(k.Rescue()), "b#64") {
+			t.Fatalf("b#64 taken by a claim that made no rescue: %v", f.members(k.Rescue()))
+		}
+		// A later rescue claim finds what the first claim left.
+		if _, err := f.c.Claim(ctx, "c", g.Ref(), ClaimOptions{Index: 1, Rescue: true}); !errors.Is(err, ErrNoSource) {
+			t.Fatalf("c's second rescue claim: %v, want ErrNoSource (a#64 is held)", err)
+		}
+		// Without RescueIndex, no rescue.
+		e := chain("e", ClaimOptions{})
+		if e.Slot != "d#0" || e.Rescue != nil {
+			t.Fatalf("e's claim: %+v, rescue %+v; want d#0, no rescue", e, e.Rescue)
+		}
+		var events int
+		msgs, err := f.rdb.XRange(ctx, k.Events(), "-", "+").Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, m := range msgs {
+			if m.Values["type"] == "claim" && m.Values["host"] == "c" {
+				events++
+			}
+		}
+		if events != 2 {
+			t.Fatalf("%d claim events of c, want 2 (the first claim and its rescue)", events)
+		}
+		// The finish that names the rescue claim gives a#64 back.
+		if err := f.c.Finish(ctx, c, 1, *c.Rescue); err != nil {
+			t.Fatal(err)
+		}
+		if !slices.Contains(f.members(k.Rescue()), "a#64") {
+			t.Fatalf("a#64 not on offer once c finished: %v", f.members(k.Rescue()))
+		}
+		if n, _ := f.rdb.Exists(ctx, k.Lease("c/2")).Result(); n != 0 {
+			t.Fatal("the rescue claim's lease outlived the finish")
 		}
 	})
 }

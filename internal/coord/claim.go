@@ -43,6 +43,9 @@ type Claim struct {
 	// Offered: the claim offered the host's slots (ClaimOptions.Offer);
 	// false when it could not (a bad host, a relay bypassed as slow).
 	Offered bool
+	// Rescue is the rescue claim made in the same call
+	// (ClaimOptions.RescueIndex); nil when none was.
+	Rescue *Claim
 }
 
 // id names the claim in Redis: the host for its first claim, "host/n" for
@@ -121,6 +124,12 @@ type ClaimOptions struct {
 	// claim.
 	Offer       int
 	OfferRescue bool
+	// RescueIndex, when above 0, makes a first claim (Index 0) that takes
+	// a partial source also make the host's rescue claim at that index,
+	// in the same call: as a claim with Rescue and Index RescueIndex
+	// made right after would (Claim.Rescue). Not when that index holds a
+	// claim already.
+	RescueIndex int
 }
 
 // RescueSlot numbers the rescue slot a partial source offers besides its
@@ -163,9 +172,15 @@ func (e *NoSourceError) Is(target error) bool { return target == ErrNoSource }
 // stays listed as finished (and as repairing).
 func (c *Client) Claim(ctx context.Context, host string, gen Ref, o ClaimOptions) (Claim, error) {
 	cid := claimID(host, o.Index)
-	res, err := c.run(ctx, claimScript, cid,
+	var extra []string
+	rescueIndex := 0
+	if o.Index == 0 && o.RescueIndex > 0 && o.RescueIndex < MaxClaims {
+		rescueIndex = o.RescueIndex
+		extra = []string{c.keys.Lease(claimID(host, rescueIndex))}
+	}
+	res, err := c.runExtra(ctx, claimScript, keyCtx{host: cid, zone: c.cfg.Zone}, extra,
 		host, gen.ID, gen.Digest, c.cfg.LeaseTTL.Milliseconds(), rand.Uint32(), eventsMax, flag(o.Repair),
-		cid, flag(o.Acyclic), strings.Join(o.Avoid, ","), c.cfg.HostGrace.Milliseconds(), flag(o.SameZone), flag(o.Serves), o.Slots, flag(o.Rescue), flag(o.Queue), flag(o.Lookup), o.Offer, flag(o.OfferRescue)).StringSlice()
+		cid, flag(o.Acyclic), strings.Join(o.Avoid, ","), c.cfg.HostGrace.Milliseconds(), flag(o.SameZone), flag(o.Serves), o.Slots, flag(o.Rescue), flag(o.Queue), flag(o.Lookup), o.Offer, flag(o.OfferRescue), rescueIndex).StringSlice()
 	if err != nil {
 		return Claim{}, fmt.Errorf("claim source: %w", err)
 	}
@@ -185,14 +200,12 @@ func (c *Client) Claim(ctx context.Context, host string, gen Ref, o ClaimOptions
 		e.Yielded = len(res) > 2 && res[2] == "yield"
 		return Claim{}, e
 	}
-	src := res[1][:max(strings.LastIndexByte(res[1], '#'), 0)]
-	partial := len(res) > 3 && res[3] == "partial"
-	zone := ""
-	if len(res) > 4 && ValidZone("zone", res[4]) == nil {
-		zone = res[4]
-	}
-	cl := Claim{Host: host, Gen: gen, Slot: res[1], Source: src, SourceAddr: res[2], SourceZone: zone, Partial: partial, Repair: o.Repair, Index: o.Index, Lease: c.cfg.LeaseTTL}
+	cl := c.claimed(host, gen, o.Index, o.Repair, res)
 	cl.Offered = len(res) > 7 && res[7] == "1"
+	if rescueIndex > 0 && len(res) >= 12 {
+		r := c.claimed(host, gen, rescueIndex, o.Repair, append([]string{"ok"}, res[8:12]...))
+		cl.Rescue = &r
+	}
 	if len(res) > 6 {
 		free, ferr := strconv.ParseInt(res[5], 10, 64)
 		starved, serr := strconv.ParseInt(res[6], 10, 64)
@@ -201,6 +214,18 @@ func (c *Client) Claim(ctx context.Context, host string, gen Ref, o ClaimOptions
 		}
 	}
 	return cl, nil
+}
+
+// claimed is the claim the reply res of the claim script describes:
+// {'ok', slot, source addr, kind, source zone, ...}.
+func (c *Client) claimed(host string, gen Ref, index int, repair bool, res []string) Claim {
+	src := res[1][:max(strings.LastIndexByte(res[1], '#'), 0)]
+	zone := ""
+	if len(res) > 4 && ValidZone("zone", res[4]) == nil {
+		zone = res[4]
+	}
+	return Claim{Host: host, Gen: gen, Slot: res[1], Source: src, SourceAddr: res[2], SourceZone: zone,
+		Partial: len(res) > 3 && res[3] == "partial", Repair: repair, Index: index, Lease: c.cfg.LeaseTTL}
 }
 
 // Renew extends cl's lease; ErrLeaseLost when it expired and the slot was

@@ -517,12 +517,16 @@ return {id, now}
 // first offer slots (and its rescue slot with offer_rescue = 1), as the
 // offer script would (see ClaimOptions.Offer), unless the host is bad or
 // a relay bypassed as slow.
+// With ARGV rescue_index > 0, a first claim of a partial source also
+// makes the host's rescue claim (see rescueToo), whose lease key follows
+// the named KEYS.
 // ARGV: host, gen, digest, lease_ms, rand, maxlen, repair, cid, acyclic,
 // avoid, grace_ms, same_zone, serves, slots, rescue, queue, lookup, offer,
-// offer_rescue.
+// offer_rescue, rescue_index.
 // Returns {'ok', slot, source addr, 'whole' or 'partial', source zone,
 // free slots, starved hosts, '1' if it offered the host's slots or an
-// empty string}.
+// empty string}, then the rescue claim's slot, source addr, kind and zone
+// when it made one.
 var claimScript = newScript(
 	[]string{"generation", "finished", "lease", "sync", "full", "part", "zfull", "zpart", "zpull", "bad", "running", "claims", "leases", "hosts", "heartbeats", "events", "holders", "repairing", "lookup", "starved", "rescue", "zwait", "dead", "slow"}, `
 local host, gen, digest, cid = ARGV[1], ARGV[2], ARGV[3], ARGV[8]
@@ -549,7 +553,7 @@ end
 -- source's address and zone (the origin's are in the generation, every
 -- other host's in its registration) and whether it holds the whole
 -- generation.
-local function answer(slot, src)
+local function answer(slot, src, bare)
   local addr, zone = '', ''
   if src == g[3] then addr, zone = g[4] or '', zoneOf(g[6]) end
   if addr == '' or src ~= g[3] then
@@ -564,6 +568,7 @@ local function answer(slot, src)
   end
   local kind = 'partial'
   if whole(src) then kind = 'whole' end
+  if bare then return {'ok', slot, addr, kind, zone} end
   -- What an extra claim would find now (see Outlook), so the pull's swarm
   -- need not ask: the free slots of this host's zone (every free one
   -- without a zone) and the hosts waiting for a first source.
@@ -584,6 +589,76 @@ local function offered(reply)
   return reply
 end
 local extra = string.find(cid, '/', 1, true) ~= nil
+-- upstream returns the source h pulls from (its first claim) for this
+-- generation, if any.
+local function upstream(h)
+  local c = redis.call('HGET', K.claims, h)
+  if not c then return nil end
+  local cg, slot = string.match(c, '^(%S+) (%S+)')
+  if cg ~= gen then return nil end
+  return slotSource(slot)
+end
+-- usable returns slot's source when host may take it, dropping the slots
+-- of bad or silent sources for good; an extra claim takes no slot of a
+-- host whose first claim is on host (one HGET).
+local function usable(slot)
+  local src = slotSource(slot)
+  if not src then takeSlot(slot) return nil end
+  if src == host or avoid[src] then return nil end
+  -- An extra source is never host's own puller: what it has came from
+  -- host, and its slot is the end of a chain, a newcomer's.
+  if extra and upstream(src) == host then return nil end
+  if redis.call('SISMEMBER', K.bad, src) == 1 then takeSlot(slot) return nil end
+  if src ~= g[3] then
+    local s = redis.call('ZSCORE', K.heartbeats, src)
+    if not s or tonumber(s) < cutoff then takeSlot(slot) return nil end
+  end
+  return src
+end
+-- sourceZone is the zone of h's source, as h's claim record names it.
+local function sourceZone(h)
+  local c = redis.call('HGET', K.claims, h)
+  return c and string.match(c, '^%S+ %S+ %S+ %S+ (%S+)') or ''
+end
+-- grandparent is the rescue slot a rescue claim of host would take (see
+-- ARGV rescue below) when host's first claim is on src: the rescue slot
+-- of src's own source, if src is partial, that source is in src's
+-- source's zone, and its rescue slot is offered, unclaimed and usable.
+local function grandparent(src)
+  local up2 = src and not whole(src) and upstream(src)
+  if not up2 or sourceZone(host) ~= sourceZone(src) then return nil end
+  local s = up2 .. '#' .. RESCUE
+  if redis.call('SISMEMBER', K.rescue, s) == 1 and not claimed(s) and usable(s) then return s end
+  return nil
+end
+-- rescueToo: with ARGV rescue_index > 0, a first claim, once made on src,
+-- also makes the host's rescue claim (cid "host/rescue_index", its lease
+-- key KEYS[NAMED + 1]), as a later rescue claim would (see ARGV rescue):
+-- one call instead of two when a pull starts. Appends the rescue claim's
+-- slot, source address, kind and zone to reply, or nothing when it found
+-- none or that claim is held already.
+local function rescueToo(reply, src)
+  local idx = tonumber(ARGV[20] or '0') or 0
+  local lease = KEYS[NAMED + 1]
+  if extra or idx <= 0 or not lease or redis.call('EXISTS', lease) == 1 then return reply end
+  local s = grandparent(src)
+  if not s then return reply end
+  local rcid, up2 = host .. '/' .. idx, slotSource(s)
+  if upstream(up2) == host then return reply end -- a cycle
+  takeSlot(s)
+  local r = answer(s, up2, true)
+  redis.call('HSET', K.holders, s, rcid)
+  redis.call('SET', lease, gen .. ' ' .. s, 'PX', ARGV[4])
+  local record = gen .. ' ' .. s .. ' ' .. now .. ' ' .. digest
+  if r[5] ~= '' then record = record .. ' ' .. r[5] end
+  redis.call('HSET', K.claims, rcid, record)
+  redis.call('ZADD', K.leases, now + tonumber(ARGV[4]), rcid)
+  local typ = 'claim'
+  if fin then typ = 'repair' end
+  event(ARGV[6], typ, host, gen, s, '')
+  for i = 2, 5 do reply[#reply + 1] = r[i] end
+  return reply
+end
 -- A slot handed to this host while it waited (see handoff): its claim is
 -- written, its lease not yet; taking it up starts the lease, if its
 -- source is still neither bad nor silent. Otherwise the claim ends here
@@ -601,7 +676,7 @@ if not extra and ARGV[7] ~= '1' then
         redis.call('ZADD', K.leases, now + tonumber(ARGV[4]), cid)
         redis.call('ZREM', K.starved, host)
         if K.zfull ~= K.full and ARGV[13] == '1' then redis.call('SADD', K.zpull, cid) end
-        return offered(answer(cslot, csrc))
+        return offered(rescueToo(answer(cslot, csrc), csrc))
       end
       redis.call('HDEL', K.holders, cslot)
       redis.call('HDEL', K.claims, cid)
@@ -609,15 +684,6 @@ if not extra and ARGV[7] ~= '1' then
       redis.call('SREM', K.running, host)
     end
   end
-end
--- upstream returns the source h pulls from (its first claim) for this
--- generation, if any.
-local function upstream(h)
-  local c = redis.call('HGET', K.claims, h)
-  if not c then return nil end
-  local cg, slot = string.match(c, '^(%S+) (%S+)')
-  if cg ~= gen then return nil end
-  return slotSource(slot)
 end
 -- downstream reports whether src pulls, directly or through others, from
 -- host (a cycle), and whether src's chain of partial sources is too long
@@ -650,23 +716,6 @@ local function below(src)
     if h == host then return true end
   end
   return false
-end
--- usable returns slot's source when host may take it, dropping the slots
--- of bad or silent sources for good; an extra claim takes no slot of a
--- host whose first claim is on host (one HGET).
-local function usable(slot)
-  local src = slotSource(slot)
-  if not src then takeSlot(slot) return nil end
-  if src == host or avoid[src] then return nil end
-  -- An extra source is never host's own puller: what it has came from
-  -- host, and its slot is the end of a chain, a newcomer's.
-  if extra and upstream(src) == host then return nil end
-  if redis.call('SISMEMBER', K.bad, src) == 1 then takeSlot(slot) return nil end
-  if src ~= g[3] then
-    local s = redis.call('ZSCORE', K.heartbeats, src)
-    if not s or tonumber(s) < cutoff then takeSlot(slot) return nil end
-  end
-  return src
 end
 -- isAlone: nothing pulls from host (see above), so no cycle can close.
 -- Read once, when a candidate first needs a cycle check (a claim that
@@ -766,18 +815,9 @@ local slot
 -- records name their sources' zones): a rescue never brings content across
 -- zones that the chain did not bring across already. O(1): two claim
 -- records and a set member.
-local function sourceZone(h)
-  local c = redis.call('HGET', K.claims, h)
-  return c and string.match(c, '^%S+ %S+ %S+ %S+ (%S+)') or ''
-end
 if ARGV[15] == '1' then
   if not extra then return {'nosource', waiting()} end
-  local up1 = upstream(host)
-  local up2 = up1 and not whole(up1) and upstream(up1)
-  if up2 and sourceZone(host) == sourceZone(up1) then
-    local s = up2 .. '#' .. RESCUE
-    if redis.call('SISMEMBER', K.rescue, s) == 1 and not claimed(s) and usable(s) then slot = s end
-  end
+  slot = grandparent(upstream(host))
   if not slot then return {'nosource', waiting()} end
 end
 if extra and not slot then
@@ -830,7 +870,7 @@ if zone ~= '' then record = record .. ' ' .. zone end
 redis.call('HSET', K.claims, cid, record)
 redis.call('ZADD', K.leases, now + tonumber(ARGV[4]), cid)
 event(ARGV[6], typ, host, gen, slot, '')
-return offered(reply)
+return offered(rescueToo(reply, src))
 `)
 
 // renewScript extends host's lease on slot, unless the generation was

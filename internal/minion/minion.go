@@ -700,6 +700,12 @@ const finishKnown = 5 * time.Second
 func (m *Minion) claimAndPull(ctx context.Context, g coord.Generation, repair bool, done Outcome) (Outcome, error) {
 	lookup := !repair && m.looked != genKey(g)
 	o := coord.ClaimOptions{Repair: repair, Serves: m.uploads() > 0, Slots: m.heldUploads(), Queue: m.listens, Lookup: lookup}
+	if m.cfg.Sources > 1 {
+		// The rescue claim a chunked pull from a partial source makes as
+		// it starts (swarm.rescue), made in the same call: index 1, the
+		// first an empty swarm would use (see newSource).
+		o.RescueIndex = 1
+	}
 	unexpect := func() {}
 	if m.offersEarly() {
 		// The claim offers this host as a partial source (see

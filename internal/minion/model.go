@@ -67,6 +67,8 @@ func (m *Minion) transferModel(ctx context.Context, g coord.Generation, src *sou
 	if remote.Chunking != nil {
 		src.sw.active.Store(true)
 		src.sw.grow(ctx)
+	} else {
+		src.sw.dropRescue(ctx) // see transfer
 	}
 	pipelined := m.cfg.Pipeline && m.uploads() > 0
 	if pipelined {

@@ -511,6 +511,10 @@ func (m *Minion) transfer(ctx context.Context, g coord.Generation, src *source) 
 			m.cfg.Log.WithFields(logrus.Fields{"files": n, "bytes": b}).Info("resuming files an interrupted pull left half done")
 		}
 		opts.Assembler = asm
+	} else {
+		// Whole files from the pull's own source alone: a rescue claim
+		// made with the first claim serves nothing here.
+		src.sw.dropRescue(ctx)
 	}
 	if incoming != nil {
 		// The plan is known: what it does not fetch is in place; hosts

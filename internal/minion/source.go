@@ -51,12 +51,19 @@ type source struct {
 }
 
 func newSource(m *Minion, gen int64, cl coord.Claim) *source {
+	rescue := cl.Rescue
+	cl.Rescue = nil
 	s := &source{m: m, gen: gen, ref: cl.Gen, cl: &cl, mixed: map[string]bool{}, log: m.cfg.Log.WithField("gen", gen)}
 	s.sw = newSwarm(m, s, m.cfg.Sources)
 	if o := cl.Outlook; o != nil {
 		// The claim counted what an extra claim would find: the swarm's
 		// first grow need not ask.
 		s.sw.outlook(*o, time.Now())
+	}
+	if rescue != nil && rescue.Index > 0 && rescue.Index < s.sw.want {
+		// The claim made the rescue claim too (coord.ClaimOptions.RescueIndex):
+		// the swarm holds it from the start, as if it had claimed it.
+		s.sw.add(rescue.Index, *rescue, true)
 	}
 	return s
 }

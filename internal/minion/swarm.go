@@ -594,7 +594,8 @@ func (s *swarm) rescueIndex() int {
 // dropRescue gives back the rescue claims, their requests in flight
 // cancelled: the pull's own source is whole now (it switched to one,
 // maybe to the rescue source itself), so there is no relay left to step
-// around, and the slot is for another host.
+// around, or the pull is not of chunks (format 2), which only the pull's
+// own source serves; the slot is for another host.
 func (s *swarm) dropRescue(ctx context.Context) {
 	s.mu.Lock()
 	var rescues []*feed
@@ -606,7 +607,7 @@ func (s *swarm) dropRescue(ctx context.Context) {
 	s.mu.Unlock()
 	for _, p := range rescues {
 		p.cancelRequests()
-		s.drop(ctx, p, coord.SourceOK, "the pull's own source holds the generation whole")
+		s.drop(ctx, p, coord.SourceOK, "")
 	}
 }
 

@@ -60,6 +60,10 @@ type result struct {
 	Warnings        []string
 }
 
+// rescueClaims counts, among a generation's events, the claims of a
+// rescue slot (coord.RescueSlot), made alone or with a first claim.
+const rescueClaims = "claim of a rescue slot"
+
 // noise is the slowest call in the slow log that is not a script: a
 // command of one key that took milliseconds waited for a core, so it
 // shows how far the machine's scheduling stretched every figure of the
@@ -285,6 +289,9 @@ func measureTask(ctx context.Context, cfg config, n int, srv *server, obs *redis
 					events[gen] = map[string]int{}
 				}
 				events[gen][typ]++
+				if typ == "claim" && strings.HasSuffix(fmt.Sprint(msg.Values["slot"]), fmt.Sprintf("#%d", coord.RescueSlot)) {
+					events[gen][rescueClaims]++
+				}
 				cursor = msg.ID
 			}
 		}

@@ -70,6 +70,13 @@ func TestSimulateSmoke(t *testing.T) {
 	if g, p, o := perHost("hgetall"), perHost("hset"), perHost("pipeline scard+zcount"); g > 1.5 || p > 1.5 || o > 0.5 {
 		t.Errorf("per host: %.2f generation reads (want at most 1.5), %.2f progress writes (1.5), %.2f outlooks (0.5)", g, p, o)
 	}
+	// A pull's rescue claim rides on its first claim: rescue slots are
+	// claimed, but few rescue claims go alone (a retry at a rebalance).
+	made, alone := r.Events[rescueClaims], r.Requests["evalsha claim rescue"]
+	t.Logf("rescue slots claimed %d, rescue claims sent alone %d", made, alone)
+	if made < 50 || float64(alone) > 0.5*float64(made) {
+		t.Errorf("%d rescue slots claimed (want 50 or more), %d rescue claims sent alone (want at most half as many)", made, alone)
+	}
 	if r.CPU <= 0 {
 		t.Fatalf("redis-server used no CPU for the task: %s", r.CPU)
 	}
