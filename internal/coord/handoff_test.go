@@ -391,3 +391,52 @@ func TestClaimOffers(t *testing.T) {
 		}
 	})
 }
+
+// TestNoQueueBeforeTheOriginOffers: a host that read a generation before
+// its origin offered slots (published with none, announced next) finds no
+// source but neither queues nor counts as waiting for one, so the origin's
+// first slot stays free for the claims its announcement wakes; once the
+// origin offered, a host that finds nothing queues as before, and so does
+// one of a generation whose publisher (an older fanout) wrote no
+// origin_offered.
+func TestNoQueueBeforeTheOriginOffers(t *testing.T) {
+	each(t, 15*time.Second, func(t *testing.T, f *fixture) {
+		ctx := context.Background()
+		k := f.c.Keys()
+		g := f.publish(0)
+		f.heartbeat("early", "a", "b")
+		if f.claimQueued(f.c, "early", g) {
+			t.Fatal("a host queued before the origin offered its slots")
+		}
+		if n, _ := f.rdb.ZCard(ctx, k.Waiting()).Result(); n != 0 {
+			t.Fatalf("%d hosts in the waiting queue, want 0", n)
+		}
+		if n, _ := f.rdb.ZCard(ctx, k.Starved()).Result(); n != 0 {
+			t.Fatalf("%d hosts counted as waiting for a source, want 0", n)
+		}
+		if err := f.c.Announce(ctx, "master", g.Ref(), 1); err != nil {
+			t.Fatal(err)
+		}
+		if v, _ := f.rdb.HGet(ctx, k.Generation(), "origin_offered").Result(); v != "1" {
+			t.Fatalf("origin_offered %q once the origin offered, want 1", v)
+		}
+		if got := f.members(k.Sync()); !slices.Equal(got, []string{"master#0"}) {
+			t.Fatalf("free slots once announced: %v, want master#0 (not handed to the early host)", got)
+		}
+		cl, err := f.c.Claim(ctx, "a", g.Ref(), ClaimOptions{Queue: true, Slots: 1})
+		if err != nil || cl.Slot != "master#0" {
+			t.Fatalf("a's claim: %+v, %v; want master#0", cl, err)
+		}
+		if !f.claimQueued(f.c, "b", g) {
+			t.Fatal("b found no source once the origin offered, and was not queued")
+		}
+		// A generation an older master published: no field, queued.
+		g2 := f.publish(0)
+		if err := f.rdb.HDel(ctx, k.Generation(), "origin_offered").Err(); err != nil {
+			t.Fatal(err)
+		}
+		if !f.claimQueued(f.c, "early", g2) {
+			t.Fatal("a host of a generation without origin_offered was not queued")
+		}
+	})
+}
