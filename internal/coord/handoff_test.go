@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -396,9 +397,10 @@ func TestClaimOffers(t *testing.T) {
 // its origin offered slots (published with none, announced next) finds no
 // source but neither queues nor counts as waiting for one, so the origin's
 // first slot stays free for the claims its announcement wakes; once the
-// origin offered, a host that finds nothing queues as before, and so does
-// one of a generation whose publisher (an older fanout) wrote no
-// origin_offered.
+// origin offered, a host that finds nothing queues as before. So does one
+// of a generation whose publisher (an older fanout) wrote no
+// origin_pending, even when an earlier generation's value is left, and one
+// of a rollback, whose origin offers nothing.
 func TestNoQueueBeforeTheOriginOffers(t *testing.T) {
 	each(t, 15*time.Second, func(t *testing.T, f *fixture) {
 		ctx := context.Background()
@@ -417,8 +419,8 @@ func TestNoQueueBeforeTheOriginOffers(t *testing.T) {
 		if err := f.c.Announce(ctx, "master", g.Ref(), 1); err != nil {
 			t.Fatal(err)
 		}
-		if v, _ := f.rdb.HGet(ctx, k.Generation(), "origin_offered").Result(); v != "1" {
-			t.Fatalf("origin_offered %q once the origin offered, want 1", v)
+		if n, _ := f.rdb.HExists(ctx, k.Generation(), "origin_pending").Result(); n {
+			t.Fatal("origin_pending still set once the origin offered")
 		}
 		if got := f.members(k.Sync()); !slices.Equal(got, []string{"master#0"}) {
 			t.Fatalf("free slots once announced: %v, want master#0 (not handed to the early host)", got)
@@ -430,13 +432,25 @@ func TestNoQueueBeforeTheOriginOffers(t *testing.T) {
 		if !f.claimQueued(f.c, "b", g) {
 			t.Fatal("b found no source once the origin offered, and was not queued")
 		}
-		// A generation an older master published: no field, queued.
+		// An older master publishes the next generation: it neither writes
+		// nor clears the field, which still names an older one.
 		g2 := f.publish(0)
-		if err := f.rdb.HDel(ctx, k.Generation(), "origin_offered").Err(); err != nil {
+		if err := f.rdb.HSet(ctx, k.Generation(), "origin_pending", strconv.FormatInt(g2.ID-1, 10)).Err(); err != nil {
 			t.Fatal(err)
 		}
 		if !f.claimQueued(f.c, "early", g2) {
-			t.Fatal("a host of a generation without origin_offered was not queued")
+			t.Fatal("a host of a generation whose origin_pending names an older one was not queued")
+		}
+		// A rollback: the hosts that kept the release serve it.
+		g3, err := f.c.Publish(ctx, Generation{Path: "/data/m42", Digest: strings.Repeat("e", 64), Origin: "master", OriginAddr: "10.0.0.1:7070", Rollback: g.ID}, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n, _ := f.rdb.HExists(ctx, k.Generation(), "origin_pending").Result(); n {
+			t.Fatal("a rollback's publish set origin_pending")
+		}
+		if !f.claimQueued(f.c, "early", g3) {
+			t.Fatal("a host of a rollback that found no source was not queued")
 		}
 	})
 }

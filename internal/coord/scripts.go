@@ -457,8 +457,16 @@ redis.call('HSET', K.generation, 'path', ARGV[1], 'delete', ARGV[2], 'digest', A
   'state', ARGV[4], 'error', ARGV[5], 'origin', ARGV[6], 'origin_addr', ARGV[7],
   'published', now, 'files', ARGV[8], 'bytes', ARGV[9], 'done_at', '0', 'proto', ARGV[13],
   'origin_zone', ARGV[14] or '', 'compress', ARGV[15] or '0', 'dest', ARGV[16] or '', 'groups', ARGV[17] or '',
-  'atomic', ARGV[18] or '0', 'rollback', ARGV[19] or '0', 'switch', ARGV[20] or '', 'switch_at', '0',
-  'origin_offered', (tonumber(ARGV[10]) > 0) and '1' or '0')
+  'atomic', ARGV[18] or '0', 'rollback', ARGV[19] or '0', 'switch', ARGV[20] or '', 'switch_at', '0')
+-- origin_pending names the generation whose origin has yet to offer its
+-- slots (see none in claimScript): not when this call offers them, nor
+-- for a rollback (the hosts that kept the release serve it; the origin
+-- offers nothing). Keyed by id, so a field an older master never clears
+-- names an older generation and says nothing.
+redis.call('HDEL', K.generation, 'origin_pending')
+if tonumber(ARGV[10]) == 0 and (ARGV[19] or '0') == '0' and ARGV[4] ~= 'failed' then
+  redis.call('HSET', K.generation, 'origin_pending', id)
+end
 redis.call('DEL', K.sync, K.full, K.part, K.running, K.finished, K.claims, K.leases, K.failures,
   K.bad, K.lookup, K.progress, K.holders, K.dead, K.strikes, K.repairing, K.repairs, K.zbytes, K.hooks, K.starved, K.rescue, K.switched,
   K.wait, K.zwait, K.slow)
@@ -537,7 +545,7 @@ local STARVED_MS = 35000
 local acyclic = ARGV[9] == '1'
 local avoid = {}
 for src in string.gmatch(ARGV[10], '[^,]+') do avoid[src] = true end
-local g = redis.call('HMGET', K.generation, 'id', 'state', 'origin', 'origin_addr', 'digest', 'origin_zone', 'origin_offered')
+local g = redis.call('HMGET', K.generation, 'id', 'state', 'origin', 'origin_addr', 'digest', 'origin_zone', 'origin_pending')
 if g[1] ~= gen or g[5] ~= digest or g[2] == 'failed' then return {'stale'} end
 -- ARGV lookup = 1: the host's first claim of the generation counts its
 -- discovery (see ClaimOptions.Lookup).
@@ -800,8 +808,9 @@ local function none(queue)
   -- round trip, while the hosts the announcement woke found nothing and
   -- queued behind it: at 10,000 simulated hosts a third of the runs
   -- left hundreds to thousands of hosts waiting seconds for hand-offs.
-  -- Absent (a master of an older fanout): offered.
-  if g[7] == '0' then return {'nosource', waiting()} end
+  -- Absent, or naming another generation (a master of an older fanout):
+  -- offered.
+  if g[7] == gen then return {'nosource', waiting()} end
   redis.call('ZADD', K.starved, now, host)
   if queue and ARGV[16] == '1' and ARGV[7] ~= '1' and isAlone() then
     redis.call('ZADD', K.zwait, 'NX', now, host)
@@ -1215,14 +1224,14 @@ return 1
 // channel): the master announces a generation once its slots are on offer,
 // so the hosts it wakes find a source.
 // With rescue, a partial source or the origin also offers its rescue slot.
-// The origin's offer sets the generation's origin_offered (see none in
+// The origin's offer clears the generation's origin_pending (see none in
 // claimScript).
 // ARGV: host, gen, digest, uploads, force, announce, rescue
 var offerScript = newScript([]string{"generation", "finished", "sync", "full", "part", "zfull", "zpart", "holders", "claims", "dead", "bad", "rescue", "running", "leases", "events", "zwait", "starved", "slow", "hosts"}, `
 if not isCurrent(ARGV[2], ARGV[3]) then return 0 end
 if redis.call('SISMEMBER', K.bad, ARGV[1]) == 1 then return 0 end
 offer(ARGV[1], tonumber(ARGV[4]), ARGV[5] == '1', ARGV[7] == '1')
-if ARGV[1] == redis.call('HGET', K.generation, 'origin') then redis.call('HSET', K.generation, 'origin_offered', '1') end
+if ARGV[1] == redis.call('HGET', K.generation, 'origin') then redis.call('HDEL', K.generation, 'origin_pending') end
 if ARGV[6] == '1' then notify('generations', 'gen ' .. ARGV[2] .. ' ' .. ARGV[3]) end
 return 1
 `)

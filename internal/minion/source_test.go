@@ -127,3 +127,58 @@ func TestAskManifestWaitsForAPartialSource(t *testing.T) {
 		t.Fatalf("askManifest of an unreachable partial source: %v after %d asks; want ErrUnavailable at once", err, calls)
 	}
 }
+
+// A rescue claim made with the pull's first claim (coord.Claim.Rescue) is
+// the swarm's from the start, and its lease is renewed before the swarm
+// is active (a scan of the local tree may outlast a lease).
+func TestRescueWithFirstClaimRenewed(t *testing.T) {
+	ctx := context.Background()
+	_, srv := redistest.Mini(t)
+	rdb := redis.NewClient(&redis.Options{Addr: strings.TrimPrefix(srv.URL, "redis://")})
+	t.Cleanup(func() { rdb.Close() })
+	co := coord.New(rdb, coord.Config{Prefix: "{fanout}:", LeaseTTL: time.Minute})
+	k := co.Keys()
+	m := testMinion(t, t.TempDir())
+	m.cfg.ID, m.cfg.Sources, m.coord = "h", 3, co
+	for _, h := range []string{"a", "h"} {
+		if _, err := co.Heartbeat(ctx, coord.Host{ID: h, Addr: h + ":7070", Role: "minion"}, coord.Beat{Register: true}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	g, err := co.Publish(ctx, coord.Generation{Path: "/data/m42", Digest: strings.Repeat("d", 64), Origin: "master", OriginAddr: "10.0.0.1:7070"}, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := co.OfferOrigin(ctx, "master", g.Ref(), 1); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := co.Claim(ctx, "a", g.Ref(), coord.ClaimOptions{Offer: 1, OfferRescue: true}); err != nil {
+		t.Fatal(err)
+	}
+	cl, err := co.Claim(ctx, "h", g.Ref(), coord.ClaimOptions{RescueIndex: 1})
+	if err != nil || cl.Rescue == nil || cl.Rescue.Slot != "master#64" {
+		t.Fatalf("h's claim: %+v, %v; want a#0 with the origin's rescue slot", cl, err)
+	}
+	src := newSource(m, g.ID, cl)
+	if src.claim().Rescue != nil {
+		t.Fatal("the pull's own claim still carries the rescue claim")
+	}
+	ps := src.sw.renewable()
+	if src.sw.active.Load() || len(ps) != 1 || !ps[0].rescue || ps[0].cl.Slot != "master#64" || ps[0].cl.Index != 1 {
+		t.Fatalf("renewable before the swarm is active: %+v, want the rescue claim on master#64", ps)
+	}
+	if err := rdb.PExpire(ctx, k.Lease("h/1"), 5*time.Second).Err(); err != nil {
+		t.Fatal(err)
+	}
+	src.sw.renew(ctx)
+	if ttl, err := rdb.PTTL(ctx, k.Lease("h/1")).Result(); err != nil || ttl < 30*time.Second {
+		t.Fatalf("rescue lease TTL after a renewal: %s, %v; want about a minute", ttl, err)
+	}
+	if ps := src.sw.renewable(); len(ps) != 1 {
+		t.Fatalf("the rescue claim was dropped by its renewal: %+v", ps)
+	}
+	src.sw.close(ctx)
+	if n, _ := rdb.Exists(ctx, k.Lease("h/1")).Result(); n != 0 {
+		t.Fatal("the rescue claim's lease outlived the swarm's close")
+	}
+}

@@ -638,12 +638,10 @@ func (s *swarm) drop(ctx context.Context, p *feed, v coord.Verdict, reason strin
 	}
 }
 
-// renewable lists the extra claims whose leases are to be renewed (none
-// before the swarm is active).
+// renewable lists the extra claims whose leases are to be renewed: before
+// the swarm is active too, for a rescue claim made with the first claim
+// (see newSource) outlives a scan of the local tree longer than a lease.
 func (s *swarm) renewable() []*feed {
-	if !s.active.Load() {
-		return nil
-	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	var ps []*feed
