@@ -33,13 +33,18 @@ import (
 	"time"
 
 	"github.com/fanout/fanout/internal/bwlimit"
+	"github.com/fanout/fanout/internal/chunk"
 )
 
 // config is the command line.
 type config struct {
-	Hosts      []int
-	SB         time.Duration // S/B: how long one host takes to receive the data at its link's rate
-	Size       int64         // S, in bytes (only the progress reports show it)
+	Hosts []int
+	SB    time.Duration // S/B: how long one host takes to receive the data at its link's rate
+	Size  int64         // S, in bytes (only the progress reports show it)
+	// Chunk is the bytes a relay holds back, the chunk it is receiving: a
+	// partial source serves only chunks it verified (default the
+	// chunker's average).
+	Chunk      int64
 	Poll       time.Duration
 	Heartbeat  time.Duration
 	Lease      time.Duration
@@ -87,6 +92,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	var cfg config
 	hosts := fs.String("hosts", "1000,10000,20000", "fleet sizes N to simulate, comma-separated")
 	fs.DurationVar(&cfg.SB, "sb", 60*time.Second, "S/B: the time one host takes to receive the data at its link's rate B")
+	chunkSize := fs.String("chunk", strconv.Itoa(chunk.DefaultParams().Avg>>10)+"K", "the chunk a relay holds back, receiving it before it serves it (rsync units; default the chunker's average): each link of a pipelined chain adds its time at B")
 	size := fs.String("size", "1G", "S, the data size (rsync units; with -sb it gives B; only progress reports show it)")
 	fs.DurationVar(&cfg.Poll, "poll", time.Second, "--poll of every host")
 	fs.DurationVar(&cfg.Heartbeat, "heartbeat", 10*time.Second, "--heartbeat of every minion")
@@ -122,6 +128,9 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 		cfg.Hosts = append(cfg.Hosts, n)
 	}
 	var err error
+	if cfg.Chunk, err = bwlimit.Parse(*chunkSize); err != nil || cfg.Chunk <= 0 {
+		return cfg, fmt.Errorf("-chunk %q: want a positive size such as 128K: %v", *chunkSize, err)
+	}
 	if cfg.Size, err = bwlimit.Parse(*size); err != nil || cfg.Size <= 0 {
 		return cfg, fmt.Errorf("-size %q: want a positive size such as 1G: %v", *size, err)
 	}
@@ -226,9 +235,9 @@ func table(cfg config, rs []result, took time.Duration) string {
 			r.N, done, ratio, cpu, per1k, exec, reqs, slow, leases, idle, idleReqs)
 	}
 	b.WriteString("\n")
-	fmt.Fprintf(&b, "- Command: `go run ./test/sim %s`; S/B %s (S = %s), --poll %s, --heartbeat %s, --lease %s, --host-grace %s, --sources %d, --max-uploads %d, --pipeline=%t; manifest request %s; hosts started over %s; %d shared clients × %d connections; SLOWLOG threshold %d µs; idle window %s after %s.\n",
+	fmt.Fprintf(&b, "- Command: `go run ./test/sim %s`; S/B %s (S = %s), --poll %s, --heartbeat %s, --lease %s, --host-grace %s, --sources %d, --max-uploads %d, --pipeline=%t; a relay holds back %s (a chunk); manifest request %s; hosts started over %s; %d shared clients × %d connections; SLOWLOG threshold %d µs; idle window %s after %s.\n",
 		strings.Join(os.Args[1:], " "), cfg.SB, sizeString(cfg.Size), cfg.Poll, cfg.Heartbeat, cfg.Lease, cfg.HostGrace, cfg.Sources, cfg.Uploads, cfg.Pipeline,
-		cfg.Hop, cfg.Spread, cfg.Clients, cfg.Pool, cfg.SlowUS, cfg.IdleWindow, cfg.Settle)
+		sizeString(cfg.Chunk), cfg.Hop, cfg.Spread, cfg.Clients, cfg.Pool, cfg.SlowUS, cfg.IdleWindow, cfg.Settle)
 	for _, r := range rs {
 		n := float64(r.N)
 		if !cfg.Task {

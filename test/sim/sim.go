@@ -17,7 +17,6 @@ import (
 	"github.com/redis/go-redis/v9"
 	"github.com/sirupsen/logrus"
 
-	"github.com/fanout/fanout/internal/chunk"
 	"github.com/fanout/fanout/internal/coord"
 	"github.com/fanout/fanout/internal/master"
 	"github.com/fanout/fanout/internal/metrics"
@@ -147,7 +146,7 @@ func simulate(ctx context.Context, cfg config, n int, progress io.Writer) (res r
 	ccfg := coord.Config{LeaseTTL: cfg.Lease, HostGrace: cfg.HostGrace}
 	nw := newNetwork(cfg.Size, cfg.SB, cfg.Hop, cfg.Stall)
 	nw.origin = "origin"
-	nw.lag = float64(chunk.DefaultParams().Avg) // a relay serves the chunks it verified
+	nw.lag = float64(cfg.Chunk) // a relay serves the chunks it verified
 	wg.Go(func() { nw.run(ctx) })
 
 	mco := coord.New(clients[0], ccfg)

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/fanout/fanout/internal/chunk"
 	"github.com/fanout/fanout/internal/testtool"
 )
 
@@ -105,6 +106,7 @@ func TestParseFlags(t *testing.T) {
 		{"-hosts 0", "-hosts"},
 		{"-sb 0s", "-sb"},
 		{"-size -1", "-size"},
+		{"-chunk 0", "-chunk"},
 		{"-clients 0", "-clients"},
 		{"-max-uploads 0", "-max-uploads"},
 		{"extra", "unexpected arguments"},
@@ -118,7 +120,7 @@ func TestParseFlags(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(cfg.Hosts) != 3 || cfg.Hosts[1] != 10000 || cfg.Spread != cfg.Heartbeat || cfg.Settle != 2*cfg.Heartbeat {
+	if len(cfg.Hosts) != 3 || cfg.Hosts[1] != 10000 || cfg.Spread != cfg.Heartbeat || cfg.Settle != 2*cfg.Heartbeat || cfg.Chunk != int64(chunk.DefaultParams().Avg) {
 		t.Fatalf("defaults: %+v", cfg)
 	}
 }
