@@ -164,9 +164,29 @@ func (k Keys) named(name string, kc keyCtx) string {
 // it names in K; a script that calls it declares them.
 const luaHelpers = `
 -- nowMS is Redis's own clock, in ms: the only clock liveness relies on.
+-- Read once a call (a script runs in microseconds): a finish that frees
+-- three slots asked for it four times.
+local NOW
 local function nowMS()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  if not NOW then
+    local t = redis.call('TIME')
+    NOW = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  end
+  return NOW
+end
+
+-- current is the generation's id, digest, state and origin, read once a
+-- call: the helpers below asked for them again for every slot a call
+-- freed. Only the publish, done, cancel and switch scripts write those
+-- fields, and none of them reads current after (the publish forgets it).
+-- K.generation
+local CUR
+local function current()
+  if not CUR then
+    local g = redis.call('HMGET', K.generation, 'id', 'digest', 'state', 'origin')
+    CUR = {id = g[1], digest = g[2], state = g[3], origin = g[4]}
+  end
+  return CUR
 end
 
 -- slotSource extracts the host of a slot "host#n".
@@ -191,14 +211,14 @@ end
 
 -- isCurrent: generation id and digest are the current generation's. K.generation
 local function isCurrent(id, digest)
-  local g = redis.call('HMGET', K.generation, 'id', 'digest')
-  return g[1] == id and g[2] == digest
+  local g = current()
+  return g.id == id and g.digest == digest
 end
 
 -- isWhole: src holds the whole generation (the origin or a finished host).
 -- K.generation, K.finished
 local function isWhole(src)
-  return src == redis.call('HGET', K.generation, 'origin') or redis.call('SISMEMBER', K.finished, src) == 1
+  return src == current().origin or redis.call('SISMEMBER', K.finished, src) == 1
 end
 
 -- takeSlot withdraws slot from every free set. K.sync, K.full, K.part
@@ -260,8 +280,8 @@ local WAIT_MS, HANDOFF_MS, UPLOADS, ALONE_SLOTS = 35000, 5000, 64, 9
 -- K.generation, K.claims, K.holders, K.running, K.finished, K.leases,
 -- K.events, K.starved, K.sync, K.full, K.part (and K.hosts, when declared)
 local function handoff(slot, wait)
-  local g = redis.call('HMGET', K.generation, 'id', 'digest', 'state')
-  if not g[1] or not g[2] or g[3] == 'failed' then return false end
+  local g = current()
+  if not g.id or not g.digest or g.state == 'failed' then return false end
   local src = slotSource(slot)
   local now = nowMS()
   local function pulledFrom(w)
@@ -289,7 +309,7 @@ local function handoff(slot, wait)
       and redis.call('HEXISTS', K.claims, w) == 0
       and redis.call('SISMEMBER', K.finished, w) == 0
       and not pulledFrom(w) then
-      local record = g[1] .. ' ' .. slot .. ' ' .. now .. ' ' .. g[2]
+      local record = g.id .. ' ' .. slot .. ' ' .. now .. ' ' .. g.digest
       -- The queue's zone is the source's: "waiting:ZONE" in the task's scope.
       local zone = string.match(string.sub(wait, #scope() + 1), '^waiting:(.+)$')
       if zone then record = record .. ' ' .. zone end
@@ -298,8 +318,8 @@ local function handoff(slot, wait)
       redis.call('HSET', K.claims, w, record)
       redis.call('SADD', K.running, w)
       redis.call('ZADD', K.leases, now + HANDOFF_MS, w)
-      event(EVENTS_MAX, 'claim', w, g[1], slot, 'handed')
-      notify('wake:' .. w, g[1] .. ' ' .. slot)
+      event(EVENTS_MAX, 'claim', w, g.id, slot, 'handed')
+      notify('wake:' .. w, g.id .. ' ' .. slot)
       return true
     end
   end
@@ -318,7 +338,7 @@ end
 local function freeSlot(slot, whole, zf, zp, wait)
   if K.slow and redis.call('SISMEMBER', K.slow, slotSource(slot) or '') == 1 then return end
   if isRescue(slot) then
-    if K.rescue and (not whole or (K.generation and slotSource(slot) == redis.call('HGET', K.generation, 'origin'))) then
+    if K.rescue and (not whole or (K.generation and slotSource(slot) == current().origin)) then
       redis.call('SADD', K.rescue, slot)
     end
     return
@@ -362,7 +382,7 @@ end
 -- source or the origin also offers its rescue slot.
 local function offer(host, uploads, force, rescue)
   if K.slow and redis.call('SISMEMBER', K.slow, host) == 1 then return end
-  local origin = host == redis.call('HGET', K.generation, 'origin')
+  local origin = host == current().origin
   local whole = origin or redis.call('SISMEMBER', K.finished, host) == 1
   if rescue and K.rescue and (origin or not whole) then
     local slot = host .. '#' .. RESCUE
@@ -467,6 +487,7 @@ redis.call('HDEL', K.generation, 'origin_pending')
 if tonumber(ARGV[10]) == 0 and (ARGV[19] or '0') == '0' and ARGV[4] ~= 'failed' then
   redis.call('HSET', K.generation, 'origin_pending', id)
 end
+CUR = nil -- the generation just written (see current)
 redis.call('DEL', K.sync, K.full, K.part, K.running, K.finished, K.claims, K.leases, K.failures,
   K.bad, K.lookup, K.progress, K.holders, K.dead, K.strikes, K.repairing, K.repairs, K.zbytes, K.hooks, K.starved, K.rescue, K.switched,
   K.wait, K.zwait, K.slow)
@@ -1231,7 +1252,7 @@ var offerScript = newScript([]string{"generation", "finished", "sync", "full", "
 if not isCurrent(ARGV[2], ARGV[3]) then return 0 end
 if redis.call('SISMEMBER', K.bad, ARGV[1]) == 1 then return 0 end
 offer(ARGV[1], tonumber(ARGV[4]), ARGV[5] == '1', ARGV[7] == '1')
-if ARGV[1] == redis.call('HGET', K.generation, 'origin') then redis.call('HDEL', K.generation, 'origin_pending') end
+if ARGV[1] == current().origin then redis.call('HDEL', K.generation, 'origin_pending') end
 if ARGV[6] == '1' then notify('generations', 'gen ' .. ARGV[2] .. ' ' .. ARGV[3]) end
 return 1
 `)
