@@ -661,6 +661,20 @@ local function grandparent(src)
   if redis.call('SISMEMBER', K.rescue, s) == 1 and not claimed(s) and usable(s) then return s end
   return nil
 end
+-- hold writes claim c of slot s, whose lease key is lease and whose
+-- source's zone is zone ('': none): holder, lease, claim record (the
+-- reaper returns the slot to that zone's index), lease index and event.
+local function hold(c, lease, s, zone)
+  redis.call('HSET', K.holders, s, c)
+  redis.call('SET', lease, gen .. ' ' .. s, 'PX', ARGV[4])
+  local record = gen .. ' ' .. s .. ' ' .. now .. ' ' .. digest
+  if zone ~= '' then record = record .. ' ' .. zone end
+  redis.call('HSET', K.claims, c, record)
+  redis.call('ZADD', K.leases, now + tonumber(ARGV[4]), c)
+  local typ = 'claim'
+  if fin then typ = 'repair' end
+  event(ARGV[6], typ, host, gen, s, '')
+end
 -- rescueToo: with ARGV rescue_index > 0, a first claim, once made on src,
 -- also makes the host's rescue claim (cid "host/rescue_index", its lease
 -- key KEYS[NAMED + 1]), as a later rescue claim would (see ARGV rescue):
@@ -677,15 +691,7 @@ local function rescueToo(reply, src)
   if upstream(up2) == host then return reply end -- a cycle
   takeSlot(s)
   local r = answer(s, up2, true)
-  redis.call('HSET', K.holders, s, rcid)
-  redis.call('SET', lease, gen .. ' ' .. s, 'PX', ARGV[4])
-  local record = gen .. ' ' .. s .. ' ' .. now .. ' ' .. digest
-  if r[5] ~= '' then record = record .. ' ' .. r[5] end
-  redis.call('HSET', K.claims, rcid, record)
-  redis.call('ZADD', K.leases, now + tonumber(ARGV[4]), rcid)
-  local typ = 'claim'
-  if fin then typ = 'repair' end
-  event(ARGV[6], typ, host, gen, s, '')
+  hold(rcid, lease, s, r[5])
   for i = 2, 5 do reply[#reply + 1] = r[i] end
   return reply
 end
@@ -894,22 +900,13 @@ if zoned then
   redis.call('SREM', K.zpart, slot)
 end
 local reply = answer(slot, src)
-local zone = reply[5]
-redis.call('HSET', K.holders, slot, cid)
-local typ = 'claim'
 if fin then
-  typ = 'repair'
   redis.call('SADD', K.repairing, host)
 else
   redis.call('SADD', K.running, host)
 end
-redis.call('SET', K.lease, gen .. ' ' .. slot, 'PX', ARGV[4])
 if zoned and ARGV[13] == '1' then redis.call('SADD', K.zpull, cid) end
-local record = gen .. ' ' .. slot .. ' ' .. now .. ' ' .. digest
-if zone ~= '' then record = record .. ' ' .. zone end
-redis.call('HSET', K.claims, cid, record)
-redis.call('ZADD', K.leases, now + tonumber(ARGV[4]), cid)
-event(ARGV[6], typ, host, gen, slot, '')
+hold(cid, K.lease, slot, reply[5])
 return offered(rescueToo(reply, src))
 `)
 

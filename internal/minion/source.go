@@ -60,7 +60,7 @@ func newSource(m *Minion, gen int64, cl coord.Claim) *source {
 		// first grow need not ask.
 		s.sw.outlook(*o, time.Now())
 	}
-	if rescue != nil && rescue.Index > 0 && rescue.Index < s.sw.want {
+	if rescue != nil {
 		// The claim made the rescue claim too (coord.ClaimOptions.RescueIndex):
 		// the swarm holds it from the start, as if it had claimed it.
 		s.sw.add(rescue.Index, *rescue, true)
