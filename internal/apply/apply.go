@@ -55,23 +55,38 @@ type Fetcher interface {
 // chunks it can from copies already on this host (an older version, a
 // renamed or duplicate file) and the rest from sources, in any order. It
 // writes each chunk at its offset in f (which is e.Size long) only once the
-// chunk's bytes are verified against its hash, then calls landed with the
-// chunk's index (from several goroutines at once, possibly); it returns nil
-// only when every chunk is in f, verified.
+// chunk's bytes are verified against its hash, then tells sink (when not
+// nil) the chunk's index (from several goroutines at once, possibly); it
+// returns nil only when every chunk is in f, verified. It may also write a
+// chunk's bytes as they arrive, before it verified them, when it tells sink
+// so (ChunkSink.Arriving): a host serving the file on then streams them.
 //
 // f is the file's part file (see PartPath): after an interrupted Apply it
 // holds what that Apply wrote, unverified. An Assembler may keep the
 // chunks of f whose bytes hash right (and only those) instead of writing
 // them again.
 type Assembler interface {
-	Assemble(ctx context.Context, e manifest.Entry, f *os.File, landed func(i int)) error
+	Assemble(ctx context.Context, e manifest.Entry, f *os.File, sink ChunkSink) error
+}
+
+// ChunkSink hears of the chunks of one file as an Assembler writes them.
+type ChunkSink interface {
+	// Arriving: the first n bytes of chunk i are in the file, written but
+	// not verified yet; n = 0: they are dropped (they are not the chunk's,
+	// or other bytes will be written there). The chunk lands (Landed) with
+	// the bytes announced, unless they were dropped first.
+	Arriving(i int, n int64)
+	// Landed: chunk i is in the file, verified.
+	Landed(i int)
 }
 
 // ChunkObserver is an Observer also told of each chunk an Assembler lands,
-// verified, so it can serve the chunk on before the file is complete.
+// verified, and of its bytes as they arrive, so it can serve the chunk on
+// before the file is complete.
 type ChunkObserver interface {
 	Observer
 	Landed(e manifest.Entry, i int)
+	Arriving(e manifest.Entry, i int, n int64)
 }
 
 // Observer watches fetched files as they are written, so they can be served

@@ -183,18 +183,26 @@ func (in *incoming) assemble(ctx context.Context, asm Assembler) error {
 	if err = in.f.Truncate(in.e.Size); err != nil {
 		err = fmt.Errorf("size %s: %w", in.f.Name(), err)
 	} else {
-		obs, _ := in.a.opts.Observer.(ChunkObserver)
-		err = asm.Assemble(ctx, in.e, in.f, func(i int) {
-			if obs != nil {
-				obs.Landed(in.e, i)
-			}
-		})
+		var sink ChunkSink
+		if obs, ok := in.a.opts.Observer.(ChunkObserver); ok {
+			sink = entrySink{obs: obs, e: in.e}
+		}
+		err = asm.Assemble(ctx, in.e, in.f, sink)
 	}
 	s.assembled = err == nil
 	s.n = in.e.Size
 	in.keep = err != nil && ctx.Err() != nil
 	return in.end(err)
 }
+
+// entrySink is the ChunkSink of an Observer's entry.
+type entrySink struct {
+	obs ChunkObserver
+	e   manifest.Entry
+}
+
+func (s entrySink) Arriving(i int, n int64) { s.obs.Arriving(s.e, i, n) }
+func (s entrySink) Landed(i int)            { s.obs.Landed(s.e, i) }
 
 // incoming is one file being written under its temporary name.
 type incoming struct {

@@ -59,7 +59,12 @@ type testAssembler struct {
 	kept []int
 }
 
-func (a *testAssembler) Assemble(ctx context.Context, e manifest.Entry, f *os.File, landed func(int)) error {
+func (a *testAssembler) Assemble(ctx context.Context, e manifest.Entry, f *os.File, sink ChunkSink) error {
+	landed := func(i int) {
+		if sink != nil {
+			sink.Landed(i)
+		}
+	}
 	written := 0
 	for i, c := range e.Chunks {
 		b := make([]byte, c.Len)

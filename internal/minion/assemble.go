@@ -1,6 +1,7 @@
 package minion
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -154,10 +155,13 @@ func (a *assembler) osPath(p string) string { return osPath(a.root, p) }
 // copied, each distinct missing chunk is fetched once, from the pull's
 // sources at once (see fetchAll), and repeats are copied from the first
 // copy.
-func (a *assembler) Assemble(ctx context.Context, e manifest.Entry, f *os.File, landed func(i int)) error {
+func (a *assembler) Assemble(ctx context.Context, e manifest.Entry, f *os.File, sink apply.ChunkSink) error {
 	chunks := e.Chunks
 	j := &job{e: e, f: f, chunks: chunks, done: make([]bool, len(chunks)), inflight: make([]int, len(chunks)),
-		first: make([]int, len(chunks)), landed: landed, changed: make(chan struct{}, 1)}
+		first: make([]int, len(chunks)), sink: sink, changed: make(chan struct{}, 1)}
+	if sink != nil {
+		j.exposed, j.streamer = make([]int64, len(chunks)), make([]*chunkWriter, len(chunks))
+	}
 	seen := map[string]int{}
 	for i, c := range chunks {
 		j.first[i] = i
@@ -223,7 +227,9 @@ type job struct {
 	f      *os.File
 	chunks []manifest.Chunk
 	first  []int // index of the first chunk with the same hash (itself if none before)
-	landed func(i int)
+	// sink hears of chunks as they arrive and land (nil: nobody serves
+	// the file on, and chunks are written only once verified).
+	sink apply.ChunkSink
 
 	mu       sync.Mutex
 	done     []bool
@@ -231,6 +237,11 @@ type job struct {
 	inflight []int
 	changed  chan struct{} // a chunk landed or a request ended
 	lastLand time.Time     // when a chunk last landed (or fetchAll began)
+	// Streaming (with a sink, see stream): exposed[i] bytes of chunk i,
+	// not landed, are in f unverified and announced to sink as arriving;
+	// streamer[i] is the writer adding to them (nil: none now).
+	exposed  []int64
+	streamer []*chunkWriter
 }
 
 // missing reports how many distinct chunks have yet to land, and the
@@ -289,9 +300,134 @@ func (j *job) land(i int) bool {
 	j.done[i] = true
 	j.lastLand = time.Now()
 	j.mu.Unlock()
-	j.landed(i)
+	if j.sink != nil {
+		j.sink.Landed(i)
+	}
 	j.signal()
 	return true
+}
+
+// streamStep is how many bytes of a chunk a writer receives before it
+// writes and announces them (stream): each step costs the hosts streaming
+// the file on from here a read, a write and a flush.
+const streamStep = 32 << 10
+
+// RelayHoldBack is the most bytes of a chunk this host is receiving that
+// the hosts streaming the file from it wait for, beyond the network's own
+// delay: a step not yet written, and the chunk's tail until it is
+// verified. Each relay of a pipelined chain adds about its time at the
+// link's rate to the chain (test/sim models it).
+const RelayHoldBack = streamStep + peer.StreamTail
+
+// stream writes b, the first bytes of chunk i as writer w received them
+// (not verified yet), into the file past those there already and announces
+// them to the sink, so the hosts pulling from this one get all of the
+// chunk but its tail (peer.StreamTail) before it lands: a relay adds a
+// step's time to a chain, not a chunk's. Only one writer streams a chunk:
+// the first to ask while none does. One that takes up a chunk another left
+// (its request ended) keeps the bytes there only if its own are the same,
+// and else drops them first (readers that sent them fail); it waits until
+// it has as many.
+func (j *job) stream(w *chunkWriter, i int, b []byte) error {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	if j.streamer == nil || j.done[i] || (j.streamer[i] != nil && j.streamer[i] != w) {
+		return nil
+	}
+	c := j.chunks[i]
+	x := j.exposed[i]
+	if j.streamer[i] == nil {
+		if int64(len(b)) < x {
+			return nil
+		}
+		if err := j.keepIfSame(i, b); err != nil {
+			return err
+		}
+		j.streamer[i], x = w, j.exposed[i]
+	}
+	if int64(len(b)) <= x {
+		return nil
+	}
+	if _, err := j.f.WriteAt(b[x:], c.Off+x); err != nil {
+		return fmt.Errorf("write %s: %w", j.e.Path, err)
+	}
+	j.exposed[i] = int64(len(b))
+	j.sink.Arriving(i, j.exposed[i])
+	return nil
+}
+
+// keepIfSame drops the bytes of chunk i in the file that were announced
+// unverified unless b (at least as many of the chunk's first bytes) starts
+// with them (j.mu held).
+func (j *job) keepIfSame(i int, b []byte) error {
+	x := j.exposed[i]
+	if x == 0 {
+		return nil
+	}
+	had := make([]byte, x)
+	if _, err := j.f.ReadAt(had, j.chunks[i].Off); err != nil {
+		return fmt.Errorf("read %s: %w", j.e.Path, err)
+	}
+	if !bytes.Equal(had, b[:x]) {
+		j.exposed[i] = 0
+		j.sink.Arriving(i, 0)
+	}
+	return nil
+}
+
+// unstream ends w's streaming of chunk i. With bad (its bytes failed
+// verification) what it wrote is dropped; otherwise it stays for the next
+// writer of the chunk to take up (see stream): cutting off the hosts that
+// stream it from here because this host moved a request elsewhere would
+// cost them the chunk again.
+func (j *job) unstream(w *chunkWriter, i int, bad bool) {
+	if j.streamer == nil {
+		return
+	}
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	if j.streamer[i] != w {
+		return
+	}
+	j.streamer[i] = nil
+	if bad && j.exposed[i] > 0 {
+		j.exposed[i] = 0
+		j.sink.Arriving(i, 0)
+	}
+}
+
+// put lands chunk i, whose verified bytes b writer w holds: written into
+// the file unless w streamed them all there already. Bytes another writer
+// streamed stay if b starts with them, and are dropped otherwise, before b
+// is written. False: it had landed already.
+func (j *job) put(w *chunkWriter, i int, b []byte) (bool, error) {
+	if j.streamer == nil {
+		if j.isDone(i) {
+			return false, nil
+		}
+		if _, err := j.f.WriteAt(b, j.chunks[i].Off); err != nil {
+			return false, fmt.Errorf("write %s: %w", j.e.Path, err)
+		}
+		return j.land(i), nil
+	}
+	j.mu.Lock()
+	if j.done[i] {
+		j.mu.Unlock()
+		return false, nil
+	}
+	if j.streamer[i] != w || j.exposed[i] != int64(len(b)) {
+		err := j.keepIfSame(i, b)
+		if err == nil {
+			_, err = j.f.WriteAt(b, j.chunks[i].Off)
+		}
+		if err != nil {
+			j.mu.Unlock()
+			return false, fmt.Errorf("write %s: %w", j.e.Path, err)
+		}
+	}
+	j.streamer[i], j.exposed[i] = nil, 0
+	j.mu.Unlock()
+	return j.land(i), nil
 }
 
 // prefix is how many bytes from the start of the file have landed (or are
@@ -1036,10 +1172,11 @@ type chunkWriter struct {
 	feed     *feed      // the source, whose rate each verified chunk counts for
 	pool     *sync.Pool // of *[]byte chunk buffers, shared by a pull's writers
 
-	k     int    // chunk being received
-	buf   []byte // its bytes so far
-	bytes int64  // received in all
-	err   error  // the first error, Write's or (once seen) the lander's
+	k       int    // chunk being received
+	buf     []byte // its bytes so far
+	offered int64  // of them, how many were last offered to stream
+	bytes   int64  // received in all
+	err     error  // the first error, Write's or (once seen) the lander's
 
 	// With more than one chunk in the run: full chunks go to the lander
 	// through ready, and their buffers come back on free; done is closed
@@ -1097,9 +1234,17 @@ func (w *chunkWriter) Write(p []byte) (int, error) {
 		p = p[take:]
 		n += int(take)
 		w.bytes += take
+		if got := int64(len(w.buf)); got-w.offered >= streamStep || got == c.Len {
+			w.offered = got
+			if err := w.j.stream(w, w.first+w.k, w.buf); err != nil {
+				w.err = err
+				return n, err
+			}
+		}
 		if int64(len(w.buf)) < c.Len {
 			continue
 		}
+		w.offered = 0
 		if w.ready == nil {
 			if err := w.land(w.k, w.buf); err != nil {
 				w.err = err
@@ -1146,20 +1291,19 @@ func (w *chunkWriter) buffer(n int64) []byte {
 // unless it landed from another source meanwhile.
 func (w *chunkWriter) land(k int, b []byte) error {
 	c := w.chunks[k]
+	i := w.first + k
 	if got := chunk.Hash(b).String(); got != c.Hash {
+		w.j.unstream(w, i, true)
 		return &apply.HashMismatchError{Path: w.j.e.Path, Want: c.Hash, Got: got, WantSize: c.Len, GotSize: c.Len}
 	}
-	i := w.first + k
 	if w.feed != nil {
 		w.feed.got(c.Len)
 	}
-	if w.j.isDone(i) {
-		return nil
+	landed, err := w.j.put(w, i, b)
+	if err != nil {
+		return err
 	}
-	if _, err := w.j.f.WriteAt(b, c.Off); err != nil {
-		return fmt.Errorf("write %s: %w", w.j.e.Path, err)
-	}
-	if w.j.land(i) {
+	if landed {
 		w.fetched.Add(c.Len)
 		if w.progress != nil {
 			w.progress(c.Len)
@@ -1177,6 +1321,10 @@ func (w *chunkWriter) lander() {
 			if err := w.land(l.k, l.buf); err != nil {
 				w.landErr.Store(&err)
 			}
+		} else {
+			// Streamed and never verified: left for the next writer
+			// to take up if its bytes are the same (see job.stream).
+			w.j.unstream(w, w.first+l.k, false)
 		}
 		w.free <- l.buf
 	}
@@ -1206,6 +1354,9 @@ func (w *chunkWriter) close() error {
 			}
 		}
 		if w.buf != nil {
+			if len(w.buf) > 0 && w.k < len(w.chunks) {
+				w.j.unstream(w, w.first+w.k, false) // the chunk cut off midway
+			}
 			w.put(w.buf)
 			w.buf = nil
 		}
@@ -1222,3 +1373,7 @@ func (w *chunkWriter) put(b []byte) {
 }
 
 var _ io.Writer = (*chunkWriter)(nil)
+
+// A pull's observer is its peer.Incoming: it must hear of chunks as they
+// arrive, or the hosts behind this one wait for whole chunks.
+var _ apply.ChunkObserver = (*peer.Incoming)(nil)

@@ -4,10 +4,13 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -40,7 +43,7 @@ func writerJob(t *testing.T, lens ...int) (*job, []byte) {
 	t.Cleanup(func() { f.Close() })
 	n := len(chunks)
 	j := &job{e: manifest.Entry{Path: "f"}, f: f, chunks: chunks, done: make([]bool, n), inflight: make([]int, n),
-		first: make([]int, n), landed: func(int) {}, changed: make(chan struct{}, 1)}
+		first: make([]int, n), changed: make(chan struct{}, 1)}
 	for i := range j.first {
 		j.first[i] = i
 	}
@@ -142,7 +145,7 @@ func TestFetchAllGivesUpWithoutProgress(t *testing.T) {
 			first[i] = i
 		}
 		return &job{e: manifest.Entry{Path: "f", Size: int64(n) << 10}, chunks: chunks, first: first,
-			done: make([]bool, n), inflight: make([]int, n), changed: make(chan struct{}, 1), landed: func(int) {}}
+			done: make([]bool, n), inflight: make([]int, n), changed: make(chan struct{}, 1)}
 	}
 	m := testMinion(t, t.TempDir())
 	src := &source{m: m} // no claim: nothing to fetch from
@@ -187,5 +190,154 @@ func TestFetchAllGivesUpWithoutProgress(t *testing.T) {
 	}()
 	if err := a.fetchAll(ctx, j); err != nil {
 		t.Fatalf("fetchAll whose source says the chunks are coming: %v", err)
+	}
+}
+
+// sinkLog records what a job tells its sink, in order: "a0:32768" for
+// Arriving(0, 32768), "l1" for Landed(1).
+type sinkLog struct {
+	mu  sync.Mutex
+	got []string
+}
+
+func (s *sinkLog) Arriving(i int, n int64) { s.add(fmt.Sprintf("a%d:%d", i, n)) }
+func (s *sinkLog) Landed(i int)            { s.add(fmt.Sprintf("l%d", i)) }
+
+func (s *sinkLog) add(e string) {
+	s.mu.Lock()
+	s.got = append(s.got, e)
+	s.mu.Unlock()
+}
+
+// take returns what was recorded since the last take.
+func (s *sinkLog) take() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := s.got
+	s.got = nil
+	return out
+}
+
+// streaming turns streaming on for j, as Assemble does with a sink.
+func streaming(j *job) *sinkLog {
+	s := &sinkLog{}
+	j.sink = s
+	j.exposed, j.streamer = make([]int64, len(j.chunks)), make([]*chunkWriter, len(j.chunks))
+	return s
+}
+
+// With a sink, a writer streams a chunk's bytes into the file as they come,
+// a step at a time, before it verifies them; what a writer cut off midway
+// streamed stays for the next writer only if its bytes are the same; bad
+// bytes are dropped (Arriving 0) before the chunk lands, so a reader that
+// sent them fails; and a chunk lands with the bytes announced.
+func TestChunkWriterStreams(t *testing.T) {
+	const c = 100 << 10
+	j, data := writerJob(t, c, c)
+	log := streaming(j)
+	a := &assembler{m: &Minion{cfg: Config{Metrics: metrics.New()}}}
+
+	// A request cut off 70 KiB into chunk 0: two steps streamed, kept.
+	w := a.newChunkWriter(j, 0, j.chunks, nil)
+	if err := write(w, data[:70<<10], 8<<10); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.close(); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := log.take(), []string{"a0:32768", "a0:65536"}; !slices.Equal(got, want) {
+		t.Fatalf("cut off: told %v, want %v", got, want)
+	}
+	got, _ := os.ReadFile(j.f.Name())
+	if len(got) != 64<<10 || !bytes.Equal(got, data[:64<<10]) {
+		t.Fatalf("cut off: the file holds %d bytes, want the 64 KiB streamed", len(got))
+	}
+
+	// A source with a bad byte inside those 64 KiB: it takes the chunk up,
+	// finds its bytes differ and drops them first; its chunk fails and is
+	// dropped again.
+	bad := bytes.Clone(data)
+	bad[10<<10] ^= 1
+	w = a.newChunkWriter(j, 0, j.chunks, nil)
+	werr := write(w, bad, 16<<10)
+	err := w.close()
+	var mismatch *apply.HashMismatchError
+	if !errors.As(err, &mismatch) || (werr != nil && !errors.As(werr, &mismatch)) {
+		t.Fatalf("bad source: close %v, write %v; want a hash mismatch", err, werr)
+	}
+	var of0 []string // chunk 1 may stream too before chunk 0 is checked
+	for _, e := range log.take() {
+		if strings.HasPrefix(e, "a0:") || strings.HasPrefix(e, "l0") {
+			of0 = append(of0, e)
+		}
+	}
+	if want := []string{"a0:0", "a0:65536", "a0:98304", "a0:102400", "a0:0"}; !slices.Equal(of0, want) {
+		t.Fatalf("bad source: told %v of chunk 0, want %v", of0, want)
+	}
+	if j.isDone(0) {
+		t.Fatal("the bad chunk landed")
+	}
+
+	// A good source streams and lands both chunks.
+	w = a.newChunkWriter(j, 0, j.chunks, nil)
+	if err := write(w, data, 32<<10); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.close(); err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range log.take() {
+		if e == "a0:0" || e == "a1:0" {
+			t.Fatalf("a good source dropped bytes: %s", e)
+		}
+	}
+	if !j.complete() {
+		t.Fatalf("not every chunk landed: %v", j.done)
+	}
+	if got, _ := os.ReadFile(j.f.Name()); !bytes.Equal(got, data) {
+		t.Fatal("the file differs from the good stream")
+	}
+}
+
+// A chunk landed by a writer that does not stream it (the endgame's second
+// source) keeps the bytes the streaming writer announced when they are the
+// chunk's, and drops them first when they are not.
+func TestChunkWriterLandsBesideStream(t *testing.T) {
+	const c = 100 << 10
+	for _, good := range []bool{true, false} {
+		j, data := writerJob(t, c)
+		log := streaming(j)
+		a := &assembler{m: &Minion{cfg: Config{Metrics: metrics.New()}}}
+		streamed := bytes.Clone(data)
+		if !good {
+			streamed[5] ^= 1
+		}
+		first := a.newChunkWriter(j, 0, j.chunks, nil)
+		if err := write(first, streamed[:40<<10], 8<<10); err != nil {
+			t.Fatal(err)
+		}
+		second := a.newChunkWriter(j, 0, j.chunks, nil)
+		if err := write(second, data, 64<<10); err != nil {
+			t.Fatal(err)
+		}
+		if err := second.close(); err != nil {
+			t.Fatal(err)
+		}
+		// The first goes on: the chunk landed, its bytes go nowhere.
+		werr := write(first, streamed[40<<10:], 8<<10)
+		err := first.close()
+		if good && (err != nil || werr != nil) {
+			t.Fatalf("the streaming writer of good bytes: write %v, close %v", werr, err)
+		}
+		want := []string{"a0:32768", "l0"}
+		if !good {
+			want = []string{"a0:32768", "a0:0", "l0"}
+		}
+		if got := log.take(); !slices.Equal(got, want) {
+			t.Fatalf("good %v: told %v, want %v", good, got, want)
+		}
+		if got, _ := os.ReadFile(j.f.Name()); !bytes.Equal(got, data) {
+			t.Fatalf("good %v: the file differs from the verified chunk", good)
+		}
 	}
 }

@@ -60,7 +60,21 @@ type arrival struct {
 	// written (Landed), in whatever order chunks land, never by Wrote.
 	chunks []manifest.Chunk
 	have   []bool
+	// part[i] counts the first bytes of chunk i, not landed, that a
+	// writer put in f before verifying them (see Arriving); epoch[i]
+	// counts the times such bytes were dropped: a reader that sent some of
+	// them fails rather than go on with other bytes.
+	part  []int64
+	epoch []uint32
 }
+
+// StreamTail is how many bytes at the end of a chunk that has not landed
+// are never served: a host streaming a chunk on as it arrives (see
+// Incoming.Arriving) holds them until it verified the chunk, so the host
+// behind never completes a chunk this host did not verify. When this host's
+// copy turns out bad, the host behind sees a transfer broken off, not a bad
+// chunk, and bars no honest relay.
+const StreamTail = 4 << 10
 
 // availFrom returns the end of the bytes that may be read from off: the
 // byte count written so far, or for a chunked file the end of the run of
@@ -74,7 +88,24 @@ func (a *arrival) availFrom(off int64) int64 {
 	for ; k < len(a.chunks) && a.have[k]; k++ {
 		end = a.chunks[k].Off + a.chunks[k].Len
 	}
+	if k < len(a.chunks) && a.part[k] > 0 {
+		c := a.chunks[k]
+		end = max(end, c.Off+min(a.part[k], c.Len)-StreamTail)
+	}
 	return end
+}
+
+// partialAt returns the chunk that holds byte off when it has not landed
+// and its first bytes up to off are served from part (see Arriving), or -1.
+func (a *arrival) partialAt(off int64) int {
+	if a.chunks == nil {
+		return -1
+	}
+	k := sort.Search(len(a.chunks), func(i int) bool { return a.chunks[i].Off+a.chunks[i].Len > off })
+	if k == len(a.chunks) || a.have[k] || off <= a.chunks[k].Off {
+		return -1
+	}
+	return k
 }
 
 // NewIncoming returns an Incoming for the files of entries (files the host
@@ -90,6 +121,7 @@ func NewIncoming(entries []manifest.Entry, wait time.Duration) *Incoming {
 			a := &arrival{wake: make(chan struct{})}
 			if len(e.Chunks) > 0 {
 				a.chunks, a.have = e.Chunks, make([]bool, len(e.Chunks))
+				a.part, a.epoch = make([]int64, len(e.Chunks)), make([]uint32, len(e.Chunks))
 			}
 			in.files[e.Path] = a
 		}
@@ -145,6 +177,7 @@ func (in *Incoming) Begin(e manifest.Entry, f *os.File) {
 	a.f, a.n, a.done, a.failed, a.err = rf, 0, false, false, nil
 	a.attempt++
 	clear(a.have)
+	clear(a.part)
 	if err != nil {
 		a.failed, a.err = true, err
 	}
@@ -169,6 +202,33 @@ func (in *Incoming) Landed(e manifest.Entry, i int) {
 	defer in.mu.Unlock()
 	if a := in.files[e.Path]; a != nil && i >= 0 && i < len(a.have) && !a.have[i] {
 		a.have[i] = true
+		a.part[i] = 0
+		a.changed()
+	}
+}
+
+// Arriving records that the first n bytes of chunk i of the file of e are
+// written, not yet verified: all of the chunk but its last StreamTail
+// bytes may be streamed on before it lands, so a relay adds a few
+// kilobytes' time to a chain instead of a chunk's. The writer must land
+// the chunk with these very bytes, or drop them first with n = 0: a
+// reader that sent any of them then fails (and the host behind it, which
+// never got the whole chunk, fetches it again). A smaller n than recorded
+// is ignored.
+func (in *Incoming) Arriving(e manifest.Entry, i int, n int64) {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	a := in.files[e.Path]
+	if a == nil || i < 0 || i >= len(a.part) || a.have[i] {
+		return
+	}
+	switch {
+	case n == 0 && a.part[i] > 0:
+		a.part[i] = 0
+		a.epoch[i]++
+		a.changed()
+	case n > a.part[i]:
+		a.part[i] = n
 		a.changed()
 	}
 }
@@ -244,7 +304,7 @@ func (in *Incoming) Open(ctx context.Context, p string, end, offset int64, onDis
 	if a == nil {
 		return nil, fmt.Errorf("%q is not incoming", p)
 	}
-	return &arrivalReader{in: in, a: a, ctx: ctx, end: end, off: offset, onDisk: onDisk}, nil
+	return &arrivalReader{in: in, a: a, ctx: ctx, end: end, off: offset, onDisk: onDisk, partial: -1}, nil
 }
 
 // arrivalReader reads an incoming file as it grows.
@@ -258,6 +318,10 @@ type arrivalReader struct {
 	f      *os.File // our own handle, once we have one
 	// attempt is the writer's attempt f belongs to.
 	attempt int
+	// partial is the chunk some of whose bytes, not landed, this reader
+	// sent (see Arriving), -1 if none, and epoch that chunk's epoch then.
+	partial int
+	epoch   uint32
 }
 
 func (r *arrivalReader) Read(p []byte) (int, error) {
@@ -277,8 +341,15 @@ func (r *arrivalReader) Read(p []byte) (int, error) {
 				p = p[:avail-r.off]
 			}
 			n, err := r.f.ReadAt(p, r.off)
-			r.off += int64(n)
 			if n > 0 {
+				// Bytes not yet verified, read as a writer may have
+				// dropped them: sent only if they are still the ones
+				// recorded (a seqlock: the writer drops before it
+				// writes other bytes).
+				if derr := r.follow(); derr != nil {
+					return 0, derr
+				}
+				r.off += int64(n)
 				return n, nil
 			}
 			if err == nil || err == io.EOF {
@@ -321,7 +392,14 @@ func (r *arrivalReader) ready() (int64, <-chan struct{}, error) {
 		}
 		r.f, r.attempt = f, a.attempt
 	}
+	if r.partial >= 0 && a.epoch[r.partial] != r.epoch {
+		in.mu.Unlock()
+		return 0, nil, errors.New("incoming chunk dropped before it was verified: being received again")
+	}
 	n := a.availFrom(r.off)
+	if k := a.partialAt(n); !done && k >= 0 && k != r.partial {
+		r.partial, r.epoch = k, a.epoch[k]
+	}
 	in.mu.Unlock()
 	if done {
 		if r.f == nil {
@@ -338,6 +416,20 @@ func (r *arrivalReader) ready() (int64, <-chan struct{}, error) {
 		return 0, wake, nil // not begun
 	}
 	return n, wake, nil
+}
+
+// follow checks, after a read, that the unverified bytes of the chunk the
+// reader is in (if any) were not dropped meanwhile.
+func (r *arrivalReader) follow() error {
+	if r.partial < 0 {
+		return nil
+	}
+	r.in.mu.Lock()
+	defer r.in.mu.Unlock()
+	if r.a.epoch[r.partial] != r.epoch {
+		return errors.New("incoming chunk dropped before it was verified: being received again")
+	}
+	return nil
 }
 
 // waitMore blocks until wake is closed (the file changed), the wait bound

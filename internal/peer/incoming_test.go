@@ -508,3 +508,97 @@ func TestIncomingSettle(t *testing.T) {
 		t.Fatalf("fetched file: %d bytes, %v", len(b), err)
 	}
 }
+
+// chunkedIncoming is an Incoming of one file of two 64 KiB chunks, begun
+// in a temporary file: its entry, content and file.
+func chunkedIncoming(t *testing.T, wait time.Duration) (*Incoming, manifest.Entry, []byte, *os.File) {
+	t.Helper()
+	const c = 64 << 10
+	content := randomBytes(2 * c)
+	e := manifest.Entry{Path: "f", Type: manifest.File, Size: 2 * c, Chunks: []manifest.Chunk{{Off: 0, Len: c}, {Off: c, Len: c}}}
+	in := NewIncoming([]manifest.Entry{e}, wait)
+	f, err := os.OpenFile(filepath.Join(t.TempDir(), ".fanout-tmp-f"), os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	in.Begin(e, f)
+	return in, e, content, f
+}
+
+// The bytes of a chunk that has not landed are served as the writer
+// announces them (Arriving), all but the chunk's last StreamTail bytes,
+// which wait for it to land; then the reader goes on to the end.
+func TestIncomingStreamsArrivingChunk(t *testing.T) {
+	in, e, content, f := chunkedIncoming(t, 300*time.Millisecond)
+	if _, err := f.WriteAt(content[:40<<10], 0); err != nil {
+		t.Fatal(err)
+	}
+	in.Arriving(e, 0, 40<<10)
+	r, err := in.Open(context.Background(), "f", e.Size, 0, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	b := make([]byte, e.Size)
+	n, err := io.ReadAtLeast(r, b, 40<<10)
+	if !errors.Is(err, ErrArrivalStalled) || n != 40<<10-StreamTail || !bytes.Equal(b[:n], content[:n]) {
+		t.Fatalf("read %d bytes (%v) of a chunk announced to 40 KiB; want %d, then a stall", n, err, 40<<10-StreamTail)
+	}
+	if _, err := f.WriteAt(content[40<<10:64<<10], 40<<10); err != nil {
+		t.Fatal(err)
+	}
+	in.Arriving(e, 0, 64<<10)
+	if m, err := r.Read(b[n:]); err != nil || n+m != 64<<10-StreamTail {
+		t.Fatalf("all of chunk 0 announced: read to %d (%v), want to %d: its tail waits", n+m, err, 64<<10-StreamTail)
+	}
+	in.Landed(e, 0)
+	if _, err := f.WriteAt(content[64<<10:], 64<<10); err != nil {
+		t.Fatal(err)
+	}
+	in.Landed(e, 1)
+	rest, err := io.ReadAll(r)
+	if err != nil || !bytes.Equal(append(b[:64<<10-StreamTail:64<<10-StreamTail], rest...), content) {
+		t.Fatalf("after both landed: %d more bytes (%v), want the rest of the file", len(rest), err)
+	}
+}
+
+// Bytes announced and then dropped (the writer found them bad, or another
+// writer's differ) fail a reader that sent some of them, so the host behind
+// never completes a chunk from two streams; a reader that sent none goes on
+// with the chunk as it lands.
+func TestIncomingDroppedChunkFailsItsReaders(t *testing.T) {
+	in, e, content, f := chunkedIncoming(t, 5*time.Second)
+	bad := bytes.Clone(content[:32<<10])
+	bad[0] ^= 1
+	if _, err := f.WriteAt(bad, 0); err != nil {
+		t.Fatal(err)
+	}
+	in.Arriving(e, 0, 32<<10)
+	sent, _ := in.Open(context.Background(), "f", e.Size, 0, nil)
+	defer sent.Close()
+	b := make([]byte, 8<<10)
+	if _, err := io.ReadFull(sent, b); err != nil {
+		t.Fatal(err)
+	}
+	// A reader of the second chunk sent nothing of the first.
+	other, _ := in.Open(context.Background(), "f", e.Size, 64<<10, nil)
+	defer other.Close()
+	in.Arriving(e, 0, 0)
+	if _, err := f.WriteAt(content, 0); err != nil {
+		t.Fatal(err)
+	}
+	in.Landed(e, 0)
+	in.Landed(e, 1)
+	if rest, err := io.ReadAll(sent); err == nil || !strings.Contains(err.Error(), "dropped") {
+		t.Fatalf("a reader of dropped bytes read %d more bytes (%v), want it to fail", len(rest), err)
+	}
+	if got, err := io.ReadAll(other); err != nil || !bytes.Equal(got, content[64<<10:]) {
+		t.Fatalf("a reader of the next chunk: %d bytes (%v), want the chunk", len(got), err)
+	}
+	fresh, _ := in.Open(context.Background(), "f", e.Size, 0, nil)
+	defer fresh.Close()
+	if got, err := io.ReadAll(fresh); err != nil || !bytes.Equal(got, content) {
+		t.Fatalf("a reader begun after the drop: %d bytes (%v), want the file", len(got), err)
+	}
+}

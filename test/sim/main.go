@@ -33,7 +33,7 @@ import (
 	"time"
 
 	"github.com/fanout/fanout/internal/bwlimit"
-	"github.com/fanout/fanout/internal/chunk"
+	"github.com/fanout/fanout/internal/minion"
 )
 
 // config is the command line.
@@ -41,9 +41,10 @@ type config struct {
 	Hosts []int
 	SB    time.Duration // S/B: how long one host takes to receive the data at its link's rate
 	Size  int64         // S, in bytes (only the progress reports show it)
-	// Chunk is the bytes a relay holds back, the chunk it is receiving: a
-	// partial source serves only chunks it verified (default the
-	// chunker's average).
+	// Chunk is the bytes a relay holds back of the chunk it is receiving
+	// (default minion.RelayHoldBack: a partial source streams a chunk on
+	// as it arrives, all but a step not yet written and the tail it holds
+	// until it verified the chunk).
 	Chunk      int64
 	Poll       time.Duration
 	Heartbeat  time.Duration
@@ -92,7 +93,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	var cfg config
 	hosts := fs.String("hosts", "1000,10000,20000", "fleet sizes N to simulate, comma-separated")
 	fs.DurationVar(&cfg.SB, "sb", 60*time.Second, "S/B: the time one host takes to receive the data at its link's rate B")
-	chunkSize := fs.String("chunk", strconv.Itoa(chunk.DefaultParams().Avg>>10)+"K", "the chunk a relay holds back, receiving it before it serves it (rsync units; default the chunker's average): each link of a pipelined chain adds its time at B")
+	chunkSize := fs.String("chunk", strconv.Itoa(minion.RelayHoldBack>>10)+"K", "the bytes of a chunk being received that a relay holds back from the hosts streaming from it (rsync units; default minion.RelayHoldBack, the real relay's: a step not yet written and the unverified tail; a relay that served only whole verified chunks held back the chunker's average, 128K): each link of a pipelined chain adds its time at B")
 	size := fs.String("size", "1G", "S, the data size (rsync units; with -sb it gives B; only progress reports show it)")
 	fs.DurationVar(&cfg.Poll, "poll", time.Second, "--poll of every host")
 	fs.DurationVar(&cfg.Heartbeat, "heartbeat", 10*time.Second, "--heartbeat of every minion")
@@ -235,7 +236,7 @@ func table(cfg config, rs []result, took time.Duration) string {
 			r.N, done, ratio, cpu, per1k, exec, reqs, slow, leases, idle, idleReqs)
 	}
 	b.WriteString("\n")
-	fmt.Fprintf(&b, "- Command: `go run ./test/sim %s`; S/B %s (S = %s), --poll %s, --heartbeat %s, --lease %s, --host-grace %s, --sources %d, --max-uploads %d, --pipeline=%t; a relay holds back %s (a chunk); manifest request %s; hosts started over %s; %d shared clients × %d connections; SLOWLOG threshold %d µs; idle window %s after %s.\n",
+	fmt.Fprintf(&b, "- Command: `go run ./test/sim %s`; S/B %s (S = %s), --poll %s, --heartbeat %s, --lease %s, --host-grace %s, --sources %d, --max-uploads %d, --pipeline=%t; a relay holds back %s of a chunk; manifest request %s; hosts started over %s; %d shared clients × %d connections; SLOWLOG threshold %d µs; idle window %s after %s.\n",
 		strings.Join(os.Args[1:], " "), cfg.SB, sizeString(cfg.Size), cfg.Poll, cfg.Heartbeat, cfg.Lease, cfg.HostGrace, cfg.Sources, cfg.Uploads, cfg.Pipeline,
 		sizeString(cfg.Chunk), cfg.Hop, cfg.Spread, cfg.Clients, cfg.Pool, cfg.SlowUS, cfg.IdleWindow, cfg.Settle)
 	for _, r := range rs {

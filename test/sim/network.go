@@ -17,9 +17,9 @@ import (
 // bytes it lacks a share of that source's upload (divided equally among
 // the source's pullers), capped by its own download, and never more than
 // the best of those sources holds: a source still pulling (pipelining)
-// serves only what it has received, less the chunk it is receiving (lag),
+// serves only what it has received, less what it holds back (lag),
 // so it delivers no faster than its own source. Within a tick a chain is
-// solved source first, so a relay adds one chunk's delay, as a real one
+// solved source first, so a relay adds its hold-back's delay, as a real one
 // does, not a tick's. The model moves the files' bytes as one prefix (a
 // chunk a partial source has is a chunk of its prefix).
 type network struct {
@@ -28,7 +28,7 @@ type network struct {
 	hop   time.Duration // a manifest request's latency (round trip, diff of the host's tree)
 	stall time.Duration // a pull that receives nothing this long fails (--stall-timeout), unless it is behind living sources
 	tick  time.Duration
-	lag   float64 // bytes a relay holds back: the chunk it is receiving
+	lag   float64 // bytes a relay holds back of the chunk it is receiving (see config.Chunk)
 
 	mu      sync.Mutex
 	servers map[string]*peer.Server // by advertised address: what each host serves

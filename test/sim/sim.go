@@ -146,7 +146,7 @@ func simulate(ctx context.Context, cfg config, n int, progress io.Writer) (res r
 	ccfg := coord.Config{LeaseTTL: cfg.Lease, HostGrace: cfg.HostGrace}
 	nw := newNetwork(cfg.Size, cfg.SB, cfg.Hop, cfg.Stall)
 	nw.origin = "origin"
-	nw.lag = float64(cfg.Chunk) // a relay serves the chunks it verified
+	nw.lag = float64(cfg.Chunk) // see config.Chunk
 	wg.Go(func() { nw.run(ctx) })
 
 	mco := coord.New(clients[0], ccfg)

@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/fanout/fanout/internal/chunk"
+	"github.com/fanout/fanout/internal/minion"
 	"github.com/fanout/fanout/internal/testtool"
 )
 
@@ -120,7 +120,7 @@ func TestParseFlags(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(cfg.Hosts) != 3 || cfg.Hosts[1] != 10000 || cfg.Spread != cfg.Heartbeat || cfg.Settle != 2*cfg.Heartbeat || cfg.Chunk != int64(chunk.DefaultParams().Avg) {
+	if len(cfg.Hosts) != 3 || cfg.Hosts[1] != 10000 || cfg.Spread != cfg.Heartbeat || cfg.Settle != 2*cfg.Heartbeat || cfg.Chunk != minion.RelayHoldBack {
 		t.Fatalf("defaults: %+v", cfg)
 	}
 }
