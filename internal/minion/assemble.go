@@ -25,8 +25,10 @@ import (
 // apply.Assembler): every chunk this host already has (in the older version
 // of the file, in a file renamed or copied, in another file of the tree)
 // is copied locally, and only the rest crosses the network, as ranges of
-// consecutive chunks. Each chunk is verified against its hash before it is
-// written, whichever way it came.
+// consecutive chunks. Each chunk is verified against its hash before it
+// lands, whichever way it came; a chunk crossing the network may be written
+// as it arrives, unverified, for the hosts streaming the file from this one
+// (see job.stream), and lands only with the bytes verified.
 type assembler struct {
 	m    *Minion
 	sw   *swarm
@@ -425,9 +427,16 @@ func (j *job) put(w *chunkWriter, i int, b []byte) (bool, error) {
 			return false, fmt.Errorf("write %s: %w", j.e.Path, err)
 		}
 	}
+	// Landed in the same critical section: a writer that found the chunk
+	// neither streamed nor done in between would stream its own bytes
+	// over the verified ones.
 	j.streamer[i], j.exposed[i] = nil, 0
+	j.done[i] = true
+	j.lastLand = time.Now()
 	j.mu.Unlock()
-	return j.land(i), nil
+	j.sink.Landed(i)
+	j.signal()
+	return true, nil
 }
 
 // prefix is how many bytes from the start of the file have landed (or are
@@ -1152,17 +1161,19 @@ func maxChunk(chunks []manifest.Chunk) int64 {
 }
 
 // chunkWriter receives a run of consecutive chunks of a file as one stream,
-// and writes each into the file at its offset once its bytes hash to the
-// chunk's hash: an unverified byte never reaches the file. A bad chunk
-// stops the stream with *apply.HashMismatchError. A chunk that landed
-// meanwhile from another source (the endgame) is checked and dropped.
+// and lands each at its offset in the file once its bytes hash to the
+// chunk's hash. Without a sink an unverified byte never reaches the file;
+// with one, a chunk's bytes are written as they arrive (job.stream) and
+// the chunk lands only if they verify. A bad chunk stops the stream with
+// *apply.HashMismatchError. A chunk that landed meanwhile from another
+// source (the endgame) is checked and dropped.
 //
-// A run of several chunks is hashed and written off the socket path: Write
-// copies each chunk's bytes into a buffer and hands the full chunk to a
-// lander goroutine, so receiving the next chunk overlaps hashing and
-// writing the last one (on a loopback copy of a big file the three would
-// otherwise take turns on one core). close must be called once the stream
-// ends: it waits for the lander and gives the run's outcome.
+// A run of several chunks is hashed (and, without streaming, written) off
+// the socket path: Write copies each chunk's bytes into a buffer and hands
+// the full chunk to a lander goroutine, so receiving the next chunk
+// overlaps hashing the last one (on a loopback copy of a big file the
+// three would otherwise take turns on one core). close must be called once
+// the stream ends: it waits for the lander and gives the run's outcome.
 type chunkWriter struct {
 	j        *job
 	chunks   []manifest.Chunk
@@ -1230,6 +1241,11 @@ func (w *chunkWriter) Write(p []byte) (int, error) {
 			w.buf = w.buffer(c.Len)
 		}
 		take := min(int64(len(p)), c.Len-int64(len(w.buf)))
+		if w.j.streamer != nil {
+			// A step at a time, however large the write: the hosts
+			// streaming from this one wait for no more.
+			take = min(take, w.offered+streamStep-int64(len(w.buf)))
+		}
 		w.buf = append(w.buf, p[:take]...)
 		p = p[take:]
 		n += int(take)
@@ -1322,9 +1338,9 @@ func (w *chunkWriter) lander() {
 				w.landErr.Store(&err)
 			}
 		} else {
-			// Streamed and never verified: left for the next writer
-			// to take up if its bytes are the same (see job.stream).
-			w.j.unstream(w, w.first+l.k, false)
+			// Streamed from a source that sent a bad chunk (or that
+			// this host failed to write) and never verified: dropped.
+			w.j.unstream(w, w.first+l.k, true)
 		}
 		w.free <- l.buf
 	}
@@ -1355,7 +1371,9 @@ func (w *chunkWriter) close() error {
 		}
 		if w.buf != nil {
 			if len(w.buf) > 0 && w.k < len(w.chunks) {
-				w.j.unstream(w, w.first+w.k, false) // the chunk cut off midway
+				// The chunk cut off midway: its bytes stay for the next
+				// writer, unless this source sent a bad chunk.
+				w.j.unstream(w, w.first+w.k, w.err != nil || w.landed() != nil)
 			}
 			w.put(w.buf)
 			w.buf = nil

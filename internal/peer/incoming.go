@@ -56,8 +56,9 @@ type arrival struct {
 	// attempt's file must not read the new attempt's length against it.
 	attempt int
 	// chunks is the file's chunk list when it has several (format 3): its
-	// bytes are then served only where have marks the chunk verified and
-	// written (Landed), in whatever order chunks land, never by Wrote.
+	// bytes are then served where have marks the chunk verified and
+	// written (Landed), in whatever order chunks land, and ahead of that as
+	// the writer announces them (Arriving), never by Wrote.
 	chunks []manifest.Chunk
 	have   []bool
 	// part[i] counts the first bytes of chunk i, not landed, that a
@@ -73,13 +74,16 @@ type arrival struct {
 // Incoming.Arriving) holds them until it verified the chunk, so the host
 // behind never completes a chunk this host did not verify. When this host's
 // copy turns out bad, the host behind sees a transfer broken off, not a bad
-// chunk, and bars no honest relay.
+// chunk: it never bars this host as a bad source for it (it may still
+// switch away, as from a relay that stalled).
 const StreamTail = 4 << 10
 
 // availFrom returns the end of the bytes that may be read from off: the
 // byte count written so far, or for a chunked file the end of the run of
-// landed chunks that holds off (off itself when its chunk has not landed).
-func (a *arrival) availFrom(off int64) int64 {
+// landed chunks that holds off (off itself when its chunk has not landed),
+// and then, unless landed, of the next chunk's bytes announced (Arriving)
+// but its tail.
+func (a *arrival) availFrom(off int64, landed bool) int64 {
 	if a.chunks == nil {
 		return a.n
 	}
@@ -88,7 +92,7 @@ func (a *arrival) availFrom(off int64) int64 {
 	for ; k < len(a.chunks) && a.have[k]; k++ {
 		end = a.chunks[k].Off + a.chunks[k].Len
 	}
-	if k < len(a.chunks) && a.part[k] > 0 {
+	if !landed && k < len(a.chunks) && a.part[k] > 0 {
 		c := a.chunks[k]
 		end = max(end, c.Off+min(a.part[k], c.Len)-StreamTail)
 	}
@@ -214,7 +218,7 @@ func (in *Incoming) Landed(e manifest.Entry, i int) {
 // the chunk with these very bytes, or drop them first with n = 0: a
 // reader that sent any of them then fails (and the host behind it, which
 // never got the whole chunk, fetches it again). A smaller n than recorded
-// is ignored.
+// takes back the bytes past it the same way.
 func (in *Incoming) Arriving(e manifest.Entry, i int, n int64) {
 	in.mu.Lock()
 	defer in.mu.Unlock()
@@ -223,8 +227,8 @@ func (in *Incoming) Arriving(e manifest.Entry, i int, n int64) {
 		return
 	}
 	switch {
-	case n == 0 && a.part[i] > 0:
-		a.part[i] = 0
+	case n < a.part[i]:
+		a.part[i] = max(n, 0)
 		a.epoch[i]++
 		a.changed()
 	case n > a.part[i]:
@@ -298,13 +302,24 @@ func (in *Incoming) Pending(p string) bool {
 // discarded or ctx ends. onDisk opens the final file: the reader uses it
 // when the file lands in place before the reader got a handle on it.
 func (in *Incoming) Open(ctx context.Context, p string, end, offset int64, onDisk func() (*os.File, error)) (io.ReadCloser, error) {
+	return in.open(ctx, p, end, offset, onDisk, false)
+}
+
+// OpenLanded is Open for a reader that takes whole chunks only (it frames
+// each, see serveFrames): it reads no byte of a chunk before the chunk
+// landed, so a chunk dropped before it landed never cuts it off.
+func (in *Incoming) OpenLanded(ctx context.Context, p string, end, offset int64, onDisk func() (*os.File, error)) (io.ReadCloser, error) {
+	return in.open(ctx, p, end, offset, onDisk, true)
+}
+
+func (in *Incoming) open(ctx context.Context, p string, end, offset int64, onDisk func() (*os.File, error), landed bool) (io.ReadCloser, error) {
 	in.mu.Lock()
 	a := in.files[p]
 	in.mu.Unlock()
 	if a == nil {
 		return nil, fmt.Errorf("%q is not incoming", p)
 	}
-	return &arrivalReader{in: in, a: a, ctx: ctx, end: end, off: offset, onDisk: onDisk, partial: -1}, nil
+	return &arrivalReader{in: in, a: a, ctx: ctx, end: end, off: offset, onDisk: onDisk, partial: -1, landed: landed}, nil
 }
 
 // arrivalReader reads an incoming file as it grows.
@@ -322,6 +337,8 @@ type arrivalReader struct {
 	// sent (see Arriving), -1 if none, and epoch that chunk's epoch then.
 	partial int
 	epoch   uint32
+	// landed: the reader takes only landed chunks (OpenLanded).
+	landed bool
 }
 
 func (r *arrivalReader) Read(p []byte) (int, error) {
@@ -332,7 +349,7 @@ func (r *arrivalReader) Read(p []byte) (int, error) {
 		p = p[:r.end-r.off]
 	}
 	for {
-		avail, wake, err := r.ready()
+		avail, k, ep, wake, err := r.ready()
 		if err != nil {
 			return 0, err
 		}
@@ -342,10 +359,12 @@ func (r *arrivalReader) Read(p []byte) (int, error) {
 			}
 			n, err := r.f.ReadAt(p, r.off)
 			if n > 0 {
-				// Bytes not yet verified, read as a writer may have
-				// dropped them: sent only if they are still the ones
-				// recorded (a seqlock: the writer drops before it
-				// writes other bytes).
+				if k >= 0 && r.off+int64(n) > r.a.chunks[k].Off && k != r.partial {
+					r.partial, r.epoch = k, ep // bytes of chunk k not verified yet
+				}
+				// Such bytes, read as a writer may have dropped them,
+				// are sent only if they are still the ones announced (a
+				// seqlock: the writer drops before it writes others).
 				if derr := r.follow(); derr != nil {
 					return 0, derr
 				}
@@ -364,8 +383,10 @@ func (r *arrivalReader) Read(p []byte) (int, error) {
 }
 
 // ready makes sure the reader has a handle and returns how many bytes the
-// file holds that may be read, and a channel closed on the next change.
-func (r *arrivalReader) ready() (int64, <-chan struct{}, error) {
+// file holds that may be read, the chunk (and its epoch) whose bytes, not
+// yet verified, end them (-1 if none), and a channel closed on the next
+// change.
+func (r *arrivalReader) ready() (int64, int, uint32, <-chan struct{}, error) {
 	in, a := r.in, r.a
 	in.mu.Lock()
 	done, wake := a.done, a.wake
@@ -374,31 +395,32 @@ func (r *arrivalReader) ready() (int64, <-chan struct{}, error) {
 	case a.failed:
 		err := a.err // read under the lock: a retry's Begin resets it
 		in.mu.Unlock()
-		return 0, nil, fmt.Errorf("incoming file discarded: %w", err)
+		return 0, -1, 0, nil, fmt.Errorf("incoming file discarded: %w", err)
 	case in.aborted != nil:
 		err := in.aborted
 		in.mu.Unlock()
-		return 0, nil, fmt.Errorf("incoming files abandoned: %w", err)
+		return 0, -1, 0, nil, fmt.Errorf("incoming files abandoned: %w", err)
 	case r.f != nil && r.attempt != a.attempt:
 		// The attempt this reader followed was discarded and the file
 		// begun again: what it sent so far is not the new attempt's.
 		in.mu.Unlock()
-		return 0, nil, errors.New("incoming file discarded: being received again")
+		return 0, -1, 0, nil, errors.New("incoming file discarded: being received again")
 	case r.f == nil && a.f != nil:
 		f, err := dupFile(a.f)
 		if err != nil {
 			in.mu.Unlock()
-			return 0, nil, err
+			return 0, -1, 0, nil, err
 		}
 		r.f, r.attempt = f, a.attempt
 	}
 	if r.partial >= 0 && a.epoch[r.partial] != r.epoch {
 		in.mu.Unlock()
-		return 0, nil, errors.New("incoming chunk dropped before it was verified: being received again")
+		return 0, -1, 0, nil, errDropped
 	}
-	n := a.availFrom(r.off)
-	if k := a.partialAt(n); !done && k >= 0 && k != r.partial {
-		r.partial, r.epoch = k, a.epoch[k]
+	n := a.availFrom(r.off, r.landed)
+	k, ep := a.partialAt(n), uint32(0)
+	if k >= 0 {
+		ep = a.epoch[k]
 	}
 	in.mu.Unlock()
 	if done {
@@ -406,17 +428,21 @@ func (r *arrivalReader) ready() (int64, <-chan struct{}, error) {
 			// It landed before we got a handle: read it where it is now.
 			f, err := r.onDisk()
 			if err != nil {
-				return 0, nil, err
+				return 0, -1, 0, nil, err
 			}
 			r.f = f
 		}
-		return r.end, wake, nil
+		return r.end, -1, 0, wake, nil
 	}
 	if r.f == nil {
-		return 0, wake, nil // not begun
+		return 0, -1, 0, wake, nil // not begun
 	}
-	return n, wake, nil
+	return n, k, ep, wake, nil
 }
+
+// errDropped fails a reader that sent bytes of a chunk the writer dropped
+// before it landed (see Incoming.Arriving).
+var errDropped = errors.New("incoming chunk dropped before it was verified: being received again")
 
 // follow checks, after a read, that the unverified bytes of the chunk the
 // reader is in (if any) were not dropped meanwhile.
@@ -427,7 +453,7 @@ func (r *arrivalReader) follow() error {
 	r.in.mu.Lock()
 	defer r.in.mu.Unlock()
 	if r.a.epoch[r.partial] != r.epoch {
-		return errors.New("incoming chunk dropped before it was verified: being received again")
+		return errDropped
 	}
 	return nil
 }

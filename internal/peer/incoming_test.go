@@ -602,3 +602,42 @@ func TestIncomingDroppedChunkFailsItsReaders(t *testing.T) {
 		t.Fatalf("a reader begun after the drop: %d bytes (%v), want the file", len(got), err)
 	}
 }
+
+// A reader of whole chunks (OpenLanded, for frames) reads nothing of a
+// chunk before it lands; a reader that sent only landed chunks is not
+// failed by a drop of the next one; and announcing fewer bytes than before
+// takes the rest back as a drop does.
+func TestIncomingArrivingReaders(t *testing.T) {
+	in, e, content, f := chunkedIncoming(t, 200*time.Millisecond)
+	if _, err := f.WriteAt(content, 0); err != nil {
+		t.Fatal(err)
+	}
+	in.Arriving(e, 0, 40<<10)
+	whole, _ := in.OpenLanded(context.Background(), "f", e.Size, 0, nil)
+	defer whole.Close()
+	if b, err := io.ReadAll(whole); len(b) != 0 || !errors.Is(err, ErrArrivalStalled) {
+		t.Fatalf("a reader of whole chunks read %d bytes (%v) of a chunk not landed", len(b), err)
+	}
+	in.Landed(e, 0)
+	in.Arriving(e, 1, 40<<10)
+	first, _ := in.Open(context.Background(), "f", 64<<10, 0, nil)
+	defer first.Close()
+	b := make([]byte, 8<<10)
+	if _, err := io.ReadFull(first, b); err != nil {
+		t.Fatal(err)
+	}
+	in.Arriving(e, 1, 0)
+	if rest, err := io.ReadAll(first); err != nil || len(rest) != 56<<10 {
+		t.Fatalf("a reader of the landed chunk 0 only: %d more bytes (%v) after chunk 1 was dropped", len(rest), err)
+	}
+	in.Arriving(e, 1, 40<<10)
+	second, _ := in.Open(context.Background(), "f", e.Size, 64<<10, nil)
+	defer second.Close()
+	if _, err := io.ReadFull(second, b); err != nil {
+		t.Fatal(err)
+	}
+	in.Arriving(e, 1, 20<<10)
+	if rest, err := io.ReadAll(second); !errors.Is(err, errDropped) {
+		t.Fatalf("after fewer bytes were announced: %d more bytes (%v), want %v", len(rest), err, errDropped)
+	}
+}

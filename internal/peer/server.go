@@ -569,16 +569,21 @@ func (s *Server) serveIncoming(w http.ResponseWriter, r *http.Request, q url.Val
 		w.Header().Set("Content-Range", fmt.Sprintf("bytes */%d", e.Size))
 		return errorf(http.StatusRequestedRangeNotSatisfiable, "%v", err)
 	}
-	body, err := snap.Incoming.Open(r.Context(), e.Path, end, start, func() (*os.File, error) {
-		return openEntry(snap.Root, e.Path)
-	})
+	onDisk := func() (*os.File, error) { return openEntry(snap.Root, e.Path) }
+	if chunks := s.framedChunks(q, e, start, end, partial); chunks != nil {
+		// A frame holds a whole chunk: read each once it landed.
+		body, err := snap.Incoming.OpenLanded(r.Context(), e.Path, end, start, onDisk)
+		if err != nil {
+			return err
+		}
+		defer body.Close()
+		return s.serveFrames(w, r, snap.Gen, e, start, end, chunks, body)
+	}
+	body, err := snap.Incoming.Open(r.Context(), e.Path, end, start, onDisk)
 	if err != nil {
 		return err
 	}
 	defer body.Close()
-	if chunks := s.framedChunks(q, e, start, end, partial); chunks != nil {
-		return s.serveFrames(w, r, snap.Gen, e, start, end, chunks, body)
-	}
 	writeFileHeader(w, snap.Gen, start, end, e.Size, partial)
 	if r.Method == http.MethodHead {
 		return nil

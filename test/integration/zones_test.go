@@ -275,16 +275,24 @@ func TestZonesUpgrade(t *testing.T) {
 // of zone b brings the content across and the other two wait for its
 // slots rather than cross too, while zone a pulls from the origin: the
 // content crosses exactly once. Blind to zones, the same fleet moves it
-// across several times.
+// across several times: where the claims happen to chain every host of one
+// zone before the other's (now and then), once too, so the blind
+// fleet gets three tries to show it.
 func TestZonesCrossOnce(t *testing.T) {
 	zoned := runZones(t, false, true)
 	if zoned.crossBytes != zoned.size || len(zoned.perHost) != 1 {
 		t.Errorf("zoned, all at once: status counts %d bytes across zones (%v); want the content's %d, by one host", zoned.crossBytes, zoned.perHost, zoned.size)
 	}
-	blind := runZones(t, true, true)
-	t.Logf("content %d bytes, all at once; zoned: %d of %d claims and %d bytes crossed zones; zone-blind: %d of %d claims and %d bytes (%.1f copies)",
-		zoned.size, zoned.crossClaims, zoned.claims, zoned.crossBytes, blind.crossClaims, blind.claims, blind.crossBytes, float64(blind.crossBytes)/float64(zoned.size))
-	if blind.crossBytes <= zoned.crossBytes {
-		t.Errorf("zone-blind claims moved %d bytes across zones, zoned %d: zones should move less", blind.crossBytes, zoned.crossBytes)
+	for try := 1; ; try++ {
+		blind := runZones(t, true, true)
+		t.Logf("content %d bytes, all at once; zoned: %d of %d claims and %d bytes crossed zones; zone-blind (try %d): %d of %d claims and %d bytes (%.1f copies)",
+			zoned.size, zoned.crossClaims, zoned.claims, zoned.crossBytes, try, blind.crossClaims, blind.claims, blind.crossBytes, float64(blind.crossBytes)/float64(zoned.size))
+		if blind.crossBytes > zoned.crossBytes {
+			return
+		}
+		if try == 3 {
+			t.Errorf("zone-blind claims moved %d bytes across zones in each of 3 runs, zoned %d: zones should move less", blind.crossBytes, zoned.crossBytes)
+			return
+		}
 	}
 }
