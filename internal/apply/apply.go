@@ -72,9 +72,10 @@ type Assembler interface {
 // ChunkSink hears of the chunks of one file as an Assembler writes them.
 type ChunkSink interface {
 	// Arriving: the first n bytes of chunk i are in the file, written but
-	// not verified yet; n = 0: they are dropped (they are not the chunk's,
-	// or other bytes will be written there). The chunk lands (Landed) with
-	// the bytes announced, unless they were dropped first.
+	// not verified yet; an n below the last (0 in this package's
+	// assemblers) drops those past it: they are not the chunk's, or other
+	// bytes will be written there. The chunk lands (Landed) with the bytes
+	// announced, unless they were dropped first.
 	Arriving(i int, n int64)
 	// Landed: chunk i is in the file, verified.
 	Landed(i int)

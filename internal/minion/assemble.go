@@ -377,8 +377,10 @@ func (j *job) keepIfSame(i int, b []byte) error {
 	return nil
 }
 
-// unstream ends w's streaming of chunk i. With bad (its bytes failed
-// verification) what it wrote is dropped; otherwise it stays for the next
+// unstream ends w's streaming of chunk i. With bad (they failed
+// verification, their source sent a bad chunk, or this host failed to
+// write) the bytes announced of the chunk are dropped, whoever wrote the
+// first of them; otherwise they stay for the next
 // writer of the chunk to take up (see stream): cutting off the hosts that
 // stream it from here because this host moved a request elsewhere would
 // cost them the chunk again.
@@ -1171,8 +1173,8 @@ func maxChunk(chunks []manifest.Chunk) int64 {
 // A run of several chunks is hashed (and, without streaming, written) off
 // the socket path: Write copies each chunk's bytes into a buffer and hands
 // the full chunk to a lander goroutine, so receiving the next chunk
-// overlaps hashing the last one (on a loopback copy of a big file the
-// three would otherwise take turns on one core). close must be called once
+// overlaps hashing the last one (on a loopback copy of a big file they
+// would otherwise take turns on one core). close must be called once
 // the stream ends: it waits for the lander and gives the run's outcome.
 type chunkWriter struct {
 	j        *job
@@ -1303,7 +1305,8 @@ func (w *chunkWriter) buffer(n int64) []byte {
 	return b[:0]
 }
 
-// land verifies chunk k of the run, held in b, and writes it into the file
+// land verifies chunk k of the run, held in b, and lands it (job.put:
+// written into the file unless this writer streamed it there already)
 // unless it landed from another source meanwhile.
 func (w *chunkWriter) land(k int, b []byte) error {
 	c := w.chunks[k]
@@ -1328,8 +1331,9 @@ func (w *chunkWriter) land(k int, b []byte) error {
 	return nil
 }
 
-// lander verifies and writes the chunks Write hands over, in order, until
-// close; after an error it only gives the buffers back.
+// lander verifies and lands the chunks Write hands over, in order, until
+// close; after an error it drops what they streamed (job.unstream) and
+// gives the buffers back.
 func (w *chunkWriter) lander() {
 	defer close(w.done)
 	for l := range w.ready {

@@ -189,7 +189,8 @@ func (in *Incoming) Begin(e manifest.Entry, f *os.File) {
 }
 
 // Wrote records that the file of e now holds n bytes. A file of several
-// chunks ignores it: its bytes are served by chunk, once verified (Landed).
+// chunks ignores it: its bytes are served by chunk, as the writer announces
+// them (Arriving) and once verified (Landed).
 func (in *Incoming) Wrote(e manifest.Entry, n int64) {
 	in.mu.Lock()
 	defer in.mu.Unlock()
@@ -216,9 +217,9 @@ func (in *Incoming) Landed(e manifest.Entry, i int) {
 // bytes may be streamed on before it lands, so a relay adds a few
 // kilobytes' time to a chain instead of a chunk's. The writer must land
 // the chunk with these very bytes, or drop them first with n = 0: a
-// reader that sent any of them then fails (and the host behind it, which
-// never got the whole chunk, fetches it again). A smaller n than recorded
-// takes back the bytes past it the same way.
+// reader that sent any byte of the chunk not landed then fails (and the
+// host behind it, which never got the whole chunk, fetches it again). A
+// smaller n than recorded is a drop too (down to n).
 func (in *Incoming) Arriving(e manifest.Entry, i int, n int64) {
 	in.mu.Lock()
 	defer in.mu.Unlock()
@@ -299,8 +300,10 @@ func (in *Incoming) Pending(p string) bool {
 // Open returns a reader of the bytes [offset, end) of the incoming file at
 // manifest path p. The reader waits for bytes that have not
 // arrived yet, up to the wait bound each time, and fails when the file is
-// discarded or ctx ends. onDisk opens the final file: the reader uses it
-// when the file lands in place before the reader got a handle on it.
+// discarded, when bytes of a chunk it sent before the chunk landed are
+// dropped (see Arriving), or when ctx ends. onDisk opens the final file:
+// the reader uses it when the file lands in place before the reader got a
+// handle on it.
 func (in *Incoming) Open(ctx context.Context, p string, end, offset int64, onDisk func() (*os.File, error)) (io.ReadCloser, error) {
 	return in.open(ctx, p, end, offset, onDisk, false)
 }
@@ -445,14 +448,16 @@ func (r *arrivalReader) ready() (int64, int, uint32, <-chan struct{}, error) {
 var errDropped = errors.New("incoming chunk dropped before it was verified: being received again")
 
 // follow checks, after a read, that the unverified bytes of the chunk the
-// reader is in (if any) were not dropped meanwhile.
+// reader is in (if any) were not dropped meanwhile, nor the file begun
+// again or abandoned (a later pull reuses the part file).
 func (r *arrivalReader) follow() error {
 	if r.partial < 0 {
 		return nil
 	}
 	r.in.mu.Lock()
 	defer r.in.mu.Unlock()
-	if r.a.epoch[r.partial] != r.epoch {
+	a := r.a
+	if a.epoch[r.partial] != r.epoch || a.failed || r.in.aborted != nil || (r.f != nil && r.attempt != a.attempt) {
 		return errDropped
 	}
 	return nil

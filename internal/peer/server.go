@@ -560,9 +560,12 @@ func (s *Server) bodyWriter(w http.ResponseWriter, r *http.Request) http.Respons
 }
 
 // serveIncoming streams a file this host is still receiving, from the
-// offset a Range header asks for, as its bytes land. The status and length
-// are sent at once; if the file is discarded or stops growing, the response
-// is cut short and the client sees a broken transfer.
+// offset a Range header asks for, as its bytes land (a chunked file's as
+// they arrive, but for each chunk's tail: see Incoming.Arriving). The
+// status and length are sent at once; if the file is discarded or stops
+// growing, or bytes of a chunk sent before it landed are dropped, the
+// response is cut short and the client sees a broken transfer. Compressed
+// frames hold whole chunks and wait for each to land.
 func (s *Server) serveIncoming(w http.ResponseWriter, r *http.Request, q url.Values, snap *Snapshot, e manifest.Entry) error {
 	start, end, partial, err := parseRange(r.Header.Get("Range"), e.Size)
 	if err != nil {
