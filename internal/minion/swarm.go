@@ -472,7 +472,7 @@ func (s *swarm) lead() *feed {
 	best, bestRate := cur, curRate
 	for _, p := range ps {
 		r, busy, bytes := p.measure()
-		if p != cur && busy >= quickBusy && bytes >= minRun && r >= leadFactor*curRate && r > bestRate {
+		if p != cur && (busy >= quickBusy || bytes >= leadBytes) && bytes >= minRun && r >= leadFactor*curRate && r > bestRate {
 			best, bestRate = p, r
 		}
 	}
@@ -498,6 +498,15 @@ func (s *swarm) lead() *feed {
 // leadFactor: another source leads once it delivers this many times the
 // leader's rate.
 const leadFactor = 2
+
+// leadBytes: a source that delivered this much counts as measured for the
+// lead even before quickBusy of requests (more than a link's burst: tc's
+// at 16 MiB/s is 2 MiB). Behind a slow relay, the rescue source often has
+// only the few megabytes beyond the relay's run to give, in less than
+// quickBusy; it then could not lead, its gate closed at the next window,
+// and the relay's run held this host and every host behind it for a
+// second more (row 4 of the testbed at 1.5 × S/B in half the runs).
+const leadBytes = 3 << 20
 
 // bypassFactor: a rescue source that comes to lead delivering this many
 // times the rate of the pull's own source, a partial relay, takes the

@@ -113,6 +113,29 @@ func TestLead(t *testing.T) {
 	if cancelled {
 		t.Fatal("the primary's request was cancelled with no new leader")
 	}
+	rescue.busy, rescue.bytes = 100*time.Millisecond, 2<<20 // 20 MiB/s, but in less than quickBusy and a burst's size
+	if got := sw.lead(); got != primary {
+		t.Fatalf("lead = %s after 2 MiB in 100 ms, want the primary: a burst is no measure", got.cl.Source)
+	}
+	rescue.busy, rescue.bytes = 100*time.Millisecond, leadBytes // 30 MiB/s, more than a burst
+	if got := sw.lead(); got != rescue {
+		t.Fatalf("lead = %s after %d bytes at 30 times the primary's rate in 100 ms, want the rescue source", got.cl.Source, leadBytes)
+	}
+	if !cancelled {
+		t.Fatal("the old leader's request in flight was not cancelled")
+	}
+	// Again, measured the usual way.
+	primary.end(req)
+	sw.mu.Lock()
+	sw.leader = nil
+	sw.bypassAsked = false
+	sw.mu.Unlock()
+	<-sw.bypass // asked by the change above
+	cancelled = false
+	req = primary.begin(func() { cancelled = true })
+	primary.mu.Lock()
+	primary.busy, primary.bytes = time.Second, 1<<20 // 1 MiB/s
+	primary.mu.Unlock()
 	rescue.busy, rescue.bytes = 500*time.Millisecond, 4<<20 // 8 MiB/s
 	if got := sw.lead(); got != rescue {
 		t.Fatalf("lead = %s at 8 times the primary's rate, want the rescue source", got.cl.Source)
@@ -124,8 +147,8 @@ func TestLead(t *testing.T) {
 	if got := sw.lead(); got != rescue {
 		t.Fatalf("lead went back to %s", got.cl.Source)
 	}
-	if n := metrics.Value(m.cfg.Metrics.LeadChanges); n != 1 {
-		t.Fatalf("%v lead changes counted, want 1", n)
+	if n := metrics.Value(m.cfg.Metrics.LeadChanges); n != 2 {
+		t.Fatalf("%v lead changes counted, want 2", n)
 	}
 	// At 8 times the rate of a partial relay, the rescue source takes its
 	// place: the watch loop is asked to bypass it, once.
