@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"path/filepath"
+	"slices"
 	"testing"
 
 	"github.com/fanout/fanout/internal/manifest"
@@ -141,5 +142,62 @@ func TestBatchGrouping(t *testing.T) {
 	single := newApplier(t.TempDir(), Options{Fetcher: newFetcher(nil)})
 	if n := len(single.batches(acts)); n != len(acts) {
 		t.Errorf("%d batches for %d files without BatchFetcher", n, len(acts))
+	}
+}
+
+// The files of a batch are made durable together: one syncfs for every
+// durableFiles of them (and one for the rest) before their renames, not an
+// fsync each; every file is in place, and no temporary file is left, also
+// when the batch breaks off midway (the files it finished are placed, the
+// rest fetched alone).
+func TestBatchSyncsOncePerFiles(t *testing.T) {
+	for _, broken := range []bool{false, true} {
+		root := t.TempDir()
+		n := 2*durableFiles + 5
+		p, content, es := smallTree(n)
+		f := &batchFetcher{fakeFetcher: newFetcher(content)}
+		if broken {
+			f.breakAfter = int(es[0].Size + es[1].Size + es[2].Size + 3) // in the fourth file
+		}
+		a := newApplier(root, Options{Fetcher: f, Workers: 1})
+		var rec syncRecorder
+		var placedAt []int // files in place at each syncfs: renamed only after one
+		a.synced = func(op, path string) {
+			rec.record(op, path)
+			if op == "syncfs" {
+				names, _ := filepath.Glob(filepath.Join(root, "d", "f*"))
+				placedAt = append(placedAt, len(names))
+			}
+		}
+		st, err := a.apply(context.Background(), p)
+		if err != nil {
+			t.Fatalf("broken %v: %v", broken, err)
+		}
+		if st.Files != n {
+			t.Errorf("broken %v: Files = %d, want %d", broken, st.Files, n)
+		}
+		syncfs := 0
+		for _, s := range rec.synced() {
+			if s == "syncfs "+filepath.Join(root, "d") {
+				syncfs++
+			}
+		}
+		// One batch of all n (batchFiles allows), synced in three; broken,
+		// the batch's three finished files once, the rest one by one
+		// (fsynced alone).
+		want := 3
+		if broken {
+			want = 1
+		}
+		if syncfs != want {
+			t.Errorf("broken %v: %d syncfs of the batch's directory, want %d: %q", broken, syncfs, want, rec.synced())
+		}
+		if !broken && !slices.Equal(placedAt, []int{0, durableFiles, 2 * durableFiles}) {
+			t.Errorf("files in place at each syncfs: %v, want 0, %d, %d: a file was renamed before its sync", placedAt, durableFiles, 2*durableFiles)
+		}
+		for _, e := range es {
+			checkEntry(t, filepath.Join(root, filepath.FromSlash(e.Path)), e, content[e.Path])
+		}
+		noTemps(t, root)
 	}
 }

@@ -212,9 +212,14 @@ type incoming struct {
 	l    loc    // where the file goes
 	tmp  string // the temporary name in l's directory
 	sink *sink
+	hash string // its content's hash, once verified
 	// keep: the file is a part file (see PartPath) whose Apply was
 	// interrupted; a failure leaves it for the next Apply to resume.
 	keep bool
+	// durable, when set, makes the file durable with the others of its
+	// batch, in one syncfs, instead of an fsync of its own (see
+	// durableBatch); end then leaves its rename to the batch's commit.
+	durable *durableBatch
 }
 
 // begin creates the temporary file for e in the directory that will hold
@@ -293,24 +298,14 @@ func (a *applier) newHash() hash.Hash {
 // end finishes the file once the fetcher returned ferr: it verifies it,
 // gives it its owner, mode and mtime, fsyncs it and renames it into place,
 // or removes it. The file is closed after the Observer's End, and the
-// handle of its directory released.
+// handle of its directory released. A file of a durable batch, verified,
+// waits for the batch's commit instead of its own fsync and rename.
 func (in *incoming) end(ferr error) (err error) {
-	a, e, s, l := in.a, in.e, in.sink, in.l
+	a, e, s := in.a, in.e, in.sink
+	pending := false
 	defer func() {
-		if err != nil && !in.keep {
-			if rerr := unix.Unlinkat(l.dir, in.tmp, 0); rerr != nil {
-				a.log.WithError(rerr).WithField("file", in.f.Name()).Warn("could not remove temporary file")
-			}
-		}
-		if obs := a.opts.Observer; obs != nil {
-			obs.End(e, err)
-		}
-		// Fsynced on success, removed on failure: closing loses nothing.
-		in.f.Close()
-		a.release(l.key)
-		if s.h != nil {
-			a.hashes.Put(s.h)
-			s.h = nil
+		if !pending {
+			in.close(err)
 		}
 	}()
 	got, verr := s.close()
@@ -337,25 +332,122 @@ func (in *incoming) end(ferr error) (err error) {
 	}
 	// The temporary file is ours and a regular file; set its mtime before
 	// the fsync so that is durable too.
-	if err := setTimes(l.dir, in.tmp, e.MTime, in.f.Name()); err != nil {
+	if err := setTimes(in.l.dir, in.tmp, e.MTime, in.f.Name()); err != nil {
 		return err
+	}
+	in.hash = got
+	if in.durable != nil {
+		pending = true
+		return in.durable.add(in)
 	}
 	if err := in.f.Sync(); err != nil {
 		return fmt.Errorf("fsync %s: %w", in.f.Name(), err)
 	}
-	err = ignoringEINTR(func() error { return unix.Renameat(l.dir, in.tmp, l.dir, l.name) })
+	return in.place()
+}
+
+// place renames the verified and synced file into place and counts it.
+func (in *incoming) place() error {
+	a, e, l := in.a, in.e, in.l
+	err := ignoringEINTR(func() error { return unix.Renameat(l.dir, in.tmp, l.dir, l.name) })
 	if err != nil {
 		return &fs.PathError{Op: "rename", Path: l.path, Err: err}
 	}
 	a.touch(l.key)
 	if a.opts.Cache != nil {
-		a.remember(in, got)
+		a.remember(in, in.hash)
 	}
-	a.done(manifest.OpFetch, s.n)
+	a.done(manifest.OpFetch, in.sink.n)
 	if a.debug {
-		a.log.WithFields(logrus.Fields{"path": e.Path, "bytes": s.n}).Debug("fetched")
+		a.log.WithFields(logrus.Fields{"path": e.Path, "bytes": in.sink.n}).Debug("fetched")
 	}
 	return nil
+}
+
+// close ends the file after end, or its batch's commit, with err: on a
+// failure the temporary file is removed (unless kept to resume), the
+// Observer is told, and the file and its directory's handle released.
+func (in *incoming) close(err error) {
+	a, l, s := in.a, in.l, in.sink
+	if err != nil && !in.keep {
+		if rerr := unix.Unlinkat(l.dir, in.tmp, 0); rerr != nil {
+			a.log.WithError(rerr).WithField("file", in.f.Name()).Warn("could not remove temporary file")
+		}
+	}
+	if obs := a.opts.Observer; obs != nil {
+		obs.End(in.e, err)
+	}
+	// Synced on success, removed on failure: closing loses nothing.
+	in.f.Close()
+	a.release(l.key)
+	if s.h != nil {
+		a.hashes.Put(s.h)
+		s.h = nil
+	}
+}
+
+// durableFiles is how many verified files of a batch wait, open, for one
+// syncfs before their renames: on ext4 on this project's build machine an
+// fsync of each of 100,000 small files took 13 s of a 20 s pull, and rsync
+// syncs none; a batch's open files stay well under a default limit of
+// 1,024 descriptors with the workers at once.
+const durableFiles = 64
+
+// durableBatch makes the small files of a batch durable together: each
+// verified file (owner, mode and mtime set) waits under its temporary name;
+// at durableFiles of them, or when the batch ends (commit), one syncfs of
+// their filesystem makes their content and metadata durable, and then each
+// is renamed into place, as an fsync each before its rename did. A crash
+// before the rename leaves a temporary file (swept at the next start), and
+// Apply fsyncs the directories of the renames before it returns, as ever.
+type durableBatch struct {
+	files []*incoming
+}
+
+// add holds in, verified, for the next commit; it commits once
+// durableFiles wait. The error is in's own, or the commit's.
+func (b *durableBatch) add(in *incoming) error {
+	b.files = append(b.files, in)
+	if len(b.files) < durableFiles {
+		return nil
+	}
+	return b.commit()
+}
+
+// commit syncs the filesystem of the files waiting, once, and renames each
+// into place; when syncfs fails, each file is fsynced instead. It returns
+// the first failure; a file that failed is removed, the others placed.
+func (b *durableBatch) commit() error {
+	files := b.files
+	b.files = nil
+	if len(files) == 0 {
+		return nil
+	}
+	a := files[0].a
+	sync := func(in *incoming) error { return nil }
+	if err := ignoringEINTR(func() error { return unix.Syncfs(int(files[0].f.Fd())) }); err != nil {
+		a.log.WithError(err).Debug("syncfs failed; syncing each file")
+		sync = func(in *incoming) error {
+			if err := in.f.Sync(); err != nil {
+				return fmt.Errorf("fsync %s: %w", in.f.Name(), err)
+			}
+			return nil
+		}
+	} else if a.synced != nil {
+		a.synced("syncfs", filepath.Dir(files[0].f.Name()))
+	}
+	var first error
+	for _, in := range files {
+		err := sync(in)
+		if err == nil {
+			err = in.place()
+		}
+		in.close(err)
+		if err != nil && first == nil {
+			first = err
+		}
+	}
+	return first
 }
 
 // remember records the hash of a file just renamed into place in the cache,
@@ -392,6 +484,9 @@ type splitter struct {
 	done int       // files finished
 	cur  *incoming // the file being filled, or nil
 	werr error     // a local failure: creating, writing or finishing a file
+	// durable holds the files finished and verified until their batch
+	// commits (see durableBatch): close commits the last.
+	durable durableBatch
 }
 
 func (sp *splitter) Write(b []byte) (int, error) {
@@ -448,18 +543,23 @@ func (sp *splitter) advance() error {
 		if err != nil {
 			return err
 		}
+		in.durable = &sp.durable
 		sp.cur = in
 	}
 }
 
 // close ends the batch after the fetcher returned ferr: trailing empty files
-// are finished, and a file left half-filled is removed (it is fetched again
+// are finished, the files finished are made durable and placed (see
+// durableBatch), and a file left half-filled is removed (it is fetched again
 // on its own). It returns the error that ended the batch, if any.
 func (sp *splitter) close(ferr error) error {
 	if ferr == nil && sp.werr == nil {
 		if err := sp.advance(); err != nil {
 			sp.werr = err
 		}
+	}
+	if err := sp.durable.commit(); err != nil && sp.werr == nil {
+		sp.werr = err
 	}
 	if sp.cur != nil {
 		cur := sp.cur
