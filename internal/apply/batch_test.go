@@ -6,9 +6,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"path/filepath"
 	"slices"
+	"strings"
+	"sync"
 	"testing"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/fanout/fanout/internal/manifest"
 )
@@ -199,5 +204,93 @@ func TestBatchSyncsOncePerFiles(t *testing.T) {
 			checkEntry(t, filepath.Join(root, filepath.FromSlash(e.Path)), e, content[e.Path])
 		}
 		noTemps(t, root)
+	}
+}
+
+// chunkLog is a ChunkObserver that records, for each file, whether every
+// chunk had landed when End came, and the order of Landed and End.
+type chunkLog struct {
+	mu     sync.Mutex
+	landed map[string]int
+	early  map[string]bool // all chunks landed before the file's End
+}
+
+func (c *chunkLog) Begin(e manifest.Entry, f *os.File)  {}
+func (c *chunkLog) Wrote(e manifest.Entry, n int64)     {}
+func (c *chunkLog) Arriving(manifest.Entry, int, int64) {}
+func (c *chunkLog) Landed(e manifest.Entry, i int) {
+	c.mu.Lock()
+	c.landed[e.Path]++
+	c.mu.Unlock()
+}
+func (c *chunkLog) End(e manifest.Entry, err error) {
+	c.mu.Lock()
+	c.early[e.Path] = err == nil && c.landed[e.Path] == len(e.Chunks)
+	c.mu.Unlock()
+}
+
+// A verified file of several chunks in a batch is served on at once: its
+// chunks are told landed before it waits for the batch's sync (End comes
+// only after the rename).
+func TestBatchTellsChunksLanded(t *testing.T) {
+	root := t.TempDir()
+	data := randomBytes(200<<10, 3)
+	e := chunkedEntry(t, "d/big", data)
+	p, content, es := smallTree(3)
+	content[e.Path] = data
+	p.Actions = append(p.Actions, act(manifest.OpFetch, e))
+	f := &batchFetcher{fakeFetcher: newFetcher(content)}
+	obs := &chunkLog{landed: map[string]int{}, early: map[string]bool{}}
+	if _, err := Apply(context.Background(), root, p, Options{Fetcher: f, Workers: 1, Observer: obs}); err != nil {
+		t.Fatal(err)
+	}
+	if len(f.batches) != 1 || len(f.batches[0]) != len(es)+1 {
+		t.Fatalf("batches %v: want the four files in one", f.batches)
+	}
+	if !obs.early[e.Path] {
+		t.Fatalf("%s: %d of %d chunks told landed before its End", e.Path, obs.landed[e.Path], len(e.Chunks))
+	}
+}
+
+// A batch whose files are on two filesystems (a mount point inside the
+// task root) syncs each filesystem: one syncfs of one of them would leave
+// the other's files renamed before they are durable. Needs root (mount).
+func TestBatchSyncsEachFilesystem(t *testing.T) {
+	root := t.TempDir()
+	m := filepath.Join(root, "m")
+	if err := os.Mkdir(m, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Mount("tmpfs", m, "tmpfs", 0, "size=8m"); err != nil {
+		t.Skipf("mount a tmpfs (needs root): %v", err)
+	}
+	t.Cleanup(func() { unix.Unmount(m, unix.MNT_DETACH) })
+	content := map[string][]byte{}
+	acts := []manifest.Action{act(manifest.OpMkdir, dirEntry("d", 0o755)), act(manifest.OpMkdir, dirEntry("m", 0o755))}
+	for i := range 6 {
+		dir := "d"
+		if i%2 == 1 {
+			dir = "m"
+		}
+		p := fmt.Sprintf("%s/f%d", dir, i)
+		content[p] = []byte(p)
+		acts = append(acts, act(manifest.OpFetch, fileEntry(p, content[p], 0o644)))
+	}
+	f := &batchFetcher{fakeFetcher: newFetcher(content)}
+	a := newApplier(root, Options{Fetcher: f, Workers: 1})
+	var rec syncRecorder
+	a.synced = rec.record
+	if _, err := a.apply(context.Background(), plan(acts...)); err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, s := range rec.synced() {
+		if strings.HasPrefix(s, "syncfs ") {
+			got = append(got, s)
+		}
+	}
+	want := []string{"syncfs " + filepath.Join(root, "d"), "syncfs " + m}
+	if !slices.Equal(got, want) {
+		t.Fatalf("syncfs %q, want %q", got, want)
 	}
 }

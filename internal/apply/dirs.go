@@ -213,8 +213,8 @@ func (a *applier) fsyncLocked(key string) {
 // removals, directory modes) and are not fsynced yet, and syncs once each
 // filesystem holding a file or symlink whose metadata alone changed (one
 // syncfs rather than an fsync per file: a mode change on a whole tree must
-// not cost a disk flush per file). Fetched files were fsynced before their
-// rename. It returns every failure to sync, since the Apply began.
+// not cost a disk flush per file). Fetched files were synced before their
+// rename (see incoming.end and durableBatch). It returns every failure to sync, since the Apply began.
 func (a *applier) syncDirs() error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
