@@ -10,12 +10,13 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/fanout/fanout/internal/manifest"
+	"github.com/fanout/fanout/internal/peer"
 )
 
 // batchFetcher adds batches to the fake fetcher: it streams the files'
@@ -207,49 +208,58 @@ func TestBatchSyncsOncePerFiles(t *testing.T) {
 	}
 }
 
-// chunkLog is a ChunkObserver that records, for each file, whether every
-// chunk had landed when End came, and the order of Landed and End.
-type chunkLog struct {
-	mu     sync.Mutex
-	landed map[string]int
-	early  map[string]bool // all chunks landed before the file's End
+// midBatch is a batchFetcher that calls mid once the batch's first file is
+// streamed, before the rest.
+type midBatch struct {
+	*batchFetcher
+	mid func()
 }
 
-func (c *chunkLog) Begin(e manifest.Entry, f *os.File)  {}
-func (c *chunkLog) Wrote(e manifest.Entry, n int64)     {}
-func (c *chunkLog) Arriving(manifest.Entry, int, int64) {}
-func (c *chunkLog) Landed(e manifest.Entry, i int) {
-	c.mu.Lock()
-	c.landed[e.Path]++
-	c.mu.Unlock()
-}
-func (c *chunkLog) End(e manifest.Entry, err error) {
-	c.mu.Lock()
-	c.early[e.Path] = err == nil && c.landed[e.Path] == len(e.Chunks)
-	c.mu.Unlock()
+func (m *midBatch) FetchBatch(ctx context.Context, es []manifest.Entry, w io.Writer) (int64, error) {
+	n, err := w.Write(m.content[es[0].Path])
+	if err != nil {
+		return int64(n), err
+	}
+	m.mid()
+	rest, err := m.batchFetcher.FetchBatch(ctx, es[1:], w)
+	return int64(n) + rest, err
 }
 
-// A verified file of several chunks in a batch is served on at once: its
-// chunks are told landed before it waits for the batch's sync (End comes
-// only after the rename).
-func TestBatchTellsChunksLanded(t *testing.T) {
+// A verified file of several chunks in a batch is served on to other hosts
+// at once, before the batch's sync and its rename: a pipelining host's
+// Incoming streams it whole while the rest of the batch still arrives.
+func TestBatchServesVerifiedFilesBeforeTheirSync(t *testing.T) {
 	root := t.TempDir()
 	data := randomBytes(200<<10, 3)
-	e := chunkedEntry(t, "d/big", data)
+	big := chunkedEntry(t, "d/big", data)
 	p, content, es := smallTree(3)
-	content[e.Path] = data
-	p.Actions = append(p.Actions, act(manifest.OpFetch, e))
-	f := &batchFetcher{fakeFetcher: newFetcher(content)}
-	obs := &chunkLog{landed: map[string]int{}, early: map[string]bool{}}
-	if _, err := Apply(context.Background(), root, p, Options{Fetcher: f, Workers: 1, Observer: obs}); err != nil {
+	content[big.Path] = data
+	p.Actions = append(p.Actions[:1], append([]manifest.Action{act(manifest.OpFetch, big)}, p.Actions[1:]...)...)
+	in := peer.NewIncoming(append([]manifest.Entry{big}, es...), 300*time.Millisecond)
+	served := false
+	f := &midBatch{batchFetcher: &batchFetcher{fakeFetcher: newFetcher(content)}}
+	f.mid = func() {
+		if _, err := os.Lstat(filepath.Join(root, "d", "big")); err == nil {
+			t.Error("the file was in place before the rest of its batch came")
+		}
+		r, err := in.Open(context.Background(), big.Path, big.Size, 0, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer r.Close()
+		got, err := io.ReadAll(r)
+		if err != nil || !bytes.Equal(got, data) {
+			t.Errorf("a host streaming it read %d of %d bytes (%v) before the batch's sync", len(got), len(data), err)
+		}
+		served = true
+	}
+	if _, err := Apply(context.Background(), root, p, Options{Fetcher: f, Workers: 1, Observer: in}); err != nil {
 		t.Fatal(err)
 	}
-	if len(f.batches) != 1 || len(f.batches[0]) != len(es)+1 {
-		t.Fatalf("batches %v: want the four files in one", f.batches)
+	if !served || len(f.batches) != 1 {
+		t.Fatalf("batches %v: want the chunked file first in one batch", f.batches)
 	}
-	if !obs.early[e.Path] {
-		t.Fatalf("%s: %d of %d chunks told landed before its End", e.Path, obs.landed[e.Path], len(e.Chunks))
-	}
+	checkEntry(t, filepath.Join(root, "d", "big"), big, data)
 }
 
 // A batch whose files are on two filesystems (a mount point inside the

@@ -451,12 +451,15 @@ func (b *durableBatch) commit() error {
 	// mount point); a file whose filesystem could not be synced so, or
 	// that could not be told, is fsynced alone.
 	synced := map[uint64]bool{}
-	for _, in := range files {
+	devs := make([]uint64, len(files))
+	known := make([]bool, len(files)) // else fsynced alone
+	for k, in := range files {
 		var st unix.Stat_t
 		if unix.Fstat(int(in.f.Fd()), &st) != nil {
 			continue
 		}
 		dev := uint64(st.Dev)
+		devs[k], known[k] = dev, true
 		if _, seen := synced[dev]; seen {
 			continue
 		}
@@ -472,19 +475,14 @@ func (b *durableBatch) commit() error {
 			a.synced("syncfs", filepath.Dir(in.f.Name()))
 		}
 	}
-	sync := func(in *incoming) error {
-		var st unix.Stat_t
-		if unix.Fstat(int(in.f.Fd()), &st) == nil && synced[uint64(st.Dev)] {
-			return nil
-		}
-		if err := in.f.Sync(); err != nil {
-			return fmt.Errorf("fsync %s: %w", in.f.Name(), err)
-		}
-		return nil
-	}
 	var first error
-	for _, in := range files {
-		err := sync(in)
+	for k, in := range files {
+		var err error
+		if !known[k] || !synced[devs[k]] {
+			if err = in.f.Sync(); err != nil {
+				err = fmt.Errorf("fsync %s: %w", in.f.Name(), err)
+			}
+		}
 		if err == nil {
 			err = in.place()
 		}

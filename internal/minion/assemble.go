@@ -302,11 +302,16 @@ func (j *job) land(i int) bool {
 	j.done[i] = true
 	j.lastLand = time.Now()
 	j.mu.Unlock()
+	j.announce(i)
+	return true
+}
+
+// announce tells the sink (if any) and the workers that chunk i landed.
+func (j *job) announce(i int) {
 	if j.sink != nil {
 		j.sink.Landed(i)
 	}
 	j.signal()
-	return true
 }
 
 // streamStep is how many bytes of a chunk a writer receives before it
@@ -436,8 +441,7 @@ func (j *job) put(w *chunkWriter, i int, b []byte) (bool, error) {
 	j.done[i] = true
 	j.lastLand = time.Now()
 	j.mu.Unlock()
-	j.sink.Landed(i)
-	j.signal()
+	j.announce(i)
 	return true, nil
 }
 
@@ -1252,7 +1256,7 @@ func (w *chunkWriter) Write(p []byte) (int, error) {
 		p = p[take:]
 		n += int(take)
 		w.bytes += take
-		if got := int64(len(w.buf)); got-w.offered >= streamStep || got == c.Len {
+		if got := int64(len(w.buf)); w.j.streamer != nil && (got-w.offered >= streamStep || got == c.Len) {
 			w.offered = got
 			if err := w.j.stream(w, w.first+w.k, w.buf); err != nil {
 				w.err = err
