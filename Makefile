@@ -42,14 +42,16 @@ fmt-check:
 # rows and sizes (go run ./test/bench -help). Then the micro-benchmarks:
 # hashing, Build of a 1 GiB file and of 100,000 small files in formats 2 and
 # 3 (on tmpfs), chunking, the streaming verifier, verification of a held
-# tree. Not run by CI; the end-to-end rows alone take 10 to 60 minutes,
-# depending on how often the machine is quiet.
+# tree, and what a chain's scripts cost Redis per host. Not run by CI; the
+# end-to-end rows alone take 10 to 60 minutes, depending on how often the
+# machine is quiet.
 BENCHFLAGS ?=
 bench: build
 	$(GO) run ./test/bench -bin bin -out bench.md $(BENCHFLAGS)
 	TMPDIR=$${TMPDIR:-/dev/shm} $(GO) test -run '^$$' -bench . -benchtime 3x ./internal/manifest/
 	$(GO) test -run '^$$' -bench . -benchtime 5x ./internal/chunk/
 	$(GO) test -run '^$$' -bench Verify -benchtime 5x ./internal/minion/
+	$(GO) test -run '^$$' -bench Chain -benchtime 1x ./internal/coord/
 
 # The simulator (test/sim): the real coordination code (minions, master,
 # the Lua scripts) for 1,000, 10,000 and 20,000 simulated hosts against a

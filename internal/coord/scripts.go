@@ -221,10 +221,15 @@ local function isWhole(src)
   return src == current().origin or redis.call('SISMEMBER', K.finished, src) == 1
 end
 
--- takeSlot withdraws slot from every free set. K.sync, K.full, K.part
--- (and K.rescue, when declared)
+-- takeSlot withdraws slot from every free set it can be in: a rescue
+-- slot is only ever in K.rescue (see freeSlot), any other slot never is.
+-- K.sync, K.full, K.part (and K.rescue, when declared). Returns 1 when
+-- the slot was in synchronize_queue.
 local function takeSlot(slot)
-  if K.rescue then redis.call('SREM', K.rescue, slot) end
+  if isRescue(slot) then
+    if K.rescue then redis.call('SREM', K.rescue, slot) end
+    return 0
+  end
   redis.call('SREM', K.full, slot)
   redis.call('SREM', K.part, slot)
   return redis.call('SREM', K.sync, slot)
@@ -568,6 +573,7 @@ local avoid = {}
 for src in string.gmatch(ARGV[10], '[^,]+') do avoid[src] = true end
 local g = redis.call('HMGET', K.generation, 'id', 'state', 'origin', 'origin_addr', 'digest', 'origin_zone', 'origin_pending')
 if g[1] ~= gen or g[5] ~= digest or g[2] == 'failed' then return {'stale'} end
+CUR = {id = g[1], digest = g[5], state = g[2], origin = g[3]} -- read once (see current)
 -- ARGV lookup = 1: the host's first claim of the generation counts its
 -- discovery (see ClaimOptions.Lookup).
 if ARGV[17] == '1' then redis.call('INCR', K.lookup) end
