@@ -172,39 +172,37 @@ func TestExtraClaimYieldsToWaiting(t *testing.T) {
 		if _, err := f.c.Claim(ctx, "b", g.Ref(), ClaimOptions{}); !errors.Is(err, ErrNoSource) {
 			t.Fatalf("b with both master slots taken: %v, want ErrNoSource", err)
 		}
-		if err := f.c.OfferSlots(ctx, "a", g.Ref(), 1, false); err != nil {
+		if err := f.c.OfferSlots(ctx, "master", g.Ref(), 4, true); err != nil {
 			t.Fatal(err)
 		}
 		if cl, err := f.c.Claim(ctx, "c", g.Ref(), ClaimOptions{Index: 1, Acyclic: true}); !errors.Is(err, ErrNoSource) {
-			t.Fatalf("extra claim with b waiting and a#0 free: %+v, %v; want ErrNoSource", cl, err)
+			t.Fatalf("extra claim with b waiting and two master slots free: %+v, %v; want ErrNoSource", cl, err)
 		}
-		if cl, err := f.c.Claim(ctx, "b", g.Ref(), ClaimOptions{}); err != nil || cl.Slot != "a#0" {
-			t.Fatalf("b's claim: %+v, %v; want a#0 (the free slot went to the extra claim?)", cl, err)
-		}
-		if err := f.c.OfferSlots(ctx, "b", g.Ref(), 1, false); err != nil {
-			t.Fatal(err)
+		if cl, err := f.c.Claim(ctx, "b", g.Ref(), ClaimOptions{}); err != nil || cl.Source != "master" {
+			t.Fatalf("b's claim: %+v, %v; want a master slot (the free slot went to the extra claim?)", cl, err)
 		}
 		cl, err := f.c.Claim(ctx, "c", g.Ref(), ClaimOptions{Index: 1, Acyclic: true})
-		if err != nil || cl.Slot != "b#0" {
-			t.Fatalf("extra claim with none waiting: %+v, %v; want b#0", cl, err)
+		if err != nil || cl.Source != "master" {
+			t.Fatalf("extra claim with none waiting: %+v, %v; want the last master slot", cl, err)
 		}
 		// A host that waited long ago and went silent does not hold
 		// extras back.
 		f.rdb.ZAdd(ctx, f.c.Keys().Starved(), redis.Z{Score: 1, Member: "dead"})
-		if err := f.c.OfferSlots(ctx, "c", g.Ref(), 1, false); err != nil {
+		if err := f.c.Release(ctx, cl); err != nil {
 			t.Fatal(err)
 		}
-		if cl, err := f.c.Claim(ctx, "a", g.Ref(), ClaimOptions{Index: 1, Acyclic: true}); err != nil || cl.Slot != "c#0" {
-			t.Fatalf("extra claim with only an old starved entry: %+v, %v; want c#0", cl, err)
+		if cl, err := f.c.Claim(ctx, "a", g.Ref(), ClaimOptions{Index: 1, Acyclic: true}); err != nil || cl.Source != "master" {
+			t.Fatalf("extra claim with only an old starved entry: %+v, %v; want the master slot c gave back", cl, err)
 		}
 	})
 }
 
-// TestExtraClaimSkipsDescendants: an extra claim (acyclic) takes no slot
-// of a host below it in its chain: the end of a chain goes to a host with
-// no source (as a relay bypassed for its slow uplink is, which must take
-// the end of a chain), not to an ancestor's extra claim that would bring
-// nothing. A host outside the chain still takes it as an extra source.
+// TestExtraClaimSkipsDescendants: an extra claim takes no slot of a host
+// below it in its chain: the end of a chain goes to a host with no source
+// (as a relay bypassed for its slow uplink is, which must take the end of
+// a chain), not to an ancestor's extra claim that would bring nothing;
+// nor to a host outside the chain, since extra claims take only whole
+// sources.
 func TestExtraClaimSkipsDescendants(t *testing.T) {
 	each(t, 15*time.Second, func(t *testing.T, f *fixture) {
 		ctx := context.Background()
@@ -238,13 +236,13 @@ func TestExtraClaimSkipsDescendants(t *testing.T) {
 		if cl, err := f.c.Claim(ctx, "e", g.Ref(), ClaimOptions{}); err != nil || cl.Slot != "d#0" {
 			t.Fatalf("e's first claim: %+v, %v; want d#0, left free by the extra claims", cl, err)
 		}
-		// A host pulling from the origin, outside the chain, takes e's
-		// slot as an extra source.
+		// Nor does a host outside the chain take it: an extra claim takes
+		// only whole sources (see TestExtraClaimTakesWholeSources).
 		if err := f.c.OfferSlots(ctx, "e", g.Ref(), 1, false); err != nil {
 			t.Fatal(err)
 		}
-		if cl, err := f.c.Claim(ctx, "x", g.Ref(), ClaimOptions{Index: 1, Acyclic: true}); err != nil || cl.Slot != "e#0" {
-			t.Fatalf("x's extra claim: %+v, %v; want e#0 (x is not above e)", cl, err)
+		if cl, err := f.c.Claim(ctx, "x", g.Ref(), ClaimOptions{Index: 1, Acyclic: true}); !errors.Is(err, ErrNoSource) {
+			t.Fatalf("x's extra claim: %+v, %v; want ErrNoSource (e#0 ends the chain)", cl, err)
 		}
 	})
 }

@@ -67,7 +67,10 @@ type ClaimOptions struct {
 	// Index is which of the host's claims held at once this is (0: the
 	// first; each index has its own lease). A claim of Index > 0 (a
 	// swarm's extra source) gets ErrNoSource while any host waits for its
-	// first source: a slot starts a pull before it speeds one up.
+	// first source: a slot starts a pull before it speeds one up. It takes
+	// only a whole source's slot (the origin's, a finished host's): a
+	// partial source's free slot is most often the end of a chain, which
+	// the next host to claim its first source needs.
 	Index int
 	// Acyclic takes a partial source even if it pulls from this host
 	// through more than 16 links of first claims, or through extra
@@ -75,6 +78,7 @@ type ClaimOptions struct {
 	// verified chunks. Not one at most 16 links below this host in its
 	// chain: what such a descendant has came mostly through this host, and
 	// its slot is the end of a chain, which a host without a source needs.
+	// (Extra claims, which take no partial source, need not set it.)
 	Acyclic bool
 	// Avoid lists sources not to take (the ones this host already pulls
 	// from).
@@ -251,15 +255,17 @@ type Renewal struct {
 type Renewals struct {
 	// Claims are the claims' renewals, the first claim's first.
 	Claims []Renewal
-	// Free counts the free slots an extra claim (ClaimOptions.Index > 0,
-	// SameZone) could take now: those of the client's zone when it has
-	// one, else every free slot. Some of them may still be refused (this
-	// host's own pullers', its sources'), and a zone's count may include
-	// entries whose slot went to another zone (the next claim that
-	// samples them drops them). While it is 0, an extra claim
-	// finds nothing: a script call (at 1,000 simulated hosts, failed
-	// extra claims were a quarter of Redis's time) that a puller can
-	// spare.
+	// Free counts the free slots of whole sources (the origin and
+	// finished hosts) an extra claim (ClaimOptions.Index > 0, SameZone)
+	// could take now: those of the client's zone when it has one, else
+	// every one. Some of them may still be refused (this host's own
+	// sources'), and a zone's count may include entries whose slot went
+	// to another zone (the next claim that samples them drops them). A
+	// partial source's free slot is not counted: it is most often the end
+	// of a chain, which an extra claim leaves to a newcomer. While Free is
+	// 0, an extra claim most likely finds nothing: a script call (at
+	// 1,000 simulated hosts, failed extra claims were a quarter of
+	// Redis's time) that a puller can spare.
 	Free int64
 	// Starved counts the hosts waiting for their first source (their
 	// last first claim found none within starvedFor): while there are
@@ -304,13 +310,14 @@ func (c *Client) Outlook(ctx context.Context) (Outlook, error) {
 	return o, nil
 }
 
-// countFree queues the counts of the slots free for an extra claim (see
-// Renewals.Free): its zone's indexes, or every free slot.
+// countFree queues the count of the slots free for an extra claim (see
+// Renewals.Free): its zone's index of whole sources' free slots, or the
+// global one.
 func (c *Client) countFree(ctx context.Context, pl redis.Pipeliner) []*redis.IntCmd {
 	if c.cfg.Zone != "" {
-		return []*redis.IntCmd{pl.SCard(ctx, c.keys.SyncFullZone(c.cfg.Zone)), pl.SCard(ctx, c.keys.SyncPartialZone(c.cfg.Zone))}
+		return []*redis.IntCmd{pl.SCard(ctx, c.keys.SyncFullZone(c.cfg.Zone))}
 	}
-	return []*redis.IntCmd{pl.SCard(ctx, c.keys.Sync())}
+	return []*redis.IntCmd{pl.SCard(ctx, c.keys.SyncFull())}
 }
 
 // countStarved queues the count of hosts waiting for a first source at

@@ -370,12 +370,20 @@ func TestSeveralClaims(t *testing.T) {
 		if cl, err := f.c.Claim(ctx, "a", g.Ref(), ClaimOptions{Index: 1, Avoid: []string{"master"}, Acyclic: true}); !errors.Is(err, ErrNoSource) {
 			t.Fatalf("a's acyclic claim took %s, and c pulls from a through b: %v", cl.Slot, err)
 		}
-		// d pulls from the origin and is no descendant of a.
+		// d pulls from the origin, is no descendant of a, and finishes:
+		// a whole source (an extra claim takes no other).
 		f.heartbeat("d")
-		if cl, err := f.c.Claim(ctx, "d", g.Ref(), ClaimOptions{}); err != nil || cl.Slot != "master#1" {
-			t.Fatalf("d's claim: %+v, %v; want master#1", cl, err)
+		dcl, err := f.c.Claim(ctx, "d", g.Ref(), ClaimOptions{})
+		if err != nil || dcl.Slot != "master#1" {
+			t.Fatalf("d's claim: %+v, %v; want master#1", dcl, err)
 		}
 		if err := f.c.OfferSlots(ctx, "d", g.Ref(), 1, false); err != nil {
+			t.Fatal(err)
+		}
+		if cl, err := f.c.Claim(ctx, "a", g.Ref(), ClaimOptions{Index: 1, Avoid: []string{"master"}, Acyclic: true}); !errors.Is(err, ErrNoSource) {
+			t.Fatalf("a's extra claim took %s, a partial source's slot: %v", cl.Slot, err)
+		}
+		if err := f.c.Finish(ctx, dcl, 1); err != nil {
 			t.Fatal(err)
 		}
 		extra, err := f.c.Claim(ctx, "a", g.Ref(), ClaimOptions{Index: 1, Avoid: []string{"master"}, Acyclic: true})
@@ -438,6 +446,54 @@ func TestGenerationDest(t *testing.T) {
 		f.rdb.HSet(ctx, f.c.Keys().Generation(), "dest", "/srv/stale")
 		if cur, err = f.c.Current(ctx); err != nil || cur.Dest != "" {
 			t.Fatalf("a dest field in a protocol-4 generation was read: %+v, %v", cur, err)
+		}
+	})
+}
+
+// An extra claim takes only whole sources' slots (the origin's, finished
+// hosts'): a partial source's free slot is most often the end of a chain,
+// and at 10,000 simulated hosts one extra claim on the end of the chain as
+// it grew left the hosts that came after it without a source until the
+// first hosts finished. The newcomer takes it.
+func TestExtraClaimTakesWholeSources(t *testing.T) {
+	each(t, 15*time.Second, func(t *testing.T, f *fixture) {
+		ctx := context.Background()
+		k := f.c.Keys()
+		g := f.publish(2)
+		f.heartbeat("a", "b", "c", "newcomer")
+		// Two chains from the origin: master <- a, master <- b <- c.
+		for _, p := range [][2]string{{"a", "master"}, {"b", "master"}, {"c", "b"}} {
+			cl, err := f.c.Claim(ctx, p[0], g.Ref(), ClaimOptions{Slots: 2, Offer: 1, Avoid: []string{"a"}})
+			if err != nil || cl.Source != p[1] {
+				t.Fatalf("%s's claim: %+v, %v; want a slot of %s", p[0], cl, err, p[1])
+			}
+		}
+		// a#0 and c#0 end the two chains; b, serving c, offers b#1 too.
+		if err := f.c.OfferSlots(ctx, "b", g.Ref(), 2, false); err != nil {
+			t.Fatal(err)
+		}
+		extra := ClaimOptions{Index: 2, Acyclic: true, Avoid: []string{"master"}}
+		for _, h := range []string{"a", "b", "c"} {
+			if cl, err := f.c.Claim(ctx, h, g.Ref(), extra); !errors.Is(err, ErrNoSource) {
+				t.Fatalf("%s's extra claim took %s (%v); want none: only partial sources' slots are free", h, cl.Slot, err)
+			}
+		}
+		if got := f.members(k.Sync()); !slices.Equal(got, []string{"a#0", "b#1", "c#0"}) {
+			t.Fatalf("free slots %v after the extra claims, want a#0 b#1 c#0", got)
+		}
+		// The newcomer's first claim takes one.
+		cl, err := f.c.Claim(ctx, "newcomer", g.Ref(), ClaimOptions{Slots: 2})
+		if err != nil || !cl.Partial {
+			t.Fatalf("the newcomer's claim: %+v, %v; want a partial source's slot", cl, err)
+		}
+		// A finished host's free slot is an extra claim's.
+		f.heartbeat("whole")
+		f.rdb.SAdd(ctx, k.Finished(), "whole")
+		if err := f.c.OfferSlots(ctx, "whole", g.Ref(), 1, false); err != nil {
+			t.Fatal(err)
+		}
+		if cl, err := f.c.Claim(ctx, "c", g.Ref(), extra); err != nil || cl.Slot != "whole#0" {
+			t.Fatalf("c's extra claim: %+v, %v; want whole#0", cl, err)
 		}
 	})
 }

@@ -339,8 +339,10 @@ func TestClaimOffers(t *testing.T) {
 		// An extra claim offers nothing.
 		f.rdb.SRem(ctx, k.Sync(), "h1#0", "h1#1")
 		f.rdb.SRem(ctx, k.SyncPartial(), "h1#0", "h1#1")
-		f.rdb.SAdd(ctx, k.Sync(), "h3#0")
-		f.rdb.SAdd(ctx, k.SyncPartial(), "h3#0")
+		f.heartbeat("w")
+		f.rdb.SAdd(ctx, k.Finished(), "w")
+		f.rdb.SAdd(ctx, k.Sync(), "w#0")
+		f.rdb.SAdd(ctx, k.SyncFull(), "w#0")
 		x, err := f.c.Claim(ctx, "h2", g.Ref(), ClaimOptions{Index: 1, Acyclic: true, Offer: 2})
 		if err != nil || x.Offered || slices.Contains(f.members(k.Sync()), "h2#0") {
 			t.Fatalf("extra claim: %+v, %v, free slots %v; want claimed, nothing offered", x, err, f.members(k.Sync()))
@@ -348,8 +350,8 @@ func TestClaimOffers(t *testing.T) {
 		if err := f.c.Release(ctx, x); err != nil {
 			t.Fatal(err)
 		}
-		f.rdb.SRem(ctx, k.Sync(), "h3#0")
-		f.rdb.SRem(ctx, k.SyncPartial(), "h3#0")
+		f.rdb.SRem(ctx, k.Sync(), "w#0")
+		f.rdb.SRem(ctx, k.SyncFull(), "w#0")
 		// h2 finds nothing (offering nothing) and queues; h1's slot,
 		// offered again, is handed to it, and h2's take-up offers h2.
 		var none *NoSourceError

@@ -207,8 +207,10 @@ func TestLightRenewal(t *testing.T) {
 }
 
 // TestOutlook: what an extra claim would find, counted in plain commands,
-// by every renewal and by every claim that takes a slot: the free slots, and the hosts waiting for a first
-// source, to which it would yield.
+// by every renewal and by every claim that takes a slot: the free slots
+// of whole sources (a partial source's free slot, most often the end of a
+// chain, an extra claim leaves to newcomers), and the hosts waiting for a
+// first source, to which it would yield.
 func TestOutlook(t *testing.T) {
 	each(t, 15*time.Second, func(t *testing.T, f *fixture) {
 		ctx := context.Background()
@@ -221,6 +223,9 @@ func TestOutlook(t *testing.T) {
 		}
 		if _, err := f.c.Claim(ctx, "b", g.Ref(), ClaimOptions{}); !errors.Is(err, ErrNoSource) {
 			t.Fatalf("b's claim: %v, want no source", err)
+		}
+		if err := f.c.OfferSlots(ctx, "master", g.Ref(), 3, true); err != nil {
+			t.Fatal(err)
 		}
 		if err := f.c.OfferPartial(ctx, "a", g.Ref(), 2); err != nil {
 			t.Fatal(err)
@@ -246,13 +251,13 @@ func TestOutlook(t *testing.T) {
 		}
 		check("light renewal while b waits", Outlook{r.Free, r.Starved}, Outlook{Free: 2, Starved: 1})
 		b, err := f.c.Claim(ctx, "b", g.Ref(), ClaimOptions{})
-		if err != nil {
-			t.Fatal(err)
+		if err != nil || b.Source != "master" {
+			t.Fatalf("b's claim: %+v, %v; want one of the origin's slots", b, err)
 		}
 		if b.Outlook == nil {
 			t.Fatal("b's claim counted no outlook")
 		}
-		check("b's claim, of one of a's two slots", *b.Outlook, Outlook{Free: 1})
+		check("b's claim, of one of the origin's two", *b.Outlook, Outlook{Free: 1})
 		if o, err = f.c.Outlook(ctx); err != nil {
 			t.Fatal(err)
 		}

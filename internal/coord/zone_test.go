@@ -394,7 +394,8 @@ func TestZoneCrossesOnce(t *testing.T) {
 
 // TestRenewFreeCountsTheZone: a renewal counts the slots free for the
 // host's extra claims, which take only sources of its zone: a zoned host
-// counts its zone's, a host of no zone every free slot.
+// counts its zone's whole sources' free slots, a host of no zone every
+// whole source's.
 func TestRenewFreeCountsTheZone(t *testing.T) {
 	each(t, 15*time.Second, func(t *testing.T, f *fixture) {
 		ctx := context.Background()
@@ -430,12 +431,19 @@ func TestRenewFreeCountsTheZone(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		// a1 became a partial source with its one slot free.
+		// a1 became a partial source with its one slot free: not counted
+		// (the end of a chain is a newcomer's); then a1 finishes.
 		if err := za.OfferPartial(ctx, "a1", g.Ref(), 1); err != nil {
 			t.Fatal(err)
 		}
-		if res, err := f.c.RenewReport(ctx, n1, Progress{Gen: g.ID}, nil, nil); err != nil || res.Free != 1 {
-			t.Errorf("a zone-less host's renewal: %d slots free (%v), want 1 (a1's)", res.Free, err)
+		if res, err := f.c.RenewReport(ctx, n1, Progress{Gen: g.ID}, nil, nil); err != nil || res.Free != 0 {
+			t.Errorf("a zone-less host's renewal: %d slots free (%v), want 0 (a1's is a partial source's)", res.Free, err)
+		}
+		if err := za.Finish(ctx, claims[0], 1); err != nil {
+			t.Fatal(err)
+		}
+		if res, err := f.c.RenewReport(ctx, n1, Progress{Gen: g.ID}, nil, nil); err != nil || res.Free != 2 {
+			t.Errorf("a zone-less host's renewal: %d slots free (%v), want 2 (a1's, whole, and the origin's its claim gave back)", res.Free, err)
 		}
 	})
 }

@@ -18,7 +18,10 @@ import (
 // own claim, which switches on failure; 1.. are extras), fetches different
 // runs of chunks from each, and replaces a source that runs far below the
 // others. Partial sources serve only chunks they verified, so the claims
-// need not avoid cycles (acyclic).
+// need not avoid cycles (acyclic). An extra claim takes only a whole
+// source's slot (coord.ClaimOptions.Index): a partial source's free slot
+// is the end of a chain, the next newcomer's; a rescue claim takes the
+// grandparent's rescue slot.
 
 // feed is one source a swarm pull fetches from.
 type feed struct {
