@@ -159,11 +159,13 @@ func TestBypassRefusesWholeRelay(t *testing.T) {
 }
 
 // An extra claim never takes the slot of the claimer's own puller: what
-// that puller has came from the claimer. Nor, since it takes only whole
-// sources (see TestExtraClaimTakesWholeSources), another host's.
+// that puller has came from the claimer. Here the puller S holds the
+// generation and repairs drift from P, so its slot is a whole source's,
+// which another host's extra claim takes.
 func TestExtraClaimSkipsOwnPuller(t *testing.T) {
 	each(t, 15*time.Second, func(t *testing.T, f *fixture) {
 		ctx := context.Background()
+		k := f.c.Keys()
 		g := f.publish(1)
 		f.heartbeat("P", "S", "X")
 		o := ClaimOptions{Serves: true, Slots: 1}
@@ -173,18 +175,22 @@ func TestExtraClaimSkipsOwnPuller(t *testing.T) {
 		if err := f.c.OfferSlots(ctx, "P", g.Ref(), 1, false); err != nil {
 			t.Fatal(err)
 		}
-		if cl, err := f.c.Claim(ctx, "S", g.Ref(), o); err != nil || cl.Slot != "P#0" {
-			t.Fatalf("S claims %+v, %v", cl, err)
+		f.rdb.SAdd(ctx, k.Finished(), "S")
+		if cl, err := f.c.Claim(ctx, "S", g.Ref(), ClaimOptions{Serves: true, Slots: 1, Repair: true}); err != nil || cl.Slot != "P#0" {
+			t.Fatalf("S's repair claim: %+v, %v; want P#0", cl, err)
 		}
 		if err := f.c.OfferSlots(ctx, "S", g.Ref(), 1, false); err != nil {
 			t.Fatal(err)
+		}
+		if got := f.members(k.SyncFull()); !slices.Equal(got, []string{"S#0"}) {
+			t.Fatalf("whole sources' free slots %v, want S#0", got)
 		}
 		extra := ClaimOptions{Index: 1, Acyclic: true}
 		if cl, err := f.c.Claim(ctx, "P", g.Ref(), extra); !errors.Is(err, ErrNoSource) {
 			t.Fatalf("P's extra claim took %s, its own puller's slot (%v)", cl.Slot, err)
 		}
-		if cl, err := f.c.Claim(ctx, "X", g.Ref(), extra); !errors.Is(err, ErrNoSource) {
-			t.Fatalf("X's extra claim took %s, a partial source's slot (%v)", cl.Slot, err)
+		if cl, err := f.c.Claim(ctx, "X", g.Ref(), extra); err != nil || cl.Slot != "S#0" {
+			t.Fatalf("X's extra claim: %+v, %v; want S#0", cl, err)
 		}
 	})
 }

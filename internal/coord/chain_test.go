@@ -197,11 +197,10 @@ func TestExtraClaimYieldsToWaiting(t *testing.T) {
 	})
 }
 
-// TestExtraClaimSkipsDescendants: an extra claim takes no slot of a host
-// below it in its chain: the end of a chain goes to a host with no source
-// (as a relay bypassed for its slow uplink is, which must take the end of
-// a chain), not to an ancestor's extra claim that would bring nothing;
-// nor to a host outside the chain, since extra claims take only whole
+// TestExtraClaimSkipsDescendants: the end of a chain goes to a host with
+// no source (as a relay bypassed for its slow uplink is, which must take
+// the end of a chain), not to an ancestor's extra claim that would bring
+// nothing, nor to a host outside the chain: extra claims take only whole
 // sources.
 func TestExtraClaimSkipsDescendants(t *testing.T) {
 	each(t, 15*time.Second, func(t *testing.T, f *fixture) {
@@ -243,6 +242,40 @@ func TestExtraClaimSkipsDescendants(t *testing.T) {
 		}
 		if cl, err := f.c.Claim(ctx, "x", g.Ref(), ClaimOptions{Index: 1, Acyclic: true}); !errors.Is(err, ErrNoSource) {
 			t.Fatalf("x's extra claim: %+v, %v; want ErrNoSource (e#0 ends the chain)", cl, err)
+		}
+	})
+}
+
+// TestAcyclicClaimSkipsDescendants: a first claim made acyclic (chunked
+// generations) by a host with a puller takes no partial source that pulls
+// from it through at most 16 first claims, as a plain claim would not
+// either (a plain claim for the cycle, an acyclic one because the
+// descendant has little to give and its slot ends a chain).
+func TestAcyclicClaimSkipsDescendants(t *testing.T) {
+	each(t, 15*time.Second, func(t *testing.T, f *fixture) {
+		ctx := context.Background()
+		g := f.publish(1)
+		f.heartbeat("h", "y", "z", "w")
+		// h lost its source (it has none) but serves y, which serves z.
+		if err := f.c.OfferSlots(ctx, "h", g.Ref(), 1, false); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := f.c.Claim(ctx, "w", g.Ref(), ClaimOptions{}); err != nil { // takes master#0, offers nothing
+			t.Fatal(err)
+		}
+		for _, p := range [][2]string{{"y", "h#0"}, {"z", "y#0"}} {
+			if err := f.c.OfferSlots(ctx, p[0], g.Ref(), 1, false); err != nil {
+				t.Fatal(err)
+			}
+			if cl, err := f.c.Claim(ctx, p[0], g.Ref(), ClaimOptions{Avoid: []string{"w", "z"}}); err != nil || cl.Slot != p[1] {
+				t.Fatalf("%s's claim: %+v, %v; want %s", p[0], cl, err, p[1])
+			}
+		}
+		// z#0 is the only free slot, and z pulls from h through y.
+		for _, o := range []ClaimOptions{{Slots: 1}, {Slots: 1, Acyclic: true}} {
+			if cl, err := f.c.Claim(ctx, "h", g.Ref(), o); !errors.Is(err, ErrNoSource) {
+				t.Fatalf("h's claim (acyclic %v) took %s (%v); want none: z pulls from h", o.Acyclic, cl.Slot, err)
+			}
 		}
 	})
 }

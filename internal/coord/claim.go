@@ -70,7 +70,9 @@ type ClaimOptions struct {
 	// first source: a slot starts a pull before it speeds one up. It takes
 	// only a whole source's slot (the origin's, a finished host's): a
 	// partial source's free slot is most often the end of a chain, which
-	// the next host to claim its first source needs.
+	// the next host to claim its first source needs. Without SameZone, a
+	// zoned host's extra claim takes another zone's whole source before a
+	// partial source of its own zone (the minion always sets SameZone).
 	Index int
 	// Acyclic takes a partial source even if it pulls from this host
 	// through more than 16 links of first claims, or through extra
@@ -78,7 +80,10 @@ type ClaimOptions struct {
 	// verified chunks. Not one at most 16 links below this host in its
 	// chain: what such a descendant has came mostly through this host, and
 	// its slot is the end of a chain, which a host without a source needs.
-	// (Extra claims, which take no partial source, need not set it.)
+	// It changes nothing for an extra claim, which takes no partial
+	// source, nor for a rescue claim, which takes only its grandparent's
+	// rescue slot: the minion, which sets it on those, makes no first
+	// claim with it any more.
 	Acyclic bool
 	// Avoid lists sources not to take (the ones this host already pulls
 	// from).

@@ -333,10 +333,10 @@ func TestClockSkewIrrelevant(t *testing.T) {
 // A host holds several claims at once, each with its own lease: it never
 // takes a second slot of a source it pulls from already, an extra claim
 // released gives its slot back and leaves the first alone, an extra claim
-// expires on its own, and neither a plain nor an acyclic claim (chunked
-// generations) takes a partial source that pulls from the host through
-// another, within 16 links (see TestExtraClaimSkipsDescendants,
-// TestExtraClaimSkipsOwnPuller).
+// expires on its own, and an extra claim, plain or acyclic, takes no
+// partial source, here one that pulls from the host through another (see
+// TestExtraClaimTakesWholeSources; TestAcyclicClaimSkipsDescendants for
+// the cycle check itself).
 func TestSeveralClaims(t *testing.T) {
 	each(t, 15*time.Second, func(t *testing.T, f *fixture) {
 		ctx := context.Background()
@@ -365,10 +365,10 @@ func TestSeveralClaims(t *testing.T) {
 			}
 		}
 		if _, err := f.c.Claim(ctx, "a", g.Ref(), ClaimOptions{Index: 1, Avoid: []string{"master"}}); !errors.Is(err, ErrNoSource) {
-			t.Fatalf("a took c's slot, and c pulls from a through b: %v", err)
+			t.Fatalf("a's extra claim took c's slot, a partial source's (and c pulls from a through b): %v", err)
 		}
 		if cl, err := f.c.Claim(ctx, "a", g.Ref(), ClaimOptions{Index: 1, Avoid: []string{"master"}, Acyclic: true}); !errors.Is(err, ErrNoSource) {
-			t.Fatalf("a's acyclic claim took %s, and c pulls from a through b: %v", cl.Slot, err)
+			t.Fatalf("a's acyclic extra claim took %s, a partial source's (and c pulls from a through b): %v", cl.Slot, err)
 		}
 		// d pulls from the origin, is no descendant of a, and finishes:
 		// a whole source (an extra claim takes no other).

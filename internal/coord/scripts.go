@@ -520,7 +520,8 @@ return {id, now}
 // through others (a bounded walk), from host: data never flows in a cycle;
 // unless acyclic (chunked generations: a partial source serves only chunks
 // it verified, so a cycle is harmless), which still skips a source at most
-// 16 links below host (see below): it would bring little. A slot whose
+// 16 links below host (see below): it would bring little. An extra claim
+// takes no partial source at all (see wholeOnly below). A slot whose
 // chain is too long to follow is withdrawn from the free sets when met
 // (its source offers it again at its finish or its next offering
 // heartbeat), so waiting hosts do not walk the same chains at every poll.
@@ -791,7 +792,10 @@ local function pick(set, checkCycle, of)
     table.sort(sample)
     for i = 1, #sample do
       local m = sample[(r + i) % #sample + 1]
-      local stale = set ~= K.sync and redis.call('SISMEMBER', K.sync, m) == 0
+      -- A rescue slot is only ever in K.rescue (one here was offered by a
+      -- fanout from before rescue slots with 65 upload slots or more):
+      -- dropped, as takeSlot would not remove it from here.
+      local stale = isRescue(m) or (set ~= K.sync and redis.call('SISMEMBER', K.sync, m) == 0)
       if not stale and of then stale = redis.call('SISMEMBER', of, m) == 0 end
       if stale then
         redis.call('SREM', set, m) -- a stale index entry

@@ -447,3 +447,46 @@ func TestRenewFreeCountsTheZone(t *testing.T) {
 		}
 	})
 }
+
+// A zoned host's extra claim (SameZone, as the minion makes it) takes no
+// partial source of its zone, and the host's renewals and outlooks count
+// none as free for it: only its zone's whole sources.
+func TestZonedExtraClaimTakesWholeSources(t *testing.T) {
+	each(t, 15*time.Second, func(t *testing.T, f *fixture) {
+		ctx := context.Background()
+		za := f.zoned("a", 15*time.Second)
+		g, err := za.Publish(ctx, Generation{Path: "/data/m42", Digest: strings.Repeat("d", 64), Origin: "master", OriginAddr: "10.0.0.1:7070", OriginZone: "a"}, 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		f.register(za, "a1", "a", 2)
+		f.register(za, "a2", "a", 2)
+		a1, err := za.Claim(ctx, "a1", g.Ref(), ClaimOptions{Slots: 2, Offer: 2})
+		if err != nil || a1.Slot != "master#0" || !a1.Offered {
+			t.Fatalf("a1's claim: %+v, %v; want master#0, offered", a1, err)
+		}
+		if got := f.members(za.Keys().SyncPartialZone("a")); !slices.Equal(got, []string{"a1#0", "a1#1"}) {
+			t.Fatalf("zone a's partial slots %v, want a1#0 a1#1", got)
+		}
+		extra := ClaimOptions{Index: 2, SameZone: true, Acyclic: true}
+		if cl, err := za.Claim(ctx, "a2", g.Ref(), extra); !errors.Is(err, ErrNoSource) {
+			t.Fatalf("a2's extra claim took %s (%v); want none: only a partial source of its zone is free", cl.Slot, err)
+		}
+		if o, err := za.Outlook(ctx); err != nil || o.Free != 0 {
+			t.Fatalf("zone a's outlook: %+v, %v; want no slot free for an extra claim", o, err)
+		}
+		if r, err := za.RenewReport(ctx, a1, Progress{Gen: g.ID}, nil, nil); err != nil || r.Free != 0 {
+			t.Fatalf("a1's renewal: %+v, %v; want no slot free for an extra claim", r, err)
+		}
+		// The origin offers a second slot, a whole source of zone a.
+		if err := za.OfferOrigin(ctx, "master", g.Ref(), 2); err != nil {
+			t.Fatal(err)
+		}
+		if r, err := za.RenewReport(ctx, a1, Progress{Gen: g.ID}, nil, nil); err != nil || r.Free != 1 {
+			t.Fatalf("a1's renewal: %+v, %v; want master#1 free", r, err)
+		}
+		if cl, err := za.Claim(ctx, "a2", g.Ref(), extra); err != nil || cl.Slot != "master#1" {
+			t.Fatalf("a2's extra claim: %+v, %v; want master#1", cl, err)
+		}
+	})
+}
