@@ -298,8 +298,7 @@ func (c *Client) Outlook(ctx context.Context) (Outlook, error) {
 	if !ok {
 		at = c.Now()
 	}
-	var free []*redis.IntCmd
-	var starved *redis.IntCmd
+	var free, starved *redis.IntCmd
 	_, err := c.rdb.Pipelined(ctx, func(pl redis.Pipeliner) error {
 		free = c.countFree(ctx, pl)
 		starved = c.countStarved(ctx, pl, at)
@@ -308,21 +307,17 @@ func (c *Client) Outlook(ctx context.Context) (Outlook, error) {
 	if err != nil {
 		return Outlook{}, fmt.Errorf("count free slots: %w", err)
 	}
-	o := Outlook{Starved: starved.Val()}
-	for _, n := range free {
-		o.Free += n.Val()
-	}
-	return o, nil
+	return Outlook{Free: free.Val(), Starved: starved.Val()}, nil
 }
 
 // countFree queues the count of the slots free for an extra claim (see
 // Renewals.Free): its zone's index of whole sources' free slots, or the
 // global one.
-func (c *Client) countFree(ctx context.Context, pl redis.Pipeliner) []*redis.IntCmd {
+func (c *Client) countFree(ctx context.Context, pl redis.Pipeliner) *redis.IntCmd {
 	if c.cfg.Zone != "" {
-		return []*redis.IntCmd{pl.SCard(ctx, c.keys.SyncFullZone(c.cfg.Zone))}
+		return pl.SCard(ctx, c.keys.SyncFullZone(c.cfg.Zone))
 	}
-	return []*redis.IntCmd{pl.SCard(ctx, c.keys.SyncFull())}
+	return pl.SCard(ctx, c.keys.SyncFull())
 }
 
 // countStarved queues the count of hosts waiting for a first source at
@@ -386,8 +381,7 @@ func (c *Client) lightRenew(ctx context.Context, cl Claim, progress string, grou
 	exp := make([]*redis.BoolCmd, len(claims))
 	index := make([]redis.Z, len(claims))
 	var gen *redis.SliceCmd
-	var free []*redis.IntCmd
-	var starved *redis.IntCmd
+	var free, starved *redis.IntCmd
 	cmds, _ := c.rdb.Pipelined(ctx, func(pl redis.Pipeliner) error {
 		for i, o := range claims {
 			key := c.keys.Lease(o.id())
@@ -419,10 +413,7 @@ func (c *Client) lightRenew(ctx context.Context, cl Claim, progress string, grou
 		return Renewals{}, false, nil
 	}
 	r.Claims = make([]Renewal, len(claims))
-	r.Starved = starved.Val()
-	for _, n := range free {
-		r.Free += n.Val()
-	}
+	r.Free, r.Starved = free.Val(), starved.Val()
 	return r, true, nil
 }
 

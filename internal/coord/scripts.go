@@ -521,7 +521,7 @@ return {id, now}
 // unless acyclic (chunked generations: a partial source serves only chunks
 // it verified, so a cycle is harmless), which still skips a source at most
 // 16 links below host (see below): it would bring little. An extra claim
-// takes no partial source at all (see wholeOnly below). A slot whose
+// takes no partial source at all (see below). A slot whose
 // chain is too long to follow is withdrawn from the free sets when met
 // (its source offers it again at its finish or its next offering
 // heartbeat), so waiting hosts do not walk the same chains at every poll.
@@ -890,10 +890,10 @@ end
 -- hosts finished (40 to 170 of 10,000 simulated hosts for 25 s, 2.1 ×
 -- S/B instead of 1.4, in 3 of 17 runs). And a host that joined the
 -- chain after the claimer has little to give it.
-local wholeOnly = extra and ARGV[15] ~= '1'
+-- (A rescue claim has its slot by now.)
 if zoned and not slot then
   slot = pick(K.zfull, false, K.full)
-  if not slot and not wholeOnly then slot = pick(K.zpart, true, K.part) end
+  if not slot and not extra then slot = pick(K.zpart, true, K.part) end
 end
 -- pulling: another serving host of this zone pulls this generation now
 -- (entries of ended claims are dropped on the way).
@@ -911,7 +911,7 @@ end
 if not slot and not (zoned and ARGV[12] == '1') then
   if zoned and pulling() then return none(true) end
   slot = pick(K.full, false)
-  if not slot and not wholeOnly then slot = pick(K.part, true) or pick(K.sync, true) end
+  if not slot and not extra then slot = pick(K.part, true) or pick(K.sync, true) end
 end
 if not slot then return none(not zoned or pulling()) end
 if not extra then
@@ -952,7 +952,7 @@ return offered(rescueToo(reply, src))
 // ARGV: host, gen, digest, slot, lease_ms, maxlen, repair, cid, progress,
 // source_zone, ngroups, [cid, slot, source_zone]...
 var renewScript = newScript(
-	[]string{"lease", "claims", "leases", "generation", "sync", "full", "part", "holders", "running", "repairing", "events", "progress", "heartbeats", "zfull", "zpart", "starved"}, `
+	[]string{"lease", "claims", "leases", "generation", "sync", "full", "part", "holders", "running", "repairing", "events", "progress", "heartbeats", "zfull", "starved"}, `
 local host, gen, digest = ARGV[1], ARGV[2], ARGV[3]
 local now = nowMS()
 local expiry = now + tonumber(ARGV[5])
