@@ -2,6 +2,7 @@ package coord
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"testing"
 	"time"
@@ -23,7 +24,7 @@ func TestCompleteHistoryRoundsProgressEvents(t *testing.T) {
 					t.Fatal(err)
 				}
 				if prev == "" && cl.Source == "master" || cl.Source == prev {
-					if err := f.c.ReportProgress(ctx, h, Progress{Gen: g.ID, Source: cl.Slot, Done: 10, Total: 10}); err != nil {
+					if _, err := f.c.ReportProgress(ctx, h, Progress{Gen: g.ID, Source: cl.Slot, Done: 10, Total: 10}, nil); err != nil {
 						t.Fatal(err)
 					}
 					if err := f.c.Finish(ctx, cl, 1); err != nil {
@@ -131,4 +132,43 @@ func TestAfterID(t *testing.T) {
 			t.Errorf("afterID(%q) accepted", bad)
 		}
 	}
+}
+
+// TestReportProgressBeats: once the client knows Redis's clock, a progress
+// report carries the host's heartbeat (in its groups' indexes too), so a
+// pull's first report stands for the beat the host would send before its
+// first renewal; before that, it writes the progress alone and says so.
+func TestReportProgressBeats(t *testing.T) {
+	each(t, 15*time.Second, func(t *testing.T, f *fixture) {
+		ctx := context.Background()
+		k := f.c.Keys()
+		g := f.publish(1)
+		p := Progress{Gen: g.ID, Source: "master#0", Total: 10}
+		fresh := New(f.rdb, Config{Prefix: "{fanout}:", LeaseTTL: 15 * time.Second, HostGrace: 30 * time.Second, Now: f.clock})
+		if beat, err := fresh.ReportProgress(ctx, "a", p, []string{"web"}); err != nil || beat {
+			t.Fatalf("report before the clock is known: beat %v, %v; want the progress alone", beat, err)
+		}
+		if !f.rdb.HExists(ctx, k.Progress(), "a").Val() {
+			t.Fatal("the report wrote no progress")
+		}
+		for _, key := range []string{k.Heartbeats(), k.GroupHeartbeats("web")} {
+			if err := f.rdb.ZScore(ctx, key, "a").Err(); !errors.Is(err, redis.Nil) {
+				t.Fatalf("%s scored a before its clock was known: %v", key, err)
+			}
+		}
+		f.heartbeat("a")
+		before := f.rdb.ZScore(ctx, k.Heartbeats(), "a").Val()
+		f.advance(3 * time.Second)
+		time.Sleep(5 * time.Millisecond) // Redis TIME moves on
+		beat, err := f.c.ReportProgress(ctx, "a", p, []string{"web"})
+		if err != nil || !beat {
+			t.Fatalf("report: beat %v, %v; want the heartbeat with it", beat, err)
+		}
+		if after := f.rdb.ZScore(ctx, k.Heartbeats(), "a").Val(); after <= before {
+			t.Errorf("heartbeat score %v, was %v: the report did not beat", after, before)
+		}
+		if err := f.rdb.ZScore(ctx, k.GroupHeartbeats("web"), "a").Err(); err != nil {
+			t.Errorf("group heartbeat index: %v", err)
+		}
+	})
 }

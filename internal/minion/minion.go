@@ -157,7 +157,7 @@ type Coordinator interface {
 	Bypass(ctx context.Context, main, rescue coord.Claim) (coord.Claim, error)
 	OfferSlots(ctx context.Context, host string, gen coord.Ref, uploads int, force bool) error
 	OfferPartial(ctx context.Context, host string, gen coord.Ref, uploads int) error
-	ReportProgress(ctx context.Context, host string, p coord.Progress) error
+	ReportProgress(ctx context.Context, host string, p coord.Progress, groups []string) (bool, error)
 	AddCrossZone(ctx context.Context, host string, gen coord.Ref, n int64) error
 	Drift(ctx context.Context, host string, gen coord.Ref, msg string) error
 	Refuse(ctx context.Context, host string, gen coord.Ref, reason string) error
@@ -227,8 +227,8 @@ type Minion struct {
 	// adoptFailed is the generation whose kept release verification
 	// found different (it is pulled into, not verified at every step).
 	adoptFailed string
-	// renewBeat is when (Unix ns) a lease renewal last recorded this
-	// host's heartbeat.
+	// renewBeat is when (Unix ns) a pull's lease renewal or progress
+	// report last recorded this host's heartbeat.
 	renewBeat atomic.Int64
 	// pulled lists the paths the last successful transfer changed (set
 	// and read by the Step goroutine only): the hook is told them.
@@ -545,9 +545,9 @@ func (m *Minion) taskPending(ctx context.Context) (bool, error) {
 
 func (m *Minion) heartbeatLoop(ctx context.Context) {
 	for {
-		// Skipped while a pull's lease renewals beat for this host (one
-		// within an interval; renewals come about every half lease, 7 s
-		// by default, less than the 10 s interval): beats stay at most two
+		// Skipped while a pull's lease renewals and progress reports beat
+		// for this host (one within an interval; renewals come every half
+		// lease, 10 s by default, the interval): beats stay at most two
 		// intervals apart when the pull ends, within --host-grace (three
 		// by default).
 		if last := m.renewBeat.Load(); last == 0 || time.Since(time.Unix(0, last)) >= m.cfg.Heartbeat {

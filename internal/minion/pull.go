@@ -204,7 +204,11 @@ func (m *Minion) watchLoop(ctx context.Context, src *source, cancel context.Canc
 		}
 		got, total := m.ProgressOf(src.gen)
 		p := coord.Progress{Gen: src.gen, Source: slot, Done: got, Total: total, Started: started}
-		if err := m.coord.ReportProgress(ctx, m.cfg.ID, p); err != nil && ctx.Err() == nil {
+		beat, err := m.coord.ReportProgress(ctx, m.cfg.ID, p, m.cfg.Groups)
+		if beat {
+			m.renewBeat.Store(time.Now().UnixNano()) // the heartbeat loop skips its next beat
+		}
+		if err != nil && ctx.Err() == nil {
 			m.cfg.Log.WithError(err).Debug("progress report failed")
 		}
 		src.flushCrossZone(ctx)
