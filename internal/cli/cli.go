@@ -284,7 +284,7 @@ func (n *node) register(fs *pflag.FlagSet, defaultState string) {
 	fs.StringVar(&n.root, "root", "/", "task paths resolve under this directory")
 	fs.StringVar(&n.stateDir, "state-dir", defaultState, "directory for held state and the hash cache")
 	fs.DurationVar(&n.poll, "poll", time.Second, "how often to look at Redis")
-	fs.IntVar(&n.uploads, "max-uploads", 1, "pullers this host serves at once (1 makes chains and doubles the sources each round; 0: a minion that never serves)")
+	fs.IntVar(&n.uploads, "max-uploads", 1, "pullers this host serves at once, 0 to 64 (1 makes chains and doubles the sources each round; 0: a minion that never serves)")
 	fs.DurationVar(&n.grace, "host-grace", 30*time.Second, "a host whose last heartbeat is older than this is no longer expected")
 	fs.DurationVar(&n.lease, "lease", 15*time.Second, "lease on a claimed source, renewed while pulling every half of it (so that at least 7.5 s, or two thirds of a shorter lease, remain); a crashed puller's source returns after it")
 	fs.StringVar(&n.zone, "zone", "", "this host's zone (a rack, a room, a site): claims take a source of the same zone when one is free, and status counts the bytes that cross zones; 1-64 letters, digits, '.', '_', '-' (empty: no zone)")
@@ -322,8 +322,8 @@ func (n *node) check(writeRoot bool) error {
 	} else if err := unix.Access(n.root, unix.R_OK|unix.X_OK); err != nil {
 		return fmt.Errorf("--root %q is not readable by this user (uid %d): %w; fix its owner or permissions, or point --root elsewhere", n.root, os.Geteuid(), err)
 	}
-	if n.uploads < 0 {
-		return usageError("--max-uploads %d: use 0 (never serve) or more", n.uploads)
+	if n.uploads < 0 || n.uploads > coord.MaxUploads {
+		return usageError("--max-uploads %d: use 0 (never serve) to %d", n.uploads, coord.MaxUploads)
 	}
 	if err := coord.ValidZone("--zone", n.zone); err != nil {
 		return usageError("%v", err)

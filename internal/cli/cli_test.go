@@ -320,6 +320,7 @@ func TestBadNodeInputs(t *testing.T) {
 		{"state dir under a file", []string{"--root", t.TempDir(), "--state-dir", filepath.Join(aFile, "state"), "--listen", "127.0.0.1:0"}, exitFailure, "--state-dir"},
 		{"root is a file", []string{"--root", aFile, "--state-dir", t.TempDir(), "--listen", "127.0.0.1:0"}, exitUsage, "--root"},
 		{"negative uploads", []string{"--root", t.TempDir(), "--state-dir", t.TempDir(), "--max-uploads", "-1"}, exitUsage, "--max-uploads"},
+		{"too many uploads", []string{"--root", t.TempDir(), "--state-dir", t.TempDir(), "--max-uploads", "65"}, exitUsage, "--max-uploads 65: use 0 (never serve) to 64"},
 		{"short lease", []string{"--root", t.TempDir(), "--state-dir", t.TempDir(), "--lease", "10ms"}, exitUsage, "--lease"},
 		{"tls cert without key", []string{"--root", t.TempDir(), "--state-dir", t.TempDir(), "--tls-cert", aFile}, exitUsage, "--tls-key"},
 		{"tls ca without a certificate", []string{"--root", t.TempDir(), "--state-dir", t.TempDir(), "--tls-ca", aFile}, exitFailure, "--tls-ca " + aFile},

@@ -141,13 +141,18 @@ type ClaimOptions struct {
 	RescueIndex int
 }
 
+// MaxUploads is the most upload slots a host may have: "host#0" to
+// "host#63" (--max-uploads, and the spare slot a whole source adds when
+// its pulls take several sources, within it).
+const MaxUploads = 64
+
 // RescueSlot numbers the rescue slot a partial source offers besides its
-// upload slots (OfferPartial): "host#64", past the 64 upload slots a host
-// may have. It is never in synchronize_queue: the original scripts and
+// upload slots (OfferPartial): "host#64", past the MaxUploads upload
+// slots a host may have. It is never in synchronize_queue: the original scripts and
 // the claims that form chains do not see it. The origin offers one too
 // (OfferOrigin), for the hosts behind the first of a chain; a finished
 // host offers none.
-const RescueSlot = 64
+const RescueSlot = MaxUploads
 
 // NoSourceError is a claim that found no free source slot (errors.Is
 // ErrNoSource); Waiting is how many hosts wait for one, as Redis counts

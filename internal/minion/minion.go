@@ -890,10 +890,12 @@ func (m *Minion) uploads() int {
 // whole: one more than --max-uploads when pulls take several sources. Its
 // first slots stay with the pullers that streamed from it while it was
 // partial; the spare one lets a host stuck behind a slow relay add a
-// whole source (swarm.grow claims full sources first).
+// whole source (swarm.grow claims full sources first). A host with
+// coord.MaxUploads slots has no spare: the next number is its rescue
+// slot's, which a whole source never offers.
 func (m *Minion) heldUploads() int {
 	n := m.uploads()
-	if n > 0 && m.cfg.Sources > 1 {
+	if n > 0 && n < coord.MaxUploads && m.cfg.Sources > 1 {
 		n++
 	}
 	return n

@@ -209,3 +209,27 @@ func TestRenewInterval(t *testing.T) {
 		}
 	}
 }
+
+// A whole source offers one spare slot beyond --max-uploads when pulls
+// take several sources, never past the upload slots: the next number is
+// the rescue slot's.
+func TestHeldUploads(t *testing.T) {
+	for _, c := range []struct {
+		source           bool
+		uploads, sources int
+		want             int
+	}{
+		{true, 1, 3, 2},
+		{true, 1, 1, 1},
+		{true, 63, 3, 64},
+		{true, coord.MaxUploads, 3, coord.MaxUploads},
+		{true, coord.MaxUploads, 1, coord.MaxUploads},
+		{true, 0, 3, 0},
+		{false, 4, 3, 0},
+	} {
+		m := &Minion{cfg: Config{Source: c.source, Uploads: c.uploads, Sources: c.sources}}
+		if got := m.heldUploads(); got != c.want {
+			t.Errorf("source %v, --max-uploads %d, --sources %d: %d slots held, want %d", c.source, c.uploads, c.sources, got, c.want)
+		}
+	}
+}
