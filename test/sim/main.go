@@ -249,8 +249,8 @@ func table(cfg config, rs []result, took time.Duration) string {
 			}
 			continue
 		}
-		fmt.Fprintf(&b, "- N=%d: registered in %s; SET → published %s; %d finished, %d short of S; events: %s. Simulator timer lateness max %s, mean %s; load average %s.\n",
-			r.N, r.Register.Round(time.Millisecond), r.Published.Round(time.Millisecond), r.Finished, r.Short, eventList(r.Events),
+		fmt.Fprintf(&b, "- N=%d: registered in %s; SET → published %s, → first claim %s; %d finished, %d short of S; events: %s. Simulator timer lateness max %s, mean %s; load average %s.\n",
+			r.N, r.Register.Round(time.Millisecond), r.Published.Round(time.Millisecond), r.FirstClaim.Round(time.Millisecond), r.Finished, r.Short, eventList(r.Events),
 			r.LagMax.Round(time.Millisecond), r.LagMean.Round(100*time.Microsecond), r.Load)
 		fmt.Fprintf(&b, "  Executed per host (INFO commandstats): %s.\n", perCommand(r.Executed, n, 14))
 		fmt.Fprintf(&b, "  Server µs per host by command (INFO commandstats; EVALSHA includes the commands its scripts ran): %s.\n", perCommand(r.ExecUsec, n, 14))

@@ -26,9 +26,12 @@ import (
 
 // result is what one simulation of N hosts measured.
 type result struct {
-	N          int
-	Register   time.Duration // the first host's start to every host registered
-	Published  time.Duration // SET task to the generation published (Redis time)
+	N         int
+	Register  time.Duration // the first host's start to every host registered
+	Published time.Duration // SET task to the generation published (Redis time)
+	// FirstClaim is SET task to the generation's first claim (Redis time,
+	// the claim event's): the first byte moves a manifest request later.
+	FirstClaim time.Duration
 	Completion time.Duration // SET task to done_at (Redis time)
 	SB         time.Duration
 	CPU        time.Duration    // redis-server's CPU from SET to done
@@ -267,6 +270,7 @@ func measureTask(ctx context.Context, cfg config, n int, srv *server, obs *redis
 	loadAtSet := loadavg()
 	lag := startLagMeter(ctx)
 	events := map[string]map[string]int{} // gen -> type -> count
+	firstClaim := map[string]int64{}      // gen -> ms of its first claim event
 	var g map[string]string
 	deadline := time.Now().Add(cfg.Timeout)
 	lastReport := time.Now()
@@ -288,6 +292,9 @@ func measureTask(ctx context.Context, cfg config, n int, srv *server, obs *redis
 					events[gen] = map[string]int{}
 				}
 				events[gen][typ]++
+				if ms, _, ok := strings.Cut(msg.ID, "-"); ok && typ == "claim" && firstClaim[gen] == 0 {
+					firstClaim[gen], _ = strconv.ParseInt(ms, 10, 64)
+				}
 				if typ == "claim" && strings.HasSuffix(fmt.Sprint(msg.Values["slot"]), fmt.Sprintf("#%d", coord.RescueSlot)) {
 					events[gen][rescueClaims]++
 				}
@@ -355,6 +362,9 @@ func measureTask(ctx context.Context, cfg config, n int, srv *server, obs *redis
 	published, _ := strconv.ParseInt(g["published"], 10, 64)
 	done, _ := strconv.ParseInt(g["done_at"], 10, 64)
 	res.Published = time.UnixMilli(published).Sub(setAt)
+	if ms := firstClaim[g["id"]]; ms > 0 {
+		res.FirstClaim = time.UnixMilli(ms).Sub(setAt)
+	}
 	res.Completion = time.UnixMilli(done).Sub(setAt)
 	if res.NotDone {
 		res.Completion = cfg.Timeout

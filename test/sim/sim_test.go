@@ -38,8 +38,8 @@ func TestSimulateSmoke(t *testing.T) {
 		t.Fatalf("%d hosts finished, %d short of S, not done %v", r.Finished, r.Short, r.NotDone)
 	}
 	// Nobody receives S faster than S/B.
-	if r.Completion < cfg.SB || r.Published <= 0 || r.Published > r.Completion {
-		t.Fatalf("SET → published %s, → done %s: want 0 < published ≤ done and done ≥ S/B %s", r.Published, r.Completion, cfg.SB)
+	if r.Completion < cfg.SB || r.Published <= 0 || r.Published > r.FirstClaim || r.FirstClaim > r.Completion {
+		t.Fatalf("SET → published %s, → first claim %s, → done %s: want 0 < published ≤ first claim ≤ done and done ≥ S/B %s", r.Published, r.FirstClaim, r.Completion, cfg.SB)
 	}
 	if r.Events["finish"] != 200 || r.Events["claim"] < 200 || r.Events["lease_expired"] != 0 {
 		t.Fatalf("events %v: want 200 finishes, a claim a host at least, no lease expired", r.Events)
