@@ -373,6 +373,34 @@ func (c *Client) Current(ctx context.Context) (Generation, error) {
 	return parseGeneration(c.keys.Generation(), h)
 }
 
+// Announced is the generation an announcement carries: msg, a message of
+// the generations channel, as the origin's announcing offer writes it
+// ("gen <id> <digest> <fields>", fields the generation hash as a JSON
+// object, as it stood once the origin's slots were on offer). ok is
+// false for any other message (a cancel, a switch order, a rollback's
+// wake, an announcement of a master from before the fields), whose
+// generation must be read from Redis. At 10,000 simulated hosts the
+// generation read each host made on an announcement delayed the first
+// claim by 0.5-1 s.
+func (c *Client) Announced(msg string) (g Generation, ok bool) {
+	head, fields, found := strings.Cut(msg, " {")
+	if !found {
+		return Generation{}, false
+	}
+	var h map[string]string
+	if err := json.Unmarshal([]byte("{"+fields), &h); err != nil {
+		return Generation{}, false
+	}
+	if head != "gen "+h["id"]+" "+h["digest"] {
+		return Generation{}, false
+	}
+	g, err := parseGeneration(c.keys.Generation(), h)
+	if err != nil {
+		return Generation{}, false
+	}
+	return g, true
+}
+
 // TaskKey reads the task key and whether it was written since the master
 // adopted it. The master marks adoption with a very long TTL, and SET clears
 // a key's TTL, so a key without one is fresh. A missing key is ("", false).

@@ -25,10 +25,12 @@ type Notifications struct {
 	came *came
 }
 
-// came collects the channels messages came on since Came last took them.
+// came collects the channels messages came on since Came last took them,
+// and the last message of each channel.
 type came struct {
 	mu       sync.Mutex
 	channels []string
+	last     map[string]string
 }
 
 // Close ends the subscription.
@@ -49,6 +51,19 @@ func (n *Notifications) Came() (channels []string, known bool) {
 	return channels, true
 }
 
+// Last returns the last message that came on channel (whenever it came:
+// Came does not forget it); ok is false when none did or the
+// notifications cannot tell (SharedNotifications).
+func (n *Notifications) Last(channel string) (msg string, ok bool) {
+	if n.came == nil {
+		return "", false
+	}
+	n.came.mu.Lock()
+	defer n.came.mu.Unlock()
+	msg, ok = n.came.last[channel]
+	return msg, ok
+}
+
 // SharedNotifications returns Notifications fed by c and ended by stop,
 // for a process that hands one subscription to many daemons: the minion
 // of a named task gets its share of the daemon's subscription of every
@@ -59,18 +74,19 @@ func SharedNotifications(c <-chan struct{}, stop func() error) *Notifications {
 }
 
 // RelayedNotifications returns Notifications ended by stop and fed by
-// notify: each call records a message on channel (see Came) and wakes C.
-// For a process that hands one subscription to many daemons and can tell
-// each which channel a message came on: the simulator (test/sim) runs
-// thousands of minions over a few Redis connections.
-func RelayedNotifications(stop func() error) (n *Notifications, notify func(channel string)) {
+// notify: each call records message msg on channel (see Came, Last) and
+// wakes C. For a process that hands one subscription to many daemons and
+// can tell each which channel a message came on: the simulator (test/sim)
+// runs thousands of minions over a few Redis connections.
+func RelayedNotifications(stop func() error) (n *Notifications, notify func(channel, msg string)) {
 	wake := make(chan struct{}, 1)
-	n = &Notifications{C: wake, close: stop, came: &came{}}
-	return n, func(channel string) {
+	n = &Notifications{C: wake, close: stop, came: &came{last: map[string]string{}}}
+	return n, func(channel, msg string) {
 		n.came.mu.Lock()
 		if !slices.Contains(n.came.channels, channel) {
 			n.came.channels = append(n.came.channels, channel)
 		}
+		n.came.last[channel] = msg
 		n.came.mu.Unlock()
 		select {
 		case wake <- struct{}{}:
@@ -103,7 +119,7 @@ func (c *Client) Subscribe(ctx context.Context, channels ...string) (*Notificati
 				if !ok {
 					return
 				}
-				notify(m.Channel)
+				notify(m.Channel, m.Payload)
 			}
 		}
 	}()

@@ -3,9 +3,13 @@ package coord
 import (
 	"context"
 	"errors"
+	"reflect"
 	"slices"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 )
 
 // A generation's announcement (once the origin's slots are offered) wakes
@@ -52,6 +56,18 @@ func TestNotifications(t *testing.T) {
 		woken(gens, "an announced generation")
 		came(gens, k.GenerationsChannel())
 		came(gens) // taken
+		// The announcement carries the generation as Redis holds it.
+		msg, ok := gens.Last(k.GenerationsChannel())
+		if !ok {
+			t.Fatal("no last message on the generations channel")
+		}
+		cur, err := f.c.Current(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ag, ok := f.c.Announced(msg); !ok || !reflect.DeepEqual(ag, cur) {
+			t.Fatalf("announcement %q carried %+v (%v), want the generation %+v", msg, ag, ok, cur)
+		}
 		// A wake (a slot handed to a) tells its channel alone.
 		if err := f.rdb.Publish(ctx, k.WakeChannel("a"), "slot").Err(); err != nil {
 			t.Fatal(err)
@@ -81,4 +97,28 @@ func TestNotifications(t *testing.T) {
 		}
 		woken(master, "SET task")
 	})
+}
+
+// Only an announcement with the generation's fields, naming the same id
+// and digest, and whose fields parse, stands for a generation read: any
+// other message of the generations channel is read from Redis.
+func TestAnnouncedRefuses(t *testing.T) {
+	c := New(redis.NewClient(&redis.Options{Addr: "127.0.0.1:1"}), Config{})
+	d := strings.Repeat("d", 64)
+	fields := `{"id":"7","digest":"` + d + `","state":"running","path":"/data/m42","proto":"7"}`
+	if g, ok := c.Announced("gen 7 " + d + " " + fields); !ok || g.ID != 7 || g.Path != "/data/m42" || g.Digest != d {
+		t.Fatalf("a whole announcement: %+v, %v", g, ok)
+	}
+	for _, msg := range []string{
+		"gen 7 " + d, // a master from before the fields, a cancel, a rollback's wake
+		"switch 7 " + d,
+		"gen 8 " + d + " " + fields, // names another generation than its fields
+		"gen 7 " + d + " " + `{"id":"7","digest":"` + d + `","state":"bogus"}`,
+		"gen 7 " + d + " {not json",
+		"",
+	} {
+		if g, ok := c.Announced(msg); ok {
+			t.Errorf("Announced(%.60q) = %+v: want it refused", msg, g)
+		}
+	}
 }

@@ -1259,9 +1259,11 @@ return 1
 
 // offerScript offers host's slots for a generation; force (the origin) also
 // cuts short a dead slot's back-off. With announce, it then tells the
-// minions of the generation ("gen <id> <digest>" on the generations
-// channel): the master announces a generation once its slots are on offer,
-// so the hosts it wakes find a source.
+// minions of the generation ("gen <id> <digest> <fields>" on the
+// generations channel, fields the generation hash as a JSON object: see
+// Client.Announced): the master announces a generation once its slots
+// are on offer, so the hosts it wakes find a source, and claim it without
+// reading the generation first.
 // With rescue, a partial source or the origin also offers its rescue slot.
 // The origin's offer clears the generation's origin_pending (see none in
 // claimScript).
@@ -1271,7 +1273,11 @@ if not isCurrent(ARGV[2], ARGV[3]) then return 0 end
 if redis.call('SISMEMBER', K.bad, ARGV[1]) == 1 then return 0 end
 offer(ARGV[1], tonumber(ARGV[4]), ARGV[5] == '1', ARGV[7] == '1')
 if ARGV[1] == current().origin then redis.call('HDEL', K.generation, 'origin_pending') end
-if ARGV[6] == '1' then notify('generations', 'gen ' .. ARGV[2] .. ' ' .. ARGV[3]) end
+if ARGV[6] == '1' then
+  local h, fields = redis.call('HGETALL', K.generation), {}
+  for i = 1, #h, 2 do fields[h[i]] = h[i + 1] end
+  notify('generations', 'gen ' .. ARGV[2] .. ' ' .. ARGV[3] .. ' ' .. cjson.encode(fields))
+end
 return 1
 `)
 

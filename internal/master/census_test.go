@@ -122,12 +122,12 @@ func TestRunKeepsCensus(t *testing.T) {
 // tell their channels count as none.
 func TestCameOn(t *testing.T) {
 	n, notify := coord.RelayedNotifications(func() error { return nil })
-	notify("master")
+	notify("master", "")
 	if cameOn(n, "task") {
 		t.Fatal("a message on master counted as one on task")
 	}
-	notify("master")
-	notify("task")
+	notify("master", "")
+	notify("task", "set")
 	if !cameOn(n, "task") {
 		t.Fatal("a message on task not seen")
 	}

@@ -37,12 +37,12 @@ type hub struct {
 
 	mu   sync.Mutex
 	next int
-	subs map[int]func(channel string)    // each subscriber's notify, by id
-	wake map[string]func(channel string) // by wake channel
+	subs map[int]func(channel, msg string)    // each subscriber's notify, by id
+	wake map[string]func(channel, msg string) // by wake channel
 }
 
 func newHub(channel string, wakes func(host string) string) *hub {
-	return &hub{channel: channel, wakes: wakes, subs: map[int]func(string){}, wake: map[string]func(string){}}
+	return &hub{channel: channel, wakes: wakes, subs: map[int]func(string, string){}, wake: map[string]func(string, string){}}
 }
 
 // subscribe gives a minion its share of the subscription: the generations
@@ -94,12 +94,14 @@ func (h *hub) runWakes(ctx context.Context, ps *redis.PubSub) {
 		notify := h.wake[m.Channel]
 		h.mu.Unlock()
 		if notify != nil {
-			notify(m.Channel)
+			notify(m.Channel, m.Payload)
 		}
 	}
 }
 
-// run wakes every subscriber on each message of n until ctx ends.
+// run wakes every subscriber on each message of n until ctx ends, with
+// the channel's last message (messages coalesced here are coalesced by a
+// real subscriber's notifications too).
 func (h *hub) run(ctx context.Context, n *coord.Notifications) {
 	defer n.Close()
 	for {
@@ -108,9 +110,10 @@ func (h *hub) run(ctx context.Context, n *coord.Notifications) {
 			return
 		case <-n.C:
 		}
+		msg, _ := n.Last(h.channel)
 		h.mu.Lock()
 		for _, notify := range h.subs {
-			notify(h.channel)
+			notify(h.channel, msg)
 		}
 		h.mu.Unlock()
 	}
