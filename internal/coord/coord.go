@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/redis/go-redis/v9"
 )
@@ -383,6 +384,11 @@ func (c *Client) Current(ctx context.Context) (Generation, error) {
 // generation read each host made on an announcement delayed the first
 // claim by 0.5-1 s.
 func (c *Client) Announced(msg string) (g Generation, ok bool) {
+	// encoding/json would turn bytes that are not UTF-8 (a path may hold
+	// them; Redis's cjson passes them through) into U+FFFD: another path.
+	if !utf8.ValidString(msg) {
+		return Generation{}, false
+	}
 	head, fields, found := strings.Cut(msg, " {")
 	if !found {
 		return Generation{}, false

@@ -115,6 +115,7 @@ func TestAnnouncedRefuses(t *testing.T) {
 		"gen 8 " + d + " " + fields, // names another generation than its fields
 		"gen 7 " + d + " " + `{"id":"7","digest":"` + d + `","state":"bogus"}`,
 		"gen 7 " + d + " {not json",
+		"gen 7 " + d + " " + `{"id":"7","digest":"` + d + `","state":"running","path":"/data/` + "\xff" + `","proto":"7"}`, // not UTF-8: JSON would change the path
 		"",
 	} {
 		if g, ok := c.Announced(msg); ok {

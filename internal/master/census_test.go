@@ -139,3 +139,19 @@ func TestCameOn(t *testing.T) {
 		t.Fatal("notifications that cannot tell their channels counted as the task's")
 	}
 }
+
+// A census read earlier never replaces one read later: the background
+// census and a publish's may run at once.
+func TestCensusKeepsTheLatest(t *testing.T) {
+	m, register := censusMaster(t)
+	register("a", coord.Proto)
+	later := &census{at: time.Now().Add(time.Hour), format: manifest.Format2, old: []string{"x"}}
+	m.census.Store(later)
+	c, err := m.takeCensus(context.Background())
+	if err != nil || c.format != manifest.Format3 {
+		t.Fatalf("census read: %+v, %v", c, err)
+	}
+	if m.census.Load() != later {
+		t.Fatalf("census kept: %+v, want the later one", m.census.Load())
+	}
+}

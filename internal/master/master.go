@@ -808,22 +808,22 @@ func encodeSnapshot(man *manifest.Manifest, root string, format int) (*peer.Snap
 	return &peer.Snapshot{Digest: manifest.Digest(enc), Encoded: enc, Manifest: man, Root: root}, nil
 }
 
-// format is the manifest format to publish: the newest every host alive in
-// the registry reads. Format 3 (content-defined chunks: delta transfers,
-// several sources at once) once every host speaks protocol 3; format 2
-// (owners) once every host speaks 2; format 1 while an older minion remains
-// (it would refuse fields it does not know). A fleet upgrades host by host
-// while tasks run.
-// format is the manifest format every alive host reads: format 3 unless
-// a host of protocol 1 or 2 is alive. Reading the registry is O(N): at
-// 10,000 simulated hosts it was 50-70 ms, most of the time from SET task
-// to the publish. So a census younger than censusFresh that found every
-// alive host current is taken as it is (Run keeps one that recent, see
-// keepCensus); otherwise the registry is read now. What a census taken
-// earlier can miss is a host of protocol 1 or 2 registered since: a
-// minion of protocol 2 refuses the generation with the upgrade message
-// (a protocol 1 one would fail to read its manifest), and the next
-// publish, after the next census, is in a format it reads.
+// format is the manifest format to publish: the newest every host alive
+// in the registry reads. Format 3 (content-defined chunks: delta
+// transfers, several sources at once) unless a host of protocol 1 or 2
+// is alive; format 2 (owners) once every host speaks 2; format 1 while an
+// older minion remains (it would refuse fields it does not know). A fleet
+// upgrades host by host while tasks run.
+//
+// Reading the registry is O(N): at 10,000 simulated hosts it was most of
+// the 79-120 ms from SET task to the publish. So a census younger than
+// censusFresh that found no alive host of protocol 1 or 2 is taken as it
+// is (Run keeps one that recent, see keepCensus); otherwise the registry
+// is read now. What a census taken earlier can miss is a host of protocol
+// 1 or 2 registered since: a minion of protocol 2 refuses the generation
+// with the upgrade message (a protocol 1 one would fail to read its
+// manifest), and the next publish, after the next census, is in a format
+// it reads.
 func (m *Master) format(ctx context.Context) int {
 	if c := m.census.Load(); c != nil && c.format == manifest.Format3 && time.Since(c.at) < censusFresh {
 		return c.format
@@ -860,8 +860,17 @@ func (m *Master) takeCensus(ctx context.Context) (*census, error) {
 	case oldest < 3:
 		c.format = manifest.Format2
 	}
-	m.census.Store(c)
-	return c, nil
+	// Kept unless a census read later is kept already (the background
+	// one and a publish's may run at once).
+	for {
+		prev := m.census.Load()
+		if prev != nil && prev.at.After(c.at) {
+			return c, nil
+		}
+		if m.census.CompareAndSwap(prev, c) {
+			return c, nil
+		}
+	}
 }
 
 // keepCensus takes a census of the registry when Run starts and every

@@ -354,8 +354,7 @@ func (m *Minion) Run(ctx context.Context) error {
 	// the generation, so the one known stands.
 	onlyWakes := func() bool { return false }
 	// announced is the generation the last message of the generations
-	// channel carried (an announcement, see coord.Client.Announced); nil
-	// when it carried none.
+	// channel carried (see announcement).
 	announced := func() *coord.Generation { return nil }
 	wake := k.WakeChannel(m.cfg.ID)
 	if n, err := m.coord.Subscribe(ctx, k.GenerationsChannel(), wake); err != nil {
@@ -374,10 +373,7 @@ func (m *Minion) Run(ctx context.Context) error {
 			if !ok {
 				return nil
 			}
-			if g, ok := m.coord.Announced(msg); ok {
-				return &g
-			}
-			return nil
+			return m.announcement(msg)
 		}
 	}
 	failures := 0
@@ -565,8 +561,8 @@ func (m *Minion) taskPending(ctx context.Context) (bool, error) {
 func (m *Minion) heartbeatLoop(ctx context.Context) {
 	for {
 		// Skipped while a pull's lease renewals and progress reports beat
-		// for this host (one within an interval; renewals come every half
-		// lease, 10 s by default, the interval): beats stay at most two
+		// for this host (one within an interval; renewals come about every
+		// half lease, 7 s by default, less than the 10 s interval): beats stay at most two
 		// intervals apart when the pull ends, within --host-grace (three
 		// by default).
 		if last := m.renewBeat.Load(); last == 0 || time.Since(time.Unix(0, last)) >= m.cfg.Heartbeat {
@@ -705,6 +701,25 @@ func (m *Minion) current(ctx context.Context) (coord.Generation, error) {
 	}
 	m.knownGen = nil
 	return m.coord.Current(ctx)
+}
+
+// announcement is the generation msg, the last message of the
+// generations channel, carries (see coord.Client.Announced): nil when it
+// carries none, or when it is not newer than the generation the last Step
+// saw. That message may have come long ago (a pull's watch loop takes the
+// wake-ups meanwhile), and a newer generation may have been published
+// since without a message that carries it (one lost while the
+// subscription reconnected, a rollback's wake): taken for current, it
+// could switch a kept release back.
+func (m *Minion) announcement(msg string) *coord.Generation {
+	g, ok := m.coord.Announced(msg)
+	m.mu.Lock()
+	seen := m.seen
+	m.mu.Unlock()
+	if !ok || g.ID <= seen.ID {
+		return nil
+	}
+	return &g
 }
 
 // finishKnown is how long the generation a finish found, or an

@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
 	"github.com/fanout/fanout/internal/apply"
 	"github.com/fanout/fanout/internal/coord"
 	"github.com/fanout/fanout/internal/manifest"
@@ -231,5 +233,31 @@ func TestHeldUploads(t *testing.T) {
 		if got := m.heldUploads(); got != c.want {
 			t.Errorf("source %v, --max-uploads %d, --sources %d: %d slots held, want %d", c.source, c.uploads, c.sources, got, c.want)
 		}
+	}
+}
+
+// An announcement stands for the generation only while it is newer than
+// the one the last Step saw: the channel's last message may be old (it
+// came during a pull), and a newer generation may have been published
+// without one that carries it.
+func TestAnnouncement(t *testing.T) {
+	co := coord.New(redis.NewClient(&redis.Options{Addr: "127.0.0.1:1"}), coord.Config{})
+	m := &Minion{coord: co}
+	d := strings.Repeat("d", 64)
+	msg := func(id int) string {
+		return fmt.Sprintf(`gen %d %s {"id":"%d","digest":"%s","state":"running","path":"/data/m42","proto":"7"}`, id, d, id, d)
+	}
+	m.seen = coord.Ref{ID: 8, Digest: d}
+	if g := m.announcement(msg(8)); g != nil {
+		t.Fatalf("the announcement of the generation already seen taken: %+v", g)
+	}
+	if g := m.announcement(msg(7)); g != nil {
+		t.Fatalf("an older announcement taken: %+v", g)
+	}
+	if g := m.announcement(msg(9)); g == nil || g.ID != 9 || g.Path != "/data/m42" {
+		t.Fatalf("a newer announcement: %+v, want generation 9", g)
+	}
+	if g := m.announcement("gen 9 " + d); g != nil {
+		t.Fatalf("a message without fields taken: %+v", g)
 	}
 }
