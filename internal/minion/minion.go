@@ -561,10 +561,10 @@ func (m *Minion) taskPending(ctx context.Context) (bool, error) {
 func (m *Minion) heartbeatLoop(ctx context.Context) {
 	for {
 		// Skipped while a pull's lease renewals and progress reports beat
-		// for this host (one within an interval; renewals come about every
-		// half lease, 7 s by default, less than the 10 s interval): beats stay at most two
-		// intervals apart when the pull ends, within --host-grace (three
-		// by default).
+		// for this host (one within an interval; renewals come about
+		// every half lease, 7 s by default, less than the 10 s
+		// interval): beats stay at most two intervals apart when the
+		// pull ends, within --host-grace (three by default).
 		if last := m.renewBeat.Load(); last == 0 || time.Since(time.Unix(0, last)) >= m.cfg.Heartbeat {
 			if err := m.heartbeat(ctx); err != nil && ctx.Err() == nil {
 				m.cfg.Log.WithError(err).Warn("heartbeat failed")
