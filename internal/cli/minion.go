@@ -80,7 +80,7 @@ func minionCommand(ctx context.Context, cmd string, args []string, e env) error 
 	n.register(fs, "/var/lib/fanout/minion")
 	fs.IntVar(&workers, "workers", 4, "files fetched at once")
 	fs.IntVar(&sources, "sources", 3, "sources one pull takes chunks from at once (format 3 generations), each claimed with its own lease")
-	fs.BoolVar(&bypass, "bypass-slow-relays", false, "experimental: when a rescue source outruns this host's source, a partial relay, three times, take the relay's place on its source and move the relay to the end of a chain (off by default: its measured gain is within the runs' spread)")
+	fs.BoolVar(&bypass, "bypass-slow-relays", true, "when a rescue source outruns this host's source, a partial relay, three times, take the relay's place on its source and move the relay to the end of a chain, where its slow uplink holds nobody back; false: only let the rescue source lead")
 	if cmd != "serve" {
 		fs.BoolVar(&compress, "compress", false, "ask sources for zstd-compressed chunks (format 3 generations; a chunk that does not shrink comes raw, a source too old to compress sends all raw): for text-like trees on slow links. A task published with --compress asks for it whatever this says")
 		fs.StringArrayVar(&groups, "group", nil, "a host group this host is in (repeatable): a task published with --group is pulled only by the hosts of its groups; a task without one by every host. 1-64 letters, digits, '.', '_', '-'")

@@ -55,10 +55,10 @@ type Config struct {
 	// Compress makes every minion ask its sources for compressed chunks
 	// (fanout-minion --compress).
 	Compress bool
-	// Bypass lets minions take the place of a slow relay
-	// (fanout-minion --bypass-slow-relays).
-	Bypass bool
-	Log    logrus.FieldLogger
+	// NoBypass stops minions taking the place of a slow relay
+	// (fanout-minion --bypass-slow-relays=false).
+	NoBypass bool
+	Log      logrus.FieldLogger
 	// MasterExclude is the master's own exclude patterns (run --exclude).
 	MasterExclude []string
 	// Watch runs the master in watch mode (run --watch) with this
@@ -105,6 +105,10 @@ type Host struct {
 	// BWLimit caps this host's upload and download, bytes/s, in place of
 	// the lab's (set before starting it; 0: the lab's).
 	BWLimit int64
+	// UploadLimit caps this host's upload alone, bytes/s, in place of
+	// BWLimit (set before starting it; 0: as BWLimit says): a slow uplink
+	// beside a fast downlink.
+	UploadLimit int64
 	// Sources is this minion's --sources (set before StartMinion; 0: the
 	// default).
 	Sources int
@@ -259,7 +263,7 @@ func (l *Lab) StartMinion(ctx context.Context, h *Host) error {
 			Download: bwlimit.New(h.bwLimit(l)), Metrics: h.Metrics,
 			NoWatch: l.cfg.NoWatch, VerifyEvery: l.cfg.VerifyEvery, ScanEvery: 2 * time.Second,
 			Zone: zone, Groups: h.Groups, Hooks: h.Hooks, Compress: l.cfg.Compress,
-			Bypass: l.cfg.Bypass, Sources: h.Sources,
+			Bypass: !l.cfg.NoBypass, Sources: h.Sources,
 		}, co, forTask, server, client)
 		m, err := tasks.Default()
 		if err != nil {
@@ -276,6 +280,14 @@ func (h *Host) bwLimit(l *Lab) int64 {
 		return h.BWLimit
 	}
 	return l.cfg.BWLimit
+}
+
+// uploadLimit is h's upload cap in l.
+func (h *Host) uploadLimit(l *Lab) int64 {
+	if h.UploadLimit > 0 {
+		return h.UploadLimit
+	}
+	return h.bwLimit(l)
 }
 
 // preZones is the protocol client of a minion built before zones: its
@@ -313,7 +325,7 @@ func (h *Host) start(ctx context.Context, l *Lab, co *coord.Client, build runner
 		return fmt.Errorf("listen for %s: %w", h.ID, err)
 	}
 	h.Addr = ln.Addr().String()
-	server := peer.NewServer(peer.ServerConfig{Secrets: [][]byte{l.secret}, Log: l.cfg.Log.WithField("host", h.ID), Upload: bwlimit.New(h.bwLimit(l)), Now: co.Now,
+	server := peer.NewServer(peer.ServerConfig{Secrets: [][]byte{l.secret}, Log: l.cfg.Log.WithField("host", h.ID), Upload: bwlimit.New(h.uploadLimit(l)), Now: co.Now,
 		Served: func(n int64) { h.Served.Add(n) },
 		Compressed: func(raw, sent int64) {
 			h.CompressedRaw.Add(raw)

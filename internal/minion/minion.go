@@ -70,7 +70,8 @@ type Config struct {
 	Sources int
 	// Bypass lets a pull take the place of its source, a partial relay,
 	// on the relay's own source when a rescue source outruns the relay
-	// bypassFactor times (see source.bypass); experimental, off by default.
+	// bypassFactor times (see source.bypass), so the relay moves to the
+	// end of a chain (fanout-minion turns it on unless told not to).
 	Bypass bool
 	// Compress makes pulls of format 3 generations ask sources for
 	// zstd-compressed chunks (a source sends raw what does not shrink, and

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/fanout/fanout/internal/coord"
 	"github.com/fanout/fanout/internal/lab"
 	"github.com/fanout/fanout/internal/metrics"
 	"github.com/redis/go-redis/v9"
@@ -301,6 +302,55 @@ func (r *rescueLab) rescued(c, slow *lab.Host, grand string) {
 	}
 	if n := metrics.Value(c.Metrics.LeadChanges); n < 1 {
 		t.Errorf("%s: %v lead changes, want the rescue source to lead", c.ID, n)
+	}
+}
+
+// TestBypassMovesSlowUploader: in a chain master → a → b → c whose middle
+// host b uploads at an eighth of the links' rate but downloads at the
+// full rate (the benchmark's row 5), c's rescue source a leads its pull
+// and then c takes b's place on a (coord.Client.Bypass): a's uplink
+// then feeds c alone, b claims again at the end of the chain, and its
+// slots are not offered again this generation. Every host finishes,
+// identical, and none fails (b's lost lease is a move, not an error).
+func TestBypassMovesSlowUploader(t *testing.T) {
+	r := startRescue(t)
+	a := r.start(0, r.l.Master.ID+"#0")
+	b := r.startWith(a.ID+"#0", func(h *lab.Host) { h.UploadLimit = 512 << 10 })
+	c := r.start(0, b.ID+"#0")
+	ctx, l := r.ctx, r.l
+	st, err := l.WaitGeneration(ctx, 0, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.State != coord.StateDone || len(st.Failures) != 0 {
+		t.Fatalf("generation %s, failures %v", st.State, st.Failures)
+	}
+	for _, h := range []*lab.Host{a, b, c} {
+		if err := lab.Compare(r.src, filepath.Join(h.Root, task)); err != nil {
+			t.Fatalf("%s: %v", h.ID, err)
+		}
+	}
+	evs, err := l.Coord.Events(ctx, "0", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bypassed, moved := false, ""
+	for _, e := range evs {
+		switch {
+		case e.Type == "bypass" && e.Host == c.ID && e.Slot == a.ID+"#0":
+			bypassed = true
+		case e.Type == "claim" && e.Host == b.ID && bypassed && moved == "":
+			moved = e.Slot
+		}
+	}
+	if !bypassed {
+		t.Fatalf("c never took b's place on a: events %v", evs)
+	}
+	if moved == "" || moved == a.ID+"#0" || moved == r.l.Master.ID+"#0" {
+		t.Errorf("b's claim after the bypass took %q, want the end of the chain", moved)
+	}
+	if n := metrics.Value(c.Metrics.Bypasses); n != 1 {
+		t.Errorf("c counted %v bypasses, want 1", n)
 	}
 }
 

@@ -189,7 +189,7 @@ func simulate(ctx context.Context, cfg config, n int, progress io.Writer) (res r
 		mn, err := minion.New(minion.Config{
 			ID: id, Advertise: id + ":7070", Root: hostsDir, StateDir: filepath.Join(hostsDir, id),
 			Uploads: cfg.Uploads, Source: true, Poll: cfg.Poll, Heartbeat: cfg.Heartbeat,
-			Pipeline: cfg.Pipeline, Sources: cfg.Sources, NoWatch: true,
+			Pipeline: cfg.Pipeline, Sources: cfg.Sources, NoWatch: true, Bypass: true,
 			// No tree on disk to verify; a verification reads no Redis key.
 			VerifyEvery: 1000 * time.Hour,
 			Log:         log, Metrics: met, Version: "sim", Model: nw,
