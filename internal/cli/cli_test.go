@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -229,6 +230,7 @@ func TestStatusText(t *testing.T) {
 		Sources:    []string{"a#0"},
 		Claims:     map[string]string{"b": "master#0", "e": "a#0"},
 		Failures:   map[string]coord.Failure{"c": {Gen: 7, Error: "disk full"}},
+		SlowRelays: []string{"b"},
 		Hosts: []coord.Host{
 			{ID: "a", Alive: true, LastSeen: now}, {ID: "b", Alive: true, LastSeen: now}, {ID: "c", Alive: true, LastSeen: now}, {ID: "d", LastSeen: now.Add(-time.Hour)},
 			{ID: "e", Alive: true, LastSeen: now},
@@ -237,7 +239,7 @@ func TestStatusText(t *testing.T) {
 	var b bytes.Buffer
 	writeStatusText(&b, st, now)
 	out := b.String()
-	for _, want := range []string{"generation: 7", "state running", "published 5s ago", "4 expected, 2 finished, 1 running, 1 repairing", "a#0"} {
+	for _, want := range []string{"generation: 7", "state running", "published 5s ago", "4 expected, 2 finished, 1 running, 1 repairing", "a#0", "slow up:    b (relayed too slowly"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("status text lacks %q:\n%s", want, out)
 		}
@@ -265,8 +267,41 @@ func TestStatusText(t *testing.T) {
 	if !strings.Contains(js.String(), `"repairing": 1`) || !strings.Contains(js.String(), `"repairs": 3`) {
 		t.Errorf("status JSON lacks the repairing count or the repairs:\n%s", js.String())
 	}
+	var parsed statusJSON
+	if err := json.Unmarshal(js.Bytes(), &parsed); err != nil {
+		t.Fatal(err)
+	}
+	for _, h := range parsed.Hosts {
+		if h.SlowUplink != (h.ID == "b") {
+			t.Errorf("host %s: slow_uplink %v", h.ID, h.SlowUplink)
+		}
+	}
+	if !slices.Equal(parsed.SlowRelays, []string{"b"}) {
+		t.Errorf("status JSON slow_relays %v, want [b]", parsed.SlowRelays)
+	}
 	if !strings.Contains(out, "master#0") || !strings.Contains(out, "disk full") {
 		t.Errorf("status text lacks the source or the failure:\n%s", out)
+	}
+}
+
+// TestSlowUplinksBounded: the text status names at most slowShown slow
+// uplinks, escaped, and counts the rest; none, no line.
+func TestSlowUplinksBounded(t *testing.T) {
+	var hosts []string
+	for i := range slowShown + 2 {
+		hosts = append(hosts, fmt.Sprintf("h%02d", i))
+	}
+	hosts[0] = "h\x1b[2J"
+	var b bytes.Buffer
+	slowUplinks(&b, hosts)
+	out := b.String()
+	if strings.Count(out, "\n") != 1 || strings.Contains(out, "\x1b") || !strings.Contains(out, "h09 and 2 more (") || strings.Contains(out, "h10") {
+		t.Errorf("slow uplinks line %q", out)
+	}
+	b.Reset()
+	slowUplinks(&b, nil)
+	if b.Len() != 0 {
+		t.Errorf("no slow uplink printed %q", b.String())
 	}
 }
 

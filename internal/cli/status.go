@@ -50,6 +50,8 @@ type statusJSON struct {
 	Lookup    int64                    `json:"lookup"`
 	Sources   []string                 `json:"sources"`
 	Failures  map[string]coord.Failure `json:"failures"`
+	// SlowRelays lists the hosts with SlowUplink.
+	SlowRelays []string `json:"slow_relays,omitempty"`
 	// Hooks counts the hosts' hook runs of this generation; absent when
 	// no host ran a hook for it.
 	Hooks *hookCountsJSON `json:"hooks,omitempty"`
@@ -111,6 +113,10 @@ type hostJSON struct {
 	Error    string    `json:"error,omitempty"`
 	// Repairs counts the drift repairs of this generation on the host.
 	Repairs int64 `json:"repairs"`
+	// SlowUplink: the host relayed this generation too slowly for the
+	// host behind it, which took its place on its source; it serves
+	// nobody else until the next generation.
+	SlowUplink bool `json:"slow_uplink,omitempty"`
 	// Zone is the host's --zone; CrossZone the bytes it received in this
 	// generation from sources of another zone.
 	Zone      string `json:"zone,omitempty"`
@@ -134,7 +140,7 @@ func toJSON(st coord.Status, now time.Time) statusJSON {
 		Name: st.Name, Task: st.Task, Generation: g.ID, Path: g.Path, Dest: g.Dest, Groups: g.Groups, Digest: g.Digest, State: st.State, Error: g.Error,
 		Delete: g.Delete, Compress: g.Compress, Atomic: g.Atomic, Rollback: g.Rollback, Switch: g.Switch, Files: g.Files, Bytes: g.Bytes,
 		Expected: len(st.Expected), Finished: len(st.Finished), Running: len(st.Running), Repairing: len(st.Repairing),
-		Lookup: st.Lookup, Sources: st.Sources, Failures: st.Failures,
+		Lookup: st.Lookup, Sources: st.Sources, Failures: st.Failures, SlowRelays: st.SlowRelays,
 		OriginZone: g.OriginZone, CrossZone: st.CrossZoneTotal(),
 	}
 	if !g.Published.IsZero() {
@@ -171,10 +177,10 @@ func toJSON(st coord.Status, now time.Time) statusJSON {
 		out.Hooks = &hookCountsJSON{OK: ok, Failed: failed, Running: running}
 	}
 	out.Hosts = []hostJSON{}
-	finished, running, repairing := set(st.Finished), set(st.Running), set(st.Repairing)
+	finished, running, repairing, slow := set(st.Finished), set(st.Running), set(st.Repairing), set(st.SlowRelays)
 	for _, h := range st.Hosts {
 		hj := hostJSON{ID: h.ID, Addr: h.Addr, LastSeen: h.LastSeen, Version: h.Version, State: "waiting", Repairs: st.Repairs[h.ID],
-			Zone: h.Zone, CrossZone: st.CrossZone[h.ID]}
+			Zone: h.Zone, CrossZone: st.CrossZone[h.ID], SlowUplink: slow[h.ID]}
 		switch {
 		case finished[h.ID] && repairing[h.ID]:
 			// Counted as finished; its tree drifted and is being repaired.
@@ -292,6 +298,7 @@ func writeStatusText(w io.Writer, st coord.Status, now time.Time) {
 		sources[i] = printable(src, maxCell)
 	}
 	fmt.Fprintf(w, "sources:    %s\n", strings.Join(sources, " "))
+	slowUplinks(w, s.SlowRelays)
 	if wj := s.Watch; wj != nil {
 		last := "none yet"
 		if wj.LastPublish != nil {
@@ -349,6 +356,27 @@ func writeStatusText(w io.Writer, st coord.Status, now time.Time) {
 	}
 	tw.Flush()
 	writeHookFailures(w, s.Hosts)
+}
+
+// slowShown is how many slow uplinks the text status names (status
+// --json lists them all).
+const slowShown = 10
+
+// slowUplinks prints the hosts bypassed as slow relays this generation,
+// if any: the first slowShown, escaped, and how many more.
+func slowUplinks(w io.Writer, hosts []string) {
+	if len(hosts) == 0 {
+		return
+	}
+	names := make([]string, 0, min(len(hosts), slowShown))
+	for _, h := range hosts[:min(len(hosts), slowShown)] {
+		names = append(names, printable(h, maxCell))
+	}
+	more := ""
+	if len(hosts) > slowShown {
+		more = fmt.Sprintf(" and %d more", len(hosts)-slowShown)
+	}
+	fmt.Fprintf(w, "slow up:    %s%s (relayed too slowly for the host behind, which took their place; they serve nobody else this generation: check their uplinks)\n", strings.Join(names, " "), more)
 }
 
 // hookCell is a host's HOOK column: "-", "running", "ok", or "failed"

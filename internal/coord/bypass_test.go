@@ -87,6 +87,9 @@ func TestBypass(t *testing.T) {
 		if !slices.Equal(f.members(k.SlowRelays()), []string{"S"}) || !hasEvent(t, f, "bypass", "C") {
 			t.Errorf("slow relays %v, or no bypass event", f.members(k.SlowRelays()))
 		}
+		if st, err := f.c.Status(ctx); err != nil || !slices.Equal(st.SlowRelays, []string{"S"}) {
+			t.Errorf("status: slow relays %v (%v), want [S]", st.SlowRelays, err)
+		}
 		select {
 		case <-woken.C:
 		case <-time.After(5 * time.Second):

@@ -36,7 +36,11 @@ type Status struct {
 	// Repairing lists finished hosts repairing drift on their disk;
 	// Repairs counts each host's repairs in this generation.
 	Repairing []string
-	Repairs   map[string]int64
+	// SlowRelays lists the hosts that relayed this generation too slowly
+	// for the host behind them, which took their place on their source
+	// (see Client.Bypass): their uplinks are the fleet's slow ones.
+	SlowRelays []string
+	Repairs    map[string]int64
 	// Switched lists the hosts that switched to the release of a
 	// generation switched fleet-wide (Generation.Switch); until every
 	// expected host did, it is not done.
@@ -69,7 +73,7 @@ func (c *Client) Status(ctx context.Context) (Status, error) {
 		gen, watch   *redis.MapStringStringCmd
 		now          *redis.TimeCmd
 		// Keys with an entry per host (or per slot) are scanned.
-		fin, run, src, repairing, switched                        pages
+		fin, run, src, repairing, switched, slow                  pages
 		fails, claims, hostsIn, beats, progress, repairs, zb, hks pages
 	)
 	sent := c.cfg.Now()
@@ -84,6 +88,7 @@ func (c *Client) Status(ctx context.Context) (Status, error) {
 		src = setPages(ctx, p, c.rdb, k.Sync())
 		repairing = setPages(ctx, p, c.rdb, k.Repairing())
 		switched = setPages(ctx, p, c.rdb, k.Switched())
+		slow = setPages(ctx, p, c.rdb, k.SlowRelays())
 		fails = hashPages(ctx, p, c.rdb, k.Failures())
 		claims = hashPages(ctx, p, c.rdb, k.Claims())
 		hostsIn = hashPages(ctx, p, c.rdb, k.Hosts())
@@ -110,21 +115,22 @@ func (c *Client) Status(ctx context.Context) (Status, error) {
 		return m
 	}
 	st := Status{
-		Now:       now.Val(),
-		Repairing: set(repairing),
-		Switched:  set(switched),
-		Repairs:   map[string]int64{},
-		CrossZone: map[string]int64{},
-		Name:      c.keys.TaskName(),
-		Task:      task.Val(),
-		Finished:  set(fin),
-		Running:   set(run),
-		Sources:   set(src),
-		Failures:  map[string]Failure{},
-		Claims:    map[string]string{},
-		Progress:  map[string]Progress{},
-		Hosts:     c.hosts(hash(hostsIn), hash(beats), now.Val()),
-		Expected:  []string{},
+		Now:        now.Val(),
+		Repairing:  set(repairing),
+		Switched:   set(switched),
+		SlowRelays: set(slow),
+		Repairs:    map[string]int64{},
+		CrossZone:  map[string]int64{},
+		Name:       c.keys.TaskName(),
+		Task:       task.Val(),
+		Finished:   set(fin),
+		Running:    set(run),
+		Sources:    set(src),
+		Failures:   map[string]Failure{},
+		Claims:     map[string]string{},
+		Progress:   map[string]Progress{},
+		Hosts:      c.hosts(hash(hostsIn), hash(beats), now.Val()),
+		Expected:   []string{},
 	}
 	failsIn, claimsIn, progressIn, repairsIn, zoneBytes, hooks := hash(fails), hash(claims), hash(progress), hash(repairs), hash(zb), hash(hks)
 	if rerr != nil {
@@ -147,6 +153,7 @@ func (c *Client) Status(ctx context.Context) (Status, error) {
 			st.CrossZone[h] = n
 		}
 	}
+	slices.Sort(st.SlowRelays)
 	st.Lookup, _ = strconv.ParseInt(lookup.Val(), 10, 64)
 	for h, v := range failsIn {
 		var f Failure

@@ -352,6 +352,9 @@ func TestBypassMovesSlowUploader(t *testing.T) {
 	if n := metrics.Value(c.Metrics.Bypasses); n != 1 {
 		t.Errorf("c counted %v bypasses, want 1", n)
 	}
+	if !slices.Equal(st.SlowRelays, []string{b.ID}) {
+		t.Errorf("status shows slow relays %v, want [%s]", st.SlowRelays, b.ID)
+	}
 }
 
 // writeRandomModel writes dir/model.bin: size pseudo-random bytes from seed.
