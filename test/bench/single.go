@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 	"time"
 
 	"github.com/fanout/fanout/internal/lab"
@@ -15,6 +16,9 @@ type pairRun struct {
 	res     result
 	setup   time.Duration // SET task → published: the master's walk and hash
 	command string
+	// cpu is the busy time of all cores from SET task to the finish: the
+	// master's and the minion's work, the kernel's copies and Redis's.
+	cpu time.Duration
 }
 
 // endToEnd is what an operator waits: SET task → the minion's finish,
@@ -44,7 +48,9 @@ func (b *bench) transferPair(ctx context.Context, part, name string, fill func(t
 	}
 	defer obs.Close()
 	start := time.Now()
+	meter := startCPU(nil)
 	res, err := obs.publish(ctx, "/"+name, 0, b.cfg.Timeout)
+	meter.stop()
 	if err != nil {
 		return pairRun{}, src, fmt.Errorf("fanout %s: %w", part, err)
 	}
@@ -54,6 +60,7 @@ func (b *bench) transferPair(ctx context.Context, part, name string, fill func(t
 	return pairRun{
 		res:     res,
 		setup:   res.Gen.Published.Sub(start),
+		cpu:     meter.MachineBusy,
 		command: fmt.Sprintf("master + 1 minion (internal/lab, one process), --poll %s, redis-server; SET task /%s", b.cfg.Poll, name),
 	}, src, nil
 }
@@ -99,10 +106,11 @@ func (b *bench) bigFile(ctx context.Context, t *Table) error {
 		return err
 	}
 	os.RemoveAll(cpDst)
-	rsTime, rsCmd, err := b.rsyncCopy(ctx, part, src)
+	rs, err := b.rsyncCopy(ctx, part, src)
 	if err != nil {
 		return err
 	}
+	rsTime, rsCmd := rs.elapsed, rs.command
 	t.Add(Row{Bench: label, Case: "fanout", Figure: fmt.Sprintf("%.0f MB/s (%s)", MBps(size, fan), seconds(fan)),
 		Ratio:   fmt.Sprintf("speed %.2f × rsync, %.2f × cp", Ratio(rsTime, fan), Ratio(cpTime, fan)),
 		Command: run.command})
@@ -111,8 +119,8 @@ func (b *bench) bigFile(ctx context.Context, t *Table) error {
 	t.Add(Row{Bench: label, Case: "cp", Figure: fmt.Sprintf("%.0f MB/s (%s)", MBps(size, cpTime), seconds(cpTime)),
 		Ratio: fmt.Sprintf("speed %.2f × rsync", Ratio(rsTime, cpTime)), Command: "cp " + sizeString(size) + " file into an empty dir"})
 	t.Note("2: fanout time is SET task → the minion's finish event, end to end: the master's walk and BLAKE3 hash (%s), "+
-		"then publish → finish (%s); rsync and cp are wall times of the command. Roots on %s.",
-		seconds(run.setup), seconds(run.res.Elapsed), b.cfg.Dir)
+		"then publish → finish (%s); rsync and cp are wall times of the command. Roots on %s. %s",
+		seconds(run.setup), seconds(run.res.Elapsed), b.cfg.Dir, cpuNote(run.cpu, rs.cpu, rsTime))
 	return nil
 }
 
@@ -129,10 +137,11 @@ func (b *bench) smallFiles(ctx context.Context, t *Table) error {
 	if err != nil {
 		return err
 	}
-	rsTime, rsCmd, err := b.rsyncCopy(ctx, part, src)
+	rs, err := b.rsyncCopy(ctx, part, src)
 	if err != nil {
 		return err
 	}
+	rsTime, rsCmd := rs.elapsed, rs.command
 	label := fmt.Sprintf("3 %d small files", b.cfg.Files)
 	fan := run.endToEnd()
 	n := time.Duration(b.cfg.Files)
@@ -140,28 +149,47 @@ func (b *bench) smallFiles(ctx context.Context, t *Table) error {
 		Ratio: fmt.Sprintf("time %.2f × rsync", Ratio(fan, rsTime)), Command: run.command})
 	t.Add(Row{Bench: label, Case: "rsync daemon", Figure: fmt.Sprintf("%s (%d µs/file)", seconds(rsTime), (rsTime / n).Microseconds()),
 		Ratio: "time 1", Command: rsCmd})
-	t.Note("3: %d files, %s in all, 1,000 per directory; fanout time is SET task → finish event, end to end: the master's walk and hash (%s), then publish → finish (%s).",
-		b.cfg.Files, sizeString(total), seconds(run.setup), seconds(run.res.Elapsed))
+	t.Note("3: %d files, %s in all, 1,000 per directory; fanout time is SET task → finish event, end to end: the master's walk and hash (%s), then publish → finish (%s). %s",
+		b.cfg.Files, sizeString(total), seconds(run.setup), seconds(run.res.Elapsed), cpuNote(run.cpu, rs.cpu, rsTime))
 	return nil
 }
 
+// rsyncRun is one copy through an rsync daemon.
+type rsyncRun struct {
+	elapsed time.Duration // wall time of the client command
+	cpu     time.Duration // busy time of all cores meanwhile
+	command string
+}
+
 // rsyncCopy copies src through an rsync daemon into an empty directory.
-func (b *bench) rsyncCopy(ctx context.Context, part, src string) (time.Duration, string, error) {
+func (b *bench) rsyncCopy(ctx context.Context, part, src string) (rsyncRun, error) {
 	base := filepath.Join(b.cfg.Dir, part, "rsync")
 	d, err := startRsyncDaemon(ctx, src, filepath.Join(base, "conf"))
 	if err != nil {
-		return 0, "", err
+		return rsyncRun{}, err
 	}
 	defer d.Stop()
 	dst := filepath.Join(base, "dst")
 	if err := os.MkdirAll(dst, 0o755); err != nil {
-		return 0, "", fmt.Errorf("rsync dst: %w", err)
+		return rsyncRun{}, fmt.Errorf("rsync dst: %w", err)
 	}
 	defer os.RemoveAll(dst)
 	args := []string{"-a", "--whole-file", d.URL(), dst + "/"}
+	meter := startCPU(nil)
 	elapsed, err := timeCommand(ctx, "rsync", args...)
+	meter.stop()
 	if err != nil {
-		return 0, "", err
+		return rsyncRun{}, err
 	}
-	return elapsed, "rsync -a --whole-file rsync://127.0.0.1:PORT/src/ DST/ (rsync --daemon, empty DST)", nil
+	return rsyncRun{elapsed: elapsed, cpu: meter.MachineBusy,
+		command: "rsync -a --whole-file rsync://127.0.0.1:PORT/src/ DST/ (rsync --daemon, empty DST)"}, nil
+}
+
+// cpuNote says what each tool cost the machine's cores, and the least
+// time fanout's CPU could take on them: what bounds a ratio on a machine
+// with few cores.
+func cpuNote(fanout, rsync, rsTime time.Duration) string {
+	n := runtime.NumCPU()
+	return fmt.Sprintf("CPU, busy time of all %d cores (USER_HZ ticks, other processes included): fanout %s (no less than %s of wall time on %d cores), rsync %s (%.1f cores busy over its %s).",
+		n, seconds(fanout), seconds(fanout/time.Duration(n)), n, seconds(rsync), rsync.Seconds()/max(rsTime.Seconds(), 1e-9), seconds(rsTime))
 }
