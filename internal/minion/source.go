@@ -215,9 +215,10 @@ func (s *source) switchFrom(ctx context.Context, failed coord.Claim, cause error
 // replaceLost moves the pull off lost, its own claim, which Redis ended
 // (a lease lost: reaped under load, or taken by the host behind this one
 // when this host relayed too slowly, see bypass), to a newly claimed
-// source, keeping what the pull has: other than lost's at the first
-// attempt (after a bypass, a second slot of the same source would split
-// its uplink again), any after. Its rescue claims go too: they were for
+// source, keeping what the pull has (its requests in flight to lost's
+// source end once the new source is claimed, see swarm.abandon): other
+// than lost's at the first attempt (after a bypass, a second slot of the
+// same source would split its uplink again), any after. Its rescue claims go too: they were for
 // the place in the chain it leaves. An error when no source is found
 // within wait, or the generation was cancelled or superseded (the claim
 // finds it stale, and so does a renewal of a cancelled generation, which
@@ -245,8 +246,13 @@ func (s *source) replaceLost(ctx context.Context, lost coord.Claim, wait time.Du
 		}
 	}()
 	s.sw.dropRescue(ctx)
+	old := s.sw.primaryOf(lost) // before a new claim replaces it
 	s.log.WithField("source", lost.Source).Info("lease lost; resuming from another source")
-	return s.claimAnother(ctx, lost, []string{lost.Source}, wait)
+	if err := s.claimAnother(ctx, lost, []string{lost.Source}, wait); err != nil {
+		return err
+	}
+	s.sw.abandon(old)
+	return nil
 }
 
 // claimAnother claims a source for the pull after its claim on failed

@@ -59,9 +59,26 @@ func TestReplaceLost(t *testing.T) {
 	}
 	lose(cl)
 	src := newSource(m, g.ID, cl)
+	// A request in flight to the lost source ends at once: that source's
+	// uplink is for the slot's next holder. An extra source's goes on.
+	first := src.sw.peers()[0]
+	cancelled, extraCancelled := false, false
+	req := first.begin(func() { cancelled = true })
+	extra := &feed{cl: coord.Claim{Host: "h", Index: 1, Slot: "x#0", Source: "x", Partial: true}}
+	src.sw.mu.Lock()
+	src.sw.extras[1] = extra
+	src.sw.mu.Unlock()
+	extra.begin(func() { extraCancelled = true })
 	if err := src.replaceLost(ctx, cl, time.Second); err != nil {
 		t.Fatal(err)
 	}
+	if !cancelled || extraCancelled {
+		t.Errorf("requests cancelled: to the lost source %v (want true), to an extra source %v (want false)", cancelled, extraCancelled)
+	}
+	first.end(req)
+	src.sw.mu.Lock()
+	delete(src.sw.extras, 1)
+	src.sw.mu.Unlock()
 	now := src.claim()
 	if now == nil || now.Source != "q" {
 		t.Fatalf("resumed from %+v, want q (not the source it lost)", now)

@@ -603,6 +603,34 @@ func (s *swarm) rescueIndex() int {
 	return free
 }
 
+// primaryOf returns the feed of cl, the pull's own claim, or nil when the
+// pull's own source is another claim's now.
+func (s *swarm) primaryOf(cl coord.Claim) *feed {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.primary != nil && s.primary.cl.Slot == cl.Slot {
+		return s.primary
+	}
+	return nil
+}
+
+// abandon cancels the requests in flight to p (nil: none), the feed of
+// the pull's own claim that Redis ended, once the pull has claimed its
+// next source: the slot is another host's now (the host behind this one,
+// when it bypassed this host as a slow relay) or will be, and a stream
+// this host kept would split the source's uplink with that host. A
+// bypassed relay whose downlink is fast had gone on taking half its old
+// source's uplink for half a second, until its run ended, from the host
+// that took its place (the testbed's row 5). Not before the next claim:
+// a relay whose downlink is slow too keeps its link busy meanwhile, and
+// loses less. The chunks those requests were to bring go back to be
+// taken from the next source.
+func (s *swarm) abandon(p *feed) {
+	if p != nil {
+		p.cancelRequests()
+	}
+}
+
 // dropRescue gives back the rescue claims, their requests in flight
 // cancelled: the pull's own source is whole now (it switched to one,
 // maybe to the rescue source itself), so there is no relay left to step

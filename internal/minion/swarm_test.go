@@ -172,7 +172,7 @@ func TestLead(t *testing.T) {
 // is a rescue source at bypassFactor times the rate of the pull's own
 // source, a partial relay: not a faster extra source, not a whole source's
 // claim, not at 2.5 times (then at the next rebalance, once it runs 8
-// times as fast); with it off (the default), never.
+// times as fast); with it off, never.
 func TestBypassAsked(t *testing.T) {
 	// asked takes the request the swarm made, if any.
 	asked := func(sw *swarm) (bypassAsk, bool) {
