@@ -48,11 +48,11 @@ func TestBypass(t *testing.T) {
 			t.Fatalf("chain: S on %s, C on %s, C's rescue on %s", clS.Slot, clC.Slot, rescue.Slot)
 		}
 		// A host that was bypassed itself never bypasses.
-		f.rdb.SAdd(ctx, k.SlowRelays(), "C")
+		f.rdb.SAdd(ctx, k.SlowRelays(), slowMember("C", g.ID))
 		if _, err := f.c.Bypass(ctx, clC, rescue); !errors.Is(err, ErrMoved) {
 			t.Fatalf("bypass by a slow relay: %v, want ErrMoved", err)
 		}
-		f.rdb.SRem(ctx, k.SlowRelays(), "C")
+		f.rdb.SRem(ctx, k.SlowRelays(), slowMember("C", g.ID))
 		woken, err := f.c.Subscribe(ctx, k.WakeChannel("S"))
 		if err != nil {
 			t.Fatal(err)
@@ -84,7 +84,7 @@ func TestBypass(t *testing.T) {
 		if run := f.members(k.Running()); slices.Contains(run, "S") || !slices.Contains(run, "C") {
 			t.Errorf("running %v: want C, and S only once it claims again", run)
 		}
-		if !slices.Equal(f.members(k.SlowRelays()), []string{"S"}) || !hasEvent(t, f, "bypass", "C") {
+		if !slices.Equal(f.members(k.SlowRelays()), []string{slowMember("S", g.ID)}) || !hasEvent(t, f, "bypass", "C") {
 			t.Errorf("slow relays %v, or no bypass event", f.members(k.SlowRelays()))
 		}
 		if st, err := f.c.Status(ctx); err != nil || !slices.Equal(st.SlowRelays, []string{"S"}) {
@@ -122,6 +122,24 @@ func TestBypass(t *testing.T) {
 		g2 := f.publish(1)
 		if n := f.rdb.Exists(ctx, k.SlowRelays()).Val(); n != 0 {
 			t.Errorf("slow relays outlived generation %d", g2.ID)
+		}
+		// A mark of an older generation, as a master that predates the
+		// bypass leaves in place (its publish does not empty the set),
+		// withdraws nothing: R offers its slot in g2, and status names no
+		// slow relay.
+		f.heartbeat("R")
+		f.rdb.SAdd(ctx, k.SlowRelays(), slowMember("R", g.ID))
+		if _, err := f.c.Claim(ctx, "R", g2.Ref(), ClaimOptions{Serves: true, Slots: 1}); err != nil {
+			t.Fatal(err)
+		}
+		if err := f.c.OfferPartial(ctx, "R", g2.Ref(), 1); err != nil {
+			t.Fatal(err)
+		}
+		if !slices.Contains(f.members(k.Sync()), "R#0") {
+			t.Errorf("R's slot not offered in generation %d, withdrawn by an older generation's mark: free slots %v", g2.ID, f.members(k.Sync()))
+		}
+		if st, err := f.c.Status(ctx); err != nil || len(st.SlowRelays) != 0 {
+			t.Errorf("status in generation %d: slow relays %v (%v), want none", g2.ID, st.SlowRelays, err)
 		}
 	})
 }

@@ -381,7 +381,7 @@ func TestClaimOffers(t *testing.T) {
 		// A relay withdrawn as slow (bypassed) stays withdrawn: its claim
 		// does not offer its slots again.
 		f.heartbeat("h4")
-		f.rdb.SAdd(ctx, k.SlowRelays(), "h4")
+		f.rdb.SAdd(ctx, k.SlowRelays(), slowMember("h4", g.ID))
 		f.rdb.SAdd(ctx, k.Sync(), "h1#1")
 		if h4, err := f.c.Claim(ctx, "h4", g.Ref(), offer); err != nil || h4.Offered || slices.Contains(f.members(k.Sync()), "h4#0") || slices.Contains(f.members(k.Rescue()), "h4#64") {
 			t.Fatalf("slow relay h4's claim: %+v, %v, free slots %v, rescue %v; want claimed, nothing offered", h4, err, f.members(k.Sync()), f.members(k.Rescue()))

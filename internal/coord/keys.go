@@ -14,7 +14,10 @@
 // script from the prefix; with a hash-tagged prefix they share the slot.
 package coord
 
-import "strings"
+import (
+	"strconv"
+	"strings"
+)
 
 // Keys names every key of the protocol under a prefix, for one task.
 //
@@ -134,11 +137,17 @@ func (k Keys) Heartbeats() string { return k.scope() + "heartbeats" }
 // never comes down. Reset by each publish.
 func (k Keys) Starved() string { return k.scope() + "starved" }
 
-// SlowRelays is the set of the current generation's hosts that relayed
-// too slowly for the host behind them, which then pulled from their own
-// source instead (see Client.Bypass): their slots are not offered again
-// for the generation.
+// SlowRelays is the set of the hosts that relayed too slowly for the host
+// behind them, which then pulled from their own source instead (see
+// Client.Bypass): their slots are not offered again for the generation.
+// A member is "host id", the host and the generation's id (see
+// slowMember): a member of an older generation, which a master of a
+// build before the bypass leaves in place, matches nothing. Reset by
+// each publish.
 func (k Keys) SlowRelays() string { return k.scope() + "slow_relays" }
+
+// slowMember is host's member of Keys.SlowRelays for generation gen.
+func slowMember(host string, gen int64) string { return host + " " + strconv.FormatInt(gen, 10) }
 
 // Rescue is the set of free rescue slots ("host#64", see RescueSlot) of
 // partial sources: never in synchronize_queue, taken only by rescue claims

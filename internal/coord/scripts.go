@@ -331,6 +331,16 @@ local function handoff(slot, wait)
   return false
 end
 
+-- isSlow: host relayed too slowly for the current generation (K.slow,
+-- when declared: see bypassScript). An entry names the generation too
+-- ("host id"), so one that a master too old to empty the set at each
+-- publish left behind never matches a later generation. K.generation
+local function isSlow(host)
+  if not K.slow then return false end
+  local id = current().id
+  return id and redis.call('SISMEMBER', K.slow, host .. ' ' .. id) == 1 or false
+end
+
 -- freeSlot offers slot (unless its source relayed too slowly for this
 -- generation, K.slow when declared: see bypassScript): synchronize_queue (the seed's set of free slots)
 -- and the index of free slots of whole or of partial sources, which claims
@@ -341,7 +351,7 @@ end
 -- wait (a waiting queue, see handoff), any other slot goes to the host
 -- that waited longest, if one waits.
 local function freeSlot(slot, whole, zf, zp, wait)
-  if K.slow and redis.call('SISMEMBER', K.slow, slotSource(slot) or '') == 1 then return end
+  if isSlow(slotSource(slot) or '') then return end
   if isRescue(slot) then
     if K.rescue and (not whole or (K.generation and slotSource(slot) == current().origin)) then
       redis.call('SADD', K.rescue, slot)
@@ -386,7 +396,7 @@ end
 -- K.generation, K.finished. With rescue (K.rescue declared), a partial
 -- source or the origin also offers its rescue slot.
 local function offer(host, uploads, force, rescue)
-  if K.slow and redis.call('SISMEMBER', K.slow, host) == 1 then return end
+  if isSlow(host) then return end
   local origin = host == current().origin
   local whole = origin or redis.call('SISMEMBER', K.finished, host) == 1
   if rescue and K.rescue and (origin or not whole) then
@@ -619,7 +629,7 @@ end
 local function offered(reply)
   local n = tonumber(ARGV[18] or '0') or 0
   if n > 0 and not string.find(cid, '/', 1, true) and redis.call('SISMEMBER', K.bad, host) == 0
-    and redis.call('SISMEMBER', K.slow, host) == 0 then
+    and not isSlow(host) then
     offer(host, math.min(n, UPLOADS), false, ARGV[19] == '1')
     reply[8] = '1'
   end
@@ -1390,7 +1400,7 @@ local relay, gp = slotSource(mslot), slotSource(rslot)
 if not relay or not gp or not isRescue(rslot) or record(host) ~= mslot or record(rcid) ~= rslot then return {'moved'} end
 -- A host bypassed itself never bypasses: its own link is what is slow, and
 -- through it two sources' rates say nothing of theirs.
-if redis.call('SISMEMBER', K.slow, host) == 1 then return {'moved'} end
+if isSlow(host) then return {'moved'} end
 if isWhole(relay) then return {'moved'} end
 local up, zone = record(relay)
 if not up or isRescue(up) or slotSource(up) ~= gp then return {'moved'} end
@@ -1416,7 +1426,7 @@ redis.call('HDEL', K.holders, rslot)
 local whole = isWhole(gp)
 freeSlot(rslot, whole)
 -- The relay serves nobody new this generation.
-redis.call('SADD', K.slow, relay)
+redis.call('SADD', K.slow, relay .. ' ' .. gen)
 for i = 0, UPLOADS do takeSlot(relay .. '#' .. i) end
 event(ARGV[8], 'bypass', host, gen, up, relay .. ' relayed too slowly: pulling from its source ' .. gp)
 notify('wake:' .. relay, 'slow ' .. gen)

@@ -153,7 +153,7 @@ func (c *Client) Status(ctx context.Context) (Status, error) {
 			st.CrossZone[h] = n
 		}
 	}
-	slices.Sort(st.SlowRelays)
+	st.SlowRelays = slowHosts(st.SlowRelays, st.Generation.ID)
 	st.Lookup, _ = strconv.ParseInt(lookup.Val(), 10, 64)
 	for h, v := range failsIn {
 		var f Failure
@@ -210,6 +210,19 @@ func (c *Client) Status(ctx context.Context) (Status, error) {
 	st.Sources = live
 	st.State = state(st)
 	return st, nil
+}
+
+// slowHosts returns the hosts of members, Keys.SlowRelays's, that name
+// generation gen (see slowMember), sorted.
+func slowHosts(members []string, gen int64) []string {
+	var out []string
+	for _, m := range members {
+		if h, ok := strings.CutSuffix(m, " "+strconv.FormatInt(gen, 10)); ok && gen > 0 && h != "" {
+			out = append(out, h)
+		}
+	}
+	slices.Sort(out)
+	return out
 }
 
 func state(st Status) string {

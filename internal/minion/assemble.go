@@ -718,6 +718,10 @@ func (a *assembler) work(ctx context.Context, j *job, p *feed, errc chan<- error
 		if probe {
 			counted = nil
 		}
+		if !a.sw.holds(p) { // the claim ended while this run was chosen (see swarm.abandon)
+			j.untake(i, k)
+			return
+		}
 		w := a.newChunkWriter(j, i, j.chunks[i:k], counted)
 		rctx, rcancel := context.WithCancel(ctx)
 		if probe {

@@ -251,7 +251,9 @@ func (s *source) replaceLost(ctx context.Context, lost coord.Claim, wait time.Du
 	if err := s.claimAnother(ctx, lost, []string{lost.Source}, wait); err != nil {
 		return err
 	}
-	s.sw.abandon(old)
+	if now := s.claim(); old != nil && now != nil && now.Slot != old.cl.Slot {
+		s.sw.abandon(old) // not when it claimed the same slot again
+	}
 	return nil
 }
 

@@ -84,16 +84,23 @@ func TestReplaceLost(t *testing.T) {
 		t.Fatalf("resumed from %+v, want q (not the source it lost)", now)
 	}
 	// Lost again with only its lost source's slot free: it takes that at
-	// the second attempt.
+	// the second attempt. Its request there goes on: the slot is its own
+	// again.
 	lose(*now)
 	rdb.SRem(ctx, k.Sync(), cl.Slot) // the master's slot h first lost
 	rdb.SRem(ctx, k.SyncFull(), cl.Slot)
+	cancelled = false
+	req = src.sw.peers()[0].begin(func() { cancelled = true })
 	if err := src.replaceLost(ctx, *now, time.Second); err != nil {
 		t.Fatal(err)
 	}
 	if again := src.claim(); again == nil || again.Source != "q" {
 		t.Fatalf("resumed from %+v, want q, the only source free", again)
 	}
+	if cancelled {
+		t.Error("the request to a slot claimed again was cancelled")
+	}
+	src.sw.peers()[0].end(req)
 
 	// A cancelled generation: no claim; the lost claim stays to settle.
 	last := *src.claim()
@@ -103,8 +110,13 @@ func TestReplaceLost(t *testing.T) {
 	if _, err := co.Renew(ctx, last); !errors.Is(err, coord.ErrLeaseLost) {
 		t.Fatalf("renewal in a cancelled generation: %v, want ErrLeaseLost", err)
 	}
+	cancelled = false
+	src.sw.peers()[0].begin(func() { cancelled = true })
 	if err := src.replaceLost(ctx, last, 200*time.Millisecond); !errors.Is(err, coord.ErrStale) {
 		t.Fatalf("replace in a cancelled generation: %v, want ErrStale", err)
+	}
+	if cancelled {
+		t.Error("a request was cancelled with no next source claimed: the pull keeps what it has until it settles")
 	}
 	if c := src.claim(); c == nil || c.Slot != last.Slot {
 		t.Fatalf("claim after a failed replace: %+v, want the lost one, %s", c, last.Slot)

@@ -346,8 +346,8 @@ func TestBypassMovesSlowUploader(t *testing.T) {
 	if !bypassed {
 		t.Fatalf("c never took b's place on a: events %v", evs)
 	}
-	if moved == "" || moved == a.ID+"#0" || moved == r.l.Master.ID+"#0" {
-		t.Errorf("b's claim after the bypass took %q, want the end of the chain", moved)
+	if moved != c.ID+"#0" {
+		t.Errorf("b's claim after the bypass took %q, want the end of the chain, %s#0", moved, c.ID)
 	}
 	if n := metrics.Value(c.Metrics.Bypasses); n != 1 {
 		t.Errorf("c counted %v bypasses, want 1", n)
