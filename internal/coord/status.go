@@ -36,11 +36,11 @@ type Status struct {
 	// Repairing lists finished hosts repairing drift on their disk;
 	// Repairs counts each host's repairs in this generation.
 	Repairing []string
+	Repairs   map[string]int64
 	// SlowRelays lists the hosts that relayed this generation too slowly
 	// for the host behind them, which took their place on their source
 	// (see Client.Bypass): their uplinks are the fleet's slow ones.
 	SlowRelays []string
-	Repairs    map[string]int64
 	// Switched lists the hosts that switched to the release of a
 	// generation switched fleet-wide (Generation.Switch); until every
 	// expected host did, it is not done.
@@ -215,9 +215,13 @@ func (c *Client) Status(ctx context.Context) (Status, error) {
 // slowHosts returns the hosts of members, Keys.SlowRelays's, that name
 // generation gen (see slowMember), sorted.
 func slowHosts(members []string, gen int64) []string {
+	if gen == 0 {
+		return nil
+	}
+	suffix := " " + strconv.FormatInt(gen, 10)
 	var out []string
 	for _, m := range members {
-		if h, ok := strings.CutSuffix(m, " "+strconv.FormatInt(gen, 10)); ok && gen > 0 && h != "" {
+		if h, ok := strings.CutSuffix(m, suffix); ok && h != "" {
 			out = append(out, h)
 		}
 	}

@@ -218,12 +218,13 @@ func (s *source) switchFrom(ctx context.Context, failed coord.Claim, cause error
 // source, keeping what the pull has (its requests in flight to lost's
 // source end once the new source is claimed, see swarm.abandon): other
 // than lost's at the first attempt (after a bypass, a second slot of the
-// same source would split its uplink again), any after. Its rescue claims go too: they were for
-// the place in the chain it leaves. An error when no source is found
-// within wait, or the generation was cancelled or superseded (the claim
-// finds it stale, and so does a renewal of a cancelled generation, which
-// reports the lease lost): the pull then settles with lost, which releases
-// whatever of it Redis still holds (its lease key, after a cancel).
+// same source would split its uplink again), any after. Its rescue
+// claims go too: they were for the place in the chain it leaves. An
+// error when no source is found within wait, or the generation was
+// cancelled or superseded (the claim finds it stale, and so does a
+// renewal of a cancelled generation, which reports the lease lost): the
+// pull then settles with lost, which releases whatever of it Redis still
+// holds (its lease key, after a cancel).
 func (s *source) replaceLost(ctx context.Context, lost coord.Claim, wait time.Duration) (err error) {
 	s.switchMu.Lock()
 	defer s.switchMu.Unlock()
