@@ -892,6 +892,10 @@ type rescueGate struct {
 	// confirm: the last probe was fast enough to open the gate, and the
 	// next, due at once and of confirmBytes, decides (see probed).
 	confirm bool
+	// flowAt, flowFrom: when a whole source's window first saw the
+	// parent's prefix grow, and the prefix then (see judge).
+	flowAt   time.Time
+	flowFrom int64
 }
 
 // restart closes the gate and forgets what it measured and any
@@ -921,8 +925,24 @@ func (g *rescueGate) judge(parent int64, now time.Time) {
 		return
 	}
 	if !g.known {
-		g.known, g.parent, g.at = true, parent, now
+		g.known, g.parent, g.at, g.flowAt = true, parent, now, time.Time{}
 		return
+	}
+	if g.flowAt.IsZero() && parent > g.parent {
+		g.flowAt, g.flowFrom = now, parent
+	}
+	// The gate's first window ends early: firstGateWindow after it first
+	// saw the parent's prefix grow, once minRun more landed, measured from
+	// then (not from the window's start, which may come before the
+	// parent's stream does: a healthy parent would look slow). Behind a
+	// slow first host of a chain the 512 KiB of a later window took 0.6-0.8
+	// s to land at B/8 on the netbed, and the hosts behind waited on it.
+	if !g.judged && !g.flowAt.IsZero() {
+		if df, dd := now.Sub(g.flowAt), parent-g.flowFrom; df >= firstGateWindow && dd >= minRun {
+			g.growth, g.grown, g.judged = float64(dd)/df.Seconds(), true, true
+			g.parent, g.at = parent, now
+			return
+		}
 	}
 	// A window ends after gateWindow once it saw probeBytes/2 land (the
 	// prefix grows a chunk at a time: a short window of a slow stream
@@ -931,7 +951,7 @@ func (g *rescueGate) judge(parent int64, now time.Time) {
 	if dt < gateWindow || (dp < probeBytes/2 && dt < 4*gateWindow) {
 		return
 	}
-	g.growth, g.grown = float64(dp)/dt.Seconds(), true
+	g.growth, g.grown, g.judged = float64(dp)/dt.Seconds(), true, true
 	g.parent, g.at = parent, now
 }
 

@@ -401,15 +401,15 @@ func TestRescueGateWhole(t *testing.T) {
 	if g.probe(at(300)) {
 		t.Fatal("a window of 100 KiB judged")
 	}
-	g.judge(1536*kib, at(600)) // 1.5 MiB in 0.6 s: 2.5 MiB/s
+	g.judge(1536*kib, at(600)) // 1.4 MiB in the 0.3 s since it began to grow: 4.7 MiB/s
 	if !g.probe(at(600)) {
 		t.Fatal("no probe due at a parent growth of 2.5 MiB/s")
 	}
 	if g.probe(at(700)) {
 		t.Fatal("a second probe due before the first ended")
 	}
-	// The probe brings 1 MiB in 0.25 s: 4 MiB/s, 1.6 times the parent's: a
-	// healthy parent sharing the uplink.
+	// The probe brings 1 MiB in 0.25 s: 4 MiB/s, less than the parent's:
+	// a healthy parent sharing the uplink.
 	if g.probed(probeBytes, 250*time.Millisecond, at(850)) || g.open {
 		t.Fatal("opened on a probe 1.6 times as fast as the parent")
 	}
@@ -546,6 +546,53 @@ func TestGrowWaitsForFreeSlots(t *testing.T) {
 		if co.claims != step.claims || co.probes != step.probes {
 			t.Fatalf("%s: %d claims, %d outlooks; want %d, %d", step.what, co.claims, co.probes, step.claims, step.probes)
 		}
+	}
+}
+
+// A whole rescue source's first window ends firstGateWindow after the
+// parent's prefix began to grow, once minRun more landed, and measures
+// from then: behind a slow first host (about 0.9 MiB/s) the first probe is
+// due within half a second, where 512 KiB had to land first; a healthy
+// parent whose stream starts late is measured at its rate, not at what
+// the wait before it makes it look; later windows keep the longer rule.
+func TestRescueGateWholeFirstWindow(t *testing.T) {
+	const kib = 1 << 10
+	t0 := time.Now()
+	at := func(ms int) time.Time { return t0.Add(time.Duration(ms) * time.Millisecond) }
+	var slow rescueGate
+	slow.judge(0, at(0))
+	slow.judge(0, at(150)) // nothing landed yet
+	slow.judge(128*kib, at(300))
+	if slow.probe(at(300)) {
+		t.Fatal("a probe due as the parent's first chunk landed")
+	}
+	slow.judge(260*kib, at(450))
+	if !slow.probe(at(450)) {
+		t.Fatal("no probe due 150 ms after the slow parent's stream began, 132 KiB later")
+	}
+	if r := slow.growth / (1 << 20); r < 0.7 || r > 1 {
+		t.Errorf("slow parent measured at %.2f MiB/s, want about 0.86", r)
+	}
+	var late rescueGate
+	late.judge(0, at(0))
+	late.judge(0, at(150))
+	late.judge(200*kib, at(250)) // the stream begins
+	late.judge(200*kib+2400*kib, at(400))
+	if !late.probe(at(400)) {
+		t.Fatal("no probe due after the healthy parent's first window")
+	}
+	if r := late.growth / (1 << 20); r < 14 || r > 18 {
+		t.Errorf("a healthy parent that began late measured at %.1f MiB/s, want about 15.6", r)
+	}
+	// After a probe that left the gate closed, the next window is a full
+	// one: 300 KiB in 300 ms is not enough.
+	if late.probed(probeBytes, 125*time.Millisecond, at(525)) || late.open {
+		t.Fatal("a probe at half the parent's rate opened the gate")
+	}
+	late.judge(3000*kib, at(1600))
+	late.judge(3300*kib, at(1900))
+	if late.probe(at(1900)) {
+		t.Fatal("a later window ended early")
 	}
 }
 
