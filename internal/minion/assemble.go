@@ -893,9 +893,13 @@ type rescueGate struct {
 	// next, due at once and of confirmBytes, decides (see probed).
 	confirm bool
 	// flowAt, flowFrom: when a whole source's window first saw the
-	// parent's prefix grow, and the prefix then (see judge).
+	// parent's prefix grow, and the prefix then; measured: a whole
+	// source's window ended since the gate started, so no later one ends
+	// early (see judge). Not judged, which sets the partial gate's
+	// windows and the loop's poll (see window).
 	flowAt   time.Time
 	flowFrom int64
+	measured bool
 }
 
 // restart closes the gate and forgets what it measured and any
@@ -937,9 +941,9 @@ func (g *rescueGate) judge(parent int64, now time.Time) {
 	// parent's stream does: a healthy parent would look slow). Behind a
 	// slow first host of a chain the 512 KiB of a later window took 0.6-0.8
 	// s to land at B/8 on the netbed, and the hosts behind waited on it.
-	if !g.judged && !g.flowAt.IsZero() {
+	if !g.measured && !g.flowAt.IsZero() {
 		if df, dd := now.Sub(g.flowAt), parent-g.flowFrom; df >= firstGateWindow && dd >= minRun {
-			g.growth, g.grown, g.judged = float64(dd)/df.Seconds(), true, true
+			g.growth, g.grown, g.measured = float64(dd)/df.Seconds(), true, true
 			g.parent, g.at = parent, now
 			return
 		}
@@ -951,7 +955,7 @@ func (g *rescueGate) judge(parent int64, now time.Time) {
 	if dt < gateWindow || (dp < probeBytes/2 && dt < 4*gateWindow) {
 		return
 	}
-	g.growth, g.grown, g.judged = float64(dp)/dt.Seconds(), true, true
+	g.growth, g.grown, g.measured = float64(dp)/dt.Seconds(), true, true
 	g.parent, g.at = parent, now
 }
 

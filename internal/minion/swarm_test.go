@@ -573,6 +573,9 @@ func TestRescueGateWholeFirstWindow(t *testing.T) {
 	if r := slow.growth / (1 << 20); r < 0.7 || r > 1 {
 		t.Errorf("slow parent measured at %.2f MiB/s, want about 0.86", r)
 	}
+	if slow.window() != firstGateWindow {
+		t.Error("a whole source's window changed the loop's poll")
+	}
 	var late rescueGate
 	late.judge(0, at(0))
 	late.judge(0, at(150))
