@@ -47,6 +47,9 @@ func (b *bench) transferPair(ctx context.Context, part, name string, fill func(t
 		return pairRun{}, "", err
 	}
 	defer obs.Close()
+	if err := warmFor(dir, src); err != nil {
+		return pairRun{}, "", err
+	}
 	start := time.Now()
 	meter := startCPU(nil)
 	res, err := obs.publish(ctx, "/"+name, 0, b.cfg.Timeout)
@@ -63,6 +66,16 @@ func (b *bench) transferPair(ctx context.Context, part, name string, fill func(t
 		cpu:     meter.MachineBusy,
 		command: fmt.Sprintf("master + 1 minion (internal/lab, one process), --poll %s, redis-server; SET task /%s", b.cfg.Poll, name),
 	}, src, nil
+}
+
+// warmFor warms memory (warmMemory) under dir for a copy of the tree at
+// src: twice its bytes, each file counted as at least a page.
+func warmFor(dir, src string) error {
+	files, bytes, err := treeBytes(src)
+	if err != nil {
+		return err
+	}
+	return warmMemory(dir, 2*(bytes+int64(files)*4096))
 }
 
 // sameTree checks that dst holds as many regular files and bytes as src.
@@ -100,6 +113,9 @@ func (b *bench) bigFile(ctx context.Context, t *Table) error {
 	cpDst := filepath.Join(b.cfg.Dir, part, "cp")
 	if err := os.MkdirAll(cpDst, 0o755); err != nil {
 		return fmt.Errorf("cp dir: %w", err)
+	}
+	if err := warmFor(cpDst, src); err != nil {
+		return err
 	}
 	cpTime, err := timeCommand(ctx, "cp", filepath.Join(src, "file.bin"), cpDst+"/")
 	if err != nil {
@@ -175,6 +191,9 @@ func (b *bench) rsyncCopy(ctx context.Context, part, src string) (rsyncRun, erro
 	}
 	defer os.RemoveAll(dst)
 	args := []string{"-a", "--whole-file", d.URL(), dst + "/"}
+	if err := warmFor(dst, src); err != nil {
+		return rsyncRun{}, err
+	}
 	meter := startCPU(nil)
 	elapsed, err := timeCommand(ctx, "rsync", args...)
 	meter.stop()
