@@ -900,12 +900,15 @@ type rescueGate struct {
 	flowAt   time.Time
 	flowFrom int64
 	measured bool
+	// pending: a window after the first found the parent slow; the next
+	// opens the gate if it does too (see update).
+	pending bool
 }
 
 // restart closes the gate and forgets what it measured and any
 // confirmation due: the next window starts from nothing.
 func (g *rescueGate) restart() {
-	g.open, g.known, g.grown, g.confirm = false, false, false, false
+	g.open, g.known, g.grown, g.confirm, g.pending = false, false, false, false, false
 }
 
 // judge is update for a rescue source that holds the whole file (the
@@ -1049,7 +1052,18 @@ const (
 // < 0: not known, or the parent is not partial: closed). It judges the
 // growth over windows of gateWindow at least, from the sample that began
 // the window: a parent that stalls for a moment (a pause, a busy core)
-// does not open it; gateFactor times and gateMin bytes at least do.
+// does not open it; gateFactor times and gateMin bytes at least do, in
+// the gate's first window or in two windows in a row after it.
+//
+// Two, because a parent that was slow only because its own source was
+// lags for a window once that source speeds up (the grandparent bypassed
+// a slow relay, see Bypass): its prefix follows the grandparent's a hop
+// later. Opened then, the gate made this host pull from the grandparent
+// beside the parent, on the one uplink that fed the parent, and each
+// then took half of it to the end of the file; on the netbed, with one
+// host at B/8 at the head of the chain, every host behind took 2.3 x S/B
+// in one such run. The first window stays one: a slow parent is most
+// costly found late, and at a chain's start nobody has had to catch up.
 func (g *rescueGate) update(gp, parent int64, now time.Time) {
 	if parent < 0 {
 		g.restart()
@@ -1063,7 +1077,14 @@ func (g *rescueGate) update(gp, parent int64, now time.Time) {
 		return
 	}
 	dgp, dpar := gp-g.gp, parent-g.parent
-	g.open = dgp >= gateMin && dgp >= gateFactor*dpar
+	switch fast := dgp >= gateMin && dgp >= gateFactor*dpar; {
+	case !fast:
+		g.open, g.pending = false, false
+	case g.open || g.pending || !g.judged:
+		g.open, g.pending = true, false
+	default:
+		g.pending = true
+	}
 	g.gp, g.parent, g.at, g.judged = gp, parent, now, true
 }
 

@@ -48,21 +48,59 @@ func TestRescueGate(t *testing.T) {
 		t.Fatal("open on less than gateMin of growth")
 	}
 	g.update(30*mib, 4*mib, at(1050))
-	if !g.open {
-		t.Fatal("closed while the parent stalls")
+	if g.open {
+		t.Fatal("opened on one window after the first: a parent catching up looks the same")
 	}
-	g.update(31*mib, -1, at(1150))
+	g.update(40*mib, 4*mib+mib/2, at(1350))
+	if !g.open {
+		t.Fatal("closed while the parent stalls for a second window")
+	}
+	g.update(41*mib, -1, at(1450))
 	if g.open || g.known {
 		t.Fatal("a parent that cannot be asked leaves the gate open")
 	}
-	g.update(31*mib, 4*mib, at(1200))
-	g.update(35*mib, 4*mib, at(1350))
+	g.update(41*mib, 4*mib, at(1500))
+	g.update(45*mib, 4*mib, at(1650))
 	if g.open {
 		t.Fatal("a gate started again judged a window of 150 ms: only a source's first is that short")
 	}
-	g.update(36*mib, 4*mib, at(1500))
+	g.update(46*mib, 4*mib, at(1800))
+	if g.open {
+		t.Fatal("a gate started again opened on one window: only a source's first is enough")
+	}
+	g.update(50*mib, 4*mib, at(2100))
 	if !g.open {
-		t.Fatal("closed while the parent stalls, after a whole window")
+		t.Fatal("closed while the parent stalls, after two whole windows")
+	}
+}
+
+// A parent that was slow because its own source was, and catches up once
+// that source speeds up (a bypass upstream), lags the grandparent for a
+// window: that does not open the gate, which would split the
+// grandparent's uplink between the parent and this host.
+func TestRescueGateParentCatchingUp(t *testing.T) {
+	const mib = 1 << 20
+	t0 := time.Now()
+	at := func(ms int) time.Time { return t0.Add(time.Duration(ms) * time.Millisecond) }
+	var g rescueGate
+	// Both crawl at the slow relay's pace for the first windows.
+	g.update(0, 0, at(0))
+	g.update(mib/4, mib/5, at(150))
+	g.update(mib/2, mib/2, at(450))
+	if g.open || !g.judged {
+		t.Fatalf("open %v, judged %v after two slow windows in step", g.open, g.judged)
+	}
+	// The grandparent bypasses the slow relay: +6 MiB; the parent, a hop
+	// behind, +1.5 MiB.
+	g.update(6*mib+mib/2, 2*mib, at(750))
+	if g.open {
+		t.Fatal("opened while the parent catches up a hop behind")
+	}
+	// The parent keeps pace from then on.
+	g.update(11*mib, 6*mib+mib/2, at(1050))
+	g.update(16*mib, 11*mib, at(1350))
+	if g.open {
+		t.Fatal("opened while the parent keeps pace")
 	}
 }
 
