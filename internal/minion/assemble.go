@@ -726,7 +726,8 @@ func (a *assembler) work(ctx context.Context, j *job, p *feed, errc chan<- error
 		rctx, rcancel := context.WithCancel(ctx)
 		if probe {
 			rcancel()
-			rctx, rcancel = context.WithTimeout(ctx, probeTime)
+			rctx, rcancel = context.WithTimeout(ctx, probeTime+probeGrace)
+			w.cutAt, w.cut = time.Now().Add(probeTime), rcancel
 		}
 		req := 0
 		if counted != nil {
@@ -1037,10 +1038,18 @@ func (g *rescueGate) keep(now time.Time) {
 // uplink at 16 MiB/s (three sixteenths when a burst made it look fast and
 // a confirmation follows), at 0.3, 1.3, 3.3, 7.3, 15.3... seconds into
 // the pull.
+//
+// A probe still running at probeTime ends at the end of the chunk it is
+// receiving, or at probeTime+probeGrace: cut off mid-chunk, it threw away
+// what it had of that chunk, and on a slow host's link, where every probe
+// runs out its time, that was 0.4 MB of the 0.6-0.9 MB it fetched twice
+// on the netbed (one host at B/8: its four probes, about 150-400 KB each,
+// mostly in landed chunks).
 const (
 	probeBytes    = 1 << 20
 	confirmBytes  = 2 << 20
 	probeTime     = 300 * time.Millisecond
+	probeGrace    = 300 * time.Millisecond
 	probeEvery    = time.Second
 	maxProbePause = 8 * time.Second
 	// maxSilentProbes probes in a row that bring nothing give the
@@ -1244,6 +1253,11 @@ type chunkWriter struct {
 	bytes   int64  // received in all
 	err     error  // the first error, Write's or (once seen) the lander's
 
+	// A probe's (see probeTime): the first chunk that ends at cutAt or
+	// later ends the request, through cut.
+	cutAt time.Time
+	cut   func()
+
 	// With more than one chunk in the run: full chunks go to the lander
 	// through ready, and their buffers come back on free; done is closed
 	// when the lander exits, and landErr holds its first error.
@@ -1331,6 +1345,10 @@ func (w *chunkWriter) Write(p []byte) (int, error) {
 			}
 		}
 		w.k++
+		if w.cut != nil && !time.Now().Before(w.cutAt) {
+			w.cut() // a probe's time is up, at a chunk's end
+			w.cut = nil
+		}
 	}
 	return n, nil
 }

@@ -92,6 +92,42 @@ func TestChunkWriterLands(t *testing.T) {
 	}
 }
 
+// A probe's writer whose time is up ends the request at the end of the
+// chunk it is receiving, not in the middle: cut is called once, as the
+// chunk under way when the time ran out completes, and that chunk lands.
+func TestChunkWriterCutsAtChunkEnd(t *testing.T) {
+	j, data := writerJob(t, 100<<10, 100<<10, 100<<10)
+	a := &assembler{m: &Minion{cfg: Config{Metrics: metrics.New()}}}
+	w := a.newChunkWriter(j, 0, j.chunks, nil)
+	cuts := 0
+	w.cutAt, w.cut = time.Now().Add(time.Hour), func() { cuts++ }
+	if err := write(w, data[:150<<10], 10<<10); err != nil { // chunk 0 and half of 1
+		t.Fatal(err)
+	}
+	if cuts != 0 {
+		t.Fatal("cut before the probe's time was up")
+	}
+	w.cutAt = time.Now() // the time is up in the middle of chunk 1
+	if err := write(w, data[150<<10:190<<10], 10<<10); err != nil {
+		t.Fatal(err)
+	}
+	if cuts != 0 {
+		t.Fatal("cut in the middle of a chunk")
+	}
+	if err := write(w, data[190<<10:], 10<<10); err != nil { // chunk 1 ends, chunk 2 follows
+		t.Fatal(err)
+	}
+	if cuts != 1 {
+		t.Fatalf("cut %d times, want once, as chunk 1 ended", cuts)
+	}
+	if err := w.close(); err != nil {
+		t.Fatal(err)
+	}
+	if !j.done[0] || !j.done[1] {
+		t.Fatalf("landed %v: the chunk under way when the time ran out did not land", j.done)
+	}
+}
+
 // A bad chunk stops the run with a HashMismatchError: the chunks before
 // it land, neither it nor any after it reaches the file, and a stream
 // longer than its chunks is refused.
