@@ -713,7 +713,7 @@ func (a *assembler) work(ctx context.Context, j *job, p *feed, errc chan<- error
 		}
 		// A probe is measured by the gate alone: the source's rate, which
 		// decides the lead (swarm.lead), counts it only if it opens the
-		// gate.
+		// gate (with the probe it confirmed, see assembler.probed).
 		counted := p
 		if probe {
 			counted = nil
@@ -849,7 +849,10 @@ func (a *assembler) probed(ctx context.Context, p *feed, gate *rescueGate, n int
 	growth := gate.growth
 	open := gate.probed(n, d, time.Now())
 	if open {
-		p.credit(n, d)
+		// Both probes, the one confirmed and this one: together they
+		// are what opened the gate.
+		p.credit(n+gate.firstN, d+gate.firstD)
+		p.proven.Store(true)
 	}
 	a.m.cfg.Log.WithFields(logrus.Fields{"source": p.cl.Source, "bytes": n, "took": d.Round(time.Millisecond),
 		"parent_rate": int64(growth), "open": open}).Debug("probed a rescue source")
@@ -904,6 +907,10 @@ type rescueGate struct {
 	// pending: a window after the first found the parent slow; the next
 	// opens the gate if it does too (see update).
 	pending bool
+	// firstN, firstD: what the probe that asked for confirmation brought,
+	// and in how long (see probed).
+	firstN int64
+	firstD time.Duration
 }
 
 // restart closes the gate and forgets what it measured and any
@@ -1000,6 +1007,7 @@ func (g *rescueGate) probed(n int64, d time.Duration, now time.Time) bool {
 	fast := d > 0 && n >= minRun && float64(n)/d.Seconds() >= gateFactor*g.growth
 	if fast && !g.confirm {
 		g.confirm, g.next = true, now
+		g.firstN, g.firstD = n, d
 		return false
 	}
 	g.known, g.grown, g.confirm = false, false, false

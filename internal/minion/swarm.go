@@ -33,6 +33,11 @@ type feed struct {
 	// judged: a rescue gate judged a window of this source (see
 	// rescueGate.window): only its first file's first window is short.
 	judged atomic.Bool
+	// proven: a rescue gate opened on this source by a confirmed probe
+	// (see rescueGate.probed), whose two probes, credited together, ask
+	// for more than a link's burst: its rate decides the lead at once
+	// (see swarm.lead), without a further quickBusy of requests.
+	proven atomic.Bool
 
 	mu      sync.Mutex
 	bytes   int64 // received from it
@@ -475,7 +480,7 @@ func (s *swarm) lead() *feed {
 	best, bestRate := cur, curRate
 	for _, p := range ps {
 		r, busy, bytes := p.measure()
-		if p != cur && (busy >= quickBusy || bytes >= leadBytes) && bytes >= minRun && r >= leadFactor*curRate && r > bestRate {
+		if p != cur && (busy >= quickBusy || bytes >= leadBytes || p.proven.Load()) && bytes >= minRun && r >= leadFactor*curRate && r > bestRate {
 			best, bestRate = p, r
 		}
 	}

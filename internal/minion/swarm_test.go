@@ -124,6 +124,47 @@ func TestPrefixBytes(t *testing.T) {
 	}
 }
 
+// A whole rescue source whose gate a confirmed probe opened is credited
+// with both probes, the one confirmed and the one confirming, and leads
+// the pull at once: the two together ask for more than a link's burst,
+// which is what the lead otherwise waits quickBusy or leadBytes for.
+func TestProbedSourceLeadsAtOnce(t *testing.T) {
+	m := testMinion(t, t.TempDir())
+	src := &source{m: m, cl: &coord.Claim{Host: "h", Slot: "p#0", Source: "p", Partial: true}}
+	sw := newSwarm(m, src, 3)
+	src.sw = sw
+	primary := sw.peers()[0]
+	primary.mu.Lock()
+	primary.busy, primary.bytes = time.Second, 2<<20 // 2 MiB/s: a slow first host
+	primary.mu.Unlock()
+	origin := &feed{cl: coord.Claim{Host: "h", Index: 1, Slot: "master#64", Source: "master"}, rescue: true}
+	sw.extras[1] = origin
+	a := &assembler{m: m, sw: sw}
+	g := rescueGate{growth: 2 << 20, grown: true}
+	silent := 0
+	// A run of whole chunks comes short of what a probe asks for: these
+	// are a netbed run's, 3,060,497 bytes in all, under leadBytes.
+	const first, second = 1002366, 2058131
+	if !a.probed(context.Background(), origin, &g, first, 5*time.Millisecond, &silent) || g.open {
+		t.Fatalf("open %v after the first fast probe: it asks for confirmation first", g.open)
+	}
+	if r, _, n := origin.measure(); n != 0 || r != 0 {
+		t.Fatalf("a probe that did not open the gate counted: %d bytes", n)
+	}
+	if got := sw.lead(); got != primary {
+		t.Fatalf("lead = %s before the confirmation", got.cl.Source)
+	}
+	if !a.probed(context.Background(), origin, &g, second, 75*time.Millisecond, &silent) || !g.open {
+		t.Fatal("the confirming probe, as fast, did not open the gate")
+	}
+	if _, busy, n := origin.measure(); n != first+second || busy != 80*time.Millisecond {
+		t.Fatalf("credited %d bytes in %v, want both probes: %d in 80ms", n, busy, first+second)
+	}
+	if got := sw.lead(); got != origin {
+		t.Fatalf("lead = %s after a confirmed probe at 18 times the parent's rate, want the origin at once", got.cl.Source)
+	}
+}
+
 // A source leads a pull once it delivers leadFactor times the leader's
 // rate: the old leader's requests in flight are cancelled and the change
 // counted; a source not yet measured, or not fast enough, does not.
