@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/alicebob/miniredis/v2"
+	"github.com/fanout/fanout/internal/coord"
 	"github.com/fanout/fanout/internal/lab"
 	"github.com/fanout/fanout/internal/manifest"
 	"github.com/fanout/fanout/internal/peer"
@@ -22,7 +24,24 @@ import (
 func TestMixedFleetManifestFormat(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	l, err := lab.Start(ctx, lab.Config{Dir: t.TempDir(), Minions: 1})
+	// An old minion registers as protocol 1 did (no "proto" field), and
+	// before the master starts: the master reads the registry's protocols
+	// as it starts and trusts that census for a while (a host of an older
+	// protocol registered since is caught at a later census, see
+	// master.format), so registered after, the old host raced the
+	// master's first census and lost it once in CI.
+	mr := miniredis.RunT(t)
+	mr.ClockTTL(true)
+	k := coord.Keys{}
+	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
+	defer rdb.Close()
+	if err := rdb.HSet(ctx, k.Hosts(), "old", `{"addr":"127.0.0.1:1","version":"v1","role":"minion"}`).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := rdb.ZAdd(ctx, k.Heartbeats(), redisZ(time.Now())).Err(); err != nil {
+		t.Fatal(err)
+	}
+	l, err := lab.Start(ctx, lab.Config{Dir: t.TempDir(), Minions: 1, RedisURL: "redis://" + mr.Addr()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -32,9 +51,6 @@ func TestMixedFleetManifestFormat(t *testing.T) {
 	if err := lab.SampleTree(src, 1<<10, 3); err != nil {
 		t.Fatal(err)
 	}
-	// An old minion registers as protocol 1 did: no "proto" field.
-	k := l.Coord.Keys()
-	l.Redis.HSet(ctx, k.Hosts(), "old", `{"addr":"127.0.0.1:1","version":"v1","role":"minion"}`)
 	oldAlive := true
 	beat := func() {
 		if oldAlive {
