@@ -13,6 +13,13 @@ import (
 	"github.com/fanout/fanout/internal/peer"
 )
 
+// msClock returns times ms milliseconds after the moment it was called:
+// the clock the gate tests step by hand.
+func msClock() func(ms int) time.Time {
+	t0 := time.Now()
+	return func(ms int) time.Time { return t0.Add(time.Duration(ms) * time.Millisecond) }
+}
+
 // The rescue gate opens when, over a window of gateWindow or more
 // (firstGateWindow for the first), the grandparent's prefix of the file
 // grows gateFactor times as fast as the parent's (and by gateMin at
@@ -20,8 +27,7 @@ import (
 // shorter window judges nothing.
 func TestRescueGate(t *testing.T) {
 	const mib = 1 << 20
-	t0 := time.Now()
-	at := func(ms int) time.Time { return t0.Add(time.Duration(ms) * time.Millisecond) }
+	at := msClock()
 	var g rescueGate
 	g.update(8*mib, 0, at(0))
 	if g.open {
@@ -80,8 +86,7 @@ func TestRescueGate(t *testing.T) {
 // grandparent's uplink between the parent and this host.
 func TestRescueGateParentCatchingUp(t *testing.T) {
 	const mib = 1 << 20
-	t0 := time.Now()
-	at := func(ms int) time.Time { return t0.Add(time.Duration(ms) * time.Millisecond) }
+	at := msClock()
 	var g rescueGate
 	// Both crawl at the slow relay's pace for the first windows.
 	g.update(0, 0, at(0))
@@ -469,8 +474,7 @@ func TestFetchManifestHedges(t *testing.T) {
 // doubles after each that left the gate closed.
 func TestRescueGateWhole(t *testing.T) {
 	const kib = 1 << 10
-	t0 := time.Now()
-	at := func(ms int) time.Time { return t0.Add(time.Duration(ms) * time.Millisecond) }
+	at := msClock()
 	var g rescueGate
 	g.judge(0, at(0))
 	if g.probe(at(0)) {
@@ -636,8 +640,7 @@ func TestGrowWaitsForFreeSlots(t *testing.T) {
 // the wait before it makes it look; later windows keep the longer rule.
 func TestRescueGateWholeFirstWindow(t *testing.T) {
 	const kib = 1 << 10
-	t0 := time.Now()
-	at := func(ms int) time.Time { return t0.Add(time.Duration(ms) * time.Millisecond) }
+	at := msClock()
 	var slow rescueGate
 	slow.judge(0, at(0))
 	slow.judge(0, at(150)) // nothing landed yet
@@ -683,8 +686,7 @@ func TestRescueGateWholeFirstWindow(t *testing.T) {
 // sustained rate answers: the gate stays closed, and the next probe waits
 // its pause.
 func TestRescueGateBurstProbe(t *testing.T) {
-	t0 := time.Now()
-	at := func(ms int) time.Time { return t0.Add(time.Duration(ms) * time.Millisecond) }
+	at := msClock()
 	var g rescueGate
 	g.judge(0, at(0))
 	g.judge(5<<20, at(300)) // the parent grows at ~17 MiB/s: the full link
@@ -710,8 +712,7 @@ func TestRescueGateBurstProbe(t *testing.T) {
 // no longer partial) or when it was not taken at once: the next probe is
 // a plain one again, which alone never opens the gate.
 func TestRescueGateConfirmationForgotten(t *testing.T) {
-	t0 := time.Now()
-	at := func(ms int) time.Time { return t0.Add(time.Duration(ms) * time.Millisecond) }
+	at := msClock()
 	slowParent := func(g *rescueGate, from int) {
 		g.judge(0, at(from))
 		g.judge(1<<20, at(from+600)) // 1.7 MiB/s
