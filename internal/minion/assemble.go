@@ -244,6 +244,18 @@ type job struct {
 	// streamer[i] is the writer adding to them (nil: none now).
 	exposed  []int64
 	streamer []*chunkWriter
+	// began: when bytes of the file first arrived from a source other
+	// than a probe, in Unix nanoseconds (0: not yet; see streaming).
+	began atomic.Int64
+}
+
+// streaming is when bytes of the file first arrived from a source other
+// than a probe (a rescue gate's, see rescueGate.judge), zero if none has.
+func (j *job) streaming() time.Time {
+	if n := j.began.Load(); n != 0 {
+		return time.Unix(0, n)
+	}
+	return time.Time{}
 }
 
 // missing reports how many distinct chunks have yet to land, and the
@@ -644,7 +656,7 @@ func (a *assembler) work(ctx context.Context, j *job, p *feed, errc chan<- error
 		lead := a.sw.lead() == p
 		poll := 250 * time.Millisecond
 		if p.rescue && !gate.open {
-			poll = gate.window() // what the gate judges by (see rescueGate.update)
+			poll = gate.poll(whole) // what the gate judges by (see rescueGate.update)
 		}
 		if p.cl.Partial && !whole && !lead && time.Since(haveAt) > poll {
 			all, h, err := a.m.client.Have(ctx, p.cl.SourceAddr, a.sw.src.gen, j.e.Path, len(j.chunks))
@@ -670,7 +682,7 @@ func (a *assembler) work(ctx context.Context, j *job, p *feed, errc chan<- error
 			}
 		}
 		if p.rescue && whole && !lead {
-			gate.judge(a.parentBytes(j), time.Now())
+			gate.judge(a.parentBytes(j), j.streaming(), time.Now())
 		}
 		probe := false
 		if p.rescue && !lead && !gate.open {
@@ -924,8 +936,10 @@ func (g *rescueGate) restart() {
 // finished), whose prefix does not grow: it measures only how fast the
 // parent's prefix grows (parent < 0: not known or not partial: closed),
 // over windows of gateWindow or more, and ends an opening that probed
-// expired. The rate of the source itself is measured on probes.
-func (g *rescueGate) judge(parent int64, now time.Time) {
+// expired. streaming is when the file's bytes first arrived from a source
+// other than a probe (zero: not yet, see job.streaming). The rate of the
+// source itself is measured on probes.
+func (g *rescueGate) judge(parent int64, streaming, now time.Time) {
 	if parent < 0 {
 		g.restart()
 		return
@@ -941,6 +955,30 @@ func (g *rescueGate) judge(parent int64, now time.Time) {
 	}
 	if !g.known {
 		g.known, g.parent, g.at, g.flowAt = true, parent, now, time.Time{}
+		return
+	}
+	// The first window also ends firstGateWindow after the parent's first
+	// bytes arrived if by then its prefix grew by less than minRun since
+	// it first grew (or not at all), measured from those bytes: a stream
+	// that slow is a slow parent's. Behind a slow first host of a chain
+	// (B/8 on the netbed) a whole chunk took 300-430 ms to land after the
+	// manifest did, and 128 KiB more 150-300 ms after it: the relay's
+	// stream starts slowly, its acknowledgements queueing on the relay's
+	// full downlink behind the origin's data, and each of those
+	// milliseconds held every host behind it. With no bytes at all, the
+	// window ends gateWindow after it began: there the request itself had
+	// queued on that downlink, and the first bytes came 340 ms after the
+	// manifest.
+	from, wait := streaming, firstGateWindow
+	switch {
+	case streaming.IsZero():
+		from, wait = g.at, gateWindow
+	case g.at.After(from):
+		from = g.at // the gate started after the stream did
+	}
+	if !g.measured && now.Sub(from) >= wait && (g.flowAt.IsZero() || parent-g.flowFrom < minRun) {
+		g.growth, g.grown, g.measured = float64(parent-g.parent)/now.Sub(from).Seconds(), true, true
+		g.parent, g.at = parent, now
 		return
 	}
 	if g.flowAt.IsZero() && parent > g.parent {
@@ -1122,9 +1160,27 @@ func (g *rescueGate) window() time.Duration {
 	return firstGateWindow
 }
 
+// poll is how long the worker of a rescue source whose gate is closed
+// waits before it judges again: a window (see window), except for a whole
+// source until its first window ended (see judge), which is judged every
+// gateTick. Judged once a window, that first window saw the parent's
+// stream begin up to a window late and ended up to a window after it was
+// due: on the netbed, with one host at B/8 at the head of the chain, the
+// host behind it probed the origin 456 ms after its claim, where the
+// parent's first chunks landed in about 150 ms. Judging a whole source
+// costs no request.
+func (g *rescueGate) poll(whole bool) time.Duration {
+	if whole && !g.measured {
+		return gateTick
+	}
+	return g.window()
+}
+
 // gateWindow, firstGateWindow, gateFactor and gateMin: see
 // rescueGate.update. A slow link of B/8 in a chain makes the factor 8.
+// gateTick: see rescueGate.poll.
 const (
+	gateTick        = 20 * time.Millisecond
 	gateWindow      = 300 * time.Millisecond
 	firstGateWindow = 150 * time.Millisecond
 	gateFactor      = 3
@@ -1307,6 +1363,9 @@ func (w *chunkWriter) Write(p []byte) (int, error) {
 	}
 	if w.err != nil {
 		return 0, w.err
+	}
+	if w.bytes == 0 && w.feed != nil && len(p) > 0 && w.j.began.Load() == 0 {
+		w.j.began.CompareAndSwap(0, time.Now().UnixNano())
 	}
 	n := 0
 	for len(p) > 0 {

@@ -128,6 +128,38 @@ func TestChunkWriterCutsAtChunkEnd(t *testing.T) {
 	}
 }
 
+// A file's stream is marked as begun by the first bytes a source's
+// request brings, not by a probe's (whose writer counts for no feed).
+func TestChunkWriterMarksStream(t *testing.T) {
+	j, data := writerJob(t, 100<<10, 100<<10)
+	a := &assembler{m: &Minion{cfg: Config{Metrics: metrics.New()}}}
+	probe := a.newChunkWriter(j, 0, j.chunks[:1], nil)
+	if err := write(probe, data[:10<<10], 10<<10); err != nil {
+		t.Fatal(err)
+	}
+	if !j.streaming().IsZero() {
+		t.Fatal("a probe's bytes marked the file's stream as begun")
+	}
+	before := time.Now()
+	w := a.newChunkWriter(j, 1, j.chunks[1:], &feed{})
+	if err := write(w, data[100<<10:110<<10], 10<<10); err != nil {
+		t.Fatal(err)
+	}
+	began := j.streaming()
+	if began.Before(before) || began.After(time.Now()) {
+		t.Fatalf("stream began at %v, want when the source's first bytes came (after %v)", began, before)
+	}
+	if err := write(w, data[110<<10:], 10<<10); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.close(); err != nil {
+		t.Fatal(err)
+	}
+	if !j.streaming().Equal(began) {
+		t.Fatal("later bytes moved the stream's start")
+	}
+}
+
 // A bad chunk stops the run with a HashMismatchError: the chunks before
 // it land, neither it nor any after it reaches the file, and a stream
 // longer than its chunks is refused.

@@ -376,7 +376,7 @@ func (m *Minion) transfer(ctx context.Context, g coord.Generation, src *source) 
 	cl := src.claim()
 	offered, unexpect := m.offerEarly(ctx, g, *cl)
 	defer unexpect()
-	enc, err := m.fetchManifest(ctx, g, *cl)
+	enc, err := m.fetchManifest(ctx, g, *cl, src.sw.rescueAddr())
 	if err != nil {
 		return apply.Stats{}, fmt.Errorf("fetch manifest: %w", err)
 	}
@@ -570,9 +570,11 @@ func (m *Minion) transfer(ctx context.Context, g coord.Generation, src *source) 
 // source behind a slow or congested link may take a second to answer, and
 // the hosts behind this one in the chain wait for it (this host offers its
 // slots once it has the manifest): when the source has not answered within
-// manifestHedge and the manifest is small (smallManifest), the origin is
-// asked too, and the first answer that matches the published digest wins.
-func (m *Minion) fetchManifest(ctx context.Context, g coord.Generation, cl coord.Claim) ([]byte, error) {
+// its hedge (see hedgeAfter: rescue is the address of the pull's rescue
+// source, if any) and the manifest is small (smallManifest), the
+// origin is asked too, and the first answer that matches the published
+// digest wins.
+func (m *Minion) fetchManifest(ctx context.Context, g coord.Generation, cl coord.Claim, rescue string) ([]byte, error) {
 	if g.OriginAddr == "" || cl.SourceAddr == g.OriginAddr || !smallManifest(g) {
 		return askManifest(ctx, m.client.Manifest, cl, g.ID)
 	}
@@ -596,7 +598,7 @@ func (m *Minion) fetchManifest(ctx context.Context, g coord.Generation, cl coord
 	}
 	ask(cl)
 	pending := 1
-	hedge := time.NewTimer(manifestHedge)
+	hedge := time.NewTimer(hedgeAfter(g, rescue))
 	defer hedge.Stop()
 	var first error
 	for {
@@ -651,8 +653,27 @@ const (
 	manifestRetry       = 50 * time.Millisecond
 )
 
-// manifestHedge: see fetchManifest.
-const manifestHedge = 300 * time.Millisecond
+// hedgeAfter is how long fetchManifest waits for the pull's source before
+// it asks g's origin too: manifestHedge, or headHedge when the origin is
+// the pull's rescue source, at address rescue (the source is the first
+// host of a chain, and this host the second). Behind a slow first host the manifest's request
+// queues on that host's downlink, full of the origin's data: on the
+// netbed, with that host at B/8, the manifest took 2-306 ms to come, and
+// this host, which judges its source only once it has it, held every host
+// behind it that long. The origin's uplink pays for one small manifest
+// once a generation at most.
+func hedgeAfter(g coord.Generation, rescue string) time.Duration {
+	if rescue != "" && rescue == g.OriginAddr {
+		return headHedge
+	}
+	return manifestHedge
+}
+
+// manifestHedge, headHedge: see hedgeAfter.
+const (
+	manifestHedge = 300 * time.Millisecond
+	headHedge     = 50 * time.Millisecond
+)
 
 // smallManifest: g's manifest is a few hundred KiB at most (about 100
 // bytes a file and 50 a chunk), so asking the origin for it as well costs

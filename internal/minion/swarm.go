@@ -304,6 +304,19 @@ func (s *swarm) peers() []*feed {
 	return out
 }
 
+// rescueAddr returns the address of the rescue source the pull holds, or
+// "" when it holds none.
+func (s *swarm) rescueAddr() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, p := range s.extras {
+		if p != nil && p.rescue && !p.dropped {
+			return p.cl.SourceAddr
+		}
+	}
+	return ""
+}
+
 // holds reports whether p is still one of the pull's sources.
 func (s *swarm) holds(p *feed) bool {
 	if p.cl.Index == 0 {

@@ -448,11 +448,15 @@ func TestFetchManifestHedges(t *testing.T) {
 
 	m.client = peer.NewClient(peer.ClientConfig{Secrets: secret, DialTimeout: 10 * time.Second})
 	g := coord.Generation{ID: 7, Digest: digest, OriginAddr: origin, Files: 1}
-	enc, err := m.fetchManifest(ctx, g, coord.Claim{SourceAddr: ln.Addr().String()})
+	enc, err := m.fetchManifest(ctx, g, coord.Claim{SourceAddr: ln.Addr().String()}, "")
 	if err != nil || manifest.Digest(enc) != digest {
 		t.Fatalf("silent source: fetchManifest = %v; want the origin's manifest", err)
 	}
-	if _, err := m.fetchManifest(ctx, g, coord.Claim{SourceAddr: other}); !errors.Is(err, errBadManifest) {
+	enc, err = m.fetchManifest(ctx, g, coord.Claim{SourceAddr: ln.Addr().String()}, origin)
+	if err != nil || manifest.Digest(enc) != digest {
+		t.Fatalf("silent first host of a chain: fetchManifest = %v; want the origin's manifest", err)
+	}
+	if _, err := m.fetchManifest(ctx, g, coord.Claim{SourceAddr: other}, ""); !errors.Is(err, errBadManifest) {
 		t.Fatalf("source with another manifest: fetchManifest = %v; want %v", err, errBadManifest)
 	}
 	// A large generation is asked of its source only: the silent one
@@ -461,8 +465,23 @@ func TestFetchManifestHedges(t *testing.T) {
 	big.Files = 1 << 20
 	sctx, scancel := context.WithTimeout(ctx, 2*manifestHedge)
 	defer scancel()
-	if _, err := m.fetchManifest(sctx, big, coord.Claim{SourceAddr: ln.Addr().String()}); err == nil {
+	if _, err := m.fetchManifest(sctx, big, coord.Claim{SourceAddr: ln.Addr().String()}, ""); err == nil {
 		t.Fatal("a large manifest was fetched from the origin, not only from the source")
+	}
+}
+
+// The host behind a chain's first host (its rescue source is the origin)
+// asks the origin for the manifest sooner than the others do.
+func TestHedgeAfter(t *testing.T) {
+	g := coord.Generation{ID: 7, OriginAddr: "10.0.0.1:7070"}
+	if got := hedgeAfter(g, g.OriginAddr); got != headHedge {
+		t.Errorf("behind the first host: hedge after %v, want %v", got, headHedge)
+	}
+	if got := hedgeAfter(g, "10.0.0.2:7070"); got != manifestHedge {
+		t.Errorf("deeper in the chain: hedge after %v, want %v", got, manifestHedge)
+	}
+	if got := hedgeAfter(g, ""); got != manifestHedge {
+		t.Errorf("no rescue source: hedge after %v, want %v", got, manifestHedge)
 	}
 }
 
@@ -476,15 +495,16 @@ func TestRescueGateWhole(t *testing.T) {
 	const kib = 1 << 10
 	at := msClock()
 	var g rescueGate
-	g.judge(0, at(0))
+	g.judge(0, time.Time{}, at(0))
 	if g.probe(at(0)) {
 		t.Fatal("a probe due before the parent's growth was measured")
 	}
-	g.judge(100*kib, at(300)) // a slow chunk at a time: the window goes on
+	began := at(250)                 // the parent's first bytes
+	g.judge(100*kib, began, at(300)) // a slow chunk at a time: the window goes on
 	if g.probe(at(300)) {
 		t.Fatal("a window of 100 KiB judged")
 	}
-	g.judge(1536*kib, at(600)) // 1.4 MiB in the 0.3 s since it began to grow: 4.7 MiB/s
+	g.judge(1536*kib, began, at(600)) // 1.4 MiB in the 0.3 s since it began to grow: 4.7 MiB/s
 	if !g.probe(at(600)) {
 		t.Fatal("no probe due at a parent growth of 2.5 MiB/s")
 	}
@@ -499,8 +519,8 @@ func TestRescueGateWhole(t *testing.T) {
 	if g.probe(at(1700)) {
 		t.Fatal("a probe due before a new window measured the parent")
 	}
-	g.judge(1636*kib, at(1700))
-	g.judge(1736*kib, at(2900)) // 100 KiB in 4 windows: it closes anyway
+	g.judge(1636*kib, time.Time{}, at(1700))
+	g.judge(1736*kib, time.Time{}, at(2900)) // 100 KiB in 4 windows: it closes anyway
 	if !g.probe(at(2900)) {
 		t.Fatal("no probe due at a parent growth of 83 KiB/s")
 	}
@@ -518,11 +538,11 @@ func TestRescueGateWhole(t *testing.T) {
 	if g.probeSize() != probeBytes {
 		t.Fatal("the probe after a confirmation is not the plain size")
 	}
-	g.judge(1836*kib, at(3700))
+	g.judge(1836*kib, time.Time{}, at(3700))
 	if !g.open {
 		t.Fatal("closed within probeEvery of the probe that opened it")
 	}
-	g.judge(1936*kib, at(4300))
+	g.judge(1936*kib, time.Time{}, at(4300))
 	if g.open {
 		t.Fatal("still open probeEvery after the probe")
 	}
@@ -530,8 +550,8 @@ func TestRescueGateWhole(t *testing.T) {
 		t.Fatal("a probe of less than minRun opened the gate, or asked a confirmation")
 	}
 	// Closed probes pause longer each time: 1 s, then 2 s.
-	g.judge(2000*kib, at(4500))
-	g.judge(2600*kib, at(4900))
+	g.judge(2000*kib, time.Time{}, at(4500))
+	g.judge(2600*kib, time.Time{}, at(4900))
 	if g.probe(at(4900)) {
 		t.Fatal("a probe due within a second of the last")
 	}
@@ -541,15 +561,15 @@ func TestRescueGateWhole(t *testing.T) {
 	if g.probed(minRun, 300*time.Millisecond, at(5700)) {
 		t.Fatal("a probe slower than the parent opened the gate")
 	}
-	g.judge(2700*kib, at(5800))
-	g.judge(3300*kib, at(6200))
+	g.judge(2700*kib, time.Time{}, at(5800))
+	g.judge(3300*kib, time.Time{}, at(6200))
 	if g.probe(at(7600)) {
 		t.Fatal("a probe due within 2 s of the second closed one")
 	}
 	if !g.probe(at(7800)) {
 		t.Fatal("no probe due 2 s after the second closed one")
 	}
-	g.judge(-1, at(7900))
+	g.judge(-1, time.Time{}, at(7900))
 	if g.open || g.known || g.grown {
 		t.Fatal("a parent that is not partial leaves the gate judging")
 	}
@@ -642,13 +662,13 @@ func TestRescueGateWholeFirstWindow(t *testing.T) {
 	const kib = 1 << 10
 	at := msClock()
 	var slow rescueGate
-	slow.judge(0, at(0))
-	slow.judge(0, at(150)) // nothing landed yet
-	slow.judge(128*kib, at(300))
+	slow.judge(0, time.Time{}, at(0))
+	slow.judge(0, time.Time{}, at(150)) // nothing landed yet
+	slow.judge(128*kib, at(200), at(300))
 	if slow.probe(at(300)) {
 		t.Fatal("a probe due as the parent's first chunk landed")
 	}
-	slow.judge(260*kib, at(450))
+	slow.judge(260*kib, at(200), at(450))
 	if !slow.probe(at(450)) {
 		t.Fatal("no probe due 150 ms after the slow parent's stream began, 132 KiB later")
 	}
@@ -659,10 +679,10 @@ func TestRescueGateWholeFirstWindow(t *testing.T) {
 		t.Error("a whole source's window changed the loop's poll")
 	}
 	var late rescueGate
-	late.judge(0, at(0))
-	late.judge(0, at(150))
-	late.judge(200*kib, at(250)) // the stream begins
-	late.judge(200*kib+2400*kib, at(400))
+	late.judge(0, time.Time{}, at(0))
+	late.judge(0, time.Time{}, at(150))
+	late.judge(200*kib, at(240), at(250)) // the stream begins
+	late.judge(200*kib+2400*kib, at(240), at(400))
 	if !late.probe(at(400)) {
 		t.Fatal("no probe due after the healthy parent's first window")
 	}
@@ -674,10 +694,101 @@ func TestRescueGateWholeFirstWindow(t *testing.T) {
 	if late.probed(probeBytes, 125*time.Millisecond, at(525)) || late.open {
 		t.Fatal("a probe at half the parent's rate opened the gate")
 	}
-	late.judge(3000*kib, at(1600))
-	late.judge(3300*kib, at(1900))
+	late.judge(3000*kib, time.Time{}, at(1600))
+	late.judge(3300*kib, time.Time{}, at(1900))
 	if late.probe(at(1900)) {
 		t.Fatal("a later window ended early")
+	}
+}
+
+// A whole rescue source's first window ends firstGateWindow after the
+// parent's first bytes arrived when its prefix grew by less than minRun
+// since it first grew (a relay's stream starting slowly, on the netbed
+// behind a slow first host), measured from those bytes; a parent whose
+// stream began as slowly but then brings chunks at its rate is measured
+// from its first chunk, as before. With no bytes at all, the window ends
+// gateWindow after the gate began.
+func TestRescueGateWholeSlowStream(t *testing.T) {
+	const kib = 1 << 10
+	at := msClock()
+	var none rescueGate // nothing landed 150 ms after the first bytes
+	none.judge(0, time.Time{}, at(0))
+	none.judge(0, at(100), at(230))
+	if none.probe(at(230)) {
+		t.Fatal("a probe due 130 ms after the parent's first bytes")
+	}
+	none.judge(0, at(100), at(250))
+	if !none.probe(at(250)) || none.growth != 0 {
+		t.Fatalf("no probe due (growth %.0f) 150 ms after the parent's first bytes, none landed", none.growth)
+	}
+	var silent rescueGate // no bytes at all: a window after the gate began
+	silent.judge(0, time.Time{}, at(0))
+	silent.judge(0, time.Time{}, at(280))
+	if silent.probe(at(280)) {
+		t.Fatal("a probe due 280 ms after the gate began, no bytes yet")
+	}
+	silent.judge(0, time.Time{}, at(300))
+	if !silent.probe(at(300)) || silent.growth != 0 {
+		t.Fatalf("no probe due (growth %.0f) 300 ms after the gate began, no bytes came", silent.growth)
+	}
+	var one rescueGate // one chunk landed, not minRun more
+	one.judge(0, time.Time{}, at(0))
+	one.judge(180*kib, at(100), at(200))
+	one.judge(200*kib, at(100), at(250))
+	if !one.probe(at(250)) {
+		t.Fatal("no probe due 150 ms after the parent's first bytes, one chunk landed")
+	}
+	if r := one.growth / kib; r < 1300 || r > 1400 {
+		t.Errorf("slow stream measured at %.0f KiB/s, want 200 KiB in 0.15 s", r)
+	}
+	var late rescueGate // the gate starts after the stream did
+	late.judge(0, at(0), at(200))
+	late.judge(64*kib, at(0), at(330))
+	if late.probe(at(330)) {
+		t.Fatal("a probe due 130 ms after the gate started, measured from a stream before it")
+	}
+	late.judge(64*kib, at(0), at(350))
+	if !late.probe(at(350)) {
+		t.Fatal("no probe due 150 ms after the gate started")
+	}
+	var fast rescueGate // slow first bytes, then chunks at the full rate
+	fast.judge(0, time.Time{}, at(0))
+	fast.judge(128*kib, at(100), at(200))
+	fast.judge(128*kib+800*kib, at(100), at(250))
+	if fast.probe(at(250)) {
+		t.Fatal("a parent bringing chunks at its rate judged 150 ms after its first bytes")
+	}
+	fast.judge(128*kib+2400*kib, at(100), at(350))
+	if !fast.probe(at(350)) {
+		t.Fatal("no probe due after the first window")
+	}
+	if r := fast.growth / (1 << 20); r < 14 || r > 18 {
+		t.Errorf("a parent at the full rate after a slow start measured at %.1f MiB/s, want about 15.6", r)
+	}
+}
+
+// A whole rescue source's worker judges the gate every gateTick until the
+// first window ended, so the window ends when it is due; after it, and
+// for a partial source (whose judging is a have-poll), once a window.
+func TestRescueGatePoll(t *testing.T) {
+	const kib = 1 << 10
+	at := msClock()
+	var g rescueGate
+	if g.poll(true) != gateTick || g.poll(false) != firstGateWindow {
+		t.Fatalf("before any window: poll %v whole, %v partial; want %v, %v", g.poll(true), g.poll(false), gateTick, firstGateWindow)
+	}
+	g.judge(0, time.Time{}, at(0))
+	g.judge(64*kib, time.Time{}, at(20)) // the parent's stream begins
+	g.judge(200*kib, time.Time{}, at(160))
+	if g.probe(at(160)) || g.poll(true) != gateTick {
+		t.Fatalf("first window ended 140 ms after the stream began (poll %v)", g.poll(true))
+	}
+	g.judge(230*kib, time.Time{}, at(180))
+	if !g.probe(at(180)) {
+		t.Fatal("no probe due at the tick after the first window ended")
+	}
+	if g.poll(true) != g.window() {
+		t.Errorf("after the first window: poll %v, want the window %v", g.poll(true), g.window())
 	}
 }
 
@@ -688,8 +799,8 @@ func TestRescueGateWholeFirstWindow(t *testing.T) {
 func TestRescueGateBurstProbe(t *testing.T) {
 	at := msClock()
 	var g rescueGate
-	g.judge(0, at(0))
-	g.judge(5<<20, at(300)) // the parent grows at ~17 MiB/s: the full link
+	g.judge(0, time.Time{}, at(0))
+	g.judge(5<<20, time.Time{}, at(300)) // the parent grows at ~17 MiB/s: the full link
 	if !g.probe(at(300)) {
 		t.Fatal("no probe due after a window")
 	}
@@ -714,14 +825,14 @@ func TestRescueGateBurstProbe(t *testing.T) {
 func TestRescueGateConfirmationForgotten(t *testing.T) {
 	at := msClock()
 	slowParent := func(g *rescueGate, from int) {
-		g.judge(0, at(from))
-		g.judge(1<<20, at(from+600)) // 1.7 MiB/s
+		g.judge(0, time.Time{}, at(from))
+		g.judge(1<<20, time.Time{}, at(from+600)) // 1.7 MiB/s
 	}
 	for _, c := range []struct {
 		what  string
 		reset func(g *rescueGate, now int) int // returns when the next window starts
 	}{
-		{"the parent not partial for a while", func(g *rescueGate, now int) int { g.judge(-1, at(now)); return now + 100 }},
+		{"the parent not partial for a while", func(g *rescueGate, now int) int { g.judge(-1, time.Time{}, at(now)); return now + 100 }},
 		{"the confirmation not taken at once", func(g *rescueGate, now int) int { return now + 2000 }},
 	} {
 		var g rescueGate
