@@ -244,18 +244,39 @@ type job struct {
 	// streamer[i] is the writer adding to them (nil: none now).
 	exposed  []int64
 	streamer []*chunkWriter
-	// began: when bytes of the file first arrived from a source other
-	// than a probe, in Unix nanoseconds (0: not yet; see streaming).
-	began atomic.Int64
+	// began (under mu) and arrived: when bytes of the file first came
+	// from a source other than a probe, and how many have come (see
+	// inflow).
+	began   time.Time
+	arrived atomic.Int64
 }
 
-// streaming is when bytes of the file first arrived from a source other
-// than a probe (a rescue gate's, see rescueGate.judge), zero if none has.
-func (j *job) streaming() time.Time {
-	if n := j.began.Load(); n != 0 {
-		return time.Unix(0, n)
+// flow is what a file's sources other than probes have brought: when
+// their first bytes arrived (zero: none yet) and how many bytes have
+// arrived in all, verified or not (see rescueGate.judge).
+type flow struct {
+	began time.Time
+	bytes int64
+}
+
+// inflow reports what j's sources other than probes have brought.
+func (j *job) inflow() flow {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	return flow{began: j.began, bytes: j.arrived.Load()}
+}
+
+// arrive counts n bytes of j arrived from a source other than a probe;
+// first: the first bytes of a request.
+func (j *job) arrive(n int, first bool) {
+	if first {
+		j.mu.Lock()
+		if j.began.IsZero() {
+			j.began = time.Now()
+		}
+		j.mu.Unlock()
 	}
-	return time.Time{}
+	j.arrived.Add(int64(n))
 }
 
 // missing reports how many distinct chunks have yet to land, and the
@@ -682,7 +703,7 @@ func (a *assembler) work(ctx context.Context, j *job, p *feed, errc chan<- error
 			}
 		}
 		if p.rescue && whole && !lead {
-			gate.judge(a.parentBytes(j), j.streaming(), time.Now())
+			gate.judge(a.parentBytes(j), j.inflow(), time.Now())
 		}
 		probe := false
 		if p.rescue && !lead && !gate.open {
@@ -908,13 +929,9 @@ type rescueGate struct {
 	// confirm: the last probe was fast enough to open the gate, and the
 	// next, due at once and of confirmBytes, decides (see probed).
 	confirm bool
-	// flowAt, flowFrom: when a whole source's window first saw the
-	// parent's prefix grow, and the prefix then; measured: a whole
-	// source's window ended since the gate started, so no later one ends
-	// early (see judge). Not judged, which sets the partial gate's
-	// windows and the loop's poll (see window).
-	flowAt   time.Time
-	flowFrom int64
+	// measured: a whole source's window ended since the gate started, so
+	// no later one is a first window (see judge). Not judged, which sets
+	// the partial gate's windows and the loop's poll (see window).
 	measured bool
 	// pending: a window after the first found the parent slow; the next
 	// opens the gate if it does too (see update).
@@ -923,6 +940,8 @@ type rescueGate struct {
 	// and in how long (see probed).
 	firstN int64
 	firstD time.Duration
+	// arrived: the file's bytes arrived when the gate started (see judge).
+	arrived int64
 }
 
 // restart closes the gate and forgets what it measured and any
@@ -936,10 +955,9 @@ func (g *rescueGate) restart() {
 // finished), whose prefix does not grow: it measures only how fast the
 // parent's prefix grows (parent < 0: not known or not partial: closed),
 // over windows of gateWindow or more, and ends an opening that probed
-// expired. streaming is when the file's bytes first arrived from a source
-// other than a probe (zero: not yet, see job.streaming). The rate of the
-// source itself is measured on probes.
-func (g *rescueGate) judge(parent int64, streaming, now time.Time) {
+// expired. f is what the file's sources other than probes have brought
+// (job.inflow). The rate of the source itself is measured on probes.
+func (g *rescueGate) judge(parent int64, f flow, now time.Time) {
 	if parent < 0 {
 		g.restart()
 		return
@@ -954,48 +972,35 @@ func (g *rescueGate) judge(parent int64, streaming, now time.Time) {
 		return
 	}
 	if !g.known {
-		g.known, g.parent, g.at, g.flowAt = true, parent, now, time.Time{}
+		g.known, g.parent, g.at, g.arrived = true, parent, now, f.bytes
 		return
 	}
-	// The first window also ends firstGateWindow after the parent's first
-	// bytes arrived if by then its prefix grew by less than minRun since
-	// it first grew (or not at all), measured from those bytes: a stream
-	// that slow is a slow parent's. Behind a slow first host of a chain
-	// (B/8 on the netbed) a whole chunk took 300-430 ms to land after the
-	// manifest did, and 128 KiB more 150-300 ms after it: the relay's
-	// stream starts slowly, its acknowledgements queueing on the relay's
-	// full downlink behind the origin's data, and each of those
-	// milliseconds held every host behind it. With no bytes at all, the
-	// window ends gateWindow after it began: there the request itself had
-	// queued on that downlink, and the first bytes came 340 ms after the
-	// manifest.
-	from, wait := streaming, firstGateWindow
-	switch {
-	case streaming.IsZero():
-		from, wait = g.at, gateWindow
-	case g.at.After(from):
-		from = g.at // the gate started after the stream did
-	}
-	if !g.measured && now.Sub(from) >= wait && (g.flowAt.IsZero() || parent-g.flowFrom < minRun) {
-		g.growth, g.grown, g.measured = float64(parent-g.parent)/now.Sub(from).Seconds(), true, true
-		g.parent, g.at = parent, now
-		return
-	}
-	if g.flowAt.IsZero() && parent > g.parent {
-		g.flowAt, g.flowFrom = now, parent
-	}
-	// The gate's first window ends early: firstGateWindow after it first
-	// saw the parent's prefix grow, once minRun more landed, measured from
-	// then (not from the window's start, which may come before the
-	// parent's stream does: a healthy parent would look slow). Behind a
-	// slow first host of a chain the 512 KiB of a later window took 0.6-0.8
-	// s to land at B/8 on the netbed, and the hosts behind waited on it.
-	if !g.measured && !g.flowAt.IsZero() {
-		if df, dd := now.Sub(g.flowAt), parent-g.flowFrom; df >= firstGateWindow && dd >= minRun {
-			g.growth, g.grown, g.measured = float64(dd)/df.Seconds(), true, true
-			g.parent, g.at = parent, now
-			return
+	// The first window ends firstGateWindow after the file's first bytes
+	// arrived, measured in bytes arrived, landed or not, from then (not
+	// from the gate's start, which may come before the parent's stream
+	// does: a healthy parent would look slow); with no bytes at all,
+	// gateWindow after the gate started, at nothing. Landed bytes alone
+	// measured a healthy stream of a few MiB/s at nothing (its first chunk
+	// takes longer to land), and waiting for them held back the hosts
+	// behind a slow first host of a chain (B/8 on the netbed): the relay's
+	// stream starts slowly, its acknowledgements queueing on its own full
+	// downlink behind the origin's data, and its first whole chunk took
+	// 300-430 ms to land after the manifest, 128 KiB more 150-300 ms after
+	// it; its first bytes came up to 340 ms after the manifest. A parent
+	// that sent nothing for 1.2 s was probed before too (below).
+	if !g.measured {
+		from, n, wait := f.began, f.bytes, firstGateWindow
+		switch {
+		case from.IsZero():
+			from, n, wait = g.at, 0, gateWindow
+		case g.at.After(from): // the gate started after the stream did
+			from, n = g.at, f.bytes-g.arrived
 		}
+		if d := now.Sub(from); d >= wait {
+			g.growth, g.grown, g.measured = float64(n)/d.Seconds(), true, true
+			g.parent, g.at = parent, now
+		}
+		return
 	}
 	// A window ends after gateWindow once it saw probeBytes/2 land (the
 	// prefix grows a chunk at a time: a short window of a slow stream
@@ -1163,12 +1168,8 @@ func (g *rescueGate) window() time.Duration {
 // poll is how long the worker of a rescue source whose gate is closed
 // waits before it judges again: a window (see window), except for a whole
 // source until its first window ended (see judge), which is judged every
-// gateTick. Judged once a window, that first window saw the parent's
-// stream begin up to a window late and ended up to a window after it was
-// due: on the netbed, with one host at B/8 at the head of the chain, the
-// host behind it probed the origin 456 ms after its claim, where the
-// parent's first chunks landed in about 150 ms. Judging a whole source
-// costs no request.
+// gateTick so that window ends when it is due, not up to a window late.
+// Judging a whole source costs no request.
 func (g *rescueGate) poll(whole bool) time.Duration {
 	if whole && !g.measured {
 		return gateTick
@@ -1364,8 +1365,8 @@ func (w *chunkWriter) Write(p []byte) (int, error) {
 	if w.err != nil {
 		return 0, w.err
 	}
-	if w.bytes == 0 && w.feed != nil && len(p) > 0 && w.j.began.Load() == 0 {
-		w.j.began.CompareAndSwap(0, time.Now().UnixNano())
+	if w.feed != nil && len(p) > 0 {
+		w.j.arrive(len(p), w.bytes == 0)
 	}
 	n := 0
 	for len(p) > 0 {

@@ -128,35 +128,36 @@ func TestChunkWriterCutsAtChunkEnd(t *testing.T) {
 	}
 }
 
-// A file's stream is marked as begun by the first bytes a source's
-// request brings, not by a probe's (whose writer counts for no feed).
-func TestChunkWriterMarksStream(t *testing.T) {
+// A file's inflow counts the bytes a source's requests bring as they
+// arrive, and its start is the first of them; a probe's bytes (its writer
+// counts for no feed) are not counted.
+func TestChunkWriterCountsInflow(t *testing.T) {
 	j, data := writerJob(t, 100<<10, 100<<10)
 	a := &assembler{m: &Minion{cfg: Config{Metrics: metrics.New()}}}
 	probe := a.newChunkWriter(j, 0, j.chunks[:1], nil)
 	if err := write(probe, data[:10<<10], 10<<10); err != nil {
 		t.Fatal(err)
 	}
-	if !j.streaming().IsZero() {
-		t.Fatal("a probe's bytes marked the file's stream as begun")
+	if f := j.inflow(); !f.began.IsZero() || f.bytes != 0 {
+		t.Fatalf("a probe's bytes counted: %+v", f)
 	}
 	before := time.Now()
 	w := a.newChunkWriter(j, 1, j.chunks[1:], &feed{})
 	if err := write(w, data[100<<10:110<<10], 10<<10); err != nil {
 		t.Fatal(err)
 	}
-	began := j.streaming()
-	if began.Before(before) || began.After(time.Now()) {
-		t.Fatalf("stream began at %v, want when the source's first bytes came (after %v)", began, before)
+	f := j.inflow()
+	if f.began.Before(before) || f.began.After(time.Now()) || f.bytes != 10<<10 {
+		t.Fatalf("after the source's first 10 KiB: %+v, want 10 KiB since after %v", f, before)
 	}
-	if err := write(w, data[110<<10:], 10<<10); err != nil {
+	if err := write(w, data[110<<10:], 10<<10); err != nil { // not yet verified: still counted
 		t.Fatal(err)
 	}
 	if err := w.close(); err != nil {
 		t.Fatal(err)
 	}
-	if !j.streaming().Equal(began) {
-		t.Fatal("later bytes moved the stream's start")
+	if g := j.inflow(); !g.began.Equal(f.began) || g.bytes != 100<<10 {
+		t.Fatalf("after the whole chunk: %+v, want 100 KiB since %v", g, f.began)
 	}
 }
 

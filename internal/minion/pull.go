@@ -13,6 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/fanout/fanout/internal/apply"
+	"github.com/fanout/fanout/internal/chunk"
 	"github.com/fanout/fanout/internal/coord"
 	"github.com/fanout/fanout/internal/exclude"
 	"github.com/fanout/fanout/internal/manifest"
@@ -656,27 +657,36 @@ const (
 // hedgeAfter is how long fetchManifest waits for the pull's source before
 // it asks g's origin too: manifestHedge, or headHedge when the origin is
 // the pull's rescue source, at address rescue (the source is the first
-// host of a chain, and this host the second). Behind a slow first host the manifest's request
-// queues on that host's downlink, full of the origin's data: on the
-// netbed, with that host at B/8, the manifest took 2-306 ms to come, and
-// this host, which judges its source only once it has it, held every host
-// behind it that long. The origin's uplink pays for one small manifest
-// once a generation at most.
+// host of a chain, and this host the second), and the manifest is
+// headHedgeBytes or less (manifestSize). Behind a slow first host the
+// manifest's request queues on that host's downlink, full of the origin's
+// data: on the netbed, with that host at B/8, the manifest took 2-306 ms
+// to come, and this host, which judges its source only once it has it,
+// held every host behind it that long. Behind a healthy first host that
+// is still fetching the manifest itself, the origin's uplink pays for
+// that much once a pull, beside the first host's own copy.
 func hedgeAfter(g coord.Generation, rescue string) time.Duration {
-	if rescue != "" && rescue == g.OriginAddr {
+	if rescue != "" && rescue == g.OriginAddr && manifestSize(g) <= headHedgeBytes {
 		return headHedge
 	}
 	return manifestHedge
 }
 
-// manifestHedge, headHedge: see hedgeAfter.
+// manifestHedge, headHedge, headHedgeBytes: see hedgeAfter.
 const (
-	manifestHedge = 300 * time.Millisecond
-	headHedge     = 50 * time.Millisecond
+	manifestHedge  = 300 * time.Millisecond
+	headHedge      = 50 * time.Millisecond
+	headHedgeBytes = 256 << 10
 )
 
-// smallManifest: g's manifest is a few hundred KiB at most (about 100
-// bytes a file and 50 a chunk), so asking the origin for it as well costs
+// manifestSize estimates the size of g's encoded manifest: about 100
+// bytes a file and 50 a chunk of the default average size.
+func manifestSize(g coord.Generation) int64 {
+	return 100*g.Files + 50*(g.Files+g.Bytes/int64(chunk.DefaultParams().Avg))
+}
+
+// smallManifest: g's manifest is under 2 MB (see manifestSize: 1.7 MB for
+// 1,000 files of 4 GiB in all), so asking the origin for it as well costs
 // the origin's uplink little.
 func smallManifest(g coord.Generation) bool {
 	return g.Files <= 1000 && g.Bytes <= 4<<30

@@ -473,7 +473,7 @@ func TestFetchManifestHedges(t *testing.T) {
 // The host behind a chain's first host (its rescue source is the origin)
 // asks the origin for the manifest sooner than the others do.
 func TestHedgeAfter(t *testing.T) {
-	g := coord.Generation{ID: 7, OriginAddr: "10.0.0.1:7070"}
+	g := coord.Generation{ID: 7, OriginAddr: "10.0.0.1:7070", Files: 1, Bytes: 32 << 20}
 	if got := hedgeAfter(g, g.OriginAddr); got != headHedge {
 		t.Errorf("behind the first host: hedge after %v, want %v", got, headHedge)
 	}
@@ -482,6 +482,11 @@ func TestHedgeAfter(t *testing.T) {
 	}
 	if got := hedgeAfter(g, ""); got != manifestHedge {
 		t.Errorf("no rescue source: hedge after %v, want %v", got, manifestHedge)
+	}
+	big := g
+	big.Files, big.Bytes = 1000, 4<<30 // about 1.7 MB of manifest
+	if got := hedgeAfter(big, g.OriginAddr); got != manifestHedge {
+		t.Errorf("behind the first host, %d bytes of manifest: hedge after %v, want %v", manifestSize(big), got, manifestHedge)
 	}
 }
 
@@ -495,16 +500,15 @@ func TestRescueGateWhole(t *testing.T) {
 	const kib = 1 << 10
 	at := msClock()
 	var g rescueGate
-	g.judge(0, time.Time{}, at(0))
+	g.judge(0, flow{}, at(0))
 	if g.probe(at(0)) {
 		t.Fatal("a probe due before the parent's growth was measured")
 	}
-	began := at(250)                 // the parent's first bytes
-	g.judge(100*kib, began, at(300)) // a slow chunk at a time: the window goes on
+	g.judge(100*kib, flow{at(250), 200 * kib}, at(300)) // a slow chunk at a time: the window goes on
 	if g.probe(at(300)) {
 		t.Fatal("a window of 100 KiB judged")
 	}
-	g.judge(1536*kib, began, at(600)) // 1.4 MiB in the 0.3 s since it began to grow: 4.7 MiB/s
+	g.judge(1536*kib, flow{at(250), 1600 * kib}, at(600)) // 1.4 MiB in the 0.3 s since it began to grow: 4.7 MiB/s
 	if !g.probe(at(600)) {
 		t.Fatal("no probe due at a parent growth of 2.5 MiB/s")
 	}
@@ -519,8 +523,8 @@ func TestRescueGateWhole(t *testing.T) {
 	if g.probe(at(1700)) {
 		t.Fatal("a probe due before a new window measured the parent")
 	}
-	g.judge(1636*kib, time.Time{}, at(1700))
-	g.judge(1736*kib, time.Time{}, at(2900)) // 100 KiB in 4 windows: it closes anyway
+	g.judge(1636*kib, flow{}, at(1700))
+	g.judge(1736*kib, flow{}, at(2900)) // 100 KiB in 4 windows: it closes anyway
 	if !g.probe(at(2900)) {
 		t.Fatal("no probe due at a parent growth of 83 KiB/s")
 	}
@@ -538,11 +542,11 @@ func TestRescueGateWhole(t *testing.T) {
 	if g.probeSize() != probeBytes {
 		t.Fatal("the probe after a confirmation is not the plain size")
 	}
-	g.judge(1836*kib, time.Time{}, at(3700))
+	g.judge(1836*kib, flow{}, at(3700))
 	if !g.open {
 		t.Fatal("closed within probeEvery of the probe that opened it")
 	}
-	g.judge(1936*kib, time.Time{}, at(4300))
+	g.judge(1936*kib, flow{}, at(4300))
 	if g.open {
 		t.Fatal("still open probeEvery after the probe")
 	}
@@ -550,8 +554,8 @@ func TestRescueGateWhole(t *testing.T) {
 		t.Fatal("a probe of less than minRun opened the gate, or asked a confirmation")
 	}
 	// Closed probes pause longer each time: 1 s, then 2 s.
-	g.judge(2000*kib, time.Time{}, at(4500))
-	g.judge(2600*kib, time.Time{}, at(4900))
+	g.judge(2000*kib, flow{}, at(4500))
+	g.judge(2600*kib, flow{}, at(4900))
 	if g.probe(at(4900)) {
 		t.Fatal("a probe due within a second of the last")
 	}
@@ -561,15 +565,15 @@ func TestRescueGateWhole(t *testing.T) {
 	if g.probed(minRun, 300*time.Millisecond, at(5700)) {
 		t.Fatal("a probe slower than the parent opened the gate")
 	}
-	g.judge(2700*kib, time.Time{}, at(5800))
-	g.judge(3300*kib, time.Time{}, at(6200))
+	g.judge(2700*kib, flow{}, at(5800))
+	g.judge(3300*kib, flow{}, at(6200))
 	if g.probe(at(7600)) {
 		t.Fatal("a probe due within 2 s of the second closed one")
 	}
 	if !g.probe(at(7800)) {
 		t.Fatal("no probe due 2 s after the second closed one")
 	}
-	g.judge(-1, time.Time{}, at(7900))
+	g.judge(-1, flow{}, at(7900))
 	if g.open || g.known || g.grown {
 		t.Fatal("a parent that is not partial leaves the gate judging")
 	}
@@ -652,118 +656,97 @@ func TestGrowWaitsForFreeSlots(t *testing.T) {
 	}
 }
 
-// A whole rescue source's first window ends firstGateWindow after the
-// parent's prefix began to grow, once minRun more landed, and measures
-// from then: behind a slow first host (about 0.9 MiB/s) the first probe is
-// due within half a second, where 512 KiB had to land first; a healthy
-// parent whose stream starts late is measured at its rate, not at what
-// the wait before it makes it look; later windows keep the longer rule.
+// A whole rescue source's first window measures from the file's first
+// bytes: a healthy parent whose stream starts late is measured at its
+// rate, not at what the wait before it makes it look; later windows keep
+// the longer rule.
 func TestRescueGateWholeFirstWindow(t *testing.T) {
 	const kib = 1 << 10
 	at := msClock()
-	var slow rescueGate
-	slow.judge(0, time.Time{}, at(0))
-	slow.judge(0, time.Time{}, at(150)) // nothing landed yet
-	slow.judge(128*kib, at(200), at(300))
-	if slow.probe(at(300)) {
-		t.Fatal("a probe due as the parent's first chunk landed")
-	}
-	slow.judge(260*kib, at(200), at(450))
-	if !slow.probe(at(450)) {
-		t.Fatal("no probe due 150 ms after the slow parent's stream began, 132 KiB later")
-	}
-	if r := slow.growth / (1 << 20); r < 0.7 || r > 1 {
-		t.Errorf("slow parent measured at %.2f MiB/s, want about 0.86", r)
-	}
-	if slow.window() != firstGateWindow {
-		t.Error("a whole source's window changed the loop's poll")
-	}
 	var late rescueGate
-	late.judge(0, time.Time{}, at(0))
-	late.judge(0, time.Time{}, at(150))
-	late.judge(200*kib, at(240), at(250)) // the stream begins
-	late.judge(200*kib+2400*kib, at(240), at(400))
+	late.judge(0, flow{}, at(0))
+	late.judge(0, flow{}, at(150))
+	late.judge(200*kib, flow{at(240), 220 * kib}, at(250)) // the stream begins
+	if late.probe(at(250)) {
+		t.Fatal("a probe due 10 ms after the stream began")
+	}
+	late.judge(200*kib+2400*kib, flow{at(240), 2700 * kib}, at(400))
 	if !late.probe(at(400)) {
 		t.Fatal("no probe due after the healthy parent's first window")
 	}
 	if r := late.growth / (1 << 20); r < 14 || r > 18 {
-		t.Errorf("a healthy parent that began late measured at %.1f MiB/s, want about 15.6", r)
+		t.Errorf("a healthy parent that began late measured at %.1f MiB/s, want about 16.5", r)
+	}
+	if late.window() != firstGateWindow {
+		t.Error("a whole source's window changed the loop's poll")
 	}
 	// After a probe that left the gate closed, the next window is a full
 	// one: 300 KiB in 300 ms is not enough.
 	if late.probed(probeBytes, 125*time.Millisecond, at(525)) || late.open {
 		t.Fatal("a probe at half the parent's rate opened the gate")
 	}
-	late.judge(3000*kib, time.Time{}, at(1600))
-	late.judge(3300*kib, time.Time{}, at(1900))
+	late.judge(3000*kib, flow{at(240), 3100 * kib}, at(1600))
+	late.judge(3300*kib, flow{at(240), 3400 * kib}, at(1900))
 	if late.probe(at(1900)) {
 		t.Fatal("a later window ended early")
 	}
 }
 
 // A whole rescue source's first window ends firstGateWindow after the
-// parent's first bytes arrived when its prefix grew by less than minRun
-// since it first grew (a relay's stream starting slowly, on the netbed
-// behind a slow first host), measured from those bytes; a parent whose
-// stream began as slowly but then brings chunks at its rate is measured
-// from its first chunk, as before. With no bytes at all, the window ends
-// gateWindow after the gate began.
+// file's first bytes arrived, measured in bytes arrived, landed or not (a
+// relay's stream starting slowly, on the netbed behind a slow first host,
+// is measured at its rate; so is a healthy stream of 1 MiB/s whose first
+// chunk has not landed, not at nothing), from the gate's start if the
+// stream began before it; with no bytes at all, gateWindow after the gate
+// began, at nothing.
 func TestRescueGateWholeSlowStream(t *testing.T) {
 	const kib = 1 << 10
 	at := msClock()
-	var none rescueGate // nothing landed 150 ms after the first bytes
-	none.judge(0, time.Time{}, at(0))
-	none.judge(0, at(100), at(230))
-	if none.probe(at(230)) {
+	var slow rescueGate
+	slow.judge(0, flow{}, at(0))
+	slow.judge(0, flow{at(100), 20 * kib}, at(230))
+	if slow.probe(at(230)) {
 		t.Fatal("a probe due 130 ms after the parent's first bytes")
 	}
-	none.judge(0, at(100), at(250))
-	if !none.probe(at(250)) || none.growth != 0 {
-		t.Fatalf("no probe due (growth %.0f) 150 ms after the parent's first bytes, none landed", none.growth)
+	slow.judge(0, flow{at(100), 40 * kib}, at(250))
+	if !slow.probe(at(250)) {
+		t.Fatal("no probe due 150 ms after the parent's first bytes, 40 KiB in all")
 	}
-	var silent rescueGate // no bytes at all: a window after the gate began
-	silent.judge(0, time.Time{}, at(0))
-	silent.judge(0, time.Time{}, at(280))
-	if silent.probe(at(280)) {
-		t.Fatal("a probe due 280 ms after the gate began, no bytes yet")
+	if r := slow.growth / kib; r < 260 || r > 270 {
+		t.Errorf("slow stream measured at %.0f KiB/s, want 40 KiB in 0.15 s", r)
 	}
-	silent.judge(0, time.Time{}, at(300))
-	if !silent.probe(at(300)) || silent.growth != 0 {
-		t.Fatalf("no probe due (growth %.0f) 300 ms after the gate began, no bytes came", silent.growth)
+
+	var healthy rescueGate // 1 MiB/s; its first chunk, 256 KiB, lands later
+	healthy.judge(0, flow{}, at(0))
+	healthy.judge(0, flow{at(100), 100 * kib}, at(200))
+	healthy.judge(0, flow{at(100), 160 * kib}, at(250))
+	if !healthy.probe(at(250)) {
+		t.Fatal("no probe due 150 ms after a stream at 1 MiB/s began")
 	}
-	var one rescueGate // one chunk landed, not minRun more
-	one.judge(0, time.Time{}, at(0))
-	one.judge(180*kib, at(100), at(200))
-	one.judge(200*kib, at(100), at(250))
-	if !one.probe(at(250)) {
-		t.Fatal("no probe due 150 ms after the parent's first bytes, one chunk landed")
+	if r := healthy.growth / (1 << 20); r < 0.9 || r > 1.2 {
+		t.Errorf("a healthy stream at 1 MiB/s, no chunk landed, measured at %.2f MiB/s", r)
 	}
-	if r := one.growth / kib; r < 1300 || r > 1400 {
-		t.Errorf("slow stream measured at %.0f KiB/s, want 200 KiB in 0.15 s", r)
-	}
+
 	var late rescueGate // the gate starts after the stream did
-	late.judge(0, at(0), at(200))
-	late.judge(64*kib, at(0), at(330))
+	late.judge(0, flow{at(0), 64 * kib}, at(200))
+	late.judge(0, flow{at(0), 80 * kib}, at(330))
 	if late.probe(at(330)) {
 		t.Fatal("a probe due 130 ms after the gate started, measured from a stream before it")
 	}
-	late.judge(64*kib, at(0), at(350))
+	late.judge(0, flow{at(0), 90 * kib}, at(350))
 	if !late.probe(at(350)) {
-		t.Fatal("no probe due 150 ms after the gate started")
+		t.Fatal("no probe due 150 ms after the gate started, 26 KiB since")
 	}
-	var fast rescueGate // slow first bytes, then chunks at the full rate
-	fast.judge(0, time.Time{}, at(0))
-	fast.judge(128*kib, at(100), at(200))
-	fast.judge(128*kib+800*kib, at(100), at(250))
-	if fast.probe(at(250)) {
-		t.Fatal("a parent bringing chunks at its rate judged 150 ms after its first bytes")
+
+	var silent rescueGate // no bytes at all: a window after the gate began
+	silent.judge(0, flow{}, at(0))
+	silent.judge(0, flow{}, at(280))
+	if silent.probe(at(280)) {
+		t.Fatal("a probe due 280 ms after the gate began, no bytes yet")
 	}
-	fast.judge(128*kib+2400*kib, at(100), at(350))
-	if !fast.probe(at(350)) {
-		t.Fatal("no probe due after the first window")
-	}
-	if r := fast.growth / (1 << 20); r < 14 || r > 18 {
-		t.Errorf("a parent at the full rate after a slow start measured at %.1f MiB/s, want about 15.6", r)
+	silent.judge(0, flow{}, at(300))
+	if !silent.probe(at(300)) || silent.growth != 0 {
+		t.Fatalf("no probe due (growth %.0f) 300 ms after the gate began, no bytes came", silent.growth)
 	}
 }
 
@@ -777,14 +760,14 @@ func TestRescueGatePoll(t *testing.T) {
 	if g.poll(true) != gateTick || g.poll(false) != firstGateWindow {
 		t.Fatalf("before any window: poll %v whole, %v partial; want %v, %v", g.poll(true), g.poll(false), gateTick, firstGateWindow)
 	}
-	g.judge(0, time.Time{}, at(0))
-	g.judge(64*kib, time.Time{}, at(20)) // the parent's stream begins
-	g.judge(200*kib, time.Time{}, at(160))
-	if g.probe(at(160)) || g.poll(true) != gateTick {
+	g.judge(0, flow{}, at(0))
+	g.judge(64*kib, flow{at(10), 100 * kib}, at(20)) // the parent's stream began at 10
+	g.judge(200*kib, flow{at(10), 250 * kib}, at(150))
+	if g.probe(at(150)) || g.poll(true) != gateTick {
 		t.Fatalf("first window ended 140 ms after the stream began (poll %v)", g.poll(true))
 	}
-	g.judge(230*kib, time.Time{}, at(180))
-	if !g.probe(at(180)) {
+	g.judge(230*kib, flow{at(10), 300 * kib}, at(170))
+	if !g.probe(at(170)) {
 		t.Fatal("no probe due at the tick after the first window ended")
 	}
 	if g.poll(true) != g.window() {
@@ -799,8 +782,8 @@ func TestRescueGatePoll(t *testing.T) {
 func TestRescueGateBurstProbe(t *testing.T) {
 	at := msClock()
 	var g rescueGate
-	g.judge(0, time.Time{}, at(0))
-	g.judge(5<<20, time.Time{}, at(300)) // the parent grows at ~17 MiB/s: the full link
+	g.judge(0, flow{}, at(0))
+	g.judge(5<<20, flow{at(10), 5 << 20}, at(300)) // the parent grows at ~17 MiB/s: the full link
 	if !g.probe(at(300)) {
 		t.Fatal("no probe due after a window")
 	}
@@ -825,14 +808,14 @@ func TestRescueGateBurstProbe(t *testing.T) {
 func TestRescueGateConfirmationForgotten(t *testing.T) {
 	at := msClock()
 	slowParent := func(g *rescueGate, from int) {
-		g.judge(0, time.Time{}, at(from))
-		g.judge(1<<20, time.Time{}, at(from+600)) // 1.7 MiB/s
+		g.judge(0, flow{}, at(from))
+		g.judge(1<<20, flow{}, at(from+600)) // 1.7 MiB/s
 	}
 	for _, c := range []struct {
 		what  string
 		reset func(g *rescueGate, now int) int // returns when the next window starts
 	}{
-		{"the parent not partial for a while", func(g *rescueGate, now int) int { g.judge(-1, time.Time{}, at(now)); return now + 100 }},
+		{"the parent not partial for a while", func(g *rescueGate, now int) int { g.judge(-1, flow{}, at(now)); return now + 100 }},
 		{"the confirmation not taken at once", func(g *rescueGate, now int) int { return now + 2000 }},
 	} {
 		var g rescueGate
