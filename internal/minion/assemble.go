@@ -677,7 +677,7 @@ func (a *assembler) work(ctx context.Context, j *job, p *feed, errc chan<- error
 		lead := a.sw.lead() == p
 		poll := 250 * time.Millisecond
 		if p.rescue && !gate.open {
-			poll = gate.poll(whole) // what the gate judges by (see rescueGate.update)
+			poll = gate.poll(whole) // what the gate judges by (see rescueGate.update and judge)
 		}
 		if p.cl.Partial && !whole && !lead && time.Since(haveAt) > poll {
 			all, h, err := a.m.client.Have(ctx, p.cl.SourceAddr, a.sw.src.gen, j.e.Path, len(j.chunks))
@@ -930,8 +930,9 @@ type rescueGate struct {
 	// next, due at once and of confirmBytes, decides (see probed).
 	confirm bool
 	// measured: a whole source's window ended since the gate started, so
-	// no later one is a first window (see judge). Not judged, which sets
-	// the partial gate's windows and the loop's poll (see window).
+	// no later one is a first window (see judge), and the loop polls once
+	// a window (see poll). Not judged, which sets the partial gate's
+	// windows (see window).
 	measured bool
 	// pending: a window after the first found the parent slow; the next
 	// opens the gate if it does too (see update).
@@ -954,8 +955,8 @@ func (g *rescueGate) restart() {
 // origin, behind the first host of a chain, or a grandparent that
 // finished), whose prefix does not grow: it measures only how fast the
 // parent's prefix grows (parent < 0: not known or not partial: closed),
-// over windows of gateWindow or more, and ends an opening that probed
-// expired. f is what the file's sources other than probes have brought
+// the first window by the bytes that arrived (see below), later ones over
+// gateWindow or more, and ends an opening that probed expired. f is what the file's sources other than probes have brought
 // (job.inflow). The rate of the source itself is measured on probes.
 func (g *rescueGate) judge(parent int64, f flow, now time.Time) {
 	if parent < 0 {

@@ -680,14 +680,15 @@ const (
 )
 
 // manifestSize estimates the size of g's encoded manifest: about 100
-// bytes a file and 50 a chunk of the default average size.
+// bytes a file and 104 a chunk of the default average size (see
+// docs/PERFORMANCE.md, "Chunk list encoding"), at most one chunk a file
+// more than the average makes.
 func manifestSize(g coord.Generation) int64 {
-	return 100*g.Files + 50*(g.Files+g.Bytes/int64(chunk.DefaultParams().Avg))
+	return 100*g.Files + 104*(g.Files+g.Bytes/int64(chunk.DefaultParams().Avg))
 }
 
-// smallManifest: g's manifest is under 2 MB (see manifestSize: 1.7 MB for
-// 1,000 files of 4 GiB in all), so asking the origin for it as well costs
-// the origin's uplink little.
+// smallManifest: g's manifest is 3.6 MB at most (see manifestSize: 1,000
+// files of 4 GiB in all), a second or less of a fast origin's uplink.
 func smallManifest(g coord.Generation) bool {
 	return g.Files <= 1000 && g.Bytes <= 4<<30
 }

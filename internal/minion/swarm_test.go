@@ -508,9 +508,9 @@ func TestRescueGateWhole(t *testing.T) {
 	if g.probe(at(300)) {
 		t.Fatal("a window of 100 KiB judged")
 	}
-	g.judge(1536*kib, flow{at(250), 1600 * kib}, at(600)) // 1.4 MiB in the 0.3 s since it began to grow: 4.7 MiB/s
+	g.judge(1536*kib, flow{at(250), 1600 * kib}, at(600)) // 1.6 MiB in the 0.35 s since the stream began: 4.5 MiB/s
 	if !g.probe(at(600)) {
-		t.Fatal("no probe due at a parent growth of 2.5 MiB/s")
+		t.Fatal("no probe due at a parent growth of 4.5 MiB/s")
 	}
 	if g.probe(at(700)) {
 		t.Fatal("a second probe due before the first ended")
@@ -674,8 +674,8 @@ func TestRescueGateWholeFirstWindow(t *testing.T) {
 	if !late.probe(at(400)) {
 		t.Fatal("no probe due after the healthy parent's first window")
 	}
-	if r := late.growth / (1 << 20); r < 14 || r > 18 {
-		t.Errorf("a healthy parent that began late measured at %.1f MiB/s, want about 16.5", r)
+	if r := late.growth / (1 << 20); r < 16.2 || r > 16.8 {
+		t.Errorf("a healthy parent that began late measured at %.2f MiB/s, want 2700 KiB in 0.16 s, 16.5", r)
 	}
 	if late.window() != firstGateWindow {
 		t.Error("a whole source's window changed the loop's poll")
@@ -736,6 +736,9 @@ func TestRescueGateWholeSlowStream(t *testing.T) {
 	late.judge(0, flow{at(0), 90 * kib}, at(350))
 	if !late.probe(at(350)) {
 		t.Fatal("no probe due 150 ms after the gate started, 26 KiB since")
+	}
+	if r := late.growth / kib; r < 170 || r > 180 {
+		t.Errorf("a stream that began before the gate measured at %.0f KiB/s, want the 26 KiB since the gate in 0.15 s", r)
 	}
 
 	var silent rescueGate // no bytes at all: a window after the gate began
@@ -809,7 +812,7 @@ func TestRescueGateConfirmationForgotten(t *testing.T) {
 	at := msClock()
 	slowParent := func(g *rescueGate, from int) {
 		g.judge(0, flow{}, at(from))
-		g.judge(1<<20, flow{}, at(from+600)) // 1.7 MiB/s
+		g.judge(1<<20, flow{at(from + 10), 1 << 20}, at(from+600)) // 1.7 MiB/s
 	}
 	for _, c := range []struct {
 		what  string
