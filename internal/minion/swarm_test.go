@@ -702,54 +702,38 @@ func TestRescueGateWholeFirstWindow(t *testing.T) {
 func TestRescueGateWholeSlowStream(t *testing.T) {
 	const kib = 1 << 10
 	at := msClock()
-	var slow rescueGate
-	slow.judge(0, flow{}, at(0))
-	slow.judge(0, flow{at(100), 20 * kib}, at(230))
-	if slow.probe(at(230)) {
-		t.Fatal("a probe due 130 ms after the parent's first bytes")
-	}
-	slow.judge(0, flow{at(100), 40 * kib}, at(250))
-	if !slow.probe(at(250)) {
-		t.Fatal("no probe due 150 ms after the parent's first bytes, 40 KiB in all")
-	}
-	if r := slow.growth / kib; r < 260 || r > 270 {
-		t.Errorf("slow stream measured at %.0f KiB/s, want 40 KiB in 0.15 s", r)
-	}
-
-	var healthy rescueGate // 1 MiB/s; its first chunk, 256 KiB, lands later
-	healthy.judge(0, flow{}, at(0))
-	healthy.judge(0, flow{at(100), 100 * kib}, at(200))
-	healthy.judge(0, flow{at(100), 160 * kib}, at(250))
-	if !healthy.probe(at(250)) {
-		t.Fatal("no probe due 150 ms after a stream at 1 MiB/s began")
-	}
-	if r := healthy.growth / (1 << 20); r < 0.9 || r > 1.2 {
-		t.Errorf("a healthy stream at 1 MiB/s, no chunk landed, measured at %.2f MiB/s", r)
-	}
-
-	var late rescueGate // the gate starts after the stream did
-	late.judge(0, flow{at(0), 64 * kib}, at(200))
-	late.judge(0, flow{at(0), 80 * kib}, at(330))
-	if late.probe(at(330)) {
-		t.Fatal("a probe due 130 ms after the gate started, measured from a stream before it")
-	}
-	late.judge(0, flow{at(0), 90 * kib}, at(350))
-	if !late.probe(at(350)) {
-		t.Fatal("no probe due 150 ms after the gate started, 26 KiB since")
-	}
-	if r := late.growth / kib; r < 170 || r > 180 {
-		t.Errorf("a stream that began before the gate measured at %.0f KiB/s, want the 26 KiB since the gate in 0.15 s", r)
-	}
-
-	var silent rescueGate // no bytes at all: a window after the gate began
-	silent.judge(0, flow{}, at(0))
-	silent.judge(0, flow{}, at(280))
-	if silent.probe(at(280)) {
-		t.Fatal("a probe due 280 ms after the gate began, no bytes yet")
-	}
-	silent.judge(0, flow{}, at(300))
-	if !silent.probe(at(300)) || silent.growth != 0 {
-		t.Fatalf("no probe due (growth %.0f) 300 ms after the gate began, no bytes came", silent.growth)
+	for _, c := range []struct {
+		what           string
+		start          flow // at startAt, when the gate starts
+		startAt        int
+		early, due     flow // judged 20 ms before dueAt (no probe due yet), and at dueAt (one due)
+		dueAt          int
+		minKiB, maxKiB float64 // the growth measured, KiB/s
+	}{
+		{"a slow stream, 40 KiB in the 150 ms after its first bytes", flow{}, 0,
+			flow{at(100), 20 * kib}, flow{at(100), 40 * kib}, 250, 260, 270},
+		{"a healthy stream at 1 MiB/s whose first chunk has not landed", flow{}, 0,
+			flow{at(100), 100 * kib}, flow{at(100), 160 * kib}, 250, 1000, 1100},
+		{"a stream that began before the gate, 26 KiB in the 150 ms since the gate", flow{at(0), 64 * kib}, 200,
+			flow{at(0), 80 * kib}, flow{at(0), 90 * kib}, 350, 170, 180},
+		{"no bytes at all", flow{}, 0,
+			flow{}, flow{}, 300, 0, 0},
+	} {
+		var g rescueGate
+		g.judge(0, c.start, at(c.startAt))
+		g.judge(0, c.early, at(c.dueAt-20))
+		if g.probe(at(c.dueAt - 20)) {
+			t.Errorf("%s: a probe due 20 ms before the window's end", c.what)
+			continue
+		}
+		g.judge(0, c.due, at(c.dueAt))
+		if !g.probe(at(c.dueAt)) {
+			t.Errorf("%s: no probe due at the window's end", c.what)
+			continue
+		}
+		if r := g.growth / kib; r < c.minKiB || r > c.maxKiB {
+			t.Errorf("%s: measured at %.0f KiB/s, want %.0f-%.0f", c.what, r, c.minKiB, c.maxKiB)
+		}
 	}
 }
 
