@@ -10,7 +10,9 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -139,6 +141,13 @@ func (b *bench) e2eFanout(ctx context.Context, env *e2eEnv) (toolRun, error) {
 			return run, err
 		}
 	}
+	release := func(wait bool) {}
+	if b.cfg.SlowFirst && row.Slow != "" {
+		if release, err = holdForSlowHost(ctx, env.redis.URL, minions, env.slowHost); err != nil {
+			return run, err
+		}
+		defer release(false)
+	}
 	var timeCmd *redis.TimeCmd
 	if _, err := f.Redis.TxPipelined(ctx, func(p redis.Pipeliner) error {
 		p.Set(ctx, f.Coord.Keys().Task(), e2eTask, 0)
@@ -147,6 +156,9 @@ func (b *bench) e2eFanout(ctx context.Context, env *e2eEnv) (toolRun, error) {
 	}); err != nil {
 		return run, fmt.Errorf("set task: %w", err)
 	}
+	held := time.Now()
+	release(true)
+	heldFor := time.Since(held)
 	setAt := timeCmd.Val()
 	g, err := waitGeneration(ctx, f.Coord)
 	run.Foreign = foreign.stop()
@@ -208,8 +220,63 @@ func (b *bench) e2eFanout(ctx context.Context, env *e2eEnv) (toolRun, error) {
 		seconds(g.Published.Sub(setAt)), seconds(firstClaim.Sub(setAt)), seconds(lastFinish.Sub(setAt)), seconds(run.Total),
 		rounds, 100*cpu.MachineUse, 100*idle.MachineUse, 100*cpu.SoftirqUse, 100*Ratio(cpu.Procs, cpu.MachineBusy), 100*Ratio(cpu.Sys, cpu.Procs),
 		redisCPU.Procs.Seconds())
+	if b.cfg.SlowFirst && row.Slow != "" {
+		run.Detail += fmt.Sprintf("; -slow-first: the other minions stopped until %s after SET", seconds(heldFor))
+	}
 	return run, nil
 }
+
+// holdForSlowHost stops every minion but the slow host (SIGSTOP) and
+// returns a function that lets them go on (SIGCONT): with wait, once the
+// slow host's first claim is in Redis's events, or after slowFirstWait.
+// With -slow-first the slow host heads the chain, the case about 1 run in
+// 16 of a slow row gets by chance (docs/PERFORMANCE.md, twenty-first
+// session). Called before SET; the function it returns is called after
+// it, and again when the run ends (a second call does nothing).
+func holdForSlowHost(ctx context.Context, redisURL string, minions []*fleet.Proc, slow int) (func(wait bool), error) {
+	var held []int
+	resume := func() {
+		for _, pid := range held {
+			syscall.Kill(pid, syscall.SIGCONT)
+		}
+		held = nil
+	}
+	for i, m := range minions {
+		if i == 0 || i == slow || m == nil {
+			continue
+		}
+		if err := syscall.Kill(m.Pid(), syscall.SIGSTOP); err != nil {
+			resume()
+			return nil, fmt.Errorf("-slow-first: stop minion %d: %w", i, err)
+		}
+		held = append(held, m.Pid())
+	}
+	obs, err := newObserver(redisURL, "")
+	if err != nil {
+		resume()
+		return nil, err
+	}
+	name := fmt.Sprintf("minion-%02d", slow)
+	return func(wait bool) {
+		if held == nil {
+			return // released already
+		}
+		defer obs.Close()
+		defer resume()
+		deadline := time.Now().Add(slowFirstWait)
+		for wait && ctx.Err() == nil && time.Now().Before(deadline) {
+			events, err := obs.events(ctx)
+			if err == nil && slices.ContainsFunc(events, func(e coord.Event) bool { return e.Type == "claim" && e.Host == name }) {
+				return
+			}
+			time.Sleep(2 * time.Millisecond)
+		}
+	}, nil
+}
+
+// slowFirstWait bounds how long holdForSlowHost keeps the other minions
+// stopped after SET.
+const slowFirstWait = 3 * time.Second
 
 // waitGeneration polls the generation hash every 50 ms until a generation
 // is done (or failed). Its done_at is Redis time, so the poll's latency is

@@ -70,6 +70,7 @@ type config struct {
 	Tools      []string      // benchmark 1: tools compared
 	SlowHost   int           // benchmark 1: the slow host of a slow row
 	SlowFactor int           // benchmark 1: the slow host's link is B/SlowFactor
+	SlowFirst  bool          // benchmark 1: fanout's slow host claims first (see holdForSlowHost)
 	SeedPoll   time.Duration // benchmark 1: seed002's poll of an empty synchronize_queue
 	QuietWait  time.Duration // benchmark 1: how long to wait for the machine to be quiet before each measurement
 	Repeat     int           // benchmark 1: runs of each measurement; the table gives the median and the range
@@ -114,6 +115,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	tools := fs.String("tools", strings.Join(allTools, ","), "e2e: tools to compare: "+strings.Join(allTools, ","))
 	fs.IntVar(&cfg.SlowHost, "slow-host", 3, "e2e: the slow host of slow rows (1..N)")
 	fs.IntVar(&cfg.SlowFactor, "slow-factor", 8, "e2e: the slow host's link is RATE divided by this")
+	fs.BoolVar(&cfg.SlowFirst, "slow-first", false, "e2e: in slow rows, fanout's slow host claims first, at the head of the chain: the other minions are stopped (SIGSTOP) from before SET until its claim is recorded (the figures count that wait against them)")
 	fs.DurationVar(&cfg.SeedPoll, "seed002-poll", 200*time.Millisecond, "e2e: seed002's poll of an empty synchronize_queue (seed002-netbed.sh's 0.2 s)")
 	fs.DurationVar(&cfg.QuietWait, "quiet-wait", 5*time.Minute, "e2e: wait up to this long for the machine's cores to be idle before each measurement (a shared machine)")
 	fs.IntVar(&cfg.Repeat, "repeat", 3, "e2e: runs of each tool in each row; the table gives the median run and the range")
