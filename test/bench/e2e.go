@@ -55,10 +55,27 @@ const defaultRows = "16:32M:16M,32:64M:16M,32:16M:4M,16:32M:16M:slow,16:32M:16M:
 
 // e2eRow is one row of benchmark 1.
 type e2eRow struct {
-	N    int
-	Size int64  // S
-	Rate int64  // B, bytes per second
-	Slow string // "", SlowBoth or SlowUpload
+	N     int
+	Size  int64  // S
+	Rate  int64  // B, bytes per second
+	Slow  string // "", SlowBoth or SlowUpload
+	Files int    // S in this many files of S/Files (-e2e-files); 0 or 1: one file
+}
+
+// files names the row's files under the task, each with its size: one
+// model.bin, or Files parts of a tree (the last takes what does not
+// divide).
+func (r e2eRow) files() (names []string, sizes []int64) {
+	if r.Files <= 1 {
+		return []string{"model.bin"}, []int64{r.Size}
+	}
+	each := r.Size / int64(r.Files)
+	for i := range r.Files {
+		names = append(names, fmt.Sprintf("tree/part-%03d.bin", i))
+		sizes = append(sizes, each)
+	}
+	sizes[r.Files-1] += r.Size - each*int64(r.Files)
+	return names, sizes
 }
 
 // parseRows reads "N:S:B[:slow|:slowup]" items separated by commas, sizes
@@ -99,6 +116,9 @@ func parseRows(s string) ([]e2eRow, error) {
 // Label names the row in the table.
 func (r e2eRow) Label(slowHost, factor int) string {
 	s := fmt.Sprintf("N=%d, %s, %s/s", r.N, sizeString(r.Size), sizeString(r.Rate))
+	if r.Files > 1 {
+		s += fmt.Sprintf(" in %d files", r.Files)
+	}
 	switch r.Slow {
 	case SlowBoth:
 		s += fmt.Sprintf(", host %d at B/%d", slowHost, factor)
@@ -110,7 +130,11 @@ func (r e2eRow) Label(slowHost, factor int) string {
 
 // slug names the row's directory.
 func (r e2eRow) slug() string {
-	return fmt.Sprintf("n%d-%d-%d%s", r.N, r.Size>>20, r.Rate>>20, r.Slow)
+	s := fmt.Sprintf("n%d-%d-%d%s", r.N, r.Size>>20, r.Rate>>20, r.Slow)
+	if r.Files > 1 {
+		s += fmt.Sprintf("-f%d", r.Files)
+	}
+	return s
 }
 
 // toolRun is one tool's distribution in one row.
@@ -204,7 +228,7 @@ type e2eEnv struct {
 	row      e2eRow
 	dir      string       // the row's directory
 	runDir   string       // this run's directory: every run starts from empty roots and state
-	data     string       // the row's file; each tool copies it into its source
+	data     string       // the row's files' directory; each tool copies them into its source (see e2eRow.files)
 	redis    *redisServer // bound to the testbed's root address, or loopback
 	bed      *netbed      // nil: fallback on loopback, with the tool's own limiter
 	slowHost int
@@ -278,9 +302,12 @@ func (b *bench) e2eRow(ctx context.Context, t *Table, label string, row e2eRow, 
 	}
 	defer rs.Stop()
 	env.redis = rs
-	env.data = filepath.Join(env.dir, "data", "model.bin")
-	if err := writeBigFile(env.data, row.Size, uint64(row.Size>>20)+uint64(row.N)); err != nil {
-		return err
+	env.data = filepath.Join(env.dir, "data")
+	names, sizes := row.files()
+	for i, name := range names {
+		if err := writeBigFile(filepath.Join(env.data, name), sizes[i], uint64(row.Size>>20)+uint64(row.N)+uint64(i)<<8); err != nil {
+			return err
+		}
 	}
 	runners := map[string]func(context.Context, *e2eEnv) (toolRun, error){
 		ToolFanout: b.e2eFanout, ToolBitTorrent: b.e2eBitTorrent, ToolSeed002: b.e2eSeed002,

@@ -36,6 +36,9 @@ func (b *bench) e2eBitTorrent(ctx context.Context, env *e2eEnv) (toolRun, error)
 	if env.bed == nil {
 		return run, notApplicable{"needs the testbed (network namespaces)"}
 	}
+	if env.row.Files > 1 {
+		return run, notApplicable{"one file only (-e2e-files)"}
+	}
 	for _, tool := range []string{"aria2c", "mktorrent", "opentracker"} {
 		if _, err := exec.LookPath(tool); err != nil {
 			return run, notApplicable{tool + " not installed (apt-get install -y aria2 mktorrent opentracker)"}
@@ -43,7 +46,7 @@ func (b *bench) e2eBitTorrent(ctx context.Context, env *e2eEnv) (toolRun, error)
 	}
 	w := env.runDir
 	seed := filepath.Join(w, "seed", "model.bin")
-	if err := copyFile(env.data, seed); err != nil {
+	if err := copyFile(filepath.Join(env.data, "model.bin"), seed); err != nil {
 		return run, err
 	}
 	var g procGroup

@@ -107,9 +107,11 @@ func (b *bench) e2eFanout(ctx context.Context, env *e2eEnv) (toolRun, error) {
 	}
 	// The file arrives after the fleet is up, as an operator's new file
 	// does: the master has never hashed it.
-	src := filepath.Join(master.Root, strings.TrimPrefix(e2eTask, "/"), "model.bin")
-	if err := copyFile(env.data, src); err != nil {
-		return run, err
+	names, _ := row.files()
+	for _, name := range names {
+		if err := copyFile(filepath.Join(env.data, name), filepath.Join(master.Root, strings.TrimPrefix(e2eTask, "/"), name)); err != nil {
+			return run, err
+		}
 	}
 	// Let start-up work (first verification, heartbeats) settle, and see
 	// how busy the machine is without this run.
@@ -208,8 +210,10 @@ func (b *bench) e2eFanout(ctx context.Context, env *e2eEnv) (toolRun, error) {
 		return run, fmt.Errorf("done with %d finish events for %d minions (hosts %v)", len(run.Hosts), row.N, sortedHosts(run.Hosts))
 	}
 	for i := 1; i <= row.N; i++ {
-		if err := sameFile(env.data, filepath.Join(minions[i].Root, strings.TrimPrefix(e2eTask, "/"), "model.bin")); err != nil {
-			return run, err
+		for _, name := range names {
+			if err := sameFile(filepath.Join(env.data, name), filepath.Join(minions[i].Root, strings.TrimPrefix(e2eTask, "/"), name)); err != nil {
+				return run, err
+			}
 		}
 	}
 	rounds, _ := obs.co.Rounds(ctx, g.ID)

@@ -55,7 +55,7 @@ func (b *bench) e2eSeed002(ctx context.Context, env *e2eEnv) (toolRun, error) {
 		}
 	}
 	src := filepath.Join(data(0), "model.bin")
-	if err := copyFile(env.data, src); err != nil {
+	if err := copyFile(filepath.Join(env.data, "model.bin"), src); err != nil {
 		return run, err
 	}
 	for i := 0; i <= row.N; i++ {

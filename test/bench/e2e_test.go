@@ -15,8 +15,8 @@ func TestParseRows(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := []e2eRow{
-		{16, 32 << 20, 16 << 20, ""}, {32, 64 << 20, 16 << 20, ""}, {32, 16 << 20, 4 << 20, ""},
-		{16, 32 << 20, 16 << 20, SlowBoth}, {16, 32 << 20, 16 << 20, SlowUpload},
+		{16, 32 << 20, 16 << 20, "", 0}, {32, 64 << 20, 16 << 20, "", 0}, {32, 16 << 20, 4 << 20, "", 0},
+		{16, 32 << 20, 16 << 20, SlowBoth, 0}, {16, 32 << 20, 16 << 20, SlowUpload, 0},
 	}
 	if len(rows) != len(want) {
 		t.Fatalf("rows %v", rows)
@@ -39,22 +39,45 @@ func TestParseRows(t *testing.T) {
 	}
 }
 
+// A row of several files splits its size among them, the last taking
+// what does not divide, and says so in its label; a row of one file is
+// model.bin, as the other tools move it.
+func TestRowFiles(t *testing.T) {
+	one := e2eRow{N: 16, Size: 32 << 20, Rate: 16 << 20}
+	if names, sizes := one.files(); len(names) != 1 || names[0] != "model.bin" || sizes[0] != 32<<20 {
+		t.Errorf("one file: %v %v", names, sizes)
+	}
+	tree := e2eRow{N: 16, Size: 32<<20 + 5, Rate: 16 << 20, Files: 8}
+	names, sizes := tree.files()
+	var sum int64
+	for _, n := range sizes {
+		sum += n
+	}
+	if len(names) != 8 || names[7] != "tree/part-007.bin" || sizes[0] != 4<<20 || sizes[7] != 4<<20+5 || sum != tree.Size {
+		t.Errorf("8 files: %v %v", names, sizes)
+	}
+	tree.Size = 32 << 20
+	if got := tree.Label(3, 8); got != "N=16, 32 MiB, 16 MiB/s in 8 files" {
+		t.Errorf("label %q", got)
+	}
+}
+
 func TestE2ECells(t *testing.T) {
 	hosts := map[int]time.Duration{1: 3 * time.Second, 2: 4 * time.Second, 3: 18 * time.Second}
 	run := toolRun{Total: 19 * time.Second, Hosts: hosts, CPU: 3 * time.Second, Detail: "d"}
 	// Uniform: all hosts against S/B (2 s); CPU per GiB of 3 × 32 MiB.
-	fig, ratio := e2eCells(e2eRow{3, 32 << 20, 16 << 20, ""}, 3, 8, []toolRun{run})
+	fig, ratio := e2eCells(e2eRow{3, 32 << 20, 16 << 20, "", 0}, 3, 8, []toolRun{run})
 	if ratio != "9.50 × S/B" || fig != "19.0 s; d; 32.0 CPU-s/GiB delivered" {
 		t.Errorf("uniform: %q | %q", fig, ratio)
 	}
 	// Slow both ways: the others' last (4 s = 2 × S/B), the slow host
 	// against its floor (16 s).
-	fig, ratio = e2eCells(e2eRow{3, 32 << 20, 16 << 20, SlowBoth}, 3, 8, []toolRun{run})
+	fig, ratio = e2eCells(e2eRow{3, 32 << 20, 16 << 20, SlowBoth, 0}, 3, 8, []toolRun{run})
 	if !strings.HasPrefix(fig, "other 2: last at 4.00 s; host 3 at 18.0 s; all done 19.0 s") ||
 		ratio != "other 2: 2.00 × S/B; host 3: 1.12 × its floor S/(B/8) = 16.0 s" {
 		t.Errorf("slow: %q | %q", fig, ratio)
 	}
-	fig, ratio = e2eCells(e2eRow{3, 32 << 20, 16 << 20, SlowUpload}, 3, 8, []toolRun{{Total: 5 * time.Second, Hosts: hosts}})
+	fig, ratio = e2eCells(e2eRow{3, 32 << 20, 16 << 20, SlowUpload, 0}, 3, 8, []toolRun{{Total: 5 * time.Second, Hosts: hosts}})
 	if fig != "all 3: 5.00 s (host 3 at 18.0 s)" || ratio != "2.50 × S/B" {
 		t.Errorf("slow upload: %q | %q", fig, ratio)
 	}
@@ -65,12 +88,12 @@ func TestE2ECells(t *testing.T) {
 		{Total: 18 * time.Second, Hosts: map[int]time.Duration{1: 2 * time.Second, 3: 17 * time.Second}, Detail: "fastest"},
 		{Total: 30 * time.Second, Hosts: map[int]time.Duration{1: 4 * time.Second, 3: 29 * time.Second}, Detail: "middle"},
 	}
-	fig, ratio = e2eCells(e2eRow{2, 32 << 20, 16 << 20, SlowBoth}, 3, 8, runs)
+	fig, ratio = e2eCells(e2eRow{2, 32 << 20, 16 << 20, SlowBoth, 0}, 3, 8, runs)
 	if !strings.HasPrefix(fig, "median of 3; other 1: last at 4.00 s; host 3 at 29.0 s; all done 30.0 s; middle") ||
 		!strings.HasSuffix(ratio, "(range 1.00–3.00)") {
 		t.Errorf("median: %q | %q", fig, ratio)
 	}
-	fig, ratio = e2eCells(e2eRow{2, 32 << 20, 16 << 20, ""}, 3, 8, runs)
+	fig, ratio = e2eCells(e2eRow{2, 32 << 20, 16 << 20, "", 0}, 3, 8, runs)
 	if !strings.HasPrefix(fig, "median of 3; 20.0 s; slowest") || ratio != "10.00 × S/B (range 9.00–15.00)" {
 		t.Errorf("median uniform: %q | %q", fig, ratio)
 	}
