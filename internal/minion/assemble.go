@@ -509,12 +509,24 @@ func (j *job) signal() {
 // (one chunk at least), for a source that has the chunks have marks (nil:
 // all): chunks neither landed nor asked of another source. With none left
 // it doubles a request in flight (the endgame: the last chunks come from
-// whichever source is faster). It returns the run [i, k), or i == k when
-// there is nothing for this source. From the back (back), it takes the
-// run that ends at the last such chunk instead: a request that may be cut
-// off (a probe) then leaves no hole just ahead of the stream, which this
-// host's own pullers wait on (they stream the file in order).
-func (j *job) take(have []bool, mine map[int]bool, limit int64, back bool) (int, int) {
+// whichever source is faster), taking the run that ends at the last such
+// chunk: the source whose request it doubles sends its run from the
+// front, the two meet, and the request whose rest landed ends there (see
+// chunkWriter.Write). Doubled from the front, both sent the same chunks
+// at once, to the end of the shorter run: in a tree pull behind a slow
+// host's own link (B/8 on the netbed), where each of four files at a time
+// has an endgame, that host fetched a third more than the tree, and took
+// 1.47-1.55 x its floor (1.13-1.15 from the back). A rescue source
+// (frontEndgame) still doubles from the front: it is there to step around
+// a slow parent, whose run holds the front of the stream that the hosts
+// behind this one wait on (doubled from the back, the host behind a
+// bypasser finished 0.3 s after it in some runs of row 5). It returns
+// the run [i, k), or i == k when there is nothing for this source. From
+// the back (back), it takes the run that ends at the last chunk not asked
+// of another source instead: a request that may be cut off (a probe)
+// then leaves no hole just ahead of the stream, which this host's own
+// pullers wait on (they stream the file in order).
+func (j *job) take(have []bool, mine map[int]bool, limit int64, back, frontEndgame bool) (int, int) {
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	ok := func(i int, endgame bool) bool {
@@ -530,7 +542,7 @@ func (j *job) take(have []bool, mine map[int]bool, limit int64, back bool) (int,
 		j.low++
 	}
 	for _, endgame := range []bool{false, true} {
-		if back {
+		if back || (endgame && !frontEndgame) {
 			for k := len(j.chunks) - 1; k >= j.low; k-- {
 				if !ok(k, endgame) {
 					continue
@@ -649,7 +661,7 @@ func (a *assembler) work(ctx context.Context, j *job, p *feed, errc chan<- error
 	}
 	var have []bool
 	var haveAt time.Time
-	gate := rescueGate{judged: p.judged.Load()} // a source's first window is short once
+	gate := rescueGate{judged: p.judged.Load(), clock: &p.probes} // a source's first window is short once
 	// whole: p holds the whole file (the origin, or a source that
 	// finished), so its prefix does not grow and a rescue gate judges it
 	// by probes (see rescueGate.judge); silent counts the probes in a row
@@ -730,7 +742,7 @@ func (a *assembler) work(ctx context.Context, j *job, p *feed, errc chan<- error
 		// A probe takes its run from the back of the file: cut off at
 		// probeTime, it leaves its chunks for later, and taken from just
 		// ahead of the stream it would stall every host behind this one.
-		i, k := j.take(marks, skipMine(mine, lead), limit, probe)
+		i, k := j.take(marks, skipMine(mine, lead), limit, probe, p.rescue)
 		if i == k {
 			select { // nothing this source has: wait for a change
 			case <-ctx.Done():
@@ -761,6 +773,8 @@ func (a *assembler) work(ctx context.Context, j *job, p *feed, errc chan<- error
 			rcancel()
 			rctx, rcancel = context.WithTimeout(ctx, probeTime+probeGrace)
 			w.cutAt, w.cut = time.Now().Add(probeTime), rcancel
+		} else {
+			w.stop = rcancel
 		}
 		req := 0
 		if counted != nil {
@@ -919,16 +933,18 @@ type rescueGate struct {
 	at         time.Time // when the window began
 
 	// A whole source's (see judge): the parent's growth in the last
-	// window, bytes/s (grown: measured since the last probe), when the
-	// next probe is due and the pause before it, and until when a probe
-	// opened the gate.
-	growth      float64
-	grown       bool
-	next, until time.Time
-	pause       time.Duration
+	// window, bytes/s (grown: measured since the last probe), until when
+	// a probe opened the gate, and the source's probe schedule (clock,
+	// see probeClock).
+	growth float64
+	grown  bool
+	until  time.Time
+	clock  *probeClock
 	// confirm: the last probe was fast enough to open the gate, and the
-	// next, due at once and of confirmBytes, decides (see probed).
-	confirm bool
+	// next, due at once (from confirmAt) and of confirmBytes, decides
+	// (see probed).
+	confirm   bool
+	confirmAt time.Time
 	// measured: a whole source's window ended since the gate started, so
 	// no later one is a first window (see judge), and the loop polls once
 	// a window (see poll). Not judged, which sets the partial gate's
@@ -1015,19 +1031,33 @@ func (g *rescueGate) judge(parent int64, f flow, now time.Time) {
 }
 
 // probe reports whether a whole rescue source is to be probed now: while
-// the gate is closed, once a window measured the parent's growth, and no
-// sooner than the pause after the last probe (probeEvery, doubling after
-// each probe that left the gate closed, up to maxProbePause: a healthy
-// chain pays for a few probes, not one a second). A probe asks for
-// probeBytes and is cut off after probeTime (see probed).
+// the gate is closed, once a window measured the parent's growth, while no
+// other probe of the source runs (for another file: see probeClock), and
+// no sooner than the pause after the last probe (probeEvery, doubling
+// after each probe that left a gate closed, up to maxProbePause: a healthy
+// chain pays for a few probes, not one a second). A confirmation (see
+// probed) is due at once. A probe asks for probeBytes and is cut off after
+// probeTime (see probed).
 func (g *rescueGate) probe(now time.Time) bool {
-	if g.open || !g.grown || now.Before(g.next) {
+	if g.open || !g.grown {
 		return false
 	}
-	if g.confirm && now.Sub(g.next) > probeEvery {
+	c := g.probeClock()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if now.Before(c.running) {
+		return false
+	}
+	if g.confirm && now.Sub(g.confirmAt) > probeEvery {
 		g.confirm = false // not taken at once (the source led meanwhile): start over
 	}
-	g.next = now.Add(probeEvery) // until probed says how long to pause
+	if !g.confirm {
+		if now.Before(c.next) {
+			return false
+		}
+		c.next = now.Add(probeEvery) // until probed says how long to pause
+	}
+	c.running = now.Add(probeTime + probeGrace + probeSlack)
 	return true
 }
 
@@ -1048,21 +1078,50 @@ func (g *rescueGate) probe(now time.Time) bool {
 // source, or this host's link, is slow. The next window starts after the
 // probe that decides.
 func (g *rescueGate) probed(n int64, d time.Duration, now time.Time) bool {
+	c := g.probeClock()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.running = time.Time{}
 	fast := d > 0 && n >= minRun && float64(n)/d.Seconds() >= gateFactor*g.growth
 	if fast && !g.confirm {
-		g.confirm, g.next = true, now
+		g.confirm, g.confirmAt, c.next = true, now, now
 		g.firstN, g.firstD = n, d
 		return false
 	}
 	g.known, g.grown, g.confirm = false, false, false
 	if fast {
-		g.open, g.until, g.pause = true, now.Add(probeEvery), 0
-		g.next = g.until
+		g.open, g.until, c.pause = true, now.Add(probeEvery), 0
+		c.next = g.until
 		return true
 	}
-	g.pause = min(max(2*g.pause, probeEvery), maxProbePause)
-	g.next = now.Add(g.pause)
+	c.pause = min(max(2*c.pause, probeEvery), maxProbePause)
+	c.next = now.Add(c.pause)
 	return false
+}
+
+// probeClock returns the schedule g's probes keep: the source's (see
+// feed.probes), or g's own when it has none.
+func (g *rescueGate) probeClock() *probeClock {
+	if g.clock == nil {
+		g.clock = &probeClock{}
+	}
+	return g.clock
+}
+
+// probeClock is when a whole rescue source may be probed next. The gates
+// of every file pulled from the source at once share it (see
+// feed.probes): a tree pull fetches several files at once, and each
+// file's gate, starting over, probed the source on its own, the pause
+// after a probe that left the gate closed never growing. Behind a slow
+// host's own link (B/8 on the netbed, 8 files of 4 MiB) four probes at a
+// time each took a good part of that link for 600 ms and brought a few
+// KiB, and the slow host took 1.44-1.49 x its floor, against 1.07-1.10
+// for one file.
+type probeClock struct {
+	mu      sync.Mutex
+	next    time.Time     // no probe (but a confirmation) before
+	pause   time.Duration // after the last probe that left a gate closed
+	running time.Time     // a probe runs until probed, or at the latest until then
 }
 
 // probeSize is how much the due probe asks for: probeBytes, or
@@ -1079,7 +1138,10 @@ func (g *rescueGate) probeSize() int64 {
 // finished): the gate stays open for probeEvery.
 func (g *rescueGate) keep(now time.Time) {
 	if g.open {
-		g.until, g.next = now.Add(probeEvery), now.Add(probeEvery)
+		c := g.probeClock()
+		c.mu.Lock()
+		g.until, c.next = now.Add(probeEvery), now.Add(probeEvery)
+		c.mu.Unlock()
 	}
 	g.known, g.confirm = false, false
 }
@@ -1099,10 +1161,13 @@ func (g *rescueGate) keep(now time.Time) {
 // (median 1.2) with probes cut mid-chunk, 0.14-1.08 MB (median 0.38)
 // with probes ended at a chunk's end, 12 runs each.
 const (
-	probeBytes    = 1 << 20
-	confirmBytes  = 2 << 20
-	probeTime     = 300 * time.Millisecond
-	probeGrace    = 300 * time.Millisecond
+	probeBytes   = 1 << 20
+	confirmBytes = 2 << 20
+	probeTime    = 300 * time.Millisecond
+	probeGrace   = 300 * time.Millisecond
+	// probeSlack: a probe that never reported (its run was not taken)
+	// stops holding the source's other gates this much after its cap.
+	probeSlack    = 100 * time.Millisecond
 	probeEvery    = time.Second
 	maxProbePause = 8 * time.Second
 	// maxSilentProbes probes in a row that bring nothing give the
@@ -1324,6 +1389,9 @@ type chunkWriter struct {
 	// later ends the request, through cut.
 	cutAt time.Time
 	cut   func()
+	// stop ends the request once the rest of its run landed from another
+	// source (nil: not asked to).
+	stop func()
 
 	// With more than one chunk in the run: full chunks go to the lander
 	// through ready, and their buffers come back on free; done is closed
@@ -1419,8 +1487,25 @@ func (w *chunkWriter) Write(p []byte) (int, error) {
 			w.cut() // a probe's time is up, at a chunk's end
 			w.cut = nil
 		}
+		if w.stop != nil && w.k < len(w.chunks) && w.j.allDone(w.first+w.k, w.first+len(w.chunks)) {
+			w.stop() // the rest of the run landed from another source (see job.take)
+			w.stop = nil
+		}
 	}
 	return n, nil
+}
+
+// allDone reports whether chunks [i, k) of j all landed (or repeat one
+// that did).
+func (j *job) allDone(i, k int) bool {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	for x := i; x < k; x++ {
+		if !j.done[j.first[x]] {
+			return false
+		}
+	}
+	return true
 }
 
 // buffer returns an empty buffer for a chunk of n bytes: one the lander

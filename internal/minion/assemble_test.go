@@ -128,6 +128,34 @@ func TestChunkWriterCutsAtChunkEnd(t *testing.T) {
 	}
 }
 
+// A run whose remaining chunks all landed from another source (one that
+// doubled it from the back in the endgame) ends its request at the next
+// chunk's end; one with a chunk still missing goes on.
+func TestChunkWriterStopsWhenRestLanded(t *testing.T) {
+	j, data := writerJob(t, 100<<10, 100<<10, 100<<10, 100<<10)
+	a := &assembler{m: &Minion{cfg: Config{Metrics: metrics.New()}}}
+	w := a.newChunkWriter(j, 0, j.chunks, &feed{})
+	stops := 0
+	w.stop = func() { stops++ }
+	j.done[3] = true // the other source's run: chunk 3 landed, chunk 2 not yet
+	if err := write(w, data[:100<<10], 10<<10); err != nil {
+		t.Fatal(err)
+	}
+	if stops != 0 {
+		t.Fatal("stopped with chunks 1 and 2 still missing")
+	}
+	j.mu.Lock()
+	j.done[2] = true
+	j.mu.Unlock()
+	if err := write(w, data[100<<10:200<<10], 10<<10); err != nil {
+		t.Fatal(err)
+	}
+	if stops != 1 {
+		t.Fatalf("stopped %d times once the rest of the run had landed, want once", stops)
+	}
+	w.close()
+}
+
 // A file's inflow counts the bytes a source's requests bring as they
 // arrive, and its start is the first of them; a probe's bytes (its writer
 // counts for no feed) are not counted.

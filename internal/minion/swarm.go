@@ -38,6 +38,9 @@ type feed struct {
 	// for more than a link's burst: its rate decides the lead at once
 	// (see swarm.lead), without a further quickBusy of requests.
 	proven atomic.Bool
+	// probes: when this source, if whole and a rescue, may be probed
+	// (see probeClock), whichever file's gate probes it.
+	probes probeClock
 
 	mu      sync.Mutex
 	bytes   int64 // received from it

@@ -347,23 +347,32 @@ func TestRunLimitAndTake(t *testing.T) {
 		chunks[i] = manifest.Chunk{Off: int64(i) * 100 << 10, Len: 100 << 10}
 	}
 	j := &job{chunks: chunks, done: make([]bool, 10), inflight: make([]int, 10), first: []int{0, 1, 2, 3, 4, 5, 6, 7, 8, 9}, changed: make(chan struct{}, 1)}
-	if i, k := j.take(nil, nil, 250<<10, false); i != 0 || k != 2 {
+	if i, k := j.take(nil, nil, 250<<10, false, false); i != 0 || k != 2 {
 		t.Fatalf("take(limit 250 KiB) = [%d, %d), want [0, 2)", i, k)
 	}
-	if i, k := j.take(nil, nil, 1, false); i != 2 || k != 3 {
+	if i, k := j.take(nil, nil, 1, false, false); i != 2 || k != 3 {
 		t.Fatalf("take(limit 1 B) = [%d, %d), want one chunk, [2, 3)", i, k)
 	}
 	// From the back (a probe): the run ending at the last free chunk,
 	// then the one before it; chunks a source does not have are skipped.
-	if i, k := j.take(nil, nil, 250<<10, true); i != 8 || k != 10 {
+	if i, k := j.take(nil, nil, 250<<10, true, false); i != 8 || k != 10 {
 		t.Fatalf("take(back, limit 250 KiB) = [%d, %d), want [8, 10)", i, k)
 	}
 	have := []bool{true, true, true, true, true, true, false, true, false, false}
-	if i, k := j.take(have, nil, 250<<10, true); i != 7 || k != 8 {
+	if i, k := j.take(have, nil, 250<<10, true, false); i != 7 || k != 8 {
 		t.Fatalf("take(back, have) = [%d, %d), want [7, 8)", i, k)
 	}
-	if i, k := j.take(nil, nil, 1<<20, true); i != 3 || k != 7 {
+	if i, k := j.take(nil, nil, 1<<20, true, false); i != 3 || k != 7 {
 		t.Fatalf("take(back, limit 1 MiB) = [%d, %d), want the free run [3, 7)", i, k)
+	}
+	// Every chunk asked once: the endgame doubles the run that ends at
+	// the last, which its source sends last, or a rescue source the run
+	// at the front of the stream.
+	if i, k := j.take(nil, nil, 250<<10, false, false); i != 8 || k != 10 {
+		t.Fatalf("endgame take = [%d, %d), want [8, 10)", i, k)
+	}
+	if i, k := j.take(nil, nil, 250<<10, false, true); i != 0 || k != 2 {
+		t.Fatalf("endgame take (rescue) = [%d, %d), want [0, 2)", i, k)
 	}
 }
 
@@ -379,7 +388,7 @@ func TestLeaderTakesWhatAllWereAsked(t *testing.T) {
 	j := &job{chunks: chunks, done: make([]bool, 4), inflight: make([]int, 4), first: []int{0, 1, 2, 3}, changed: make(chan struct{}, 1)}
 	mines := []map[int]bool{{}, {}, {}}
 	for n, mine := range mines {
-		i, k := j.take(nil, skipMine(mine, true), runBytes, false)
+		i, k := j.take(nil, skipMine(mine, true), runBytes, false, false)
 		if i != 0 || k != 4 {
 			t.Fatalf("source %d leading took [%d, %d), want [0, 4)", n, i, k)
 		}
@@ -389,11 +398,11 @@ func TestLeaderTakesWhatAllWereAsked(t *testing.T) {
 		j.untake(i, k) // demoted: its request cancelled, nothing landed
 	}
 	for n, mine := range mines {
-		if i, k := j.take(nil, skipMine(mine, false), runBytes, false); i != k {
+		if i, k := j.take(nil, skipMine(mine, false), runBytes, false, false); i != k {
 			t.Errorf("source %d, not leading, took [%d, %d) back", n, i, k)
 		}
 	}
-	if i, k := j.take(nil, skipMine(mines[1], true), runBytes, false); i != 0 || k != 4 {
+	if i, k := j.take(nil, skipMine(mines[1], true), runBytes, false, false); i != 0 || k != 4 {
 		t.Fatalf("the leader took [%d, %d), want the run every source was asked for, [0, 4)", i, k)
 	}
 }
@@ -786,6 +795,55 @@ func TestRescueGateBurstProbe(t *testing.T) {
 	}
 	if g.probe(at(400)) || g.confirm {
 		t.Fatal("a probe due again at once after a confirmation said no")
+	}
+}
+
+// The gates of two files pulled from one whole rescue source share its
+// probe schedule: one probe at a time, and the pause after a probe that
+// left a gate closed grows across files; a probe that never reported
+// holds the others only until its cap has passed.
+func TestProbeClockShared(t *testing.T) {
+	at := msClock()
+	var clock probeClock
+	grown := func() *rescueGate {
+		g := &rescueGate{clock: &clock}
+		g.judge(0, flow{}, at(0))
+		g.judge(1<<20, flow{at(10), 1 << 20}, at(300)) // a parent at about 3.4 MiB/s
+		return g
+	}
+	a, b := grown(), grown()
+	if !a.probe(at(300)) {
+		t.Fatal("no probe due after the first window")
+	}
+	if b.probe(at(300)) {
+		t.Fatal("a second file's gate probed the source while the first's probe ran")
+	}
+	if a.probed(64<<10, 600*time.Millisecond, at(900)) { // slow: the gate stays closed, pause 1 s
+		t.Fatal("a slow probe opened the gate")
+	}
+	if b.probe(at(1000)) {
+		t.Fatal("the second file's gate probed within the pause after the first's probe")
+	}
+	if !b.probe(at(1900)) {
+		t.Fatal("no probe due after the pause")
+	}
+	if b.probed(64<<10, 600*time.Millisecond, at(2500)) || clock.pause != 2*probeEvery {
+		t.Fatalf("pause after two slow probes of two files %v, want %v", clock.pause, 2*probeEvery)
+	}
+	// A confirmation that never reported (its run was not taken).
+	c := grown()
+	if !c.probe(at(4500)) {
+		t.Fatal("no probe due after the doubled pause")
+	}
+	if c.probed(probeBytes, 10*time.Millisecond, at(4510)) || !c.probe(at(4510)) || c.probeSize() != confirmBytes {
+		t.Fatal("no confirmation due at once after a fast probe")
+	}
+	d := grown()
+	if d.probe(at(5000)) {
+		t.Fatal("a probe due while another file's confirmation could still run")
+	}
+	if !d.probe(at(4510 + int((probeTime+probeGrace+probeSlack)/time.Millisecond))) {
+		t.Fatal("an unreported confirmation held the source's other gates past its cap")
 	}
 }
 
