@@ -744,6 +744,9 @@ func (a *assembler) work(ctx context.Context, j *job, p *feed, errc chan<- error
 		// ahead of the stream it would stall every host behind this one.
 		i, k := j.take(marks, skipMine(mine, lead), limit, probe, p.rescue)
 		if i == k {
+			if probe {
+				gate.unprobe() // nothing to probe with: the source's other gates may
+			}
 			select { // nothing this source has: wait for a change
 			case <-ctx.Done():
 			case <-j.changed:
@@ -764,6 +767,9 @@ func (a *assembler) work(ctx context.Context, j *job, p *feed, errc chan<- error
 			counted = nil
 		}
 		if !a.sw.holds(p) { // the claim ended while this run was chosen (see swarm.abandon)
+			if probe {
+				gate.unprobe()
+			}
 			j.untake(i, k)
 			return
 		}
@@ -893,6 +899,13 @@ func skipMine(mine map[int]bool, lead bool) map[int]bool {
 // would otherwise hold the slot, the only one of its kind its source has,
 // for the whole pull.
 func (a *assembler) probed(ctx context.Context, p *feed, gate *rescueGate, n int64, d time.Duration, silent *int) bool {
+	if ctx.Err() != nil {
+		// The file is complete (or the pull ends): the probe was cut
+		// short, and says nothing of the source that the schedule the
+		// source's other gates share should keep.
+		gate.unprobe()
+		return true
+	}
 	growth := gate.growth
 	open := gate.probed(n, d, time.Now())
 	if open {
@@ -1097,6 +1110,16 @@ func (g *rescueGate) probed(n int64, d time.Duration, now time.Time) bool {
 	c.pause = min(max(2*c.pause, probeEvery), maxProbePause)
 	c.next = now.Add(c.pause)
 	return false
+}
+
+// unprobe ends the probe that probe allowed without an outcome (it was
+// not sent, or cut short as the file completed): the source's other
+// gates may probe again.
+func (g *rescueGate) unprobe() {
+	c := g.probeClock()
+	c.mu.Lock()
+	c.running = time.Time{}
+	c.mu.Unlock()
 }
 
 // probeClock returns the schedule g's probes keep: the source's (see

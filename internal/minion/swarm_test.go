@@ -801,7 +801,8 @@ func TestRescueGateBurstProbe(t *testing.T) {
 // The gates of two files pulled from one whole rescue source share its
 // probe schedule: one probe at a time, and the pause after a probe that
 // left a gate closed grows across files; a probe that never reported
-// holds the others only until its cap has passed.
+// holds the others only until its cap has passed, one not sent not at
+// all.
 func TestProbeClockShared(t *testing.T) {
 	at := msClock()
 	var clock probeClock
@@ -844,6 +845,16 @@ func TestProbeClockShared(t *testing.T) {
 	}
 	if !d.probe(at(4510 + int((probeTime+probeGrace+probeSlack)/time.Millisecond))) {
 		t.Fatal("an unreported confirmation held the source's other gates past its cap")
+	}
+	// A confirmation allowed but not sent (no run to take) gives the
+	// source back at once.
+	e, f := grown(), grown()
+	if e.probed(probeBytes, 10*time.Millisecond, at(7000)) || !e.probe(at(7000)) {
+		t.Fatal("no confirmation due at once after a fast probe")
+	}
+	e.unprobe()
+	if !f.probe(at(7010)) {
+		t.Fatal("a confirmation not sent held the source's other gates")
 	}
 }
 
