@@ -107,10 +107,26 @@ func TestVersion(t *testing.T) {
 	}
 }
 
+// A Redis that cannot be reached gets a clear error. The address is held
+// by a listener that hangs up on every connection: a closed miniredis's
+// port was once taken by another package's Redis, running at the same
+// time in CI, and status succeeded there.
 func TestUnreachableRedis(t *testing.T) {
-	mr := miniredis.RunT(t)
-	addr := mr.Addr()
-	mr.Close()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	addr := ln.Addr().String()
 	code, _, stderr := run(t, masterMain, map[string]string{"FANOUT_REDIS": "redis://" + addr}, "status")
 	if code != exitFailure || !strings.Contains(stderr, "cannot reach Redis at redis://"+addr) {
 		t.Fatalf("code %d, stderr %q", code, stderr)
