@@ -745,7 +745,7 @@ func (a *assembler) work(ctx context.Context, j *job, p *feed, errc chan<- error
 		i, k := j.take(marks, skipMine(mine, lead), limit, probe, p.rescue)
 		if i == k {
 			if probe {
-				gate.unprobe() // nothing to probe with: the source's other gates may
+				gate.unprobe() // nothing to probe with: the source's other gates may probe
 			}
 			select { // nothing this source has: wait for a change
 			case <-ctx.Done():
