@@ -499,6 +499,32 @@ func TestHedgeAfter(t *testing.T) {
 	}
 }
 
+// The manifest's hedge is chosen by the pull's rescue source: the one the
+// swarm holds (not an extra that is not a rescue, nor one dropped).
+func TestRescueAddr(t *testing.T) {
+	m := testMinion(t, t.TempDir())
+	src := &source{m: m, cl: &coord.Claim{Host: "h", Slot: "p#0", Source: "p", Partial: true}}
+	sw := newSwarm(m, src, 3)
+	src.sw = sw
+	if got := sw.rescueAddr(); got != "" {
+		t.Fatalf("no rescue source: %q", got)
+	}
+	sw.add(1, coord.Claim{Source: "x", Slot: "x#1", SourceAddr: "10.0.0.9:7070"}, false)
+	if got := sw.rescueAddr(); got != "" {
+		t.Fatalf("an extra source that is not a rescue: %q", got)
+	}
+	sw.add(2, coord.Claim{Source: "o", Slot: "o#64", SourceAddr: "10.0.0.1:7070"}, true)
+	if got := sw.rescueAddr(); got != "10.0.0.1:7070" {
+		t.Fatalf("rescue source at 10.0.0.1:7070: %q", got)
+	}
+	sw.mu.Lock()
+	sw.extras[2].dropped = true
+	sw.mu.Unlock()
+	if got := sw.rescueAddr(); got != "" {
+		t.Fatalf("a dropped rescue source: %q", got)
+	}
+}
+
 // A rescue source that holds the whole file is judged by probes: one is
 // due once a window measured the parent's growth (a window closes after
 // gateWindow once probeBytes/2 landed, or after 4 gateWindows); a probe
