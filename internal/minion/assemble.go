@@ -36,6 +36,7 @@ type assembler struct {
 
 	mu    sync.Mutex
 	local map[string]chunkAt // chunk hash → bytes on this host with that hash
+	jobs  map[*job]bool      // the files being fetched now (see othersFresh)
 
 	// compress asks sources for zstd frames (this host's --compress, or
 	// the generation's).
@@ -58,7 +59,7 @@ type chunkAt struct {
 }
 
 func newAssembler(m *Minion, sw *swarm, root string) *assembler {
-	return &assembler{m: m, sw: sw, root: root, local: map[string]chunkAt{}, noProgress: noProgressAfter}
+	return &assembler{m: m, sw: sw, root: root, local: map[string]chunkAt{}, jobs: map[*job]bool{}, noProgress: noProgressAfter}
 }
 
 // noProgressAfter: a file of a chunked pull that waits for chunks while
@@ -505,19 +506,29 @@ func (j *job) signal() {
 	}
 }
 
+// endgame is how take doubles a request in flight once every chunk of a
+// file has been asked of a source.
+type endgame int
+
+const (
+	endgameNone  endgame = iota // doubles nothing (see assembler.othersFresh)
+	endgameBack                 // doubles the run that ends at the last chunk in flight
+	endgameFront                // doubles the run at the front (a rescue source)
+)
+
 // take picks the next run of consecutive chunks, of limit bytes at most
 // (one chunk at least), for a source that has the chunks have marks (nil:
 // all): chunks neither landed nor asked of another source. With none left
 // it doubles a request in flight (the endgame: the last chunks come from
-// whichever source is faster), taking the run that ends at the last such
-// chunk: the source whose request it doubles sends its run from the
-// front, the two meet, and the request whose rest landed ends there (see
-// chunkWriter.Write). Doubled from the front, both sent the same chunks
+// whichever source is faster), unless eg is endgameNone, taking the run
+// that ends at the last such chunk: the source whose request it doubles
+// sends its run from the front, the two meet, and the request whose rest
+// landed ends there (see chunkWriter.Write). Doubled from the front, both sent the same chunks
 // at once, to the end of the shorter run: in a tree pull behind a slow
 // host's own link (B/8 on the netbed), where each of four files at a time
 // has an endgame, that host fetched a third more than the tree, and took
 // 1.47-1.55 x its floor (1.13-1.15 from the back). A rescue source
-// (frontEndgame) still doubles from the front: it is there to step around
+// (endgameFront) still doubles from the front: it is there to step around
 // a slow parent, whose run holds the front of the stream that the hosts
 // behind this one wait on (doubled from the back, the host behind a
 // bypasser finished 0.3 s after it in some runs of row 5). It returns
@@ -526,7 +537,7 @@ func (j *job) signal() {
 // of another source instead: a request that may be cut off (a probe)
 // then leaves no hole just ahead of the stream, which this host's own
 // pullers wait on (they stream the file in order).
-func (j *job) take(have []bool, mine map[int]bool, limit int64, back, frontEndgame bool) (int, int) {
+func (j *job) take(have []bool, mine map[int]bool, limit int64, back bool, eg endgame) (int, int) {
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	ok := func(i int, endgame bool) bool {
@@ -542,7 +553,10 @@ func (j *job) take(have []bool, mine map[int]bool, limit int64, back, frontEndga
 		j.low++
 	}
 	for _, endgame := range []bool{false, true} {
-		if back || (endgame && !frontEndgame) {
+		if endgame && eg == endgameNone {
+			break
+		}
+		if back || (endgame && eg == endgameBack) {
 			for k := len(j.chunks) - 1; k >= j.low; k-- {
 				if !ok(k, endgame) {
 					continue
@@ -575,6 +589,48 @@ func (j *job) take(have []bool, mine map[int]bool, limit int64, back, frontEndga
 	return 0, 0
 }
 
+// fresh reports whether j has a chunk to fetch that no source was asked
+// for.
+func (j *job) fresh() bool {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	for i := j.low; i < len(j.chunks); i++ {
+		if !j.done[i] && j.first[i] == i && j.inflight[i] == 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// othersFresh reports whether a file of the pull other than j, being
+// fetched now, has a chunk no source was asked for. The endgame is the
+// pull's, not a file's: while another file has chunks to fetch, a source
+// doubling a request for j's last ones takes the link from them, and
+// pays for it with bytes that arrive twice. On the netbed's slow host (a
+// link of B/8) pulling a tree of eight 4 MiB files, four at a time, each
+// file had its own endgame: the host fetched 1.2-2.1 MB more than the
+// 33.5 MB tree and took 1.13-1.16 x its floor (median 1.15, 10 runs);
+// with this and swarm.shares, 0.5-1.4 MB and 1.09-1.18 (median 1.11, 11
+// runs). Alone, this left the others nothing to take from a file the
+// leader had been asked for whole, and the last file came from the
+// leader's one stream (1.16-1.32 in 3 runs).
+func (a *assembler) othersFresh(j *job) bool {
+	a.mu.Lock()
+	others := make([]*job, 0, len(a.jobs))
+	for o := range a.jobs {
+		if o != j {
+			others = append(others, o)
+		}
+	}
+	a.mu.Unlock()
+	for _, o := range others {
+		if o.fresh() {
+			return true
+		}
+	}
+	return false
+}
+
 func (j *job) untake(i, k int) {
 	j.mu.Lock()
 	for x := i; x < k; x++ {
@@ -592,9 +648,15 @@ func (j *job) untake(i, k int) {
 func (a *assembler) fetchAll(ctx context.Context, j *job) error {
 	ctx, cancel := context.WithCancel(ctx)
 	var wg sync.WaitGroup
+	a.mu.Lock()
+	a.jobs[j] = true
+	a.mu.Unlock()
 	defer func() {
 		cancel() // requests still in flight (the endgame's doubles) end
 		wg.Wait()
+		a.mu.Lock()
+		delete(a.jobs, j)
+		a.mu.Unlock()
 	}()
 	errc := make(chan error, 1)
 	// working: the sources a worker fetches from now. A worker that ends
@@ -734,6 +796,8 @@ func (a *assembler) work(ctx context.Context, j *job, p *feed, errc chan<- error
 		// runs sized to their rate, a probe one of probeBytes.
 		marks, limit := have, p.runLimit()
 		switch {
+		case lead && a.sw.shares(p):
+			marks, limit = nil, maxRun
 		case lead:
 			marks, limit = nil, runBytes
 		case probe:
@@ -742,7 +806,14 @@ func (a *assembler) work(ctx context.Context, j *job, p *feed, errc chan<- error
 		// A probe takes its run from the back of the file: cut off at
 		// probeTime, it leaves its chunks for later, and taken from just
 		// ahead of the stream it would stall every host behind this one.
-		i, k := j.take(marks, skipMine(mine, lead), limit, probe, p.rescue)
+		eg := endgameBack
+		switch {
+		case p.rescue:
+			eg = endgameFront
+		case a.othersFresh(j):
+			eg = endgameNone
+		}
+		i, k := j.take(marks, skipMine(mine, lead), limit, probe, eg)
 		if i == k {
 			if probe {
 				gate.unprobe() // nothing to probe with: the source's other gates may probe

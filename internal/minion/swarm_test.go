@@ -347,32 +347,108 @@ func TestRunLimitAndTake(t *testing.T) {
 		chunks[i] = manifest.Chunk{Off: int64(i) * 100 << 10, Len: 100 << 10}
 	}
 	j := &job{chunks: chunks, done: make([]bool, 10), inflight: make([]int, 10), first: []int{0, 1, 2, 3, 4, 5, 6, 7, 8, 9}, changed: make(chan struct{}, 1)}
-	if i, k := j.take(nil, nil, 250<<10, false, false); i != 0 || k != 2 {
+	if i, k := j.take(nil, nil, 250<<10, false, endgameBack); i != 0 || k != 2 {
 		t.Fatalf("take(limit 250 KiB) = [%d, %d), want [0, 2)", i, k)
 	}
-	if i, k := j.take(nil, nil, 1, false, false); i != 2 || k != 3 {
+	if i, k := j.take(nil, nil, 1, false, endgameBack); i != 2 || k != 3 {
 		t.Fatalf("take(limit 1 B) = [%d, %d), want one chunk, [2, 3)", i, k)
 	}
 	// From the back (a probe): the run ending at the last free chunk,
 	// then the one before it; chunks a source does not have are skipped.
-	if i, k := j.take(nil, nil, 250<<10, true, false); i != 8 || k != 10 {
+	if i, k := j.take(nil, nil, 250<<10, true, endgameBack); i != 8 || k != 10 {
 		t.Fatalf("take(back, limit 250 KiB) = [%d, %d), want [8, 10)", i, k)
 	}
 	have := []bool{true, true, true, true, true, true, false, true, false, false}
-	if i, k := j.take(have, nil, 250<<10, true, false); i != 7 || k != 8 {
+	if i, k := j.take(have, nil, 250<<10, true, endgameBack); i != 7 || k != 8 {
 		t.Fatalf("take(back, have) = [%d, %d), want [7, 8)", i, k)
 	}
-	if i, k := j.take(nil, nil, 1<<20, true, false); i != 3 || k != 7 {
+	if i, k := j.take(nil, nil, 1<<20, true, endgameBack); i != 3 || k != 7 {
 		t.Fatalf("take(back, limit 1 MiB) = [%d, %d), want the free run [3, 7)", i, k)
 	}
 	// Every chunk asked once: the endgame doubles the run that ends at
 	// the last, which its source sends last, or a rescue source the run
 	// at the front of the stream.
-	if i, k := j.take(nil, nil, 250<<10, false, false); i != 8 || k != 10 {
+	if i, k := j.take(nil, nil, 250<<10, false, endgameBack); i != 8 || k != 10 {
 		t.Fatalf("endgame take = [%d, %d), want [8, 10)", i, k)
 	}
-	if i, k := j.take(nil, nil, 250<<10, false, true); i != 0 || k != 2 {
+	if i, k := j.take(nil, nil, 250<<10, false, endgameFront); i != 0 || k != 2 {
 		t.Fatalf("endgame take (rescue) = [%d, %d), want [0, 2)", i, k)
+	}
+	if i, k := j.take(nil, nil, 250<<10, false, endgameNone); i != k {
+		t.Fatalf("take with no endgame, every chunk asked = [%d, %d), want nothing", i, k)
+	}
+}
+
+// The endgame is the pull's: a file whose chunks were all asked for is
+// not doubled while another file being fetched has chunks nobody was
+// asked for, and is once none has.
+func TestEndgameIsThePulls(t *testing.T) {
+	newJob := func() *job {
+		chunks := make([]manifest.Chunk, 4)
+		for i := range chunks {
+			chunks[i] = manifest.Chunk{Off: int64(i) * 100 << 10, Len: 100 << 10}
+		}
+		return &job{chunks: chunks, done: make([]bool, 4), inflight: make([]int, 4), first: []int{0, 1, 2, 3}, changed: make(chan struct{}, 1)}
+	}
+	a := &assembler{jobs: map[*job]bool{}}
+	x, y := newJob(), newJob()
+	a.jobs[x], a.jobs[y] = true, true
+	if i, k := x.take(nil, nil, runBytes, false, endgameBack); i != 0 || k != 4 {
+		t.Fatalf("x: took [%d, %d), want all of it, [0, 4)", i, k)
+	}
+	if !a.othersFresh(x) || a.othersFresh(y) {
+		t.Fatalf("othersFresh(x) = %v, othersFresh(y) = %v: y has chunks nobody was asked for, x none", a.othersFresh(x), a.othersFresh(y))
+	}
+	if i, k := y.take(nil, nil, 200<<10, false, endgameBack); i != 0 || k != 2 {
+		t.Fatalf("y: took [%d, %d), want [0, 2)", i, k)
+	}
+	if !a.othersFresh(x) {
+		t.Fatal("othersFresh(x) with y's chunks 2 and 3 not asked for: false")
+	}
+	y.land(2)
+	if i, k := y.take(nil, nil, 200<<10, false, endgameBack); i != 3 || k != 4 {
+		t.Fatalf("y: took [%d, %d), want its last, [3, 4)", i, k)
+	}
+	if a.othersFresh(x) {
+		t.Fatal("othersFresh(x) with every chunk of y landed or asked for: true")
+	}
+	delete(a.jobs, y)
+	y.untake(3, 4) // y is no longer fetched: its chunks count for nobody
+	if a.othersFresh(x) {
+		t.Fatal("othersFresh(x) counts a file no longer being fetched")
+	}
+}
+
+// The leader of a pull asks for shorter runs while another source that
+// takes chunks of its own accord is held: not a rescue source.
+func TestShares(t *testing.T) {
+	m := testMinion(t, t.TempDir())
+	src := &source{m: m, cl: &coord.Claim{Host: "h", Slot: "p#0", Source: "p", Partial: true}}
+	sw := newSwarm(m, src, 3)
+	src.sw = sw
+	own := sw.peers()[0]
+	if sw.shares(own) {
+		t.Fatal("the pull's own source alone shares")
+	}
+	sw.add(2, coord.Claim{Source: "o", Slot: "o#64"}, true)
+	if sw.shares(own) {
+		t.Fatal("the own source shares with a rescue source")
+	}
+	sw.add(1, coord.Claim{Source: "x", Slot: "x#1"}, false)
+	if !sw.shares(own) {
+		t.Fatal("the own source does not share with an extra source")
+	}
+	sw.mu.Lock()
+	x, rescue := sw.extras[1], sw.extras[2]
+	sw.mu.Unlock()
+	if !sw.shares(rescue) {
+		t.Fatal("a rescue source that leads does not share with the own source")
+	}
+	sw.mu.Lock()
+	x.dropped = true
+	sw.mu.Unlock()
+	if sw.shares(own) {
+		t.Fatal("the own source shares with a dropped extra source")
 	}
 }
 
@@ -388,7 +464,7 @@ func TestLeaderTakesWhatAllWereAsked(t *testing.T) {
 	j := &job{chunks: chunks, done: make([]bool, 4), inflight: make([]int, 4), first: []int{0, 1, 2, 3}, changed: make(chan struct{}, 1)}
 	mines := []map[int]bool{{}, {}, {}}
 	for n, mine := range mines {
-		i, k := j.take(nil, skipMine(mine, true), runBytes, false, false)
+		i, k := j.take(nil, skipMine(mine, true), runBytes, false, endgameBack)
 		if i != 0 || k != 4 {
 			t.Fatalf("source %d leading took [%d, %d), want [0, 4)", n, i, k)
 		}
@@ -398,11 +474,11 @@ func TestLeaderTakesWhatAllWereAsked(t *testing.T) {
 		j.untake(i, k) // demoted: its request cancelled, nothing landed
 	}
 	for n, mine := range mines {
-		if i, k := j.take(nil, skipMine(mine, false), runBytes, false, false); i != k {
+		if i, k := j.take(nil, skipMine(mine, false), runBytes, false, endgameBack); i != k {
 			t.Errorf("source %d, not leading, took [%d, %d) back", n, i, k)
 		}
 	}
-	if i, k := j.take(nil, skipMine(mines[1], true), runBytes, false, false); i != 0 || k != 4 {
+	if i, k := j.take(nil, skipMine(mines[1], true), runBytes, false, endgameBack); i != 0 || k != 4 {
 		t.Fatalf("the leader took [%d, %d), want the run every source was asked for, [0, 4)", i, k)
 	}
 }
