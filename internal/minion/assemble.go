@@ -772,6 +772,7 @@ func (a *assembler) work(ctx context.Context, j *job, p *feed, errc chan<- error
 				}
 				if gate.open && !was {
 					opened++
+					p.proven.Store(true)
 					a.m.cfg.Log.WithFields(logrus.Fields{"source": p.cl.Source, "path": j.e.Path}).Debug("rescue gate opened: the grandparent's prefix grows several times as fast as the parent's")
 				}
 			}

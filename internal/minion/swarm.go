@@ -33,10 +33,20 @@ type feed struct {
 	// judged: a rescue gate judged a window of this source (see
 	// rescueGate.window): only its first file's first window is short.
 	judged atomic.Bool
-	// proven: a rescue gate opened on this source by a confirmed probe
+	// proven: a rescue gate opened on this source: by a confirmed probe
 	// (see rescueGate.probed), whose two probes, credited together, ask
-	// for more than a link's burst: its rate decides the lead at once
-	// (see swarm.lead), without a further quickBusy of requests.
+	// for more than a link's burst, or, the source partial, by its prefix
+	// growing gateFactor times the parent's (see rescueGate.update). Its
+	// rate then decides the lead at once (see swarm.lead), without a
+	// further quickBusy or leadBytes. In a tree the grandparent's inflow
+	// is split over the files pulled at once: the rescue source often had
+	// less than leadBytes of the one file whose gate opened first, the
+	// gates of the others need windows more (gateMin of each file's
+	// growth), and the host behind a slow relay bypassed it 1.1 s after
+	// SET instead of about 0.5 s (the other 15 of the netbed's tree row 4
+	// at 1.46-1.47 x S/B in 2 of 11 runs). With it, 1 of 21 runs still
+	// bypassed after 1 s (1.14 s): the gates of that run's other files
+	// opened late, which this does not change.
 	proven atomic.Bool
 	// probes: when this source, if whole and a rescue, may be probed
 	// (see probeClock), whichever file's gate probes it.

@@ -994,3 +994,28 @@ func TestRescueGateConfirmationForgotten(t *testing.T) {
 		}
 	}
 }
+
+// A rescue source that brought a link's burst or less, in less than
+// quickBusy, does not lead however fast it seemed, unless a gate opened
+// on it (proven): in a tree, the one file whose gate opened first may be
+// all the rescue source has to give for a while.
+func TestProvenLeadsAtOnce(t *testing.T) {
+	m := testMinion(t, t.TempDir())
+	src := &source{m: m, cl: &coord.Claim{Host: "h", Slot: "p#0", Source: "p", Partial: true}}
+	sw := newSwarm(m, src, 3)
+	src.sw = sw
+	own := sw.peers()[0]
+	own.busy, own.bytes = time.Second, 1<<20 // 1 MiB/s, measured
+	sw.add(2, coord.Claim{Source: "o", Slot: "o#64", Partial: true}, true)
+	sw.mu.Lock()
+	rescue := sw.extras[2]
+	sw.mu.Unlock()
+	rescue.busy, rescue.bytes = 20*time.Millisecond, 2<<20 // 100 MiB/s over a burst
+	if got := sw.lead(); got != own {
+		t.Fatalf("lead = %s, want the own source: the rescue source is not measured yet", got.cl.Slot)
+	}
+	rescue.proven.Store(true)
+	if got := sw.lead(); got != rescue {
+		t.Fatalf("lead = %s, want the proven rescue source", got.cl.Slot)
+	}
+}
