@@ -610,8 +610,8 @@ func (j *job) fresh() bool {
 // link of B/8) pulling a tree of eight 4 MiB files, four at a time, each
 // file had its own endgame: the host fetched 1.2-2.1 MB more than the
 // 33.5 MB tree and took 1.13-1.16 x its floor (median 1.15, 10 runs);
-// with this and swarm.shares, 0.5-1.4 MB and 1.09-1.18 (median 1.11, 11
-// runs). Alone, this left the others nothing to take from a file the
+// with this and the leader's shorter runs (see work), 0.5-1.4 MB and
+// 1.09-1.18 (median 1.11, 11 runs). Alone, this left the others nothing to take from a file the
 // leader had been asked for whole, and the last file came from the
 // leader's one stream (1.16-1.32 in 3 runs).
 func (a *assembler) othersFresh(j *job) bool {
@@ -793,11 +793,21 @@ func (a *assembler) work(ctx context.Context, j *job, p *feed, errc chan<- error
 				continue
 			}
 		}
-		// The leader takes runs of runBytes in file order; the others
-		// runs sized to their rate, a probe one of probeBytes.
+		// The leader takes runs in file order: of maxRun when the pull
+		// may hold other sources (--sources above 1), so they find chunks
+		// nobody was asked for in every file, or else of runBytes; the
+		// others take runs sized to their rate, a probe one of
+		// probeBytes. A file of runBytes or less that the leader was asked
+		// for in one run leaves an extra source nothing but to double it
+		// (see job.take): on the netbed's slow host (B/8) pulling a tree
+		// of eight 4 MiB files, the two met mid-file in every file. With
+		// runs of maxRun only once an extra source was held, the files
+		// the pull began with were still asked for whole (the slow host
+		// at 1.10-1.13 x its floor, median 1.125, 6 runs); from the start,
+		// 1.09-1.12 (median 1.11, 6 runs), single-file rows unchanged.
 		marks, limit := have, p.runLimit()
 		switch {
-		case lead && a.sw.shares(p):
+		case lead && a.sw.want > 1:
 			marks, limit = nil, maxRun
 		case lead:
 			marks, limit = nil, runBytes

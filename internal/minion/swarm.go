@@ -317,21 +317,6 @@ func (s *swarm) peers() []*feed {
 	return out
 }
 
-// shares reports whether the pull holds a source other than lead that
-// takes chunks of its own accord: one that is not a rescue source (whose
-// gate keeps it to probes until its parent is slow). The leader then asks
-// for runs of maxRun, not runBytes, so the others find chunks nobody was
-// asked for in every file: a file of 4 MiB or less asked of the leader in
-// one run leaves the others nothing but to double it (see job.take).
-func (s *swarm) shares(lead *feed) bool {
-	for _, p := range s.peers() {
-		if p != lead && !p.rescue {
-			return true
-		}
-	}
-	return false
-}
-
 // rescueAddr returns the address of the rescue source the pull holds, or
 // "" when it holds none.
 func (s *swarm) rescueAddr() string {

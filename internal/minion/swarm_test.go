@@ -419,39 +419,6 @@ func TestEndgameIsThePulls(t *testing.T) {
 	}
 }
 
-// The leader of a pull asks for shorter runs while another source that
-// takes chunks of its own accord is held: not a rescue source.
-func TestShares(t *testing.T) {
-	m := testMinion(t, t.TempDir())
-	src := &source{m: m, cl: &coord.Claim{Host: "h", Slot: "p#0", Source: "p", Partial: true}}
-	sw := newSwarm(m, src, 3)
-	src.sw = sw
-	own := sw.peers()[0]
-	if sw.shares(own) {
-		t.Fatal("the pull's own source alone shares")
-	}
-	sw.add(2, coord.Claim{Source: "o", Slot: "o#64"}, true)
-	if sw.shares(own) {
-		t.Fatal("the own source shares with a rescue source")
-	}
-	sw.add(1, coord.Claim{Source: "x", Slot: "x#1"}, false)
-	if !sw.shares(own) {
-		t.Fatal("the own source does not share with an extra source")
-	}
-	sw.mu.Lock()
-	x, rescue := sw.extras[1], sw.extras[2]
-	sw.mu.Unlock()
-	if !sw.shares(rescue) {
-		t.Fatal("a rescue source that leads does not share with the own source")
-	}
-	sw.mu.Lock()
-	x.dropped = true
-	sw.mu.Unlock()
-	if sw.shares(own) {
-		t.Fatal("the own source shares with a dropped extra source")
-	}
-}
-
 // The lead moving between three sources, each demoted while the same run
 // was in flight, leaves that run asked of all three: the source that leads
 // takes it again (skipMine), the others do not. Before, none did, and the
