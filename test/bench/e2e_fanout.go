@@ -144,8 +144,8 @@ func (b *bench) e2eFanout(ctx context.Context, env *e2eEnv) (toolRun, error) {
 		}
 	}
 	release := func(wait bool) {}
-	if b.cfg.SlowFirst && row.Slow != "" {
-		if release, err = holdForSlowHost(ctx, env.redis.URL, minions, env.slowHost); err != nil {
+	if (b.cfg.SlowFirst || b.cfg.SlowLast) && row.Slow != "" {
+		if release, err = holdForSlowHost(ctx, env.redis.URL, minions, env.slowHost, b.cfg.SlowLast); err != nil {
 			return run, err
 		}
 		defer release(false)
@@ -224,20 +224,25 @@ func (b *bench) e2eFanout(ctx context.Context, env *e2eEnv) (toolRun, error) {
 		seconds(g.Published.Sub(setAt)), seconds(firstClaim.Sub(setAt)), seconds(lastFinish.Sub(setAt)), seconds(run.Total),
 		rounds, 100*cpu.MachineUse, 100*idle.MachineUse, 100*cpu.SoftirqUse, 100*Ratio(cpu.Procs, cpu.MachineBusy), 100*Ratio(cpu.Sys, cpu.Procs),
 		redisCPU.Procs.Seconds())
-	if b.cfg.SlowFirst && row.Slow != "" {
+	switch {
+	case b.cfg.SlowFirst && row.Slow != "":
 		run.Detail += fmt.Sprintf("; -slow-first: the other minions stopped until %s after SET", seconds(heldFor))
+	case b.cfg.SlowLast && row.Slow != "":
+		run.Detail += fmt.Sprintf("; -slow-last: the slow host stopped until %s after SET", seconds(heldFor))
 	}
 	return run, nil
 }
 
-// holdForSlowHost stops every minion but the slow host (SIGSTOP) and
-// returns a function that lets them go on (SIGCONT): with wait, once the
-// slow host's first claim is in Redis's events, or after slowFirstWait.
-// With -slow-first the slow host heads the chain, the case about 1 run in
-// 16 of a slow row gets by chance (docs/PERFORMANCE.md, twenty-first
-// session). Called before SET; the function it returns is called after
-// it, and again when the run ends (a second call does nothing).
-func holdForSlowHost(ctx context.Context, redisURL string, minions []*fleet.Proc, slow int) (func(wait bool), error) {
+// holdForSlowHost stops every minion but the slow host (SIGSTOP), or with
+// last the slow host alone, and returns a function that lets them go on
+// (SIGCONT): with wait, once the minions not stopped have their first
+// claim in Redis's events, or after slowFirstWait. With -slow-first the
+// slow host heads the chain, the case about 1 run in 16 of a slow row
+// gets by chance (docs/PERFORMANCE.md, twenty-first session); with
+// -slow-last it ends the chain, and nobody behind it bypasses it. Called
+// before SET; the function it returns is called after it, and again when
+// the run ends (a second call does nothing).
+func holdForSlowHost(ctx context.Context, redisURL string, minions []*fleet.Proc, slow int, last bool) (func(wait bool), error) {
 	var held []int
 	resume := func() {
 		for _, pid := range held {
@@ -245,13 +250,18 @@ func holdForSlowHost(ctx context.Context, redisURL string, minions []*fleet.Proc
 		}
 		held = nil
 	}
+	var running []string // the minions whose claims release the others
 	for i, m := range minions {
-		if i == 0 || i == slow || m == nil {
+		if i == 0 || m == nil {
+			continue
+		}
+		if (i == slow) != last {
+			running = append(running, fmt.Sprintf("minion-%02d", i))
 			continue
 		}
 		if err := syscall.Kill(m.Pid(), syscall.SIGSTOP); err != nil {
 			resume()
-			return nil, fmt.Errorf("-slow-first: stop minion %d: %w", i, err)
+			return nil, fmt.Errorf("-slow-first, -slow-last: stop minion %d: %w", i, err)
 		}
 		held = append(held, m.Pid())
 	}
@@ -260,7 +270,6 @@ func holdForSlowHost(ctx context.Context, redisURL string, minions []*fleet.Proc
 		resume()
 		return nil, err
 	}
-	name := fmt.Sprintf("minion-%02d", slow)
 	return func(wait bool) {
 		if held == nil {
 			return // released already
@@ -270,7 +279,9 @@ func holdForSlowHost(ctx context.Context, redisURL string, minions []*fleet.Proc
 		deadline := time.Now().Add(slowFirstWait)
 		for wait && ctx.Err() == nil && time.Now().Before(deadline) {
 			events, err := obs.events(ctx)
-			if err == nil && slices.ContainsFunc(events, func(e coord.Event) bool { return e.Type == "claim" && e.Host == name }) {
+			if err == nil && !slices.ContainsFunc(running, func(name string) bool {
+				return !slices.ContainsFunc(events, func(e coord.Event) bool { return e.Type == "claim" && e.Host == name })
+			}) {
 				return
 			}
 			time.Sleep(2 * time.Millisecond)

@@ -193,6 +193,9 @@ func TestParseFlagsE2E(t *testing.T) {
 	if _, err := parseFlags([]string{"-tools", "fanout,scp"}, io.Discard); err == nil {
 		t.Error("an unknown tool was accepted")
 	}
+	if _, err := parseFlags([]string{"-slow-first", "-slow-last"}, io.Discard); err == nil {
+		t.Error("-slow-first and -slow-last together were accepted")
+	}
 }
 
 func TestParsePidStat(t *testing.T) {

@@ -71,6 +71,7 @@ type config struct {
 	SlowHost   int           // benchmark 1: the slow host of a slow row
 	SlowFactor int           // benchmark 1: the slow host's link is B/SlowFactor
 	SlowFirst  bool          // benchmark 1: fanout's slow host claims first (see holdForSlowHost)
+	SlowLast   bool          // benchmark 1: fanout's slow host claims last (see holdForSlowHost)
 	E2EFiles   int           // benchmark 1: each row's S in this many files (e2eRow.Files)
 	SeedPoll   time.Duration // benchmark 1: seed002's poll of an empty synchronize_queue
 	QuietWait  time.Duration // benchmark 1: how long to wait for the machine to be quiet before each measurement
@@ -117,6 +118,7 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	fs.IntVar(&cfg.SlowHost, "slow-host", 3, "e2e: the slow host of slow rows (1..N)")
 	fs.IntVar(&cfg.SlowFactor, "slow-factor", 8, "e2e: the slow host's link is RATE divided by this")
 	fs.IntVar(&cfg.E2EFiles, "e2e-files", 1, "e2e: each row's SIZE in this many files of SIZE/N under the task, a tree (fanout only: the other tools move one file)")
+	fs.BoolVar(&cfg.SlowLast, "slow-last", false, "e2e: in slow rows, fanout's slow host claims last, at the end of the chain, where nobody bypasses it: it is stopped (SIGSTOP) from before SET until the other minions' claims are recorded (the figures count that wait against it)")
 	fs.BoolVar(&cfg.SlowFirst, "slow-first", false, "e2e: in slow rows, fanout's slow host claims first, at the head of the chain: the other minions are stopped (SIGSTOP) from before SET until its claim is recorded (the figures count that wait against them)")
 	fs.DurationVar(&cfg.SeedPoll, "seed002-poll", 200*time.Millisecond, "e2e: seed002's poll of an empty synchronize_queue (seed002-netbed.sh's 0.2 s)")
 	fs.DurationVar(&cfg.QuietWait, "quiet-wait", 5*time.Minute, "e2e: wait up to this long for the machine's cores to be idle before each measurement (a shared machine)")
@@ -189,6 +191,9 @@ func parseFlags(args []string, stderr io.Writer) (config, error) {
 	}
 	if cfg.SlowFactor < 1 {
 		return cfg, fmt.Errorf("-slow-factor %d: want 1 or more", cfg.SlowFactor)
+	}
+	if cfg.SlowFirst && cfg.SlowLast {
+		return cfg, errors.New("-slow-first and -slow-last: the slow host claims first or last, give one")
 	}
 	if cfg.FanSize, err = parseSize(*fanSize); err != nil {
 		return cfg, fmt.Errorf("-size: %w", err)
