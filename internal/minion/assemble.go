@@ -219,9 +219,9 @@ func (a *assembler) Assemble(ctx context.Context, e manifest.Entry, f *os.File, 
 	return nil
 }
 
-// runBytes bounds the chunks one request asks for: small enough that the
-// sources of a pull share a file, large enough that a request moves much
-// more than it costs.
+// runBytes bounds the chunks one request to the leader asks for when the
+// pull takes one source (--sources 1; with more, maxRun, see work): large
+// enough that a request moves much more than it costs.
 const runBytes = 4 << 20
 
 // job is the fetching of one file's missing chunks.
@@ -520,23 +520,24 @@ const (
 // (one chunk at least), for a source that has the chunks have marks (nil:
 // all): chunks neither landed nor asked of another source. With none left
 // it doubles a request in flight (the endgame: the last chunks come from
-// whichever source is faster), unless eg is endgameNone, taking the run
-// that ends at the last such chunk: the source whose request it doubles
-// sends its run from the front, the two meet, and the request whose rest
-// landed ends there (see chunkWriter.Write). Doubled from the front, both sent the same chunks
-// at once, to the end of the shorter run: in a tree pull behind a slow
-// host's own link (B/8 on the netbed), where each of four files at a time
-// has an endgame, that host fetched a third more than the tree, and took
-// 1.47-1.55 x its floor (1.13-1.15 from the back). A rescue source
-// (endgameFront) still doubles from the front: it is there to step around
-// a slow parent, whose run holds the front of the stream that the hosts
-// behind this one wait on (doubled from the back, the host behind a
-// bypasser finished 0.3 s after it in some runs of row 5). It returns
-// the run [i, k), or i == k when there is nothing for this source. From
-// the back (back), it takes the run that ends at the last chunk not asked
-// of another source instead: a request that may be cut off (a probe)
-// then leaves no hole just ahead of the stream, which this host's own
-// pullers wait on (they stream the file in order).
+// whichever source is faster; with eg endgameNone it takes nothing then),
+// taking the run that ends at the last such chunk: the source whose
+// request it doubles sends its run from the front, the two meet, and the
+// request whose rest landed ends there (see chunkWriter.Write). Doubled
+// from the front, both sent the same chunks at once, to the end of the
+// shorter run: in a tree pull behind a slow host's own link (B/8 on the
+// netbed), where each of four files at a time has an endgame, that host
+// fetched a third more than the tree, and took 1.47-1.55 x its floor
+// (1.13-1.15 from the back). A rescue source (endgameFront) still doubles
+// from the front: it is there to step around a slow parent, whose run
+// holds the front of the stream that the hosts behind this one wait on
+// (doubled from the back, the host behind a bypasser finished 0.3 s after
+// it in some runs of row 5). It returns the run [i, k), or i == k when
+// there is nothing for this source. From the back (back), it takes the run
+// that ends at the last chunk not asked of another source instead: a
+// request that may be cut off (a probe) then leaves no hole just ahead of
+// the stream, which this host's own pullers wait on (they stream the file
+// in order).
 func (j *job) take(have []bool, mine map[int]bool, limit int64, back bool, eg endgame) (int, int) {
 	j.mu.Lock()
 	defer j.mu.Unlock()
@@ -611,9 +612,11 @@ func (j *job) fresh() bool {
 // file had its own endgame: the host fetched 1.2-2.1 MB more than the
 // 33.5 MB tree and took 1.13-1.16 x its floor (median 1.15, 10 runs);
 // with this and the leader's shorter runs (see work), 0.5-1.4 MB and
-// 1.09-1.18 (median 1.11, 11 runs). Alone, this left the others nothing to take from a file the
-// leader had been asked for whole, and the last file came from the
-// leader's one stream (1.16-1.32 in 3 runs).
+// 1.09-1.18 (median 1.11, 11 runs). Alone, this left the others nothing
+// to take from a file the leader had been asked for whole, and the last
+// file came from the leader's one stream (1.16-1.32 in 3 runs). A rescue
+// source still doubles the front of a file's stream (endgameFront, see
+// work): that is what it is there for.
 func (a *assembler) othersFresh(j *job) bool {
 	a.mu.Lock()
 	others := make([]*job, 0, len(a.jobs))
@@ -772,7 +775,7 @@ func (a *assembler) work(ctx context.Context, j *job, p *feed, errc chan<- error
 				}
 				if gate.open && !was {
 					opened++
-					p.proven.Store(true)
+					p.gated.Store(true)
 					a.m.cfg.Log.WithFields(logrus.Fields{"source": p.cl.Source, "path": j.e.Path}).Debug("rescue gate opened: the grandparent's prefix grows several times as fast as the parent's")
 				}
 			}
@@ -805,6 +808,11 @@ func (a *assembler) work(ctx context.Context, j *job, p *feed, errc chan<- error
 		// the pull began with were still asked for whole (the slow host
 		// at 1.10-1.13 x its floor, median 1.125, 6 runs); from the start,
 		// 1.09-1.12 (median 1.11, 6 runs), single-file rows unchanged.
+		// Runs of a quarter second of the leader's rate, between maxRun
+		// and runBytes, gave the host behind a slow first host 1.34-1.37
+		// x S/B (2 runs) against 1.20-1.26. A leader has one request in
+		// flight a file, so a run costs a round trip: at 30 ms, runs of
+		// maxRun hold a file to about 28 MB/s (runBytes to 66 MB/s).
 		marks, limit := have, p.runLimit()
 		switch {
 		case lead && a.sw.want > 1:

@@ -33,21 +33,29 @@ type feed struct {
 	// judged: a rescue gate judged a window of this source (see
 	// rescueGate.window): only its first file's first window is short.
 	judged atomic.Bool
-	// proven: a rescue gate opened on this source: by a confirmed probe
+	// proven: a rescue gate opened on this source by a confirmed probe
 	// (see rescueGate.probed), whose two probes, credited together, ask
-	// for more than a link's burst, or, the source partial, by its prefix
-	// growing gateFactor times the parent's (see rescueGate.update). Its
-	// rate then decides the lead at once (see swarm.lead), without a
-	// further quickBusy or leadBytes. In a tree the grandparent's inflow
-	// is split over the files pulled at once: the rescue source often had
-	// less than leadBytes of the one file whose gate opened first, the
-	// gates of the others need windows more (gateMin of each file's
-	// growth), and the host behind a slow relay bypassed it 1.1 s after
-	// SET instead of about 0.5 s (the other 15 of the netbed's tree row 4
-	// at 1.46-1.47 x S/B in 2 of 11 runs). With it, 1 of 21 runs still
-	// bypassed after 1 s (1.14 s): the gates of that run's other files
-	// opened late, which this does not change.
+	// for more than a link's burst: its rate decides the lead at once
+	// (see swarm.lead), and the bypass, without a further quickBusy of
+	// requests.
 	proven atomic.Bool
+	// gated: a rescue gate opened on this partial source, its prefix
+	// growing gateFactor times the parent's (see rescueGate.update): its
+	// rate decides the lead at once too, on minRun or more, but not a
+	// bypass, which waits for it to be measured (see lead): what opened
+	// the gate says nothing of its rate, and a shaped link's burst could
+	// make it seem fast enough to bypass a healthy relay. In a tree the
+	// grandparent's inflow is split over the files pulled at once: the
+	// rescue source often had less than leadBytes of the one file whose
+	// gate opened first, and the gates of the others opened windows
+	// later (each needs gateMin of its file's growth). Before gated, the
+	// host behind the netbed's slow relay bypassed it 1.1 s after SET in
+	// 2 of 11 runs of tree row 4, about 0.5 s in the others, and the
+	// other 15 then took 1.46-1.47 x S/B. With it (and the bypass then
+	// asked at once), 1 run in 21 still bypassed after 1 s, at 1.14 s: in
+	// that run the first gate itself opened late, which gated does not
+	// change.
+	gated atomic.Bool
 	// probes: when this source, if whole and a rescue, may be probed
 	// (see probeClock), whichever file's gate probes it.
 	probes probeClock
@@ -209,6 +217,10 @@ type swarm struct {
 	// claim off the relay (source.bypass). Asked once a pull.
 	bypass      chan bypassAsk
 	bypassAsked bool
+	// bypassPending: a gated rescue source (see feed.gated) took the lead
+	// from outrun at bypassFactor times its rate or more, unmeasured; lead
+	// asks for the bypass once it is measured, if it still does.
+	bypassPending bool
 	// outrun is the pull's own source as a rescue source took the lead
 	// from it, and outrunRate its rate then: what checkBypass judges the
 	// rescue source against. Its rate since says nothing: demoted, it
@@ -503,26 +515,43 @@ func (s *swarm) lead() *feed {
 	if !ok {
 		return cur
 	}
-	best, bestRate := cur, curRate
+	best, bestRate, measured := cur, curRate, true
 	for _, p := range ps {
 		r, busy, bytes := p.measure()
-		if p != cur && (busy >= quickBusy || bytes >= leadBytes || p.proven.Load()) && bytes >= minRun && r >= leadFactor*curRate && r > bestRate {
-			best, bestRate = p, r
+		m := busy >= quickBusy || bytes >= leadBytes || p.proven.Load()
+		if p != cur && (m || p.gated.Load()) && bytes >= minRun && r >= leadFactor*curRate && r > bestRate {
+			best, bestRate, measured = p, r, m
 		}
 	}
 	s.mu.Lock()
 	s.leader = best
+	pending, was, wasRate := s.bypassPending, s.outrun, s.outrunRate
+	pending = pending && was != nil && !was.dropped
 	s.mu.Unlock()
 	if best != cur {
 		s.m.cfg.Metrics.LeadChanges.Inc()
 		cur.cancelRequests()
 		s.m.cfg.Log.WithFields(logrus.Fields{"source": best.cl.Source, "rate": int64(bestRate), "was": cur.cl.Source, "was_rate": int64(curRate)}).Info("a faster source leads the pull")
 		if best.rescue && cur.cl.Index == 0 {
+			fast := s.m.cfg.Bypass && cur.cl.Partial && bestRate >= bypassFactor*curRate
 			s.mu.Lock()
 			s.outrun, s.outrunRate = cur, curRate
+			s.bypassPending = fast && !measured
 			s.mu.Unlock()
-			if s.m.cfg.Bypass && cur.cl.Partial && bestRate >= bypassFactor*curRate {
+			if fast && measured {
 				s.askBypass(best, cur.cl)
+			}
+		}
+	} else if pending && best.rescue {
+		// A gated rescue source took the lead before it was measured:
+		// the bypass waits until it is, and is asked if it still
+		// delivers bypassFactor times the relay's rate then.
+		if r, busy, bytes := best.measure(); busy >= quickBusy || bytes >= leadBytes {
+			s.mu.Lock()
+			s.bypassPending = false
+			s.mu.Unlock()
+			if r >= bypassFactor*wasRate {
+				s.askBypass(best, was.cl)
 			}
 		}
 	}

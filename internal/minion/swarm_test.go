@@ -964,9 +964,10 @@ func TestRescueGateConfirmationForgotten(t *testing.T) {
 
 // A rescue source that brought a link's burst or less, in less than
 // quickBusy, does not lead however fast it seemed, unless a gate opened
-// on it (proven): in a tree, the one file whose gate opened first may be
-// all the rescue source has to give for a while.
-func TestProvenLeadsAtOnce(t *testing.T) {
+// on it (gated): in a tree, the one file whose gate opened first may be
+// all the rescue source has to give for a while. The bypass of the relay
+// it outran waits until it is measured: a burst is not a rate.
+func TestGatedLeadsAtOnce(t *testing.T) {
 	m := testMinion(t, t.TempDir())
 	src := &source{m: m, cl: &coord.Claim{Host: "h", Slot: "p#0", Source: "p", Partial: true}}
 	sw := newSwarm(m, src, 3)
@@ -981,8 +982,28 @@ func TestProvenLeadsAtOnce(t *testing.T) {
 	if got := sw.lead(); got != own {
 		t.Fatalf("lead = %s, want the own source: the rescue source is not measured yet", got.cl.Slot)
 	}
-	rescue.proven.Store(true)
+	m.cfg.Bypass = true
+	rescue.gated.Store(true)
 	if got := sw.lead(); got != rescue {
-		t.Fatalf("lead = %s, want the proven rescue source", got.cl.Slot)
+		t.Fatalf("lead = %s, want the gated rescue source", got.cl.Slot)
+	}
+	select {
+	case ask := <-sw.bypass:
+		t.Fatalf("bypass of %s asked on a burst", ask.relay.Slot)
+	default:
+	}
+	rescue.mu.Lock()
+	rescue.busy, rescue.bytes = quickBusy, 4<<20 // 4 MiB in 150 ms: measured, 26 MiB/s
+	rescue.mu.Unlock()
+	if got := sw.lead(); got != rescue {
+		t.Fatalf("lead = %s, want the rescue source still", got.cl.Slot)
+	}
+	select {
+	case ask := <-sw.bypass:
+		if ask.relay.Slot != "p#0" || ask.rescue != rescue {
+			t.Fatalf("bypass of %s for %s, want p#0 for the rescue source", ask.relay.Slot, ask.rescue.cl.Slot)
+		}
+	default:
+		t.Fatal("no bypass asked once the rescue source, measured, delivers 26 times the relay's rate")
 	}
 }
