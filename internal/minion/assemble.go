@@ -541,11 +541,11 @@ const (
 func (j *job) take(have []bool, mine map[int]bool, limit int64, back bool, eg endgame) (int, int) {
 	j.mu.Lock()
 	defer j.mu.Unlock()
-	ok := func(i int, endgame bool) bool {
+	ok := func(i int, doubling bool) bool {
 		if j.done[i] || j.first[i] != i || (have != nil && !have[i]) || mine[i] {
 			return false
 		}
-		if endgame {
+		if doubling {
 			return j.inflight[i] == 1
 		}
 		return j.inflight[i] == 0
@@ -553,17 +553,17 @@ func (j *job) take(have []bool, mine map[int]bool, limit int64, back bool, eg en
 	for j.low < len(j.chunks) && (j.done[j.low] || j.first[j.low] != j.low) {
 		j.low++
 	}
-	for _, endgame := range []bool{false, true} {
-		if endgame && eg == endgameNone {
+	for _, doubling := range []bool{false, true} {
+		if doubling && eg == endgameNone {
 			break
 		}
-		if back || (endgame && eg == endgameBack) {
+		if back || (doubling && eg == endgameBack) {
 			for k := len(j.chunks) - 1; k >= j.low; k-- {
-				if !ok(k, endgame) {
+				if !ok(k, doubling) {
 					continue
 				}
 				i, n := k, j.chunks[k].Len
-				for i > j.low && ok(i-1, endgame) && n+j.chunks[i-1].Len <= limit {
+				for i > j.low && ok(i-1, doubling) && n+j.chunks[i-1].Len <= limit {
 					i--
 					n += j.chunks[i].Len
 				}
@@ -575,11 +575,11 @@ func (j *job) take(have []bool, mine map[int]bool, limit int64, back bool, eg en
 			continue
 		}
 		for i := j.low; i < len(j.chunks); i++ {
-			if !ok(i, endgame) {
+			if !ok(i, doubling) {
 				continue
 			}
 			k, n := i, int64(0)
-			for k < len(j.chunks) && ok(k, endgame) && (k == i || n+j.chunks[k].Len <= limit) {
+			for k < len(j.chunks) && ok(k, doubling) && (k == i || n+j.chunks[k].Len <= limit) {
 				n += j.chunks[k].Len
 				j.inflight[k]++
 				k++

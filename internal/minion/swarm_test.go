@@ -135,9 +135,7 @@ func TestPrefixBytes(t *testing.T) {
 // which is what the lead otherwise waits quickBusy or leadBytes for.
 func TestProbedSourceLeadsAtOnce(t *testing.T) {
 	m := testMinion(t, t.TempDir())
-	src := &source{m: m, cl: &coord.Claim{Host: "h", Slot: "p#0", Source: "p", Partial: true}}
-	sw := newSwarm(m, src, 3)
-	src.sw = sw
+	sw := partialSwarm(m, 3)
 	primary := sw.peers()[0]
 	primary.mu.Lock()
 	primary.busy, primary.bytes = time.Second, 2<<20 // 2 MiB/s: a slow first host
@@ -176,9 +174,7 @@ func TestProbedSourceLeadsAtOnce(t *testing.T) {
 func TestLead(t *testing.T) {
 	m := testMinion(t, t.TempDir())
 	m.cfg.Bypass = true
-	src := &source{m: m, cl: &coord.Claim{Host: "h", Slot: "p#0", Source: "p", Partial: true}}
-	sw := newSwarm(m, src, 3)
-	src.sw = sw
+	sw := partialSwarm(m, 3)
 	primary := sw.peers()[0]
 	cancelled := false
 	req := primary.begin(func() { cancelled = true })
@@ -546,9 +542,7 @@ func TestHedgeAfter(t *testing.T) {
 // swarm holds (not an extra that is not a rescue, nor one dropped).
 func TestRescueAddr(t *testing.T) {
 	m := testMinion(t, t.TempDir())
-	src := &source{m: m, cl: &coord.Claim{Host: "h", Slot: "p#0", Source: "p", Partial: true}}
-	sw := newSwarm(m, src, 3)
-	src.sw = sw
+	sw := partialSwarm(m, 3)
 	if got := sw.rescueAddr(); got != "" {
 		t.Fatalf("no rescue source: %q", got)
 	}
@@ -688,9 +682,7 @@ func TestGrowWaitsForFreeSlots(t *testing.T) {
 	m.cfg.Poll = time.Second // a queued host's pace: a second or more
 	co := &claimCounter{}
 	m.coord = co
-	src := &source{m: m, cl: &coord.Claim{Host: "h", Slot: "p#0", Source: "p", Partial: true}}
-	sw := newSwarm(m, src, 2)
-	src.sw = sw
+	sw := partialSwarm(m, 2)
 	for _, step := range []struct {
 		renewal *coord.Outlook // what a renewal counts before the grow
 		stale   bool           // the last count is older than outlookFresh (and its pause, unless paced, over)
@@ -969,9 +961,7 @@ func TestRescueGateConfirmationForgotten(t *testing.T) {
 // it outran waits until it is measured: a burst is not a rate.
 func TestGatedLeadsAtOnce(t *testing.T) {
 	m := testMinion(t, t.TempDir())
-	src := &source{m: m, cl: &coord.Claim{Host: "h", Slot: "p#0", Source: "p", Partial: true}}
-	sw := newSwarm(m, src, 3)
-	src.sw = sw
+	sw := partialSwarm(m, 3)
 	own := sw.peers()[0]
 	own.busy, own.bytes = time.Second, 1<<20 // 1 MiB/s, measured
 	sw.add(2, coord.Claim{Source: "o", Slot: "o#64", Partial: true}, true)
@@ -1006,4 +996,13 @@ func TestGatedLeadsAtOnce(t *testing.T) {
 	default:
 		t.Fatal("no bypass asked once the rescue source, measured, delivers 26 times the relay's rate")
 	}
+}
+
+// partialSwarm returns the swarm of a pull of m that takes want sources,
+// its own claim on p#0, a partial source.
+func partialSwarm(m *Minion, want int) *swarm {
+	src := &source{m: m, cl: &coord.Claim{Host: "h", Slot: "p#0", Source: "p", Partial: true}}
+	sw := newSwarm(m, src, want)
+	src.sw = sw
+	return sw
 }
